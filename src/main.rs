@@ -1,1 +1,7 @@
-fn main() {}
+//! The `aiq` binary: parse the command line, hand over to the library.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    aiq::cli::main_with(aiq::cli::Cli::parse())
+}

@@ -64,6 +64,9 @@ pub struct Outcome {
     pub usage: Usage,
     #[serde(default)]
     pub latency_ms: Option<i64>,
+    /// Time to first token, when the reply was streamed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<i64>,
     #[serde(default)]
     pub attempts: u32,
 }

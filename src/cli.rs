@@ -1,0 +1,125 @@
+//! The command line: flags → a checked plan → a run → an exit code.
+//!
+//! `main` only parses and hands over; everything here is callable from
+//! tests. Logs (tracing) go to stderr at `warn` by default, `-v` for info,
+//! `-vv` for debug, or `RUST_LOG`; the HTTP stack's own logs stay at `warn`
+//! unless asked for by name, and no log line carries a credential: tokens
+//! travel only in headers marked sensitive.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Error;
+use crate::plan::Plan;
+use crate::run::{run, Ui};
+use crate::settings::JobSettings;
+use crate::simulator::{serve_forever, SimConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aiq",
+    version,
+    about = "Batch scoring of datasets with LLMs: resumable, rate-limited, prompt-cache friendly.",
+    long_about = "Batch scoring of datasets with LLMs: resumable, rate-limited, prompt-cache friendly.\n\n\
+        Reads Parquet or JSONL, renders each row into a request, calls a Databricks serving endpoint \
+        or any OpenAI-compatible server under concurrency and rate limits, and writes Parquet with \
+        a typed result, errors and usage per row. A killed job resumes where it stopped.\n\n\
+        Exit codes: 0 done, 1 job failed, 2 bad usage, configuration or input."
+)]
+pub struct Cli {
+    /// No progress bar and no summary.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// More logs on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score a dataset: one request per row, one output row per input row.
+    Run(RunArgs),
+    /// Serve the built-in OpenAI- and Databricks-compatible simulator.
+    Simulate(SimConfig),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A TOML job file (see jobs/); flags override its settings.
+    #[arg(value_name = "JOB.toml")]
+    pub job: Option<PathBuf>,
+
+    /// Discard the journal of an earlier run of this job and start over.
+    #[arg(long)]
+    pub restart: bool,
+
+    /// Print the summary as JSON on stdout when the job ends.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub settings: JobSettings,
+}
+
+/// Run the parsed command line and return the process exit code.
+pub fn main_with(cli: Cli) -> ExitCode {
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aiq: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let quiet = cli.quiet;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run_command(args, quiet).await,
+            Command::Simulate(cfg) => serve_forever(cfg)
+                .await
+                .map_err(|e| Error::Config(format!("simulator: {e}"))),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aiq: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run_command(args: RunArgs, quiet: bool) -> Result<(), Error> {
+    let settings = match &args.job {
+        Some(path) => args.settings.overlay(JobSettings::from_file(path)?),
+        None => args.settings,
+    };
+    let plan = Plan::from_settings(settings, args.restart)?;
+    let summary = run(plan, Ui { quiet }).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    } else if !quiet {
+        eprintln!("{summary}");
+    }
+    Ok(())
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    // The HTTP stack logs connection details at debug and trace; keep it at
+    // warn unless RUST_LOG names it explicitly.
+    let default = format!("{level},hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=warn");
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

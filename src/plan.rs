@@ -1,0 +1,235 @@
+//! Plan: job settings checked into what a run needs, before anything is
+//! spent. Every mistake found here is an exit-2 error naming the setting:
+//! a missing input or prompt, an unknown type string, options a task
+//! function needs, an output folder that does not exist. Checks that need
+//! the input (template variables against columns) or credentials happen in
+//! `run`, still before the first request.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::client::RetryPolicy;
+use crate::error::{Error, Result};
+use crate::functions::{AiFunction, FunctionOptions};
+use crate::settings::{JobSettings, SimulatorSettings, Task};
+use crate::types::{parse_response_format, SqlType};
+
+/// Where requests go, before credentials are resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// The built-in simulator, started in-process.
+    Simulator,
+    /// A Databricks serving endpoint by name.
+    Databricks(String),
+    /// An OpenAI-compatible base URL.
+    OpenAi(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub target: Target,
+    pub model: Option<String>,
+    pub task: Task,
+    pub system: Option<String>,
+    pub prompt: String,
+    pub prompt2: Option<String>,
+    pub params: Map<String, Value>,
+    pub result_type: SqlType,
+    pub response_format: Option<Value>,
+    pub function: Option<(AiFunction, FunctionOptions)>,
+    pub fail_on_error: bool,
+    pub concurrency: usize,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    pub retry: RetryPolicy,
+    pub api_key_env: Option<String>,
+    pub profile: Option<String>,
+    pub batch_rows: usize,
+    pub batch_size: usize,
+    pub cache_control: bool,
+    pub prompt_cache_key: bool,
+    pub warmup: bool,
+    pub stream: bool,
+    pub restart: bool,
+    pub simulator: SimulatorSettings,
+}
+
+pub const DEFAULT_CONCURRENCY: usize = 16;
+pub const DEFAULT_BATCH_ROWS: usize = 1024;
+
+impl Plan {
+    pub fn from_settings(s: JobSettings, restart: bool) -> Result<Plan> {
+        let input = s.input.ok_or_else(|| Error::Config("no input: give --input PATH (or `input` in the job file)".into()))?;
+        let output = s.output.ok_or_else(|| Error::Config("no output: give --output PATH (or `output` in the job file)".into()))?;
+        if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(Error::output(&output, format!("folder {} does not exist", parent.display())));
+            }
+        }
+        let endpoint = s.endpoint.ok_or_else(|| {
+            Error::Config("no endpoint: give --endpoint NAME|URL|simulator (or `endpoint` in the job file)".into())
+        })?;
+        let target = if endpoint == "simulator" {
+            Target::Simulator
+        } else if crate::endpoint::is_url(&endpoint) {
+            Target::OpenAi(endpoint)
+        } else if endpoint.is_empty() || endpoint.contains(['/', ' ']) {
+            return Err(Error::Config(format!(
+                "--endpoint `{endpoint}` is neither a Databricks endpoint name nor an http(s):// URL"
+            )));
+        } else {
+            Target::Databricks(endpoint)
+        };
+
+        let mut task = s.task.unwrap_or_default();
+        let mut system = s.system;
+        let mut result_type = SqlType::String;
+        let mut response_format = None;
+        let mut function = None;
+        if let Some(f) = s.function {
+            let opts = FunctionOptions { labels: s.labels.clone(), max_words: s.max_words, to_lang: s.to_lang.clone() };
+            let spec = f.spec(&opts).map_err(|e| Error::Config(format!("--function {}: {e}", f.name())))?;
+            if s.return_type.is_some() || s.response_format.is_some() {
+                return Err(Error::Config(format!(
+                    "--function {} sets its own result type; drop --return-type / --response-format",
+                    f.name()
+                )));
+            }
+            if spec.embeddings {
+                task = Task::Embeddings;
+                if s.prompt2.is_none() {
+                    return Err(Error::Config(format!("--function {} compares two texts: give --prompt and --prompt2", f.name())));
+                }
+            } else {
+                if system.is_some() {
+                    return Err(Error::Config(format!("--function {} writes its own system prompt; drop --system", f.name())));
+                }
+                system = Some(spec.system.clone());
+            }
+            result_type = spec.return_type.clone();
+            response_format = spec.response_format.clone();
+            function = Some((f, opts));
+        } else if !s.labels.is_empty() || s.max_words.is_some() || s.to_lang.is_some() {
+            return Err(Error::Config("--labels, --max-words and --to-lang only apply with --function".into()));
+        }
+        if let Some(rt) = &s.return_type {
+            result_type = rt.parse().map_err(|e| Error::Config(format!("--return-type: {e}")))?;
+            if !result_type.is_string() {
+                response_format = Some(result_type.response_format());
+            }
+        }
+        if let Some(rf) = &s.response_format {
+            if s.return_type.is_some() {
+                return Err(Error::Config("give --return-type or --response-format, not both".into()));
+            }
+            let (ty, format) = parse_response_format(rf).map_err(|e| Error::Config(format!("--response-format: {e}")))?;
+            result_type = ty;
+            response_format = Some(format);
+        }
+        if task == Task::Embeddings && function.is_none() {
+            result_type = SqlType::Array(Box::new(SqlType::Float));
+            response_format = None;
+        }
+        if response_format.is_some() && task != Task::Chat {
+            return Err(Error::Config("typed results (--return-type, --response-format) need --task chat".into()));
+        }
+        if s.prompt2.is_some() && !matches!(function, Some((AiFunction::AiSimilarity, _))) {
+            return Err(Error::Config("--prompt2 only applies with --function ai_similarity".into()));
+        }
+        let prompt = s.prompt.ok_or_else(|| Error::Config("no prompt: give --prompt TEMPLATE, e.g. --prompt 'Summarize: {{text}}'".into()))?;
+
+        let mut params: Map<String, Value> = s.params.into_iter().collect();
+        if let Some(tools) = s.tools {
+            params.insert("tools".into(), toml_to_json(tools)?);
+        }
+        if let Some(choice) = s.tool_choice {
+            params.insert("tool_choice".into(), toml_to_json(choice)?);
+        }
+        for reserved in ["messages", "prompt", "input", "stream", "response_format"] {
+            if params.contains_key(reserved) {
+                return Err(Error::Config(format!("--param {reserved} is set by aiq itself; use the matching flag")));
+            }
+        }
+
+        let concurrency = s.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if concurrency == 0 {
+            return Err(Error::Config("--concurrency must be at least 1".into()));
+        }
+        let timeout = s.timeout.unwrap_or(300.0);
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(Error::Config("--timeout must be a positive number of seconds".into()));
+        }
+        if s.rpm == Some(0) || s.tpm == Some(0) {
+            return Err(Error::Config("--rpm and --tpm must be at least 1".into()));
+        }
+        let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS).max(1);
+        let batch_size = s.batch_size.unwrap_or(1).max(1);
+        if batch_size > 1 && task != Task::Embeddings {
+            return Err(Error::Config("--batch-size applies to embeddings only".into()));
+        }
+        if s.stream && task == Task::Embeddings {
+            return Err(Error::Config("--stream applies to chat and completions, not embeddings".into()));
+        }
+        Ok(Plan {
+            input,
+            output,
+            target,
+            model: s.model,
+            task,
+            system,
+            prompt,
+            prompt2: s.prompt2,
+            params,
+            result_type,
+            response_format,
+            function,
+            fail_on_error: s.fail_on_error,
+            concurrency,
+            rpm: s.rpm,
+            tpm: s.tpm,
+            retry: RetryPolicy {
+                max_retries: s.max_retries.unwrap_or(8),
+                timeout: Duration::from_secs_f64(timeout),
+                min_delay: Duration::from_millis(s.backoff_ms.unwrap_or(500)),
+                ..RetryPolicy::default()
+            },
+            api_key_env: s.api_key_env,
+            profile: s.profile,
+            batch_rows,
+            batch_size,
+            cache_control: s.cache_control,
+            prompt_cache_key: !s.no_prompt_cache_key,
+            warmup: !s.no_warmup,
+            stream: s.stream,
+            restart,
+            simulator: s.simulator.unwrap_or_default(),
+        })
+    }
+
+    /// The settings that change answers, for the journal's fingerprint:
+    /// changing any of them makes a journal unusable; changing concurrency,
+    /// limits, retries or timeouts does not.
+    pub fn answer_settings(&self) -> Value {
+        json!({
+            "target": format!("{:?}", self.target),
+            "model": self.model,
+            "task": format!("{:?}", self.task),
+            "system": self.system,
+            "prompt": self.prompt,
+            "prompt2": self.prompt2,
+            "params": self.params,
+            "result_type": format!("{:?}", self.result_type),
+            "response_format": self.response_format,
+            "function": self.function.as_ref().map(|(f, o)| json!({"name": f.name(), "labels": o.labels, "max_words": o.max_words, "to_lang": o.to_lang})),
+            "batch_size": self.batch_size,
+        })
+    }
+}
+
+fn toml_to_json(v: toml::Value) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::Config(format!("tools: {e}")))
+}

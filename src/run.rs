@@ -1,0 +1,238 @@
+//! `aiq run`: a checked plan → a finished output file.
+//!
+//! Everything that can be wrong with the job is found before the first
+//! request: the input opens and its columns fit the templates, credentials
+//! resolve, the output folder exists and any journal there belongs to this
+//! job. Then the stages run concurrently, joined by bounded channels:
+//! a reader thread (source) → the dispatcher (render, schedule, client) →
+//! the collector (journal, sink) — and the parts are concatenated into the
+//! output, which appears atomically.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+
+use crate::auth::{resolve_databricks, resolve_openai, Credentials, Secret};
+use crate::client::Client;
+use crate::collect::Collector;
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::journal::{InputIdentity, Journal, Manifest};
+use crate::limit::Limiter;
+use crate::outcome::RowId;
+use crate::plan::{Plan, Target};
+use crate::progress::{Progress, Summary};
+use crate::render::{BodyBuilder, BodySpec, Templates};
+use crate::reply::Shape;
+use crate::schedule::Dispatcher;
+use crate::settings::Task;
+use crate::simulator::{SimConfig, Simulator};
+use crate::sink::{concat_parts, Layout, PartWriter};
+use crate::source::Source;
+
+/// Output rows per part file: bounds what a resume reloads from the journal.
+pub const PART_ROWS: u64 = 65_536;
+
+/// The journal format this build writes.
+const JOURNAL_VERSION: u32 = 1;
+
+/// How a run reports to the person running it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ui {
+    pub quiet: bool,
+}
+
+/// The default model name the simulator serves, as on Databricks.
+pub const SIMULATOR_MODEL: &str = "databricks-meta-llama-3-3-70b-instruct";
+
+pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
+    let started = Instant::now();
+    let source = Source::open(&plan.input, plan.batch_rows)?;
+    let templates = Arc::new(Templates::bind(
+        plan.system.as_deref(),
+        &plan.prompt,
+        plan.prompt2.as_deref(),
+        &source.schema,
+    )?);
+    let layout = Layout::new(&source.schema, plan.result_type.arrow_type())?;
+
+    // The simulator (if any) lives as long as this function.
+    let (endpoint, _simulator) = resolve_endpoint(&plan).await?;
+    let endpoint = Arc::new(endpoint);
+
+    let manifest = Manifest {
+        version: JOURNAL_VERSION,
+        input: InputIdentity::of(&plan.input)?,
+        settings: plan.answer_settings(),
+    };
+    let (journal, resume) = Journal::open(&plan.output, &manifest, plan.restart)?;
+    if !resume.is_empty() && !ui.quiet {
+        eprintln!(
+            "resuming: {} rows already written, {} more in the journal of {}",
+            resume.committed,
+            resume.outcomes.len(),
+            journal.dir().display()
+        );
+    }
+
+    let http = http_client(&plan)?;
+    let limiter = Arc::new(Limiter::new(plan.rpm, plan.tpm));
+    let shape = Shape {
+        task: plan.task,
+        result_type: plan.result_type.clone(),
+        function: plan.function.clone(),
+        similarity: plan.prompt2.is_some(),
+    };
+    let client = Arc::new(Client::new(http, endpoint.clone(), limiter.clone(), plan.retry.clone(), shape, plan.stream));
+    let builder = Arc::new(BodyBuilder::new(
+        BodySpec {
+            task: plan.task,
+            model: match endpoint.flavor {
+                crate::endpoint::Flavor::OpenAi => plan.model.clone(),
+                crate::endpoint::Flavor::Databricks => None,
+            },
+            params: plan.params.clone(),
+            response_format: plan.response_format.clone(),
+            cache_control: plan.cache_control || endpoint.is_claude(),
+            prompt_cache_key: plan.prompt_cache_key && endpoint.takes_prompt_cache_key(),
+            stream: plan.stream,
+            stream_usage_option: endpoint.wants_stream_options(),
+        },
+        &templates,
+    ));
+
+    // Stage 1: the reader thread streams batches, skipping committed rows.
+    let committed = resume.committed;
+    let (batch_tx, batch_rx) = mpsc::channel::<(RowId, RecordBatch)>(2);
+    let total_rows = source.total_rows;
+    let reader = tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut first: RowId = 0;
+        for batch in source.into_batches() {
+            let batch = batch?;
+            let n = batch.num_rows() as u64;
+            let start = first;
+            first += n;
+            if first <= committed {
+                continue;
+            }
+            let (start, batch) = if start < committed {
+                let skip = (committed - start) as usize;
+                (committed, batch.slice(skip, batch.num_rows() - skip))
+            } else {
+                (start, batch)
+            };
+            if batch_tx.blocking_send((start, batch)).is_err() {
+                break; // the job stopped
+            }
+        }
+        Ok(())
+    });
+
+    // Stage 2: the dispatcher renders and launches calls.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (event_tx, event_rx) = mpsc::channel(1024);
+    let open_batches = 4 + plan.concurrency.div_ceil(plan.batch_rows);
+    let done: HashSet<RowId> = resume.outcomes.keys().copied().collect();
+    let dispatcher = Dispatcher {
+        client: client.clone(),
+        templates: templates.clone(),
+        builder,
+        events: event_tx,
+        in_flight: Arc::new(Semaphore::new(plan.concurrency)),
+        open_batches: Arc::new(Semaphore::new(open_batches)),
+        stop: stop.clone(),
+        done: Arc::new(done),
+        warmup: plan.warmup && plan.task == Task::Chat,
+        batch_size: plan.batch_size,
+        similarity: plan.prompt2.is_some(),
+    };
+    let dispatch = tokio::spawn(dispatcher.run(batch_rx));
+
+    // Stage 3: the collector journals outcomes and writes ordered parts.
+    let progress = Progress::new(total_rows.map(|t| t.saturating_sub(committed)), ui.quiet);
+    let parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), PART_ROWS, resume.parts);
+    let collector = Collector::new(journal, layout, parts, resume.outcomes, stop.clone(), plan.fail_on_error, progress, Summary::default());
+    let collected = collector.run(event_rx).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = dispatch.await;
+    // A read error ends the input early: that is a failed job, not a done one.
+    let read = reader.await.map_err(|e| Error::Stopped(format!("input reader failed: {e}")))?;
+    let mut collector = collected?;
+    read?;
+
+    collector.parts.commit()?;
+    let rows = concat_parts(&collector.parts.parts, &plan.output, collector.layout.output.clone())?;
+    let mut summary = collector.summary.clone();
+    summary.rows = rows;
+    summary.resumed += committed;
+    summary.requests = client.stats.attempts.load(Ordering::Relaxed);
+    summary.retries = client.stats.retries.load(Ordering::Relaxed);
+    summary.rate_limited = client.stats.rate_limited.load(Ordering::Relaxed);
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    summary.output = plan.output.display().to_string();
+    collector.journal.remove()?;
+    Ok(summary)
+}
+
+fn http_client(plan: &Plan) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(plan.concurrency)
+        .tcp_nodelay(true)
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .user_agent(concat!("aiq/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+}
+
+/// Resolve `--endpoint` to a URL and credentials; start the simulator if asked.
+pub async fn resolve_endpoint(plan: &Plan) -> Result<(Endpoint, Option<Simulator>)> {
+    let env = |k: &str| std::env::var(k).ok();
+    match &plan.target {
+        Target::Simulator => {
+            let sim = start_simulator(plan).await?;
+            let name = plan.model.clone().unwrap_or_else(|| SIMULATOR_MODEL.to_string());
+            let target = crate::auth::DatabricksTarget {
+                host: sim.base_url(),
+                credentials: Credentials::Bearer(Secret::new(SIMULATOR_TOKEN)),
+                source: "the built-in simulator".into(),
+            };
+            Ok((Endpoint::databricks(target, &name), Some(sim)))
+        }
+        Target::Databricks(name) => {
+            let target = resolve_databricks(plan.profile.as_deref(), &env)?;
+            Ok((Endpoint::databricks(target, name), None))
+        }
+        Target::OpenAi(url) => {
+            let credentials = resolve_openai(plan.api_key_env.as_deref(), &env)?;
+            Ok((Endpoint::openai(url, plan.task, plan.model.as_deref(), credentials), None))
+        }
+    }
+}
+
+/// The in-process simulator checks a token like a real endpoint would.
+const SIMULATOR_TOKEN: &str = "aiq-simulator-token";
+
+async fn start_simulator(plan: &Plan) -> Result<Simulator> {
+    let s = &plan.simulator;
+    let d = SimConfig::default();
+    let cfg = SimConfig {
+        port: 0,
+        token: Some(SIMULATOR_TOKEN.to_string()),
+        latency_ms: s.latency_ms.unwrap_or(d.latency_ms),
+        itl_ms: s.itl_ms.unwrap_or(d.itl_ms),
+        ttft_ms: s.ttft_ms.unwrap_or(d.ttft_ms),
+        output_tokens: s.output_tokens.unwrap_or(d.output_tokens),
+        rpm: s.rpm.or(d.rpm),
+        tpm: s.tpm.or(d.tpm),
+        fault_rate: s.fault_rate.unwrap_or(d.fault_rate),
+        seed: s.seed.unwrap_or(d.seed),
+        ..d
+    };
+    Simulator::start(cfg)
+        .await
+        .map_err(|e| Error::Config(format!("could not start the built-in simulator: {e}")))
+}

@@ -1,0 +1,4 @@
+mod util;
+
+mod reliability;
+mod run;

@@ -1,0 +1,276 @@
+//! `aiq run` end to end: every row once, in order, with its own answer;
+//! both endpoint kinds, all three tasks, job files, and bad input.
+
+use std::sync::Arc;
+
+use aiq::simulator::SimConfig;
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde_json::{json, Value};
+
+use super::util::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_rows_come_back_in_order_with_their_own_answers() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(300, 7));
+    let out = f.path("out.parquet");
+    let o = f
+        .run_openai(&input, &out, &["--prompt", "Summarize: {{text}}", "--concurrency", "8", "--batch-rows", "64"])
+        .await;
+    assert_ok(&o);
+    let (schema, rows) = read_rows(&out);
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "id", "text", "result", "error_message", "finish_reason", "prompt_tokens", "completion_tokens",
+            "total_tokens", "cached_tokens", "latency_ms", "ttft_ms", "attempts"
+        ]
+    );
+    assert_eq!(rows.len(), 300);
+    let mut sent = 0;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["id"], json!(i), "rows keep input order");
+        if i % 7 == 6 {
+            // SQL null in, null out: not sent.
+            assert_eq!(row["result"], Value::Null);
+            assert_eq!(row["error_message"], Value::Null);
+            assert_eq!(row["attempts"], json!(0));
+            continue;
+        }
+        sent += 1;
+        let result = row["result"].as_str().expect("a string result");
+        assert!(result.starts_with(&format!("echo: Summarize: row-{i} ")), "row {i} got {result}");
+        assert_eq!(row["error_message"], Value::Null);
+        assert!(row["prompt_tokens"].as_i64().unwrap() > 0);
+        assert!(row["completion_tokens"].as_i64().unwrap() > 0);
+        assert_eq!(
+            row["total_tokens"].as_i64().unwrap(),
+            row["prompt_tokens"].as_i64().unwrap() + row["completion_tokens"].as_i64().unwrap()
+        );
+        assert_eq!(row["cached_tokens"], json!(0));
+        assert!(row["latency_ms"].as_i64().is_some());
+        assert_eq!(row["attempts"], json!(1));
+        assert!(matches!(row["finish_reason"].as_str(), Some("stop" | "length")));
+    }
+    let stats = f.sim.stats();
+    assert_eq!(stats.ok, sent, "one request per non-null row");
+    assert!(stats.max_in_flight <= 8, "concurrency bound held: {}", stats.max_in_flight);
+    assert!(!f.path("out.parquet.aiq").exists(), "the journal is removed after success");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn databricks_endpoint_with_token_from_environment() {
+    let f = Fixture::new(SimConfig { endpoints: vec!["my-llm".into()], ..SimConfig::default() }).await;
+    let input = f.write_jsonl("in.jsonl", &rows(20, 0));
+    let out = f.path("out.parquet");
+    let host = f.sim.base_url();
+    let o = f
+        .aiq(
+            &["run", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--endpoint", "my-llm",
+              "--system", "Be terse.", "--prompt", "{{text}}", "--param", "max_tokens=16", "--param", "temperature=0"],
+            &[("DATABRICKS_HOST", &host), ("DATABRICKS_TOKEN", TOKEN)],
+        )
+        .await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    assert_eq!(rows.len(), 20);
+    for (i, row) in rows.iter().enumerate() {
+        assert!(row["result"].as_str().unwrap().starts_with(&format!("echo: row-{i} ")));
+        // max_tokens=16 reached the body: the echo was cut at 16 tokens.
+        assert_eq!(row["completion_tokens"], json!(16));
+        assert_eq!(row["finish_reason"], json!("length"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn databricks_profile_from_databrickscfg() {
+    let f = Fixture::new(SimConfig::default()).await;
+    std::fs::write(
+        f.path(".databrickscfg"),
+        format!("[DEFAULT]\nhost = http://nowhere.invalid\ntoken = wrong\n\n[sim]\nhost = {}\ntoken = {TOKEN}\n", f.sim.base_url()),
+    )
+    .unwrap();
+    let input = f.write_jsonl("in.jsonl", &rows(5, 0));
+    let out = f.path("out.parquet");
+    let o = f
+        .aiq(
+            &["run", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--endpoint", "llm",
+              "--prompt", "{{text}}"],
+            &[("DATABRICKS_CONFIG_PROFILE", "sim")],
+        )
+        .await;
+    assert_ok(&o);
+    assert_eq!(read_rows(&out).1.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn databricks_oauth_machine_to_machine() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(10, 0));
+    let out = f.path("out.parquet");
+    let host = f.sim.base_url();
+    let o = f
+        .aiq(
+            &["run", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--endpoint", "llm",
+              "--prompt", "{{text}}"],
+            &[
+                ("DATABRICKS_HOST", &host),
+                ("DATABRICKS_CLIENT_ID", aiq::simulator::CLIENT_ID),
+                ("DATABRICKS_CLIENT_SECRET", aiq::simulator::CLIENT_SECRET),
+            ],
+        )
+        .await;
+    assert_ok(&o);
+    assert_eq!(read_rows(&out).1.len(), 10);
+    assert_eq!(f.sim.stats().oauth_tokens, 1, "the token is fetched once and reused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_task() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(10, 0));
+    let out = f.path("out.parquet");
+    let o = f.run_openai(&input, &out, &["--task", "completions", "--prompt", "Q: {{text}}"]).await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    for (i, row) in rows.iter().enumerate() {
+        assert!(row["result"].as_str().unwrap().starts_with(&format!("echo: Q: row-{i} ")), "{row:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embeddings_task_gives_float_lists_batched() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let mut input_rows = rows(25, 0);
+    input_rows[3]["text"] = input_rows[0]["text"].clone(); // equal texts, equal vectors
+    let input = f.write_jsonl("in.jsonl", &input_rows);
+    let out = f.path("out.parquet");
+    let o = f.run_openai(&input, &out, &["--task", "embeddings", "--prompt", "{{text}}", "--batch-size", "10"]).await;
+    assert_ok(&o);
+    let (schema, rows) = read_rows(&out);
+    let result = schema.field_with_name("result").unwrap();
+    assert!(matches!(result.data_type(), DataType::List(item) if item.data_type() == &DataType::Float32), "{result:?}");
+    assert_eq!(rows.len(), 25);
+    for row in &rows {
+        assert_eq!(row["result"].as_array().unwrap().len(), 16);
+    }
+    assert_eq!(rows[0]["result"], rows[3]["result"]);
+    assert_ne!(rows[0]["result"], rows[1]["result"]);
+    assert_eq!(f.sim.stats().ok, 3, "25 rows in requests of 10");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parquet_input_columns_pass_through() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("n", DataType::UInt32, false),
+        Field::new("score", DataType::Float64, true),
+        Field::new("text", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(UInt32Array::from(vec![1, 2, 3])),
+            Arc::new(Float64Array::from(vec![Some(0.5), None, Some(2.0)])),
+            Arc::new(StringArray::from(vec!["a", "b", "c"])),
+        ],
+    )
+    .unwrap();
+    let input = f.write_parquet("in.parquet", batch);
+    let out = f.path("out.parquet");
+    let o = f.run_openai(&input, &out, &["--prompt", "{{text}} scored {{n}}"]).await;
+    assert_ok(&o);
+    let (schema, rows) = read_rows(&out);
+    // Unsigned input types are widened so DuckDB, pandas and Spark read them.
+    assert_eq!(schema.field_with_name("n").unwrap().data_type(), &DataType::Int64);
+    assert_eq!(rows[1]["score"], Value::Null);
+    assert_eq!(rows[2]["result"], json!("echo: c scored 3"));
+    let _ = Int64Array::from(vec![0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_file_with_flags_overriding() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(12, 0));
+    let job = f.path("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "input = {:?}\noutput = {:?}\nendpoint = {:?}\nmodel = \"m\"\nprompt = \"File: {{{{text}}}}\"\nconcurrency = 2\n[params]\nmax_tokens = 8\n",
+            input.to_str().unwrap(),
+            f.path("from-file.parquet").to_str().unwrap(),
+            f.openai_url()
+        ),
+    )
+    .unwrap();
+    let out = f.path("from-flag.parquet");
+    let o = f
+        .aiq(&["run", "-q", job.to_str().unwrap(), "--output", out.to_str().unwrap()], &[("OPENAI_API_KEY", TOKEN)])
+        .await;
+    assert_ok(&o);
+    assert!(!f.path("from-file.parquet").exists());
+    let (_, rows) = read_rows(&out);
+    assert_eq!(rows.len(), 12);
+    assert!(rows[0]["result"].as_str().unwrap().starts_with("echo: File: row-0"));
+    assert_eq!(rows[0]["completion_tokens"], json!(8));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_column_stops_before_any_request() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(5, 0));
+    let out = f.path("out.parquet");
+    let o = f.run_openai(&input, &out, &["--prompt", "Summarize: {{txet}}"]).await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("`txet`"), "{}", stderr(&o));
+    assert_eq!(f.sim.stats().requests, 0);
+    assert!(!out.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_and_corrupt_inputs_are_usage_errors() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let out = f.path("out.parquet");
+    let missing = f.path("nope.parquet");
+    let o = f.run_openai(&missing, &out, &["--prompt", "{{text}}"]).await;
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("nope.parquet"), "{}", stderr(&o));
+    let corrupt = f.path("bad.parquet");
+    std::fs::write(&corrupt, b"PAR1 this is not parquet").unwrap();
+    let o = f.run_openai(&corrupt, &out, &["--prompt", "{{text}}"]).await;
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("bad.parquet"), "{}", stderr(&o));
+    let bad_ext = f.path("data.csv");
+    std::fs::write(&bad_ext, b"a,b\n").unwrap();
+    let o = f.run_openai(&bad_ext, &out, &["--prompt", "{{a}}"]).await;
+    assert_eq!(code(&o), 2);
+    let o = f.aiq(&["run", "--input", "x.jsonl"], &[]).await;
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("--output"), "{}", stderr(&o));
+    assert_eq!(f.sim.stats().requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_row_gets_its_error_and_fail_on_error_fails_the_job() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let mut input_rows = rows(30, 0);
+    input_rows[4]["text"] = json!("[[sim:400]] malformed");
+    let input = f.write_jsonl("in.jsonl", &input_rows);
+    let out = f.path("out.parquet");
+    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}"]).await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    assert_eq!(rows.len(), 30);
+    let err = rows[4]["error_message"].as_str().expect("row 4 has an error");
+    assert!(err.contains("400") && err.contains("simulated bad request"), "{err}");
+    assert_eq!(rows[4]["attempts"], json!(1), "a 400 is not retried");
+    assert!(rows.iter().enumerate().all(|(i, r)| i == 4 || r["error_message"].is_null()));
+
+    let out2 = f.path("out2.parquet");
+    let o = f.run_openai(&input, &out2, &["--prompt", "{{text}}", "--fail-on-error", "--concurrency", "1"]).await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("row 4"), "{}", stderr(&o));
+    assert!(!out2.exists());
+}
