@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod outcome;
+pub mod simulator;
 pub mod tokens;
 pub mod wire;
 
