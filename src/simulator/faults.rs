@@ -1,0 +1,107 @@
+//! Fault injection: which requests fail, and how.
+//!
+//! Faults are drawn from a seeded RNG so a run is repeatable for a given
+//! arrival order. `fail_first` makes the first N authorised requests fail
+//! with 500, the "fail the first N, then assert all delivered" pattern.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// One kind of injected failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status and an error body.
+    Status(u16),
+    /// Drop the connection in the middle of the response.
+    Reset,
+    /// Sleep `slow_ms` before answering normally.
+    Slow,
+}
+
+impl Fault {
+    fn parse(name: &str) -> Result<Fault, String> {
+        match name.trim() {
+            "500" => Ok(Fault::Status(500)),
+            "502" => Ok(Fault::Status(502)),
+            "503" => Ok(Fault::Status(503)),
+            "reset" => Ok(Fault::Reset),
+            "slow" => Ok(Fault::Slow),
+            other => Err(format!("unknown fault {other:?} in --faults (use a comma list of 500, 502, 503, reset, slow)")),
+        }
+    }
+}
+
+/// Decides, request by request, whether to inject a fault.
+#[derive(Debug)]
+pub struct Faults {
+    rate: f64,
+    kinds: Vec<Fault>,
+    fail_first: u64,
+    seen: AtomicU64,
+    rng: Mutex<StdRng>,
+}
+
+impl Faults {
+    /// Checks the settings: `rate` in 0..=1 and known fault names.
+    pub fn new(rate: f64, list: &str, fail_first: u64, seed: u64) -> Result<Faults, String> {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(format!("--fault-rate must be between 0 and 1, got {rate}"));
+        }
+        let kinds = list
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(Fault::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if rate > 0.0 && kinds.is_empty() {
+            return Err("--fault-rate is set but --faults names no fault".to_string());
+        }
+        Ok(Faults { rate, kinds, fail_first, seen: AtomicU64::new(0), rng: Mutex::new(StdRng::seed_from_u64(seed)) })
+    }
+
+    /// The fault for the next authorised request, if any.
+    pub fn draw(&self) -> Option<Fault> {
+        if self.seen.fetch_add(1, Ordering::Relaxed) < self.fail_first {
+            return Some(Fault::Status(500));
+        }
+        if self.rate <= 0.0 || self.kinds.is_empty() {
+            return None;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        if rng.random::<f64>() >= self.rate {
+            return None;
+        }
+        Some(self.kinds[rng.random_range(0..self.kinds.len())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_first_then_clean() {
+        let f = Faults::new(0.0, "500,502,503,reset,slow", 2, 1).unwrap();
+        assert_eq!(f.draw(), Some(Fault::Status(500)));
+        assert_eq!(f.draw(), Some(Fault::Status(500)));
+        assert_eq!(f.draw(), None);
+    }
+
+    #[test]
+    fn rate_one_always_faults_and_is_seeded() {
+        let a = Faults::new(1.0, "502,reset", 0, 7).unwrap();
+        let b = Faults::new(1.0, "502,reset", 0, 7).unwrap();
+        let da: Vec<_> = (0..20).map(|_| a.draw()).collect();
+        let db: Vec<_> = (0..20).map(|_| b.draw()).collect();
+        assert_eq!(da, db);
+        assert!(da.iter().all(|f| matches!(f, Some(Fault::Status(502)) | Some(Fault::Reset))));
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(Faults::new(1.5, "500", 0, 0).is_err());
+        assert!(Faults::new(0.5, "500,teapot", 0, 0).is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! The request pipeline shared by every inference route, in the order a
+//! real provider applies it: count → authenticate → find the endpoint →
+//! parse → test markers → faults → rate limits → prefix cache → latency →
+//! reply (JSON or a stream).
+//!
+//! Malformed input never panics: it becomes a 400 whose message says what
+//! is wrong. Error bodies take the shape of the API called (OpenAI's
+//! `{"error":{..}}` or Databricks' `{"error_code":..,"message":..}`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::answer::{self, Job, Marker, Reply, Task};
+use super::cache::{self, prefix_keys};
+use super::faults::Fault;
+use super::limits::Admission;
+use super::stats::{bump, InFlight};
+use super::{stream, ServerState, SimConfig};
+use crate::wire::{
+    ChatChoice, ChatResponse, CompletionChoice, CompletionResponse, EmbeddingItem, EmbeddingResponse, Message,
+    PromptTokensDetails, WireUsage,
+};
+
+/// Which API a request came in through: it decides error shapes, streaming
+/// usage and (for Claude endpoints) cache semantics.
+#[derive(Debug, Clone)]
+pub(crate) enum Api {
+    OpenAi,
+    Databricks { endpoint: String },
+}
+
+impl Api {
+    /// Databricks endpoints serving Claude use explicit cache breakpoints
+    /// and Anthropic-style usage.
+    pub fn claude(&self) -> bool {
+        matches!(self, Api::Databricks { endpoint } if endpoint.to_ascii_lowercase().contains("claude"))
+    }
+
+    pub fn is_databricks(&self) -> bool {
+        matches!(self, Api::Databricks { .. })
+    }
+}
+
+/// An error reply in the shape of `api`.
+pub(crate) fn error(api: &Api, status: StatusCode, code: &str, message: &str) -> Response {
+    let body = match api {
+        Api::OpenAi => json!({"error": {"message": message, "type": code, "code": code}}),
+        Api::Databricks { .. } => json!({"error_code": code, "message": message}),
+    };
+    (status, Json(body)).into_response()
+}
+
+pub(crate) async fn openai_chat(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(st, Api::OpenAi, Some(Task::Chat), headers, body).await
+}
+
+pub(crate) async fn openai_completions(
+    State(st): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(st, Api::OpenAi, Some(Task::Completion), headers, body).await
+}
+
+pub(crate) async fn openai_embeddings(
+    State(st): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(st, Api::OpenAi, Some(Task::Embedding), headers, body).await
+}
+
+/// Databricks decides the task from the body (`messages`, `prompt`, `input`).
+pub(crate) async fn databricks(
+    State(st): State<Arc<ServerState>>,
+    Path(endpoint): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(st, Api::Databricks { endpoint }, None, headers, body).await
+}
+
+pub(crate) async fn not_found(State(st): State<Arc<ServerState>>) -> Response {
+    bump(&st.counters.not_found);
+    error(&Api::OpenAi, StatusCode::NOT_FOUND, "not_found", "no such route on the aiq simulator")
+}
+
+fn authorized(cfg: &SimConfig, headers: &HeaderMap) -> bool {
+    let Some(token) = &cfg.token else { return true };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|got| got.trim() == token)
+}
+
+async fn handle(st: Arc<ServerState>, api: Api, task: Option<Task>, headers: HeaderMap, body: Bytes) -> Response {
+    let in_flight = InFlight::new(st.counters.clone());
+    let c = &st.counters;
+    if !authorized(&st.cfg, &headers) {
+        bump(&c.unauthorized);
+        // Never echo what was received: it may be someone's real token.
+        return error(&api, StatusCode::UNAUTHORIZED, "invalid_api_key", "missing or invalid bearer token");
+    }
+    if let Api::Databricks { endpoint } = &api {
+        if !st.cfg.endpoints.is_empty() && !st.cfg.endpoints.iter().any(|e| e == endpoint) {
+            bump(&c.not_found);
+            let msg = format!("The given endpoint does not exist, please retry after checking the specified model and version deployment exists: {endpoint}");
+            return error(&api, StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST", &msg);
+        }
+    }
+    let bad_request = |msg: &str| {
+        bump(&c.bad_request);
+        error(&api, StatusCode::BAD_REQUEST, "invalid_request_error", msg)
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad_request(&format!("request body is not valid JSON: {e}")),
+    };
+    let Some(task) = task.or_else(|| Task::of_body(&value)) else {
+        return bad_request("request body needs `messages` (chat), `prompt` (completions) or `input` (embeddings)");
+    };
+    let job = match answer::plan(task, value, st.cfg.output_tokens, st.cfg.embedding_dim, api.claude()) {
+        Ok(job) => job,
+        Err(msg) => return bad_request(&msg),
+    };
+    match job.marker {
+        Some(Marker::BadRequest) => return bad_request("simulated bad request"),
+        Some(Marker::ServerError) => {
+            return error(&api, StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "simulated server error")
+        }
+        None => {}
+    }
+    if let Some(fault) = st.faults.draw() {
+        bump(&c.faults_injected);
+        match fault {
+            Fault::Status(code) => {
+                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return error(&api, status, "server_error", &format!("simulated fault: HTTP {code}"));
+            }
+            Fault::Reset => return reset(),
+            Fault::Slow => tokio::time::sleep(Duration::from_millis(st.cfg.slow_ms)).await,
+        }
+    }
+    let limit_headers = match st.limits.admit(job.prompt_tokens + job.max_tokens) {
+        Admission::Admitted(h) => h,
+        Admission::Refused(h) => {
+            bump(&c.rate_limited);
+            let code = if api.is_databricks() { "REQUEST_LIMIT_EXCEEDED" } else { "rate_limit_exceeded" };
+            let mut resp = error(&api, StatusCode::TOO_MANY_REQUESTS, code, "rate limit exceeded, retry later");
+            resp.headers_mut().extend(h);
+            return resp;
+        }
+    };
+    let keys = job.cache_text.as_deref().map(prefix_keys).unwrap_or_default();
+    let cached = st.cache.lookup(&keys).min(job.prompt_tokens);
+    let usage = usage(&job, cached, cache::cacheable_tokens(&keys), api.claude());
+    let done = {
+        let st = st.clone();
+        let (prompt, completion, keys_by_prompt) = (job.prompt_tokens, job.completion_tokens, job.keys.clone());
+        // Runs when the reply is complete: only then is the prefix cached
+        // and the call counted, as at a real provider.
+        move || {
+            st.cache.insert(&keys);
+            st.counters.record_ok(prompt, completion, cached, &keys_by_prompt);
+            drop(in_flight);
+        }
+    };
+    if job.stream {
+        return stream::respond(&st.cfg, &api, job, usage, cached, limit_headers, Box::new(done));
+    }
+    let delay = latency(&st.cfg, &job, cached);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    done();
+    let mut resp = Json(body_of(&api, job, usage)).into_response();
+    resp.headers_mut().extend(limit_headers);
+    resp
+}
+
+/// A reply whose body breaks off: a few bytes, then an error, which makes
+/// hyper abort the connection so the client sees a transport error.
+fn reset() -> Response {
+    let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(b"{\"id\":\"")),
+        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated connection reset")),
+    ];
+    let mut resp = Response::new(Body::from_stream(futures::stream::iter(parts)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Time to answer without streaming: base + prefill of uncached tokens +
+/// decoding of the reply.
+fn latency(cfg: &SimConfig, job: &Job, cached: u64) -> Duration {
+    let prefill_us = cfg.prefill_us_per_token * job.prompt_tokens.saturating_sub(cached) as f64;
+    let decode_ms = cfg.itl_ms * job.completion_tokens as f64;
+    Duration::from_millis(cfg.latency_ms) + Duration::from_secs_f64(((prefill_us / 1e3 + decode_ms) / 1e3).max(0.0))
+}
+
+/// Time to the first streamed chunk: `ttft_ms` (or `latency_ms`) + prefill.
+pub(crate) fn first_token_delay(cfg: &SimConfig, prompt_tokens: u64, cached: u64) -> Duration {
+    let base = if cfg.ttft_ms > 0 { cfg.ttft_ms } else { cfg.latency_ms };
+    let prefill_us = cfg.prefill_us_per_token * prompt_tokens.saturating_sub(cached) as f64;
+    Duration::from_millis(base) + Duration::from_secs_f64((prefill_us / 1e6).max(0.0))
+}
+
+/// Usage as the API reports it: OpenAI nests cached tokens under
+/// `prompt_tokens_details`; Claude reports cache reads and writes
+/// Anthropic-style next to the total `prompt_tokens`.
+fn usage(job: &Job, cached: u64, cacheable: u64, claude: bool) -> WireUsage {
+    let (p, c) = (job.prompt_tokens as i64, job.completion_tokens as i64);
+    let mut u = WireUsage {
+        prompt_tokens: Some(p),
+        completion_tokens: Some(c),
+        total_tokens: Some(p + c),
+        ..WireUsage::default()
+    };
+    if claude {
+        u.cache_read_input_tokens = Some(cached as i64);
+        u.cache_creation_input_tokens = Some(cacheable.saturating_sub(cached) as i64);
+    } else if job.task != Task::Embedding {
+        u.prompt_tokens_details = Some(PromptTokensDetails { cached_tokens: Some(cached as i64), cache_write_tokens: None });
+    }
+    u
+}
+
+/// A stable reply id from the request's prompts.
+pub(crate) fn reply_id(prefix: &str, job: &Job) -> String {
+    let h = blake3::hash(job.keys.join("\u{1f}").as_bytes());
+    format!("{prefix}-{}", &h.to_hex()[..24])
+}
+
+pub(crate) fn model_name(api: &Api, job: &Job) -> String {
+    match (&job.model, api) {
+        (Some(m), _) => m.clone(),
+        (None, Api::Databricks { endpoint }) => endpoint.clone(),
+        (None, Api::OpenAi) => "aiq-sim".to_string(),
+    }
+}
+
+/// The non-streamed JSON reply.
+fn body_of(api: &Api, job: Job, usage: WireUsage) -> Value {
+    let model = Some(model_name(api, &job));
+    let result = match &job.reply {
+        Reply::Chat { content, tool_calls, finish_reason } => serde_json::to_value(ChatResponse {
+            id: Some(reply_id("chatcmpl", &job)),
+            object: Some("chat.completion".to_string()),
+            model,
+            choices: vec![ChatChoice {
+                index: 0,
+                message: Message {
+                    role: "assistant".to_string(),
+                    content: content.clone().map(Value::String).unwrap_or(Value::Null),
+                    tool_calls: tool_calls.clone(),
+                },
+                finish_reason: Some(finish_reason.to_string()),
+            }],
+            usage: Some(usage),
+        }),
+        Reply::Completion { choices } => serde_json::to_value(CompletionResponse {
+            id: Some(reply_id("cmpl", &job)),
+            model,
+            choices: choices
+                .iter()
+                .enumerate()
+                .map(|(i, (text, finish))| CompletionChoice {
+                    index: i as u32,
+                    text: text.clone(),
+                    finish_reason: Some(finish.to_string()),
+                })
+                .collect(),
+            usage: Some(usage),
+        }),
+        Reply::Embedding { vectors } => serde_json::to_value(EmbeddingResponse {
+            model,
+            data: vectors
+                .iter()
+                .enumerate()
+                .map(|(index, v)| EmbeddingItem { index, embedding: v.clone() })
+                .collect(),
+            usage: Some(usage),
+        }),
+    };
+    // Serialising these plain structs cannot fail; answer something valid anyway.
+    result.unwrap_or_else(|e| json!({"error": {"message": e.to_string()}}))
+}

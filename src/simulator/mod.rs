@@ -1,0 +1,249 @@
+//! The simulator: an OpenAI- and Databricks-compatible LLM server with no
+//! model behind it, used by every test and benchmark (`aiq simulate` runs it
+//! on its own).
+//!
+//! It answers deterministically from the request (so tests can check each
+//! row got its own answer), charges usage with the same token estimate as
+//! the client ([`crate::tokens`]), and reproduces what makes real endpoints
+//! hard to drive: RPM/TPM limits with `Retry-After`, injected faults
+//! (5xx, dropped connections, stalls), prefix caching, streaming and
+//! latency. This file owns the configuration, the server's life cycle and
+//! the routes; each concern has its own file:
+//! [`handler`](self::handler) (the request pipeline), [`answer`](self::answer)
+//! and [`schema`](self::schema) (the replies), [`stream`](self::stream) (SSE),
+//! [`limits`](self::limits), [`faults`](self::faults), [`cache`](self::cache),
+//! [`oauth`](self::oauth) and [`stats`](self::stats).
+
+mod answer;
+mod cache;
+mod faults;
+mod handler;
+mod limits;
+mod oauth;
+mod schema;
+mod stats;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
+use axum::Router;
+use tokio::sync::oneshot;
+
+pub use oauth::{CLIENT_ID, CLIENT_SECRET};
+pub use stats::SimStats;
+
+use faults::Faults;
+use limits::Limits;
+use stats::Counters;
+
+/// Default reply length in tokens.
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 32;
+/// Default token-bucket depth, in seconds of the per-minute rate.
+pub const DEFAULT_BURST_SECONDS: f64 = 10.0;
+/// Default fault kinds drawn when `fault_rate` > 0.
+pub const DEFAULT_FAULTS: &str = "500,502,503,reset,slow";
+/// Default stall of a `slow` fault.
+pub const DEFAULT_SLOW_MS: u64 = 30_000;
+/// Default embedding width.
+pub const DEFAULT_EMBEDDING_DIM: usize = 16;
+/// Largest request body accepted (base64 images make bodies big).
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// How the simulator behaves. Every field is also an `aiq simulate` flag;
+/// the defaults suit tests (no latency, no limits, no faults).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimConfig {
+    /// Port to listen on (127.0.0.1); 0 picks a free port.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Bearer token every inference request must carry; unset accepts any
+    /// or none.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Base latency of every request, in milliseconds (0 for tests; try 300
+    /// to mimic a hosted model).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Inter-token latency: milliseconds per output token.
+    #[arg(long, default_value_t = 0.0)]
+    pub itl_ms: f64,
+    /// Streaming only: milliseconds until the first chunk; 0 means use
+    /// `--latency-ms`. Prefill time is added on top.
+    #[arg(long, default_value_t = 0)]
+    pub ttft_ms: u64,
+    /// Prefill cost: microseconds per prompt token not read from the cache.
+    #[arg(long, default_value_t = 0.0)]
+    pub prefill_us_per_token: f64,
+    /// Reply length in tokens when the request sets no smaller `max_tokens`.
+    #[arg(long, default_value_t = DEFAULT_OUTPUT_TOKENS)]
+    pub output_tokens: u64,
+    /// Requests per minute (token bucket); unset means unlimited.
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute, charged at admission as prompt estimate +
+    /// `max_tokens` (or `--output-tokens`); unset means unlimited.
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Bucket depth in seconds: a bucket holds `limit / 60 * burst_seconds`.
+    #[arg(long, default_value_t = DEFAULT_BURST_SECONDS)]
+    pub burst_seconds: f64,
+    /// Probability (0..1) that a request gets a fault from `--faults`.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_rate: f64,
+    /// Fault kinds to draw from: comma list of 500, 502, 503, reset
+    /// (connection dropped mid-response), slow (stall `--slow-ms`).
+    #[arg(long, default_value = DEFAULT_FAULTS)]
+    pub faults: String,
+    /// The first N authorised inference requests answer 500.
+    #[arg(long, default_value_t = 0)]
+    pub fail_first: u64,
+    /// Seed of the fault RNG, for repeatable runs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Extra delay of a `slow` fault, in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_SLOW_MS)]
+    pub slow_ms: u64,
+    /// Width of embedding vectors.
+    #[arg(long, default_value_t = DEFAULT_EMBEDDING_DIM)]
+    pub embedding_dim: usize,
+    /// Disable the prefix cache (no reply reports cached tokens).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Databricks endpoint names that exist (comma list); empty means every
+    /// name exists. Others answer 404 RESOURCE_DOES_NOT_EXIST.
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            port: 0,
+            token: None,
+            latency_ms: 0,
+            itl_ms: 0.0,
+            ttft_ms: 0,
+            prefill_us_per_token: 0.0,
+            output_tokens: DEFAULT_OUTPUT_TOKENS,
+            rpm: None,
+            tpm: None,
+            burst_seconds: DEFAULT_BURST_SECONDS,
+            fault_rate: 0.0,
+            faults: DEFAULT_FAULTS.to_string(),
+            fail_first: 0,
+            seed: 0,
+            slow_ms: DEFAULT_SLOW_MS,
+            embedding_dim: DEFAULT_EMBEDDING_DIM,
+            no_cache: false,
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub(crate) struct ServerState {
+    cfg: SimConfig,
+    faults: Faults,
+    limits: Limits,
+    cache: cache::PrefixCache,
+    counters: Arc<Counters>,
+}
+
+/// A running simulator; it stops when shut down or dropped.
+pub struct Simulator {
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Simulator {
+    /// Checks `cfg`, binds 127.0.0.1:`cfg.port` and serves in a background
+    /// task. Bad settings are `InvalidInput` errors.
+    pub async fn start(cfg: SimConfig) -> std::io::Result<Simulator> {
+        let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+        let faults = Faults::new(cfg.fault_rate, &cfg.faults, cfg.fail_first, cfg.seed).map_err(invalid)?;
+        if cfg.embedding_dim == 0 {
+            return Err(invalid("--embedding-dim must be at least 1".to_string()));
+        }
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let state = Arc::new(ServerState {
+            limits: Limits::new(cfg.rpm, cfg.tpm, cfg.burst_seconds),
+            cache: cache::PrefixCache::new(!cfg.no_cache),
+            faults,
+            counters: counters.clone(),
+            cfg,
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async {
+            // A dropped sender also ends the wait: dropping the Simulator stops it.
+            let _ = stopped.await;
+        });
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                eprintln!("simulator stopped: {e}");
+            }
+        });
+        Ok(Simulator { addr, counters, stop: Some(stop) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.counters.snapshot()
+    }
+
+    /// Stops accepting connections; requests in progress finish.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// Runs a simulator until Ctrl-C, for `aiq simulate`.
+pub async fn serve_forever(cfg: SimConfig) -> std::io::Result<()> {
+    let sim = Simulator::start(cfg).await?;
+    let mut out = std::io::stdout();
+    writeln!(out, "simulator listening on {}", sim.base_url())?;
+    out.flush()?;
+    tokio::signal::ctrl_c().await?;
+    sim.shutdown();
+    Ok(())
+}
+
+fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(handler::openai_chat))
+        .route("/v1/completions", post(handler::openai_completions))
+        .route("/v1/embeddings", post(handler::openai_embeddings))
+        .route("/serving-endpoints/{name}/invocations", post(handler::databricks))
+        .route("/oidc/v1/token", post(oauth::token))
+        .fallback(handler::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
