@@ -7,7 +7,9 @@
 
 pub mod error;
 pub mod outcome;
+pub mod functions;
 pub mod tokens;
+pub mod types;
 pub mod wire;
 
 pub use error::{Error, Result};

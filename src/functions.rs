@@ -1,0 +1,1 @@
+//! Databricks AI task functions (stub).
