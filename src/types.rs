@@ -43,6 +43,12 @@ pub enum SqlType {
 /// hostile input cannot overflow the stack of the recursive parsers.
 const MAX_DEPTH: usize = 64;
 
+/// The time zone of TIMESTAMP columns. Spelled as an offset, not `"UTC"`:
+/// without arrow's `chrono-tz` feature, arrow-json refuses to build a decoder
+/// for a named zone. Parquet stores either as "adjusted to UTC", which is
+/// what DuckDB, pandas and Spark read.
+pub const UTC: &str = "+00:00";
+
 /// The name of the wrapper property for non-STRUCT results: strict
 /// structured outputs need an object at the root.
 const RESULT: &str = "result";
@@ -61,7 +67,7 @@ impl SqlType {
             SqlType::Double => DataType::Float64,
             SqlType::Boolean => DataType::Boolean,
             SqlType::Date => DataType::Date32,
-            SqlType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            SqlType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
             SqlType::Array(item) => {
                 DataType::List(Arc::new(Field::new("item", item.arrow_type(), true)))
             }
@@ -523,7 +529,7 @@ fn normalize_timestamp(s: &str) -> Result<String, String> {
     let mut micros_of_day: i64 = 0;
     let mut offset_secs: i64 = 0;
     if !rest.is_empty() {
-        let b = rest[1..].as_bytes();
+        let b = &rest.as_bytes()[1..];
         let two = |i: usize| b.get(i..i + 2).and_then(digits).map(i64::from);
         let (h, mi) = (two(0).ok_or_else(bad)?, two(3).ok_or_else(bad)?);
         if b.get(2) != Some(&b':') || h > 23 || mi > 59 {
@@ -1049,5 +1055,432 @@ impl DdlParser<'_> {
             }
             _ => return Err(self.error_at(pos, &format!("unknown type \"{word}\""))),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, ArrayRef};
+    use arrow::datatypes::Schema;
+    use arrow::util::display::array_value_to_string;
+
+    fn ty(s: &str) -> SqlType {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    /// What the sink does: decode `{"result": value}` with arrow-json into
+    /// the column's Arrow type.
+    fn decode(t: &SqlType, value: &Value) -> ArrayRef {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "result",
+            t.arrow_type(),
+            true,
+        )]));
+        let mut decoder = arrow_json::ReaderBuilder::new(schema)
+            .build_decoder()
+            .unwrap();
+        decoder.serialize(&[json!({ "result": value })]).unwrap();
+        decoder.flush().unwrap().unwrap().column(0).clone()
+    }
+
+    #[test]
+    fn every_type_goes_from_ddl_through_schema_and_reply_into_arrow() {
+        // (DDL, Arrow type, reply, normalised value, value as Arrow prints it)
+        let cases: &[(&str, &str, &str, Value, &str)] = &[
+            ("STRING", "Utf8", "  héllo \n", json!("  héllo \n"), "  héllo \n"),
+            ("INT", "Int32", r#"{"result": 42}"#, json!(42), "42"),
+            ("integer", "Int32", "-7", json!(-7), "-7"),
+            ("BIGINT", "Int64", r#"{"result": 9007199254740993}"#, json!(9007199254740993i64), "9007199254740993"),
+            ("LONG", "Int64", r#"{"result": "12"}"#, json!(12), "12"),
+            ("FLOAT", "Float32", r#"{"result": 0.5}"#, json!(0.5), "0.5"),
+            ("REAL", "Float32", "3", json!(3), "3.0"),
+            ("DOUBLE", "Float64", r#"{"result": 1.25e3}"#, json!(1250.0), "1250.0"),
+            ("BOOLEAN", "Boolean", r#"{"result": true}"#, json!(true), "true"),
+            ("bool", "Boolean", "False", json!(false), "false"),
+            ("DATE", "Date32", r#"{"result": "2024-02-29"}"#, json!("2024-02-29"), "2024-02-29"),
+            ("DATE", "Date32", "2024-02-29T23:30:00-05:00", json!("2024-02-29"), "2024-02-29"),
+            (
+                "TIMESTAMP",
+                "Timestamp(µs, \"+00:00\")",
+                r#"{"result": "2024-05-01T12:30:00.5+02:00"}"#,
+                json!("2024-05-01T10:30:00.500000Z"),
+                "2024-05-01T10:30:00.500Z",
+            ),
+            ("TIMESTAMP", "Timestamp(µs, \"+00:00\")", "\"0001-01-01 00:00:00\"", json!("0001-01-01T00:00:00Z"), "0001-01-01T00:00:00Z"),
+            ("VARCHAR(10)", "Utf8", "x", json!("x"), "x"),
+            ("ARRAY<STRING>", "List(Utf8)", r#"{"result": ["a", null, "c"]}"#, json!(["a", null, "c"]), "[a, , c]"),
+            ("ARRAY<INT>", "List(Int32)", "[1, 2.0, \"3\"]", json!([1, 2, 3]), "[1, 2, 3]"),
+            (
+                "MAP<STRING, INT>",
+                "Map(\"entries\": non-null Struct(\"key\": non-null Utf8, \"value\": Int32), unsorted)",
+                r#"{"result": {"b": 2, "a": null}}"#,
+                json!({"a": null, "b": 2}),
+                "{a: , b: 2}",
+            ),
+            (
+                "STRUCT<name: STRING, age INT, tags: ARRAY<STRING>, `home town`: STRUCT<city STRING, since DATE>>",
+                "Struct(\"name\": Utf8, \"age\": Int32, \"tags\": List(Utf8), \"home town\": Struct(\"city\": Utf8, \"since\": Date32))",
+                "```json\n{\"Name\": \"Ada\", \"tags\": [\"x\"], \"home town\": {\"city\": \"London\", \"since\": \"1815-12-10\"}, \"extra\": 1}\n```",
+                json!({"name": "Ada", "age": null, "tags": ["x"], "home town": {"city": "London", "since": "1815-12-10"}}),
+                "{name: Ada, age: , tags: [x], home town: {city: London, since: 1815-12-10}}",
+            ),
+        ];
+        for (ddl, arrow_type, reply, normalised, shown) in cases {
+            let t = ty(ddl);
+            assert_eq!(t.arrow_type().to_string(), *arrow_type, "{ddl}");
+            // The schema describes the type and reads back as the same type.
+            assert_eq!(
+                SqlType::from_json_schema(&t.json_schema()),
+                Ok(t.clone()),
+                "{ddl}"
+            );
+            let value = t
+                .parse_reply(reply)
+                .unwrap_or_else(|e| panic!("{ddl} {reply:?}: {e}"));
+            assert_eq!(&value, normalised, "{ddl} {reply:?}");
+            let column = decode(&t, &value);
+            assert_eq!(column.data_type(), &t.arrow_type());
+            assert!(column.is_valid(0), "{ddl}");
+            assert_eq!(array_value_to_string(&column, 0).unwrap(), *shown, "{ddl}");
+        }
+    }
+
+    #[test]
+    fn null_decodes_as_null_for_every_type() {
+        for ddl in [
+            "STRING",
+            "INT",
+            "DATE",
+            "TIMESTAMP",
+            "ARRAY<INT>",
+            "MAP<STRING, DATE>",
+            "STRUCT<a INT>",
+        ] {
+            let t = ty(ddl);
+            let v = if t.is_string() {
+                Value::Null
+            } else {
+                t.parse_reply("null").unwrap()
+            };
+            assert_eq!(v, Value::Null);
+            assert!(decode(&t, &v).is_null(0), "{ddl}");
+            // The wrapper holding null is null; a STRUCT is never wrapped,
+            // so there it is a struct whose fields are missing.
+            let wrapped = if t.is_string() {
+                continue;
+            } else {
+                t.parse_reply(r#"{"result": null}"#)
+            };
+            let expected = if ddl.starts_with("STRUCT") {
+                json!({"a": null})
+            } else {
+                Value::Null
+            };
+            assert_eq!(wrapped, Ok(expected), "{ddl}");
+        }
+    }
+
+    #[test]
+    fn ddl_is_case_and_whitespace_insensitive_and_displays_canonically() {
+        let t = ty(
+            " struct < a : array < map < varchar ( 3 ) , bigint > > , `we``ird name` Timestamp > ",
+        );
+        assert_eq!(
+            t,
+            SqlType::Struct(vec![
+                (
+                    "a".into(),
+                    SqlType::Array(Box::new(SqlType::Map(Box::new(SqlType::BigInt))))
+                ),
+                ("we`ird name".into(), SqlType::Timestamp),
+            ])
+        );
+        assert_eq!(
+            t.to_string(),
+            "STRUCT<a: ARRAY<MAP<STRING, BIGINT>>, `we``ird name`: TIMESTAMP>"
+        );
+        assert_eq!(ty(&t.to_string()), t);
+    }
+
+    #[test]
+    fn ddl_errors_name_the_token_and_position() {
+        let err = |s: &str| s.parse::<SqlType>().unwrap_err();
+        assert_eq!(
+            err("ARRAY<STRNG>"),
+            r#"unknown type "STRNG" at position 7 in "ARRAY<STRNG>""#
+        );
+        assert_eq!(
+            err("MAP<INT, STRING>"),
+            r#"MAP keys must be STRING (JSON object keys are strings), got INT at position 5 in "MAP<INT, STRING>""#
+        );
+        assert_eq!(
+            err("ARRAY<INT"),
+            r#"expected ">" to close ARRAY<, found end of input at position 10 in "ARRAY<INT""#
+        );
+        assert_eq!(
+            err("INT>"),
+            r#"unexpected ">" after the type at position 4 in "INT>""#
+        );
+        assert_eq!(
+            err(""),
+            r#"expected a type, found end of input at position 1 in """#
+        );
+        assert!(err("STRUCT<a INT, a STRING>")
+            .starts_with(r#"duplicate field name "a" at position 15"#));
+        assert!(err("STRUCT<>").starts_with(r#"expected a field name, found ">""#));
+        assert!(err("STRUCT<a INT; b INT>").starts_with("unexpected character ';' at position 13"));
+        assert!(err("STRUCT<`a INT>").starts_with("unterminated backquoted name at position 8"));
+        assert!(err("VARCHAR(x)").starts_with(r#"expected a length, found "x""#));
+        let deep = format!("{}INT{}", "ARRAY<".repeat(1000), ">".repeat(1000));
+        assert!(err(&deep).contains("nested deeper than"));
+    }
+
+    #[test]
+    fn reply_errors_name_the_path() {
+        let t = ty("STRUCT<tags: ARRAY<STRING>, n INT>");
+        assert_eq!(
+            t.parse_reply(r#"{"tags": ["a", "b", 3]}"#),
+            Err("result.tags[2]: expected STRING, got number 3".to_string())
+        );
+        assert_eq!(
+            t.parse_reply(r#"{"n": 2147483648}"#),
+            Err("result.n: 2147483648 is out of range for INT".into())
+        );
+        assert_eq!(
+            t.parse_reply(r#"{"n": 1.5}"#),
+            Err("result.n: expected INT, got number 1.5".into())
+        );
+        assert_eq!(
+            ty("MAP<STRING, BOOLEAN>").parse_reply(r#"{"result": {"k": "maybe"}}"#),
+            Err(r#"result["k"]: expected BOOLEAN, got string "maybe""#.into())
+        );
+        assert_eq!(
+            ty("DATE").parse_reply("2023-02-29"),
+            Err(r#"result: expected DATE (YYYY-MM-DD), got string "2023-02-29""#.into())
+        );
+        assert!(ty("ARRAY<INT>")
+            .parse_reply("one, two")
+            .unwrap_err()
+            .starts_with("result: expected ARRAY<INT> as JSON, reply is not JSON"));
+        assert!(ty("INT")
+            .parse_reply("forty-two")
+            .unwrap_err()
+            .starts_with("result: expected INT, got string"));
+        assert_eq!(
+            ty("FLOAT").parse_reply("1e39"),
+            Err(
+                "result: 1000000000000000000000000000000000000000 is out of range for FLOAT".into()
+            )
+        );
+        assert!(ty("BIGINT")
+            .parse_reply("9223372036854775808")
+            .unwrap_err()
+            .contains("out of range for BIGINT"));
+        assert!(ty("TIMESTAMP")
+            .parse_reply("2024-01-01T25:00:00Z")
+            .unwrap_err()
+            .starts_with("result: expected TIMESTAMP"));
+        assert!(ty("TIMESTAMP")
+            .parse_reply("0001-01-01T00:00:00+01:00")
+            .unwrap_err()
+            .contains("out of range"));
+        // A long bad value is cut short in the message.
+        let long = format!("\"{}\"", "x".repeat(500));
+        assert!(ty("DATE").parse_reply(&long).unwrap_err().len() < 150);
+    }
+
+    #[test]
+    fn fences_wrappers_and_bare_scalars_are_tolerated() {
+        let int = ty("INT");
+        for reply in [
+            "42",
+            " 42\n",
+            r#"{"result": 42}"#,
+            "```json\n{\"result\": 42}\n```",
+            "```\n42\n```",
+            "\"42\"",
+            "```42```",
+        ] {
+            assert_eq!(int.parse_reply(reply), Ok(json!(42)), "{reply:?}");
+        }
+        assert_eq!(ty("BOOLEAN").parse_reply("TRUE"), Ok(json!(true)));
+        assert_eq!(
+            ty("DATE").parse_reply("2024-01-05"),
+            Ok(json!("2024-01-05"))
+        );
+        // STRING keeps the reply exactly, fences and all.
+        assert_eq!(
+            SqlType::String.parse_reply("```json\n{}\n```"),
+            Ok(json!("```json\n{}\n```"))
+        );
+        // A MAP that happens to have one key named "result" still reads.
+        let map = ty("MAP<STRING, INT>");
+        assert_eq!(
+            map.parse_reply(r#"{"result": 3}"#),
+            Ok(json!({"result": 3}))
+        );
+        assert_eq!(
+            map.parse_reply(r#"{"result": {"a": 1}}"#),
+            Ok(json!({"a": 1}))
+        );
+        // A STRUCT wrapped anyway is unwrapped, unless it has a "result" field.
+        assert_eq!(
+            ty("STRUCT<a INT>").parse_reply(r#"{"result": {"a": 1}}"#),
+            Ok(json!({"a": 1}))
+        );
+        assert_eq!(
+            ty("STRUCT<result INT>").parse_reply(r#"{"result": 5}"#),
+            Ok(json!({"result": 5}))
+        );
+    }
+
+    #[test]
+    fn timestamps_normalise_to_utc() {
+        let ts = |s: &str| normalize_timestamp(s);
+        assert_eq!(
+            ts("2024-03-01T00:30:00+01:00").as_deref(),
+            Ok("2024-02-29T23:30:00Z")
+        );
+        assert_eq!(
+            ts("2024-12-31t23:59:59.999999999-0100").as_deref(),
+            Ok("2025-01-01T00:59:59.999999Z")
+        );
+        assert_eq!(
+            ts("2024-01-01 08:00").as_deref(),
+            Ok("2024-01-01T08:00:00Z")
+        );
+        assert_eq!(
+            ts("2024-01-01T08:00:00 UTC").as_deref(),
+            Ok("2024-01-01T08:00:00Z")
+        );
+        assert_eq!(
+            ts("2024-01-01T08:00:00+05").as_deref(),
+            Ok("2024-01-01T03:00:00Z")
+        );
+        assert_eq!(
+            ts("1969-12-31T23:59:59.25Z").as_deref(),
+            Ok("1969-12-31T23:59:59.250000Z")
+        );
+        assert_eq!(ts("2024-01-01").as_deref(), Ok("2024-01-01T00:00:00Z"));
+        for bad in [
+            "2024-01-01T",
+            "2024-01-01T08",
+            "2024-01-01T08:00:61",
+            "2024-01-01T08:00+5",
+            "2024-01-01T08:00:00.Z",
+            "2024-1-01",
+            "2024-01-01Tä",
+            "10000-01-01",
+        ] {
+            assert!(ts(bad).is_err(), "{bad}");
+        }
+        // Every day of a few centuries survives the calendar arithmetic.
+        for days in (days_from_civil((1600, 1, 1))..days_from_civil((2401, 1, 1))).step_by(7) {
+            assert_eq!(days_from_civil(civil_from_days(days)), days);
+        }
+        // And arrow agrees with the strings we produce.
+        let t = SqlType::Timestamp;
+        let v = t.parse_reply("2000-02-29T12:00:00.000001-12:00").unwrap();
+        assert_eq!(
+            array_value_to_string(&decode(&t, &v), 0).unwrap(),
+            "2000-03-01T00:00:00.000001Z"
+        );
+    }
+
+    #[test]
+    fn response_format_wraps_non_struct_types() {
+        assert_eq!(
+            ty("ARRAY<DATE>").response_format(),
+            json!({"type": "json_schema", "json_schema": {"name": "result", "strict": true, "schema": {
+                "type": "object",
+                "properties": {"result": {"type": "array", "items": {"type": "string", "format": "date"}}},
+                "required": ["result"],
+                "additionalProperties": false,
+            }}})
+        );
+        let s = ty("STRUCT<b STRING, a MAP<STRING, TIMESTAMP>>");
+        assert_eq!(
+            s.response_format()["json_schema"]["schema"],
+            json!({
+                "type": "object",
+                "properties": {
+                    "b": {"type": "string"},
+                    "a": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time"}},
+                },
+                "required": ["b", "a"],
+                "additionalProperties": false,
+            })
+        );
+    }
+
+    #[test]
+    fn hand_written_schemas_map_to_types() {
+        let schema = json!({
+            "type": "object",
+            "$defs": {"Person": {"type": "object", "properties": {"name": {"type": ["string", "null"]}}}},
+            "properties": {
+                "z": {"anyOf": [{"$ref": "#/$defs/Person"}, {"type": "null"}]},
+                "label": {"enum": ["yes", "no"]},
+                "score": {"type": "number", "minimum": 0, "maximum": 1},
+                "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+                "count": {"type": "integer"},
+                "a": {"type": "boolean"},
+            },
+            "required": ["z", "label"],
+        });
+        assert_eq!(
+            SqlType::from_json_schema(&schema).unwrap().to_string(),
+            "STRUCT<z: STRUCT<name: STRING>, label: STRING, a: BOOLEAN, count: BIGINT, score: DOUBLE, stars: INT>"
+        );
+        let err = |s: Value| SqlType::from_json_schema(&s).unwrap_err();
+        assert!(err(json!({"type": "object"})).contains("needs \"properties\""));
+        assert!(err(json!({"type": "array"})).contains("needs \"items\""));
+        assert!(err(json!({"type": ["string", "integer"]})).contains("has no SQL type"));
+        assert!(err(json!({"$ref": "#/$defs/Missing"})).contains("cannot resolve $ref"));
+        assert!(err(json!({"$defs": {"L": {"type": "array", "items": {"$ref": "#/$defs/L"}}}, "$ref": "#/$defs/L"}))
+            .contains("deeper than"));
+        assert!(
+            err(json!({"properties": {"a": {"type": "object", "properties": {"b": {}}}}}))
+                .contains("#/properties/a/properties/b: schema has no \"type\"")
+        );
+    }
+
+    #[test]
+    fn response_format_flag_takes_json_schema_or_ddl() {
+        let (t, rf) = parse_response_format("STRUCT<sentiment STRING, score DOUBLE>").unwrap();
+        assert_eq!(t.to_string(), "STRUCT<sentiment: STRING, score: DOUBLE>");
+        assert_eq!(rf, t.response_format());
+
+        let schema = r#"{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": false}"#;
+        let (t, rf) = parse_response_format(schema).unwrap();
+        assert_eq!(t, ty("STRUCT<city STRING>"));
+        assert_eq!(
+            rf["json_schema"]["schema"],
+            serde_json::from_str::<Value>(schema).unwrap()
+        );
+        assert_eq!(rf["json_schema"]["strict"], json!(true));
+
+        // A whole response_format is sent as given.
+        let whole = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"n": {"type": "integer"}}}}});
+        let (t, rf) = parse_response_format(&whole.to_string()).unwrap();
+        assert_eq!((t, rf), (ty("STRUCT<n BIGINT>"), whole));
+        // So is the inner json_schema object, wrapped.
+        let inner = json!({"name": "x", "schema": {"type": "object", "properties": {"n": {"type": "boolean"}}}});
+        let (t, rf) = parse_response_format(&inner.to_string()).unwrap();
+        assert_eq!(
+            (t, rf["json_schema"].clone()),
+            (ty("STRUCT<n BOOLEAN>"), inner)
+        );
+
+        assert!(parse_response_format("{not json")
+            .unwrap_err()
+            .starts_with("--response-format is not valid JSON"));
+        assert!(parse_response_format("STRUCT<a STRNG>")
+            .unwrap_err()
+            .starts_with("unknown type \"STRNG\""));
+        assert!(parse_response_format(r#"{"type": "json_schema"}"#)
+            .unwrap_err()
+            .contains("json_schema.schema"));
     }
 }
