@@ -258,7 +258,7 @@ fn single_result(value: &Value) -> Option<&Value> {
 
 /// The reply without surrounding whitespace or a Markdown code fence
 /// (```` ```json ... ``` ````), which chat models add out of habit.
-fn strip_fences(text: &str) -> &str {
+pub(crate) fn strip_fences(text: &str) -> &str {
     let t = text.trim();
     let Some(rest) = t.strip_prefix("```") else {
         return t;
@@ -273,7 +273,7 @@ fn strip_fences(text: &str) -> &str {
 
 /// A value quoted for an error message, cut short so one bad reply cannot
 /// flood a log or an error column.
-fn snippet(s: &str) -> String {
+pub(crate) fn snippet(s: &str) -> String {
     const MAX: usize = 60;
     if s.chars().count() <= MAX {
         format!("{s:?}")
