@@ -421,3 +421,309 @@ fn pick_label(labels: &[String], value: &Value) -> Result<String, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(ls: &[&str]) -> FunctionOptions {
+        FunctionOptions {
+            labels: ls.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn enum_of(spec: &TaskSpec) -> Value {
+        spec.response_format.as_ref().unwrap()["json_schema"]["schema"]["properties"]["result"]
+            ["enum"]
+            .clone()
+    }
+
+    #[test]
+    fn names_match_clap_and_serde_spellings() {
+        use clap::ValueEnum;
+        for f in AiFunction::value_variants() {
+            assert_eq!(f.to_possible_value().unwrap().get_name(), f.name());
+            assert_eq!(
+                serde_json::from_value::<AiFunction>(json!(f.name())).unwrap(),
+                *f
+            );
+        }
+        assert_eq!(
+            AiFunction::from_str("ai_classify", false),
+            Ok(AiFunction::AiClassify)
+        );
+        assert!(serde_json::from_value::<AiFunction>(json!("ai_clasify")).is_err());
+    }
+
+    #[test]
+    fn options_are_checked_per_function() {
+        let err = |f: AiFunction, o: FunctionOptions| f.spec(&o).unwrap_err();
+        assert_eq!(
+            err(AiFunction::AiClassify, labels(&["spam"])),
+            "ai_classify needs at least 2 labels, got 1"
+        );
+        assert_eq!(
+            err(AiFunction::AiExtract, labels(&[])),
+            "ai_extract needs at least 1 label, got 0"
+        );
+        assert_eq!(
+            err(AiFunction::AiMask, labels(&[])),
+            "ai_mask needs at least 1 label, got 0"
+        );
+        assert_eq!(
+            err(AiFunction::AiClassify, labels(&["a", " "])),
+            "ai_classify: label 2 is empty"
+        );
+        assert_eq!(
+            err(AiFunction::AiClassify, labels(&["Spam", "ham", "spam"])),
+            "ai_classify: label \"spam\" is given twice"
+        );
+        assert!(err(AiFunction::AiSummarize, labels(&["x"]))
+            .starts_with("ai_summarize takes no labels"));
+        let words = FunctionOptions {
+            max_words: Some(10),
+            ..Default::default()
+        };
+        assert!(err(AiFunction::AiGen, words).starts_with("ai_gen takes no max_words"));
+        assert_eq!(
+            err(AiFunction::AiTranslate, FunctionOptions::default()),
+            "ai_translate needs to_lang, the language to translate into"
+        );
+        let blank = FunctionOptions {
+            to_lang: Some("  ".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            err(AiFunction::AiTranslate, blank),
+            "ai_translate: to_lang is empty"
+        );
+        let es = FunctionOptions {
+            to_lang: Some("es".into()),
+            ..Default::default()
+        };
+        assert!(err(AiFunction::AiFixGrammar, es).starts_with("ai_fix_grammar takes no to_lang"));
+        // Every function without required options builds with none.
+        for f in [
+            AiFunction::AiAnalyzeSentiment,
+            AiFunction::AiFixGrammar,
+            AiFunction::AiGen,
+            AiFunction::AiSimilarity,
+            AiFunction::AiSummarize,
+        ] {
+            assert!(f.spec(&FunctionOptions::default()).is_ok(), "{}", f.name());
+        }
+    }
+
+    #[test]
+    fn sentiment_is_an_enum_constrained_label() {
+        let f = AiFunction::AiAnalyzeSentiment;
+        let spec = f.spec(&FunctionOptions::default()).unwrap();
+        assert_eq!(spec.return_type, SqlType::String);
+        assert_eq!(
+            enum_of(&spec),
+            json!(["positive", "negative", "neutral", "mixed"])
+        );
+        assert_eq!(
+            spec.response_format.as_ref().unwrap()["json_schema"]["strict"],
+            json!(true)
+        );
+        for label in SENTIMENTS {
+            assert!(spec.system.contains(label));
+        }
+        let opts = FunctionOptions::default();
+        let finish = |reply: &str| f.finish(&opts, spec.return_type.parse_reply(reply).unwrap());
+        assert_eq!(finish(r#"{"result": "mixed"}"#), Ok(json!("mixed")));
+        assert_eq!(finish("Positive."), Ok(json!("positive")));
+        assert_eq!(
+            finish("```json\n{\"result\":\"neutral\"}\n```"),
+            Ok(json!("neutral"))
+        );
+        assert_eq!(
+            finish(r#"{"result": "angry"}"#),
+            Err(
+                r#""angry" is not one of the labels ["positive","negative","neutral","mixed"]"#
+                    .into()
+            )
+        );
+        assert_eq!(f.finish(&opts, Value::Null), Ok(Value::Null));
+    }
+
+    #[test]
+    fn classify_answers_with_one_of_the_labels() {
+        let f = AiFunction::AiClassify;
+        let opts = labels(&["urgent, reply today", "not urgent"]);
+        let spec = f.spec(&opts).unwrap();
+        assert_eq!(spec.return_type, SqlType::String);
+        assert!(!spec.embeddings);
+        assert_eq!(enum_of(&spec), json!(["urgent, reply today", "not urgent"]));
+        // Labels are quoted in the prompt, so a comma inside one is unambiguous.
+        assert!(
+            spec.system
+                .contains(r#"["urgent, reply today","not urgent"]"#),
+            "{}",
+            spec.system
+        );
+        assert_eq!(
+            f.finish(&opts, json!(r#"{"result": "not urgent"}"#)),
+            Ok(json!("not urgent"))
+        );
+        assert_eq!(
+            f.finish(&opts, json!({"result": "not urgent"})),
+            Ok(json!("not urgent"))
+        );
+        assert_eq!(
+            f.finish(&opts, json!("  NOT URGENT\n")),
+            Ok(json!("not urgent"))
+        );
+        assert!(f
+            .finish(&opts, json!("maybe"))
+            .unwrap_err()
+            .starts_with("\"maybe\" is not one of the labels"));
+        assert!(f
+            .finish(&opts, json!(r#"{"label": "x"}"#))
+            .unwrap_err()
+            .starts_with("expected {\"result\": <label>}"));
+        assert!(f
+            .finish(&opts, json!(r#"{"result": null}"#))
+            .unwrap_err()
+            .contains("no label"));
+        assert!(f.finish(&opts, json!(3)).is_err());
+    }
+
+    #[test]
+    fn extract_returns_a_struct_of_nullable_strings() {
+        let f = AiFunction::AiExtract;
+        let opts = labels(&["person", "location"]);
+        let spec = f.spec(&opts).unwrap();
+        assert_eq!(
+            spec.return_type.to_string(),
+            "STRUCT<person: STRING, location: STRING>"
+        );
+        let schema = &spec.response_format.as_ref().unwrap()["json_schema"]["schema"];
+        assert_eq!(
+            schema["properties"]["location"],
+            json!({"type": ["string", "null"]})
+        );
+        assert_eq!(schema["required"], json!(["person", "location"]));
+        assert_eq!(
+            SqlType::from_json_schema(schema),
+            Ok(spec.return_type.clone())
+        );
+        assert!(spec.system.contains(r#"["person","location"]"#) && spec.system.contains("null"));
+        let parsed = spec
+            .return_type
+            .parse_reply(r#"{"person": "Ada", "location": null, "date": "1843"}"#)
+            .unwrap();
+        assert_eq!(
+            f.finish(&opts, parsed),
+            Ok(json!({"person": "Ada", "location": null}))
+        );
+        assert_eq!(
+            f.finish(&opts, json!(r#"{"person": "Ada"}"#)),
+            Ok(json!({"person": "Ada", "location": null}))
+        );
+        assert_eq!(
+            f.finish(&opts, json!({"person": 7})),
+            Err("result.person: expected STRING, got number 7".into())
+        );
+    }
+
+    #[test]
+    fn text_functions_return_trimmed_text_without_response_format() {
+        let es = FunctionOptions {
+            to_lang: Some("Spanish".into()),
+            ..Default::default()
+        };
+        let mask = labels(&["email", "phone number"]);
+        let none = FunctionOptions::default();
+        for (f, opts) in [
+            (AiFunction::AiFixGrammar, &none),
+            (AiFunction::AiGen, &none),
+            (AiFunction::AiSummarize, &none),
+            (AiFunction::AiTranslate, &es),
+            (AiFunction::AiMask, &mask),
+        ] {
+            let spec = f.spec(opts).unwrap();
+            assert_eq!(
+                (
+                    spec.return_type.clone(),
+                    spec.response_format.clone(),
+                    spec.embeddings
+                ),
+                (SqlType::String, None, false)
+            );
+            assert!(spec.system.contains("Output only"), "{}", f.name());
+            let reply = spec.return_type.parse_reply("\n Hola, mundo. \n").unwrap();
+            assert_eq!(f.finish(opts, reply), Ok(json!("Hola, mundo.")));
+            assert!(f
+                .finish(opts, json!({"x": 1}))
+                .unwrap_err()
+                .starts_with(&format!("{}: expected text", f.name())));
+        }
+        assert!(AiFunction::AiTranslate
+            .spec(&es)
+            .unwrap()
+            .system
+            .contains("into Spanish"));
+        let m = AiFunction::AiMask.spec(&mask).unwrap().system;
+        assert!(
+            m.contains("[MASKED]") && m.contains(r#"["email","phone number"]"#),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn summarize_states_the_word_limit() {
+        let words = |n: Option<u32>| {
+            AiFunction::AiSummarize
+                .spec(&FunctionOptions {
+                    max_words: n,
+                    ..Default::default()
+                })
+                .unwrap()
+                .system
+        };
+        assert!(words(None).contains("in at most 50 words"));
+        assert!(words(Some(12)).contains("in at most 12 words"));
+        let unlimited = words(Some(0));
+        assert!(
+            unlimited.contains("concisely") && !unlimited.contains("words."),
+            "{unlimited}"
+        );
+    }
+
+    #[test]
+    fn similarity_uses_embeddings() {
+        let f = AiFunction::AiSimilarity;
+        let spec = f.spec(&FunctionOptions::default()).unwrap();
+        assert_eq!(
+            (spec.system.as_str(), &spec.return_type, spec.embeddings),
+            ("", &SqlType::Float, true)
+        );
+        assert_eq!(spec.response_format, None);
+        assert_eq!(
+            f.finish(&FunctionOptions::default(), json!(0.25)),
+            Ok(json!(0.25))
+        );
+        assert!(f
+            .finish(&FunctionOptions::default(), json!("high"))
+            .is_err());
+    }
+
+    #[test]
+    fn cosine_similarity_is_defined_only_for_comparable_vectors() {
+        assert_eq!(
+            cosine_similarity(&[0.3, -1.2, 4.0], &[0.3, -1.2, 4.0]),
+            Some(1.0)
+        );
+        assert_eq!(cosine_similarity(&[1.0, 0.0], &[0.0, 2.0]), Some(0.0));
+        assert_eq!(cosine_similarity(&[1.0, 2.0], &[-2.0, -4.0]), Some(-1.0));
+        let half = cosine_similarity(&[1.0, 0.0], &[1.0, 3f32.sqrt()]).unwrap();
+        assert!((half - 0.5).abs() < 1e-6, "{half}");
+        assert_eq!(cosine_similarity(&[0.0, 0.0], &[1.0, 1.0]), None);
+        assert_eq!(cosine_similarity(&[1.0, 2.0], &[1.0]), None);
+        assert_eq!(cosine_similarity(&[], &[]), None);
+        assert_eq!(cosine_similarity(&[f32::NAN, 1.0], &[1.0, 1.0]), None);
+    }
+}
