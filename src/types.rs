@@ -1147,6 +1147,39 @@ mod tests {
     }
 
     #[test]
+    fn whatever_parse_reply_accepts_arrow_decodes() {
+        let types = [
+            "STRING",
+            "INT",
+            "BIGINT",
+            "FLOAT",
+            "DOUBLE",
+            "BOOLEAN",
+            "DATE",
+            "TIMESTAMP",
+            "ARRAY<FLOAT>",
+            "MAP<STRING, ARRAY<TIMESTAMP>>",
+            "STRUCT<a INT, b STRUCT<c DATE, d MAP<STRING, BIGINT>>>",
+        ];
+        let replies = [
+            "", " ", "null", "0", "-0", "1e10", "-2147483649", "1.0e2", "18446744073709551615", "\"1e3\"", "true",
+            "\"TRUE\"", "\"2024-13-01\"", "\"2024-02-29T24:00\"", "\"9999-12-31T23:59:59.9999999-01:00\"",
+            "[]", "[1, \"2\", null, 3.5e38]", "[\"2024-01-01T00:00:00+14:00\"]", "{}", "{\"result\": {}}",
+            "{\"a\": \"7\", \"b\": {\"c\": \"2020-01-01t01:02\", \"d\": {\"x\": 1e18, \"y\": null}}}",
+            "{\"x\": [\"2000-01-01\", 5]}", "```json", "```", "{\"result\"", "\u{0}", "é\u{1F600}",
+        ];
+        for ddl in types {
+            let t = ty(ddl);
+            for reply in replies {
+                if let Ok(v) = t.parse_reply(reply) {
+                    // decode() unwraps: any failure here is a bug in normalisation.
+                    assert_eq!(decode(&t, &v).len(), 1, "{ddl} {reply:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn null_decodes_as_null_for_every_type() {
         for ddl in [
             "STRING",
