@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod outcome;
+pub mod parquet_out;
 pub mod source;
 pub mod tokens;
 pub mod wire;
