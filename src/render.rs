@@ -81,7 +81,6 @@ impl Templates {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         // Prompts are plain text, never HTML: no escaping.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-        env.set_keep_trailing_newline(true);
         let mut columns: Vec<(String, usize)> = Vec::new();
         let mut system_is_static = true;
         for (name, source) in [(SYSTEM, system), (PROMPT, Some(prompt)), (PROMPT2, prompt2)] {

@@ -1,0 +1,1 @@
+//! Retries, rate limits, resume, early stop, secrets.
