@@ -5,6 +5,7 @@
 //! `schedule` (order, limits, concurrency) → `client` (HTTP, retries) →
 //! `journal` (durable per-row outcomes) → `sink` (Parquet).
 
+pub mod auth;
 pub mod error;
 pub mod outcome;
 pub mod parquet_out;
