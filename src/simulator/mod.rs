@@ -167,7 +167,8 @@ impl Simulator {
     /// task. Bad settings are `InvalidInput` errors.
     pub async fn start(cfg: SimConfig) -> std::io::Result<Simulator> {
         let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
-        let faults = Faults::new(cfg.fault_rate, &cfg.faults, cfg.fail_first, cfg.seed).map_err(invalid)?;
+        let faults =
+            Faults::new(cfg.fault_rate, &cfg.faults, cfg.fail_first, cfg.seed).map_err(invalid)?;
         if cfg.embedding_dim == 0 {
             return Err(invalid("--embedding-dim must be at least 1".to_string()));
         }
@@ -191,7 +192,11 @@ impl Simulator {
                 eprintln!("simulator stopped: {e}");
             }
         });
-        Ok(Simulator { addr, counters, stop: Some(stop) })
+        Ok(Simulator {
+            addr,
+            counters,
+            stop: Some(stop),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -241,7 +246,10 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/chat/completions", post(handler::openai_chat))
         .route("/v1/completions", post(handler::openai_completions))
         .route("/v1/embeddings", post(handler::openai_embeddings))
-        .route("/serving-endpoints/{name}/invocations", post(handler::databricks))
+        .route(
+            "/serving-endpoints/{name}/invocations",
+            post(handler::databricks),
+        )
         .route("/oidc/v1/token", post(oauth::token))
         .fallback(handler::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
