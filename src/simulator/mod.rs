@@ -146,6 +146,31 @@ impl Default for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// Settings that would make no sense or overflow a `Duration` later.
+    fn check(&self) -> Result<(), String> {
+        let non_negative = [
+            ("--itl-ms", self.itl_ms),
+            ("--prefill-us-per-token", self.prefill_us_per_token),
+        ];
+        for (flag, v) in non_negative {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("{flag} must be a finite number >= 0, got {v}"));
+            }
+        }
+        if !self.burst_seconds.is_finite() || self.burst_seconds <= 0.0 {
+            return Err(format!(
+                "--burst-seconds must be > 0, got {}",
+                self.burst_seconds
+            ));
+        }
+        if self.embedding_dim == 0 {
+            return Err("--embedding-dim must be at least 1".to_string());
+        }
+        Ok(())
+    }
+}
+
 /// Everything the handlers share.
 pub(crate) struct ServerState {
     cfg: SimConfig,
@@ -169,9 +194,7 @@ impl Simulator {
         let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
         let faults =
             Faults::new(cfg.fault_rate, &cfg.faults, cfg.fail_first, cfg.seed).map_err(invalid)?;
-        if cfg.embedding_dim == 0 {
-            return Err(invalid("--embedding-dim must be at least 1".to_string()));
-        }
+        cfg.check().map_err(invalid)?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());

@@ -649,3 +649,54 @@ async fn stats_count_concurrency_and_tokens() {
     assert!(serde_json::to_value(&st).unwrap()["ok_by_prompt"]["row 3"] == 1);
     s.shutdown();
 }
+
+#[tokio::test]
+async fn streamed_tool_calls_arrive_in_the_first_delta() {
+    let s = sim(SimConfig::default()).await;
+    let mut body = chat_body("row 9");
+    body["stream"] = json!(true);
+    body["tools"] =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    body["tool_choice"] = json!("required");
+    let (events, done) =
+        sse_events(&stream_text(format!("{}/v1/chat/completions", s.base_url()), &body).await);
+    assert!(done);
+    assert_eq!(
+        events[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"],
+        "f"
+    );
+    assert_eq!(
+        events.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+}
+
+/// `aiq simulate` flags: clap's defaults must be `SimConfig::default()`.
+#[test]
+fn flags_default_to_sim_config_default() {
+    use clap::{CommandFactory, Parser};
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimConfig,
+    }
+    Cli::command().debug_assert();
+    let parsed = Cli::parse_from(["simulate"]).sim;
+    assert_eq!(format!("{parsed:?}"), format!("{:?}", SimConfig::default()));
+    let cli = Cli::try_parse_from([
+        "simulate",
+        "--rpm",
+        "60",
+        "--endpoints",
+        "a,b",
+        "--no-cache",
+        "--fault-rate",
+        "0.1",
+    ])
+    .unwrap()
+    .sim;
+    assert_eq!(
+        (cli.rpm, cli.endpoints.len(), cli.no_cache, cli.fault_rate),
+        (Some(60), 2, true, 0.1)
+    );
+}
