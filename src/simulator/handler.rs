@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{post, MethodRouter};
 use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -58,28 +59,14 @@ pub(crate) fn error(api: &Api, status: StatusCode, code: &str, message: &str) ->
     (status, Json(body)).into_response()
 }
 
-pub(crate) async fn openai_chat(
-    State(st): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(st, Api::OpenAi, Some(Task::Chat), headers, body).await
-}
-
-pub(crate) async fn openai_completions(
-    State(st): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(st, Api::OpenAi, Some(Task::Completion), headers, body).await
-}
-
-pub(crate) async fn openai_embeddings(
-    State(st): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(st, Api::OpenAi, Some(Task::Embedding), headers, body).await
+/// The route of one OpenAI API (`/v1/chat/completions`, ...): the path
+/// decides the task.
+pub(crate) fn openai(task: Task) -> MethodRouter<Arc<ServerState>> {
+    post(
+        move |State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes| {
+            handle(st, Api::OpenAi, Some(task), headers, body)
+        },
+    )
 }
 
 /// Databricks decides the task from the body (`messages`, `prompt`, `input`).

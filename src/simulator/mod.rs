@@ -38,6 +38,7 @@ use tokio::sync::oneshot;
 pub use oauth::{CLIENT_ID, CLIENT_SECRET};
 pub use stats::SimStats;
 
+use answer::Task;
 use faults::Faults;
 use limits::Limits;
 use stats::Counters;
@@ -266,9 +267,9 @@ pub async fn serve_forever(cfg: SimConfig) -> std::io::Result<()> {
 
 fn router(state: Arc<ServerState>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(handler::openai_chat))
-        .route("/v1/completions", post(handler::openai_completions))
-        .route("/v1/embeddings", post(handler::openai_embeddings))
+        .route("/v1/chat/completions", handler::openai(Task::Chat))
+        .route("/v1/completions", handler::openai(Task::Completion))
+        .route("/v1/embeddings", handler::openai(Task::Embedding))
         .route(
             "/serving-endpoints/{name}/invocations",
             post(handler::databricks),
