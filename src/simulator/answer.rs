@@ -51,10 +51,18 @@ pub enum Marker {
 /// The reply of one request, before usage and timing are added.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    Chat { content: Option<String>, tool_calls: Option<Value>, finish_reason: &'static str },
+    Chat {
+        content: Option<String>,
+        tool_calls: Option<Value>,
+        finish_reason: &'static str,
+    },
     /// One `(text, finish_reason)` per prompt.
-    Completion { choices: Vec<(String, &'static str)> },
-    Embedding { vectors: Vec<Vec<f32>> },
+    Completion {
+        choices: Vec<(String, &'static str)>,
+    },
+    Embedding {
+        vectors: Vec<Vec<f32>>,
+    },
 }
 
 /// One parsed request and its answer.
@@ -81,7 +89,13 @@ pub struct Job {
 /// Reads `body` as a `task` request and computes its answer. `reply_tokens`
 /// is the simulator's natural reply length; `claude` turns on Anthropic
 /// cache semantics (only up to the last `cache_control` part).
-pub fn plan(task: Task, body: Value, reply_tokens: u64, dim: usize, claude: bool) -> Result<Job, String> {
+pub fn plan(
+    task: Task,
+    body: Value,
+    reply_tokens: u64,
+    dim: usize,
+    claude: bool,
+) -> Result<Job, String> {
     match task {
         Task::Chat => chat(body, reply_tokens, claude),
         Task::Completion => completion(body, reply_tokens),
@@ -106,7 +120,9 @@ fn marker_in(text: &str) -> Option<Marker> {
 /// Cuts `text` to at most `max_tokens` tokens (on a char boundary); true if
 /// anything was cut.
 pub fn truncate(text: &str, max_tokens: u64) -> (String, bool) {
-    let max_bytes = usize::try_from(max_tokens).unwrap_or(usize::MAX).saturating_mul(tokens::BYTES_PER_TOKEN);
+    let max_bytes = usize::try_from(max_tokens)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(tokens::BYTES_PER_TOKEN);
     if text.len() <= max_bytes {
         return (text.to_string(), false);
     }
@@ -118,8 +134,11 @@ pub fn truncate(text: &str, max_tokens: u64) -> (String, bool) {
 }
 
 fn stream_flags(stream: Option<bool>, extra: &serde_json::Map<String, Value>) -> (bool, bool) {
-    let include_usage =
-        extra.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = extra
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     (stream.unwrap_or(false), include_usage)
 }
 
@@ -138,7 +157,9 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
             Value::Array(parts) => {
                 for part in parts {
                     match part.get("type").and_then(Value::as_str) {
-                        Some("text") => prompt.push_str(part.get("text").and_then(Value::as_str).unwrap_or("")),
+                        Some("text") => {
+                            prompt.push_str(part.get("text").and_then(Value::as_str).unwrap_or(""))
+                        }
                         Some("image_url") | Some("image") => images += 1,
                         _ => {}
                     }
@@ -157,7 +178,11 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
         .find(|m| m.role == "user")
         .and_then(|m| content_text(&m.content))
         .unwrap_or_default();
-    let asked = req.max_tokens.or_else(|| req.extra.get("max_completion_tokens").and_then(Value::as_u64));
+    let asked = req.max_tokens.or_else(|| {
+        req.extra
+            .get("max_completion_tokens")
+            .and_then(Value::as_u64)
+    });
     let limit = asked.unwrap_or(reply_tokens).min(reply_tokens);
     let (content, tool_calls, finish_reason) = match tool_call(&req, &prompt, &last_user)? {
         Some(calls) => (None, Some(calls), "tool_calls"),
@@ -178,7 +203,11 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
         _ => 0,
     };
     let (stream, include_usage) = stream_flags(req.stream, &req.extra);
-    let cache_text = if claude { cache_end.map(|end| prompt[..end].to_string()) } else { Some(prompt.clone()) };
+    let cache_text = if claude {
+        cache_end.map(|end| prompt[..end].to_string())
+    } else {
+        Some(prompt.clone())
+    };
     Ok(Job {
         task: Task::Chat,
         model: req.model.clone(),
@@ -189,22 +218,32 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
         max_tokens: asked.unwrap_or(reply_tokens),
         stream,
         include_usage,
-        reply: Reply::Chat { content, tool_calls, finish_reason },
+        reply: Reply::Chat {
+            content,
+            tool_calls,
+            finish_reason,
+        },
         completion_tokens,
     })
 }
 
 /// The JSON document `response_format` asks for, if it asks for one.
 fn structured(req: &ChatRequest, prompt: &str, last_user: &str) -> Result<Option<String>, String> {
-    let Some(format) = &req.response_format else { return Ok(None) };
+    let Some(format) = &req.response_format else {
+        return Ok(None);
+    };
     match format.get("type").and_then(Value::as_str) {
         Some("json_schema") => {
             let schema = format
                 .pointer("/json_schema/schema")
                 .ok_or("response_format json_schema needs `json_schema.schema`")?;
-            Ok(Some(schema::generate(schema, prompt, last_user).to_string()))
+            Ok(Some(
+                schema::generate(schema, prompt, last_user).to_string(),
+            ))
         }
-        Some("json_object") => Ok(Some(json!({"result": format!("echo: {last_user}")}).to_string())),
+        Some("json_object") => Ok(Some(
+            json!({"result": format!("echo: {last_user}")}).to_string(),
+        )),
         Some("text") | None => Ok(None),
         Some(other) => Err(format!("unsupported response_format type {other:?}")),
     }
@@ -214,11 +253,18 @@ fn structured(req: &ChatRequest, prompt: &str, last_user: &str) -> Result<Option
 /// demands a call (`tool_choice` "required" or a named function) or the
 /// text carries `[[sim:tool]]`.
 fn tool_call(req: &ChatRequest, prompt: &str, last_user: &str) -> Result<Option<Value>, String> {
-    let Some(tools) = req.extra.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty()) else {
+    let Some(tools) = req
+        .extra
+        .get("tools")
+        .and_then(Value::as_array)
+        .filter(|t| !t.is_empty())
+    else {
         return Ok(None);
     };
     let choice = req.extra.get("tool_choice");
-    let named = choice.and_then(|c| c.pointer("/function/name")).and_then(Value::as_str);
+    let named = choice
+        .and_then(|c| c.pointer("/function/name"))
+        .and_then(Value::as_str);
     let wanted = named.is_some()
         || choice.and_then(Value::as_str) == Some("required")
         || (last_user.contains("[[sim:tool]]") && choice.and_then(Value::as_str) != Some("none"));
@@ -232,8 +278,14 @@ fn tool_call(req: &ChatRequest, prompt: &str, last_user: &str) -> Result<Option<
             .ok_or_else(|| format!("tool_choice names {name:?}, which is not in `tools`"))?,
         None => &tools[0],
     };
-    let name = tool.pointer("/function/name").and_then(Value::as_str).ok_or("a tool has no `function.name`")?;
-    let params = tool.pointer("/function/parameters").cloned().unwrap_or_else(|| json!({"type": "object"}));
+    let name = tool
+        .pointer("/function/name")
+        .and_then(Value::as_str)
+        .ok_or("a tool has no `function.name`")?;
+    let params = tool
+        .pointer("/function/parameters")
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object"}));
     let args = schema::generate(&params, prompt, last_user);
     let id = format!("call_{}", &blake3::hash(prompt.as_bytes()).to_hex()[..24]);
     Ok(Some(json!([{
@@ -252,12 +304,15 @@ fn strings(v: &Value, field: &str) -> Result<Vec<String>, String> {
             .map(|i| i.as_str().map(str::to_string))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| format!("`{field}` must be a string or a list of strings")),
-        _ => Err(format!("`{field}` must be a string or a non-empty list of strings")),
+        _ => Err(format!(
+            "`{field}` must be a string or a non-empty list of strings"
+        )),
     }
 }
 
 fn completion(body: Value, reply_tokens: u64) -> Result<Job, String> {
-    let req: CompletionRequest = serde_json::from_value(body).map_err(|e| bad_body("completions", e))?;
+    let req: CompletionRequest =
+        serde_json::from_value(body).map_err(|e| bad_body("completions", e))?;
     let prompts = strings(&req.prompt, "prompt")?;
     let limit = req.max_tokens.unwrap_or(reply_tokens).min(reply_tokens);
     let choices: Vec<_> = prompts
@@ -285,7 +340,8 @@ fn completion(body: Value, reply_tokens: u64) -> Result<Job, String> {
 }
 
 fn embedding(body: Value, dim: usize) -> Result<Job, String> {
-    let req: EmbeddingRequest = serde_json::from_value(body).map_err(|e| bad_body("embeddings", e))?;
+    let req: EmbeddingRequest =
+        serde_json::from_value(body).map_err(|e| bad_body("embeddings", e))?;
     let inputs = strings(&req.input, "input")?;
     Ok(Job {
         task: Task::Embedding,
@@ -294,7 +350,9 @@ fn embedding(body: Value, dim: usize) -> Result<Job, String> {
         completion_tokens: 0,
         marker: inputs.iter().find_map(|s| marker_in(s)),
         cache_text: None,
-        reply: Reply::Embedding { vectors: inputs.iter().map(|s| embed(s, dim)).collect() },
+        reply: Reply::Embedding {
+            vectors: inputs.iter().map(|s| embed(s, dim)).collect(),
+        },
         keys: inputs,
         max_tokens: 0,
         stream: false,
@@ -306,12 +364,20 @@ fn embedding(body: Value, dim: usize) -> Result<Job, String> {
 /// equal vectors, different texts (almost surely) different ones.
 pub fn embed(text: &str, dim: usize) -> Vec<f32> {
     let mut bytes = vec![0u8; dim * 4];
-    blake3::Hasher::new().update(text.as_bytes()).finalize_xof().fill(&mut bytes);
+    blake3::Hasher::new()
+        .update(text.as_bytes())
+        .finalize_xof()
+        .fill(&mut bytes);
     let raw: Vec<f64> = bytes
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64 / u32::MAX as f64 * 2.0 - 1.0)
         .collect();
-    let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
     raw.iter().map(|x| (x / norm) as f32).collect()
 }
 
@@ -334,10 +400,17 @@ mod tests {
             {"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "image_url", "image_url": {"url": "x"}}]}
         ]});
         let job = plan(Task::Chat, body, 32, 16, false).unwrap();
-        assert_eq!(job.prompt_tokens, tokens::estimate("be briefhello") + IMAGE_TOKENS);
+        assert_eq!(
+            job.prompt_tokens,
+            tokens::estimate("be briefhello") + IMAGE_TOKENS
+        );
         assert_eq!(job.keys, vec!["hello".to_string()]);
         match job.reply {
-            Reply::Chat { content, finish_reason, .. } => {
+            Reply::Chat {
+                content,
+                finish_reason,
+                ..
+            } => {
                 assert_eq!(content.as_deref(), Some("echo: hello"));
                 assert_eq!(finish_reason, "stop");
             }

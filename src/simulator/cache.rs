@@ -67,7 +67,10 @@ pub struct PrefixCache {
 
 impl PrefixCache {
     pub fn new(enabled: bool) -> PrefixCache {
-        PrefixCache { enabled, inner: Mutex::new(Inner::default()) }
+        PrefixCache {
+            enabled,
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     /// Cached tokens for a prompt with these prefix keys: the longest prefix
@@ -119,7 +122,11 @@ mod tests {
         c.insert(&keys);
         assert_eq!(c.lookup(&keys), 9 * BLOCK_TOKENS);
         // Same first 8 blocks, different tail: the 8-block prefix hits.
-        let other = format!("{}{}", &long[..BLOCK_BYTES * 8], "c".repeat(BLOCK_BYTES * 3));
+        let other = format!(
+            "{}{}",
+            &long[..BLOCK_BYTES * 8],
+            "c".repeat(BLOCK_BYTES * 3)
+        );
         assert_eq!(c.lookup(&prefix_keys(&other)), 8 * BLOCK_TOKENS);
         // A different first block shares nothing.
         let moved = format!("x{long}");

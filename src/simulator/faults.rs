@@ -58,7 +58,13 @@ impl Faults {
         if rate > 0.0 && kinds.is_empty() {
             return Err("--fault-rate is set but --faults names no fault".to_string());
         }
-        Ok(Faults { rate, kinds, fail_first, seen: AtomicU64::new(0), rng: Mutex::new(StdRng::seed_from_u64(seed)) })
+        Ok(Faults {
+            rate,
+            kinds,
+            fail_first,
+            seen: AtomicU64::new(0),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        })
     }
 
     /// The fault for the next authorised request, if any.
@@ -96,7 +102,9 @@ mod tests {
         let da: Vec<_> = (0..20).map(|_| a.draw()).collect();
         let db: Vec<_> = (0..20).map(|_| b.draw()).collect();
         assert_eq!(da, db);
-        assert!(da.iter().all(|f| matches!(f, Some(Fault::Status(502)) | Some(Fault::Reset))));
+        assert!(da
+            .iter()
+            .all(|f| matches!(f, Some(Fault::Status(502)) | Some(Fault::Reset))));
     }
 
     #[test]

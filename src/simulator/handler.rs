@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{post, MethodRouter};
 use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -25,8 +26,8 @@ use super::limits::Admission;
 use super::stats::{bump, InFlight};
 use super::{stream, ServerState, SimConfig};
 use crate::wire::{
-    ChatChoice, ChatResponse, CompletionChoice, CompletionResponse, EmbeddingItem, EmbeddingResponse, Message,
-    PromptTokensDetails, WireUsage,
+    ChatChoice, ChatResponse, CompletionChoice, CompletionResponse, EmbeddingItem,
+    EmbeddingResponse, Message, PromptTokensDetails, WireUsage,
 };
 
 /// Which API a request came in through: it decides error shapes, streaming
@@ -58,24 +59,14 @@ pub(crate) fn error(api: &Api, status: StatusCode, code: &str, message: &str) ->
     (status, Json(body)).into_response()
 }
 
-pub(crate) async fn openai_chat(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(st, Api::OpenAi, Some(Task::Chat), headers, body).await
-}
-
-pub(crate) async fn openai_completions(
-    State(st): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(st, Api::OpenAi, Some(Task::Completion), headers, body).await
-}
-
-pub(crate) async fn openai_embeddings(
-    State(st): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(st, Api::OpenAi, Some(Task::Embedding), headers, body).await
+/// The route of one OpenAI API (`/v1/chat/completions`, ...): the path
+/// decides the task.
+pub(crate) fn openai(task: Task) -> MethodRouter<Arc<ServerState>> {
+    post(
+        move |State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes| {
+            handle(st, Api::OpenAi, Some(task), headers, body)
+        },
+    )
 }
 
 /// Databricks decides the task from the body (`messages`, `prompt`, `input`).
@@ -90,7 +81,12 @@ pub(crate) async fn databricks(
 
 pub(crate) async fn not_found(State(st): State<Arc<ServerState>>) -> Response {
     bump(&st.counters.not_found);
-    error(&Api::OpenAi, StatusCode::NOT_FOUND, "not_found", "no such route on the aiq simulator")
+    error(
+        &Api::OpenAi,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route on the aiq simulator",
+    )
 }
 
 fn authorized(cfg: &SimConfig, headers: &HeaderMap) -> bool {
@@ -102,13 +98,24 @@ fn authorized(cfg: &SimConfig, headers: &HeaderMap) -> bool {
         .is_some_and(|got| got.trim() == token)
 }
 
-async fn handle(st: Arc<ServerState>, api: Api, task: Option<Task>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    st: Arc<ServerState>,
+    api: Api,
+    task: Option<Task>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let in_flight = InFlight::new(st.counters.clone());
     let c = &st.counters;
     if !authorized(&st.cfg, &headers) {
         bump(&c.unauthorized);
         // Never echo what was received: it may be someone's real token.
-        return error(&api, StatusCode::UNAUTHORIZED, "invalid_api_key", "missing or invalid bearer token");
+        return error(
+            &api,
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "missing or invalid bearer token",
+        );
     }
     if let Api::Databricks { endpoint } = &api {
         if !st.cfg.endpoints.is_empty() && !st.cfg.endpoints.iter().any(|e| e == endpoint) {
@@ -126,16 +133,29 @@ async fn handle(st: Arc<ServerState>, api: Api, task: Option<Task>, headers: Hea
         Err(e) => return bad_request(&format!("request body is not valid JSON: {e}")),
     };
     let Some(task) = task.or_else(|| Task::of_body(&value)) else {
-        return bad_request("request body needs `messages` (chat), `prompt` (completions) or `input` (embeddings)");
+        return bad_request(
+            "request body needs `messages` (chat), `prompt` (completions) or `input` (embeddings)",
+        );
     };
-    let job = match answer::plan(task, value, st.cfg.output_tokens, st.cfg.embedding_dim, api.claude()) {
+    let job = match answer::plan(
+        task,
+        value,
+        st.cfg.output_tokens,
+        st.cfg.embedding_dim,
+        api.claude(),
+    ) {
         Ok(job) => job,
         Err(msg) => return bad_request(&msg),
     };
     match job.marker {
         Some(Marker::BadRequest) => return bad_request("simulated bad request"),
         Some(Marker::ServerError) => {
-            return error(&api, StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "simulated server error")
+            return error(
+                &api,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "simulated server error",
+            )
         }
         None => {}
     }
@@ -143,8 +163,14 @@ async fn handle(st: Arc<ServerState>, api: Api, task: Option<Task>, headers: Hea
         bump(&c.faults_injected);
         match fault {
             Fault::Status(code) => {
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return error(&api, status, "server_error", &format!("simulated fault: HTTP {code}"));
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return error(
+                    &api,
+                    status,
+                    "server_error",
+                    &format!("simulated fault: HTTP {code}"),
+                );
             }
             Fault::Reset => return reset(),
             Fault::Slow => tokio::time::sleep(Duration::from_millis(st.cfg.slow_ms)).await,
@@ -154,28 +180,51 @@ async fn handle(st: Arc<ServerState>, api: Api, task: Option<Task>, headers: Hea
         Admission::Admitted(h) => h,
         Admission::Refused(h) => {
             bump(&c.rate_limited);
-            let code = if api.is_databricks() { "REQUEST_LIMIT_EXCEEDED" } else { "rate_limit_exceeded" };
-            let mut resp = error(&api, StatusCode::TOO_MANY_REQUESTS, code, "rate limit exceeded, retry later");
+            let code = if api.is_databricks() {
+                "REQUEST_LIMIT_EXCEEDED"
+            } else {
+                "rate_limit_exceeded"
+            };
+            let mut resp = error(
+                &api,
+                StatusCode::TOO_MANY_REQUESTS,
+                code,
+                "rate limit exceeded, retry later",
+            );
             resp.headers_mut().extend(h);
             return resp;
         }
     };
-    let keys = job.cache_text.as_deref().map(prefix_keys).unwrap_or_default();
+    let keys = job
+        .cache_text
+        .as_deref()
+        .map(prefix_keys)
+        .unwrap_or_default();
     let cached = st.cache.lookup(&keys).min(job.prompt_tokens);
     let usage = usage(&job, cached, cache::cacheable_tokens(&keys), api.claude());
     let done = {
         let st = st.clone();
-        let (prompt, completion, keys_by_prompt) = (job.prompt_tokens, job.completion_tokens, job.keys.clone());
+        let (prompt, completion, keys_by_prompt) =
+            (job.prompt_tokens, job.completion_tokens, job.keys.clone());
         // Runs when the reply is complete: only then is the prefix cached
         // and the call counted, as at a real provider.
         move || {
             st.cache.insert(&keys);
-            st.counters.record_ok(prompt, completion, cached, &keys_by_prompt);
+            st.counters
+                .record_ok(prompt, completion, cached, &keys_by_prompt);
             drop(in_flight);
         }
     };
     if job.stream {
-        return stream::respond(&st.cfg, &api, job, usage, cached, limit_headers, Box::new(done));
+        return stream::respond(
+            &st.cfg,
+            &api,
+            job,
+            usage,
+            cached,
+            limit_headers,
+            Box::new(done),
+        );
     }
     let delay = latency(&st.cfg, &job, cached);
     if !delay.is_zero() {
@@ -192,10 +241,16 @@ async fn handle(st: Arc<ServerState>, api: Api, task: Option<Task>, headers: Hea
 fn reset() -> Response {
     let parts: Vec<Result<Bytes, std::io::Error>> = vec![
         Ok(Bytes::from_static(b"{\"id\":\"")),
-        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated connection reset")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated connection reset",
+        )),
     ];
     let mut resp = Response::new(Body::from_stream(futures::stream::iter(parts)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -204,12 +259,17 @@ fn reset() -> Response {
 fn latency(cfg: &SimConfig, job: &Job, cached: u64) -> Duration {
     let prefill_us = cfg.prefill_us_per_token * job.prompt_tokens.saturating_sub(cached) as f64;
     let decode_ms = cfg.itl_ms * job.completion_tokens as f64;
-    Duration::from_millis(cfg.latency_ms) + Duration::from_secs_f64(((prefill_us / 1e3 + decode_ms) / 1e3).max(0.0))
+    Duration::from_millis(cfg.latency_ms)
+        + Duration::from_secs_f64(((prefill_us / 1e3 + decode_ms) / 1e3).max(0.0))
 }
 
 /// Time to the first streamed chunk: `ttft_ms` (or `latency_ms`) + prefill.
 pub(crate) fn first_token_delay(cfg: &SimConfig, prompt_tokens: u64, cached: u64) -> Duration {
-    let base = if cfg.ttft_ms > 0 { cfg.ttft_ms } else { cfg.latency_ms };
+    let base = if cfg.ttft_ms > 0 {
+        cfg.ttft_ms
+    } else {
+        cfg.latency_ms
+    };
     let prefill_us = cfg.prefill_us_per_token * prompt_tokens.saturating_sub(cached) as f64;
     Duration::from_millis(base) + Duration::from_secs_f64((prefill_us / 1e6).max(0.0))
 }
@@ -229,7 +289,10 @@ fn usage(job: &Job, cached: u64, cacheable: u64, claude: bool) -> WireUsage {
         u.cache_read_input_tokens = Some(cached as i64);
         u.cache_creation_input_tokens = Some(cacheable.saturating_sub(cached) as i64);
     } else if job.task != Task::Embedding {
-        u.prompt_tokens_details = Some(PromptTokensDetails { cached_tokens: Some(cached as i64), cache_write_tokens: None });
+        u.prompt_tokens_details = Some(PromptTokensDetails {
+            cached_tokens: Some(cached as i64),
+            cache_write_tokens: None,
+        });
     }
     u
 }
@@ -252,7 +315,11 @@ pub(crate) fn model_name(api: &Api, job: &Job) -> String {
 fn body_of(api: &Api, job: Job, usage: WireUsage) -> Value {
     let model = Some(model_name(api, &job));
     let result = match &job.reply {
-        Reply::Chat { content, tool_calls, finish_reason } => serde_json::to_value(ChatResponse {
+        Reply::Chat {
+            content,
+            tool_calls,
+            finish_reason,
+        } => serde_json::to_value(ChatResponse {
             id: Some(reply_id("chatcmpl", &job)),
             object: Some("chat.completion".to_string()),
             model,
@@ -286,7 +353,10 @@ fn body_of(api: &Api, job: Job, usage: WireUsage) -> Value {
             data: vectors
                 .iter()
                 .enumerate()
-                .map(|(index, v)| EmbeddingItem { index, embedding: v.clone() })
+                .map(|(index, v)| EmbeddingItem {
+                    index,
+                    embedding: v.clone(),
+                })
                 .collect(),
             usage: Some(usage),
         }),

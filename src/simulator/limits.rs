@@ -28,7 +28,12 @@ impl Bucket {
     fn new(per_minute: u64, burst_seconds: f64) -> Bucket {
         let rate = per_minute as f64 / 60.0;
         let capacity = (rate * burst_seconds).max(1.0);
-        Bucket { per_minute, rate, capacity, level: capacity }
+        Bucket {
+            per_minute,
+            rate,
+            capacity,
+            level: capacity,
+        }
     }
 
     fn refill(&mut self, elapsed: f64) {
@@ -63,9 +68,18 @@ impl Bucket {
                 headers.insert(n, v);
             }
         };
-        put(format!("x-ratelimit-limit-{kind}"), self.per_minute.to_string());
-        put(format!("x-ratelimit-remaining-{kind}"), (self.level.max(0.0).floor() as u64).to_string());
-        put(format!("x-ratelimit-reset-{kind}"), format_duration(self.time_to_full()));
+        put(
+            format!("x-ratelimit-limit-{kind}"),
+            self.per_minute.to_string(),
+        );
+        put(
+            format!("x-ratelimit-remaining-{kind}"),
+            (self.level.max(0.0).floor() as u64).to_string(),
+        );
+        put(
+            format!("x-ratelimit-reset-{kind}"),
+            format_duration(self.time_to_full()),
+        );
     }
 }
 
@@ -104,7 +118,11 @@ impl Limits {
         if rpm.is_none() && tpm.is_none() {
             return Limits { inner: None };
         }
-        let burst = if burst_seconds > 0.0 { burst_seconds } else { 1.0 };
+        let burst = if burst_seconds > 0.0 {
+            burst_seconds
+        } else {
+            1.0
+        };
         Limits {
             inner: Some(Mutex::new(Buckets {
                 requests: rpm.map(|l| Bucket::new(l, burst)),

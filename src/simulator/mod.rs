@@ -38,6 +38,7 @@ use tokio::sync::oneshot;
 pub use oauth::{CLIENT_ID, CLIENT_SECRET};
 pub use stats::SimStats;
 
+use answer::Task;
 use faults::Faults;
 use limits::Limits;
 use stats::Counters;
@@ -146,6 +147,31 @@ impl Default for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// Settings that would make no sense or overflow a `Duration` later.
+    fn check(&self) -> Result<(), String> {
+        let non_negative = [
+            ("--itl-ms", self.itl_ms),
+            ("--prefill-us-per-token", self.prefill_us_per_token),
+        ];
+        for (flag, v) in non_negative {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("{flag} must be a finite number >= 0, got {v}"));
+            }
+        }
+        if !self.burst_seconds.is_finite() || self.burst_seconds <= 0.0 {
+            return Err(format!(
+                "--burst-seconds must be > 0, got {}",
+                self.burst_seconds
+            ));
+        }
+        if self.embedding_dim == 0 {
+            return Err("--embedding-dim must be at least 1".to_string());
+        }
+        Ok(())
+    }
+}
+
 /// Everything the handlers share.
 pub(crate) struct ServerState {
     cfg: SimConfig,
@@ -167,10 +193,9 @@ impl Simulator {
     /// task. Bad settings are `InvalidInput` errors.
     pub async fn start(cfg: SimConfig) -> std::io::Result<Simulator> {
         let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
-        let faults = Faults::new(cfg.fault_rate, &cfg.faults, cfg.fail_first, cfg.seed).map_err(invalid)?;
-        if cfg.embedding_dim == 0 {
-            return Err(invalid("--embedding-dim must be at least 1".to_string()));
-        }
+        let faults =
+            Faults::new(cfg.fault_rate, &cfg.faults, cfg.fail_first, cfg.seed).map_err(invalid)?;
+        cfg.check().map_err(invalid)?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
@@ -191,7 +216,11 @@ impl Simulator {
                 eprintln!("simulator stopped: {e}");
             }
         });
-        Ok(Simulator { addr, counters, stop: Some(stop) })
+        Ok(Simulator {
+            addr,
+            counters,
+            stop: Some(stop),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -238,10 +267,13 @@ pub async fn serve_forever(cfg: SimConfig) -> std::io::Result<()> {
 
 fn router(state: Arc<ServerState>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(handler::openai_chat))
-        .route("/v1/completions", post(handler::openai_completions))
-        .route("/v1/embeddings", post(handler::openai_embeddings))
-        .route("/serving-endpoints/{name}/invocations", post(handler::databricks))
+        .route("/v1/chat/completions", handler::openai(Task::Chat))
+        .route("/v1/completions", handler::openai(Task::Completion))
+        .route("/v1/embeddings", handler::openai(Task::Embedding))
+        .route(
+            "/serving-endpoints/{name}/invocations",
+            post(handler::databricks),
+        )
         .route("/oidc/v1/token", post(oauth::token))
         .fallback(handler::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

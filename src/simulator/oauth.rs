@@ -26,7 +26,11 @@ pub const CLIENT_SECRET: &str = "sim-secret";
 /// The token handed out when the simulator has no bearer token configured.
 const DEFAULT_TOKEN: &str = "sim-token";
 
-pub(crate) async fn token(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn token(
+    State(st): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form = parse_form(&String::from_utf8_lossy(&body));
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     if field("grant_type").as_deref() != Some("client_credentials") {
@@ -39,14 +43,22 @@ pub(crate) async fn token(State(st): State<Arc<ServerState>>, headers: HeaderMap
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| base64_decode(b.trim()))
         .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|s| s.split_once(':').map(|(id, secret)| (id.to_string(), secret.to_string())));
+        .and_then(|s| {
+            s.split_once(':')
+                .map(|(id, secret)| (id.to_string(), secret.to_string()))
+        });
     let creds = basic.or_else(|| Some((field("client_id")?, field("client_secret")?)));
     if creds.as_ref().map(|(id, s)| (id.as_str(), s.as_str())) != Some((CLIENT_ID, CLIENT_SECRET)) {
-        let body = json!({"error": "invalid_client", "error_description": "Client authentication failed"});
+        let body =
+            json!({"error": "invalid_client", "error_description": "Client authentication failed"});
         return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
     }
     bump(&st.counters.oauth_tokens);
-    let token = st.cfg.token.clone().unwrap_or_else(|| DEFAULT_TOKEN.to_string());
+    let token = st
+        .cfg
+        .token
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TOKEN.to_string());
     Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600, "scope": "all-apis"})).into_response()
 }
 
@@ -124,7 +136,10 @@ mod tests {
     fn decodes_forms_and_basic_auth() {
         let f = parse_form("grant_type=client_credentials&scope=all-apis&client_id=a%2Bb+c");
         assert_eq!(f[2], ("client_id".to_string(), "a+b c".to_string()));
-        assert_eq!(base64_decode("c2ltLWNsaWVudDpzaW0tc2VjcmV0").unwrap(), b"sim-client:sim-secret");
+        assert_eq!(
+            base64_decode("c2ltLWNsaWVudDpzaW0tc2VjcmV0").unwrap(),
+            b"sim-client:sim-secret"
+        );
         assert_eq!(base64_decode("YQ==").unwrap(), b"a");
         assert_eq!(percent_decode("100%"), "100%");
         assert!(base64_decode("!!").is_none());

@@ -25,7 +25,11 @@ pub fn generate(schema: &Value, seed: &str, tail_of: &str) -> Value {
     let tail: String = {
         let t = tail_of.trim();
         let n = t.chars().count();
-        t.chars().skip(n.saturating_sub(TAIL_CHARS)).collect::<String>().trim().to_string()
+        t.chars()
+            .skip(n.saturating_sub(TAIL_CHARS))
+            .collect::<String>()
+            .trim()
+            .to_string()
     };
     let gen = Gen { root: schema, tail };
     gen.value(schema, blake3::hash(seed.as_bytes()), 0)
@@ -65,7 +69,11 @@ impl Gen<'_> {
             return Value::Null;
         }
         if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
-            let target = if r == "#" { Some(self.root) } else { r.strip_prefix('#').and_then(|p| self.root.pointer(p)) };
+            let target = if r == "#" {
+                Some(self.root)
+            } else {
+                r.strip_prefix('#').and_then(|p| self.root.pointer(p))
+            };
             return match target {
                 Some(t) => self.value(t, seed, depth + 1),
                 None => Value::Null,
@@ -74,12 +82,22 @@ impl Gen<'_> {
         if let Some(c) = obj.get("const") {
             return c.clone();
         }
-        if let Some(values) = obj.get("enum").and_then(Value::as_array).filter(|v| !v.is_empty()) {
+        if let Some(values) = obj
+            .get("enum")
+            .and_then(Value::as_array)
+            .filter(|v| !v.is_empty())
+        {
             return values[(number_of(seed) % values.len() as u64) as usize].clone();
         }
         for key in ["anyOf", "oneOf"] {
-            if let Some(branches) = obj.get(key).and_then(Value::as_array).filter(|v| !v.is_empty()) {
-                let pick = branches.iter().find(|b| b.get("type").and_then(Value::as_str) != Some("null"));
+            if let Some(branches) = obj
+                .get(key)
+                .and_then(Value::as_array)
+                .filter(|v| !v.is_empty())
+            {
+                let pick = branches
+                    .iter()
+                    .find(|b| b.get("type").and_then(Value::as_str) != Some("null"));
                 return self.value(pick.unwrap_or(&branches[0]), seed, depth + 1);
             }
         }
@@ -109,7 +127,10 @@ impl Gen<'_> {
             if let Some(values) = obj.get("additionalProperties").filter(|v| v.is_object()) {
                 for i in 0..2 {
                     let s = child(seed, &format!("#entry{i}"));
-                    out.insert(format!("key_{}", hex(s, 6)), self.value(values, s, depth + 1));
+                    out.insert(
+                        format!("key_{}", hex(s, 6)),
+                        self.value(values, s, depth + 1),
+                    );
                 }
             }
         }
@@ -118,10 +139,17 @@ impl Gen<'_> {
 
     fn array(&self, obj: &Map<String, Value>, seed: blake3::Hash, depth: u32) -> Value {
         let min = obj.get("minItems").and_then(Value::as_u64).unwrap_or(0);
-        let max = obj.get("maxItems").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        let max = obj
+            .get("maxItems")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX);
         let n = 2u64.max(min).min(max);
         let items = obj.get("items").cloned().unwrap_or(Value::Bool(true));
-        Value::Array((0..n).map(|i| self.value(&items, child(seed, &format!("[{i}]")), depth + 1)).collect())
+        Value::Array(
+            (0..n)
+                .map(|i| self.value(&items, child(seed, &format!("[{i}]")), depth + 1))
+                .collect(),
+        )
     }
 
     fn integer(&self, obj: &Map<String, Value>, seed: blake3::Hash) -> Value {
@@ -155,15 +183,36 @@ impl Gen<'_> {
 
     fn string(&self, obj: &Map<String, Value>, seed: blake3::Hash) -> String {
         let n = number_of(seed);
-        let date = || format!("{}-{:02}-{:02}", 2020 + n % 6, 1 + (n >> 8) % 12, 1 + (n >> 16) % 28);
-        let time = || format!("{:02}:{:02}:{:02}", (n >> 24) % 24, (n >> 32) % 60, (n >> 40) % 60);
+        let date = || {
+            format!(
+                "{}-{:02}-{:02}",
+                2020 + n % 6,
+                1 + (n >> 8) % 12,
+                1 + (n >> 16) % 28
+            )
+        };
+        let time = || {
+            format!(
+                "{:02}:{:02}:{:02}",
+                (n >> 24) % 24,
+                (n >> 32) % 60,
+                (n >> 40) % 60
+            )
+        };
         let h = seed.to_hex();
         let s = match obj.get("format").and_then(Value::as_str) {
             Some("date") => date(),
             Some("date-time") => format!("{}T{}Z", date(), time()),
             Some("time") => time(),
             Some("email") => format!("user.{}@example.com", &h[..8]),
-            Some("uuid") => format!("{}-{}-4{}-8{}-{}", &h[..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32]),
+            Some("uuid") => format!(
+                "{}-{}-4{}-8{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[13..16],
+                &h[17..20],
+                &h[20..32]
+            ),
             Some("uri") | Some("url") => format!("https://example.com/{}", &h[..8]),
             _ if self.tail.is_empty() => format!("sim-{}", &h[..6]),
             _ => format!("{} {}", self.tail, &h[..4]),
@@ -174,9 +223,11 @@ impl Gen<'_> {
 
 /// `minimum`/`maximum`, or the exclusive form nudged inwards by `nudge`.
 fn bound(obj: &Map<String, Value>, inclusive: &str, exclusive: &str, nudge: f64) -> Option<f64> {
-    obj.get(inclusive)
-        .and_then(Value::as_f64)
-        .or_else(|| obj.get(exclusive).and_then(Value::as_f64).map(|v| v + nudge))
+    obj.get(inclusive).and_then(Value::as_f64).or_else(|| {
+        obj.get(exclusive)
+            .and_then(Value::as_f64)
+            .map(|v| v + nudge)
+    })
 }
 
 /// Pads with 'x' or cuts (on a char boundary) to honour min/maxLength.
@@ -197,7 +248,11 @@ fn fit_length(mut s: String, obj: &Map<String, Value>) -> String {
 fn type_of(obj: &Map<String, Value>) -> &str {
     match obj.get("type") {
         Some(Value::String(t)) => t,
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null").unwrap_or("null"),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
         _ if obj.contains_key("properties") || obj.contains_key("additionalProperties") => "object",
         _ if obj.contains_key("items") => "array",
         _ => "string",
@@ -209,10 +264,16 @@ fn type_of(obj: &Map<String, Value>) -> &str {
 fn merge_all_of(parent: &Map<String, Value>, parts: &[Value], root: &Value) -> Value {
     let mut merged = parent.clone();
     merged.remove("allOf");
-    let mut props = merged.remove("properties").and_then(|p| p.as_object().cloned()).unwrap_or_default();
+    let mut props = merged
+        .remove("properties")
+        .and_then(|p| p.as_object().cloned())
+        .unwrap_or_default();
     for part in parts {
         let part = match part.get("$ref").and_then(Value::as_str) {
-            Some(r) => r.strip_prefix('#').and_then(|p| root.pointer(p)).unwrap_or(part),
+            Some(r) => r
+                .strip_prefix('#')
+                .and_then(|p| root.pointer(p))
+                .unwrap_or(part),
             None => part,
         };
         let Some(p) = part.as_object() else { continue };

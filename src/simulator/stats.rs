@@ -74,7 +74,8 @@ impl Counters {
     pub fn record_ok(&self, prompt: u64, completion: u64, cached: u64, keys: &[String]) {
         bump(&self.ok);
         self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
-        self.completion_tokens.fetch_add(completion, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(completion, Ordering::Relaxed);
         self.cached_tokens.fetch_add(cached, Ordering::Relaxed);
         // A poisoned lock only means another handler panicked mid-insert;
         // the map itself is still usable.
@@ -98,7 +99,11 @@ impl Counters {
             prompt_tokens: get(&self.prompt_tokens),
             completion_tokens: get(&self.completion_tokens),
             cached_tokens: get(&self.cached_tokens),
-            ok_by_prompt: self.ok_by_prompt.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            ok_by_prompt: self
+                .ok_by_prompt
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             max_in_flight: get(&self.max_in_flight),
         }
     }

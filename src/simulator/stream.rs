@@ -69,11 +69,19 @@ pub(crate) fn respond(
     };
     let model = model_name(api, &job);
     match &job.reply {
-        Reply::Chat { content, tool_calls, finish_reason } => {
+        Reply::Chat {
+            content,
+            tool_calls,
+            finish_reason,
+        } => {
             let id = Some(reply_id("chatcmpl", &job));
             let chunk = |delta: Delta, finish: Option<&str>| ChatChunk {
                 id: id.clone(),
-                choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish.map(str::to_string) }],
+                choices: vec![ChunkChoice {
+                    index: 0,
+                    delta,
+                    finish_reason: finish.map(str::to_string),
+                }],
                 usage: every.clone(),
             };
             let role = || Some("assistant".to_string());
@@ -81,22 +89,45 @@ pub(crate) fn respond(
             let parts = pieces(text);
             if let Some(calls) = tool_calls {
                 // `Delta` has no tool_calls field: add it to the JSON.
-                let mut v = serde_json::to_value(chunk(Delta { role: role(), content: None }, None)).unwrap_or_default();
-                if let Some(d) = v.pointer_mut("/choices/0/delta").and_then(Value::as_object_mut) {
+                let mut v = serde_json::to_value(chunk(
+                    Delta {
+                        role: role(),
+                        content: None,
+                    },
+                    None,
+                ))
+                .unwrap_or_default();
+                if let Some(d) = v
+                    .pointer_mut("/choices/0/delta")
+                    .and_then(Value::as_object_mut)
+                {
                     d.insert("tool_calls".into(), calls.clone());
                 }
                 push(&mut frames, event(&v));
             } else if parts.is_empty() {
-                let delta = Delta { role: role(), content: Some(Value::String(String::new())) };
+                let delta = Delta {
+                    role: role(),
+                    content: Some(Value::String(String::new())),
+                };
                 push(&mut frames, event(&chunk(delta, None)));
             }
             for (i, p) in parts.iter().enumerate() {
-                let delta = Delta { role: if i == 0 { role() } else { None }, content: Some(Value::String(p.to_string())) };
+                let delta = Delta {
+                    role: if i == 0 { role() } else { None },
+                    content: Some(Value::String(p.to_string())),
+                };
                 push(&mut frames, event(&chunk(delta, None)));
             }
-            push(&mut frames, event(&chunk(Delta::default(), Some(finish_reason))));
+            push(
+                &mut frames,
+                event(&chunk(Delta::default(), Some(finish_reason))),
+            );
             if job.include_usage && !api.is_databricks() {
-                let last = ChatChunk { id: id.clone(), choices: vec![], usage: Some(usage.clone()) };
+                let last = ChatChunk {
+                    id: id.clone(),
+                    choices: vec![],
+                    usage: Some(usage.clone()),
+                };
                 push(&mut frames, event(&last));
             }
         }
@@ -119,7 +150,12 @@ pub(crate) fn respond(
                 push(&mut frames, event(&chunk(i, "", Some(finish))));
             }
             if job.include_usage && !api.is_databricks() {
-                let last = CompletionResponse { id: id.clone(), model: Some(model.clone()), choices: vec![], usage: Some(usage.clone()) };
+                let last = CompletionResponse {
+                    id: id.clone(),
+                    model: Some(model.clone()),
+                    choices: vec![],
+                    usage: Some(usage.clone()),
+                };
                 push(&mut frames, event(&last));
             }
         }
@@ -143,7 +179,10 @@ pub(crate) fn respond(
     });
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.extend(extra_headers);
     resp
