@@ -69,7 +69,7 @@ async fn databricks_endpoint_with_token_from_environment() {
     let o = f
         .aiq(
             &["run", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--endpoint", "my-llm",
-              "--system", "Be terse.", "--prompt", "{{text}}", "--param", "max_tokens=16", "--param", "temperature=0"],
+              "--system", "Be terse.", "--prompt", "{{text}}", "--param", "max_tokens=5", "--param", "temperature=0"],
             &[("DATABRICKS_HOST", &host), ("DATABRICKS_TOKEN", TOKEN)],
         )
         .await;
@@ -78,8 +78,8 @@ async fn databricks_endpoint_with_token_from_environment() {
     assert_eq!(rows.len(), 20);
     for (i, row) in rows.iter().enumerate() {
         assert!(row["result"].as_str().unwrap().starts_with(&format!("echo: row-{i} ")));
-        // max_tokens=16 reached the body: the echo was cut at 16 tokens.
-        assert_eq!(row["completion_tokens"], json!(16));
+        // max_tokens=5 reached the body: the echo was cut at 5 tokens.
+        assert_eq!(row["completion_tokens"], json!(5));
         assert_eq!(row["finish_reason"], json!("length"));
     }
 }
