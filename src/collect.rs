@@ -53,6 +53,8 @@ pub struct Collector {
     pending: VecDeque<Pending>,
     consecutive_failures: u32,
     failure: Option<Error>,
+    /// Permits of calls whose outcomes await the next journal flush.
+    released: Vec<OwnedSemaphorePermit>,
 }
 
 impl Collector {
@@ -78,6 +80,7 @@ impl Collector {
             pending: VecDeque::new(),
             consecutive_failures: 0,
             failure: None,
+            released: Vec::new(),
         }
     }
 
@@ -103,13 +106,17 @@ impl Collector {
                         self.handle(event)?;
                     }
                     self.journal.flush()?;
+                    self.released.clear();
                     self.write_ready()?;
                     self.progress.update(&self.summary);
                 }
                 _ = tokio::signal::ctrl_c(), if !interrupted => {
                     interrupted = true;
                     self.progress.println("interrupted: no new requests; waiting for the ones in flight (Ctrl-C again to quit now)");
-                    self.fail(Error::Stopped("interrupted".into()));
+                    self.fail(Error::Stopped(format!(
+                        "interrupted; finished rows are kept in {}: run the same command again to resume",
+                        self.journal.dir().display()
+                    )));
                 }
                 _ = tokio::signal::ctrl_c(), if interrupted => break,
                 _ = grace => break,
@@ -124,6 +131,9 @@ impl Collector {
             Some(e) => {
                 // Keep what is complete: fewer rows to reload on resume.
                 self.parts.commit()?;
+                if !self.progress.quiet() {
+                    eprintln!("{}", self.summary);
+                }
                 Err(e)
             }
             None if !self.pending.is_empty() => Err(Error::Stopped("the job ended with rows still open".into())),
@@ -147,13 +157,15 @@ impl Collector {
                 }
                 self.pending.push_back(Pending { first, batch, outcomes, missing, _permit: permit });
             }
-            Event::Outcomes(outcomes) => {
+            Event::Outcomes(outcomes, permit) => {
                 for o in outcomes {
                     self.journal.append(&o)?;
                     self.judge(&o);
                     self.summary.count(&o);
                     self.place(o);
                 }
+                // Released after the flush that ends this round of events.
+                self.released.extend(permit);
             }
             Event::Abort(message) => self.fail(Error::Aborted(format!(
                 "{message}\nCheck the endpoint name and credentials; finished rows are kept, run the same command again to resume."

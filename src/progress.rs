@@ -98,6 +98,7 @@ fn percent(part: i64, whole: i64) -> f64 {
 /// The live progress bar.
 pub struct Progress {
     bar: ProgressBar,
+    quiet: bool,
 }
 
 impl Progress {
@@ -120,7 +121,7 @@ impl Progress {
             bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));
         }
         bar.enable_steady_tick(Duration::from_millis(250));
-        Progress { bar }
+        Progress { bar, quiet }
     }
 
     pub fn update(&self, s: &Summary) {
@@ -133,6 +134,11 @@ impl Progress {
             human(u.completion_tokens),
             s.failed
         ));
+    }
+
+    /// `-q`: no bar, no summary.
+    pub fn quiet(&self) -> bool {
+        self.quiet
     }
 
     pub fn println(&self, line: &str) {

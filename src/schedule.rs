@@ -31,8 +31,10 @@ pub enum Event {
     /// A batch of input rows whose outcomes will follow. The permit bounds
     /// open batches and is released when the batch is written.
     Batch { first: RowId, batch: RecordBatch, permit: OwnedSemaphorePermit },
-    /// Outcomes of rows (of calls, or rows not sent at all).
-    Outcomes(Vec<Outcome>),
+    /// Outcomes of rows (of calls, or rows not sent at all). A call's
+    /// concurrency permit travels with its outcomes and is released only once
+    /// they are journaled, so a kill can lose at most the calls in flight.
+    Outcomes(Vec<Outcome>, Option<OwnedSemaphorePermit>),
     /// The endpoint refused the job; the rows of that call stay undone.
     Abort(String),
 }
@@ -110,7 +112,7 @@ impl Dispatcher {
                     if self.events.send(Event::Batch { first, batch, permit }).await.is_err() {
                         return;
                     }
-                    if !immediate.is_empty() && self.events.send(Event::Outcomes(immediate)).await.is_err() {
+                    if !immediate.is_empty() && self.events.send(Event::Outcomes(immediate, None)).await.is_err() {
                         return;
                     }
                     ready.extend(calls);
@@ -173,15 +175,23 @@ impl Dispatcher {
     /// Wait for a free slot, then run the call in its own task.
     async fn launch(&self, call: Call, warm: Option<(u64, mpsc::UnboundedSender<u64>)>) {
         let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return };
+        if self.stopped() {
+            return; // stopped while waiting for the slot
+        }
         let client = self.client.clone();
         let events = self.events.clone();
+        let stop = self.stop.clone();
         tokio::spawn(async move {
             let event = match client.execute(&call).await {
-                Ok(outcomes) => Event::Outcomes(outcomes),
-                Err(Abort(message)) => Event::Abort(message),
+                Ok(outcomes) => Event::Outcomes(outcomes, Some(permit)),
+                Err(Abort(message)) => {
+                    // Stop at once, before this slot frees up for another call.
+                    stop.store(true, Ordering::Relaxed);
+                    drop(permit);
+                    Event::Abort(message)
+                }
             };
             let _ = events.send(event).await;
-            drop(permit);
             if let Some((key, tx)) = warm {
                 let _ = tx.send(key);
             }

@@ -16,7 +16,18 @@ async fn chat_rows_come_back_in_order_with_their_own_answers() {
     let input = f.write_jsonl("in.jsonl", &rows(300, 7));
     let out = f.path("out.parquet");
     let o = f
-        .run_openai(&input, &out, &["--prompt", "Summarize: {{text}}", "--concurrency", "8", "--batch-rows", "64"])
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--prompt",
+                "Summarize: {{text}}",
+                "--concurrency",
+                "8",
+                "--batch-rows",
+                "64",
+            ],
+        )
         .await;
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);
@@ -24,8 +35,18 @@ async fn chat_rows_come_back_in_order_with_their_own_answers() {
     assert_eq!(
         names,
         [
-            "id", "text", "result", "error_message", "finish_reason", "prompt_tokens", "completion_tokens",
-            "total_tokens", "cached_tokens", "latency_ms", "ttft_ms", "attempts"
+            "id",
+            "text",
+            "result",
+            "error_message",
+            "finish_reason",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cached_tokens",
+            "latency_ms",
+            "ttft_ms",
+            "attempts"
         ]
     );
     assert_eq!(rows.len(), 300);
@@ -41,7 +62,10 @@ async fn chat_rows_come_back_in_order_with_their_own_answers() {
         }
         sent += 1;
         let result = row["result"].as_str().expect("a string result");
-        assert!(result.starts_with(&format!("echo: Summarize: row-{i} ")), "row {i} got {result}");
+        assert!(
+            result.starts_with(&format!("echo: Summarize: row-{i} ")),
+            "row {i} got {result}"
+        );
         assert_eq!(row["error_message"], Value::Null);
         assert!(row["prompt_tokens"].as_i64().unwrap() > 0);
         assert!(row["completion_tokens"].as_i64().unwrap() > 0);
@@ -52,24 +76,54 @@ async fn chat_rows_come_back_in_order_with_their_own_answers() {
         assert_eq!(row["cached_tokens"], json!(0));
         assert!(row["latency_ms"].as_i64().is_some());
         assert_eq!(row["attempts"], json!(1));
-        assert!(matches!(row["finish_reason"].as_str(), Some("stop" | "length")));
+        assert!(matches!(
+            row["finish_reason"].as_str(),
+            Some("stop" | "length")
+        ));
     }
     let stats = f.sim.stats();
     assert_eq!(stats.ok, sent, "one request per non-null row");
-    assert!(stats.max_in_flight <= 8, "concurrency bound held: {}", stats.max_in_flight);
-    assert!(!f.path("out.parquet.aiq").exists(), "the journal is removed after success");
+    assert!(
+        stats.max_in_flight <= 8,
+        "concurrency bound held: {}",
+        stats.max_in_flight
+    );
+    assert!(
+        !f.path("out.parquet.aiq").exists(),
+        "the journal is removed after success"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn databricks_endpoint_with_token_from_environment() {
-    let f = Fixture::new(SimConfig { endpoints: vec!["my-llm".into()], ..SimConfig::default() }).await;
+    let f = Fixture::new(SimConfig {
+        endpoints: vec!["my-llm".into()],
+        ..SimConfig::default()
+    })
+    .await;
     let input = f.write_jsonl("in.jsonl", &rows(20, 0));
     let out = f.path("out.parquet");
     let host = f.sim.base_url();
     let o = f
         .aiq(
-            &["run", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--endpoint", "my-llm",
-              "--system", "Be terse.", "--prompt", "{{text}}", "--param", "max_tokens=5", "--param", "temperature=0"],
+            &[
+                "run",
+                "-q",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--endpoint",
+                "my-llm",
+                "--system",
+                "Be terse.",
+                "--prompt",
+                "{{text}}",
+                "--param",
+                "max_tokens=5",
+                "--param",
+                "temperature=0",
+            ],
             &[("DATABRICKS_HOST", &host), ("DATABRICKS_TOKEN", TOKEN)],
         )
         .await;
@@ -77,7 +131,10 @@ async fn databricks_endpoint_with_token_from_environment() {
     let (_, rows) = read_rows(&out);
     assert_eq!(rows.len(), 20);
     for (i, row) in rows.iter().enumerate() {
-        assert!(row["result"].as_str().unwrap().starts_with(&format!("echo: row-{i} ")));
+        assert!(row["result"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("echo: row-{i} ")));
         // max_tokens=5 reached the body: the echo was cut at 5 tokens.
         assert_eq!(row["completion_tokens"], json!(5));
         assert_eq!(row["finish_reason"], json!("length"));
@@ -96,8 +153,18 @@ async fn databricks_profile_from_databrickscfg() {
     let out = f.path("out.parquet");
     let o = f
         .aiq(
-            &["run", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--endpoint", "llm",
-              "--prompt", "{{text}}"],
+            &[
+                "run",
+                "-q",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--endpoint",
+                "llm",
+                "--prompt",
+                "{{text}}",
+            ],
             &[("DATABRICKS_CONFIG_PROFILE", "sim")],
         )
         .await;
@@ -113,8 +180,18 @@ async fn databricks_oauth_machine_to_machine() {
     let host = f.sim.base_url();
     let o = f
         .aiq(
-            &["run", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--endpoint", "llm",
-              "--prompt", "{{text}}"],
+            &[
+                "run",
+                "-q",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--endpoint",
+                "llm",
+                "--prompt",
+                "{{text}}",
+            ],
             &[
                 ("DATABRICKS_HOST", &host),
                 ("DATABRICKS_CLIENT_ID", aiq::simulator::CLIENT_ID),
@@ -124,7 +201,11 @@ async fn databricks_oauth_machine_to_machine() {
         .await;
     assert_ok(&o);
     assert_eq!(read_rows(&out).1.len(), 10);
-    assert_eq!(f.sim.stats().oauth_tokens, 1, "the token is fetched once and reused");
+    assert_eq!(
+        f.sim.stats().oauth_tokens,
+        1,
+        "the token is fetched once and reused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,11 +213,23 @@ async fn completions_task() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_jsonl("in.jsonl", &rows(10, 0));
     let out = f.path("out.parquet");
-    let o = f.run_openai(&input, &out, &["--task", "completions", "--prompt", "Q: {{text}}"]).await;
+    let o = f
+        .run_openai(
+            &input,
+            &out,
+            &["--task", "completions", "--prompt", "Q: {{text}}"],
+        )
+        .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     for (i, row) in rows.iter().enumerate() {
-        assert!(row["result"].as_str().unwrap().starts_with(&format!("echo: Q: row-{i} ")), "{row:?}");
+        assert!(
+            row["result"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("echo: Q: row-{i} ")),
+            "{row:?}"
+        );
     }
 }
 
@@ -147,11 +240,27 @@ async fn embeddings_task_gives_float_lists_batched() {
     input_rows[3]["text"] = input_rows[0]["text"].clone(); // equal texts, equal vectors
     let input = f.write_jsonl("in.jsonl", &input_rows);
     let out = f.path("out.parquet");
-    let o = f.run_openai(&input, &out, &["--task", "embeddings", "--prompt", "{{text}}", "--batch-size", "10"]).await;
+    let o = f
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--task",
+                "embeddings",
+                "--prompt",
+                "{{text}}",
+                "--batch-size",
+                "10",
+            ],
+        )
+        .await;
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);
     let result = schema.field_with_name("result").unwrap();
-    assert!(matches!(result.data_type(), DataType::List(item) if item.data_type() == &DataType::Float32), "{result:?}");
+    assert!(
+        matches!(result.data_type(), DataType::List(item) if item.data_type() == &DataType::Float32),
+        "{result:?}"
+    );
     assert_eq!(rows.len(), 25);
     for row in &rows {
         assert_eq!(row["result"].as_array().unwrap().len(), 16);
@@ -180,11 +289,16 @@ async fn parquet_input_columns_pass_through() {
     .unwrap();
     let input = f.write_parquet("in.parquet", batch);
     let out = f.path("out.parquet");
-    let o = f.run_openai(&input, &out, &["--prompt", "{{text}} scored {{n}}"]).await;
+    let o = f
+        .run_openai(&input, &out, &["--prompt", "{{text}} scored {{n}}"])
+        .await;
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);
     // Unsigned input types are widened so DuckDB, pandas and Spark read them.
-    assert_eq!(schema.field_with_name("n").unwrap().data_type(), &DataType::Int64);
+    assert_eq!(
+        schema.field_with_name("n").unwrap().data_type(),
+        &DataType::Int64
+    );
     assert_eq!(rows[1]["score"], Value::Null);
     assert_eq!(rows[2]["result"], json!("echo: c scored 3"));
     let _ = Int64Array::from(vec![0]);
@@ -207,13 +321,25 @@ async fn job_file_with_flags_overriding() {
     .unwrap();
     let out = f.path("from-flag.parquet");
     let o = f
-        .aiq(&["run", "-q", job.to_str().unwrap(), "--output", out.to_str().unwrap()], &[("OPENAI_API_KEY", TOKEN)])
+        .aiq(
+            &[
+                "run",
+                "-q",
+                job.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            &[("OPENAI_API_KEY", TOKEN)],
+        )
         .await;
     assert_ok(&o);
     assert!(!f.path("from-file.parquet").exists());
     let (_, rows) = read_rows(&out);
     assert_eq!(rows.len(), 12);
-    assert!(rows[0]["result"].as_str().unwrap().starts_with("echo: File: row-0"));
+    assert!(rows[0]["result"]
+        .as_str()
+        .unwrap()
+        .starts_with("echo: File: row-0"));
     assert_eq!(rows[0]["completion_tokens"], json!(8));
 }
 
@@ -222,7 +348,9 @@ async fn unknown_column_stops_before_any_request() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_jsonl("in.jsonl", &rows(5, 0));
     let out = f.path("out.parquet");
-    let o = f.run_openai(&input, &out, &["--prompt", "Summarize: {{txet}}"]).await;
+    let o = f
+        .run_openai(&input, &out, &["--prompt", "Summarize: {{txet}}"])
+        .await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("`txet`"), "{}", stderr(&o));
     assert_eq!(f.sim.stats().requests, 0);
@@ -234,12 +362,16 @@ async fn missing_and_corrupt_inputs_are_usage_errors() {
     let f = Fixture::new(SimConfig::default()).await;
     let out = f.path("out.parquet");
     let missing = f.path("nope.parquet");
-    let o = f.run_openai(&missing, &out, &["--prompt", "{{text}}"]).await;
+    let o = f
+        .run_openai(&missing, &out, &["--prompt", "{{text}}"])
+        .await;
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("nope.parquet"), "{}", stderr(&o));
     let corrupt = f.path("bad.parquet");
     std::fs::write(&corrupt, b"PAR1 this is not parquet").unwrap();
-    let o = f.run_openai(&corrupt, &out, &["--prompt", "{{text}}"]).await;
+    let o = f
+        .run_openai(&corrupt, &out, &["--prompt", "{{text}}"])
+        .await;
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("bad.parquet"), "{}", stderr(&o));
     let bad_ext = f.path("data.csv");
@@ -263,13 +395,33 @@ async fn a_bad_row_gets_its_error_and_fail_on_error_fails_the_job() {
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     assert_eq!(rows.len(), 30);
-    let err = rows[4]["error_message"].as_str().expect("row 4 has an error");
-    assert!(err.contains("400") && err.contains("simulated bad request"), "{err}");
+    let err = rows[4]["error_message"]
+        .as_str()
+        .expect("row 4 has an error");
+    assert!(
+        err.contains("400") && err.contains("simulated bad request"),
+        "{err}"
+    );
     assert_eq!(rows[4]["attempts"], json!(1), "a 400 is not retried");
-    assert!(rows.iter().enumerate().all(|(i, r)| i == 4 || r["error_message"].is_null()));
+    assert!(rows
+        .iter()
+        .enumerate()
+        .all(|(i, r)| i == 4 || r["error_message"].is_null()));
 
     let out2 = f.path("out2.parquet");
-    let o = f.run_openai(&input, &out2, &["--prompt", "{{text}}", "--fail-on-error", "--concurrency", "1"]).await;
+    let o = f
+        .run_openai(
+            &input,
+            &out2,
+            &[
+                "--prompt",
+                "{{text}}",
+                "--fail-on-error",
+                "--concurrency",
+                "1",
+            ],
+        )
+        .await;
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("row 4"), "{}", stderr(&o));
     assert!(!out2.exists());

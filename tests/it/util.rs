@@ -19,9 +19,15 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new(cfg: SimConfig) -> Fixture {
-        let cfg = SimConfig { token: Some(TOKEN.to_string()), ..cfg };
+        let cfg = SimConfig {
+            token: Some(TOKEN.to_string()),
+            ..cfg
+        };
         let sim = Simulator::start(cfg).await.expect("simulator starts");
-        Fixture { dir: tempfile::tempdir().expect("temp dir"), sim }
+        Fixture {
+            dir: tempfile::tempdir().expect("temp dir"),
+            sim,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -43,7 +49,8 @@ impl Fixture {
     pub fn write_parquet(&self, name: &str, batch: RecordBatch) -> PathBuf {
         let path = self.path(name);
         let file = std::fs::File::create(&path).expect("create parquet");
-        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
         w.write(&batch).expect("write");
         w.close().expect("close");
         path
@@ -53,11 +60,16 @@ impl Fixture {
     /// variables but those given, HOME in the temp folder.
     pub async fn aiq(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_aiq"));
-        cmd.args(args).env_clear().env("HOME", self.dir.path()).env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.dir.path())
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        tokio::task::spawn_blocking(move || cmd.output().expect("aiq runs")).await.expect("join")
+        tokio::task::spawn_blocking(move || cmd.output().expect("aiq runs"))
+            .await
+            .expect("join")
     }
 
     /// `aiq run` against the simulator's OpenAI route with the right key.
@@ -92,13 +104,20 @@ pub fn code(o: &Output) -> i32 {
 
 #[track_caller]
 pub fn assert_ok(o: &Output) {
-    assert_eq!(code(o), 0, "aiq failed:\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), stderr(o));
+    assert_eq!(
+        code(o),
+        0,
+        "aiq failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(o)
+    );
 }
 
 /// Read a Parquet file as JSON objects, one per row.
 pub fn read_rows(path: &Path) -> (Arc<Schema>, Vec<Map<String, Value>>) {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet");
     let schema = reader.schema().clone();
     let mut rows = Vec::new();
     for batch in reader.build().expect("reader") {
