@@ -63,6 +63,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Show the first rendered requests, the static prefix and whether it
+    /// can be cached, then exit without sending anything.
+    #[arg(long)]
+    pub explain: bool,
+
     #[command(flatten)]
     pub settings: JobSettings,
 }
@@ -101,6 +106,10 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<(), Error> {
         None => args.settings,
     };
     let plan = Plan::from_settings(settings, args.restart)?;
+    if args.explain {
+        print!("{}", crate::explain::explain(&plan)?);
+        return Ok(());
+    }
     let summary = run(plan, Ui { quiet }).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());

@@ -2,9 +2,8 @@
 //!
 //! `--endpoint` takes a Databricks serving endpoint name, an OpenAI-compatible
 //! base URL, or `simulator`. This module turns that into a full URL for the
-//! job's task and the credentials to send, and knows the provider quirks the
-//! request layout depends on (Claude wants `cache_control`, OpenAI takes
-//! `prompt_cache_key` and `stream_options`).
+//! job's task and the credentials to send. (The provider quirks the request
+//! layout depends on live with the plan: [`crate::plan::Plan::body_spec`].)
 
 use std::fmt;
 
@@ -27,8 +26,6 @@ pub struct Endpoint {
     pub url: String,
     /// How the endpoint is named in messages: `databricks endpoint X at HOST`.
     pub label: String,
-    /// The serving endpoint name or model, for provider quirks.
-    pub name: String,
     pub credentials: Credentials,
 }
 
@@ -48,12 +45,11 @@ impl Endpoint {
             flavor: Flavor::Databricks,
             url: format!("{}/serving-endpoints/{}/invocations", target.host, name),
             label: format!("Databricks endpoint `{name}` at {} (credentials from {})", target.host, target.source),
-            name: name.to_string(),
             credentials: target.credentials,
         }
     }
 
-    pub fn openai(base_url: &str, task: Task, model: Option<&str>, credentials: Credentials) -> Endpoint {
+    pub fn openai(base_url: &str, task: Task, credentials: Credentials) -> Endpoint {
         let base = base_url.trim_end_matches('/');
         let route = match task {
             Task::Chat => "chat/completions",
@@ -64,26 +60,10 @@ impl Endpoint {
             flavor: Flavor::OpenAi,
             url: format!("{base}/{route}"),
             label: format!("OpenAI-compatible endpoint {base}"),
-            name: model.unwrap_or_default().to_string(),
             credentials,
         }
     }
 
-    /// Claude models cache only up to an explicit `cache_control` breakpoint.
-    pub fn is_claude(&self) -> bool {
-        self.name.to_ascii_lowercase().contains("claude")
-    }
-
-    /// Only OpenAI-compatible servers take `prompt_cache_key`; Databricks
-    /// rejects unknown body keys for some models.
-    pub fn takes_prompt_cache_key(&self) -> bool {
-        self.flavor == Flavor::OpenAi
-    }
-
-    /// OpenAI reports usage while streaming only when asked to.
-    pub fn wants_stream_options(&self) -> bool {
-        self.flavor == Flavor::OpenAi
-    }
 }
 
 /// Is `--endpoint` a base URL rather than a Databricks endpoint name?
@@ -98,7 +78,7 @@ mod tests {
 
     #[test]
     fn urls_per_flavor_and_task() {
-        let e = Endpoint::openai("http://localhost:8000/v1/", Task::Embeddings, Some("m"), Credentials::None);
+        let e = Endpoint::openai("http://localhost:8000/v1/", Task::Embeddings, Credentials::None);
         assert_eq!(e.url, "http://localhost:8000/v1/embeddings");
         let target = DatabricksTarget {
             host: "https://example.cloud.databricks.com".into(),
@@ -107,7 +87,6 @@ mod tests {
         };
         let d = Endpoint::databricks(target, "databricks-claude-sonnet-4");
         assert_eq!(d.url, "https://example.cloud.databricks.com/serving-endpoints/databricks-claude-sonnet-4/invocations");
-        assert!(d.is_claude());
         assert!(!format!("{d:?}").contains("dapi-secret"));
         assert!(is_url("https://x") && !is_url("databricks-meta-llama"));
     }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod collect;
 pub mod endpoint;
 pub mod error;
+pub mod explain;
 pub mod functions;
 pub mod journal;
 pub mod limit;

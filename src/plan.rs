@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::client::RetryPolicy;
+use crate::endpoint::Flavor;
+use crate::render::BodySpec;
 use crate::error::{Error, Result};
 use crate::functions::{AiFunction, FunctionOptions};
 use crate::settings::{JobSettings, SimulatorSettings, Task};
@@ -59,6 +61,8 @@ pub struct Plan {
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
+/// The model name the built-in simulator serves by default, as on Databricks.
+pub const SIMULATOR_MODEL: &str = "databricks-meta-llama-3-3-70b-instruct";
 pub const DEFAULT_BATCH_ROWS: usize = 1024;
 
 impl Plan {
@@ -208,6 +212,40 @@ impl Plan {
             restart,
             simulator: s.simulator.unwrap_or_default(),
         })
+    }
+
+    /// The endpoint's name or model, for provider quirks.
+    pub fn endpoint_name(&self) -> String {
+        match &self.target {
+            Target::Simulator => self.model.clone().unwrap_or_else(|| SIMULATOR_MODEL.to_string()),
+            Target::Databricks(name) => name.clone(),
+            Target::OpenAi(_) => self.model.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn flavor(&self) -> Flavor {
+        match self.target {
+            Target::OpenAi(_) => Flavor::OpenAi,
+            Target::Simulator | Target::Databricks(_) => Flavor::Databricks,
+        }
+    }
+
+    /// How every request body is laid out. Claude endpoints cache only up
+    /// to a `cache_control` breakpoint; OpenAI-compatible ones take a
+    /// `prompt_cache_key` and want `stream_options` to report usage.
+    pub fn body_spec(&self) -> BodySpec {
+        let openai = self.flavor() == Flavor::OpenAi;
+        let claude = self.endpoint_name().to_ascii_lowercase().contains("claude");
+        BodySpec {
+            task: self.task,
+            model: if openai { self.model.clone() } else { None },
+            params: self.params.clone(),
+            response_format: self.response_format.clone(),
+            cache_control: self.cache_control || claude,
+            prompt_cache_key: self.prompt_cache_key && openai,
+            stream: self.stream,
+            stream_usage_option: openai,
+        }
     }
 
     /// The settings that change answers, for the journal's fingerprint:

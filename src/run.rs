@@ -26,7 +26,7 @@ use crate::limit::Limiter;
 use crate::outcome::RowId;
 use crate::plan::{Plan, Target};
 use crate::progress::{Progress, Summary};
-use crate::render::{BodyBuilder, BodySpec, Templates};
+use crate::render::{BodyBuilder, Templates};
 use crate::reply::Shape;
 use crate::schedule::Dispatcher;
 use crate::settings::Task;
@@ -46,8 +46,6 @@ pub struct Ui {
     pub quiet: bool,
 }
 
-/// The default model name the simulator serves, as on Databricks.
-pub const SIMULATOR_MODEL: &str = "databricks-meta-llama-3-3-70b-instruct";
 
 pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
@@ -88,22 +86,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         similarity: plan.prompt2.is_some(),
     };
     let client = Arc::new(Client::new(http, endpoint.clone(), limiter.clone(), plan.retry.clone(), shape, plan.stream));
-    let builder = Arc::new(BodyBuilder::new(
-        BodySpec {
-            task: plan.task,
-            model: match endpoint.flavor {
-                crate::endpoint::Flavor::OpenAi => plan.model.clone(),
-                crate::endpoint::Flavor::Databricks => None,
-            },
-            params: plan.params.clone(),
-            response_format: plan.response_format.clone(),
-            cache_control: plan.cache_control || endpoint.is_claude(),
-            prompt_cache_key: plan.prompt_cache_key && endpoint.takes_prompt_cache_key(),
-            stream: plan.stream,
-            stream_usage_option: endpoint.wants_stream_options(),
-        },
-        &templates,
-    ));
+    let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
 
     // Stage 1: the reader thread streams batches, skipping committed rows.
     let committed = resume.committed;
@@ -194,7 +177,7 @@ pub async fn resolve_endpoint(plan: &Plan) -> Result<(Endpoint, Option<Simulator
     match &plan.target {
         Target::Simulator => {
             let sim = start_simulator(plan).await?;
-            let name = plan.model.clone().unwrap_or_else(|| SIMULATOR_MODEL.to_string());
+            let name = plan.endpoint_name();
             let target = crate::auth::DatabricksTarget {
                 host: sim.base_url(),
                 credentials: Credentials::Bearer(Secret::new(SIMULATOR_TOKEN)),
@@ -208,7 +191,7 @@ pub async fn resolve_endpoint(plan: &Plan) -> Result<(Endpoint, Option<Simulator
         }
         Target::OpenAi(url) => {
             let credentials = resolve_openai(plan.api_key_env.as_deref(), &env)?;
-            Ok((Endpoint::openai(url, plan.task, plan.model.as_deref(), credentials), None))
+            Ok((Endpoint::openai(url, plan.task, credentials), None))
         }
     }
 }

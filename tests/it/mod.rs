@@ -1,4 +1,5 @@
 mod util;
 
+mod cache;
 mod reliability;
 mod run;
