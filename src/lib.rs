@@ -28,6 +28,7 @@ pub mod settings;
 pub mod simulator;
 pub mod sink;
 pub mod source;
+pub mod spend;
 pub mod stream;
 pub mod tokens;
 pub mod types;
