@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod collect;
+pub mod dry_run;
 pub mod endpoint;
 pub mod error;
 pub mod functions;

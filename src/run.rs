@@ -89,22 +89,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         similarity: plan.prompt2.is_some(),
     };
     let client = Arc::new(Client::new(http, endpoint.clone(), limiter.clone(), plan.retry.clone(), shape, plan.stream));
-    let builder = Arc::new(BodyBuilder::new(
-        BodySpec {
-            task: plan.task,
-            model: match endpoint.flavor {
-                crate::endpoint::Flavor::OpenAi => plan.model.clone(),
-                crate::endpoint::Flavor::Databricks => None,
-            },
-            params: plan.params.clone(),
-            response_format: plan.response_format.clone(),
-            cache_control: plan.cache_control || endpoint.is_claude(),
-            prompt_cache_key: plan.prompt_cache_key && endpoint.takes_prompt_cache_key(),
-            stream: plan.stream,
-            stream_usage_option: endpoint.wants_stream_options(),
-        },
-        &templates,
-    ));
+    let builder = Arc::new(BodyBuilder::new(body_spec(&plan, &endpoint), &templates));
 
     // Budgets are per job: earlier runs' spend (from the journal) counts.
     let budget = plan.budget.is_set().then(|| Enforcer {
@@ -199,6 +184,24 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     collector.journal.remove()?;
     status.finish(Some(&summary), "done", None);
     Ok(summary)
+}
+
+/// What shapes every body of this job at this endpoint (also used by
+/// `--dry-run`, which renders the same bodies without sending them).
+pub fn body_spec(plan: &Plan, endpoint: &Endpoint) -> BodySpec {
+    BodySpec {
+        task: plan.task,
+        model: match endpoint.flavor {
+            crate::endpoint::Flavor::OpenAi => plan.model.clone(),
+            crate::endpoint::Flavor::Databricks => None,
+        },
+        params: plan.params.clone(),
+        response_format: plan.response_format.clone(),
+        cache_control: plan.cache_control || endpoint.is_claude(),
+        prompt_cache_key: plan.prompt_cache_key && endpoint.takes_prompt_cache_key(),
+        stream: plan.stream,
+        stream_usage_option: endpoint.wants_stream_options(),
+    }
 }
 
 fn http_client(plan: &Plan) -> Result<reqwest::Client> {
