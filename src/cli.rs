@@ -68,6 +68,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub explain: bool,
 
+    /// Check the job and render every request without sending any (no
+    /// endpoint contact, no credentials): print rows, estimated tokens,
+    /// cacheable prefix share, cost (with --price-in/--price-out) and time
+    /// at the configured limits.
+    #[arg(long)]
+    pub dry_run: bool,
+
     #[command(flatten)]
     pub settings: JobSettings,
 }
@@ -108,6 +115,17 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<(), Error> {
     let plan = Plan::from_settings(settings, args.restart)?;
     if args.explain {
         print!("{}", crate::explain::explain(&plan)?);
+        return Ok(());
+    }
+    if args.dry_run {
+        let estimate = tokio::task::spawn_blocking(move || crate::dry_run::dry_run(&plan))
+            .await
+            .map_err(|e| Error::Stopped(format!("dry run failed: {e}")))??;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&estimate).unwrap_or_default());
+        } else {
+            println!("{estimate}");
+        }
         return Ok(());
     }
     let summary = run(plan, Ui { quiet }).await?;

@@ -7,6 +7,13 @@
 //! `Retry-After`; a row's own bad request becomes its `error_message`; a
 //! refusal of the whole job (401, 403, 404) is returned as [`Abort`] so the
 //! scheduler stops sending.
+//!
+//! Billing-safe retries: an attempt that times out after its request was
+//! sent may still be billed (the provider ran it; we did not wait for the
+//! answer). Such attempts are *ambiguous*: they are counted apart
+//! (`ambiguous_retries`), retried at most `max_ambiguous_retries` times, and
+//! recorded in the row ([`Outcome::ambiguous_attempts`], the
+//! `maybe_billed_twice` column).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +43,8 @@ pub struct ClientStats {
     pub attempts: AtomicU64,
     pub rate_limited: AtomicU64,
     pub retries: AtomicU64,
+    /// Retries of attempts that timed out after sending (maybe billed).
+    pub ambiguous_retries: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +53,8 @@ pub struct RetryPolicy {
     pub timeout: Duration,
     pub min_delay: Duration,
     pub max_delay: Duration,
+    /// Retries allowed after attempts that may have been billed.
+    pub max_ambiguous_retries: u32,
 }
 
 impl Default for RetryPolicy {
@@ -53,6 +64,7 @@ impl Default for RetryPolicy {
             timeout: Duration::from_secs(300),
             min_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(60),
+            max_ambiguous_retries: 1,
         }
     }
 }
@@ -72,11 +84,17 @@ pub struct Client {
 struct AttemptError {
     action: RetryAction,
     message: String,
+    /// The request was sent and may have been billed without an answer.
+    ambiguous: bool,
 }
 
 impl AttemptError {
+    fn new(action: RetryAction, message: String) -> AttemptError {
+        AttemptError { action, message, ambiguous: false }
+    }
+
     fn retry(message: String, after: Option<Duration>, rate_limited: bool) -> AttemptError {
-        AttemptError { action: RetryAction::Retry { after, rate_limited }, message }
+        AttemptError::new(RetryAction::Retry { after, rate_limited }, message)
     }
 }
 
@@ -106,6 +124,8 @@ impl Client {
     /// Returns one outcome per row of the call, in the call's row order.
     pub async fn execute(&self, call: &Call) -> Result<Vec<Outcome>, Abort> {
         let attempts = AtomicU32::new(0);
+        let ambiguous = AtomicU32::new(0);
+        let max_ambiguous = self.policy.max_ambiguous_retries;
         let started = Instant::now();
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.policy.min_delay)
@@ -114,12 +134,22 @@ impl Client {
             .with_max_times(self.policy.max_retries as usize);
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(call).await
+            let result = self.attempt(call).await;
+            if result.as_ref().is_err_and(|e| e.ambiguous) {
+                ambiguous.fetch_add(1, Ordering::Relaxed);
+            }
+            result
         })
         .retry(backoff)
-        .when(|e: &AttemptError| matches!(e.action, RetryAction::Retry { .. }))
-        .notify(|_, _| {
+        .when(|e: &AttemptError| {
+            matches!(e.action, RetryAction::Retry { .. })
+                && !(e.ambiguous && ambiguous.load(Ordering::Relaxed) > max_ambiguous)
+        })
+        .notify(|e: &AttemptError, _| {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            if e.ambiguous {
+                self.stats.ambiguous_retries.fetch_add(1, Ordering::Relaxed);
+            }
         })
         // Never come back sooner than the server asked; `dur` is None once
         // the budget is spent, and then we stop (never `Some` unconditionally).
@@ -129,6 +159,7 @@ impl Client {
         })
         .await;
         let attempts = attempts.load(Ordering::Relaxed);
+        let ambiguous = ambiguous.load(Ordering::Relaxed);
         let latency_ms = Some(started.elapsed().as_millis() as i64);
         match result {
             Ok(answer) => {
@@ -150,39 +181,54 @@ impl Client {
                         latency_ms,
                         ttft_ms: answer.ttft.map(|d| d.as_millis() as i64),
                         attempts,
+                        ambiguous_attempts: ambiguous,
                     });
                 }
                 Ok(outcomes)
             }
             Err(e) => match e.action {
                 RetryAction::Abort => Err(Abort(format!("{} refused the job: {}", self.endpoint.label, e.message))),
-                RetryAction::Retry { .. } => Ok(self.all_failed(
-                    call,
-                    format!("gave up after {attempts} attempts: {}", e.message),
-                    attempts,
-                    latency_ms,
-                )),
-                RetryAction::RowError => Ok(self.all_failed(call, e.message, attempts, latency_ms)),
+                RetryAction::Retry { .. } => {
+                    let why = if e.ambiguous && ambiguous > max_ambiguous {
+                        format!(
+                            "; not retried again: an attempt that times out after sending may have been billed \
+                             (--max-ambiguous-retries {max_ambiguous})"
+                        )
+                    } else {
+                        String::new()
+                    };
+                    Ok(self.all_failed(
+                        call,
+                        format!("gave up after {attempts} attempts: {}{why}", e.message),
+                        (attempts, ambiguous),
+                        latency_ms,
+                    ))
+                }
+                RetryAction::RowError => Ok(self.all_failed(call, e.message, (attempts, ambiguous), latency_ms)),
             },
         }
     }
 
-    fn all_failed(&self, call: &Call, message: String, attempts: u32, latency_ms: Option<i64>) -> Vec<Outcome> {
+    fn all_failed(&self, call: &Call, message: String, attempts: (u32, u32), latency_ms: Option<i64>) -> Vec<Outcome> {
+        let (attempts, ambiguous_attempts) = attempts;
         call.rows
             .iter()
-            .map(|row| Outcome { latency_ms, ..Outcome::failed(*row, message.clone(), attempts) })
+            .map(|row| Outcome { latency_ms, ambiguous_attempts, ..Outcome::failed(*row, message.clone(), attempts) })
             .collect()
     }
 
     async fn attempt(&self, call: &Call) -> Result<Answer, AttemptError> {
-        self.limiter.admit(call.est_tokens).await;
+        // The OTPM reservation (max_tokens) is settled from the reply's
+        // usage below, or refunded whole if this attempt gets no answer.
+        let output_reserve = call.est_tokens.saturating_sub(call.est_prompt_tokens);
+        let grant = self.limiter.admit_call(call.est_prompt_tokens, output_reserve).await;
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let token = self
             .endpoint
             .credentials
             .bearer(&self.http)
             .await
-            .map_err(|e| AttemptError { action: RetryAction::Abort, message: e.to_string() })?;
+            .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?;
         let mut request = self
             .http
             .post(&self.endpoint.url)
@@ -191,7 +237,7 @@ impl Client {
             .body(call.body.clone());
         if let Some(token) = token {
             let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| AttemptError { action: RetryAction::Abort, message: "the token contains characters not allowed in an HTTP header".into() })?;
+                .map_err(|_| AttemptError::new(RetryAction::Abort, "the token contains characters not allowed in an HTTP header".into()))?;
             // Keeps the token out of any debug output of the request.
             value.set_sensitive(true);
             request = request.header(AUTHORIZATION, value);
@@ -209,20 +255,22 @@ impl Client {
             }
             let body = response.bytes().await.unwrap_or_default();
             let message = format!("HTTP {}: {}", status.as_u16(), wire::error_message(&body));
-            return Err(AttemptError { action, message });
+            return Err(AttemptError::new(action, message));
         }
         if self.stream {
             let (reply, ttft) = stream::read(response, &self.shape, sent).await.map_err(|e| match e {
                 stream::StreamError::Transport(m) => AttemptError::retry(m, None, false),
-                stream::StreamError::Reply(m) => AttemptError { action: RetryAction::RowError, message: m },
+                stream::StreamError::Reply(m) => AttemptError::new(RetryAction::RowError, m),
             })?;
+            grant.settle(reply.usage.completion_tokens.max(0) as u64);
             return Ok(Answer { reply, ttft });
         }
         let body = response.bytes().await.map_err(|e| transport_error(&e))?;
         let reply = self
             .shape
             .parse(&body, call.rows.len())
-            .map_err(|message| AttemptError { action: RetryAction::RowError, message })?;
+            .map_err(|message| AttemptError::new(RetryAction::RowError, message))?;
+        grant.settle(reply.usage.completion_tokens.max(0) as u64);
         Ok(Answer { reply, ttft: None })
     }
 }
@@ -243,5 +291,9 @@ fn transport_error(e: &reqwest::Error) -> AttemptError {
         message.push_str(&format!(": {s}"));
         source = s.source();
     }
-    AttemptError::retry(message, None, false)
+    let mut error = AttemptError::retry(message, None, false);
+    // A timeout once connected means the request went out and the provider
+    // may be running it: a retry may pay a second time.
+    error.ambiguous = e.is_timeout() && !e.is_connect();
+    error
 }

@@ -24,6 +24,7 @@ use crate::outcome::{Outcome, RowId};
 use crate::progress::{Progress, Summary};
 use crate::schedule::Event;
 use crate::sink::{Layout, PartWriter};
+use crate::spend::Enforcer;
 
 /// Calls failing one after another (after their retries) before the job
 /// stops: a bad setting fails every row, and should cost a handful of
@@ -50,6 +51,8 @@ pub struct Collector {
     pub fail_on_error: bool,
     pub progress: Progress,
     pub summary: Summary,
+    /// `--max-tokens-total` / `--max-cost`, when given.
+    pub budget: Option<Enforcer>,
     pending: VecDeque<Pending>,
     consecutive_failures: u32,
     failure: Option<Error>,
@@ -77,6 +80,7 @@ impl Collector {
             fail_on_error,
             progress,
             summary,
+            budget: None,
             pending: VecDeque::new(),
             consecutive_failures: 0,
             failure: None,
@@ -161,6 +165,9 @@ impl Collector {
                 for o in outcomes {
                     self.journal.append(&o)?;
                     self.judge(&o);
+                    if let Some(stop) = self.budget.as_mut().and_then(|b| b.record(&o, self.summary.rows + 1)) {
+                        self.fail(stop);
+                    }
                     self.summary.count(&o);
                     self.place(o);
                 }

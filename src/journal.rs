@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::outcome::{Outcome, RowId};
+use crate::outcome::{Outcome, RowId, Usage};
 
 const MANIFEST: &str = "manifest.json";
 const JOURNAL: &str = "journal.jsonl";
@@ -76,6 +76,9 @@ pub struct Resume {
     pub parts: Vec<Part>,
     /// Outcomes of rows at or after `committed`, from the journal.
     pub outcomes: HashMap<RowId, Outcome>,
+    /// What every earlier run of the job may have been billed (the sum of
+    /// [`Outcome::billed_usage`] over the whole journal): budgets are per job.
+    pub spent: Usage,
 }
 
 impl Resume {
@@ -220,6 +223,7 @@ fn load(dir: &Path) -> Result<Resume> {
     }
     let path = dir.join(JOURNAL);
     let mut outcomes = HashMap::new();
+    let mut spent = Usage::default();
     if path.exists() {
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
         let mut reader = BufReader::new(&file);
@@ -233,6 +237,7 @@ fn load(dir: &Path) -> Result<Resume> {
             }
             let Ok(outcome) = serde_json::from_slice::<Outcome>(&buf) else { break };
             good_len += n as u64;
+            spent.add(&outcome.billed_usage());
             if outcome.row >= committed {
                 outcomes.insert(outcome.row, outcome);
             }
@@ -243,7 +248,7 @@ fn load(dir: &Path) -> Result<Resume> {
             file.set_len(good_len).map_err(|e| Error::io(&path, e))?;
         }
     }
-    Ok(Resume { committed, parts: keep, outcomes })
+    Ok(Resume { committed, parts: keep, outcomes, spent })
 }
 
 pub fn part_name(start: RowId, end: RowId) -> String {
@@ -301,6 +306,7 @@ mod tests {
         drop(j);
         let (_, resume) = Journal::open(&out, &m, false).unwrap();
         assert_eq!(resume.outcomes.len(), 4, "the torn line was cut, the new one kept");
+        assert_eq!(resume.spent, Usage::default());
     }
 
     #[test]

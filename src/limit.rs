@@ -8,6 +8,15 @@
 //! window resets; and without headers, 429s drive an AIMD rate (cut by a
 //! quarter on a refusal, at most once a second; grown slowly while replies
 //! succeed).
+//!
+//! Provider-shaped limits come on top: `--itpm` (input tokens per minute,
+//! charged the prompt estimate), `--qph` (queries per hour), and `--otpm`
+//! (output tokens per minute). OTPM is enforced the way Databricks does:
+//! `max_tokens` is reserved before a request is admitted, and the part the
+//! reply did not use is given back from its real `usage`. governor cannot
+//! return capacity, so OTPM uses [`RefundableBucket`], a small token bucket
+//! of our own; without the refund a generous `max_tokens` (10x the real
+//! answers) would cut throughput tenfold.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -55,6 +64,19 @@ pub struct LimitState {
     pub tpm: Option<f64>,
 }
 
+/// Every limit a job can be told, per provider dimension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    /// Input tokens per minute (prompt estimates).
+    pub itpm: Option<u32>,
+    /// Output tokens per minute (`max_tokens` reserved, unused part refunded).
+    pub otpm: Option<u32>,
+    /// Queries per hour.
+    pub qph: Option<u32>,
+}
+
 pub struct Limiter {
     told_rpm: bool,
     told_tpm: bool,
@@ -62,6 +84,9 @@ pub struct Limiter {
     tokens: RwLock<Option<Arc<Pace>>>,
     pause_until: Mutex<Option<Instant>>,
     aimd: Mutex<Aimd>,
+    input_tokens: Option<Arc<Pace>>,
+    hourly: Option<Arc<Pace>>,
+    output_tokens: Option<Arc<RefundableBucket>>,
 }
 
 struct Aimd {
@@ -74,6 +99,11 @@ const RATE_WINDOW: usize = 256;
 
 impl Limiter {
     pub fn new(rpm: Option<u32>, tpm: Option<u32>) -> Limiter {
+        Limiter::with_limits(&Limits { rpm, tpm, ..Limits::default() })
+    }
+
+    pub fn with_limits(l: &Limits) -> Limiter {
+        let (rpm, tpm) = (l.rpm, l.tpm);
         Limiter {
             told_rpm: rpm.is_some(),
             told_tpm: tpm.is_some(),
@@ -81,6 +111,33 @@ impl Limiter {
             tokens: RwLock::new(tpm.map(|t| Pace::new(t as f64, token_burst(t as f64)))),
             pause_until: Mutex::new(None),
             aimd: Mutex::new(Aimd { last_decrease: None, sent: VecDeque::with_capacity(RATE_WINDOW) }),
+            input_tokens: l.itpm.map(|t| Pace::new(t as f64, token_burst(t as f64))),
+            // One query per hour-slot: a burst of one keeps them spread out.
+            hourly: l.qph.map(|q| Pace::new(q as f64 / 60.0, 1)),
+            output_tokens: l.otpm.map(|t| Arc::new(RefundableBucket::per_minute(t as f64, OUTPUT_BURST_SECS))),
+        }
+    }
+
+    /// Wait until a request with an estimated `prompt` and a reserved
+    /// `output` (its `max_tokens`) may be sent, under every limit. The
+    /// returned grant holds the OTPM reservation: [`OutputGrant::settle`]
+    /// it with the real output tokens; dropped unsettled (the attempt got no
+    /// answer, so nothing was produced), it gives the whole reservation back.
+    pub async fn admit_call(&self, prompt: u64, output: u64) -> OutputGrant {
+        self.admit(prompt + output).await;
+        if let Some(pace) = &self.hourly {
+            pace.limiter.until_ready().await;
+        }
+        if let Some(pace) = &self.input_tokens {
+            let n = (prompt.min(pace.burst as u64) as u32).max(1);
+            let _ = pace.limiter.until_n_ready(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)).await;
+        }
+        match &self.output_tokens {
+            Some(bucket) => {
+                let reserved = bucket.take(output as f64).await;
+                OutputGrant { bucket: Some(bucket.clone()), reserved }
+            }
+            None => OutputGrant { bucket: None, reserved: 0.0 },
         }
     }
 
@@ -205,6 +262,109 @@ impl Limiter {
     }
 }
 
+/// Seconds of OTPM the output bucket holds. Reservations stay out of the
+/// bucket for as long as a request takes (seconds, for long answers), so it
+/// must hold several seconds' worth or a few in-flight requests would block
+/// all others; ten matches the simulator's default bucket depth.
+const OUTPUT_BURST_SECS: f64 = 10.0;
+
+/// An OTPM reservation taken by [`Limiter::admit_call`].
+#[must_use = "settle the grant with the real output tokens, or drop it to refund all"]
+pub struct OutputGrant {
+    bucket: Option<Arc<RefundableBucket>>,
+    reserved: f64,
+}
+
+impl OutputGrant {
+    /// The reply used `used` output tokens: keep those, give back the rest.
+    pub fn settle(mut self, used: u64) {
+        if let Some(bucket) = self.bucket.take() {
+            bucket.give_back((self.reserved - used as f64).max(0.0));
+        }
+    }
+}
+
+impl Drop for OutputGrant {
+    fn drop(&mut self) {
+        if let Some(bucket) = self.bucket.take() {
+            bucket.give_back(self.reserved);
+        }
+    }
+}
+
+/// A continuously refilled token bucket that can take capacity back: what
+/// governor's GCRA cannot do. Costs above the capacity are capped to it (a
+/// request larger than the bucket waits for a full bucket rather than
+/// forever). The arithmetic is in [`BucketState`], which takes the time as
+/// an argument so tests drive it with a fake clock.
+pub struct RefundableBucket {
+    state: Mutex<BucketState>,
+}
+
+impl RefundableBucket {
+    pub fn per_minute(per_minute: f64, burst_secs: f64) -> RefundableBucket {
+        RefundableBucket { state: Mutex::new(BucketState::per_minute(per_minute, burst_secs, std::time::Instant::now())) }
+    }
+
+    /// Wait until `n` tokens (capped to the capacity) are there and take
+    /// them; returns what was taken.
+    pub async fn take(&self, n: f64) -> f64 {
+        loop {
+            let wait = lock(&self.state).try_take(n, std::time::Instant::now());
+            match wait {
+                Ok(taken) => return taken,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    pub fn give_back(&self, n: f64) {
+        lock(&self.state).give_back(n, std::time::Instant::now());
+    }
+}
+
+/// The state of a [`RefundableBucket`] at a given time.
+#[derive(Debug, Clone)]
+pub struct BucketState {
+    /// Tokens per second.
+    rate: f64,
+    capacity: f64,
+    level: f64,
+    last: std::time::Instant,
+}
+
+impl BucketState {
+    pub fn per_minute(per_minute: f64, burst_secs: f64, now: std::time::Instant) -> BucketState {
+        let rate = per_minute.max(1.0) / 60.0;
+        let capacity = (rate * burst_secs).max(1.0);
+        BucketState { rate, capacity, level: capacity, last: now }
+    }
+
+    fn refill(&mut self, now: std::time::Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.level = (self.level + elapsed * self.rate).min(self.capacity);
+    }
+
+    /// Take `n` (capped to the capacity) now, or say how long until it can be.
+    pub fn try_take(&mut self, n: f64, now: std::time::Instant) -> std::result::Result<f64, Duration> {
+        self.refill(now);
+        let n = n.clamp(0.0, self.capacity);
+        if self.level >= n {
+            self.level -= n;
+            Ok(n)
+        } else {
+            Err(Duration::from_secs_f64((n - self.level) / self.rate))
+        }
+    }
+
+    /// Return unused tokens (never above the capacity).
+    pub fn give_back(&mut self, n: f64, now: std::time::Instant) {
+        self.refill(now);
+        self.level = (self.level + n.max(0.0)).min(self.capacity);
+    }
+}
+
 /// About a tenth of a second's worth of requests: smooth, not bunched.
 fn request_burst(per_minute: f64) -> u32 {
     ((per_minute / 600.0).ceil() as u32).max(1)
@@ -297,6 +457,75 @@ mod tests {
         // A second refusal within the same second does not cut again.
         l.observe(&HeaderMap::new(), true, None);
         assert_eq!(l.state().rpm, Some(first));
+    }
+
+    /// Admissions in `secs` of fake time for requests reserving `reserve`
+    /// output tokens and using `used`, each answered `latency` after it was
+    /// admitted (the refund comes with the answer).
+    fn admitted(otpm: f64, reserve: u64, used: u64, refund: bool, secs: u64) -> u64 {
+        let t0 = std::time::Instant::now();
+        let mut b = BucketState::per_minute(otpm, OUTPUT_BURST_SECS, t0);
+        let latency = Duration::from_millis(500);
+        let mut answers: VecDeque<std::time::Instant> = VecDeque::new();
+        let mut now = t0;
+        let mut n = 0;
+        let end = t0 + Duration::from_secs(secs);
+        while now < end {
+            while answers.front().is_some_and(|t| *t <= now) {
+                answers.pop_front();
+                if refund {
+                    b.give_back((reserve - used) as f64, now);
+                }
+            }
+            match b.try_take(reserve as f64, now) {
+                Ok(_) => {
+                    n += 1;
+                    answers.push_back(now + latency);
+                }
+                Err(wait) => now += wait.min(Duration::from_millis(10)).max(Duration::from_millis(1)),
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn otpm_refunds_keep_throughput_near_the_limit() {
+        // 6000 output tokens/min, max_tokens 100, real answers 10 tokens,
+        // over ten fake minutes: the limit allows 6000 answers, less the
+        // reservations still held at the end.
+        let with_refund = admitted(6000.0, 100, 10, true, 600);
+        let without = admitted(6000.0, 100, 10, false, 600);
+        let ideal = 6000 * 10 / 10;
+        assert!(with_refund as f64 >= ideal as f64 * 0.9 && with_refund <= ideal + 200, "{with_refund}");
+        // Without the refund, max_tokens alone sets the pace: 60/min + the burst.
+        assert!(without <= 6000 * 10 / 100 + 20, "{without}");
+    }
+
+    #[test]
+    fn bucket_caps_costs_and_refunds() {
+        let t0 = std::time::Instant::now();
+        let mut b = BucketState::per_minute(600.0, 1.0, t0); // 10/s, capacity 10
+        assert_eq!(b.try_take(50.0, t0), Ok(10.0), "capped to the capacity");
+        let wait = b.try_take(5.0, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        b.give_back(4.0, t0);
+        assert_eq!(b.try_take(4.0, t0), Ok(4.0));
+        b.give_back(100.0, t0);
+        assert_eq!(b.level, 10.0, "refunds never exceed the capacity");
+        assert_eq!(b.try_take(5.0, t0 + Duration::from_secs(1)), Ok(5.0));
+    }
+
+    #[tokio::test]
+    async fn grants_refund_on_settle_and_on_drop() {
+        let l = Limiter::with_limits(&Limits { otpm: Some(600), ..Limits::default() }); // capacity 100
+        let level = |l: &Limiter| lock(&l.output_tokens.as_ref().unwrap().state).level;
+        let g = l.admit_call(10, 80).await;
+        assert!(level(&l) < 21.0);
+        g.settle(30);
+        assert!((level(&l) - 70.0).abs() < 1.0, "{}", level(&l));
+        let g = l.admit_call(10, 50).await;
+        drop(g);
+        assert!((level(&l) - 70.0).abs() < 1.0, "a dropped grant gives everything back");
     }
 
     #[tokio::test]

@@ -15,6 +15,8 @@ use crate::endpoint::Flavor;
 use crate::render::BodySpec;
 use crate::error::{Error, Result};
 use crate::functions::{AiFunction, FunctionOptions};
+use crate::limit::Limits;
+use crate::spend::{Budget, Prices};
 use crate::settings::{JobSettings, SimulatorSettings, Task};
 use crate::types::{parse_response_format, SqlType};
 
@@ -47,6 +49,12 @@ pub struct Plan {
     pub concurrency: usize,
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    pub itpm: Option<u32>,
+    pub otpm: Option<u32>,
+    pub qph: Option<u32>,
+    /// USD per million tokens, when the user gave them.
+    pub prices: Option<Prices>,
+    pub budget: Budget,
     pub retry: RetryPolicy,
     pub api_key_env: Option<String>,
     pub profile: Option<String>,
@@ -170,6 +178,24 @@ impl Plan {
         if s.rpm == Some(0) || s.tpm == Some(0) {
             return Err(Error::Config("--rpm and --tpm must be at least 1".into()));
         }
+        if s.itpm == Some(0) || s.otpm == Some(0) || s.qph == Some(0) {
+            return Err(Error::Config("--itpm, --otpm and --qph must be at least 1".into()));
+        }
+        let prices = prices(s.price_in, s.price_out, s.price_cached)?;
+        let budget = Budget { max_tokens: s.max_tokens_total, max_cost: s.max_cost };
+        if s.max_tokens_total == Some(0) {
+            return Err(Error::Config("--max-tokens-total must be at least 1".into()));
+        }
+        if let Some(max) = s.max_cost {
+            if !(max.is_finite() && max > 0.0) {
+                return Err(Error::Config("--max-cost must be a positive number of USD".into()));
+            }
+            if prices.is_none() {
+                return Err(Error::Config(
+                    "--max-cost needs prices: give --price-in and --price-out (USD per million tokens)".into(),
+                ));
+            }
+        }
         let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS).max(1);
         let batch_size = s.batch_size.unwrap_or(1).max(1);
         if batch_size > 1 && task != Task::Embeddings {
@@ -195,8 +221,14 @@ impl Plan {
             concurrency,
             rpm: s.rpm,
             tpm: s.tpm,
+            itpm: s.itpm,
+            otpm: s.otpm,
+            qph: s.qph,
+            prices,
+            budget,
             retry: RetryPolicy {
                 max_retries: s.max_retries.unwrap_or(8),
+                max_ambiguous_retries: s.max_ambiguous_retries.unwrap_or(1),
                 timeout: Duration::from_secs_f64(timeout),
                 min_delay: Duration::from_millis(s.backoff_ms.unwrap_or(500)),
                 ..RetryPolicy::default()
@@ -248,6 +280,11 @@ impl Plan {
         }
     }
 
+    /// Every rate limit the job was told.
+    pub fn limits(&self) -> Limits {
+        Limits { rpm: self.rpm, tpm: self.tpm, itpm: self.itpm, otpm: self.otpm, qph: self.qph }
+    }
+
     /// The settings that change answers, for the journal's fingerprint:
     /// changing any of them makes a journal unusable; changing concurrency,
     /// limits, retries or timeouts does not.
@@ -265,6 +302,22 @@ impl Plan {
             "function": self.function.as_ref().map(|(f, o)| json!({"name": f.name(), "labels": o.labels, "max_words": o.max_words, "to_lang": o.to_lang})),
             "batch_size": self.batch_size,
         })
+    }
+}
+
+/// Prices come as a pair (input and output), the cached price optional.
+fn prices(input: Option<f64>, output: Option<f64>, cached: Option<f64>) -> Result<Option<Prices>> {
+    for (flag, v) in [("--price-in", input), ("--price-out", output), ("--price-cached", cached)] {
+        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            return Err(Error::Config(format!("{flag} must be a number of USD per million tokens, 0 or more")));
+        }
+    }
+    match (input, output) {
+        (Some(input), Some(output)) => Ok(Some(Prices { input, output, cached })),
+        (None, None) if cached.is_none() => Ok(None),
+        _ => Err(Error::Config(
+            "give both --price-in and --price-out (USD per million tokens), or no prices at all".into(),
+        )),
     }
 }
 

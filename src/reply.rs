@@ -117,20 +117,13 @@ fn usage(u: Option<&wire::WireUsage>) -> Usage {
 /// so the column sums to what the provider billed.
 pub fn split_usage(total: Usage, rows: usize) -> Vec<Usage> {
     let n = rows.max(1) as i64;
-    let share = |v: i64| (v / n, v % n);
-    let (p, pr) = share(total.prompt_tokens);
-    let (c, cr) = share(total.completion_tokens);
-    let (t, tr) = share(total.total_tokens);
-    let (k, kr) = share(total.cached_tokens);
     (0..rows.max(1))
         .map(|i| {
-            let extra = i == 0;
-            Usage {
-                prompt_tokens: p + if extra { pr } else { 0 },
-                completion_tokens: c + if extra { cr } else { 0 },
-                total_tokens: t + if extra { tr } else { 0 },
-                cached_tokens: k + if extra { kr } else { 0 },
+            let mut share = total;
+            for v in share.fields_mut() {
+                *v = *v / n + if i == 0 { *v % n } else { 0 };
             }
+            share
         })
         .collect()
 }
@@ -180,7 +173,7 @@ mod tests {
 
     #[test]
     fn usage_split_sums_to_total() {
-        let total = Usage { prompt_tokens: 10, completion_tokens: 0, total_tokens: 10, cached_tokens: 3 };
+        let total = Usage { prompt_tokens: 10, completion_tokens: 0, total_tokens: 10, cached_tokens: 3, ..Default::default() };
         let parts = split_usage(total, 3);
         assert_eq!(parts.iter().map(|u| u.prompt_tokens).sum::<i64>(), 10);
         assert_eq!(parts.iter().map(|u| u.cached_tokens).sum::<i64>(), 3);

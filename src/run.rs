@@ -25,7 +25,7 @@ use crate::journal::{InputIdentity, Journal, Manifest};
 use crate::limit::Limiter;
 use crate::outcome::RowId;
 use crate::plan::{Plan, Target};
-use crate::progress::{Progress, Summary};
+use crate::progress::{status_path, Progress, StatusFile, Summary};
 use crate::render::{BodyBuilder, Templates};
 use crate::reply::Shape;
 use crate::schedule::Dispatcher;
@@ -33,6 +33,7 @@ use crate::settings::Task;
 use crate::simulator::{SimConfig, Simulator};
 use crate::sink::{concat_parts, Layout, PartWriter};
 use crate::source::Source;
+use crate::spend::{Enforcer, Meter};
 
 /// Output rows per part file: bounds what a resume reloads from the journal.
 pub const PART_ROWS: u64 = 65_536;
@@ -56,7 +57,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         plan.prompt2.as_deref(),
         &source.schema,
     )?);
-    let layout = Layout::new(&source.schema, plan.result_type.arrow_type())?;
+    let layout = Layout::new(&source.schema, plan.result_type.arrow_type())?.with_prices(plan.prices);
 
     // The simulator (if any) lives as long as this function.
     let (endpoint, _simulator) = resolve_endpoint(&plan).await?;
@@ -78,7 +79,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     }
 
     let http = http_client(&plan)?;
-    let limiter = Arc::new(Limiter::new(plan.rpm, plan.tpm));
+    let limiter = Arc::new(Limiter::with_limits(&plan.limits()));
     let shape = Shape {
         task: plan.task,
         result_type: plan.result_type.clone(),
@@ -87,6 +88,19 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     };
     let client = Arc::new(Client::new(http, endpoint.clone(), limiter.clone(), plan.retry.clone(), shape, plan.stream));
     let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
+
+    // Budgets are per job: earlier runs' spend (from the journal) counts.
+    let budget = plan.budget.is_set().then(|| Enforcer {
+        meter: Meter::new(plan.budget, plan.prices, &resume.spent),
+        committed: resume.committed,
+        total_rows: source.total_rows,
+    });
+    if let Some(why) = budget.as_ref().and_then(|b| b.meter.exhausted()) {
+        return Err(Error::Stopped(format!(
+            "{why} by earlier runs of this job; nothing was sent. Give a higher budget to go on \
+             (finished rows are not paid for again)."
+        )));
+    }
 
     // Stage 1: the reader thread streams batches, skipping committed rows.
     let committed = resume.committed;
@@ -136,10 +150,17 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let dispatch = tokio::spawn(dispatcher.run(batch_rx));
 
     // Stage 3: the collector journals outcomes and writes ordered parts.
-    let progress = Progress::new(total_rows.map(|t| t.saturating_sub(committed)), ui.quiet);
+    let to_do = total_rows.map(|t| t.saturating_sub(committed));
+    let status = StatusFile::start(status_path(&plan.output), to_do);
+    let progress = Progress::new(to_do, ui.quiet).with_status(status.clone());
     let parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), PART_ROWS, resume.parts);
-    let collector = Collector::new(journal, layout, parts, resume.outcomes, stop.clone(), plan.fail_on_error, progress, Summary::default());
+    let summary = Summary { prices: plan.prices, ..Summary::default() };
+    let mut collector = Collector::new(journal, layout, parts, resume.outcomes, stop.clone(), plan.fail_on_error, progress, summary);
+    collector.budget = budget;
     let collected = collector.run(event_rx).await;
+    if let Err(e) = &collected {
+        status.finish(None, "stopped", Some(e.to_string()));
+    }
     stop.store(true, Ordering::Relaxed);
     let _ = dispatch.await;
     // A read error ends the input early: that is a failed job, not a done one.
@@ -155,9 +176,11 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     summary.requests = client.stats.attempts.load(Ordering::Relaxed);
     summary.retries = client.stats.retries.load(Ordering::Relaxed);
     summary.rate_limited = client.stats.rate_limited.load(Ordering::Relaxed);
+    summary.ambiguous_retries = client.stats.ambiguous_retries.load(Ordering::Relaxed);
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     summary.output = plan.output.display().to_string();
     collector.journal.remove()?;
+    status.finish(Some(&summary), "done", None);
     Ok(summary)
 }
 

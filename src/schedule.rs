@@ -128,43 +128,16 @@ impl Dispatcher {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// Render a batch into calls, plus the outcomes of rows that need no
-    /// call (a null in a template variable, a template error).
+    /// Render a batch into calls (grouped by prefix for warm-ups), plus the
+    /// outcomes of rows that need no call.
     fn calls_for(&self, first: RowId, batch: &RecordBatch) -> (Vec<Outcome>, Vec<Call>) {
-        let mut immediate = Vec::new();
-        let mut rows: Vec<RenderedRow> = Vec::with_capacity(batch.num_rows());
-        for rendered in self.templates.render_batch(batch, first) {
-            match rendered {
-                Ok(Some(r)) if !self.done.contains(&r.row) => rows.push(r),
-                Ok(Some(_)) => {}
-                Ok(None) => {}
-                Err((row, message)) => immediate.push(Outcome::failed(row, message, 0)),
-            }
-        }
-        // Rows not sent because of a null: their outcome is a null result.
-        let mut sent_or_failed: HashSet<RowId> = rows.iter().map(|r| r.row).collect();
-        sent_or_failed.extend(immediate.iter().map(|o| o.row));
-        for i in 0..batch.num_rows() as u64 {
-            let row = first + i;
-            if !sent_or_failed.contains(&row) && !self.done.contains(&row) {
-                immediate.push(Outcome::null_input(row));
-            }
-        }
-        let builder = self.builder.as_ref();
-        let mut calls: Vec<Call> = if self.similarity {
-            rows.iter()
-                .map(|r| builder.pair(r.row, &r.user, r.user2.as_deref().unwrap_or_default()))
-                .collect()
-        } else if builder.spec().task == Task::Embeddings && self.batch_size > 1 {
-            rows.chunks(self.batch_size)
-                .map(|chunk| {
-                    let texts: Vec<(RowId, &str)> = chunk.iter().map(|r| (r.row, r.user.as_str())).collect();
-                    builder.embeddings(&texts)
-                })
-                .collect()
-        } else {
-            rows.iter().map(|r| builder.single(r)).collect()
+        let maker = CallMaker {
+            templates: &self.templates,
+            builder: &self.builder,
+            batch_size: self.batch_size,
+            similarity: self.similarity,
         };
+        let (immediate, mut calls) = maker.calls(first, batch, &self.done);
         if self.warmup {
             // Group by prefix (stable, so input order holds within a group).
             calls.sort_by_key(|c| c.prefix.map(|p| p.key));
@@ -196,6 +169,59 @@ impl Dispatcher {
                 let _ = tx.send(key);
             }
         });
+    }
+}
+
+/// How rows become calls: one place for the dispatcher and `--dry-run`.
+pub struct CallMaker<'a> {
+    pub templates: &'a Templates,
+    pub builder: &'a BodyBuilder,
+    /// Embedding rows per request.
+    pub batch_size: usize,
+    /// ai_similarity: each call embeds the row's two texts.
+    pub similarity: bool,
+}
+
+impl CallMaker<'_> {
+    /// Render a batch into calls, in row order, plus the outcomes of rows
+    /// that need no call (a null in a template variable, a template error).
+    /// Rows in `done` (finished in an earlier run) get neither.
+    pub fn calls(&self, first: RowId, batch: &RecordBatch, done: &HashSet<RowId>) -> (Vec<Outcome>, Vec<Call>) {
+        let mut immediate = Vec::new();
+        let mut rows: Vec<RenderedRow> = Vec::with_capacity(batch.num_rows());
+        for rendered in self.templates.render_batch(batch, first) {
+            match rendered {
+                Ok(Some(r)) if !done.contains(&r.row) => rows.push(r),
+                Ok(Some(_)) => {}
+                Ok(None) => {}
+                Err((row, message)) => immediate.push(Outcome::failed(row, message, 0)),
+            }
+        }
+        // Rows not sent because of a null: their outcome is a null result.
+        let mut sent_or_failed: HashSet<RowId> = rows.iter().map(|r| r.row).collect();
+        sent_or_failed.extend(immediate.iter().map(|o| o.row));
+        for i in 0..batch.num_rows() as u64 {
+            let row = first + i;
+            if !sent_or_failed.contains(&row) && !done.contains(&row) {
+                immediate.push(Outcome::null_input(row));
+            }
+        }
+        let builder = self.builder;
+        let calls: Vec<Call> = if self.similarity {
+            rows.iter()
+                .map(|r| builder.pair(r.row, &r.user, r.user2.as_deref().unwrap_or_default()))
+                .collect()
+        } else if builder.spec().task == Task::Embeddings && self.batch_size > 1 {
+            rows.chunks(self.batch_size)
+                .map(|chunk| {
+                    let texts: Vec<(RowId, &str)> = chunk.iter().map(|r| (r.row, r.user.as_str())).collect();
+                    builder.embeddings(&texts)
+                })
+                .collect()
+        } else {
+            rows.iter().map(|r| builder.single(r)).collect()
+        };
+        (immediate, calls)
     }
 }
 

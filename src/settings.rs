@@ -117,6 +117,51 @@ pub struct JobSettings {
     #[arg(long, value_name = "N")]
     pub tpm: Option<u32>,
 
+    /// Input tokens per minute (prompt estimates), for providers that limit
+    /// input and output apart.
+    #[arg(long, value_name = "N")]
+    pub itpm: Option<u32>,
+
+    /// Output tokens per minute: max_tokens is reserved before sending and
+    /// the unused part given back when the reply's usage arrives (as
+    /// Databricks enforces it).
+    #[arg(long, value_name = "N")]
+    pub otpm: Option<u32>,
+
+    /// Queries per hour.
+    #[arg(long, value_name = "N")]
+    pub qph: Option<u32>,
+
+    /// Stop sending once the job has used this many tokens (input + output,
+    /// all runs of the job together); in-flight requests finish, exit 1,
+    /// and a re-run with a higher budget resumes.
+    #[arg(long, value_name = "N")]
+    pub max_tokens_total: Option<u64>,
+
+    /// Stop sending once the job has cost this many USD (all runs of the
+    /// job together; needs --price-in and --price-out).
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+
+    /// Price of input tokens, USD per million: enables the `cost` column,
+    /// cost totals, --max-cost and dry-run cost estimates.
+    #[arg(long, value_name = "USD")]
+    pub price_in: Option<f64>,
+
+    /// Price of output tokens, USD per million.
+    #[arg(long, value_name = "USD")]
+    pub price_out: Option<f64>,
+
+    /// Price of input tokens read from the prompt cache, USD per million
+    /// [default: --price-in].
+    #[arg(long, value_name = "USD")]
+    pub price_cached: Option<f64>,
+
+    /// Retries allowed after an attempt timed out once its request was sent
+    /// (the provider may have billed it) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub max_ambiguous_retries: Option<u32>,
+
     /// Retries per request for 429, 408, 5xx and connection faults [default: 8].
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
@@ -221,7 +266,8 @@ impl JobSettings {
     pub fn overlay(mut self, base: JobSettings) -> JobSettings {
         overlay_options!(self, base; input, output, endpoint, model, task, system, prompt, prompt2,
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
-            max_retries, backoff_ms, timeout, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
+            max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
+            price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
             simulator);
         if self.labels.is_empty() {
             self.labels = base.labels;

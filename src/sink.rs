@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Builder, Int64Builder, StringBuilder};
+use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde_json::{json, Value};
@@ -18,9 +18,10 @@ use crate::error::{Error, Result};
 use crate::journal::{part_name, Part};
 use crate::outcome::{Outcome, RowId};
 use crate::parquet_out::{compatible_schema, make_compatible, read_all, ParquetFile};
+use crate::spend::{row_cost, Prices};
 
 /// The columns aiq adds after the input's, in order.
-pub const OUTCOME_COLUMNS: [&str; 10] = [
+pub const OUTCOME_COLUMNS: [&str; 14] = [
     "result",
     "error_message",
     "finish_reason",
@@ -28,10 +29,18 @@ pub const OUTCOME_COLUMNS: [&str; 10] = [
     "completion_tokens",
     "total_tokens",
     "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost",
     "latency_ms",
     "ttft_ms",
     "attempts",
+    "maybe_billed_twice",
 ];
+
+/// The usage columns, in [`crate::outcome::Usage::fields_mut`] order.
+const USAGE_COLUMNS: [&str; 6] =
+    ["prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens"];
 
 /// Builds output batches.
 #[derive(Debug, Clone)]
@@ -39,6 +48,8 @@ pub struct Layout {
     input: SchemaRef,
     pub output: SchemaRef,
     result_schema: SchemaRef,
+    /// Prices for the `cost` column (null without them).
+    prices: Option<Prices>,
 }
 
 impl Layout {
@@ -56,17 +67,26 @@ impl Layout {
         fields.push(Arc::new(result.clone()));
         fields.push(Arc::new(Field::new("error_message", DataType::Utf8, true)));
         fields.push(Arc::new(Field::new("finish_reason", DataType::Utf8, true)));
-        for name in ["prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"] {
+        for name in USAGE_COLUMNS {
             fields.push(Arc::new(Field::new(name, DataType::Int64, false)));
         }
+        fields.push(Arc::new(Field::new("cost", DataType::Float64, true)));
         fields.push(Arc::new(Field::new("latency_ms", DataType::Int64, true)));
         fields.push(Arc::new(Field::new("ttft_ms", DataType::Int64, true)));
         fields.push(Arc::new(Field::new("attempts", DataType::Int32, false)));
+        fields.push(Arc::new(Field::new("maybe_billed_twice", DataType::Boolean, false)));
         Ok(Layout {
             input,
             output: Arc::new(Schema::new(fields)),
             result_schema: Arc::new(Schema::new(vec![result])),
+            prices: None,
         })
+    }
+
+    /// Fill the `cost` column at these prices (USD per million tokens).
+    pub fn with_prices(mut self, prices: Option<Prices>) -> Layout {
+        self.prices = prices;
+        self
     }
 
     /// One output batch: `input` rows with their outcomes, in row order.
@@ -76,20 +96,24 @@ impl Layout {
         let n = outcomes.len();
         let mut error = StringBuilder::with_capacity(n, 0);
         let mut finish = StringBuilder::with_capacity(n, n * 4);
-        let mut usage: [Int64Builder; 4] = std::array::from_fn(|_| Int64Builder::with_capacity(n));
+        let mut usage: [Int64Builder; USAGE_COLUMNS.len()] = std::array::from_fn(|_| Int64Builder::with_capacity(n));
+        let mut cost = Float64Builder::with_capacity(n);
         let mut latency = Int64Builder::with_capacity(n);
         let mut ttft = Int64Builder::with_capacity(n);
         let mut attempts = Int32Builder::with_capacity(n);
+        let mut billed_twice = BooleanBuilder::with_capacity(n);
         for o in outcomes.iter() {
             error.append_option(o.error_message.as_deref());
             finish.append_option(o.finish_reason.as_deref());
-            usage[0].append_value(o.usage.prompt_tokens);
-            usage[1].append_value(o.usage.completion_tokens);
-            usage[2].append_value(o.usage.total_tokens);
-            usage[3].append_value(o.usage.cached_tokens);
+            let mut u = o.usage;
+            for (b, v) in usage.iter_mut().zip(u.fields_mut()) {
+                b.append_value(*v);
+            }
+            cost.append_option(row_cost(self.prices.as_ref(), o));
             latency.append_option(o.latency_ms);
             ttft.append_option(o.ttft_ms);
             attempts.append_value(o.attempts.min(i32::MAX as u32) as i32);
+            billed_twice.append_value(o.maybe_billed_twice());
         }
         let mut columns: Vec<ArrayRef> = input.columns().to_vec();
         columns.push(result);
@@ -98,9 +122,11 @@ impl Layout {
         for mut b in usage {
             columns.push(Arc::new(b.finish()));
         }
+        columns.push(Arc::new(cost.finish()));
         columns.push(Arc::new(latency.finish()));
         columns.push(Arc::new(ttft.finish()));
         columns.push(Arc::new(attempts.finish()));
+        columns.push(Arc::new(billed_twice.finish()));
         RecordBatch::try_new(self.output.clone(), columns).map_err(|e| Error::Config(format!("output batch: {e}")))
     }
 

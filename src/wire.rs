@@ -71,9 +71,18 @@ pub struct EmbeddingRequest {
 
 /// Token usage as providers report it. OpenAI nests cache reads under
 /// `prompt_tokens_details.cached_tokens`; Anthropic-shaped replies (Claude on
-/// Databricks) report `cache_read_input_tokens` and `cache_creation_input_tokens`.
+/// Databricks) report `cache_read_input_tokens` and `cache_creation_input_tokens`,
+/// and Anthropic's own names `input_tokens` (which then *excludes* cache reads
+/// and writes) and `output_tokens`. [`crate::outcome::Usage::from_wire`] maps
+/// both onto one meaning.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct WireUsage {
+    /// Anthropic: input tokens neither read from nor written to the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<i64>,
+    /// Anthropic: output tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<i64>,
     #[serde(default)]
     pub prompt_tokens: Option<i64>,
     #[serde(default)]

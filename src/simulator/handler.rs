@@ -176,7 +176,7 @@ async fn handle(
             Fault::Slow => tokio::time::sleep(Duration::from_millis(st.cfg.slow_ms)).await,
         }
     }
-    let limit_headers = match st.limits.admit(job.prompt_tokens + job.max_tokens) {
+    let limit_headers = match st.limits.admit_reserving(job.prompt_tokens + job.max_tokens, job.max_tokens) {
         Admission::Admitted(h) => h,
         Admission::Refused(h) => {
             bump(&c.rate_limited);
@@ -206,10 +206,12 @@ async fn handle(
         let st = st.clone();
         let (prompt, completion, keys_by_prompt) =
             (job.prompt_tokens, job.completion_tokens, job.keys.clone());
+        let unused_output = job.max_tokens.saturating_sub(job.completion_tokens);
         // Runs when the reply is complete: only then is the prefix cached
         // and the call counted, as at a real provider.
         move || {
             st.cache.insert(&keys);
+            st.limits.refund_output(unused_output);
             st.counters
                 .record_ok(prompt, completion, cached, &keys_by_prompt);
             drop(in_flight);
@@ -275,20 +277,29 @@ pub(crate) fn first_token_delay(cfg: &SimConfig, prompt_tokens: u64, cached: u64
 }
 
 /// Usage as the API reports it: OpenAI nests cached tokens under
-/// `prompt_tokens_details`; Claude reports cache reads and writes
-/// Anthropic-style next to the total `prompt_tokens`.
+/// `prompt_tokens_details` inside a total `prompt_tokens`; Claude reports
+/// Anthropic-shaped usage, additive: `input_tokens` excludes the cache reads
+/// (`cache_read_input_tokens`) and writes (`cache_creation_input_tokens`),
+/// and output is `output_tokens`.
 fn usage(job: &Job, cached: u64, cacheable: u64, claude: bool) -> WireUsage {
     let (p, c) = (job.prompt_tokens as i64, job.completion_tokens as i64);
+    if claude {
+        let written = cacheable.saturating_sub(cached) as i64;
+        return WireUsage {
+            input_tokens: Some((p - cached as i64 - written).max(0)),
+            output_tokens: Some(c),
+            cache_read_input_tokens: Some(cached as i64),
+            cache_creation_input_tokens: Some(written),
+            ..WireUsage::default()
+        };
+    }
     let mut u = WireUsage {
         prompt_tokens: Some(p),
         completion_tokens: Some(c),
         total_tokens: Some(p + c),
         ..WireUsage::default()
     };
-    if claude {
-        u.cache_read_input_tokens = Some(cached as i64);
-        u.cache_creation_input_tokens = Some(cacheable.saturating_sub(cached) as i64);
-    } else if job.task != Task::Embedding {
+    if job.task != Task::Embedding {
         u.prompt_tokens_details = Some(PromptTokensDetails {
             cached_tokens: Some(cached as i64),
             cache_write_tokens: None,

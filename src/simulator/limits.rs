@@ -6,6 +6,11 @@
 //! charged at admission (prompt estimate + the reply budget), like OpenAI
 //! does. The `x-ratelimit-*` headers follow OpenAI's names so clients can be
 //! tested against them.
+//!
+//! An optional output-tokens-per-minute bucket (OTPM) works the Databricks
+//! way: a request's `max_tokens` is reserved at admission, and the part its
+//! reply did not use is refunded when it completes ([`Limits::refund_output`]),
+//! so clients that reserve generously are slowed only while they hold it.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -94,6 +99,7 @@ fn format_duration(d: Duration) -> String {
 struct Buckets {
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
+    output: Option<Bucket>,
     last: Instant,
 }
 
@@ -127,14 +133,34 @@ impl Limits {
             inner: Some(Mutex::new(Buckets {
                 requests: rpm.map(|l| Bucket::new(l, burst)),
                 tokens: tpm.map(|l| Bucket::new(l, burst)),
+                output: None,
                 last: Instant::now(),
             })),
         }
     }
 
+    /// Also limit output tokens per minute (reserve `max_tokens`, refund
+    /// the unused part).
+    pub fn with_otpm(mut self, otpm: Option<u64>, burst_seconds: f64) -> Limits {
+        let Some(otpm) = otpm else { return self };
+        let inner = self.inner.get_or_insert_with(|| {
+            Mutex::new(Buckets { requests: None, tokens: None, output: None, last: Instant::now() })
+        });
+        let b = inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        b.output = Some(Bucket::new(otpm, if burst_seconds > 0.0 { burst_seconds } else { 1.0 }));
+        self
+    }
+
     /// Admits one request costing `tokens` against the TPM bucket, or says
-    /// how long to wait.
+    /// how long to wait (the handler always goes through `admit_reserving`).
+    #[cfg(test)]
     pub fn admit(&self, tokens: u64) -> Admission {
+        self.admit_reserving(tokens, 0)
+    }
+
+    /// Like [`Limits::admit`], also reserving `output` (the request's
+    /// `max_tokens`) against the OTPM bucket.
+    pub fn admit_reserving(&self, tokens: u64, output: u64) -> Admission {
         let Some(inner) = &self.inner else {
             return Admission::Admitted(HeaderMap::new());
         };
@@ -143,7 +169,12 @@ impl Limits {
         let elapsed = now.duration_since(b.last).as_secs_f64();
         b.last = now;
         let tokens = tokens as f64;
+        let output = output as f64;
         let mut wait = Duration::ZERO;
+        if let Some(o) = &mut b.output {
+            o.refill(elapsed);
+            wait = wait.max(o.wait(output));
+        }
         if let Some(r) = &mut b.requests {
             r.refill(elapsed);
             wait = wait.max(r.wait(1.0));
@@ -160,6 +191,9 @@ impl Limits {
             if let Some(t) = &mut b.tokens {
                 t.level -= t.cost(tokens);
             }
+            if let Some(o) = &mut b.output {
+                o.level -= o.cost(output);
+            }
         }
         let mut headers = HeaderMap::new();
         if let Some(r) = &b.requests {
@@ -167,6 +201,9 @@ impl Limits {
         }
         if let Some(t) = &b.tokens {
             t.headers("tokens", &mut headers);
+        }
+        if let Some(o) = &b.output {
+            o.headers("output-tokens", &mut headers);
         }
         if admitted {
             return Admission::Admitted(headers);
@@ -178,6 +215,17 @@ impl Limits {
         headers.insert("retry-after", HeaderValue::from(secs));
         headers.insert("retry-after-ms", HeaderValue::from(ms));
         Admission::Refused(headers)
+    }
+}
+
+impl Limits {
+    /// Give back output tokens reserved at admission but not produced.
+    pub fn refund_output(&self, unused: u64) {
+        let Some(inner) = &self.inner else { return };
+        let mut b = inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = &mut b.output {
+            o.level = (o.level + unused as f64).min(o.capacity);
+        }
     }
 }
 
@@ -219,6 +267,16 @@ mod tests {
         let l = Limits::new(None, Some(60), 1.0); // capacity 1 token
         assert!(matches!(l.admit(1000), Admission::Admitted(_)));
         assert!(matches!(l.admit(1000), Admission::Refused(_)));
+    }
+
+    #[test]
+    fn otpm_reserves_max_tokens_and_refunds_the_unused_part() {
+        // 600 output tokens/min, 1 s burst: capacity 10.
+        let l = Limits::new(None, None, 1.0).with_otpm(Some(600), 1.0);
+        assert!(matches!(l.admit_reserving(5, 8), Admission::Admitted(_)));
+        assert!(matches!(l.admit_reserving(5, 8), Admission::Refused(_)), "8 reserved, 2 left");
+        l.refund_output(6); // the reply used 2 of its 8
+        assert!(matches!(l.admit_reserving(5, 8), Admission::Admitted(_)));
     }
 
     #[test]

@@ -91,6 +91,11 @@ pub struct SimConfig {
     /// `max_tokens` (or `--output-tokens`); unset means unlimited.
     #[arg(long)]
     pub tpm: Option<u64>,
+    /// Output tokens per minute, enforced the Databricks way: `max_tokens`
+    /// (or `--output-tokens`) is reserved at admission and the unused part
+    /// refunded when the reply completes; unset means unlimited.
+    #[arg(long)]
+    pub otpm: Option<u64>,
     /// Bucket depth in seconds: a bucket holds `limit / 60 * burst_seconds`.
     #[arg(long, default_value_t = DEFAULT_BURST_SECONDS)]
     pub burst_seconds: f64,
@@ -134,6 +139,7 @@ impl Default for SimConfig {
             output_tokens: DEFAULT_OUTPUT_TOKENS,
             rpm: None,
             tpm: None,
+            otpm: None,
             burst_seconds: DEFAULT_BURST_SECONDS,
             fault_rate: 0.0,
             faults: DEFAULT_FAULTS.to_string(),
@@ -200,7 +206,7 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
         let state = Arc::new(ServerState {
-            limits: Limits::new(cfg.rpm, cfg.tpm, cfg.burst_seconds),
+            limits: Limits::new(cfg.rpm, cfg.tpm, cfg.burst_seconds).with_otpm(cfg.otpm, cfg.burst_seconds),
             cache: cache::PrefixCache::new(!cfg.no_cache),
             faults,
             counters: counters.clone(),

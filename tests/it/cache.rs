@@ -43,7 +43,7 @@ async fn one_cold_request_per_prefix_then_every_row_reads_the_cache() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_warmup_concurrent_rows_miss_the_cache() {
-    let f = Fixture::new(SimConfig { latency_ms: 20, ..SimConfig::default() }).await;
+    let f = Fixture::new(SimConfig { latency_ms: 300, ..SimConfig::default() }).await;
     let input = f.write_jsonl("in.jsonl", &prefixed_rows(200, 8));
     let out = f.path("out.parquet");
     let o = f
@@ -56,8 +56,10 @@ async fn without_warmup_concurrent_rows_miss_the_cache() {
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     let cold = rows.iter().filter(|r| r["cached_tokens"] == json!(0)).count();
-    // The first 64 go out together, before any cache entry exists.
-    assert!(cold >= 64, "{cold} cold rows");
+    // The first calls go out together, before any cache entry exists: many
+    // rows of each prefix pay full price, where warm-ups would make it one.
+    // (A wide margin: on a loaded machine the first 64 launches may spread.)
+    assert!(cold >= 16, "{cold} cold rows");
 }
 
 #[tokio::test(flavor = "multi_thread")]

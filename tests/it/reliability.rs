@@ -379,7 +379,7 @@ async fn interrupt_flushes_and_says_how_to_resume() {
     let input = f.write_jsonl("in.jsonl", &rows(400, 0));
     let out = f.path("out.parquet");
     let url = f.openai_url();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aiq"))
+    let child = Command::new(env!("CARGO_BIN_EXE_aiq"))
         .args([
             "run",
             "-q",

@@ -35,18 +35,9 @@ async fn chat_rows_come_back_in_order_with_their_own_answers() {
     assert_eq!(
         names,
         [
-            "id",
-            "text",
-            "result",
-            "error_message",
-            "finish_reason",
-            "prompt_tokens",
-            "completion_tokens",
-            "total_tokens",
-            "cached_tokens",
-            "latency_ms",
-            "ttft_ms",
-            "attempts"
+            "id", "text", "result", "error_message", "finish_reason", "prompt_tokens", "completion_tokens",
+            "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost", "latency_ms",
+            "ttft_ms", "attempts", "maybe_billed_twice"
         ]
     );
     assert_eq!(rows.len(), 300);
