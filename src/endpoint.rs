@@ -4,12 +4,94 @@
 //! base URL, or `simulator`. This module turns that into a full URL for the
 //! job's task and the credentials to send, and knows the provider quirks the
 //! request layout depends on (Claude wants `cache_control`, OpenAI takes
-//! `prompt_cache_key` and `stream_options`).
+//! `prompt_cache_key` and `stream_options`). [`resolve`] is the one place a
+//! target becomes an endpoint with credentials (starting the in-process
+//! simulator when asked): `aiq run` and `aiq bench` both go through it.
 
 use std::fmt;
 
-use crate::auth::{Credentials, DatabricksTarget};
-use crate::settings::Task;
+use crate::auth::{resolve_databricks, resolve_openai, Credentials, DatabricksTarget, Secret};
+use crate::error::{Error, Result};
+use crate::plan::Target;
+use crate::settings::{SimulatorSettings, Task};
+use crate::simulator::{SimConfig, Simulator};
+
+/// The default model name the simulator serves, as on Databricks.
+pub const SIMULATOR_MODEL: &str = "databricks-meta-llama-3-3-70b-instruct";
+
+/// The in-process simulator checks a token like a real endpoint would.
+const SIMULATOR_TOKEN: &str = "aiq-simulator-token";
+
+impl Target {
+    /// `--endpoint` as given: `simulator`, a base URL, or an endpoint name.
+    pub fn parse(endpoint: &str) -> Result<Target> {
+        if endpoint == "simulator" {
+            Ok(Target::Simulator)
+        } else if is_url(endpoint) {
+            Ok(Target::OpenAi(endpoint.to_string()))
+        } else if endpoint.is_empty() || endpoint.contains(['/', ' ']) {
+            Err(Error::Config(format!(
+                "--endpoint `{endpoint}` is neither a Databricks endpoint name nor an http(s):// URL"
+            )))
+        } else {
+            Ok(Target::Databricks(endpoint.to_string()))
+        }
+    }
+}
+
+/// Resolve a target to a URL and credentials; start the simulator (with
+/// `sim`) if the target is the simulator. The simulator lives as long as the
+/// returned handle: keep it until the last request is done.
+pub async fn resolve(
+    target: &Target,
+    model: Option<&str>,
+    task: Task,
+    profile: Option<&str>,
+    api_key_env: Option<&str>,
+    sim: SimConfig,
+) -> Result<(Endpoint, Option<Simulator>)> {
+    let env = |k: &str| std::env::var(k).ok();
+    match target {
+        Target::Simulator => {
+            let cfg = SimConfig { port: 0, token: Some(SIMULATOR_TOKEN.to_string()), ..sim };
+            let sim = Simulator::start(cfg)
+                .await
+                .map_err(|e| Error::Config(format!("could not start the built-in simulator: {e}")))?;
+            let name = model.unwrap_or(SIMULATOR_MODEL);
+            let target = DatabricksTarget {
+                host: sim.base_url(),
+                credentials: Credentials::Bearer(Secret::new(SIMULATOR_TOKEN)),
+                source: "the built-in simulator".into(),
+            };
+            Ok((Endpoint::databricks(target, name), Some(sim)))
+        }
+        Target::Databricks(name) => {
+            let target = resolve_databricks(profile, &env)?;
+            Ok((Endpoint::databricks(target, name), None))
+        }
+        Target::OpenAi(url) => {
+            let credentials = resolve_openai(api_key_env, &env)?;
+            Ok((Endpoint::openai(url, task, model, credentials), None))
+        }
+    }
+}
+
+/// The simulator a job file's `[simulator]` table asks for; unset knobs keep
+/// the simulator's defaults.
+pub fn simulator_config(s: &SimulatorSettings) -> SimConfig {
+    let d = SimConfig::default();
+    SimConfig {
+        latency_ms: s.latency_ms.unwrap_or(d.latency_ms),
+        itl_ms: s.itl_ms.unwrap_or(d.itl_ms),
+        ttft_ms: s.ttft_ms.unwrap_or(d.ttft_ms),
+        output_tokens: s.output_tokens.unwrap_or(d.output_tokens),
+        rpm: s.rpm.or(d.rpm),
+        tpm: s.tpm.or(d.tpm),
+        fault_rate: s.fault_rate.unwrap_or(d.fault_rate),
+        seed: s.seed.unwrap_or(d.seed),
+        ..d
+    }
+}
 
 /// The protocol family of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -73,17 +73,7 @@ impl Plan {
         let endpoint = s.endpoint.ok_or_else(|| {
             Error::Config("no endpoint: give --endpoint NAME|URL|simulator (or `endpoint` in the job file)".into())
         })?;
-        let target = if endpoint == "simulator" {
-            Target::Simulator
-        } else if crate::endpoint::is_url(&endpoint) {
-            Target::OpenAi(endpoint)
-        } else if endpoint.is_empty() || endpoint.contains(['/', ' ']) {
-            return Err(Error::Config(format!(
-                "--endpoint `{endpoint}` is neither a Databricks endpoint name nor an http(s):// URL"
-            )));
-        } else {
-            Target::Databricks(endpoint)
-        };
+        let target = Target::parse(&endpoint)?;
 
         let mut task = s.task.unwrap_or_default();
         let mut system = s.system;
