@@ -60,6 +60,7 @@ fn draw_inner(path: &Path, steps: &[StepStats]) -> std::result::Result<(), Box<d
         .y_desc("latency (ms)")
         .axis_desc_style(("sans-serif", 16))
         .label_style(("sans-serif", 13))
+        .light_line_style(RGBColor(236, 236, 236))
         .draw()?;
     for (name, pick, value, color, annotate) in series {
         let points: Vec<(f64, f64)> = ordered
@@ -77,7 +78,7 @@ fn draw_inner(path: &Path, steps: &[StepStats]) -> std::result::Result<(), Box<d
         if annotate {
             let labels = ordered.iter().filter(|s| pick(s).is_some()).map(|s| s.load.label());
             chart.draw_series(points.iter().zip(labels).map(|(p, label)| {
-                EmptyElement::at(*p) + Text::new(label, (6, -16), ("sans-serif", 13).into_font().color(&color))
+                EmptyElement::at(*p) + Text::new(label, (6, 5), ("sans-serif", 13).into_font().color(&color))
             }))?;
         }
     }

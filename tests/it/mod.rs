@@ -1,4 +1,5 @@
 mod util;
 
+mod bench;
 mod reliability;
 mod run;
