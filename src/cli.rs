@@ -47,6 +47,9 @@ pub enum Command {
     Run(RunArgs),
     /// Serve the built-in OpenAI- and Databricks-compatible simulator.
     Simulate(SimConfig),
+    /// Measure an endpoint: latency, throughput and errors across a
+    /// concurrency or request-rate sweep.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,6 +96,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run_command(args, quiet).await,
+            Command::Bench(args) => bench_command(*args, quiet).await,
             Command::Simulate(cfg) => serve_forever(cfg)
                 .await
                 .map_err(|e| Error::Config(format!("simulator: {e}"))),
@@ -135,6 +139,11 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<(), Error> {
         eprintln!("{summary}");
     }
     Ok(())
+}
+
+async fn bench_command(args: crate::bench::BenchArgs, quiet: bool) -> Result<(), Error> {
+    let plan = crate::bench::BenchPlan::from_args(args)?;
+    crate::bench::bench(plan, quiet).await.map(|_| ())
 }
 
 fn init_logging(verbose: u8) {

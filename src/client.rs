@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::endpoint::Endpoint;
 use crate::limit::Limiter;
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Usage};
 use crate::render::Call;
 use crate::reply::{split_usage, Reply, Shape};
 use crate::retry::{classify_status, retry_after, RetryAction};
@@ -86,15 +87,22 @@ struct AttemptError {
     message: String,
     /// The request was sent and may have been billed without an answer.
     ambiguous: bool,
+    /// The HTTP status of the reply, when there was one.
+    status: Option<u16>,
 }
 
 impl AttemptError {
     fn new(action: RetryAction, message: String) -> AttemptError {
-        AttemptError { action, message, ambiguous: false }
+        AttemptError { action, message, ambiguous: false, status: None }
     }
 
     fn retry(message: String, after: Option<Duration>, rate_limited: bool) -> AttemptError {
         AttemptError::new(RetryAction::Retry { after, rate_limited }, message)
+    }
+
+    /// This row's own request or reply is bad: no retry helps.
+    fn row(message: String) -> AttemptError {
+        AttemptError::new(RetryAction::RowError, message)
     }
 }
 
@@ -222,6 +230,56 @@ impl Client {
         // usage below, or refunded whole if this attempt gets no answer.
         let output_reserve = call.est_tokens.saturating_sub(call.est_prompt_tokens);
         let grant = self.limiter.admit_call(call.est_prompt_tokens, output_reserve).await;
+        let (response, sent) = self.post(&call.body).await?;
+        if self.stream {
+            let (reply, ttft) = stream::read(response, &self.shape, sent).await.map_err(stream_error)?;
+            grant.settle(reply.usage.completion_tokens.max(0) as u64);
+            return Ok(Answer { reply, ttft });
+        }
+        let body = response.bytes().await.map_err(|e| transport_error(&e))?;
+        let reply = self.shape.parse(&body, call.rows.len()).map_err(AttemptError::row)?;
+        grant.settle(reply.usage.completion_tokens.max(0) as u64);
+        Ok(Answer { reply, ttft: None })
+    }
+
+    /// One attempt of `body`, timed, with no retry and no rate limiter: what
+    /// `aiq bench` measures. Streamed replies report their chunk timing.
+    pub async fn probe(&self, body: Bytes) -> Probe {
+        let started = Instant::now();
+        let result = async {
+            let (response, sent) = self.post(&body).await?;
+            if self.stream {
+                stream::read_timed(response, &self.shape, sent).await.map_err(stream_error)
+            } else {
+                let body = response.bytes().await.map_err(|e| transport_error(&e))?;
+                let reply = self
+                    .shape
+                    .parse(&body, 1)
+                    .map_err(AttemptError::row)?;
+                Ok((reply, stream::Timing::default()))
+            }
+        }
+        .await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok((reply, timing)) => {
+                let error = reply.rows.first().and_then(|r| r.result.as_ref().err().cloned());
+                Probe { elapsed, timing, usage: reply.usage, status: Some(200), error }
+            }
+            Err(e) => Probe {
+                elapsed,
+                timing: stream::Timing::default(),
+                usage: Usage::default(),
+                status: e.status,
+                error: Some(e.message),
+            },
+        }
+    }
+
+    /// Post `body` with the endpoint's credentials; a reply that is not a
+    /// success becomes an error classified for retrying. Returns the
+    /// response and when the request went out.
+    async fn post(&self, body: &Bytes) -> Result<(reqwest::Response, Instant), AttemptError> {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let token = self
             .endpoint
@@ -234,7 +292,7 @@ impl Client {
             .post(&self.endpoint.url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(self.policy.timeout)
-            .body(call.body.clone());
+            .body(body.clone());
         if let Some(token) = token {
             let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
                 .map_err(|_| AttemptError::new(RetryAction::Abort, "the token contains characters not allowed in an HTTP header".into()))?;
@@ -255,23 +313,29 @@ impl Client {
             }
             let body = response.bytes().await.unwrap_or_default();
             let message = format!("HTTP {}: {}", status.as_u16(), wire::error_message(&body));
-            return Err(AttemptError::new(action, message));
+            return Err(AttemptError { status: Some(status.as_u16()), ..AttemptError::new(action, message) });
         }
-        if self.stream {
-            let (reply, ttft) = stream::read(response, &self.shape, sent).await.map_err(|e| match e {
-                stream::StreamError::Transport(m) => AttemptError::retry(m, None, false),
-                stream::StreamError::Reply(m) => AttemptError::new(RetryAction::RowError, m),
-            })?;
-            grant.settle(reply.usage.completion_tokens.max(0) as u64);
-            return Ok(Answer { reply, ttft });
-        }
-        let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-        let reply = self
-            .shape
-            .parse(&body, call.rows.len())
-            .map_err(|message| AttemptError::new(RetryAction::RowError, message))?;
-        grant.settle(reply.usage.completion_tokens.max(0) as u64);
-        Ok(Answer { reply, ttft: None })
+        Ok((response, sent))
+    }
+}
+
+/// What one timed attempt came to (see [`Client::probe`]).
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// From just before the request was sent to the end of the reply.
+    pub elapsed: Duration,
+    pub timing: stream::Timing,
+    pub usage: Usage,
+    /// The HTTP status; None when no response came (connection fault, timeout).
+    pub status: Option<u16>,
+    /// Why it failed, if it did (an HTTP error, a broken stream, a bad reply).
+    pub error: Option<String>,
+}
+
+fn stream_error(e: stream::StreamError) -> AttemptError {
+    match e {
+        stream::StreamError::Transport(m) => AttemptError::retry(m, None, false),
+        stream::StreamError::Reply(m) => AttemptError::row(m),
     }
 }
 

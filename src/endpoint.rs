@@ -2,13 +2,96 @@
 //!
 //! `--endpoint` takes a Databricks serving endpoint name, an OpenAI-compatible
 //! base URL, or `simulator`. This module turns that into a full URL for the
-//! job's task and the credentials to send. (The provider quirks the request
-//! layout depends on live with the plan: [`crate::plan::Plan::body_spec`].)
+//! job's task and the credentials to send, and knows the provider quirks the
+//! request layout depends on (Claude wants `cache_control`, OpenAI takes
+//! `prompt_cache_key` and `stream_options`). [`resolve`] is the one place a
+//! target becomes an endpoint with credentials (starting the in-process
+//! simulator when asked): `aiq run` and `aiq bench` both go through it.
 
 use std::fmt;
 
-use crate::auth::{Credentials, DatabricksTarget};
-use crate::settings::Task;
+use crate::auth::{resolve_databricks, resolve_openai, Credentials, DatabricksTarget, Secret};
+use crate::error::{Error, Result};
+use crate::plan::Target;
+use crate::settings::{SimulatorSettings, Task};
+use crate::simulator::{SimConfig, Simulator};
+
+/// The default model name the simulator serves, as on Databricks.
+pub const SIMULATOR_MODEL: &str = "databricks-meta-llama-3-3-70b-instruct";
+
+/// The in-process simulator checks a token like a real endpoint would.
+const SIMULATOR_TOKEN: &str = "aiq-simulator-token";
+
+impl Target {
+    /// `--endpoint` as given: `simulator`, a base URL, or an endpoint name.
+    pub fn parse(endpoint: &str) -> Result<Target> {
+        if endpoint == "simulator" {
+            Ok(Target::Simulator)
+        } else if is_url(endpoint) {
+            Ok(Target::OpenAi(endpoint.to_string()))
+        } else if endpoint.is_empty() || endpoint.contains(['/', ' ']) {
+            Err(Error::Config(format!(
+                "--endpoint `{endpoint}` is neither a Databricks endpoint name nor an http(s):// URL"
+            )))
+        } else {
+            Ok(Target::Databricks(endpoint.to_string()))
+        }
+    }
+}
+
+/// Resolve a target to a URL and credentials; start the simulator (with
+/// `sim`) if the target is the simulator. The simulator lives as long as the
+/// returned handle: keep it until the last request is done.
+pub async fn resolve(
+    target: &Target,
+    model: Option<&str>,
+    task: Task,
+    profile: Option<&str>,
+    api_key_env: Option<&str>,
+    sim: SimConfig,
+) -> Result<(Endpoint, Option<Simulator>)> {
+    let env = |k: &str| std::env::var(k).ok();
+    match target {
+        Target::Simulator => {
+            let cfg = SimConfig { port: 0, token: Some(SIMULATOR_TOKEN.to_string()), ..sim };
+            let sim = Simulator::start(cfg)
+                .await
+                .map_err(|e| Error::Config(format!("could not start the built-in simulator: {e}")))?;
+            let name = model.unwrap_or(SIMULATOR_MODEL);
+            let target = DatabricksTarget {
+                host: sim.base_url(),
+                credentials: Credentials::Bearer(Secret::new(SIMULATOR_TOKEN)),
+                source: "the built-in simulator".into(),
+            };
+            Ok((Endpoint::databricks(target, name), Some(sim)))
+        }
+        Target::Databricks(name) => {
+            let target = resolve_databricks(profile, &env)?;
+            Ok((Endpoint::databricks(target, name), None))
+        }
+        Target::OpenAi(url) => {
+            let credentials = resolve_openai(api_key_env, &env)?;
+            Ok((Endpoint::openai(url, task, model, credentials), None))
+        }
+    }
+}
+
+/// The simulator a job file's `[simulator]` table asks for; unset knobs keep
+/// the simulator's defaults.
+pub fn simulator_config(s: &SimulatorSettings) -> SimConfig {
+    let d = SimConfig::default();
+    SimConfig {
+        latency_ms: s.latency_ms.unwrap_or(d.latency_ms),
+        itl_ms: s.itl_ms.unwrap_or(d.itl_ms),
+        ttft_ms: s.ttft_ms.unwrap_or(d.ttft_ms),
+        output_tokens: s.output_tokens.unwrap_or(d.output_tokens),
+        rpm: s.rpm.or(d.rpm),
+        tpm: s.tpm.or(d.tpm),
+        fault_rate: s.fault_rate.unwrap_or(d.fault_rate),
+        seed: s.seed.unwrap_or(d.seed),
+        ..d
+    }
+}
 
 /// The protocol family of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +109,8 @@ pub struct Endpoint {
     pub url: String,
     /// How the endpoint is named in messages: `databricks endpoint X at HOST`.
     pub label: String,
+    /// The serving endpoint name or model, for provider quirks.
+    pub name: String,
     pub credentials: Credentials,
 }
 
@@ -45,11 +130,12 @@ impl Endpoint {
             flavor: Flavor::Databricks,
             url: format!("{}/serving-endpoints/{}/invocations", target.host, name),
             label: format!("Databricks endpoint `{name}` at {} (credentials from {})", target.host, target.source),
+            name: name.to_string(),
             credentials: target.credentials,
         }
     }
 
-    pub fn openai(base_url: &str, task: Task, credentials: Credentials) -> Endpoint {
+    pub fn openai(base_url: &str, task: Task, model: Option<&str>, credentials: Credentials) -> Endpoint {
         let base = base_url.trim_end_matches('/');
         let route = match task {
             Task::Chat => "chat/completions",
@@ -60,10 +146,26 @@ impl Endpoint {
             flavor: Flavor::OpenAi,
             url: format!("{base}/{route}"),
             label: format!("OpenAI-compatible endpoint {base}"),
+            name: model.unwrap_or_default().to_string(),
             credentials,
         }
     }
 
+    /// Claude models cache only up to an explicit `cache_control` breakpoint.
+    pub fn is_claude(&self) -> bool {
+        self.name.to_ascii_lowercase().contains("claude")
+    }
+
+    /// Only OpenAI-compatible servers take `prompt_cache_key`; Databricks
+    /// rejects unknown body keys for some models.
+    pub fn takes_prompt_cache_key(&self) -> bool {
+        self.flavor == Flavor::OpenAi
+    }
+
+    /// OpenAI reports usage while streaming only when asked to.
+    pub fn wants_stream_options(&self) -> bool {
+        self.flavor == Flavor::OpenAi
+    }
 }
 
 /// Is `--endpoint` a base URL rather than a Databricks endpoint name?
@@ -78,7 +180,7 @@ mod tests {
 
     #[test]
     fn urls_per_flavor_and_task() {
-        let e = Endpoint::openai("http://localhost:8000/v1/", Task::Embeddings, Credentials::None);
+        let e = Endpoint::openai("http://localhost:8000/v1/", Task::Embeddings, Some("m"), Credentials::None);
         assert_eq!(e.url, "http://localhost:8000/v1/embeddings");
         let target = DatabricksTarget {
             host: "https://example.cloud.databricks.com".into(),
@@ -87,6 +189,7 @@ mod tests {
         };
         let d = Endpoint::databricks(target, "databricks-claude-sonnet-4");
         assert_eq!(d.url, "https://example.cloud.databricks.com/serving-endpoints/databricks-claude-sonnet-4/invocations");
+        assert!(d.is_claude());
         assert!(!format!("{d:?}").contains("dapi-secret"));
         assert!(is_url("https://x") && !is_url("databricks-meta-llama"));
     }

@@ -5,8 +5,10 @@
 //! → [`schedule`] (order, limits, concurrency) → [`client`] (HTTP, retries)
 //! → [`collect`] + [`journal`] (durable per-row outcomes) → [`sink`]
 //! (Parquet). [`run`] wires them; [`plan`] checks a job before it spends.
+//! [`bench`] measures endpoints (and aiq itself) under a load sweep.
 
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod collect;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::client::RetryPolicy;
-use crate::endpoint::Flavor;
+use crate::endpoint::{Flavor, SIMULATOR_MODEL};
 use crate::render::BodySpec;
 use crate::error::{Error, Result};
 use crate::functions::{AiFunction, FunctionOptions};
@@ -69,8 +69,6 @@ pub struct Plan {
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
-/// The model name the built-in simulator serves by default, as on Databricks.
-pub const SIMULATOR_MODEL: &str = "databricks-meta-llama-3-3-70b-instruct";
 pub const DEFAULT_BATCH_ROWS: usize = 1024;
 
 impl Plan {
@@ -85,17 +83,7 @@ impl Plan {
         let endpoint = s.endpoint.ok_or_else(|| {
             Error::Config("no endpoint: give --endpoint NAME|URL|simulator (or `endpoint` in the job file)".into())
         })?;
-        let target = if endpoint == "simulator" {
-            Target::Simulator
-        } else if crate::endpoint::is_url(&endpoint) {
-            Target::OpenAi(endpoint)
-        } else if endpoint.is_empty() || endpoint.contains(['/', ' ']) {
-            return Err(Error::Config(format!(
-                "--endpoint `{endpoint}` is neither a Databricks endpoint name nor an http(s):// URL"
-            )));
-        } else {
-            Target::Databricks(endpoint)
-        };
+        let target = Target::parse(&endpoint)?;
 
         let mut task = s.task.unwrap_or_default();
         let mut system = s.system;

@@ -16,7 +16,6 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use crate::auth::{resolve_databricks, resolve_openai, Credentials, Secret};
 use crate::client::Client;
 use crate::collect::Collector;
 use crate::endpoint::Endpoint;
@@ -24,13 +23,13 @@ use crate::error::{Error, Result};
 use crate::journal::{InputIdentity, Journal, Manifest};
 use crate::limit::Limiter;
 use crate::outcome::RowId;
-use crate::plan::{Plan, Target};
+use crate::plan::Plan;
 use crate::progress::{status_path, Progress, StatusFile, Summary};
 use crate::render::{BodyBuilder, Templates};
 use crate::reply::Shape;
 use crate::schedule::Dispatcher;
 use crate::settings::Task;
-use crate::simulator::{SimConfig, Simulator};
+use crate::simulator::Simulator;
 use crate::sink::{concat_parts, Layout, PartWriter};
 use crate::source::Source;
 use crate::spend::{Enforcer, Meter};
@@ -195,50 +194,8 @@ fn http_client(plan: &Plan) -> Result<reqwest::Client> {
 }
 
 /// Resolve `--endpoint` to a URL and credentials; start the simulator if asked.
+/// The work is in [`crate::endpoint::resolve`], shared with `aiq bench`.
 pub async fn resolve_endpoint(plan: &Plan) -> Result<(Endpoint, Option<Simulator>)> {
-    let env = |k: &str| std::env::var(k).ok();
-    match &plan.target {
-        Target::Simulator => {
-            let sim = start_simulator(plan).await?;
-            let name = plan.endpoint_name();
-            let target = crate::auth::DatabricksTarget {
-                host: sim.base_url(),
-                credentials: Credentials::Bearer(Secret::new(SIMULATOR_TOKEN)),
-                source: "the built-in simulator".into(),
-            };
-            Ok((Endpoint::databricks(target, &name), Some(sim)))
-        }
-        Target::Databricks(name) => {
-            let target = resolve_databricks(plan.profile.as_deref(), &env)?;
-            Ok((Endpoint::databricks(target, name), None))
-        }
-        Target::OpenAi(url) => {
-            let credentials = resolve_openai(plan.api_key_env.as_deref(), &env)?;
-            Ok((Endpoint::openai(url, plan.task, credentials), None))
-        }
-    }
-}
-
-/// The in-process simulator checks a token like a real endpoint would.
-const SIMULATOR_TOKEN: &str = "aiq-simulator-token";
-
-async fn start_simulator(plan: &Plan) -> Result<Simulator> {
-    let s = &plan.simulator;
-    let d = SimConfig::default();
-    let cfg = SimConfig {
-        port: 0,
-        token: Some(SIMULATOR_TOKEN.to_string()),
-        latency_ms: s.latency_ms.unwrap_or(d.latency_ms),
-        itl_ms: s.itl_ms.unwrap_or(d.itl_ms),
-        ttft_ms: s.ttft_ms.unwrap_or(d.ttft_ms),
-        output_tokens: s.output_tokens.unwrap_or(d.output_tokens),
-        rpm: s.rpm.or(d.rpm),
-        tpm: s.tpm.or(d.tpm),
-        fault_rate: s.fault_rate.unwrap_or(d.fault_rate),
-        seed: s.seed.unwrap_or(d.seed),
-        ..d
-    };
-    Simulator::start(cfg)
-        .await
-        .map_err(|e| Error::Config(format!("could not start the built-in simulator: {e}")))
+    let sim = crate::endpoint::simulator_config(&plan.simulator);
+    crate::endpoint::resolve(&plan.target, plan.model.as_deref(), plan.task, plan.profile.as_deref(), plan.api_key_env.as_deref(), sim).await
 }

@@ -5,6 +5,10 @@
 //! chat chunk (`choices[0].delta.content`) or a completion chunk
 //! (`choices[0].text`). Databricks sends `usage` in every chunk and OpenAI in
 //! a last chunk with no choices: the last usage seen wins either way.
+//!
+//! [`read_timed`] also reports when the first and last content chunks
+//! arrived and how many there were, which is what `aiq bench` needs for
+//! inter-token latency; [`read`] is the same parse for `aiq run`.
 
 use std::time::Duration;
 
@@ -25,6 +29,30 @@ pub enum StreamError {
     Reply(String),
 }
 
+/// When content arrived, measured from when the request went out. Three
+/// numbers rather than a timestamp per chunk: enough for the mean
+/// inter-chunk latency of a request, with no allocation per chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    /// The first chunk with content: the time to first token.
+    pub first: Option<Duration>,
+    /// The last chunk with content.
+    pub last: Option<Duration>,
+    /// Chunks that carried content.
+    pub chunks: u32,
+}
+
+impl Timing {
+    /// Mean time between content chunks after the first; None with fewer
+    /// than two chunks.
+    pub fn inter_chunk(&self) -> Option<Duration> {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) if self.chunks >= 2 => Some((last - first) / (self.chunks - 1)),
+            _ => None,
+        }
+    }
+}
+
 /// Read a streamed reply to the end. `sent` is when the request went out,
 /// for the time to first token.
 pub async fn read(
@@ -32,11 +60,20 @@ pub async fn read(
     shape: &Shape,
     sent: Instant,
 ) -> Result<(Reply, Option<Duration>), StreamError> {
+    read_timed(response, shape, sent).await.map(|(reply, timing)| (reply, timing.first))
+}
+
+/// [`read`], also returning when content chunks arrived.
+pub async fn read_timed(
+    response: reqwest::Response,
+    shape: &Shape,
+    sent: Instant,
+) -> Result<(Reply, Timing), StreamError> {
     let mut events = response.bytes_stream().eventsource();
     let mut text = String::new();
     let mut finish_reason = None;
     let mut usage: Option<WireUsage> = None;
-    let mut ttft = None;
+    let mut timing = Timing::default();
     let mut done = false;
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| StreamError::Transport(format!("stream broke: {e}")))?;
@@ -55,7 +92,10 @@ pub async fn read(
             .and_then(wire::content_text)
             .or_else(|| choice.get("text").and_then(Value::as_str).map(str::to_string));
         if let Some(piece) = piece.filter(|p| !p.is_empty()) {
-            ttft.get_or_insert_with(|| sent.elapsed());
+            let now = sent.elapsed();
+            timing.first.get_or_insert(now);
+            timing.last = Some(now);
+            timing.chunks += 1;
             text.push_str(&piece);
         }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
@@ -67,5 +107,19 @@ pub async fn read(
     }
     let usage = usage.as_ref().map(Usage::from_wire).unwrap_or_default();
     let result = shape.typed(&text);
-    Ok((Reply { rows: vec![RowReply { result, finish_reason }], usage }, ttft))
+    Ok((Reply { rows: vec![RowReply { result, finish_reason }], usage }, timing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inter_chunk_latency_is_the_mean_gap_after_the_first() {
+        let ms = Duration::from_millis;
+        let t = Timing { first: Some(ms(100)), last: Some(ms(130)), chunks: 4 };
+        assert_eq!(t.inter_chunk(), Some(ms(10)));
+        assert_eq!(Timing { first: Some(ms(1)), last: Some(ms(1)), chunks: 1 }.inter_chunk(), None);
+        assert_eq!(Timing::default().inter_chunk(), None);
+    }
 }

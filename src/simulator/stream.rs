@@ -164,18 +164,23 @@ pub(crate) fn respond(
     }
     frames.push_back((Duration::ZERO, Bytes::from_static(b"data: [DONE]\n\n")));
 
-    let state = (frames, Some(done));
-    let body = futures::stream::unfold(state, |(mut frames, mut done)| async move {
+    // Each frame is due at a fixed offset from now, not a delay after the
+    // previous one: sleeps overshoot (timer granularity, scheduling), and
+    // chained delays would add every overshoot up, making a 5 ms
+    // inter-token latency come out near 6.
+    let state = (frames, Some(done), tokio::time::Instant::now());
+    let body = futures::stream::unfold(state, |(mut frames, mut done, mut due)| async move {
         let (delay, bytes) = frames.pop_front()?;
         if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+            due += delay;
+            tokio::time::sleep_until(due).await;
         }
         if frames.is_empty() {
             if let Some(f) = done.take() {
                 f();
             }
         }
-        Some((Ok::<_, Infallible>(bytes), (frames, done)))
+        Some((Ok::<_, Infallible>(bytes), (frames, done, due)))
     });
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();

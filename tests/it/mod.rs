@@ -1,5 +1,6 @@
 mod util;
 
 mod cache;
+mod bench;
 mod reliability;
 mod run;
