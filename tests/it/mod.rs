@@ -2,3 +2,4 @@ mod util;
 
 mod reliability;
 mod run;
+mod spend;
