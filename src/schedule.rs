@@ -148,8 +148,9 @@ impl Dispatcher {
     /// Wait for a free slot, then run the call in its own task.
     async fn launch(&self, call: Call, warm: Option<(u64, mpsc::UnboundedSender<u64>)>) {
         let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return };
+        // The job may have stopped (a budget, Ctrl-C) while this call waited.
         if self.stopped() {
-            return; // stopped while waiting for the slot
+            return;
         }
         let client = self.client.clone();
         let events = self.events.clone();

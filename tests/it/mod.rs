@@ -4,3 +4,4 @@ mod cache;
 mod bench;
 mod reliability;
 mod run;
+mod spend;
