@@ -160,11 +160,15 @@ impl Progress {
             bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(8));
         }
         let template = if total.is_some() {
-            "{spinner} {bar:30.cyan/blue} {pos}/{len} rows · {per_sec} · ETA {eta} · {msg}"
+            "{spinner} {bar:30.cyan/blue} {pos}/{len} rows · {rate} · ETA {eta} · {msg}"
         } else {
-            "{spinner} {pos} rows · {per_sec} · {msg}"
+            "{spinner} {pos} rows · {rate} · {msg}"
         };
         if let Ok(style) = ProgressStyle::with_template(template) {
+            // indicatif's own {per_sec} prints four decimals.
+            let style = style.with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1} rows/s", state.per_sec());
+            });
             bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));
         }
         bar.enable_steady_tick(Duration::from_millis(250));
