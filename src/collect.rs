@@ -92,6 +92,7 @@ impl Collector {
     /// step, or the reason the job stopped (journal flushed either way).
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) -> Result<Collector> {
         let mut interrupted = false;
+        let mut signals = Signals::new();
         let mut deadline: Option<Instant> = None;
         loop {
             let grace = async {
@@ -114,7 +115,10 @@ impl Collector {
                     self.write_ready()?;
                     self.progress.update(&self.summary);
                 }
-                _ = tokio::signal::ctrl_c(), if !interrupted => {
+                _ = signals.next() => {
+                    if interrupted {
+                        break; // the second signal: quit now
+                    }
                     interrupted = true;
                     self.progress.println("interrupted: no new requests; waiting for the ones in flight (Ctrl-C again to quit now)");
                     self.fail(Error::Stopped(format!(
@@ -122,7 +126,6 @@ impl Collector {
                         self.journal.dir().display()
                     )));
                 }
-                _ = tokio::signal::ctrl_c(), if interrupted => break,
                 _ = grace => break,
             }
             if self.stop.load(Ordering::Relaxed) && deadline.is_none() {
@@ -234,5 +237,33 @@ impl Collector {
             self.parts.write(p.first, &out)?;
         }
         Ok(())
+    }
+}
+
+/// Ctrl-C (SIGINT) and, on Unix, SIGTERM (what schedulers and `kill` send):
+/// both mean "stop sending, keep what is paid for".
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
