@@ -153,7 +153,8 @@ impl Client {
             matches!(e.action, RetryAction::Retry { .. })
                 && !(e.ambiguous && ambiguous.load(Ordering::Relaxed) > max_ambiguous)
         })
-        .notify(|e: &AttemptError, _| {
+        .notify(|e: &AttemptError, after: Duration| {
+            tracing::debug!(rows = ?call.rows, "retrying in {after:?}: {}", e.message);
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             if e.ambiguous {
                 self.stats.ambiguous_retries.fetch_add(1, Ordering::Relaxed);

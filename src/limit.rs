@@ -210,6 +210,7 @@ impl Limiter {
         if current.as_ref().is_some_and(|p| (p.per_minute - per_minute).abs() < 0.5) {
             return;
         }
+        tracing::debug!("pacing at {per_minute:.0}/minute (learned from the endpoint's replies)");
         if let Ok(mut w) = slot.write() {
             *w = Some(Pace::new(per_minute, burst));
         }
