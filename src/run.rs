@@ -61,7 +61,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     // The simulator (if any) lives as long as this function.
     let (endpoint, _simulator) = resolve_endpoint(&plan).await?;
     let endpoint = Arc::new(endpoint);
-    tracing::info!("sending to {} at {}", endpoint.label, endpoint.url);
+    tracing::info!(url = %endpoint.url, "sending to {}", endpoint.label);
 
     let manifest = Manifest {
         version: JOURNAL_VERSION,
