@@ -42,6 +42,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process: size is irrelevant
 pub enum Command {
     /// Score a dataset: one request per row, one output row per input row.
     Run(RunArgs),

@@ -61,15 +61,16 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// A collector writing through `journal` and `parts`; the stop rules
+    /// (`fail_on_error`, `budget`) and a starting `summary` are set on the
+    /// public fields.
     pub fn new(
         journal: Journal,
         layout: Layout,
         parts: PartWriter,
         resumed: HashMap<RowId, Outcome>,
         stop: Arc<AtomicBool>,
-        fail_on_error: bool,
         progress: Progress,
-        summary: Summary,
     ) -> Collector {
         Collector {
             journal,
@@ -77,9 +78,9 @@ impl Collector {
             parts,
             resumed,
             stop,
-            fail_on_error,
+            fail_on_error: false,
             progress,
-            summary,
+            summary: Summary::default(),
             budget: None,
             pending: VecDeque::new(),
             consecutive_failures: 0,

@@ -155,7 +155,9 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let progress = Progress::new(to_do, ui.quiet).with_status(status.clone());
     let parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), PART_ROWS, resume.parts);
     let summary = Summary { prices: plan.prices, ..Summary::default() };
-    let mut collector = Collector::new(journal, layout, parts, resume.outcomes, stop.clone(), plan.fail_on_error, progress, summary);
+    let mut collector = Collector::new(journal, layout, parts, resume.outcomes, stop.clone(), progress);
+    collector.fail_on_error = plan.fail_on_error;
+    collector.summary = summary;
     collector.budget = budget;
     let collected = collector.run(event_rx).await;
     if let Err(e) = &collected {
