@@ -22,10 +22,18 @@ pub fn draw(path: &Path, steps: &[StepStats]) -> Result<()> {
     draw_inner(path, steps).map_err(|e| Error::output(path, format!("cannot draw the plot: {e}")))
 }
 
-type Pick = fn(&StepStats) -> Option<Latency>;
+/// One line on the chart: its name, which latency and which percentile of
+/// it, its colour, and whether its points carry their step's label.
+type Series = (
+    &'static str,
+    fn(&StepStats) -> Option<Latency>,
+    fn(&Latency) -> f64,
+    RGBColor,
+    bool,
+);
 
 fn draw_inner(path: &Path, steps: &[StepStats]) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let series: [(&str, Pick, fn(&Latency) -> f64, RGBColor, bool); 4] = [
+    let series: [Series; 4] = [
         ("e2e p50", |s| s.e2e_ms, |l| l.p50, RGBColor(31, 119, 180), true),
         ("e2e p99", |s| s.e2e_ms, |l| l.p99, RGBColor(174, 199, 232), false),
         ("TTFT p50", |s| s.ttft_ms, |l| l.p50, RGBColor(214, 39, 40), true),
