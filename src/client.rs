@@ -73,6 +73,8 @@ impl Default for RetryPolicy {
 pub struct Client {
     http: reqwest::Client,
     endpoint: Arc<Endpoint>,
+    /// `endpoint.url`, parsed once: parsing per request showed in profiles.
+    url: reqwest::Url,
     limiter: Arc<Limiter>,
     policy: RetryPolicy,
     shape: Shape,
@@ -120,8 +122,10 @@ impl Client {
         policy: RetryPolicy,
         shape: Shape,
         stream: bool,
-    ) -> Client {
-        Client { http, endpoint, limiter, policy, shape, stream, stats: Arc::new(ClientStats::default()) }
+    ) -> crate::error::Result<Client> {
+        let url = reqwest::Url::parse(&endpoint.url)
+            .map_err(|e| crate::error::Error::Config(format!("endpoint URL {}: {e}", endpoint.url)))?;
+        Ok(Client { http, endpoint, url, limiter, policy, shape, stream, stats: Arc::new(ClientStats::default()) })
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -290,7 +294,7 @@ impl Client {
             .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?;
         let mut request = self
             .http
-            .post(&self.endpoint.url)
+            .post(self.url.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(self.policy.timeout)
             .body(body.clone());

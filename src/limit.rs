@@ -422,15 +422,7 @@ fn read(slot: &RwLock<Option<Arc<Pace>>>) -> Option<Arc<Pace>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::retry::tests::headers;
 
     #[test]
     fn learns_limits_from_headers() {

@@ -86,7 +86,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         function: plan.function.clone(),
         similarity: plan.prompt2.is_some(),
     };
-    let client = Arc::new(Client::new(http, endpoint.clone(), limiter.clone(), plan.retry.clone(), shape, plan.stream));
+    let client = Arc::new(Client::new(http, endpoint.clone(), limiter.clone(), plan.retry.clone(), shape, plan.stream)?);
     let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
 
     // Budgets are per job: earlier runs' spend (from the journal) counts.

@@ -359,7 +359,7 @@ pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
         policy,
         Shape::string(args.task),
         !args.no_stream,
-    ));
+    )?);
 
     let mut steps = Vec::with_capacity(plan.loads.len());
     let mut records = Vec::new();
