@@ -91,8 +91,9 @@ fn draw_inner(path: &Path, steps: &[StepStats]) -> std::result::Result<(), Box<d
         }
     }
     chart
+        // Middle right: the low-load points sit top and bottom left.
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::MiddleRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
