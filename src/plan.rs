@@ -1,7 +1,7 @@
 //! Plan: job settings checked into what a run needs, before anything is
 //! spent. Every mistake found here is an exit-2 error naming the setting:
 //! a missing input or prompt, an unknown type string, options a task
-//! function needs, an output folder that does not exist. Checks that need
+//! function needs, an output path under a file. Checks that need
 //! the input (template variables against columns) or credentials happen in
 //! `run`, still before the first request.
 
@@ -75,10 +75,8 @@ impl Plan {
     pub fn from_settings(s: JobSettings, restart: bool) -> Result<Plan> {
         let input = s.input.ok_or_else(|| Error::Config("no input: give --input PATH (or `input` in the job file)".into()))?;
         let output = s.output.ok_or_else(|| Error::Config("no output: give --output PATH (or `output` in the job file)".into()))?;
-        if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.is_dir() {
-                return Err(Error::output(&output, format!("folder {} does not exist", parent.display())));
-            }
+        if let Some(parent) = output.parent().filter(|p| p.exists() && !p.is_dir()) {
+            return Err(Error::output(&output, format!("{} is a file, not a folder", parent.display())));
         }
         let endpoint = s.endpoint.ok_or_else(|| {
             Error::Config("no endpoint: give --endpoint NAME|URL|simulator (or `endpoint` in the job file)".into())

@@ -68,6 +68,11 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         input: InputIdentity::of(&plan.input)?,
         settings: plan.answer_settings(),
     };
+    // Like `mkdir -p`: the example job writes under target/, which a fresh
+    // clone built elsewhere (CARGO_TARGET_DIR) does not have.
+    if let Some(parent) = plan.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::output(&plan.output, format!("cannot create its folder: {e}")))?;
+    }
     let (journal, resume) = Journal::open(&plan.output, &manifest, plan.restart)?;
     if !resume.is_empty() && !ui.quiet {
         eprintln!(

@@ -417,3 +417,17 @@ async fn a_bad_row_gets_its_error_and_fail_on_error_fails_the_job() {
     assert!(stderr(&o).contains("row 4"), "{}", stderr(&o));
     assert!(!out2.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_output_folders_are_created() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(3, 0));
+    let out = f.path("new/deeper/out.parquet");
+    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}"]).await;
+    assert_ok(&o);
+    assert_eq!(read_rows(&out).1.len(), 3);
+    // A file where a folder should be is a usage error, before any request.
+    let o = f.run_openai(&input, &f.path("in.jsonl/out.parquet"), &["--prompt", "{{text}}"]).await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert_eq!(f.sim.stats().requests, 3);
+}
