@@ -519,6 +519,41 @@ mod tests {
     }
 
     #[test]
+    fn typed_params_and_response_format_reach_the_body() {
+        // `--param` values as the command line parses them, into every kind of body.
+        let params: Map<String, Value> = ["stop=a,b", "temperature=0.5", "max_tokens=12", "seed=7", "logprobs=true", "user=me"]
+            .iter()
+            .map(|p| crate::settings::parse_param(p).unwrap())
+            .collect();
+        let rf = crate::types::SqlType::Int.response_format();
+        let b = batch();
+        let t = Templates::bind(None, "{{text}}", None, &b.schema()).unwrap();
+        let rows = t.render_batch(&b, 0);
+        let row = rows[0].as_ref().unwrap().as_ref().unwrap();
+        for task in [Task::Chat, Task::Completions, Task::Embeddings] {
+            let builder = BodyBuilder::new(
+                BodySpec { task, params: params.clone(), response_format: Some(rf.clone()), model: Some("m".into()), ..spec() },
+                &t,
+            );
+            let call = builder.single(row);
+            let body: Value = serde_json::from_slice(&call.body).unwrap();
+            assert_eq!(body["stop"], json!(["a", "b"]), "{task:?}");
+            assert_eq!(body["temperature"], json!(0.5));
+            assert!(body["temperature"].is_f64());
+            assert_eq!(body["max_tokens"], json!(12));
+            assert_eq!(body["seed"], json!(7));
+            assert_eq!(body["logprobs"], json!(true));
+            assert_eq!(body["user"], json!("me"));
+            assert_eq!(body["model"], json!("m"));
+            // Structured output only where the API has it.
+            assert_eq!(body.get("response_format"), (task == Task::Chat).then_some(&rf), "{task:?}");
+            if task != Task::Embeddings {
+                assert_eq!(call.est_tokens, call.est_prompt_tokens + 12, "max_tokens is the output reserve");
+            }
+        }
+    }
+
+    #[test]
     fn prompt_cache_key_only_for_cacheable_prefixes() {
         let b = batch();
         let long = "x".repeat(5000);

@@ -1,4 +1,5 @@
 mod util;
 
+mod functions;
 mod reliability;
 mod run;
