@@ -13,6 +13,7 @@ pub mod collect;
 pub mod endpoint;
 pub mod error;
 pub mod functions;
+pub mod image;
 pub mod journal;
 pub mod limit;
 pub mod outcome;

@@ -41,6 +41,8 @@ pub struct Plan {
     pub result_type: SqlType,
     pub response_format: Option<Value>,
     pub function: Option<(AiFunction, FunctionOptions)>,
+    /// Image columns, sent as `image_url` parts of the user message.
+    pub images: Vec<String>,
     pub fail_on_error: bool,
     pub concurrency: usize,
     pub rpm: Option<u32>,
@@ -140,6 +142,9 @@ impl Plan {
         if s.prompt2.is_some() && !matches!(function, Some((AiFunction::AiSimilarity, _))) {
             return Err(Error::Config("--prompt2 only applies with --function ai_similarity".into()));
         }
+        if !s.images.is_empty() && task != Task::Chat {
+            return Err(Error::Config("--image needs --task chat: images go into chat messages".into()));
+        }
         let prompt = s.prompt.ok_or_else(|| Error::Config("no prompt: give --prompt TEMPLATE, e.g. --prompt 'Summarize: {{text}}'".into()))?;
 
         let mut params: Map<String, Value> = s.params.into_iter().collect();
@@ -187,6 +192,7 @@ impl Plan {
             result_type,
             response_format,
             function,
+            images: s.images,
             fail_on_error: s.fail_on_error,
             concurrency,
             rpm: s.rpm,
@@ -214,7 +220,7 @@ impl Plan {
     /// changing any of them makes a journal unusable; changing concurrency,
     /// limits, retries or timeouts does not.
     pub fn answer_settings(&self) -> Value {
-        json!({
+        let mut settings = json!({
             "target": format!("{:?}", self.target),
             "model": self.model,
             "task": format!("{:?}", self.task),
@@ -226,7 +232,12 @@ impl Plan {
             "response_format": self.response_format,
             "function": self.function.as_ref().map(|(f, o)| json!({"name": f.name(), "labels": o.labels, "max_words": o.max_words, "to_lang": o.to_lang})),
             "batch_size": self.batch_size,
-        })
+        });
+        // Only when set, so journals of jobs without images stay valid.
+        if !self.images.is_empty() {
+            settings["images"] = json!(self.images);
+        }
+        settings
     }
 }
 

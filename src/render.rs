@@ -51,6 +51,9 @@ pub struct RenderedRow {
     pub system: Option<String>,
     pub user: String,
     pub user2: Option<String>,
+    /// Image URLs (data: or http(s)) to send after the user text, one per
+    /// `--image` column, in the order the columns were given.
+    pub images: Vec<String>,
 }
 
 /// The job's templates, compiled and bound to the input columns they use.
@@ -63,6 +66,8 @@ pub struct Templates {
     user_literal_prefix: String,
     /// (variable, column index) for every column any template names.
     columns: Vec<(String, usize)>,
+    /// (column, column index) of every `--image` column.
+    images: Vec<(String, usize)>,
 }
 
 const SYSTEM: &str = "system";
@@ -119,7 +124,34 @@ impl Templates {
             system_is_static,
             user_literal_prefix: literal_prefix(prompt).to_string(),
             columns,
+            images: Vec::new(),
         })
+    }
+
+    /// Adds image columns (`--image`), checked against `schema` like
+    /// template variables are: a missing column or one that cannot hold an
+    /// image stops the job before anything is sent.
+    pub fn with_images(mut self, columns: &[String], schema: &Schema) -> Result<Templates> {
+        for name in columns {
+            let Some((index, field)) = schema.column_with_name(name) else {
+                let available: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(Error::Template(format!(
+                    "--image `{name}` is not a column of the input; input columns are: {}",
+                    available.join(", ")
+                )));
+            };
+            if !crate::image::is_image_type(field.data_type()) {
+                return Err(Error::Template(format!(
+                    "--image `{name}` is a {} column; images are binary (bytes) or string \
+                     (base64, a data: URL or an http(s) URL) columns",
+                    field.data_type()
+                )));
+            }
+            if !self.images.iter().any(|(n, _)| n == name) {
+                self.images.push((name.clone(), index));
+            }
+        }
+        Ok(self)
     }
 
     /// The columns the templates read, in first-use order.
@@ -151,9 +183,11 @@ impl Templates {
             .iter()
             .map(|(_, a)| needs_formatter(a.data_type()).then(|| ArrayFormatter::try_new(a.as_ref(), &FORMAT).ok()).flatten())
             .collect();
+        let images: Vec<&ArrayRef> = self.images.iter().map(|(_, i)| batch.column(*i)).collect();
         (0..batch.num_rows())
             .map(|i| {
-                if columns.iter().any(|(_, a)| a.is_null(i)) {
+                // A null image is a null input like a null variable: not sent.
+                if columns.iter().any(|(_, a)| a.is_null(i)) || images.iter().any(|a| a.is_null(i)) {
                     return Ok(None);
                 }
                 let mut ctx = BTreeMap::new();
@@ -166,7 +200,13 @@ impl Templates {
                     let system = self.has_system.then(|| self.render(SYSTEM, &ctx)).transpose()?;
                     let user = self.render(PROMPT, &ctx)?;
                     let user2 = self.has_prompt2.then(|| self.render(PROMPT2, &ctx)).transpose()?;
-                    Ok(RenderedRow { row, system, user, user2 })
+                    let images = self
+                        .images
+                        .iter()
+                        .zip(&images)
+                        .map(|((name, _), a)| crate::image::cell_url(a, i).map_err(|e| format!("--image `{name}`: {e}")))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    Ok(RenderedRow { row, system, user, user2, images })
                 };
                 rendered().map(Some).map_err(|e| (row, e))
             })
@@ -314,7 +354,9 @@ impl BodyBuilder {
             Task::Completions => self.completion_body(row),
             Task::Embeddings => self.embedding_body(vec![Value::String(row.user.clone())]),
         };
-        let est_prompt_tokens = row.system.as_deref().map_or(0, tokens::estimate) + tokens::estimate(&row.user);
+        let est_prompt_tokens = row.system.as_deref().map_or(0, tokens::estimate)
+            + tokens::estimate(&row.user)
+            + row.images.len() as u64 * crate::image::IMAGE_TOKEN_ESTIMATE;
         let est_tokens = est_prompt_tokens + if self.spec.task == Task::Embeddings { 0 } else { self.output_reserve };
         Call { rows: vec![row.row], body: to_bytes(&body), prefix: Some(prefix), est_tokens, est_prompt_tokens }
     }
@@ -365,7 +407,7 @@ impl BodyBuilder {
             };
             messages.push(json!({"role": "system", "content": content}));
         }
-        let user = if split_user {
+        let mut user = if split_user {
             let rest = &row.user[self.user_literal_prefix.len()..];
             json!([
                 {"type": "text", "text": self.user_literal_prefix, "cache_control": {"type": "ephemeral"}},
@@ -374,6 +416,16 @@ impl BodyBuilder {
         } else {
             Value::String(row.user.clone())
         };
+        if !row.images.is_empty() {
+            // Images need the list form of content; they follow the text, so
+            // the static text start stays first for prefix caching.
+            let mut parts = match user {
+                Value::Array(parts) => parts,
+                text => vec![json!({"type": "text", "text": text})],
+            };
+            parts.extend(row.images.iter().map(|url| json!({"type": "image_url", "image_url": {"url": url}})));
+            user = Value::Array(parts);
+        }
         messages.push(json!({"role": "user", "content": user}));
         let mut body = self.base();
         body.insert("messages".into(), Value::Array(messages));
@@ -551,6 +603,42 @@ mod tests {
                 assert_eq!(call.est_tokens, call.est_prompt_tokens + 12, "max_tokens is the output reserve");
             }
         }
+    }
+
+    #[test]
+    fn images_become_image_url_parts_and_null_images_are_not_sent() {
+        use arrow::array::BinaryArray;
+        let png: &[u8] = b"\x89PNG\r\n\x1a\nrest";
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("text", DataType::Utf8, false),
+            Field::new("img", DataType::Binary, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+                Arc::new(BinaryArray::from(vec![Some(png), None, Some(b"nope".as_slice())])),
+            ],
+        )
+        .unwrap();
+        let t = Templates::bind(None, "Describe: {{text}}", None, &schema).unwrap().with_images(&["img".into()], &schema).unwrap();
+        let rows = t.render_batch(&b, 0);
+        let row = rows[0].as_ref().unwrap().as_ref().unwrap();
+        assert!(row.images[0].starts_with("data:image/png;base64,"));
+        assert!(rows[1].as_ref().unwrap().is_none(), "null image: not sent");
+        assert!(rows[2].as_ref().unwrap_err().1.contains("--image `img`: not a PNG"));
+        let builder = BodyBuilder::new(spec(), &t);
+        let call = builder.single(row);
+        let body: Value = serde_json::from_slice(&call.body).unwrap();
+        assert_eq!(
+            body["messages"][0]["content"],
+            json!([{"type": "text", "text": "Describe: a"}, {"type": "image_url", "image_url": {"url": row.images[0]}}])
+        );
+        assert!(call.est_prompt_tokens >= crate::image::IMAGE_TOKEN_ESTIMATE);
+        assert!(Templates::bind(None, "{{text}}", None, &schema).unwrap().with_images(&["text2".into()], &schema).is_err());
+        let ints = Schema::new(vec![Field::new("n", DataType::Int64, false)]);
+        let err = Templates::bind(None, "x", None, &ints).unwrap().with_images(&["n".into()], &ints).err().unwrap();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -57,7 +57,8 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         &plan.prompt,
         plan.prompt2.as_deref(),
         &source.schema,
-    )?);
+    )?
+    .with_images(&plan.images, &source.schema)?);
     let layout = Layout::new(&source.schema, plan.result_type.arrow_type())?;
 
     // The simulator (if any) lives as long as this function.

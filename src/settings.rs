@@ -98,6 +98,14 @@ pub struct JobSettings {
     #[arg(long)]
     pub to_lang: Option<String>,
 
+    /// An input column holding an image, sent with the prompt as an
+    /// `image_url` part (chat only): bytes (Binary), or a string with
+    /// base64, a data: URL or an http(s) URL. A null image: the row is not
+    /// sent. Repeatable. Job file: `images = ["col", ...]`.
+    #[arg(long = "image", value_name = "COLUMN")]
+    #[serde(default)]
+    pub images: Vec<String>,
+
     /// Fail the whole job on the first row error (ai_query's failOnError).
     /// By default a failed row gets an `error_message` and the job goes on.
     #[arg(long)]
@@ -225,6 +233,9 @@ impl JobSettings {
             simulator);
         if self.labels.is_empty() {
             self.labels = base.labels;
+        }
+        if self.images.is_empty() {
+            self.images = base.images;
         }
         // Parameters merge by key; a flag overrides the file's value.
         let mut params = base.params;

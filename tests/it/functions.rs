@@ -613,3 +613,115 @@ async fn embeddings_batches_skip_nulls_and_keep_each_rows_vector() {
     let single_total: i64 = b.iter().map(|r| r["prompt_tokens"].as_i64().unwrap()).sum();
     assert_eq!(total, single_total);
 }
+
+/// A tiny PNG header: enough for MIME sniffing, which is all aiq reads.
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_from_base64_data_url_and_binary_columns() {
+    use arrow::array::{BinaryArray, RecordBatch, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use base64::Engine;
+    use std::sync::Arc;
+
+    let f = Fixture::new(SimConfig::default()).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(PNG);
+    let input = f.write_jsonl(
+        "in.jsonl",
+        &[
+            json!({"id": 0, "text": "cat", "img": b64}),
+            json!({"id": 1, "text": "dog", "img": format!("data:image/png;base64,{b64}")}),
+            json!({"id": 2, "text": "none", "img": null}),
+            json!({"id": 3, "text": "pdf", "img": "JVBERi0xLjc="}),
+        ],
+    );
+    let out = f.path("out.parquet");
+    assert_ok(
+        &f.run_openai(
+            &input,
+            &out,
+            &["--prompt", "Describe the {{text}}", "--image", "img"],
+        )
+        .await,
+    );
+    let (_, rows) = read_rows(&out);
+    for i in [0, 1] {
+        let text = format!("Describe the {}", rows[i]["text"].as_str().unwrap());
+        assert_eq!(
+            rows[i]["result"],
+            json!(format!("echo: {text}")),
+            "{:?}",
+            rows[i]
+        );
+        // The simulator charges 85 tokens per image part it received.
+        assert_eq!(
+            rows[i]["prompt_tokens"],
+            json!(aiq::tokens::estimate(&text) + 85)
+        );
+    }
+    assert_eq!(rows[2]["result"], Value::Null, "null image: not sent");
+    assert_eq!(rows[2]["attempts"], json!(0));
+    let err = rows[3]["error_message"].as_str().unwrap();
+    assert!(
+        err.contains("--image `img`") && err.contains("not a PNG"),
+        "{err}"
+    );
+    assert_eq!(
+        rows[3]["attempts"],
+        json!(0),
+        "a bad image is found before sending"
+    );
+    assert_eq!(f.sim.stats().ok, 2);
+
+    // Bytes from Parquet, two image columns in one message.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("text", DataType::Utf8, false),
+        Field::new("front", DataType::Binary, true),
+        Field::new("back", DataType::Binary, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["a", "b"])),
+            Arc::new(BinaryArray::from(vec![Some(PNG), Some(PNG)])),
+            Arc::new(BinaryArray::from(vec![Some(PNG), None])),
+        ],
+    )
+    .unwrap();
+    let input = f.write_parquet("in.parquet", batch);
+    let out = f.path("bin.parquet");
+    let args = [
+        "--prompt", "{{text}}", "--image", "front", "--image", "back",
+    ];
+    assert_ok(&f.run_openai(&input, &out, &args).await);
+    let (_, rows) = read_rows(&out);
+    assert_eq!(
+        rows[0]["prompt_tokens"],
+        json!(aiq::tokens::estimate("a") + 2 * 85)
+    );
+    assert_eq!(rows[1]["result"], Value::Null);
+
+    // A column that does not exist or cannot hold images: exit 2, nothing sent.
+    let before = f.sim.stats().requests;
+    let o = f
+        .run_openai(&input, &out, &["--prompt", "{{text}}", "--image", "frnt"])
+        .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("`frnt`"), "{}", stderr(&o));
+    let o = f
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--task",
+                "embeddings",
+                "--prompt",
+                "{{text}}",
+                "--image",
+                "front",
+            ],
+        )
+        .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert_eq!(f.sim.stats().requests, before);
+}
