@@ -185,7 +185,7 @@ impl Client {
             .map_err(|e| AttemptError { action: RetryAction::Abort, message: e.to_string() })?;
         let mut request = self
             .http
-            .post(&self.endpoint.url)
+            .post(self.endpoint.url_for(call.route).as_ref())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(self.policy.timeout)
             .body(call.body.clone());

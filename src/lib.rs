@@ -16,6 +16,7 @@ pub mod functions;
 pub mod image;
 pub mod journal;
 pub mod limit;
+pub mod openai_batch;
 pub mod outcome;
 pub mod parquet_out;
 pub mod plan;

@@ -306,6 +306,9 @@ pub struct Call {
     /// Estimated tokens the request will be charged (prompt + output reserve).
     pub est_tokens: u64,
     pub est_prompt_tokens: u64,
+    /// The API the body is for, when the call names its own (OpenAI Batch
+    /// lines); `None`: the job's task.
+    pub route: Option<Task>,
 }
 
 /// Builds request bodies from rendered rows.
@@ -358,7 +361,7 @@ impl BodyBuilder {
             + tokens::estimate(&row.user)
             + row.images.len() as u64 * crate::image::IMAGE_TOKEN_ESTIMATE;
         let est_tokens = est_prompt_tokens + if self.spec.task == Task::Embeddings { 0 } else { self.output_reserve };
-        Call { rows: vec![row.row], body: to_bytes(&body), prefix: Some(prefix), est_tokens, est_prompt_tokens }
+        Call { rows: vec![row.row], body: to_bytes(&body), prefix: Some(prefix), est_tokens, est_prompt_tokens, route: None }
     }
 
     /// One embeddings call for several rows (`--batch-size`); `texts` are
@@ -372,6 +375,7 @@ impl BodyBuilder {
             prefix: None,
             est_tokens: est,
             est_prompt_tokens: est,
+            route: None,
         }
     }
 
@@ -385,7 +389,72 @@ impl BodyBuilder {
             prefix: None,
             est_tokens: est,
             est_prompt_tokens: est,
+            route: None,
         }
+    }
+
+    /// OpenAI Batch input: one call per row whose `body` column (JSON text)
+    /// is sent as is to the route its `url` column names. Only `model` (for
+    /// OpenAI-compatible endpoints) and `--param`s the body lacks are
+    /// added; a body's own values always win.
+    pub fn passthrough_batch(
+        &self,
+        batch: &RecordBatch,
+        first_row: RowId,
+    ) -> Vec<std::result::Result<Option<Call>, (RowId, String)>> {
+        use crate::openai_batch::{route, BODY, URL};
+        let column = |name| batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>());
+        let (Some(urls), Some(bodies)) = (column(URL), column(BODY)) else {
+            let message = format!("OpenAI Batch rows need string columns `{URL}` and `{BODY}`");
+            return (0..batch.num_rows()).map(|i| Err((first_row + i as u64, message.clone()))).collect();
+        };
+        (0..batch.num_rows())
+            .map(|i| {
+                let row = first_row + i as u64;
+                if urls.is_null(i) || bodies.is_null(i) {
+                    return Ok(None);
+                }
+                let url = urls.value(i);
+                let task = route(url).ok_or_else(|| (row, format!("url {url:?} is not a supported route")))?;
+                self.passthrough(row, task, bodies.value(i)).map(Some).map_err(|e| (row, e))
+            })
+            .collect()
+    }
+
+    fn passthrough(&self, row: RowId, task: Task, body: &str) -> std::result::Result<Call, String> {
+        let mut body: Map<String, Value> =
+            serde_json::from_str(body).map_err(|e| format!("body is not a JSON object: {e}"))?;
+        // A streamed reply would not be one JSON body to keep; the Batch
+        // API refuses streaming for the same reason.
+        if body.get("stream").and_then(Value::as_bool) == Some(true) {
+            return Err("body asks for \"stream\": true, which batch requests cannot do".into());
+        }
+        if let Some(model) = &self.spec.model {
+            body.entry("model").or_insert_with(|| Value::String(model.clone()));
+        }
+        for (k, v) in &self.spec.params {
+            body.entry(k.as_str()).or_insert_with(|| v.clone());
+        }
+        let body = Value::Object(body);
+        let bytes = to_bytes(&body);
+        // Estimated from the whole body: good enough for pacing, and the
+        // same for every API shape.
+        let est_prompt_tokens = tokens::estimate(&String::from_utf8_lossy(&bytes));
+        let reserve = match task {
+            Task::Embeddings => 0,
+            _ => ["max_tokens", "max_completion_tokens"]
+                .iter()
+                .find_map(|k| body.get(*k).and_then(Value::as_u64))
+                .unwrap_or(DEFAULT_OUTPUT_RESERVE),
+        };
+        Ok(Call {
+            rows: vec![row],
+            body: bytes,
+            prefix: None,
+            est_tokens: est_prompt_tokens + reserve,
+            est_prompt_tokens,
+            route: Some(task),
+        })
     }
 
     fn base(&self) -> Map<String, Value> {
@@ -639,6 +708,44 @@ mod tests {
         let ints = Schema::new(vec![Field::new("n", DataType::Int64, false)]);
         let err = Templates::bind(None, "x", None, &ints).unwrap().with_images(&["n".into()], &ints).err().unwrap();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn passthrough_sends_the_body_as_is_plus_missing_model_and_params() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("url", DataType::Utf8, false),
+            Field::new("body", DataType::Utf8, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["/v1/chat/completions", "/v1/embeddings", "/v1/chat/completions", "/v1/x"])),
+                Arc::new(StringArray::from(vec![
+                    Some(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":7}"#),
+                    Some(r#"{"model":"own","input":"x"}"#),
+                    Some(r#"{"messages":[],"stream":true}"#),
+                    Some("{}"),
+                ])),
+            ],
+        )
+        .unwrap();
+        let t = Templates::bind(None, "{{body}}", None, &schema).unwrap();
+        let mut params = Map::new();
+        params.insert("max_tokens".into(), json!(100));
+        params.insert("temperature".into(), json!(0));
+        let builder = BodyBuilder::new(BodySpec { model: Some("m".into()), params, ..spec() }, &t);
+        let calls = builder.passthrough_batch(&b, 5);
+        let chat = calls[0].as_ref().unwrap().as_ref().unwrap();
+        let body: Value = serde_json::from_slice(&chat.body).unwrap();
+        assert_eq!(body["model"], json!("m"));
+        assert_eq!(body["max_tokens"], json!(7), "the body's own value wins");
+        assert_eq!(body["temperature"], json!(0));
+        assert_eq!((chat.rows.clone(), chat.route), (vec![5], Some(Task::Chat)));
+        let emb = calls[1].as_ref().unwrap().as_ref().unwrap();
+        let body: Value = serde_json::from_slice(&emb.body).unwrap();
+        assert_eq!((body["model"].clone(), emb.route), (json!("own"), Some(Task::Embeddings)));
+        assert!(calls[2].as_ref().unwrap_err().1.contains("stream"));
+        assert_eq!(calls[3].as_ref().unwrap_err().0, 8);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::journal::{InputIdentity, Journal, Manifest};
 use crate::limit::Limiter;
+use crate::openai_batch::{InputFormat, OutputFormat};
 use crate::outcome::RowId;
 use crate::plan::{Plan, Target};
 use crate::progress::{Progress, Summary};
@@ -51,7 +52,10 @@ pub const SIMULATOR_MODEL: &str = "databricks-meta-llama-3-3-70b-instruct";
 
 pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
-    let source = Source::open(&plan.input, plan.batch_rows)?;
+    let source = match plan.input_format {
+        InputFormat::Rows => Source::open(&plan.input, plan.batch_rows)?,
+        InputFormat::OpenaiBatch => crate::openai_batch::open(&plan.input, plan.batch_rows)?,
+    };
     let templates = Arc::new(Templates::bind(
         plan.system.as_deref(),
         &plan.prompt,
@@ -87,6 +91,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         result_type: plan.result_type.clone(),
         function: plan.function.clone(),
         similarity: plan.prompt2.is_some(),
+        raw: plan.passthrough(),
     };
     let client = Arc::new(Client::new(http, endpoint.clone(), limiter.clone(), plan.retry.clone(), shape, plan.stream));
     let builder = Arc::new(BodyBuilder::new(
@@ -150,6 +155,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         warmup: plan.warmup && plan.task == Task::Chat,
         batch_size: plan.batch_size,
         similarity: plan.prompt2.is_some(),
+        passthrough: plan.passthrough(),
     };
     let dispatch = tokio::spawn(dispatcher.run(batch_rx));
 
@@ -166,7 +172,10 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     read?;
 
     collector.parts.commit()?;
-    let rows = concat_parts(&collector.parts.parts, &plan.output, collector.layout.output.clone())?;
+    let rows = match plan.output_format {
+        OutputFormat::Parquet => concat_parts(&collector.parts.parts, &plan.output, collector.layout.output.clone())?,
+        OutputFormat::OpenaiBatch => crate::openai_batch::write_output(&collector.parts.parts, &plan.output)?,
+    };
     let mut summary = collector.summary.clone();
     summary.rows = rows;
     summary.resumed += committed;

@@ -53,6 +53,8 @@ pub struct Dispatcher {
     pub batch_size: usize,
     /// ai_similarity: each call embeds the row's two texts.
     pub similarity: bool,
+    /// OpenAI Batch input: each row's `body` is the call.
+    pub passthrough: bool,
 }
 
 /// Per-prefix warm-up state: absent = never seen; `None` = warm; `Some`
@@ -129,6 +131,9 @@ impl Dispatcher {
     /// Render a batch into calls, plus the outcomes of rows that need no
     /// call (a null in a template variable, a template error).
     fn calls_for(&self, first: RowId, batch: &RecordBatch) -> (Vec<Outcome>, Vec<Call>) {
+        if self.passthrough {
+            return self.passthrough_calls(first, batch);
+        }
         let mut immediate = Vec::new();
         let mut rows: Vec<RenderedRow> = Vec::with_capacity(batch.num_rows());
         for rendered in self.templates.render_batch(batch, first) {
@@ -166,6 +171,25 @@ impl Dispatcher {
         if self.warmup {
             // Group by prefix (stable, so input order holds within a group).
             calls.sort_by_key(|c| c.prefix.map(|p| p.key));
+        }
+        (immediate, calls)
+    }
+
+    /// OpenAI Batch input: one call per row, its body from the input; no
+    /// prefix grouping (the bodies are opaque).
+    fn passthrough_calls(&self, first: RowId, batch: &RecordBatch) -> (Vec<Outcome>, Vec<Call>) {
+        let mut immediate = Vec::new();
+        let mut calls = Vec::new();
+        for (i, call) in self.builder.passthrough_batch(batch, first).into_iter().enumerate() {
+            let row = first + i as u64;
+            if self.done.contains(&row) {
+                continue;
+            }
+            match call {
+                Ok(Some(call)) => calls.push(call),
+                Ok(None) => immediate.push(Outcome::null_input(row)),
+                Err((row, message)) => immediate.push(Outcome::failed(row, message, 0)),
+            }
         }
         (immediate, calls)
     }

@@ -106,6 +106,17 @@ pub struct JobSettings {
     #[serde(default)]
     pub images: Vec<String>,
 
+    /// How to read the input: `rows` (Parquet or JSONL rows, rendered by
+    /// the templates) or `openai-batch` (OpenAI Batch API request lines,
+    /// each `body` sent as is) [default: rows].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<crate::openai_batch::InputFormat>,
+
+    /// How to write the output: `parquet`, or `openai-batch` (OpenAI Batch
+    /// API output lines; needs --input-format openai-batch) [default: parquet].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub output_format: Option<crate::openai_batch::OutputFormat>,
+
     /// Fail the whole job on the first row error (ai_query's failOnError).
     /// By default a failed row gets an `error_message` and the job goes on.
     #[arg(long)]
@@ -230,7 +241,7 @@ impl JobSettings {
         overlay_options!(self, base; input, output, endpoint, model, task, system, prompt, prompt2,
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
-            simulator);
+            simulator, input_format, output_format);
         if self.labels.is_empty() {
             self.labels = base.labels;
         }

@@ -1,5 +1,6 @@
 mod util;
 
 mod functions;
+mod openai_batch;
 mod reliability;
 mod run;
