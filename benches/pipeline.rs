@@ -121,8 +121,8 @@ fn outcomes(f: &Fixture) -> Vec<Outcome> {
                 finish_reason: r.finish_reason.clone(),
                 usage,
                 latency_ms: Some(120),
-                ttft_ms: None,
                 attempts: 1,
+                ..Outcome::default()
             }
         })
         .collect()

@@ -235,7 +235,7 @@ impl Client {
         // usage below, or refunded whole if this attempt gets no answer.
         let output_reserve = call.est_tokens.saturating_sub(call.est_prompt_tokens);
         let grant = self.limiter.admit_call(call.est_prompt_tokens, output_reserve).await;
-        let (response, sent) = self.post(&call.body).await?;
+        let (response, sent) = self.post(self.url_for(call.route)?, &call.body).await?;
         if self.stream {
             let (reply, ttft) = stream::read(response, &self.shape, sent).await.map_err(stream_error)?;
             grant.settle(reply.usage.completion_tokens.max(0) as u64);
@@ -252,7 +252,7 @@ impl Client {
     pub async fn probe(&self, body: Bytes) -> Probe {
         let started = Instant::now();
         let result = async {
-            let (response, sent) = self.post(&body).await?;
+            let (response, sent) = self.post(self.url.clone(), &body).await?;
             if self.stream {
                 stream::read_timed(response, &self.shape, sent).await.map_err(stream_error)
             } else {
@@ -284,7 +284,18 @@ impl Client {
     /// Post `body` with the endpoint's credentials; a reply that is not a
     /// success becomes an error classified for retrying. Returns the
     /// response and when the request went out.
-    async fn post(&self, body: &Bytes) -> Result<(reqwest::Response, Instant), AttemptError> {
+    /// The job's URL, or the route an OpenAI Batch line names.
+    fn url_for(&self, route: Option<crate::settings::Task>) -> Result<reqwest::Url, AttemptError> {
+        match route {
+            None => Ok(self.url.clone()),
+            Some(_) => {
+                let url = self.endpoint.url_for(route);
+                reqwest::Url::parse(&url).map_err(|e| AttemptError::row(format!("bad URL {url}: {e}")))
+            }
+        }
+    }
+
+    async fn post(&self, url: reqwest::Url, body: &Bytes) -> Result<(reqwest::Response, Instant), AttemptError> {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let token = self
             .endpoint
@@ -294,7 +305,7 @@ impl Client {
             .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?;
         let mut request = self
             .http
-            .post(self.url.clone())
+            .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(self.policy.timeout)
             .body(body.clone());

@@ -76,6 +76,7 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
         builder: &builder,
         batch_size: plan.batch_size,
         similarity: plan.prompt2.is_some(),
+        passthrough: plan.passthrough(),
     };
     let mut e = Estimate {
         prices: plan.prices,

@@ -107,6 +107,9 @@ pub struct Endpoint {
     pub flavor: Flavor,
     /// The full URL requests are posted to.
     pub url: String,
+    /// OpenAI-compatible: the base URL, for calls that name their own
+    /// route ([`Endpoint::url_for`]).
+    pub base: Option<String>,
     /// How the endpoint is named in messages: `databricks endpoint X at HOST`.
     pub label: String,
     /// The serving endpoint name or model, for provider quirks.
@@ -129,6 +132,7 @@ impl Endpoint {
         Endpoint {
             flavor: Flavor::Databricks,
             url: format!("{}/serving-endpoints/{}/invocations", target.host, name),
+            base: None,
             label: format!("Databricks endpoint `{name}` at {} (credentials from {})", target.host, target.source),
             name: name.to_string(),
             credentials: target.credentials,
@@ -137,17 +141,23 @@ impl Endpoint {
 
     pub fn openai(base_url: &str, task: Task, model: Option<&str>, credentials: Credentials) -> Endpoint {
         let base = base_url.trim_end_matches('/');
-        let route = match task {
-            Task::Chat => "chat/completions",
-            Task::Completions => "completions",
-            Task::Embeddings => "embeddings",
-        };
         Endpoint {
             flavor: Flavor::OpenAi,
-            url: format!("{base}/{route}"),
+            url: format!("{base}/{}", route(task)),
+            base: Some(base.to_string()),
             label: format!("OpenAI-compatible endpoint {base}"),
             name: model.unwrap_or_default().to_string(),
             credentials,
+        }
+    }
+
+    /// Where a call goes: the job's URL, or for a call that names its task
+    /// (an OpenAI Batch line) that task's route. A Databricks endpoint has
+    /// one URL for every task: the body says what it is.
+    pub fn url_for(&self, task: Option<Task>) -> std::borrow::Cow<'_, str> {
+        match (task, &self.base) {
+            (Some(task), Some(base)) => format!("{base}/{}", route(task)).into(),
+            _ => self.url.as_str().into(),
         }
     }
 
@@ -168,6 +178,15 @@ impl Endpoint {
     }
 }
 
+/// The path of a task's API under an OpenAI-compatible base URL.
+fn route(task: Task) -> &'static str {
+    match task {
+        Task::Chat => "chat/completions",
+        Task::Completions => "completions",
+        Task::Embeddings => "embeddings",
+    }
+}
+
 /// Is `--endpoint` a base URL rather than a Databricks endpoint name?
 pub fn is_url(endpoint: &str) -> bool {
     endpoint.starts_with("http://") || endpoint.starts_with("https://")
@@ -182,6 +201,8 @@ mod tests {
     fn urls_per_flavor_and_task() {
         let e = Endpoint::openai("http://localhost:8000/v1/", Task::Embeddings, Some("m"), Credentials::None);
         assert_eq!(e.url, "http://localhost:8000/v1/embeddings");
+        assert_eq!(e.url_for(Some(Task::Chat)), "http://localhost:8000/v1/chat/completions");
+        assert_eq!(e.url_for(None), e.url);
         let target = DatabricksTarget {
             host: "https://example.cloud.databricks.com".into(),
             credentials: Credentials::Bearer(Secret::new("dapi-secret")),
@@ -190,6 +211,7 @@ mod tests {
         let d = Endpoint::databricks(target, "databricks-claude-sonnet-4");
         assert_eq!(d.url, "https://example.cloud.databricks.com/serving-endpoints/databricks-claude-sonnet-4/invocations");
         assert!(d.is_claude());
+        assert_eq!(d.url_for(Some(Task::Embeddings)), d.url);
         assert!(!format!("{d:?}").contains("dapi-secret"));
         assert!(is_url("https://x") && !is_url("databricks-meta-llama"));
     }

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::functions::{AiFunction, FunctionOptions};
 use crate::limit::Limits;
 use crate::spend::{Budget, Prices};
+use crate::openai_batch::{InputFormat, OutputFormat};
 use crate::settings::{JobSettings, SimulatorSettings, Task};
 use crate::types::{parse_response_format, SqlType};
 
@@ -45,6 +46,10 @@ pub struct Plan {
     pub result_type: SqlType,
     pub response_format: Option<Value>,
     pub function: Option<(AiFunction, FunctionOptions)>,
+    /// Image columns, sent as `image_url` parts of the user message.
+    pub images: Vec<String>,
+    pub input_format: InputFormat,
+    pub output_format: OutputFormat,
     pub fail_on_error: bool,
     pub concurrency: usize,
     pub rpm: Option<u32>,
@@ -72,7 +77,7 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const DEFAULT_BATCH_ROWS: usize = 1024;
 
 impl Plan {
-    pub fn from_settings(s: JobSettings, restart: bool) -> Result<Plan> {
+    pub fn from_settings(mut s: JobSettings, restart: bool) -> Result<Plan> {
         let input = s.input.ok_or_else(|| Error::Config("no input: give --input PATH (or `input` in the job file)".into()))?;
         let output = s.output.ok_or_else(|| Error::Config("no output: give --output PATH (or `output` in the job file)".into()))?;
         if let Some(parent) = output.parent().filter(|p| p.exists() && !p.is_dir()) {
@@ -83,6 +88,36 @@ impl Plan {
         })?;
         let target = Target::parse(&endpoint)?;
 
+        let input_format = s.input_format.unwrap_or_default();
+        let output_format = s.output_format.unwrap_or_default();
+        if input_format == InputFormat::OpenaiBatch {
+            // Each line carries its own request: anything that would shape
+            // a request is a mistake, not something to ignore silently.
+            let shaping = [
+                ("--prompt", s.prompt.is_some()),
+                ("--system", s.system.is_some()),
+                ("--prompt2", s.prompt2.is_some()),
+                ("--task", s.task.is_some()),
+                ("--return-type", s.return_type.is_some()),
+                ("--response-format", s.response_format.is_some()),
+                ("--function", s.function.is_some()),
+                ("--image", !s.images.is_empty()),
+                ("--stream", s.stream),
+                ("--batch-size", s.batch_size.is_some_and(|n| n > 1)),
+                ("tools", s.tools.is_some()),
+                ("tool_choice", s.tool_choice.is_some()),
+            ];
+            if let Some((flag, _)) = shaping.iter().find(|(_, set)| *set) {
+                return Err(Error::Config(format!(
+                    "{flag} does not apply with --input-format openai-batch: each line's body is the request"
+                )));
+            }
+            s.prompt = Some(crate::openai_batch::BODY_TEMPLATE.to_string());
+        } else if output_format == OutputFormat::OpenaiBatch {
+            return Err(Error::Config(
+                "--output-format openai-batch needs --input-format openai-batch: output lines answer request lines by custom_id".into(),
+            ));
+        }
         let mut task = s.task.unwrap_or_default();
         let mut system = s.system;
         let mut result_type = SqlType::String;
@@ -137,6 +172,9 @@ impl Plan {
         }
         if s.prompt2.is_some() && !matches!(function, Some((AiFunction::AiSimilarity, _))) {
             return Err(Error::Config("--prompt2 only applies with --function ai_similarity".into()));
+        }
+        if !s.images.is_empty() && task != Task::Chat {
+            return Err(Error::Config("--image needs --task chat: images go into chat messages".into()));
         }
         let prompt = s.prompt.ok_or_else(|| Error::Config("no prompt: give --prompt TEMPLATE, e.g. --prompt 'Summarize: {{text}}'".into()))?;
 
@@ -203,6 +241,9 @@ impl Plan {
             result_type,
             response_format,
             function,
+            images: s.images,
+            input_format,
+            output_format,
             fail_on_error: s.fail_on_error,
             concurrency,
             rpm: s.rpm,
@@ -274,8 +315,13 @@ impl Plan {
     /// The settings that change answers, for the journal's fingerprint:
     /// changing any of them makes a journal unusable; changing concurrency,
     /// limits, retries or timeouts does not.
+    /// OpenAI Batch input: request bodies come from the input, as is.
+    pub fn passthrough(&self) -> bool {
+        self.input_format == InputFormat::OpenaiBatch
+    }
+
     pub fn answer_settings(&self) -> Value {
-        json!({
+        let mut settings = json!({
             "target": format!("{:?}", self.target),
             "model": self.model,
             "task": format!("{:?}", self.task),
@@ -287,7 +333,15 @@ impl Plan {
             "response_format": self.response_format,
             "function": self.function.as_ref().map(|(f, o)| json!({"name": f.name(), "labels": o.labels, "max_words": o.max_words, "to_lang": o.to_lang})),
             "batch_size": self.batch_size,
-        })
+        });
+        // Only when set, so journals of jobs without images stay valid.
+        if !self.images.is_empty() {
+            settings["images"] = json!(self.images);
+        }
+        if self.input_format != InputFormat::Rows {
+            settings["input_format"] = json!(format!("{:?}", self.input_format));
+        }
+        settings
     }
 }
 

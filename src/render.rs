@@ -51,6 +51,9 @@ pub struct RenderedRow {
     pub system: Option<String>,
     pub user: String,
     pub user2: Option<String>,
+    /// Image URLs (data: or http(s)) to send after the user text, one per
+    /// `--image` column, in the order the columns were given.
+    pub images: Vec<String>,
 }
 
 /// The job's templates, compiled and bound to the input columns they use.
@@ -63,6 +66,8 @@ pub struct Templates {
     user_literal_prefix: String,
     /// (variable, column index) for every column any template names.
     columns: Vec<(String, usize)>,
+    /// (column, column index) of every `--image` column.
+    images: Vec<(String, usize)>,
 }
 
 const SYSTEM: &str = "system";
@@ -119,7 +124,34 @@ impl Templates {
             system_is_static,
             user_literal_prefix: literal_prefix(prompt).to_string(),
             columns,
+            images: Vec::new(),
         })
+    }
+
+    /// Adds image columns (`--image`), checked against `schema` like
+    /// template variables are: a missing column or one that cannot hold an
+    /// image stops the job before anything is sent.
+    pub fn with_images(mut self, columns: &[String], schema: &Schema) -> Result<Templates> {
+        for name in columns {
+            let Some((index, field)) = schema.column_with_name(name) else {
+                let available: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(Error::Template(format!(
+                    "--image `{name}` is not a column of the input; input columns are: {}",
+                    available.join(", ")
+                )));
+            };
+            if !crate::image::is_image_type(field.data_type()) {
+                return Err(Error::Template(format!(
+                    "--image `{name}` is a {} column; images are binary (bytes) or string \
+                     (base64, a data: URL or an http(s) URL) columns",
+                    field.data_type()
+                )));
+            }
+            if !self.images.iter().any(|(n, _)| n == name) {
+                self.images.push((name.clone(), index));
+            }
+        }
+        Ok(self)
     }
 
     /// The columns the templates read, in first-use order.
@@ -151,9 +183,11 @@ impl Templates {
             .iter()
             .map(|(_, a)| needs_formatter(a.data_type()).then(|| ArrayFormatter::try_new(a.as_ref(), &FORMAT).ok()).flatten())
             .collect();
+        let images: Vec<&ArrayRef> = self.images.iter().map(|(_, i)| batch.column(*i)).collect();
         (0..batch.num_rows())
             .map(|i| {
-                if columns.iter().any(|(_, a)| a.is_null(i)) {
+                // A null image is a null input like a null variable: not sent.
+                if columns.iter().any(|(_, a)| a.is_null(i)) || images.iter().any(|a| a.is_null(i)) {
                     return Ok(None);
                 }
                 let mut ctx = BTreeMap::new();
@@ -166,7 +200,13 @@ impl Templates {
                     let system = self.has_system.then(|| self.render(SYSTEM, &ctx)).transpose()?;
                     let user = self.render(PROMPT, &ctx)?;
                     let user2 = self.has_prompt2.then(|| self.render(PROMPT2, &ctx)).transpose()?;
-                    Ok(RenderedRow { row, system, user, user2 })
+                    let images = self
+                        .images
+                        .iter()
+                        .zip(&images)
+                        .map(|((name, _), a)| crate::image::cell_url(a, i).map_err(|e| format!("--image `{name}`: {e}")))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    Ok(RenderedRow { row, system, user, user2, images })
                 };
                 rendered().map(Some).map_err(|e| (row, e))
             })
@@ -266,6 +306,9 @@ pub struct Call {
     /// Estimated tokens the request will be charged (prompt + output reserve).
     pub est_tokens: u64,
     pub est_prompt_tokens: u64,
+    /// The API the body is for, when the call names its own (OpenAI Batch
+    /// lines); `None`: the job's task.
+    pub route: Option<Task>,
 }
 
 /// Builds request bodies from rendered rows.
@@ -314,9 +357,11 @@ impl BodyBuilder {
             Task::Completions => self.completion_body(row),
             Task::Embeddings => self.embedding_body(vec![Value::String(row.user.clone())]),
         };
-        let est_prompt_tokens = row.system.as_deref().map_or(0, tokens::estimate) + tokens::estimate(&row.user);
+        let est_prompt_tokens = row.system.as_deref().map_or(0, tokens::estimate)
+            + tokens::estimate(&row.user)
+            + row.images.len() as u64 * crate::image::IMAGE_TOKEN_ESTIMATE;
         let est_tokens = est_prompt_tokens + if self.spec.task == Task::Embeddings { 0 } else { self.output_reserve };
-        Call { rows: vec![row.row], body: to_bytes(&body), prefix: Some(prefix), est_tokens, est_prompt_tokens }
+        Call { rows: vec![row.row], body: to_bytes(&body), prefix: Some(prefix), est_tokens, est_prompt_tokens, route: None }
     }
 
     /// One embeddings call for several rows (`--batch-size`); `texts` are
@@ -330,6 +375,7 @@ impl BodyBuilder {
             prefix: None,
             est_tokens: est,
             est_prompt_tokens: est,
+            route: None,
         }
     }
 
@@ -343,7 +389,72 @@ impl BodyBuilder {
             prefix: None,
             est_tokens: est,
             est_prompt_tokens: est,
+            route: None,
         }
+    }
+
+    /// OpenAI Batch input: one call per row whose `body` column (JSON text)
+    /// is sent as is to the route its `url` column names. Only `model` (for
+    /// OpenAI-compatible endpoints) and `--param`s the body lacks are
+    /// added; a body's own values always win.
+    pub fn passthrough_batch(
+        &self,
+        batch: &RecordBatch,
+        first_row: RowId,
+    ) -> Vec<std::result::Result<Option<Call>, (RowId, String)>> {
+        use crate::openai_batch::{route, BODY, URL};
+        let column = |name| batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>());
+        let (Some(urls), Some(bodies)) = (column(URL), column(BODY)) else {
+            let message = format!("OpenAI Batch rows need string columns `{URL}` and `{BODY}`");
+            return (0..batch.num_rows()).map(|i| Err((first_row + i as u64, message.clone()))).collect();
+        };
+        (0..batch.num_rows())
+            .map(|i| {
+                let row = first_row + i as u64;
+                if urls.is_null(i) || bodies.is_null(i) {
+                    return Ok(None);
+                }
+                let url = urls.value(i);
+                let task = route(url).ok_or_else(|| (row, format!("url {url:?} is not a supported route")))?;
+                self.passthrough(row, task, bodies.value(i)).map(Some).map_err(|e| (row, e))
+            })
+            .collect()
+    }
+
+    fn passthrough(&self, row: RowId, task: Task, body: &str) -> std::result::Result<Call, String> {
+        let mut body: Map<String, Value> =
+            serde_json::from_str(body).map_err(|e| format!("body is not a JSON object: {e}"))?;
+        // A streamed reply would not be one JSON body to keep; the Batch
+        // API refuses streaming for the same reason.
+        if body.get("stream").and_then(Value::as_bool) == Some(true) {
+            return Err("body asks for \"stream\": true, which batch requests cannot do".into());
+        }
+        if let Some(model) = &self.spec.model {
+            body.entry("model").or_insert_with(|| Value::String(model.clone()));
+        }
+        for (k, v) in &self.spec.params {
+            body.entry(k.as_str()).or_insert_with(|| v.clone());
+        }
+        let body = Value::Object(body);
+        let bytes = to_bytes(&body);
+        // Estimated from the whole body: good enough for pacing, and the
+        // same for every API shape.
+        let est_prompt_tokens = tokens::estimate(&String::from_utf8_lossy(&bytes));
+        let reserve = match task {
+            Task::Embeddings => 0,
+            _ => ["max_tokens", "max_completion_tokens"]
+                .iter()
+                .find_map(|k| body.get(*k).and_then(Value::as_u64))
+                .unwrap_or(DEFAULT_OUTPUT_RESERVE),
+        };
+        Ok(Call {
+            rows: vec![row],
+            body: bytes,
+            prefix: None,
+            est_tokens: est_prompt_tokens + reserve,
+            est_prompt_tokens,
+            route: Some(task),
+        })
     }
 
     fn base(&self) -> Map<String, Value> {
@@ -365,7 +476,7 @@ impl BodyBuilder {
             };
             messages.push(json!({"role": "system", "content": content}));
         }
-        let user = if split_user {
+        let mut user = if split_user {
             let rest = &row.user[self.user_literal_prefix.len()..];
             json!([
                 {"type": "text", "text": self.user_literal_prefix, "cache_control": {"type": "ephemeral"}},
@@ -374,6 +485,16 @@ impl BodyBuilder {
         } else {
             Value::String(row.user.clone())
         };
+        if !row.images.is_empty() {
+            // Images need the list form of content; they follow the text, so
+            // the static text start stays first for prefix caching.
+            let mut parts = match user {
+                Value::Array(parts) => parts,
+                text => vec![json!({"type": "text", "text": text})],
+            };
+            parts.extend(row.images.iter().map(|url| json!({"type": "image_url", "image_url": {"url": url}})));
+            user = Value::Array(parts);
+        }
         messages.push(json!({"role": "user", "content": user}));
         let mut body = self.base();
         body.insert("messages".into(), Value::Array(messages));
@@ -516,6 +637,115 @@ mod tests {
         assert_eq!(user[0]["text"], json!("Classify this: "));
         assert_eq!(user[0]["cache_control"]["type"], json!("ephemeral"));
         assert_eq!(user[1]["text"], json!("good"));
+    }
+
+    #[test]
+    fn typed_params_and_response_format_reach_the_body() {
+        // `--param` values as the command line parses them, into every kind of body.
+        let params: Map<String, Value> = ["stop=a,b", "temperature=0.5", "max_tokens=12", "seed=7", "logprobs=true", "user=me"]
+            .iter()
+            .map(|p| crate::settings::parse_param(p).unwrap())
+            .collect();
+        let rf = crate::types::SqlType::Int.response_format();
+        let b = batch();
+        let t = Templates::bind(None, "{{text}}", None, &b.schema()).unwrap();
+        let rows = t.render_batch(&b, 0);
+        let row = rows[0].as_ref().unwrap().as_ref().unwrap();
+        for task in [Task::Chat, Task::Completions, Task::Embeddings] {
+            let builder = BodyBuilder::new(
+                BodySpec { task, params: params.clone(), response_format: Some(rf.clone()), model: Some("m".into()), ..spec() },
+                &t,
+            );
+            let call = builder.single(row);
+            let body: Value = serde_json::from_slice(&call.body).unwrap();
+            assert_eq!(body["stop"], json!(["a", "b"]), "{task:?}");
+            assert_eq!(body["temperature"], json!(0.5));
+            assert!(body["temperature"].is_f64());
+            assert_eq!(body["max_tokens"], json!(12));
+            assert_eq!(body["seed"], json!(7));
+            assert_eq!(body["logprobs"], json!(true));
+            assert_eq!(body["user"], json!("me"));
+            assert_eq!(body["model"], json!("m"));
+            // Structured output only where the API has it.
+            assert_eq!(body.get("response_format"), (task == Task::Chat).then_some(&rf), "{task:?}");
+            if task != Task::Embeddings {
+                assert_eq!(call.est_tokens, call.est_prompt_tokens + 12, "max_tokens is the output reserve");
+            }
+        }
+    }
+
+    #[test]
+    fn images_become_image_url_parts_and_null_images_are_not_sent() {
+        use arrow::array::BinaryArray;
+        let png: &[u8] = b"\x89PNG\r\n\x1a\nrest";
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("text", DataType::Utf8, false),
+            Field::new("img", DataType::Binary, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+                Arc::new(BinaryArray::from(vec![Some(png), None, Some(b"nope".as_slice())])),
+            ],
+        )
+        .unwrap();
+        let t = Templates::bind(None, "Describe: {{text}}", None, &schema).unwrap().with_images(&["img".into()], &schema).unwrap();
+        let rows = t.render_batch(&b, 0);
+        let row = rows[0].as_ref().unwrap().as_ref().unwrap();
+        assert!(row.images[0].starts_with("data:image/png;base64,"));
+        assert!(rows[1].as_ref().unwrap().is_none(), "null image: not sent");
+        assert!(rows[2].as_ref().unwrap_err().1.contains("--image `img`: not a PNG"));
+        let builder = BodyBuilder::new(spec(), &t);
+        let call = builder.single(row);
+        let body: Value = serde_json::from_slice(&call.body).unwrap();
+        assert_eq!(
+            body["messages"][0]["content"],
+            json!([{"type": "text", "text": "Describe: a"}, {"type": "image_url", "image_url": {"url": row.images[0]}}])
+        );
+        assert!(call.est_prompt_tokens >= crate::image::IMAGE_TOKEN_ESTIMATE);
+        assert!(Templates::bind(None, "{{text}}", None, &schema).unwrap().with_images(&["text2".into()], &schema).is_err());
+        let ints = Schema::new(vec![Field::new("n", DataType::Int64, false)]);
+        let err = Templates::bind(None, "x", None, &ints).unwrap().with_images(&["n".into()], &ints).err().unwrap();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn passthrough_sends_the_body_as_is_plus_missing_model_and_params() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("url", DataType::Utf8, false),
+            Field::new("body", DataType::Utf8, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["/v1/chat/completions", "/v1/embeddings", "/v1/chat/completions", "/v1/x"])),
+                Arc::new(StringArray::from(vec![
+                    Some(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":7}"#),
+                    Some(r#"{"model":"own","input":"x"}"#),
+                    Some(r#"{"messages":[],"stream":true}"#),
+                    Some("{}"),
+                ])),
+            ],
+        )
+        .unwrap();
+        let t = Templates::bind(None, "{{body}}", None, &schema).unwrap();
+        let mut params = Map::new();
+        params.insert("max_tokens".into(), json!(100));
+        params.insert("temperature".into(), json!(0));
+        let builder = BodyBuilder::new(BodySpec { model: Some("m".into()), params, ..spec() }, &t);
+        let calls = builder.passthrough_batch(&b, 5);
+        let chat = calls[0].as_ref().unwrap().as_ref().unwrap();
+        let body: Value = serde_json::from_slice(&chat.body).unwrap();
+        assert_eq!(body["model"], json!("m"));
+        assert_eq!(body["max_tokens"], json!(7), "the body's own value wins");
+        assert_eq!(body["temperature"], json!(0));
+        assert_eq!((chat.rows.clone(), chat.route), (vec![5], Some(Task::Chat)));
+        let emb = calls[1].as_ref().unwrap().as_ref().unwrap();
+        let body: Value = serde_json::from_slice(&emb.body).unwrap();
+        assert_eq!((body["model"].clone(), emb.route), (json!("own"), Some(Task::Embeddings)));
+        assert!(calls[2].as_ref().unwrap_err().1.contains("stream"));
+        assert_eq!(calls[3].as_ref().unwrap_err().0, 8);
     }
 
     #[test]

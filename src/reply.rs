@@ -22,6 +22,8 @@ pub struct Shape {
     pub function: Option<(AiFunction, FunctionOptions)>,
     /// ai_similarity: each call embeds two texts and yields their similarity.
     pub similarity: bool,
+    /// OpenAI Batch input: the result is the reply body itself, as text.
+    pub raw: bool,
 }
 
 /// One row's share of a reply.
@@ -40,12 +42,15 @@ pub struct Reply {
 
 impl Shape {
     pub fn string(task: Task) -> Shape {
-        Shape { task, result_type: SqlType::String, function: None, similarity: false }
+        Shape { task, result_type: SqlType::String, function: None, similarity: false, raw: false }
     }
 
     /// Parse a 2xx body for a call answering `rows` rows. `Err` means the
     /// body is not what the endpoint should have sent (for every row).
     pub fn parse(&self, body: &[u8], rows: usize) -> Result<Reply, String> {
+        if self.raw {
+            return parse_raw(body);
+        }
         match self.task {
             Task::Chat => {
                 let r: ChatResponse = decode(body)?;
@@ -100,6 +105,31 @@ impl Shape {
             None => Ok(value),
         }
     }
+}
+
+/// A reply kept whole (OpenAI Batch input): the result is the body text,
+/// which must be JSON; usage and finish reason are read where any API puts
+/// them, so the usual columns still fill in.
+fn parse_raw(body: &[u8]) -> Result<Reply, String> {
+    #[derive(serde::Deserialize)]
+    struct Any {
+        #[serde(default)]
+        choices: Vec<Value>,
+        #[serde(default)]
+        usage: Option<wire::WireUsage>,
+    }
+    let any: Any = decode(body)?;
+    let text = std::str::from_utf8(body).map_err(|e| format!("reply is not UTF-8: {e}"))?;
+    let finish_reason = any
+        .choices
+        .first()
+        .and_then(|c| c.get("finish_reason"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(Reply {
+        rows: vec![RowReply { result: Ok(Value::String(text.trim().to_string())), finish_reason }],
+        usage: usage(any.usage.as_ref()),
+    })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
@@ -169,6 +199,22 @@ mod tests {
         let r = sim.parse(body.to_string().as_bytes(), 1).unwrap();
         assert_eq!(r.rows.len(), 1);
         assert!(r.rows[0].result.as_ref().unwrap().as_f64().unwrap().abs() < 1e-6);
+    }
+
+    #[test]
+    fn raw_replies_are_kept_whole() {
+        let shape = Shape { raw: true, ..Shape::string(Task::Chat) };
+        let body = json!({"id": "x", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+                          "usage": {"prompt_tokens": 5, "completion_tokens": 1}});
+        let r = shape.parse(body.to_string().as_bytes(), 1).unwrap();
+        let kept: Value = serde_json::from_str(r.rows[0].result.as_ref().unwrap().as_str().unwrap()).unwrap();
+        assert_eq!(kept, body);
+        assert_eq!(r.rows[0].finish_reason.as_deref(), Some("stop"));
+        assert_eq!(r.usage.total_tokens, 6);
+        // Embeddings replies have no choices; a non-JSON body is an error.
+        let emb = json!({"data": [{"index": 0, "embedding": [1.0]}], "usage": {"prompt_tokens": 2}});
+        assert_eq!(shape.parse(emb.to_string().as_bytes(), 1).unwrap().usage.prompt_tokens, 2);
+        assert!(shape.parse(b"<html>", 1).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::journal::{InputIdentity, Journal, Manifest};
 use crate::limit::Limiter;
+use crate::openai_batch::{InputFormat, OutputFormat};
 use crate::outcome::RowId;
 use crate::plan::Plan;
 use crate::progress::{status_path, Progress, StatusFile, Summary};
@@ -49,13 +50,17 @@ pub struct Ui {
 
 pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
-    let source = Source::open(&plan.input, plan.batch_rows)?;
+    let source = match plan.input_format {
+        InputFormat::Rows => Source::open(&plan.input, plan.batch_rows)?,
+        InputFormat::OpenaiBatch => crate::openai_batch::open(&plan.input, plan.batch_rows)?,
+    };
     let templates = Arc::new(Templates::bind(
         plan.system.as_deref(),
         &plan.prompt,
         plan.prompt2.as_deref(),
         &source.schema,
-    )?);
+    )?
+    .with_images(&plan.images, &source.schema)?);
     let layout = Layout::new(&source.schema, plan.result_type.arrow_type())?.with_prices(plan.prices);
 
     // The simulator (if any) lives as long as this function.
@@ -90,6 +95,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         result_type: plan.result_type.clone(),
         function: plan.function.clone(),
         similarity: plan.prompt2.is_some(),
+        raw: plan.passthrough(),
     };
     let client = Arc::new(Client::new(http, endpoint.clone(), limiter.clone(), plan.retry.clone(), shape, plan.stream)?);
     let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
@@ -151,6 +157,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         warmup: plan.warmup && plan.task == Task::Chat,
         batch_size: plan.batch_size,
         similarity: plan.prompt2.is_some(),
+        passthrough: plan.passthrough(),
     };
     let dispatch = tokio::spawn(dispatcher.run(batch_rx));
 
@@ -176,7 +183,10 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     read?;
 
     collector.parts.commit()?;
-    let rows = concat_parts(&collector.parts.parts, &plan.output, collector.layout.output.clone())?;
+    let rows = match plan.output_format {
+        OutputFormat::Parquet => concat_parts(&collector.parts.parts, &plan.output, collector.layout.output.clone())?,
+        OutputFormat::OpenaiBatch => crate::openai_batch::write_output(&collector.parts.parts, &plan.output)?,
+    };
     let mut summary = collector.summary.clone();
     summary.rows = rows;
     summary.resumed += committed;

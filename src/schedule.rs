@@ -55,6 +55,8 @@ pub struct Dispatcher {
     pub batch_size: usize,
     /// ai_similarity: each call embeds the row's two texts.
     pub similarity: bool,
+    /// OpenAI Batch input: each row's `body` is the call.
+    pub passthrough: bool,
 }
 
 /// Per-prefix warm-up state: absent = never seen; `None` = warm; `Some`
@@ -136,6 +138,7 @@ impl Dispatcher {
             builder: &self.builder,
             batch_size: self.batch_size,
             similarity: self.similarity,
+            passthrough: self.passthrough,
         };
         let (immediate, mut calls) = maker.calls(first, batch, &self.done);
         if self.warmup {
@@ -181,6 +184,8 @@ pub struct CallMaker<'a> {
     pub batch_size: usize,
     /// ai_similarity: each call embeds the row's two texts.
     pub similarity: bool,
+    /// OpenAI Batch input: each row carries its own body.
+    pub passthrough: bool,
 }
 
 impl CallMaker<'_> {
@@ -188,6 +193,9 @@ impl CallMaker<'_> {
     /// that need no call (a null in a template variable, a template error).
     /// Rows in `done` (finished in an earlier run) get neither.
     pub fn calls(&self, first: RowId, batch: &RecordBatch, done: &HashSet<RowId>) -> (Vec<Outcome>, Vec<Call>) {
+        if self.passthrough {
+            return self.passthrough_calls(first, batch, done);
+        }
         let mut immediate = Vec::new();
         let mut rows: Vec<RenderedRow> = Vec::with_capacity(batch.num_rows());
         for rendered in self.templates.render_batch(batch, first) {
@@ -222,6 +230,25 @@ impl CallMaker<'_> {
         } else {
             rows.iter().map(|r| builder.single(r)).collect()
         };
+        (immediate, calls)
+    }
+
+    /// OpenAI Batch input: one call per row, its body from the input; no
+    /// prefix grouping (the bodies are opaque).
+    fn passthrough_calls(&self, first: RowId, batch: &RecordBatch, done: &HashSet<RowId>) -> (Vec<Outcome>, Vec<Call>) {
+        let mut immediate = Vec::new();
+        let mut calls = Vec::new();
+        for (i, call) in self.builder.passthrough_batch(batch, first).into_iter().enumerate() {
+            let row = first + i as u64;
+            if done.contains(&row) {
+                continue;
+            }
+            match call {
+                Ok(Some(call)) => calls.push(call),
+                Ok(None) => immediate.push(Outcome::null_input(row)),
+                Err((row, message)) => immediate.push(Outcome::failed(row, message, 0)),
+            }
+        }
         (immediate, calls)
     }
 }

@@ -98,6 +98,25 @@ pub struct JobSettings {
     #[arg(long)]
     pub to_lang: Option<String>,
 
+    /// An input column holding an image, sent with the prompt as an
+    /// `image_url` part (chat only): bytes (Binary), or a string with
+    /// base64, a data: URL or an http(s) URL. A null image: the row is not
+    /// sent. Repeatable. Job file: `images = ["col", ...]`.
+    #[arg(long = "image", value_name = "COLUMN")]
+    #[serde(default)]
+    pub images: Vec<String>,
+
+    /// How to read the input: `rows` (Parquet or JSONL rows, rendered by
+    /// the templates) or `openai-batch` (OpenAI Batch API request lines,
+    /// each `body` sent as is) [default: rows].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<crate::openai_batch::InputFormat>,
+
+    /// How to write the output: `parquet`, or `openai-batch` (OpenAI Batch
+    /// API output lines; needs --input-format openai-batch) [default: parquet].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub output_format: Option<crate::openai_batch::OutputFormat>,
+
     /// Fail the whole job on the first row error (ai_query's failOnError).
     /// By default a failed row gets an `error_message` and the job goes on.
     #[arg(long)]
@@ -268,9 +287,12 @@ impl JobSettings {
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
-            simulator);
+            simulator, input_format, output_format);
         if self.labels.is_empty() {
             self.labels = base.labels;
+        }
+        if self.images.is_empty() {
+            self.images = base.images;
         }
         // Parameters merge by key; a flag overrides the file's value.
         let mut params = base.params;

@@ -50,6 +50,9 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 pub enum Format {
     Parquet,
     Jsonl,
+    /// OpenAI Batch API request lines (`--input-format openai-batch`),
+    /// read by [`crate::openai_batch`].
+    OpenAiBatch,
 }
 
 impl Format {
@@ -69,6 +72,7 @@ impl fmt::Display for Format {
         f.write_str(match self {
             Format::Parquet => "Parquet",
             Format::Jsonl => "JSON Lines",
+            Format::OpenAiBatch => "OpenAI Batch JSON Lines",
         })
     }
 }
@@ -88,6 +92,8 @@ pub struct Source {
 enum Reader {
     Parquet(ParquetRecordBatchReader),
     Jsonl(Box<JsonlBatches>),
+    /// Batches made by another reader ([`Source::from_batches`]).
+    Other(Box<dyn Iterator<Item = Result<RecordBatch>> + Send>),
 }
 
 impl fmt::Debug for Source {
@@ -117,7 +123,21 @@ impl Source {
         match format {
             Format::Parquet => open_parquet(path, batch_size),
             Format::Jsonl => open_jsonl(path, batch_size),
+            // Never chosen by extension; here for completeness.
+            Format::OpenAiBatch => crate::openai_batch::open(path, batch_size),
         }
+    }
+
+    /// A source whose batches another reader makes (the OpenAI Batch
+    /// format), so the rest of the job handles it like any input.
+    pub fn from_batches(
+        path: &Path,
+        format: Format,
+        schema: SchemaRef,
+        total_rows: Option<u64>,
+        batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
+    ) -> Source {
+        Source { path: path.to_path_buf(), schema, total_rows, format, reader: Reader::Other(batches) }
     }
 
     pub fn format(&self) -> Format {
@@ -136,6 +156,7 @@ impl Source {
                 }))
             }
             Reader::Jsonl(batches) => Box::new(batches),
+            Reader::Other(batches) => batches,
         }
     }
 }

@@ -7,7 +7,9 @@
 //! last user text (`"echo: ..."`), structured outputs and tool arguments are
 //! generated from the schema ([`super::schema`]), embeddings are unit
 //! vectors hashed from the text. Magic markers in the text let tests ask for
-//! a specific failure: `[[sim:400]]`, `[[sim:500]]`, `[[sim:tool]]`.
+//! a specific failure: `[[sim:400]]`, `[[sim:500]]`, `[[sim:tool]]`, and
+//! `[[sim:badjson]]` (a reply that does not fit: a structured document with
+//! its first leaf of the wrong type, or text that is not JSON at all).
 
 use serde_json::{json, Value};
 
@@ -227,11 +229,26 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
     })
 }
 
+/// Asks for a reply that does not fit what was requested.
+const BAD_JSON: &str = "[[sim:badjson]]";
+
 /// The JSON document `response_format` asks for, if it asks for one.
 fn structured(req: &ChatRequest, prompt: &str, last_user: &str) -> Result<Option<String>, String> {
+    let bad = last_user.contains(BAD_JSON);
     let Some(format) = &req.response_format else {
-        return Ok(None);
+        return Ok(bad.then(|| "this is { not JSON".to_string()));
     };
+    if bad {
+        let doc = match format.pointer("/json_schema/schema") {
+            Some(schema) => {
+                let mut doc = schema::generate(schema, prompt, last_user);
+                schema::break_first_leaf(&mut doc);
+                doc
+            }
+            None => json!({"result": {"not": "what was asked"}}),
+        };
+        return Ok(Some(doc.to_string()));
+    }
     match format.get("type").and_then(Value::as_str) {
         Some("json_schema") => {
             let schema = format

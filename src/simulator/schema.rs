@@ -35,6 +35,27 @@ pub fn generate(schema: &Value, seed: &str, tail_of: &str) -> Value {
     gen.value(schema, blake3::hash(seed.as_bytes()), 0)
 }
 
+/// Makes `doc` stop conforming to its schema, for `[[sim:badjson]]`: the
+/// first scalar found depth-first becomes a value of another type (a string
+/// becomes a number, anything else a string), so the client's error can be
+/// checked to name that path. Returns false if `doc` has no scalar.
+pub fn break_first_leaf(doc: &mut Value) -> bool {
+    match doc {
+        Value::Object(m) => m.values_mut().any(break_first_leaf),
+        Value::Array(items) => items.iter_mut().any(break_first_leaf),
+        // A null conforms to whatever made it nullable; look further.
+        Value::Null => false,
+        Value::String(_) => {
+            *doc = json!(12345);
+            true
+        }
+        Value::Bool(_) | Value::Number(_) => {
+            *doc = Value::String("[[sim:badjson]]".to_string());
+            true
+        }
+    }
+}
+
 struct Gen<'a> {
     root: &'a Value,
     tail: String,
@@ -339,6 +360,17 @@ mod tests {
         assert!(scores.values().all(Value::is_i64));
         assert!(v["item"]["name"].is_string());
         assert_ne!(v, generate(&schema(), "prompt two", "the user text two"));
+    }
+
+    #[test]
+    fn break_first_leaf_changes_one_leaf_type() {
+        let mut v = json!({"a": null, "b": {"c": 3, "d": "x"}});
+        assert!(break_first_leaf(&mut v));
+        assert_eq!(v, json!({"a": null, "b": {"c": "[[sim:badjson]]", "d": "x"}}));
+        let mut s = json!(["x"]);
+        assert!(break_first_leaf(&mut s));
+        assert_eq!(s, json!([12345]));
+        assert!(!break_first_leaf(&mut json!({"e": []})));
     }
 
     #[test]

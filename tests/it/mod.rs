@@ -2,6 +2,8 @@ mod util;
 
 mod cache;
 mod bench;
+mod functions;
+mod openai_batch;
 mod reliability;
 mod run;
 mod spend;

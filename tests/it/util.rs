@@ -59,7 +59,7 @@ impl Fixture {
     /// Run `aiq ARGS` with a clean environment: no Databricks or OpenAI
     /// variables but those given, HOME in the temp folder.
     pub async fn aiq(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_aiq"));
+        let mut cmd = std::process::Command::new(aiq_bin());
         cmd.args(args)
             .env_clear()
             .env("HOME", self.dir.path())
@@ -92,6 +92,14 @@ impl Fixture {
         args.extend_from_slice(extra);
         self.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await
     }
+}
+
+/// The binary under test. Worktrees that share one `CARGO_TARGET_DIR` also
+/// share the uplifted `target/debug/aiq`, which the last build of any of
+/// them overwrites; `AIQ_BIN` names this worktree's own binary (the
+/// `target/debug/deps/aiq-HASH`) to test that one.
+pub fn aiq_bin() -> PathBuf {
+    std::env::var_os("AIQ_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_aiq")))
 }
 
 pub fn stderr(o: &Output) -> String {
