@@ -47,6 +47,9 @@ pub enum Command {
     Run(RunArgs),
     /// Serve the built-in OpenAI- and Databricks-compatible simulator.
     Simulate(SimConfig),
+    /// Run a SQL query with ai_query(...) and the AI functions over local files.
+    #[cfg(feature = "sql")]
+    Sql(crate::sql::SqlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +92,8 @@ pub fn main_with(cli: Cli) -> ExitCode {
             Command::Simulate(cfg) => serve_forever(cfg)
                 .await
                 .map_err(|e| Error::Config(format!("simulator: {e}"))),
+            #[cfg(feature = "sql")]
+            Command::Sql(args) => crate::sql::command(args, quiet).await,
         }
     });
     match result {

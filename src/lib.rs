@@ -28,6 +28,8 @@ pub mod schedule;
 pub mod settings;
 pub mod simulator;
 pub mod sink;
+#[cfg(feature = "sql")]
+pub mod sql;
 pub mod source;
 pub mod stream;
 pub mod tokens;
