@@ -339,7 +339,7 @@ impl CallJournal {
     }
 
     /// The query finished and its output is in place: the journal is done.
-    pub fn remove(self) -> Result<()> {
+    pub fn remove(&self) -> Result<()> {
         fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))
     }
 }

@@ -221,15 +221,10 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
             }
         }
     }
-    drop(stream);
-    drop(ctx);
-
     let summary = summarize(&engine, rows, started);
     // The output is in place: the journal has served its purpose.
-    if let Some(engine) = Arc::into_inner(engine) {
-        if let Some(j) = engine.journal {
-            j.remove()?;
-        }
+    if let Some(j) = &engine.journal {
+        j.remove()?;
     }
     if !quiet {
         eprintln!("{summary}");

@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn read_functions_become_registered_tables() {
         let (sql, tables) = rewritten("SELECT * FROM read_json('a/b.jsonl') AS r JOIN read_parquet('c.parquet') p ON r.id = p.id");
-        assert_eq!(sql, "SELECT * FROM __aiq_file_0 AS r JOIN __aiq_file_1 AS p ON r.id = p.id");
+        assert_eq!(sql, "SELECT * FROM __aiq_file_0 AS r JOIN __aiq_file_1 p ON r.id = p.id");
         assert_eq!(tables[0].kind, FileKind::Json);
         assert_eq!(tables[1].path, PathBuf::from("c.parquet"));
     }

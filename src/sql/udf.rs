@@ -13,7 +13,6 @@
 //! Arguments arrive positional: [`super::rewrite`] has already resolved
 //! named arguments and filled skipped ones with NULL, read here as "not given".
 
-use std::any::Any;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -192,7 +191,7 @@ impl AiUdf {
             s.endpoint, s.return_type, s.params, s.response_format, s.labels, s.max_words, s.to_lang
         );
         // Check now, with the same rules as `aiq run`, before anything is sent.
-        self.engine.plan(s.clone()).map_err(|e| Error::Config(format!("{name}: {e}")))?;
+        self.engine.plan(s.clone()).map_err(|e| Error::Config(format!("{name}: {}", sql_names(&e.to_string()))))?;
         Ok(Site { settings: s, fail_on_error, key, texts })
     }
 
@@ -211,10 +210,6 @@ impl AiUdf {
 }
 
 impl ScalarUDFImpl for AiUdf {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn name(&self) -> &str {
         self.name
     }
@@ -308,6 +303,21 @@ fn to_array(data_type: &DataType, values: Vec<Value>) -> datafusion::common::Res
     let batch = crate::sink::decode(&schema, &rows)
         .map_err(|e| err(Error::Aborted(format!("an answer does not fit the result type {data_type}: {e}"))))?;
     Ok(batch.column(0).clone())
+}
+
+/// Plan messages name `aiq run`'s flags; say the SQL argument instead.
+fn sql_names(message: &str) -> String {
+    [
+        ("--return-type", "returnType"),
+        ("--response-format", "responseFormat"),
+        ("--param", "modelParameters"),
+        ("--labels", "labels"),
+        ("--max-words", "max_words"),
+        ("--to-lang", "to_lang"),
+        ("--endpoint", "endpoint"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (flag, arg)| m.replace(flag, arg))
 }
 
 fn string(v: &ScalarValue) -> Option<String> {

@@ -3,3 +3,5 @@ mod util;
 mod cache;
 mod reliability;
 mod run;
+#[cfg(feature = "sql")]
+mod sql;
