@@ -173,7 +173,10 @@ impl Engine {
         }
         let (endpoint, simulator) = crate::run::resolve_endpoint(plan).await?;
         if let Some(sim) = simulator {
-            self.simulators.lock().unwrap_or_else(|p| p.into_inner()).push(sim);
+            self.simulators
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(sim);
         }
         let endpoint = Arc::new(endpoint);
         endpoints.insert(key, endpoint.clone());
@@ -184,7 +187,11 @@ impl Engine {
     /// for ai_similarity), `None` for a null input (not sent). Rows are sent
     /// concurrently, bounded by the query's semaphore; journaled answers are
     /// not sent again. `Err` only when the endpoint refuses the whole query.
-    pub async fn answer(&self, p: &Prepared, texts: Vec<Option<(String, Option<String>)>>) -> Result<Vec<Option<Answer>>> {
+    pub async fn answer(
+        &self,
+        p: &Prepared,
+        texts: Vec<Option<(String, Option<String>)>>,
+    ) -> Result<Vec<Option<Answer>>> {
         let client = Client::new(
             self.http.clone(),
             p.endpoint.clone(),
@@ -203,7 +210,11 @@ impl Engine {
                     self.totals.resumed.fetch_add(1, Ordering::Relaxed);
                     return Ok(Some(Answer::Value(hit)));
                 }
-                let _permit = self.in_flight.acquire().await.map_err(|_| Error::Stopped("query stopped".into()))?;
+                let _permit = self
+                    .in_flight
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::Stopped("query stopped".into()))?;
                 let outcome = client
                     .execute(&call)
                     .await
@@ -212,7 +223,11 @@ impl Engine {
                     .next()
                     .unwrap_or_default();
                 self.totals.calls.fetch_add(1, Ordering::Relaxed);
-                self.totals.usage.lock().unwrap_or_else(|p| p.into_inner()).add(&outcome.usage);
+                self.totals
+                    .usage
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add(&outcome.usage);
                 Ok(Some(match outcome.error_message {
                     Some(message) => {
                         self.totals.errors.fetch_add(1, Ordering::Relaxed);
@@ -229,16 +244,30 @@ impl Engine {
         });
         let answers: Result<Vec<_>> = futures::future::join_all(calls).await.into_iter().collect();
         let t = &self.totals;
-        t.requests.fetch_add(client.stats.attempts.load(Ordering::Relaxed), Ordering::Relaxed);
-        t.retries.fetch_add(client.stats.retries.load(Ordering::Relaxed), Ordering::Relaxed);
-        t.rate_limited.fetch_add(client.stats.rate_limited.load(Ordering::Relaxed), Ordering::Relaxed);
+        t.requests.fetch_add(
+            client.stats.attempts.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        t.retries.fetch_add(
+            client.stats.retries.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        t.rate_limited.fetch_add(
+            client.stats.rate_limited.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         answers
     }
 
     fn call(&self, p: &Prepared, row: u64, a: String, b: Option<String>) -> Call {
         match b {
             Some(b) => p.builder.pair(row, &a, &b),
-            None => p.builder.single(&RenderedRow { row, system: p.system.clone(), user: a, user2: None }),
+            None => p.builder.single(&RenderedRow {
+                row,
+                system: p.system.clone(),
+                user: a,
+                user2: None,
+            }),
         }
     }
 }
@@ -274,7 +303,10 @@ struct Line {
 
 /// `out.parquet` → `out.parquet.aiq-sql`.
 pub fn journal_dir(output: &Path) -> PathBuf {
-    let mut name = output.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = output
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".aiq-sql");
     output.with_file_name(name)
 }
@@ -288,7 +320,8 @@ impl CallJournal {
         if restart && dir.exists() {
             fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        fs::create_dir_all(&dir).map_err(|e| Error::output(output, format!("cannot create {}: {e}", dir.display())))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::output(output, format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(CALLS);
         let mut entries = HashMap::new();
         if let Ok(f) = File::open(&path) {
@@ -299,12 +332,20 @@ impl CallJournal {
                 }
             }
         }
-        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         // Start on a fresh line in case the last one was torn.
         if !entries.is_empty() || fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false) {
             file.write_all(b"\n").map_err(|e| Error::io(&path, e))?;
         }
-        Ok(CallJournal { dir, file: Mutex::new(file), entries: Mutex::new(entries) })
+        Ok(CallJournal {
+            dir,
+            file: Mutex::new(file),
+            entries: Mutex::new(entries),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -320,12 +361,20 @@ impl CallJournal {
     }
 
     fn get(&self, key: &str) -> Option<Value> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 
     fn put(&self, key: &str, result: &Value, usage: &Usage) -> Result<()> {
-        let mut line = serde_json::to_vec(&Line { key: key.to_string(), result: result.clone(), usage: *usage })
-            .map_err(|e| Error::Aborted(format!("journal: {e}")))?;
+        let mut line = serde_json::to_vec(&Line {
+            key: key.to_string(),
+            result: result.clone(),
+            usage: *usage,
+        })
+        .map_err(|e| Error::Aborted(format!("journal: {e}")))?;
         line.push(b'\n');
         // One write per line on an unbuffered append-mode file: it reaches
         // the OS at once, so a kill -9 loses at most a torn last line.
@@ -334,7 +383,10 @@ impl CallJournal {
             .unwrap_or_else(|p| p.into_inner())
             .write_all(&line)
             .map_err(|e| Error::io(self.dir.join(CALLS), e))?;
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), result.clone());
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), result.clone());
         Ok(())
     }
 
@@ -353,7 +405,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.parquet");
         let j = CallJournal::open(&out, false).unwrap();
-        j.put("k1", &serde_json::json!("one"), &Usage::default()).unwrap();
+        j.put("k1", &serde_json::json!("one"), &Usage::default())
+            .unwrap();
         drop(j);
         let calls = journal_dir(&out).join(CALLS);
         let mut f = OpenOptions::new().append(true).open(&calls).unwrap();
@@ -361,7 +414,8 @@ mod tests {
         let j = CallJournal::open(&out, false).unwrap();
         assert_eq!(j.get("k1"), Some(serde_json::json!("one")));
         assert_eq!(j.len(), 1);
-        j.put("k3", &serde_json::json!(3), &Usage::default()).unwrap();
+        j.put("k3", &serde_json::json!(3), &Usage::default())
+            .unwrap();
         drop(j);
         let j = CallJournal::open(&out, false).unwrap();
         assert_eq!(j.get("k3"), Some(serde_json::json!(3)));

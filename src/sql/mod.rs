@@ -94,7 +94,9 @@ pub struct SqlArgs {
 }
 
 fn parse_table(s: &str) -> std::result::Result<(String, PathBuf), String> {
-    let (name, path) = s.split_once('=').ok_or_else(|| format!("expected NAME=PATH, got `{s}`"))?;
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PATH, got `{s}`"))?;
     if name.trim().is_empty() {
         return Err(format!("empty table name in `{s}`"));
     }
@@ -143,10 +145,18 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
     if let Some(out) = &args.output {
         check_output(out)?;
     }
-    let journal = args.output.as_deref().map(|o| CallJournal::open(o, args.restart)).transpose()?;
+    let journal = args
+        .output
+        .as_deref()
+        .map(|o| CallJournal::open(o, args.restart))
+        .transpose()?;
     if let Some(j) = journal.as_ref().filter(|j| !j.is_empty()) {
         if !quiet {
-            eprintln!("resuming: {} answers in the journal of {}", j.len(), j.dir().display());
+            eprintln!(
+                "resuming: {} answers in the journal of {}",
+                j.len(),
+                j.dir().display()
+            );
         }
     }
     let engine = Arc::new(Engine::new(
@@ -169,9 +179,20 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
     }
     for (name, path) in &args.tables {
         let kind = FileKind::of(&path.to_string_lossy()).ok_or_else(|| {
-            Error::input(path, "unknown file type: use .parquet, .jsonl, .ndjson, .json or .csv")
+            Error::input(
+                path,
+                "unknown file type: use .parquet, .jsonl, .ndjson, .json or .csv",
+            )
         })?;
-        register(&ctx, &FileTable { name: name.clone(), path: path.clone(), kind }).await?;
+        register(
+            &ctx,
+            &FileTable {
+                name: name.clone(),
+                path: path.clone(),
+                kind,
+            },
+        )
+        .await?;
     }
 
     let state = ctx.state();
@@ -260,12 +281,24 @@ fn read_query(arg: &str) -> Result<String> {
 }
 
 fn check_output(out: &Path) -> Result<()> {
-    if out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() != Some("parquet") {
-        return Err(Error::output(out, "aiq sql writes Parquet: name the output *.parquet"));
+    if out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+        != Some("parquet")
+    {
+        return Err(Error::output(
+            out,
+            "aiq sql writes Parquet: name the output *.parquet",
+        ));
     }
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
-            return Err(Error::output(out, format!("folder {} does not exist", parent.display())));
+            return Err(Error::output(
+                out,
+                format!("folder {} does not exist", parent.display()),
+            ));
         }
     }
     Ok(())
@@ -277,16 +310,44 @@ async fn register(ctx: &SessionContext, t: &FileTable) -> Result<()> {
     }
     let path = t.path.to_string_lossy();
     // The extension options must match the file's own, or DataFusion finds no file.
-    let ext = t.path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let ext = t
+        .path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
     let result = match t.kind {
         FileKind::Parquet => {
-            ctx.register_parquet(&t.name, path.as_ref(), ParquetReadOptions { file_extension: &ext, ..Default::default() }).await
+            ctx.register_parquet(
+                &t.name,
+                path.as_ref(),
+                ParquetReadOptions {
+                    file_extension: &ext,
+                    ..Default::default()
+                },
+            )
+            .await
         }
         FileKind::Json => {
-            ctx.register_json(&t.name, path.as_ref(), JsonReadOptions { file_extension: &ext, ..Default::default() }).await
+            ctx.register_json(
+                &t.name,
+                path.as_ref(),
+                JsonReadOptions {
+                    file_extension: &ext,
+                    ..Default::default()
+                },
+            )
+            .await
         }
         FileKind::Csv => {
-            ctx.register_csv(&t.name, path.as_ref(), CsvReadOptions { file_extension: &ext, ..Default::default() }).await
+            ctx.register_csv(
+                &t.name,
+                path.as_ref(),
+                CsvReadOptions {
+                    file_extension: &ext,
+                    ..Default::default()
+                },
+            )
+            .await
         }
     };
     result.map_err(|e| Error::input(&t.path, e))
@@ -294,7 +355,9 @@ async fn register(ctx: &SessionContext, t: &FileTable) -> Result<()> {
 
 /// An aiq error raised inside DataFusion (by an AI function), if any.
 fn ours(e: &DataFusionError) -> Option<Error> {
-    let DataFusionError::External(inner) = e.find_root() else { return None };
+    let DataFusionError::External(inner) = e.find_root() else {
+        return None;
+    };
     let ours = inner.downcast_ref::<Error>()?;
     Some(match ours {
         Error::Config(m) => Error::Config(m.clone()),

@@ -65,7 +65,14 @@ pub struct FileTable {
 /// The parameters of each AI function, in positional order (as in Databricks).
 pub fn parameters(function: &str) -> Option<&'static [&'static str]> {
     Some(match function {
-        "ai_query" => &["endpoint", "request", "returnType", "failOnError", "modelParameters", "responseFormat"],
+        "ai_query" => &[
+            "endpoint",
+            "request",
+            "returnType",
+            "failOnError",
+            "modelParameters",
+            "responseFormat",
+        ],
         "ai_classify" | "ai_extract" | "ai_mask" => &["content", "labels"],
         "ai_summarize" => &["content", "max_words"],
         "ai_translate" => &["content", "to_lang"],
@@ -94,8 +101,12 @@ impl VisitorMut for Rewriter {
     type Break = String;
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<String> {
-        let TableFactor::Table { name, args, .. } = factor else { return ControlFlow::Continue(()) };
-        let Some(ident) = single_ident(name) else { return ControlFlow::Continue(()) };
+        let TableFactor::Table { name, args, .. } = factor else {
+            return ControlFlow::Continue(());
+        };
+        let Some(ident) = single_ident(name) else {
+            return ControlFlow::Continue(());
+        };
         let found = match args {
             Some(targs) => {
                 let Some(kind) = FileKind::of_function(&ident.value.to_ascii_lowercase()) else {
@@ -106,35 +117,57 @@ impl VisitorMut for Rewriter {
                     _ => None,
                 };
                 let Some(path) = path else {
-                    return ControlFlow::Break(format!("{}(...) takes one argument, a file path in quotes", ident.value));
+                    return ControlFlow::Break(format!(
+                        "{}(...) takes one argument, a file path in quotes",
+                        ident.value
+                    ));
                 };
                 (path, kind)
             }
             // `FROM 'reviews.jsonl'`: a quoted name that is an existing file.
             None if ident.quote_style.is_some() => match FileKind::of(&ident.value) {
-                Some(kind) if std::path::Path::new(&ident.value).is_file() => (ident.value.clone(), kind),
+                Some(kind) if std::path::Path::new(&ident.value).is_file() => {
+                    (ident.value.clone(), kind)
+                }
                 _ => return ControlFlow::Continue(()),
             },
             None => return ControlFlow::Continue(()),
         };
         let table = format!("__aiq_file_{}", self.tables.len());
-        self.tables.push(FileTable { name: table.clone(), path: PathBuf::from(found.0), kind: found.1 });
+        self.tables.push(FileTable {
+            name: table.clone(),
+            path: PathBuf::from(found.0),
+            kind: found.1,
+        });
         *name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(table))]);
         *args = None;
         ControlFlow::Continue(())
     }
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<String> {
-        let Expr::Function(f) = expr else { return ControlFlow::Continue(()) };
-        let Some(ident) = single_ident(&f.name) else { return ControlFlow::Continue(()) };
+        let Expr::Function(f) = expr else {
+            return ControlFlow::Continue(());
+        };
+        let Some(ident) = single_ident(&f.name) else {
+            return ControlFlow::Continue(());
+        };
         let name = ident.value.to_ascii_lowercase();
-        let Some(params) = parameters(&name) else { return ControlFlow::Continue(()) };
+        let Some(params) = parameters(&name) else {
+            return ControlFlow::Continue(());
+        };
         let FunctionArguments::List(list) = &mut f.args else {
-            return ControlFlow::Break(format!("{name} needs arguments: {name}({})", params.join(", ")));
+            return ControlFlow::Break(format!(
+                "{name} needs arguments: {name}({})",
+                params.join(", ")
+            ));
         };
         match positional(&name, params, std::mem::take(&mut list.args)) {
             Ok(args) => {
-                *list = FunctionArgumentList { duplicate_treatment: None, args, clauses: Vec::new() };
+                *list = FunctionArgumentList {
+                    duplicate_treatment: None,
+                    args,
+                    clauses: Vec::new(),
+                };
                 ControlFlow::Continue(())
             }
             Err(message) => ControlFlow::Break(message),
@@ -144,28 +177,52 @@ impl VisitorMut for Rewriter {
 
 /// Arguments in parameter order, names resolved, gaps filled with NULL,
 /// literal lists and structs turned into JSON strings.
-fn positional(function: &str, params: &[&str], args: Vec<FunctionArg>) -> Result<Vec<FunctionArg>, String> {
+fn positional(
+    function: &str,
+    params: &[&str],
+    args: Vec<FunctionArg>,
+) -> Result<Vec<FunctionArg>, String> {
     let mut slots: Vec<Option<Expr>> = vec![None; params.len()];
     let mut seen_named = false;
     for (i, arg) in args.into_iter().enumerate() {
         let (name, value) = match arg {
             FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => (None, e),
-            FunctionArg::Named { name, arg: FunctionArgExpr::Expr(e), .. } => (Some(name.value), e),
-            FunctionArg::ExprNamed { name: Expr::Identifier(name), arg: FunctionArgExpr::Expr(e), .. } => {
-                (Some(name.value), e)
-            }
+            FunctionArg::Named {
+                name,
+                arg: FunctionArgExpr::Expr(e),
+                ..
+            } => (Some(name.value), e),
+            FunctionArg::ExprNamed {
+                name: Expr::Identifier(name),
+                arg: FunctionArgExpr::Expr(e),
+                ..
+            } => (Some(name.value), e),
             other => return Err(format!("{function}: unsupported argument `{other}`")),
         };
         let index = match name {
             Some(n) => {
                 seen_named = true;
-                params.iter().position(|p| p.eq_ignore_ascii_case(&n)).ok_or_else(|| {
-                    format!("{function} has no parameter `{n}`; its parameters are: {}", params.join(", "))
-                })?
+                params
+                    .iter()
+                    .position(|p| p.eq_ignore_ascii_case(&n))
+                    .ok_or_else(|| {
+                        format!(
+                            "{function} has no parameter `{n}`; its parameters are: {}",
+                            params.join(", ")
+                        )
+                    })?
             }
-            None if seen_named => return Err(format!("{function}: positional arguments must come before named ones")),
+            None if seen_named => {
+                return Err(format!(
+                    "{function}: positional arguments must come before named ones"
+                ))
+            }
             None if i >= params.len() => {
-                return Err(format!("{function} takes at most {} arguments: {function}({})", params.len(), params.join(", ")))
+                return Err(format!(
+                    "{function} takes at most {} arguments: {function}({})",
+                    params.len(),
+                    params.join(", ")
+                ))
             }
             None => i,
         };
@@ -178,7 +235,11 @@ fn positional(function: &str, params: &[&str], args: Vec<FunctionArg>) -> Result
     Ok(slots
         .into_iter()
         .take(given)
-        .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e.unwrap_or_else(|| Expr::value(Value::Null)))))
+        .map(|e| {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(
+                e.unwrap_or_else(|| Expr::value(Value::Null)),
+            ))
+        })
         .collect())
 }
 
@@ -187,7 +248,9 @@ fn positional(function: &str, params: &[&str], args: Vec<FunctionArg>) -> Result
 /// string literal; anything else is left for the function to check.
 fn literal_json(param: &str, e: Expr) -> Result<Expr, String> {
     let json = match param {
-        "labels" => list_literal(&e).map(|items| Json::Array(items.into_iter().map(Json::String).collect())),
+        "labels" => {
+            list_literal(&e).map(|items| Json::Array(items.into_iter().map(Json::String).collect()))
+        }
         "modelParameters" => struct_literal(&e)?,
         _ => None,
     };
@@ -200,9 +263,13 @@ fn literal_json(param: &str, e: Expr) -> Result<Expr, String> {
 fn list_literal(e: &Expr) -> Option<Vec<String>> {
     let items: &[Expr] = match e {
         Expr::Array(a) => &a.elem,
-        Expr::Function(f) if single_ident(&f.name).is_some_and(|i| {
-            matches!(i.value.to_ascii_lowercase().as_str(), "array" | "make_array" | "make_list")
-        }) =>
+        Expr::Function(f)
+            if single_ident(&f.name).is_some_and(|i| {
+                matches!(
+                    i.value.to_ascii_lowercase().as_str(),
+                    "array" | "make_array" | "make_list"
+                )
+            }) =>
         {
             return match &f.args {
                 FunctionArguments::List(l) => l
@@ -222,11 +289,15 @@ fn list_literal(e: &Expr) -> Option<Vec<String>> {
 }
 
 fn struct_literal(e: &Expr) -> Result<Option<Json>, String> {
-    let Expr::Function(f) = e else { return Ok(None) };
+    let Expr::Function(f) = e else {
+        return Ok(None);
+    };
     if !single_ident(&f.name).is_some_and(|i| i.value.eq_ignore_ascii_case("named_struct")) {
         return Ok(None);
     }
-    let FunctionArguments::List(l) = &f.args else { return Ok(None) };
+    let FunctionArguments::List(l) = &f.args else {
+        return Ok(None);
+    };
     let values: Vec<&Expr> = l
         .args
         .iter()
@@ -240,9 +311,13 @@ fn struct_literal(e: &Expr) -> Result<Option<Json>, String> {
     }
     let mut map = serde_json::Map::new();
     for pair in values.chunks(2) {
-        let key = string_literal(pair[0]).ok_or("modelParameters: named_struct names must be string literals")?;
-        let value = json_literal(pair[1])
-            .ok_or_else(|| format!("modelParameters: the value of `{key}` must be a literal (number, string, boolean)"))?;
+        let key = string_literal(pair[0])
+            .ok_or("modelParameters: named_struct names must be string literals")?;
+        let value = json_literal(pair[1]).ok_or_else(|| {
+            format!(
+                "modelParameters: the value of `{key}` must be a literal (number, string, boolean)"
+            )
+        })?;
         map.insert(key, value);
     }
     Ok(Some(Json::Object(map)))
@@ -251,13 +326,18 @@ fn struct_literal(e: &Expr) -> Result<Option<Json>, String> {
 fn json_literal(e: &Expr) -> Option<Json> {
     match e {
         Expr::Value(v) => match &v.value {
-            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(Json::String(s.clone())),
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
+                Some(Json::String(s.clone()))
+            }
             Value::Boolean(b) => Some(Json::Bool(*b)),
             Value::Null => Some(Json::Null),
             n @ Value::Number(..) => serde_json::from_str(&n.to_string()).ok(),
             _ => None,
         },
-        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match json_literal(expr)? {
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match json_literal(expr)? {
             Json::Number(n) => serde_json::from_str(&format!("-{n}")).ok(),
             _ => None,
         },
@@ -301,27 +381,43 @@ mod tests {
         let (sql, _) = rewritten(
             "SELECT ai_query('e', text, modelParameters => named_struct('max_tokens', 10, 'temperature', -0.5), returnType => 'INT') FROM t",
         );
-        assert_eq!(sql, r#"SELECT ai_query('e', text, 'INT', NULL, '{"max_tokens":10,"temperature":-0.5}') FROM t"#);
+        assert_eq!(
+            sql,
+            r#"SELECT ai_query('e', text, 'INT', NULL, '{"max_tokens":10,"temperature":-0.5}') FROM t"#
+        );
     }
 
     #[test]
     fn label_lists_become_json() {
         let (sql, _) = rewritten("SELECT ai_classify(text, ARRAY('good', 'bad')), ai_extract(text, ARRAY['person']) FROM t");
-        assert_eq!(sql, r#"SELECT ai_classify(text, '["good","bad"]'), ai_extract(text, '["person"]') FROM t"#);
+        assert_eq!(
+            sql,
+            r#"SELECT ai_classify(text, '["good","bad"]'), ai_extract(text, '["person"]') FROM t"#
+        );
     }
 
     #[test]
     fn mistakes_are_named() {
-        let mut stmts = Parser::parse_sql(&GenericDialect {}, "SELECT ai_query('e', x, failOnErr => true) FROM t").unwrap();
-        assert!(rewrite(&mut stmts).unwrap_err().contains("no parameter `failOnErr`"));
-        let mut stmts = Parser::parse_sql(&GenericDialect {}, "SELECT ai_gen(a, b) FROM t").unwrap();
+        let mut stmts = Parser::parse_sql(
+            &GenericDialect {},
+            "SELECT ai_query('e', x, failOnErr => true) FROM t",
+        )
+        .unwrap();
+        assert!(rewrite(&mut stmts)
+            .unwrap_err()
+            .contains("no parameter `failOnErr`"));
+        let mut stmts =
+            Parser::parse_sql(&GenericDialect {}, "SELECT ai_gen(a, b) FROM t").unwrap();
         assert!(rewrite(&mut stmts).unwrap_err().contains("at most 1"));
     }
 
     #[test]
     fn read_functions_become_registered_tables() {
         let (sql, tables) = rewritten("SELECT * FROM read_json('a/b.jsonl') AS r JOIN read_parquet('c.parquet') p ON r.id = p.id");
-        assert_eq!(sql, "SELECT * FROM __aiq_file_0 AS r JOIN __aiq_file_1 p ON r.id = p.id");
+        assert_eq!(
+            sql,
+            "SELECT * FROM __aiq_file_0 AS r JOIN __aiq_file_1 p ON r.id = p.id"
+        );
         assert_eq!(tables[0].kind, FileKind::Json);
         assert_eq!(tables[1].path, PathBuf::from("c.parquet"));
     }

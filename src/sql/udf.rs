@@ -22,7 +22,8 @@ use async_trait::async_trait;
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
 };
 use serde_json::{json, Value};
 
@@ -67,7 +68,10 @@ pub fn all(engine: &Arc<Engine>, default_endpoint: Option<&str>) -> Vec<ScalarUD
 
 fn function_named(name: &str) -> Option<AiFunction> {
     use clap::ValueEnum;
-    AiFunction::value_variants().iter().copied().find(|f| f.name() == name)
+    AiFunction::value_variants()
+        .iter()
+        .copied()
+        .find(|f| f.name() == name)
 }
 
 pub struct AiUdf {
@@ -123,13 +127,18 @@ impl AiUdf {
             match literals.get(i).copied().flatten() {
                 Some(v) if v.is_null() => Ok(None),
                 Some(v) => Ok(Some(v)),
-                None => Err(Error::Config(format!("{name}: `{}` must be a literal", params.get(i).unwrap_or(&"?")))),
+                None => Err(Error::Config(format!(
+                    "{name}: `{}` must be a literal",
+                    params.get(i).unwrap_or(&"?")
+                ))),
             }
         };
         let text = |i: usize| -> Result<Option<String>, Error> {
             lit(i)?
                 .map(|v| {
-                    string(v).ok_or_else(|| Error::Config(format!("{name}: `{}` must be a string, got {v}", params[i])))
+                    string(v).ok_or_else(|| {
+                        Error::Config(format!("{name}: `{}` must be a string, got {v}", params[i]))
+                    })
                 })
                 .transpose()
         };
@@ -141,13 +150,19 @@ impl AiUdf {
                 if given < 2 {
                     return Err(Error::Config("ai_query needs at least an endpoint and a request: ai_query('endpoint', request)".into()));
                 }
-                s.endpoint = Some(text(0)?.ok_or_else(|| Error::Config("ai_query: the endpoint must not be NULL".into()))?);
+                s.endpoint = Some(text(0)?.ok_or_else(|| {
+                    Error::Config("ai_query: the endpoint must not be NULL".into())
+                })?);
                 texts = vec![1];
                 s.return_type = text(2)?;
                 if let Some(v) = lit(3)? {
                     fail_on_error = match v {
                         ScalarValue::Boolean(Some(b)) => *b,
-                        _ => return Err(Error::Config(format!("ai_query: failOnError must be true or false, got {v}"))),
+                        _ => {
+                            return Err(Error::Config(format!(
+                                "ai_query: failOnError must be true or false, got {v}"
+                            )))
+                        }
                     };
                 }
                 if let Some(p) = text(4)? {
@@ -156,12 +171,21 @@ impl AiUdf {
                 s.response_format = text(5)?;
             }
             Some(f) => {
-                let required = if f == AiFunction::AiSummarize { 1 } else { params.len() };
+                let required = if f == AiFunction::AiSummarize {
+                    1
+                } else {
+                    params.len()
+                };
                 if given < required {
-                    return Err(Error::Config(format!("{name} takes ({})", params.join(", "))));
+                    return Err(Error::Config(format!(
+                        "{name} takes ({})",
+                        params.join(", ")
+                    )));
                 }
                 s.endpoint = Some(self.default_endpoint.clone().ok_or_else(|| {
-                    Error::Config(format!("{name} needs an endpoint to call: give --endpoint NAME|URL|simulator"))
+                    Error::Config(format!(
+                        "{name} needs an endpoint to call: give --endpoint NAME|URL|simulator"
+                    ))
                 })?);
                 s.function = Some(f);
                 match f {
@@ -171,7 +195,9 @@ impl AiUdf {
                     AiFunction::AiSummarize => {
                         if let Some(v) = lit(1)? {
                             let n = v.to_string().parse::<u32>().map_err(|_| {
-                                Error::Config(format!("ai_summarize: max_words must be a whole number >= 0, got {v}"))
+                                Error::Config(format!(
+                                    "ai_summarize: max_words must be a whole number >= 0, got {v}"
+                                ))
                             })?;
                             s.max_words = Some(n);
                         }
@@ -188,15 +214,32 @@ impl AiUdf {
         }
         let key = format!(
             "{name}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-            s.endpoint, s.return_type, s.params, s.response_format, s.labels, s.max_words, s.to_lang
+            s.endpoint,
+            s.return_type,
+            s.params,
+            s.response_format,
+            s.labels,
+            s.max_words,
+            s.to_lang
         );
         // Check now, with the same rules as `aiq run`, before anything is sent.
-        self.engine.plan(s.clone()).map_err(|e| Error::Config(format!("{name}: {}", sql_names(&e.to_string()))))?;
-        Ok(Site { settings: s, fail_on_error, key, texts })
+        self.engine
+            .plan(s.clone())
+            .map_err(|e| Error::Config(format!("{name}: {}", sql_names(&e.to_string()))))?;
+        Ok(Site {
+            settings: s,
+            fail_on_error,
+            key,
+            texts,
+        })
     }
 
     fn output_type(&self, site: &Site) -> Result<DataType, Error> {
-        let result = self.engine.plan(site.settings.clone())?.result_type.arrow_type();
+        let result = self
+            .engine
+            .plan(site.settings.clone())?
+            .result_type
+            .arrow_type();
         Ok(if site.fail_on_error {
             result
         } else {
@@ -224,19 +267,34 @@ impl ScalarUDFImpl for AiUdf {
         Ok(DataType::Utf8)
     }
 
-    fn return_field_from_args(&self, args: ReturnFieldArgs) -> datafusion::common::Result<FieldRef> {
-        let site = self.site(args.scalar_arguments, args.arg_fields.len()).map_err(err)?;
-        Ok(Arc::new(Field::new(self.name, self.output_type(&site).map_err(err)?, true)))
+    fn return_field_from_args(
+        &self,
+        args: ReturnFieldArgs,
+    ) -> datafusion::common::Result<FieldRef> {
+        let site = self
+            .site(args.scalar_arguments, args.arg_fields.len())
+            .map_err(err)?;
+        Ok(Arc::new(Field::new(
+            self.name,
+            self.output_type(&site).map_err(err)?,
+            true,
+        )))
     }
 
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::common::Result<ColumnarValue> {
-        Err(DataFusionError::Internal(format!("{} is async and runs only through invoke_async_with_args", self.name)))
+        Err(DataFusionError::Internal(format!(
+            "{} is async and runs only through invoke_async_with_args",
+            self.name
+        )))
     }
 }
 
 #[async_trait]
 impl AsyncScalarUDFImpl for AiUdf {
-    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> datafusion::common::Result<ColumnarValue> {
+    async fn invoke_async_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
         let rows = args.number_rows;
         let literals: Vec<Option<ScalarValue>> = args
             .args
@@ -267,7 +325,11 @@ impl AsyncScalarUDFImpl for AiUdf {
                 }
             })
             .collect();
-        let prepared = self.engine.prepare(&site.key, site.settings.clone()).await.map_err(err)?;
+        let prepared = self
+            .engine
+            .prepare(&site.key, site.settings.clone())
+            .await
+            .map_err(err)?;
         let answers = self.engine.answer(&prepared, texts).await.map_err(err)?;
         let values: Vec<Value> = answers
             .into_iter()
@@ -292,16 +354,26 @@ impl AsyncScalarUDFImpl for AiUdf {
                 })
             })
             .collect::<datafusion::common::Result<_>>()?;
-        Ok(ColumnarValue::Array(to_array(args.return_field.data_type(), values)?))
+        Ok(ColumnarValue::Array(to_array(
+            args.return_field.data_type(),
+            values,
+        )?))
     }
 }
 
 /// Answers (JSON in the shape of the result type) → one Arrow column.
 fn to_array(data_type: &DataType, values: Vec<Value>) -> datafusion::common::Result<ArrayRef> {
-    let schema = Arc::new(Schema::new(vec![Field::new("result", data_type.clone(), true)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "result",
+        data_type.clone(),
+        true,
+    )]));
     let rows: Vec<Value> = values.into_iter().map(|v| json!({ "result": v })).collect();
-    let batch = crate::sink::decode(&schema, &rows)
-        .map_err(|e| err(Error::Aborted(format!("an answer does not fit the result type {data_type}: {e}"))))?;
+    let batch = crate::sink::decode(&schema, &rows).map_err(|e| {
+        err(Error::Aborted(format!(
+            "an answer does not fit the result type {data_type}: {e}"
+        )))
+    })?;
     Ok(batch.column(0).clone())
 }
 
@@ -322,7 +394,9 @@ fn sql_names(message: &str) -> String {
 
 fn string(v: &ScalarValue) -> Option<String> {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
         _ => None,
     }
 }
@@ -331,7 +405,11 @@ fn string(v: &ScalarValue) -> Option<String> {
 fn labels(s: &str) -> Vec<String> {
     match serde_json::from_str::<Vec<String>>(s) {
         Ok(l) => l,
-        Err(_) => s.split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+        Err(_) => s
+            .split(',')
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
     }
 }
 

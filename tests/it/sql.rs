@@ -30,9 +30,15 @@ fn by_id(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
 
 /// The `aiq sql` lines of the README's SQL section: `aiq sql "QUERY" FLAGS`.
 fn readme_examples() -> Vec<(String, Vec<String>)> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("\n## SQL").expect("README has a ## SQL section");
-    let end = start + readme[start + 1..].find("\n## ").expect("a section after SQL");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("\n## SQL")
+        .expect("README has a ## SQL section");
+    let end = start
+        + readme[start + 1..]
+            .find("\n## ")
+            .expect("a section after SQL");
     let section = readme[start..end].replace("\\\n", " ");
     section
         .lines()
@@ -40,7 +46,10 @@ fn readme_examples() -> Vec<(String, Vec<String>)> {
         .map(|rest| {
             let close = rest.find('"').expect("closing quote");
             let flags = rest[close + 1..].split('#').next().unwrap_or("");
-            (rest[..close].to_string(), flags.split_whitespace().map(str::to_string).collect())
+            (
+                rest[..close].to_string(),
+                flags.split_whitespace().map(str::to_string).collect(),
+            )
         })
         .collect()
 }
@@ -54,13 +63,20 @@ async fn readme_examples_run_against_the_simulator() {
         let mut args = vec!["sql".to_string(), "-q".to_string(), query.clone()];
         for flag in flags {
             // Outputs go to the temp folder, not into the repository.
-            args.push(if flag.ends_with(".parquet") { f.path(&flag.replace('/', "_")).display().to_string() } else { flag });
+            args.push(if flag.ends_with(".parquet") {
+                f.path(&flag.replace('/', "_")).display().to_string()
+            } else {
+                flag
+            });
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = f.aiq(&args, &[]).await;
         assert_ok(&o);
         let stdout = String::from_utf8_lossy(&o.stdout);
-        assert!(args.contains(&"--output") || stdout.contains('|'), "{query}: {stdout}");
+        assert!(
+            args.contains(&"--output") || stdout.contains('|'),
+            "{query}: {stdout}"
+        );
     }
 }
 
@@ -80,11 +96,25 @@ async fn ai_query_takes_each_argument_named_or_positional() {
             ai_query('{url}', text, 'BIGINT', true) AS positional
          FROM t"
     );
-    let o = sql(&f, &query, &["--table", &format!("t={}", input.display()), "--output", out.to_str().unwrap()]).await;
+    let o = sql(
+        &f,
+        &query,
+        &[
+            "--table",
+            &format!("t={}", input.display()),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);
     assert_eq!(rows.len(), 12);
-    assert!(schema.field_with_name("typed").unwrap().data_type().is_nested());
+    assert!(schema
+        .field_with_name("typed")
+        .unwrap()
+        .data_type()
+        .is_nested());
     for r in by_id(rows) {
         let Some(text) = r["text"].as_str() else {
             // SQL null in, null out: nothing sent.
@@ -93,18 +123,33 @@ async fn ai_query_takes_each_argument_named_or_positional() {
             continue;
         };
         assert_eq!(r["plain"], echo(text));
-        assert!(r["typed"]["label"].is_string() && r["typed"]["score"].is_i64(), "{r:?}");
+        assert!(
+            r["typed"]["label"].is_string() && r["typed"]["score"].is_i64(),
+            "{r:?}"
+        );
         let short = r["short"].as_str().unwrap();
-        assert!(short.len() < echo(text).as_str().unwrap().len() && short.starts_with("echo"), "{short}");
+        assert!(
+            short.len() < echo(text).as_str().unwrap().len() && short.starts_with("echo"),
+            "{short}"
+        );
         assert!(r["formatted"]["topic"].is_string(), "{r:?}");
-        assert_eq!(r["safe"], json!({"result": echo(text), "errorMessage": null}));
+        assert_eq!(
+            r["safe"],
+            json!({"result": echo(text), "errorMessage": null})
+        );
         assert!(r["positional"].is_i64(), "{r:?}");
     }
-    assert!(!f.path("out.parquet.aiq-sql").exists(), "journal removed once the output is written");
+    assert!(
+        !f.path("out.parquet.aiq-sql").exists(),
+        "journal removed once the output is written"
+    );
     // 9 non-null rows, 6 calls each, but `plain` and `safe` ask the same
     // question: the second is answered from the journal. The summary goes to stderr.
     let err = stderr(&o);
-    assert!(err.contains("AI calls: 45 sent (0 errors), 9 answered from the journal"), "{err}");
+    assert!(
+        err.contains("AI calls: 45 sent (0 errors), 9 answered from the journal"),
+        "{err}"
+    );
     assert_eq!(f.sim.stats().ok, 45);
 }
 
@@ -120,19 +165,35 @@ async fn two_task_functions_in_one_select() {
          FROM read_json('{}')",
         input.display()
     );
-    let o = sql(&f, &query, &["--endpoint", &url, "--output", out.to_str().unwrap()]).await;
+    let o = sql(
+        &f,
+        &query,
+        &["--endpoint", &url, "--output", out.to_str().unwrap()],
+    )
+    .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     assert_eq!(rows.len(), 10);
     for r in &rows {
-        assert!(matches!(r["verdict"].as_str(), Some("good" | "bad")), "{r:?}");
+        assert!(
+            matches!(r["verdict"].as_str(), Some("good" | "bad")),
+            "{r:?}"
+        );
         assert!(r["gist"].as_str().is_some_and(|s| !s.is_empty()), "{r:?}");
-        assert!(r["found"].as_object().is_some_and(|o| o.contains_key("product") && o.contains_key("person")), "{r:?}");
+        assert!(
+            r["found"]
+                .as_object()
+                .is_some_and(|o| o.contains_key("product") && o.contains_key("person")),
+            "{r:?}"
+        );
     }
     // Three calls per row, each paid once.
     assert_eq!(f.sim.stats().ok, 30);
     let err = stderr(&o);
-    assert!(err.contains("AI calls: 30 sent (0 errors)") && err.contains("tokens:"), "{err}");
+    assert!(
+        err.contains("AI calls: 30 sent (0 errors)") && err.contains("tokens:"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,7 +202,9 @@ async fn where_join_and_group_by_around_ai_calls() {
     let reviews: Vec<Value> = (0..20)
         .map(|i| json!({"id": i, "product_id": i % 3, "rating": i % 5 + 1, "text": format!("review {i}")}))
         .collect();
-    let products: Vec<Value> = (0..3).map(|i| json!({"product_id": i, "name": format!("p{i}")})).collect();
+    let products: Vec<Value> = (0..3)
+        .map(|i| json!({"product_id": i, "name": format!("p{i}")}))
+        .collect();
     let r = f.write_jsonl("reviews.jsonl", &reviews);
     let p = f.write_jsonl("products.jsonl", &products);
     let url = f.openai_url();
@@ -171,9 +234,14 @@ async fn where_join_and_group_by_around_ai_calls() {
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     let total: i64 = rows.iter().map(|r| r["n"].as_i64().unwrap()).sum();
-    let matching = reviews.iter().filter(|r| r["rating"].as_i64().unwrap() <= 2).count();
+    let matching = reviews
+        .iter()
+        .filter(|r| r["rating"].as_i64().unwrap() <= 2)
+        .count();
     assert_eq!(total as usize, matching);
-    assert!(rows.iter().all(|r| aiq::functions::SENTIMENTS.contains(&r["sentiment"].as_str().unwrap())));
+    assert!(rows
+        .iter()
+        .all(|r| aiq::functions::SENTIMENTS.contains(&r["sentiment"].as_str().unwrap())));
     // Only the rows the WHERE kept were sent.
     assert_eq!(f.sim.stats().ok as usize, matching);
 }
@@ -187,26 +255,47 @@ async fn fail_on_error_false_gives_a_struct_true_fails_the_query() {
     let url = f.openai_url();
     let out = f.path("out.parquet");
     let table = format!("t={}", path.display());
-    let query = format!("SELECT id, ai_query('{url}', text, failOnError => false) AS answer FROM t");
-    let o = sql(&f, &query, &["--table", &table, "--output", out.to_str().unwrap()]).await;
+    let query =
+        format!("SELECT id, ai_query('{url}', text, failOnError => false) AS answer FROM t");
+    let o = sql(
+        &f,
+        &query,
+        &["--table", &table, "--output", out.to_str().unwrap()],
+    )
+    .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     for r in by_id(rows) {
         let answer = r["answer"].as_object().unwrap();
         if r["id"] == json!(2) {
             assert!(answer["result"].is_null());
-            assert!(answer["errorMessage"].as_str().unwrap().contains("400"), "{answer:?}");
+            assert!(
+                answer["errorMessage"].as_str().unwrap().contains("400"),
+                "{answer:?}"
+            );
         } else {
-            assert!(answer["result"].is_string() && answer["errorMessage"].is_null(), "{answer:?}");
+            assert!(
+                answer["result"].is_string() && answer["errorMessage"].is_null(),
+                "{answer:?}"
+            );
         }
     }
     assert!(stderr(&o).contains("(1 errors)"), "{}", stderr(&o));
 
     let strict = format!("SELECT id, ai_query('{url}', text) AS answer FROM t");
     let out2 = f.path("strict.parquet");
-    let o = sql(&f, &strict, &["--table", &table, "--output", out2.to_str().unwrap()]).await;
+    let o = sql(
+        &f,
+        &strict,
+        &["--table", &table, "--output", out2.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(stderr(&o).contains("failOnError => false"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("failOnError => false"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out2.exists());
 }
 
@@ -217,12 +306,32 @@ async fn mistakes_in_the_query_exit_2_before_sending() {
     let url = f.openai_url();
     let table = format!("t={}", path.display());
     for (query, endpoint, expect) in [
-        (format!("SELECT ai_query('{url}', text, returnType => 'STRUCT<a INTEGR>') FROM t"), None, "returnType"),
+        (
+            format!("SELECT ai_query('{url}', text, returnType => 'STRUCT<a INTEGR>') FROM t"),
+            None,
+            "returnType",
+        ),
         (format!("SELECT ai_query('{url}', txt) FROM t"), None, "txt"),
-        (format!("SELECT ai_query('{url}', text, failOnErr => false) FROM t"), None, "failOnErr"),
-        ("SELECT ai_classify(text, ARRAY('only-one')) FROM t".to_string(), Some(url.as_str()), "2 labels"),
-        ("SELECT ai_translate(text) FROM t".to_string(), Some(url.as_str()), "to_lang"),
-        ("SELECT ai_summarize(text) FROM t".to_string(), None, "--endpoint"),
+        (
+            format!("SELECT ai_query('{url}', text, failOnErr => false) FROM t"),
+            None,
+            "failOnErr",
+        ),
+        (
+            "SELECT ai_classify(text, ARRAY('only-one')) FROM t".to_string(),
+            Some(url.as_str()),
+            "2 labels",
+        ),
+        (
+            "SELECT ai_translate(text) FROM t".to_string(),
+            Some(url.as_str()),
+            "to_lang",
+        ),
+        (
+            "SELECT ai_summarize(text) FROM t".to_string(),
+            None,
+            "--endpoint",
+        ),
     ] {
         let mut flags = vec!["--table", &table];
         if let Some(e) = endpoint {
@@ -230,28 +339,48 @@ async fn mistakes_in_the_query_exit_2_before_sending() {
         }
         let o = sql(&f, &query, &flags).await;
         assert_eq!(code(&o), 2, "{query}: {}", stderr(&o));
-        assert!(stderr(&o).to_lowercase().contains(&expect.to_lowercase()), "{query}: {}", stderr(&o));
+        assert!(
+            stderr(&o).to_lowercase().contains(&expect.to_lowercase()),
+            "{query}: {}",
+            stderr(&o)
+        );
     }
     assert_eq!(f.sim.stats().requests, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_query_resumes_without_paying_twice() {
-    let f = Fixture::new(SimConfig { latency_ms: 15, ..SimConfig::default() }).await;
+    let f = Fixture::new(SimConfig {
+        latency_ms: 15,
+        ..SimConfig::default()
+    })
+    .await;
     let n = 300;
     let concurrency = 4;
     let input = f.write_jsonl("in.jsonl", &rows(n, 0));
     let out = f.path("out.parquet");
     let url = f.openai_url();
-    let query = format!("SELECT id, text, ai_query('{url}', text) AS answer FROM '{}'", input.display());
+    let query = format!(
+        "SELECT id, text, ai_query('{url}', text) AS answer FROM '{}'",
+        input.display()
+    );
     let run = || {
         let mut c = Command::new(env!("CARGO_BIN_EXE_aiq"));
-        c.args(["sql", "-q", &query, "--model", "m", "--concurrency", &concurrency.to_string(), "--output"])
-            .arg(&out)
-            .env_clear()
-            .env("OPENAI_API_KEY", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        c.args([
+            "sql",
+            "-q",
+            &query,
+            "--model",
+            "m",
+            "--concurrency",
+            &concurrency.to_string(),
+            "--output",
+        ])
+        .arg(&out)
+        .env_clear()
+        .env("OPENAI_API_KEY", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         c
     };
     let mut child = run().spawn().unwrap();
@@ -259,12 +388,17 @@ async fn killed_query_resumes_without_paying_twice() {
     let journal = f.path("out.parquet.aiq-sql/calls.jsonl");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let lines = std::fs::File::open(&journal).map(|f| BufReader::new(f).lines().count()).unwrap_or(0);
+        let lines = std::fs::File::open(&journal)
+            .map(|f| BufReader::new(f).lines().count())
+            .unwrap_or(0);
         if lines >= 80 {
             break;
         }
         assert!(Instant::now() < deadline, "the query made no progress");
-        assert!(child.try_wait().unwrap().is_none(), "the query ended before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the query ended before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill().unwrap(); // SIGKILL
@@ -273,7 +407,9 @@ async fn killed_query_resumes_without_paying_twice() {
     assert!(f.sim.stats().ok < n as u64);
 
     let mut again = run();
-    let o = tokio::task::spawn_blocking(move || again.output().unwrap()).await.unwrap();
+    let o = tokio::task::spawn_blocking(move || again.output().unwrap())
+        .await
+        .unwrap();
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     assert_eq!(rows.len(), n);
@@ -283,6 +419,9 @@ async fn killed_query_resumes_without_paying_twice() {
     let stats = f.sim.stats();
     assert_eq!(stats.ok_by_prompt.len(), n, "every row paid at least once");
     let paid_twice = stats.ok_by_prompt.values().filter(|&&c| c > 1).count();
-    assert!(paid_twice <= concurrency, "{paid_twice} rows paid twice; at most the {concurrency} in flight may be");
+    assert!(
+        paid_twice <= concurrency,
+        "{paid_twice} rows paid twice; at most the {concurrency} in flight may be"
+    );
     assert!(!f.path("out.parquet.aiq-sql").exists());
 }
