@@ -306,7 +306,7 @@ fn struct_literal(e: &Expr) -> Result<Option<Json>, String> {
             _ => None,
         })
         .collect();
-    if values.len() != l.args.len() || values.len() % 2 != 0 {
+    if values.len() != l.args.len() || !values.len().is_multiple_of(2) {
         return Err("modelParameters: named_struct takes pairs of 'name', value".into());
     }
     let mut map = serde_json::Map::new();

@@ -208,17 +208,15 @@ async fn where_join_and_group_by_around_ai_calls() {
     let r = f.write_jsonl("reviews.jsonl", &reviews);
     let p = f.write_jsonl("products.jsonl", &products);
     let url = f.openai_url();
-    let query = format!(
-        "SELECT sentiment, count(*) AS n FROM (
+    let query = "SELECT sentiment, count(*) AS n FROM (
             SELECT ai_analyze_sentiment(concat(p.name, ': ', r.text)) AS sentiment
             FROM reviews r JOIN products p ON r.product_id = p.product_id
             WHERE r.rating <= 2
-         ) GROUP BY sentiment ORDER BY sentiment"
-    );
+         ) GROUP BY sentiment ORDER BY sentiment";
     let out = f.path("out.parquet");
     let o = sql(
         &f,
-        &query,
+        query,
         &[
             "--endpoint",
             &url,
@@ -424,4 +422,56 @@ async fn killed_query_resumes_without_paying_twice() {
         "{paid_twice} rows paid twice; at most the {concurrency} in flight may be"
     );
     assert!(!f.path("out.parquet.aiq-sql").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_from_parquet_csv_and_a_sql_file() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let jsonl = f.write_jsonl("in.jsonl", &rows(4, 0));
+    let parquet = f.path("in.parquet");
+    let o = sql(
+        &f,
+        &format!("SELECT * FROM read_json('{}')", jsonl.display()),
+        &["--output", parquet.to_str().unwrap()],
+    )
+    .await;
+    assert_ok(&o);
+    let csv = f.path("extra.csv");
+    std::fs::write(&csv, "id,tag\n0,a\n1,b\n2,c\n3,d\n").unwrap();
+    let url = f.openai_url();
+    let query = f.path("q.sql");
+    std::fs::write(
+        &query,
+        format!(
+            "SELECT p.id, x.tag, ai_query('{url}', concat(x.tag, ' ', p.text)) AS answer
+             FROM read_parquet('{}') p JOIN extra x ON p.id = x.id
+             WHERE p.id IN (SELECT id FROM '{}' WHERE id < 3)",
+            parquet.display(),
+            parquet.display()
+        ),
+    )
+    .unwrap();
+    let out = f.path("out.parquet");
+    let o = sql(
+        &f,
+        query.to_str().unwrap(),
+        &[
+            "--table",
+            &format!("extra={}", csv.display()),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    assert_eq!(rows.len(), 3);
+    for r in by_id(rows) {
+        let id = r["id"].as_i64().unwrap();
+        let tag = r["tag"].as_str().unwrap();
+        assert_eq!(
+            r["answer"],
+            echo(&format!("{tag} row-{id} says the product is fine"))
+        );
+    }
 }
