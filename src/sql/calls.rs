@@ -147,7 +147,9 @@ impl Engine {
             similarity: plan.prompt2.is_some(),
         };
         let p = Arc::new(Prepared {
-            fingerprint: format!("{}|{}|{key}", endpoint.url, plan.result_type),
+            // The endpoint as written (in `key`), not its URL: the simulator's
+            // port changes from run to run, and a resume must still match.
+            fingerprint: format!("{}|{key}", plan.result_type),
             endpoint,
             builder: BodyBuilder::literal(plan.body_spec()),
             shape,

@@ -475,3 +475,50 @@ async fn tables_from_parquet_csv_and_a_sql_file() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_query_keeps_its_answers_for_the_next_run() {
+    // Against the in-process simulator, whose port differs on every run:
+    // the journal must match calls by endpoint as written, not by URL.
+    let f = Fixture::new(SimConfig::default()).await;
+    let mut input = rows(6, 0);
+    input[2]["text"] = json!("a bad row [[sim:400]]");
+    let path = f.write_jsonl("in.jsonl", &input);
+    let table = format!("t={}", path.display());
+    let out = f.path("out.parquet");
+    let o = f
+        .aiq(
+            &[
+                "sql",
+                "SELECT id, ai_query('simulator', text) AS a FROM t",
+                "--table",
+                &table,
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(f.path("out.parquet.aiq-sql/calls.jsonl").exists());
+    let o = f
+        .aiq(
+            &[
+                "sql",
+                "SELECT id, ai_query('simulator', text) AS a FROM t WHERE id <> 2",
+                "--table",
+                &table,
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("AI calls: 0 sent (0 errors), 5 answered from the journal"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(read_rows(&out).1.len(), 5);
+}
