@@ -51,6 +51,9 @@ pub enum Command {
     /// Measure an endpoint: latency, throughput and errors across a
     /// concurrency or request-rate sweep.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Run a SQL query with ai_query(...) and the AI functions over local files.
+    #[cfg(feature = "sql")]
+    Sql(crate::sql::SqlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +114,8 @@ pub fn main_with(cli: Cli) -> ExitCode {
             Command::Simulate(cfg) => serve_forever(cfg)
                 .await
                 .map_err(|e| Error::Config(format!("simulator: {e}"))),
+            #[cfg(feature = "sql")]
+            Command::Sql(args) => crate::sql::command(args, quiet).await,
         }
     });
     match result {

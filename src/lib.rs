@@ -33,6 +33,8 @@ pub mod schedule;
 pub mod settings;
 pub mod simulator;
 pub mod sink;
+#[cfg(feature = "sql")]
+pub mod sql;
 pub mod source;
 pub mod spend;
 pub mod stream;

@@ -320,13 +320,19 @@ pub struct BodyBuilder {
 
 impl BodyBuilder {
     pub fn new(spec: BodySpec, templates: &Templates) -> BodyBuilder {
+        BodyBuilder { user_literal_prefix: templates.user_literal_prefix().to_string(), ..BodyBuilder::literal(spec) }
+    }
+
+    /// A builder for prompts given as finished text rather than templates
+    /// (`aiq sql` renders its prompts in SQL): no literal prefix to split off.
+    pub fn literal(spec: BodySpec) -> BodyBuilder {
         let output_reserve = spec
             .params
             .get("max_tokens")
             .or_else(|| spec.params.get("max_completion_tokens"))
             .and_then(Value::as_u64)
             .unwrap_or(DEFAULT_OUTPUT_RESERVE);
-        BodyBuilder { spec, user_literal_prefix: templates.user_literal_prefix().to_string(), output_reserve }
+        BodyBuilder { spec, user_literal_prefix: String::new(), output_reserve }
     }
 
     pub fn spec(&self) -> &BodySpec {

@@ -152,7 +152,7 @@ impl Layout {
     }
 }
 
-fn decode(schema: &SchemaRef, rows: &[Value]) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+pub(crate) fn decode(schema: &SchemaRef, rows: &[Value]) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
     let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
         .with_batch_size(rows.len().max(1))
         .build_decoder()?;

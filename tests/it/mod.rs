@@ -7,3 +7,5 @@ mod openai_batch;
 mod reliability;
 mod run;
 mod spend;
+#[cfg(feature = "sql")]
+mod sql;

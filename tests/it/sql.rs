@@ -1,0 +1,524 @@
+//! `aiq sql`: the README's examples, ai_query's arguments, the task
+//! functions, SQL around AI calls, failOnError, and a killed query resumed.
+//! Every query runs the real binary against a simulator.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aiq::simulator::SimConfig;
+use serde_json::{json, Map, Value};
+
+use super::util::{assert_ok, code, read_rows, rows, stderr, Fixture, TOKEN};
+
+/// `aiq sql QUERY ARGS...` against the fixture's simulator (OpenAI route).
+async fn sql(f: &Fixture, query: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["sql", query, "--model", "m", "--max-retries", "2"];
+    args.extend_from_slice(extra);
+    f.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await
+}
+
+fn echo(text: &str) -> Value {
+    json!(format!("echo: {text}"))
+}
+
+fn by_id(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
+    let mut rows = rows;
+    rows.sort_by_key(|r| r["id"].as_i64());
+    rows
+}
+
+/// The `aiq sql` lines of the README's SQL section: `aiq sql "QUERY" FLAGS`.
+fn readme_examples() -> Vec<(String, Vec<String>)> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("\n## SQL")
+        .expect("README has a ## SQL section");
+    let end = start
+        + readme[start + 1..]
+            .find("\n## ")
+            .expect("a section after SQL");
+    let section = readme[start..end].replace("\\\n", " ");
+    section
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("aiq sql \""))
+        .map(|rest| {
+            let close = rest.find('"').expect("closing quote");
+            let flags = rest[close + 1..].split('#').next().unwrap_or("");
+            (
+                rest[..close].to_string(),
+                flags.split_whitespace().map(str::to_string).collect(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_examples_run_against_the_simulator() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let examples = readme_examples();
+    assert!(examples.len() >= 4, "{examples:?}");
+    for (query, flags) in examples {
+        let mut args = vec!["sql".to_string(), "-q".to_string(), query.clone()];
+        for flag in flags {
+            // Outputs go to the temp folder, not into the repository.
+            args.push(if flag.ends_with(".parquet") {
+                f.path(&flag.replace('/', "_")).display().to_string()
+            } else {
+                flag
+            });
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = f.aiq(&args, &[]).await;
+        assert_ok(&o);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            args.contains(&"--output") || stdout.contains('|'),
+            "{query}: {stdout}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ai_query_takes_each_argument_named_or_positional() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(12, 4));
+    let out = f.path("out.parquet");
+    let url = f.openai_url();
+    let query = format!(
+        "SELECT id, text,
+            ai_query('{url}', text) AS plain,
+            ai_query('{url}', 'Rate: ' || text, returnType => 'STRUCT<label: STRING, score: INT>') AS typed,
+            ai_query('{url}', text, modelParameters => named_struct('max_tokens', 3, 'temperature', 0)) AS short,
+            ai_query('{url}', text, responseFormat => 'STRUCT<topic: STRING>') AS formatted,
+            ai_query('{url}', text, failOnError => false) AS safe,
+            ai_query('{url}', text, 'BIGINT', true) AS positional
+         FROM t"
+    );
+    let o = sql(
+        &f,
+        &query,
+        &[
+            "--table",
+            &format!("t={}", input.display()),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let (schema, rows) = read_rows(&out);
+    assert_eq!(rows.len(), 12);
+    assert!(schema
+        .field_with_name("typed")
+        .unwrap()
+        .data_type()
+        .is_nested());
+    for r in by_id(rows) {
+        let Some(text) = r["text"].as_str() else {
+            // SQL null in, null out: nothing sent.
+            assert!(r["plain"].is_null() && r["typed"].is_null(), "{r:?}");
+            assert_eq!(r["safe"], json!({"result": null, "errorMessage": null}));
+            continue;
+        };
+        assert_eq!(r["plain"], echo(text));
+        assert!(
+            r["typed"]["label"].is_string() && r["typed"]["score"].is_i64(),
+            "{r:?}"
+        );
+        let short = r["short"].as_str().unwrap();
+        assert!(
+            short.len() < echo(text).as_str().unwrap().len() && short.starts_with("echo"),
+            "{short}"
+        );
+        assert!(r["formatted"]["topic"].is_string(), "{r:?}");
+        assert_eq!(
+            r["safe"],
+            json!({"result": echo(text), "errorMessage": null})
+        );
+        assert!(r["positional"].is_i64(), "{r:?}");
+    }
+    assert!(
+        !f.path("out.parquet.aiq-sql").exists(),
+        "journal removed once the output is written"
+    );
+    // 9 non-null rows, 6 calls each, but `plain` and `safe` ask the same
+    // question: the second is answered from the journal. The summary goes to stderr.
+    let err = stderr(&o);
+    assert!(
+        err.contains("AI calls: 45 sent (0 errors), 9 answered from the journal"),
+        "{err}"
+    );
+    assert_eq!(f.sim.stats().ok, 45);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_task_functions_in_one_select() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(10, 0));
+    let out = f.path("out.parquet");
+    let url = f.openai_url();
+    let query = format!(
+        "SELECT id, ai_classify(text, ARRAY('good', 'bad')) AS verdict, ai_summarize(text, 5) AS gist,
+                ai_extract(text, ARRAY('product', 'person')) AS found
+         FROM read_json('{}')",
+        input.display()
+    );
+    let o = sql(
+        &f,
+        &query,
+        &["--endpoint", &url, "--output", out.to_str().unwrap()],
+    )
+    .await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    assert_eq!(rows.len(), 10);
+    for r in &rows {
+        assert!(
+            matches!(r["verdict"].as_str(), Some("good" | "bad")),
+            "{r:?}"
+        );
+        assert!(r["gist"].as_str().is_some_and(|s| !s.is_empty()), "{r:?}");
+        assert!(
+            r["found"]
+                .as_object()
+                .is_some_and(|o| o.contains_key("product") && o.contains_key("person")),
+            "{r:?}"
+        );
+    }
+    // Three calls per row, each paid once.
+    assert_eq!(f.sim.stats().ok, 30);
+    let err = stderr(&o);
+    assert!(
+        err.contains("AI calls: 30 sent (0 errors)") && err.contains("tokens:"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn where_join_and_group_by_around_ai_calls() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let reviews: Vec<Value> = (0..20)
+        .map(|i| json!({"id": i, "product_id": i % 3, "rating": i % 5 + 1, "text": format!("review {i}")}))
+        .collect();
+    let products: Vec<Value> = (0..3)
+        .map(|i| json!({"product_id": i, "name": format!("p{i}")}))
+        .collect();
+    let r = f.write_jsonl("reviews.jsonl", &reviews);
+    let p = f.write_jsonl("products.jsonl", &products);
+    let url = f.openai_url();
+    let query = "SELECT sentiment, count(*) AS n FROM (
+            SELECT ai_analyze_sentiment(concat(p.name, ': ', r.text)) AS sentiment
+            FROM reviews r JOIN products p ON r.product_id = p.product_id
+            WHERE r.rating <= 2
+         ) GROUP BY sentiment ORDER BY sentiment";
+    let out = f.path("out.parquet");
+    let o = sql(
+        &f,
+        query,
+        &[
+            "--endpoint",
+            &url,
+            "--table",
+            &format!("reviews={}", r.display()),
+            "--table",
+            &format!("products={}", p.display()),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    let total: i64 = rows.iter().map(|r| r["n"].as_i64().unwrap()).sum();
+    let matching = reviews
+        .iter()
+        .filter(|r| r["rating"].as_i64().unwrap() <= 2)
+        .count();
+    assert_eq!(total as usize, matching);
+    assert!(rows
+        .iter()
+        .all(|r| aiq::functions::SENTIMENTS.contains(&r["sentiment"].as_str().unwrap())));
+    // Only the rows the WHERE kept were sent.
+    assert_eq!(f.sim.stats().ok as usize, matching);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_on_error_false_gives_a_struct_true_fails_the_query() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let mut input = rows(6, 0);
+    input[2]["text"] = json!("a bad row [[sim:400]]");
+    let path = f.write_jsonl("in.jsonl", &input);
+    let url = f.openai_url();
+    let out = f.path("out.parquet");
+    let table = format!("t={}", path.display());
+    let query =
+        format!("SELECT id, ai_query('{url}', text, failOnError => false) AS answer FROM t");
+    let o = sql(
+        &f,
+        &query,
+        &["--table", &table, "--output", out.to_str().unwrap()],
+    )
+    .await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    for r in by_id(rows) {
+        let answer = r["answer"].as_object().unwrap();
+        if r["id"] == json!(2) {
+            assert!(answer["result"].is_null());
+            assert!(
+                answer["errorMessage"].as_str().unwrap().contains("400"),
+                "{answer:?}"
+            );
+        } else {
+            assert!(
+                answer["result"].is_string() && answer["errorMessage"].is_null(),
+                "{answer:?}"
+            );
+        }
+    }
+    assert!(stderr(&o).contains("(1 errors)"), "{}", stderr(&o));
+
+    let strict = format!("SELECT id, ai_query('{url}', text) AS answer FROM t");
+    let out2 = f.path("strict.parquet");
+    let o = sql(
+        &f,
+        &strict,
+        &["--table", &table, "--output", out2.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("failOnError => false"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out2.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mistakes_in_the_query_exit_2_before_sending() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let path = f.write_jsonl("in.jsonl", &rows(3, 0));
+    let url = f.openai_url();
+    let table = format!("t={}", path.display());
+    for (query, endpoint, expect) in [
+        (
+            format!("SELECT ai_query('{url}', text, returnType => 'STRUCT<a INTEGR>') FROM t"),
+            None,
+            "returnType",
+        ),
+        (format!("SELECT ai_query('{url}', txt) FROM t"), None, "txt"),
+        (
+            format!("SELECT ai_query('{url}', text, failOnErr => false) FROM t"),
+            None,
+            "failOnErr",
+        ),
+        (
+            "SELECT ai_classify(text, ARRAY('only-one')) FROM t".to_string(),
+            Some(url.as_str()),
+            "2 labels",
+        ),
+        (
+            "SELECT ai_translate(text) FROM t".to_string(),
+            Some(url.as_str()),
+            "to_lang",
+        ),
+        (
+            "SELECT ai_summarize(text) FROM t".to_string(),
+            None,
+            "--endpoint",
+        ),
+    ] {
+        let mut flags = vec!["--table", &table];
+        if let Some(e) = endpoint {
+            flags.extend(["--endpoint", e]);
+        }
+        let o = sql(&f, &query, &flags).await;
+        assert_eq!(code(&o), 2, "{query}: {}", stderr(&o));
+        assert!(
+            stderr(&o).to_lowercase().contains(&expect.to_lowercase()),
+            "{query}: {}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(f.sim.stats().requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_query_resumes_without_paying_twice() {
+    let f = Fixture::new(SimConfig {
+        latency_ms: 15,
+        ..SimConfig::default()
+    })
+    .await;
+    let n = 300;
+    let concurrency = 4;
+    let input = f.write_jsonl("in.jsonl", &rows(n, 0));
+    let out = f.path("out.parquet");
+    let url = f.openai_url();
+    let query = format!(
+        "SELECT id, text, ai_query('{url}', text) AS answer FROM '{}'",
+        input.display()
+    );
+    let run = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_aiq"));
+        c.args([
+            "sql",
+            "-q",
+            &query,
+            "--model",
+            "m",
+            "--concurrency",
+            &concurrency.to_string(),
+            "--output",
+        ])
+        .arg(&out)
+        .env_clear()
+        .env("OPENAI_API_KEY", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        c
+    };
+    let mut child = run().spawn().unwrap();
+    // Wait (bounded, by progress, not by time) until a good part is journaled.
+    let journal = f.path("out.parquet.aiq-sql/calls.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = std::fs::File::open(&journal)
+            .map(|f| BufReader::new(f).lines().count())
+            .unwrap_or(0);
+        if lines >= 80 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the query made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the query ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.exists(), "no output from a killed query");
+    assert!(f.sim.stats().ok < n as u64);
+
+    let mut again = run();
+    let o = tokio::task::spawn_blocking(move || again.output().unwrap())
+        .await
+        .unwrap();
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    assert_eq!(rows.len(), n);
+    for r in &rows {
+        assert_eq!(r["answer"], echo(r["text"].as_str().unwrap()));
+    }
+    let stats = f.sim.stats();
+    assert_eq!(stats.ok_by_prompt.len(), n, "every row paid at least once");
+    let paid_twice = stats.ok_by_prompt.values().filter(|&&c| c > 1).count();
+    assert!(
+        paid_twice <= concurrency,
+        "{paid_twice} rows paid twice; at most the {concurrency} in flight may be"
+    );
+    assert!(!f.path("out.parquet.aiq-sql").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_from_parquet_csv_and_a_sql_file() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let jsonl = f.write_jsonl("in.jsonl", &rows(4, 0));
+    let parquet = f.path("in.parquet");
+    let o = sql(
+        &f,
+        &format!("SELECT * FROM read_json('{}')", jsonl.display()),
+        &["--output", parquet.to_str().unwrap()],
+    )
+    .await;
+    assert_ok(&o);
+    let csv = f.path("extra.csv");
+    std::fs::write(&csv, "id,tag\n0,a\n1,b\n2,c\n3,d\n").unwrap();
+    let url = f.openai_url();
+    let query = f.path("q.sql");
+    std::fs::write(
+        &query,
+        format!(
+            "SELECT p.id, x.tag, ai_query('{url}', concat(x.tag, ' ', p.text)) AS answer
+             FROM read_parquet('{}') p JOIN extra x ON p.id = x.id
+             WHERE p.id IN (SELECT id FROM '{}' WHERE id < 3)",
+            parquet.display(),
+            parquet.display()
+        ),
+    )
+    .unwrap();
+    let out = f.path("out.parquet");
+    let o = sql(
+        &f,
+        query.to_str().unwrap(),
+        &[
+            "--table",
+            &format!("extra={}", csv.display()),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    assert_eq!(rows.len(), 3);
+    for r in by_id(rows) {
+        let id = r["id"].as_i64().unwrap();
+        let tag = r["tag"].as_str().unwrap();
+        assert_eq!(
+            r["answer"],
+            echo(&format!("{tag} row-{id} says the product is fine"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_query_keeps_its_answers_for_the_next_run() {
+    // Against the in-process simulator, whose port differs on every run:
+    // the journal must match calls by endpoint as written, not by URL.
+    let f = Fixture::new(SimConfig::default()).await;
+    let mut input = rows(6, 0);
+    input[2]["text"] = json!("a bad row [[sim:400]]");
+    let path = f.write_jsonl("in.jsonl", &input);
+    let table = format!("t={}", path.display());
+    let out = f.path("out.parquet");
+    let o = f
+        .aiq(
+            &[
+                "sql",
+                "SELECT id, ai_query('simulator', text) AS a FROM t",
+                "--table",
+                &table,
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(f.path("out.parquet.aiq-sql/calls.jsonl").exists());
+    let o = f
+        .aiq(
+            &[
+                "sql",
+                "SELECT id, ai_query('simulator', text) AS a FROM t WHERE id <> 2",
+                "--table",
+                &table,
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("AI calls: 0 sent (0 errors), 5 answered from the journal"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(read_rows(&out).1.len(), 5);
+}
