@@ -12,8 +12,8 @@ use std::sync::Arc;
 use aiq::journal::{InputIdentity, Journal, Manifest};
 use aiq::outcome::Outcome;
 use aiq::parquet_out::writer_properties;
-use aiq::reply::{split_usage, Shape};
 use aiq::render::{BodyBuilder, BodySpec, Call, RenderedRow, Templates};
+use aiq::reply::{split_usage, Shape};
 use aiq::settings::Task;
 use aiq::sink::Layout;
 use arrow::array::{Int64Array, StringArray};
@@ -49,7 +49,13 @@ fn fixture() -> Fixture {
         schema.clone(),
         vec![
             Arc::new(Int64Array::from_iter_values(0..ROWS as i64)),
-            Arc::new(StringArray::from_iter_values((0..ROWS).map(|i| if i % 2 == 0 { "phone" } else { "laptop" }))),
+            Arc::new(StringArray::from_iter_values((0..ROWS).map(|i| {
+                if i % 2 == 0 {
+                    "phone"
+                } else {
+                    "laptop"
+                }
+            }))),
             Arc::new(StringArray::from_iter_values(texts.iter())),
         ],
     )
@@ -91,14 +97,32 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "{}\n").expect("input");
-    let manifest =
-        Manifest { version: 1, input: InputIdentity::of(&input).expect("identity"), settings: json!({}) };
-    let (journal, _) = Journal::open(&dir.path().join("out.parquet"), &manifest, true).expect("journal");
-    Fixture { batch, templates, builder, shape: Shape::string(Task::Chat), layout, replies, _dir: dir, journal }
+    let manifest = Manifest {
+        version: 1,
+        input: InputIdentity::of(&input).expect("identity"),
+        settings: json!({}),
+    };
+    let (journal, _) =
+        Journal::open(&dir.path().join("out.parquet"), &manifest, true).expect("journal");
+    Fixture {
+        batch,
+        templates,
+        builder,
+        shape: Shape::string(Task::Chat),
+        layout,
+        replies,
+        _dir: dir,
+        journal,
+    }
 }
 
 fn render(f: &Fixture) -> Vec<RenderedRow> {
-    f.templates.render_batch(&f.batch, 0).into_iter().flatten().flatten().collect()
+    f.templates
+        .render_batch(&f.batch, 0)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect()
 }
 
 fn bodies(f: &Fixture, rows: &[RenderedRow]) -> Vec<Call> {
@@ -137,7 +161,8 @@ fn journal(f: &mut Fixture, outcomes: &[Outcome]) {
 
 fn assemble(f: &Fixture, outcomes: &mut [Outcome]) -> usize {
     let batch = f.layout.assemble(&f.batch, outcomes).expect("assemble");
-    let mut w = ArrowWriter::try_new(std::io::sink(), batch.schema(), Some(writer_properties())).expect("writer");
+    let mut w = ArrowWriter::try_new(std::io::sink(), batch.schema(), Some(writer_properties()))
+        .expect("writer");
     w.write(&batch).expect("write");
     w.close().expect("close");
     batch.num_rows()
@@ -152,8 +177,12 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("body", |b| b.iter(|| black_box(bodies(&f, &rows))));
     g.bench_function("reply_parse", |b| b.iter(|| black_box(outcomes(&f))));
     let parsed = outcomes(&f);
-    g.bench_function("journal_append", |b| b.iter(|| journal(&mut f, black_box(&parsed))));
-    g.bench_function("parquet_assemble", |b| b.iter(|| black_box(assemble(&f, &mut parsed.clone()))));
+    g.bench_function("journal_append", |b| {
+        b.iter(|| journal(&mut f, black_box(&parsed)))
+    });
+    g.bench_function("parquet_assemble", |b| {
+        b.iter(|| black_box(assemble(&f, &mut parsed.clone())))
+    });
     g.bench_function("all", |b| {
         b.iter(|| {
             let rows = render(&f);

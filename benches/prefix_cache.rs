@@ -22,7 +22,10 @@ async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("tickets.jsonl");
     let instructions: Vec<String> = (0..PREFIXES)
-        .map(|p| format!("Instructions set {p}. ") + &"Classify the ticket carefully and answer briefly. ".repeat(120))
+        .map(|p| {
+            format!("Instructions set {p}. ")
+                + &"Classify the ticket carefully and answer briefly. ".repeat(120)
+        })
         .collect();
     // A seeded shuffle of rows over prefixes.
     let mut state = 0x9e3779b97f4a7c15u64;
@@ -48,14 +51,30 @@ async fn main() {
         ..JobSettings::default()
     };
     // Latency makes concurrency real: requests overlap as they would live.
-    let sim_cfg = || SimConfig { latency_ms: 50, prefill_us_per_token: 20.0, ..SimConfig::default() };
+    let sim_cfg = || SimConfig {
+        latency_ms: 50,
+        prefill_us_per_token: 20.0,
+        ..SimConfig::default()
+    };
 
     let ideal = {
         let sim = Simulator::start(sim_cfg()).await.expect("simulator");
-        common::run_against(&sim, JobSettings { no_warmup: true, ..job(1, false, "ideal.parquet") }).await.usage.cached_tokens
+        common::run_against(
+            &sim,
+            JobSettings {
+                no_warmup: true,
+                ..job(1, false, "ideal.parquet")
+            },
+        )
+        .await
+        .usage
+        .cached_tokens
     };
     let mut lines = Vec::new();
-    for (name, warmup) in [("aiq (grouped, warm-up per prefix)", true), ("naive in-order fan-out", false)] {
+    for (name, warmup) in [
+        ("aiq (grouped, warm-up per prefix)", true),
+        ("naive in-order fan-out", false),
+    ] {
         let sim = Simulator::start(sim_cfg()).await.expect("simulator");
         let s = common::run_against(&sim, job(64, warmup, &format!("{warmup}.parquet"))).await;
         lines.push(format!(

@@ -21,14 +21,24 @@ const ROWS: usize = 800;
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("rows.jsonl");
-    let rows: Vec<_> = (0..ROWS).map(|i| json!({"id": i, "text": format!("row {i}")})).collect();
+    let rows: Vec<_> = (0..ROWS)
+        .map(|i| json!({"id": i, "text": format!("row {i}")}))
+        .collect();
     common::write_jsonl(&input, &rows);
     std::env::set_var("OPENAI_API_KEY", "bench");
     println!("rate limits: simulator at {RPM} requests/minute, {ROWS} rows, concurrency 64, 50 ms latency");
-    for (name, told) in [("told --rpm", Some(RPM as u32)), ("not told (learned)", None)] {
-        let sim = Simulator::start(SimConfig { rpm: Some(RPM), burst_seconds: 1.0, latency_ms: 50, ..SimConfig::default() })
-            .await
-            .expect("simulator");
+    for (name, told) in [
+        ("told --rpm", Some(RPM as u32)),
+        ("not told (learned)", None),
+    ] {
+        let sim = Simulator::start(SimConfig {
+            rpm: Some(RPM),
+            burst_seconds: 1.0,
+            latency_ms: 50,
+            ..SimConfig::default()
+        })
+        .await
+        .expect("simulator");
         let settings = JobSettings {
             input: Some(input.clone()),
             output: Some(dir.path().join(format!("{}.parquet", told.is_some()))),

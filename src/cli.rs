@@ -142,7 +142,10 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<(), Error> {
             .await
             .map_err(|e| Error::Stopped(format!("dry run failed: {e}")))??;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&estimate).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&estimate).unwrap_or_default()
+            );
         } else {
             println!("{estimate}");
         }
@@ -150,7 +153,10 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<(), Error> {
     }
     let summary = run(plan, Ui { quiet }).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
     } else if !quiet {
         eprintln!("{summary}");
     }
@@ -173,5 +179,8 @@ fn init_logging(verbose: u8) {
     // warn unless RUST_LOG names it explicitly.
     let default = format!("{level},hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=warn");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

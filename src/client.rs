@@ -95,11 +95,22 @@ struct AttemptError {
 
 impl AttemptError {
     fn new(action: RetryAction, message: String) -> AttemptError {
-        AttemptError { action, message, ambiguous: false, status: None }
+        AttemptError {
+            action,
+            message,
+            ambiguous: false,
+            status: None,
+        }
     }
 
     fn retry(message: String, after: Option<Duration>, rate_limited: bool) -> AttemptError {
-        AttemptError::new(RetryAction::Retry { after, rate_limited }, message)
+        AttemptError::new(
+            RetryAction::Retry {
+                after,
+                rate_limited,
+            },
+            message,
+        )
     }
 
     /// This row's own request or reply is bad: no retry helps.
@@ -123,9 +134,19 @@ impl Client {
         shape: Shape,
         stream: bool,
     ) -> crate::error::Result<Client> {
-        let url = reqwest::Url::parse(&endpoint.url)
-            .map_err(|e| crate::error::Error::Config(format!("endpoint URL {}: {e}", endpoint.url)))?;
-        Ok(Client { http, endpoint, url, limiter, policy, shape, stream, stats: Arc::new(ClientStats::default()) })
+        let url = reqwest::Url::parse(&endpoint.url).map_err(|e| {
+            crate::error::Error::Config(format!("endpoint URL {}: {e}", endpoint.url))
+        })?;
+        Ok(Client {
+            http,
+            endpoint,
+            url,
+            limiter,
+            policy,
+            shape,
+            stream,
+            stats: Arc::new(ClientStats::default()),
+        })
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -167,7 +188,9 @@ impl Client {
         // Never come back sooner than the server asked; `dur` is None once
         // the budget is spent, and then we stop (never `Some` unconditionally).
         .adjust(|e: &AttemptError, dur: Option<Duration>| match &e.action {
-            RetryAction::Retry { after: Some(after), .. } => dur.map(|d| d.max(*after)),
+            RetryAction::Retry {
+                after: Some(after), ..
+            } => dur.map(|d| d.max(*after)),
             _ => dur,
         })
         .await;
@@ -183,7 +206,10 @@ impl Client {
                     let (result, error_message) = match r.map(|r| &r.result) {
                         Some(Ok(v)) => (v.clone(), None),
                         Some(Err(e)) => (Value::Null, Some(e.clone())),
-                        None => (Value::Null, Some("reply has no answer for this row".to_string())),
+                        None => (
+                            Value::Null,
+                            Some("reply has no answer for this row".to_string()),
+                        ),
                     };
                     outcomes.push(Outcome {
                         row: *row,
@@ -200,7 +226,10 @@ impl Client {
                 Ok(outcomes)
             }
             Err(e) => match e.action {
-                RetryAction::Abort => Err(Abort(format!("{} refused the job: {}", self.endpoint.label, e.message))),
+                RetryAction::Abort => Err(Abort(format!(
+                    "{} refused the job: {}",
+                    self.endpoint.label, e.message
+                ))),
                 RetryAction::Retry { .. } => {
                     let why = if e.ambiguous && ambiguous > max_ambiguous {
                         format!(
@@ -217,16 +246,28 @@ impl Client {
                         latency_ms,
                     ))
                 }
-                RetryAction::RowError => Ok(self.all_failed(call, e.message, (attempts, ambiguous), latency_ms)),
+                RetryAction::RowError => {
+                    Ok(self.all_failed(call, e.message, (attempts, ambiguous), latency_ms))
+                }
             },
         }
     }
 
-    fn all_failed(&self, call: &Call, message: String, attempts: (u32, u32), latency_ms: Option<i64>) -> Vec<Outcome> {
+    fn all_failed(
+        &self,
+        call: &Call,
+        message: String,
+        attempts: (u32, u32),
+        latency_ms: Option<i64>,
+    ) -> Vec<Outcome> {
         let (attempts, ambiguous_attempts) = attempts;
         call.rows
             .iter()
-            .map(|row| Outcome { latency_ms, ambiguous_attempts, ..Outcome::failed(*row, message.clone(), attempts) })
+            .map(|row| Outcome {
+                latency_ms,
+                ambiguous_attempts,
+                ..Outcome::failed(*row, message.clone(), attempts)
+            })
             .collect()
     }
 
@@ -234,15 +275,23 @@ impl Client {
         // The OTPM reservation (max_tokens) is settled from the reply's
         // usage below, or refunded whole if this attempt gets no answer.
         let output_reserve = call.est_tokens.saturating_sub(call.est_prompt_tokens);
-        let grant = self.limiter.admit_call(call.est_prompt_tokens, output_reserve).await;
+        let grant = self
+            .limiter
+            .admit_call(call.est_prompt_tokens, output_reserve)
+            .await;
         let (response, sent) = self.post(self.url_for(call.route)?, &call.body).await?;
         if self.stream {
-            let (reply, ttft) = stream::read(response, &self.shape, sent).await.map_err(stream_error)?;
+            let (reply, ttft) = stream::read(response, &self.shape, sent)
+                .await
+                .map_err(stream_error)?;
             grant.settle(reply.usage.completion_tokens.max(0) as u64);
             return Ok(Answer { reply, ttft });
         }
         let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-        let reply = self.shape.parse(&body, call.rows.len()).map_err(AttemptError::row)?;
+        let reply = self
+            .shape
+            .parse(&body, call.rows.len())
+            .map_err(AttemptError::row)?;
         grant.settle(reply.usage.completion_tokens.max(0) as u64);
         Ok(Answer { reply, ttft: None })
     }
@@ -254,13 +303,12 @@ impl Client {
         let result = async {
             let (response, sent) = self.post(self.url.clone(), &body).await?;
             if self.stream {
-                stream::read_timed(response, &self.shape, sent).await.map_err(stream_error)
+                stream::read_timed(response, &self.shape, sent)
+                    .await
+                    .map_err(stream_error)
             } else {
                 let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-                let reply = self
-                    .shape
-                    .parse(&body, 1)
-                    .map_err(AttemptError::row)?;
+                let reply = self.shape.parse(&body, 1).map_err(AttemptError::row)?;
                 Ok((reply, stream::Timing::default()))
             }
         }
@@ -268,8 +316,17 @@ impl Client {
         let elapsed = started.elapsed();
         match result {
             Ok((reply, timing)) => {
-                let error = reply.rows.first().and_then(|r| r.result.as_ref().err().cloned());
-                Probe { elapsed, timing, usage: reply.usage, status: Some(200), error }
+                let error = reply
+                    .rows
+                    .first()
+                    .and_then(|r| r.result.as_ref().err().cloned());
+                Probe {
+                    elapsed,
+                    timing,
+                    usage: reply.usage,
+                    status: Some(200),
+                    error,
+                }
             }
             Err(e) => Probe {
                 elapsed,
@@ -290,12 +347,17 @@ impl Client {
             None => Ok(self.url.clone()),
             Some(_) => {
                 let url = self.endpoint.url_for(route);
-                reqwest::Url::parse(&url).map_err(|e| AttemptError::row(format!("bad URL {url}: {e}")))
+                reqwest::Url::parse(&url)
+                    .map_err(|e| AttemptError::row(format!("bad URL {url}: {e}")))
             }
         }
     }
 
-    async fn post(&self, url: reqwest::Url, body: &Bytes) -> Result<(reqwest::Response, Instant), AttemptError> {
+    async fn post(
+        &self,
+        url: reqwest::Url,
+        body: &Bytes,
+    ) -> Result<(reqwest::Response, Instant), AttemptError> {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let token = self
             .endpoint
@@ -310,8 +372,13 @@ impl Client {
             .timeout(self.policy.timeout)
             .body(body.clone());
         if let Some(token) = token {
-            let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| AttemptError::new(RetryAction::Abort, "the token contains characters not allowed in an HTTP header".into()))?;
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                    AttemptError::new(
+                        RetryAction::Abort,
+                        "the token contains characters not allowed in an HTTP header".into(),
+                    )
+                })?;
             // Keeps the token out of any debug output of the request.
             value.set_sensitive(true);
             request = request.header(AUTHORIZATION, value);
@@ -321,7 +388,8 @@ impl Client {
         let status = response.status();
         let headers = response.headers().clone();
         let after = retry_after(&headers);
-        self.limiter.observe(&headers, status.as_u16() == 429, after);
+        self.limiter
+            .observe(&headers, status.as_u16() == 429, after);
         if !status.is_success() {
             let action = classify_status(status, &headers);
             if status.as_u16() == 429 {
@@ -329,7 +397,10 @@ impl Client {
             }
             let body = response.bytes().await.unwrap_or_default();
             let message = format!("HTTP {}: {}", status.as_u16(), wire::error_message(&body));
-            return Err(AttemptError { status: Some(status.as_u16()), ..AttemptError::new(action, message) });
+            return Err(AttemptError {
+                status: Some(status.as_u16()),
+                ..AttemptError::new(action, message)
+            });
         }
         Ok((response, sent))
     }

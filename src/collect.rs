@@ -144,7 +144,9 @@ impl Collector {
                 }
                 Err(e)
             }
-            None if !self.pending.is_empty() => Err(Error::Stopped("the job ended with rows still open".into())),
+            None if !self.pending.is_empty() => {
+                Err(Error::Stopped("the job ended with rows still open".into()))
+            }
             None => Ok(self),
         }
     }
@@ -195,7 +197,10 @@ impl Collector {
             return;
         };
         if self.fail_on_error {
-            self.fail(Error::RowFailed { row: o.row, message: message.clone() });
+            self.fail(Error::RowFailed {
+                row: o.row,
+                message: message.clone(),
+            });
             return;
         }
         self.consecutive_failures += 1;
@@ -218,7 +223,9 @@ impl Collector {
 
     fn place(&mut self, o: Outcome) {
         // Batches are few and ordered: find the one holding this row.
-        let idx = self.pending.partition_point(|p| p.first + p.outcomes.len() as u64 <= o.row);
+        let idx = self
+            .pending
+            .partition_point(|p| p.first + p.outcomes.len() as u64 <= o.row);
         if let Some(p) = self.pending.get_mut(idx) {
             if let Some(slot) = p.outcomes.get_mut((o.row - p.first) as usize) {
                 if slot.is_none() {
@@ -232,7 +239,9 @@ impl Collector {
     /// Write every complete batch at the front of the queue, in order.
     fn write_ready(&mut self) -> Result<()> {
         while self.pending.front().is_some_and(|p| p.missing == 0) {
-            let Some(p) = self.pending.pop_front() else { break };
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
             let mut outcomes: Vec<Outcome> = p.outcomes.into_iter().flatten().collect();
             let out = self.layout.assemble(&p.batch, &mut outcomes)?;
             self.parts.write(p.first, &out)?;

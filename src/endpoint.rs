@@ -53,10 +53,14 @@ pub async fn resolve(
     let env = |k: &str| std::env::var(k).ok();
     match target {
         Target::Simulator => {
-            let cfg = SimConfig { port: 0, token: Some(SIMULATOR_TOKEN.to_string()), ..sim };
-            let sim = Simulator::start(cfg)
-                .await
-                .map_err(|e| Error::Config(format!("could not start the built-in simulator: {e}")))?;
+            let cfg = SimConfig {
+                port: 0,
+                token: Some(SIMULATOR_TOKEN.to_string()),
+                ..sim
+            };
+            let sim = Simulator::start(cfg).await.map_err(|e| {
+                Error::Config(format!("could not start the built-in simulator: {e}"))
+            })?;
             let name = model.unwrap_or(SIMULATOR_MODEL);
             let target = DatabricksTarget {
                 host: sim.base_url(),
@@ -133,13 +137,21 @@ impl Endpoint {
             flavor: Flavor::Databricks,
             url: format!("{}/serving-endpoints/{}/invocations", target.host, name),
             base: None,
-            label: format!("Databricks endpoint `{name}` at {} (credentials from {})", target.host, target.source),
+            label: format!(
+                "Databricks endpoint `{name}` at {} (credentials from {})",
+                target.host, target.source
+            ),
             name: name.to_string(),
             credentials: target.credentials,
         }
     }
 
-    pub fn openai(base_url: &str, task: Task, model: Option<&str>, credentials: Credentials) -> Endpoint {
+    pub fn openai(
+        base_url: &str,
+        task: Task,
+        model: Option<&str>,
+        credentials: Credentials,
+    ) -> Endpoint {
         let base = base_url.trim_end_matches('/');
         Endpoint {
             flavor: Flavor::OpenAi,
@@ -199,9 +211,17 @@ mod tests {
 
     #[test]
     fn urls_per_flavor_and_task() {
-        let e = Endpoint::openai("http://localhost:8000/v1/", Task::Embeddings, Some("m"), Credentials::None);
+        let e = Endpoint::openai(
+            "http://localhost:8000/v1/",
+            Task::Embeddings,
+            Some("m"),
+            Credentials::None,
+        );
         assert_eq!(e.url, "http://localhost:8000/v1/embeddings");
-        assert_eq!(e.url_for(Some(Task::Chat)), "http://localhost:8000/v1/chat/completions");
+        assert_eq!(
+            e.url_for(Some(Task::Chat)),
+            "http://localhost:8000/v1/chat/completions"
+        );
         assert_eq!(e.url_for(None), e.url);
         let target = DatabricksTarget {
             host: "https://example.cloud.databricks.com".into(),

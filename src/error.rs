@@ -35,7 +35,10 @@ pub enum Error {
 
     /// An I/O failure while the job runs, with the file it concerned.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// The endpoint refused the job as a whole (bad credentials, no such
     /// endpoint, a run of failures): going on would only waste requests.
@@ -43,7 +46,9 @@ pub enum Error {
     Aborted(String),
 
     /// A row failed and the job runs with `--fail-on-error`.
-    #[error("row {row} failed: {message} (run without --fail-on-error to record row errors and go on)")]
+    #[error(
+        "row {row} failed: {message} (run without --fail-on-error to record row errors and go on)"
+    )]
     RowFailed { row: u64, message: String },
 
     /// Stopped early (Ctrl-C, a budget); the journal allows resuming.
@@ -66,14 +71,23 @@ impl Error {
     }
 
     pub fn input(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Error {
-        Error::Input { path: path.into(), message: message.to_string() }
+        Error::Input {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
 
     pub fn output(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Error {
-        Error::Output { path: path.into(), message: message.to_string() }
+        Error::Output {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -20,12 +20,26 @@ const SHOWN_ROWS: usize = 2;
 pub fn explain(plan: &Plan) -> Result<String> {
     let source = Source::open(&plan.input, 64)?;
     let schema = source.schema.clone();
-    let templates = Templates::bind(plan.system.as_deref(), &plan.prompt, plan.prompt2.as_deref(), &schema)?;
+    let templates = Templates::bind(
+        plan.system.as_deref(),
+        &plan.prompt,
+        plan.prompt2.as_deref(),
+        &schema,
+    )?;
     let spec = plan.body_spec();
     let builder = BodyBuilder::new(spec.clone(), &templates);
     let mut out = String::new();
-    let _ = writeln!(out, "endpoint   {} ({:?})", plan.endpoint_name(), plan.flavor());
-    let _ = writeln!(out, "columns    {}", templates.columns().collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        out,
+        "endpoint   {} ({:?})",
+        plan.endpoint_name(),
+        plan.flavor()
+    );
+    let _ = writeln!(
+        out,
+        "columns    {}",
+        templates.columns().collect::<Vec<_>>().join(", ")
+    );
     let layout = match (plan.system.is_some(), templates.system_is_per_row()) {
         (false, _) => "no system prompt; the user prompt's literal start is the static prefix",
         (true, false) => "static system prompt, then the user prompt (cache friendly)",
@@ -63,8 +77,16 @@ pub fn explain(plan: &Plan) -> Result<String> {
             }
             let call = builder.single(&row);
             let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
-            let _ = writeln!(out, "\nrow {} (~{} prompt tokens):", shown, call.est_prompt_tokens);
-            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "\nrow {} (~{} prompt tokens):",
+                shown, call.est_prompt_tokens
+            );
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            );
             shown += 1;
             if shown == SHOWN_ROWS {
                 return Ok(out);
@@ -72,7 +94,10 @@ pub fn explain(plan: &Plan) -> Result<String> {
         }
     }
     if shown == 0 {
-        let _ = writeln!(out, "\nno row renders: every row has a null in a template variable");
+        let _ = writeln!(
+            out,
+            "\nno row renders: every row has a null in a template variable"
+        );
     }
     Ok(out)
 }

@@ -56,7 +56,11 @@ impl InputIdentity {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
         let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        Ok(InputIdentity { path: path.display().to_string(), size: meta.len(), modified })
+        Ok(InputIdentity {
+            path: path.display().to_string(),
+            size: meta.len(),
+            modified,
+        })
     }
 }
 
@@ -96,7 +100,10 @@ pub struct Journal {
 
 /// The state folder for an output path: `out.parquet` → `out.parquet.aiq`.
 pub fn state_dir(output: &Path) -> PathBuf {
-    let mut name = output.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = output
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".aiq");
     output.with_file_name(name)
 }
@@ -114,7 +121,12 @@ impl Journal {
             let old: Manifest = fs::read(&manifest_path)
                 .map_err(|e| Error::io(&manifest_path, e))
                 .and_then(|b| {
-                    serde_json::from_slice(&b).map_err(|e| Error::output(&manifest_path, format!("unreadable manifest ({e}); use --restart to start over")))
+                    serde_json::from_slice(&b).map_err(|e| {
+                        Error::output(
+                            &manifest_path,
+                            format!("unreadable manifest ({e}); use --restart to start over"),
+                        )
+                    })
                 })?;
             if let Some(why) = differences(&old, manifest) {
                 return Err(Error::output(
@@ -129,13 +141,26 @@ impl Journal {
             load(&dir)?
         } else {
             fs::create_dir_all(dir.join(PARTS)).map_err(|e| Error::io(&dir, e))?;
-            let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::output(&manifest_path, e))?;
+            let bytes = serde_json::to_vec_pretty(manifest)
+                .map_err(|e| Error::output(&manifest_path, e))?;
             write_atomic(&manifest_path, &bytes)?;
             Resume::default()
         };
         let path = dir.join(JOURNAL);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok((Journal { dir, path, writer: BufWriter::with_capacity(1 << 16, file), line: Vec::with_capacity(512) }, resume))
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok((
+            Journal {
+                dir,
+                path,
+                writer: BufWriter::with_capacity(1 << 16, file),
+                line: Vec::with_capacity(512),
+            },
+            resume,
+        ))
     }
 
     pub fn dir(&self) -> &Path {
@@ -151,7 +176,9 @@ impl Journal {
         self.line.clear();
         serde_json::to_writer(&mut self.line, outcome).map_err(|e| Error::output(&self.path, e))?;
         self.line.push(b'\n');
-        self.writer.write_all(&self.line).map_err(|e| Error::io(&self.path, e))
+        self.writer
+            .write_all(&self.line)
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// Hand buffered lines to the OS: after this, a killed process loses nothing.
@@ -171,7 +198,10 @@ impl Journal {
 /// Say what differs between the manifest on disk and this job's, if anything.
 fn differences(old: &Manifest, new: &Manifest) -> Option<String> {
     if old.version != new.version {
-        return Some(format!("it was written by journal format {} (this aiq writes {})", old.version, new.version));
+        return Some(format!(
+            "it was written by journal format {} (this aiq writes {})",
+            old.version, new.version
+        ));
     }
     if old.input != new.input {
         return Some(format!(
@@ -208,7 +238,11 @@ fn load(dir: &Path) -> Result<Resume> {
     for entry in fs::read_dir(&parts_dir).map_err(|e| Error::io(&parts_dir, e))? {
         let entry = entry.map_err(|e| Error::io(&parts_dir, e))?;
         if let Some((start, end)) = parse_part_name(&entry.file_name().to_string_lossy()) {
-            parts.push(Part { start, end, path: entry.path() });
+            parts.push(Part {
+                start,
+                end,
+                path: entry.path(),
+            });
         }
     }
     parts.sort_by_key(|p| p.start);
@@ -225,17 +259,25 @@ fn load(dir: &Path) -> Result<Resume> {
     let mut outcomes = HashMap::new();
     let mut spent = Usage::default();
     if path.exists() {
-        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         let mut reader = BufReader::new(&file);
         let mut good_len: u64 = 0;
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(&path, e))?;
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| Error::io(&path, e))?;
             if n == 0 || buf.last() != Some(&b'\n') {
                 break; // end, or a line torn by a kill mid-write
             }
-            let Ok(outcome) = serde_json::from_slice::<Outcome>(&buf) else { break };
+            let Ok(outcome) = serde_json::from_slice::<Outcome>(&buf) else {
+                break;
+            };
             good_len += n as u64;
             spent.add(&outcome.billed_usage());
             if outcome.row >= committed {
@@ -248,7 +290,12 @@ fn load(dir: &Path) -> Result<Resume> {
             file.set_len(good_len).map_err(|e| Error::io(&path, e))?;
         }
     }
-    Ok(Resume { committed, parts: keep, outcomes, spent })
+    Ok(Resume {
+        committed,
+        parts: keep,
+        outcomes,
+        spent,
+    })
 }
 
 pub fn part_name(start: RowId, end: RowId) -> String {
@@ -276,7 +323,11 @@ mod tests {
     fn manifest(settings: Value) -> Manifest {
         Manifest {
             version: 1,
-            input: InputIdentity { path: "in.parquet".into(), size: 10, modified: 1 },
+            input: InputIdentity {
+                path: "in.parquet".into(),
+                size: 10,
+                modified: 1,
+            },
             settings,
         }
     }
@@ -289,7 +340,13 @@ mod tests {
         let (mut j, resume) = Journal::open(&out, &m, false).unwrap();
         assert!(resume.is_empty());
         for row in 0..3 {
-            j.append(&Outcome { row, result: json!(format!("r{row}")), attempts: 1, ..Default::default() }).unwrap();
+            j.append(&Outcome {
+                row,
+                result: json!(format!("r{row}")),
+                attempts: 1,
+                ..Default::default()
+            })
+            .unwrap();
         }
         j.flush().unwrap();
         drop(j);
@@ -301,11 +358,19 @@ mod tests {
         let (mut j, resume) = Journal::open(&out, &m, false).unwrap();
         assert_eq!(resume.outcomes.len(), 3);
         assert_eq!(resume.outcomes[&2].result, json!("r2"));
-        j.append(&Outcome { row: 3, ..Default::default() }).unwrap();
+        j.append(&Outcome {
+            row: 3,
+            ..Default::default()
+        })
+        .unwrap();
         j.flush().unwrap();
         drop(j);
         let (_, resume) = Journal::open(&out, &m, false).unwrap();
-        assert_eq!(resume.outcomes.len(), 4, "the torn line was cut, the new one kept");
+        assert_eq!(
+            resume.outcomes.len(),
+            4,
+            "the torn line was cut, the new one kept"
+        );
         assert_eq!(resume.spent, Usage::default());
     }
 
@@ -315,9 +380,14 @@ mod tests {
         let out = dir.path().join("out.parquet");
         let (j, _) = Journal::open(&out, &manifest(json!({"prompt": "a"})), false).unwrap();
         drop(j);
-        let err = Journal::open(&out, &manifest(json!({"prompt": "b"})), false).err().unwrap();
+        let err = Journal::open(&out, &manifest(json!({"prompt": "b"})), false)
+            .err()
+            .unwrap();
         let msg = err.to_string();
-        assert!(msg.contains("settings changed (prompt)") && msg.contains("--restart"), "{msg}");
+        assert!(
+            msg.contains("settings changed (prompt)") && msg.contains("--restart"),
+            "{msg}"
+        );
         assert_eq!(err.exit_code(), 2);
         let (_, resume) = Journal::open(&out, &manifest(json!({"prompt": "b"})), true).unwrap();
         assert!(resume.is_empty());
@@ -336,12 +406,19 @@ mod tests {
         let (_, resume) = Journal::open(&out, &m, false).unwrap();
         assert_eq!(resume.committed, 20);
         assert_eq!(resume.parts.len(), 2);
-        assert!(resume.outcomes.is_empty(), "rows below the committed parts are not loaded");
+        assert!(
+            resume.outcomes.is_empty(),
+            "rows below the committed parts are not loaded"
+        );
     }
 
     impl Journal {
         fn append_for_test(mut self, row: RowId) {
-            self.append(&Outcome { row, ..Default::default() }).unwrap();
+            self.append(&Outcome {
+                row,
+                ..Default::default()
+            })
+            .unwrap();
             self.flush().unwrap();
         }
     }

@@ -33,10 +33,10 @@ pub mod schedule;
 pub mod settings;
 pub mod simulator;
 pub mod sink;
-#[cfg(feature = "sql")]
-pub mod sql;
 pub mod source;
 pub mod spend;
+#[cfg(feature = "sql")]
+pub mod sql;
 pub mod stream;
 pub mod tokens;
 pub mod types;

@@ -53,7 +53,11 @@ impl Pace {
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-        Arc::new(Pace { limiter: RateLimiter::direct(quota), per_minute, burst })
+        Arc::new(Pace {
+            limiter: RateLimiter::direct(quota),
+            per_minute,
+            burst,
+        })
     }
 }
 
@@ -99,7 +103,11 @@ const RATE_WINDOW: usize = 256;
 
 impl Limiter {
     pub fn new(rpm: Option<u32>, tpm: Option<u32>) -> Limiter {
-        Limiter::with_limits(&Limits { rpm, tpm, ..Limits::default() })
+        Limiter::with_limits(&Limits {
+            rpm,
+            tpm,
+            ..Limits::default()
+        })
     }
 
     pub fn with_limits(l: &Limits) -> Limiter {
@@ -110,11 +118,16 @@ impl Limiter {
             requests: RwLock::new(rpm.map(|r| Pace::new(r as f64, request_burst(r as f64)))),
             tokens: RwLock::new(tpm.map(|t| Pace::new(t as f64, token_burst(t as f64)))),
             pause_until: Mutex::new(None),
-            aimd: Mutex::new(Aimd { last_decrease: None, sent: VecDeque::with_capacity(RATE_WINDOW) }),
+            aimd: Mutex::new(Aimd {
+                last_decrease: None,
+                sent: VecDeque::with_capacity(RATE_WINDOW),
+            }),
             input_tokens: l.itpm.map(|t| Pace::new(t as f64, token_burst(t as f64))),
             // One query per hour-slot: a burst of one keeps them spread out.
             hourly: l.qph.map(|q| Pace::new(q as f64 / 60.0, 1)),
-            output_tokens: l.otpm.map(|t| Arc::new(RefundableBucket::per_minute(t as f64, OUTPUT_BURST_SECS))),
+            output_tokens: l
+                .otpm
+                .map(|t| Arc::new(RefundableBucket::per_minute(t as f64, OUTPUT_BURST_SECS))),
         }
     }
 
@@ -130,14 +143,23 @@ impl Limiter {
         }
         if let Some(pace) = &self.input_tokens {
             let n = (prompt.min(pace.burst as u64) as u32).max(1);
-            let _ = pace.limiter.until_n_ready(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)).await;
+            let _ = pace
+                .limiter
+                .until_n_ready(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+                .await;
         }
         match &self.output_tokens {
             Some(bucket) => {
                 let reserved = bucket.take(output as f64).await;
-                OutputGrant { bucket: Some(bucket.clone()), reserved }
+                OutputGrant {
+                    bucket: Some(bucket.clone()),
+                    reserved,
+                }
             }
-            None => OutputGrant { bucket: None, reserved: 0.0 },
+            None => OutputGrant {
+                bucket: None,
+                reserved: 0.0,
+            },
         }
     }
 
@@ -174,7 +196,11 @@ impl Limiter {
         let now = Instant::now();
         if !self.told_rpm {
             if let Some(limit) = first_number(headers, REQUEST_LIMIT_HEADERS) {
-                self.set_learned(&self.requests, limit * LEARNED_HEADROOM, request_burst(limit));
+                self.set_learned(
+                    &self.requests,
+                    limit * LEARNED_HEADROOM,
+                    request_burst(limit),
+                );
             }
         }
         if !self.told_tpm {
@@ -207,7 +233,10 @@ impl Limiter {
     fn set_learned(&self, slot: &RwLock<Option<Arc<Pace>>>, per_minute: f64, burst: u32) {
         let current = read(slot);
         // Rebuilding resets the limiter's state, so do it only on change.
-        if current.as_ref().is_some_and(|p| (p.per_minute - per_minute).abs() < 0.5) {
+        if current
+            .as_ref()
+            .is_some_and(|p| (p.per_minute - per_minute).abs() < 0.5)
+        {
             return;
         }
         tracing::debug!("pacing at {per_minute:.0}/minute (learned from the endpoint's replies)");
@@ -221,7 +250,10 @@ impl Limiter {
             return;
         }
         let mut aimd = lock(&self.aimd);
-        if aimd.last_decrease.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        if aimd
+            .last_decrease
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
             return;
         }
         aimd.last_decrease = Some(now);
@@ -241,7 +273,9 @@ impl Limiter {
             return;
         }
         let aimd = lock(&self.aimd);
-        let Some(last) = aimd.last_decrease else { return };
+        let Some(last) = aimd.last_decrease else {
+            return;
+        };
         if now.duration_since(last) < Duration::from_secs(1) {
             return;
         }
@@ -304,7 +338,13 @@ pub struct RefundableBucket {
 
 impl RefundableBucket {
     pub fn per_minute(per_minute: f64, burst_secs: f64) -> RefundableBucket {
-        RefundableBucket { state: Mutex::new(BucketState::per_minute(per_minute, burst_secs, std::time::Instant::now())) }
+        RefundableBucket {
+            state: Mutex::new(BucketState::per_minute(
+                per_minute,
+                burst_secs,
+                std::time::Instant::now(),
+            )),
+        }
     }
 
     /// Wait until `n` tokens (capped to the capacity) are there and take
@@ -338,7 +378,12 @@ impl BucketState {
     pub fn per_minute(per_minute: f64, burst_secs: f64, now: std::time::Instant) -> BucketState {
         let rate = per_minute.max(1.0) / 60.0;
         let capacity = (rate * burst_secs).max(1.0);
-        BucketState { rate, capacity, level: capacity, last: now }
+        BucketState {
+            rate,
+            capacity,
+            level: capacity,
+            last: now,
+        }
     }
 
     fn refill(&mut self, now: std::time::Instant) {
@@ -348,7 +393,11 @@ impl BucketState {
     }
 
     /// Take `n` (capped to the capacity) now, or say how long until it can be.
-    pub fn try_take(&mut self, n: f64, now: std::time::Instant) -> std::result::Result<f64, Duration> {
+    pub fn try_take(
+        &mut self,
+        n: f64,
+        now: std::time::Instant,
+    ) -> std::result::Result<f64, Duration> {
         self.refill(now);
         let n = n.clamp(0.0, self.capacity);
         if self.level >= n {
@@ -397,10 +446,19 @@ const TOKEN_LIMIT_HEADERS: &[&str] = &[
     "x-databricks-ratelimit-limit-tokens",
 ];
 const EXHAUSTED_HEADERS: [(&str, &str); 4] = [
-    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+    (
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ),
     ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
-    ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
-    ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
+    (
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-requests-reset",
+    ),
+    (
+        "anthropic-ratelimit-tokens-remaining",
+        "anthropic-ratelimit-tokens-reset",
+    ),
 ];
 
 fn first_number(headers: &HeaderMap, names: &[&str]) -> Option<f64> {
@@ -416,7 +474,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn read(slot: &RwLock<Option<Arc<Pace>>>) -> Option<Arc<Pace>> {
-    slot.read().map(|g| g.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    slot.read()
+        .map(|g| g.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
 }
 
 #[cfg(test)]
@@ -428,7 +488,14 @@ mod tests {
     fn learns_limits_from_headers() {
         let l = Limiter::new(None, None);
         assert_eq!(l.state(), LimitState::default());
-        l.observe(&headers(&[("x-ratelimit-limit-requests", "600"), ("x-ratelimit-limit-tokens", "60000")]), false, None);
+        l.observe(
+            &headers(&[
+                ("x-ratelimit-limit-requests", "600"),
+                ("x-ratelimit-limit-tokens", "60000"),
+            ]),
+            false,
+            None,
+        );
         let s = l.state();
         assert_eq!(s.rpm, Some(600.0 * LEARNED_HEADROOM));
         assert_eq!(s.tpm, Some(60000.0 * LEARNED_HEADROOM));
@@ -437,7 +504,11 @@ mod tests {
     #[test]
     fn told_limits_are_not_overridden() {
         let l = Limiter::new(Some(100), None);
-        l.observe(&headers(&[("x-ratelimit-limit-requests", "600")]), true, None);
+        l.observe(
+            &headers(&[("x-ratelimit-limit-requests", "600")]),
+            true,
+            None,
+        );
         assert_eq!(l.state().rpm, Some(100.0));
     }
 
@@ -475,7 +546,11 @@ mod tests {
                     n += 1;
                     answers.push_back(now + latency);
                 }
-                Err(wait) => now += wait.min(Duration::from_millis(10)).max(Duration::from_millis(1)),
+                Err(wait) => {
+                    now += wait
+                        .min(Duration::from_millis(10))
+                        .max(Duration::from_millis(1))
+                }
             }
         }
         n
@@ -489,7 +564,10 @@ mod tests {
         let with_refund = admitted(6000.0, 100, 10, true, 600);
         let without = admitted(6000.0, 100, 10, false, 600);
         let ideal = 6000 * 10 / 10;
-        assert!(with_refund as f64 >= ideal as f64 * 0.9 && with_refund <= ideal + 200, "{with_refund}");
+        assert!(
+            with_refund as f64 >= ideal as f64 * 0.9 && with_refund <= ideal + 200,
+            "{with_refund}"
+        );
         // Without the refund, max_tokens alone sets the pace: 60/min + the burst.
         assert!(without <= 6000 * 10 / 100 + 20, "{without}");
     }
@@ -510,7 +588,10 @@ mod tests {
 
     #[tokio::test]
     async fn grants_refund_on_settle_and_on_drop() {
-        let l = Limiter::with_limits(&Limits { otpm: Some(600), ..Limits::default() }); // capacity 100
+        let l = Limiter::with_limits(&Limits {
+            otpm: Some(600),
+            ..Limits::default()
+        }); // capacity 100
         let level = |l: &Limiter| lock(&l.output_tokens.as_ref().unwrap().state).level;
         let g = l.admit_call(10, 80).await;
         assert!(level(&l) < 21.0);
@@ -518,15 +599,28 @@ mod tests {
         assert!((level(&l) - 70.0).abs() < 1.0, "{}", level(&l));
         let g = l.admit_call(10, 50).await;
         drop(g);
-        assert!((level(&l) - 70.0).abs() < 1.0, "a dropped grant gives everything back");
+        assert!(
+            (level(&l) - 70.0).abs() < 1.0,
+            "a dropped grant gives everything back"
+        );
     }
 
     #[tokio::test]
     async fn exhausted_remaining_pauses_until_reset() {
         let l = Limiter::new(None, None);
-        l.observe(&headers(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "2s")]), false, None);
+        l.observe(
+            &headers(&[
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "2s"),
+            ]),
+            false,
+            None,
+        );
         let until = l.pause_until.lock().unwrap().unwrap();
         let d = until.duration_since(Instant::now());
-        assert!(d > Duration::from_millis(1500) && d <= Duration::from_secs(2), "{d:?}");
+        assert!(
+            d > Duration::from_millis(1500) && d <= Duration::from_secs(2),
+            "{d:?}"
+        );
     }
 }

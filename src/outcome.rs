@@ -36,8 +36,14 @@ pub struct Usage {
 impl Usage {
     pub fn from_wire(w: &WireUsage) -> Usage {
         let details = w.prompt_tokens_details.as_ref();
-        let cached = details.and_then(|d| d.cached_tokens).or(w.cache_read_input_tokens).unwrap_or(0);
-        let written = details.and_then(|d| d.cache_write_tokens).or(w.cache_creation_input_tokens).unwrap_or(0);
+        let cached = details
+            .and_then(|d| d.cached_tokens)
+            .or(w.cache_read_input_tokens)
+            .unwrap_or(0);
+        let written = details
+            .and_then(|d| d.cache_write_tokens)
+            .or(w.cache_creation_input_tokens)
+            .unwrap_or(0);
         // OpenAI's `prompt_tokens` already includes cached tokens; Anthropic's
         // `input_tokens` excludes cache reads and writes, so they are added.
         let prompt = match (w.prompt_tokens, w.input_tokens) {
@@ -46,7 +52,11 @@ impl Usage {
             (None, None) => 0,
         };
         let completion = w.completion_tokens.or(w.output_tokens).unwrap_or(0);
-        let reasoning = w.completion_tokens_details.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0);
+        let reasoning = w
+            .completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0);
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
@@ -115,11 +125,19 @@ fn is_zero(n: &u32) -> bool {
 impl Outcome {
     /// A row that was not sent because a template variable was null.
     pub fn null_input(row: RowId) -> Outcome {
-        Outcome { row, ..Outcome::default() }
+        Outcome {
+            row,
+            ..Outcome::default()
+        }
     }
 
     pub fn failed(row: RowId, message: String, attempts: u32) -> Outcome {
-        Outcome { row, error_message: Some(message), attempts, ..Outcome::default() }
+        Outcome {
+            row,
+            error_message: Some(message),
+            attempts,
+            ..Outcome::default()
+        }
     }
 
     pub fn is_error(&self) -> bool {
@@ -159,7 +177,10 @@ mod tests {
             prompt_tokens: Some(1200),
             completion_tokens: Some(10),
             total_tokens: Some(1210),
-            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: Some(1024), cache_write_tokens: None }),
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: Some(1024),
+                cache_write_tokens: None,
+            }),
             ..Default::default()
         };
         assert_eq!(Usage::from_wire(&openai).cached_tokens, 1024);
@@ -202,19 +223,46 @@ mod tests {
         }))
         .unwrap();
         let a = Usage::from_wire(&anthropic);
-        assert_eq!(a, Usage { reasoning_tokens: 0, ..u });
+        assert_eq!(
+            a,
+            Usage {
+                reasoning_tokens: 0,
+                ..u
+            }
+        );
     }
 
     #[test]
     fn billed_usage_counts_ambiguous_attempts() {
-        let usage = Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15, ..Default::default() };
-        let o = Outcome { row: 0, attempts: 2, ambiguous_attempts: 1, usage, ..Default::default() };
+        let usage = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            total_tokens: 15,
+            ..Default::default()
+        };
+        let o = Outcome {
+            row: 0,
+            attempts: 2,
+            ambiguous_attempts: 1,
+            usage,
+            ..Default::default()
+        };
         assert!(o.maybe_billed_twice());
         assert_eq!(o.billed_usage().total_tokens, 30);
-        let once = Outcome { ambiguous_attempts: 0, ..o.clone() };
+        let once = Outcome {
+            ambiguous_attempts: 0,
+            ..o.clone()
+        };
         assert!(!once.maybe_billed_twice());
-        let failed = Outcome { error_message: Some("timed out".into()), ambiguous_attempts: 1, ..o };
-        assert!(!failed.maybe_billed_twice(), "one ambiguous attempt, no answer: billed at most once");
+        let failed = Outcome {
+            error_message: Some("timed out".into()),
+            ambiguous_attempts: 1,
+            ..o
+        };
+        assert!(
+            !failed.maybe_billed_twice(),
+            "one ambiguous attempt, no answer: billed at most once"
+        );
         // Journals written before these fields existed still load.
         let old: Outcome = serde_json::from_str(r#"{"row":1,"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"cached_tokens":0}}"#).unwrap();
         assert_eq!(old.usage.total_tokens, 3);

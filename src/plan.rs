@@ -12,13 +12,13 @@ use serde_json::{json, Map, Value};
 
 use crate::client::RetryPolicy;
 use crate::endpoint::{Flavor, SIMULATOR_MODEL};
-use crate::render::BodySpec;
 use crate::error::{Error, Result};
 use crate::functions::{AiFunction, FunctionOptions};
 use crate::limit::Limits;
-use crate::spend::{Budget, Prices};
 use crate::openai_batch::{InputFormat, OutputFormat};
+use crate::render::BodySpec;
 use crate::settings::{JobSettings, SimulatorSettings, Task};
+use crate::spend::{Budget, Prices};
 use crate::types::{parse_response_format, SqlType};
 
 /// Where requests go, before credentials are resolved.
@@ -78,13 +78,23 @@ pub const DEFAULT_BATCH_ROWS: usize = 1024;
 
 impl Plan {
     pub fn from_settings(mut s: JobSettings, restart: bool) -> Result<Plan> {
-        let input = s.input.ok_or_else(|| Error::Config("no input: give --input PATH (or `input` in the job file)".into()))?;
-        let output = s.output.ok_or_else(|| Error::Config("no output: give --output PATH (or `output` in the job file)".into()))?;
+        let input = s.input.ok_or_else(|| {
+            Error::Config("no input: give --input PATH (or `input` in the job file)".into())
+        })?;
+        let output = s.output.ok_or_else(|| {
+            Error::Config("no output: give --output PATH (or `output` in the job file)".into())
+        })?;
         if let Some(parent) = output.parent().filter(|p| p.exists() && !p.is_dir()) {
-            return Err(Error::output(&output, format!("{} is a file, not a folder", parent.display())));
+            return Err(Error::output(
+                &output,
+                format!("{} is a file, not a folder", parent.display()),
+            ));
         }
         let endpoint = s.endpoint.ok_or_else(|| {
-            Error::Config("no endpoint: give --endpoint NAME|URL|simulator (or `endpoint` in the job file)".into())
+            Error::Config(
+                "no endpoint: give --endpoint NAME|URL|simulator (or `endpoint` in the job file)"
+                    .into(),
+            )
         })?;
         let target = Target::parse(&endpoint)?;
 
@@ -124,8 +134,14 @@ impl Plan {
         let mut response_format = None;
         let mut function = None;
         if let Some(f) = s.function {
-            let opts = FunctionOptions { labels: s.labels.clone(), max_words: s.max_words, to_lang: s.to_lang.clone() };
-            let spec = f.spec(&opts).map_err(|e| Error::Config(format!("--function {}: {e}", f.name())))?;
+            let opts = FunctionOptions {
+                labels: s.labels.clone(),
+                max_words: s.max_words,
+                to_lang: s.to_lang.clone(),
+            };
+            let spec = f
+                .spec(&opts)
+                .map_err(|e| Error::Config(format!("--function {}: {e}", f.name())))?;
             if s.return_type.is_some() || s.response_format.is_some() {
                 return Err(Error::Config(format!(
                     "--function {} sets its own result type; drop --return-type / --response-format",
@@ -135,11 +151,17 @@ impl Plan {
             if spec.embeddings {
                 task = Task::Embeddings;
                 if s.prompt2.is_none() {
-                    return Err(Error::Config(format!("--function {} compares two texts: give --prompt and --prompt2", f.name())));
+                    return Err(Error::Config(format!(
+                        "--function {} compares two texts: give --prompt and --prompt2",
+                        f.name()
+                    )));
                 }
             } else {
                 if system.is_some() {
-                    return Err(Error::Config(format!("--function {} writes its own system prompt; drop --system", f.name())));
+                    return Err(Error::Config(format!(
+                        "--function {} writes its own system prompt; drop --system",
+                        f.name()
+                    )));
                 }
                 system = Some(spec.system.clone());
             }
@@ -147,19 +169,26 @@ impl Plan {
             response_format = spec.response_format.clone();
             function = Some((f, opts));
         } else if !s.labels.is_empty() || s.max_words.is_some() || s.to_lang.is_some() {
-            return Err(Error::Config("--labels, --max-words and --to-lang only apply with --function".into()));
+            return Err(Error::Config(
+                "--labels, --max-words and --to-lang only apply with --function".into(),
+            ));
         }
         if let Some(rt) = &s.return_type {
-            result_type = rt.parse().map_err(|e| Error::Config(format!("--return-type: {e}")))?;
+            result_type = rt
+                .parse()
+                .map_err(|e| Error::Config(format!("--return-type: {e}")))?;
             if !result_type.is_string() {
                 response_format = Some(result_type.response_format());
             }
         }
         if let Some(rf) = &s.response_format {
             if s.return_type.is_some() {
-                return Err(Error::Config("give --return-type or --response-format, not both".into()));
+                return Err(Error::Config(
+                    "give --return-type or --response-format, not both".into(),
+                ));
             }
-            let (ty, format) = parse_response_format(rf).map_err(|e| Error::Config(format!("--response-format: {e}")))?;
+            let (ty, format) = parse_response_format(rf)
+                .map_err(|e| Error::Config(format!("--response-format: {e}")))?;
             result_type = ty;
             response_format = Some(format);
         }
@@ -168,15 +197,25 @@ impl Plan {
             response_format = None;
         }
         if response_format.is_some() && task != Task::Chat {
-            return Err(Error::Config("typed results (--return-type, --response-format) need --task chat".into()));
+            return Err(Error::Config(
+                "typed results (--return-type, --response-format) need --task chat".into(),
+            ));
         }
         if s.prompt2.is_some() && !matches!(function, Some((AiFunction::AiSimilarity, _))) {
-            return Err(Error::Config("--prompt2 only applies with --function ai_similarity".into()));
+            return Err(Error::Config(
+                "--prompt2 only applies with --function ai_similarity".into(),
+            ));
         }
         if !s.images.is_empty() && task != Task::Chat {
-            return Err(Error::Config("--image needs --task chat: images go into chat messages".into()));
+            return Err(Error::Config(
+                "--image needs --task chat: images go into chat messages".into(),
+            ));
         }
-        let prompt = s.prompt.ok_or_else(|| Error::Config("no prompt: give --prompt TEMPLATE, e.g. --prompt 'Summarize: {{text}}'".into()))?;
+        let prompt = s.prompt.ok_or_else(|| {
+            Error::Config(
+                "no prompt: give --prompt TEMPLATE, e.g. --prompt 'Summarize: {{text}}'".into(),
+            )
+        })?;
 
         let mut params: Map<String, Value> = s.params.into_iter().collect();
         if let Some(tools) = s.tools {
@@ -187,7 +226,9 @@ impl Plan {
         }
         for reserved in ["messages", "prompt", "input", "stream", "response_format"] {
             if params.contains_key(reserved) {
-                return Err(Error::Config(format!("--param {reserved} is set by aiq itself; use the matching flag")));
+                return Err(Error::Config(format!(
+                    "--param {reserved} is set by aiq itself; use the matching flag"
+                )));
             }
         }
 
@@ -197,22 +238,33 @@ impl Plan {
         }
         let timeout = s.timeout.unwrap_or(300.0);
         if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(Error::Config("--timeout must be a positive number of seconds".into()));
+            return Err(Error::Config(
+                "--timeout must be a positive number of seconds".into(),
+            ));
         }
         if s.rpm == Some(0) || s.tpm == Some(0) {
             return Err(Error::Config("--rpm and --tpm must be at least 1".into()));
         }
         if s.itpm == Some(0) || s.otpm == Some(0) || s.qph == Some(0) {
-            return Err(Error::Config("--itpm, --otpm and --qph must be at least 1".into()));
+            return Err(Error::Config(
+                "--itpm, --otpm and --qph must be at least 1".into(),
+            ));
         }
         let prices = prices(s.price_in, s.price_out, s.price_cached)?;
-        let budget = Budget { max_tokens: s.max_tokens_total, max_cost: s.max_cost };
+        let budget = Budget {
+            max_tokens: s.max_tokens_total,
+            max_cost: s.max_cost,
+        };
         if s.max_tokens_total == Some(0) {
-            return Err(Error::Config("--max-tokens-total must be at least 1".into()));
+            return Err(Error::Config(
+                "--max-tokens-total must be at least 1".into(),
+            ));
         }
         if let Some(max) = s.max_cost {
             if !(max.is_finite() && max > 0.0) {
-                return Err(Error::Config("--max-cost must be a positive number of USD".into()));
+                return Err(Error::Config(
+                    "--max-cost must be a positive number of USD".into(),
+                ));
             }
             if prices.is_none() {
                 return Err(Error::Config(
@@ -223,10 +275,14 @@ impl Plan {
         let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS).max(1);
         let batch_size = s.batch_size.unwrap_or(1).max(1);
         if batch_size > 1 && task != Task::Embeddings {
-            return Err(Error::Config("--batch-size applies to embeddings only".into()));
+            return Err(Error::Config(
+                "--batch-size applies to embeddings only".into(),
+            ));
         }
         if s.stream && task == Task::Embeddings {
-            return Err(Error::Config("--stream applies to chat and completions, not embeddings".into()));
+            return Err(Error::Config(
+                "--stream applies to chat and completions, not embeddings".into(),
+            ));
         }
         Ok(Plan {
             input,
@@ -276,7 +332,10 @@ impl Plan {
     /// The endpoint's name or model, for provider quirks.
     pub fn endpoint_name(&self) -> String {
         match &self.target {
-            Target::Simulator => self.model.clone().unwrap_or_else(|| SIMULATOR_MODEL.to_string()),
+            Target::Simulator => self
+                .model
+                .clone()
+                .unwrap_or_else(|| SIMULATOR_MODEL.to_string()),
             Target::Databricks(name) => name.clone(),
             Target::OpenAi(_) => self.model.clone().unwrap_or_default(),
         }
@@ -309,7 +368,13 @@ impl Plan {
 
     /// Every rate limit the job was told.
     pub fn limits(&self) -> Limits {
-        Limits { rpm: self.rpm, tpm: self.tpm, itpm: self.itpm, otpm: self.otpm, qph: self.qph }
+        Limits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            itpm: self.itpm,
+            otpm: self.otpm,
+            qph: self.qph,
+        }
     }
 
     /// The settings that change answers, for the journal's fingerprint:
@@ -347,16 +412,27 @@ impl Plan {
 
 /// Prices come as a pair (input and output), the cached price optional.
 fn prices(input: Option<f64>, output: Option<f64>, cached: Option<f64>) -> Result<Option<Prices>> {
-    for (flag, v) in [("--price-in", input), ("--price-out", output), ("--price-cached", cached)] {
+    for (flag, v) in [
+        ("--price-in", input),
+        ("--price-out", output),
+        ("--price-cached", cached),
+    ] {
         if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-            return Err(Error::Config(format!("{flag} must be a number of USD per million tokens, 0 or more")));
+            return Err(Error::Config(format!(
+                "{flag} must be a number of USD per million tokens, 0 or more"
+            )));
         }
     }
     match (input, output) {
-        (Some(input), Some(output)) => Ok(Some(Prices { input, output, cached })),
+        (Some(input), Some(output)) => Ok(Some(Prices {
+            input,
+            output,
+            cached,
+        })),
         (None, None) if cached.is_none() => Ok(None),
         _ => Err(Error::Config(
-            "give both --price-in and --price-out (USD per million tokens), or no prices at all".into(),
+            "give both --price-in and --price-out (USD per million tokens), or no prices at all"
+                .into(),
         )),
     }
 }

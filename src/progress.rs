@@ -60,7 +60,10 @@ impl Summary {
         self.rows += 1;
         if let Some(message) = &o.error_message {
             self.failed += 1;
-            *self.errors.entry(error_class(message).to_string()).or_insert(0) += 1;
+            *self
+                .errors
+                .entry(error_class(message).to_string())
+                .or_insert(0) += 1;
         } else if o.attempts == 0 && o.result.is_null() {
             self.null += 1;
         } else {
@@ -90,7 +93,11 @@ impl fmt::Display for Summary {
             self.ok,
             self.failed,
             self.null,
-            if self.resumed > 0 { format!(" ({} from an earlier run)", self.resumed) } else { String::new() }
+            if self.resumed > 0 {
+                format!(" ({} from an earlier run)", self.resumed)
+            } else {
+                String::new()
+            }
         )?;
         writeln!(
             f,
@@ -110,7 +117,12 @@ impl fmt::Display for Summary {
             "requests   {} sent, {} retried, {} rate limited, {} ambiguous retries (maybe billed twice)",
             self.requests, self.retries, self.rate_limited, self.ambiguous_retries
         )?;
-        write!(f, "time       {:.1}s, {:.1} rows/s", self.elapsed_secs, self.rows_per_sec())?;
+        write!(
+            f,
+            "time       {:.1}s, {:.1} rows/s",
+            self.elapsed_secs,
+            self.rows_per_sec()
+        )?;
         if !self.output.is_empty() {
             write!(f, "\noutput     {}", self.output)?;
         }
@@ -129,7 +141,10 @@ fn percent(part: i64, whole: i64) -> f64 {
 /// The class of a row's error message, for counts by class.
 pub fn error_class(message: &str) -> &'static str {
     // Messages are "HTTP 429: ..." or "gave up after N attempts: HTTP 503: ...".
-    let http = message.find("HTTP ").and_then(|i| message.get(i + 5..i + 8)).and_then(|c| c.parse::<u16>().ok());
+    let http = message
+        .find("HTTP ")
+        .and_then(|i| message.get(i + 5..i + 8))
+        .and_then(|c| c.parse::<u16>().ok());
     match http {
         Some(429) => "http_429",
         Some(500..=599) => "http_5xx",
@@ -166,13 +181,20 @@ impl Progress {
         };
         if let Ok(style) = ProgressStyle::with_template(template) {
             // indicatif's own {per_sec} prints four decimals.
-            let style = style.with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.1} rows/s", state.per_sec());
-            });
+            let style = style.with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1} rows/s", state.per_sec());
+                },
+            );
             bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));
         }
         bar.enable_steady_tick(Duration::from_millis(250));
-        Progress { bar, quiet, status: None }
+        Progress {
+            bar,
+            quiet,
+            status: None,
+        }
     }
 
     /// Also keep `status` current (see [`StatusFile`]).
@@ -235,7 +257,10 @@ pub struct Status {
 
 /// `out.parquet` → `out.parquet.status.json`.
 pub fn status_path(output: &Path) -> PathBuf {
-    let mut name = output.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = output
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".status.json");
     output.with_file_name(name)
 }
@@ -293,10 +318,16 @@ impl StatusFile {
     }
 
     fn write(&self, state: &'static str, message: Option<String>) {
-        let Some(s) = lock(&self.latest).clone() else { return };
+        let Some(s) = lock(&self.latest).clone() else {
+            return;
+        };
         let elapsed = self.started.elapsed().as_secs_f64();
         let fresh = s.rows - s.resumed.min(s.rows);
-        let rate = if elapsed > 0.0 { fresh as f64 / elapsed } else { 0.0 };
+        let rate = if elapsed > 0.0 {
+            fresh as f64 / elapsed
+        } else {
+            0.0
+        };
         let status = Status {
             state,
             message,
@@ -307,7 +338,10 @@ impl StatusFile {
             tokens: s.usage,
             spent_usd: s.cost_usd,
             rows_per_sec: rate,
-            eta_secs: self.total.filter(|_| rate > 0.0).map(|t| t.saturating_sub(s.rows) as f64 / rate),
+            eta_secs: self
+                .total
+                .filter(|_| rate > 0.0)
+                .map(|t| t.saturating_sub(s.rows) as f64 / rate),
             errors: s.errors.clone(),
             elapsed_secs: elapsed,
             updated_at: std::time::SystemTime::now()
@@ -345,7 +379,12 @@ mod tests {
     #[test]
     fn summary_counts_ok_failed_and_null() {
         let mut s = Summary::default();
-        s.count(&Outcome { row: 0, result: json!("x"), attempts: 1, ..Default::default() });
+        s.count(&Outcome {
+            row: 0,
+            result: json!("x"),
+            attempts: 1,
+            ..Default::default()
+        });
         s.count(&Outcome::failed(1, "bad".into(), 1));
         s.count(&Outcome::null_input(2));
         assert_eq!((s.rows, s.ok, s.failed, s.null), (3, 1, 1, 1));
@@ -357,11 +396,20 @@ mod tests {
 
     #[test]
     fn errors_are_classed() {
-        assert_eq!(error_class("gave up after 9 attempts: HTTP 429: slow down"), "http_429");
+        assert_eq!(
+            error_class("gave up after 9 attempts: HTTP 429: slow down"),
+            "http_429"
+        );
         assert_eq!(error_class("HTTP 503: busy"), "http_5xx");
         assert_eq!(error_class("HTTP 400: bad"), "http_4xx");
-        assert_eq!(error_class("gave up after 2 attempts: timed out: error sending request"), "timeout");
-        assert_eq!(error_class("--prompt template failed on this row: x"), "template");
+        assert_eq!(
+            error_class("gave up after 2 attempts: timed out: error sending request"),
+            "timeout"
+        );
+        assert_eq!(
+            error_class("--prompt template failed on this row: x"),
+            "template"
+        );
     }
 
     #[tokio::test]
@@ -370,21 +418,43 @@ mod tests {
         let path = status_path(&dir.path().join("out.parquet"));
         assert!(path.ends_with("out.parquet.status.json"));
         let status = StatusFile::start(path.clone(), Some(10));
-        let mut s = Summary { prices: Some(Prices { input: 1.0, output: 1.0, cached: None }), ..Default::default() };
+        let mut s = Summary {
+            prices: Some(Prices {
+                input: 1.0,
+                output: 1.0,
+                cached: None,
+            }),
+            ..Default::default()
+        };
         s.count(&Outcome {
             row: 0,
             result: json!("x"),
             attempts: 1,
-            usage: Usage { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4, ..Default::default() },
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+                total_tokens: 4,
+                ..Default::default()
+            },
             ..Default::default()
         });
         status.update(&s);
         status.write("running", None);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!((v["state"].as_str(), v["rows_done"].as_u64(), v["rows_total"].as_u64()), (Some("running"), Some(1), Some(10)));
+        assert_eq!(
+            (
+                v["state"].as_str(),
+                v["rows_done"].as_u64(),
+                v["rows_total"].as_u64()
+            ),
+            (Some("running"), Some(1), Some(10))
+        );
         assert!((v["spent_usd"].as_f64().unwrap() - 4e-6).abs() < 1e-12);
         status.finish(None, "stopped", Some("budget".into()));
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!((v["state"].as_str(), v["message"].as_str()), (Some("stopped"), Some("budget")));
+        assert_eq!(
+            (v["state"].as_str(), v["message"].as_str()),
+            (Some("stopped"), Some("budget"))
+        );
     }
 }

@@ -102,7 +102,8 @@ impl Templates {
                     continue;
                 }
                 let Some((index, _)) = schema.column_with_name(&var) else {
-                    let available: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    let available: Vec<&str> =
+                        schema.fields().iter().map(|f| f.name().as_str()).collect();
                     return Err(Error::Template(format!(
                         "the --{name} template uses `{var}`, which is not a column of the input; \
                          input columns are: {}",
@@ -134,7 +135,8 @@ impl Templates {
     pub fn with_images(mut self, columns: &[String], schema: &Schema) -> Result<Templates> {
         for name in columns {
             let Some((index, field)) = schema.column_with_name(name) else {
-                let available: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                let available: Vec<&str> =
+                    schema.fields().iter().map(|f| f.name().as_str()).collect();
                 return Err(Error::Template(format!(
                     "--image `{name}` is not a column of the input; input columns are: {}",
                     available.join(", ")
@@ -177,17 +179,25 @@ impl Templates {
         batch: &RecordBatch,
         first_row: RowId,
     ) -> Vec<std::result::Result<Option<RenderedRow>, (RowId, String)>> {
-        let columns: Vec<(&str, &ArrayRef)> =
-            self.columns.iter().map(|(v, i)| (v.as_str(), batch.column(*i))).collect();
+        let columns: Vec<(&str, &ArrayRef)> = self
+            .columns
+            .iter()
+            .map(|(v, i)| (v.as_str(), batch.column(*i)))
+            .collect();
         let formatters: Vec<Option<ArrayFormatter>> = columns
             .iter()
-            .map(|(_, a)| needs_formatter(a.data_type()).then(|| ArrayFormatter::try_new(a.as_ref(), &FORMAT).ok()).flatten())
+            .map(|(_, a)| {
+                needs_formatter(a.data_type())
+                    .then(|| ArrayFormatter::try_new(a.as_ref(), &FORMAT).ok())
+                    .flatten()
+            })
             .collect();
         let images: Vec<&ArrayRef> = self.images.iter().map(|(_, i)| batch.column(*i)).collect();
         (0..batch.num_rows())
             .map(|i| {
                 // A null image is a null input like a null variable: not sent.
-                if columns.iter().any(|(_, a)| a.is_null(i)) || images.iter().any(|a| a.is_null(i)) {
+                if columns.iter().any(|(_, a)| a.is_null(i)) || images.iter().any(|a| a.is_null(i))
+                {
                     return Ok(None);
                 }
                 let mut ctx = BTreeMap::new();
@@ -197,16 +207,31 @@ impl Templates {
                 let ctx = minijinja::Value::from(ctx);
                 let row = first_row + i as u64;
                 let rendered = || -> std::result::Result<RenderedRow, String> {
-                    let system = self.has_system.then(|| self.render(SYSTEM, &ctx)).transpose()?;
+                    let system = self
+                        .has_system
+                        .then(|| self.render(SYSTEM, &ctx))
+                        .transpose()?;
                     let user = self.render(PROMPT, &ctx)?;
-                    let user2 = self.has_prompt2.then(|| self.render(PROMPT2, &ctx)).transpose()?;
+                    let user2 = self
+                        .has_prompt2
+                        .then(|| self.render(PROMPT2, &ctx))
+                        .transpose()?;
                     let images = self
                         .images
                         .iter()
                         .zip(&images)
-                        .map(|((name, _), a)| crate::image::cell_url(a, i).map_err(|e| format!("--image `{name}`: {e}")))
+                        .map(|((name, _), a)| {
+                            crate::image::cell_url(a, i)
+                                .map_err(|e| format!("--image `{name}`: {e}"))
+                        })
                         .collect::<std::result::Result<Vec<_>, _>>()?;
-                    Ok(RenderedRow { row, system, user, user2, images })
+                    Ok(RenderedRow {
+                        row,
+                        system,
+                        user,
+                        user2,
+                        images,
+                    })
                 };
                 rendered().map(Some).map_err(|e| (row, e))
             })
@@ -224,12 +249,19 @@ impl Templates {
 const FORMAT: FormatOptions<'static> = FormatOptions::new();
 
 fn is_builtin_global(name: &str) -> bool {
-    matches!(name, "range" | "dict" | "namespace" | "debug" | "loop" | "self")
+    matches!(
+        name,
+        "range" | "dict" | "namespace" | "debug" | "loop" | "self"
+    )
 }
 
 /// The text before the first template tag: identical for every row.
 fn literal_prefix(source: &str) -> &str {
-    let end = ["{{", "{%", "{#"].iter().filter_map(|t| source.find(t)).min().unwrap_or(source.len());
+    let end = ["{{", "{%", "{#"]
+        .iter()
+        .filter_map(|t| source.find(t))
+        .min()
+        .unwrap_or(source.len());
     &source[..end]
 }
 
@@ -320,7 +352,10 @@ pub struct BodyBuilder {
 
 impl BodyBuilder {
     pub fn new(spec: BodySpec, templates: &Templates) -> BodyBuilder {
-        BodyBuilder { user_literal_prefix: templates.user_literal_prefix().to_string(), ..BodyBuilder::literal(spec) }
+        BodyBuilder {
+            user_literal_prefix: templates.user_literal_prefix().to_string(),
+            ..BodyBuilder::literal(spec)
+        }
     }
 
     /// A builder for prompts given as finished text rather than templates
@@ -332,7 +367,11 @@ impl BodyBuilder {
             .or_else(|| spec.params.get("max_completion_tokens"))
             .and_then(Value::as_u64)
             .unwrap_or(DEFAULT_OUTPUT_RESERVE);
-        BodyBuilder { spec, user_literal_prefix: String::new(), output_reserve }
+        BodyBuilder {
+            spec,
+            user_literal_prefix: String::new(),
+            output_reserve,
+        }
     }
 
     pub fn spec(&self) -> &BodySpec {
@@ -343,7 +382,10 @@ impl BodyBuilder {
     /// literal start of the user template.
     pub fn prefix_of(&self, row: &RenderedRow) -> Prefix {
         let system = row.system.as_deref().unwrap_or("");
-        let user_static = row.user.strip_prefix(&self.user_literal_prefix).map_or("", |_| self.user_literal_prefix.as_str());
+        let user_static = row
+            .user
+            .strip_prefix(&self.user_literal_prefix)
+            .map_or("", |_| self.user_literal_prefix.as_str());
         let mut hasher = blake3::Hasher::new();
         hasher.update(system.as_bytes());
         hasher.update(&[0]);
@@ -351,7 +393,10 @@ impl BodyBuilder {
         let hash = hasher.finalize();
         let mut key = [0u8; 8];
         key.copy_from_slice(&hash.as_bytes()[..8]);
-        Prefix { key: u64::from_le_bytes(key), tokens: tokens::estimate(system) + tokens::estimate(user_static) }
+        Prefix {
+            key: u64::from_le_bytes(key),
+            tokens: tokens::estimate(system) + tokens::estimate(user_static),
+        }
     }
 
     /// One call for one row (chat or completions), or for an embedding of
@@ -366,14 +411,29 @@ impl BodyBuilder {
         let est_prompt_tokens = row.system.as_deref().map_or(0, tokens::estimate)
             + tokens::estimate(&row.user)
             + row.images.len() as u64 * crate::image::IMAGE_TOKEN_ESTIMATE;
-        let est_tokens = est_prompt_tokens + if self.spec.task == Task::Embeddings { 0 } else { self.output_reserve };
-        Call { rows: vec![row.row], body: to_bytes(&body), prefix: Some(prefix), est_tokens, est_prompt_tokens, route: None }
+        let est_tokens = est_prompt_tokens
+            + if self.spec.task == Task::Embeddings {
+                0
+            } else {
+                self.output_reserve
+            };
+        Call {
+            rows: vec![row.row],
+            body: to_bytes(&body),
+            prefix: Some(prefix),
+            est_tokens,
+            est_prompt_tokens,
+            route: None,
+        }
     }
 
     /// One embeddings call for several rows (`--batch-size`); `texts` are
     /// (row, text) pairs, answered in order.
     pub fn embeddings(&self, texts: &[(RowId, &str)]) -> Call {
-        let input = texts.iter().map(|(_, t)| Value::String((*t).to_string())).collect();
+        let input = texts
+            .iter()
+            .map(|(_, t)| Value::String((*t).to_string()))
+            .collect();
         let est: u64 = texts.iter().map(|(_, t)| tokens::estimate(t)).sum();
         Call {
             rows: texts.iter().map(|(r, _)| *r).collect(),
@@ -409,10 +469,16 @@ impl BodyBuilder {
         first_row: RowId,
     ) -> Vec<std::result::Result<Option<Call>, (RowId, String)>> {
         use crate::openai_batch::{route, BODY, URL};
-        let column = |name| batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>());
+        let column = |name| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_string_opt::<i32>())
+        };
         let (Some(urls), Some(bodies)) = (column(URL), column(BODY)) else {
             let message = format!("OpenAI Batch rows need string columns `{URL}` and `{BODY}`");
-            return (0..batch.num_rows()).map(|i| Err((first_row + i as u64, message.clone()))).collect();
+            return (0..batch.num_rows())
+                .map(|i| Err((first_row + i as u64, message.clone())))
+                .collect();
         };
         (0..batch.num_rows())
             .map(|i| {
@@ -421,8 +487,11 @@ impl BodyBuilder {
                     return Ok(None);
                 }
                 let url = urls.value(i);
-                let task = route(url).ok_or_else(|| (row, format!("url {url:?} is not a supported route")))?;
-                self.passthrough(row, task, bodies.value(i)).map(Some).map_err(|e| (row, e))
+                let task = route(url)
+                    .ok_or_else(|| (row, format!("url {url:?} is not a supported route")))?;
+                self.passthrough(row, task, bodies.value(i))
+                    .map(Some)
+                    .map_err(|e| (row, e))
             })
             .collect()
     }
@@ -436,7 +505,8 @@ impl BodyBuilder {
             return Err("body asks for \"stream\": true, which batch requests cannot do".into());
         }
         if let Some(model) = &self.spec.model {
-            body.entry("model").or_insert_with(|| Value::String(model.clone()));
+            body.entry("model")
+                .or_insert_with(|| Value::String(model.clone()));
         }
         for (k, v) in &self.spec.params {
             body.entry(k.as_str()).or_insert_with(|| v.clone());
@@ -473,7 +543,9 @@ impl BodyBuilder {
 
     fn chat_body(&self, row: &RenderedRow, prefix: &Prefix) -> Value {
         let mut messages = Vec::with_capacity(2);
-        let split_user = self.spec.cache_control && !self.user_literal_prefix.is_empty() && row.user.starts_with(&self.user_literal_prefix);
+        let split_user = self.spec.cache_control
+            && !self.user_literal_prefix.is_empty()
+            && row.user.starts_with(&self.user_literal_prefix);
         if let Some(system) = &row.system {
             let content = if self.spec.cache_control && !split_user {
                 json!([{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}])
@@ -498,7 +570,11 @@ impl BodyBuilder {
                 Value::Array(parts) => parts,
                 text => vec![json!({"type": "text", "text": text})],
             };
-            parts.extend(row.images.iter().map(|url| json!({"type": "image_url", "image_url": {"url": url}})));
+            parts.extend(
+                row.images
+                    .iter()
+                    .map(|url| json!({"type": "image_url", "image_url": {"url": url}})),
+            );
             user = Value::Array(parts);
         }
         messages.push(json!({"role": "user", "content": user}));
@@ -509,7 +585,10 @@ impl BodyBuilder {
             body.insert("response_format".into(), rf.clone());
         }
         if self.spec.prompt_cache_key && prefix.cacheable() {
-            body.insert("prompt_cache_key".into(), Value::String(format!("aiq-{:016x}", prefix.key)));
+            body.insert(
+                "prompt_cache_key".into(),
+                Value::String(format!("aiq-{:016x}", prefix.key)),
+            );
         }
         Value::Object(body)
     }
@@ -527,7 +606,11 @@ impl BodyBuilder {
 
     fn embedding_body(&self, input: Vec<Value>) -> Value {
         let mut body = self.base();
-        let input = if input.len() == 1 { input.into_iter().next().unwrap_or(Value::Null) } else { Value::Array(input) };
+        let input = if input.len() == 1 {
+            input.into_iter().next().unwrap_or(Value::Null)
+        } else {
+            Value::Array(input)
+        };
         body.insert("input".into(), input);
         for (k, v) in &self.spec.params {
             body.insert(k.clone(), v.clone());
@@ -595,7 +678,13 @@ mod tests {
     #[test]
     fn renders_rows_and_skips_nulls() {
         let b = batch();
-        let t = Templates::bind(Some("Be terse."), "Review {{id}}: {{text}}", None, &b.schema()).unwrap();
+        let t = Templates::bind(
+            Some("Be terse."),
+            "Review {{id}}: {{text}}",
+            None,
+            &b.schema(),
+        )
+        .unwrap();
         let rows = t.render_batch(&b, 10);
         let first = rows[0].as_ref().unwrap().as_ref().unwrap();
         assert_eq!(first.row, 10);
@@ -603,13 +692,18 @@ mod tests {
         assert_eq!(first.system.as_deref(), Some("Be terse."));
         assert!(rows[1].as_ref().unwrap().is_none(), "null text → not sent");
         // No HTML escaping in prompts.
-        assert_eq!(rows[2].as_ref().unwrap().as_ref().unwrap().user, "Review 3: bad <b>");
+        assert_eq!(
+            rows[2].as_ref().unwrap().as_ref().unwrap().user,
+            "Review 3: bad <b>"
+        );
     }
 
     #[test]
     fn unknown_column_is_named() {
         let b = batch();
-        let err = Templates::bind(None, "{{ txt }}", None, &b.schema()).err().unwrap();
+        let err = Templates::bind(None, "{{ txt }}", None, &b.schema())
+            .err()
+            .unwrap();
         let msg = err.to_string();
         assert!(msg.contains("`txt`") && msg.contains("id, text"), "{msg}");
         assert_eq!(err.exit_code(), 2);
@@ -634,7 +728,13 @@ mod tests {
     fn cache_control_marks_last_static_block() {
         let b = batch();
         let t = Templates::bind(Some("sys"), "Classify this: {{text}}", None, &b.schema()).unwrap();
-        let builder = BodyBuilder::new(BodySpec { cache_control: true, ..spec() }, &t);
+        let builder = BodyBuilder::new(
+            BodySpec {
+                cache_control: true,
+                ..spec()
+            },
+            &t,
+        );
         let rows = t.render_batch(&b, 0);
         let call = builder.single(rows[0].as_ref().unwrap().as_ref().unwrap());
         let body: Value = serde_json::from_slice(&call.body).unwrap();
@@ -648,10 +748,17 @@ mod tests {
     #[test]
     fn typed_params_and_response_format_reach_the_body() {
         // `--param` values as the command line parses them, into every kind of body.
-        let params: Map<String, Value> = ["stop=a,b", "temperature=0.5", "max_tokens=12", "seed=7", "logprobs=true", "user=me"]
-            .iter()
-            .map(|p| crate::settings::parse_param(p).unwrap())
-            .collect();
+        let params: Map<String, Value> = [
+            "stop=a,b",
+            "temperature=0.5",
+            "max_tokens=12",
+            "seed=7",
+            "logprobs=true",
+            "user=me",
+        ]
+        .iter()
+        .map(|p| crate::settings::parse_param(p).unwrap())
+        .collect();
         let rf = crate::types::SqlType::Int.response_format();
         let b = batch();
         let t = Templates::bind(None, "{{text}}", None, &b.schema()).unwrap();
@@ -659,7 +766,13 @@ mod tests {
         let row = rows[0].as_ref().unwrap().as_ref().unwrap();
         for task in [Task::Chat, Task::Completions, Task::Embeddings] {
             let builder = BodyBuilder::new(
-                BodySpec { task, params: params.clone(), response_format: Some(rf.clone()), model: Some("m".into()), ..spec() },
+                BodySpec {
+                    task,
+                    params: params.clone(),
+                    response_format: Some(rf.clone()),
+                    model: Some("m".into()),
+                    ..spec()
+                },
                 &t,
             );
             let call = builder.single(row);
@@ -673,9 +786,17 @@ mod tests {
             assert_eq!(body["user"], json!("me"));
             assert_eq!(body["model"], json!("m"));
             // Structured output only where the API has it.
-            assert_eq!(body.get("response_format"), (task == Task::Chat).then_some(&rf), "{task:?}");
+            assert_eq!(
+                body.get("response_format"),
+                (task == Task::Chat).then_some(&rf),
+                "{task:?}"
+            );
             if task != Task::Embeddings {
-                assert_eq!(call.est_tokens, call.est_prompt_tokens + 12, "max_tokens is the output reserve");
+                assert_eq!(
+                    call.est_tokens,
+                    call.est_prompt_tokens + 12,
+                    "max_tokens is the output reserve"
+                );
             }
         }
     }
@@ -692,16 +813,27 @@ mod tests {
             schema.clone(),
             vec![
                 Arc::new(StringArray::from(vec!["a", "b", "c"])),
-                Arc::new(BinaryArray::from(vec![Some(png), None, Some(b"nope".as_slice())])),
+                Arc::new(BinaryArray::from(vec![
+                    Some(png),
+                    None,
+                    Some(b"nope".as_slice()),
+                ])),
             ],
         )
         .unwrap();
-        let t = Templates::bind(None, "Describe: {{text}}", None, &schema).unwrap().with_images(&["img".into()], &schema).unwrap();
+        let t = Templates::bind(None, "Describe: {{text}}", None, &schema)
+            .unwrap()
+            .with_images(&["img".into()], &schema)
+            .unwrap();
         let rows = t.render_batch(&b, 0);
         let row = rows[0].as_ref().unwrap().as_ref().unwrap();
         assert!(row.images[0].starts_with("data:image/png;base64,"));
         assert!(rows[1].as_ref().unwrap().is_none(), "null image: not sent");
-        assert!(rows[2].as_ref().unwrap_err().1.contains("--image `img`: not a PNG"));
+        assert!(rows[2]
+            .as_ref()
+            .unwrap_err()
+            .1
+            .contains("--image `img`: not a PNG"));
         let builder = BodyBuilder::new(spec(), &t);
         let call = builder.single(row);
         let body: Value = serde_json::from_slice(&call.body).unwrap();
@@ -710,9 +842,16 @@ mod tests {
             json!([{"type": "text", "text": "Describe: a"}, {"type": "image_url", "image_url": {"url": row.images[0]}}])
         );
         assert!(call.est_prompt_tokens >= crate::image::IMAGE_TOKEN_ESTIMATE);
-        assert!(Templates::bind(None, "{{text}}", None, &schema).unwrap().with_images(&["text2".into()], &schema).is_err());
+        assert!(Templates::bind(None, "{{text}}", None, &schema)
+            .unwrap()
+            .with_images(&["text2".into()], &schema)
+            .is_err());
         let ints = Schema::new(vec![Field::new("n", DataType::Int64, false)]);
-        let err = Templates::bind(None, "x", None, &ints).unwrap().with_images(&["n".into()], &ints).err().unwrap();
+        let err = Templates::bind(None, "x", None, &ints)
+            .unwrap()
+            .with_images(&["n".into()], &ints)
+            .err()
+            .unwrap();
         assert_eq!(err.exit_code(), 2);
     }
 
@@ -725,7 +864,12 @@ mod tests {
         let b = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(StringArray::from(vec!["/v1/chat/completions", "/v1/embeddings", "/v1/chat/completions", "/v1/x"])),
+                Arc::new(StringArray::from(vec![
+                    "/v1/chat/completions",
+                    "/v1/embeddings",
+                    "/v1/chat/completions",
+                    "/v1/x",
+                ])),
                 Arc::new(StringArray::from(vec![
                     Some(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":7}"#),
                     Some(r#"{"model":"own","input":"x"}"#),
@@ -739,7 +883,14 @@ mod tests {
         let mut params = Map::new();
         params.insert("max_tokens".into(), json!(100));
         params.insert("temperature".into(), json!(0));
-        let builder = BodyBuilder::new(BodySpec { model: Some("m".into()), params, ..spec() }, &t);
+        let builder = BodyBuilder::new(
+            BodySpec {
+                model: Some("m".into()),
+                params,
+                ..spec()
+            },
+            &t,
+        );
         let calls = builder.passthrough_batch(&b, 5);
         let chat = calls[0].as_ref().unwrap().as_ref().unwrap();
         let body: Value = serde_json::from_slice(&chat.body).unwrap();
@@ -749,7 +900,10 @@ mod tests {
         assert_eq!((chat.rows.clone(), chat.route), (vec![5], Some(Task::Chat)));
         let emb = calls[1].as_ref().unwrap().as_ref().unwrap();
         let body: Value = serde_json::from_slice(&emb.body).unwrap();
-        assert_eq!((body["model"].clone(), emb.route), (json!("own"), Some(Task::Embeddings)));
+        assert_eq!(
+            (body["model"].clone(), emb.route),
+            (json!("own"), Some(Task::Embeddings))
+        );
         assert!(calls[2].as_ref().unwrap_err().1.contains("stream"));
         assert_eq!(calls[3].as_ref().unwrap_err().0, 8);
     }
@@ -761,12 +915,25 @@ mod tests {
         let t = Templates::bind(Some(&long), "{{text}}", None, &b.schema()).unwrap();
         let builder = BodyBuilder::new(spec(), &t);
         let rows = t.render_batch(&b, 0);
-        let body: Value = serde_json::from_slice(&builder.single(rows[0].as_ref().unwrap().as_ref().unwrap()).body).unwrap();
-        assert!(body["prompt_cache_key"].as_str().unwrap().starts_with("aiq-"));
+        let body: Value = serde_json::from_slice(
+            &builder
+                .single(rows[0].as_ref().unwrap().as_ref().unwrap())
+                .body,
+        )
+        .unwrap();
+        assert!(body["prompt_cache_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("aiq-"));
         let short = Templates::bind(Some("short"), "{{text}}", None, &b.schema()).unwrap();
         let builder = BodyBuilder::new(spec(), &short);
         let rows = short.render_batch(&b, 0);
-        let body: Value = serde_json::from_slice(&builder.single(rows[0].as_ref().unwrap().as_ref().unwrap()).body).unwrap();
+        let body: Value = serde_json::from_slice(
+            &builder
+                .single(rows[0].as_ref().unwrap().as_ref().unwrap())
+                .body,
+        )
+        .unwrap();
         assert!(body.get("prompt_cache_key").is_none());
     }
 }

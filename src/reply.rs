@@ -42,7 +42,13 @@ pub struct Reply {
 
 impl Shape {
     pub fn string(task: Task) -> Shape {
-        Shape { task, result_type: SqlType::String, function: None, similarity: false, raw: false }
+        Shape {
+            task,
+            result_type: SqlType::String,
+            function: None,
+            similarity: false,
+            raw: false,
+        }
     }
 
     /// Parse a 2xx body for a call answering `rows` rows. `Err` means the
@@ -56,21 +62,33 @@ impl Shape {
                 let r: ChatResponse = decode(body)?;
                 let choice = r.choices.into_iter().next().ok_or("reply has no choices")?;
                 let finish = choice.finish_reason;
-                let result = match (&choice.message.tool_calls, wire::content_text(&choice.message.content)) {
+                let result = match (
+                    &choice.message.tool_calls,
+                    wire::content_text(&choice.message.content),
+                ) {
                     (Some(calls), _) if calls.as_array().is_some_and(|a| !a.is_empty()) => {
                         Ok(Value::String(calls.to_string()))
                     }
                     (_, Some(text)) => self.typed(&text),
                     (_, None) => Err("reply has no text content".to_string()),
                 };
-                Ok(Reply { rows: vec![RowReply { result, finish_reason: finish }], usage: usage(r.usage.as_ref()) })
+                Ok(Reply {
+                    rows: vec![RowReply {
+                        result,
+                        finish_reason: finish,
+                    }],
+                    usage: usage(r.usage.as_ref()),
+                })
             }
             Task::Completions => {
                 let r: CompletionResponse = decode(body)?;
                 let choice = r.choices.into_iter().next().ok_or("reply has no choices")?;
                 let result = self.typed(&choice.text);
                 Ok(Reply {
-                    rows: vec![RowReply { result, finish_reason: choice.finish_reason }],
+                    rows: vec![RowReply {
+                        result,
+                        finish_reason: choice.finish_reason,
+                    }],
                     usage: usage(r.usage.as_ref()),
                 })
             }
@@ -80,19 +98,31 @@ impl Shape {
                 data.sort_by_key(|d| d.index);
                 let expected = if self.similarity { 2 } else { rows };
                 if data.len() != expected {
-                    return Err(format!("asked for {expected} embeddings, got {}", data.len()));
+                    return Err(format!(
+                        "asked for {expected} embeddings, got {}",
+                        data.len()
+                    ));
                 }
                 let rows = if self.similarity {
                     let result = cosine_similarity(&data[0].embedding, &data[1].embedding)
                         .map(|s| serde_json::json!(s))
                         .ok_or_else(|| "embeddings differ in length or are zero".to_string());
-                    vec![RowReply { result, finish_reason: None }]
+                    vec![RowReply {
+                        result,
+                        finish_reason: None,
+                    }]
                 } else {
                     data.into_iter()
-                        .map(|d| RowReply { result: Ok(serde_json::json!(d.embedding)), finish_reason: None })
+                        .map(|d| RowReply {
+                            result: Ok(serde_json::json!(d.embedding)),
+                            finish_reason: None,
+                        })
                         .collect()
                 };
-                Ok(Reply { rows, usage: usage(r.usage.as_ref()) })
+                Ok(Reply {
+                    rows,
+                    usage: usage(r.usage.as_ref()),
+                })
             }
         }
     }
@@ -127,7 +157,10 @@ fn parse_raw(body: &[u8]) -> Result<Reply, String> {
         .and_then(Value::as_str)
         .map(str::to_string);
     Ok(Reply {
-        rows: vec![RowReply { result: Ok(Value::String(text.trim().to_string())), finish_reason }],
+        rows: vec![RowReply {
+            result: Ok(Value::String(text.trim().to_string())),
+            finish_reason,
+        }],
         usage: usage(any.usage.as_ref()),
     })
 }
@@ -184,7 +217,10 @@ mod tests {
     #[test]
     fn malformed_bodies_are_errors() {
         let shape = Shape::string(Task::Chat);
-        assert!(shape.parse(b"<html>", 1).unwrap_err().contains("unexpected reply"));
+        assert!(shape
+            .parse(b"<html>", 1)
+            .unwrap_err()
+            .contains("unexpected reply"));
         assert!(shape.parse(br#"{"choices": []}"#, 1).is_err());
     }
 
@@ -195,7 +231,10 @@ mod tests {
         let r = shape.parse(body.to_string().as_bytes(), 2).unwrap();
         assert_eq!(r.rows[0].result, Ok(json!([1.0, 0.0])));
         assert!(shape.parse(body.to_string().as_bytes(), 3).is_err());
-        let sim = Shape { similarity: true, ..Shape::string(Task::Embeddings) };
+        let sim = Shape {
+            similarity: true,
+            ..Shape::string(Task::Embeddings)
+        };
         let r = sim.parse(body.to_string().as_bytes(), 1).unwrap();
         assert_eq!(r.rows.len(), 1);
         assert!(r.rows[0].result.as_ref().unwrap().as_f64().unwrap().abs() < 1e-6);
@@ -203,23 +242,41 @@ mod tests {
 
     #[test]
     fn raw_replies_are_kept_whole() {
-        let shape = Shape { raw: true, ..Shape::string(Task::Chat) };
+        let shape = Shape {
+            raw: true,
+            ..Shape::string(Task::Chat)
+        };
         let body = json!({"id": "x", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
                           "usage": {"prompt_tokens": 5, "completion_tokens": 1}});
         let r = shape.parse(body.to_string().as_bytes(), 1).unwrap();
-        let kept: Value = serde_json::from_str(r.rows[0].result.as_ref().unwrap().as_str().unwrap()).unwrap();
+        let kept: Value =
+            serde_json::from_str(r.rows[0].result.as_ref().unwrap().as_str().unwrap()).unwrap();
         assert_eq!(kept, body);
         assert_eq!(r.rows[0].finish_reason.as_deref(), Some("stop"));
         assert_eq!(r.usage.total_tokens, 6);
         // Embeddings replies have no choices; a non-JSON body is an error.
-        let emb = json!({"data": [{"index": 0, "embedding": [1.0]}], "usage": {"prompt_tokens": 2}});
-        assert_eq!(shape.parse(emb.to_string().as_bytes(), 1).unwrap().usage.prompt_tokens, 2);
+        let emb =
+            json!({"data": [{"index": 0, "embedding": [1.0]}], "usage": {"prompt_tokens": 2}});
+        assert_eq!(
+            shape
+                .parse(emb.to_string().as_bytes(), 1)
+                .unwrap()
+                .usage
+                .prompt_tokens,
+            2
+        );
         assert!(shape.parse(b"<html>", 1).is_err());
     }
 
     #[test]
     fn usage_split_sums_to_total() {
-        let total = Usage { prompt_tokens: 10, completion_tokens: 0, total_tokens: 10, cached_tokens: 3, ..Default::default() };
+        let total = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 0,
+            total_tokens: 10,
+            cached_tokens: 3,
+            ..Default::default()
+        };
         let parts = split_usage(total, 3);
         assert_eq!(parts.iter().map(|u| u.prompt_tokens).sum::<i64>(), 10);
         assert_eq!(parts.iter().map(|u| u.cached_tokens).sum::<i64>(), 3);

@@ -12,7 +12,10 @@ use reqwest::StatusCode;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetryAction {
     /// Transient: try again after backoff, and not before `after`.
-    Retry { after: Option<Duration>, rate_limited: bool },
+    Retry {
+        after: Option<Duration>,
+        rate_limited: bool,
+    },
     /// The request itself is wrong: record the error in the row, go on.
     RowError,
     /// The job cannot succeed (credentials refused, no such endpoint).
@@ -23,8 +26,14 @@ pub enum RetryAction {
 /// the job; other 4xx belong to the row.
 pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> RetryAction {
     match status.as_u16() {
-        429 => RetryAction::Retry { after: retry_after(headers), rate_limited: true },
-        408 | 500..=599 => RetryAction::Retry { after: retry_after(headers), rate_limited: false },
+        429 => RetryAction::Retry {
+            after: retry_after(headers),
+            rate_limited: true,
+        },
+        408 | 500..=599 => RetryAction::Retry {
+            after: retry_after(headers),
+            rate_limited: false,
+        },
         401 | 403 | 404 => RetryAction::Abort,
         _ => RetryAction::RowError,
     }
@@ -33,7 +42,9 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> RetryAction {
 /// How long the server asks us to wait: `retry-after-ms` (OpenAI), then
 /// `Retry-After` as delta-seconds or an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = header_str(headers, "retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+    if let Some(ms) =
+        header_str(headers, "retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok())
+    {
         if ms.is_finite() && ms >= 0.0 {
             return Some(Duration::from_secs_f64(ms / 1000.0));
         }
@@ -43,7 +54,10 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// A rate-limit reset hint such as `1s`, `6m0s`, `120ms` or `0.5` (OpenAI
@@ -105,9 +119,24 @@ pub(crate) mod tests {
     fn statuses_are_classified() {
         let h = HeaderMap::new();
         let retry = |s: u16| classify_status(StatusCode::from_u16(s).unwrap(), &h);
-        assert!(matches!(retry(429), RetryAction::Retry { rate_limited: true, .. }));
+        assert!(matches!(
+            retry(429),
+            RetryAction::Retry {
+                rate_limited: true,
+                ..
+            }
+        ));
         for s in [408, 500, 502, 503, 504] {
-            assert!(matches!(retry(s), RetryAction::Retry { rate_limited: false, .. }), "{s}");
+            assert!(
+                matches!(
+                    retry(s),
+                    RetryAction::Retry {
+                        rate_limited: false,
+                        ..
+                    }
+                ),
+                "{s}"
+            );
         }
         for s in [401, 403, 404] {
             assert_eq!(retry(s), RetryAction::Abort, "{s}");
@@ -119,14 +148,26 @@ pub(crate) mod tests {
 
     #[test]
     fn retry_after_forms() {
-        assert_eq!(retry_after(&headers(&[("retry-after", "3")])), Some(Duration::from_secs(3)));
-        assert_eq!(retry_after(&headers(&[("retry-after-ms", "250"), ("retry-after", "3")])), Some(Duration::from_millis(250)));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "3")])),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "250"), ("retry-after", "3")])),
+            Some(Duration::from_millis(250))
+        );
         let later = SystemTime::now() + Duration::from_secs(120);
         let date = httpdate::fmt_http_date(later);
         let d = retry_after(&headers(&[("retry-after", &date)])).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
         let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(60));
-        assert_eq!(retry_after(&headers(&[("retry-after", &past)])), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &past)])),
+            Some(Duration::ZERO)
+        );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
         assert_eq!(retry_after(&HeaderMap::new()), None);
     }

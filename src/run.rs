@@ -47,21 +47,23 @@ pub struct Ui {
     pub quiet: bool,
 }
 
-
 pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
     let source = match plan.input_format {
         InputFormat::Rows => Source::open(&plan.input, plan.batch_rows)?,
         InputFormat::OpenaiBatch => crate::openai_batch::open(&plan.input, plan.batch_rows)?,
     };
-    let templates = Arc::new(Templates::bind(
-        plan.system.as_deref(),
-        &plan.prompt,
-        plan.prompt2.as_deref(),
-        &source.schema,
-    )?
-    .with_images(&plan.images, &source.schema)?);
-    let layout = Layout::new(&source.schema, plan.result_type.arrow_type())?.with_prices(plan.prices);
+    let templates = Arc::new(
+        Templates::bind(
+            plan.system.as_deref(),
+            &plan.prompt,
+            plan.prompt2.as_deref(),
+            &source.schema,
+        )?
+        .with_images(&plan.images, &source.schema)?,
+    );
+    let layout =
+        Layout::new(&source.schema, plan.result_type.arrow_type())?.with_prices(plan.prices);
 
     // The simulator (if any) lives as long as this function.
     let (endpoint, _simulator) = resolve_endpoint(&plan).await?;
@@ -76,7 +78,8 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     // Like `mkdir -p`: the example job writes under target/, which a fresh
     // clone built elsewhere (CARGO_TARGET_DIR) does not have.
     if let Some(parent) = plan.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::output(&plan.output, format!("cannot create its folder: {e}")))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::output(&plan.output, format!("cannot create its folder: {e}")))?;
     }
     let (journal, resume) = Journal::open(&plan.output, &manifest, plan.restart)?;
     if !resume.is_empty() && !ui.quiet {
@@ -97,7 +100,14 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         similarity: plan.prompt2.is_some(),
         raw: plan.passthrough(),
     };
-    let client = Arc::new(Client::new(http, endpoint.clone(), limiter.clone(), plan.retry.clone(), shape, plan.stream)?);
+    let client = Arc::new(Client::new(
+        http,
+        endpoint.clone(),
+        limiter.clone(),
+        plan.retry.clone(),
+        shape,
+        plan.stream,
+    )?);
     let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
 
     // Budgets are per job: earlier runs' spend (from the journal) counts.
@@ -165,9 +175,24 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let to_do = total_rows.map(|t| t.saturating_sub(committed));
     let status = StatusFile::start(status_path(&plan.output), to_do);
     let progress = Progress::new(to_do, ui.quiet).with_status(status.clone());
-    let parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), PART_ROWS, resume.parts);
-    let summary = Summary { prices: plan.prices, ..Summary::default() };
-    let mut collector = Collector::new(journal, layout, parts, resume.outcomes, stop.clone(), progress);
+    let parts = PartWriter::new(
+        journal.parts_dir(),
+        layout.output.clone(),
+        PART_ROWS,
+        resume.parts,
+    );
+    let summary = Summary {
+        prices: plan.prices,
+        ..Summary::default()
+    };
+    let mut collector = Collector::new(
+        journal,
+        layout,
+        parts,
+        resume.outcomes,
+        stop.clone(),
+        progress,
+    );
     collector.fail_on_error = plan.fail_on_error;
     collector.summary = summary;
     collector.budget = budget;
@@ -178,14 +203,22 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     stop.store(true, Ordering::Relaxed);
     let _ = dispatch.await;
     // A read error ends the input early: that is a failed job, not a done one.
-    let read = reader.await.map_err(|e| Error::Stopped(format!("input reader failed: {e}")))?;
+    let read = reader
+        .await
+        .map_err(|e| Error::Stopped(format!("input reader failed: {e}")))?;
     let mut collector = collected?;
     read?;
 
     collector.parts.commit()?;
     let rows = match plan.output_format {
-        OutputFormat::Parquet => concat_parts(&collector.parts.parts, &plan.output, collector.layout.output.clone())?,
-        OutputFormat::OpenaiBatch => crate::openai_batch::write_output(&collector.parts.parts, &plan.output)?,
+        OutputFormat::Parquet => concat_parts(
+            &collector.parts.parts,
+            &plan.output,
+            collector.layout.output.clone(),
+        )?,
+        OutputFormat::OpenaiBatch => {
+            crate::openai_batch::write_output(&collector.parts.parts, &plan.output)?
+        }
     };
     let mut summary = collector.summary.clone();
     summary.rows = rows;
@@ -215,5 +248,13 @@ fn http_client(plan: &Plan) -> Result<reqwest::Client> {
 /// The work is in [`crate::endpoint::resolve`], shared with `aiq bench`.
 pub async fn resolve_endpoint(plan: &Plan) -> Result<(Endpoint, Option<Simulator>)> {
     let sim = crate::endpoint::simulator_config(&plan.simulator);
-    crate::endpoint::resolve(&plan.target, plan.model.as_deref(), plan.task, plan.profile.as_deref(), plan.api_key_env.as_deref(), sim).await
+    crate::endpoint::resolve(
+        &plan.target,
+        plan.model.as_deref(),
+        plan.task,
+        plan.profile.as_deref(),
+        plan.api_key_env.as_deref(),
+        sim,
+    )
+    .await
 }

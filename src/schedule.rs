@@ -30,7 +30,11 @@ use crate::settings::Task;
 pub enum Event {
     /// A batch of input rows whose outcomes will follow. The permit bounds
     /// open batches and is released when the batch is written.
-    Batch { first: RowId, batch: RecordBatch, permit: OwnedSemaphorePermit },
+    Batch {
+        first: RowId,
+        batch: RecordBatch,
+        permit: OwnedSemaphorePermit,
+    },
     /// Outcomes of rows (of calls, or rows not sent at all). A call's
     /// concurrency permit travels with its outcomes and is released only once
     /// they are journaled, so a kill can lose at most the calls in flight.
@@ -96,7 +100,8 @@ impl Dispatcher {
                         Some(None) => None,
                     },
                 };
-                self.launch(call, warm_key.map(|k| (k, warmed_tx.clone()))).await;
+                self.launch(call, warm_key.map(|k| (k, warmed_tx.clone())))
+                    .await;
             }
             if input_done && waiting == 0 {
                 return;
@@ -150,7 +155,9 @@ impl Dispatcher {
 
     /// Wait for a free slot, then run the call in its own task.
     async fn launch(&self, call: Call, warm: Option<(u64, mpsc::UnboundedSender<u64>)>) {
-        let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
+        };
         // The job may have stopped (a budget, Ctrl-C) while this call waited.
         if self.stopped() {
             return;
@@ -192,7 +199,12 @@ impl CallMaker<'_> {
     /// Render a batch into calls, in row order, plus the outcomes of rows
     /// that need no call (a null in a template variable, a template error).
     /// Rows in `done` (finished in an earlier run) get neither.
-    pub fn calls(&self, first: RowId, batch: &RecordBatch, done: &HashSet<RowId>) -> (Vec<Outcome>, Vec<Call>) {
+    pub fn calls(
+        &self,
+        first: RowId,
+        batch: &RecordBatch,
+        done: &HashSet<RowId>,
+    ) -> (Vec<Outcome>, Vec<Call>) {
         if self.passthrough {
             return self.passthrough_calls(first, batch, done);
         }
@@ -223,7 +235,8 @@ impl CallMaker<'_> {
         } else if builder.spec().task == Task::Embeddings && self.batch_size > 1 {
             rows.chunks(self.batch_size)
                 .map(|chunk| {
-                    let texts: Vec<(RowId, &str)> = chunk.iter().map(|r| (r.row, r.user.as_str())).collect();
+                    let texts: Vec<(RowId, &str)> =
+                        chunk.iter().map(|r| (r.row, r.user.as_str())).collect();
                     builder.embeddings(&texts)
                 })
                 .collect()
@@ -235,10 +248,20 @@ impl CallMaker<'_> {
 
     /// OpenAI Batch input: one call per row, its body from the input; no
     /// prefix grouping (the bodies are opaque).
-    fn passthrough_calls(&self, first: RowId, batch: &RecordBatch, done: &HashSet<RowId>) -> (Vec<Outcome>, Vec<Call>) {
+    fn passthrough_calls(
+        &self,
+        first: RowId,
+        batch: &RecordBatch,
+        done: &HashSet<RowId>,
+    ) -> (Vec<Outcome>, Vec<Call>) {
         let mut immediate = Vec::new();
         let mut calls = Vec::new();
-        for (i, call) in self.builder.passthrough_batch(batch, first).into_iter().enumerate() {
+        for (i, call) in self
+            .builder
+            .passthrough_batch(batch, first)
+            .into_iter()
+            .enumerate()
+        {
             let row = first + i as u64;
             if done.contains(&row) {
                 continue;

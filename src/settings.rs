@@ -277,7 +277,8 @@ impl JobSettings {
             .map_err(|e| Error::Config(format!("job file {}: {e}", path.display())))?;
         // Relative paths in a job file are relative to the directory the
         // command runs in, as they are for flags: jobs are run from the repo root.
-        toml::from_str(&text).map_err(|e| Error::Config(format!("job file {}: {e}", path.display())))
+        toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("job file {}: {e}", path.display())))
     }
 
     /// Flags win over the job file: every field set in `self` stays, every
@@ -324,9 +325,11 @@ pub fn parse_param(s: &str) -> std::result::Result<(String, Value), String> {
     let raw = raw.trim();
     let value = match serde_json::from_str::<Value>(raw) {
         Ok(v) => v,
-        Err(_) if raw.contains(',') => {
-            Value::Array(raw.split(',').map(|p| Value::String(p.trim().to_string())).collect())
-        }
+        Err(_) if raw.contains(',') => Value::Array(
+            raw.split(',')
+                .map(|p| Value::String(p.trim().to_string()))
+                .collect(),
+        ),
         Err(_) => Value::String(raw.to_string()),
     };
     Ok((key.to_string(), value))
@@ -353,7 +356,10 @@ mod tests {
 
     #[test]
     fn params_are_typed() {
-        assert_eq!(parse_param("max_tokens=128").unwrap(), ("max_tokens".into(), json!(128)));
+        assert_eq!(
+            parse_param("max_tokens=128").unwrap(),
+            ("max_tokens".into(), json!(128))
+        );
         assert_eq!(parse_param("temperature=0.5").unwrap().1, json!(0.5));
         assert_eq!(parse_param("stop=a,b").unwrap().1, json!(["a", "b"]));
         assert_eq!(parse_param("reasoning_effort=low").unwrap().1, json!("low"));
@@ -388,7 +394,10 @@ mod tests {
         assert!(merged.fail_on_error);
         assert_eq!(
             merged.params,
-            vec![("temperature".into(), json!(0)), ("max_tokens".into(), json!(8))]
+            vec![
+                ("temperature".into(), json!(0)),
+                ("max_tokens".into(), json!(8))
+            ]
         );
     }
 

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder};
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde_json::{json, Value};
@@ -39,8 +41,14 @@ pub const OUTCOME_COLUMNS: [&str; 14] = [
 ];
 
 /// The usage columns, in [`crate::outcome::Usage::fields_mut`] order.
-const USAGE_COLUMNS: [&str; 6] =
-    ["prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens"];
+const USAGE_COLUMNS: [&str; 6] = [
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+];
 
 /// Builds output batches.
 #[derive(Debug, Clone)]
@@ -56,7 +64,11 @@ impl Layout {
     /// Fails (exit 2) when an input column has the name of an outcome column.
     pub fn new(input: &Schema, result_type: DataType) -> Result<Layout> {
         let input = compatible_schema(input);
-        if let Some(clash) = input.fields().iter().find(|f| OUTCOME_COLUMNS.contains(&f.name().as_str())) {
+        if let Some(clash) = input
+            .fields()
+            .iter()
+            .find(|f| OUTCOME_COLUMNS.contains(&f.name().as_str()))
+        {
             return Err(Error::Config(format!(
                 "the input has a column named `{}`, which aiq writes itself; rename it in the input",
                 clash.name()
@@ -74,7 +86,11 @@ impl Layout {
         fields.push(Arc::new(Field::new("latency_ms", DataType::Int64, true)));
         fields.push(Arc::new(Field::new("ttft_ms", DataType::Int64, true)));
         fields.push(Arc::new(Field::new("attempts", DataType::Int32, false)));
-        fields.push(Arc::new(Field::new("maybe_billed_twice", DataType::Boolean, false)));
+        fields.push(Arc::new(Field::new(
+            "maybe_billed_twice",
+            DataType::Boolean,
+            false,
+        )));
         Ok(Layout {
             input,
             output: Arc::new(Schema::new(fields)),
@@ -91,12 +107,14 @@ impl Layout {
 
     /// One output batch: `input` rows with their outcomes, in row order.
     pub fn assemble(&self, input: &RecordBatch, outcomes: &mut [Outcome]) -> Result<RecordBatch> {
-        let input = make_compatible(input, &self.input).map_err(|e| Error::Config(format!("input columns: {e}")))?;
+        let input = make_compatible(input, &self.input)
+            .map_err(|e| Error::Config(format!("input columns: {e}")))?;
         let result = self.result_column(outcomes)?;
         let n = outcomes.len();
         let mut error = StringBuilder::with_capacity(n, 0);
         let mut finish = StringBuilder::with_capacity(n, n * 4);
-        let mut usage: [Int64Builder; USAGE_COLUMNS.len()] = std::array::from_fn(|_| Int64Builder::with_capacity(n));
+        let mut usage: [Int64Builder; USAGE_COLUMNS.len()] =
+            std::array::from_fn(|_| Int64Builder::with_capacity(n));
         let mut cost = Float64Builder::with_capacity(n);
         let mut latency = Int64Builder::with_capacity(n);
         let mut ttft = Int64Builder::with_capacity(n);
@@ -127,21 +145,26 @@ impl Layout {
         columns.push(Arc::new(ttft.finish()));
         columns.push(Arc::new(attempts.finish()));
         columns.push(Arc::new(billed_twice.finish()));
-        RecordBatch::try_new(self.output.clone(), columns).map_err(|e| Error::Config(format!("output batch: {e}")))
+        RecordBatch::try_new(self.output.clone(), columns)
+            .map_err(|e| Error::Config(format!("output batch: {e}")))
     }
 
     /// The typed `result` column, decoded from the outcomes' JSON values. A
     /// value that does not decode (the reply parser should have caught it)
     /// becomes a null with an error in its row rather than failing the batch.
     fn result_column(&self, outcomes: &mut [Outcome]) -> Result<ArrayRef> {
-        let rows: Vec<Value> = outcomes.iter().map(|o| json!({"result": o.result})).collect();
+        let rows: Vec<Value> = outcomes
+            .iter()
+            .map(|o| json!({"result": o.result}))
+            .collect();
         if let Ok(batch) = decode(&self.result_schema, &rows) {
             return Ok(batch.column(0).clone());
         }
         let mut rows = rows;
         for (o, row) in outcomes.iter_mut().zip(rows.iter_mut()) {
             if let Err(e) = decode(&self.result_schema, std::slice::from_ref(row)) {
-                o.error_message.get_or_insert_with(|| format!("result does not fit the result type: {e}"));
+                o.error_message
+                    .get_or_insert_with(|| format!("result does not fit the result type: {e}"));
                 o.result = Value::Null;
                 *row = json!({"result": null});
             }
@@ -152,12 +175,17 @@ impl Layout {
     }
 }
 
-pub(crate) fn decode(schema: &SchemaRef, rows: &[Value]) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+pub(crate) fn decode(
+    schema: &SchemaRef,
+    rows: &[Value],
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
     let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
         .with_batch_size(rows.len().max(1))
         .build_decoder()?;
     decoder.serialize(rows)?;
-    Ok(decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+    Ok(decoder
+        .flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
 }
 
 /// Writes finished batches into part files, rolling every `part_rows` rows.
@@ -171,7 +199,13 @@ pub struct PartWriter {
 
 impl PartWriter {
     pub fn new(dir: PathBuf, schema: SchemaRef, part_rows: u64, parts: Vec<Part>) -> PartWriter {
-        PartWriter { dir, schema, part_rows, current: None, parts }
+        PartWriter {
+            dir,
+            schema,
+            part_rows,
+            current: None,
+            parts,
+        }
     }
 
     /// Write the output rows starting at row `first`.
@@ -197,7 +231,9 @@ impl PartWriter {
 
     /// Close the open part, if any, and rename it to its row range.
     pub fn commit(&mut self) -> Result<()> {
-        let Some((start, end, file)) = self.current.take() else { return Ok(()) };
+        let Some((start, end, file)) = self.current.take() else {
+            return Ok(());
+        };
         let open = file.path().to_path_buf();
         file.finish()?;
         if end == start {

@@ -137,7 +137,13 @@ impl Source {
         total_rows: Option<u64>,
         batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
     ) -> Source {
-        Source { path: path.to_path_buf(), schema, total_rows, format, reader: Reader::Other(batches) }
+        Source {
+            path: path.to_path_buf(),
+            schema,
+            total_rows,
+            format,
+            reader: Reader::Other(batches),
+        }
     }
 
     pub fn format(&self) -> Format {

@@ -47,7 +47,9 @@ impl Timing {
     /// than two chunks.
     pub fn inter_chunk(&self) -> Option<Duration> {
         match (self.first, self.last) {
-            (Some(first), Some(last)) if self.chunks >= 2 => Some((last - first) / (self.chunks - 1)),
+            (Some(first), Some(last)) if self.chunks >= 2 => {
+                Some((last - first) / (self.chunks - 1))
+            }
             _ => None,
         }
     }
@@ -60,7 +62,9 @@ pub async fn read(
     shape: &Shape,
     sent: Instant,
 ) -> Result<(Reply, Option<Duration>), StreamError> {
-    read_timed(response, shape, sent).await.map(|(reply, timing)| (reply, timing.first))
+    read_timed(response, shape, sent)
+        .await
+        .map(|(reply, timing)| (reply, timing.first))
 }
 
 /// [`read`], also returning when content chunks arrived.
@@ -86,11 +90,18 @@ pub async fn read_timed(
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
             usage = serde_json::from_value(u.clone()).ok();
         }
-        let Some(choice) = chunk.pointer("/choices/0") else { continue };
+        let Some(choice) = chunk.pointer("/choices/0") else {
+            continue;
+        };
         let piece = choice
             .pointer("/delta/content")
             .and_then(wire::content_text)
-            .or_else(|| choice.get("text").and_then(Value::as_str).map(str::to_string));
+            .or_else(|| {
+                choice
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
         if let Some(piece) = piece.filter(|p| !p.is_empty()) {
             let now = sent.elapsed();
             timing.first.get_or_insert(now);
@@ -103,11 +114,22 @@ pub async fn read_timed(
         }
     }
     if !done && finish_reason.is_none() {
-        return Err(StreamError::Transport("stream ended before the reply was complete".into()));
+        return Err(StreamError::Transport(
+            "stream ended before the reply was complete".into(),
+        ));
     }
     let usage = usage.as_ref().map(Usage::from_wire).unwrap_or_default();
     let result = shape.typed(&text);
-    Ok((Reply { rows: vec![RowReply { result, finish_reason }], usage }, timing))
+    Ok((
+        Reply {
+            rows: vec![RowReply {
+                result,
+                finish_reason,
+            }],
+            usage,
+        },
+        timing,
+    ))
 }
 
 #[cfg(test)]
@@ -117,9 +139,21 @@ mod tests {
     #[test]
     fn inter_chunk_latency_is_the_mean_gap_after_the_first() {
         let ms = Duration::from_millis;
-        let t = Timing { first: Some(ms(100)), last: Some(ms(130)), chunks: 4 };
+        let t = Timing {
+            first: Some(ms(100)),
+            last: Some(ms(130)),
+            chunks: 4,
+        };
         assert_eq!(t.inter_chunk(), Some(ms(10)));
-        assert_eq!(Timing { first: Some(ms(1)), last: Some(ms(1)), chunks: 1 }.inter_chunk(), None);
+        assert_eq!(
+            Timing {
+                first: Some(ms(1)),
+                last: Some(ms(1)),
+                chunks: 1
+            }
+            .inter_chunk(),
+            None
+        );
         assert_eq!(Timing::default().inter_chunk(), None);
     }
 }

@@ -274,7 +274,10 @@ mod tests {
 
     #[test]
     fn error_message_reads_openai_and_databricks_bodies() {
-        assert_eq!(error_message(br#"{"error":{"message":"bad key"}}"#), "bad key");
+        assert_eq!(
+            error_message(br#"{"error":{"message":"bad key"}}"#),
+            "bad key"
+        );
         assert_eq!(
             error_message(br#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"no endpoint"}"#),
             "RESOURCE_DOES_NOT_EXIST: no endpoint"

@@ -94,7 +94,12 @@ pub struct BenchArgs {
     pub system: Option<String>,
 
     /// Length of synthetic prompts, in tokens (about 4 bytes each).
-    #[arg(long, value_name = "N", default_value_t = 256, conflicts_with = "input")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        conflicts_with = "input"
+    )]
     pub input_tokens: u64,
 
     /// max_tokens of every request.
@@ -107,7 +112,12 @@ pub struct BenchArgs {
 
     /// Concurrency sweep: a step per value, each with that many requests in
     /// flight (closed loop) [default: 1].
-    #[arg(long, value_name = "N,N,..", value_delimiter = ',', conflicts_with = "rate")]
+    #[arg(
+        long,
+        value_name = "N,N,..",
+        value_delimiter = ',',
+        conflicts_with = "rate"
+    )]
     pub concurrency: Vec<usize>,
 
     /// Request-rate sweep: a step per value, Poisson arrivals at that many
@@ -214,9 +224,14 @@ impl BenchPlan {
             vec![Load::Concurrency(1)]
         } else {
             if args.concurrency.contains(&0) {
-                return Err(Error::Config("--concurrency values must be at least 1".into()));
+                return Err(Error::Config(
+                    "--concurrency values must be at least 1".into(),
+                ));
             }
-            args.concurrency.iter().map(|c| Load::Concurrency(*c)).collect()
+            args.concurrency
+                .iter()
+                .map(|c| Load::Concurrency(*c))
+                .collect()
         };
         if args.max_in_flight == 0 {
             return Err(Error::Config("--max-in-flight must be at least 1".into()));
@@ -224,7 +239,9 @@ impl BenchPlan {
         let stop = match (args.requests, args.duration) {
             (Some(0), _) => return Err(Error::Config("--requests must be at least 1".into())),
             (Some(n), _) => StepEnd::Requests(n),
-            (None, Some(d)) if d.is_finite() && d > 0.0 => StepEnd::Duration(Duration::from_secs_f64(d)),
+            (None, Some(d)) if d.is_finite() && d > 0.0 => {
+                StepEnd::Duration(Duration::from_secs_f64(d))
+            }
             (None, Some(d)) => {
                 return Err(Error::Config(format!(
                     "--duration must be a positive number of seconds, got {d}"
@@ -233,14 +250,20 @@ impl BenchPlan {
             (None, None) => StepEnd::Requests(DEFAULT_REQUESTS),
         };
         if !(args.timeout.is_finite() && args.timeout > 0.0) {
-            return Err(Error::Config("--timeout must be a positive number of seconds".into()));
+            return Err(Error::Config(
+                "--timeout must be a positive number of seconds".into(),
+            ));
         }
         if args.task == Task::Embeddings {
             return Err(Error::Config(
-                "aiq bench measures chat and completions; --task embeddings is not supported".into(),
+                "aiq bench measures chat and completions; --task embeddings is not supported"
+                    .into(),
             ));
         }
-        for (name, v) in [("--slo-ttft-ms", args.slo_ttft_ms), ("--slo-e2e-ms", args.slo_e2e_ms)] {
+        for (name, v) in [
+            ("--slo-ttft-ms", args.slo_ttft_ms),
+            ("--slo-e2e-ms", args.slo_e2e_ms),
+        ] {
             if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
                 return Err(Error::Config(format!(
                     "{name} must be a positive number of milliseconds"
@@ -267,10 +290,15 @@ impl BenchPlan {
         }
         if let Some(itl) = simulator.itl_ms {
             if !(itl.is_finite() && itl >= 0.0) {
-                return Err(Error::Config(format!("--sim-itl-ms must be a number >= 0, got {itl}")));
+                return Err(Error::Config(format!(
+                    "--sim-itl-ms must be a number >= 0, got {itl}"
+                )));
             }
         }
-        for path in [&args.json, &args.records, &args.plot].into_iter().flatten() {
+        for path in [&args.json, &args.records, &args.plot]
+            .into_iter()
+            .flatten()
+        {
             if path.as_os_str() == "-" {
                 continue;
             }
@@ -286,15 +314,21 @@ impl BenchPlan {
         if args.records.as_ref().is_some_and(|p| p.as_os_str() == "-")
             || args.plot.as_ref().is_some_and(|p| p.as_os_str() == "-")
         {
-            return Err(Error::Config("--records and --plot need a file path, not `-`".into()));
+            return Err(Error::Config(
+                "--records and --plot need a file path, not `-`".into(),
+            ));
         }
         let mut params: Map<String, Value> = args.params.iter().cloned().collect();
         for reserved in ["messages", "prompt", "stream"] {
             if params.contains_key(reserved) {
-                return Err(Error::Config(format!("--param {reserved} is set by aiq itself")));
+                return Err(Error::Config(format!(
+                    "--param {reserved} is set by aiq itself"
+                )));
             }
         }
-        params.entry("max_tokens").or_insert(Value::from(args.output_tokens));
+        params
+            .entry("max_tokens")
+            .or_insert(Value::from(args.output_tokens));
         Ok(BenchPlan {
             target,
             loads,
@@ -365,7 +399,8 @@ pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
     let mut records = Vec::new();
     for (i, load) in plan.loads.iter().enumerate() {
         let bar = step_bar(&plan, *load, quiet);
-        let (step_records, elapsed) = run_step(&plan, &client, &bodies, i as u32, *load, &bar).await;
+        let (step_records, elapsed) =
+            run_step(&plan, &client, &bodies, i as u32, *load, &bar).await;
         bar.finish_and_clear();
         let stats = stats::summarize(*load, &step_records, elapsed.as_secs_f64(), &plan.slo);
         if !quiet {
@@ -461,7 +496,13 @@ async fn run_step(
 /// Hand out tickets until the step ends: back to back for a concurrency
 /// step (the bounded channel makes it wait for a free worker), at Poisson
 /// arrival times for a rate step.
-async fn pace(tickets: mpsc::Sender<Ticket>, load: Load, stop: StepEnd, seed: u64, started: Instant) {
+async fn pace(
+    tickets: mpsc::Sender<Ticket>,
+    load: Load,
+    stop: StepEnd,
+    seed: u64,
+    started: Instant,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let deadline = match stop {
         StepEnd::Duration(d) => Some(started + d),
@@ -513,7 +554,9 @@ async fn worker(
             step,
             request: ticket.id,
             start_ms: ms(sent - started),
-            queued_ms: ticket.due.map_or(0.0, |due| ms(sent.saturating_duration_since(due))),
+            queued_ms: ticket
+                .due
+                .map_or(0.0, |due| ms(sent.saturating_duration_since(due))),
             ttft_ms: probe.timing.first.map(ms),
             e2e_ms: ms(probe.elapsed),
             itl_ms: probe.timing.inter_chunk().map(ms),
@@ -533,13 +576,16 @@ async fn worker(
 /// through the same renderer and body builder as `aiq run`.
 fn prompt_bodies(plan: &BenchPlan, endpoint: &Endpoint) -> Result<Vec<Bytes>> {
     let args = &plan.args;
-    let (batches, prompt): (Box<dyn Iterator<Item = Result<RecordBatch>>>, String) = match (&args.input, &args.prompt) {
-        (Some(input), Some(prompt)) => (Source::open(input, 1024)?.into_batches(), prompt.clone()),
-        _ => (
-            Box::new(std::iter::once(Ok(synthetic_prompts(args.input_tokens)))),
-            "{{prompt}}".to_string(),
-        ),
-    };
+    let (batches, prompt): (Box<dyn Iterator<Item = Result<RecordBatch>>>, String) =
+        match (&args.input, &args.prompt) {
+            (Some(input), Some(prompt)) => {
+                (Source::open(input, 1024)?.into_batches(), prompt.clone())
+            }
+            _ => (
+                Box::new(std::iter::once(Ok(synthetic_prompts(args.input_tokens)))),
+                "{{prompt}}".to_string(),
+            ),
+        };
     let mut batches = batches.peekable();
     let schema = match batches.peek() {
         Some(Ok(b)) => b.schema(),
@@ -576,7 +622,12 @@ fn prompt_bodies(plan: &BenchPlan, endpoint: &Endpoint) -> Result<Vec<Bytes>> {
     let mut first = 0;
     'batches: for batch in batches {
         let batch = batch?;
-        for row in templates.render_batch(&batch, first).into_iter().flatten().flatten() {
+        for row in templates
+            .render_batch(&batch, first)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             bodies.push(builder.single(&row).body);
             if bodies.len() >= MAX_PROMPTS {
                 break 'batches;
@@ -586,7 +637,8 @@ fn prompt_bodies(plan: &BenchPlan, endpoint: &Endpoint) -> Result<Vec<Bytes>> {
     }
     if bodies.is_empty() {
         return Err(Error::Config(
-            "no prompt could be rendered from the --input rows (all null or failing the template)".into(),
+            "no prompt could be rendered from the --input rows (all null or failing the template)"
+                .into(),
         ));
     }
     Ok(bodies)
@@ -595,7 +647,9 @@ fn prompt_bodies(plan: &BenchPlan, endpoint: &Endpoint) -> Result<Vec<Bytes>> {
 /// Distinct synthetic prompts of about `tokens` tokens each: a number first
 /// (so no two share a cacheable prefix), then filler words.
 fn synthetic_prompts(tokens: u64) -> RecordBatch {
-    const WORDS: &[&str] = &["lorem", "ipsum", "dolor", "sit", "amet", "tempor", "magna", "aliqua"];
+    const WORDS: &[&str] = &[
+        "lorem", "ipsum", "dolor", "sit", "amet", "tempor", "magna", "aliqua",
+    ];
     let bytes = (tokens as usize).max(1) * BYTES_PER_TOKEN;
     let prompts: Vec<String> = (0..256)
         .map(|i| {
@@ -610,7 +664,11 @@ fn synthetic_prompts(tokens: u64) -> RecordBatch {
             text
         })
         .collect();
-    let schema = Arc::new(Schema::new(vec![Field::new("prompt", DataType::Utf8, false)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "prompt",
+        DataType::Utf8,
+        false,
+    )]));
     // One Utf8 column of the declared type: building the batch cannot fail.
     RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(prompts))])
         .unwrap_or_else(|_| RecordBatch::new_empty(schema))
@@ -627,8 +685,12 @@ fn step_bar(plan: &BenchPlan, load: Load, quiet: bool) -> ProgressBar {
         ProgressDrawTarget::stderr_with_hz(8)
     });
     let template = match plan.stop {
-        StepEnd::Requests(_) => "{spinner} {prefix:>10} {bar:30.cyan/blue} {pos}/{len} requests · {per_sec} · {msg}",
-        StepEnd::Duration(_) => "{spinner} {prefix:>10} {pos} requests · {elapsed} · {per_sec} · {msg}",
+        StepEnd::Requests(_) => {
+            "{spinner} {prefix:>10} {bar:30.cyan/blue} {pos}/{len} requests · {per_sec} · {msg}"
+        }
+        StepEnd::Duration(_) => {
+            "{spinner} {prefix:>10} {pos} requests · {elapsed} · {per_sec} · {msg}"
+        }
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));

@@ -32,17 +32,49 @@ type Series = (
     bool,
 );
 
-fn draw_inner(path: &Path, steps: &[StepStats]) -> std::result::Result<(), Box<dyn std::error::Error>> {
+fn draw_inner(
+    path: &Path,
+    steps: &[StepStats],
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let series: [Series; 4] = [
-        ("e2e p50", |s| s.e2e_ms, |l| l.p50, RGBColor(31, 119, 180), true),
-        ("e2e p99", |s| s.e2e_ms, |l| l.p99, RGBColor(174, 199, 232), false),
-        ("TTFT p50", |s| s.ttft_ms, |l| l.p50, RGBColor(214, 39, 40), true),
-        ("TTFT p99", |s| s.ttft_ms, |l| l.p99, RGBColor(255, 152, 150), false),
+        (
+            "e2e p50",
+            |s| s.e2e_ms,
+            |l| l.p50,
+            RGBColor(31, 119, 180),
+            true,
+        ),
+        (
+            "e2e p99",
+            |s| s.e2e_ms,
+            |l| l.p99,
+            RGBColor(174, 199, 232),
+            false,
+        ),
+        (
+            "TTFT p50",
+            |s| s.ttft_ms,
+            |l| l.p50,
+            RGBColor(214, 39, 40),
+            true,
+        ),
+        (
+            "TTFT p99",
+            |s| s.ttft_ms,
+            |l| l.p99,
+            RGBColor(255, 152, 150),
+            false,
+        ),
     ];
     // Steps in order of achieved throughput, so lines run left to right.
     let mut ordered: Vec<&StepStats> = steps.iter().collect();
     ordered.sort_by(|a, b| achieved(a).total_cmp(&achieved(b)));
-    let x_max = ordered.iter().map(|s| achieved(s)).fold(0.0, f64::max).max(1e-3) * 1.15;
+    let x_max = ordered
+        .iter()
+        .map(|s| achieved(s))
+        .fold(0.0, f64::max)
+        .max(1e-3)
+        * 1.15;
     let y_max = ordered
         .iter()
         .flat_map(|s| {
@@ -57,7 +89,10 @@ fn draw_inner(path: &Path, steps: &[StepStats]) -> std::result::Result<(), Box<d
     let root = SVGBackend::new(path, (1000, 620)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("aiq bench: latency vs achieved throughput", ("sans-serif", 24))
+        .caption(
+            "aiq bench: latency vs achieved throughput",
+            ("sans-serif", 24),
+        )
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
@@ -81,12 +116,18 @@ fn draw_inner(path: &Path, steps: &[StepStats]) -> std::result::Result<(), Box<d
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+            });
         chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
         if annotate {
-            let labels = ordered.iter().filter(|s| pick(s).is_some()).map(|s| s.load.label());
+            let labels = ordered
+                .iter()
+                .filter(|s| pick(s).is_some())
+                .map(|s| s.load.label());
             chart.draw_series(points.iter().zip(labels).map(|(p, label)| {
-                EmptyElement::at(*p) + Text::new(label, (6, 5), ("sans-serif", 13).into_font().color(&color))
+                EmptyElement::at(*p)
+                    + Text::new(label, (6, 5), ("sans-serif", 13).into_font().color(&color))
             }))?;
         }
     }

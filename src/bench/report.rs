@@ -88,7 +88,11 @@ pub fn table(result: &BenchResult) -> String {
         })
         .collect();
     let line = |cells: &[String]| -> String {
-        let cells: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect();
+        let cells: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
         cells.join("  ").trim_end().to_string()
     };
     let _ = writeln!(out, "{}", line(&header.map(str::to_string)));
@@ -134,7 +138,8 @@ pub fn write_outputs(plan: &BenchPlan, result: &BenchResult, quiet: bool) -> Res
         print!("{text}");
     }
     if let Some(path) = &a.json {
-        let doc = serde_json::to_string_pretty(&summary_json(plan, result)).map_err(|e| Error::output(path, e))?;
+        let doc = serde_json::to_string_pretty(&summary_json(plan, result))
+            .map_err(|e| Error::output(path, e))?;
         if json_to_stdout {
             println!("{doc}");
         } else {
@@ -181,19 +186,36 @@ pub fn write_records(path: &Path, records: &[Record], steps: &[StepStats]) -> Re
     for chunk in records.chunks(65_536) {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|r| r.step))),
-            Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| label(r.step)))),
-            Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|r| r.request))),
-            Arc::new(Float64Array::from_iter_values(chunk.iter().map(|r| r.start_ms))),
-            Arc::new(Float64Array::from_iter_values(chunk.iter().map(|r| r.queued_ms))),
+            Arc::new(StringArray::from_iter_values(
+                chunk.iter().map(|r| label(r.step)),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                chunk.iter().map(|r| r.request),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                chunk.iter().map(|r| r.start_ms),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                chunk.iter().map(|r| r.queued_ms),
+            )),
             Arc::new(Float64Array::from_iter(chunk.iter().map(|r| r.ttft_ms))),
-            Arc::new(Float64Array::from_iter_values(chunk.iter().map(|r| r.e2e_ms))),
+            Arc::new(Float64Array::from_iter_values(
+                chunk.iter().map(|r| r.e2e_ms),
+            )),
             Arc::new(Float64Array::from_iter(chunk.iter().map(|r| r.itl_ms))),
-            Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|r| r.prompt_tokens))),
-            Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|r| r.output_tokens))),
+            Arc::new(UInt64Array::from_iter_values(
+                chunk.iter().map(|r| r.prompt_tokens),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                chunk.iter().map(|r| r.output_tokens),
+            )),
             Arc::new(UInt16Array::from_iter(chunk.iter().map(|r| r.status))),
-            Arc::new(StringArray::from_iter(chunk.iter().map(|r| r.error.as_deref()))),
+            Arc::new(StringArray::from_iter(
+                chunk.iter().map(|r| r.error.as_deref()),
+            )),
         ];
-        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::output(path, e))?;
+        let batch =
+            RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::output(path, e))?;
         file.write(&batch)?;
     }
     file.finish()?;

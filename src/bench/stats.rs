@@ -52,7 +52,9 @@ impl Slo {
     /// A successful request within every bound.
     pub fn met_by(&self, r: &Record) -> bool {
         r.ok()
-            && self.ttft_ms.is_none_or(|max| r.ttft_ms.is_some_and(|t| t <= max))
+            && self
+                .ttft_ms
+                .is_none_or(|max| r.ttft_ms.is_some_and(|t| t <= max))
             && self.e2e_ms.is_none_or(|max| r.e2e_ms <= max)
     }
 }
@@ -150,8 +152,20 @@ pub fn summarize(load: Load, records: &[Record], elapsed_secs: f64, slo: &Slo) -
     let ok = ok_records.len() as u64;
     let rate_limited = records.iter().filter(|r| r.status == Some(429)).count() as u64;
     let good = records.iter().filter(|r| slo.met_by(r)).count() as u64;
-    let per_sec = |n: f64| if elapsed_secs > 0.0 { n / elapsed_secs } else { 0.0 };
-    let share = |n: u64| if requests > 0 { n as f64 / requests as f64 } else { 0.0 };
+    let per_sec = |n: f64| {
+        if elapsed_secs > 0.0 {
+            n / elapsed_secs
+        } else {
+            0.0
+        }
+    };
+    let share = |n: u64| {
+        if requests > 0 {
+            n as f64 / requests as f64
+        } else {
+            0.0
+        }
+    };
     let output_tokens: u64 = ok_records.iter().map(|r| r.output_tokens).sum();
     StepStats {
         load,

@@ -176,7 +176,10 @@ async fn handle(
             Fault::Slow => tokio::time::sleep(Duration::from_millis(st.cfg.slow_ms)).await,
         }
     }
-    let limit_headers = match st.limits.admit_reserving(job.prompt_tokens + job.max_tokens, job.max_tokens) {
+    let limit_headers = match st
+        .limits
+        .admit_reserving(job.prompt_tokens + job.max_tokens, job.max_tokens)
+    {
         Admission::Admitted(h) => h,
         Admission::Refused(h) => {
             bump(&c.rate_limited);

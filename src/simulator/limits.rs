@@ -144,10 +144,22 @@ impl Limits {
     pub fn with_otpm(mut self, otpm: Option<u64>, burst_seconds: f64) -> Limits {
         let Some(otpm) = otpm else { return self };
         let inner = self.inner.get_or_insert_with(|| {
-            Mutex::new(Buckets { requests: None, tokens: None, output: None, last: Instant::now() })
+            Mutex::new(Buckets {
+                requests: None,
+                tokens: None,
+                output: None,
+                last: Instant::now(),
+            })
         });
         let b = inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        b.output = Some(Bucket::new(otpm, if burst_seconds > 0.0 { burst_seconds } else { 1.0 }));
+        b.output = Some(Bucket::new(
+            otpm,
+            if burst_seconds > 0.0 {
+                burst_seconds
+            } else {
+                1.0
+            },
+        ));
         self
     }
 
@@ -274,7 +286,10 @@ mod tests {
         // 600 output tokens/min, 1 s burst: capacity 10.
         let l = Limits::new(None, None, 1.0).with_otpm(Some(600), 1.0);
         assert!(matches!(l.admit_reserving(5, 8), Admission::Admitted(_)));
-        assert!(matches!(l.admit_reserving(5, 8), Admission::Refused(_)), "8 reserved, 2 left");
+        assert!(
+            matches!(l.admit_reserving(5, 8), Admission::Refused(_)),
+            "8 reserved, 2 left"
+        );
         l.refund_output(6); // the reply used 2 of its 8
         assert!(matches!(l.admit_reserving(5, 8), Admission::Admitted(_)));
     }

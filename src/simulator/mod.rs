@@ -206,7 +206,8 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
         let state = Arc::new(ServerState {
-            limits: Limits::new(cfg.rpm, cfg.tpm, cfg.burst_seconds).with_otpm(cfg.otpm, cfg.burst_seconds),
+            limits: Limits::new(cfg.rpm, cfg.tpm, cfg.burst_seconds)
+                .with_otpm(cfg.otpm, cfg.burst_seconds),
             cache: cache::PrefixCache::new(!cfg.no_cache),
             faults,
             counters: counters.clone(),

@@ -366,7 +366,10 @@ mod tests {
     fn break_first_leaf_changes_one_leaf_type() {
         let mut v = json!({"a": null, "b": {"c": 3, "d": "x"}});
         assert!(break_first_leaf(&mut v));
-        assert_eq!(v, json!({"a": null, "b": {"c": "[[sim:badjson]]", "d": "x"}}));
+        assert_eq!(
+            v,
+            json!({"a": null, "b": {"c": "[[sim:badjson]]", "d": "x"}})
+        );
         let mut s = json!(["x"]);
         assert!(break_first_leaf(&mut s));
         assert_eq!(s, json!([12345]));

@@ -513,16 +513,13 @@ async fn claude_caches_only_up_to_cache_control() {
     let u = &first["usage"];
     assert_eq!(u["cache_read_input_tokens"], 0);
     assert_eq!(u["cache_creation_input_tokens"], 1408); // 11 whole blocks of 6000 bytes
-    // Anthropic-shaped: input_tokens excludes cache reads and writes.
+                                                        // Anthropic-shaped: input_tokens excludes cache reads and writes.
     assert!(u["prompt_tokens"].is_null());
     assert_eq!(
         u["input_tokens"].as_i64().unwrap() + 1408,
         tokens::estimate(&format!("{long}row 1")) as i64
     );
-    assert_eq!(
-        u["output_tokens"],
-        tokens::estimate("echo: row 1") as i64
-    );
+    assert_eq!(u["output_tokens"], tokens::estimate("echo: row 1") as i64);
     let (_, _, second) = post(url.clone(), &marked("row 2")).await;
     assert_eq!(second["usage"]["cache_read_input_tokens"], 1408);
     assert_eq!(second["usage"]["cache_creation_input_tokens"], 0);

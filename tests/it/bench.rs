@@ -16,7 +16,11 @@ const OUTPUT_TOKENS: f64 = 20.0;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_writes_table_json_records_and_plot() {
     let fx = Fixture::new(SimConfig::default()).await;
-    let (json, records, plot) = (fx.path("bench.json"), fx.path("records.parquet"), fx.path("sweep.svg"));
+    let (json, records, plot) = (
+        fx.path("bench.json"),
+        fx.path("records.parquet"),
+        fx.path("sweep.svg"),
+    );
     let out = fx
         .aiq(
             &[
@@ -80,7 +84,9 @@ async fn bench_writes_table_json_records_and_plot() {
     let (schema, rows) = read_rows(&records);
     assert!(schema.field_with_name("ttft_ms").is_ok() && schema.field_with_name("e2e_ms").is_ok());
     assert_eq!(rows.len(), 24);
-    assert!(rows.iter().all(|r| r["status"] == 200 && r["output_tokens"] == 20));
+    assert!(rows
+        .iter()
+        .all(|r| r["status"] == 200 && r["output_tokens"] == 20));
 
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(
@@ -123,9 +129,29 @@ async fn bench_usage_errors_exit_2() {
     for args in [
         &["bench", "--endpoint", "simulator", "--concurrency", "0"][..],
         &["bench", "--endpoint", "simulator", "--rate", "-1"],
-        &["bench", "--endpoint", "http://127.0.0.1:9/v1", "--sim-ttft-ms", "5"],
-        &["bench", "--endpoint", "simulator", "--concurrency", "2", "--rate", "3"],
-        &["bench", "--endpoint", "simulator", "--plot", "/no/such/folder/p.svg"],
+        &[
+            "bench",
+            "--endpoint",
+            "http://127.0.0.1:9/v1",
+            "--sim-ttft-ms",
+            "5",
+        ],
+        &[
+            "bench",
+            "--endpoint",
+            "simulator",
+            "--concurrency",
+            "2",
+            "--rate",
+            "3",
+        ],
+        &[
+            "bench",
+            "--endpoint",
+            "simulator",
+            "--plot",
+            "/no/such/folder/p.svg",
+        ],
     ] {
         let out = fx.aiq(args, &[]).await;
         assert_eq!(

@@ -9,7 +9,10 @@ use super::util::*;
 /// `n` rows over `prefixes` distinct ~1,500-token instructions, shuffled.
 pub fn prefixed_rows(n: usize, prefixes: usize) -> Vec<Value> {
     let instructions: Vec<String> = (0..prefixes)
-        .map(|p| format!("Instructions set {p}. ") + &"Classify the ticket carefully and answer briefly. ".repeat(120))
+        .map(|p| {
+            format!("Instructions set {p}. ")
+                + &"Classify the ticket carefully and answer briefly. ".repeat(120)
+        })
         .collect();
     (0..n)
         .map(|i| {
@@ -26,36 +29,74 @@ async fn one_cold_request_per_prefix_then_every_row_reads_the_cache() {
     let input = f.write_jsonl("in.jsonl", &prefixed_rows(400, 8));
     let out = f.path("out.parquet");
     let o = f
-        .run_openai(&input, &out, &["--system", "{{instructions}}", "--prompt", "Ticket: {{text}}", "--concurrency", "64"])
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--system",
+                "{{instructions}}",
+                "--prompt",
+                "Ticket: {{text}}",
+                "--concurrency",
+                "64",
+            ],
+        )
         .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     assert_eq!(rows.len(), 400);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["id"], json!(i), "output order is input order");
-        assert!(row["result"].as_str().unwrap().starts_with(&format!("echo: Ticket: row-{i} ")));
+        assert!(row["result"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("echo: Ticket: row-{i} ")));
     }
-    let cold = rows.iter().filter(|r| r["cached_tokens"] == json!(0)).count();
-    assert_eq!(cold, 8, "exactly the warm-up request of each prefix pays for the cache");
-    let cached: i64 = rows.iter().map(|r| r["cached_tokens"].as_i64().unwrap()).sum();
+    let cold = rows
+        .iter()
+        .filter(|r| r["cached_tokens"] == json!(0))
+        .count();
+    assert_eq!(
+        cold, 8,
+        "exactly the warm-up request of each prefix pays for the cache"
+    );
+    let cached: i64 = rows
+        .iter()
+        .map(|r| r["cached_tokens"].as_i64().unwrap())
+        .sum();
     assert!(cached > 392 * 1024, "{cached}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_warmup_concurrent_rows_miss_the_cache() {
-    let f = Fixture::new(SimConfig { latency_ms: 300, ..SimConfig::default() }).await;
+    let f = Fixture::new(SimConfig {
+        latency_ms: 300,
+        ..SimConfig::default()
+    })
+    .await;
     let input = f.write_jsonl("in.jsonl", &prefixed_rows(200, 8));
     let out = f.path("out.parquet");
     let o = f
         .run_openai(
             &input,
             &out,
-            &["--system", "{{instructions}}", "--prompt", "Ticket: {{text}}", "--concurrency", "64", "--no-warmup"],
+            &[
+                "--system",
+                "{{instructions}}",
+                "--prompt",
+                "Ticket: {{text}}",
+                "--concurrency",
+                "64",
+                "--no-warmup",
+            ],
         )
         .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
-    let cold = rows.iter().filter(|r| r["cached_tokens"] == json!(0)).count();
+    let cold = rows
+        .iter()
+        .filter(|r| r["cached_tokens"] == json!(0))
+        .count();
     // The first calls go out together, before any cache entry exists: many
     // rows of each prefix pay full price, where warm-ups would make it one.
     // (A wide margin: on a loaded machine the first 64 launches may spread.)
@@ -70,14 +111,29 @@ async fn claude_endpoints_get_a_cache_control_breakpoint() {
     let host = f.sim.base_url();
     let o = f
         .aiq(
-            &["run", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(),
-              "--endpoint", "databricks-claude-sonnet-4", "--system", "{{instructions}}", "--prompt", "Ticket: {{text}}"],
+            &[
+                "run",
+                "-q",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--endpoint",
+                "databricks-claude-sonnet-4",
+                "--system",
+                "{{instructions}}",
+                "--prompt",
+                "Ticket: {{text}}",
+            ],
             &[("DATABRICKS_HOST", &host), ("DATABRICKS_TOKEN", TOKEN)],
         )
         .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
-    let cold = rows.iter().filter(|r| r["cached_tokens"] == json!(0)).count();
+    let cold = rows
+        .iter()
+        .filter(|r| r["cached_tokens"] == json!(0))
+        .count();
     // The simulator caches Claude prompts only up to a cache_control marker.
     assert_eq!(cold, 2, "one warm-up per prefix, the rest read the cache");
 }
@@ -88,15 +144,34 @@ async fn explain_shows_the_prefix_and_sends_nothing() {
     let input = f.write_jsonl("in.jsonl", &prefixed_rows(10, 2));
     let out = f.path("out.parquet");
     let o = f
-        .run_openai(&input, &out, &["--system", "{{instructions}}", "--prompt", "Ticket: {{text}}", "--explain"])
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--system",
+                "{{instructions}}",
+                "--prompt",
+                "Ticket: {{text}}",
+                "--explain",
+            ],
+        )
         .await;
     assert_ok(&o);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("varies per row"), "{text}");
-    assert!(text.contains("reaches the 1,024-token caching minimum"), "{text}");
+    assert!(
+        text.contains("reaches the 1,024-token caching minimum"),
+        "{text}"
+    );
     assert!(text.contains("prompt_cache_key"), "{text}");
     assert_eq!(f.sim.stats().requests, 0);
-    let o = f.run_openai(&input, &out, &["--prompt", "{{text}} is short", "--explain"]).await;
+    let o = f
+        .run_openai(
+            &input,
+            &out,
+            &["--prompt", "{{text}} is short", "--explain"],
+        )
+        .await;
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("starts with a row value"), "{text}");
 }

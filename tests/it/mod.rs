@@ -1,7 +1,7 @@
 mod util;
 
-mod cache;
 mod bench;
+mod cache;
 mod functions;
 mod openai_batch;
 mod reliability;

@@ -35,9 +35,22 @@ async fn chat_rows_come_back_in_order_with_their_own_answers() {
     assert_eq!(
         names,
         [
-            "id", "text", "result", "error_message", "finish_reason", "prompt_tokens", "completion_tokens",
-            "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost", "latency_ms",
-            "ttft_ms", "attempts", "maybe_billed_twice"
+            "id",
+            "text",
+            "result",
+            "error_message",
+            "finish_reason",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cached_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "cost",
+            "latency_ms",
+            "ttft_ms",
+            "attempts",
+            "maybe_billed_twice"
         ]
     );
     assert_eq!(rows.len(), 300);
@@ -427,7 +440,13 @@ async fn missing_output_folders_are_created() {
     assert_ok(&o);
     assert_eq!(read_rows(&out).1.len(), 3);
     // A file where a folder should be is a usage error, before any request.
-    let o = f.run_openai(&input, &f.path("in.jsonl/out.parquet"), &["--prompt", "{{text}}"]).await;
+    let o = f
+        .run_openai(
+            &input,
+            &f.path("in.jsonl/out.parquet"),
+            &["--prompt", "{{text}}"],
+        )
+        .await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert_eq!(f.sim.stats().requests, 3);
 }

@@ -10,7 +10,12 @@ use serde_json::{json, Value};
 use super::util::*;
 
 fn stdout_json(o: &std::process::Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
 }
 
 fn status_file(f: &Fixture, output: &str) -> Value {
@@ -25,9 +30,28 @@ async fn dry_run_sends_nothing_and_estimates_what_the_simulator_bills() {
     let out = f.path("out.parquet");
     let url = f.openai_url();
     let args = [
-        "run", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--endpoint", &url,
-        "--model", "sim-model", "--system", "You are a terse analyst.", "--prompt", "Summarize: {{text}}",
-        "--param", "max_tokens=20", "--price-in", "3", "--price-out", "15", "--rpm", "600",
+        "run",
+        "-q",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--endpoint",
+        &url,
+        "--model",
+        "sim-model",
+        "--system",
+        "You are a terse analyst.",
+        "--prompt",
+        "Summarize: {{text}}",
+        "--param",
+        "max_tokens=20",
+        "--price-in",
+        "3",
+        "--price-out",
+        "15",
+        "--rpm",
+        "600",
     ];
     // No API key in the environment: a dry run needs no credentials.
     let mut dry = args.to_vec();
@@ -36,8 +60,18 @@ async fn dry_run_sends_nothing_and_estimates_what_the_simulator_bills() {
     assert_ok(&o);
     let e = stdout_json(&o);
     assert_eq!(f.sim.stats().requests, 0, "a dry run contacts no endpoint");
-    assert!(!out.exists() && !f.path("out.parquet.aiq").exists(), "and writes nothing");
-    assert_eq!((e["rows"].as_u64(), e["rows_to_send"].as_u64(), e["null_rows"].as_u64()), (Some(120), Some(108), Some(12)));
+    assert!(
+        !out.exists() && !f.path("out.parquet.aiq").exists(),
+        "and writes nothing"
+    );
+    assert_eq!(
+        (
+            e["rows"].as_u64(),
+            e["rows_to_send"].as_u64(),
+            e["null_rows"].as_u64()
+        ),
+        (Some(120), Some(108), Some(12))
+    );
     assert_eq!(e["reserved_output_tokens"], json!(108 * 20));
     assert_eq!(e["bound_by"], json!("--rpm 600"));
     assert!((e["est_secs"].as_f64().unwrap() - 108.0 / 10.0).abs() < 1e-6);
@@ -48,9 +82,15 @@ async fn dry_run_sends_nothing_and_estimates_what_the_simulator_bills() {
     assert_ok(&o);
     let billed = f.sim.stats().prompt_tokens as f64;
     let estimated = e["input_tokens"].as_f64().unwrap();
-    assert!((estimated - billed).abs() <= billed * 0.1, "estimated {estimated}, billed {billed}");
+    assert!(
+        (estimated - billed).abs() <= billed * 0.1,
+        "estimated {estimated}, billed {billed}"
+    );
     let status = status_file(&f, "out.parquet");
-    assert_eq!((status["state"].as_str(), status["rows_done"].as_u64()), (Some("done"), Some(120)));
+    assert_eq!(
+        (status["state"].as_str(), status["rows_done"].as_u64()),
+        (Some("done"), Some(120))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -64,12 +104,28 @@ async fn a_budget_stops_the_job_and_a_higher_one_finishes_it_without_paying_twic
         .run_openai(
             &input,
             &out,
-            &["--prompt", "{{text}}", "--concurrency", "2", "--max-tokens-total", "500", "--batch-rows", "16", "--price-in", "1", "--price-out", "2"],
+            &[
+                "--prompt",
+                "{{text}}",
+                "--concurrency",
+                "2",
+                "--max-tokens-total",
+                "500",
+                "--batch-rows",
+                "16",
+                "--price-in",
+                "1",
+                "--price-out",
+                "2",
+            ],
         )
         .await;
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("token budget reached") && err.contains("of 100 rows have an outcome"), "{err}");
+    assert!(
+        err.contains("token budget reached") && err.contains("of 100 rows have an outcome"),
+        "{err}"
+    );
     let first = f.sim.stats();
     let spent = first.prompt_tokens + first.completion_tokens;
     assert!(spent >= budget, "it ran up to the budget: {spent}");
@@ -78,28 +134,56 @@ async fn a_budget_stops_the_job_and_a_higher_one_finishes_it_without_paying_twic
     // was still counting the outcome that crossed the line. A row is ~18 tokens.
     assert!(spent <= budget + 4 * 20, "and stopped there: {spent}");
     assert!(first.ok < 100);
-    assert!(f.path("out.parquet.aiq").exists(), "the journal is kept for resuming");
+    assert!(
+        f.path("out.parquet.aiq").exists(),
+        "the journal is kept for resuming"
+    );
     assert_eq!(status_file(&f, "out.parquet")["state"], json!("stopped"));
 
     // The same budget again: earlier runs' spend counts, so nothing is sent.
-    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}", "--max-tokens-total", "500"]).await;
+    let o = f
+        .run_openai(
+            &input,
+            &out,
+            &["--prompt", "{{text}}", "--max-tokens-total", "500"],
+        )
+        .await;
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("by earlier runs"), "{}", stderr(&o));
     assert_eq!(f.sim.stats().requests, first.requests);
 
     // A higher budget finishes the job; no row is paid for twice.
     let o = f
-        .run_openai(&input, &out, &["--prompt", "{{text}}", "--max-tokens-total", "100000", "--price-in", "1", "--price-out", "2"])
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--prompt",
+                "{{text}}",
+                "--max-tokens-total",
+                "100000",
+                "--price-in",
+                "1",
+                "--price-out",
+                "2",
+            ],
+        )
         .await;
     assert_ok(&o);
     let stats = f.sim.stats();
     assert_eq!(stats.ok_by_prompt.len(), 100);
-    assert!(stats.ok_by_prompt.values().all(|n| *n == 1), "every row paid for once");
+    assert!(
+        stats.ok_by_prompt.values().all(|n| *n == 1),
+        "every row paid for once"
+    );
     let (_, rows) = read_rows(&out);
     assert_eq!(rows.len(), 100);
     for row in &rows {
         let cost = row["cost"].as_f64().expect("a cost with prices");
-        let (p, c) = (row["prompt_tokens"].as_f64().unwrap(), row["completion_tokens"].as_f64().unwrap());
+        let (p, c) = (
+            row["prompt_tokens"].as_f64().unwrap(),
+            row["completion_tokens"].as_f64().unwrap(),
+        );
         assert!((cost - (p + 2.0 * c) / 1e6).abs() < 1e-12);
         assert_eq!(row["maybe_billed_twice"], json!(false));
     }
@@ -109,11 +193,28 @@ async fn a_budget_stops_the_job_and_a_higher_one_finishes_it_without_paying_twic
 async fn otpm_reservations_are_refunded_from_real_usage() {
     // 6000 output tokens a minute at the provider, enforced the Databricks
     // way; max_tokens is ten times the real answers (about 9 tokens).
-    let f = Fixture::new(SimConfig { otpm: Some(6000), ..SimConfig::default() }).await;
+    let f = Fixture::new(SimConfig {
+        otpm: Some(6000),
+        ..SimConfig::default()
+    })
+    .await;
     let input = f.write_jsonl("in.jsonl", &rows(150, 0));
     let out = f.path("out.parquet");
     let o = f
-        .run_openai(&input, &out, &["--prompt", "{{text}}", "--param", "max_tokens=90", "--otpm", "5400", "--concurrency", "16"])
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--prompt",
+                "{{text}}",
+                "--param",
+                "max_tokens=90",
+                "--otpm",
+                "5400",
+                "--concurrency",
+                "16",
+            ],
+        )
         .await;
     // (The client is told 90% of the provider's limit: when the provider's
     // bucket is full, what the client refills while a request is on the
@@ -127,14 +228,24 @@ async fn otpm_reservations_are_refunded_from_real_usage() {
     // the provider's limit (no 429) and every request is admitted at its
     // first try. (`limit::tests::otpm_refunds_keep_throughput_near_the_limit`
     // measures the throughput itself, on a fake clock.)
-    assert_eq!(s.rate_limited, 0, "the client paces under the provider's OTPM");
+    assert_eq!(
+        s.rate_limited, 0,
+        "the client paces under the provider's OTPM"
+    );
     assert_eq!((s.ok, s.requests), (150, 150));
-    assert!(s.completion_tokens * 5 < 150 * 90, "real output is far below the reservations");
+    assert!(
+        s.completion_tokens * 5 < 150 * 90,
+        "real output is far below the reservations"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
-    let f = Fixture::new(SimConfig { endpoints: vec!["databricks-claude-sonnet-4".into()], ..SimConfig::default() }).await;
+    let f = Fixture::new(SimConfig {
+        endpoints: vec!["databricks-claude-sonnet-4".into()],
+        ..SimConfig::default()
+    })
+    .await;
     let input = f.write_jsonl("in.jsonl", &rows(6, 0));
     let system = "Rules. ".repeat(900); // 6300 bytes: a cacheable prefix
     let host = f.sim.base_url();
@@ -143,9 +254,28 @@ async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
     let out = f.path("claude.parquet");
     let o = f
         .aiq(
-            &["run", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(),
-              "--endpoint", "databricks-claude-sonnet-4", "--system", &system, "--prompt", "{{text}}",
-              "--concurrency", "1", "--price-in", "3", "--price-out", "15", "--price-cached", "0.3"],
+            &[
+                "run",
+                "-q",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--endpoint",
+                "databricks-claude-sonnet-4",
+                "--system",
+                &system,
+                "--prompt",
+                "{{text}}",
+                "--concurrency",
+                "1",
+                "--price-in",
+                "3",
+                "--price-out",
+                "15",
+                "--price-cached",
+                "0.3",
+            ],
             &[("DATABRICKS_HOST", &host), ("DATABRICKS_TOKEN", TOKEN)],
         )
         .await;
@@ -154,27 +284,62 @@ async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
     for (i, row) in rows.iter().enumerate() {
         let text = format!("row-{i} says the product is fine");
         let all_input = aiq::tokens::estimate(&format!("{system}{text}")) as i64;
-        assert_eq!(row["prompt_tokens"], json!(all_input), "row {i}: prompt_tokens counts every input token");
-        let (cached, written) = (row["cached_tokens"].as_i64().unwrap(), row["cache_write_tokens"].as_i64().unwrap());
+        assert_eq!(
+            row["prompt_tokens"],
+            json!(all_input),
+            "row {i}: prompt_tokens counts every input token"
+        );
+        let (cached, written) = (
+            row["cached_tokens"].as_i64().unwrap(),
+            row["cache_write_tokens"].as_i64().unwrap(),
+        );
         if i == 0 {
-            assert!(cached == 0 && written > 1000, "the first request writes the cache: {row:?}");
+            assert!(
+                cached == 0 && written > 1000,
+                "the first request writes the cache: {row:?}"
+            );
         } else {
             assert!(cached > 1000 && written == 0, "later ones read it: {row:?}");
         }
-        assert_eq!(row["completion_tokens"], json!(aiq::tokens::estimate(&format!("echo: {text}"))));
-        assert_eq!(row["total_tokens"], json!(all_input + row["completion_tokens"].as_i64().unwrap()));
+        assert_eq!(
+            row["completion_tokens"],
+            json!(aiq::tokens::estimate(&format!("echo: {text}")))
+        );
+        assert_eq!(
+            row["total_tokens"],
+            json!(all_input + row["completion_tokens"].as_i64().unwrap())
+        );
         assert_eq!(row["reasoning_tokens"], json!(0));
         let p = all_input as f64;
-        let want = ((p - cached as f64) * 3.0 + cached as f64 * 0.3 + row["completion_tokens"].as_f64().unwrap() * 15.0) / 1e6;
+        let want = ((p - cached as f64) * 3.0
+            + cached as f64 * 0.3
+            + row["completion_tokens"].as_f64().unwrap() * 15.0)
+            / 1e6;
         assert!((row["cost"].as_f64().unwrap() - want).abs() < 1e-12);
     }
 
     // OpenAI-compatible: cached tokens inside prompt_tokens, no cost without prices.
     let out = f.path("openai.parquet");
-    let o = f.run_openai(&input, &out, &["--system", &system, "--prompt", "{{text}}", "--concurrency", "1", "--no-warmup"]).await;
+    let o = f
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--system",
+                &system,
+                "--prompt",
+                "{{text}}",
+                "--concurrency",
+                "1",
+                "--no-warmup",
+            ],
+        )
+        .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
-    assert!(rows[1..].iter().all(|r| r["cached_tokens"].as_i64().unwrap() > 1000 && r["cache_write_tokens"] == json!(0)));
+    assert!(rows[1..].iter().all(
+        |r| r["cached_tokens"].as_i64().unwrap() > 1000 && r["cache_write_tokens"] == json!(0)
+    ));
     assert!(rows.iter().all(|r| r["cost"].is_null()));
 }
 
@@ -182,25 +347,55 @@ async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
 async fn timeouts_after_sending_are_capped_and_marked() {
     // A third of requests stall past the client's timeout: the provider may
     // have billed them, so each row gets at most one retry after one.
-    let f = Fixture::new(SimConfig { fault_rate: 0.3, faults: "slow".into(), slow_ms: 3000, seed: 7, ..SimConfig::default() })
-        .await;
+    let f = Fixture::new(SimConfig {
+        fault_rate: 0.3,
+        faults: "slow".into(),
+        slow_ms: 3000,
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await;
     let input = f.write_jsonl("in.jsonl", &rows(40, 0));
     let out = f.path("out.parquet");
-    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}", "--timeout", "0.4", "--concurrency", "8", "--json"]).await;
+    let o = f
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--prompt",
+                "{{text}}",
+                "--timeout",
+                "0.4",
+                "--concurrency",
+                "8",
+                "--json",
+            ],
+        )
+        .await;
     assert_ok(&o);
     let summary = stdout_json(&o);
     let (_, rows) = read_rows(&out);
     let mut retries = 0;
     for row in &rows {
         let attempts = row["attempts"].as_i64().unwrap();
-        assert!(attempts <= 2, "at most one retry after an ambiguous timeout: {row:?}");
+        assert!(
+            attempts <= 2,
+            "at most one retry after an ambiguous timeout: {row:?}"
+        );
         retries += attempts - 1;
         if row["error_message"].is_null() {
             assert_eq!(row["maybe_billed_twice"], json!(attempts == 2), "{row:?}");
         } else {
             let message = row["error_message"].as_str().unwrap();
-            assert!(message.contains("--max-ambiguous-retries 1") && message.contains("timed out"), "{message}");
-            assert_eq!(row["maybe_billed_twice"], json!(true), "two attempts may both have been billed");
+            assert!(
+                message.contains("--max-ambiguous-retries 1") && message.contains("timed out"),
+                "{message}"
+            );
+            assert_eq!(
+                row["maybe_billed_twice"],
+                json!(true),
+                "two attempts may both have been billed"
+            );
         }
     }
     assert!(retries > 0, "the seed makes some requests stall");

@@ -99,7 +99,9 @@ impl Fixture {
 /// them overwrites; `AIQ_BIN` names this worktree's own binary (the
 /// `target/debug/deps/aiq-HASH`) to test that one.
 pub fn aiq_bin() -> PathBuf {
-    std::env::var_os("AIQ_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_aiq")))
+    std::env::var_os("AIQ_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_aiq")))
 }
 
 pub fn stderr(o: &Output) -> String {
