@@ -9,13 +9,13 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use aiq::journal::{InputIdentity, Journal, Manifest};
-use aiq::outcome::Outcome;
-use aiq::parquet_out::writer_properties;
-use aiq::render::{BodyBuilder, BodySpec, Call, RenderedRow, Templates};
-use aiq::reply::{split_usage, Shape};
-use aiq::settings::Task;
-use aiq::sink::Layout;
+use aiq::pipeline::journal::{InputIdentity, Journal, Manifest};
+use aiq::pipeline::outcome::Outcome;
+use aiq::pipeline::parquet_out::writer_properties;
+use aiq::pipeline::render::{BodyBuilder, BodySpec, Call, RenderedRow, Templates};
+use aiq::provider::reply::{split_usage, Shape};
+use aiq::provider::wire::Task;
+use aiq::pipeline::sink::Layout;
 use arrow::array::{Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;

@@ -10,7 +10,7 @@
 
 mod common;
 
-use aiq::settings::JobSettings;
+use aiq::job::settings::JobSettings;
 use aiq::simulator::{SimConfig, Simulator};
 use serde_json::json;
 

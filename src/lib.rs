@@ -1,45 +1,32 @@
 //! aiq: batch scoring of datasets with large language models.
 //!
-//! The data path, one module per stage:
-//! [`source`] (Parquet/JSONL → record batches) → [`render`] (row → request)
-//! → [`schedule`] (order, limits, concurrency) → [`client`] (HTTP, retries)
-//! → [`collect`] + [`journal`] (durable per-row outcomes) → [`sink`]
-//! (Parquet). [`run`] wires them; [`plan`] checks a job before it spends.
-//! [`bench`] measures endpoints (and aiq itself) under a load sweep.
+//! The source tree is the architecture, one folder per layer:
+//!
+//! - [`job`]: what the user asked for. Settings (flags and job files) are
+//!   checked into a [`job::plan::Plan`] before anything is spent; budgets
+//!   and prices live beside them.
+//! - [`pipeline`]: the data path, one module per stage, read top to bottom:
+//!   [`pipeline::source`] (Parquet/JSONL → record batches) →
+//!   [`pipeline::render`] (row → request) → [`pipeline::schedule`] (order,
+//!   limits, concurrency) → [`pipeline::client`] (HTTP, retries) →
+//!   [`pipeline::collect`] + [`pipeline::journal`] (durable per-row
+//!   outcomes) → [`pipeline::sink`] (Parquet).
+//! - [`provider`]: the wire to model servers: endpoints and credentials,
+//!   request/reply formats, provider quirks, retry classification and
+//!   rate limits.
+//! - [`ai`]: AI semantics: SQL return types, the AI task functions, images,
+//!   token estimates.
+//! - [`frontend`]: the shells over the core: the CLI, `aiq run`, `aiq sql`,
+//!   `aiq bench`, dry runs and `--explain`.
+//! - [`simulator`]: an OpenAI/Databricks-compatible server for tests,
+//!   benchmarks and users' own experiments.
 
-pub mod auth;
-pub mod bench;
-pub mod cli;
-pub mod client;
-pub mod collect;
-pub mod dry_run;
-pub mod endpoint;
+pub mod ai;
 pub mod error;
-pub mod explain;
-pub mod functions;
-pub mod image;
-pub mod journal;
-pub mod limit;
-pub mod openai_batch;
-pub mod outcome;
-pub mod parquet_out;
-pub mod plan;
-pub mod progress;
-pub mod render;
-pub mod reply;
-pub mod retry;
-pub mod run;
-pub mod schedule;
-pub mod settings;
+pub mod frontend;
+pub mod job;
+pub mod pipeline;
+pub mod provider;
 pub mod simulator;
-pub mod sink;
-pub mod source;
-pub mod spend;
-#[cfg(feature = "sql")]
-pub mod sql;
-pub mod stream;
-pub mod tokens;
-pub mod types;
-pub mod wire;
 
 pub use error::{Error, Result};

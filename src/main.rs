@@ -3,5 +3,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    aiq::cli::main_with(aiq::cli::Cli::parse())
+    aiq::frontend::cli::main_with(aiq::frontend::cli::Cli::parse())
 }

@@ -14,8 +14,8 @@
 use serde_json::{json, Value};
 
 use super::schema;
-use crate::tokens;
-use crate::wire::{content_text, ChatRequest, CompletionRequest, EmbeddingRequest};
+use crate::ai::tokens;
+use crate::provider::wire::{content_text, ChatRequest, CompletionRequest, EmbeddingRequest};
 
 /// Tokens an image content part counts, whatever its size.
 pub const IMAGE_TOKENS: u64 = 85;

@@ -2,7 +2,7 @@
 //! replies can report cached tokens the way OpenAI does.
 //!
 //! Like OpenAI's automatic caching, the prompt is cut into 128-token blocks
-//! (512 bytes under the 4-bytes-per-token rule of [`crate::tokens`]); each
+//! (512 bytes under the 4-bytes-per-token rule of [`crate::ai::tokens`]); each
 //! block's key is a hash chained over all blocks before it, so a key stands
 //! for a whole prefix. A hit needs at least 1024 tokens (8 blocks). Entries
 //! are inserted when a request completes, so concurrent first requests all
@@ -12,7 +12,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
-use crate::tokens::BYTES_PER_TOKEN;
+use crate::ai::tokens::BYTES_PER_TOKEN;
 
 /// Tokens per cache block.
 pub const BLOCK_TOKENS: u64 = 128;

@@ -25,7 +25,7 @@ use super::faults::Fault;
 use super::limits::Admission;
 use super::stats::{bump, InFlight};
 use super::{stream, ServerState, SimConfig};
-use crate::wire::{
+use crate::provider::wire::{
     ChatChoice, ChatResponse, CompletionChoice, CompletionResponse, EmbeddingItem,
     EmbeddingResponse, Message, PromptTokensDetails, WireUsage,
 };

@@ -4,7 +4,7 @@
 //!
 //! It answers deterministically from the request (so tests can check each
 //! row got its own answer), charges usage with the same token estimate as
-//! the client ([`crate::tokens`]), and reproduces what makes real endpoints
+//! the client ([`crate::ai::tokens`]), and reproduces what makes real endpoints
 //! hard to drive: RPM/TPM limits with `Retry-After`, injected faults
 //! (5xx, dropped connections, stalls), prefix caching, streaming and
 //! latency. This file owns the configuration, the server's life cycle and

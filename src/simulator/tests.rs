@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::{SimConfig, Simulator};
-use crate::tokens;
+use crate::ai::tokens;
 
 async fn sim(cfg: SimConfig) -> Simulator {
     Simulator::start(cfg).await.expect("simulator starts")

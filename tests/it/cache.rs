@@ -108,24 +108,17 @@ async fn claude_endpoints_get_a_cache_control_breakpoint() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_jsonl("in.jsonl", &prefixed_rows(40, 2));
     let out = f.path("out.parquet");
-    let host = f.sim.base_url();
     let o = f
-        .aiq(
+        .run_databricks(
+            &input,
+            &out,
+            "databricks-claude-sonnet-4",
             &[
-                "run",
-                "-q",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--endpoint",
-                "databricks-claude-sonnet-4",
                 "--system",
                 "{{instructions}}",
                 "--prompt",
                 "Ticket: {{text}}",
             ],
-            &[("DATABRICKS_HOST", &host), ("DATABRICKS_TOKEN", TOKEN)],
         )
         .await;
     assert_ok(&o);

@@ -5,10 +5,10 @@
 //! generated from the schema it was sent, so a conforming typed result
 //! shows the request carried the right `response_format`.
 
-use aiq::plan::Plan;
-use aiq::settings::JobSettings;
+use aiq::ai::types::SqlType;
+use aiq::job::plan::Plan;
+use aiq::job::settings::JobSettings;
 use aiq::simulator::SimConfig;
-use aiq::types::SqlType;
 use arrow::datatypes::{DataType, TimeUnit};
 use serde_json::{json, Map, Value};
 
@@ -656,7 +656,7 @@ async fn images_from_base64_data_url_and_binary_columns() {
         // The simulator charges 85 tokens per image part it received.
         assert_eq!(
             rows[i]["prompt_tokens"],
-            json!(aiq::tokens::estimate(&text) + 85)
+            json!(aiq::ai::tokens::estimate(&text) + 85)
         );
     }
     assert_eq!(rows[2]["result"], Value::Null, "null image: not sent");
@@ -697,7 +697,7 @@ async fn images_from_base64_data_url_and_binary_columns() {
     let (_, rows) = read_rows(&out);
     assert_eq!(
         rows[0]["prompt_tokens"],
-        json!(aiq::tokens::estimate("a") + 2 * 85)
+        json!(aiq::ai::tokens::estimate("a") + 2 * 85)
     );
     assert_eq!(rows[1]["result"], Value::Null);
 

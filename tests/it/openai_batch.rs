@@ -149,24 +149,17 @@ async fn batch_file_against_a_databricks_endpoint() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_jsonl("batch.jsonl", &batch_lines());
     let out = f.path("results.jsonl");
-    let host = f.sim.base_url();
     let o = f
-        .aiq(
+        .run_databricks(
+            &input,
+            &out,
+            "my-llm",
             &[
-                "run",
-                "-q",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--endpoint",
-                "my-llm",
                 "--input-format",
                 "openai-batch",
                 "--output-format",
                 "openai-batch",
             ],
-            &[("DATABRICKS_HOST", &host), ("DATABRICKS_TOKEN", TOKEN)],
         )
         .await;
     assert_ok(&o);

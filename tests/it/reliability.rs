@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use aiq::simulator::SimConfig;
 use serde_json::json;
@@ -139,33 +138,18 @@ async fn kill_nine_then_rerun_gives_every_row_once() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     };
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aiq"));
+    let mut cmd = Command::new(aiq_bin());
     args(&mut cmd);
-    let mut child = cmd.spawn().unwrap();
     // Wait (bounded) until a good part of the rows is journaled, then kill -9.
     let journal = f.path("out.parquet.aiq/journal.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lines = std::fs::File::open(&journal)
-            .map(|f| BufReader::new(f).lines().count())
-            .unwrap_or(0);
-        if lines >= 120 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the job made no progress");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the job ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = spawn_until_journaled(&mut cmd, &journal, 120);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!out.exists(), "no output from a killed job");
     let before = f.sim.stats().ok;
     assert!(before < n as u64);
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aiq"));
+    let mut cmd = Command::new(aiq_bin());
     args(&mut cmd);
     let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
@@ -230,24 +214,12 @@ async fn unknown_databricks_endpoint_stops_at_once() {
     .await;
     let input = f.write_jsonl("in.jsonl", &rows(300, 0));
     let out = f.path("out.parquet");
-    let host = f.sim.base_url();
     let o = f
-        .aiq(
-            &[
-                "run",
-                "-q",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--endpoint",
-                "typo",
-                "--prompt",
-                "{{text}}",
-                "--concurrency",
-                "4",
-            ],
-            &[("DATABRICKS_HOST", &host), ("DATABRICKS_TOKEN", TOKEN)],
+        .run_databricks(
+            &input,
+            &out,
+            "typo",
+            &["--prompt", "{{text}}", "--concurrency", "4"],
         )
         .await;
     assert_eq!(code(&o), 1);
@@ -379,38 +351,28 @@ async fn interrupt_flushes_and_says_how_to_resume() {
     let input = f.write_jsonl("in.jsonl", &rows(400, 0));
     let out = f.path("out.parquet");
     let url = f.openai_url();
-    let child = Command::new(env!("CARGO_BIN_EXE_aiq"))
-        .args([
-            "run",
-            "-q",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--endpoint",
-            &url,
-            "--model",
-            "m",
-            "--prompt",
-            "{{text}}",
-            "--concurrency",
-            "4",
-        ])
-        .env_clear()
-        .env("OPENAI_API_KEY", TOKEN)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(aiq_bin());
+    cmd.args([
+        "run",
+        "-q",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--endpoint",
+        &url,
+        "--model",
+        "m",
+        "--prompt",
+        "{{text}}",
+        "--concurrency",
+        "4",
+    ])
+    .env_clear()
+    .env("OPENAI_API_KEY", TOKEN)
+    .stderr(Stdio::piped());
     let journal = f.path("out.parquet.aiq/journal.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::File::open(&journal)
-        .map(|f| BufReader::new(f).lines().count())
-        .unwrap_or(0)
-        < 40
-    {
-        assert!(Instant::now() < deadline, "the job made no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = spawn_until_journaled(&mut cmd, &journal, 40);
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -477,25 +439,15 @@ async fn tokens_never_reach_logs_output_or_journal() {
         )
         .await,
     );
-    let host = f.sim.base_url();
     outputs.push(
-        f.aiq(
+        f.run_databricks_env(
+            &input,
+            &f.path("db.parquet"),
+            "llm",
+            &["-vv", "--prompt", "{{text}}"],
             &[
-                "run",
-                "-vv",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                f.path("db.parquet").to_str().unwrap(),
-                "--endpoint",
-                "llm",
-                "--prompt",
-                "{{text}}",
-            ],
-            &[
-                ("DATABRICKS_HOST", &host),
-                ("DATABRICKS_CLIENT_ID", aiq::simulator::CLIENT_ID),
-                ("DATABRICKS_CLIENT_SECRET", aiq::simulator::CLIENT_SECRET),
+                DATABRICKS_OAUTH[0],
+                DATABRICKS_OAUTH[1],
                 ("RUST_LOG", "trace"),
             ],
         )

@@ -107,18 +107,12 @@ async fn databricks_endpoint_with_token_from_environment() {
     .await;
     let input = f.write_jsonl("in.jsonl", &rows(20, 0));
     let out = f.path("out.parquet");
-    let host = f.sim.base_url();
     let o = f
-        .aiq(
+        .run_databricks(
+            &input,
+            &out,
+            "my-llm",
             &[
-                "run",
-                "-q",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--endpoint",
-                "my-llm",
                 "--system",
                 "Be terse.",
                 "--prompt",
@@ -128,7 +122,6 @@ async fn databricks_endpoint_with_token_from_environment() {
                 "--param",
                 "temperature=0",
             ],
-            &[("DATABRICKS_HOST", &host), ("DATABRICKS_TOKEN", TOKEN)],
         )
         .await;
     assert_ok(&o);
@@ -181,26 +174,13 @@ async fn databricks_oauth_machine_to_machine() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_jsonl("in.jsonl", &rows(10, 0));
     let out = f.path("out.parquet");
-    let host = f.sim.base_url();
     let o = f
-        .aiq(
-            &[
-                "run",
-                "-q",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--endpoint",
-                "llm",
-                "--prompt",
-                "{{text}}",
-            ],
-            &[
-                ("DATABRICKS_HOST", &host),
-                ("DATABRICKS_CLIENT_ID", aiq::simulator::CLIENT_ID),
-                ("DATABRICKS_CLIENT_SECRET", aiq::simulator::CLIENT_SECRET),
-            ],
+        .run_databricks_env(
+            &input,
+            &out,
+            "llm",
+            &["-q", "--prompt", "{{text}}"],
+            &DATABRICKS_OAUTH,
         )
         .await;
     assert_ok(&o);

@@ -248,21 +248,15 @@ async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
     .await;
     let input = f.write_jsonl("in.jsonl", &rows(6, 0));
     let system = "Rules. ".repeat(900); // 6300 bytes: a cacheable prefix
-    let host = f.sim.base_url();
 
     // Claude on Databricks: Anthropic-shaped, additive usage.
     let out = f.path("claude.parquet");
     let o = f
-        .aiq(
+        .run_databricks(
+            &input,
+            &out,
+            "databricks-claude-sonnet-4",
             &[
-                "run",
-                "-q",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--endpoint",
-                "databricks-claude-sonnet-4",
                 "--system",
                 &system,
                 "--prompt",
@@ -276,14 +270,13 @@ async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
                 "--price-cached",
                 "0.3",
             ],
-            &[("DATABRICKS_HOST", &host), ("DATABRICKS_TOKEN", TOKEN)],
         )
         .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     for (i, row) in rows.iter().enumerate() {
         let text = format!("row-{i} says the product is fine");
-        let all_input = aiq::tokens::estimate(&format!("{system}{text}")) as i64;
+        let all_input = aiq::ai::tokens::estimate(&format!("{system}{text}")) as i64;
         assert_eq!(
             row["prompt_tokens"],
             json!(all_input),
@@ -303,7 +296,7 @@ async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
         }
         assert_eq!(
             row["completion_tokens"],
-            json!(aiq::tokens::estimate(&format!("echo: {text}")))
+            json!(aiq::ai::tokens::estimate(&format!("echo: {text}")))
         );
         assert_eq!(
             row["total_tokens"],

@@ -2,14 +2,14 @@
 //! functions, SQL around AI calls, failOnError, and a killed query resumed.
 //! Every query runs the real binary against a simulator.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use aiq::simulator::SimConfig;
 use serde_json::{json, Map, Value};
 
-use super::util::{assert_ok, code, read_rows, rows, stderr, Fixture, TOKEN};
+use super::util::{
+    aiq_bin, assert_ok, code, read_rows, rows, spawn_until_journaled, stderr, Fixture, TOKEN,
+};
 
 /// `aiq sql QUERY ARGS...` against the fixture's simulator (OpenAI route).
 async fn sql(f: &Fixture, query: &str, extra: &[&str]) -> std::process::Output {
@@ -239,7 +239,7 @@ async fn where_join_and_group_by_around_ai_calls() {
     assert_eq!(total as usize, matching);
     assert!(rows
         .iter()
-        .all(|r| aiq::functions::SENTIMENTS.contains(&r["sentiment"].as_str().unwrap())));
+        .all(|r| aiq::ai::functions::SENTIMENTS.contains(&r["sentiment"].as_str().unwrap())));
     // Only the rows the WHERE kept were sent.
     assert_eq!(f.sim.stats().ok as usize, matching);
 }
@@ -363,7 +363,7 @@ async fn killed_query_resumes_without_paying_twice() {
         input.display()
     );
     let run = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_aiq"));
+        let mut c = Command::new(aiq_bin());
         c.args([
             "sql",
             "-q",
@@ -381,24 +381,9 @@ async fn killed_query_resumes_without_paying_twice() {
         .stderr(Stdio::piped());
         c
     };
-    let mut child = run().spawn().unwrap();
     // Wait (bounded, by progress, not by time) until a good part is journaled.
     let journal = f.path("out.parquet.aiq-sql/calls.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lines = std::fs::File::open(&journal)
-            .map(|f| BufReader::new(f).lines().count())
-            .unwrap_or(0);
-        if lines >= 80 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the query made no progress");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the query ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = spawn_until_journaled(&mut run(), &journal, 80);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!out.exists(), "no output from a killed query");

@@ -1,9 +1,11 @@
 //! Test helpers: a temp folder, the simulator, input files, running the
 //! binary with a clean environment, and reading the output back as JSON rows.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Command, Output};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aiq::simulator::{SimConfig, Simulator};
 use arrow::array::RecordBatch;
@@ -92,6 +94,108 @@ impl Fixture {
         args.extend_from_slice(extra);
         self.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await
     }
+
+    /// `aiq run -q` against the simulator's Databricks route: the serving
+    /// endpoint `endpoint_name` on `DATABRICKS_HOST` (the simulator) with the
+    /// right `DATABRICKS_TOKEN`.
+    pub async fn run_databricks(
+        &self,
+        input: &Path,
+        output: &Path,
+        endpoint_name: &str,
+        extra: &[&str],
+    ) -> Output {
+        let mut args = vec!["-q"];
+        args.extend_from_slice(extra);
+        self.run_databricks_env(
+            input,
+            output,
+            endpoint_name,
+            &args,
+            &[("DATABRICKS_TOKEN", TOKEN)],
+        )
+        .await
+    }
+
+    /// `aiq run` against the simulator's Databricks route with
+    /// `DATABRICKS_HOST` set and `envs` in place of the token: credentials
+    /// (e.g. [`DATABRICKS_OAUTH`]) and anything else such as `RUST_LOG`.
+    /// Unlike [`Fixture::run_databricks`] it adds no `-q`: put `-q` or `-v`s
+    /// in `extra`.
+    pub async fn run_databricks_env(
+        &self,
+        input: &Path,
+        output: &Path,
+        endpoint_name: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Output {
+        let host = self.sim.base_url();
+        let mut args = vec![
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--endpoint",
+            endpoint_name,
+        ];
+        args.extend_from_slice(extra);
+        let mut all_envs = vec![("DATABRICKS_HOST", host.as_str())];
+        all_envs.extend_from_slice(envs);
+        self.aiq(&args, &all_envs).await
+    }
+}
+
+/// The OAuth machine-to-machine credentials the simulator accepts, as
+/// `DATABRICKS_CLIENT_ID` and `DATABRICKS_CLIENT_SECRET`.
+pub const DATABRICKS_OAUTH: [(&str, &str); 2] = [
+    ("DATABRICKS_CLIENT_ID", aiq::simulator::CLIENT_ID),
+    ("DATABRICKS_CLIENT_SECRET", aiq::simulator::CLIENT_SECRET),
+];
+
+/// Spawn `cmd` (an aiq job) and return it, still running, once `journal`
+/// holds at least `lines` lines, for the caller to kill or signal mid-job.
+/// Waits by progress, not by time: polls every 10 ms, and panics if 60 s
+/// pass without reaching `lines` or if aiq exits first (with its stderr, when
+/// piped).
+#[track_caller]
+pub fn spawn_until_journaled(cmd: &mut Command, journal: &Path, lines: usize) -> Child {
+    let mut child = cmd.spawn().expect("aiq starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have = line_count(journal);
+        if have >= lines {
+            return child;
+        }
+        if let Some(status) = child.try_wait().expect("child status") {
+            let mut err = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut err);
+            }
+            panic!(
+                "the job ended ({status}) before it could be stopped: {have} of {lines} lines \
+                 in {}\nstderr: {err}",
+                journal.display()
+            );
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the job made no progress: {have} of {lines} lines in {} after 60 s",
+                journal.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Lines in the file at `path`; 0 while it does not exist.
+fn line_count(path: &Path) -> usize {
+    std::fs::File::open(path)
+        .map(|f| BufReader::new(f).lines().count())
+        .unwrap_or(0)
 }
 
 /// The binary under test. Worktrees that share one `CARGO_TARGET_DIR` also

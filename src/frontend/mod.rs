@@ -1,0 +1,13 @@
+//! The shells over the core. [`cli`] parses the command line and maps
+//! errors to exit codes; [`run`] wires the pipeline for `aiq run`;
+//! [`sql`] is `aiq sql` on DataFusion; [`bench`] is `aiq bench`;
+//! [`dry_run`] and [`explain`] show what a job would send, sending nothing.
+//! A front end reaches into the core, never into another front end.
+
+pub mod bench;
+pub mod cli;
+pub mod dry_run;
+pub mod explain;
+pub mod run;
+#[cfg(feature = "sql")]
+pub mod sql;

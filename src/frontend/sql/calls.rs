@@ -1,0 +1,431 @@
+//! Calls: what the AI functions of one query share, and how a batch of rows
+//! becomes requests through aiq's own pipeline.
+//!
+//! One [`Engine`] per query holds the HTTP client, one [`Limiter`] (RPM/TPM)
+//! and one concurrency semaphore for every AI call in the query, whatever the
+//! function or partition; endpoints are resolved once each (the simulator is
+//! started once). Each call goes through [`Client::execute`] (retries,
+//! `Retry-After`, learned limits) with a body from [`BodyBuilder`], its reply
+//! typed by [`Shape`] — exactly as in `aiq run`.
+//!
+//! With `--output`, finished calls are also appended to a [`CallJournal`]
+//! beside the output, keyed by a hash of what was asked; a re-run of a killed
+//! query answers those from the journal instead of paying for them again.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::pipeline::client::Client;
+use crate::provider::retry::RetryPolicy;
+use crate::provider::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::provider::limit::Limiter;
+use crate::pipeline::outcome::Usage;
+use crate::job::plan::Plan;
+use crate::provider::endpoint::Target;
+use crate::pipeline::render::{BodyBuilder, Call, RenderedRow};
+use crate::provider::reply::Shape;
+use crate::job::settings::JobSettings;
+use crate::simulator::Simulator;
+
+/// Settings of `aiq sql` that apply to every AI call of the query.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSettings {
+    pub concurrency: usize,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub timeout: Option<f64>,
+    pub api_key_env: Option<String>,
+    pub profile: Option<String>,
+    pub model: Option<String>,
+}
+
+/// Usage and counts over the whole query, for the summary.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Calls answered by the endpoint (successes and row errors).
+    pub calls: AtomicU64,
+    /// Calls answered from the journal of an earlier run.
+    pub resumed: AtomicU64,
+    pub errors: AtomicU64,
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub usage: Mutex<Usage>,
+}
+
+/// One distinct AI call site: what to send and how to read the reply.
+pub struct Prepared {
+    pub endpoint: Arc<Endpoint>,
+    pub builder: BodyBuilder,
+    pub shape: Shape,
+    pub retry: RetryPolicy,
+    /// The task function's system prompt (ai_classify etc.), as `aiq run` sends it.
+    pub system: Option<String>,
+    /// Folded into every journal key: the same body read as another type
+    /// is another answer.
+    pub fingerprint: String,
+}
+
+/// What one row's call gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Value(Value),
+    Error(String),
+}
+
+pub struct Engine {
+    pub settings: EngineSettings,
+    http: reqwest::Client,
+    limiter: Arc<Limiter>,
+    in_flight: Arc<Semaphore>,
+    endpoints: tokio::sync::Mutex<HashMap<String, Arc<Endpoint>>>,
+    /// Kept alive for the query: dropping a simulator stops it.
+    simulators: Mutex<Vec<Simulator>>,
+    prepared: tokio::sync::Mutex<HashMap<String, Arc<Prepared>>>,
+    pub journal: Option<CallJournal>,
+    pub totals: Totals,
+}
+
+impl Engine {
+    pub fn new(settings: EngineSettings, journal: Option<CallJournal>) -> Result<Engine> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(settings.concurrency)
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .user_agent(concat!("aiq/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        Ok(Engine {
+            limiter: Arc::new(Limiter::new(settings.rpm, settings.tpm)),
+            in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            settings,
+            http,
+            endpoints: Default::default(),
+            simulators: Mutex::new(Vec::new()),
+            prepared: Default::default(),
+            journal,
+            totals: Totals::default(),
+        })
+    }
+
+    /// The checked plan for one call site, as `aiq run` would build it from
+    /// the same settings: endpoint, model, result type, parameters, function.
+    pub fn plan(&self, mut s: JobSettings) -> Result<Plan> {
+        let e = &self.settings;
+        s.input = Some(PathBuf::from("<query>"));
+        s.output = Some(PathBuf::from("aiq-sql.parquet"));
+        s.prompt.get_or_insert_with(|| "{{request}}".into());
+        s.model = s.model.or_else(|| e.model.clone());
+        s.api_key_env = e.api_key_env.clone();
+        s.profile = e.profile.clone();
+        s.max_retries = e.max_retries;
+        s.timeout = e.timeout;
+        s.concurrency = Some(e.concurrency.max(1));
+        Plan::from_settings(s, false)
+    }
+
+    /// The prepared call site for `settings`, built once per query.
+    pub async fn prepare(&self, key: &str, settings: JobSettings) -> Result<Arc<Prepared>> {
+        let mut prepared = self.prepared.lock().await;
+        if let Some(p) = prepared.get(key) {
+            return Ok(p.clone());
+        }
+        let plan = self.plan(settings)?;
+        let endpoint = self.endpoint(&plan).await?;
+        let shape = Shape {
+            task: plan.task,
+            result_type: plan.result_type.clone(),
+            function: plan.function.clone(),
+            similarity: plan.prompt2.is_some(),
+            raw: false,
+        };
+        let p = Arc::new(Prepared {
+            // The endpoint as written (in `key`), not its URL: the simulator's
+            // port changes from run to run, and a resume must still match.
+            fingerprint: format!("{}|{key}", plan.result_type),
+            endpoint,
+            builder: BodyBuilder::literal(plan.body_spec()),
+            shape,
+            retry: plan.retry.clone(),
+            system: plan.system.clone(),
+        });
+        prepared.insert(key.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// Resolve an endpoint once per query. The simulator's route is the same
+    /// for every task, so it is started once whatever the functions; an
+    /// OpenAI-compatible URL has one route per task.
+    async fn endpoint(&self, plan: &Plan) -> Result<Arc<Endpoint>> {
+        let key = match &plan.target {
+            Target::OpenAi(url) => format!("{url}#{:?}", plan.task),
+            Target::Simulator => "simulator".to_string(),
+            Target::Databricks(name) => format!("databricks:{name}"),
+        };
+        let mut endpoints = self.endpoints.lock().await;
+        if let Some(e) = endpoints.get(&key) {
+            return Ok(e.clone());
+        }
+        let (endpoint, simulator) = plan.resolve_endpoint().await?;
+        if let Some(sim) = simulator {
+            self.simulators
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(sim);
+        }
+        let endpoint = Arc::new(endpoint);
+        endpoints.insert(key, endpoint.clone());
+        Ok(endpoint)
+    }
+
+    /// Answer every row of a batch: `texts[i]` is row i's request (two texts
+    /// for ai_similarity), `None` for a null input (not sent). Rows are sent
+    /// concurrently, bounded by the query's semaphore; journaled answers are
+    /// not sent again. `Err` only when the endpoint refuses the whole query.
+    pub async fn answer(
+        &self,
+        p: &Prepared,
+        texts: Vec<Option<(String, Option<String>)>>,
+    ) -> Result<Vec<Option<Answer>>> {
+        let client = Client::new(
+            self.http.clone(),
+            p.endpoint.clone(),
+            self.limiter.clone(),
+            p.retry.clone(),
+            p.shape.clone(),
+            false,
+        )?;
+        let calls = texts.into_iter().enumerate().map(|(i, text)| {
+            let client = &client;
+            async move {
+                let Some((a, b)) = text else { return Ok(None) };
+                let call = self.call(p, i as u64, a, b);
+                let key = journal_key(&p.fingerprint, &call.body);
+                if let Some(hit) = self.journal.as_ref().and_then(|j| j.get(&key)) {
+                    self.totals.resumed.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(Answer::Value(hit)));
+                }
+                let _permit = self
+                    .in_flight
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::Stopped("query stopped".into()))?;
+                let outcome = client
+                    .execute(&call)
+                    .await
+                    .map_err(|abort| Error::Aborted(abort.0))?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                self.totals.calls.fetch_add(1, Ordering::Relaxed);
+                self.totals
+                    .usage
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add(&outcome.usage);
+                Ok(Some(match outcome.error_message {
+                    Some(message) => {
+                        self.totals.errors.fetch_add(1, Ordering::Relaxed);
+                        Answer::Error(message)
+                    }
+                    None => {
+                        if let Some(j) = &self.journal {
+                            j.put(&key, &outcome.result, &outcome.usage)?;
+                        }
+                        Answer::Value(outcome.result)
+                    }
+                }))
+            }
+        });
+        let answers: Result<Vec<_>> = futures::future::join_all(calls).await.into_iter().collect();
+        let t = &self.totals;
+        t.requests.fetch_add(
+            client.stats.attempts.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        t.retries.fetch_add(
+            client.stats.retries.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        t.rate_limited.fetch_add(
+            client.stats.rate_limited.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        answers
+    }
+
+    fn call(&self, p: &Prepared, row: u64, a: String, b: Option<String>) -> Call {
+        match b {
+            Some(b) => p.builder.pair(row, &a, &b),
+            None => p.builder.single(&RenderedRow {
+                row,
+                system: p.system.clone(),
+                user: a,
+                user2: None,
+                images: Vec::new(),
+            }),
+        }
+    }
+}
+
+fn journal_key(fingerprint: &str, body: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(fingerprint.as_bytes());
+    h.update(&[0]);
+    h.update(body);
+    h.finalize().to_hex().to_string()
+}
+
+/// Answers of finished calls, durable across a kill: `calls.jsonl` in a
+/// folder beside the output (`out.parquet.aiq-sql/`), one line per call,
+/// appended and flushed to the OS as each answer arrives. Keys are hashes of
+/// (endpoint, result type, call site, request body), so the journal does not
+/// care how the query orders or filters rows: any call asked again is
+/// answered from it. Only successes are kept; row errors are retried on a
+/// re-run. The whole journal is held in memory (one entry per paid call).
+pub struct CallJournal {
+    dir: PathBuf,
+    file: Mutex<File>,
+    entries: Mutex<HashMap<String, Value>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    key: String,
+    result: Value,
+    #[serde(default)]
+    usage: Usage,
+}
+
+/// `out.parquet` → `out.parquet.aiq-sql`.
+pub fn journal_dir(output: &Path) -> PathBuf {
+    let mut name = output
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".aiq-sql");
+    output.with_file_name(name)
+}
+
+const CALLS: &str = "calls.jsonl";
+
+impl CallJournal {
+    /// Open (or start) the journal for `output`; `restart` discards it first.
+    pub fn open(output: &Path, restart: bool) -> Result<CallJournal> {
+        let dir = journal_dir(output);
+        if restart && dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::output(output, format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(CALLS);
+        let mut entries = HashMap::new();
+        if let Ok(f) = File::open(&path) {
+            // A torn last line (killed mid-write) does not parse and is skipped.
+            for line in BufReader::new(f).lines().map_while(std::result::Result::ok) {
+                if let Ok(l) = serde_json::from_str::<Line>(&line) {
+                    entries.insert(l.key, l.result);
+                }
+            }
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // Start on a fresh line in case the last one was torn.
+        if !entries.is_empty() || fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false) {
+            file.write_all(b"\n").map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(CallJournal {
+            dir,
+            file: Mutex::new(file),
+            entries: Mutex::new(entries),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn get(&self, key: &str) -> Option<Value> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn put(&self, key: &str, result: &Value, usage: &Usage) -> Result<()> {
+        let mut line = serde_json::to_vec(&Line {
+            key: key.to_string(),
+            result: result.clone(),
+            usage: *usage,
+        })
+        .map_err(|e| Error::Aborted(format!("journal: {e}")))?;
+        line.push(b'\n');
+        // One write per line on an unbuffered append-mode file: it reaches
+        // the OS at once, so a kill -9 loses at most a torn last line.
+        self.file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(&line)
+            .map_err(|e| Error::io(self.dir.join(CALLS), e))?;
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), result.clone());
+        Ok(())
+    }
+
+    /// The query finished and its output is in place: the journal is done.
+    pub fn remove(&self) -> Result<()> {
+        fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_survives_reopen_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.parquet");
+        let j = CallJournal::open(&out, false).unwrap();
+        j.put("k1", &serde_json::json!("one"), &Usage::default())
+            .unwrap();
+        drop(j);
+        let calls = journal_dir(&out).join(CALLS);
+        let mut f = OpenOptions::new().append(true).open(&calls).unwrap();
+        f.write_all(b"{\"key\": \"k2\", \"res").unwrap();
+        let j = CallJournal::open(&out, false).unwrap();
+        assert_eq!(j.get("k1"), Some(serde_json::json!("one")));
+        assert_eq!(j.len(), 1);
+        j.put("k3", &serde_json::json!(3), &Usage::default())
+            .unwrap();
+        drop(j);
+        let j = CallJournal::open(&out, false).unwrap();
+        assert_eq!(j.get("k3"), Some(serde_json::json!(3)));
+        j.remove().unwrap();
+        assert!(!journal_dir(&out).exists());
+    }
+}

@@ -1,0 +1,379 @@
+//! `aiq sql`: Databricks-style SQL with `ai_query(...)` and the AI functions,
+//! over local Parquet, JSONL and CSV files, on Apache DataFusion.
+//!
+//! The query is parsed, [`rewrite`]n (named AI-function arguments, file
+//! tables), planned and run by DataFusion; every AI call goes through
+//! [`calls::Engine`], which is aiq's own request pipeline (the same limiter,
+//! retries, body layout and reply typing as `aiq run`), shared by the whole
+//! query. With `--output`, the result is written atomically to Parquet and
+//! finished calls are journaled beside it so a killed query, run again, does
+//! not pay for them twice; without it, the first rows are printed as a table.
+
+pub mod calls;
+pub mod rewrite;
+pub mod udf;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::common::DataFusionError;
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::pipeline::parquet_out::{compatible_schema, make_compatible, ParquetFile};
+use calls::{CallJournal, Engine, EngineSettings};
+use rewrite::{FileKind, FileTable};
+
+#[derive(Debug, clap::Args)]
+pub struct SqlArgs {
+    /// The query, or the path of a .sql file holding it.
+    #[arg(value_name = "QUERY|FILE.sql")]
+    pub query: String,
+
+    /// Write the result to this Parquet file (atomically, when the query
+    /// completes). Without it, the first rows are printed as a table.
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Register a file as a table: NAME=PATH, by extension (.parquet,
+    /// .jsonl/.ndjson/.json with one object a line, .csv). Repeatable.
+    #[arg(long = "table", value_name = "NAME=PATH", value_parser = parse_table)]
+    pub tables: Vec<(String, PathBuf)>,
+
+    /// Endpoint for the task functions (ai_classify, ai_summarize, ...):
+    /// a Databricks serving endpoint name, an OpenAI-compatible base URL or
+    /// `simulator`. ai_query names its endpoint in its first argument.
+    #[arg(long, value_name = "NAME|URL")]
+    pub endpoint: Option<String>,
+
+    /// Model name sent in the body (OpenAI-compatible servers need one).
+    #[arg(long)]
+    pub model: Option<String>,
+
+    /// AI calls in flight at most, over the whole query [default: 16].
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+
+    /// Requests per minute, over the whole query.
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u32>,
+
+    /// Tokens per minute, over the whole query.
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u32>,
+
+    /// Retries per call for 429, 408, 5xx and connection faults [default: 8].
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+
+    /// Timeout of one attempt, in seconds [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+
+    /// Environment variable holding the OpenAI-compatible API key
+    /// [default: OPENAI_API_KEY].
+    #[arg(long, value_name = "NAME")]
+    pub api_key_env: Option<String>,
+
+    /// ~/.databrickscfg profile [default: $DATABRICKS_CONFIG_PROFILE or DEFAULT].
+    #[arg(long)]
+    pub profile: Option<String>,
+
+    /// Rows to print without --output.
+    #[arg(long, value_name = "ROWS", default_value_t = 20)]
+    pub show: usize,
+
+    /// Discard the journal of an earlier run of this query and start over.
+    #[arg(long)]
+    pub restart: bool,
+}
+
+fn parse_table(s: &str) -> std::result::Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PATH, got `{s}`"))?;
+    if name.trim().is_empty() {
+        return Err(format!("empty table name in `{s}`"));
+    }
+    Ok((name.trim().to_string(), PathBuf::from(path.trim())))
+}
+
+/// What the query did, printed on stderr when it ends.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SqlSummary {
+    pub rows: u64,
+    pub calls: u64,
+    pub resumed: u64,
+    pub errors: u64,
+    pub requests: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_tokens: i64,
+    pub elapsed_secs: f64,
+}
+
+impl std::fmt::Display for SqlSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} rows in {:.1}s", self.rows, self.elapsed_secs)?;
+        writeln!(
+            f,
+            "AI calls: {} sent ({} errors), {} answered from the journal; {} HTTP requests, {} retries, {} rate-limited",
+            self.calls, self.errors, self.resumed, self.requests, self.retries, self.rate_limited
+        )?;
+        write!(
+            f,
+            "tokens: {} prompt ({} cached), {} completion",
+            self.prompt_tokens, self.cached_tokens, self.completion_tokens
+        )
+    }
+}
+
+/// `aiq sql`: run the query, print or write its result, print the summary.
+pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
+    let started = Instant::now();
+    let query = read_query(&args.query)?;
+    if args.concurrency == Some(0) {
+        return Err(Error::Config("--concurrency must be at least 1".into()));
+    }
+    if let Some(out) = &args.output {
+        check_output(out)?;
+    }
+    let journal = args
+        .output
+        .as_deref()
+        .map(|o| CallJournal::open(o, args.restart))
+        .transpose()?;
+    if let Some(j) = journal.as_ref().filter(|j| !j.is_empty()) {
+        if !quiet {
+            eprintln!(
+                "resuming: {} answers in the journal of {}",
+                j.len(),
+                j.dir().display()
+            );
+        }
+    }
+    let engine = Arc::new(Engine::new(
+        EngineSettings {
+            concurrency: args.concurrency.unwrap_or(crate::job::plan::DEFAULT_CONCURRENCY),
+            rpm: args.rpm,
+            tpm: args.tpm,
+            max_retries: args.max_retries,
+            timeout: args.timeout,
+            api_key_env: args.api_key_env.clone(),
+            profile: args.profile.clone(),
+            model: args.model.clone(),
+        },
+        journal,
+    )?);
+
+    let ctx = SessionContext::new().enable_url_table();
+    for f in udf::all(&engine, args.endpoint.as_deref()) {
+        ctx.register_udf(f);
+    }
+    for (name, path) in &args.tables {
+        let kind = FileKind::of(&path.to_string_lossy()).ok_or_else(|| {
+            Error::input(
+                path,
+                "unknown file type: use .parquet, .jsonl, .ndjson, .json or .csv",
+            )
+        })?;
+        register(
+            &ctx,
+            &FileTable {
+                name: name.clone(),
+                path: path.clone(),
+                kind,
+            },
+        )
+        .await?;
+    }
+
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let mut statement = state.sql_to_statement(&query, &dialect).map_err(planning)?;
+    let files = match &mut statement {
+        DfStatement::Statement(s) => rewrite::rewrite(s.as_mut()).map_err(Error::Config)?,
+        _ => Vec::new(),
+    };
+    for file in &files {
+        register(&ctx, file).await?;
+    }
+    let plan = state.statement_to_plan(statement).await.map_err(planning)?;
+    let frame = ctx.execute_logical_plan(plan).await.map_err(planning)?;
+    let mut stream = frame.execute_stream().await.map_err(planning)?;
+
+    let mut rows = 0u64;
+    match &args.output {
+        Some(out) => {
+            let schema = compatible_schema(&stream.schema());
+            let mut file = ParquetFile::create(out, schema.clone())?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(running)?;
+                rows += batch.num_rows() as u64;
+                let batch = make_compatible(&batch, &schema).map_err(|e| Error::output(out, e))?;
+                file.write(&batch)?;
+            }
+            file.finish()?;
+        }
+        None => {
+            let mut shown: Vec<RecordBatch> = Vec::new();
+            let mut kept = 0usize;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(running)?;
+                rows += batch.num_rows() as u64;
+                if kept < args.show {
+                    let take = batch.num_rows().min(args.show - kept);
+                    kept += take;
+                    shown.push(batch.slice(0, take));
+                }
+            }
+            let table = arrow::util::pretty::pretty_format_batches(&shown)
+                .map_err(|e| Error::Aborted(format!("cannot print the result: {e}")))?;
+            println!("{table}");
+            if rows as usize > kept {
+                println!("({kept} of {rows} rows shown; --show N for more, --output PATH for all)");
+            }
+        }
+    }
+    let summary = summarize(&engine, rows, started);
+    // The output is in place: the journal has served its purpose.
+    if let Some(j) = &engine.journal {
+        j.remove()?;
+    }
+    if !quiet {
+        eprintln!("{summary}");
+    }
+    Ok(())
+}
+
+fn summarize(engine: &Engine, rows: u64, started: Instant) -> SqlSummary {
+    let t = &engine.totals;
+    let usage = *t.usage.lock().unwrap_or_else(|p| p.into_inner());
+    SqlSummary {
+        rows,
+        calls: t.calls.load(Ordering::Relaxed),
+        resumed: t.resumed.load(Ordering::Relaxed),
+        errors: t.errors.load(Ordering::Relaxed),
+        requests: t.requests.load(Ordering::Relaxed),
+        retries: t.retries.load(Ordering::Relaxed),
+        rate_limited: t.rate_limited.load(Ordering::Relaxed),
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        cached_tokens: usage.cached_tokens,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// The query as given, or read from a `.sql` file.
+fn read_query(arg: &str) -> Result<String> {
+    let path = Path::new(arg);
+    if arg.trim_end().to_ascii_lowercase().ends_with(".sql") && !arg.contains(char::is_whitespace) {
+        return std::fs::read_to_string(path).map_err(|e| Error::input(path, e));
+    }
+    Ok(arg.to_string())
+}
+
+fn check_output(out: &Path) -> Result<()> {
+    if out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+        != Some("parquet")
+    {
+        return Err(Error::output(
+            out,
+            "aiq sql writes Parquet: name the output *.parquet",
+        ));
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::output(
+                out,
+                format!("folder {} does not exist", parent.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn register(ctx: &SessionContext, t: &FileTable) -> Result<()> {
+    if !t.path.is_file() {
+        return Err(Error::input(&t.path, "no such file"));
+    }
+    let path = t.path.to_string_lossy();
+    // The extension options must match the file's own, or DataFusion finds no file.
+    let ext = t
+        .path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    let result = match t.kind {
+        FileKind::Parquet => {
+            ctx.register_parquet(
+                &t.name,
+                path.as_ref(),
+                ParquetReadOptions {
+                    file_extension: &ext,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        FileKind::Json => {
+            ctx.register_json(
+                &t.name,
+                path.as_ref(),
+                JsonReadOptions {
+                    file_extension: &ext,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        FileKind::Csv => {
+            ctx.register_csv(
+                &t.name,
+                path.as_ref(),
+                CsvReadOptions {
+                    file_extension: &ext,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    };
+    result.map_err(|e| Error::input(&t.path, e))
+}
+
+/// An aiq error raised inside DataFusion (by an AI function), if any.
+fn ours(e: &DataFusionError) -> Option<Error> {
+    let DataFusionError::External(inner) = e.find_root() else {
+        return None;
+    };
+    let ours = inner.downcast_ref::<Error>()?;
+    Some(match ours {
+        Error::Config(m) => Error::Config(m.clone()),
+        Error::Credentials(m) => Error::Credentials(m.clone()),
+        Error::Stopped(m) => Error::Stopped(m.clone()),
+        e if e.exit_code() == 2 => Error::Config(e.to_string()),
+        e => Error::Aborted(e.to_string()),
+    })
+}
+
+/// Errors before the query runs are the user's to fix (exit 2).
+fn planning(e: DataFusionError) -> Error {
+    ours(&e).unwrap_or_else(|| Error::Config(format!("SQL: {e}")))
+}
+
+/// Errors while it runs fail the query (exit 1); the journal keeps what was paid.
+fn running(e: DataFusionError) -> Error {
+    ours(&e).unwrap_or_else(|| Error::Aborted(format!("query failed: {e}")))
+}

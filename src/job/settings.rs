@@ -1,0 +1,397 @@
+//! Job settings: one struct that is both the `aiq run` flags and the TOML job
+//! file, so the two cannot drift apart. A job file is read into it, then the
+//! flags given on the command line override it field by field
+//! ([`JobSettings::overlay`]). Nothing here is checked beyond its type: the
+//! `plan` module turns settings into a validated [`crate::job::plan::Plan`].
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::ai::functions::AiFunction;
+use crate::provider::wire::Task;
+
+/// Everything a job can set, as flags or as keys of a job file.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSettings {
+    /// Input file: .parquet or .jsonl (one JSON object per line).
+    #[arg(long, value_name = "PATH")]
+    pub input: Option<PathBuf>,
+
+    /// Output Parquet file, written atomically when the job completes.
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Where to send requests: a Databricks serving endpoint name, an
+    /// OpenAI-compatible base URL (http(s)://host/v1), or `simulator` for the
+    /// built-in simulator.
+    #[arg(long, value_name = "NAME|URL")]
+    pub endpoint: Option<String>,
+
+    /// Model name sent in the body (OpenAI-compatible servers need one).
+    #[arg(long)]
+    pub model: Option<String>,
+
+    /// Kind of call: chat (default), completions or embeddings.
+    #[arg(long, value_enum)]
+    pub task: Option<Task>,
+
+    /// System prompt, a template over the row's columns (minijinja: {{column}}).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub system: Option<String>,
+
+    /// User prompt, a template over the row's columns: "Summarize: {{text}}".
+    #[arg(long, value_name = "TEMPLATE")]
+    pub prompt: Option<String>,
+
+    /// Second text for ai_similarity, a template over the row's columns.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub prompt2: Option<String>,
+
+    /// Model parameter passed into the request body, typed: numbers stay
+    /// numbers, true/false are booleans, `stop=a,b` is a list. Repeatable.
+    /// Job file: a `[params]` table.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    #[serde(default, deserialize_with = "params_from_table")]
+    pub params: Vec<(String, Value)>,
+
+    /// Type of the `result` column, as a Databricks SQL type:
+    /// STRING, INT, BIGINT, FLOAT, DOUBLE, BOOLEAN, DATE, TIMESTAMP,
+    /// ARRAY<T>, MAP<STRING,T>, STRUCT<name: T, ...>.
+    #[arg(long, value_name = "SQL_TYPE")]
+    pub return_type: Option<String>,
+
+    /// Structured output: a JSON schema document or a DDL `STRUCT<...>`
+    /// string; the result column's type follows it.
+    #[arg(long, value_name = "SCHEMA")]
+    pub response_format: Option<String>,
+
+    /// Databricks AI function to emulate (ai_classify, ai_summarize, ...).
+    #[arg(long, value_enum)]
+    pub function: Option<AiFunction>,
+
+    /// Labels for ai_classify, ai_extract and ai_mask (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub labels: Vec<String>,
+
+    /// Word limit for ai_summarize (default 50, 0 = no limit).
+    #[arg(long)]
+    pub max_words: Option<u32>,
+
+    /// Target language for ai_translate (e.g. `es`).
+    #[arg(long)]
+    pub to_lang: Option<String>,
+
+    /// An input column holding an image, sent with the prompt as an
+    /// `image_url` part (chat only): bytes (Binary), or a string with
+    /// base64, a data: URL or an http(s) URL. A null image: the row is not
+    /// sent. Repeatable. Job file: `images = ["col", ...]`.
+    #[arg(long = "image", value_name = "COLUMN")]
+    #[serde(default)]
+    pub images: Vec<String>,
+
+    /// How to read the input: `rows` (Parquet or JSONL rows, rendered by
+    /// the templates) or `openai-batch` (OpenAI Batch API request lines,
+    /// each `body` sent as is) [default: rows].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<crate::pipeline::openai_batch::InputFormat>,
+
+    /// How to write the output: `parquet`, or `openai-batch` (OpenAI Batch
+    /// API output lines; needs --input-format openai-batch) [default: parquet].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub output_format: Option<crate::pipeline::openai_batch::OutputFormat>,
+
+    /// Fail the whole job on the first row error (ai_query's failOnError).
+    /// By default a failed row gets an `error_message` and the job goes on.
+    #[arg(long)]
+    #[serde(default)]
+    pub fail_on_error: bool,
+
+    /// Requests in flight at most [default: 16].
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+
+    /// Requests per minute the endpoint allows (paced smoothly). Unset: aiq
+    /// learns the limit from 429s and x-ratelimit-* headers.
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u32>,
+
+    /// Tokens per minute (prompt estimate + max_tokens per request).
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u32>,
+
+    /// Input tokens per minute (prompt estimates), for providers that limit
+    /// input and output apart.
+    #[arg(long, value_name = "N")]
+    pub itpm: Option<u32>,
+
+    /// Output tokens per minute: max_tokens is reserved before sending and
+    /// the unused part given back when the reply's usage arrives (as
+    /// Databricks enforces it).
+    #[arg(long, value_name = "N")]
+    pub otpm: Option<u32>,
+
+    /// Queries per hour.
+    #[arg(long, value_name = "N")]
+    pub qph: Option<u32>,
+
+    /// Stop sending once the job has used this many tokens (input + output,
+    /// all runs of the job together); in-flight requests finish, exit 1,
+    /// and a re-run with a higher budget resumes.
+    #[arg(long, value_name = "N")]
+    pub max_tokens_total: Option<u64>,
+
+    /// Stop sending once the job has cost this many USD (all runs of the
+    /// job together; needs --price-in and --price-out).
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+
+    /// Price of input tokens, USD per million: enables the `cost` column,
+    /// cost totals, --max-cost and dry-run cost estimates.
+    #[arg(long, value_name = "USD")]
+    pub price_in: Option<f64>,
+
+    /// Price of output tokens, USD per million.
+    #[arg(long, value_name = "USD")]
+    pub price_out: Option<f64>,
+
+    /// Price of input tokens read from the prompt cache, USD per million
+    /// [default: --price-in].
+    #[arg(long, value_name = "USD")]
+    pub price_cached: Option<f64>,
+
+    /// Retries allowed after an attempt timed out once its request was sent
+    /// (the provider may have billed it) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub max_ambiguous_retries: Option<u32>,
+
+    /// Retries per request for 429, 408, 5xx and connection faults [default: 8].
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+
+    /// First retry delay in milliseconds; later ones grow exponentially, with
+    /// jitter, up to a minute [default: 500].
+    #[arg(long, value_name = "MS")]
+    pub backoff_ms: Option<u64>,
+
+    /// Timeout of one attempt, in seconds [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+
+    /// Environment variable holding the OpenAI-compatible API key
+    /// [default: OPENAI_API_KEY].
+    #[arg(long, value_name = "NAME")]
+    pub api_key_env: Option<String>,
+
+    /// ~/.databrickscfg profile [default: $DATABRICKS_CONFIG_PROFILE or DEFAULT].
+    #[arg(long)]
+    pub profile: Option<String>,
+
+    /// Rows per input batch (also the unit of output ordering) [default: 1024].
+    #[arg(long, value_name = "ROWS")]
+    pub batch_rows: Option<usize>,
+
+    /// Embeddings: rows per request, for endpoints that take a list input [default: 1].
+    #[arg(long, value_name = "ROWS")]
+    pub batch_size: Option<usize>,
+
+    /// Put a Claude `cache_control` breakpoint on the last static content
+    /// block (automatic for databricks-claude-* endpoints).
+    #[arg(long)]
+    #[serde(default)]
+    pub cache_control: bool,
+
+    /// Do not send `prompt_cache_key` to OpenAI-compatible endpoints.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_prompt_cache_key: bool,
+
+    /// Do not hold back rows of a new prompt prefix until one warm-up request
+    /// for it has completed.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_warmup: bool,
+
+    /// Stream replies (server-sent events) and record time to first token.
+    #[arg(long)]
+    #[serde(default)]
+    pub stream: bool,
+
+    /// Tools (function calling) as a JSON list, passed through in the body.
+    #[arg(skip)]
+    #[serde(default)]
+    pub tools: Option<toml::Value>,
+
+    /// tool_choice, passed through in the body.
+    #[arg(skip)]
+    #[serde(default)]
+    pub tool_choice: Option<toml::Value>,
+
+    /// Built-in simulator settings for `endpoint = "simulator"` (job file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub simulator: Option<SimulatorSettings>,
+}
+
+/// Simulator knobs a job file may set, so the example job shows realistic
+/// latency and limits without extra flags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSettings {
+    pub latency_ms: Option<u64>,
+    pub itl_ms: Option<f64>,
+    pub ttft_ms: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub fault_rate: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+macro_rules! overlay_options {
+    ($self:ident, $base:ident; $($field:ident),* $(,)?) => {
+        $( if $self.$field.is_none() { $self.$field = $base.$field; } )*
+    };
+}
+
+impl JobSettings {
+    /// Read a TOML job file. Unknown keys are errors, never silently ignored.
+    pub fn from_file(path: &std::path::Path) -> Result<JobSettings> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("job file {}: {e}", path.display())))?;
+        // Relative paths in a job file are relative to the directory the
+        // command runs in, as they are for flags: jobs are run from the repo root.
+        toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("job file {}: {e}", path.display())))
+    }
+
+    /// Flags win over the job file: every field set in `self` stays, every
+    /// field unset takes the file's value. Switches are on if either sets them.
+    pub fn overlay(mut self, base: JobSettings) -> JobSettings {
+        overlay_options!(self, base; input, output, endpoint, model, task, system, prompt, prompt2,
+            return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
+            max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
+            price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
+            simulator, input_format, output_format);
+        if self.labels.is_empty() {
+            self.labels = base.labels;
+        }
+        if self.images.is_empty() {
+            self.images = base.images;
+        }
+        // Parameters merge by key; a flag overrides the file's value.
+        let mut params = base.params;
+        for (k, v) in self.params {
+            params.retain(|(key, _)| key != &k);
+            params.push((k, v));
+        }
+        self.params = params;
+        self.fail_on_error |= base.fail_on_error;
+        self.cache_control |= base.cache_control;
+        self.no_prompt_cache_key |= base.no_prompt_cache_key;
+        self.no_warmup |= base.no_warmup;
+        self.stream |= base.stream;
+        self
+    }
+}
+
+/// `key=value` with the value typed: JSON literals (numbers, booleans, null,
+/// quoted strings, lists, objects) stay typed; `a,b` becomes a list of
+/// strings (for `stop`); anything else is a string.
+pub fn parse_param(s: &str) -> std::result::Result<(String, Value), String> {
+    let (key, raw) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("empty key in `{s}`"));
+    }
+    let raw = raw.trim();
+    let value = match serde_json::from_str::<Value>(raw) {
+        Ok(v) => v,
+        Err(_) if raw.contains(',') => Value::Array(
+            raw.split(',')
+                .map(|p| Value::String(p.trim().to_string()))
+                .collect(),
+        ),
+        Err(_) => Value::String(raw.to_string()),
+    };
+    Ok((key.to_string(), value))
+}
+
+fn params_from_table<'de, D>(d: D) -> std::result::Result<Vec<(String, Value)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let table = toml::Table::deserialize(d)?;
+    table
+        .into_iter()
+        .map(|(k, v)| {
+            let v = serde_json::to_value(v).map_err(serde::de::Error::custom)?;
+            Ok((k, v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_are_typed() {
+        assert_eq!(
+            parse_param("max_tokens=128").unwrap(),
+            ("max_tokens".into(), json!(128))
+        );
+        assert_eq!(parse_param("temperature=0.5").unwrap().1, json!(0.5));
+        assert_eq!(parse_param("stop=a,b").unwrap().1, json!(["a", "b"]));
+        assert_eq!(parse_param("reasoning_effort=low").unwrap().1, json!("low"));
+        assert_eq!(parse_param("logprobs=true").unwrap().1, json!(true));
+        assert!(parse_param("novalue").is_err());
+        assert!(parse_param("=3").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_job_file() {
+        let file: JobSettings = toml::from_str(
+            r#"
+            input = "in.parquet"
+            endpoint = "a"
+            concurrency = 4
+            fail_on_error = true
+            [params]
+            max_tokens = 64
+            temperature = 0
+            "#,
+        )
+        .unwrap();
+        let flags = JobSettings {
+            endpoint: Some("b".into()),
+            params: vec![("max_tokens".into(), json!(8))],
+            ..Default::default()
+        };
+        let merged = flags.overlay(file);
+        assert_eq!(merged.endpoint.as_deref(), Some("b"));
+        assert_eq!(merged.input, Some(PathBuf::from("in.parquet")));
+        assert_eq!(merged.concurrency, Some(4));
+        assert!(merged.fail_on_error);
+        assert_eq!(
+            merged.params,
+            vec![
+                ("temperature".into(), json!(0)),
+                ("max_tokens".into(), json!(8))
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_job_file_keys_are_errors() {
+        let err = toml::from_str::<JobSettings>("concurency = 4").unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+}

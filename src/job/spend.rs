@@ -1,0 +1,213 @@
+//! Spend: what tokens cost, and when a job must stop spending.
+//!
+//! Prices are USD per million tokens, given by the user (`--price-in`,
+//! `--price-out`, `--price-cached`): aiq ships no price list, since prices
+//! change more often than releases. With prices known, every output row
+//! gets a `cost` and the summary a total.
+//!
+//! Budgets (`--max-tokens-total`, `--max-cost`) are **per job**, not per
+//! run: a re-run of a stopped job starts from what the journal says earlier
+//! runs spent, so raising the budget continues the job where it stopped and
+//! the sum of all runs stays within the last budget given (plus the
+//! requests that were in flight when it was reached). `--restart` discards
+//! the journal and with it the count. Spend is counted from the usage the
+//! provider reported, with attempts that may have been billed without an
+//! answer counted as one more bill of the same size
+//! ([`Outcome::billed_usage`]): budgets err on the side of stopping early.
+
+use serde::Serialize;
+
+use crate::pipeline::outcome::{Outcome, Usage};
+
+/// USD per million tokens. Cached input is priced separately (a fraction
+/// of the input price at most providers); it falls back to the input price.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Prices {
+    pub input: f64,
+    pub output: f64,
+    pub cached: Option<f64>,
+}
+
+impl Prices {
+    /// Cost in USD of `u`: uncached input at the input price, cache reads at
+    /// the cached price, output (reasoning included) at the output price.
+    pub fn cost(&self, u: &Usage) -> f64 {
+        let cached = u.cached_tokens.clamp(0, u.prompt_tokens.max(0));
+        let uncached = u.prompt_tokens.max(0) - cached;
+        (uncached as f64 * self.input
+            + cached as f64 * self.cached.unwrap_or(self.input)
+            + u.completion_tokens.max(0) as f64 * self.output)
+            / 1e6
+    }
+}
+
+/// Limits on what a job may spend in total, across runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Budget {
+    pub max_tokens: Option<u64>,
+    pub max_cost: Option<f64>,
+}
+
+impl Budget {
+    pub fn is_set(&self) -> bool {
+        self.max_tokens.is_some() || self.max_cost.is_some()
+    }
+}
+
+/// Tokens and money spent so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Spent {
+    pub tokens: u64,
+    /// Null when no prices are known.
+    pub cost_usd: Option<f64>,
+}
+
+/// Counts spend against a budget as outcomes arrive.
+#[derive(Debug, Clone)]
+pub struct Meter {
+    pub budget: Budget,
+    pub prices: Option<Prices>,
+    pub spent: Spent,
+}
+
+impl Meter {
+    /// `before` is what earlier runs of the job spent (from its journal).
+    pub fn new(budget: Budget, prices: Option<Prices>, before: &Usage) -> Meter {
+        let spent = Spent {
+            tokens: before.total_tokens.max(0) as u64,
+            cost_usd: prices.map(|p| p.cost(before)),
+        };
+        Meter {
+            budget,
+            prices,
+            spent,
+        }
+    }
+
+    /// Count one outcome; returns why the budget is now spent, if it is.
+    pub fn record(&mut self, o: &Outcome) -> Option<String> {
+        let billed = o.billed_usage();
+        self.spent.tokens += billed.total_tokens.max(0) as u64;
+        if let (Some(p), Some(c)) = (self.prices, self.spent.cost_usd.as_mut()) {
+            *c += p.cost(&billed);
+        }
+        self.exhausted()
+    }
+
+    /// Why the budget is spent, or None while there is room left.
+    pub fn exhausted(&self) -> Option<String> {
+        if let Some(max) = self.budget.max_tokens {
+            if self.spent.tokens >= max {
+                return Some(format!(
+                    "token budget reached: {} of --max-tokens-total {max} spent",
+                    self.spent.tokens
+                ));
+            }
+        }
+        if let (Some(max), Some(cost)) = (self.budget.max_cost, self.spent.cost_usd) {
+            if cost >= max {
+                return Some(format!(
+                    "cost budget reached: ${cost:.4} of --max-cost ${max} spent"
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// A budget being enforced during a run, with what is needed to say how
+/// far the job got when it stops.
+#[derive(Debug, Clone)]
+pub struct Enforcer {
+    pub meter: Meter,
+    /// Rows done in earlier runs and not reloaded (in committed parts).
+    pub committed: u64,
+    pub total_rows: Option<u64>,
+}
+
+impl Enforcer {
+    /// Count one paid outcome; when the budget is now spent, the error that
+    /// stops the job (exit 1) saying how far it got. `rows` counts the
+    /// outcomes the collector holds (this run's and reloaded ones).
+    pub fn record(&mut self, o: &Outcome, rows: u64) -> Option<crate::error::Error> {
+        let why = self.meter.record(o)?;
+        let done = self.committed + rows;
+        let of = self
+            .total_rows
+            .map(|t| format!(" of {t}"))
+            .unwrap_or_default();
+        Some(crate::error::Error::Stopped(format!(
+            "{why}; no new requests were sent. {done}{of} rows have an outcome (requests in flight finish \
+             and are kept). Run the same command with a higher budget to finish the job: finished rows are \
+             not sent or paid for again."
+        )))
+    }
+}
+
+/// The `cost` of one output row: its possibly billed usage at `prices`.
+pub fn row_cost(prices: Option<&Prices>, o: &Outcome) -> Option<f64> {
+    prices.map(|p| p.cost(&o.billed_usage()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(prompt: i64, cached: i64, completion: i64) -> Usage {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            cached_tokens: cached,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cost_prices_cached_input_apart() {
+        let p = Prices {
+            input: 3.0,
+            output: 15.0,
+            cached: Some(0.3),
+        };
+        let c = p.cost(&usage(1_000_000, 500_000, 100_000));
+        assert!((c - (1.5 + 0.15 + 1.5)).abs() < 1e-9, "{c}");
+        let no_cached_price = Prices { cached: None, ..p };
+        assert!((no_cached_price.cost(&usage(1_000_000, 500_000, 0)) - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn meter_counts_earlier_runs_and_stops_at_the_budget() {
+        let prices = Prices {
+            input: 1.0,
+            output: 1.0,
+            cached: None,
+        };
+        let budget = Budget {
+            max_tokens: Some(100),
+            max_cost: None,
+        };
+        let mut m = Meter::new(budget, Some(prices), &usage(50, 0, 10));
+        assert_eq!(m.spent.tokens, 60);
+        let o = Outcome {
+            row: 0,
+            attempts: 1,
+            usage: usage(20, 0, 5),
+            ..Default::default()
+        };
+        assert_eq!(m.record(&o), None);
+        let stop = m.record(&o).expect("100 reached");
+        assert!(stop.contains("110 of --max-tokens-total 100"), "{stop}");
+        let money = Budget {
+            max_tokens: None,
+            max_cost: Some(0.00009),
+        };
+        let mut m = Meter::new(money, Some(prices), &Usage::default());
+        // 25 tokens at $1/M = $0.000025 each time: the fourth passes $0.00009.
+        assert_eq!((0..3).filter_map(|_| m.record(&o)).count(), 0);
+        assert!(m.record(&o).is_some());
+        // Without prices a cost budget can never trigger (plan refuses that combination).
+        let mut m = Meter::new(money, None, &Usage::default());
+        assert_eq!(m.record(&o), None);
+    }
+}

@@ -1,0 +1,428 @@
+//! Client: one call → its rows' outcomes, over HTTP, with retries.
+//!
+//! Every attempt first passes the rate limiter, then posts the prepared body
+//! with the endpoint's credentials. Failures are classified once
+//! ([`crate::provider::retry::classify_status`]): transient ones are retried with
+//! jittered exponential backoff (backon), never sooner than the server's
+//! `Retry-After`; a row's own bad request becomes its `error_message`; a
+//! refusal of the whole job (401, 403, 404) is returned as [`Abort`] so the
+//! scheduler stops sending.
+//!
+//! Billing-safe retries: an attempt that times out after its request was
+//! sent may still be billed (the provider ran it; we did not wait for the
+//! answer). Such attempts are *ambiguous*: they are counted apart
+//! (`ambiguous_retries`), retried at most `max_ambiguous_retries` times, and
+//! recorded in the row ([`Outcome::ambiguous_attempts`], the
+//! `maybe_billed_twice` column).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::provider::endpoint::Endpoint;
+use crate::provider::limit::Limiter;
+use crate::pipeline::outcome::{Outcome, Usage};
+use crate::pipeline::render::Call;
+use crate::provider::reply::{split_usage, Reply, Shape};
+use crate::provider::retry::{classify_status, retry_after, RetryAction};
+use crate::provider::stream;
+use crate::provider::wire;
+
+/// The job must stop: the endpoint refused it as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Abort(pub String);
+
+/// Counters over all calls, for the summary and the benchmark.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub attempts: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub retries: AtomicU64,
+    /// Retries of attempts that timed out after sending (maybe billed).
+    pub ambiguous_retries: AtomicU64,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: Arc<Endpoint>,
+    /// `endpoint.url`, parsed once: parsing per request showed in profiles.
+    url: reqwest::Url,
+    limiter: Arc<Limiter>,
+    policy: RetryPolicy,
+    shape: Shape,
+    stream: bool,
+    pub stats: Arc<ClientStats>,
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+struct AttemptError {
+    action: RetryAction,
+    message: String,
+    /// The request was sent and may have been billed without an answer.
+    ambiguous: bool,
+    /// The HTTP status of the reply, when there was one.
+    status: Option<u16>,
+}
+
+impl AttemptError {
+    fn new(action: RetryAction, message: String) -> AttemptError {
+        AttemptError {
+            action,
+            message,
+            ambiguous: false,
+            status: None,
+        }
+    }
+
+    fn retry(message: String, after: Option<Duration>, rate_limited: bool) -> AttemptError {
+        AttemptError::new(
+            RetryAction::Retry {
+                after,
+                rate_limited,
+            },
+            message,
+        )
+    }
+
+    /// This row's own request or reply is bad: no retry helps.
+    fn row(message: String) -> AttemptError {
+        AttemptError::new(RetryAction::RowError, message)
+    }
+}
+
+/// A reply and when its first token arrived (streaming only).
+struct Answer {
+    reply: Reply,
+    ttft: Option<Duration>,
+}
+
+impl Client {
+    pub fn new(
+        http: reqwest::Client,
+        endpoint: Arc<Endpoint>,
+        limiter: Arc<Limiter>,
+        policy: RetryPolicy,
+        shape: Shape,
+        stream: bool,
+    ) -> crate::error::Result<Client> {
+        let url = reqwest::Url::parse(&endpoint.url).map_err(|e| {
+            crate::error::Error::Config(format!("endpoint URL {}: {e}", endpoint.url))
+        })?;
+        Ok(Client {
+            http,
+            endpoint,
+            url,
+            limiter,
+            policy,
+            shape,
+            stream,
+            stats: Arc::new(ClientStats::default()),
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Send `call` until it succeeds, fails for good, or the retries run out.
+    /// Returns one outcome per row of the call, in the call's row order.
+    pub async fn execute(&self, call: &Call) -> Result<Vec<Outcome>, Abort> {
+        let attempts = AtomicU32::new(0);
+        let ambiguous = AtomicU32::new(0);
+        let max_ambiguous = self.policy.max_ambiguous_retries;
+        let started = Instant::now();
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.policy.min_delay)
+            .with_max_delay(self.policy.max_delay)
+            .with_jitter()
+            .with_max_times(self.policy.max_retries as usize);
+        let result = (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let result = self.attempt(call).await;
+            if result.as_ref().is_err_and(|e| e.ambiguous) {
+                ambiguous.fetch_add(1, Ordering::Relaxed);
+            }
+            result
+        })
+        .retry(backoff)
+        .when(|e: &AttemptError| {
+            matches!(e.action, RetryAction::Retry { .. })
+                && !(e.ambiguous && ambiguous.load(Ordering::Relaxed) > max_ambiguous)
+        })
+        .notify(|e: &AttemptError, after: Duration| {
+            tracing::debug!(rows = ?call.rows, "retrying in {after:?}: {}", e.message);
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            if e.ambiguous {
+                self.stats.ambiguous_retries.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        // Never come back sooner than the server asked; `dur` is None once
+        // the budget is spent, and then we stop (never `Some` unconditionally).
+        .adjust(|e: &AttemptError, dur: Option<Duration>| match &e.action {
+            RetryAction::Retry {
+                after: Some(after), ..
+            } => dur.map(|d| d.max(*after)),
+            _ => dur,
+        })
+        .await;
+        let attempts = attempts.load(Ordering::Relaxed);
+        let ambiguous = ambiguous.load(Ordering::Relaxed);
+        let latency_ms = Some(started.elapsed().as_millis() as i64);
+        match result {
+            Ok(answer) => {
+                let usages = split_usage(answer.reply.usage, call.rows.len());
+                let mut outcomes = Vec::with_capacity(call.rows.len());
+                for (i, row) in call.rows.iter().enumerate() {
+                    let r = answer.reply.rows.get(i);
+                    let (result, error_message) = match r.map(|r| &r.result) {
+                        Some(Ok(v)) => (v.clone(), None),
+                        Some(Err(e)) => (Value::Null, Some(e.clone())),
+                        None => (
+                            Value::Null,
+                            Some("reply has no answer for this row".to_string()),
+                        ),
+                    };
+                    outcomes.push(Outcome {
+                        row: *row,
+                        result,
+                        error_message,
+                        finish_reason: r.and_then(|r| r.finish_reason.clone()),
+                        usage: usages.get(i).copied().unwrap_or_default(),
+                        latency_ms,
+                        ttft_ms: answer.ttft.map(|d| d.as_millis() as i64),
+                        attempts,
+                        ambiguous_attempts: ambiguous,
+                    });
+                }
+                Ok(outcomes)
+            }
+            Err(e) => match e.action {
+                RetryAction::Abort => Err(Abort(format!(
+                    "{} refused the job: {}",
+                    self.endpoint.label, e.message
+                ))),
+                RetryAction::Retry { .. } => {
+                    let why = if e.ambiguous && ambiguous > max_ambiguous {
+                        format!(
+                            "; not retried again: an attempt that times out after sending may have been billed \
+                             (--max-ambiguous-retries {max_ambiguous})"
+                        )
+                    } else {
+                        String::new()
+                    };
+                    Ok(self.all_failed(
+                        call,
+                        format!("gave up after {attempts} attempts: {}{why}", e.message),
+                        (attempts, ambiguous),
+                        latency_ms,
+                    ))
+                }
+                RetryAction::RowError => {
+                    Ok(self.all_failed(call, e.message, (attempts, ambiguous), latency_ms))
+                }
+            },
+        }
+    }
+
+    fn all_failed(
+        &self,
+        call: &Call,
+        message: String,
+        attempts: (u32, u32),
+        latency_ms: Option<i64>,
+    ) -> Vec<Outcome> {
+        let (attempts, ambiguous_attempts) = attempts;
+        call.rows
+            .iter()
+            .map(|row| Outcome {
+                latency_ms,
+                ambiguous_attempts,
+                ..Outcome::failed(*row, message.clone(), attempts)
+            })
+            .collect()
+    }
+
+    async fn attempt(&self, call: &Call) -> Result<Answer, AttemptError> {
+        // The OTPM reservation (max_tokens) is settled from the reply's
+        // usage below, or refunded whole if this attempt gets no answer.
+        let output_reserve = call.est_tokens.saturating_sub(call.est_prompt_tokens);
+        let grant = self
+            .limiter
+            .admit_call(call.est_prompt_tokens, output_reserve)
+            .await;
+        let (response, sent) = self.post(self.url_for(call.route)?, &call.body).await?;
+        if self.stream {
+            let (reply, ttft) = stream::read(response, &self.shape, sent)
+                .await
+                .map_err(stream_error)?;
+            grant.settle(reply.usage.completion_tokens.max(0) as u64);
+            return Ok(Answer { reply, ttft });
+        }
+        let body = response.bytes().await.map_err(|e| transport_error(&e))?;
+        let reply = self
+            .shape
+            .parse(&body, call.rows.len())
+            .map_err(AttemptError::row)?;
+        grant.settle(reply.usage.completion_tokens.max(0) as u64);
+        Ok(Answer { reply, ttft: None })
+    }
+
+    /// One attempt of `body`, timed, with no retry and no rate limiter: what
+    /// `aiq bench` measures. Streamed replies report their chunk timing.
+    pub async fn probe(&self, body: Bytes) -> Probe {
+        let started = Instant::now();
+        let result = async {
+            let (response, sent) = self.post(self.url.clone(), &body).await?;
+            if self.stream {
+                stream::read_timed(response, &self.shape, sent)
+                    .await
+                    .map_err(stream_error)
+            } else {
+                let body = response.bytes().await.map_err(|e| transport_error(&e))?;
+                let reply = self.shape.parse(&body, 1).map_err(AttemptError::row)?;
+                Ok((reply, stream::Timing::default()))
+            }
+        }
+        .await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok((reply, timing)) => {
+                let error = reply
+                    .rows
+                    .first()
+                    .and_then(|r| r.result.as_ref().err().cloned());
+                Probe {
+                    elapsed,
+                    timing,
+                    usage: reply.usage,
+                    status: Some(200),
+                    error,
+                }
+            }
+            Err(e) => Probe {
+                elapsed,
+                timing: stream::Timing::default(),
+                usage: Usage::default(),
+                status: e.status,
+                error: Some(e.message),
+            },
+        }
+    }
+
+    /// Post `body` with the endpoint's credentials; a reply that is not a
+    /// success becomes an error classified for retrying. Returns the
+    /// response and when the request went out.
+    /// The job's URL, or the route an OpenAI Batch line names.
+    fn url_for(&self, route: Option<crate::provider::wire::Task>) -> Result<reqwest::Url, AttemptError> {
+        match route {
+            None => Ok(self.url.clone()),
+            Some(_) => {
+                let url = self.endpoint.url_for(route);
+                reqwest::Url::parse(&url)
+                    .map_err(|e| AttemptError::row(format!("bad URL {url}: {e}")))
+            }
+        }
+    }
+
+    async fn post(
+        &self,
+        url: reqwest::Url,
+        body: &Bytes,
+    ) -> Result<(reqwest::Response, Instant), AttemptError> {
+        self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let token = self
+            .endpoint
+            .credentials
+            .bearer(&self.http)
+            .await
+            .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?;
+        let mut request = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .timeout(self.policy.timeout)
+            .body(body.clone());
+        if let Some(token) = token {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                    AttemptError::new(
+                        RetryAction::Abort,
+                        "the token contains characters not allowed in an HTTP header".into(),
+                    )
+                })?;
+            // Keeps the token out of any debug output of the request.
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        let sent = Instant::now();
+        let response = request.send().await.map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let after = retry_after(&headers);
+        self.limiter
+            .observe(&headers, status.as_u16() == 429, after);
+        if !status.is_success() {
+            let action = classify_status(status, &headers);
+            if status.as_u16() == 429 {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            }
+            let body = response.bytes().await.unwrap_or_default();
+            let message = format!("HTTP {}: {}", status.as_u16(), wire::error_message(&body));
+            return Err(AttemptError {
+                status: Some(status.as_u16()),
+                ..AttemptError::new(action, message)
+            });
+        }
+        Ok((response, sent))
+    }
+}
+
+/// What one timed attempt came to (see [`Client::probe`]).
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// From just before the request was sent to the end of the reply.
+    pub elapsed: Duration,
+    pub timing: stream::Timing,
+    pub usage: Usage,
+    /// The HTTP status; None when no response came (connection fault, timeout).
+    pub status: Option<u16>,
+    /// Why it failed, if it did (an HTTP error, a broken stream, a bad reply).
+    pub error: Option<String>,
+}
+
+fn stream_error(e: stream::StreamError) -> AttemptError {
+    match e {
+        stream::StreamError::Transport(m) => AttemptError::retry(m, None, false),
+        stream::StreamError::Reply(m) => AttemptError::row(m),
+    }
+}
+
+/// Connection errors, resets and timeouts are transient. reqwest's messages
+/// name the URL, never headers, so no credential can leak through them.
+fn transport_error(e: &reqwest::Error) -> AttemptError {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
+    };
+    let mut message = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    let mut error = AttemptError::retry(message, None, false);
+    // A timeout once connected means the request went out and the provider
+    // may be running it: a retry may pay a second time.
+    error.ambiguous = e.is_timeout() && !e.is_connect();
+    error
+}

@@ -1,0 +1,279 @@
+//! Collect: outcomes → journal → ordered output parts.
+//!
+//! The collector is the one place results land. Every outcome is appended
+//! to the journal as it arrives (flushed to the OS before the collector
+//! waits again), placed in its batch, and each batch is written to the
+//! output parts as soon as all of its rows are in, in input order. It also
+//! decides when the job must stop: the endpoint refused it, a row failed
+//! under `--fail-on-error`, too many calls in a row failed, or the user
+//! pressed Ctrl-C. Stopping stops new calls; calls in flight still land in
+//! the journal (they are paid for), up to a grace period.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::pipeline::journal::Journal;
+use crate::pipeline::outcome::{Outcome, RowId};
+use crate::pipeline::progress::{Progress, Summary};
+use crate::pipeline::schedule::Event;
+use crate::pipeline::sink::{Layout, PartWriter};
+use crate::job::spend::Enforcer;
+
+/// Calls failing one after another (after their retries) before the job
+/// stops: a bad setting fails every row, and should cost a handful of
+/// requests, not thousands.
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 10;
+
+/// How long in-flight calls may take to land after a stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
+
+struct Pending {
+    first: RowId,
+    batch: RecordBatch,
+    outcomes: Vec<Option<Outcome>>,
+    missing: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+pub struct Collector {
+    pub journal: Journal,
+    pub layout: Layout,
+    pub parts: PartWriter,
+    pub resumed: HashMap<RowId, Outcome>,
+    pub stop: Arc<AtomicBool>,
+    pub fail_on_error: bool,
+    pub progress: Progress,
+    pub summary: Summary,
+    /// `--max-tokens-total` / `--max-cost`, when given.
+    pub budget: Option<Enforcer>,
+    pending: VecDeque<Pending>,
+    consecutive_failures: u32,
+    failure: Option<Error>,
+    /// Permits of calls whose outcomes await the next journal flush.
+    released: Vec<OwnedSemaphorePermit>,
+}
+
+impl Collector {
+    /// A collector writing through `journal` and `parts`; the stop rules
+    /// (`fail_on_error`, `budget`) and a starting `summary` are set on the
+    /// public fields.
+    pub fn new(
+        journal: Journal,
+        layout: Layout,
+        parts: PartWriter,
+        resumed: HashMap<RowId, Outcome>,
+        stop: Arc<AtomicBool>,
+        progress: Progress,
+    ) -> Collector {
+        Collector {
+            journal,
+            layout,
+            parts,
+            resumed,
+            stop,
+            fail_on_error: false,
+            progress,
+            summary: Summary::default(),
+            budget: None,
+            pending: VecDeque::new(),
+            consecutive_failures: 0,
+            failure: None,
+            released: Vec::new(),
+        }
+    }
+
+    /// Run until every sender is gone. Returns the collector for the final
+    /// step, or the reason the job stopped (journal flushed either way).
+    pub async fn run(mut self, mut events: mpsc::Receiver<Event>) -> Result<Collector> {
+        let mut interrupted = false;
+        let mut signals = Signals::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let grace = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    self.handle(event)?;
+                    // Take whatever else is ready before flushing: one write
+                    // call for many outcomes under load, none left waiting.
+                    while let Ok(event) = events.try_recv() {
+                        self.handle(event)?;
+                    }
+                    self.journal.flush()?;
+                    self.released.clear();
+                    self.write_ready()?;
+                    self.progress.update(&self.summary);
+                }
+                _ = signals.next() => {
+                    if interrupted {
+                        break; // the second signal: quit now
+                    }
+                    interrupted = true;
+                    self.progress.println("interrupted: no new requests; waiting for the ones in flight (Ctrl-C again to quit now)");
+                    self.fail(Error::Stopped(format!(
+                        "interrupted; finished rows are kept in {}: run the same command again to resume",
+                        self.journal.dir().display()
+                    )));
+                }
+                _ = grace => break,
+            }
+            if self.stop.load(Ordering::Relaxed) && deadline.is_none() {
+                deadline = Some(Instant::now() + STOP_GRACE);
+            }
+        }
+        self.journal.flush()?;
+        self.progress.finish();
+        match self.failure.take() {
+            Some(e) => {
+                // Keep what is complete: fewer rows to reload on resume.
+                self.parts.commit()?;
+                if !self.progress.quiet() {
+                    eprintln!("{}", self.summary);
+                }
+                Err(e)
+            }
+            None if !self.pending.is_empty() => {
+                Err(Error::Stopped("the job ended with rows still open".into()))
+            }
+            None => Ok(self),
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<()> {
+        match event {
+            Event::Batch { first, batch, permit } => {
+                let n = batch.num_rows();
+                let mut outcomes = vec![None; n];
+                let mut missing = n;
+                for (i, slot) in outcomes.iter_mut().enumerate() {
+                    if let Some(o) = self.resumed.remove(&(first + i as u64)) {
+                        self.summary.resumed += 1;
+                        self.summary.count(&o);
+                        *slot = Some(o);
+                        missing -= 1;
+                    }
+                }
+                self.pending.push_back(Pending { first, batch, outcomes, missing, _permit: permit });
+            }
+            Event::Outcomes(outcomes, permit) => {
+                for o in outcomes {
+                    self.journal.append(&o)?;
+                    self.judge(&o);
+                    if let Some(stop) = self.budget.as_mut().and_then(|b| b.record(&o, self.summary.rows + 1)) {
+                        self.fail(stop);
+                    }
+                    self.summary.count(&o);
+                    self.place(o);
+                }
+                // Released after the flush that ends this round of events.
+                self.released.extend(permit);
+            }
+            Event::Abort(message) => self.fail(Error::Aborted(format!(
+                "{message}\nCheck the endpoint name and credentials; finished rows are kept, run the same command again to resume."
+            ))),
+        }
+        Ok(())
+    }
+
+    /// Stop conditions that an outcome can trigger.
+    fn judge(&mut self, o: &Outcome) {
+        if o.attempts == 0 {
+            return; // not sent: says nothing about the endpoint
+        }
+        let Some(message) = &o.error_message else {
+            self.consecutive_failures = 0;
+            return;
+        };
+        if self.fail_on_error {
+            self.fail(Error::RowFailed {
+                row: o.row,
+                message: message.clone(),
+            });
+            return;
+        }
+        self.consecutive_failures += 1;
+        if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
+            self.fail(Error::Aborted(format!(
+                "stopped after {} rows failed in a row; the last error was: {message}\n\
+                 Check the endpoint, the model parameters and the prompt; finished rows are kept, \
+                 run the same command again to resume.",
+                self.consecutive_failures
+            )));
+        }
+    }
+
+    fn fail(&mut self, e: Error) {
+        self.stop.store(true, Ordering::Relaxed);
+        if self.failure.is_none() {
+            self.failure = Some(e);
+        }
+    }
+
+    fn place(&mut self, o: Outcome) {
+        // Batches are few and ordered: find the one holding this row.
+        let idx = self
+            .pending
+            .partition_point(|p| p.first + p.outcomes.len() as u64 <= o.row);
+        if let Some(p) = self.pending.get_mut(idx) {
+            if let Some(slot) = p.outcomes.get_mut((o.row - p.first) as usize) {
+                if slot.is_none() {
+                    p.missing -= 1;
+                }
+                *slot = Some(o);
+            }
+        }
+    }
+
+    /// Write every complete batch at the front of the queue, in order.
+    fn write_ready(&mut self) -> Result<()> {
+        while self.pending.front().is_some_and(|p| p.missing == 0) {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            let mut outcomes: Vec<Outcome> = p.outcomes.into_iter().flatten().collect();
+            let out = self.layout.assemble(&p.batch, &mut outcomes)?;
+            self.parts.write(p.first, &out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ctrl-C (SIGINT) and, on Unix, SIGTERM (what schedulers and `kill` send):
+/// both mean "stop sending, keep what is paid for".
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,425 @@
+//! Journal: durable per-row outcomes, so that no paid result is lost and no
+//! row is paid for twice.
+//!
+//! Beside the output `out.parquet` lives a state folder `out.parquet.aiq/`:
+//! - `manifest.json`: the job's fingerprint (input identity + the settings
+//!   that change answers). A re-run with a different fingerprint refuses to
+//!   resume and says what changed.
+//! - `journal.jsonl`: one line per outcome, appended and flushed to the OS
+//!   the moment it arrives (a `kill -9` loses nothing written; a torn last
+//!   line is cut off on resume).
+//! - `parts/part-{start}-{end}.parquet`: finished output rows, in input
+//!   order, each file renamed into place only when complete.
+//!
+//! On resume, rows below the last contiguous part are skipped outright, and
+//! journal lines for rows after it are loaded back (at most one part's worth
+//! plus the rows in flight), so memory stays bounded whatever the job size.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::pipeline::outcome::{Outcome, RowId, Usage};
+
+const MANIFEST: &str = "manifest.json";
+const JOURNAL: &str = "journal.jsonl";
+const PARTS: &str = "parts";
+
+/// What identifies a job for resuming: the input file and the settings that
+/// change answers (not concurrency or limits, which may change freely).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub input: InputIdentity,
+    pub settings: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputIdentity {
+    pub path: String,
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub modified: u64,
+}
+
+impl InputIdentity {
+    pub fn of(path: &Path) -> Result<InputIdentity> {
+        let meta = fs::metadata(path).map_err(|e| Error::input(path, e))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        Ok(InputIdentity {
+            path: path.display().to_string(),
+            size: meta.len(),
+            modified,
+        })
+    }
+}
+
+/// A finished part of the output: rows `start..end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub start: RowId,
+    pub end: RowId,
+    pub path: PathBuf,
+}
+
+/// What an earlier run left behind.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// Rows `0..committed` are in parts and need no work.
+    pub committed: RowId,
+    pub parts: Vec<Part>,
+    /// Outcomes of rows at or after `committed`, from the journal.
+    pub outcomes: HashMap<RowId, Outcome>,
+    /// What every earlier run of the job may have been billed (the sum of
+    /// [`Outcome::billed_usage`] over the whole journal): budgets are per job.
+    pub spent: Usage,
+}
+
+impl Resume {
+    pub fn is_empty(&self) -> bool {
+        self.committed == 0 && self.outcomes.is_empty()
+    }
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    path: PathBuf,
+    writer: BufWriter<File>,
+    line: Vec<u8>,
+}
+
+/// The state folder for an output path: `out.parquet` → `out.parquet.aiq`.
+pub fn state_dir(output: &Path) -> PathBuf {
+    let mut name = output
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".aiq");
+    output.with_file_name(name)
+}
+
+impl Journal {
+    /// Open the journal for `output`, resuming an earlier run of the same
+    /// job, or starting fresh (`restart` discards what is there).
+    pub fn open(output: &Path, manifest: &Manifest, restart: bool) -> Result<(Journal, Resume)> {
+        let dir = state_dir(output);
+        if restart && dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        let manifest_path = dir.join(MANIFEST);
+        let resume = if manifest_path.exists() {
+            let old: Manifest = fs::read(&manifest_path)
+                .map_err(|e| Error::io(&manifest_path, e))
+                .and_then(|b| {
+                    serde_json::from_slice(&b).map_err(|e| {
+                        Error::output(
+                            &manifest_path,
+                            format!("unreadable manifest ({e}); use --restart to start over"),
+                        )
+                    })
+                })?;
+            if let Some(why) = differences(&old, manifest) {
+                return Err(Error::output(
+                    output,
+                    format!(
+                        "a journal of an earlier run is in {} but {why}; resuming would mix answers. \
+                         Run with --restart to discard it, or restore the earlier input and settings",
+                        dir.display()
+                    ),
+                ));
+            }
+            load(&dir)?
+        } else {
+            fs::create_dir_all(dir.join(PARTS)).map_err(|e| Error::io(&dir, e))?;
+            let bytes = serde_json::to_vec_pretty(manifest)
+                .map_err(|e| Error::output(&manifest_path, e))?;
+            write_atomic(&manifest_path, &bytes)?;
+            Resume::default()
+        };
+        let path = dir.join(JOURNAL);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok((
+            Journal {
+                dir,
+                path,
+                writer: BufWriter::with_capacity(1 << 16, file),
+                line: Vec::with_capacity(512),
+            },
+            resume,
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn parts_dir(&self) -> PathBuf {
+        self.dir.join(PARTS)
+    }
+
+    /// Append one outcome (buffered; call [`Journal::flush`] to hand it to the OS).
+    pub fn append(&mut self, outcome: &Outcome) -> Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, outcome).map_err(|e| Error::output(&self.path, e))?;
+        self.line.push(b'\n');
+        self.writer
+            .write_all(&self.line)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Hand buffered lines to the OS: after this, a killed process loses nothing.
+    pub fn flush(&mut self) -> Result<()> {
+        self.writer.flush().map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// The job is done and its output in place: remove the state folder.
+    pub fn remove(mut self) -> Result<()> {
+        self.flush()?;
+        let dir = self.dir.clone();
+        drop(self);
+        fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))
+    }
+}
+
+/// Say what differs between the manifest on disk and this job's, if anything.
+fn differences(old: &Manifest, new: &Manifest) -> Option<String> {
+    if old.version != new.version {
+        return Some(format!(
+            "it was written by journal format {} (this aiq writes {})",
+            old.version, new.version
+        ));
+    }
+    if old.input != new.input {
+        return Some(format!(
+            "the input changed ({} of {} bytes, modified at {} then; {} of {} bytes, modified at {} now)",
+            old.input.path, old.input.size, old.input.modified, new.input.path, new.input.size, new.input.modified
+        ));
+    }
+    if old.settings != new.settings {
+        let keys = changed_keys(&old.settings, &new.settings);
+        return Some(format!("the settings changed ({})", keys.join(", ")));
+    }
+    None
+}
+
+fn changed_keys(old: &Value, new: &Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let o = old.as_object().unwrap_or(&empty);
+    let n = new.as_object().unwrap_or(&empty);
+    let mut keys: Vec<String> = o
+        .keys()
+        .chain(n.keys())
+        .filter(|k| o.get(*k) != n.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn load(dir: &Path) -> Result<Resume> {
+    let parts_dir = dir.join(PARTS);
+    fs::create_dir_all(&parts_dir).map_err(|e| Error::io(&parts_dir, e))?;
+    let mut parts = Vec::new();
+    for entry in fs::read_dir(&parts_dir).map_err(|e| Error::io(&parts_dir, e))? {
+        let entry = entry.map_err(|e| Error::io(&parts_dir, e))?;
+        if let Some((start, end)) = parse_part_name(&entry.file_name().to_string_lossy()) {
+            parts.push(Part {
+                start,
+                end,
+                path: entry.path(),
+            });
+        }
+    }
+    parts.sort_by_key(|p| p.start);
+    // Only a contiguous run from row 0 counts; anything after a gap is redone.
+    let mut committed = 0;
+    let mut keep = Vec::new();
+    for p in parts {
+        if p.start == committed && p.end > p.start {
+            committed = p.end;
+            keep.push(p);
+        }
+    }
+    let path = dir.join(JOURNAL);
+    let mut outcomes = HashMap::new();
+    let mut spent = Usage::default();
+    if path.exists() {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let mut reader = BufReader::new(&file);
+        let mut good_len: u64 = 0;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| Error::io(&path, e))?;
+            if n == 0 || buf.last() != Some(&b'\n') {
+                break; // end, or a line torn by a kill mid-write
+            }
+            let Ok(outcome) = serde_json::from_slice::<Outcome>(&buf) else {
+                break;
+            };
+            good_len += n as u64;
+            spent.add(&outcome.billed_usage());
+            if outcome.row >= committed {
+                outcomes.insert(outcome.row, outcome);
+            }
+        }
+        // Cut a torn tail so new lines start on a line boundary.
+        let mut f = &file;
+        if f.seek(SeekFrom::End(0)).map_err(|e| Error::io(&path, e))? != good_len {
+            file.set_len(good_len).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(Resume {
+        committed,
+        parts: keep,
+        outcomes,
+        spent,
+    })
+}
+
+pub fn part_name(start: RowId, end: RowId) -> String {
+    format!("part-{start:012}-{end:012}.parquet")
+}
+
+fn parse_part_name(name: &str) -> Option<(RowId, RowId)> {
+    let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let (a, b) = rest.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Write a small file so that it is either wholly there or not at all.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn manifest(settings: Value) -> Manifest {
+        Manifest {
+            version: 1,
+            input: InputIdentity {
+                path: "in.parquet".into(),
+                size: 10,
+                modified: 1,
+            },
+            settings,
+        }
+    }
+
+    #[test]
+    fn resumes_outcomes_and_cuts_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.parquet");
+        let m = manifest(json!({"prompt": "a"}));
+        let (mut j, resume) = Journal::open(&out, &m, false).unwrap();
+        assert!(resume.is_empty());
+        for row in 0..3 {
+            j.append(&Outcome {
+                row,
+                result: json!(format!("r{row}")),
+                attempts: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        j.flush().unwrap();
+        drop(j);
+        // A kill mid-write leaves half a line.
+        let jp = state_dir(&out).join(JOURNAL);
+        let mut f = OpenOptions::new().append(true).open(&jp).unwrap();
+        f.write_all(b"{\"row\": 3, \"resu").unwrap();
+        drop(f);
+        let (mut j, resume) = Journal::open(&out, &m, false).unwrap();
+        assert_eq!(resume.outcomes.len(), 3);
+        assert_eq!(resume.outcomes[&2].result, json!("r2"));
+        j.append(&Outcome {
+            row: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        j.flush().unwrap();
+        drop(j);
+        let (_, resume) = Journal::open(&out, &m, false).unwrap();
+        assert_eq!(
+            resume.outcomes.len(),
+            4,
+            "the torn line was cut, the new one kept"
+        );
+        assert_eq!(resume.spent, Usage::default());
+    }
+
+    #[test]
+    fn refuses_a_changed_job_and_restart_discards() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.parquet");
+        let (j, _) = Journal::open(&out, &manifest(json!({"prompt": "a"})), false).unwrap();
+        drop(j);
+        let err = Journal::open(&out, &manifest(json!({"prompt": "b"})), false)
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("settings changed (prompt)") && msg.contains("--restart"),
+            "{msg}"
+        );
+        assert_eq!(err.exit_code(), 2);
+        let (_, resume) = Journal::open(&out, &manifest(json!({"prompt": "b"})), true).unwrap();
+        assert!(resume.is_empty());
+    }
+
+    #[test]
+    fn contiguous_parts_count_as_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.parquet");
+        let m = manifest(json!({}));
+        let (j, _) = Journal::open(&out, &m, false).unwrap();
+        for (a, b) in [(0, 10), (10, 20), (30, 40)] {
+            fs::write(j.parts_dir().join(part_name(a, b)), b"x").unwrap();
+        }
+        j.append_for_test(15);
+        let (_, resume) = Journal::open(&out, &m, false).unwrap();
+        assert_eq!(resume.committed, 20);
+        assert_eq!(resume.parts.len(), 2);
+        assert!(
+            resume.outcomes.is_empty(),
+            "rows below the committed parts are not loaded"
+        );
+    }
+
+    impl Journal {
+        fn append_for_test(mut self, row: RowId) {
+            self.append(&Outcome {
+                row,
+                ..Default::default()
+            })
+            .unwrap();
+            self.flush().unwrap();
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The data path of a job, one module per stage in the order rows flow:
+//! [`source`] reads input batches, [`render`] turns rows into request
+//! bodies, [`schedule`] orders and paces calls, [`client`] sends them with
+//! retries, [`collect`] folds outcomes in input order while [`journal`]
+//! makes each one durable, and [`sink`] writes the output. The remaining
+//! modules are the values and file formats those stages share.
+
+pub mod source;
+pub mod render;
+pub mod schedule;
+pub mod client;
+pub mod collect;
+pub mod journal;
+pub mod sink;
+
+pub mod openai_batch;
+pub mod outcome;
+pub mod parquet_out;
+pub mod progress;

@@ -1,0 +1,460 @@
+//! Progress and the end-of-job summary.
+//!
+//! The bar (indicatif) draws on stderr only when it is a terminal and the
+//! job is not `-q`: rows done/total, rows/s, ETA, tokens in/out with the
+//! cached share, and errors. The [`Summary`] is the same figures at the end,
+//! printed for people and available as JSON for scripts.
+//!
+//! For scripts watching a running job, a [`StatusFile`] beside the output
+//! (`out.parquet.status.json`) holds the same figures as JSON: rows
+//! done/failed, tokens, spend, rate, ETA and errors by class. It is
+//! rewritten atomically (temporary file + rename) every second while the
+//! job runs, so a reader never sees half a file, and finalised when the job
+//! ends with `"state": "done"` or `"stopped"` (and the reason); it is left
+//! in place so the last word stays readable, and replaced by the next run.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::pipeline::outcome::{Outcome, Usage};
+use crate::job::spend::Prices;
+
+/// Figures of a finished (or stopped) job.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Rows in the output (or, for a stopped job, rows with an outcome).
+    pub rows: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Rows not sent because a template variable was null.
+    pub null: u64,
+    /// Rows whose outcome came from an earlier run's journal.
+    pub resumed: u64,
+    pub usage: Usage,
+    /// HTTP attempts made by this run (retries included).
+    pub requests: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+    /// Retries of attempts that timed out after sending (maybe billed).
+    pub ambiguous_retries: u64,
+    /// What the rows' usage cost (ambiguous attempts counted as billed);
+    /// null without prices.
+    pub cost_usd: Option<f64>,
+    /// Failed rows by class of error (`http_429`, `http_5xx`, `timeout`, ...).
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed_secs: f64,
+    pub output: String,
+    /// Prices for `cost_usd`, set before counting.
+    #[serde(skip)]
+    pub prices: Option<Prices>,
+}
+
+impl Summary {
+    pub fn count(&mut self, o: &Outcome) {
+        self.rows += 1;
+        if let Some(message) = &o.error_message {
+            self.failed += 1;
+            *self
+                .errors
+                .entry(error_class(message).to_string())
+                .or_insert(0) += 1;
+        } else if o.attempts == 0 && o.result.is_null() {
+            self.null += 1;
+        } else {
+            self.ok += 1;
+        }
+        self.usage.add(&o.usage);
+        if let Some(p) = &self.prices {
+            *self.cost_usd.get_or_insert(0.0) += p.cost(&o.billed_usage());
+        }
+    }
+
+    pub fn rows_per_sec(&self) -> f64 {
+        if self.elapsed_secs > 0.0 {
+            (self.rows - self.resumed) as f64 / self.elapsed_secs
+        } else {
+            0.0
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let u = &self.usage;
+        writeln!(
+            f,
+            "rows       {} ok, {} failed, {} null{}",
+            self.ok,
+            self.failed,
+            self.null,
+            if self.resumed > 0 {
+                format!(" ({} from an earlier run)", self.resumed)
+            } else {
+                String::new()
+            }
+        )?;
+        writeln!(
+            f,
+            "tokens     {} in ({} cached, {:.0}%, {} cache writes), {} out ({} reasoning)",
+            u.prompt_tokens,
+            u.cached_tokens,
+            percent(u.cached_tokens, u.prompt_tokens),
+            u.cache_write_tokens,
+            u.completion_tokens,
+            u.reasoning_tokens
+        )?;
+        if let Some(cost) = self.cost_usd {
+            writeln!(f, "cost       ${cost:.4}")?;
+        }
+        writeln!(
+            f,
+            "requests   {} sent, {} retried, {} rate limited, {} ambiguous retries (maybe billed twice)",
+            self.requests, self.retries, self.rate_limited, self.ambiguous_retries
+        )?;
+        write!(
+            f,
+            "time       {:.1}s, {:.1} rows/s",
+            self.elapsed_secs,
+            self.rows_per_sec()
+        )?;
+        if !self.output.is_empty() {
+            write!(f, "\noutput     {}", self.output)?;
+        }
+        Ok(())
+    }
+}
+
+fn percent(part: i64, whole: i64) -> f64 {
+    if whole > 0 {
+        part as f64 * 100.0 / whole as f64
+    } else {
+        0.0
+    }
+}
+
+/// The class of a row's error message, for counts by class.
+pub fn error_class(message: &str) -> &'static str {
+    // Messages are "HTTP 429: ..." or "gave up after N attempts: HTTP 503: ...".
+    let http = message
+        .find("HTTP ")
+        .and_then(|i| message.get(i + 5..i + 8))
+        .and_then(|c| c.parse::<u16>().ok());
+    match http {
+        Some(429) => "http_429",
+        Some(500..=599) => "http_5xx",
+        Some(_) => "http_4xx",
+        None if message.contains("timed out") => "timeout",
+        None if message.contains("connect") => "connection",
+        None if message.contains("template") => "template",
+        None => "other",
+    }
+}
+
+/// The live progress bar, and the status file if there is one.
+pub struct Progress {
+    bar: ProgressBar,
+    quiet: bool,
+    status: Option<Arc<StatusFile>>,
+}
+
+impl Progress {
+    pub fn new(total: Option<u64>, quiet: bool) -> Progress {
+        let bar = match total {
+            Some(n) => ProgressBar::new(n),
+            None => ProgressBar::no_length(),
+        };
+        if quiet {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        } else {
+            bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+        }
+        let template = if total.is_some() {
+            "{spinner} {bar:30.cyan/blue} {pos}/{len} rows · {rate} · ETA {eta} · {msg}"
+        } else {
+            "{spinner} {pos} rows · {rate} · {msg}"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            // indicatif's own {per_sec} prints four decimals.
+            let style = style.with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1} rows/s", state.per_sec());
+                },
+            );
+            bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));
+        }
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Progress {
+            bar,
+            quiet,
+            status: None,
+        }
+    }
+
+    /// Also keep `status` current (see [`StatusFile`]).
+    pub fn with_status(mut self, status: Arc<StatusFile>) -> Progress {
+        self.status = Some(status);
+        self
+    }
+
+    pub fn update(&self, s: &Summary) {
+        if let Some(status) = &self.status {
+            status.update(s);
+        }
+        self.bar.set_position(s.rows);
+        let u = &s.usage;
+        self.bar.set_message(format!(
+            "tokens {} in ({:.0}% cached) / {} out · {} errors",
+            human(u.prompt_tokens),
+            percent(u.cached_tokens, u.prompt_tokens),
+            human(u.completion_tokens),
+            s.failed
+        ));
+    }
+
+    /// `-q`: no bar, no summary.
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    pub fn println(&self, line: &str) {
+        self.bar.suspend(|| eprintln!("{line}"));
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// What the status file holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// `running`, then `done` or `stopped`.
+    pub state: &'static str,
+    /// Why a stopped job stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Rows this run has to account for (null when the input does not say).
+    pub rows_total: Option<u64>,
+    pub rows_done: u64,
+    pub rows_ok: u64,
+    pub rows_failed: u64,
+    pub tokens: Usage,
+    pub spent_usd: Option<f64>,
+    pub rows_per_sec: f64,
+    pub eta_secs: Option<f64>,
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed_secs: f64,
+    /// Seconds since the Unix epoch when this was written.
+    pub updated_at: u64,
+}
+
+/// `out.parquet` → `out.parquet.status.json`.
+pub fn status_path(output: &Path) -> PathBuf {
+    let mut name = output
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".status.json");
+    output.with_file_name(name)
+}
+
+/// The status file of a running job, written once a second by its own task.
+pub struct StatusFile {
+    path: PathBuf,
+    total: Option<u64>,
+    started: tokio::time::Instant,
+    latest: Mutex<Option<Summary>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl StatusFile {
+    /// Start writing `path` every second (call inside the runtime).
+    pub fn start(path: PathBuf, total: Option<u64>) -> Arc<StatusFile> {
+        let file = Arc::new(StatusFile {
+            path,
+            total,
+            started: tokio::time::Instant::now(),
+            latest: Mutex::new(Some(Summary::default())),
+            writer: Mutex::new(None),
+        });
+        // The task holds a weak handle, so a dropped StatusFile ends it.
+        let weak = Arc::downgrade(&file);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(file) = weak.upgrade() else { break };
+                file.write("running", None);
+            }
+        });
+        *lock(&file.writer) = Some(task);
+        file
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn update(&self, s: &Summary) {
+        *lock(&self.latest) = Some(s.clone());
+    }
+
+    /// Stop the periodic writes and write the final state.
+    pub fn finish(&self, summary: Option<&Summary>, state: &'static str, message: Option<String>) {
+        if let Some(task) = lock(&self.writer).take() {
+            task.abort();
+        }
+        if let Some(s) = summary {
+            self.update(s);
+        }
+        self.write(state, message);
+    }
+
+    fn write(&self, state: &'static str, message: Option<String>) {
+        let Some(s) = lock(&self.latest).clone() else {
+            return;
+        };
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let fresh = s.rows - s.resumed.min(s.rows);
+        let rate = if elapsed > 0.0 {
+            fresh as f64 / elapsed
+        } else {
+            0.0
+        };
+        let status = Status {
+            state,
+            message,
+            rows_total: self.total,
+            rows_done: s.rows,
+            rows_ok: s.ok,
+            rows_failed: s.failed,
+            tokens: s.usage,
+            spent_usd: s.cost_usd,
+            rows_per_sec: rate,
+            eta_secs: self
+                .total
+                .filter(|_| rate > 0.0)
+                .map(|t| t.saturating_sub(s.rows) as f64 / rate),
+            errors: s.errors.clone(),
+            elapsed_secs: elapsed,
+            updated_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        // A status file is a convenience: failing to write it must not fail the job.
+        if let Ok(bytes) = serde_json::to_vec_pretty(&status) {
+            if let Err(e) = crate::pipeline::journal::write_atomic(&self.path, &bytes) {
+                tracing::warn!("status file: {e}");
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn human(n: i64) -> String {
+    match n {
+        n if n >= 10_000_000 => format!("{:.0}M", n as f64 / 1e6),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 10_000 => format!("{:.0}k", n as f64 / 1e3),
+        n if n >= 1_000 => format!("{:.1}k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn summary_counts_ok_failed_and_null() {
+        let mut s = Summary::default();
+        s.count(&Outcome {
+            row: 0,
+            result: json!("x"),
+            attempts: 1,
+            ..Default::default()
+        });
+        s.count(&Outcome::failed(1, "bad".into(), 1));
+        s.count(&Outcome::null_input(2));
+        assert_eq!((s.rows, s.ok, s.failed, s.null), (3, 1, 1, 1));
+        let text = s.to_string();
+        assert!(text.contains("1 ok, 1 failed, 1 null"), "{text}");
+        assert_eq!(human(12_345), "12k");
+        assert_eq!(s.errors.get("other"), Some(&1));
+    }
+
+    #[test]
+    fn errors_are_classed() {
+        assert_eq!(
+            error_class("gave up after 9 attempts: HTTP 429: slow down"),
+            "http_429"
+        );
+        assert_eq!(error_class("HTTP 503: busy"), "http_5xx");
+        assert_eq!(error_class("HTTP 400: bad"), "http_4xx");
+        assert_eq!(
+            error_class("gave up after 2 attempts: timed out: error sending request"),
+            "timeout"
+        );
+        assert_eq!(
+            error_class("--prompt template failed on this row: x"),
+            "template"
+        );
+    }
+
+    #[tokio::test]
+    async fn status_file_is_written_and_finalised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = status_path(&dir.path().join("out.parquet"));
+        assert!(path.ends_with("out.parquet.status.json"));
+        let status = StatusFile::start(path.clone(), Some(10));
+        let mut s = Summary {
+            prices: Some(Prices {
+                input: 1.0,
+                output: 1.0,
+                cached: None,
+            }),
+            ..Default::default()
+        };
+        s.count(&Outcome {
+            row: 0,
+            result: json!("x"),
+            attempts: 1,
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+                total_tokens: 4,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        status.update(&s);
+        status.write("running", None);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            (
+                v["state"].as_str(),
+                v["rows_done"].as_u64(),
+                v["rows_total"].as_u64()
+            ),
+            (Some("running"), Some(1), Some(10))
+        );
+        assert!((v["spent_usd"].as_f64().unwrap() - 4e-6).abs() < 1e-12);
+        status.finish(None, "stopped", Some("budget".into()));
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            (v["state"].as_str(), v["message"].as_str()),
+            (Some("stopped"), Some("budget"))
+        );
+    }
+}

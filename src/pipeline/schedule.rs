@@ -1,0 +1,298 @@
+//! Schedule: rendered rows → calls in flight, in a cache-friendly order,
+//! under a bound on concurrency.
+//!
+//! One dispatcher task reads input batches, renders them, and launches calls:
+//! - at most `concurrency` calls are in flight (a semaphore; the rate
+//!   limiter inside the client paces each attempt);
+//! - at most `open_batches` input batches are between reading and writing,
+//!   so memory stays bounded when one slow row holds its batch back;
+//! - within a batch, calls are ordered by their static prefix, and the first
+//!   call of a cacheable prefix is a warm-up: the rest of its group waits
+//!   until it completes, so they read the provider's prompt cache instead of
+//!   all paying to fill it at once. Output order is restored by the collector.
+//!
+//! Results go back to the collector as [`Event`]s on one bounded channel, in
+//! which a batch is always announced before any of its outcomes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::pipeline::client::{Abort, Client};
+use crate::pipeline::outcome::{Outcome, RowId};
+use crate::pipeline::render::{BodyBuilder, Call, RenderedRow, Templates};
+use crate::provider::wire::Task;
+
+/// What the dispatcher and the calls tell the collector.
+pub enum Event {
+    /// A batch of input rows whose outcomes will follow. The permit bounds
+    /// open batches and is released when the batch is written.
+    Batch {
+        first: RowId,
+        batch: RecordBatch,
+        permit: OwnedSemaphorePermit,
+    },
+    /// Outcomes of rows (of calls, or rows not sent at all). A call's
+    /// concurrency permit travels with its outcomes and is released only once
+    /// they are journaled, so a kill can lose at most the calls in flight.
+    Outcomes(Vec<Outcome>, Option<OwnedSemaphorePermit>),
+    /// The endpoint refused the job; the rows of that call stay undone.
+    Abort(String),
+}
+
+/// How calls are formed and launched.
+pub struct Dispatcher {
+    pub client: Arc<Client>,
+    pub templates: Arc<Templates>,
+    pub builder: Arc<BodyBuilder>,
+    pub events: mpsc::Sender<Event>,
+    pub in_flight: Arc<Semaphore>,
+    pub open_batches: Arc<Semaphore>,
+    pub stop: Arc<AtomicBool>,
+    /// Rows already done in an earlier run.
+    pub done: Arc<HashSet<RowId>>,
+    pub warmup: bool,
+    /// Embedding rows per request.
+    pub batch_size: usize,
+    /// ai_similarity: each call embeds the row's two texts.
+    pub similarity: bool,
+    /// OpenAI Batch input: each row's `body` is the call.
+    pub passthrough: bool,
+}
+
+/// Per-prefix warm-up state: absent = never seen; `None` = warm; `Some`
+/// = its warm-up call is in flight and these calls wait for it.
+type Warming = HashMap<u64, Option<Vec<Call>>>;
+
+impl Dispatcher {
+    /// Run until the input is exhausted and every call has been launched, or
+    /// until `stop` is set.
+    pub async fn run(self, mut batches: mpsc::Receiver<(RowId, RecordBatch)>) {
+        let (warmed_tx, mut warmed_rx) = mpsc::unbounded_channel::<u64>();
+        let mut prefixes: Warming = HashMap::new();
+        let mut waiting = 0usize; // prefixes whose warm-up is in flight
+        let mut ready: VecDeque<Call> = VecDeque::new();
+        let mut input_done = false;
+        loop {
+            while let Some(call) = ready.pop_front() {
+                if self.stopped() {
+                    return;
+                }
+                // Warm-ups that finished meanwhile release their groups first.
+                while let Ok(key) = warmed_rx.try_recv() {
+                    release(&mut prefixes, key, &mut ready, &mut waiting);
+                }
+                let warm_key = match call.prefix.filter(|p| self.warmup && p.cacheable()) {
+                    None => None,
+                    Some(p) => match prefixes.get_mut(&p.key) {
+                        None => {
+                            prefixes.insert(p.key, Some(Vec::new()));
+                            waiting += 1;
+                            Some(p.key)
+                        }
+                        Some(Some(queue)) => {
+                            queue.push(call);
+                            continue;
+                        }
+                        Some(None) => None,
+                    },
+                };
+                self.launch(call, warm_key.map(|k| (k, warmed_tx.clone())))
+                    .await;
+            }
+            if input_done && waiting == 0 {
+                return;
+            }
+            tokio::select! {
+                Some(key) = warmed_rx.recv(), if waiting > 0 => {
+                    release(&mut prefixes, key, &mut ready, &mut waiting);
+                }
+                next = next_batch(&self.open_batches, &mut batches), if !input_done => {
+                    let Some((first, batch, permit)) = next else {
+                        input_done = true;
+                        continue;
+                    };
+                    let (immediate, calls) = self.calls_for(first, &batch);
+                    if self.events.send(Event::Batch { first, batch, permit }).await.is_err() {
+                        return;
+                    }
+                    if !immediate.is_empty() && self.events.send(Event::Outcomes(immediate, None)).await.is_err() {
+                        return;
+                    }
+                    ready.extend(calls);
+                }
+            }
+            if self.stopped() {
+                return;
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Render a batch into calls (grouped by prefix for warm-ups), plus the
+    /// outcomes of rows that need no call.
+    fn calls_for(&self, first: RowId, batch: &RecordBatch) -> (Vec<Outcome>, Vec<Call>) {
+        let maker = CallMaker {
+            templates: &self.templates,
+            builder: &self.builder,
+            batch_size: self.batch_size,
+            similarity: self.similarity,
+            passthrough: self.passthrough,
+        };
+        let (immediate, mut calls) = maker.calls(first, batch, &self.done);
+        if self.warmup {
+            // Group by prefix (stable, so input order holds within a group).
+            calls.sort_by_key(|c| c.prefix.map(|p| p.key));
+        }
+        (immediate, calls)
+    }
+
+    /// Wait for a free slot, then run the call in its own task.
+    async fn launch(&self, call: Call, warm: Option<(u64, mpsc::UnboundedSender<u64>)>) {
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        // The job may have stopped (a budget, Ctrl-C) while this call waited.
+        if self.stopped() {
+            return;
+        }
+        let client = self.client.clone();
+        let events = self.events.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let event = match client.execute(&call).await {
+                Ok(outcomes) => Event::Outcomes(outcomes, Some(permit)),
+                Err(Abort(message)) => {
+                    // Stop at once, before this slot frees up for another call.
+                    stop.store(true, Ordering::Relaxed);
+                    drop(permit);
+                    Event::Abort(message)
+                }
+            };
+            let _ = events.send(event).await;
+            if let Some((key, tx)) = warm {
+                let _ = tx.send(key);
+            }
+        });
+    }
+}
+
+/// How rows become calls: one place for the dispatcher and `--dry-run`.
+pub struct CallMaker<'a> {
+    pub templates: &'a Templates,
+    pub builder: &'a BodyBuilder,
+    /// Embedding rows per request.
+    pub batch_size: usize,
+    /// ai_similarity: each call embeds the row's two texts.
+    pub similarity: bool,
+    /// OpenAI Batch input: each row carries its own body.
+    pub passthrough: bool,
+}
+
+impl CallMaker<'_> {
+    /// Render a batch into calls, in row order, plus the outcomes of rows
+    /// that need no call (a null in a template variable, a template error).
+    /// Rows in `done` (finished in an earlier run) get neither.
+    pub fn calls(
+        &self,
+        first: RowId,
+        batch: &RecordBatch,
+        done: &HashSet<RowId>,
+    ) -> (Vec<Outcome>, Vec<Call>) {
+        if self.passthrough {
+            return self.passthrough_calls(first, batch, done);
+        }
+        let mut immediate = Vec::new();
+        let mut rows: Vec<RenderedRow> = Vec::with_capacity(batch.num_rows());
+        for rendered in self.templates.render_batch(batch, first) {
+            match rendered {
+                Ok(Some(r)) if !done.contains(&r.row) => rows.push(r),
+                Ok(Some(_)) => {}
+                Ok(None) => {}
+                Err((row, message)) => immediate.push(Outcome::failed(row, message, 0)),
+            }
+        }
+        // Rows not sent because of a null: their outcome is a null result.
+        let mut sent_or_failed: HashSet<RowId> = rows.iter().map(|r| r.row).collect();
+        sent_or_failed.extend(immediate.iter().map(|o| o.row));
+        for i in 0..batch.num_rows() as u64 {
+            let row = first + i;
+            if !sent_or_failed.contains(&row) && !done.contains(&row) {
+                immediate.push(Outcome::null_input(row));
+            }
+        }
+        let builder = self.builder;
+        let calls: Vec<Call> = if self.similarity {
+            rows.iter()
+                .map(|r| builder.pair(r.row, &r.user, r.user2.as_deref().unwrap_or_default()))
+                .collect()
+        } else if builder.spec().task == Task::Embeddings && self.batch_size > 1 {
+            rows.chunks(self.batch_size)
+                .map(|chunk| {
+                    let texts: Vec<(RowId, &str)> =
+                        chunk.iter().map(|r| (r.row, r.user.as_str())).collect();
+                    builder.embeddings(&texts)
+                })
+                .collect()
+        } else {
+            rows.iter().map(|r| builder.single(r)).collect()
+        };
+        (immediate, calls)
+    }
+
+    /// OpenAI Batch input: one call per row, its body from the input; no
+    /// prefix grouping (the bodies are opaque).
+    fn passthrough_calls(
+        &self,
+        first: RowId,
+        batch: &RecordBatch,
+        done: &HashSet<RowId>,
+    ) -> (Vec<Outcome>, Vec<Call>) {
+        let mut immediate = Vec::new();
+        let mut calls = Vec::new();
+        for (i, call) in self
+            .builder
+            .passthrough_batch(batch, first)
+            .into_iter()
+            .enumerate()
+        {
+            let row = first + i as u64;
+            if done.contains(&row) {
+                continue;
+            }
+            match call {
+                Ok(Some(call)) => calls.push(call),
+                Ok(None) => immediate.push(Outcome::null_input(row)),
+                Err((row, message)) => immediate.push(Outcome::failed(row, message, 0)),
+            }
+        }
+        (immediate, calls)
+    }
+}
+
+fn release(prefixes: &mut Warming, key: u64, ready: &mut VecDeque<Call>, waiting: &mut usize) {
+    if let Some(slot) = prefixes.get_mut(&key) {
+        if let Some(queue) = slot.take() {
+            *waiting = waiting.saturating_sub(1);
+            // Front of the line: these rows' batches are the oldest open ones.
+            for call in queue.into_iter().rev() {
+                ready.push_front(call);
+            }
+        }
+    }
+}
+
+async fn next_batch(
+    open: &Arc<Semaphore>,
+    batches: &mut mpsc::Receiver<(RowId, RecordBatch)>,
+) -> Option<(RowId, RecordBatch, OwnedSemaphorePermit)> {
+    let permit = open.clone().acquire_owned().await.ok()?;
+    let (first, batch) = batches.recv().await?;
+    Some((first, batch, permit))
+}

@@ -1,0 +1,259 @@
+//! Sink: input batches + their outcomes → output Parquet.
+//!
+//! The output schema is the input's columns (cast where DuckDB, pandas or
+//! Spark would reject them), then the outcome columns ([`OUTCOME_COLUMNS`]).
+//! Finished batches go into part files of the journal's state folder, in
+//! input order, rolled every `part_rows` rows; when the job completes the
+//! parts are concatenated into the output, which appears atomically.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::pipeline::journal::{part_name, Part};
+use crate::pipeline::outcome::{Outcome, RowId};
+use crate::pipeline::parquet_out::{compatible_schema, make_compatible, read_all, ParquetFile};
+use crate::job::spend::{row_cost, Prices};
+
+/// The columns aiq adds after the input's, in order.
+pub const OUTCOME_COLUMNS: [&str; 14] = [
+    "result",
+    "error_message",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost",
+    "latency_ms",
+    "ttft_ms",
+    "attempts",
+    "maybe_billed_twice",
+];
+
+/// The usage columns, in [`crate::pipeline::outcome::Usage::fields_mut`] order.
+const USAGE_COLUMNS: [&str; 6] = [
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+];
+
+/// Builds output batches.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    input: SchemaRef,
+    pub output: SchemaRef,
+    result_schema: SchemaRef,
+    /// Prices for the `cost` column (null without them).
+    prices: Option<Prices>,
+}
+
+impl Layout {
+    /// Fails (exit 2) when an input column has the name of an outcome column.
+    pub fn new(input: &Schema, result_type: DataType) -> Result<Layout> {
+        let input = compatible_schema(input);
+        if let Some(clash) = input
+            .fields()
+            .iter()
+            .find(|f| OUTCOME_COLUMNS.contains(&f.name().as_str()))
+        {
+            return Err(Error::Config(format!(
+                "the input has a column named `{}`, which aiq writes itself; rename it in the input",
+                clash.name()
+            )));
+        }
+        let result = Field::new("result", result_type, true);
+        let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
+        fields.push(Arc::new(result.clone()));
+        fields.push(Arc::new(Field::new("error_message", DataType::Utf8, true)));
+        fields.push(Arc::new(Field::new("finish_reason", DataType::Utf8, true)));
+        for name in USAGE_COLUMNS {
+            fields.push(Arc::new(Field::new(name, DataType::Int64, false)));
+        }
+        fields.push(Arc::new(Field::new("cost", DataType::Float64, true)));
+        fields.push(Arc::new(Field::new("latency_ms", DataType::Int64, true)));
+        fields.push(Arc::new(Field::new("ttft_ms", DataType::Int64, true)));
+        fields.push(Arc::new(Field::new("attempts", DataType::Int32, false)));
+        fields.push(Arc::new(Field::new(
+            "maybe_billed_twice",
+            DataType::Boolean,
+            false,
+        )));
+        Ok(Layout {
+            input,
+            output: Arc::new(Schema::new(fields)),
+            result_schema: Arc::new(Schema::new(vec![result])),
+            prices: None,
+        })
+    }
+
+    /// Fill the `cost` column at these prices (USD per million tokens).
+    pub fn with_prices(mut self, prices: Option<Prices>) -> Layout {
+        self.prices = prices;
+        self
+    }
+
+    /// One output batch: `input` rows with their outcomes, in row order.
+    pub fn assemble(&self, input: &RecordBatch, outcomes: &mut [Outcome]) -> Result<RecordBatch> {
+        let input = make_compatible(input, &self.input)
+            .map_err(|e| Error::Config(format!("input columns: {e}")))?;
+        let result = self.result_column(outcomes)?;
+        let n = outcomes.len();
+        let mut error = StringBuilder::with_capacity(n, 0);
+        let mut finish = StringBuilder::with_capacity(n, n * 4);
+        let mut usage: [Int64Builder; USAGE_COLUMNS.len()] =
+            std::array::from_fn(|_| Int64Builder::with_capacity(n));
+        let mut cost = Float64Builder::with_capacity(n);
+        let mut latency = Int64Builder::with_capacity(n);
+        let mut ttft = Int64Builder::with_capacity(n);
+        let mut attempts = Int32Builder::with_capacity(n);
+        let mut billed_twice = BooleanBuilder::with_capacity(n);
+        for o in outcomes.iter() {
+            error.append_option(o.error_message.as_deref());
+            finish.append_option(o.finish_reason.as_deref());
+            let mut u = o.usage;
+            for (b, v) in usage.iter_mut().zip(u.fields_mut()) {
+                b.append_value(*v);
+            }
+            cost.append_option(row_cost(self.prices.as_ref(), o));
+            latency.append_option(o.latency_ms);
+            ttft.append_option(o.ttft_ms);
+            attempts.append_value(o.attempts.min(i32::MAX as u32) as i32);
+            billed_twice.append_value(o.maybe_billed_twice());
+        }
+        let mut columns: Vec<ArrayRef> = input.columns().to_vec();
+        columns.push(result);
+        columns.push(Arc::new(error.finish()));
+        columns.push(Arc::new(finish.finish()));
+        for mut b in usage {
+            columns.push(Arc::new(b.finish()));
+        }
+        columns.push(Arc::new(cost.finish()));
+        columns.push(Arc::new(latency.finish()));
+        columns.push(Arc::new(ttft.finish()));
+        columns.push(Arc::new(attempts.finish()));
+        columns.push(Arc::new(billed_twice.finish()));
+        RecordBatch::try_new(self.output.clone(), columns)
+            .map_err(|e| Error::Config(format!("output batch: {e}")))
+    }
+
+    /// The typed `result` column, decoded from the outcomes' JSON values. A
+    /// value that does not decode (the reply parser should have caught it)
+    /// becomes a null with an error in its row rather than failing the batch.
+    fn result_column(&self, outcomes: &mut [Outcome]) -> Result<ArrayRef> {
+        let rows: Vec<Value> = outcomes
+            .iter()
+            .map(|o| json!({"result": o.result}))
+            .collect();
+        if let Ok(batch) = decode(&self.result_schema, &rows) {
+            return Ok(batch.column(0).clone());
+        }
+        let mut rows = rows;
+        for (o, row) in outcomes.iter_mut().zip(rows.iter_mut()) {
+            if let Err(e) = decode(&self.result_schema, std::slice::from_ref(row)) {
+                o.error_message
+                    .get_or_insert_with(|| format!("result does not fit the result type: {e}"));
+                o.result = Value::Null;
+                *row = json!({"result": null});
+            }
+        }
+        decode(&self.result_schema, &rows)
+            .map(|b| b.column(0).clone())
+            .map_err(|e| Error::Config(format!("result column: {e}")))
+    }
+}
+
+pub(crate) fn decode(
+    schema: &SchemaRef,
+    rows: &[Value],
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()?;
+    decoder.serialize(rows)?;
+    Ok(decoder
+        .flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+}
+
+/// Writes finished batches into part files, rolling every `part_rows` rows.
+pub struct PartWriter {
+    dir: PathBuf,
+    schema: SchemaRef,
+    part_rows: u64,
+    current: Option<(RowId, RowId, ParquetFile)>,
+    pub parts: Vec<Part>,
+}
+
+impl PartWriter {
+    pub fn new(dir: PathBuf, schema: SchemaRef, part_rows: u64, parts: Vec<Part>) -> PartWriter {
+        PartWriter {
+            dir,
+            schema,
+            part_rows,
+            current: None,
+            parts,
+        }
+    }
+
+    /// Write the output rows starting at row `first`.
+    pub fn write(&mut self, first: RowId, batch: &RecordBatch) -> Result<()> {
+        let (start, end, file) = match &mut self.current {
+            Some(c) => c,
+            None => {
+                // The file's final name is only known at commit; until then
+                // ParquetFile keeps it under a temporary name.
+                let path = self.dir.join(format!("part-{first:012}-open.parquet"));
+                let file = ParquetFile::create(&path, self.schema.clone())?;
+                self.current.insert((first, first, file))
+            }
+        };
+        debug_assert_eq!(*end, first);
+        file.write(batch)?;
+        *end = first + batch.num_rows() as u64;
+        if *end - *start >= self.part_rows {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Close the open part, if any, and rename it to its row range.
+    pub fn commit(&mut self) -> Result<()> {
+        let Some((start, end, file)) = self.current.take() else {
+            return Ok(());
+        };
+        let open = file.path().to_path_buf();
+        file.finish()?;
+        if end == start {
+            let _ = std::fs::remove_file(&open);
+            return Ok(());
+        }
+        let path = self.dir.join(part_name(start, end));
+        std::fs::rename(&open, &path).map_err(|e| Error::io(&path, e))?;
+        self.parts.push(Part { start, end, path });
+        Ok(())
+    }
+}
+
+/// Concatenate the parts, in order, into `output` (atomically).
+pub fn concat_parts(parts: &[Part], output: &Path, schema: SchemaRef) -> Result<u64> {
+    let mut out = ParquetFile::create(output, schema)?;
+    for part in parts {
+        for batch in read_all(&part.path)? {
+            out.write(&batch)?;
+        }
+    }
+    out.finish()
+}

@@ -1,0 +1,749 @@
+//! Input files as a stream of Arrow record batches: the first stage of the
+//! data path.
+//!
+//! This module owns reading the user's dataset — Parquet or JSON Lines, chosen
+//! by file extension — into batches of at most `batch_size` rows, so that
+//! memory stays bounded by one batch whatever the size of the file. It also
+//! owns the input schema the rest of the job is checked against, and the row
+//! count used for progress and planning.
+//!
+//! JSON Lines has no schema of its own: the column types are inferred from
+//! the first [`JSONL_INFER_LINES`] non-blank lines, and the columns keep the
+//! order in which their keys first appear there (arrow-json's inference sorts
+//! them alphabetically, which is not what users wrote). Keys first seen after
+//! those lines are not columns and are ignored, as in the sampling readers of
+//! DuckDB or pandas. An empty JSONL file is an error: with no line there is no
+//! schema, and every template check would fail later with a less clear message.
+//!
+//! Every failure — a missing file, a wrong extension, a corrupt Parquet file, a
+//! malformed JSON line — is an [`Error::Input`] naming the file and, for JSON
+//! Lines, the line; nothing here panics on bad input.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use arrow_json::reader::{infer_json_schema_from_iterator, Decoder, ReaderBuilder};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Non-blank lines of a JSONL file read to infer its columns and their types.
+pub const JSONL_INFER_LINES: usize = 1000;
+
+/// Buffer for reading input files: large enough that a syscall per line is
+/// never the bottleneck, small next to one batch of rows.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The input formats aiq reads, chosen by file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Parquet,
+    Jsonl,
+    /// OpenAI Batch API request lines (`--input-format openai-batch`),
+    /// read by [`crate::pipeline::openai_batch`].
+    OpenAiBatch,
+}
+
+impl Format {
+    /// The format for `path`'s extension (case-insensitive), or `None`.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "parquet" => Some(Format::Parquet),
+            "jsonl" | "ndjson" => Some(Format::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Parquet => "Parquet",
+            Format::Jsonl => "JSON Lines",
+            Format::OpenAiBatch => "OpenAI Batch JSON Lines",
+        })
+    }
+}
+
+/// An opened input file: its schema and row count are known, its rows are
+/// read on demand by [`Source::into_batches`].
+pub struct Source {
+    pub path: PathBuf,
+    pub schema: SchemaRef,
+    /// Rows in the file: from the footer for Parquet, from counting non-blank
+    /// lines for JSON Lines.
+    pub total_rows: Option<u64>,
+    format: Format,
+    reader: Reader,
+}
+
+enum Reader {
+    Parquet(ParquetRecordBatchReader),
+    Jsonl(Box<JsonlBatches>),
+    /// Batches made by another reader ([`Source::from_batches`]).
+    Other(Box<dyn Iterator<Item = Result<RecordBatch>> + Send>),
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("columns", &self.schema.fields().len())
+            .field("total_rows", &self.total_rows)
+            .finish()
+    }
+}
+
+impl Source {
+    /// Opens `path`, reads its schema (and, for JSONL, counts its rows), and
+    /// prepares to read batches of at most `batch_size` rows.
+    pub fn open(path: &Path, batch_size: usize) -> Result<Source> {
+        if batch_size == 0 {
+            return Err(Error::Config("batch size must be at least 1 row".into()));
+        }
+        let format = Format::from_path(path).ok_or_else(|| {
+            Error::input(
+                path,
+                "unknown file type: aiq reads Parquet (.parquet) and JSON Lines (.jsonl, .ndjson)",
+            )
+        })?;
+        match format {
+            Format::Parquet => open_parquet(path, batch_size),
+            Format::Jsonl => open_jsonl(path, batch_size),
+            // Never chosen by extension: `--input-format openai-batch` opens
+            // such files with `openai_batch::open`, which builds on this module.
+            Format::OpenAiBatch => Err(Error::Config(
+                "OpenAI Batch files are read with --input-format openai-batch".into(),
+            )),
+        }
+    }
+
+    /// A source whose batches another reader makes (the OpenAI Batch
+    /// format), so the rest of the job handles it like any input.
+    pub fn from_batches(
+        path: &Path,
+        format: Format,
+        schema: SchemaRef,
+        total_rows: Option<u64>,
+        batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
+    ) -> Source {
+        Source {
+            path: path.to_path_buf(),
+            schema,
+            total_rows,
+            format,
+            reader: Reader::Other(batches),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The rows of the file, in order, in batches of at most `batch_size`
+    /// rows. Only one batch (plus the reader's buffers) is in memory at a
+    /// time. After the first error the iterator ends.
+    pub fn into_batches(self) -> Box<dyn Iterator<Item = Result<RecordBatch>> + Send> {
+        match self.reader {
+            Reader::Parquet(reader) => {
+                let path = self.path;
+                Box::new(reader.map(move |batch| {
+                    batch.map_err(|e| Error::input(&path, format!("cannot read Parquet data: {e}")))
+                }))
+            }
+            Reader::Jsonl(batches) => Box::new(batches),
+            Reader::Other(batches) => batches,
+        }
+    }
+}
+
+fn open_file(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::input(path, "no such file"),
+        _ => Error::input(path, format!("cannot open: {e}")),
+    })
+}
+
+fn open_parquet(path: &Path, batch_size: usize) -> Result<Source> {
+    let file = open_file(path)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?;
+    // The footer's count is authoritative; a negative one would be corrupt,
+    // and then we just don't know.
+    let total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).ok();
+    let schema = builder.schema().clone();
+    let reader = builder
+        .with_batch_size(batch_size)
+        .build()
+        .map_err(|e| Error::input(path, format!("cannot read Parquet file: {e}")))?;
+    Ok(Source {
+        path: path.to_path_buf(),
+        schema,
+        total_rows,
+        format: Format::Parquet,
+        reader: Reader::Parquet(reader),
+    })
+}
+
+fn open_jsonl(path: &Path, batch_size: usize) -> Result<Source> {
+    let schema = Arc::new(infer_jsonl_schema(path)?);
+    let total_rows = count_jsonl_rows(path)?;
+    let decoder = ReaderBuilder::new(schema.clone())
+        .with_batch_size(batch_size)
+        .build_decoder()
+        .map_err(|e| {
+            Error::input(
+                path,
+                format!("cannot decode with the inferred columns: {e}"),
+            )
+        })?;
+    let batches = JsonlBatches {
+        path: path.to_path_buf(),
+        lines: BufReader::with_capacity(READ_BUFFER_BYTES, open_file(path)?),
+        schema: schema.clone(),
+        decoder,
+        batch_size,
+        line_no: 0,
+        offset: 0,
+        first_line_in_batch: 0,
+        batch_offset: 0,
+        line: Vec::new(),
+        done: false,
+    };
+    Ok(Source {
+        path: path.to_path_buf(),
+        schema,
+        total_rows: Some(total_rows),
+        format: Format::Jsonl,
+        reader: Reader::Jsonl(Box::new(batches)),
+    })
+}
+
+/// A line without surrounding ASCII whitespace (so `\r\n` endings and blank
+/// lines need no special case), and without a UTF-8 byte order mark if it is
+/// the first line: editors on Windows add one, and JSON parsers reject it.
+fn line_content(line: &[u8], line_no: u64) -> &[u8] {
+    let line = if line_no == 1 {
+        line.strip_prefix(UTF8_BOM).unwrap_or(line)
+    } else {
+        line
+    };
+    line.trim_ascii()
+}
+
+/// The keys of a JSON object in the order they are written. serde_json's
+/// `Map` is sorted unless the `preserve_order` feature is on, which we do not
+/// rely on (it would change hashes elsewhere), so the keys are read here.
+struct KeyOrder(Vec<String>);
+
+impl<'de> Deserialize<'de> for KeyOrder {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = KeyOrder;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyOrder, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(KeyOrder(keys))
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
+}
+
+/// Infers the columns from the first [`JSONL_INFER_LINES`] non-blank lines,
+/// in the order their keys first appear. Parsing the lines ourselves (rather
+/// than handing the file to arrow-json) is what lets an error name its line.
+fn infer_jsonl_schema(path: &Path) -> Result<Schema> {
+    let mut lines = BufReader::with_capacity(READ_BUFFER_BYTES, open_file(path)?);
+    let mut values = Vec::new();
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    let mut buf = Vec::new();
+    let mut line_no = 0u64;
+    while values.len() < JSONL_INFER_LINES {
+        buf.clear();
+        let n = lines
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let line = line_content(&buf, line_no);
+        if line.is_empty() {
+            continue;
+        }
+        let bad_line = |e: serde_json::Error| {
+            Error::input(path, format!("line {line_no}: not a JSON object: {e}"))
+        };
+        let KeyOrder(keys) = serde_json::from_slice(line).map_err(bad_line)?;
+        let value: serde_json::Value = serde_json::from_slice(line).map_err(bad_line)?;
+        for key in keys {
+            if seen.insert(key.clone()) {
+                order.push(key);
+            }
+        }
+        values.push(value);
+    }
+    if values.is_empty() {
+        return Err(Error::input(
+            path,
+            "the file is empty: JSON Lines input needs at least one line with a JSON object",
+        ));
+    }
+    let inferred = infer_json_schema_from_iterator(values.iter().map(Ok)).map_err(|e| {
+        Error::input(
+            path,
+            format!(
+                "cannot infer column types from the first {} lines: {e}",
+                values.len()
+            ),
+        )
+    })?;
+    // Every inferred field comes from a key we saw, so each has a position;
+    // a field we somehow cannot place goes last rather than being dropped.
+    let mut fields: Vec<_> = inferred.fields().iter().cloned().collect();
+    fields.sort_by_key(|f| {
+        order
+            .iter()
+            .position(|k| k == f.name())
+            .unwrap_or(usize::MAX)
+    });
+    Ok(Schema::new_with_metadata(
+        fields,
+        inferred.metadata().clone(),
+    ))
+}
+
+/// Counts the non-blank lines — the rows — in one streaming pass over the
+/// bytes, without parsing JSON. Blank means only ASCII whitespace (and a
+/// leading byte order mark), the same lines [`JsonlBatches`] skips.
+fn count_jsonl_rows(path: &Path) -> Result<u64> {
+    let mut file = open_file(path)?;
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    let mut rows = 0u64;
+    let mut has_content = false;
+    let mut at_start = true;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::input(path, format!("cannot read: {e}"))),
+        };
+        let mut chunk = &buf[..n];
+        if at_start {
+            // A BOM split across two reads is not worth handling: the first
+            // read of a regular file returns far more than three bytes.
+            chunk = chunk.strip_prefix(UTF8_BOM).unwrap_or(chunk);
+            at_start = false;
+        }
+        for &b in chunk {
+            if b == b'\n' {
+                rows += u64::from(has_content);
+                has_content = false;
+            } else if !b.is_ascii_whitespace() {
+                has_content = true;
+            }
+        }
+    }
+    Ok(rows + u64::from(has_content))
+}
+
+/// Decodes a JSONL file into batches, one line at a time, so that an error
+/// can name its line and a batch never holds more than `batch_size` rows.
+struct JsonlBatches {
+    path: PathBuf,
+    lines: BufReader<File>,
+    schema: SchemaRef,
+    decoder: Decoder,
+    batch_size: usize,
+    /// Lines read so far (1-based number of the last line read).
+    line_no: u64,
+    /// Bytes read so far.
+    offset: u64,
+    /// The first line of the rows now in the decoder, and where it starts,
+    /// for errors that only show when the batch is built (a value of the
+    /// wrong type): see [`JsonlBatches::pinpoint`].
+    first_line_in_batch: u64,
+    batch_offset: u64,
+    line: Vec<u8>,
+    done: bool,
+}
+
+impl JsonlBatches {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if self.decoder.len() >= self.batch_size {
+                return self.flush();
+            }
+            self.line.clear();
+            let n = self
+                .lines
+                .read_until(b'\n', &mut self.line)
+                .map_err(|e| Error::input(&self.path, format!("cannot read: {e}")))?;
+            if n == 0 {
+                return self.flush();
+            }
+            let line_offset = self.offset;
+            self.offset += n as u64;
+            self.line_no += 1;
+            let line_no = self.line_no;
+            let line = line_content(&self.line, line_no);
+            if line.is_empty() {
+                continue;
+            }
+            let bad_line = |msg: String| Error::input(&self.path, format!("line {line_no}: {msg}"));
+            // The decoder accepts any JSON value and only complains about a
+            // non-object when the batch is built, without a line number.
+            if line.first() != Some(&b'{') {
+                return Err(bad_line("not a JSON object".into()));
+            }
+            if self.decoder.is_empty() {
+                self.first_line_in_batch = line_no;
+                self.batch_offset = line_offset;
+            }
+            let before = self.decoder.len();
+            let consumed = self
+                .decoder
+                .decode(line)
+                .map_err(|e| bad_line(e.to_string()))?;
+            // JSON Lines means exactly one object per line: a truncated
+            // object would otherwise swallow the next line, and two objects
+            // on one line would throw off the row count.
+            if consumed != line.len()
+                || self.decoder.has_partial_record()
+                || self.decoder.len() != before + 1
+            {
+                return Err(bad_line(
+                    "not exactly one complete JSON object (JSON Lines needs one object per line)"
+                        .into(),
+                ));
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>> {
+        let (first, last) = (self.first_line_in_batch, self.line_no);
+        self.decoder.flush().map_err(|e| {
+            let (lines, e) = match self.pinpoint(first, last) {
+                Some((line, e)) => (format!("line {line}"), e),
+                None => (format!("lines {first}-{last}"), e),
+            };
+            Error::input(
+                &self.path,
+                format!(
+                    "{lines}: {e} (column types were inferred from the first {JSONL_INFER_LINES} lines)"
+                ),
+            )
+        })
+    }
+
+    /// Finds the line that made a batch fail by decoding the batch's lines
+    /// again one at a time. Only runs on the error path, so re-reading is
+    /// cheaper than keeping every batch's text in memory just in case.
+    fn pinpoint(&self, first: u64, last: u64) -> Option<(u64, ArrowError)> {
+        let mut file = File::open(&self.path).ok()?;
+        file.seek(SeekFrom::Start(self.batch_offset)).ok()?;
+        let mut lines = BufReader::new(file);
+        let mut decoder = ReaderBuilder::new(self.schema.clone())
+            .with_batch_size(1)
+            .build_decoder()
+            .ok()?;
+        let mut buf = Vec::new();
+        for line_no in first..=last {
+            buf.clear();
+            if lines.read_until(b'\n', &mut buf).ok()? == 0 {
+                break;
+            }
+            let line = line_content(&buf, line_no);
+            if line.is_empty() {
+                continue;
+            }
+            decoder.decode(line).ok()?;
+            if let Err(e) = decoder.flush() {
+                return Some((line_no, e));
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for JsonlBatches {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.next_batch() {
+            Ok(Some(batch)) => Some(Ok(batch)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                // The decoder's state is undefined after an error: stop.
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field};
+    use parquet::arrow::ArrowWriter;
+    use std::io::Write;
+
+    fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn collect(source: Source) -> Vec<RecordBatch> {
+        source.into_batches().collect::<Result<Vec<_>>>().unwrap()
+    }
+
+    fn input_error(err: Error, path: &Path) -> String {
+        match &err {
+            Error::Input { path: p, .. } => assert_eq!(p, path),
+            other => panic!("expected Error::Input, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        msg
+    }
+
+    fn open_err(path: &Path) -> Error {
+        Source::open(path, 10).expect_err("open should fail")
+    }
+
+    fn column_names(schema: &Schema) -> Vec<&str> {
+        schema.fields().iter().map(|f| f.name().as_str()).collect()
+    }
+
+    #[test]
+    fn parquet_round_trip_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.PARQUET");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("text", DataType::Utf8, true),
+        ]));
+        let ids: Vec<i64> = (0..25).collect();
+        let texts: Vec<String> = ids.iter().map(|i| format!("row {i}")).collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids.clone())),
+                Arc::new(StringArray::from(texts)),
+            ],
+        )
+        .unwrap();
+        let mut writer = ArrowWriter::try_new(File::create(&path).unwrap(), schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+
+        let source = Source::open(&path, 10).unwrap();
+        assert_eq!(source.format(), Format::Parquet);
+        assert_eq!(source.total_rows, Some(25));
+        assert_eq!(column_names(&source.schema), ["id", "text"]);
+        let batches = collect(source);
+        assert_eq!(
+            batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            [10, 10, 5]
+        );
+        let got: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                let col = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                col.values().to_vec()
+            })
+            .collect();
+        assert_eq!(got, ids);
+    }
+
+    #[test]
+    fn jsonl_keeps_file_key_order_and_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "in.jsonl",
+            b"{\"text\": \"a\", \"id\": 1, \"score\": 0.5}\n{\"text\": \"b\", \"id\": 2, \"score\": 1, \"extra\": true}\n",
+        );
+        let source = Source::open(&path, 100).unwrap();
+        assert_eq!(
+            column_names(&source.schema),
+            ["text", "id", "score", "extra"]
+        );
+        assert_eq!(source.schema.field(1).data_type(), &DataType::Int64);
+        assert_eq!(source.schema.field(2).data_type(), &DataType::Float64);
+        assert_eq!(source.total_rows, Some(2));
+        let batches = collect(source);
+        assert_eq!(batches.len(), 1);
+        let text = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(text.value(1), "b");
+        let score = batches[0]
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        assert_eq!(score.value(1), 1.0);
+        assert!(batches[0].column(3).is_null(0));
+    }
+
+    #[test]
+    fn jsonl_batch_size_blank_lines_crlf_and_bom() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut contents = UTF8_BOM.to_vec();
+        for i in 0..23 {
+            write!(contents, "{{\"id\": {i}}}\r\n").unwrap();
+            if i % 5 == 0 {
+                contents.extend_from_slice(b"   \r\n\n");
+            }
+        }
+        contents.extend_from_slice(b"{\"id\": 23}"); // no final newline
+        let path = write(dir.path(), "in.NDJSON", &contents);
+        let source = Source::open(&path, 7).unwrap();
+        assert_eq!(source.format(), Format::Jsonl);
+        assert_eq!(source.total_rows, Some(24));
+        let batches = collect(source);
+        assert_eq!(
+            batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            [7, 7, 7, 3]
+        );
+        let ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(ids, (0..24).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn missing_file_and_unknown_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.parquet");
+        let msg = input_error(open_err(&missing), &missing);
+        assert!(msg.contains("no such file"), "{msg}");
+        let missing = dir.path().join("nope.jsonl");
+        input_error(open_err(&missing), &missing);
+
+        let csv = write(dir.path(), "data.csv", b"a,b\n1,2\n");
+        let msg = input_error(open_err(&csv), &csv);
+        assert!(msg.contains(".parquet") && msg.contains(".jsonl"), "{msg}");
+        let bare = write(dir.path(), "data", b"");
+        input_error(open_err(&bare), &bare);
+    }
+
+    #[test]
+    fn corrupt_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "bad.parquet", b"this is not parquet at all");
+        let msg = input_error(open_err(&path), &path);
+        assert!(msg.contains("Parquet"), "{msg}");
+        let empty = write(dir.path(), "empty.parquet", b"");
+        input_error(open_err(&empty), &empty);
+    }
+
+    #[test]
+    fn malformed_jsonl_in_inference_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "bad.jsonl",
+            b"{\"a\": 1}\n\n{\"a\": 2,\n{\"a\": 3}\n",
+        );
+        let msg = input_error(open_err(&path), &path);
+        assert!(msg.contains("line 3"), "{msg}");
+        let path = write(dir.path(), "array.jsonl", b"{\"a\": 1}\n[1, 2]\n");
+        let msg = input_error(open_err(&path), &path);
+        assert!(
+            msg.contains("line 2") && msg.contains("JSON object"),
+            "{msg}"
+        );
+    }
+
+    /// Past the lines used for inference, errors come from the streaming
+    /// decoder and must still name the line.
+    fn late_error(bad_line: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut contents = Vec::new();
+        for i in 0..JSONL_INFER_LINES + 5 {
+            writeln!(contents, "{{\"id\": {i}, \"text\": \"t\"}}").unwrap();
+        }
+        contents.extend_from_slice(bad_line);
+        contents.extend_from_slice(b"\n{\"id\": 0, \"text\": \"t\"}\n");
+        let path = write(dir.path(), "late.jsonl", &contents);
+        let source = Source::open(&path, 100).unwrap();
+        let results: Vec<_> = source.into_batches().collect();
+        let err = results.into_iter().find_map(|r| r.err()).expect("an error");
+        input_error(err, &path)
+    }
+
+    #[test]
+    fn malformed_jsonl_after_inference_names_the_line() {
+        let line = JSONL_INFER_LINES + 6;
+        let msg = late_error(b"{\"id\": 1, \"text\": ");
+        assert!(msg.contains(&format!("line {line}")), "{msg}");
+        let msg = late_error(b"{\"id\": 1} {\"id\": 2}");
+        assert!(msg.contains(&format!("line {line}")), "{msg}");
+        let msg = late_error(b"42");
+        assert!(msg.contains(&format!("line {line}")), "{msg}");
+        let msg = late_error(b"{\"id\": 1, \"text\": tru}");
+        assert!(msg.contains(&format!("line {line}")), "{msg}");
+        // A value of the wrong type only shows when the batch is built.
+        let msg = late_error(b"{\"id\": \"not a number\", \"text\": \"t\"}");
+        assert!(msg.contains(&format!("line {line}:")), "{msg}");
+    }
+
+    #[test]
+    fn empty_jsonl_is_an_input_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "empty.jsonl", b"\n  \n");
+        let msg = input_error(open_err(&path), &path);
+        assert!(msg.contains("empty"), "{msg}");
+    }
+
+    #[test]
+    fn zero_batch_size_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "in.jsonl", b"{\"a\": 1}\n");
+        assert!(matches!(Source::open(&path, 0), Err(Error::Config(_))));
+    }
+}

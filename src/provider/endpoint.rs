@@ -1,0 +1,231 @@
+//! Endpoints: where requests go and how they authenticate.
+//!
+//! `--endpoint` takes a Databricks serving endpoint name, an OpenAI-compatible
+//! base URL, or `simulator`. This module turns that into a full URL for the
+//! job's task and the credentials to send; how providers differ is
+//! [`crate::provider::quirks`]'s business. [`resolve`] is the one place a
+//! target becomes an endpoint with credentials (starting the in-process
+//! simulator when asked): `aiq run` and `aiq bench` both go through it.
+
+use std::fmt;
+
+use crate::provider::auth::{resolve_databricks, resolve_openai, Credentials, DatabricksTarget, Secret};
+use crate::error::{Error, Result};
+use crate::job::settings::SimulatorSettings;
+use crate::provider::wire::Task;
+use crate::simulator::{SimConfig, Simulator};
+
+/// The default model name the simulator serves, as on Databricks.
+pub const SIMULATOR_MODEL: &str = "databricks-meta-llama-3-3-70b-instruct";
+
+/// The in-process simulator checks a token like a real endpoint would.
+const SIMULATOR_TOKEN: &str = "aiq-simulator-token";
+
+/// Where requests go, before credentials are resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// The built-in simulator, started in-process.
+    Simulator,
+    /// A Databricks serving endpoint by name.
+    Databricks(String),
+    /// An OpenAI-compatible base URL.
+    OpenAi(String),
+}
+
+impl Target {
+    /// `--endpoint` as given: `simulator`, a base URL, or an endpoint name.
+    pub fn parse(endpoint: &str) -> Result<Target> {
+        if endpoint == "simulator" {
+            Ok(Target::Simulator)
+        } else if is_url(endpoint) {
+            Ok(Target::OpenAi(endpoint.to_string()))
+        } else if endpoint.is_empty() || endpoint.contains(['/', ' ']) {
+            Err(Error::Config(format!(
+                "--endpoint `{endpoint}` is neither a Databricks endpoint name nor an http(s):// URL"
+            )))
+        } else {
+            Ok(Target::Databricks(endpoint.to_string()))
+        }
+    }
+}
+
+/// Resolve a target to a URL and credentials; start the simulator (with
+/// `sim`) if the target is the simulator. The simulator lives as long as the
+/// returned handle: keep it until the last request is done.
+pub async fn resolve(
+    target: &Target,
+    model: Option<&str>,
+    task: Task,
+    profile: Option<&str>,
+    api_key_env: Option<&str>,
+    sim: SimConfig,
+) -> Result<(Endpoint, Option<Simulator>)> {
+    let env = |k: &str| std::env::var(k).ok();
+    match target {
+        Target::Simulator => {
+            let cfg = SimConfig {
+                port: 0,
+                token: Some(SIMULATOR_TOKEN.to_string()),
+                ..sim
+            };
+            let sim = Simulator::start(cfg).await.map_err(|e| {
+                Error::Config(format!("could not start the built-in simulator: {e}"))
+            })?;
+            let name = model.unwrap_or(SIMULATOR_MODEL);
+            let target = DatabricksTarget {
+                host: sim.base_url(),
+                credentials: Credentials::Bearer(Secret::new(SIMULATOR_TOKEN)),
+                source: "the built-in simulator".into(),
+            };
+            Ok((Endpoint::databricks(target, name), Some(sim)))
+        }
+        Target::Databricks(name) => {
+            let target = resolve_databricks(profile, &env)?;
+            Ok((Endpoint::databricks(target, name), None))
+        }
+        Target::OpenAi(url) => {
+            let credentials = resolve_openai(api_key_env, &env)?;
+            Ok((Endpoint::openai(url, task, model, credentials), None))
+        }
+    }
+}
+
+/// The simulator a job file's `[simulator]` table asks for; unset knobs keep
+/// the simulator's defaults.
+pub fn simulator_config(s: &SimulatorSettings) -> SimConfig {
+    let d = SimConfig::default();
+    SimConfig {
+        latency_ms: s.latency_ms.unwrap_or(d.latency_ms),
+        itl_ms: s.itl_ms.unwrap_or(d.itl_ms),
+        ttft_ms: s.ttft_ms.unwrap_or(d.ttft_ms),
+        output_tokens: s.output_tokens.unwrap_or(d.output_tokens),
+        rpm: s.rpm.or(d.rpm),
+        tpm: s.tpm.or(d.tpm),
+        fault_rate: s.fault_rate.unwrap_or(d.fault_rate),
+        seed: s.seed.unwrap_or(d.seed),
+        ..d
+    }
+}
+
+/// The protocol family of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Databricks Model Serving: `POST {host}/serving-endpoints/{name}/invocations`.
+    Databricks,
+    /// OpenAI-compatible: `POST {base}/chat/completions`, `/completions`, `/embeddings`.
+    OpenAi,
+}
+
+/// A resolved endpoint.
+pub struct Endpoint {
+    pub flavor: Flavor,
+    /// The full URL requests are posted to.
+    pub url: String,
+    /// OpenAI-compatible: the base URL, for calls that name their own
+    /// route ([`Endpoint::url_for`]).
+    pub base: Option<String>,
+    /// How the endpoint is named in messages: `databricks endpoint X at HOST`.
+    pub label: String,
+    /// The serving endpoint name or model, for provider quirks.
+    pub name: String,
+    pub credentials: Credentials,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("flavor", &self.flavor)
+            .field("url", &self.url)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    pub fn databricks(target: DatabricksTarget, name: &str) -> Endpoint {
+        Endpoint {
+            flavor: Flavor::Databricks,
+            url: format!("{}/serving-endpoints/{}/invocations", target.host, name),
+            base: None,
+            label: format!(
+                "Databricks endpoint `{name}` at {} (credentials from {})",
+                target.host, target.source
+            ),
+            name: name.to_string(),
+            credentials: target.credentials,
+        }
+    }
+
+    pub fn openai(
+        base_url: &str,
+        task: Task,
+        model: Option<&str>,
+        credentials: Credentials,
+    ) -> Endpoint {
+        let base = base_url.trim_end_matches('/');
+        Endpoint {
+            flavor: Flavor::OpenAi,
+            url: format!("{base}/{}", route(task)),
+            base: Some(base.to_string()),
+            label: format!("OpenAI-compatible endpoint {base}"),
+            name: model.unwrap_or_default().to_string(),
+            credentials,
+        }
+    }
+
+    /// Where a call goes: the job's URL, or for a call that names its task
+    /// (an OpenAI Batch line) that task's route. A Databricks endpoint has
+    /// one URL for every task: the body says what it is.
+    pub fn url_for(&self, task: Option<Task>) -> std::borrow::Cow<'_, str> {
+        match (task, &self.base) {
+            (Some(task), Some(base)) => format!("{base}/{}", route(task)).into(),
+            _ => self.url.as_str().into(),
+        }
+    }
+}
+
+/// The path of a task's API under an OpenAI-compatible base URL.
+fn route(task: Task) -> &'static str {
+    match task {
+        Task::Chat => "chat/completions",
+        Task::Completions => "completions",
+        Task::Embeddings => "embeddings",
+    }
+}
+
+/// Is `--endpoint` a base URL rather than a Databricks endpoint name?
+pub fn is_url(endpoint: &str) -> bool {
+    endpoint.starts_with("http://") || endpoint.starts_with("https://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::auth::Secret;
+
+    #[test]
+    fn urls_per_flavor_and_task() {
+        let e = Endpoint::openai(
+            "http://localhost:8000/v1/",
+            Task::Embeddings,
+            Some("m"),
+            Credentials::None,
+        );
+        assert_eq!(e.url, "http://localhost:8000/v1/embeddings");
+        assert_eq!(
+            e.url_for(Some(Task::Chat)),
+            "http://localhost:8000/v1/chat/completions"
+        );
+        assert_eq!(e.url_for(None), e.url);
+        let target = DatabricksTarget {
+            host: "https://example.cloud.databricks.com".into(),
+            credentials: Credentials::Bearer(Secret::new("dapi-secret")),
+            source: "environment".into(),
+        };
+        let d = Endpoint::databricks(target, "databricks-claude-sonnet-4");
+        assert_eq!(d.url, "https://example.cloud.databricks.com/serving-endpoints/databricks-claude-sonnet-4/invocations");
+        assert_eq!(d.url_for(Some(Task::Embeddings)), d.url);
+        assert!(!format!("{d:?}").contains("dapi-secret"));
+        assert!(is_url("https://x") && !is_url("databricks-meta-llama"));
+    }
+}

@@ -1,0 +1,626 @@
+//! Rate limits: requests and tokens per minute, told or learned.
+//!
+//! Told limits (`--rpm`, `--tpm`) are paced smoothly with governor's GCRA
+//! with a small burst, so a job runs at the limit without bunching into 429s.
+//! Not told, the limiter learns: the `x-ratelimit-limit-*` headers (OpenAI,
+//! Anthropic and Databricks names) give the limit outright; a `Retry-After`
+//! or an exhausted `x-ratelimit-remaining-*` pauses all sending until the
+//! window resets; and without headers, 429s drive an AIMD rate (cut by a
+//! quarter on a refusal, at most once a second; grown slowly while replies
+//! succeed).
+//!
+//! Provider-shaped limits come on top: `--itpm` (input tokens per minute,
+//! charged the prompt estimate), `--qph` (queries per hour), and `--otpm`
+//! (output tokens per minute). OTPM is enforced the way Databricks does:
+//! `max_tokens` is reserved before a request is admitted, and the part the
+//! reply did not use is given back from its real `usage`. governor cannot
+//! return capacity, so OTPM uses [`RefundableBucket`], a small token bucket
+//! of our own; without the refund a generous `max_tokens` (10x the real
+//! answers) would cut throughput tenfold.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::HeaderMap;
+use tokio::time::Instant;
+
+use crate::provider::retry::{header_str, parse_reset};
+
+/// Learned limits are paced this far below what the server announces, to
+/// absorb clock skew between our pacing and its buckets.
+const LEARNED_HEADROOM: f64 = 0.97;
+/// Multiplicative decrease on a 429 with nothing better to go on.
+const AIMD_DECREASE: f64 = 0.75;
+/// Multiplicative increase per successful reply, once a second has passed
+/// since the last decrease.
+const AIMD_INCREASE: f64 = 1.002;
+
+struct Pace {
+    limiter: DefaultDirectRateLimiter,
+    per_minute: f64,
+    burst: u32,
+}
+
+impl Pace {
+    fn new(per_minute: f64, burst: u32) -> Arc<Pace> {
+        let per_minute = per_minute.max(1.0);
+        let period = Duration::from_secs_f64(60.0 / per_minute);
+        let burst = burst.max(1);
+        // `with_period` only fails on a zero period, which max(1.0) rules out.
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        Arc::new(Pace {
+            limiter: RateLimiter::direct(quota),
+            per_minute,
+            burst,
+        })
+    }
+}
+
+/// What the limiter has learned or been told, for the summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LimitState {
+    pub rpm: Option<f64>,
+    pub tpm: Option<f64>,
+}
+
+/// Every limit a job can be told, per provider dimension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    /// Input tokens per minute (prompt estimates).
+    pub itpm: Option<u32>,
+    /// Output tokens per minute (`max_tokens` reserved, unused part refunded).
+    pub otpm: Option<u32>,
+    /// Queries per hour.
+    pub qph: Option<u32>,
+}
+
+pub struct Limiter {
+    told_rpm: bool,
+    told_tpm: bool,
+    requests: RwLock<Option<Arc<Pace>>>,
+    tokens: RwLock<Option<Arc<Pace>>>,
+    pause_until: Mutex<Option<Instant>>,
+    aimd: Mutex<Aimd>,
+    input_tokens: Option<Arc<Pace>>,
+    hourly: Option<Arc<Pace>>,
+    output_tokens: Option<Arc<RefundableBucket>>,
+}
+
+struct Aimd {
+    last_decrease: Option<Instant>,
+    /// Recent admission times, to estimate the rate we were sending at.
+    sent: VecDeque<Instant>,
+}
+
+const RATE_WINDOW: usize = 256;
+
+impl Limiter {
+    pub fn new(rpm: Option<u32>, tpm: Option<u32>) -> Limiter {
+        Limiter::with_limits(&Limits {
+            rpm,
+            tpm,
+            ..Limits::default()
+        })
+    }
+
+    pub fn with_limits(l: &Limits) -> Limiter {
+        let (rpm, tpm) = (l.rpm, l.tpm);
+        Limiter {
+            told_rpm: rpm.is_some(),
+            told_tpm: tpm.is_some(),
+            requests: RwLock::new(rpm.map(|r| Pace::new(r as f64, request_burst(r as f64)))),
+            tokens: RwLock::new(tpm.map(|t| Pace::new(t as f64, token_burst(t as f64)))),
+            pause_until: Mutex::new(None),
+            aimd: Mutex::new(Aimd {
+                last_decrease: None,
+                sent: VecDeque::with_capacity(RATE_WINDOW),
+            }),
+            input_tokens: l.itpm.map(|t| Pace::new(t as f64, token_burst(t as f64))),
+            // One query per hour-slot: a burst of one keeps them spread out.
+            hourly: l.qph.map(|q| Pace::new(q as f64 / 60.0, 1)),
+            output_tokens: l
+                .otpm
+                .map(|t| Arc::new(RefundableBucket::per_minute(t as f64, OUTPUT_BURST_SECS))),
+        }
+    }
+
+    /// Wait until a request with an estimated `prompt` and a reserved
+    /// `output` (its `max_tokens`) may be sent, under every limit. The
+    /// returned grant holds the OTPM reservation: [`OutputGrant::settle`]
+    /// it with the real output tokens; dropped unsettled (the attempt got no
+    /// answer, so nothing was produced), it gives the whole reservation back.
+    pub async fn admit_call(&self, prompt: u64, output: u64) -> OutputGrant {
+        self.admit(prompt + output).await;
+        if let Some(pace) = &self.hourly {
+            pace.limiter.until_ready().await;
+        }
+        if let Some(pace) = &self.input_tokens {
+            let n = (prompt.min(pace.burst as u64) as u32).max(1);
+            let _ = pace
+                .limiter
+                .until_n_ready(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+                .await;
+        }
+        match &self.output_tokens {
+            Some(bucket) => {
+                let reserved = bucket.take(output as f64).await;
+                OutputGrant {
+                    bucket: Some(bucket.clone()),
+                    reserved,
+                }
+            }
+            None => OutputGrant {
+                bucket: None,
+                reserved: 0.0,
+            },
+        }
+    }
+
+    /// Wait until a request estimated at `tokens` tokens may be sent.
+    pub async fn admit(&self, tokens: u64) {
+        loop {
+            let pause = *lock(&self.pause_until);
+            match pause {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => break,
+            }
+        }
+        let requests = read(&self.requests);
+        if let Some(pace) = requests {
+            pace.limiter.until_ready().await;
+        }
+        let token_pace = read(&self.tokens);
+        if let Some(pace) = token_pace {
+            // A request larger than the burst could never pass: charge it the
+            // whole burst instead (governor answers InsufficientCapacity at once).
+            let n = (tokens.min(pace.burst as u64) as u32).max(1);
+            let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+            let _ = pace.limiter.until_n_ready(n).await;
+        }
+        let mut aimd = lock(&self.aimd);
+        if aimd.sent.len() == RATE_WINDOW {
+            aimd.sent.pop_front();
+        }
+        aimd.sent.push_back(Instant::now());
+    }
+
+    /// Learn from a reply's headers (any status).
+    pub fn observe(&self, headers: &HeaderMap, rate_limited: bool, retry_after: Option<Duration>) {
+        let now = Instant::now();
+        if !self.told_rpm {
+            if let Some(limit) = first_number(headers, REQUEST_LIMIT_HEADERS) {
+                self.set_learned(
+                    &self.requests,
+                    limit * LEARNED_HEADROOM,
+                    request_burst(limit),
+                );
+            }
+        }
+        if !self.told_tpm {
+            if let Some(limit) = first_number(headers, TOKEN_LIMIT_HEADERS) {
+                self.set_learned(&self.tokens, limit * LEARNED_HEADROOM, token_burst(limit));
+            }
+        }
+        let mut pause: Option<Duration> = retry_after;
+        for (remaining, reset) in EXHAUSTED_HEADERS {
+            if first_number(headers, &[remaining]) == Some(0.0) {
+                if let Some(d) = header_str(headers, reset).and_then(parse_reset) {
+                    pause = Some(pause.map_or(d, |p| p.max(d)));
+                }
+            }
+        }
+        if let Some(d) = pause.filter(|d| !d.is_zero()) {
+            let until = now + d.min(Duration::from_secs(300));
+            let mut p = lock(&self.pause_until);
+            if p.is_none_or(|cur| cur < until) {
+                *p = Some(until);
+            }
+        }
+        if rate_limited {
+            self.decrease(now);
+        } else {
+            self.increase(now);
+        }
+    }
+
+    fn set_learned(&self, slot: &RwLock<Option<Arc<Pace>>>, per_minute: f64, burst: u32) {
+        let current = read(slot);
+        // Rebuilding resets the limiter's state, so do it only on change.
+        if current
+            .as_ref()
+            .is_some_and(|p| (p.per_minute - per_minute).abs() < 0.5)
+        {
+            return;
+        }
+        tracing::debug!("pacing at {per_minute:.0}/minute (learned from the endpoint's replies)");
+        if let Ok(mut w) = slot.write() {
+            *w = Some(Pace::new(per_minute, burst));
+        }
+    }
+
+    fn decrease(&self, now: Instant) {
+        if self.told_rpm {
+            return;
+        }
+        let mut aimd = lock(&self.aimd);
+        if aimd
+            .last_decrease
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        aimd.last_decrease = Some(now);
+        let current = read(&self.requests).map(|p| p.per_minute);
+        let per_minute = match current {
+            Some(rpm) => rpm * AIMD_DECREASE,
+            None => observed_per_minute(&aimd.sent, now) * AIMD_DECREASE,
+        };
+        drop(aimd);
+        if let Ok(mut w) = self.requests.write() {
+            *w = Some(Pace::new(per_minute, request_burst(per_minute)));
+        }
+    }
+
+    fn increase(&self, now: Instant) {
+        if self.told_rpm {
+            return;
+        }
+        let aimd = lock(&self.aimd);
+        let Some(last) = aimd.last_decrease else {
+            return;
+        };
+        if now.duration_since(last) < Duration::from_secs(1) {
+            return;
+        }
+        drop(aimd);
+        if let Some(pace) = read(&self.requests) {
+            let next = pace.per_minute * AIMD_INCREASE;
+            // Rebuild only when the change is worth a limiter reset.
+            if next - pace.per_minute >= 1.0 || pace.per_minute < 500.0 {
+                self.set_learned(&self.requests, next, request_burst(next));
+            }
+        }
+    }
+
+    pub fn state(&self) -> LimitState {
+        LimitState {
+            rpm: read(&self.requests).map(|p| p.per_minute),
+            tpm: read(&self.tokens).map(|p| p.per_minute),
+        }
+    }
+}
+
+/// Seconds of OTPM the output bucket holds. Reservations stay out of the
+/// bucket for as long as a request takes (seconds, for long answers), so it
+/// must hold several seconds' worth or a few in-flight requests would block
+/// all others; ten matches the simulator's default bucket depth.
+const OUTPUT_BURST_SECS: f64 = 10.0;
+
+/// An OTPM reservation taken by [`Limiter::admit_call`].
+#[must_use = "settle the grant with the real output tokens, or drop it to refund all"]
+pub struct OutputGrant {
+    bucket: Option<Arc<RefundableBucket>>,
+    reserved: f64,
+}
+
+impl OutputGrant {
+    /// The reply used `used` output tokens: keep those, give back the rest.
+    pub fn settle(mut self, used: u64) {
+        if let Some(bucket) = self.bucket.take() {
+            bucket.give_back((self.reserved - used as f64).max(0.0));
+        }
+    }
+}
+
+impl Drop for OutputGrant {
+    fn drop(&mut self) {
+        if let Some(bucket) = self.bucket.take() {
+            bucket.give_back(self.reserved);
+        }
+    }
+}
+
+/// A continuously refilled token bucket that can take capacity back: what
+/// governor's GCRA cannot do. Costs above the capacity are capped to it (a
+/// request larger than the bucket waits for a full bucket rather than
+/// forever). The arithmetic is in [`BucketState`], which takes the time as
+/// an argument so tests drive it with a fake clock.
+pub struct RefundableBucket {
+    state: Mutex<BucketState>,
+}
+
+impl RefundableBucket {
+    pub fn per_minute(per_minute: f64, burst_secs: f64) -> RefundableBucket {
+        RefundableBucket {
+            state: Mutex::new(BucketState::per_minute(
+                per_minute,
+                burst_secs,
+                std::time::Instant::now(),
+            )),
+        }
+    }
+
+    /// Wait until `n` tokens (capped to the capacity) are there and take
+    /// them; returns what was taken.
+    pub async fn take(&self, n: f64) -> f64 {
+        loop {
+            let wait = lock(&self.state).try_take(n, std::time::Instant::now());
+            match wait {
+                Ok(taken) => return taken,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    pub fn give_back(&self, n: f64) {
+        lock(&self.state).give_back(n, std::time::Instant::now());
+    }
+}
+
+/// The state of a [`RefundableBucket`] at a given time.
+#[derive(Debug, Clone)]
+pub struct BucketState {
+    /// Tokens per second.
+    rate: f64,
+    capacity: f64,
+    level: f64,
+    last: std::time::Instant,
+}
+
+impl BucketState {
+    pub fn per_minute(per_minute: f64, burst_secs: f64, now: std::time::Instant) -> BucketState {
+        let rate = per_minute.max(1.0) / 60.0;
+        let capacity = (rate * burst_secs).max(1.0);
+        BucketState {
+            rate,
+            capacity,
+            level: capacity,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: std::time::Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.level = (self.level + elapsed * self.rate).min(self.capacity);
+    }
+
+    /// Take `n` (capped to the capacity) now, or say how long until it can be.
+    pub fn try_take(
+        &mut self,
+        n: f64,
+        now: std::time::Instant,
+    ) -> std::result::Result<f64, Duration> {
+        self.refill(now);
+        let n = n.clamp(0.0, self.capacity);
+        if self.level >= n {
+            self.level -= n;
+            Ok(n)
+        } else {
+            Err(Duration::from_secs_f64((n - self.level) / self.rate))
+        }
+    }
+
+    /// Return unused tokens (never above the capacity).
+    pub fn give_back(&mut self, n: f64, now: std::time::Instant) {
+        self.refill(now);
+        self.level = (self.level + n.max(0.0)).min(self.capacity);
+    }
+}
+
+/// About a tenth of a second's worth of requests: smooth, not bunched.
+fn request_burst(per_minute: f64) -> u32 {
+    ((per_minute / 600.0).ceil() as u32).max(1)
+}
+
+/// A second's worth of tokens: enough for any ordinary request.
+fn token_burst(per_minute: f64) -> u32 {
+    ((per_minute / 60.0).ceil() as u32).max(1)
+}
+
+fn observed_per_minute(sent: &VecDeque<Instant>, now: Instant) -> f64 {
+    match sent.front() {
+        Some(first) if sent.len() > 1 => {
+            let secs = now.duration_since(*first).as_secs_f64().max(0.05);
+            sent.len() as f64 / secs * 60.0
+        }
+        _ => 60.0,
+    }
+}
+
+const REQUEST_LIMIT_HEADERS: &[&str] = &[
+    "x-ratelimit-limit-requests",
+    "anthropic-ratelimit-requests-limit",
+    "x-databricks-ratelimit-limit-requests",
+];
+const TOKEN_LIMIT_HEADERS: &[&str] = &[
+    "x-ratelimit-limit-tokens",
+    "anthropic-ratelimit-tokens-limit",
+    "x-databricks-ratelimit-limit-tokens",
+];
+const EXHAUSTED_HEADERS: [(&str, &str); 4] = [
+    (
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    (
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-requests-reset",
+    ),
+    (
+        "anthropic-ratelimit-tokens-remaining",
+        "anthropic-ratelimit-tokens-reset",
+    ),
+];
+
+fn first_number(headers: &HeaderMap, names: &[&str]) -> Option<f64> {
+    names
+        .iter()
+        .find_map(|n| header_str(headers, n))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read(slot: &RwLock<Option<Arc<Pace>>>) -> Option<Arc<Pace>> {
+    slot.read()
+        .map(|g| g.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::retry::tests::headers;
+
+    #[test]
+    fn learns_limits_from_headers() {
+        let l = Limiter::new(None, None);
+        assert_eq!(l.state(), LimitState::default());
+        l.observe(
+            &headers(&[
+                ("x-ratelimit-limit-requests", "600"),
+                ("x-ratelimit-limit-tokens", "60000"),
+            ]),
+            false,
+            None,
+        );
+        let s = l.state();
+        assert_eq!(s.rpm, Some(600.0 * LEARNED_HEADROOM));
+        assert_eq!(s.tpm, Some(60000.0 * LEARNED_HEADROOM));
+    }
+
+    #[test]
+    fn told_limits_are_not_overridden() {
+        let l = Limiter::new(Some(100), None);
+        l.observe(
+            &headers(&[("x-ratelimit-limit-requests", "600")]),
+            true,
+            None,
+        );
+        assert_eq!(l.state().rpm, Some(100.0));
+    }
+
+    #[test]
+    fn a_429_without_headers_sets_a_rate_below_what_was_sent() {
+        let l = Limiter::new(None, None);
+        l.observe(&HeaderMap::new(), true, None);
+        let first = l.state().rpm.unwrap();
+        assert!(first > 0.0);
+        // A second refusal within the same second does not cut again.
+        l.observe(&HeaderMap::new(), true, None);
+        assert_eq!(l.state().rpm, Some(first));
+    }
+
+    /// Admissions in `secs` of fake time for requests reserving `reserve`
+    /// output tokens and using `used`, each answered `latency` after it was
+    /// admitted (the refund comes with the answer).
+    fn admitted(otpm: f64, reserve: u64, used: u64, refund: bool, secs: u64) -> u64 {
+        let t0 = std::time::Instant::now();
+        let mut b = BucketState::per_minute(otpm, OUTPUT_BURST_SECS, t0);
+        let latency = Duration::from_millis(500);
+        let mut answers: VecDeque<std::time::Instant> = VecDeque::new();
+        let mut now = t0;
+        let mut n = 0;
+        let end = t0 + Duration::from_secs(secs);
+        while now < end {
+            while answers.front().is_some_and(|t| *t <= now) {
+                answers.pop_front();
+                if refund {
+                    b.give_back((reserve - used) as f64, now);
+                }
+            }
+            match b.try_take(reserve as f64, now) {
+                Ok(_) => {
+                    n += 1;
+                    answers.push_back(now + latency);
+                }
+                Err(wait) => {
+                    now += wait
+                        .min(Duration::from_millis(10))
+                        .max(Duration::from_millis(1))
+                }
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn otpm_refunds_keep_throughput_near_the_limit() {
+        // 6000 output tokens/min, max_tokens 100, real answers 10 tokens,
+        // over ten fake minutes: the limit allows 6000 answers, less the
+        // reservations still held at the end.
+        let with_refund = admitted(6000.0, 100, 10, true, 600);
+        let without = admitted(6000.0, 100, 10, false, 600);
+        let ideal = 6000 * 10 / 10;
+        assert!(
+            with_refund as f64 >= ideal as f64 * 0.9 && with_refund <= ideal + 200,
+            "{with_refund}"
+        );
+        // Without the refund, max_tokens alone sets the pace: 60/min + the burst.
+        assert!(without <= 6000 * 10 / 100 + 20, "{without}");
+    }
+
+    #[test]
+    fn bucket_caps_costs_and_refunds() {
+        let t0 = std::time::Instant::now();
+        let mut b = BucketState::per_minute(600.0, 1.0, t0); // 10/s, capacity 10
+        assert_eq!(b.try_take(50.0, t0), Ok(10.0), "capped to the capacity");
+        let wait = b.try_take(5.0, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        b.give_back(4.0, t0);
+        assert_eq!(b.try_take(4.0, t0), Ok(4.0));
+        b.give_back(100.0, t0);
+        assert_eq!(b.level, 10.0, "refunds never exceed the capacity");
+        assert_eq!(b.try_take(5.0, t0 + Duration::from_secs(1)), Ok(5.0));
+    }
+
+    #[tokio::test]
+    async fn grants_refund_on_settle_and_on_drop() {
+        let l = Limiter::with_limits(&Limits {
+            otpm: Some(600),
+            ..Limits::default()
+        }); // capacity 100
+        let level = |l: &Limiter| lock(&l.output_tokens.as_ref().unwrap().state).level;
+        let g = l.admit_call(10, 80).await;
+        assert!(level(&l) < 21.0);
+        g.settle(30);
+        assert!((level(&l) - 70.0).abs() < 1.0, "{}", level(&l));
+        let g = l.admit_call(10, 50).await;
+        drop(g);
+        assert!(
+            (level(&l) - 70.0).abs() < 1.0,
+            "a dropped grant gives everything back"
+        );
+    }
+
+    #[tokio::test]
+    async fn exhausted_remaining_pauses_until_reset() {
+        let l = Limiter::new(None, None);
+        l.observe(
+            &headers(&[
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "2s"),
+            ]),
+            false,
+            None,
+        );
+        let until = l.pause_until.lock().unwrap().unwrap();
+        let d = until.duration_since(Instant::now());
+        assert!(
+            d > Duration::from_millis(1500) && d <= Duration::from_secs(2),
+            "{d:?}"
+        );
+    }
+}

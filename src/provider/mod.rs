@@ -1,0 +1,14 @@
+//! The wire to model servers. [`endpoint`] resolves `--endpoint` to a URL
+//! and credentials ([`auth`]); [`quirks`] is the one place that knows how
+//! providers differ; [`wire`], [`reply`] and [`stream`] are the request and
+//! reply formats; [`retry`] classifies failures and [`limit`] paces calls
+//! to the server's rate limits. The client and the simulator share these.
+
+pub mod auth;
+pub mod endpoint;
+pub mod limit;
+pub mod quirks;
+pub mod reply;
+pub mod retry;
+pub mod stream;
+pub mod wire;

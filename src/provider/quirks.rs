@@ -1,0 +1,51 @@
+//! Provider quirks, in one place: how the request body must differ between
+//! the servers aiq talks to. `aiq run`, `aiq sql` and `aiq bench` all lay
+//! out bodies through [`Quirks::of`], so a new provider difference is taught
+//! here once.
+
+use crate::provider::endpoint::Flavor;
+
+/// What the body of a request to one endpoint must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quirks {
+    /// OpenAI-compatible servers route by the body's `model`; a Databricks
+    /// endpoint is the model, and some refuse a `model` key.
+    pub model_in_body: bool,
+    /// Claude models cache only up to an explicit `cache_control`
+    /// breakpoint, so one is always set for them.
+    pub cache_control: bool,
+    /// Only OpenAI-compatible servers take `prompt_cache_key`; Databricks
+    /// rejects unknown body keys for some models.
+    pub prompt_cache_key: bool,
+    /// OpenAI reports usage while streaming only when asked to with
+    /// `stream_options.include_usage`.
+    pub stream_usage_option: bool,
+}
+
+impl Quirks {
+    /// The quirks of an endpoint of `flavor` serving the model (or
+    /// Databricks endpoint) called `name`.
+    pub fn of(flavor: Flavor, name: &str) -> Quirks {
+        let openai = flavor == Flavor::OpenAi;
+        Quirks {
+            model_in_body: openai,
+            cache_control: name.to_ascii_lowercase().contains("claude"),
+            prompt_cache_key: openai,
+            stream_usage_option: openai,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_flavor_and_model() {
+        let claude = Quirks::of(Flavor::Databricks, "databricks-claude-sonnet-4");
+        assert!(claude.cache_control && !claude.model_in_body && !claude.prompt_cache_key);
+        let openai = Quirks::of(Flavor::OpenAi, "gpt-4o-mini");
+        assert!(!openai.cache_control && openai.model_in_body);
+        assert!(openai.prompt_cache_key && openai.stream_usage_option);
+    }
+}

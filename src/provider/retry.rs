@@ -1,0 +1,208 @@
+//! Retry decisions, in one place: which replies and faults are worth another
+//! try, which belong to the row alone, and which mean the whole job must
+//! stop. Also the parsing of the server's hints on when to come back
+//! (`Retry-After` as seconds or HTTP date, `retry-after-ms`).
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+
+/// How many times and how patiently a call is retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub timeout: Duration,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// Retries allowed after attempts that may have been billed.
+    pub max_ambiguous_retries: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 8,
+            timeout: Duration::from_secs(300),
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            max_ambiguous_retries: 1,
+        }
+    }
+}
+
+/// What to do after one attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryAction {
+    /// Transient: try again after backoff, and not before `after`.
+    Retry {
+        after: Option<Duration>,
+        rate_limited: bool,
+    },
+    /// The request itself is wrong: record the error in the row, go on.
+    RowError,
+    /// The job cannot succeed (credentials refused, no such endpoint).
+    Abort,
+}
+
+/// Classify an HTTP status: 408, 429 and 5xx retry; 401, 403 and 404 stop
+/// the job; other 4xx belong to the row.
+pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> RetryAction {
+    match status.as_u16() {
+        429 => RetryAction::Retry {
+            after: retry_after(headers),
+            rate_limited: true,
+        },
+        408 | 500..=599 => RetryAction::Retry {
+            after: retry_after(headers),
+            rate_limited: false,
+        },
+        401 | 403 | 404 => RetryAction::Abort,
+        _ => RetryAction::RowError,
+    }
+}
+
+/// How long the server asks us to wait: `retry-after-ms` (OpenAI), then
+/// `Retry-After` as delta-seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) =
+        header_str(headers, "retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let value = header_str(headers, "retry-after")?.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// A rate-limit reset hint such as `1s`, `6m0s`, `120ms` or `0.5` (OpenAI
+/// and Databricks style durations, or bare seconds).
+pub fn parse_reset(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let mut total = 0.0;
+    let mut number = String::new();
+    let mut chars = value.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let n: f64 = number.parse().ok()?;
+        number.clear();
+        let unit = match c {
+            'h' => 3600.0,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                0.001
+            }
+            'm' => 60.0,
+            's' => 1.0,
+            _ => return None,
+        };
+        total += n * unit;
+        any = true;
+    }
+    if !number.is_empty() {
+        return None;
+    }
+    any.then(|| Duration::from_secs_f64(total))
+}
+
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    /// A header map from literal pairs (also used by the limiter's tests).
+    pub(crate) fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let h = HeaderMap::new();
+        let retry = |s: u16| classify_status(StatusCode::from_u16(s).unwrap(), &h);
+        assert!(matches!(
+            retry(429),
+            RetryAction::Retry {
+                rate_limited: true,
+                ..
+            }
+        ));
+        for s in [408, 500, 502, 503, 504] {
+            assert!(
+                matches!(
+                    retry(s),
+                    RetryAction::Retry {
+                        rate_limited: false,
+                        ..
+                    }
+                ),
+                "{s}"
+            );
+        }
+        for s in [401, 403, 404] {
+            assert_eq!(retry(s), RetryAction::Abort, "{s}");
+        }
+        for s in [400, 413, 422] {
+            assert_eq!(retry(s), RetryAction::RowError, "{s}");
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "3")])),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "250"), ("retry-after", "3")])),
+            Some(Duration::from_millis(250))
+        );
+        let later = SystemTime::now() + Duration::from_secs(120);
+        let date = httpdate::fmt_http_date(later);
+        let d = retry_after(&headers(&[("retry-after", &date)])).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(60));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &past)])),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn reset_durations() {
+        assert_eq!(parse_reset("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_reset("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_reset("120ms"), Some(Duration::from_millis(120)));
+        assert_eq!(parse_reset("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_reset("0.25"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_reset("abc"), None);
+        assert_eq!(parse_reset("12"), Some(Duration::from_secs(12)));
+    }
+}

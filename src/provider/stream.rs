@@ -1,0 +1,159 @@
+//! Streaming replies: server-sent events → one [`Reply`], with the time to
+//! first token.
+//!
+//! SSE framing is parsed by `eventsource-stream`; each `data:` payload is a
+//! chat chunk (`choices[0].delta.content`) or a completion chunk
+//! (`choices[0].text`). Databricks sends `usage` in every chunk and OpenAI in
+//! a last chunk with no choices: the last usage seen wins either way.
+//!
+//! [`read_timed`] also reports when the first and last content chunks
+//! arrived and how many there were, which is what `aiq bench` needs for
+//! inter-token latency; [`read`] is the same parse for `aiq run`.
+
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::pipeline::outcome::Usage;
+use crate::provider::reply::{Reply, RowReply, Shape};
+use crate::provider::wire::{self, WireUsage};
+
+#[derive(Debug)]
+pub enum StreamError {
+    /// The connection broke mid-stream: worth a retry.
+    Transport(String),
+    /// The stream was well formed but its content is not a usable answer.
+    Reply(String),
+}
+
+/// When content arrived, measured from when the request went out. Three
+/// numbers rather than a timestamp per chunk: enough for the mean
+/// inter-chunk latency of a request, with no allocation per chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    /// The first chunk with content: the time to first token.
+    pub first: Option<Duration>,
+    /// The last chunk with content.
+    pub last: Option<Duration>,
+    /// Chunks that carried content.
+    pub chunks: u32,
+}
+
+impl Timing {
+    /// Mean time between content chunks after the first; None with fewer
+    /// than two chunks.
+    pub fn inter_chunk(&self) -> Option<Duration> {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) if self.chunks >= 2 => {
+                Some((last - first) / (self.chunks - 1))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Read a streamed reply to the end. `sent` is when the request went out,
+/// for the time to first token.
+pub async fn read(
+    response: reqwest::Response,
+    shape: &Shape,
+    sent: Instant,
+) -> Result<(Reply, Option<Duration>), StreamError> {
+    read_timed(response, shape, sent)
+        .await
+        .map(|(reply, timing)| (reply, timing.first))
+}
+
+/// [`read`], also returning when content chunks arrived.
+pub async fn read_timed(
+    response: reqwest::Response,
+    shape: &Shape,
+    sent: Instant,
+) -> Result<(Reply, Timing), StreamError> {
+    let mut events = response.bytes_stream().eventsource();
+    let mut text = String::new();
+    let mut finish_reason = None;
+    let mut usage: Option<WireUsage> = None;
+    let mut timing = Timing::default();
+    let mut done = false;
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| StreamError::Transport(format!("stream broke: {e}")))?;
+        if event.data.trim() == "[DONE]" {
+            done = true;
+            break;
+        }
+        let chunk: Value = serde_json::from_str(&event.data)
+            .map_err(|e| StreamError::Reply(format!("unreadable stream chunk ({e})")))?;
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            usage = serde_json::from_value(u.clone()).ok();
+        }
+        let Some(choice) = chunk.pointer("/choices/0") else {
+            continue;
+        };
+        let piece = choice
+            .pointer("/delta/content")
+            .and_then(wire::content_text)
+            .or_else(|| {
+                choice
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        if let Some(piece) = piece.filter(|p| !p.is_empty()) {
+            let now = sent.elapsed();
+            timing.first.get_or_insert(now);
+            timing.last = Some(now);
+            timing.chunks += 1;
+            text.push_str(&piece);
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            finish_reason = Some(reason.to_string());
+        }
+    }
+    if !done && finish_reason.is_none() {
+        return Err(StreamError::Transport(
+            "stream ended before the reply was complete".into(),
+        ));
+    }
+    let usage = usage.as_ref().map(Usage::from_wire).unwrap_or_default();
+    let result = shape.typed(&text);
+    Ok((
+        Reply {
+            rows: vec![RowReply {
+                result,
+                finish_reason,
+            }],
+            usage,
+        },
+        timing,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inter_chunk_latency_is_the_mean_gap_after_the_first() {
+        let ms = Duration::from_millis;
+        let t = Timing {
+            first: Some(ms(100)),
+            last: Some(ms(130)),
+            chunks: 4,
+        };
+        assert_eq!(t.inter_chunk(), Some(ms(10)));
+        assert_eq!(
+            Timing {
+                first: Some(ms(1)),
+                last: Some(ms(1)),
+                chunks: 1
+            }
+            .inter_chunk(),
+            None
+        );
+        assert_eq!(Timing::default().inter_chunk(), None);
+    }
+}

@@ -1,0 +1,321 @@
+//! Wire formats: the JSON bodies of OpenAI-compatible and Databricks Model
+//! Serving requests and replies.
+//!
+//! This module is the one source of truth for both sides of the wire: the
+//! client builds and parses these types, and the built-in simulator parses
+//! and builds the same ones, so the two cannot drift apart. Fields that aiq
+//! does not interpret are kept as raw JSON (`serde_json::Value`) so they pass
+//! through untouched (tools, images, provider extensions).
+//!
+//! Databricks chat endpoints accept the OpenAI chat body (without `model`) and
+//! reply in the OpenAI shape; Claude endpoints on Databricks report cache use
+//! Anthropic-style (`cache_read_input_tokens`), which [`WireUsage`] accepts
+//! too.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Which kind of call a row becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Chat completions: system + user messages, text (or typed) result.
+    #[default]
+    Chat,
+    /// Legacy text completions on a raw prompt.
+    Completions,
+    /// Embeddings of the rendered prompt: a list<float32> result.
+    Embeddings,
+}
+
+/// A chat message. `content` is either a string or a list of content parts
+/// (`{"type":"text",...}`, `{"type":"image_url",...}`), kept as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
+}
+
+/// `POST /chat/completions` (OpenAI) or `/serving-endpoints/{name}/invocations`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ChatRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_key: Option<String>,
+    /// Everything else (temperature, tools, seed, ...), passed through as is.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// `POST /completions`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CompletionRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub prompt: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// `POST /embeddings`: `input` is one string or a list of strings.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct EmbeddingRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub input: Value,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// Token usage as providers report it. OpenAI nests cache reads under
+/// `prompt_tokens_details.cached_tokens`; Anthropic-shaped replies (Claude on
+/// Databricks) report `cache_read_input_tokens` and `cache_creation_input_tokens`,
+/// and Anthropic's own names `input_tokens` (which then *excludes* cache reads
+/// and writes) and `output_tokens`. [`crate::pipeline::outcome::Usage::from_wire`] maps
+/// both onto one meaning.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct WireUsage {
+    /// Anthropic: input tokens neither read from nor written to the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<i64>,
+    /// Anthropic: output tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<i64>,
+    #[serde(default)]
+    pub prompt_tokens: Option<i64>,
+    #[serde(default)]
+    pub completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub total_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_input_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation_input_tokens: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct PromptTokensDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct CompletionTokensDetails {
+    #[serde(default)]
+    pub reasoning_tokens: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatChoice {
+    #[serde(default)]
+    pub index: u32,
+    pub message: Message,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatResponse {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub object: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    pub choices: Vec<ChatChoice>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletionChoice {
+    #[serde(default)]
+    pub index: u32,
+    pub text: String,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletionResponse {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingItem {
+    #[serde(default)]
+    pub index: usize,
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingResponse {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub data: Vec<EmbeddingItem>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+}
+
+/// One server-sent event chunk of a streamed chat completion. Databricks
+/// sends `usage` in every chunk; OpenAI only in the last (with
+/// `stream_options.include_usage`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatChunk {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub delta: Delta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Value>,
+}
+
+/// The error body OpenAI-compatible servers send: `{"error": {"message": ..}}`.
+/// Databricks sends `{"error_code": .., "message": ..}`; [`error_message`]
+/// reads both.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub code: Option<Value>,
+}
+
+/// The human-readable message in an error body, whichever provider sent it;
+/// falls back to the (truncated) raw body.
+pub fn error_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        if let Some(m) = v.pointer("/error/message").and_then(Value::as_str) {
+            return m.to_string();
+        }
+        if let Some(m) = v.get("message").and_then(Value::as_str) {
+            return match v.get("error_code").and_then(Value::as_str) {
+                Some(code) => format!("{code}: {m}"),
+                None => m.to_string(),
+            };
+        }
+        if let Some(m) = v.get("error").and_then(Value::as_str) {
+            return m.to_string();
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".to_string();
+    }
+    text.chars().take(300).collect()
+}
+
+/// The text of a message's content: a plain string, or the `text` parts of a
+/// content list. Reasoning blocks (`{"type":"reasoning",..}`, as Databricks
+/// reasoning models send them) are skipped.
+pub fn content_text(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => {
+            let mut out = String::new();
+            let mut any = false;
+            for part in parts {
+                if part.get("type").and_then(Value::as_str) == Some("text") {
+                    if let Some(t) = part.get("text").and_then(Value::as_str) {
+                        out.push_str(t);
+                        any = true;
+                    }
+                }
+            }
+            any.then_some(out)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn error_message_reads_openai_and_databricks_bodies() {
+        assert_eq!(
+            error_message(br#"{"error":{"message":"bad key"}}"#),
+            "bad key"
+        );
+        assert_eq!(
+            error_message(br#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"no endpoint"}"#),
+            "RESOURCE_DOES_NOT_EXIST: no endpoint"
+        );
+        assert_eq!(error_message(b"plain failure"), "plain failure");
+        assert_eq!(error_message(b""), "(empty body)");
+    }
+
+    #[test]
+    fn content_text_skips_reasoning_blocks() {
+        let content = json!([
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "thinking"}]},
+            {"type": "text", "text": "answer"}
+        ]);
+        assert_eq!(content_text(&content).as_deref(), Some("answer"));
+        assert_eq!(content_text(&json!("plain")).as_deref(), Some("plain"));
+        assert_eq!(content_text(&Value::Null), None);
+    }
+
+    #[test]
+    fn chat_request_passes_unknown_fields_through() {
+        let body = json!({"messages": [], "temperature": 0.5, "tools": [{"type": "function"}]});
+        let req: ChatRequest = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(req.extra["temperature"], json!(0.5));
+        let back = serde_json::to_value(&req).unwrap();
+        assert_eq!(back["tools"], body["tools"]);
+    }
+}

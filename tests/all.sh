@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every test aiq has, as CI runs it (.ci/run calls exactly this).
+#
+# 1. A venv with the real servers the tests start on 127.0.0.1 (pinned in
+#    tests/requirements.txt; installed once, again only when the list
+#    changes). Rust tests find its Python through AIQ_TEST_PYTHON.
+# 2. The Rust tests, `aiq sql` included.
+# Dependencies compile once: every cargo step here uses the dev profile
+# and this clone's target folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${AIQ_TEST_VENV:-$PWD/target/test-venv}"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+if ! cmp -s tests/requirements.txt "$venv/.requirements"; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+    cp tests/requirements.txt "$venv/.requirements"
+fi
+export AIQ_TEST_PYTHON="$venv/bin/python"
+
+cargo test --locked --features sql
