@@ -10,20 +10,20 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::provider::retry::RetryPolicy;
-use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL};
-use crate::error::{Error, Result};
 use crate::ai::functions::{AiFunction, FunctionOptions};
-use crate::provider::limit::Limits;
+use crate::ai::types::{parse_response_format, SqlType};
+use crate::error::{Error, Result};
+use crate::job::settings::{JobSettings, Mode, SimulatorSettings};
+use crate::job::spend::{Budget, Prices};
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::render::BodySpec;
-use crate::job::settings::{JobSettings, SimulatorSettings};
 use crate::provider::endpoint::{Endpoint, Target};
+use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL};
+use crate::provider::limit::Limits;
 use crate::provider::quirks::Quirks;
-use crate::simulator::Simulator;
+use crate::provider::retry::RetryPolicy;
 use crate::provider::wire::Task;
-use crate::job::spend::{Budget, Prices};
-use crate::ai::types::{parse_response_format, SqlType};
+use crate::simulator::Simulator;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -64,6 +64,39 @@ pub struct Plan {
     pub stream: bool,
     pub restart: bool,
     pub simulator: SimulatorSettings,
+    /// Online, or through the provider's Batch API.
+    pub mode: Mode,
+    /// Batch mode's limits, poll interval and deadline.
+    pub batch: BatchSettings,
+}
+
+/// Batch mode settings, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSettings {
+    /// Requests per batch input file at most.
+    pub max_requests: usize,
+    /// Bytes per batch input file at most.
+    pub max_bytes: u64,
+    /// Time between polls of a running batch.
+    pub poll: Duration,
+    /// After this long, unfinished batches are cancelled and the rest sent online.
+    pub deadline: Option<Duration>,
+}
+
+/// OpenAI's limits on one batch input file.
+pub const DEFAULT_BATCH_MAX_REQUESTS: usize = 50_000;
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 200_000_000;
+pub const DEFAULT_POLL_SECS: f64 = 30.0;
+
+impl Default for BatchSettings {
+    fn default() -> BatchSettings {
+        BatchSettings {
+            max_requests: DEFAULT_BATCH_MAX_REQUESTS,
+            max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            poll: Duration::from_secs_f64(DEFAULT_POLL_SECS),
+            deadline: None,
+        }
+    }
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -277,6 +310,31 @@ impl Plan {
                 "--stream applies to chat and completions, not embeddings".into(),
             ));
         }
+        let mode = s.mode.unwrap_or_default();
+        let batch = batch_settings(
+            BatchFlags {
+                max_requests: s.batch_max_requests,
+                max_bytes: s.batch_max_bytes,
+                poll_secs: s.poll_secs,
+                deadline: s.deadline.clone(),
+            },
+            mode,
+            &target,
+        )?;
+        if mode == Mode::Batch {
+            let online_only = [
+                ("--stream", s.stream),
+                ("--batch-size", batch_size > 1),
+                ("--max-cost", s.max_cost.is_some()),
+                ("--max-tokens-total", s.max_tokens_total.is_some()),
+            ];
+            if let Some((flag, _)) = online_only.iter().find(|(_, set)| *set) {
+                return Err(Error::Config(format!(
+                    "{flag} does not apply with --mode batch: the provider runs each batch whole \
+                     (use --dry-run to see the cost first)"
+                )));
+            }
+        }
         Ok(Plan {
             input,
             output,
@@ -319,6 +377,8 @@ impl Plan {
             stream: s.stream,
             restart,
             simulator: s.simulator.unwrap_or_default(),
+            mode,
+            batch,
         })
     }
 
@@ -361,7 +421,11 @@ impl Plan {
         let quirks = Quirks::of(self.flavor(), &self.endpoint_name());
         BodySpec {
             task: self.task,
-            model: if quirks.model_in_body { self.model.clone() } else { None },
+            model: if quirks.model_in_body {
+                self.model.clone()
+            } else {
+                None
+            },
             params: self.params.clone(),
             response_format: self.response_format.clone(),
             cache_control: self.cache_control || quirks.cache_control,
@@ -413,6 +477,76 @@ impl Plan {
         }
         settings
     }
+}
+
+/// The batch flags as given.
+struct BatchFlags {
+    max_requests: Option<usize>,
+    max_bytes: Option<u64>,
+    poll_secs: Option<f64>,
+    deadline: Option<String>,
+}
+
+/// Batch mode's settings, checked; set without `--mode batch` they are a
+/// mistake. A Databricks serving endpoint has no batch API: refused here,
+/// before anything is sent.
+fn batch_settings(s: BatchFlags, mode: Mode, target: &Target) -> Result<BatchSettings> {
+    if mode == Mode::Online {
+        let batch_only = [
+            ("--batch-max-requests", s.max_requests.is_some()),
+            ("--batch-max-bytes", s.max_bytes.is_some()),
+            ("--poll-secs", s.poll_secs.is_some()),
+            ("--deadline", s.deadline.is_some()),
+        ];
+        if let Some((flag, _)) = batch_only.iter().find(|(_, set)| *set) {
+            return Err(Error::Config(format!(
+                "{flag} only applies with --mode batch"
+            )));
+        }
+        return Ok(BatchSettings::default());
+    }
+    if let Target::Databricks(name) = target {
+        return Err(Error::Config(format!(
+            "--mode batch: `{name}` is a Databricks Model Serving endpoint, and Model Serving has \
+             no batch API. Run the job online (drop --mode batch), or use ai_query on a \
+             provisioned-throughput endpoint for batch inference inside Databricks"
+        )));
+    }
+    let max_requests = s.max_requests.unwrap_or(DEFAULT_BATCH_MAX_REQUESTS);
+    if max_requests == 0 {
+        return Err(Error::Config(
+            "--batch-max-requests must be at least 1".into(),
+        ));
+    }
+    let max_bytes = s.max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES);
+    if max_bytes < 1024 {
+        return Err(Error::Config(
+            "--batch-max-bytes must be at least 1024".into(),
+        ));
+    }
+    let poll = s.poll_secs.unwrap_or(DEFAULT_POLL_SECS);
+    if !(poll.is_finite() && poll > 0.0 && poll < 1e9) {
+        return Err(Error::Config(
+            "--poll-secs must be a positive number of seconds".into(),
+        ));
+    }
+    let deadline = match &s.deadline {
+        None => None,
+        Some(d) => match crate::provider::retry::parse_reset(d) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                return Err(Error::Config(format!(
+                    "--deadline {d:?}: give a duration such as 2h, 90m, 1h30m or 45s"
+                )))
+            }
+        },
+    };
+    Ok(BatchSettings {
+        max_requests,
+        max_bytes,
+        poll: Duration::from_secs_f64(poll),
+        deadline,
+    })
 }
 
 /// Prices come as a pair (input and output), the cached price optional.
