@@ -579,3 +579,54 @@ fn prices(input: Option<f64>, output: Option<f64>, cached: Option<f64>) -> Resul
 fn toml_to_json(v: toml::Value) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Config(format!("tools: {e}")))
 }
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn settings(endpoint: &str) -> JobSettings {
+        JobSettings {
+            input: Some("in.jsonl".into()),
+            output: Some("out.parquet".into()),
+            endpoint: Some(endpoint.into()),
+            prompt: Some("{{text}}".into()),
+            mode: Some(Mode::Batch),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn batch_settings_are_checked() {
+        let plan = Plan::from_settings(
+            JobSettings {
+                deadline: Some("1h30m".into()),
+                poll_secs: Some(0.5),
+                ..settings("http://localhost:1/v1")
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(plan.batch.deadline, Some(Duration::from_secs(5400)));
+        assert_eq!(plan.batch.poll, Duration::from_millis(500));
+        assert_eq!(plan.batch.max_requests, DEFAULT_BATCH_MAX_REQUESTS);
+        let err = |s: JobSettings| Plan::from_settings(s, false).unwrap_err().to_string();
+        let e = err(settings("databricks-claude-sonnet-4"));
+        assert!(e.contains("no batch API") && e.contains("ai_query"), "{e}");
+        let e = err(JobSettings {
+            deadline: Some("soon".into()),
+            ..settings("http://h/v1")
+        });
+        assert!(e.contains("--deadline"), "{e}");
+        let e = err(JobSettings {
+            mode: None,
+            deadline: Some("2h".into()),
+            ..settings("http://h/v1")
+        });
+        assert!(e.contains("only applies with --mode batch"), "{e}");
+        let e = err(JobSettings {
+            stream: true,
+            ..settings("http://h/v1")
+        });
+        assert!(e.contains("--stream"), "{e}");
+    }
+}

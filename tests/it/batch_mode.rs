@@ -325,21 +325,23 @@ async fn a_batch_whose_id_a_kill_lost_is_found_by_its_metadata() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_deadline_cancels_and_sends_the_rest_online() {
-    // The batch would take 20 s; the deadline is 300 ms.
+    // The batch would take 4 s (a line every 100 ms); the deadline is 1 s.
     let f = Fixture::new(SimConfig {
-        batch_turnaround_ms: 20_000,
+        batch_turnaround_ms: 4_000,
         ..SimConfig::default()
     })
     .await;
     let input = rows(40, 0);
     let path = f.write_jsonl("in.jsonl", &input);
     let out = f.path("out.parquet");
-    let o = run_batch(&f, &path, &out, &["--deadline", "300ms"]).await;
+    let o = run_batch(&f, &path, &out, &["--deadline", "1s"]).await;
     assert_ok(&o);
     assert_all_answered(&out, &input);
     assert_eq!(f.sim.batch_stats().cancelled, 1);
+    // How many the batch answered before it was cancelled depends on the
+    // machine's speed; that the rest went online does not.
     let online = f.sim.stats().requests;
-    assert!(online > 0 && online < 40, "{online} rows went online");
+    assert!(online > 0, "{online} rows went online");
     assert_each_answered_once(&f, &input);
 }
 
@@ -424,6 +426,7 @@ async fn the_openai_python_sdk_drives_the_simulators_batch_api() {
 
 const SDK_SCRIPT: &str = r#"
 import json, sys, time
+import openai
 from openai import OpenAI
 
 url, path = sys.argv[1], sys.argv[2]
@@ -444,7 +447,10 @@ for line in client.files.content(b.output_file_id).text.splitlines():
 listed = any(x.id == b.id for x in client.batches.list(limit=10))
 second = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                                completion_window="24h")
-cancelled = client.batches.cancel(second.id)
+try:
+    cancel_status = client.batches.cancel(second.id).status
+except openai.ConflictError:  # it finished first
+    cancel_status = client.batches.retrieve(second.id).status
 print(json.dumps({
     "file_purpose": f.purpose,
     "status": b.status,
@@ -452,6 +458,6 @@ print(json.dumps({
     "answers": answers,
     "listed": listed,
     "metadata": b.metadata,
-    "cancel_status": cancelled.status,
+    "cancel_status": cancel_status,
 }))
 "#;
