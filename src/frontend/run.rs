@@ -18,17 +18,19 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::job::plan::Plan;
+use crate::job::settings::Mode;
 use crate::job::spend::{Enforcer, Meter};
+use crate::pipeline::batch::BatchJob;
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest};
-use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
+use crate::pipeline::openai_batch::OutputFormat;
 use crate::pipeline::outcome::RowId;
 use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::Dispatcher;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
-use crate::pipeline::source::Source;
+use crate::provider::batch_api::BatchApi;
 use crate::provider::limit::Limiter;
 use crate::provider::reply::Shape;
 use crate::provider::wire::Task;
@@ -47,12 +49,7 @@ pub struct Ui {
 
 pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
-    let source = match plan.input_format {
-        InputFormat::Rows => Source::open(&plan.input, plan.batch_rows)?,
-        InputFormat::OpenaiBatch => {
-            crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)?
-        }
-    };
+    let source = crate::pipeline::batch::open_source(&plan)?;
     let templates = Arc::new(
         Templates::bind(
             plan.system.as_deref(),
@@ -81,7 +78,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::output(&plan.output, format!("cannot create its folder: {e}")))?;
     }
-    let (journal, resume) = Journal::open(&plan.output, &manifest, plan.restart)?;
+    let (mut journal, mut resume) = Journal::open(&plan.output, &manifest, plan.restart)?;
     if !resume.is_empty() && !ui.quiet {
         eprintln!(
             "resuming: {} rows already written, {} more in the journal of {}",
@@ -100,6 +97,39 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         similarity: plan.prompt2.is_some(),
         raw: plan.passthrough(),
     };
+    let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
+    // Batch mode answers rows into the journal first; the online pipeline
+    // below then sends only what is left and writes the output as usual.
+    let batch_report = match plan.mode {
+        Mode::Online => None,
+        Mode::Batch => {
+            let base = match (&endpoint.base, &_simulator) {
+                (Some(base), _) => base.clone(),
+                (None, Some(sim)) => format!("{}/v1", sim.base_url()),
+                (None, None) => {
+                    return Err(Error::Config(format!(
+                        "--mode batch needs an OpenAI-compatible base URL, not {}",
+                        endpoint.label
+                    )))
+                }
+            };
+            let job = BatchJob {
+                plan: &plan,
+                templates: &templates,
+                builder: &builder,
+                shape: &shape,
+                api: BatchApi::new(
+                    http.clone(),
+                    &base,
+                    endpoint.credentials.clone(),
+                    plan.retry.clone(),
+                ),
+                job_id: job_id(&manifest, &plan.output),
+                quiet: ui.quiet,
+            };
+            Some(crate::pipeline::batch::run(job, &mut journal, &mut resume).await?)
+        }
+    };
     let client = Arc::new(Client::new(
         http,
         endpoint.clone(),
@@ -108,7 +138,6 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         shape,
         plan.stream,
     )?);
-    let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
 
     // Budgets are per job: earlier runs' spend (from the journal) counts.
     let budget = plan.budget.is_set().then(|| Enforcer {
@@ -223,6 +252,22 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let mut summary = collector.summary.clone();
     summary.rows = rows;
     summary.resumed += committed;
+    if let Some(report) = batch_report {
+        // Rows batch mode answered in this run are this run's work.
+        summary.resumed = summary.resumed.saturating_sub(report.answered);
+        if !ui.quiet {
+            eprintln!(
+                "batches    {} created, {} rows answered through the Batch API{}",
+                report.batches_created,
+                report.answered,
+                if report.deadline_passed {
+                    "; the deadline passed, the rest went online"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     summary.requests = client.stats.attempts.load(Ordering::Relaxed);
     summary.retries = client.stats.retries.load(Ordering::Relaxed);
     summary.rate_limited = client.stats.rate_limited.load(Ordering::Relaxed);
@@ -232,6 +277,24 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     collector.journal.remove()?;
     status.finish(Some(&summary), "done", None);
     Ok(summary)
+}
+
+/// Names a job in batch metadata: the same for every run of the same job
+/// (input, answer-changing settings, output path), so a re-run finds its
+/// batches, and different for another job on the same account.
+fn job_id(manifest: &Manifest, output: &std::path::Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&serde_json::to_vec(manifest).unwrap_or_default());
+    let output = std::fs::canonicalize(
+        output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new(".")),
+    )
+    .map(|p| p.join(output.file_name().unwrap_or_default()))
+    .unwrap_or_else(|_| output.to_path_buf());
+    h.update(output.to_string_lossy().as_bytes());
+    h.finalize().to_hex()[..16].to_string()
 }
 
 fn http_client(plan: &Plan) -> Result<reqwest::Client> {

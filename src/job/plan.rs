@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::ai::functions::{AiFunction, FunctionOptions};
 use crate::ai::types::{parse_response_format, SqlType};
 use crate::error::{Error, Result};
-use crate::job::settings::{JobSettings, SimulatorSettings};
+use crate::job::settings::{JobSettings, Mode, SimulatorSettings};
 use crate::job::spend::{Budget, Prices};
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::render::BodySpec;
@@ -64,6 +64,39 @@ pub struct Plan {
     pub stream: bool,
     pub restart: bool,
     pub simulator: SimulatorSettings,
+    /// Online, or through the provider's Batch API.
+    pub mode: Mode,
+    /// Batch mode's limits, poll interval and deadline.
+    pub batch: BatchSettings,
+}
+
+/// Batch mode settings, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSettings {
+    /// Requests per batch input file at most.
+    pub max_requests: usize,
+    /// Bytes per batch input file at most.
+    pub max_bytes: u64,
+    /// Time between polls of a running batch.
+    pub poll: Duration,
+    /// After this long, unfinished batches are cancelled and the rest sent online.
+    pub deadline: Option<Duration>,
+}
+
+/// OpenAI's limits on one batch input file.
+pub const DEFAULT_BATCH_MAX_REQUESTS: usize = 50_000;
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 200_000_000;
+pub const DEFAULT_POLL_SECS: f64 = 30.0;
+
+impl Default for BatchSettings {
+    fn default() -> BatchSettings {
+        BatchSettings {
+            max_requests: DEFAULT_BATCH_MAX_REQUESTS,
+            max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            poll: Duration::from_secs_f64(DEFAULT_POLL_SECS),
+            deadline: None,
+        }
+    }
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -277,6 +310,31 @@ impl Plan {
                 "--stream applies to chat and completions, not embeddings".into(),
             ));
         }
+        let mode = s.mode.unwrap_or_default();
+        let batch = batch_settings(
+            BatchFlags {
+                max_requests: s.batch_max_requests,
+                max_bytes: s.batch_max_bytes,
+                poll_secs: s.poll_secs,
+                deadline: s.deadline.clone(),
+            },
+            mode,
+            &target,
+        )?;
+        if mode == Mode::Batch {
+            let online_only = [
+                ("--stream", s.stream),
+                ("--batch-size", batch_size > 1),
+                ("--max-cost", s.max_cost.is_some()),
+                ("--max-tokens-total", s.max_tokens_total.is_some()),
+            ];
+            if let Some((flag, _)) = online_only.iter().find(|(_, set)| *set) {
+                return Err(Error::Config(format!(
+                    "{flag} does not apply with --mode batch: the provider runs each batch whole \
+                     (use --dry-run to see the cost first)"
+                )));
+            }
+        }
         Ok(Plan {
             input,
             output,
@@ -319,6 +377,8 @@ impl Plan {
             stream: s.stream,
             restart,
             simulator: s.simulator.unwrap_or_default(),
+            mode,
+            batch,
         })
     }
 
@@ -419,6 +479,76 @@ impl Plan {
     }
 }
 
+/// The batch flags as given.
+struct BatchFlags {
+    max_requests: Option<usize>,
+    max_bytes: Option<u64>,
+    poll_secs: Option<f64>,
+    deadline: Option<String>,
+}
+
+/// Batch mode's settings, checked; set without `--mode batch` they are a
+/// mistake. A Databricks serving endpoint has no batch API: refused here,
+/// before anything is sent.
+fn batch_settings(s: BatchFlags, mode: Mode, target: &Target) -> Result<BatchSettings> {
+    if mode == Mode::Online {
+        let batch_only = [
+            ("--batch-max-requests", s.max_requests.is_some()),
+            ("--batch-max-bytes", s.max_bytes.is_some()),
+            ("--poll-secs", s.poll_secs.is_some()),
+            ("--deadline", s.deadline.is_some()),
+        ];
+        if let Some((flag, _)) = batch_only.iter().find(|(_, set)| *set) {
+            return Err(Error::Config(format!(
+                "{flag} only applies with --mode batch"
+            )));
+        }
+        return Ok(BatchSettings::default());
+    }
+    if let Target::Databricks(name) = target {
+        return Err(Error::Config(format!(
+            "--mode batch: `{name}` is a Databricks Model Serving endpoint, and Model Serving has \
+             no batch API. Run the job online (drop --mode batch), or use ai_query on a \
+             provisioned-throughput endpoint for batch inference inside Databricks"
+        )));
+    }
+    let max_requests = s.max_requests.unwrap_or(DEFAULT_BATCH_MAX_REQUESTS);
+    if max_requests == 0 {
+        return Err(Error::Config(
+            "--batch-max-requests must be at least 1".into(),
+        ));
+    }
+    let max_bytes = s.max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES);
+    if max_bytes < 1024 {
+        return Err(Error::Config(
+            "--batch-max-bytes must be at least 1024".into(),
+        ));
+    }
+    let poll = s.poll_secs.unwrap_or(DEFAULT_POLL_SECS);
+    if !(poll.is_finite() && poll > 0.0 && poll < 1e9) {
+        return Err(Error::Config(
+            "--poll-secs must be a positive number of seconds".into(),
+        ));
+    }
+    let deadline = match &s.deadline {
+        None => None,
+        Some(d) => match crate::provider::retry::parse_reset(d) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                return Err(Error::Config(format!(
+                    "--deadline {d:?}: give a duration such as 2h, 90m, 1h30m or 45s"
+                )))
+            }
+        },
+    };
+    Ok(BatchSettings {
+        max_requests,
+        max_bytes,
+        poll: Duration::from_secs_f64(poll),
+        deadline,
+    })
+}
+
 /// Prices come as a pair (input and output), the cached price optional.
 fn prices(input: Option<f64>, output: Option<f64>, cached: Option<f64>) -> Result<Option<Prices>> {
     for (flag, v) in [
@@ -448,4 +578,55 @@ fn prices(input: Option<f64>, output: Option<f64>, cached: Option<f64>) -> Resul
 
 fn toml_to_json(v: toml::Value) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Config(format!("tools: {e}")))
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn settings(endpoint: &str) -> JobSettings {
+        JobSettings {
+            input: Some("in.jsonl".into()),
+            output: Some("out.parquet".into()),
+            endpoint: Some(endpoint.into()),
+            prompt: Some("{{text}}".into()),
+            mode: Some(Mode::Batch),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn batch_settings_are_checked() {
+        let plan = Plan::from_settings(
+            JobSettings {
+                deadline: Some("1h30m".into()),
+                poll_secs: Some(0.5),
+                ..settings("http://localhost:1/v1")
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(plan.batch.deadline, Some(Duration::from_secs(5400)));
+        assert_eq!(plan.batch.poll, Duration::from_millis(500));
+        assert_eq!(plan.batch.max_requests, DEFAULT_BATCH_MAX_REQUESTS);
+        let err = |s: JobSettings| Plan::from_settings(s, false).unwrap_err().to_string();
+        let e = err(settings("databricks-claude-sonnet-4"));
+        assert!(e.contains("no batch API") && e.contains("ai_query"), "{e}");
+        let e = err(JobSettings {
+            deadline: Some("soon".into()),
+            ..settings("http://h/v1")
+        });
+        assert!(e.contains("--deadline"), "{e}");
+        let e = err(JobSettings {
+            mode: None,
+            deadline: Some("2h".into()),
+            ..settings("http://h/v1")
+        });
+        assert!(e.contains("only applies with --mode batch"), "{e}");
+        let e = err(JobSettings {
+            stream: true,
+            ..settings("http://h/v1")
+        });
+        assert!(e.contains("--stream"), "{e}");
+    }
 }

@@ -235,6 +235,41 @@ pub struct JobSettings {
     #[arg(skip)]
     #[serde(default)]
     pub simulator: Option<SimulatorSettings>,
+
+    /// How rows are sent: `online` (requests now, under the rate limits) or
+    /// `batch` (the provider's Batch API: about half price, answered within
+    /// 24 hours; OpenAI-compatible base URLs only) [default: online].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+
+    /// Batch mode: requests per batch input file at most [default: 50000].
+    #[arg(long, value_name = "N")]
+    pub batch_max_requests: Option<usize>,
+
+    /// Batch mode: bytes per batch input file at most [default: 200000000].
+    #[arg(long, value_name = "BYTES")]
+    pub batch_max_bytes: Option<u64>,
+
+    /// Batch mode: seconds between polls of each running batch [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub poll_secs: Option<f64>,
+
+    /// Batch mode: when this much time has passed (e.g. `2h`, `90m`,
+    /// `1h30m`), cancel the unfinished batches, keep what they answered and
+    /// send the remaining rows online.
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<String>,
+}
+
+/// How a job's rows reach the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// One request per row, now, under the concurrency and rate limits.
+    #[default]
+    Online,
+    /// Through the provider's Batch API (Files + Batches): cheaper, slower.
+    Batch,
 }
 
 /// Simulator knobs a job file may set, so the example job shows realistic
@@ -250,6 +285,8 @@ pub struct SimulatorSettings {
     pub tpm: Option<u64>,
     pub fault_rate: Option<f64>,
     pub seed: Option<u64>,
+    /// Batch API: milliseconds from creating a batch to its completion.
+    pub batch_turnaround_ms: Option<u64>,
 }
 
 macro_rules! overlay_options {
@@ -276,7 +313,8 @@ impl JobSettings {
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
-            simulator, input_format, output_format);
+            simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
+            poll_secs, deadline);
         if self.labels.is_empty() {
             self.labels = base.labels;
         }

@@ -13,6 +13,7 @@ pub mod schedule;
 pub mod sink;
 pub mod source;
 
+pub mod batch;
 pub mod openai_batch;
 pub mod outcome;
 pub mod parquet_out;

@@ -15,6 +15,7 @@
 //! [`oauth`](self::oauth) and [`stats`](self::stats).
 
 mod answer;
+mod batch;
 mod cache;
 mod faults;
 mod handler;
@@ -31,10 +32,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::oneshot;
 
+pub use batch::BatchStats;
 pub use oauth::{CLIENT_ID, CLIENT_SECRET};
 pub use stats::SimStats;
 
@@ -125,6 +127,26 @@ pub struct SimConfig {
     /// name exists. Others answer 404 RESOURCE_DOES_NOT_EXIST.
     #[arg(long, value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// Batch API: milliseconds from creating a batch to its last answer
+    /// (lines are answered evenly over it).
+    #[arg(long, default_value_t = 0)]
+    pub batch_turnaround_ms: u64,
+    /// Batch API: probability (0..1) that a line fails with a 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub batch_fail_rate: f64,
+    /// Batch API: the first N batches expire part-done.
+    #[arg(long, default_value_t = 0)]
+    pub batch_expire_first: u64,
+    /// Batch API: share (0..1) of its lines an expiring batch answers.
+    #[arg(long, default_value_t = 0.5)]
+    pub batch_expire_share: f64,
+    /// Batch API: enqueued-token cap (prompt + max_tokens of every line of
+    /// unfinished batches); a batch over it fails with token_limit_exceeded.
+    #[arg(long)]
+    pub batch_token_cap: Option<u64>,
+    /// Batch API: delay the reply to a batch creation (the batch exists at once).
+    #[arg(long, default_value_t = 0)]
+    pub batch_create_delay_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -149,6 +171,12 @@ impl Default for SimConfig {
             embedding_dim: DEFAULT_EMBEDDING_DIM,
             no_cache: false,
             endpoints: Vec::new(),
+            batch_turnaround_ms: 0,
+            batch_fail_rate: 0.0,
+            batch_expire_first: 0,
+            batch_expire_share: 0.5,
+            batch_token_cap: None,
+            batch_create_delay_ms: 0,
         }
     }
 }
@@ -171,6 +199,14 @@ impl SimConfig {
                 self.burst_seconds
             ));
         }
+        for (flag, v) in [
+            ("--batch-fail-rate", self.batch_fail_rate),
+            ("--batch-expire-share", self.batch_expire_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{flag} must be between 0 and 1, got {v}"));
+            }
+        }
         if self.embedding_dim == 0 {
             return Err("--embedding-dim must be at least 1".to_string());
         }
@@ -185,12 +221,14 @@ pub(crate) struct ServerState {
     limits: Limits,
     cache: cache::PrefixCache,
     counters: Arc<Counters>,
+    batches: batch::BatchStore,
 }
 
 /// A running simulator; it stops when shut down or dropped.
 pub struct Simulator {
     addr: SocketAddr,
     counters: Arc<Counters>,
+    state: Arc<ServerState>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -211,10 +249,11 @@ impl Simulator {
             cache: cache::PrefixCache::new(!cfg.no_cache),
             faults,
             counters: counters.clone(),
+            batches: batch::BatchStore::new(cfg.seed),
             cfg,
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async {
+        let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async {
             // A dropped sender also ends the wait: dropping the Simulator stops it.
             let _ = stopped.await;
         });
@@ -226,6 +265,7 @@ impl Simulator {
         Ok(Simulator {
             addr,
             counters,
+            state,
             stop: Some(stop),
         })
     }
@@ -241,6 +281,11 @@ impl Simulator {
 
     pub fn stats(&self) -> SimStats {
         self.counters.snapshot()
+    }
+
+    /// What the Files and Batch APIs have seen.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.state.batches.stats()
     }
 
     /// Stops accepting connections; requests in progress finish.
@@ -282,6 +327,12 @@ fn router(state: Arc<ServerState>) -> Router {
             post(handler::databricks),
         )
         .route("/oidc/v1/token", post(oauth::token))
+        .route("/v1/files", post(batch::upload))
+        .route("/v1/files/{id}", get(batch::file_info))
+        .route("/v1/files/{id}/content", get(batch::file_content))
+        .route("/v1/batches", post(batch::create).get(batch::list))
+        .route("/v1/batches/{id}", get(batch::get))
+        .route("/v1/batches/{id}/cancel", post(batch::cancel))
         .fallback(handler::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -1,5 +1,6 @@
 mod util;
 
+mod batch_mode;
 mod bench;
 mod cache;
 mod functions;
