@@ -10,20 +10,20 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::provider::retry::RetryPolicy;
-use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL};
-use crate::error::{Error, Result};
 use crate::ai::functions::{AiFunction, FunctionOptions};
-use crate::provider::limit::Limits;
+use crate::ai::types::{parse_response_format, SqlType};
+use crate::error::{Error, Result};
+use crate::job::settings::{JobSettings, SimulatorSettings};
+use crate::job::spend::{Budget, Prices};
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::render::BodySpec;
-use crate::job::settings::{JobSettings, SimulatorSettings};
 use crate::provider::endpoint::{Endpoint, Target};
+use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL};
+use crate::provider::limit::Limits;
 use crate::provider::quirks::Quirks;
-use crate::simulator::Simulator;
+use crate::provider::retry::RetryPolicy;
 use crate::provider::wire::Task;
-use crate::job::spend::{Budget, Prices};
-use crate::ai::types::{parse_response_format, SqlType};
+use crate::simulator::Simulator;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -64,7 +64,14 @@ pub struct Plan {
     pub stream: bool,
     pub restart: bool,
     pub simulator: SimulatorSettings,
+    /// Repairs per row of typed replies that were cut off or did not fit.
+    pub max_repairs: u32,
+    /// Re-send rows whose journaled outcome is an error.
+    pub retry_failed: bool,
 }
+
+/// Repairs per row unless `--max-repairs` says otherwise.
+pub const DEFAULT_MAX_REPAIRS: u32 = 1;
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const DEFAULT_BATCH_ROWS: usize = 1024;
@@ -265,6 +272,11 @@ impl Plan {
                 ));
             }
         }
+        if s.retry_failed && restart {
+            return Err(Error::Config(
+                "--retry-failed re-sends the failed rows of the journal that --restart discards: give one of them".into(),
+            ));
+        }
         let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS).max(1);
         let batch_size = s.batch_size.unwrap_or(1).max(1);
         if batch_size > 1 && task != Task::Embeddings {
@@ -319,6 +331,8 @@ impl Plan {
             stream: s.stream,
             restart,
             simulator: s.simulator.unwrap_or_default(),
+            max_repairs: s.max_repairs.unwrap_or(DEFAULT_MAX_REPAIRS),
+            retry_failed: s.retry_failed,
         })
     }
 
@@ -361,7 +375,11 @@ impl Plan {
         let quirks = Quirks::of(self.flavor(), &self.endpoint_name());
         BodySpec {
             task: self.task,
-            model: if quirks.model_in_body { self.model.clone() } else { None },
+            model: if quirks.model_in_body {
+                self.model.clone()
+            } else {
+                None
+            },
             params: self.params.clone(),
             response_format: self.response_format.clone(),
             cache_control: self.cache_control || quirks.cache_control,

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
 use crate::ai::functions::AiFunction;
+use crate::error::{Error, Result};
 use crate::provider::wire::Task;
 
 /// Everything a job can set, as flags or as keys of a job file.
@@ -235,6 +235,19 @@ pub struct JobSettings {
     #[arg(skip)]
     #[serde(default)]
     pub simulator: Option<SimulatorSettings>,
+
+    /// Times a typed reply that was cut off (finish_reason = length) or did
+    /// not match the result type is asked again: with twice the max_tokens
+    /// when cut off, with the validation error when it did not match. Their
+    /// attempts and tokens count in the row's usage and cost [default: 1].
+    #[arg(long, value_name = "N")]
+    pub max_repairs: Option<u32>,
+
+    /// Resume, re-sending the rows whose journaled outcome is an error
+    /// (a plain resume keeps them as final); every answered row is kept.
+    #[arg(long)]
+    #[serde(default)]
+    pub retry_failed: bool,
 }
 
 /// Simulator knobs a job file may set, so the example job shows realistic
@@ -276,7 +289,7 @@ impl JobSettings {
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
-            simulator, input_format, output_format);
+            simulator, input_format, output_format, max_repairs);
         if self.labels.is_empty() {
             self.labels = base.labels;
         }
@@ -295,6 +308,7 @@ impl JobSettings {
         self.no_prompt_cache_key |= base.no_prompt_cache_key;
         self.no_warmup |= base.no_warmup;
         self.stream |= base.stream;
+        self.retry_failed |= base.retry_failed;
         self
     }
 }

@@ -5,14 +5,16 @@
 //! makes each one durable, and [`sink`] writes the output. The remaining
 //! modules are the values and file formats those stages share.
 
-pub mod source;
-pub mod render;
-pub mod schedule;
 pub mod client;
 pub mod collect;
 pub mod journal;
+pub mod render;
+pub mod repair;
+pub mod schedule;
 pub mod sink;
+pub mod source;
 
+pub mod bounds;
 pub mod openai_batch;
 pub mod outcome;
 pub mod parquet_out;

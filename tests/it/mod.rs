@@ -3,8 +3,10 @@ mod util;
 mod bench;
 mod cache;
 mod functions;
+mod nested;
 mod openai_batch;
 mod reliability;
+mod repair;
 mod run;
 mod spend;
 #[cfg(feature = "sql")]
