@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use aiq::simulator::SimConfig;
 use arrow::array::{
-    ArrayRef, Decimal128Array, Int64Array, Int64Builder, ListBuilder, MapBuilder, RecordBatch,
-    StringArray, StringBuilder, StructArray, TimestampMicrosecondArray,
+    Array, ArrayRef, Decimal128Array, Int64Array, Int64Builder, ListBuilder, MapBuilder,
+    RecordBatch, StringArray, StringBuilder, StructArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use serde_json::{json, Value};
@@ -101,7 +101,7 @@ async fn nested_parquet_columns_are_template_values() {
     let sent = rows[0]["result"].as_str().expect("row 0 answered");
     let expected = "echo: T=Deed \"A\"|J=x;y, z|[x][y, z]|N=2|P=12.30|M=12|\
                     AT=2023-11-14T22:13:20.123456Z|\
-                    JSON={\"title\":\"Deed \\\"A\\\"\",\"tags\":[\"x\",\"y, z\"],\"price\":\"12.30\"}";
+                    JSON={\"title\": \"Deed \\\"A\\\"\", \"tags\": [\"x\", \"y, z\"], \"price\": \"12.30\"}";
     assert_eq!(sent, expected);
     assert_eq!(rows[1]["result"], Value::Null, "a null struct is not sent");
     assert_eq!(rows[1]["attempts"], json!(0));
