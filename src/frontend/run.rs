@@ -35,9 +35,6 @@ use crate::provider::limit::Limiter;
 use crate::provider::reply::Shape;
 use crate::provider::wire::Task;
 
-/// Output rows per part file: bounds what a resume reloads from the journal.
-pub const PART_ROWS: u64 = 65_536;
-
 /// The journal format this build writes.
 const JOURNAL_VERSION: u32 = 1;
 
@@ -78,7 +75,17 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::output(&plan.output, format!("cannot create its folder: {e}")))?;
     }
-    let (mut journal, mut resume) = Journal::open(&plan.output, &manifest, plan.restart)?;
+    let (mut journal, resume) = Journal::open(&plan.output, &manifest, plan.restart)?;
+    let (mut resume, again) = if plan.retry_failed {
+        crate::pipeline::journal::retry_failed(&journal, resume)?
+    } else {
+        (resume, 0)
+    };
+    // Failed rows in finished parts: this run will not see them again.
+    let failed_before = resume.failed.range(..resume.committed).count() as u64;
+    if plan.retry_failed && !ui.quiet {
+        eprintln!("--retry-failed: sending {again} failed rows again");
+    }
     if !resume.is_empty() && !ui.quiet {
         eprintln!(
             "resuming: {} rows already written, {} more in the journal of {}",
@@ -130,14 +137,16 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
             Some(crate::pipeline::batch::run(job, &mut journal, &mut resume).await?)
         }
     };
-    let client = Arc::new(Client::new(
+    let mut client = Client::new(
         http,
         endpoint.clone(),
         limiter.clone(),
         plan.retry.clone(),
         shape,
         plan.stream,
-    )?);
+    )?;
+    client.max_repairs = plan.max_repairs;
+    let client = Arc::new(client);
 
     // Budgets are per job: earlier runs' spend (from the journal) counts.
     let budget = plan.budget.is_set().then(|| Enforcer {
@@ -154,6 +163,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
 
     // Stage 1: the reader thread streams batches, skipping committed rows.
     let committed = resume.committed;
+    let batch_rows = source.batch_rows.max(1);
     let (batch_tx, batch_rx) = mpsc::channel::<(RowId, RecordBatch)>(2);
     let total_rows = source.total_rows;
     let reader = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -182,7 +192,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     // Stage 2: the dispatcher renders and launches calls.
     let stop = Arc::new(AtomicBool::new(false));
     let (event_tx, event_rx) = mpsc::channel(1024);
-    let open_batches = 4 + plan.concurrency.div_ceil(plan.batch_rows);
+    let open_batches = crate::pipeline::bounds::open_batches(plan.concurrency, batch_rows);
     let done: HashSet<RowId> = resume.outcomes.keys().copied().collect();
     let dispatcher = Dispatcher {
         client: client.clone(),
@@ -204,12 +214,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let to_do = total_rows.map(|t| t.saturating_sub(committed));
     let status = StatusFile::start(status_path(&plan.output), to_do);
     let progress = Progress::new(to_do, ui.quiet).with_status(status.clone());
-    let parts = PartWriter::new(
-        journal.parts_dir(),
-        layout.output.clone(),
-        PART_ROWS,
-        resume.parts,
-    );
+    let parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), resume.parts);
     let summary = Summary {
         prices: plan.prices,
         ..Summary::default()
@@ -274,7 +279,19 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     summary.ambiguous_retries = client.stats.ambiguous_retries.load(Ordering::Relaxed);
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     summary.output = plan.output.display().to_string();
-    collector.journal.remove()?;
+    let failed = summary.failed + failed_before;
+    if failed > 0 {
+        // Kept so that `--retry-failed` can re-send just the failed rows.
+        if !ui.quiet {
+            eprintln!(
+                "{failed} rows failed: run the same command with --retry-failed to send only them again \
+                 (their journal is kept in {}; --restart discards it)",
+                collector.journal.dir().display()
+            );
+        }
+    } else {
+        collector.journal.remove()?;
+    }
     status.finish(Some(&summary), "done", None);
     Ok(summary)
 }

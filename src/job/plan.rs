@@ -64,6 +64,10 @@ pub struct Plan {
     pub stream: bool,
     pub restart: bool,
     pub simulator: SimulatorSettings,
+    /// Repairs per row of typed replies that were cut off or did not fit.
+    pub max_repairs: u32,
+    /// Re-send rows whose journaled outcome is an error.
+    pub retry_failed: bool,
     /// Online, or through the provider's Batch API.
     pub mode: Mode,
     /// Batch mode's limits, poll interval and deadline.
@@ -98,6 +102,9 @@ impl Default for BatchSettings {
         }
     }
 }
+
+/// Repairs per row unless `--max-repairs` says otherwise.
+pub const DEFAULT_MAX_REPAIRS: u32 = 1;
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const DEFAULT_BATCH_ROWS: usize = 1024;
@@ -298,6 +305,11 @@ impl Plan {
                 ));
             }
         }
+        if s.retry_failed && restart {
+            return Err(Error::Config(
+                "--retry-failed re-sends the failed rows of the journal that --restart discards: give one of them".into(),
+            ));
+        }
         let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS).max(1);
         let batch_size = s.batch_size.unwrap_or(1).max(1);
         if batch_size > 1 && task != Task::Embeddings {
@@ -379,6 +391,8 @@ impl Plan {
             simulator: s.simulator.unwrap_or_default(),
             mode,
             batch,
+            max_repairs: s.max_repairs.unwrap_or(DEFAULT_MAX_REPAIRS),
+            retry_failed: s.retry_failed,
         })
     }
 

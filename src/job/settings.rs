@@ -236,6 +236,18 @@ pub struct JobSettings {
     #[serde(default)]
     pub simulator: Option<SimulatorSettings>,
 
+    /// Times a typed reply that was cut off (finish_reason = length) or did
+    /// not match the result type is asked again: with twice the max_tokens
+    /// when cut off, with the validation error when it did not match. Their
+    /// attempts and tokens count in the row's usage and cost [default: 1].
+    #[arg(long, value_name = "N")]
+    pub max_repairs: Option<u32>,
+
+    /// Resume, re-sending the rows whose journaled outcome is an error
+    /// (a plain resume keeps them as final); every answered row is kept.
+    #[arg(long)]
+    #[serde(default)]
+    pub retry_failed: bool,
     /// How rows are sent: `online` (requests now, under the rate limits) or
     /// `batch` (the provider's Batch API: about half price, answered within
     /// 24 hours; OpenAI-compatible base URLs only) [default: online].
@@ -314,7 +326,7 @@ impl JobSettings {
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
             simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
-            poll_secs, deadline);
+            poll_secs, deadline, max_repairs);
         if self.labels.is_empty() {
             self.labels = base.labels;
         }
@@ -333,6 +345,7 @@ impl JobSettings {
         self.no_prompt_cache_key |= base.no_prompt_cache_key;
         self.no_warmup |= base.no_warmup;
         self.stream |= base.stream;
+        self.retry_failed |= base.retry_failed;
         self
     }
 }

@@ -15,7 +15,7 @@
 //! journal lines for rows after it are loaded back (at most one part's worth
 //! plus the rows in flight), so memory stays bounded whatever the job size.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -83,6 +83,9 @@ pub struct Resume {
     /// What every earlier run of the job may have been billed (the sum of
     /// [`Outcome::billed_usage`] over the whole journal): budgets are per job.
     pub spent: Usage,
+    /// Rows whose last journaled outcome is an error, committed or not
+    /// (for `--retry-failed`).
+    pub failed: BTreeSet<RowId>,
 }
 
 impl Resume {
@@ -258,6 +261,7 @@ fn load(dir: &Path) -> Result<Resume> {
     let path = dir.join(JOURNAL);
     let mut outcomes = HashMap::new();
     let mut spent = Usage::default();
+    let mut failed = BTreeSet::new();
     if path.exists() {
         let file = OpenOptions::new()
             .read(true)
@@ -280,6 +284,12 @@ fn load(dir: &Path) -> Result<Resume> {
             };
             good_len += n as u64;
             spent.add(&outcome.billed_usage());
+            // The last line of a row is its outcome (a retried row has two).
+            if outcome.is_error() {
+                failed.insert(outcome.row);
+            } else {
+                failed.remove(&outcome.row);
+            }
             if outcome.row >= committed {
                 outcomes.insert(outcome.row, outcome);
             }
@@ -295,7 +305,33 @@ fn load(dir: &Path) -> Result<Resume> {
         parts: keep,
         outcomes,
         spent,
+        failed,
     })
+}
+
+/// `--retry-failed`: turns `resume` into one where the rows whose journaled
+/// outcome is an error have no outcome, so they are sent again, and every
+/// other row keeps its outcome. Parts from the first one holding a failed
+/// row on are removed and their answered rows reloaded from the journal (so
+/// memory holds the outcomes after the first failed row). Returns the new
+/// resume and how many rows will be sent again.
+pub fn retry_failed(journal: &Journal, resume: Resume) -> Result<(Resume, usize)> {
+    let Some(&first) = resume.failed.iter().next() else {
+        return Ok((resume, 0));
+    };
+    let mut resume = if first < resume.committed {
+        for part in resume.parts.iter().filter(|p| p.end > first) {
+            fs::remove_file(&part.path).map_err(|e| Error::io(&part.path, e))?;
+        }
+        load(journal.dir())?
+    } else {
+        resume
+    };
+    let failed = std::mem::take(&mut resume.failed);
+    resume.outcomes.retain(|row, _| !failed.contains(row));
+    let again = failed.len();
+    resume.failed = failed;
+    Ok((resume, again))
 }
 
 pub fn part_name(start: RowId, end: RowId) -> String {

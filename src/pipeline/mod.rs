@@ -9,11 +9,13 @@ pub mod client;
 pub mod collect;
 pub mod journal;
 pub mod render;
+pub mod repair;
 pub mod schedule;
 pub mod sink;
 pub mod source;
 
 pub mod batch;
+pub mod bounds;
 pub mod openai_batch;
 pub mod outcome;
 pub mod parquet_out;

@@ -35,6 +35,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::pipeline::bounds::{self, BATCH_BYTES};
 
 /// Non-blank lines of a JSONL file read to infer its columns and their types.
 pub const JSONL_INFER_LINES: usize = 1000;
@@ -85,6 +86,9 @@ pub struct Source {
     /// Rows in the file: from the footer for Parquet, from counting non-blank
     /// lines for JSON Lines.
     pub total_rows: Option<u64>,
+    /// Rows per batch at most: the asked batch size, fewer for wide rows
+    /// ([`bounds::batch_rows`]).
+    pub batch_rows: usize,
     format: Format,
     reader: Reader,
 }
@@ -144,6 +148,7 @@ impl Source {
             path: path.to_path_buf(),
             schema,
             total_rows,
+            batch_rows: 0,
             format,
             reader: Reader::Other(batches),
         }
@@ -184,6 +189,15 @@ fn open_parquet(path: &Path, batch_size: usize) -> Result<Source> {
     // The footer's count is authoritative; a negative one would be corrupt,
     // and then we just don't know.
     let total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).ok();
+    // Uncompressed bytes per row, from the footer: about the Arrow memory a
+    // row takes once read.
+    let row_groups = builder.metadata().row_groups();
+    let bytes: i64 = row_groups.iter().map(|g| g.total_byte_size()).sum();
+    let rows: i64 = row_groups.iter().map(|g| g.num_rows()).sum();
+    let batch_size = bounds::batch_rows(
+        batch_size,
+        usize::try_from(bytes / rows.max(1)).unwrap_or(0),
+    );
     let schema = builder.schema().clone();
     let reader = builder
         .with_batch_size(batch_size)
@@ -193,6 +207,7 @@ fn open_parquet(path: &Path, batch_size: usize) -> Result<Source> {
         path: path.to_path_buf(),
         schema,
         total_rows,
+        batch_rows: batch_size,
         format: Format::Parquet,
         reader: Reader::Parquet(reader),
     })
@@ -201,6 +216,11 @@ fn open_parquet(path: &Path, batch_size: usize) -> Result<Source> {
 fn open_jsonl(path: &Path, batch_size: usize) -> Result<Source> {
     let schema = Arc::new(infer_jsonl_schema(path)?);
     let total_rows = count_jsonl_rows(path)?;
+    let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let batch_size = bounds::batch_rows(
+        batch_size,
+        usize::try_from(file_bytes / total_rows.max(1)).unwrap_or(usize::MAX),
+    );
     let decoder = ReaderBuilder::new(schema.clone())
         .with_batch_size(batch_size)
         .build_decoder()
@@ -221,12 +241,14 @@ fn open_jsonl(path: &Path, batch_size: usize) -> Result<Source> {
         first_line_in_batch: 0,
         batch_offset: 0,
         line: Vec::new(),
+        batch_bytes: 0,
         done: false,
     };
     Ok(Source {
         path: path.to_path_buf(),
         schema,
         total_rows: Some(total_rows),
+        batch_rows: batch_size,
         format: Format::Jsonl,
         reader: Reader::Jsonl(Box::new(batches)),
     })
@@ -388,13 +410,16 @@ struct JsonlBatches {
     first_line_in_batch: u64,
     batch_offset: u64,
     line: Vec<u8>,
+    /// Bytes of the lines now in the decoder: a batch also ends at
+    /// [`BATCH_BYTES`], so a run of unusually wide lines stays bounded.
+    batch_bytes: usize,
     done: bool,
 }
 
 impl JsonlBatches {
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
-            if self.decoder.len() >= self.batch_size {
+            if self.decoder.len() >= self.batch_size || self.batch_bytes >= BATCH_BYTES {
                 return self.flush();
             }
             self.line.clear();
@@ -422,7 +447,9 @@ impl JsonlBatches {
             if self.decoder.is_empty() {
                 self.first_line_in_batch = line_no;
                 self.batch_offset = line_offset;
+                self.batch_bytes = 0;
             }
+            self.batch_bytes += line.len();
             let before = self.decoder.len();
             let consumed = self
                 .decoder

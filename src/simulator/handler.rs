@@ -137,7 +137,7 @@ async fn handle(
             "request body needs `messages` (chat), `prompt` (completions) or `input` (embeddings)",
         );
     };
-    let job = match answer::plan(
+    let mut job = match answer::plan(
         task,
         value,
         st.cfg.output_tokens,
@@ -158,6 +158,11 @@ async fn handle(
             )
         }
         None => {}
+    }
+    if job.typed {
+        if let Some(how) = st.typed_faults.draw() {
+            answer::spoil(&mut job, how);
+        }
     }
     if let Some(fault) = st.faults.draw() {
         bump(&c.faults_injected);

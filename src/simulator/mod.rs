@@ -147,6 +147,20 @@ pub struct SimConfig {
     /// Batch API: delay the reply to a batch creation (the batch exists at once).
     #[arg(long, default_value_t = 0)]
     pub batch_create_delay_ms: u64,
+    /// Probability (0..1) that a typed (structured-output) reply is cut off
+    /// halfway with finish_reason = length, as when max_tokens runs out.
+    #[arg(long, default_value_t = 0.0)]
+    pub truncate_rate: f64,
+    /// Probability (0..1) that a typed reply is valid JSON that does not
+    /// match its schema.
+    #[arg(long, default_value_t = 0.0)]
+    pub mismatch_rate: f64,
+    /// The first N typed replies are cut off (then --truncate-rate applies).
+    #[arg(long, default_value_t = 0)]
+    pub truncate_first: u64,
+    /// The N typed replies after those cut off do not match their schema.
+    #[arg(long, default_value_t = 0)]
+    pub mismatch_first: u64,
 }
 
 impl Default for SimConfig {
@@ -177,6 +191,10 @@ impl Default for SimConfig {
             batch_expire_share: 0.5,
             batch_token_cap: None,
             batch_create_delay_ms: 0,
+            truncate_rate: 0.0,
+            mismatch_rate: 0.0,
+            truncate_first: 0,
+            mismatch_first: 0,
         }
     }
 }
@@ -218,6 +236,7 @@ impl SimConfig {
 pub(crate) struct ServerState {
     cfg: SimConfig,
     faults: Faults,
+    typed_faults: faults::TypedFaults,
     limits: Limits,
     cache: cache::PrefixCache,
     counters: Arc<Counters>,
@@ -240,6 +259,12 @@ impl Simulator {
         let faults =
             Faults::new(cfg.fault_rate, &cfg.faults, cfg.fail_first, cfg.seed).map_err(invalid)?;
         cfg.check().map_err(invalid)?;
+        let typed_faults = faults::TypedFaults::new(
+            (cfg.truncate_rate, cfg.truncate_first),
+            (cfg.mismatch_rate, cfg.mismatch_first),
+            cfg.seed,
+        )
+        .map_err(invalid)?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
@@ -248,6 +273,7 @@ impl Simulator {
                 .with_otpm(cfg.otpm, cfg.burst_seconds),
             cache: cache::PrefixCache::new(!cfg.no_cache),
             faults,
+            typed_faults,
             counters: counters.clone(),
             batches: batch::BatchStore::new(cfg.seed),
             cfg,

@@ -4,8 +4,10 @@ mod batch_mode;
 mod bench;
 mod cache;
 mod functions;
+mod nested;
 mod openai_batch;
 mod reliability;
+mod repair;
 mod run;
 mod spend;
 #[cfg(feature = "sql")]
