@@ -12,6 +12,7 @@ pub mod client;
 pub mod collect;
 pub mod journal;
 pub mod sink;
+pub mod store;
 
 pub mod openai_batch;
 pub mod outcome;
