@@ -16,25 +16,23 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+use crate::error::{Error, Result};
+use crate::job::plan::Plan;
+use crate::job::spend::{Enforcer, Meter};
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
-use crate::provider::endpoint::Endpoint;
-use crate::error::{Error, Result};
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest};
-use crate::provider::limit::Limiter;
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::outcome::RowId;
-use crate::job::plan::Plan;
 use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
 use crate::pipeline::render::{BodyBuilder, Templates};
-use crate::provider::reply::Shape;
 use crate::pipeline::schedule::Dispatcher;
-use crate::provider::wire::Task;
-use crate::simulator::Simulator;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
 use crate::pipeline::source::Source;
 use crate::pipeline::store::{Remote, RemoteOutput, Role};
-use crate::job::spend::{Enforcer, Meter};
+use crate::provider::limit::Limiter;
+use crate::provider::reply::Shape;
+use crate::provider::wire::Task;
 
 /// Output rows per part file: bounds what a resume reloads from the journal.
 pub const PART_ROWS: u64 = 65_536;
@@ -56,7 +54,9 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
     let source = match plan.input_format {
         InputFormat::Rows => Source::open(&plan.input, plan.batch_rows)?,
-        InputFormat::OpenaiBatch => crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)?,
+        InputFormat::OpenaiBatch => {
+            crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)?
+        }
     };
     let templates = Arc::new(
         Templates::bind(
@@ -109,7 +109,9 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
             resume.outcomes.len(),
             remote
                 .as_ref()
-                .map_or(journal.dir().display().to_string(), |r| r.state_url().to_string())
+                .map_or(journal.dir().display().to_string(), |r| r
+                    .state_url()
+                    .to_string())
         );
     }
     // The manifest goes to the bucket before any request (a denied write
@@ -302,4 +304,3 @@ fn http_client(plan: &Plan) -> Result<reqwest::Client> {
         .build()
         .map_err(|e| Error::Config(format!("HTTP client: {e}")))
 }
-

@@ -181,7 +181,13 @@ fn open_file(path: &Path) -> Result<File> {
 fn open_parquet(path: &Path, batch_size: usize) -> Result<Source> {
     if let Some(remote) = Remote::parse(path, Role::Input)? {
         let (schema, total_rows, batches) = store::parquet_batches(&remote, batch_size)?;
-        return Ok(Source::from_batches(path, Format::Parquet, schema, total_rows, batches));
+        return Ok(Source::from_batches(
+            path,
+            Format::Parquet,
+            schema,
+            total_rows,
+            batches,
+        ));
     }
     let file = open_file(path)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)

@@ -44,6 +44,10 @@ use object_store::{
     BackoffConfig, CopyMode, CopyOptions, GetOptions, GetRange, ObjectMeta, ObjectStore,
     ObjectStoreScheme, PutOptions, PutPayload, RetryConfig,
 };
+// Deprecated in parquet 59.3 in favour of one's own `AsyncFileReader`, but
+// still the reader parquet and DataFusion 55 ship (ranged GETs, footer
+// first); replacing it is a copy of the same thirty lines.
+#[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -128,7 +132,9 @@ impl Remote {
         let (scheme, key) =
             ObjectStoreScheme::parse(&url).map_err(|e| bad(format!("not a store URL: {e}")))?;
         if key.as_ref().is_empty() {
-            return Err(bad("names a bucket, not an object: add the object's key".into()));
+            return Err(bad(
+                "names a bucket, not an object: add the object's key".into()
+            ));
         }
         let root = Url::parse(&url[..url::Position::BeforePath])
             .map_err(|e| bad(format!("not a valid URL: {e}")))?;
@@ -169,7 +175,11 @@ impl Remote {
 
 /// One store per bucket for the whole process: its connections and
 /// credentials are reused by every object read or written there.
-fn store_for(scheme: &ObjectStoreScheme, url: &Url, root: &Url) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+fn store_for(
+    scheme: &ObjectStoreScheme,
+    url: &Url,
+    root: &Url,
+) -> std::result::Result<Arc<dyn ObjectStore>, String> {
     static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
     let stores = STORES.get_or_init(Default::default);
     let id = root.to_string();
@@ -189,7 +199,9 @@ fn store_for(scheme: &ObjectStoreScheme, url: &Url, root: &Url) -> std::result::
                 "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys), \
                  or run where an instance or task role is available",
             )?;
-            let mut b = AmazonS3Builder::from_env().with_url(url.as_str()).with_retry(retry);
+            let mut b = AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retry);
             // Committing the output is a copy that fails if the object exists;
             // plain S3 does that with a one-part multipart copy and If-None-Match.
             if std::env::var_os("AWS_COPY_IF_NOT_EXISTS").is_none() {
@@ -236,7 +248,9 @@ fn store_for(scheme: &ObjectStoreScheme, url: &Url, root: &Url) -> std::result::
                 .build()
                 .map_err(|e| e.to_string())?,
         ),
-        _ => return Err("not an object-store URL aiq reads (s3, gs, az, abfss, http, https)".into()),
+        _ => {
+            return Err("not an object-store URL aiq reads (s3, gs, az, abfss, http, https)".into())
+        }
     };
     stores
         .lock()
@@ -248,8 +262,15 @@ fn store_for(scheme: &ObjectStoreScheme, url: &Url, root: &Url) -> std::result::
 /// Without any of `vars`, object_store would ask the cloud's metadata
 /// service (instance roles), retrying for minutes where there is none. Ask
 /// it once, briefly, so that "no credentials" is an immediate error.
-fn check_credentials(vars: &[&str], endpoint_var: &str, hint: &str) -> std::result::Result<(), String> {
-    if vars.iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty())) {
+fn check_credentials(
+    vars: &[&str],
+    endpoint_var: &str,
+    hint: &str,
+) -> std::result::Result<(), String> {
+    if vars
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+    {
         return Ok(());
     }
     if skip_signature() {
@@ -275,16 +296,23 @@ fn check_credentials(vars: &[&str], endpoint_var: &str, hint: &str) -> std::resu
 
 /// Public buckets are read unsigned when the user says so.
 fn skip_signature() -> bool {
-    ["AWS_SKIP_SIGNATURE", "GOOGLE_SKIP_SIGNATURE", "AZURE_SKIP_SIGNATURE"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|s| s.eq_ignore_ascii_case("true")))
+    [
+        "AWS_SKIP_SIGNATURE",
+        "GOOGLE_SKIP_SIGNATURE",
+        "AZURE_SKIP_SIGNATURE",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok_and(|s| s.eq_ignore_ascii_case("true")))
 }
 
 /// gcloud's application default credentials, which object_store reads.
 fn adc_file_exists() -> bool {
     std::env::var_os("HOME")
         .map(PathBuf::from)
-        .is_some_and(|h| h.join(".config/gcloud/application_default_credentials.json").is_file())
+        .is_some_and(|h| {
+            h.join(".config/gcloud/application_default_credentials.json")
+                .is_file()
+        })
 }
 
 /// Runs a store future to completion from synchronous code (the reader
@@ -348,7 +376,10 @@ pub fn open_read(path: &Path, offset: u64) -> Result<Box<dyn BufRead + Send>> {
                 stream: result.into_stream(),
                 chunk: Bytes::new(),
             };
-            Ok(Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, reader)))
+            Ok(Box::new(BufReader::with_capacity(
+                READ_BUFFER_BYTES,
+                reader,
+            )))
         }
     }
 }
@@ -379,10 +410,16 @@ impl Read for StreamRead {
 /// groups one at a time, so memory stays one row group as for local files.
 pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
-pub fn parquet_batches(remote: &Remote, batch_size: usize) -> Result<(SchemaRef, Option<u64>, Batches)> {
+#[allow(deprecated)] // ParquetObjectReader: see the import
+pub fn parquet_batches(
+    remote: &Remote,
+    batch_size: usize,
+) -> Result<(SchemaRef, Option<u64>, Batches)> {
     let url = remote.url.clone();
     let stream = block_on(async {
-        let meta = head(&remote.store, &remote.key).await.map_err(|e| Error::input(&url, e))?;
+        let meta = head(&remote.store, &remote.key)
+            .await
+            .map_err(|e| Error::input(&url, e))?;
         let reader = ParquetObjectReader::new(remote.store.clone(), remote.key.clone())
             .with_file_size(meta.size);
         ParquetRecordBatchStreamBuilder::new(reader)
@@ -396,9 +433,8 @@ pub fn parquet_batches(remote: &Remote, batch_size: usize) -> Result<(SchemaRef,
         .build()
         .map_err(|e| Error::input(&url, format!("cannot read Parquet file: {e}")))?;
     let batches = std::iter::from_fn(move || {
-        block_on(stream.next()).map(|b| {
-            b.map_err(|e| Error::input(&url, format!("cannot read Parquet data: {e}")))
-        })
+        block_on(stream.next())
+            .map(|b| b.map_err(|e| Error::input(&url, format!("cannot read Parquet data: {e}"))))
     });
     Ok((schema, total_rows, Box::new(batches)))
 }
@@ -460,7 +496,10 @@ impl RemoteOutput {
         let scratch = std::env::temp_dir().join(format!(
             "aiq-{}-{}",
             std::process::id(),
-            blake3::hash(output.url.as_bytes()).to_hex().get(..16).unwrap_or_default()
+            blake3::hash(output.url.as_bytes())
+                .to_hex()
+                .get(..16)
+                .unwrap_or_default()
         ));
         let _ = std::fs::remove_dir_all(&scratch);
         let name = Path::new(output.key.filename().unwrap_or("output.parquet")).to_path_buf();
@@ -518,7 +557,9 @@ impl RemoteOutput {
         let prefix = format!("{}/", self.state.key);
         let mut chunks = Vec::new();
         for key in existing {
-            let Some(rel) = key.as_ref().strip_prefix(&prefix) else { continue };
+            let Some(rel) = key.as_ref().strip_prefix(&prefix) else {
+                continue;
+            };
             if rel == MANIFEST {
                 let bytes = get_bytes(self.store(), &key).await.map_err(fail)?;
                 let path = local_state.join(MANIFEST);
@@ -577,7 +618,9 @@ impl RemoteOutput {
                 file.seek(std::io::SeekFrom::Start(self.journal_sent))
                     .await
                     .map_err(|e| Error::io(&journal, e))?;
-                file.read_to_end(&mut bytes).await.map_err(|e| Error::io(&journal, e))?;
+                file.read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| Error::io(&journal, e))?;
                 // Only complete lines: the collector may be mid-write.
                 let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
                 bytes.truncate(keep);
@@ -602,7 +645,10 @@ impl RemoteOutput {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 // `-open` parts are still being written; the others are
                 // renamed into place only when complete.
-                if name.ends_with(".parquet") && !name.contains("-open") && !self.parts_sent.contains(&name) {
+                if name.ends_with(".parquet")
+                    && !name.contains("-open")
+                    && !self.parts_sent.contains(&name)
+                {
                     new.push((name, entry.path()));
                 }
             }
@@ -623,6 +669,7 @@ impl RemoteOutput {
     /// Concatenates the parts (all in the bucket after [`Self::sync`]) into
     /// a staged object with a multipart upload, then copies it onto the
     /// output unless an object is already there. Returns the rows written.
+    #[allow(deprecated)] // ParquetObjectReader: see the import
     pub async fn commit(&mut self, parts: &[Part], schema: SchemaRef) -> Result<u64> {
         self.sync().await?;
         let staged = self.sub(STAGED);
@@ -632,7 +679,11 @@ impl RemoteOutput {
             .map_err(|e| Error::output(&url, format!("cannot start a Parquet file: {e}")))?;
         let mut rows = 0u64;
         for part in parts {
-            let name = part.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = part
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let key = self.sub(&format!("{PARTS}/{name}"));
             let reader = ParquetObjectReader::new(self.store().clone(), key);
             let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
@@ -640,9 +691,12 @@ impl RemoteOutput {
                 .and_then(|b| b.build())
                 .map_err(|e| Error::output(&self.state.url, format!("part {name}: {e}")))?;
             while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| Error::output(&self.state.url, format!("part {name}: {e}")))?;
+                let batch = batch
+                    .map_err(|e| Error::output(&self.state.url, format!("part {name}: {e}")))?;
                 rows += batch.num_rows() as u64;
-                out.write(&batch).await.map_err(|e| Error::output(&url, e))?;
+                out.write(&batch)
+                    .await
+                    .map_err(|e| Error::output(&url, e))?;
             }
         }
         out.close().await.map_err(|e| Error::output(&url, e))?;
@@ -704,17 +758,29 @@ async fn head(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> object_store::R
 }
 
 async fn get_bytes(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> object_store::Result<Bytes> {
-    store.get_opts(key, GetOptions::default()).await?.bytes().await
+    store
+        .get_opts(key, GetOptions::default())
+        .await?
+        .bytes()
+        .await
 }
 
-async fn put(store: &Arc<dyn ObjectStore>, key: &ObjectPath, bytes: Vec<u8>) -> object_store::Result<()> {
+async fn put(
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjectPath,
+    bytes: Vec<u8>,
+) -> object_store::Result<()> {
     store
         .put_opts(key, PutPayload::from(bytes), PutOptions::default())
         .await
         .map(|_| ())
 }
 
-async fn copy_if_not_exists(store: &Arc<dyn ObjectStore>, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+async fn copy_if_not_exists(
+    store: &Arc<dyn ObjectStore>,
+    from: &ObjectPath,
+    to: &ObjectPath,
+) -> object_store::Result<()> {
     let options = CopyOptions {
         mode: CopyMode::Create,
         ..Default::default()
@@ -724,8 +790,14 @@ async fn copy_if_not_exists(store: &Arc<dyn ObjectStore>, from: &ObjectPath, to:
 
 /// Uploads a local file with a multipart upload (a single PUT when small),
 /// in chunks, so memory stays one chunk whatever the file size.
-async fn upload_file(store: &Arc<dyn ObjectStore>, key: &ObjectPath, path: &Path) -> std::result::Result<(), String> {
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| e.to_string())?;
+async fn upload_file(
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjectPath,
+    path: &Path,
+) -> std::result::Result<(), String> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut writer = BufWriter::new(store.clone(), key.clone());
     let mut buf = vec![0u8; 1 << 20];
     let result = async {
@@ -734,7 +806,10 @@ async fn upload_file(store: &Arc<dyn ObjectStore>, key: &ObjectPath, path: &Path
             if n == 0 {
                 break;
             }
-            writer.put(Bytes::copy_from_slice(&buf[..n])).await.map_err(|e| e.to_string())?;
+            writer
+                .put(Bytes::copy_from_slice(&buf[..n]))
+                .await
+                .map_err(|e| e.to_string())?;
         }
         writer.shutdown().await.map_err(|e| e.to_string())
     }
@@ -751,10 +826,22 @@ mod tests {
 
     #[test]
     fn urls_and_paths() {
-        for url in ["s3://b/k.parquet", "S3://b/k", "gs://b/k", "abfss://c@a.dfs.core.windows.net/k", "https://h/k.jsonl"] {
+        for url in [
+            "s3://b/k.parquet",
+            "S3://b/k",
+            "gs://b/k",
+            "abfss://c@a.dfs.core.windows.net/k",
+            "https://h/k.jsonl",
+        ] {
             assert!(is_url(Path::new(url)), "{url}");
         }
-        for path in ["k.parquet", "/Volumes/cat/schema/vol/k.parquet", "C:\\data\\k.parquet", "file.s3://x", "ftp://h/k"] {
+        for path in [
+            "k.parquet",
+            "/Volumes/cat/schema/vol/k.parquet",
+            "C:\\data\\k.parquet",
+            "file.s3://x",
+            "ftp://h/k",
+        ] {
             assert!(!is_url(Path::new(path)), "{path}");
         }
     }

@@ -51,7 +51,10 @@ impl Moto {
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !answers(port) {
-            assert!(Instant::now() < deadline, "moto did not answer on {url} within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "moto did not answer on {url} within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Moto { url, _guard: guard }
@@ -73,7 +76,8 @@ fn answers(port: u16) -> bool {
     let mut head = [0u8; 12];
     s.write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n").is_ok()
         && s.read_exact(&mut head).is_ok()
-        && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+        && head.starts_with(b"HTTP/1.")
+        && &head[9..12] == b"200"
 }
 
 /// Plain HTTP against moto, which accepts unsigned requests unless its
@@ -83,8 +87,17 @@ async fn http() -> reqwest::Client {
 }
 
 async fn create_bucket(moto: &Moto, bucket: &str) {
-    let r = http().await.put(format!("{}/{bucket}", moto.url)).send().await.unwrap();
-    assert!(r.status().is_success(), "create bucket {bucket}: {}", r.status());
+    let r = http()
+        .await
+        .put(format!("{}/{bucket}", moto.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "create bucket {bucket}: {}",
+        r.status()
+    );
 }
 
 async fn put_object(moto: &Moto, bucket: &str, key: &str, body: Vec<u8>) {
@@ -99,7 +112,12 @@ async fn put_object(moto: &Moto, bucket: &str, key: &str, body: Vec<u8>) {
 }
 
 async fn get_object(moto: &Moto, bucket: &str, key: &str) -> Option<Vec<u8>> {
-    let r = http().await.get(format!("{}/{bucket}/{key}", moto.url)).send().await.unwrap();
+    let r = http()
+        .await
+        .get(format!("{}/{bucket}/{key}", moto.url))
+        .send()
+        .await
+        .unwrap();
     r.status().is_success().then_some(())?;
     Some(r.bytes().await.unwrap().to_vec())
 }
@@ -145,7 +163,10 @@ fn parquet_bytes(n: usize) -> Vec<u8> {
     let texts: Vec<String> = ids.iter().map(|i| format!("row-{i} text")).collect();
     let batch = RecordBatch::try_new(
         schema.clone(),
-        vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(texts))],
+        vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(StringArray::from(texts)),
+        ],
     )
     .unwrap();
     let mut buf = Vec::new();
@@ -195,8 +216,19 @@ async fn output(mut cmd: Command) -> std::process::Output {
 
 fn run_args<'a>(url: &'a str, input: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "run", "--input", input, "--output", out, "--endpoint", url, "--model", "m", "--prompt",
-        "{{text}}", "--backoff-ms", "1",
+        "run",
+        "--input",
+        input,
+        "--output",
+        out,
+        "--endpoint",
+        url,
+        "--model",
+        "m",
+        "--prompt",
+        "{{text}}",
+        "--backoff-ms",
+        "1",
     ]
 }
 
@@ -209,20 +241,33 @@ async fn assert_output(f: &Fixture, moto: &Moto, bucket: &str, key: &str, n: usi
     assert_eq!(rows.len(), n);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["id"], json!(i));
-        assert!(row["error_message"].is_null(), "row {i}: {:?}", row["error_message"]);
         assert!(
-            row["result"].as_str().unwrap().starts_with(&format!("echo: row-{i} ")),
+            row["error_message"].is_null(),
+            "row {i}: {:?}",
+            row["error_message"]
+        );
+        assert!(
+            row["result"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("echo: row-{i} ")),
             "{row:?}"
         );
     }
     // Working files are gone once the output is there.
-    assert_eq!(list(moto, bucket, &format!("{key}.aiq/")).await, Vec::<String>::new());
+    assert_eq!(
+        list(moto, bucket, &format!("{key}.aiq/")).await,
+        Vec::<String>::new()
+    );
 }
 
 fn assert_no_secret(o: &std::process::Output) {
     for stream in [&o.stdout, &o.stderr] {
         let text = String::from_utf8_lossy(stream);
-        assert!(!text.contains(SECRET_KEY), "the secret key was printed:\n{text}");
+        assert!(
+            !text.contains(SECRET_KEY),
+            "the secret key was printed:\n{text}"
+        );
     }
 }
 
@@ -239,7 +284,10 @@ async fn parquet_and_jsonl_in_parquet_out() {
     let mut env = s3_env(moto);
     // Debug logs of every layer, the HTTP stack's included: no secret.
     env.push(("RUST_LOG", "debug".into()));
-    for (input, out) in [("in/reviews.parquet", "out/a.parquet"), ("in/reviews.jsonl", "out/b.parquet")] {
+    for (input, out) in [
+        ("in/reviews.parquet", "out/a.parquet"),
+        ("in/reviews.jsonl", "out/b.parquet"),
+    ] {
         let input = format!("s3://{bucket}/{input}");
         let out_url = format!("s3://{bucket}/{out}");
         let args = run_args(&url, &input, &out_url);
@@ -248,15 +296,28 @@ async fn parquet_and_jsonl_in_parquet_out() {
         assert_no_secret(&o);
         assert_output(&f, moto, &bucket, out, n).await;
     }
-    assert_eq!(f.sim.stats().ok_by_prompt.len(), n, "both jobs asked the same prompts");
+    assert_eq!(
+        f.sim.stats().ok_by_prompt.len(),
+        n,
+        "both jobs asked the same prompts"
+    );
 
     // The output is only ever created: a second run is refused before any request.
     let before = f.sim.stats().ok;
     let input = format!("s3://{bucket}/in/reviews.parquet");
     let out_url = format!("s3://{bucket}/out/a.parquet");
-    let o = output(aiq_cmd(&f.path("home"), &run_args(&url, &input, &out_url), &s3_env(moto))).await;
+    let o = output(aiq_cmd(
+        &f.path("home"),
+        &run_args(&url, &input, &out_url),
+        &s3_env(moto),
+    ))
+    .await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains(&out_url) && stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&out_url) && stderr(&o).contains("already exists"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(f.sim.stats().ok, before);
 }
 
@@ -275,25 +336,62 @@ async fn sql_over_s3_tables() {
         "SELECT count(*) AS n, max(r.id) AS top, (SELECT count(*) FROM 's3://{bucket}/t/more.jsonl') AS m \
          FROM reviews r"
     );
-    let args = ["sql", "-q", &query, "--table", &table, "--model", "m", "--endpoint", &url];
+    let args = [
+        "sql",
+        "-q",
+        &query,
+        "--table",
+        &table,
+        "--model",
+        "m",
+        "--endpoint",
+        &url,
+    ];
     let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
     assert_ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("| 40 ") && stdout.contains("| 39 ") && stdout.contains("| 7 "), "{stdout}");
+    assert!(
+        stdout.contains("| 40 ") && stdout.contains("| 39 ") && stdout.contains("| 7 "),
+        "{stdout}"
+    );
 
     // AI functions over an s3:// table.
     let query = "SELECT id, ai_query('m', text) AS answer FROM reviews WHERE id < 3 ORDER BY id";
-    let args = ["sql", "-q", query, "--table", &table, "--model", "m", "--endpoint", &url];
+    let args = [
+        "sql",
+        "-q",
+        query,
+        "--table",
+        &table,
+        "--model",
+        "m",
+        "--endpoint",
+        &url,
+    ];
     let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
     assert_ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("echo: row-2 text"), "{stdout}");
 
     let missing = format!("reviews=s3://{bucket}/t/nope.parquet");
-    let args = ["sql", "-q", "SELECT * FROM reviews", "--table", &missing, "--model", "m", "--endpoint", &url];
+    let args = [
+        "sql",
+        "-q",
+        "SELECT * FROM reviews",
+        "--table",
+        &missing,
+        "--model",
+        "m",
+        "--endpoint",
+        &url,
+    ];
     let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains(&format!("s3://{bucket}/t/nope.parquet")), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("s3://{bucket}/t/nope.parquet")),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Lines of the journal chunks in the bucket.
@@ -333,13 +431,22 @@ async fn kill_nine_then_resume_from_another_machine() {
     // Wait (bounded, by progress) until the bucket holds some answers.
     let deadline = Instant::now() + Duration::from_secs(60);
     while journaled_lines(moto, &bucket, "out.parquet.aiq/journal/").await < 100 {
-        assert!(child.try_wait().unwrap().is_none(), "the job ended before it was killed");
-        assert!(Instant::now() < deadline, "no answers reached the bucket in 60 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before it was killed"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no answers reached the bucket in 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(get_object(moto, &bucket, "out.parquet").await.is_none(), "no output from a killed job");
+    assert!(
+        get_object(moto, &bucket, "out.parquet").await.is_none(),
+        "no output from a killed job"
+    );
     let paid_first = f.sim.stats().ok;
     assert!(paid_first < n as u64);
 
@@ -373,7 +480,10 @@ async fn errors_exit_2_before_any_request_naming_the_url() {
     let local_in = f.write_jsonl("in.jsonl", &rows(5, 0));
     let local_in = local_in.to_str().unwrap().to_string();
     // A closed port: no metadata service, so no instance role either.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let ok_env = s3_env(moto);
     let no_creds: Vec<(&str, String)> = s3_env(moto)
         .into_iter()
@@ -386,22 +496,84 @@ async fn errors_exit_2_before_any_request_naming_the_url() {
     let bare = format!("s3://{bucket}");
     // (what, input, output, environment, the URL the message names, what it says)
     let cases: Vec<(&str, &str, &str, &[(&str, String)], &str, &str)> = vec![
-        ("malformed input URL", "s3://no bucket/in.parquet", &good_out, &ok_env, "s3://no bucket/in.parquet", ""),
-        ("malformed output URL", &local_in, "s3:///out.parquet", &ok_env, "s3:///out.parquet", ""),
-        ("output names a bucket", &local_in, &bare, &ok_env, &bare, "not an object"),
-        ("missing input object", &missing_in, &good_out, &ok_env, &missing_in, "not found"),
-        ("missing input bucket", &no_bucket_in, &good_out, &ok_env, &no_bucket_in, "not found"),
-        ("missing output bucket", &local_in, &no_bucket_out, &ok_env, &no_bucket_out, "NoSuchBucket"),
-        ("no credentials (input)", &good_in, &good_out, &no_creds, &good_in, "no credentials"),
-        ("no credentials (output)", &local_in, &good_out, &no_creds, &good_out, "no credentials"),
+        (
+            "malformed input URL",
+            "s3://no bucket/in.parquet",
+            &good_out,
+            &ok_env,
+            "s3://no bucket/in.parquet",
+            "",
+        ),
+        (
+            "malformed output URL",
+            &local_in,
+            "s3:///out.parquet",
+            &ok_env,
+            "s3:///out.parquet",
+            "",
+        ),
+        (
+            "output names a bucket",
+            &local_in,
+            &bare,
+            &ok_env,
+            &bare,
+            "not an object",
+        ),
+        (
+            "missing input object",
+            &missing_in,
+            &good_out,
+            &ok_env,
+            &missing_in,
+            "not found",
+        ),
+        (
+            "missing input bucket",
+            &no_bucket_in,
+            &good_out,
+            &ok_env,
+            &no_bucket_in,
+            "not found",
+        ),
+        (
+            "missing output bucket",
+            &local_in,
+            &no_bucket_out,
+            &ok_env,
+            &no_bucket_out,
+            "NoSuchBucket",
+        ),
+        (
+            "no credentials (input)",
+            &good_in,
+            &good_out,
+            &no_creds,
+            &good_in,
+            "no credentials",
+        ),
+        (
+            "no credentials (output)",
+            &local_in,
+            &good_out,
+            &no_creds,
+            &good_out,
+            "no credentials",
+        ),
     ];
     for (what, input, out, env, named, expect) in cases {
         let args = run_args(&url, input, out);
         let o = output(aiq_cmd(&f.path("home"), &args, env)).await;
         let err = stderr(&o);
         assert_eq!(code(&o), 2, "{what}: {err}");
-        assert!(err.contains(named), "{what}: the message should name {named}: {err}");
-        assert!(err.contains(expect), "{what}: expected `{expect}` in: {err}");
+        assert!(
+            err.contains(named),
+            "{what}: the message should name {named}: {err}"
+        );
+        assert!(
+            err.contains(expect),
+            "{what}: expected `{expect}` in: {err}"
+        );
         assert_no_secret(&o);
     }
     assert_eq!(f.sim.stats().ok, 0, "no request was sent");
@@ -421,8 +593,16 @@ async fn access_denied_exits_2_naming_the_url() {
     let url = f.openai_url();
     let local_in = f.write_jsonl("in.jsonl", &rows(5, 0));
     for (input, out, named) in [
-        (format!("s3://{bucket}/in.parquet"), f.path("out.parquet"), format!("s3://{bucket}/in.parquet")),
-        (local_in.display().to_string(), PathBuf::from(format!("s3://{bucket}/out.parquet")), format!("s3://{bucket}/out.parquet")),
+        (
+            format!("s3://{bucket}/in.parquet"),
+            f.path("out.parquet"),
+            format!("s3://{bucket}/in.parquet"),
+        ),
+        (
+            local_in.display().to_string(),
+            PathBuf::from(format!("s3://{bucket}/out.parquet")),
+            format!("s3://{bucket}/out.parquet"),
+        ),
     ] {
         let out = out.display().to_string();
         let args = run_args(&url, &input, &out);

@@ -24,9 +24,9 @@ use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::pipeline::store::{Remote, Role};
 use crate::error::{Error, Result};
 use crate::pipeline::parquet_out::{compatible_schema, make_compatible, ParquetFile};
+use crate::pipeline::store::{Remote, Role};
 use calls::{CallJournal, Engine, EngineSettings};
 use rewrite::{FileKind, FileTable};
 
@@ -162,7 +162,9 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
     }
     let engine = Arc::new(Engine::new(
         EngineSettings {
-            concurrency: args.concurrency.unwrap_or(crate::job::plan::DEFAULT_CONCURRENCY),
+            concurrency: args
+                .concurrency
+                .unwrap_or(crate::job::plan::DEFAULT_CONCURRENCY),
             rpm: args.rpm,
             tpm: args.tpm,
             max_retries: args.max_retries,
