@@ -356,11 +356,13 @@ async fn sql_over_s3_tables() {
     );
 
     // AI functions over an s3:// table.
-    let query = "SELECT id, ai_query('m', text) AS answer FROM reviews WHERE id < 3 ORDER BY id";
+    let query = format!(
+        "SELECT id, ai_query('{url}', text) AS answer FROM reviews WHERE id < 3 ORDER BY id"
+    );
     let args = [
         "sql",
         "-q",
-        query,
+        &query,
         "--table",
         &table,
         "--model",
