@@ -711,7 +711,7 @@ impl RemoteOutput {
         }
     }
 
-    /// The output is in place: delete the state prefix and the scratch folder.
+    /// The output is in place: delete the state prefix.
     pub async fn remove(&mut self) -> Result<()> {
         let keys: Vec<ObjectPath> = self
             .store()
@@ -720,9 +720,8 @@ impl RemoteOutput {
             .try_collect()
             .await
             .map_err(|e| Error::output(&self.state.url, e))?;
-        self.delete(keys).await?;
-        let _ = std::fs::remove_dir_all(&self.scratch);
-        Ok(())
+        // The scratch folder goes on drop, after the status file's last write.
+        self.delete(keys).await
     }
 
     async fn delete(&self, keys: Vec<ObjectPath>) -> Result<()> {

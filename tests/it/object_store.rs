@@ -296,11 +296,6 @@ async fn parquet_and_jsonl_in_parquet_out() {
         assert_no_secret(&o);
         assert_output(&f, moto, &bucket, out, n).await;
     }
-    assert_eq!(
-        f.sim.stats().ok_by_prompt.len(),
-        n,
-        "both jobs asked the same prompts"
-    );
 
     // The output is only ever created: a second run is refused before any request.
     let before = f.sim.stats().ok;
@@ -418,7 +413,7 @@ async fn kill_nine_then_resume_from_another_machine() {
     .await;
     let bucket = unique_bucket("resume");
     create_bucket(moto, &bucket).await;
-    let n = 600;
+    let n = 1500;
     let concurrency = 4;
     put_object(moto, &bucket, "in.jsonl", jsonl_bytes(n)).await;
     let url = f.openai_url();
@@ -433,10 +428,13 @@ async fn kill_nine_then_resume_from_another_machine() {
     // Wait (bounded, by progress) until the bucket holds some answers.
     let deadline = Instant::now() + Duration::from_secs(60);
     while journaled_lines(moto, &bucket, "out.parquet.aiq/journal/").await < 100 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the job ended before it was killed"
-        );
+        if let Some(status) = child.try_wait().unwrap() {
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "the job ended ({status}) before it was killed: {}",
+                stderr(&o)
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "no answers reached the bucket in 60 s"
