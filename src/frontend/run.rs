@@ -30,10 +30,15 @@ use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::Dispatcher;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
+use crate::pipeline::store::{Remote, RemoteOutput, Role};
 use crate::provider::batch_api::BatchApi;
 use crate::provider::limit::Limiter;
 use crate::provider::reply::Shape;
 use crate::provider::wire::Task;
+
+/// How often an object-store output's journal and parts go to the bucket:
+/// a kill loses at most this much of answers besides the calls in flight.
+const MIRROR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The journal format this build writes.
 const JOURNAL_VERSION: u32 = 1;
@@ -69,13 +74,28 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         input: InputIdentity::of(&plan.input)?,
         settings: plan.answer_settings(),
     };
+    // An object-store output: the journal and parts are kept in a local
+    // scratch folder and mirrored to the bucket (pipeline::store).
+    let remote = match Remote::parse(&plan.output, Role::Output)? {
+        Some(_) if plan.output_format == OutputFormat::OpenaiBatch => {
+            return Err(Error::output(
+                &plan.output,
+                "--output-format openai-batch writes local files only",
+            ))
+        }
+        Some(r) => Some(RemoteOutput::prepare(r, plan.restart).await?),
+        None => None,
+    };
+    let output = remote
+        .as_ref()
+        .map_or(plan.output.clone(), |r| r.local_output().to_path_buf());
     // Like `mkdir -p`: the example job writes under target/, which a fresh
     // clone built elsewhere (CARGO_TARGET_DIR) does not have.
-    if let Some(parent) = plan.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::output(&plan.output, format!("cannot create its folder: {e}")))?;
     }
-    let (mut journal, resume) = Journal::open(&plan.output, &manifest, plan.restart)?;
+    let (mut journal, resume) = Journal::open(&output, &manifest, plan.restart)?;
     let (mut resume, again) = if plan.retry_failed {
         crate::pipeline::journal::retry_failed(&journal, resume)?
     } else {
@@ -91,9 +111,33 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
             "resuming: {} rows already written, {} more in the journal of {}",
             resume.committed,
             resume.outcomes.len(),
-            journal.dir().display()
+            remote
+                .as_ref()
+                .map_or(journal.dir().display().to_string(), |r| r
+                    .state_url()
+                    .to_string())
         );
     }
+    // The manifest goes to the bucket before any request (a denied write
+    // fails here), then the state follows every second.
+    let remote = match remote {
+        Some(mut r) => {
+            r.sync().await?;
+            Some(Arc::new(tokio::sync::Mutex::new(r)))
+        }
+        None => None,
+    };
+    let mirror = remote.clone().map(|r| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MIRROR_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = r.lock().await.sync().await {
+                    tracing::warn!("saving the job's state to the bucket (will retry): {e}");
+                }
+            }
+        })
+    });
 
     let http = http_client(&plan)?;
     let limiter = Arc::new(Limiter::with_limits(&plan.limits()));
@@ -212,7 +256,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
 
     // Stage 3: the collector journals outcomes and writes ordered parts.
     let to_do = total_rows.map(|t| t.saturating_sub(committed));
-    let status = StatusFile::start(status_path(&plan.output), to_do);
+    let status = StatusFile::start(status_path(&output), to_do);
     let progress = Progress::new(to_do, ui.quiet).with_status(status.clone());
     let parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), resume.parts);
     let summary = Summary {
@@ -231,6 +275,14 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     collector.summary = summary;
     collector.budget = budget;
     let collected = collector.run(event_rx).await;
+    if let (Some(task), Some(r)) = (mirror, &remote) {
+        // What this run paid for goes to the bucket whatever happened.
+        task.abort();
+        let synced = r.lock().await.sync().await;
+        if collected.is_ok() {
+            synced?;
+        }
+    }
     if let Err(e) = &collected {
         status.finish(None, "stopped", Some(e.to_string()));
     }
@@ -244,13 +296,19 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     read?;
 
     collector.parts.commit()?;
-    let rows = match plan.output_format {
-        OutputFormat::Parquet => concat_parts(
+    let rows = match (plan.output_format, &remote) {
+        (OutputFormat::Parquet, Some(r)) => {
+            r.lock()
+                .await
+                .commit(&collector.parts.parts, collector.layout.output.clone())
+                .await?
+        }
+        (OutputFormat::Parquet, None) => concat_parts(
             &collector.parts.parts,
             &plan.output,
             collector.layout.output.clone(),
         )?,
-        OutputFormat::OpenaiBatch => {
+        (OutputFormat::OpenaiBatch, _) => {
             crate::pipeline::openai_batch::write_output(&collector.parts.parts, &plan.output)?
         }
     };
@@ -291,6 +349,9 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         }
     } else {
         collector.journal.remove()?;
+        if let Some(r) = &remote {
+            r.lock().await.remove().await?;
+        }
     }
     status.finish(Some(&summary), "done", None);
     Ok(summary)

@@ -25,6 +25,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::pipeline::outcome::{Outcome, RowId, Usage};
+use crate::pipeline::store::{Remote, Role};
 
 const MANIFEST: &str = "manifest.json";
 const JOURNAL: &str = "journal.jsonl";
@@ -49,6 +50,9 @@ pub struct InputIdentity {
 
 impl InputIdentity {
     pub fn of(path: &Path) -> Result<InputIdentity> {
+        if let Some(remote) = Remote::parse(path, Role::Input)? {
+            return remote.identity(Role::Input);
+        }
         let meta = fs::metadata(path).map_err(|e| Error::input(path, e))?;
         let modified = meta
             .modified()

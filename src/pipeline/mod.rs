@@ -13,6 +13,7 @@ pub mod repair;
 pub mod schedule;
 pub mod sink;
 pub mod source;
+pub mod store;
 
 pub mod batch;
 pub mod bounds;

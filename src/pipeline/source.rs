@@ -22,7 +22,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,6 +36,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::pipeline::bounds::{self, BATCH_BYTES};
+use crate::pipeline::store::{self, Remote, Role};
 
 /// Non-blank lines of a JSONL file read to infer its columns and their types.
 pub const JSONL_INFER_LINES: usize = 1000;
@@ -183,6 +184,16 @@ fn open_file(path: &Path) -> Result<File> {
 }
 
 fn open_parquet(path: &Path, batch_size: usize) -> Result<Source> {
+    if let Some(remote) = Remote::parse(path, Role::Input)? {
+        let (schema, total_rows, batches) = store::parquet_batches(&remote, batch_size)?;
+        return Ok(Source::from_batches(
+            path,
+            Format::Parquet,
+            schema,
+            total_rows,
+            batches,
+        ));
+    }
     let file = open_file(path)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?;
@@ -215,12 +226,21 @@ fn open_parquet(path: &Path, batch_size: usize) -> Result<Source> {
 
 fn open_jsonl(path: &Path, batch_size: usize) -> Result<Source> {
     let schema = Arc::new(infer_jsonl_schema(path)?);
-    let total_rows = count_jsonl_rows(path)?;
-    let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
-    let batch_size = bounds::batch_rows(
-        batch_size,
-        usize::try_from(file_bytes / total_rows.max(1)).unwrap_or(usize::MAX),
-    );
+    // Counting an object's lines would read it twice: progress for an
+    // object-store input shows rows done, without a total. Its batches are
+    // still cut by bytes as they are read.
+    let total_rows = match store::is_url(path) {
+        true => None,
+        false => Some(count_jsonl_rows(path)?),
+    };
+    let row_bytes = match total_rows {
+        Some(rows) => {
+            let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+            usize::try_from(file_bytes / rows.max(1)).unwrap_or(usize::MAX)
+        }
+        None => 1,
+    };
+    let batch_size = bounds::batch_rows(batch_size, row_bytes);
     let decoder = ReaderBuilder::new(schema.clone())
         .with_batch_size(batch_size)
         .build_decoder()
@@ -232,7 +252,7 @@ fn open_jsonl(path: &Path, batch_size: usize) -> Result<Source> {
         })?;
     let batches = JsonlBatches {
         path: path.to_path_buf(),
-        lines: BufReader::with_capacity(READ_BUFFER_BYTES, open_file(path)?),
+        lines: store::open_read(path, 0)?,
         schema: schema.clone(),
         decoder,
         batch_size,
@@ -247,7 +267,7 @@ fn open_jsonl(path: &Path, batch_size: usize) -> Result<Source> {
     Ok(Source {
         path: path.to_path_buf(),
         schema,
-        total_rows: Some(total_rows),
+        total_rows,
         batch_rows: batch_size,
         format: Format::Jsonl,
         reader: Reader::Jsonl(Box::new(batches)),
@@ -296,7 +316,7 @@ impl<'de> Deserialize<'de> for KeyOrder {
 /// in the order their keys first appear. Parsing the lines ourselves (rather
 /// than handing the file to arrow-json) is what lets an error name its line.
 fn infer_jsonl_schema(path: &Path) -> Result<Schema> {
-    let mut lines = BufReader::with_capacity(READ_BUFFER_BYTES, open_file(path)?);
+    let mut lines = store::open_read(path, 0)?;
     let mut values = Vec::new();
     let mut order = Vec::new();
     let mut seen = HashSet::new();
@@ -396,7 +416,7 @@ fn count_jsonl_rows(path: &Path) -> Result<u64> {
 /// can name its line and a batch never holds more than `batch_size` rows.
 struct JsonlBatches {
     path: PathBuf,
-    lines: BufReader<File>,
+    lines: Box<dyn BufRead + Send>,
     schema: SchemaRef,
     decoder: Decoder,
     batch_size: usize,
@@ -490,9 +510,7 @@ impl JsonlBatches {
     /// again one at a time. Only runs on the error path, so re-reading is
     /// cheaper than keeping every batch's text in memory just in case.
     fn pinpoint(&self, first: u64, last: u64) -> Option<(u64, ArrowError)> {
-        let mut file = File::open(&self.path).ok()?;
-        file.seek(SeekFrom::Start(self.batch_offset)).ok()?;
-        let mut lines = BufReader::new(file);
+        let mut lines = store::open_read(&self.path, self.batch_offset).ok()?;
         let mut decoder = ReaderBuilder::new(self.schema.clone())
             .with_batch_size(1)
             .build_decoder()

@@ -5,6 +5,7 @@ mod bench;
 mod cache;
 mod functions;
 mod nested;
+mod object_store;
 mod openai_batch;
 mod reliability;
 mod repair;

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::pipeline::parquet_out::{compatible_schema, make_compatible, ParquetFile};
+use crate::pipeline::store::{Remote, Role};
 use calls::{CallJournal, Engine, EngineSettings};
 use rewrite::{FileKind, FileTable};
 
@@ -307,7 +308,13 @@ fn check_output(out: &Path) -> Result<()> {
 }
 
 async fn register(ctx: &SessionContext, t: &FileTable) -> Result<()> {
-    if !t.path.is_file() {
+    // An object-store table: DataFusion reads it through the same store
+    // (credentials, retries) as `aiq run`, registered for its bucket. The
+    // object is looked up first so a missing one fails before any call.
+    if let Some(remote) = Remote::parse(&t.path, Role::Input)? {
+        remote.identity(Role::Input)?;
+        ctx.register_object_store(&remote.root, remote.store.clone());
+    } else if !t.path.is_file() {
         return Err(Error::input(&t.path, "no such file"));
     }
     let path = t.path.to_string_lossy();

@@ -126,7 +126,10 @@ impl VisitorMut for Rewriter {
             }
             // `FROM 'reviews.jsonl'`: a quoted name that is an existing file.
             None if ident.quote_style.is_some() => match FileKind::of(&ident.value) {
-                Some(kind) if std::path::Path::new(&ident.value).is_file() => {
+                Some(kind)
+                    if std::path::Path::new(&ident.value).is_file()
+                        || crate::pipeline::store::is_url(std::path::Path::new(&ident.value)) =>
+                {
                     (ident.value.clone(), kind)
                 }
                 _ => return ControlFlow::Continue(()),
