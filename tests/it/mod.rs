@@ -3,6 +3,7 @@ mod util;
 mod bench;
 mod cache;
 mod functions;
+mod library;
 mod openai_batch;
 mod reliability;
 mod run;
