@@ -29,6 +29,7 @@ cargo test --locked --features sql
 #    see Cargo.toml's dev-dependencies), so only the bindings compile. Then
 #    its pytest suite, against the built-in simulator. The suite fails when
 #    it runs no test or skips one (python/tests/conftest.py).
-MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/pip" install --quiet --disable-pip-version-check \
+# (maturin's build backend runs the `maturin` on PATH: the venv's.)
+PATH="$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/pip" install --quiet --disable-pip-version-check \
     --no-build-isolation --no-deps --force-reinstall .
 "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests

@@ -82,7 +82,11 @@ async fn batches_in_batches_out_in_order_and_nothing_on_disk() {
     let mut ids = Vec::new();
     while let Some(batch) = rx.recv().await {
         assert!(batch.num_rows() <= 4, "batches are re-cut to batch_rows");
-        let id = batch.column(0).as_any().downcast_ref::<Int64Array>().expect("id");
+        let id = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("id");
         ids.extend(id.values().iter().copied());
         let result = batch.column_by_name("result").expect("result column");
         assert_eq!(result.null_count(), 0);
@@ -106,7 +110,11 @@ async fn an_interrupt_stops_the_run_and_keeps_the_journal() {
         interrupt: Some(interrupt.clone()),
     };
     // Calls that take a minute: only the interrupt can end this run soon.
-    let job = tokio::spawn(run_with(plan(output.clone(), 60_000), io, Ui { quiet: true }));
+    let job = tokio::spawn(run_with(
+        plan(output.clone(), 60_000),
+        io,
+        Ui { quiet: true },
+    ));
     while !state_dir(&output).join("journal.jsonl").exists() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -120,6 +128,9 @@ async fn an_interrupt_stops_the_run_and_keeps_the_journal() {
     let err = result.expect_err("an interrupted run fails");
     assert_eq!(err.exit_code(), 1, "{err}");
     assert!(err.to_string().contains("interrupted"), "{err}");
-    assert!(state_dir(&output).exists(), "the journal stays for a resume");
+    assert!(
+        state_dir(&output).exists(),
+        "the journal stays for a resume"
+    );
     assert!(!output.exists());
 }
