@@ -4,6 +4,7 @@ a forked child (PySpark's workers) can run jobs after its parent did."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -44,7 +45,7 @@ CHILD = textwrap.dedent(
     import aiq
 
     table = pa.table({"text": [f"t{i}" for i in range(400)]})
-    with aiq.Simulator(latency_ms=300) as sim:
+    with aiq.Simulator(latency_ms=300, port=int(sys.argv[1])) as sim:
         def announce():
             while sim.stats()["requests"] < 4:
                 time.sleep(0.01)
@@ -60,9 +61,16 @@ CHILD = textwrap.dedent(
 )
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ctrl_c_raises_keyboard_interrupt_and_journals_calls_in_flight(tmp_path):
+    port = free_port()
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
+        [sys.executable, "-c", CHILD, str(port)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         text=True,
@@ -80,13 +88,18 @@ def test_ctrl_c_raises_keyboard_interrupt_and_journals_calls_in_flight(tmp_path)
     # paid for is lost, and a rerun resumes past them.
     assert len(journal) == int(sent) > 0
     assert not (tmp_path / "out.parquet").exists()
-    summary = aiq.run(
-        pa.table({"text": [f"t{i}" for i in range(400)]}),
-        endpoint="simulator",
-        prompt="{{text}}",
-        output=tmp_path / "out.parquet",
-        quiet=True,
-    )
+    # The same call again (the same server address: it is part of the job)
+    # resumes past every journaled row.
+    with aiq.Simulator(port=port) as sim:
+        summary = aiq.run(
+            pa.table({"text": [f"t{i}" for i in range(400)]}),
+            endpoint=sim.url,
+            model="m",
+            prompt="{{text}}",
+            concurrency=4,
+            output=tmp_path / "out.parquet",
+            quiet=True,
+        )
     assert summary["resumed"] >= len(journal)
     assert summary["rows"] == 400
 

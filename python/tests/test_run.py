@@ -153,7 +153,7 @@ def test_unknown_setting_is_a_config_error(reviews):
 def test_a_failing_endpoint_is_a_job_error(reviews):
     with aiq.Simulator(fail_first=1000) as sim:
         with pytest.raises(aiq.JobError, match="in a row") as e:
-            aiq.run(reviews, endpoint=sim.url, model="m", prompt="{{text}}", max_retries=0, quiet=True)
+            aiq.run(reviews, endpoint=sim.url, model="m", prompt="{{text}}", max_retries=0, concurrency=1, quiet=True)
         assert isinstance(e.value, aiq.Error)
         assert not isinstance(e.value, aiq.ConfigError)
         # Stopped early: a handful of requests, not one per row.
