@@ -268,10 +268,15 @@ impl Collector {
 }
 
 /// Ctrl-C (SIGINT) and, on Unix, SIGTERM (what schedulers and `kill` send):
-/// both mean "stop sending, keep what is paid for". Inside another program
-/// (the Python package) the host owns the signal handlers, and tells the run
-/// through `interrupt` instead: no handler is installed then.
+/// both mean "stop sending, keep what is paid for". The listeners are made
+/// once and kept: a `ctrl_c()` future made anew on each loop turn misses a
+/// signal that lands while the loop is busy with an outcome (busy is the
+/// normal state under load), and the job would run to the end. Inside
+/// another program (the Python package) the host owns the signal handlers
+/// and tells the run through `interrupt` instead: no handler is installed.
 struct Signals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     interrupt: Option<Arc<Notify>>,
@@ -279,14 +284,14 @@ struct Signals {
 
 impl Signals {
     fn new(interrupt: Option<Arc<Notify>>) -> Signals {
+        #[cfg(unix)]
+        use tokio::signal::unix::{signal, SignalKind};
+        let own = interrupt.is_none();
         Signals {
             #[cfg(unix)]
-            term: match interrupt {
-                Some(_) => None,
-                None => {
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
-                }
-            },
+            int: own.then(|| signal(SignalKind::interrupt()).ok()).flatten(),
+            #[cfg(unix)]
+            term: own.then(|| signal(SignalKind::terminate()).ok()).flatten(),
             interrupt,
         }
     }
@@ -296,13 +301,26 @@ impl Signals {
             return interrupt.notified().await;
         }
         #[cfg(unix)]
-        if let Some(term) = self.term.as_mut() {
+        {
+            let Signals { int, term, .. } = self;
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = int => {}
+                _ = term => {}
             }
-            return;
         }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }
