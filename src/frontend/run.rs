@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -23,7 +23,8 @@ use crate::job::spend::{Enforcer, Meter};
 use crate::pipeline::batch::BatchJob;
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
-use crate::pipeline::journal::{InputIdentity, Journal, Manifest};
+pub use crate::pipeline::batch::open_source;
+use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
 use crate::pipeline::openai_batch::OutputFormat;
 use crate::pipeline::outcome::RowId;
 use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
@@ -49,9 +50,37 @@ pub struct Ui {
     pub quiet: bool,
 }
 
+/// Where a run's rows come from and go to, when not the plan's files. The
+/// CLI uses the default (read `plan.input`, write `plan.output`, stop on the
+/// process's Ctrl-C); the Python package hands in an Arrow stream and may
+/// take the output back as batches. Everything else is the same run.
+#[derive(Default)]
+pub struct Io {
+    /// Rows to score instead of `plan.input`, and what identifies them in
+    /// the journal's manifest (a resume checks it).
+    pub source: Option<(Source, InputIdentity)>,
+    /// Send the output here, batch by batch in input order, instead of
+    /// writing `plan.output`: nothing goes to disk (no journal, no status
+    /// file), so nothing can be resumed. The run ends when all is sent.
+    pub batches: Option<mpsc::Sender<RecordBatch>>,
+    /// Stop when this is notified instead of on the process's SIGINT and
+    /// SIGTERM (an embedding interpreter owns its signals): the first
+    /// notification stops sending and waits for the calls in flight, a
+    /// second stops at once, as a first and second Ctrl-C do.
+    pub interrupt: Option<Arc<Notify>>,
+}
+
 pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
+    run_with(plan, Io::default(), ui).await
+}
+
+/// [`run`], with the input, output and interrupt given by `io`.
+pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
-    let source = crate::pipeline::batch::open_source(&plan)?;
+    let (source, identity) = match io.source {
+        Some((source, identity)) => (source, Some(identity)),
+        None => (open_source(&plan)?, None),
+    };
     let templates = Arc::new(
         Templates::bind(
             plan.system.as_deref(),
@@ -69,14 +98,10 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let endpoint = Arc::new(endpoint);
     tracing::info!(url = %endpoint.url, "sending to {}", endpoint.label);
 
-    let manifest = Manifest {
-        version: JOURNAL_VERSION,
-        input: InputIdentity::of(&plan.input)?,
-        settings: plan.answer_settings(),
-    };
     // An object-store output: the journal and parts are kept in a local
     // scratch folder and mirrored to the bucket (pipeline::store).
     let remote = match Remote::parse(&plan.output, Role::Output)? {
+        Some(_) if io.batches.is_some() => None,
         Some(_) if plan.output_format == OutputFormat::OpenaiBatch => {
             return Err(Error::output(
                 &plan.output,
@@ -89,13 +114,27 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let output = remote
         .as_ref()
         .map_or(plan.output.clone(), |r| r.local_output().to_path_buf());
-    // Like `mkdir -p`: the example job writes under target/, which a fresh
-    // clone built elsewhere (CARGO_TARGET_DIR) does not have.
-    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::output(&plan.output, format!("cannot create its folder: {e}")))?;
-    }
-    let (mut journal, resume) = Journal::open(&output, &manifest, plan.restart)?;
+    let manifest = Manifest {
+        version: JOURNAL_VERSION,
+        input: match identity {
+            Some(identity) => identity,
+            None => InputIdentity::of(&plan.input)?,
+        },
+        settings: plan.answer_settings(),
+    };
+    let (mut journal, resume) = match &io.batches {
+        Some(_) => (Journal::disabled(), Resume::default()),
+        None => {
+            // Like `mkdir -p`: the example job writes under target/, which a
+            // fresh clone built elsewhere (CARGO_TARGET_DIR) does not have.
+            if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    Error::output(&plan.output, format!("cannot create its folder: {e}"))
+                })?;
+            }
+            Journal::open(&output, &manifest, plan.restart)?
+        }
+    };
     let (mut resume, again) = if plan.retry_failed {
         crate::pipeline::journal::retry_failed(&journal, resume)?
     } else {
@@ -256,8 +295,14 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
 
     // Stage 3: the collector journals outcomes and writes ordered parts.
     let to_do = total_rows.map(|t| t.saturating_sub(committed));
-    let status = StatusFile::start(status_path(&output), to_do);
-    let progress = Progress::new(to_do, ui.quiet).with_status(status.clone());
+    let status = io
+        .batches
+        .is_none()
+        .then(|| StatusFile::start(status_path(&output), to_do));
+    let mut progress = Progress::new(to_do, ui.quiet);
+    if let Some(status) = &status {
+        progress = progress.with_status(status.clone());
+    }
     let parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), resume.parts);
     let summary = Summary {
         prices: plan.prices,
@@ -274,6 +319,8 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     collector.fail_on_error = plan.fail_on_error;
     collector.summary = summary;
     collector.budget = budget;
+    collector.batches = io.batches;
+    collector.interrupt = io.interrupt;
     let collected = collector.run(event_rx).await;
     if let (Some(task), Some(r)) = (mirror, &remote) {
         // What this run paid for goes to the bucket whatever happened.
@@ -283,10 +330,16 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
             synced?;
         }
     }
-    if let Err(e) = &collected {
+    if let (Err(e), Some(status)) = (&collected, &status) {
         status.finish(None, "stopped", Some(e.to_string()));
     }
     stop.store(true, Ordering::Relaxed);
+    if collected.is_err() {
+        // Stopped: the dispatcher may be waiting for a slot that only a
+        // slow call in flight would free. Its calls are launched tasks of
+        // their own; ending it only drops rows not yet sent.
+        dispatch.abort();
+    }
     let _ = dispatch.await;
     // A read error ends the input early: that is a failed job, not a done one.
     let read = reader
@@ -297,6 +350,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
 
     collector.parts.commit()?;
     let rows = match (plan.output_format, &remote) {
+        _ if collector.batches.is_some() => collector.summary.rows,
         (OutputFormat::Parquet, Some(r)) => {
             r.lock()
                 .await
@@ -336,9 +390,11 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     summary.rate_limited = client.stats.rate_limited.load(Ordering::Relaxed);
     summary.ambiguous_retries = client.stats.ambiguous_retries.load(Ordering::Relaxed);
     summary.elapsed_secs = started.elapsed().as_secs_f64();
-    summary.output = plan.output.display().to_string();
+    if collector.batches.is_none() {
+        summary.output = plan.output.display().to_string();
+    }
     let failed = summary.failed + failed_before;
-    if failed > 0 {
+    if failed > 0 && collector.batches.is_none() {
         // Kept so that `--retry-failed` can re-send just the failed rows.
         if !ui.quiet {
             eprintln!(
@@ -353,7 +409,9 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
             r.lock().await.remove().await?;
         }
     }
-    status.finish(Some(&summary), "done", None);
+    if let Some(status) = &status {
+        status.finish(Some(&summary), "done", None);
+    }
     Ok(summary)
 }
 

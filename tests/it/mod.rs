@@ -6,6 +6,7 @@ mod cache;
 mod functions;
 mod nested;
 mod object_store;
+mod library;
 mod openai_batch;
 mod reliability;
 mod repair;
