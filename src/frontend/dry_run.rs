@@ -62,7 +62,7 @@ pub struct Estimate {
 
 /// Render every row of the plan's input and add up what would be sent.
 pub fn dry_run(plan: &Plan) -> Result<Estimate> {
-    let source = Source::open(&plan.input, plan.batch_rows)?;
+    let source = Source::open_shard(&plan.input, plan.batch_rows, plan.shard)?;
     let templates = Templates::bind(
         plan.system.as_deref(),
         &plan.prompt,

@@ -16,6 +16,7 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+use crate::pipeline::call_journal::{CallJournal, Recall};
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
 use crate::provider::endpoint::Endpoint;
@@ -49,10 +50,7 @@ pub struct Ui {
 
 pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
-    let source = match plan.input_format {
-        InputFormat::Rows => Source::open(&plan.input, plan.batch_rows)?,
-        InputFormat::OpenaiBatch => crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)?,
-    };
+    let source = open_input(&plan)?;
     let templates = Arc::new(
         Templates::bind(
             plan.system.as_deref(),
@@ -168,6 +166,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         batch_size: plan.batch_size,
         similarity: plan.prompt2.is_some(),
         passthrough: plan.passthrough(),
+        recall: recall(&plan)?.map(Arc::new),
     };
     let dispatch = tokio::spawn(dispatcher.run(batch_rx));
 
@@ -232,6 +231,33 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     collector.journal.remove()?;
     status.finish(Some(&summary), "done", None);
     Ok(summary)
+}
+
+/// The `--call-journal` of the plan, scoped to its shard (a re-run of a
+/// shard reads only its own shard's answers).
+fn recall(plan: &Plan) -> Result<Option<Recall>> {
+    let Some(dir) = &plan.call_journal else {
+        return Ok(None);
+    };
+    let scope = plan.shard.map(|s| format!("shard-{}-of-{}", s.index, s.count));
+    Ok(Some(Recall {
+        journal: CallJournal::open(dir, scope.as_deref())?,
+        fingerprint: plan.call_fingerprint(),
+    }))
+}
+
+/// The input as this run reads it: the whole file, or `--shard`'s rows.
+fn open_input(plan: &Plan) -> Result<Source> {
+    match plan.input_format {
+        InputFormat::Rows => Source::open_shard(&plan.input, plan.batch_rows, plan.shard),
+        InputFormat::OpenaiBatch => {
+            let source = crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)?;
+            match plan.shard {
+                Some(shard) => source.into_shard(shard),
+                None => Ok(source),
+            }
+        }
+    }
 }
 
 fn http_client(plan: &Plan) -> Result<reqwest::Client> {

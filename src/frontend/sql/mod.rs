@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::pipeline::parquet_out::{compatible_schema, make_compatible, ParquetFile};
-use calls::{CallJournal, Engine, EngineSettings};
+use calls::{Engine, EngineSettings};
 use rewrite::{FileKind, FileTable};
 
 #[derive(Debug, clap::Args)]
@@ -148,7 +148,7 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
     let journal = args
         .output
         .as_deref()
-        .map(|o| CallJournal::open(o, args.restart))
+        .map(|o| calls::open_journal(o, args.restart))
         .transpose()?;
     if let Some(j) = journal.as_ref().filter(|j| !j.is_empty()) {
         if !quiet {
