@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::error::Error;
-use crate::job::plan::Plan;
 use crate::frontend::run::{run, Ui};
+use crate::job::plan::Plan;
 use crate::job::settings::JobSettings;
 use crate::simulator::{serve_forever, SimConfig};
 
@@ -158,9 +158,10 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<(), Error> {
         return Ok(());
     }
     if args.dry_run {
-        let estimate = tokio::task::spawn_blocking(move || crate::frontend::dry_run::dry_run(&plan))
-            .await
-            .map_err(|e| Error::Stopped(format!("dry run failed: {e}")))??;
+        let estimate =
+            tokio::task::spawn_blocking(move || crate::frontend::dry_run::dry_run(&plan))
+                .await
+                .map_err(|e| Error::Stopped(format!("dry run failed: {e}")))??;
         if args.json {
             println!(
                 "{}",

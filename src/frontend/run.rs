@@ -16,25 +16,23 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+use crate::error::{Error, Result};
+use crate::job::plan::Plan;
+use crate::job::spend::{Enforcer, Meter};
 use crate::pipeline::call_journal::{CallJournal, Recall};
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
-use crate::provider::endpoint::Endpoint;
-use crate::error::{Error, Result};
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest};
-use crate::provider::limit::Limiter;
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::outcome::RowId;
-use crate::job::plan::Plan;
 use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
 use crate::pipeline::render::{BodyBuilder, Templates};
-use crate::provider::reply::Shape;
 use crate::pipeline::schedule::Dispatcher;
-use crate::provider::wire::Task;
-use crate::simulator::Simulator;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
 use crate::pipeline::source::Source;
-use crate::job::spend::{Enforcer, Meter};
+use crate::provider::limit::Limiter;
+use crate::provider::reply::Shape;
+use crate::provider::wire::Task;
 
 /// Output rows per part file: bounds what a resume reloads from the journal.
 pub const PART_ROWS: u64 = 65_536;
@@ -239,7 +237,9 @@ fn recall(plan: &Plan) -> Result<Option<Recall>> {
     let Some(dir) = &plan.call_journal else {
         return Ok(None);
     };
-    let scope = plan.shard.map(|s| format!("shard-{}-of-{}", s.index, s.count));
+    let scope = plan
+        .shard
+        .map(|s| format!("shard-{}-of-{}", s.index, s.count));
     Ok(Some(Recall {
         journal: CallJournal::open(dir, scope.as_deref())?,
         fingerprint: plan.call_fingerprint(),
@@ -269,4 +269,3 @@ fn http_client(plan: &Plan) -> Result<reqwest::Client> {
         .build()
         .map_err(|e| Error::Config(format!("HTTP client: {e}")))
 }
-

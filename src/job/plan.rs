@@ -10,21 +10,21 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::provider::retry::RetryPolicy;
-use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL};
-use crate::error::{Error, Result};
 use crate::ai::functions::{AiFunction, FunctionOptions};
-use crate::provider::limit::Limits;
+use crate::ai::types::{parse_response_format, SqlType};
+use crate::error::{Error, Result};
+use crate::job::settings::{JobSettings, SimulatorSettings};
+use crate::job::shard::{split_limit, Shard, PLACEHOLDER};
+use crate::job::spend::{Budget, Prices};
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::render::BodySpec;
-use crate::job::settings::{JobSettings, SimulatorSettings};
 use crate::provider::endpoint::{Endpoint, Target};
+use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL};
+use crate::provider::limit::Limits;
 use crate::provider::quirks::Quirks;
-use crate::simulator::Simulator;
+use crate::provider::retry::RetryPolicy;
 use crate::provider::wire::Task;
-use crate::job::spend::{Budget, Prices};
-use crate::ai::types::{parse_response_format, SqlType};
-use crate::job::shard::{split_limit, Shard, PLACEHOLDER};
+use crate::simulator::Simulator;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -93,8 +93,13 @@ impl Plan {
         };
         // Limits are the job's; this run sends its share (README "Scaling out").
         let (rpm, tpm, itpm, otpm, qph) = (s.rpm, s.tpm, s.itpm, s.otpm, s.qph);
-        let [rpm, tpm, itpm, otpm, qph] =
-            [rpm, tpm, itpm, otpm, qph].map(|l| if l == Some(0) { l } else { split_limit(l, workers) });
+        let [rpm, tpm, itpm, otpm, qph] = [rpm, tpm, itpm, otpm, qph].map(|l| {
+            if l == Some(0) {
+                l
+            } else {
+                split_limit(l, workers)
+            }
+        });
         let parts = shard.map_or(1, |s| s.count);
         let max_tokens_total = s.max_tokens_total.map(|t| (t / u64::from(parts)).max(1));
         let max_cost = s.max_cost.map(|c| c / f64::from(parts));
@@ -384,7 +389,11 @@ impl Plan {
         let quirks = Quirks::of(self.flavor(), &self.endpoint_name());
         BodySpec {
             task: self.task,
-            model: if quirks.model_in_body { self.model.clone() } else { None },
+            model: if quirks.model_in_body {
+                self.model.clone()
+            } else {
+                None
+            },
             params: self.params.clone(),
             response_format: self.response_format.clone(),
             cache_control: self.cache_control || quirks.cache_control,

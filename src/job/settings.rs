@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
 use crate::ai::functions::AiFunction;
+use crate::error::{Error, Result};
 use crate::provider::wire::Task;
 
 /// Everything a job can set, as flags or as keys of a job file.

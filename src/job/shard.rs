@@ -118,7 +118,12 @@ impl ShardSpec {
             })?;
         let spec: ShardSpec = format!("{}/{}", value.trim(), self.count)
             .parse()
-            .map_err(|e| Error::Config(format!("--shard auto/{} with {var}={value}: {e}", self.count)))?;
+            .map_err(|e| {
+                Error::Config(format!(
+                    "--shard auto/{} with {var}={value}: {e}",
+                    self.count
+                ))
+            })?;
         Ok(Shard {
             index: spec.index.unwrap_or_default(),
             count: self.count,
@@ -131,10 +136,11 @@ impl Shard {
     /// sizes differing by at most one, covering every row once across the
     /// `count` shards.
     pub fn rows(&self, total: u64) -> (u64, u64) {
-        let bound = |k: u64| {
-            (u128::from(total) * u128::from(k) / u128::from(self.count)) as u64
-        };
-        (bound(u64::from(self.index)), bound(u64::from(self.index) + 1))
+        let bound = |k: u64| (u128::from(total) * u128::from(k) / u128::from(self.count)) as u64;
+        (
+            bound(u64::from(self.index)),
+            bound(u64::from(self.index) + 1),
+        )
     }
 
     /// What replaces `{shard}`: the index, zero-padded to the width of the
@@ -166,10 +172,30 @@ mod tests {
 
     #[test]
     fn parses_and_rejects() {
-        assert_eq!(spec("3/8"), ShardSpec { index: Some(3), count: 8 });
-        assert_eq!(spec(" 0 / 1 "), ShardSpec { index: Some(0), count: 1 });
-        assert_eq!(spec("auto/4"), ShardSpec { index: None, count: 4 });
-        for bad in ["8/8", "1/0", "-1/4", "3", "a/4", "3/b", "", "/", "3/8/1", "auto"] {
+        assert_eq!(
+            spec("3/8"),
+            ShardSpec {
+                index: Some(3),
+                count: 8
+            }
+        );
+        assert_eq!(
+            spec(" 0 / 1 "),
+            ShardSpec {
+                index: Some(0),
+                count: 1
+            }
+        );
+        assert_eq!(
+            spec("auto/4"),
+            ShardSpec {
+                index: None,
+                count: 4
+            }
+        );
+        for bad in [
+            "8/8", "1/0", "-1/4", "3", "a/4", "3/b", "", "/", "3/8/1", "auto",
+        ] {
             assert!(bad.parse::<ShardSpec>().is_err(), "{bad}");
         }
         assert!("9/8".parse::<ShardSpec>().unwrap_err().contains("0 to 7"));
@@ -187,11 +213,17 @@ mod tests {
         };
         let auto = spec("auto/8");
         let got = auto
-            .resolve_with(env(&[("JOB_COMPLETION_INDEX", "5"), ("CLOUD_RUN_TASK_INDEX", "1")]))
+            .resolve_with(env(&[
+                ("JOB_COMPLETION_INDEX", "5"),
+                ("CLOUD_RUN_TASK_INDEX", "1"),
+            ]))
             .unwrap();
         assert_eq!(got, Shard { index: 5, count: 8 });
         let got = auto
-            .resolve_with(env(&[("JOB_COMPLETION_INDEX", "5"), ("AIQ_SHARD_INDEX", "2")]))
+            .resolve_with(env(&[
+                ("JOB_COMPLETION_INDEX", "5"),
+                ("AIQ_SHARD_INDEX", "2"),
+            ]))
             .unwrap();
         assert_eq!(got.index, 2, "AIQ_SHARD_INDEX overrides the platform's");
         let err = auto.resolve_with(env(&[])).unwrap_err();
@@ -202,7 +234,13 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("JOB_COMPLETION_INDEX=8"), "{err}");
         // A fixed index ignores the environment.
-        assert_eq!(spec("1/2").resolve_with(env(&[("AIQ_SHARD_INDEX", "0")])).unwrap().index, 1);
+        assert_eq!(
+            spec("1/2")
+                .resolve_with(env(&[("AIQ_SHARD_INDEX", "0")]))
+                .unwrap()
+                .index,
+            1
+        );
     }
 
     #[test]
@@ -224,10 +262,28 @@ mod tests {
     #[test]
     fn labels_sort_and_limits_split() {
         assert_eq!(Shard { index: 3, count: 8 }.label(), "3");
-        assert_eq!(Shard { index: 3, count: 16 }.label(), "03");
-        assert_eq!(Shard { index: 99, count: 100 }.label(), "99");
         assert_eq!(
-            Shard { index: 2, count: 10 }.apply("out/part-{shard}.parquet"),
+            Shard {
+                index: 3,
+                count: 16
+            }
+            .label(),
+            "03"
+        );
+        assert_eq!(
+            Shard {
+                index: 99,
+                count: 100
+            }
+            .label(),
+            "99"
+        );
+        assert_eq!(
+            Shard {
+                index: 2,
+                count: 10
+            }
+            .apply("out/part-{shard}.parquet"),
             "out/part-2.parquet"
         );
         assert_eq!(split_limit(Some(600), 4), Some(150));

@@ -76,7 +76,13 @@ impl CallJournal {
     /// this process's own file there. The folder is made if missing.
     pub fn open(dir: &Path, scope: Option<&str>) -> Result<CallJournal> {
         let prefix = match scope {
-            Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => s,
+            Some(s)
+                if !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                s
+            }
             Some(s) => {
                 return Err(Error::Config(format!(
                     "call journal scope `{s}`: use letters, digits, - and _ only"
@@ -134,8 +140,7 @@ impl CallJournal {
     /// file, so it reaches the OS at once and a kill -9 tears at most the
     /// line being written.
     pub fn put(&self, entry: Entry) -> Result<()> {
-        let mut line =
-            serde_json::to_vec(&entry).map_err(|e| Error::output(&self.own, e))?;
+        let mut line = serde_json::to_vec(&entry).map_err(|e| Error::output(&self.own, e))?;
         line.push(b'\n');
         {
             let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());

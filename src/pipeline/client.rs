@@ -25,12 +25,12 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::provider::endpoint::Endpoint;
-use crate::provider::limit::Limiter;
 use crate::pipeline::outcome::{Outcome, Usage};
 use crate::pipeline::render::Call;
+use crate::provider::endpoint::Endpoint;
+use crate::provider::limit::Limiter;
 use crate::provider::reply::{split_usage, Reply, Shape};
-use crate::provider::retry::{classify_status, retry_after, RetryAction};
+use crate::provider::retry::{classify_status, retry_after, RetryAction, RetryPolicy};
 use crate::provider::stream;
 use crate::provider::wire;
 
@@ -320,7 +320,10 @@ impl Client {
     /// success becomes an error classified for retrying. Returns the
     /// response and when the request went out.
     /// The job's URL, or the route an OpenAI Batch line names.
-    fn url_for(&self, route: Option<crate::provider::wire::Task>) -> Result<reqwest::Url, AttemptError> {
+    fn url_for(
+        &self,
+        route: Option<crate::provider::wire::Task>,
+    ) -> Result<reqwest::Url, AttemptError> {
         match route {
             None => Ok(self.url.clone()),
             Some(_) => {

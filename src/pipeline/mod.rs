@@ -6,13 +6,13 @@
 //! keeps answers by request content for work shared across processes. The remaining
 //! modules are the values and file formats those stages share.
 
-pub mod source;
-pub mod render;
-pub mod schedule;
 pub mod client;
 pub mod collect;
 pub mod journal;
+pub mod render;
+pub mod schedule;
 pub mod sink;
+pub mod source;
 
 pub mod call_journal;
 pub mod openai_batch;

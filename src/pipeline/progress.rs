@@ -22,8 +22,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::pipeline::outcome::{Outcome, Usage};
 use crate::job::spend::Prices;
+use crate::pipeline::outcome::{Outcome, Usage};
 
 /// Figures of a finished (or stopped) job.
 #[derive(Debug, Clone, Default, Serialize)]

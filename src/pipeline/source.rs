@@ -171,7 +171,10 @@ impl Source {
     /// other shards' rows are decoded but never sent.
     pub fn into_shard(self, shard: Shard) -> Result<Source> {
         let total = self.total_rows.ok_or_else(|| {
-            Error::input(&self.path, "--shard needs to know how many rows the input has")
+            Error::input(
+                &self.path,
+                "--shard needs to know how many rows the input has",
+            )
         })?;
         let (start, end) = shard.rows(total);
         let path = self.path.clone();
@@ -236,7 +239,9 @@ fn open_parquet(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<
             .map(|g| u64::try_from(g.num_rows()).unwrap_or(0))
             .collect();
         let (groups, selection, rows) = shard_row_groups(&groups, shard);
-        builder = builder.with_row_groups(groups).with_row_selection(selection);
+        builder = builder
+            .with_row_groups(groups)
+            .with_row_selection(selection);
         total_rows = Some(rows);
     }
     let reader = builder
@@ -272,7 +277,11 @@ fn shard_row_groups(group_rows: &[u64], shard: Shard) -> (Vec<usize>, RowSelecti
         for (rows, select) in [(lo - g0, false), (hi - lo, true), (g1 - hi, false)] {
             if rows > 0 {
                 let rows = rows as usize;
-                selectors.push(if select { RowSelector::select(rows) } else { RowSelector::skip(rows) });
+                selectors.push(if select {
+                    RowSelector::select(rows)
+                } else {
+                    RowSelector::skip(rows)
+                });
             }
         }
     }

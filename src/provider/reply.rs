@@ -9,9 +9,9 @@
 use serde_json::Value;
 
 use crate::ai::functions::{cosine_similarity, AiFunction, FunctionOptions};
+use crate::ai::types::SqlType;
 use crate::pipeline::outcome::Usage;
 use crate::provider::wire::Task;
-use crate::ai::types::SqlType;
 use crate::provider::wire::{self, ChatResponse, CompletionResponse, EmbeddingResponse};
 
 /// How reply text becomes the result value.

@@ -32,19 +32,19 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 
-use crate::pipeline::client::Client;
-use crate::provider::retry::RetryPolicy;
-use crate::provider::endpoint::Endpoint;
-use crate::error::{Error, Result};
-use crate::provider::limit::Limiter;
-use crate::provider::endpoint::Target;
-use crate::pipeline::render::{BodyBuilder, BodySpec, Templates};
-use crate::provider::reply::Shape;
-use crate::job::settings::{parse_param, SimulatorSettings};
-use crate::provider::quirks::Quirks;
-use crate::provider::wire::Task;
-use crate::pipeline::source::Source;
 use crate::ai::tokens::BYTES_PER_TOKEN;
+use crate::error::{Error, Result};
+use crate::job::settings::{parse_param, SimulatorSettings};
+use crate::pipeline::client::Client;
+use crate::pipeline::render::{BodyBuilder, BodySpec, Templates};
+use crate::pipeline::source::Source;
+use crate::provider::endpoint::Endpoint;
+use crate::provider::endpoint::Target;
+use crate::provider::limit::Limiter;
+use crate::provider::quirks::Quirks;
+use crate::provider::reply::Shape;
+use crate::provider::retry::RetryPolicy;
+use crate::provider::wire::Task;
 
 pub use stats::{Load, Record, Slo, StepStats};
 
