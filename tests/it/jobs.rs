@@ -14,7 +14,8 @@ fn jobs_dir() -> PathBuf {
 
 fn yaml(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: not valid YAML: {e}", path.display()))
+    serde_norway::from_str(&text)
+        .unwrap_or_else(|e| panic!("{}: not valid YAML: {e}", path.display()))
 }
 
 /// Parse `argv` (without the program name) as aiq's CLI would.
@@ -73,7 +74,10 @@ fn databricks_bundle_runs_aiq_per_shard() {
     for task in tasks {
         assert_eq!(task["package_name"], "aiq");
         assert_eq!(task["entry_point"], "aiq");
-        let argv: Vec<String> = strings(&task["parameters"]).iter().map(|a| substitute(a)).collect();
+        let argv: Vec<String> = strings(&task["parameters"])
+            .iter()
+            .map(|a| substitute(a))
+            .collect();
         let cli = parses("databricks.yml", &argv);
         if let Command::Run(run) = &cli.command {
             let shard = run.settings.shard.expect("each iteration runs one shard");
@@ -97,7 +101,9 @@ fn kubernetes_indexed_job_runs_aiq_per_index() {
     assert_eq!(job["spec"]["completionMode"], "Indexed");
     let completions = job["spec"]["completions"].as_u64().unwrap() as u32;
     let parallelism = job["spec"]["parallelism"].as_u64().unwrap() as u32;
-    let containers = job["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let containers = job["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
     let mut runs = 0;
     for c in containers {
         assert_eq!(strings(&c["command"]), ["aiq"]);
@@ -106,8 +112,16 @@ fn kubernetes_indexed_job_runs_aiq_per_index() {
             panic!("the container runs `aiq run`")
         };
         let shard = run.settings.shard.expect("--shard");
-        assert_eq!((shard.index, shard.count), (None, completions), "auto/<completions>");
-        assert_eq!(run.settings.workers, Some(parallelism), "--workers = parallelism");
+        assert_eq!(
+            (shard.index, shard.count),
+            (None, completions),
+            "auto/<completions>"
+        );
+        assert_eq!(
+            run.settings.workers,
+            Some(parallelism),
+            "--workers = parallelism"
+        );
         runs += 1;
     }
     assert_eq!(runs, 1);

@@ -26,7 +26,10 @@ fn merged(f: &Fixture, n: u32) -> BTreeMap<i64, Map<String, Value>> {
 }
 
 fn check_answers(all: &BTreeMap<i64, Map<String, Value>>, total: i64) {
-    assert_eq!(all.keys().copied().collect::<Vec<_>>(), (0..total).collect::<Vec<_>>());
+    assert_eq!(
+        all.keys().copied().collect::<Vec<_>>(),
+        (0..total).collect::<Vec<_>>()
+    );
     for (id, r) in all {
         match r["text"].as_str() {
             Some(text) => assert_eq!(r["result"], json!(format!("echo: {text}")), "row {id}"),
@@ -43,7 +46,18 @@ async fn jsonl_shards_cover_every_row_once() {
     for k in 0..3 {
         let shard = format!("{k}/3");
         let o = f
-            .run_openai(&input, &out, &["--prompt", "{{text}}", "--shard", &shard, "--batch-rows", "4"])
+            .run_openai(
+                &input,
+                &out,
+                &[
+                    "--prompt",
+                    "{{text}}",
+                    "--shard",
+                    &shard,
+                    "--batch-rows",
+                    "4",
+                ],
+            )
             .await;
         assert_ok(&o);
     }
@@ -91,7 +105,11 @@ async fn parquet_shards_split_row_groups_and_cover_every_row_once() {
             .await;
         assert_ok(&o);
         let (_, rows) = read_rows(&f.path(&format!("out/part-{k}.parquet")));
-        assert!((25..=26).contains(&rows.len()), "shard {k}: {} rows", rows.len());
+        assert!(
+            (25..=26).contains(&rows.len()),
+            "shard {k}: {} rows",
+            rows.len()
+        );
     }
     check_answers(&merged(&f, 4), n);
     assert_eq!(f.sim.stats().ok, n as u64);
@@ -126,7 +144,13 @@ async fn auto_index_from_the_environment() {
     let a = args("auto/12");
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let o = f
-        .aiq(&a, &[("OPENAI_API_KEY", super::util::TOKEN), ("JOB_COMPLETION_INDEX", "7")])
+        .aiq(
+            &a,
+            &[
+                ("OPENAI_API_KEY", super::util::TOKEN),
+                ("JOB_COMPLETION_INDEX", "7"),
+            ],
+        )
         .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&f.path("out/part-07.parquet"));
@@ -138,32 +162,41 @@ async fn auto_index_from_the_environment() {
 async fn limits_are_for_the_whole_job() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_jsonl("in.jsonl", &rows(100, 0));
-    let out = f.path("out/part-{shard}.parquet");
-    let estimate = |extra: &'static [&'static str]| {
-        let (f, input, out) = (&f, &input, &out);
+    let whole = f.path("whole.parquet");
+    let estimate = |out: &'static str, extra: &'static [&'static str]| {
+        let (f, input) = (&f, &input);
         async move {
-            let mut args = vec!["--prompt", "{{text}}", "--dry-run", "--json", "--rpm", "600"];
+            let out = f.path(out);
+            let mut args = vec![
+                "--prompt",
+                "{{text}}",
+                "--dry-run",
+                "--json",
+                "--rpm",
+                "600",
+            ];
             args.extend_from_slice(extra);
-            let o = f.run_openai(input, out, &args).await;
+            let o = f.run_openai(input, &out, &args).await;
             assert_ok(&o);
             let v: Value = serde_json::from_slice(&o.stdout).expect("dry run JSON");
             (v["rows"].as_u64().unwrap(), v["est_secs"].as_f64().unwrap())
         }
     };
     // One run alone: 100 rows at 600/min = 10 s.
-    let whole = f.path("whole.parquet");
-    let o = f
-        .run_openai(&input, &whole, &["--prompt", "{{text}}", "--dry-run", "--json", "--rpm", "600"])
-        .await;
-    assert_ok(&o);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!((v["est_secs"].as_f64().unwrap() - 10.0).abs() < 0.5, "{v}");
+    let (rows, secs) = estimate("whole.parquet", &[]).await;
+    assert_eq!(rows, 100);
+    assert!((secs - 10.0).abs() < 0.5, "{secs}");
+    assert!(!whole.exists(), "a dry run writes nothing");
     // A quarter of the rows at a quarter of the rate: the same 10 s.
-    let (rows, secs) = estimate(&["--shard", "1/4"]).await;
+    let (rows, secs) = estimate("out/part-{shard}.parquet", &["--shard", "1/4"]).await;
     assert_eq!(rows, 25);
     assert!((secs - 10.0).abs() < 0.5, "{secs}");
     // Two of the four shards at a time: each gets half the rate.
-    let (_, secs) = estimate(&["--shard", "1/4", "--workers", "2"]).await;
+    let (_, secs) = estimate(
+        "out/part-{shard}.parquet",
+        &["--shard", "1/4", "--workers", "2"],
+    )
+    .await;
     assert!((secs - 5.0).abs() < 0.5, "{secs}");
 }
 
@@ -175,7 +208,7 @@ async fn bad_shard_values_are_usage_errors() {
     let plain = f.path("out.parquet");
     for (output, extra, says) in [
         (&out, &["--shard", "4/4"][..], "out of range"),
-        (&out, &["--shard", "-1/4"][..], "K/N"),
+        (&out, &["--shard=-1/4"][..], "K/N"),
         (&out, &["--shard", "x/4"][..], "K/N"),
         (&out, &["--shard", "1/0"][..], "at least 1"),
         (&out, &["--shard", "1"][..], "K/N"),
@@ -204,13 +237,21 @@ async fn call_journal_answers_reruns_without_paying() {
     let journal = journal.to_str().unwrap();
     let first = f.path("first.parquet");
     let o = f
-        .run_openai(&input, &first, &["--prompt", "{{text}}", "--call-journal", journal])
+        .run_openai(
+            &input,
+            &first,
+            &["--prompt", "{{text}}", "--call-journal", journal],
+        )
         .await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().ok, 30);
     let second = f.path("second.parquet");
     let o = f
-        .run_openai(&input, &second, &["--prompt", "{{text}}", "--call-journal", journal, "--json"])
+        .run_openai(
+            &input,
+            &second,
+            &["--prompt", "{{text}}", "--call-journal", journal, "--json"],
+        )
         .await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().requests, 30, "the re-run sent nothing");
@@ -218,13 +259,20 @@ async fn call_journal_answers_reruns_without_paying() {
     let (_, b) = read_rows(&second);
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x["result"], y["result"]);
-        assert_eq!(x["prompt_tokens"], y["prompt_tokens"], "usage as billed then");
+        assert_eq!(
+            x["prompt_tokens"], y["prompt_tokens"],
+            "usage as billed then"
+        );
     }
     assert!(b.iter().all(|r| r["attempts"] == json!(0)), "not sent");
     // Another prompt is another question: asked again.
     let third = f.path("third.parquet");
     let o = f
-        .run_openai(&input, &third, &["--prompt", "Q: {{text}}", "--call-journal", journal])
+        .run_openai(
+            &input,
+            &third,
+            &["--prompt", "Q: {{text}}", "--call-journal", journal],
+        )
         .await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().ok, 60);
@@ -241,7 +289,15 @@ async fn call_journal_answers_reruns_without_paying() {
                 .run_openai(
                     input,
                     parts,
-                    &["--prompt", "{{text}}", "--shard", &shard, "--call-journal", sharded, "--restart"],
+                    &[
+                        "--prompt",
+                        "{{text}}",
+                        "--shard",
+                        &shard,
+                        "--call-journal",
+                        sharded,
+                        "--restart",
+                    ],
                 )
                 .await;
             assert_ok(&o);

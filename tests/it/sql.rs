@@ -8,7 +8,8 @@ use aiq::simulator::SimConfig;
 use serde_json::{json, Map, Value};
 
 use super::util::{
-    aiq_bin, assert_ok, code, read_rows, rows, line_count, spawn_until_journaled, stderr, Fixture, TOKEN,
+    aiq_bin, assert_ok, code, line_count, read_rows, rows, spawn_until_journaled, stderr, Fixture,
+    TOKEN,
 };
 
 /// `aiq sql QUERY ARGS...` against the fixture's simulator (OpenAI route).
