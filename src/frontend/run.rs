@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -22,7 +22,7 @@ use crate::job::spend::{Enforcer, Meter};
 use crate::pipeline::call_journal::{CallJournal, Recall};
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
-use crate::pipeline::journal::{InputIdentity, Journal, Manifest};
+use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::outcome::RowId;
 use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
@@ -46,9 +46,37 @@ pub struct Ui {
     pub quiet: bool,
 }
 
+/// Where a run's rows come from and go to, when not the plan's files. The
+/// CLI uses the default (read `plan.input`, write `plan.output`, stop on the
+/// process's Ctrl-C); the Python package hands in an Arrow stream and may
+/// take the output back as batches. Everything else is the same run.
+#[derive(Default)]
+pub struct Io {
+    /// Rows to score instead of `plan.input`, and what identifies them in
+    /// the journal's manifest (a resume checks it).
+    pub source: Option<(Source, InputIdentity)>,
+    /// Send the output here, batch by batch in input order, instead of
+    /// writing `plan.output`: nothing goes to disk (no journal, no status
+    /// file), so nothing can be resumed. The run ends when all is sent.
+    pub batches: Option<mpsc::Sender<RecordBatch>>,
+    /// Stop when this is notified instead of on the process's SIGINT and
+    /// SIGTERM (an embedding interpreter owns its signals): the first
+    /// notification stops sending and waits for the calls in flight, a
+    /// second stops at once, as a first and second Ctrl-C do.
+    pub interrupt: Option<Arc<Notify>>,
+}
+
 pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
+    run_with(plan, Io::default(), ui).await
+}
+
+/// [`run`], with the input, output and interrupt given by `io`.
+pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
-    let source = open_input(&plan)?;
+    let (source, identity) = match io.source {
+        Some((source, identity)) => (source, Some(identity)),
+        None => (open_source(&plan)?, None),
+    };
     let templates = Arc::new(
         Templates::bind(
             plan.system.as_deref(),
@@ -66,18 +94,27 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let endpoint = Arc::new(endpoint);
     tracing::info!(url = %endpoint.url, "sending to {}", endpoint.label);
 
-    let manifest = Manifest {
-        version: JOURNAL_VERSION,
-        input: InputIdentity::of(&plan.input)?,
-        settings: plan.answer_settings(),
+    let (journal, resume) = match &io.batches {
+        Some(_) => (Journal::disabled(), Resume::default()),
+        None => {
+            let manifest = Manifest {
+                version: JOURNAL_VERSION,
+                input: match identity {
+                    Some(identity) => identity,
+                    None => InputIdentity::of(&plan.input)?,
+                },
+                settings: plan.answer_settings(),
+            };
+            // Like `mkdir -p`: the example job writes under target/, which a
+            // fresh clone built elsewhere (CARGO_TARGET_DIR) does not have.
+            if let Some(parent) = plan.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    Error::output(&plan.output, format!("cannot create its folder: {e}"))
+                })?;
+            }
+            Journal::open(&plan.output, &manifest, plan.restart)?
+        }
     };
-    // Like `mkdir -p`: the example job writes under target/, which a fresh
-    // clone built elsewhere (CARGO_TARGET_DIR) does not have.
-    if let Some(parent) = plan.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::output(&plan.output, format!("cannot create its folder: {e}")))?;
-    }
-    let (journal, resume) = Journal::open(&plan.output, &manifest, plan.restart)?;
     if !resume.is_empty() && !ui.quiet {
         eprintln!(
             "resuming: {} rows already written, {} more in the journal of {}",
@@ -170,8 +207,14 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
 
     // Stage 3: the collector journals outcomes and writes ordered parts.
     let to_do = total_rows.map(|t| t.saturating_sub(committed));
-    let status = StatusFile::start(status_path(&plan.output), to_do);
-    let progress = Progress::new(to_do, ui.quiet).with_status(status.clone());
+    let status = io
+        .batches
+        .is_none()
+        .then(|| StatusFile::start(status_path(&plan.output), to_do));
+    let mut progress = Progress::new(to_do, ui.quiet);
+    if let Some(status) = &status {
+        progress = progress.with_status(status.clone());
+    }
     let parts = PartWriter::new(
         journal.parts_dir(),
         layout.output.clone(),
@@ -193,11 +236,19 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     collector.fail_on_error = plan.fail_on_error;
     collector.summary = summary;
     collector.budget = budget;
+    collector.batches = io.batches;
+    collector.interrupt = io.interrupt;
     let collected = collector.run(event_rx).await;
-    if let Err(e) = &collected {
+    if let (Err(e), Some(status)) = (&collected, &status) {
         status.finish(None, "stopped", Some(e.to_string()));
     }
     stop.store(true, Ordering::Relaxed);
+    if collected.is_err() {
+        // Stopped: the dispatcher may be waiting for a slot that only a
+        // slow call in flight would free. Its calls are launched tasks of
+        // their own; ending it only drops rows not yet sent.
+        dispatch.abort();
+    }
     let _ = dispatch.await;
     // A read error ends the input early: that is a failed job, not a done one.
     let read = reader
@@ -208,6 +259,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
 
     collector.parts.commit()?;
     let rows = match plan.output_format {
+        _ if collector.batches.is_some() => collector.summary.rows,
         OutputFormat::Parquet => concat_parts(
             &collector.parts.parts,
             &plan.output,
@@ -225,9 +277,13 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     summary.rate_limited = client.stats.rate_limited.load(Ordering::Relaxed);
     summary.ambiguous_retries = client.stats.ambiguous_retries.load(Ordering::Relaxed);
     summary.elapsed_secs = started.elapsed().as_secs_f64();
-    summary.output = plan.output.display().to_string();
+    if collector.batches.is_none() {
+        summary.output = plan.output.display().to_string();
+    }
     collector.journal.remove()?;
-    status.finish(Some(&summary), "done", None);
+    if let Some(status) = &status {
+        status.finish(Some(&summary), "done", None);
+    }
     Ok(summary)
 }
 
@@ -246,8 +302,9 @@ fn recall(plan: &Plan) -> Result<Option<Recall>> {
     }))
 }
 
-/// The input as this run reads it: the whole file, or `--shard`'s rows.
-fn open_input(plan: &Plan) -> Result<Source> {
+/// The plan's input file, opened as its `input_format` says: the whole
+/// file, or `--shard`'s rows.
+pub fn open_source(plan: &Plan) -> Result<Source> {
     match plan.input_format {
         InputFormat::Rows => Source::open_shard(&plan.input, plan.batch_rows, plan.shard),
         InputFormat::OpenaiBatch => {

@@ -94,7 +94,8 @@ impl Resume {
 pub struct Journal {
     dir: PathBuf,
     path: PathBuf,
-    writer: BufWriter<File>,
+    /// `None` for a run that keeps nothing ([`Journal::disabled`]).
+    writer: Option<BufWriter<File>>,
     line: Vec<u8>,
 }
 
@@ -156,11 +157,22 @@ impl Journal {
             Journal {
                 dir,
                 path,
-                writer: BufWriter::with_capacity(1 << 16, file),
+                writer: Some(BufWriter::with_capacity(1 << 16, file)),
                 line: Vec::with_capacity(512),
             },
             resume,
         ))
+    }
+
+    /// A journal that keeps nothing, for a run whose output goes back to
+    /// the caller instead of to a file: there is nothing to resume.
+    pub fn disabled() -> Journal {
+        Journal {
+            dir: PathBuf::new(),
+            path: PathBuf::new(),
+            writer: None,
+            line: Vec::new(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -173,21 +185,30 @@ impl Journal {
 
     /// Append one outcome (buffered; call [`Journal::flush`] to hand it to the OS).
     pub fn append(&mut self, outcome: &Outcome) -> Result<()> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(());
+        };
         self.line.clear();
         serde_json::to_writer(&mut self.line, outcome).map_err(|e| Error::output(&self.path, e))?;
         self.line.push(b'\n');
-        self.writer
+        writer
             .write_all(&self.line)
             .map_err(|e| Error::io(&self.path, e))
     }
 
     /// Hand buffered lines to the OS: after this, a killed process loses nothing.
     pub fn flush(&mut self) -> Result<()> {
-        self.writer.flush().map_err(|e| Error::io(&self.path, e))
+        match self.writer.as_mut() {
+            Some(w) => w.flush().map_err(|e| Error::io(&self.path, e)),
+            None => Ok(()),
+        }
     }
 
     /// The job is done and its output in place: remove the state folder.
     pub fn remove(mut self) -> Result<()> {
+        if self.writer.is_none() {
+            return Ok(());
+        }
         self.flush()?;
         let dir = self.dir.clone();
         drop(self);

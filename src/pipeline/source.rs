@@ -56,6 +56,9 @@ pub enum Format {
     /// OpenAI Batch API request lines (`--input-format openai-batch`),
     /// read by [`crate::pipeline::openai_batch`].
     OpenAiBatch,
+    /// Record batches handed over in memory (the Python package's data,
+    /// through the Arrow C stream interface), never a file.
+    Arrow,
 }
 
 impl Format {
@@ -76,6 +79,7 @@ impl fmt::Display for Format {
             Format::Parquet => "Parquet",
             Format::Jsonl => "JSON Lines",
             Format::OpenAiBatch => "OpenAI Batch JSON Lines",
+            Format::Arrow => "Arrow stream",
         })
     }
 }
@@ -141,11 +145,14 @@ impl Source {
             Format::OpenAiBatch => Err(Error::Config(
                 "OpenAI Batch files are read with --input-format openai-batch".into(),
             )),
+            // Never chosen by extension either: see `Source::from_batches`.
+            Format::Arrow => Err(Error::input(path, "not a file")),
         }
     }
 
     /// A source whose batches another reader makes (the OpenAI Batch
-    /// format), so the rest of the job handles it like any input.
+    /// format, Arrow data from Python), so the rest of the job handles it
+    /// like any input.
     pub fn from_batches(
         path: &Path,
         format: Format,

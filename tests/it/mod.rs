@@ -4,6 +4,7 @@ mod bench;
 mod cache;
 mod functions;
 mod jobs;
+mod library;
 mod openai_batch;
 mod reliability;
 mod run;

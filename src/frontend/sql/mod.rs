@@ -137,6 +137,22 @@ impl std::fmt::Display for SqlSummary {
 
 /// `aiq sql`: run the query, print or write its result, print the summary.
 pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
+    query(args, Vec::new(), false, quiet).await.map(|_| ())
+}
+
+/// A table handed in as data rather than a file (the Python package's
+/// `tables=`): its name, schema and batches, held in memory for the query.
+pub type DataTable = (String, arrow::datatypes::SchemaRef, Vec<RecordBatch>);
+
+/// `aiq sql` with `data` registered beside `args.tables`. With
+/// `args.output` the result is written as by the command; without it, it is
+/// returned when `collect` is set and printed otherwise.
+pub async fn query(
+    args: SqlArgs,
+    data: Vec<DataTable>,
+    collect: bool,
+    quiet: bool,
+) -> Result<(Vec<RecordBatch>, SqlSummary)> {
     let started = Instant::now();
     let query = read_query(&args.query)?;
     if args.concurrency == Some(0) {
@@ -196,6 +212,12 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
         )
         .await?;
     }
+    for (name, schema, batches) in data {
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+            .map_err(|e| Error::Config(format!("table {name}: {e}")))?;
+        ctx.register_table(name.as_str(), Arc::new(table))
+            .map_err(|e| Error::Config(format!("table {name}: {e}")))?;
+    }
 
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
@@ -212,6 +234,7 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
     let mut stream = frame.execute_stream().await.map_err(planning)?;
 
     let mut rows = 0u64;
+    let mut collected = Vec::new();
     match &args.output {
         Some(out) => {
             let schema = compatible_schema(&stream.schema());
@@ -223,6 +246,13 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
                 file.write(&batch)?;
             }
             file.finish()?;
+        }
+        None if collect => {
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(running)?;
+                rows += batch.num_rows() as u64;
+                collected.push(batch);
+            }
         }
         None => {
             let mut shown: Vec<RecordBatch> = Vec::new();
@@ -252,7 +282,7 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
     if !quiet {
         eprintln!("{summary}");
     }
-    Ok(())
+    Ok((collected, summary))
 }
 
 fn summarize(engine: &Engine, rows: u64, started: Instant) -> SqlSummary {
