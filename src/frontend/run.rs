@@ -21,6 +21,7 @@ use crate::job::plan::Plan;
 use crate::job::settings::Mode;
 use crate::job::spend::{Enforcer, Meter};
 use crate::pipeline::batch::BatchJob;
+use crate::pipeline::call_journal::{CallJournal, Recall};
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
 pub use crate::pipeline::batch::open_source;
@@ -290,6 +291,7 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
         batch_size: plan.batch_size,
         similarity: plan.prompt2.is_some(),
         passthrough: plan.passthrough(),
+        recall: recall(&plan)?.map(Arc::new),
     };
     let dispatch = tokio::spawn(dispatcher.run(batch_rx));
 
@@ -431,6 +433,21 @@ fn job_id(manifest: &Manifest, output: &std::path::Path) -> String {
     .unwrap_or_else(|_| output.to_path_buf());
     h.update(output.to_string_lossy().as_bytes());
     h.finalize().to_hex()[..16].to_string()
+}
+
+/// The `--call-journal` of the plan, scoped to its shard (a re-run of a
+/// shard reads only its own shard's answers).
+fn recall(plan: &Plan) -> Result<Option<Recall>> {
+    let Some(dir) = &plan.call_journal else {
+        return Ok(None);
+    };
+    let scope = plan
+        .shard
+        .map(|s| format!("shard-{}-of-{}", s.index, s.count));
+    Ok(Some(Recall {
+        journal: CallJournal::open(dir, scope.as_deref())?,
+        fingerprint: plan.call_fingerprint(),
+    }))
 }
 
 fn http_client(plan: &Plan) -> Result<reqwest::Client> {

@@ -14,6 +14,7 @@ use crate::ai::functions::{AiFunction, FunctionOptions};
 use crate::ai::types::{parse_response_format, SqlType};
 use crate::error::{Error, Result};
 use crate::job::settings::{JobSettings, Mode, SimulatorSettings};
+use crate::job::shard::{split_limit, Shard, PLACEHOLDER};
 use crate::job::spend::{Budget, Prices};
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::render::BodySpec;
@@ -72,6 +73,11 @@ pub struct Plan {
     pub mode: Mode,
     /// Batch mode's limits, poll interval and deadline.
     pub batch: BatchSettings,
+    /// `--shard`: this run reads only the shard's rows. Limits and budgets
+    /// above are already this run's share of the job's.
+    pub shard: Option<Shard>,
+    /// `--call-journal`: answered calls keyed by request content.
+    pub call_journal: Option<PathBuf>,
 }
 
 /// Batch mode settings, checked.
@@ -117,6 +123,26 @@ impl Plan {
         let output = s.output.ok_or_else(|| {
             Error::Config("no output: give --output PATH (or `output` in the job file)".into())
         })?;
+        let shard = s.shard.map(|spec| spec.resolve()).transpose()?;
+        let output = shard_output(output, shard)?;
+        let workers = match (s.workers, shard) {
+            (Some(0), _) => return Err(Error::Config("--workers must be at least 1".into())),
+            (Some(w), _) => w,
+            (None, Some(shard)) => shard.count,
+            (None, None) => 1,
+        };
+        // Limits are the job's; this run sends its share (README "Scaling out").
+        let (rpm, tpm, itpm, otpm, qph) = (s.rpm, s.tpm, s.itpm, s.otpm, s.qph);
+        let [rpm, tpm, itpm, otpm, qph] = [rpm, tpm, itpm, otpm, qph].map(|l| {
+            if l == Some(0) {
+                l
+            } else {
+                split_limit(l, workers)
+            }
+        });
+        let parts = shard.map_or(1, |s| s.count);
+        let max_tokens_total = s.max_tokens_total.map(|t| (t / u64::from(parts)).max(1));
+        let max_cost = s.max_cost.map(|c| c / f64::from(parts));
         if let Some(parent) = output.parent().filter(|p| p.exists() && !p.is_dir()) {
             return Err(Error::output(
                 &output,
@@ -275,18 +301,18 @@ impl Plan {
                 "--timeout must be a positive number of seconds".into(),
             ));
         }
-        if s.rpm == Some(0) || s.tpm == Some(0) {
+        if rpm == Some(0) || tpm == Some(0) {
             return Err(Error::Config("--rpm and --tpm must be at least 1".into()));
         }
-        if s.itpm == Some(0) || s.otpm == Some(0) || s.qph == Some(0) {
+        if itpm == Some(0) || otpm == Some(0) || qph == Some(0) {
             return Err(Error::Config(
                 "--itpm, --otpm and --qph must be at least 1".into(),
             ));
         }
         let prices = prices(s.price_in, s.price_out, s.price_cached)?;
         let budget = Budget {
-            max_tokens: s.max_tokens_total,
-            max_cost: s.max_cost,
+            max_tokens: max_tokens_total,
+            max_cost,
         };
         if s.max_tokens_total == Some(0) {
             return Err(Error::Config(
@@ -365,11 +391,11 @@ impl Plan {
             output_format,
             fail_on_error: s.fail_on_error,
             concurrency,
-            rpm: s.rpm,
-            tpm: s.tpm,
-            itpm: s.itpm,
-            otpm: s.otpm,
-            qph: s.qph,
+            rpm,
+            tpm,
+            itpm,
+            otpm,
+            qph,
             prices,
             budget,
             retry: RetryPolicy {
@@ -393,6 +419,8 @@ impl Plan {
             batch,
             max_repairs: s.max_repairs.unwrap_or(DEFAULT_MAX_REPAIRS),
             retry_failed: s.retry_failed,
+            shard,
+            call_journal: s.call_journal,
         })
     }
 
@@ -489,6 +517,10 @@ impl Plan {
         if self.input_format != InputFormat::Rows {
             settings["input_format"] = json!(format!("{:?}", self.input_format));
         }
+        // Another shard of the same input is other rows.
+        if let Some(shard) = self.shard {
+            settings["shard"] = json!(format!("{}/{}", shard.index, shard.count));
+        }
         settings
     }
 }
@@ -561,6 +593,36 @@ fn batch_settings(s: BatchFlags, mode: Mode, target: &Target) -> Result<BatchSet
         poll: Duration::from_secs_f64(poll),
         deadline,
     })
+impl Plan {
+    /// What a `--call-journal` key folds in besides the request body: the
+    /// settings that change answers or how replies are read, but not the
+    /// shard (a call is the same call in any shard).
+    pub fn call_fingerprint(&self) -> String {
+        let mut settings = self.answer_settings();
+        if let Some(map) = settings.as_object_mut() {
+            map.remove("shard");
+        }
+        settings.to_string()
+    }
+}
+
+/// `--output` for this shard: `{shard}` replaced. Several shards writing
+/// one path would overwrite each other, so N > 1 needs the placeholder, and
+/// the placeholder needs a shard.
+fn shard_output(output: PathBuf, shard: Option<Shard>) -> Result<PathBuf> {
+    let text = output.to_string_lossy();
+    let has = text.contains(PLACEHOLDER);
+    match shard {
+        Some(shard) if has => Ok(PathBuf::from(shard.apply(&text))),
+        Some(shard) if shard.count > 1 => Err(Error::Config(format!(
+            "--shard {}/{}: put {PLACEHOLDER} in --output (e.g. out/part-{PLACEHOLDER}.parquet) so that each shard writes its own file",
+            shard.index, shard.count
+        ))),
+        None if has => Err(Error::Config(format!(
+            "--output {text} has {PLACEHOLDER} but no --shard K/N was given"
+        ))),
+        _ => Ok(output),
+    }
 }
 
 /// Prices come as a pair (input and output), the cached price optional.

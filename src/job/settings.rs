@@ -236,6 +236,29 @@ pub struct JobSettings {
     #[serde(default)]
     pub simulator: Option<SimulatorSettings>,
 
+    /// Score only shard K of N (0-based): a contiguous 1/N of the input
+    /// rows, disjoint from the other shards and the same on every machine.
+    /// `auto/N` takes K from $AIQ_SHARD_INDEX, $JOB_COMPLETION_INDEX
+    /// (Kubernetes Indexed Jobs), $AWS_BATCH_JOB_ARRAY_INDEX or
+    /// $CLOUD_RUN_TASK_INDEX. Put `{shard}` in --output (out/part-{shard}.parquet).
+    /// With --shard, --rpm, --tpm, --itpm, --otpm and --qph are for the
+    /// whole job and each shard uses 1/N of them (1/--workers if given);
+    /// --max-tokens-total and --max-cost are for the whole job too, 1/N each.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::job::shard::ShardSpec>,
+
+    /// Processes sending at the same time (shards, Spark or Ray tasks):
+    /// --rpm, --tpm, --itpm, --otpm and --qph are divided by it, so the
+    /// workers together stay within the job's limits [default: N of --shard].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<u32>,
+
+    /// Folder of answered calls keyed by request content, shared by every
+    /// run, shard or task of a job: a call answered there before is not
+    /// sent (or paid for) again. Each run adds its own file; none is
+    /// ever rewritten, so concurrent and killed runs corrupt nothing.
+    #[arg(long, value_name = "DIR")]
+    pub call_journal: Option<PathBuf>,
     /// Times a typed reply that was cut off (finish_reason = length) or did
     /// not match the result type is asked again: with twice the max_tokens
     /// when cut off, with the validation error when it did not match. Their
@@ -326,7 +349,7 @@ impl JobSettings {
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
             simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
-            poll_secs, deadline, max_repairs);
+            poll_secs, deadline, max_repairs, shard, workers, call_journal);
         if self.labels.is_empty() {
             self.labels = base.labels;
         }

@@ -6,11 +6,13 @@ mod cache;
 mod functions;
 mod nested;
 mod object_store;
+mod jobs;
 mod library;
 mod openai_batch;
 mod reliability;
 mod repair;
 mod run;
+mod shard;
 mod spend;
 #[cfg(feature = "sql")]
 mod sql;

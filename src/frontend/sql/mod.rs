@@ -27,7 +27,8 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::pipeline::parquet_out::{compatible_schema, make_compatible, ParquetFile};
 use crate::pipeline::store::{Remote, Role};
-use calls::{CallJournal, Engine, EngineSettings};
+use crate::pipeline::call_journal::CallJournal;
+use calls::{Engine, EngineSettings};
 use rewrite::{FileKind, FileTable};
 
 #[derive(Debug, clap::Args)]
@@ -165,7 +166,7 @@ pub async fn query(
     let journal = args
         .output
         .as_deref()
-        .map(|o| CallJournal::open(o, args.restart))
+        .map(|o| calls::open_journal(o, args.restart))
         .transpose()?;
     if let Some(j) = journal.as_ref().filter(|j| !j.is_empty()) {
         if !quiet {
