@@ -235,6 +235,16 @@ pub struct JobSettings {
     #[arg(skip)]
     #[serde(default)]
     pub simulator: Option<SimulatorSettings>,
+
+    /// Condition for ai_filter: the BOOLEAN result says whether each
+    /// row's text meets it ("mentions a late delivery").
+    #[arg(long, value_name = "TEXT")]
+    pub condition: Option<String>,
+
+    /// Criterion for ai_score: the DOUBLE result, in [0, 1], says how well
+    /// each row's text meets it ("how urgent the ticket is").
+    #[arg(long, value_name = "TEXT")]
+    pub criterion: Option<String>,
 }
 
 /// Simulator knobs a job file may set, so the example job shows realistic
@@ -276,7 +286,7 @@ impl JobSettings {
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
-            simulator, input_format, output_format);
+            simulator, input_format, output_format, condition, criterion);
         if self.labels.is_empty() {
             self.labels = base.labels;
         }

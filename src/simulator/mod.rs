@@ -125,6 +125,11 @@ pub struct SimConfig {
     /// name exists. Others answer 404 RESOURCE_DOES_NOT_EXIST.
     #[arg(long, value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// The model's context window in tokens: a request whose prompt is
+    /// longer answers 400 `context_length_exceeded`, with OpenAI's message.
+    /// Unset means unlimited.
+    #[arg(long, value_name = "TOKENS")]
+    pub context_tokens: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -149,6 +154,7 @@ impl Default for SimConfig {
             embedding_dim: DEFAULT_EMBEDDING_DIM,
             no_cache: false,
             endpoints: Vec::new(),
+            context_tokens: None,
         }
     }
 }
