@@ -9,3 +9,5 @@ mod run;
 mod spend;
 #[cfg(feature = "sql")]
 mod sql;
+#[cfg(feature = "sql")]
+mod sql_semantic;

@@ -10,7 +10,8 @@
 //!   the join without that condition (a cross product when nothing else is
 //!   left) under a filter with it: DataFusion cannot run async UDFs inside
 //!   a join, and this makes the pairs asked explicit. Such joins are
-//!   recorded ([`JoinNote`]) for `--dry-run`.
+//!   recorded ([`JoinNote`]) for `--dry-run`. `ORDER BY ai_score(...)`
+//!   gets its key computed in a projection below the sort.
 //! - [`SparkFieldAccess`], an expression planner: `r.errorMessage` finds
 //!   the struct field `errorMessage` although unquoted names are lowercased,
 //!   as Spark resolves field names case-insensitively.
@@ -22,7 +23,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DataFusionError, Result, ScalarValue, TableReference};
 use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
-use datafusion::logical_expr::{Expr, Filter, JoinType, LogicalPlan};
+use datafusion::logical_expr::{Expr, Filter, JoinType, LogicalPlan, Projection, Sort, SortExpr};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 /// The AI functions whose calls must not run inside a join nor before the
@@ -125,6 +126,40 @@ impl AiCallsLast {
                     plan = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?);
                 }
                 Ok(Transformed::yes(plan))
+            }
+            LogicalPlan::Sort(sort) if sort.expr.iter().any(|s| calls_ai(&s.expr)) => {
+                // DataFusion runs async UDFs only in projections, filters and
+                // aggregates: compute the sort keys in a projection first.
+                let columns: Vec<Expr> = sort
+                    .input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                let mut exprs = columns.clone();
+                let mut keys = Vec::with_capacity(sort.expr.len());
+                for (i, key) in sort.expr.into_iter().enumerate() {
+                    if calls_ai(&key.expr) {
+                        let name = format!("__aiq_sort_key_{i}");
+                        exprs.push(key.expr.clone().alias(&name));
+                        keys.push(SortExpr {
+                            expr: Expr::Column(Column::from_name(name)),
+                            ..key
+                        });
+                    } else {
+                        keys.push(key);
+                    }
+                }
+                let keyed = Projection::try_new(exprs, sort.input)?;
+                let sorted = LogicalPlan::Sort(Sort {
+                    expr: keys,
+                    input: Arc::new(LogicalPlan::Projection(keyed)),
+                    fetch: sort.fetch,
+                });
+                Ok(Transformed::yes(LogicalPlan::Projection(
+                    Projection::try_new(columns, Arc::new(sorted))?,
+                )))
             }
             other => Ok(Transformed::no(other)),
         }
