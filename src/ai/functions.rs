@@ -807,7 +807,11 @@ mod tests {
         assert!(AiFunction::AiScore
             .spec(&cond)
             .unwrap_err()
-            .starts_with("ai_score needs a criterion"));
+            .contains("takes no condition"));
+        assert_eq!(
+            AiFunction::AiScore.spec(&FunctionOptions::default()),
+            Err("ai_score needs a criterion".into())
+        );
         let crit = FunctionOptions {
             criterion: Some("urgency".into()),
             ..Default::default()
