@@ -251,29 +251,51 @@ impl Collector {
 }
 
 /// Ctrl-C (SIGINT) and, on Unix, SIGTERM (what schedulers and `kill` send):
-/// both mean "stop sending, keep what is paid for".
+/// both mean "stop sending, keep what is paid for". The listeners are made
+/// once and kept: a `ctrl_c()` future made anew on each loop turn misses a
+/// signal that lands while the loop is busy with an outcome (busy is the
+/// normal state under load), and the job would run to the end.
 struct Signals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
     fn new() -> Signals {
+        #[cfg(unix)]
+        use tokio::signal::unix::{signal, SignalKind};
         Signals {
             #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+            #[cfg(unix)]
+            term: signal(SignalKind::terminate()).ok(),
         }
     }
 
     async fn next(&mut self) {
         #[cfg(unix)]
-        if let Some(term) = self.term.as_mut() {
+        {
+            let Signals { int, term } = self;
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = int => {}
+                _ = term => {}
             }
-            return;
         }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }
