@@ -197,6 +197,8 @@ impl Plan {
                 labels: s.labels.clone(),
                 max_words: s.max_words,
                 to_lang: s.to_lang.clone(),
+                condition: s.condition.clone(),
+                criterion: s.criterion.clone(),
             };
             let spec = f
                 .spec(&opts)
@@ -227,9 +229,14 @@ impl Plan {
             result_type = spec.return_type.clone();
             response_format = spec.response_format.clone();
             function = Some((f, opts));
-        } else if !s.labels.is_empty() || s.max_words.is_some() || s.to_lang.is_some() {
+        } else if !s.labels.is_empty()
+            || s.max_words.is_some()
+            || s.to_lang.is_some()
+            || s.condition.is_some()
+            || s.criterion.is_some()
+        {
             return Err(Error::Config(
-                "--labels, --max-words and --to-lang only apply with --function".into(),
+                "--labels, --max-words, --to-lang, --condition and --criterion only apply with --function".into(),
             ));
         }
         if let Some(rt) = &s.return_type {
@@ -510,6 +517,14 @@ impl Plan {
             "function": self.function.as_ref().map(|(f, o)| json!({"name": f.name(), "labels": o.labels, "max_words": o.max_words, "to_lang": o.to_lang})),
             "batch_size": self.batch_size,
         });
+        // Only when set, so journals of other functions stay valid.
+        if let Some((_, o)) = &self.function {
+            for (key, value) in [("condition", &o.condition), ("criterion", &o.criterion)] {
+                if let Some(v) = value {
+                    settings["function"][key] = json!(v);
+                }
+            }
+        }
         // Only when set, so journals of jobs without images stay valid.
         if !self.images.is_empty() {
             settings["images"] = json!(self.images);

@@ -236,6 +236,15 @@ pub struct JobSettings {
     #[serde(default)]
     pub simulator: Option<SimulatorSettings>,
 
+    /// Condition for ai_filter: the BOOLEAN result says whether each
+    /// row's text meets it ("mentions a late delivery").
+    #[arg(long, value_name = "TEXT")]
+    pub condition: Option<String>,
+
+    /// Criterion for ai_score: the DOUBLE result, in [0, 1], says how well
+    /// each row's text meets it ("how urgent the ticket is").
+    #[arg(long, value_name = "TEXT")]
+    pub criterion: Option<String>,
     /// Score only shard K of N (0-based): a contiguous 1/N of the input
     /// rows, disjoint from the other shards and the same on every machine.
     /// `auto/N` takes K from $AIQ_SHARD_INDEX, $JOB_COMPLETION_INDEX
@@ -349,7 +358,7 @@ impl JobSettings {
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
             simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
-            poll_secs, deadline, max_repairs, shard, workers, call_journal);
+            poll_secs, deadline, max_repairs, shard, workers, call_journal, condition, criterion);
         if self.labels.is_empty() {
             self.labels = base.labels;
         }

@@ -159,6 +159,19 @@ async fn handle(
         }
         None => {}
     }
+    if let Some(limit) = st.cfg.context_tokens.filter(|l| job.prompt_tokens > *l) {
+        bump(&c.context_exceeded);
+        let message = format!(
+            "This model's maximum context length is {limit} tokens. However, your messages resulted in {} tokens. Please reduce the length of the messages.",
+            job.prompt_tokens
+        );
+        return error(
+            &api,
+            StatusCode::BAD_REQUEST,
+            "context_length_exceeded",
+            &message,
+        );
+    }
     if job.typed {
         if let Some(how) = st.typed_faults.draw() {
             answer::spoil(&mut job, how);

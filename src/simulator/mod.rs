@@ -161,6 +161,11 @@ pub struct SimConfig {
     /// The N typed replies after those cut off do not match their schema.
     #[arg(long, default_value_t = 0)]
     pub mismatch_first: u64,
+    /// The model's context window in tokens: a request whose prompt is
+    /// longer answers 400 `context_length_exceeded`, with OpenAI's message.
+    /// Unset means unlimited.
+    #[arg(long, value_name = "TOKENS")]
+    pub context_tokens: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -195,6 +200,7 @@ impl Default for SimConfig {
             mismatch_rate: 0.0,
             truncate_first: 0,
             mismatch_first: 0,
+            context_tokens: None,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct SimStats {
     pub ok_by_prompt: BTreeMap<String, u64>,
     /// Peak number of inference requests being handled at once.
     pub max_in_flight: u64,
+    /// Requests refused with 400 `context_length_exceeded` (`--context-tokens`).
+    pub context_exceeded: u64,
 }
 
 /// The live counters behind [`SimStats`].
@@ -58,6 +60,7 @@ pub(crate) struct Counters {
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub cached_tokens: AtomicU64,
+    pub context_exceeded: AtomicU64,
     ok_by_prompt: Mutex<BTreeMap<String, u64>>,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
@@ -105,6 +108,7 @@ impl Counters {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             max_in_flight: get(&self.max_in_flight),
+            context_exceeded: get(&self.context_exceeded),
         }
     }
 }

@@ -16,3 +16,5 @@ mod shard;
 mod spend;
 #[cfg(feature = "sql")]
 mod sql;
+#[cfg(feature = "sql")]
+mod sql_semantic;

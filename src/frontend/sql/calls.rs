@@ -46,6 +46,10 @@ pub struct EngineSettings {
     pub api_key_env: Option<String>,
     pub profile: Option<String>,
     pub model: Option<String>,
+    /// The model's context window, for `ai_agg`'s map-reduce.
+    pub context_tokens: u64,
+    /// `--dry-run`: count the calls each AI function would make, send none.
+    pub dry_run: bool,
 }
 
 /// Usage and counts over the whole query, for the summary.
@@ -93,6 +97,58 @@ pub struct Engine {
     prepared: tokio::sync::Mutex<HashMap<String, Arc<Prepared>>>,
     pub journal: Option<CallJournal>,
     pub totals: Totals,
+    /// Set for `--dry-run`: the functions count here instead of calling.
+    pub dry: Option<DryRun>,
+}
+
+/// What a dry run counted for one call site.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DryCount {
+    /// Calls it may make at most.
+    pub calls: u64,
+    /// Rows (non-null values) that reached it.
+    pub rows: u64,
+    /// Groups, for the AI aggregates.
+    pub groups: u64,
+}
+
+/// The call sites of a dry run, by label, in the order first met.
+#[derive(Debug, Default)]
+pub struct DryRun {
+    counts: Mutex<Vec<(String, DryCount)>>,
+}
+
+impl DryRun {
+    /// `rows` rows reached the row function `label`: one call each.
+    pub fn count(&self, label: &str, rows: u64) {
+        self.add(
+            label,
+            DryCount {
+                calls: rows,
+                rows,
+                groups: 0,
+            },
+        );
+    }
+
+    pub fn add(&self, label: &str, n: DryCount) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match counts.iter_mut().find(|(l, _)| l == label) {
+            Some((_, c)) => {
+                c.calls += n.calls;
+                c.rows += n.rows;
+                c.groups += n.groups;
+            }
+            None => counts.push((label.to_string(), n)),
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, DryCount)> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Engine {
@@ -104,6 +160,7 @@ impl Engine {
             .user_agent(concat!("aiq/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let dry = settings.dry_run.then(DryRun::default);
         Ok(Engine {
             limiter: Arc::new(Limiter::new(settings.rpm, settings.tpm)),
             in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
@@ -112,6 +169,7 @@ impl Engine {
             endpoints: Default::default(),
             simulators: Mutex::new(Vec::new()),
             prepared: Default::default(),
+            dry,
             journal,
             totals: Totals::default(),
         })
