@@ -608,6 +608,8 @@ fn batch_settings(s: BatchFlags, mode: Mode, target: &Target) -> Result<BatchSet
         poll: Duration::from_secs_f64(poll),
         deadline,
     })
+}
+
 impl Plan {
     /// What a `--call-journal` key folds in besides the request body: the
     /// settings that change answers or how replies are read, but not the

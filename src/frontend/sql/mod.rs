@@ -27,9 +27,9 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::pipeline::call_journal::CallJournal;
 use crate::pipeline::parquet_out::{compatible_schema, make_compatible, ParquetFile};
 use crate::pipeline::store::{Remote, Role};
-use crate::pipeline::call_journal::CallJournal;
 use calls::{Engine, EngineSettings};
 use rewrite::{FileKind, FileTable};
 
