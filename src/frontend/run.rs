@@ -31,6 +31,7 @@ use crate::pipeline::outcome::RowId;
 use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::Dispatcher;
+use crate::pipeline::source::Source;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
 use crate::pipeline::store::{Remote, RemoteOutput, Role};
 use crate::provider::batch_api::BatchApi;

@@ -215,7 +215,7 @@ impl ParquetFile {
     /// Writes the footer, makes the file durable and moves it onto the
     /// target path. Returns the number of rows written.
     pub fn finish(mut self) -> Result<u64> {
-        let Some(mut writer) = self.writer.take() else {
+        let Some(writer) = self.writer.take() else {
             return Err(Error::output(
                 &self.staged.path,
                 "the file was already finished",

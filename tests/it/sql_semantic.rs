@@ -280,9 +280,8 @@ async fn killed_aggregate_resumes_from_the_journal() {
     .await;
     let input = f.write_jsonl("in.jsonl", &grouped(200, 1));
     let out = f.path("out.parquet");
-    let journal = out
-        .with_file_name("out.parquet.aiq-sql")
-        .join("calls.jsonl");
+    // The call journal is a folder of per-process files.
+    let journal = out.with_file_name("out.parquet.aiq-sql");
     let url = f.openai_url();
     let table = format!("t={}", input.display());
     let concurrency = 2u64;

@@ -780,14 +780,19 @@ impl Runner<'_, '_> {
     }
 }
 
-/// The job's input, opened as the online run opens it.
+/// The job's input, opened as its `input_format` says: the whole file, or
+/// `--shard`'s rows. The online run, batch mode and dry runs all open it here.
 pub fn open_source(plan: &Plan) -> Result<Source> {
     match plan.input_format {
         crate::pipeline::openai_batch::InputFormat::Rows => {
-            Source::open(&plan.input, plan.batch_rows)
+            Source::open_shard(&plan.input, plan.batch_rows, plan.shard)
         }
         crate::pipeline::openai_batch::InputFormat::OpenaiBatch => {
-            crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)
+            let source = crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)?;
+            match plan.shard {
+                Some(shard) => source.into_shard(shard),
+                None => Ok(source),
+            }
         }
     }
 }
