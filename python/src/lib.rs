@@ -412,6 +412,9 @@ fn sql(
         profile,
         show: 0,
         restart,
+        // Not yet settable from Python: the CLI's defaults.
+        context_tokens: None,
+        dry_run: false,
     };
     let rt = runtime()?;
     let mut task = py.detach(|| rt.spawn(aiq::frontend::sql::query(args, data, true, quiet)));

@@ -26,6 +26,7 @@ OUTCOME_COLUMNS = [
     "ttft_ms",
     "attempts",
     "maybe_billed_twice",
+    "repairs",
 ]
 
 SETTINGS = dict(endpoint="simulator", prompt="Summarize: {{text}}", quiet=True)
