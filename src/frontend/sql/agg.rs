@@ -32,7 +32,7 @@ use datafusion::logical_expr::{
 use serde_json::{json, Value};
 
 use super::calls::{Answer, DryCount, Engine, Prepared};
-use super::udf::{label, string};
+use super::udf::{err, label, string};
 use crate::ai::aggregate::{self, Budget, SUMMARIZE_INSTRUCTION};
 use crate::error::Error;
 use crate::job::settings::JobSettings;
@@ -80,10 +80,6 @@ impl Hash for AggUdf {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.name.hash(state);
     }
-}
-
-fn err(e: Error) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
 }
 
 impl ScalarUDFImpl for AggUdf {

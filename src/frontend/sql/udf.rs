@@ -142,7 +142,8 @@ struct Site {
     texts: Vec<usize>,
 }
 
-fn err(e: Error) -> DataFusionError {
+/// An aiq error as DataFusion carries it (unwrapped again for messages).
+pub(super) fn err(e: Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
