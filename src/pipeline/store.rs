@@ -406,37 +406,43 @@ impl Read for StreamRead {
     }
 }
 
-/// Batches of a Parquet object: the footer with one ranged read, then row
-/// groups one at a time, so memory stays one row group as for local files.
-pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
-
+/// A Parquet object's reader: its footer is read with one ranged request
+/// (after a HEAD for the size); the caller picks row groups and batch size.
 #[allow(deprecated)] // ParquetObjectReader: see the import
-pub fn parquet_batches(
+pub fn parquet_builder(
     remote: &Remote,
-    batch_size: usize,
-) -> Result<(SchemaRef, Option<u64>, Batches)> {
-    let url = remote.url.clone();
-    let stream = block_on(async {
+) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>> {
+    let url = &remote.url;
+    block_on(async {
         let meta = head(&remote.store, &remote.key)
             .await
-            .map_err(|e| Error::input(&url, e))?;
+            .map_err(|e| Error::input(url, e))?;
         let reader = ParquetObjectReader::new(remote.store.clone(), remote.key.clone())
             .with_file_size(meta.size);
         ParquetRecordBatchStreamBuilder::new(reader)
             .await
-            .map_err(|e| Error::input(&url, format!("not a readable Parquet file: {e}")))
-    })?;
-    let total_rows = u64::try_from(stream.metadata().file_metadata().num_rows()).ok();
-    let schema = stream.schema().clone();
-    let mut stream = stream
-        .with_batch_size(batch_size)
+            .map_err(|e| Error::input(url, format!("not a readable Parquet file: {e}")))
+    })
+}
+
+/// Batches of a Parquet object, for the reader thread: row groups are
+/// fetched one at a time, so memory stays one row group as for local files.
+pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+#[allow(deprecated)] // ParquetObjectReader: see the import
+pub fn parquet_batches(
+    builder: ParquetRecordBatchStreamBuilder<ParquetObjectReader>,
+    url: &str,
+) -> Result<Batches> {
+    let url = url.to_string();
+    let mut stream = builder
         .build()
         .map_err(|e| Error::input(&url, format!("cannot read Parquet file: {e}")))?;
     let batches = std::iter::from_fn(move || {
         block_on(stream.next())
             .map(|b| b.map_err(|e| Error::input(&url, format!("cannot read Parquet data: {e}"))))
     });
-    Ok((schema, total_rows, Box::new(batches)))
+    Ok(Box::new(batches))
 }
 
 /// State prefix sub-folders, as in the local state folder.

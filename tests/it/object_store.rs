@@ -245,12 +245,24 @@ fn run_args<'a>(url: &'a str, input: &'a str, out: &'a str) -> Vec<&'a str> {
 
 /// Reads the output object back and checks every row has its answer.
 async fn assert_output(f: &Fixture, moto: &Moto, bucket: &str, key: &str, n: usize) {
+    assert_output_rows(f, moto, bucket, key, 0..n).await
+}
+
+/// Reads the output object back and checks it holds the input rows `ids`,
+/// each once, in input order, each with its answer.
+async fn assert_output_rows(
+    f: &Fixture,
+    moto: &Moto,
+    bucket: &str,
+    key: &str,
+    ids: std::ops::Range<usize>,
+) {
     let bytes = get_object(moto, bucket, key).await.expect("output object");
     let path = f.path(&format!("{bucket}-{}", key.replace('/', "_")));
     std::fs::write(&path, bytes).unwrap();
     let (_, rows) = read_rows(&path);
-    assert_eq!(rows.len(), n);
-    for (i, row) in rows.iter().enumerate() {
+    assert_eq!(rows.len(), ids.len(), "{key}");
+    for (i, row) in ids.zip(&rows) {
         assert_eq!(row["id"], json!(i));
         assert!(
             row["error_message"].is_null(),
@@ -282,15 +294,22 @@ fn assert_no_secret(o: &std::process::Output) {
     }
 }
 
+/// A new bucket holding the same `n` rows as `in/reviews.parquet` (row
+/// groups of 64 rows) and `in/reviews.jsonl`.
+async fn bucket_with_inputs(moto: &Moto, name: &str, n: usize) -> String {
+    let bucket = unique_bucket(name);
+    create_bucket(moto, &bucket).await;
+    put_object(moto, &bucket, "in/reviews.parquet", parquet_bytes(n)).await;
+    put_object(moto, &bucket, "in/reviews.jsonl", jsonl_bytes(n)).await;
+    bucket
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn parquet_and_jsonl_in_parquet_out() {
     let moto = Moto::shared();
     let f = Fixture::new(SimConfig::default()).await;
-    let bucket = unique_bucket("io");
-    create_bucket(moto, &bucket).await;
     let n = 300;
-    put_object(moto, &bucket, "in/reviews.parquet", parquet_bytes(n)).await;
-    put_object(moto, &bucket, "in/reviews.jsonl", jsonl_bytes(n)).await;
+    let bucket = bucket_with_inputs(moto, "io", n).await;
     let url = f.openai_url();
     let mut env = s3_env(moto);
     // Debug logs of every layer, the HTTP stack's included: no secret.
@@ -400,6 +419,41 @@ async fn sql_over_s3_tables() {
         "{}",
         stderr(&o)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shards_read_and_write_the_bucket() {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let n = 300;
+    let bucket = bucket_with_inputs(moto, "shard", n).await;
+    let url = f.openai_url();
+    // Shard edges fall inside row groups.
+    let count = 3;
+    for (input, out) in [
+        ("in/reviews.parquet", "out/p/part-{shard}.parquet"),
+        ("in/reviews.jsonl", "out/j/part-{shard}.parquet"),
+    ] {
+        let input = format!("s3://{bucket}/{input}");
+        let out_url = format!("s3://{bucket}/{out}");
+        for k in 0..count {
+            let shard = format!("{k}/{count}");
+            let mut args = run_args(&url, &input, &out_url);
+            args.extend(["-q", "--shard", &shard]);
+            let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
+            assert_ok(&o);
+        }
+        // Each shard's rows in its own object; together every row once.
+        for k in 0..count {
+            let key = out.replace("{shard}", &k.to_string());
+            let rows = n * k / count..n * (k + 1) / count;
+            assert_output_rows(&f, moto, &bucket, &key, rows).await;
+        }
+    }
+    // The two inputs' texts differ: each of their rows was sent once.
+    let stats = f.sim.stats();
+    assert_eq!(stats.ok_by_prompt.len(), 2 * n);
+    assert!(stats.ok_by_prompt.values().all(|&c| c == 1));
 }
 
 /// The row ids in the journal chunks under `prefix`, and how many chunks.
