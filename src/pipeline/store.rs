@@ -164,12 +164,31 @@ impl Remote {
     /// The object's size and modification time, which identify the input
     /// in the journal's manifest.
     pub fn identity(&self, role: Role) -> Result<InputIdentity> {
-        let meta = block_on(head(&self.store, &self.key)).map_err(|e| role.error(&self.url, e))?;
+        let meta = block_on(self.head(role))?;
         Ok(InputIdentity {
             path: self.url.clone(),
             size: meta.size,
             modified: u64::try_from(meta.last_modified.timestamp()).unwrap_or(0),
         })
+    }
+
+    /// The object's metadata, or an error naming the URL. A HEAD answers a
+    /// missing object and a missing bucket alike (a 404 without a body), so
+    /// on a 404 a listing, which names a missing bucket, tells them apart.
+    async fn head(&self, role: Role) -> Result<ObjectMeta> {
+        let e = match head(&self.store, &self.key).await {
+            Ok(meta) => return Ok(meta),
+            Err(e) => e,
+        };
+        if !matches!(e, object_store::Error::NotFound { .. })
+            || self.root.scheme().starts_with("http")
+        {
+            return Err(role.error(&self.url, e));
+        }
+        match self.store.list(Some(&self.key)).next().await {
+            Some(Err(bucket)) => Err(role.error(&self.url, bucket)),
+            _ => Err(role.error(&self.url, format!("no such object: {e}"))),
+        }
     }
 }
 
@@ -414,9 +433,7 @@ pub fn parquet_builder(
 ) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>> {
     let url = &remote.url;
     block_on(async {
-        let meta = head(&remote.store, &remote.key)
-            .await
-            .map_err(|e| Error::input(url, e))?;
+        let meta = remote.head(Role::Input).await?;
         let reader = ParquetObjectReader::new(remote.store.clone(), remote.key.clone())
             .with_file_size(meta.size);
         ParquetRecordBatchStreamBuilder::new(reader)

@@ -583,6 +583,8 @@ async fn errors_exit_2_before_any_request_naming_the_url() {
         .collect();
     let missing_in = format!("s3://{bucket}/nope.parquet");
     let no_bucket_in = "s3://aiq-no-such-bucket/in.parquet".to_string();
+    let missing_jsonl = format!("s3://{bucket}/nope.jsonl");
+    let no_bucket_jsonl = "s3://aiq-no-such-bucket/in.jsonl".to_string();
     let no_bucket_out = "s3://aiq-no-such-bucket/out.parquet".to_string();
     let bare = format!("s3://{bucket}");
     // (what, input, output, environment, the URL the message names, what it says)
@@ -617,7 +619,7 @@ async fn errors_exit_2_before_any_request_naming_the_url() {
             &good_out,
             &ok_env,
             &missing_in,
-            "not found",
+            "no such object",
         ),
         (
             "missing input bucket",
@@ -625,7 +627,23 @@ async fn errors_exit_2_before_any_request_naming_the_url() {
             &good_out,
             &ok_env,
             &no_bucket_in,
-            "not found",
+            "NoSuchBucket",
+        ),
+        (
+            "missing input object (JSON Lines)",
+            &missing_jsonl,
+            &good_out,
+            &ok_env,
+            &missing_jsonl,
+            "NoSuchKey",
+        ),
+        (
+            "missing input bucket (JSON Lines)",
+            &no_bucket_jsonl,
+            &good_out,
+            &ok_env,
+            &no_bucket_jsonl,
+            "NoSuchBucket",
         ),
         (
             "missing output bucket",
@@ -667,20 +685,21 @@ async fn errors_exit_2_before_any_request_naming_the_url() {
         );
         assert_no_secret(&o);
     }
-    assert_eq!(f.sim.stats().ok, 0, "no request was sent");
+    assert_eq!(f.sim.stats().requests, 0, "no request was sent");
     assert!(list(moto, &bucket, "out.parquet").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn access_denied_exits_2_naming_the_url() {
     // moto checks signatures once this many requests have been served
-    // (creating the bucket and uploading the input); our key is not one it
+    // (creating the bucket and uploading the inputs); our key is not one it
     // issued, so every request of the job is refused with 403.
-    let moto = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "2")]);
+    let moto = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
     let f = Fixture::new(SimConfig::default()).await;
     let bucket = unique_bucket("denied");
     create_bucket(&moto, &bucket).await;
     put_object(&moto, &bucket, "in.parquet", parquet_bytes(5)).await;
+    put_object(&moto, &bucket, "in.jsonl", jsonl_bytes(5)).await;
     let url = f.openai_url();
     let local_in = f.write_jsonl("in.jsonl", &rows(5, 0));
     for (input, out, named) in [
@@ -688,6 +707,11 @@ async fn access_denied_exits_2_naming_the_url() {
             format!("s3://{bucket}/in.parquet"),
             f.path("out.parquet"),
             format!("s3://{bucket}/in.parquet"),
+        ),
+        (
+            format!("s3://{bucket}/in.jsonl"),
+            f.path("out.parquet"),
+            format!("s3://{bucket}/in.jsonl"),
         ),
         (
             local_in.display().to_string(),
@@ -703,5 +727,5 @@ async fn access_denied_exits_2_naming_the_url() {
         assert!(err.contains(&named) && err.contains("403"), "{err}");
         assert_no_secret(&o);
     }
-    assert_eq!(f.sim.stats().ok, 0);
+    assert_eq!(f.sim.stats().requests, 0, "no request was sent");
 }
