@@ -137,6 +137,9 @@ impl Source {
         if batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1 row".into()));
         }
+        // A URL is checked first: an error about its extension would show
+        // a query string it must not.
+        Remote::parse(path, Role::Input)?;
         let format = Format::from_path(path).ok_or_else(|| {
             Error::input(
                 path,

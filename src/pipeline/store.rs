@@ -124,7 +124,16 @@ impl Remote {
             return Ok(None);
         }
         let text = path.to_string_lossy().into_owned();
-        let bad = |m: String| role.error(&text, m);
+        let shown = redact(&text);
+        let bad = |m: String| role.error(&shown, m);
+        // object_store would drop them silently, and messages would show them.
+        if shown != text {
+            return Err(bad(
+                "a user:password or query string (a presigned URL's signature, a SAS token) in \
+                 the URL is not used: give credentials through the environment"
+                    .into(),
+            ));
+        }
         let url = Url::parse(&text).map_err(|e| bad(format!("not a valid URL: {e}")))?;
         if url.host_str().is_none_or(str::is_empty) {
             return Err(bad("no bucket (or host) after `://`".into()));
@@ -190,6 +199,24 @@ impl Remote {
             _ => Err(role.error(&self.url, format!("no such object: {e}"))),
         }
     }
+}
+
+/// A URL as messages may show it: a query string (a presigned URL's
+/// signature, a SAS token) and a `user:password@` replaced by `…`.
+fn redact(text: &str) -> String {
+    let (rest, query) = match text.split_once('?') {
+        Some((rest, _)) => (rest, "?…"),
+        None => (text, ""),
+    };
+    let Some((scheme, after)) = rest.split_once("://") else {
+        return format!("{rest}{query}");
+    };
+    let (authority, path) = after.split_at(after.find('/').unwrap_or(after.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => authority.to_string(),
+    };
+    format!("{scheme}://{authority}{path}{query}")
 }
 
 /// One store per bucket for the whole process: its connections and
@@ -866,6 +893,28 @@ mod tests {
         ] {
             assert!(!is_url(Path::new(path)), "{path}");
         }
+    }
+
+    #[test]
+    fn credentials_in_urls_are_refused_unshown() {
+        for (url, shown) in [
+            (
+                "https://h/k.jsonl?X-Amz-Signature=SECRET&X-Amz-Credential=AKIA",
+                "https://h/k.jsonl?…",
+            ),
+            ("https://user:SECRET@h/k.jsonl", "https://…@h/k.jsonl"),
+            (
+                "s3://AKIA:SECRET@bucket/k.parquet",
+                "s3://…@bucket/k.parquet",
+            ),
+            ("az://c/k.parquet?sv=1&sig=SECRET", "az://c/k.parquet?…"),
+        ] {
+            let err = Remote::parse(Path::new(url), Role::Input).expect_err(url);
+            assert_eq!(err.exit_code(), 2);
+            let text = err.to_string();
+            assert!(text.contains(shown) && !text.contains("SECRET"), "{text}");
+        }
+        assert_eq!(redact("s3://b/k.parquet"), "s3://b/k.parquet");
     }
 
     #[test]

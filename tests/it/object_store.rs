@@ -587,6 +587,12 @@ async fn errors_exit_2_before_any_request_naming_the_url() {
     let no_bucket_jsonl = "s3://aiq-no-such-bucket/in.jsonl".to_string();
     let no_bucket_out = "s3://aiq-no-such-bucket/out.parquet".to_string();
     let bare = format!("s3://{bucket}");
+    // A presigned URL: its signature must not be shown.
+    let presigned = format!(
+        "{}/{bucket}/in.parquet?X-Amz-Signature={SECRET_KEY}",
+        moto.url
+    );
+    let presigned_shown = format!("{}/{bucket}/in.parquet?…", moto.url);
     // (what, input, output, environment, the URL the message names, what it says)
     let cases: Vec<(&str, &str, &str, &[(&str, String)], &str, &str)> = vec![
         (
@@ -604,6 +610,14 @@ async fn errors_exit_2_before_any_request_naming_the_url() {
             &ok_env,
             "s3:///out.parquet",
             "",
+        ),
+        (
+            "credentials in the URL",
+            &presigned,
+            &good_out,
+            &ok_env,
+            &presigned_shown,
+            "query string",
         ),
         (
             "output names a bucket",
