@@ -559,6 +559,54 @@ async fn kill_nine_then_resume_from_another_machine() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_output_written_meanwhile_is_not_overwritten() {
+    // Another run commits the output while this one works: this one's
+    // conditional copy (If-None-Match) fails, and it keeps its answers.
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig {
+        latency_ms: 20,
+        ..SimConfig::default()
+    })
+    .await;
+    let n = 200;
+    let bucket = bucket_with_inputs(moto, "race", n).await;
+    let url = f.openai_url();
+    let input = format!("s3://{bucket}/in/reviews.jsonl");
+    let out = format!("s3://{bucket}/out.parquet");
+    let mut args = run_args(&url, &input, &out);
+    args.extend(["-q", "--concurrency", "2"]);
+    let mut child = aiq_cmd(&f.path("home"), &args, &s3_env(moto))
+        .spawn()
+        .unwrap();
+    // The manifest is written once the output was checked absent: at least
+    // 2 s (200 rows, 20 ms a call, 2 at a time) before the job can end.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while list(moto, &bucket, "out.parquet.aiq/manifest.json")
+        .await
+        .is_empty()
+    {
+        assert!(child.try_wait().unwrap().is_none(), "the job ended early");
+        assert!(Instant::now() < deadline, "no manifest after 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let theirs = b"another run's output".to_vec();
+    put_object(moto, &bucket, "out.parquet", theirs.clone()).await;
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("written by another run"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(get_object(moto, &bucket, "out.parquet").await, Some(theirs));
+    assert!(!list(moto, &bucket, "out.parquet.aiq/journal/")
+        .await
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn errors_exit_2_before_any_request_naming_the_url() {
     let moto = Moto::shared();
     let f = Fixture::new(SimConfig::default()).await;
