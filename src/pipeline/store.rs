@@ -12,8 +12,9 @@
 //!   and [`parquet_batches`] reads Parquet row groups with ranged requests.
 //! - Writing: [`RemoteOutput`] runs the job's usual journal and part files in
 //!   a local scratch folder and mirrors them into the bucket beside the output
-//!   (`out.parquet.aiq/`), at least once a second: the journal as immutable
-//!   chunk objects (stores cannot append), the parts as multipart uploads. A
+//!   (`out.parquet.aiq/`), at least once a second and as soon as a part is
+//!   complete: the journal as immutable chunk objects (stores cannot
+//!   append), then the parts as multipart uploads. A
 //!   run on another machine pulls that state back and resumes. At the end the
 //!   parts are concatenated into a staged object under the same prefix, which
 //!   is copied onto the output only if no object is there yet (a conditional
