@@ -606,6 +606,85 @@ async fn an_output_written_meanwhile_is_not_overwritten() {
         .is_empty());
 }
 
+/// A proxy in front of moto that answers every `every`-th request with 503
+/// SlowDown (S3's throttling) instead of passing it on: a flaky store.
+struct Flaky {
+    url: String,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+async fn flaky(moto: &Moto, every: u64) -> Flaky {
+    use axum::body::{to_bytes, Body};
+    use axum::http::{Request, Response, StatusCode};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let seen = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let (upstream, client) = (moto.url.clone(), reqwest::Client::new());
+    let counts = (seen, refused.clone());
+    let app = axum::Router::new().fallback(move |req: Request<Body>| {
+        let (upstream, client, (seen, refused)) = (upstream.clone(), client.clone(), counts.clone());
+        async move {
+            if seen.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
+                refused.fetch_add(1, Ordering::Relaxed);
+                let body = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                return Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .body(Body::from(body))
+                    .unwrap();
+            }
+            let (parts, body) = req.into_parts();
+            let body = to_bytes(body, usize::MAX).await.unwrap();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut forward = client.request(parts.method, format!("{upstream}{path}"));
+            for (name, value) in &parts.headers {
+                if name != "host" {
+                    forward = forward.header(name, value);
+                }
+            }
+            let answer = forward.body(body).send().await.unwrap();
+            let mut out = Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                out = out.header(name, value);
+            }
+            out.body(Body::from(answer.bytes().await.unwrap())).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Flaky { url, refused }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_store_errors_are_retried() {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let n = 300;
+    let bucket = bucket_with_inputs(moto, "flaky", n).await;
+    let proxy = flaky(moto, 3).await;
+    let mut env = s3_env(moto);
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", proxy.url.clone()));
+    let url = f.openai_url();
+    for (input, out) in [
+        ("in/reviews.parquet", "out/a.parquet"),
+        ("in/reviews.jsonl", "out/b.parquet"),
+    ] {
+        let input = format!("s3://{bucket}/{input}");
+        let out_url = format!("s3://{bucket}/{out}");
+        let o = output(aiq_cmd(
+            &f.path("home"),
+            &run_args(&url, &input, &out_url),
+            &env,
+        ))
+        .await;
+        assert_ok(&o);
+        assert_output(&f, moto, &bucket, out, n).await;
+    }
+    // Every third request of each job was refused, and retried.
+    assert!(proxy.refused.load(std::sync::atomic::Ordering::Relaxed) >= 6);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_exit_2_before_any_request_naming_the_url() {
     let moto = Moto::shared();
