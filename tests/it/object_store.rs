@@ -304,16 +304,17 @@ async fn bucket_with_inputs(moto: &Moto, name: &str, n: usize) -> String {
     bucket
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn parquet_and_jsonl_in_parquet_out() {
-    let moto = Moto::shared();
-    let f = Fixture::new(SimConfig::default()).await;
-    let n = 300;
-    let bucket = bucket_with_inputs(moto, "io", n).await;
+/// Runs `in/reviews.parquet` → `out/a.parquet` and `in/reviews.jsonl` →
+/// `out/b.parquet` of [`bucket_with_inputs`] with `env`, and checks each
+/// output row by row and that no output shows the secret key.
+async fn both_inputs_to_parquet(
+    f: &Fixture,
+    moto: &Moto,
+    bucket: &str,
+    env: &[(&str, String)],
+    n: usize,
+) {
     let url = f.openai_url();
-    let mut env = s3_env(moto);
-    // Debug logs of every layer, the HTTP stack's included: no secret.
-    env.push(("RUST_LOG", "debug".into()));
     for (input, out) in [
         ("in/reviews.parquet", "out/a.parquet"),
         ("in/reviews.jsonl", "out/b.parquet"),
@@ -321,11 +322,24 @@ async fn parquet_and_jsonl_in_parquet_out() {
         let input = format!("s3://{bucket}/{input}");
         let out_url = format!("s3://{bucket}/{out}");
         let args = run_args(&url, &input, &out_url);
-        let o = output(aiq_cmd(&f.path("home"), &args, &env)).await;
+        let o = output(aiq_cmd(&f.path("home"), &args, env)).await;
         assert_ok(&o);
         assert_no_secret(&o);
-        assert_output(&f, moto, &bucket, out, n).await;
+        assert_output(f, moto, bucket, out, n).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parquet_and_jsonl_in_parquet_out() {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let n = 300;
+    let bucket = bucket_with_inputs(moto, "io", n).await;
+    let mut env = s3_env(moto);
+    // Debug logs of every layer, the HTTP stack's included: no secret.
+    env.push(("RUST_LOG", "debug".into()));
+    both_inputs_to_parquet(&f, moto, &bucket, &env, n).await;
+    let url = f.openai_url();
 
     // The output is only ever created: a second run is refused before any request.
     let before = f.sim.stats().ok;
@@ -665,22 +679,7 @@ async fn transient_store_errors_are_retried() {
     let mut env = s3_env(moto);
     env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
     env.push(("AWS_ENDPOINT_URL", proxy.url.clone()));
-    let url = f.openai_url();
-    for (input, out) in [
-        ("in/reviews.parquet", "out/a.parquet"),
-        ("in/reviews.jsonl", "out/b.parquet"),
-    ] {
-        let input = format!("s3://{bucket}/{input}");
-        let out_url = format!("s3://{bucket}/{out}");
-        let o = output(aiq_cmd(
-            &f.path("home"),
-            &run_args(&url, &input, &out_url),
-            &env,
-        ))
-        .await;
-        assert_ok(&o);
-        assert_output(&f, moto, &bucket, out, n).await;
-    }
+    both_inputs_to_parquet(&f, moto, &bucket, &env, n).await;
     // Every third request of each job was refused, and retried.
     assert!(proxy.refused.load(std::sync::atomic::Ordering::Relaxed) >= 6);
 }
