@@ -9,8 +9,9 @@ The result has the dataset's columns, then aiq's result columns with the
 names and types ``aiq run`` writes. Settings are the same as ``aiq.run``'s.
 
 Limits (``rpm``, ``tpm``, ``itpm``, ``otpm``, ``qph``) are for the whole
-job: ``workers`` actors score at once (by default one per CPU of the
-cluster) and each sends ``1/workers`` of them. With ``journal=`` (a folder
+job: ``workers`` actors score at once (by default as many as the cluster
+has CPUs; they reserve none, see ``score``) and each sends ``1/workers`` of
+them, adapting to 429s on its own. With ``journal=`` (a folder
 every node can reach), answered calls are kept by request content, one
 file per actor, so a re-run or a retried batch pays only for the calls not
 answered yet (README "Scaling out").

@@ -187,3 +187,25 @@ def test_a_task_failing_mid_partition_is_retried_without_paying_again(spark, rev
     # Every row paid once; at most the calls in flight when the task
     # failed (2) paid twice.
     assert sent() <= stats["ok"] <= sent() + 2, stats
+
+
+def test_the_example_job_runs_as_written(spark, tmp_path):
+    # jobs/spark/score_reviews.py, against the simulator: it reads JSON
+    # lines, scores, writes Parquet and keeps its journal beside it.
+    import importlib.util
+    import json
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "spark", "score_reviews.py")
+    spec = importlib.util.spec_from_file_location("score_reviews", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    source, target = tmp_path / "reviews.jsonl", tmp_path / "scored"
+    source.write_text("".join(json.dumps({"product": "phone", "text": f"review {i}"}) + "\n" for i in range(12)))
+    with aiq.Simulator() as sim:
+        assert job.main(["score_reviews.py", str(source), str(target), sim.url]) == 0
+        assert sim.stats()["ok"] == 12
+    rows = spark.read.parquet(str(target)).collect()
+    assert sorted(r["result"] for r in rows) == sorted(
+        f"echo: Summarize this phone review in one sentence: review {i}" for i in range(12)
+    )
+    assert os.path.isdir(str(target) + ".calls")
