@@ -6,6 +6,7 @@
 #    changes). Rust tests find its Python through AIQ_TEST_PYTHON.
 # 2. The Rust tests, `aiq sql` included.
 # 3. The Python package and its tests (below).
+# 4. The Spark and Ray tests of aiq.spark / aiq.ray (below).
 # Dependencies compile once: every cargo step here uses the dev profile
 # and this clone's target folder.
 set -euo pipefail

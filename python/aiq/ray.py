@@ -40,7 +40,12 @@ class _Scorer:
     exactly as many output rows back, in input order."""
 
     def __init__(self, settings: dict) -> None:
+        import threading
+
         self.settings = settings
+        # Calls take their rows back in the order they put them in: one at
+        # a time, even on an actor given max_concurrency > 1.
+        self._lock = threading.Lock()
         self._inbox: Any = None
         self._outputs: Any = None
         self._schema: Any = None
@@ -100,6 +105,10 @@ class _Scorer:
         return out
 
     def __call__(self, batch: Any) -> Any:
+        with self._lock:
+            return self._score(batch)
+
+    def _score(self, batch: Any) -> Any:
         import pyarrow as pa
 
         table = _plain_table(batch)
