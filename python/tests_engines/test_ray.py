@@ -18,7 +18,9 @@ ROWS = 30
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    # Loopback only, and no usage report sent home.
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield
     ray.shutdown()
 

@@ -34,6 +34,9 @@ def spark():
         SparkSession.builder.master("local[2, 4]")
         .appName("aiq-tests")
         .config("spark.ui.enabled", "false")
+        # Loopback only, whatever the machine's host name resolves to.
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.shuffle.partitions", "2")
         # Small Arrow batches: a partition reaches aiq as several.
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "4")
