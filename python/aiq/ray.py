@@ -129,6 +129,20 @@ class _Scorer:
         self._close()
 
 
+def _check(ds: Any, settings: dict) -> None:
+    """Check the settings against the dataset's schema on the driver, as a
+    job over no rows, when Ray knows the schema without running anything:
+    a template naming a missing column fails here, not in every actor."""
+    import pyarrow as pa
+
+    from aiq.spark import _output_schema, _plain
+
+    known = ds.schema(fetch_if_missing=False)
+    base = getattr(known, "base_schema", None)
+    if isinstance(base, pa.Schema):
+        _output_schema(_plain(base), settings)
+
+
 def _plain_table(batch: Any) -> Any:
     """The batch as a table with the string and binary kinds the core reads
     (Ray hands large_string for some sources)."""
@@ -164,6 +178,7 @@ def score(
     task_settings = dict(settings, workers=int(workers))
     if journal is not None:
         task_settings["call_journal"] = os.fspath(journal)
+    _check(ds, task_settings)
     # An actor waits on the network: it reserves no CPU by default. One
     # that reserved a whole CPU would starve the tasks that feed it (reads,
     # repartitions) once the pool holds every CPU: on a one-CPU Ray the

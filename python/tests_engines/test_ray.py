@@ -73,3 +73,9 @@ def test_a_job_wide_rpm_holds():
         check(out, rows)
         stats = sim.stats()
     assert stats["rate_limited"] <= 0.05 * stats["requests"], stats
+
+
+def test_a_template_naming_a_missing_column_fails_on_the_driver():
+    ds = ray.data.from_arrow(pa.table({"text": ["a", "b"]}))
+    with pytest.raises(aiq.ConfigError, match="nope"):
+        aiq.ray.score(ds, endpoint="http://127.0.0.1:9/v1", model="m", prompt="{{nope}}")

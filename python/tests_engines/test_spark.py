@@ -94,6 +94,12 @@ def test_exact_results_per_row_and_the_declared_schema(spark, reviews):
         assert sim.stats()["ok"] == sent()
 
 
+def test_a_template_naming_a_missing_column_fails_on_the_driver(reviews):
+    # Before any task starts: mapInArrow is not even planned.
+    with pytest.raises(aiq.ConfigError, match="nope"):
+        aiq.spark.score(reviews, endpoint="http://127.0.0.1:9/v1", model="m", prompt="{{nope}}")
+
+
 def test_typed_results_and_large_strings(spark, reviews):
     spark.conf.set("spark.sql.execution.arrow.useLargeVarTypes", "true")
     try:
