@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::error::Error;
-use crate::job::plan::Plan;
 use crate::frontend::run::{run, Ui};
+use crate::job::plan::Plan;
 use crate::job::settings::JobSettings;
 use crate::simulator::{serve_forever, SimConfig};
 
@@ -106,7 +106,7 @@ pub struct RunArgs {
 
 /// Run the parsed command line and return the process exit code.
 pub fn main_with(cli: Cli) -> ExitCode {
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.quiet);
     // `aiq run` spends its time waiting on the network: one thread drives
     // every call with no cross-thread wake-ups, which cut its CPU per row by
     // a quarter (benches/e2e.sh: 55 → 40 µs) while still sending over 10,000
@@ -158,9 +158,10 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<(), Error> {
         return Ok(());
     }
     if args.dry_run {
-        let estimate = tokio::task::spawn_blocking(move || crate::frontend::dry_run::dry_run(&plan))
-            .await
-            .map_err(|e| Error::Stopped(format!("dry run failed: {e}")))??;
+        let estimate =
+            tokio::task::spawn_blocking(move || crate::frontend::dry_run::dry_run(&plan))
+                .await
+                .map_err(|e| Error::Stopped(format!("dry run failed: {e}")))??;
         if args.json {
             println!(
                 "{}",
@@ -188,19 +189,24 @@ async fn bench_command(args: crate::frontend::bench::BenchArgs, quiet: bool) -> 
     crate::frontend::bench::bench(plan, quiet).await.map(|_| ())
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
+    let level = match (verbose, quiet) {
+        (0, true) => "error",
+        (0, false) => "warn",
+        (1, _) => "info",
         _ => "debug",
     };
     // The HTTP stack logs connection details at debug and trace; keep it at
-    // warn unless RUST_LOG names it explicitly.
-    let default = format!("{level},hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=warn");
+    // warn unless RUST_LOG names it explicitly. rustls logs its own ERROR
+    // lines for a certificate that does not verify: aiq reports that
+    // failure itself (with what to do), so rustls stays silent.
+    let default = format!("{level},hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=off");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -16,24 +16,25 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+use crate::error::{Error, Result};
+use crate::job::plan::Plan;
+use crate::job::spend::{Enforcer, Meter};
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
-use crate::provider::endpoint::Endpoint;
-use crate::error::{Error, Result};
+use crate::pipeline::http::HttpPool;
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest};
-use crate::provider::limit::Limiter;
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::outcome::RowId;
-use crate::job::plan::Plan;
 use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
 use crate::pipeline::render::{BodyBuilder, Templates};
-use crate::provider::reply::Shape;
 use crate::pipeline::schedule::Dispatcher;
-use crate::provider::wire::Task;
-use crate::simulator::Simulator;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
 use crate::pipeline::source::Source;
-use crate::job::spend::{Enforcer, Meter};
+use crate::provider::endpoint::Endpoint;
+use crate::provider::limit::Limiter;
+use crate::provider::reply::Shape;
+use crate::provider::wire::Task;
+use crate::simulator::Simulator;
 
 /// Output rows per part file: bounds what a resume reloads from the journal.
 pub const PART_ROWS: u64 = 65_536;
@@ -51,7 +52,9 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
     let source = match plan.input_format {
         InputFormat::Rows => Source::open(&plan.input, plan.batch_rows)?,
-        InputFormat::OpenaiBatch => crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)?,
+        InputFormat::OpenaiBatch => {
+            crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)?
+        }
     };
     let templates = Arc::new(
         Templates::bind(
@@ -91,7 +94,12 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         );
     }
 
-    let http = http_client(&plan)?;
+    let http = HttpPool::new(
+        &endpoint.url,
+        plan.concurrency,
+        plan.ca_cert.as_deref(),
+        concat!("aiq/", env!("CARGO_PKG_VERSION")),
+    )?;
     let limiter = Arc::new(Limiter::with_limits(&plan.limits()));
     let shape = Shape {
         task: plan.task,
@@ -174,7 +182,9 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     // Stage 3: the collector journals outcomes and writes ordered parts.
     let to_do = total_rows.map(|t| t.saturating_sub(committed));
     let status = StatusFile::start(status_path(&plan.output), to_do);
-    let progress = Progress::new(to_do, ui.quiet).with_status(status.clone());
+    let progress = Progress::new(to_do, ui.quiet)
+        .with_status(status.clone())
+        .with_in_flight(client.stats.in_flight.clone());
     let parts = PartWriter::new(
         journal.parts_dir(),
         layout.output.clone(),
@@ -233,14 +243,3 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     status.finish(Some(&summary), "done", None);
     Ok(summary)
 }
-
-fn http_client(plan: &Plan) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.concurrency)
-        .tcp_nodelay(true)
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .user_agent(concat!("aiq/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
-}
-

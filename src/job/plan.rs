@@ -10,20 +10,20 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::provider::retry::RetryPolicy;
-use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL};
-use crate::error::{Error, Result};
 use crate::ai::functions::{AiFunction, FunctionOptions};
-use crate::provider::limit::Limits;
+use crate::ai::types::{parse_response_format, SqlType};
+use crate::error::{Error, Result};
+use crate::job::settings::{JobSettings, SimulatorSettings};
+use crate::job::spend::{Budget, Prices};
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::render::BodySpec;
-use crate::job::settings::{JobSettings, SimulatorSettings};
 use crate::provider::endpoint::{Endpoint, Target};
+use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL};
+use crate::provider::limit::Limits;
 use crate::provider::quirks::Quirks;
-use crate::simulator::Simulator;
+use crate::provider::retry::RetryPolicy;
 use crate::provider::wire::Task;
-use crate::job::spend::{Budget, Prices};
-use crate::ai::types::{parse_response_format, SqlType};
+use crate::simulator::Simulator;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -64,6 +64,8 @@ pub struct Plan {
     pub stream: bool,
     pub restart: bool,
     pub simulator: SimulatorSettings,
+    /// Extra trusted roots (PEM), from `--ca-cert`.
+    pub ca_cert: Option<PathBuf>,
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -319,6 +321,7 @@ impl Plan {
             stream: s.stream,
             restart,
             simulator: s.simulator.unwrap_or_default(),
+            ca_cert: s.ca_cert,
         })
     }
 
@@ -361,7 +364,11 @@ impl Plan {
         let quirks = Quirks::of(self.flavor(), &self.endpoint_name());
         BodySpec {
             task: self.task,
-            model: if quirks.model_in_body { self.model.clone() } else { None },
+            model: if quirks.model_in_body {
+                self.model.clone()
+            } else {
+                None
+            },
             params: self.params.clone(),
             response_format: self.response_format.clone(),
             cache_control: self.cache_control || quirks.cache_control,

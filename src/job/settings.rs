@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
 use crate::ai::functions::AiFunction;
+use crate::error::{Error, Result};
 use crate::provider::wire::Task;
 
 /// Everything a job can set, as flags or as keys of a job file.
@@ -235,6 +235,11 @@ pub struct JobSettings {
     #[arg(skip)]
     #[serde(default)]
     pub simulator: Option<SimulatorSettings>,
+
+    /// Also trust the certificate authorities in this PEM file (a private
+    /// CA in front of the endpoint); `SSL_CERT_FILE` works too.
+    #[arg(long, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Simulator knobs a job file may set, so the example job shows realistic
@@ -276,7 +281,7 @@ impl JobSettings {
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
-            simulator, input_format, output_format);
+            simulator, input_format, output_format, ca_cert);
         if self.labels.is_empty() {
             self.labels = base.labels;
         }

@@ -5,13 +5,14 @@
 //! makes each one durable, and [`sink`] writes the output. The remaining
 //! modules are the values and file formats those stages share.
 
-pub mod source;
-pub mod render;
-pub mod schedule;
 pub mod client;
 pub mod collect;
+pub mod http;
 pub mod journal;
+pub mod render;
+pub mod schedule;
 pub mod sink;
+pub mod source;
 
 pub mod openai_batch;
 pub mod outcome;

@@ -22,8 +22,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::pipeline::outcome::{Outcome, Usage};
 use crate::job::spend::Prices;
+use crate::pipeline::outcome::{Outcome, Usage};
 
 /// Figures of a finished (or stopped) job.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -161,6 +161,8 @@ pub struct Progress {
     bar: ProgressBar,
     quiet: bool,
     status: Option<Arc<StatusFile>>,
+    /// Requests in flight right now (the client's count), when known.
+    in_flight: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Progress {
@@ -194,6 +196,7 @@ impl Progress {
             bar,
             quiet,
             status: None,
+            in_flight: None,
         }
     }
 
@@ -203,14 +206,30 @@ impl Progress {
         self
     }
 
+    /// Also show how many requests are in flight.
+    pub fn with_in_flight(mut self, n: Arc<std::sync::atomic::AtomicU64>) -> Progress {
+        self.in_flight = Some(n);
+        self
+    }
+
     pub fn update(&self, s: &Summary) {
         if let Some(status) = &self.status {
             status.update(s);
         }
         self.bar.set_position(s.rows);
         let u = &s.usage;
+        let in_flight = self
+            .in_flight
+            .as_ref()
+            .map(|n| {
+                format!(
+                    "{} in flight · ",
+                    n.load(std::sync::atomic::Ordering::Relaxed)
+                )
+            })
+            .unwrap_or_default();
         self.bar.set_message(format!(
-            "tokens {} in ({:.0}% cached) / {} out · {} errors",
+            "{in_flight}tokens {} in ({:.0}% cached) / {} out · {} errors",
             human(u.prompt_tokens),
             percent(u.cached_tokens, u.prompt_tokens),
             human(u.completion_tokens),

@@ -32,11 +32,12 @@ use crate::provider::retry::{header_str, parse_reset};
 /// Learned limits are paced this far below what the server announces, to
 /// absorb clock skew between our pacing and its buckets.
 const LEARNED_HEADROOM: f64 = 0.97;
-/// Multiplicative decrease on a 429 with nothing better to go on.
-const AIMD_DECREASE: f64 = 0.75;
-/// Multiplicative increase per successful reply, once a second has passed
-/// since the last decrease.
-const AIMD_INCREASE: f64 = 1.002;
+/// Multiplicative decrease on a 429, at least (the answered rate may say
+/// to cut deeper).
+const AIMD_DECREASE: f64 = 0.8;
+/// Growth of a learned pace per second while replies succeed: slow enough
+/// that the pace spends most of its time just under the server's rate.
+const AIMD_GROWTH_PER_SEC: f64 = 0.01;
 
 struct Pace {
     limiter: DefaultDirectRateLimiter,
@@ -58,6 +59,42 @@ impl Pace {
             per_minute,
             burst,
         })
+    }
+}
+
+/// The request pace: GCRA by reservation, with a rate that can change
+/// while requests wait. Each admission takes the next slot (`tat`, the
+/// theoretical arrival time) and sleeps until it; changing the rate only
+/// spaces the slots handed out from then on. A governor limiter would have
+/// to be rebuilt for every change, and each rebuild forgets the slots
+/// already taken and hands out a fresh burst, while requests still waiting
+/// on the old one keep going: together they ran above the limit.
+struct RequestPace {
+    /// None: no pace (not told, nothing learned yet).
+    per_minute: Option<f64>,
+    /// Requests allowed at once after a quiet spell.
+    burst: u32,
+    tat: Instant,
+}
+
+impl RequestPace {
+    fn set(&mut self, per_minute: f64) {
+        let per_minute = per_minute.max(1.0);
+        self.per_minute = Some(per_minute);
+        self.burst = request_burst(per_minute);
+    }
+
+    /// The time the next request may go; reserves it.
+    fn reserve(&mut self, now: Instant) -> Instant {
+        let Some(per_minute) = self.per_minute else {
+            return now;
+        };
+        let period = Duration::from_secs_f64(60.0 / per_minute);
+        let tolerance = period * self.burst.saturating_sub(1);
+        let tat = self.tat.max(now);
+        let at = now.max(tat.checked_sub(tolerance).unwrap_or(now));
+        self.tat = tat + period;
+        at
     }
 }
 
@@ -84,7 +121,7 @@ pub struct Limits {
 pub struct Limiter {
     told_rpm: bool,
     told_tpm: bool,
-    requests: RwLock<Option<Arc<Pace>>>,
+    requests: Mutex<RequestPace>,
     tokens: RwLock<Option<Arc<Pace>>>,
     pause_until: Mutex<Option<Instant>>,
     aimd: Mutex<Aimd>,
@@ -93,13 +130,39 @@ pub struct Limiter {
     output_tokens: Option<Arc<RefundableBucket>>,
 }
 
+/// Learning the request rate when not told.
 struct Aimd {
+    /// The highest pace allowed: the limit the server advertised
+    /// (`x-ratelimit-limit-requests`) less the headroom. Growth stops there.
+    ceiling: Option<f64>,
+    /// Bumped on every cut: a 429 to a request admitted before the last cut
+    /// is news of the old rate, not of the new one, so it cuts no further
+    /// (one cut per congestion event, as in TCP).
+    epoch: u64,
     last_decrease: Option<Instant>,
-    /// Recent admission times, to estimate the rate we were sending at.
-    sent: VecDeque<Instant>,
+    last_increase: Option<Instant>,
+    /// Recent successful replies, to measure what the server let through.
+    answered: VecDeque<Instant>,
 }
 
-const RATE_WINDOW: usize = 256;
+impl Aimd {
+    /// Replies answered in the last `window` (or since `since`, if later),
+    /// per minute; None when too little time has passed to tell.
+    fn goodput(&self, now: Instant, since: Option<Instant>) -> Option<f64> {
+        let from = now.checked_sub(GOODPUT_WINDOW).unwrap_or(now);
+        let from = since.map_or(from, |s| s.max(from));
+        let secs = now.duration_since(from).as_secs_f64();
+        if secs < 0.1 {
+            return None;
+        }
+        let n = self.answered.iter().filter(|t| **t >= from).count();
+        (n > 0).then(|| n as f64 / secs * 60.0)
+    }
+}
+
+/// How far back the answered rate is measured.
+const GOODPUT_WINDOW: Duration = Duration::from_secs(1);
+const ANSWERED_KEPT: usize = 4096;
 
 impl Limiter {
     pub fn new(rpm: Option<u32>, tpm: Option<u32>) -> Limiter {
@@ -112,15 +175,26 @@ impl Limiter {
 
     pub fn with_limits(l: &Limits) -> Limiter {
         let (rpm, tpm) = (l.rpm, l.tpm);
+        let mut requests = RequestPace {
+            per_minute: None,
+            burst: 1,
+            tat: Instant::now(),
+        };
+        if let Some(r) = rpm {
+            requests.set(r as f64);
+        }
         Limiter {
             told_rpm: rpm.is_some(),
             told_tpm: tpm.is_some(),
-            requests: RwLock::new(rpm.map(|r| Pace::new(r as f64, request_burst(r as f64)))),
+            requests: Mutex::new(requests),
             tokens: RwLock::new(tpm.map(|t| Pace::new(t as f64, token_burst(t as f64)))),
             pause_until: Mutex::new(None),
             aimd: Mutex::new(Aimd {
+                ceiling: None,
+                epoch: 0,
                 last_decrease: None,
-                sent: VecDeque::with_capacity(RATE_WINDOW),
+                last_increase: None,
+                answered: VecDeque::with_capacity(ANSWERED_KEPT),
             }),
             input_tokens: l.itpm.map(|t| Pace::new(t as f64, token_burst(t as f64))),
             // One query per hour-slot: a burst of one keeps them spread out.
@@ -132,12 +206,13 @@ impl Limiter {
     }
 
     /// Wait until a request with an estimated `prompt` and a reserved
-    /// `output` (its `max_tokens`) may be sent, under every limit. The
-    /// returned grant holds the OTPM reservation: [`OutputGrant::settle`]
-    /// it with the real output tokens; dropped unsettled (the attempt got no
-    /// answer, so nothing was produced), it gives the whole reservation back.
+    /// `output` (its `max_tokens`) may be sent, under every limit. Every
+    /// attempt, first or retry, comes through here. The returned grant
+    /// holds the OTPM reservation: [`OutputGrant::settle`] it with the real
+    /// output tokens; dropped unsettled (the attempt got no answer, so
+    /// nothing was produced), it gives the whole reservation back.
     pub async fn admit_call(&self, prompt: u64, output: u64) -> OutputGrant {
-        self.admit(prompt + output).await;
+        let epoch = self.admit(prompt + output).await;
         if let Some(pace) = &self.hourly {
             pace.limiter.until_ready().await;
         }
@@ -154,17 +229,20 @@ impl Limiter {
                 OutputGrant {
                     bucket: Some(bucket.clone()),
                     reserved,
+                    epoch,
                 }
             }
             None => OutputGrant {
                 bucket: None,
                 reserved: 0.0,
+                epoch,
             },
         }
     }
 
-    /// Wait until a request estimated at `tokens` tokens may be sent.
-    pub async fn admit(&self, tokens: u64) {
+    /// Wait until a request estimated at `tokens` tokens may be sent;
+    /// returns the epoch it was admitted in.
+    pub async fn admit(&self, tokens: u64) -> u64 {
         loop {
             let pause = *lock(&self.pause_until);
             match pause {
@@ -172,9 +250,9 @@ impl Limiter {
                 _ => break,
             }
         }
-        let requests = read(&self.requests);
-        if let Some(pace) = requests {
-            pace.limiter.until_ready().await;
+        let at = lock(&self.requests).reserve(Instant::now());
+        if at > Instant::now() {
+            tokio::time::sleep_until(at).await;
         }
         let token_pace = read(&self.tokens);
         if let Some(pace) = token_pace {
@@ -184,23 +262,24 @@ impl Limiter {
             let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             let _ = pace.limiter.until_n_ready(n).await;
         }
-        let mut aimd = lock(&self.aimd);
-        if aimd.sent.len() == RATE_WINDOW {
-            aimd.sent.pop_front();
-        }
-        aimd.sent.push_back(Instant::now());
+        lock(&self.aimd).epoch
     }
 
-    /// Learn from a reply's headers (any status).
-    pub fn observe(&self, headers: &HeaderMap, rate_limited: bool, retry_after: Option<Duration>) {
+    /// Learn from a reply's headers (any status). `status` is the reply's
+    /// HTTP status; `epoch` the one its request was admitted in (None when
+    /// it did not pass the limiter).
+    pub fn observe(
+        &self,
+        headers: &HeaderMap,
+        status: u16,
+        retry_after: Option<Duration>,
+        epoch: Option<u64>,
+    ) {
         let now = Instant::now();
+        let rate_limited = status == 429;
         if !self.told_rpm {
             if let Some(limit) = first_number(headers, REQUEST_LIMIT_HEADERS) {
-                self.set_learned(
-                    &self.requests,
-                    limit * LEARNED_HEADROOM,
-                    request_burst(limit),
-                );
+                self.learn_ceiling(limit * LEARNED_HEADROOM);
             }
         }
         if !self.told_tpm {
@@ -208,26 +287,62 @@ impl Limiter {
                 self.set_learned(&self.tokens, limit * LEARNED_HEADROOM, token_burst(limit));
             }
         }
-        let mut pause: Option<Duration> = retry_after;
-        for (remaining, reset) in EXHAUSTED_HEADERS {
-            if first_number(headers, &[remaining]) == Some(0.0) {
-                if let Some(d) = header_str(headers, reset).and_then(parse_reset) {
-                    pause = Some(pause.map_or(d, |p| p.max(d)));
+        // An exhausted window with no pace to keep us under it: wait for its
+        // reset. Under a pace the slots already spread the requests, and
+        // stopping everyone for a whole reset only wastes the limit.
+        let paced = lock(&self.requests).per_minute.is_some();
+        if !paced {
+            let mut pause: Option<Duration> = None;
+            for (remaining, reset) in EXHAUSTED_HEADERS {
+                if first_number(headers, &[remaining]) == Some(0.0) {
+                    if let Some(d) = header_str(headers, reset).and_then(parse_reset) {
+                        pause = Some(pause.map_or(d, |p| p.max(d)));
+                    }
+                }
+            }
+            // A 429's Retry-After, before any pace is known, holds everyone
+            // back too: they would only be refused alike.
+            if rate_limited {
+                pause = pause.max(retry_after);
+            }
+            if let Some(d) = pause.filter(|d| !d.is_zero()) {
+                let until = now + d.min(Duration::from_secs(300));
+                let mut p = lock(&self.pause_until);
+                if p.is_none_or(|cur| cur < until) {
+                    *p = Some(until);
                 }
             }
         }
-        if let Some(d) = pause.filter(|d| !d.is_zero()) {
-            let until = now + d.min(Duration::from_secs(300));
-            let mut p = lock(&self.pause_until);
-            if p.is_none_or(|cur| cur < until) {
-                *p = Some(until);
-            }
+        if self.told_rpm {
+            return;
         }
         if rate_limited {
-            self.decrease(now);
-        } else {
+            self.decrease(now, epoch);
+        } else if (200..300).contains(&status) {
             self.increase(now);
         }
+    }
+
+    /// The server advertised its request limit: never pace above it.
+    fn learn_ceiling(&self, per_minute: f64) {
+        let mut aimd = lock(&self.aimd);
+        let first = aimd.ceiling.is_none();
+        if aimd.ceiling.is_some_and(|c| (c - per_minute).abs() < 0.5) {
+            return;
+        }
+        aimd.ceiling = Some(per_minute);
+        let mut pace = lock(&self.requests);
+        let next = match pace.per_minute {
+            Some(current) if !first => current.min(per_minute),
+            _ => per_minute,
+        };
+        tracing::debug!(
+            "pacing at {next:.0}/minute (the endpoint advertises {:.0}/minute)",
+            per_minute / LEARNED_HEADROOM
+        );
+        pace.set(next);
+        // Refusals of requests sent before we knew are no news.
+        aimd.epoch += 1;
     }
 
     fn set_learned(&self, slot: &RwLock<Option<Arc<Pace>>>, per_minute: f64, burst: u32) {
@@ -239,59 +354,70 @@ impl Limiter {
         {
             return;
         }
-        tracing::debug!("pacing at {per_minute:.0}/minute (learned from the endpoint's replies)");
+        tracing::debug!("token pace {per_minute:.0}/minute (learned from the endpoint's replies)");
         if let Ok(mut w) = slot.write() {
             *w = Some(Pace::new(per_minute, burst));
         }
     }
 
-    fn decrease(&self, now: Instant) {
-        if self.told_rpm {
-            return;
-        }
+    /// A 429: cut the pace, once per congestion event. The new pace is what
+    /// the server let through since the last cut (its real rate, when we
+    /// sent more than it took), and at most a fifth below the old one.
+    fn decrease(&self, now: Instant, epoch: Option<u64>) {
         let mut aimd = lock(&self.aimd);
-        if aimd
-            .last_decrease
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
+        if epoch.is_some_and(|e| e < aimd.epoch) {
             return;
         }
-        aimd.last_decrease = Some(now);
-        let current = read(&self.requests).map(|p| p.per_minute);
-        let per_minute = match current {
-            Some(rpm) => rpm * AIMD_DECREASE,
-            None => observed_per_minute(&aimd.sent, now) * AIMD_DECREASE,
+        let mut pace = lock(&self.requests);
+        let goodput = aimd.goodput(now, aimd.last_decrease);
+        let next = match (pace.per_minute, goodput) {
+            (Some(current), Some(g)) => (current * AIMD_DECREASE).min(g),
+            (Some(current), None) => current * AIMD_DECREASE,
+            (None, Some(g)) => g,
+            // Refused before anything was answered: nothing to measure yet;
+            // the pause above holds everyone back meanwhile.
+            (None, None) => return,
         };
-        drop(aimd);
-        if let Ok(mut w) = self.requests.write() {
-            *w = Some(Pace::new(per_minute, request_burst(per_minute)));
-        }
+        let next = aimd.ceiling.map_or(next, |c| next.min(c));
+        tracing::debug!("429: pacing at {next:.0}/minute");
+        pace.set(next);
+        aimd.epoch += 1;
+        aimd.last_decrease = Some(now);
+        aimd.last_increase = Some(now);
     }
 
+    /// A success: grow the pace slowly (a fraction per second since the
+    /// last growth), never above an advertised limit.
     fn increase(&self, now: Instant) {
-        if self.told_rpm {
-            return;
+        let mut aimd = lock(&self.aimd);
+        if aimd.answered.len() == ANSWERED_KEPT {
+            aimd.answered.pop_front();
         }
-        let aimd = lock(&self.aimd);
-        let Some(last) = aimd.last_decrease else {
+        aimd.answered.push_back(now);
+        let mut pace = lock(&self.requests);
+        let Some(current) = pace.per_minute else {
             return;
         };
-        if now.duration_since(last) < Duration::from_secs(1) {
+        let Some(last) = aimd.last_increase else {
+            return;
+        };
+        let secs = now.duration_since(last).as_secs_f64();
+        if secs < 0.1 {
             return;
         }
-        drop(aimd);
-        if let Some(pace) = read(&self.requests) {
-            let next = pace.per_minute * AIMD_INCREASE;
-            // Rebuild only when the change is worth a limiter reset.
-            if next - pace.per_minute >= 1.0 || pace.per_minute < 500.0 {
-                self.set_learned(&self.requests, next, request_burst(next));
-            }
+        aimd.last_increase = Some(now);
+        let mut next = current * (1.0 + AIMD_GROWTH_PER_SEC * secs);
+        if let Some(c) = aimd.ceiling {
+            next = next.min(c);
+        }
+        if next > current {
+            pace.set(next);
         }
     }
 
     pub fn state(&self) -> LimitState {
         LimitState {
-            rpm: read(&self.requests).map(|p| p.per_minute),
+            rpm: lock(&self.requests).per_minute,
             tpm: read(&self.tokens).map(|p| p.per_minute),
         }
     }
@@ -308,6 +434,8 @@ const OUTPUT_BURST_SECS: f64 = 10.0;
 pub struct OutputGrant {
     bucket: Option<Arc<RefundableBucket>>,
     reserved: f64,
+    /// The limiter epoch the request was admitted in.
+    pub epoch: u64,
 }
 
 impl OutputGrant {
@@ -425,16 +553,6 @@ fn token_burst(per_minute: f64) -> u32 {
     ((per_minute / 60.0).ceil() as u32).max(1)
 }
 
-fn observed_per_minute(sent: &VecDeque<Instant>, now: Instant) -> f64 {
-    match sent.front() {
-        Some(first) if sent.len() > 1 => {
-            let secs = now.duration_since(*first).as_secs_f64().max(0.05);
-            sent.len() as f64 / secs * 60.0
-        }
-        _ => 60.0,
-    }
-}
-
 const REQUEST_LIMIT_HEADERS: &[&str] = &[
     "x-ratelimit-limit-requests",
     "anthropic-ratelimit-requests-limit",
@@ -493,7 +611,8 @@ mod tests {
                 ("x-ratelimit-limit-requests", "600"),
                 ("x-ratelimit-limit-tokens", "60000"),
             ]),
-            false,
+            200,
+            None,
             None,
         );
         let s = l.state();
@@ -506,21 +625,84 @@ mod tests {
         let l = Limiter::new(Some(100), None);
         l.observe(
             &headers(&[("x-ratelimit-limit-requests", "600")]),
-            true,
+            429,
+            None,
             None,
         );
         assert_eq!(l.state().rpm, Some(100.0));
     }
 
-    #[test]
-    fn a_429_without_headers_sets_a_rate_below_what_was_sent() {
+    #[tokio::test(start_paused = true)]
+    async fn a_429_without_headers_paces_at_what_was_answered_once_per_event() {
         let l = Limiter::new(None, None);
-        l.observe(&HeaderMap::new(), true, None);
+        let epoch = l.admit(1).await;
+        // Refused before anything was answered: nothing to go on yet.
+        l.observe(&HeaderMap::new(), 429, None, Some(epoch));
+        assert_eq!(l.state().rpm, None);
+        for _ in 0..10 {
+            l.observe(&HeaderMap::new(), 200, None, Some(epoch));
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.observe(&HeaderMap::new(), 429, None, Some(epoch));
         let first = l.state().rpm.unwrap();
-        assert!(first > 0.0);
-        // A second refusal within the same second does not cut again.
-        l.observe(&HeaderMap::new(), true, None);
+        assert!(
+            (first - 600.0).abs() < 1.0,
+            "10 answered in the last second: {first}"
+        );
+        // Refusals of requests admitted before the cut cut no further.
+        l.observe(&HeaderMap::new(), 429, None, Some(epoch));
         assert_eq!(l.state().rpm, Some(first));
+        // One admitted after it does.
+        let later = l.admit(1).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.observe(&HeaderMap::new(), 429, None, Some(later));
+        assert!(l.state().rpm.unwrap() <= first * AIMD_DECREASE + 0.01);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growth_never_passes_an_advertised_limit() {
+        let l = Limiter::new(None, None);
+        let limit = headers(&[("x-ratelimit-limit-requests", "3000")]);
+        let epoch = l.admit(1).await;
+        l.observe(&limit, 429, None, Some(epoch));
+        let ceiling = 3000.0 * LEARNED_HEADROOM;
+        assert_eq!(l.state().rpm, Some(ceiling));
+        // Refused in flight before the limit was known: no cut.
+        l.observe(&limit, 429, None, Some(epoch));
+        assert_eq!(l.state().rpm, Some(ceiling));
+        // A fresh refusal cuts; a long run of successes grows back to the
+        // ceiling and stays there.
+        let e = l.admit(1).await;
+        l.observe(&limit, 429, None, Some(e));
+        assert!(l.state().rpm.unwrap() < ceiling);
+        for _ in 0..600 {
+            tokio::time::advance(Duration::from_millis(200)).await;
+            l.observe(&HeaderMap::new(), 200, None, None);
+        }
+        assert_eq!(l.state().rpm, Some(ceiling));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changing_the_pace_keeps_the_slots_already_taken() {
+        // 600/min = one slot per 100 ms, burst 1.
+        let l = Limiter::new(Some(600), None);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            l.admit(1).await;
+        }
+        let five = t0.elapsed();
+        assert!(five >= Duration::from_millis(400), "{five:?}");
+        // A faster pace does not hand out a fresh burst on top.
+        lock(&l.requests).set(6000.0);
+        let t1 = Instant::now();
+        for _ in 0..10 {
+            l.admit(1).await;
+        }
+        assert!(
+            t1.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t1.elapsed()
+        );
     }
 
     /// Admissions in `secs` of fake time for requests reserving `reserve`
@@ -613,7 +795,8 @@ mod tests {
                 ("x-ratelimit-remaining-requests", "0"),
                 ("x-ratelimit-reset-requests", "2s"),
             ]),
-            false,
+            200,
+            None,
             None,
         );
         let until = l.pause_until.lock().unwrap().unwrap();

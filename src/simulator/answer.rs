@@ -7,7 +7,8 @@
 //! last user text (`"echo: ..."`), structured outputs and tool arguments are
 //! generated from the schema ([`super::schema`]), embeddings are unit
 //! vectors hashed from the text. Magic markers in the text let tests ask for
-//! a specific failure: `[[sim:400]]`, `[[sim:500]]`, `[[sim:tool]]`, and
+//! a specific failure: `[[sim:400]]`, `[[sim:500]]`, `[[sim:tool]]`,
+//! `[[sim:filter]]` (`finish_reason` content_filter, no content), and
 //! `[[sim:badjson]]` (a reply that does not fit: a structured document with
 //! its first leaf of the wrong type, or text that is not JSON at all).
 
@@ -187,6 +188,8 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
     });
     let limit = asked.unwrap_or(reply_tokens).min(reply_tokens);
     let (content, tool_calls, finish_reason) = match tool_call(&req, &prompt, &last_user)? {
+        // A content filter's refusal: no content at all.
+        None if last_user.contains(FILTERED) => (None, None, "content_filter"),
         Some(calls) => (None, Some(calls), "tool_calls"),
         None => {
             let (text, cut) = match structured(&req, &prompt, &last_user)? {
@@ -228,6 +231,9 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
         completion_tokens,
     })
 }
+
+/// Asks for a reply withheld by a content filter.
+const FILTERED: &str = "[[sim:filter]]";
 
 /// Asks for a reply that does not fit what was requested.
 const BAD_JSON: &str = "[[sim:badjson]]";

@@ -24,7 +24,7 @@ use super::cache::{self, prefix_keys};
 use super::faults::Fault;
 use super::limits::Admission;
 use super::stats::{bump, InFlight};
-use super::{stream, ServerState, SimConfig};
+use super::{stream, Quirk, ServerState, SimConfig};
 use crate::provider::wire::{
     ChatChoice, ChatResponse, CompletionChoice, CompletionResponse, EmbeddingItem,
     EmbeddingResponse, Message, PromptTokensDetails, WireUsage,
@@ -173,6 +173,29 @@ async fn handle(
                 );
             }
             Fault::Reset => return reset(),
+            Fault::Html => {
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/html")],
+                    "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                )
+                    .into_response()
+            }
+            Fault::Truncated => {
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    r#"{"id":"chatcmpl-1","choices":[{"index":0,"mess"#,
+                )
+                    .into_response()
+            }
+            Fault::Error200 => {
+                return (
+                    StatusCode::OK,
+                    Json(json!({"error": {"message": "upstream exploded"}})),
+                )
+                    .into_response()
+            }
             Fault::Slow => tokio::time::sleep(Duration::from_millis(st.cfg.slow_ms)).await,
         }
     }
@@ -236,9 +259,37 @@ async fn handle(
         tokio::time::sleep(delay).await;
     }
     done();
-    let mut resp = Json(body_of(&api, job, usage)).into_response();
+    let mut body = body_of(&api, job, usage);
+    quirks(&st.cfg.quirks, &mut body);
+    let mut resp = Json(body).into_response();
     resp.headers_mut().extend(limit_headers);
     resp
+}
+
+/// Reshapes a reply the harmless ways other servers differ from OpenAI.
+fn quirks(quirks: &[Quirk], body: &mut Value) {
+    for q in quirks {
+        match q {
+            Quirk::NoRole => {
+                if let Some(m) = body
+                    .pointer_mut("/choices/0/message")
+                    .and_then(Value::as_object_mut)
+                {
+                    m.remove("role");
+                }
+            }
+            Quirk::BadUsage => {
+                if let Some(u) = body.get_mut("usage").and_then(Value::as_object_mut) {
+                    u.insert("completion_tokens".into(), json!("many"));
+                }
+            }
+            Quirk::NegativeUsage => {
+                if let Some(u) = body.get_mut("usage").and_then(Value::as_object_mut) {
+                    u.insert("prompt_tokens".into(), json!(-1));
+                }
+            }
+        }
+    }
 }
 
 /// A reply whose body breaks off: a few bytes, then an error, which makes

@@ -32,19 +32,19 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 
-use crate::pipeline::client::Client;
-use crate::provider::retry::RetryPolicy;
-use crate::provider::endpoint::Endpoint;
-use crate::error::{Error, Result};
-use crate::provider::limit::Limiter;
-use crate::provider::endpoint::Target;
-use crate::pipeline::render::{BodyBuilder, BodySpec, Templates};
-use crate::provider::reply::Shape;
-use crate::job::settings::{parse_param, SimulatorSettings};
-use crate::provider::quirks::Quirks;
-use crate::provider::wire::Task;
-use crate::pipeline::source::Source;
 use crate::ai::tokens::BYTES_PER_TOKEN;
+use crate::error::{Error, Result};
+use crate::job::settings::{parse_param, SimulatorSettings};
+use crate::pipeline::client::Client;
+use crate::pipeline::render::{BodyBuilder, BodySpec, Templates};
+use crate::pipeline::source::Source;
+use crate::provider::endpoint::Endpoint;
+use crate::provider::endpoint::Target;
+use crate::provider::limit::Limiter;
+use crate::provider::quirks::Quirks;
+use crate::provider::reply::Shape;
+use crate::provider::retry::RetryPolicy;
+use crate::provider::wire::Task;
 
 pub use stats::{Load, Record, Slo, StepStats};
 
@@ -376,13 +376,12 @@ pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
         .map(|l| workers_of(*l, args.max_in_flight))
         .max()
         .unwrap_or(1);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(workers)
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(30))
-        .user_agent(concat!("aiq/", env!("CARGO_PKG_VERSION"), " bench"))
-        .build()
-        .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+    let http = crate::pipeline::http::HttpPool::new(
+        &endpoint.url,
+        workers,
+        None,
+        concat!("aiq/", env!("CARGO_PKG_VERSION"), " bench"),
+    )?;
     let policy = RetryPolicy {
         max_retries: 0,
         timeout: Duration::from_secs_f64(args.timeout),
