@@ -18,12 +18,12 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::job::plan::Plan;
-use crate::provider::endpoint::Target;
+use crate::job::spend::Prices;
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::CallMaker;
 use crate::pipeline::sink::Layout;
 use crate::pipeline::source::Source;
-use crate::job::spend::Prices;
+use crate::provider::endpoint::Target;
 
 /// What a job would send, and an estimate of what it would cost and take.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -30,11 +30,9 @@ use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::Dispatcher;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
 use crate::pipeline::source::Source;
-use crate::provider::endpoint::Endpoint;
 use crate::provider::limit::Limiter;
 use crate::provider::reply::Shape;
 use crate::provider::wire::Task;
-use crate::simulator::Simulator;
 
 /// Output rows per part file: bounds what a resume reloads from the journal.
 pub const PART_ROWS: u64 = 65_536;

@@ -33,6 +33,7 @@ use crate::provider::limit::Limiter;
 use crate::provider::reply::{body_fault, split_usage, Reply, Shape};
 use crate::provider::retry::{
     certificate_problem, classify_body_fault, classify_status, retry_after, RetryAction,
+    RetryPolicy,
 };
 use crate::provider::stream;
 use crate::provider::wire;

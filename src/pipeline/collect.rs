@@ -19,12 +19,12 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::job::spend::Enforcer;
 use crate::pipeline::journal::Journal;
 use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::progress::{Progress, Summary};
 use crate::pipeline::schedule::Event;
 use crate::pipeline::sink::{Layout, PartWriter};
-use crate::job::spend::Enforcer;
 
 /// Calls failing one after another (after their retries) before the job
 /// stops: a bad setting fails every row, and should cost a handful of

@@ -34,8 +34,8 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 use crate::pipeline::journal::Part;
 use crate::pipeline::parquet_out::read_all;
-use crate::provider::wire::Task;
 use crate::pipeline::source::{Format, Source};
+use crate::provider::wire::Task;
 
 /// The columns an OpenAI Batch input becomes, in order.
 pub const CUSTOM_ID: &str = "custom_id";

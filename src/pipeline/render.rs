@@ -18,10 +18,10 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use crate::ai::tokens;
 use crate::error::{Error, Result};
 use crate::pipeline::outcome::RowId;
 use crate::provider::wire::Task;
-use crate::ai::tokens;
 
 /// Prefixes shorter than this many tokens are not cached by providers
 /// (OpenAI's and Anthropic's minimum), so they get no warm-up and no key.

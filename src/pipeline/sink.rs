@@ -17,10 +17,10 @@ use arrow::record_batch::RecordBatch;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::job::spend::{row_cost, Prices};
 use crate::pipeline::journal::{part_name, Part};
 use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::parquet_out::{compatible_schema, make_compatible, read_all, ParquetFile};
-use crate::job::spend::{row_cost, Prices};
 
 /// The columns aiq adds after the input's, in order.
 pub const OUTCOME_COLUMNS: [&str; 14] = [

@@ -9,9 +9,11 @@
 
 use std::fmt;
 
-use crate::provider::auth::{resolve_databricks, resolve_openai, Credentials, DatabricksTarget, Secret};
 use crate::error::{Error, Result};
 use crate::job::settings::SimulatorSettings;
+use crate::provider::auth::{
+    resolve_databricks, resolve_openai, Credentials, DatabricksTarget, Secret,
+};
 use crate::provider::wire::Task;
 use crate::simulator::{SimConfig, Simulator};
 

@@ -23,7 +23,9 @@ use super::answer::{Job, Reply};
 use super::handler::{first_token_delay, model_name, reply_id, Api};
 use super::SimConfig;
 use crate::ai::tokens::BYTES_PER_TOKEN;
-use crate::provider::wire::{ChatChunk, ChunkChoice, CompletionChoice, CompletionResponse, Delta, WireUsage};
+use crate::provider::wire::{
+    ChatChunk, ChunkChoice, CompletionChoice, CompletionResponse, Delta, WireUsage,
+};
 
 /// Called once the last event has been handed to the connection.
 pub(crate) type Done = Box<dyn FnOnce() + Send>;

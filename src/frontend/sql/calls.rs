@@ -23,17 +23,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::pipeline::client::Client;
-use crate::provider::retry::RetryPolicy;
-use crate::provider::endpoint::Endpoint;
 use crate::error::{Error, Result};
-use crate::provider::limit::Limiter;
-use crate::pipeline::outcome::Usage;
 use crate::job::plan::Plan;
-use crate::provider::endpoint::Target;
-use crate::pipeline::render::{BodyBuilder, Call, RenderedRow};
-use crate::provider::reply::Shape;
 use crate::job::settings::JobSettings;
+use crate::pipeline::client::Client;
+use crate::pipeline::outcome::Usage;
+use crate::pipeline::render::{BodyBuilder, Call, RenderedRow};
+use crate::provider::endpoint::Endpoint;
+use crate::provider::endpoint::Target;
+use crate::provider::limit::Limiter;
+use crate::provider::reply::Shape;
+use crate::provider::retry::RetryPolicy;
 use crate::simulator::Simulator;
 
 /// Settings of `aiq sql` that apply to every AI call of the query.

@@ -161,7 +161,9 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
     }
     let engine = Arc::new(Engine::new(
         EngineSettings {
-            concurrency: args.concurrency.unwrap_or(crate::job::plan::DEFAULT_CONCURRENCY),
+            concurrency: args
+                .concurrency
+                .unwrap_or(crate::job::plan::DEFAULT_CONCURRENCY),
             rpm: args.rpm,
             tpm: args.tpm,
             max_retries: args.max_retries,

@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 
 use super::calls::{Answer, Engine};
 use super::rewrite::parameters;
-use crate::error::Error;
 use crate::ai::functions::AiFunction;
+use crate::error::Error;
 use crate::job::settings::JobSettings;
 
 /// The functions registered for a query.
