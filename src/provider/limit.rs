@@ -69,12 +69,24 @@ impl Pace {
 /// to be rebuilt for every change, and each rebuild forgets the slots
 /// already taken and hands out a fresh burst, while requests still waiting
 /// on the old one keep going: together they ran above the limit.
+///
+/// Until a pace is told or learned, sending starts slowly and doubles its
+/// rate every [`RAMP_DOUBLING`] (TCP's slow start, by rate), up to
+/// [`RAMP_END`], where it stops pacing. A server whose first replies say
+/// nothing about its limit would otherwise get a whole `--concurrency` of
+/// requests in its first few milliseconds, most of them refused before the
+/// first 429 could teach us anything. The ramp costs an unlimited server
+/// under a second, once per job.
 struct RequestPace {
     /// None: no pace (not told, nothing learned yet).
     per_minute: Option<f64>,
     /// Requests allowed at once after a quiet spell.
     burst: u32,
     tat: Instant,
+    /// Slow start still on (nothing told or learned, not yet at its end).
+    ramp: bool,
+    /// When the first request went out (the ramp starts then).
+    ramp_from: Option<Instant>,
 }
 
 impl RequestPace {
@@ -82,12 +94,35 @@ impl RequestPace {
         let per_minute = per_minute.max(1.0);
         self.per_minute = Some(per_minute);
         self.burst = request_burst(per_minute);
+        self.ramp = false;
+    }
+
+    /// The slow-start rate at `now`, or None once the ramp is over.
+    fn ramp_rate(&mut self, now: Instant) -> Option<f64> {
+        if !self.ramp {
+            return None;
+        }
+        let from = *self.ramp_from.get_or_insert(now);
+        let doublings = now.duration_since(from).as_secs_f64() / RAMP_DOUBLING.as_secs_f64();
+        let rate = RAMP_START * 2f64.powf(doublings);
+        if rate >= RAMP_END {
+            self.ramp = false;
+            return None;
+        }
+        Some(rate)
     }
 
     /// The time the next request may go; reserves it.
     fn reserve(&mut self, now: Instant) -> Instant {
-        let Some(per_minute) = self.per_minute else {
-            return now;
+        let per_minute = match self.per_minute {
+            Some(p) => p,
+            None => match self.ramp_rate(now) {
+                Some(r) => {
+                    self.burst = request_burst(r);
+                    r
+                }
+                None => return now,
+            },
         };
         let period = Duration::from_secs_f64(60.0 / per_minute);
         let tolerance = period * self.burst.saturating_sub(1);
@@ -160,6 +195,12 @@ impl Aimd {
     }
 }
 
+/// Slow start: the first rate (per minute), how often it doubles, and
+/// where it ends (a pace no limit we have met comes near).
+const RAMP_START: f64 = 1_200.0;
+const RAMP_DOUBLING: Duration = Duration::from_millis(100);
+const RAMP_END: f64 = 600_000.0;
+
 /// How far back the answered rate is measured.
 const GOODPUT_WINDOW: Duration = Duration::from_secs(1);
 const ANSWERED_KEPT: usize = 4096;
@@ -179,6 +220,8 @@ impl Limiter {
             per_minute: None,
             burst: 1,
             tat: Instant::now(),
+            ramp: true,
+            ramp_from: None,
         };
         if let Some(r) = rpm {
             requests.set(r as f64);
@@ -275,7 +318,18 @@ impl Limiter {
         retry_after: Option<Duration>,
         epoch: Option<u64>,
     ) {
-        let now = Instant::now();
+        self.observe_at(headers, status, retry_after, epoch, Instant::now());
+    }
+
+    /// [`Limiter::observe`] at a given time (tests drive the clock).
+    fn observe_at(
+        &self,
+        headers: &HeaderMap,
+        status: u16,
+        retry_after: Option<Duration>,
+        epoch: Option<u64>,
+        now: Instant,
+    ) {
         let rate_limited = status == 429;
         if !self.told_rpm {
             if let Some(limit) = first_number(headers, REQUEST_LIMIT_HEADERS) {
@@ -285,6 +339,13 @@ impl Limiter {
         if !self.told_tpm {
             if let Some(limit) = first_number(headers, TOKEN_LIMIT_HEADERS) {
                 self.set_learned(&self.tokens, limit * LEARNED_HEADROOM, token_burst(limit));
+            }
+        }
+        if !self.told_rpm {
+            if rate_limited {
+                self.decrease(now, epoch);
+            } else if (200..300).contains(&status) {
+                self.increase(now);
             }
         }
         // An exhausted window with no pace to keep us under it: wait for its
@@ -300,8 +361,8 @@ impl Limiter {
                     }
                 }
             }
-            // A 429's Retry-After, before any pace is known, holds everyone
-            // back too: they would only be refused alike.
+            // A 429's Retry-After, when even the refusal taught no pace,
+            // holds everyone back too: they would only be refused alike.
             if rate_limited {
                 pause = pause.max(retry_after);
             }
@@ -312,14 +373,6 @@ impl Limiter {
                     *p = Some(until);
                 }
             }
-        }
-        if self.told_rpm {
-            return;
-        }
-        if rate_limited {
-            self.decrease(now, epoch);
-        } else if (200..300).contains(&status) {
-            self.increase(now);
         }
     }
 
@@ -370,7 +423,9 @@ impl Limiter {
         }
         let mut pace = lock(&self.requests);
         let goodput = aimd.goodput(now, aimd.last_decrease);
-        let next = match (pace.per_minute, goodput) {
+        // Refused during slow start: the ramp's rate is what was too much.
+        let current = pace.per_minute.or_else(|| pace.ramp_rate(now));
+        let next = match (current, goodput) {
             (Some(current), Some(g)) => (current * AIMD_DECREASE).min(g),
             (Some(current), None) => current * AIMD_DECREASE,
             (None, Some(g)) => g,
@@ -632,77 +687,76 @@ mod tests {
         assert_eq!(l.state().rpm, Some(100.0));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_429_without_headers_paces_at_what_was_answered_once_per_event() {
+    #[test]
+    fn a_429_without_headers_paces_at_what_was_answered_once_per_event() {
         let l = Limiter::new(None, None);
-        let epoch = l.admit(1).await;
+        let none = HeaderMap::new();
+        let t0 = Instant::now();
         // Refused before anything was answered: nothing to go on yet.
-        l.observe(&HeaderMap::new(), 429, None, Some(epoch));
+        l.observe_at(&none, 429, None, Some(0), t0);
         assert_eq!(l.state().rpm, None);
         for _ in 0..10 {
-            l.observe(&HeaderMap::new(), 200, None, Some(epoch));
+            l.observe_at(&none, 200, None, Some(0), t0);
         }
-        tokio::time::advance(Duration::from_secs(1)).await;
-        l.observe(&HeaderMap::new(), 429, None, Some(epoch));
+        let t1 = t0 + Duration::from_secs(1);
+        l.observe_at(&none, 429, None, Some(0), t1);
         let first = l.state().rpm.unwrap();
         assert!(
             (first - 600.0).abs() < 1.0,
             "10 answered in the last second: {first}"
         );
         // Refusals of requests admitted before the cut cut no further.
-        l.observe(&HeaderMap::new(), 429, None, Some(epoch));
+        l.observe_at(&none, 429, None, Some(0), t1);
         assert_eq!(l.state().rpm, Some(first));
         // One admitted after it does.
-        let later = l.admit(1).await;
-        tokio::time::advance(Duration::from_secs(1)).await;
-        l.observe(&HeaderMap::new(), 429, None, Some(later));
+        let later = lock(&l.aimd).epoch;
+        l.observe_at(&none, 429, None, Some(later), t1 + Duration::from_secs(1));
         assert!(l.state().rpm.unwrap() <= first * AIMD_DECREASE + 0.01);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn growth_never_passes_an_advertised_limit() {
+    #[test]
+    fn growth_never_passes_an_advertised_limit() {
         let l = Limiter::new(None, None);
         let limit = headers(&[("x-ratelimit-limit-requests", "3000")]);
-        let epoch = l.admit(1).await;
-        l.observe(&limit, 429, None, Some(epoch));
+        let t0 = Instant::now();
+        l.observe_at(&limit, 429, None, Some(0), t0);
         let ceiling = 3000.0 * LEARNED_HEADROOM;
         assert_eq!(l.state().rpm, Some(ceiling));
         // Refused in flight before the limit was known: no cut.
-        l.observe(&limit, 429, None, Some(epoch));
+        l.observe_at(&limit, 429, None, Some(0), t0);
         assert_eq!(l.state().rpm, Some(ceiling));
         // A fresh refusal cuts; a long run of successes grows back to the
         // ceiling and stays there.
-        let e = l.admit(1).await;
-        l.observe(&limit, 429, None, Some(e));
+        let e = lock(&l.aimd).epoch;
+        l.observe_at(&limit, 429, None, Some(e), t0);
         assert!(l.state().rpm.unwrap() < ceiling);
-        for _ in 0..600 {
-            tokio::time::advance(Duration::from_millis(200)).await;
-            l.observe(&HeaderMap::new(), 200, None, None);
+        for i in 1..=600 {
+            let t = t0 + Duration::from_millis(200 * i);
+            l.observe_at(&HeaderMap::new(), 200, None, None, t);
         }
         assert_eq!(l.state().rpm, Some(ceiling));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn changing_the_pace_keeps_the_slots_already_taken() {
-        // 600/min = one slot per 100 ms, burst 1.
-        let l = Limiter::new(Some(600), None);
+    #[test]
+    fn changing_the_pace_keeps_the_slots_already_taken() {
         let t0 = Instant::now();
-        for _ in 0..5 {
-            l.admit(1).await;
-        }
-        let five = t0.elapsed();
-        assert!(five >= Duration::from_millis(400), "{five:?}");
-        // A faster pace does not hand out a fresh burst on top.
-        lock(&l.requests).set(6000.0);
-        let t1 = Instant::now();
-        for _ in 0..10 {
-            l.admit(1).await;
-        }
-        assert!(
-            t1.elapsed() >= Duration::from_millis(90),
-            "{:?}",
-            t1.elapsed()
-        );
+        let mut pace = RequestPace {
+            per_minute: None,
+            burst: 1,
+            tat: t0,
+            ramp: false,
+            ramp_from: None,
+        };
+        assert_eq!(pace.reserve(t0), t0, "no pace, no wait");
+        // 600/min: one slot per 100 ms, burst 1.
+        pace.set(600.0);
+        let slots: Vec<_> = (0..5).map(|_| pace.reserve(t0)).collect();
+        assert_eq!(slots[4] - t0, Duration::from_millis(400));
+        // A faster pace spaces the slots handed out from now on, after the
+        // ones already taken: no fresh burst on top of them.
+        pace.set(6000.0);
+        let next = pace.reserve(t0);
+        assert!(next >= t0 + Duration::from_millis(410), "{:?}", next - t0);
     }
 
     /// Admissions in `secs` of fake time for requests reserving `reserve`
