@@ -210,10 +210,12 @@ impl Client {
                 Ok(outcomes)
             }
             Err(e) => match e.action {
-                RetryAction::Abort => Err(Abort(format!(
-                    "{} refused the job: {}",
-                    self.endpoint.label, e.message
-                ))),
+                // A status is the endpoint refusing; without one the job
+                // could not reach it (an untrusted certificate).
+                RetryAction::Abort => Err(Abort(match e.status {
+                    Some(_) => format!("{} refused the job: {}", self.endpoint.label, e.message),
+                    None => format!("{}: {}", self.endpoint.label, e.message),
+                })),
                 RetryAction::Retry { .. } => {
                     let why = if e.ambiguous && ambiguous > max_ambiguous {
                         format!(
