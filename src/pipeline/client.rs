@@ -171,7 +171,16 @@ impl Client {
         })
         // Never come back sooner than the server asked; `dur` is None once
         // the budget is spent, and then we stop (never `Some` unconditionally).
+        // A 429 is not a fault of this call but of the job's pace, which
+        // the shared limiter has just slowed: the retry waits what the
+        // server asked (or the shortest backoff) and then queues at the new
+        // pace like any request. Growing its own backoff too would leave
+        // rows idle for up to a minute while the limit goes unused.
         .adjust(|e: &AttemptError, dur: Option<Duration>| match &e.action {
+            RetryAction::Retry {
+                rate_limited: true,
+                after,
+            } => dur.map(|_| after.unwrap_or(self.policy.min_delay)),
             RetryAction::Retry {
                 after: Some(after), ..
             } => dur.map(|d| d.max(*after)),
