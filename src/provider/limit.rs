@@ -688,8 +688,17 @@ mod tests {
     }
 
     #[test]
+    fn a_429_during_slow_start_paces_below_the_ramp() {
+        let l = Limiter::new(None, None);
+        let t0 = Instant::now();
+        l.observe_at(&HeaderMap::new(), 429, None, Some(0), t0);
+        assert_eq!(l.state().rpm, Some(RAMP_START * AIMD_DECREASE));
+    }
+
+    #[test]
     fn a_429_without_headers_paces_at_what_was_answered_once_per_event() {
         let l = Limiter::new(None, None);
+        lock(&l.requests).ramp = false; // past the slow start
         let none = HeaderMap::new();
         let t0 = Instant::now();
         // Refused before anything was answered: nothing to go on yet.
