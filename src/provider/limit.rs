@@ -37,7 +37,7 @@ const LEARNED_HEADROOM: f64 = 0.97;
 const AIMD_DECREASE: f64 = 0.8;
 /// Growth of a learned pace per second while replies succeed: slow enough
 /// that the pace spends most of its time just under the server's rate.
-const AIMD_GROWTH_PER_SEC: f64 = 0.01;
+const AIMD_GROWTH_PER_SEC: f64 = 0.03;
 
 struct Pace {
     limiter: DefaultDirectRateLimiter,
@@ -187,7 +187,8 @@ impl Aimd {
         let from = now.checked_sub(GOODPUT_WINDOW).unwrap_or(now);
         let from = since.map_or(from, |s| s.max(from));
         let secs = now.duration_since(from).as_secs_f64();
-        if secs < 0.1 {
+        // Shorter windows hold a handful of answers: too noisy to pace by.
+        if secs < GOODPUT_MIN_WINDOW {
             return None;
         }
         let n = self.answered.iter().filter(|t| **t >= from).count();
@@ -201,8 +202,12 @@ const RAMP_START: f64 = 1_200.0;
 const RAMP_DOUBLING: Duration = Duration::from_millis(100);
 const RAMP_END: f64 = 600_000.0;
 
-/// How far back the answered rate is measured.
+/// How far back the answered rate is measured, and the least span it is
+/// trusted over.
 const GOODPUT_WINDOW: Duration = Duration::from_secs(1);
+const GOODPUT_MIN_WINDOW: f64 = 0.25;
+/// No single cut goes below this share of the pace it cuts.
+const DEEPEST_CUT: f64 = 0.5;
 const ANSWERED_KEPT: usize = 4096;
 
 impl Limiter {
@@ -293,6 +298,10 @@ impl Limiter {
                 _ => break,
             }
         }
+        // The epoch of the reservation, not of the moment it comes due: a
+        // slot handed out under the old pace that goes out after a cut
+        // is refused for the old pace, and must not cut again.
+        let epoch = lock(&self.aimd).epoch;
         let at = lock(&self.requests).reserve(Instant::now());
         if at > Instant::now() {
             tokio::time::sleep_until(at).await;
@@ -305,7 +314,7 @@ impl Limiter {
             let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             let _ = pace.limiter.until_n_ready(n).await;
         }
-        lock(&self.aimd).epoch
+        epoch
     }
 
     /// Learn from a reply's headers (any status). `status` is the reply's
@@ -426,7 +435,7 @@ impl Limiter {
         // Refused during slow start: the ramp's rate is what was too much.
         let current = pace.per_minute.or_else(|| pace.ramp_rate(now));
         let next = match (current, goodput) {
-            (Some(current), Some(g)) => (current * AIMD_DECREASE).min(g),
+            (Some(current), Some(g)) => (current * AIMD_DECREASE).min(g).max(current * DEEPEST_CUT),
             (Some(current), None) => current * AIMD_DECREASE,
             (None, Some(g)) => g,
             // Refused before anything was answered: nothing to measure yet;
