@@ -116,7 +116,10 @@ impl RequestPace {
     fn reserve(&mut self, now: Instant) -> Instant {
         let per_minute = match self.per_minute {
             Some(p) => p,
-            None => match self.ramp_rate(now) {
+            // The ramp's rate where the schedule has got to: slots handed
+            // out to a crowd of waiters at once follow the curve instead of
+            // all keeping the first, slow spacing.
+            None => match self.ramp_rate(self.tat.max(now)) {
                 Some(r) => {
                     self.burst = request_burst(r);
                     r
