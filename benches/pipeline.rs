@@ -36,14 +36,22 @@ struct Fixture {
     journal: Journal,
 }
 
-fn fixture() -> Fixture {
+fn fixture(width: usize) -> Fixture {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("product", DataType::Utf8, false),
         Field::new("text", DataType::Utf8, false),
     ]));
+    let filler = "the product arrived on time, works as described, battery lasts two days. ";
     let texts: Vec<String> = (0..ROWS)
-        .map(|i| format!("Review {i}: the product arrived on time, works as described, battery lasts two days."))
+        .map(|i| {
+            let mut t = format!("Review {i}: ");
+            while t.len() < width {
+                t.push_str(filler);
+            }
+            t.truncate(width);
+            t
+        })
         .collect();
     let batch = RecordBatch::try_new(
         schema.clone(),
@@ -87,7 +95,7 @@ fn fixture() -> Fixture {
         .map(|t| {
             serde_json::to_vec(&json!({
                 "id": "chatcmpl-1", "object": "chat.completion", "model": "m",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("echo: {t}")}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("echo: {}", &t[..t.len().min(64)])}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 40, "completion_tokens": 24, "total_tokens": 64, "prompt_tokens_details": {"cached_tokens": 8}}
             }))
             .expect("json")
@@ -169,8 +177,14 @@ fn assemble(f: &Fixture, outcomes: &mut [Outcome]) -> usize {
 }
 
 fn pipeline(c: &mut Criterion) {
-    let mut f = fixture();
-    let mut g = c.benchmark_group("per_row");
+    for width in [100, 4096] {
+        per_row(c, width);
+    }
+}
+
+fn per_row(c: &mut Criterion, width: usize) {
+    let mut f = fixture(width);
+    let mut g = c.benchmark_group(format!("per_row_{width}B"));
     g.throughput(Throughput::Elements(ROWS as u64));
     g.bench_function("render", |b| b.iter(|| black_box(render(&f))));
     let rows = render(&f);

@@ -5,6 +5,7 @@
 #    tests/requirements.txt; installed once, again only when the list
 #    changes). Rust tests find its Python through AIQ_TEST_PYTHON.
 # 2. The Rust tests, `aiq sql` included.
+# 3. The Python package and its tests (below).
 # Dependencies compile once: every cargo step here uses the dev profile
 # and this clone's target folder.
 set -euo pipefail
@@ -25,3 +26,14 @@ fi
 export AIQ_TEST_PYTHON="$venv/bin/python"
 
 cargo test --locked --features sql
+
+# 3. The Python package (pyproject.toml) into the same venv, built by maturin
+#    with the dev profile into this target folder: it reuses every
+#    dependency the tests above compiled (the features are kept identical,
+#    see Cargo.toml's dev-dependencies), so only the bindings compile. Then
+#    its pytest suite, against the built-in simulator. The suite fails when
+#    it runs no test or skips one (python/tests/conftest.py).
+# (maturin's build backend runs the `maturin` on PATH: the venv's.)
+PATH="$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    --no-build-isolation --no-deps --force-reinstall .
+"$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests

@@ -32,6 +32,10 @@ pub enum AiFunction {
     AiSimilarity,
     AiSummarize,
     AiTranslate,
+    /// A semantic filter: does the text meet `condition`? (BOOLEAN)
+    AiFilter,
+    /// A semantic score: how well does the text meet `criterion`? (DOUBLE in [0, 1])
+    AiScore,
 }
 
 /// The options of the functions that take some; each function accepts only
@@ -46,6 +50,10 @@ pub struct FunctionOptions {
     pub max_words: Option<u32>,
     /// `ai_translate`: the target language, as a name or code (`Spanish`, `es`).
     pub to_lang: Option<String>,
+    /// `ai_filter`: the condition a text must meet.
+    pub condition: Option<String>,
+    /// `ai_score`: what a text is scored on.
+    pub criterion: Option<String>,
 }
 
 /// What to send for one function, checked and ready.
@@ -82,6 +90,8 @@ impl AiFunction {
             AiFunction::AiSimilarity => "ai_similarity",
             AiFunction::AiSummarize => "ai_summarize",
             AiFunction::AiTranslate => "ai_translate",
+            AiFunction::AiFilter => "ai_filter",
+            AiFunction::AiScore => "ai_score",
         }
     }
 
@@ -139,6 +149,18 @@ impl AiFunction {
                     opts.to_lang.as_deref().unwrap_or_default().trim(),
                 ))
             }
+            AiFunction::AiFilter => TaskSpec {
+                system: filter_prompt(opts.condition.as_deref().unwrap_or_default().trim()),
+                return_type: SqlType::Boolean,
+                response_format: Some(SqlType::Boolean.response_format()),
+                embeddings: false,
+            },
+            AiFunction::AiScore => TaskSpec {
+                system: score_prompt(opts.criterion.as_deref().unwrap_or_default().trim()),
+                return_type: SqlType::Double,
+                response_format: Some(score_format()),
+                embeddings: false,
+            },
         })
     }
 
@@ -175,6 +197,14 @@ impl AiFunction {
                 v => Err(format!("{}: expected text, got {v}", self.name())),
             },
             AiFunction::AiSimilarity => SqlType::Float.normalize(&value),
+            AiFunction::AiFilter => SqlType::Boolean.normalize(&value),
+            AiFunction::AiScore => {
+                let v = SqlType::Double.normalize(&value)?;
+                match v.as_f64() {
+                    Some(x) if (0.0..=1.0).contains(&x) => Ok(v),
+                    _ => Err(format!("ai_score: expected a score in [0, 1], got {v}")),
+                }
+            }
         }
     }
 
@@ -231,6 +261,19 @@ impl AiFunction {
                 return Err(format!("{name} takes no to_lang (it is for ai_translate)"))
             }
             _ => {}
+        }
+        for (f, what, value) in [
+            (AiFunction::AiFilter, "condition", &opts.condition),
+            (AiFunction::AiScore, "criterion", &opts.criterion),
+        ] {
+            match (*self == f, value.as_deref().map(str::trim)) {
+                (true, None) => return Err(format!("{name} needs a {what}")),
+                (true, Some("")) => return Err(format!("{name}: the {what} is empty")),
+                (false, Some(_)) => {
+                    return Err(format!("{name} takes no {what} (it is for {})", f.name()))
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -337,6 +380,35 @@ fn translate_prompt(to_lang: &str) -> String {
          Keep names, numbers, URLs and code as they are, and any part already in {to_lang}.\n\
          Output only the translation, without quotes, notes or explanations."
     )
+}
+
+fn filter_prompt(condition: &str) -> String {
+    format!(
+        "You decide whether the text in the user message meets this condition: {condition}\n\
+         Judge only from what the text says. \
+         Output only JSON of the form {{\"result\": true}} or {{\"result\": false}}."
+    )
+}
+
+fn score_prompt(criterion: &str) -> String {
+    format!(
+        "You score the text in the user message on this criterion: {criterion}\n\
+         Give a number from 0 (does not meet it at all) to 1 (meets it fully); \
+         use the whole range, so that texts can be ranked by their scores. \
+         Output only JSON of the form {{\"result\": <score>}}."
+    )
+}
+
+/// `{"result": number}` with the score's range in the schema, so servers
+/// that honour `minimum`/`maximum` constrain the model to [0, 1].
+fn score_format() -> Value {
+    let schema = json!({
+        "type": "object",
+        "properties": {"result": {"type": "number", "minimum": 0, "maximum": 1}},
+        "required": ["result"],
+        "additionalProperties": false,
+    });
+    json!({"type": "json_schema", "json_schema": {"name": "result", "schema": schema, "strict": true}})
 }
 
 /// The `response_format` for a reply that must be one of `labels`:
@@ -709,6 +781,57 @@ mod tests {
         assert!(f
             .finish(&FunctionOptions::default(), json!("high"))
             .is_err());
+    }
+
+    #[test]
+    fn filter_and_score_are_typed_and_need_their_option() {
+        let cond = FunctionOptions {
+            condition: Some("mentions shipping".into()),
+            ..Default::default()
+        };
+        let spec = AiFunction::AiFilter.spec(&cond).unwrap();
+        assert_eq!(spec.return_type, SqlType::Boolean);
+        assert!(spec.system.contains("mentions shipping"));
+        assert_eq!(
+            spec.response_format.unwrap()["json_schema"]["schema"]["properties"]["result"],
+            json!({"type": "boolean"})
+        );
+        assert_eq!(
+            AiFunction::AiFilter.finish(&cond, json!(true)),
+            Ok(json!(true))
+        );
+        assert_eq!(
+            AiFunction::AiFilter.spec(&FunctionOptions::default()),
+            Err("ai_filter needs a condition".into())
+        );
+        assert!(AiFunction::AiScore
+            .spec(&cond)
+            .unwrap_err()
+            .contains("takes no condition"));
+        assert_eq!(
+            AiFunction::AiScore.spec(&FunctionOptions::default()),
+            Err("ai_score needs a criterion".into())
+        );
+        let crit = FunctionOptions {
+            criterion: Some("urgency".into()),
+            ..Default::default()
+        };
+        let spec = AiFunction::AiScore.spec(&crit).unwrap();
+        assert_eq!(spec.return_type, SqlType::Double);
+        assert_eq!(
+            spec.response_format.unwrap()["json_schema"]["schema"]["properties"]["result"]
+                ["maximum"],
+            json!(1)
+        );
+        assert_eq!(
+            AiFunction::AiScore.finish(&crit, json!(0.25)),
+            Ok(json!(0.25))
+        );
+        assert!(AiFunction::AiScore.finish(&crit, json!(7)).is_err());
+        assert!(AiFunction::AiGen
+            .spec(&crit)
+            .unwrap_err()
+            .contains("takes no criterion"));
     }
 
     #[test]

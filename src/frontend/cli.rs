@@ -106,7 +106,13 @@ pub struct RunArgs {
 
 /// Run the parsed command line and return the process exit code.
 pub fn main_with(cli: Cli) -> ExitCode {
-    init_logging(cli.verbose, cli.quiet);
+    ExitCode::from(exit_code(cli))
+}
+
+/// [`main_with`], with the exit code as a number (for the Python package's
+/// `aiq` command, which hands it to `sys.exit`).
+pub fn exit_code(cli: Cli) -> u8 {
+    log_to_stderr(cli.verbose, cli.quiet);
     // `aiq run` spends its time waiting on the network: one thread drives
     // every call with no cross-thread wake-ups, which cut its CPU per row by
     // a quarter (benches/e2e.sh: 55 → 40 µs) while still sending over 10,000
@@ -121,7 +127,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("aiq: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return 1;
         }
     };
     let quiet = cli.quiet;
@@ -139,10 +145,10 @@ pub fn main_with(cli: Cli) -> ExitCode {
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("aiq: {e}");
-            ExitCode::from(e.exit_code())
+            e.exit_code()
         }
     }
 }
@@ -189,7 +195,14 @@ async fn bench_command(args: crate::frontend::bench::BenchArgs, quiet: bool) -> 
     crate::frontend::bench::bench(plan, quiet).await.map(|_| ())
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// Logs on stderr at `warn` (more with `verbose`, or by `RUST_LOG`); a
+/// second call keeps the first's setting.
+pub fn init_logging(verbose: u8) {
+    log_to_stderr(verbose, false);
+}
+
+/// [`init_logging`]; `quiet` keeps only errors.
+fn log_to_stderr(verbose: u8, quiet: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let level = match (verbose, quiet) {

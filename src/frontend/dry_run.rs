@@ -11,18 +11,20 @@
 //! the whole job as if started fresh: a journal of an earlier run is neither
 //! read nor touched.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::Serialize;
 
 use crate::error::Result;
 use crate::job::plan::Plan;
+use crate::job::settings::Mode;
 use crate::job::spend::Prices;
+use crate::pipeline::batch::state::Splitter;
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::CallMaker;
 use crate::pipeline::sink::Layout;
-use crate::pipeline::source::Source;
+use crate::provider::batch_api::{endpoint_path, request_line};
 use crate::provider::endpoint::Target;
 
 /// What a job would send, and an estimate of what it would cost and take.
@@ -58,11 +60,63 @@ pub struct Estimate {
     pub est_secs: Option<f64>,
     /// The limit that sets `est_secs`.
     pub bound_by: Option<String>,
+    /// `--mode batch`: the batch input files the job would upload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batches: Option<Vec<BatchFile>>,
+}
+
+/// One batch input file of a `--mode batch` dry run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BatchFile {
+    pub endpoint: String,
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+/// Cuts the dry run's calls into batch input files exactly as batch mode
+/// does ([`Splitter`], same line format).
+struct BatchFiles {
+    max_requests: usize,
+    max_bytes: u64,
+    open: BTreeMap<&'static str, Splitter>,
+    files: Vec<BatchFile>,
+}
+
+impl BatchFiles {
+    fn add(&mut self, endpoint: &'static str, line: u64) {
+        let (max_requests, max_bytes) = (self.max_requests, self.max_bytes);
+        let s = self
+            .open
+            .entry(endpoint)
+            .or_insert_with(|| Splitter::new(max_requests, max_bytes));
+        if !s.fits(line) {
+            self.files.push(BatchFile {
+                endpoint: endpoint.to_string(),
+                requests: s.lines() as u64,
+                bytes: s.bytes(),
+            });
+            s.reset();
+        }
+        s.add(line);
+    }
+
+    fn finish(mut self) -> Vec<BatchFile> {
+        for (endpoint, s) in std::mem::take(&mut self.open) {
+            if s.lines() > 0 {
+                self.files.push(BatchFile {
+                    endpoint: endpoint.to_string(),
+                    requests: s.lines() as u64,
+                    bytes: s.bytes(),
+                });
+            }
+        }
+        self.files
+    }
 }
 
 /// Render every row of the plan's input and add up what would be sent.
 pub fn dry_run(plan: &Plan) -> Result<Estimate> {
-    let source = Source::open(&plan.input, plan.batch_rows)?;
+    let source = crate::pipeline::batch::open_source(plan)?;
     let templates = Templates::bind(
         plan.system.as_deref(),
         &plan.prompt,
@@ -83,6 +137,12 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
         prices: plan.prices,
         ..Estimate::default()
     };
+    let mut batch_files = (plan.mode == Mode::Batch).then(|| BatchFiles {
+        max_requests: plan.batch.max_requests,
+        max_bytes: plan.batch.max_bytes,
+        open: BTreeMap::new(),
+        files: Vec::new(),
+    });
     let mut seen_prefixes: HashSet<u64> = HashSet::new();
     let none_done = HashSet::new();
     let mut first = 0;
@@ -99,6 +159,13 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
             }
         }
         for call in &calls {
+            if let (Some(files), Some(row)) = (batch_files.as_mut(), call.rows.first()) {
+                let endpoint = endpoint_path(call.route.unwrap_or(plan.task));
+                files.add(
+                    endpoint,
+                    request_line(&row.to_string(), endpoint, &call.body).len() as u64,
+                );
+            }
             e.requests += 1;
             e.rows_to_send += call.rows.len() as u64;
             e.input_tokens += call.est_prompt_tokens;
@@ -121,6 +188,11 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
         e.cost_max_usd = Some(input + e.reserved_output_tokens as f64 * p.output / 1e6);
     }
     (e.est_secs, e.bound_by) = time_at_limits(plan, &e);
+    e.batches = batch_files.map(BatchFiles::finish);
+    if e.batches.is_some() {
+        // The provider sets the pace of a batch, not aiq's limits.
+        (e.est_secs, e.bound_by) = (None, None);
+    }
     Ok(e)
 }
 
@@ -216,6 +288,22 @@ impl fmt::Display for Estimate {
             }
             _ => writeln!(f, "cost              give --price-in and --price-out (USD per million tokens) to estimate")?,
         }
+        if let Some(files) = &self.batches {
+            let sizes: Vec<String> = files
+                .iter()
+                .map(|b| format!("{} requests, {}", b.requests, megabytes(b.bytes)))
+                .collect();
+            writeln!(
+                f,
+                "batches           {} input file(s) for the Batch API: {}",
+                files.len(),
+                sizes.join("; ")
+            )?;
+            return write!(
+                f,
+                "time              within the 24h completion window (cost above is at the prices given: pass the batch prices)"
+            );
+        }
         match (self.est_secs, &self.bound_by) {
             (Some(secs), Some(by)) => write!(f, "time              ~{} at {by}", duration(secs)),
             _ => write!(
@@ -223,6 +311,14 @@ impl fmt::Display for Estimate {
                 "time              no rate limit given: depends on the endpoint's latency"
             ),
         }
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    if bytes >= 1_000_000 {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    } else {
+        format!("{:.1} kB", bytes as f64 / 1e3)
     }
 }
 

@@ -18,7 +18,7 @@ use crate::pipeline::source::Source;
 const SHOWN_ROWS: usize = 2;
 
 pub fn explain(plan: &Plan) -> Result<String> {
-    let source = Source::open(&plan.input, 64)?;
+    let source = Source::open_shard(&plan.input, 64, plan.shard)?;
     let schema = source.schema.clone();
     let templates = Templates::bind(
         plan.system.as_deref(),

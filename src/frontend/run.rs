@@ -13,29 +13,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::job::plan::Plan;
+use crate::job::settings::Mode;
 use crate::job::spend::{Enforcer, Meter};
+pub use crate::pipeline::batch::open_source;
+use crate::pipeline::batch::BatchJob;
+use crate::pipeline::call_journal::{CallJournal, Recall};
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
 use crate::pipeline::http::HttpPool;
-use crate::pipeline::journal::{InputIdentity, Journal, Manifest};
-use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
+use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
+use crate::pipeline::openai_batch::OutputFormat;
 use crate::pipeline::outcome::RowId;
 use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::Dispatcher;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
 use crate::pipeline::source::Source;
+use crate::pipeline::store::{Remote, RemoteOutput, Role};
+use crate::provider::batch_api::BatchApi;
 use crate::provider::limit::Limiter;
 use crate::provider::reply::Shape;
 use crate::provider::wire::Task;
 
-/// Output rows per part file: bounds what a resume reloads from the journal.
-pub const PART_ROWS: u64 = 65_536;
+/// How often an object-store output's journal and parts go to the bucket:
+/// a kill loses at most this much of answers besides the calls in flight.
+const MIRROR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The journal format this build writes.
 const JOURNAL_VERSION: u32 = 1;
@@ -46,13 +53,36 @@ pub struct Ui {
     pub quiet: bool,
 }
 
+/// Where a run's rows come from and go to, when not the plan's files. The
+/// CLI uses the default (read `plan.input`, write `plan.output`, stop on the
+/// process's Ctrl-C); the Python package hands in an Arrow stream and may
+/// take the output back as batches. Everything else is the same run.
+#[derive(Default)]
+pub struct Io {
+    /// Rows to score instead of `plan.input`, and what identifies them in
+    /// the journal's manifest (a resume checks it).
+    pub source: Option<(Source, InputIdentity)>,
+    /// Send the output here, batch by batch in input order, instead of
+    /// writing `plan.output`: nothing goes to disk (no journal, no status
+    /// file), so nothing can be resumed. The run ends when all is sent.
+    pub batches: Option<mpsc::Sender<RecordBatch>>,
+    /// Stop when this is notified instead of on the process's SIGINT and
+    /// SIGTERM (an embedding interpreter owns its signals): the first
+    /// notification stops sending and waits for the calls in flight, a
+    /// second stops at once, as a first and second Ctrl-C do.
+    pub interrupt: Option<Arc<Notify>>,
+}
+
 pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
+    run_with(plan, Io::default(), ui).await
+}
+
+/// [`run`], with the input, output and interrupt given by `io`.
+pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     let started = Instant::now();
-    let source = match plan.input_format {
-        InputFormat::Rows => Source::open(&plan.input, plan.batch_rows)?,
-        InputFormat::OpenaiBatch => {
-            crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)?
-        }
+    let (source, identity) = match io.source {
+        Some((source, identity)) => (source, Some(identity)),
+        None => (open_source(&plan)?, None),
     };
     let templates = Arc::new(
         Templates::bind(
@@ -71,26 +101,85 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     let endpoint = Arc::new(endpoint);
     tracing::info!(url = %endpoint.url, "sending to {}", endpoint.label);
 
+    // An object-store output: the journal and parts are kept in a local
+    // scratch folder and mirrored to the bucket (pipeline::store).
+    let remote = match Remote::parse(&plan.output, Role::Output)? {
+        Some(_) if io.batches.is_some() => None,
+        Some(_) if plan.output_format == OutputFormat::OpenaiBatch => {
+            return Err(Error::output(
+                &plan.output,
+                "--output-format openai-batch writes local files only",
+            ))
+        }
+        Some(r) => Some(RemoteOutput::prepare(r, plan.restart).await?),
+        None => None,
+    };
+    let output = remote
+        .as_ref()
+        .map_or(plan.output.clone(), |r| r.local_output().to_path_buf());
     let manifest = Manifest {
         version: JOURNAL_VERSION,
-        input: InputIdentity::of(&plan.input)?,
+        input: match identity {
+            Some(identity) => identity,
+            None => InputIdentity::of(&plan.input)?,
+        },
         settings: plan.answer_settings(),
     };
-    // Like `mkdir -p`: the example job writes under target/, which a fresh
-    // clone built elsewhere (CARGO_TARGET_DIR) does not have.
-    if let Some(parent) = plan.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::output(&plan.output, format!("cannot create its folder: {e}")))?;
+    let (mut journal, resume) = match &io.batches {
+        Some(_) => (Journal::disabled(), Resume::default()),
+        None => {
+            // Like `mkdir -p`: the example job writes under target/, which a
+            // fresh clone built elsewhere (CARGO_TARGET_DIR) does not have.
+            if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    Error::output(&plan.output, format!("cannot create its folder: {e}"))
+                })?;
+            }
+            Journal::open(&output, &manifest, plan.restart)?
+        }
+    };
+    let (mut resume, again) = if plan.retry_failed {
+        crate::pipeline::journal::retry_failed(&journal, resume)?
+    } else {
+        (resume, 0)
+    };
+    // Failed rows in finished parts: this run will not see them again.
+    let failed_before = resume.failed.range(..resume.committed).count() as u64;
+    if plan.retry_failed && !ui.quiet {
+        eprintln!("--retry-failed: sending {again} failed rows again");
     }
-    let (journal, resume) = Journal::open(&plan.output, &manifest, plan.restart)?;
     if !resume.is_empty() && !ui.quiet {
         eprintln!(
             "resuming: {} rows already written, {} more in the journal of {}",
             resume.committed,
             resume.outcomes.len(),
-            journal.dir().display()
+            remote
+                .as_ref()
+                .map_or(journal.dir().display().to_string(), |r| r
+                    .state_url()
+                    .to_string())
         );
     }
+    // The manifest goes to the bucket before any request (a denied write
+    // fails here), then the state follows every second.
+    let remote = match remote {
+        Some(mut r) => {
+            r.sync().await?;
+            Some(Arc::new(tokio::sync::Mutex::new(r)))
+        }
+        None => None,
+    };
+    let mirror = remote.clone().map(|r| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MIRROR_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = r.lock().await.sync().await {
+                    tracing::warn!("saving the job's state to the bucket (will retry): {e}");
+                }
+            }
+        })
+    });
 
     let http = HttpPool::new(
         &endpoint.url,
@@ -106,15 +195,49 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         similarity: plan.prompt2.is_some(),
         raw: plan.passthrough(),
     };
-    let client = Arc::new(Client::new(
+    let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
+    // Batch mode answers rows into the journal first; the online pipeline
+    // below then sends only what is left and writes the output as usual.
+    let batch_report = match plan.mode {
+        Mode::Online => None,
+        Mode::Batch => {
+            let base = match (&endpoint.base, &_simulator) {
+                (Some(base), _) => base.clone(),
+                (None, Some(sim)) => format!("{}/v1", sim.base_url()),
+                (None, None) => {
+                    return Err(Error::Config(format!(
+                        "--mode batch needs an OpenAI-compatible base URL, not {}",
+                        endpoint.label
+                    )))
+                }
+            };
+            let job = BatchJob {
+                plan: &plan,
+                templates: &templates,
+                builder: &builder,
+                shape: &shape,
+                api: BatchApi::new(
+                    http.first().clone(),
+                    &base,
+                    endpoint.credentials.clone(),
+                    plan.retry.clone(),
+                ),
+                job_id: job_id(&manifest, &plan.output),
+                quiet: ui.quiet,
+            };
+            Some(crate::pipeline::batch::run(job, &mut journal, &mut resume).await?)
+        }
+    };
+    let mut client = Client::new(
         http,
         endpoint.clone(),
         limiter.clone(),
         plan.retry.clone(),
         shape,
         plan.stream,
-    )?);
-    let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
+    )?;
+    client.max_repairs = plan.max_repairs;
+    let client = Arc::new(client);
 
     // Budgets are per job: earlier runs' spend (from the journal) counts.
     let budget = plan.budget.is_set().then(|| Enforcer {
@@ -131,6 +254,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
 
     // Stage 1: the reader thread streams batches, skipping committed rows.
     let committed = resume.committed;
+    let batch_rows = source.batch_rows.max(1);
     let (batch_tx, batch_rx) = mpsc::channel::<(RowId, RecordBatch)>(2);
     let total_rows = source.total_rows;
     let reader = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -159,7 +283,7 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     // Stage 2: the dispatcher renders and launches calls.
     let stop = Arc::new(AtomicBool::new(false));
     let (event_tx, event_rx) = mpsc::channel(1024);
-    let open_batches = 4 + plan.concurrency.div_ceil(plan.batch_rows);
+    let open_batches = crate::pipeline::bounds::open_batches(plan.concurrency, batch_rows);
     let done: HashSet<RowId> = resume.outcomes.keys().copied().collect();
     let dispatcher = Dispatcher {
         client: client.clone(),
@@ -174,21 +298,22 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
         batch_size: plan.batch_size,
         similarity: plan.prompt2.is_some(),
         passthrough: plan.passthrough(),
+        recall: recall(&plan)?.map(Arc::new),
     };
     let dispatch = tokio::spawn(dispatcher.run(batch_rx));
 
     // Stage 3: the collector journals outcomes and writes ordered parts.
     let to_do = total_rows.map(|t| t.saturating_sub(committed));
-    let status = StatusFile::start(status_path(&plan.output), to_do);
-    let progress = Progress::new(to_do, ui.quiet)
-        .with_status(status.clone())
-        .with_in_flight(client.stats.in_flight.clone());
-    let parts = PartWriter::new(
-        journal.parts_dir(),
-        layout.output.clone(),
-        PART_ROWS,
-        resume.parts,
-    );
+    let status = io
+        .batches
+        .is_none()
+        .then(|| StatusFile::start(status_path(&output), to_do));
+    let mut progress =
+        Progress::new(to_do, ui.quiet).with_in_flight(client.stats.in_flight.clone());
+    if let Some(status) = &status {
+        progress = progress.with_status(status.clone());
+    }
+    let parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), resume.parts);
     let summary = Summary {
         prices: plan.prices,
         ..Summary::default()
@@ -204,11 +329,27 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     collector.fail_on_error = plan.fail_on_error;
     collector.summary = summary;
     collector.budget = budget;
+    collector.batches = io.batches;
+    collector.interrupt = io.interrupt;
     let collected = collector.run(event_rx).await;
-    if let Err(e) = &collected {
+    if let (Some(task), Some(r)) = (mirror, &remote) {
+        // What this run paid for goes to the bucket whatever happened.
+        task.abort();
+        let synced = r.lock().await.sync().await;
+        if collected.is_ok() {
+            synced?;
+        }
+    }
+    if let (Err(e), Some(status)) = (&collected, &status) {
         status.finish(None, "stopped", Some(e.to_string()));
     }
     stop.store(true, Ordering::Relaxed);
+    if collected.is_err() {
+        // Stopped: the dispatcher may be waiting for a slot that only a
+        // slow call in flight would free. Its calls are launched tasks of
+        // their own; ending it only drops rows not yet sent.
+        dispatch.abort();
+    }
     let _ = dispatch.await;
     // A read error ends the input early: that is a failed job, not a done one.
     let read = reader
@@ -218,26 +359,101 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     read?;
 
     collector.parts.commit()?;
-    let rows = match plan.output_format {
-        OutputFormat::Parquet => concat_parts(
+    let rows = match (plan.output_format, &remote) {
+        _ if collector.batches.is_some() => collector.summary.rows,
+        (OutputFormat::Parquet, Some(r)) => {
+            r.lock()
+                .await
+                .commit(&collector.parts.parts, collector.layout.output.clone())
+                .await?
+        }
+        (OutputFormat::Parquet, None) => concat_parts(
             &collector.parts.parts,
             &plan.output,
             collector.layout.output.clone(),
         )?,
-        OutputFormat::OpenaiBatch => {
+        (OutputFormat::OpenaiBatch, _) => {
             crate::pipeline::openai_batch::write_output(&collector.parts.parts, &plan.output)?
         }
     };
     let mut summary = collector.summary.clone();
     summary.rows = rows;
     summary.resumed += committed;
+    if let Some(report) = batch_report {
+        // Rows batch mode answered in this run are this run's work.
+        summary.resumed = summary.resumed.saturating_sub(report.answered);
+        if !ui.quiet {
+            eprintln!(
+                "batches    {} created, {} rows answered through the Batch API{}",
+                report.batches_created,
+                report.answered,
+                if report.deadline_passed {
+                    "; the deadline passed, the rest went online"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     summary.requests = client.stats.attempts.load(Ordering::Relaxed);
     summary.retries = client.stats.retries.load(Ordering::Relaxed);
     summary.rate_limited = client.stats.rate_limited.load(Ordering::Relaxed);
     summary.ambiguous_retries = client.stats.ambiguous_retries.load(Ordering::Relaxed);
     summary.elapsed_secs = started.elapsed().as_secs_f64();
-    summary.output = plan.output.display().to_string();
-    collector.journal.remove()?;
-    status.finish(Some(&summary), "done", None);
+    if collector.batches.is_none() {
+        summary.output = plan.output.display().to_string();
+    }
+    let failed = summary.failed + failed_before;
+    if failed > 0 && collector.batches.is_none() {
+        // Kept so that `--retry-failed` can re-send just the failed rows.
+        if !ui.quiet {
+            eprintln!(
+                "{failed} rows failed: run the same command with --retry-failed to send only them again \
+                 (their journal is kept in {}; --restart discards it)",
+                collector.journal.dir().display()
+            );
+        }
+    } else {
+        collector.journal.remove()?;
+        if let Some(r) = &remote {
+            r.lock().await.remove().await?;
+        }
+    }
+    if let Some(status) = &status {
+        status.finish(Some(&summary), "done", None);
+    }
     Ok(summary)
+}
+
+/// Names a job in batch metadata: the same for every run of the same job
+/// (input, answer-changing settings, output path), so a re-run finds its
+/// batches, and different for another job on the same account.
+fn job_id(manifest: &Manifest, output: &std::path::Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&serde_json::to_vec(manifest).unwrap_or_default());
+    let output = std::fs::canonicalize(
+        output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new(".")),
+    )
+    .map(|p| p.join(output.file_name().unwrap_or_default()))
+    .unwrap_or_else(|_| output.to_path_buf());
+    h.update(output.to_string_lossy().as_bytes());
+    h.finalize().to_hex()[..16].to_string()
+}
+
+/// The `--call-journal` of the plan, scoped to its shard (a re-run of a
+/// shard reads only its own shard's answers).
+fn recall(plan: &Plan) -> Result<Option<Recall>> {
+    let Some(dir) = &plan.call_journal else {
+        return Ok(None);
+    };
+    let scope = plan
+        .shard
+        .map(|s| format!("shard-{}-of-{}", s.index, s.count));
+    Ok(Some(Recall {
+        journal: CallJournal::open(dir, scope.as_deref())?,
+        fingerprint: plan.call_fingerprint(),
+    }))
 }

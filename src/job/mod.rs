@@ -1,8 +1,9 @@
 //! What a job asks for. [`settings`] is the one struct behind both the
 //! command-line flags and the TOML job file; [`plan`] checks it into a
 //! [`plan::Plan`] before any request is sent; [`spend`] holds budgets and
-//! prices.
+//! prices; [`shard`] splits a job into disjoint runs.
 
 pub mod plan;
 pub mod settings;
+pub mod shard;
 pub mod spend;

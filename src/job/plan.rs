@@ -13,7 +13,8 @@ use serde_json::{json, Map, Value};
 use crate::ai::functions::{AiFunction, FunctionOptions};
 use crate::ai::types::{parse_response_format, SqlType};
 use crate::error::{Error, Result};
-use crate::job::settings::{JobSettings, SimulatorSettings};
+use crate::job::settings::{JobSettings, Mode, SimulatorSettings};
+use crate::job::shard::{split_limit, Shard, PLACEHOLDER};
 use crate::job::spend::{Budget, Prices};
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
 use crate::pipeline::render::BodySpec;
@@ -66,7 +67,52 @@ pub struct Plan {
     pub simulator: SimulatorSettings,
     /// Extra trusted roots (PEM), from `--ca-cert`.
     pub ca_cert: Option<PathBuf>,
+    /// Repairs per row of typed replies that were cut off or did not fit.
+    pub max_repairs: u32,
+    /// Re-send rows whose journaled outcome is an error.
+    pub retry_failed: bool,
+    /// Online, or through the provider's Batch API.
+    pub mode: Mode,
+    /// Batch mode's limits, poll interval and deadline.
+    pub batch: BatchSettings,
+    /// `--shard`: this run reads only the shard's rows. Limits and budgets
+    /// above are already this run's share of the job's.
+    pub shard: Option<Shard>,
+    /// `--call-journal`: answered calls keyed by request content.
+    pub call_journal: Option<PathBuf>,
 }
+
+/// Batch mode settings, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSettings {
+    /// Requests per batch input file at most.
+    pub max_requests: usize,
+    /// Bytes per batch input file at most.
+    pub max_bytes: u64,
+    /// Time between polls of a running batch.
+    pub poll: Duration,
+    /// After this long, unfinished batches are cancelled and the rest sent online.
+    pub deadline: Option<Duration>,
+}
+
+/// OpenAI's limits on one batch input file.
+pub const DEFAULT_BATCH_MAX_REQUESTS: usize = 50_000;
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 200_000_000;
+pub const DEFAULT_POLL_SECS: f64 = 30.0;
+
+impl Default for BatchSettings {
+    fn default() -> BatchSettings {
+        BatchSettings {
+            max_requests: DEFAULT_BATCH_MAX_REQUESTS,
+            max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            poll: Duration::from_secs_f64(DEFAULT_POLL_SECS),
+            deadline: None,
+        }
+    }
+}
+
+/// Repairs per row unless `--max-repairs` says otherwise.
+pub const DEFAULT_MAX_REPAIRS: u32 = 1;
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const DEFAULT_BATCH_ROWS: usize = 1024;
@@ -79,6 +125,26 @@ impl Plan {
         let output = s.output.ok_or_else(|| {
             Error::Config("no output: give --output PATH (or `output` in the job file)".into())
         })?;
+        let shard = s.shard.map(|spec| spec.resolve()).transpose()?;
+        let output = shard_output(output, shard)?;
+        let workers = match (s.workers, shard) {
+            (Some(0), _) => return Err(Error::Config("--workers must be at least 1".into())),
+            (Some(w), _) => w,
+            (None, Some(shard)) => shard.count,
+            (None, None) => 1,
+        };
+        // Limits are the job's; this run sends its share (README "Scaling out").
+        let (rpm, tpm, itpm, otpm, qph) = (s.rpm, s.tpm, s.itpm, s.otpm, s.qph);
+        let [rpm, tpm, itpm, otpm, qph] = [rpm, tpm, itpm, otpm, qph].map(|l| {
+            if l == Some(0) {
+                l
+            } else {
+                split_limit(l, workers)
+            }
+        });
+        let parts = shard.map_or(1, |s| s.count);
+        let max_tokens_total = s.max_tokens_total.map(|t| (t / u64::from(parts)).max(1));
+        let max_cost = s.max_cost.map(|c| c / f64::from(parts));
         if let Some(parent) = output.parent().filter(|p| p.exists() && !p.is_dir()) {
             return Err(Error::output(
                 &output,
@@ -133,6 +199,8 @@ impl Plan {
                 labels: s.labels.clone(),
                 max_words: s.max_words,
                 to_lang: s.to_lang.clone(),
+                condition: s.condition.clone(),
+                criterion: s.criterion.clone(),
             };
             let spec = f
                 .spec(&opts)
@@ -163,9 +231,14 @@ impl Plan {
             result_type = spec.return_type.clone();
             response_format = spec.response_format.clone();
             function = Some((f, opts));
-        } else if !s.labels.is_empty() || s.max_words.is_some() || s.to_lang.is_some() {
+        } else if !s.labels.is_empty()
+            || s.max_words.is_some()
+            || s.to_lang.is_some()
+            || s.condition.is_some()
+            || s.criterion.is_some()
+        {
             return Err(Error::Config(
-                "--labels, --max-words and --to-lang only apply with --function".into(),
+                "--labels, --max-words, --to-lang, --condition and --criterion only apply with --function".into(),
             ));
         }
         if let Some(rt) = &s.return_type {
@@ -237,18 +310,18 @@ impl Plan {
                 "--timeout must be a positive number of seconds".into(),
             ));
         }
-        if s.rpm == Some(0) || s.tpm == Some(0) {
+        if rpm == Some(0) || tpm == Some(0) {
             return Err(Error::Config("--rpm and --tpm must be at least 1".into()));
         }
-        if s.itpm == Some(0) || s.otpm == Some(0) || s.qph == Some(0) {
+        if itpm == Some(0) || otpm == Some(0) || qph == Some(0) {
             return Err(Error::Config(
                 "--itpm, --otpm and --qph must be at least 1".into(),
             ));
         }
         let prices = prices(s.price_in, s.price_out, s.price_cached)?;
         let budget = Budget {
-            max_tokens: s.max_tokens_total,
-            max_cost: s.max_cost,
+            max_tokens: max_tokens_total,
+            max_cost,
         };
         if s.max_tokens_total == Some(0) {
             return Err(Error::Config(
@@ -267,6 +340,11 @@ impl Plan {
                 ));
             }
         }
+        if s.retry_failed && restart {
+            return Err(Error::Config(
+                "--retry-failed re-sends the failed rows of the journal that --restart discards: give one of them".into(),
+            ));
+        }
         let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS).max(1);
         let batch_size = s.batch_size.unwrap_or(1).max(1);
         if batch_size > 1 && task != Task::Embeddings {
@@ -278,6 +356,31 @@ impl Plan {
             return Err(Error::Config(
                 "--stream applies to chat and completions, not embeddings".into(),
             ));
+        }
+        let mode = s.mode.unwrap_or_default();
+        let batch = batch_settings(
+            BatchFlags {
+                max_requests: s.batch_max_requests,
+                max_bytes: s.batch_max_bytes,
+                poll_secs: s.poll_secs,
+                deadline: s.deadline.clone(),
+            },
+            mode,
+            &target,
+        )?;
+        if mode == Mode::Batch {
+            let online_only = [
+                ("--stream", s.stream),
+                ("--batch-size", batch_size > 1),
+                ("--max-cost", s.max_cost.is_some()),
+                ("--max-tokens-total", s.max_tokens_total.is_some()),
+            ];
+            if let Some((flag, _)) = online_only.iter().find(|(_, set)| *set) {
+                return Err(Error::Config(format!(
+                    "{flag} does not apply with --mode batch: the provider runs each batch whole \
+                     (use --dry-run to see the cost first)"
+                )));
+            }
         }
         Ok(Plan {
             input,
@@ -297,11 +400,11 @@ impl Plan {
             output_format,
             fail_on_error: s.fail_on_error,
             concurrency,
-            rpm: s.rpm,
-            tpm: s.tpm,
-            itpm: s.itpm,
-            otpm: s.otpm,
-            qph: s.qph,
+            rpm,
+            tpm,
+            itpm,
+            otpm,
+            qph,
             prices,
             budget,
             retry: RetryPolicy {
@@ -322,6 +425,12 @@ impl Plan {
             restart,
             simulator: s.simulator.unwrap_or_default(),
             ca_cert: s.ca_cert,
+            mode,
+            batch,
+            max_repairs: s.max_repairs.unwrap_or(DEFAULT_MAX_REPAIRS),
+            retry_failed: s.retry_failed,
+            shard,
+            call_journal: s.call_journal,
         })
     }
 
@@ -411,6 +520,14 @@ impl Plan {
             "function": self.function.as_ref().map(|(f, o)| json!({"name": f.name(), "labels": o.labels, "max_words": o.max_words, "to_lang": o.to_lang})),
             "batch_size": self.batch_size,
         });
+        // Only when set, so journals of other functions stay valid.
+        if let Some((_, o)) = &self.function {
+            for (key, value) in [("condition", &o.condition), ("criterion", &o.criterion)] {
+                if let Some(v) = value {
+                    settings["function"][key] = json!(v);
+                }
+            }
+        }
         // Only when set, so journals of jobs without images stay valid.
         if !self.images.is_empty() {
             settings["images"] = json!(self.images);
@@ -418,7 +535,113 @@ impl Plan {
         if self.input_format != InputFormat::Rows {
             settings["input_format"] = json!(format!("{:?}", self.input_format));
         }
+        // Another shard of the same input is other rows.
+        if let Some(shard) = self.shard {
+            settings["shard"] = json!(format!("{}/{}", shard.index, shard.count));
+        }
         settings
+    }
+}
+
+/// The batch flags as given.
+struct BatchFlags {
+    max_requests: Option<usize>,
+    max_bytes: Option<u64>,
+    poll_secs: Option<f64>,
+    deadline: Option<String>,
+}
+
+/// Batch mode's settings, checked; set without `--mode batch` they are a
+/// mistake. A Databricks serving endpoint has no batch API: refused here,
+/// before anything is sent.
+fn batch_settings(s: BatchFlags, mode: Mode, target: &Target) -> Result<BatchSettings> {
+    if mode == Mode::Online {
+        let batch_only = [
+            ("--batch-max-requests", s.max_requests.is_some()),
+            ("--batch-max-bytes", s.max_bytes.is_some()),
+            ("--poll-secs", s.poll_secs.is_some()),
+            ("--deadline", s.deadline.is_some()),
+        ];
+        if let Some((flag, _)) = batch_only.iter().find(|(_, set)| *set) {
+            return Err(Error::Config(format!(
+                "{flag} only applies with --mode batch"
+            )));
+        }
+        return Ok(BatchSettings::default());
+    }
+    if let Target::Databricks(name) = target {
+        return Err(Error::Config(format!(
+            "--mode batch: `{name}` is a Databricks Model Serving endpoint, and Model Serving has \
+             no batch API. Run the job online (drop --mode batch), or use ai_query on a \
+             provisioned-throughput endpoint for batch inference inside Databricks"
+        )));
+    }
+    let max_requests = s.max_requests.unwrap_or(DEFAULT_BATCH_MAX_REQUESTS);
+    if max_requests == 0 {
+        return Err(Error::Config(
+            "--batch-max-requests must be at least 1".into(),
+        ));
+    }
+    let max_bytes = s.max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES);
+    if max_bytes < 1024 {
+        return Err(Error::Config(
+            "--batch-max-bytes must be at least 1024".into(),
+        ));
+    }
+    let poll = s.poll_secs.unwrap_or(DEFAULT_POLL_SECS);
+    if !(poll.is_finite() && poll > 0.0 && poll < 1e9) {
+        return Err(Error::Config(
+            "--poll-secs must be a positive number of seconds".into(),
+        ));
+    }
+    let deadline = match &s.deadline {
+        None => None,
+        Some(d) => match crate::provider::retry::parse_reset(d) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                return Err(Error::Config(format!(
+                    "--deadline {d:?}: give a duration such as 2h, 90m, 1h30m or 45s"
+                )))
+            }
+        },
+    };
+    Ok(BatchSettings {
+        max_requests,
+        max_bytes,
+        poll: Duration::from_secs_f64(poll),
+        deadline,
+    })
+}
+
+impl Plan {
+    /// What a `--call-journal` key folds in besides the request body: the
+    /// settings that change answers or how replies are read, but not the
+    /// shard (a call is the same call in any shard).
+    pub fn call_fingerprint(&self) -> String {
+        let mut settings = self.answer_settings();
+        if let Some(map) = settings.as_object_mut() {
+            map.remove("shard");
+        }
+        settings.to_string()
+    }
+}
+
+/// `--output` for this shard: `{shard}` replaced. Several shards writing
+/// one path would overwrite each other, so N > 1 needs the placeholder, and
+/// the placeholder needs a shard.
+fn shard_output(output: PathBuf, shard: Option<Shard>) -> Result<PathBuf> {
+    let text = output.to_string_lossy();
+    let has = text.contains(PLACEHOLDER);
+    match shard {
+        Some(shard) if has => Ok(PathBuf::from(shard.apply(&text))),
+        Some(shard) if shard.count > 1 => Err(Error::Config(format!(
+            "--shard {}/{}: put {PLACEHOLDER} in --output (e.g. out/part-{PLACEHOLDER}.parquet) so that each shard writes its own file",
+            shard.index, shard.count
+        ))),
+        None if has => Err(Error::Config(format!(
+            "--output {text} has {PLACEHOLDER} but no --shard K/N was given"
+        ))),
+        _ => Ok(output),
     }
 }
 
@@ -451,4 +674,55 @@ fn prices(input: Option<f64>, output: Option<f64>, cached: Option<f64>) -> Resul
 
 fn toml_to_json(v: toml::Value) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Config(format!("tools: {e}")))
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn settings(endpoint: &str) -> JobSettings {
+        JobSettings {
+            input: Some("in.jsonl".into()),
+            output: Some("out.parquet".into()),
+            endpoint: Some(endpoint.into()),
+            prompt: Some("{{text}}".into()),
+            mode: Some(Mode::Batch),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn batch_settings_are_checked() {
+        let plan = Plan::from_settings(
+            JobSettings {
+                deadline: Some("1h30m".into()),
+                poll_secs: Some(0.5),
+                ..settings("http://localhost:1/v1")
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(plan.batch.deadline, Some(Duration::from_secs(5400)));
+        assert_eq!(plan.batch.poll, Duration::from_millis(500));
+        assert_eq!(plan.batch.max_requests, DEFAULT_BATCH_MAX_REQUESTS);
+        let err = |s: JobSettings| Plan::from_settings(s, false).unwrap_err().to_string();
+        let e = err(settings("databricks-claude-sonnet-4"));
+        assert!(e.contains("no batch API") && e.contains("ai_query"), "{e}");
+        let e = err(JobSettings {
+            deadline: Some("soon".into()),
+            ..settings("http://h/v1")
+        });
+        assert!(e.contains("--deadline"), "{e}");
+        let e = err(JobSettings {
+            mode: None,
+            deadline: Some("2h".into()),
+            ..settings("http://h/v1")
+        });
+        assert!(e.contains("only applies with --mode batch"), "{e}");
+        let e = err(JobSettings {
+            stream: true,
+            ..settings("http://h/v1")
+        });
+        assert!(e.contains("--stream"), "{e}");
+    }
 }

@@ -240,6 +240,85 @@ pub struct JobSettings {
     /// CA in front of the endpoint); `SSL_CERT_FILE` works too.
     #[arg(long, value_name = "PATH")]
     pub ca_cert: Option<PathBuf>,
+
+    /// Condition for ai_filter: the BOOLEAN result says whether each
+    /// row's text meets it ("mentions a late delivery").
+    #[arg(long, value_name = "TEXT")]
+    pub condition: Option<String>,
+
+    /// Criterion for ai_score: the DOUBLE result, in [0, 1], says how well
+    /// each row's text meets it ("how urgent the ticket is").
+    #[arg(long, value_name = "TEXT")]
+    pub criterion: Option<String>,
+    /// Score only shard K of N (0-based): a contiguous 1/N of the input
+    /// rows, disjoint from the other shards and the same on every machine.
+    /// `auto/N` takes K from $AIQ_SHARD_INDEX, $JOB_COMPLETION_INDEX
+    /// (Kubernetes Indexed Jobs), $AWS_BATCH_JOB_ARRAY_INDEX or
+    /// $CLOUD_RUN_TASK_INDEX. Put `{shard}` in --output (out/part-{shard}.parquet).
+    /// With --shard, --rpm, --tpm, --itpm, --otpm and --qph are for the
+    /// whole job and each shard uses 1/N of them (1/--workers if given);
+    /// --max-tokens-total and --max-cost are for the whole job too, 1/N each.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::job::shard::ShardSpec>,
+
+    /// Processes sending at the same time (shards, Spark or Ray tasks):
+    /// --rpm, --tpm, --itpm, --otpm and --qph are divided by it, so the
+    /// workers together stay within the job's limits [default: N of --shard].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<u32>,
+
+    /// Folder of answered calls keyed by request content, shared by every
+    /// run, shard or task of a job: a call answered there before is not
+    /// sent (or paid for) again. Each run adds its own file; none is
+    /// ever rewritten, so concurrent and killed runs corrupt nothing.
+    #[arg(long, value_name = "DIR")]
+    pub call_journal: Option<PathBuf>,
+    /// Times a typed reply that was cut off (finish_reason = length) or did
+    /// not match the result type is asked again: with twice the max_tokens
+    /// when cut off, with the validation error when it did not match. Their
+    /// attempts and tokens count in the row's usage and cost [default: 1].
+    #[arg(long, value_name = "N")]
+    pub max_repairs: Option<u32>,
+
+    /// Resume, re-sending the rows whose journaled outcome is an error
+    /// (a plain resume keeps them as final); every answered row is kept.
+    #[arg(long)]
+    #[serde(default)]
+    pub retry_failed: bool,
+    /// How rows are sent: `online` (requests now, under the rate limits) or
+    /// `batch` (the provider's Batch API: about half price, answered within
+    /// 24 hours; OpenAI-compatible base URLs only) [default: online].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+
+    /// Batch mode: requests per batch input file at most [default: 50000].
+    #[arg(long, value_name = "N")]
+    pub batch_max_requests: Option<usize>,
+
+    /// Batch mode: bytes per batch input file at most [default: 200000000].
+    #[arg(long, value_name = "BYTES")]
+    pub batch_max_bytes: Option<u64>,
+
+    /// Batch mode: seconds between polls of each running batch [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub poll_secs: Option<f64>,
+
+    /// Batch mode: when this much time has passed (e.g. `2h`, `90m`,
+    /// `1h30m`), cancel the unfinished batches, keep what they answered and
+    /// send the remaining rows online.
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<String>,
+}
+
+/// How a job's rows reach the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// One request per row, now, under the concurrency and rate limits.
+    #[default]
+    Online,
+    /// Through the provider's Batch API (Files + Batches): cheaper, slower.
+    Batch,
 }
 
 /// Simulator knobs a job file may set, so the example job shows realistic
@@ -255,6 +334,8 @@ pub struct SimulatorSettings {
     pub tpm: Option<u64>,
     pub fault_rate: Option<f64>,
     pub seed: Option<u64>,
+    /// Batch API: milliseconds from creating a batch to its completion.
+    pub batch_turnaround_ms: Option<u64>,
 }
 
 macro_rules! overlay_options {
@@ -281,7 +362,9 @@ impl JobSettings {
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
-            simulator, input_format, output_format, ca_cert);
+            simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
+            poll_secs, deadline, max_repairs, shard, workers, call_journal, condition, criterion,
+            ca_cert);
         if self.labels.is_empty() {
             self.labels = base.labels;
         }
@@ -300,6 +383,7 @@ impl JobSettings {
         self.no_prompt_cache_key |= base.no_prompt_cache_key;
         self.no_warmup |= base.no_warmup;
         self.stream |= base.stream;
+        self.retry_failed |= base.retry_failed;
         self
     }
 }

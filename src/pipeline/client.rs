@@ -30,7 +30,7 @@ use crate::pipeline::outcome::{Outcome, Usage};
 use crate::pipeline::render::Call;
 use crate::provider::endpoint::Endpoint;
 use crate::provider::limit::Limiter;
-use crate::provider::reply::{body_fault, split_usage, Reply, Shape};
+use crate::provider::reply::{body_fault, split_usage, Reply, RowReply, Shape};
 use crate::provider::retry::{
     certificate_problem, classify_body_fault, classify_status, retry_after, RetryAction,
     RetryPolicy,
@@ -64,6 +64,18 @@ pub struct Client {
     shape: Shape,
     stream: bool,
     pub stats: Arc<ClientStats>,
+    /// Typed replies that were cut off or did not fit may be asked again
+    /// this many times ([`crate::pipeline::repair`]); 0 by default.
+    pub max_repairs: u32,
+}
+
+/// What [`Client::send`] got: one outcome per row of the call, and for each
+/// whether its reply arrived but did not fit the result type (the rows a
+/// repair can help).
+#[derive(Debug)]
+pub struct Sent {
+    pub outcomes: Vec<Outcome>,
+    pub unfit: Vec<bool>,
 }
 
 /// Why one attempt failed.
@@ -130,6 +142,7 @@ impl Client {
             shape,
             stream,
             stats: Arc::new(ClientStats::default()),
+            max_repairs: 0,
         })
     }
 
@@ -137,9 +150,21 @@ impl Client {
         &self.endpoint
     }
 
-    /// Send `call` until it succeeds, fails for good, or the retries run out.
-    /// Returns one outcome per row of the call, in the call's row order.
+    /// Send `call` until it succeeds, fails for good, or the retries run out,
+    /// then repair typed replies that were cut off or did not fit (up to
+    /// `max_repairs` more calls). Returns one outcome per row of the call,
+    /// in the call's row order.
     pub async fn execute(&self, call: &Call) -> Result<Vec<Outcome>, Abort> {
+        crate::pipeline::repair::execute(self, call, self.max_repairs).await
+    }
+
+    /// The shape replies are parsed into.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// [`Client::execute`] without repairs: one call, with its retries.
+    pub async fn send(&self, call: &Call) -> Result<Sent, Abort> {
         let attempts = AtomicU32::new(0);
         let ambiguous = AtomicU32::new(0);
         let max_ambiguous = self.policy.max_ambiguous_retries;
@@ -194,8 +219,10 @@ impl Client {
             Ok(answer) => {
                 let usages = split_usage(answer.reply.usage, call.rows.len());
                 let mut outcomes = Vec::with_capacity(call.rows.len());
+                let mut unfit = Vec::with_capacity(call.rows.len());
                 for (i, row) in call.rows.iter().enumerate() {
                     let r = answer.reply.rows.get(i);
+                    unfit.push(r.is_some_and(RowReply::unfit));
                     let (result, error_message) = match r.map(|r| &r.result) {
                         Some(Ok(v)) => (v.clone(), None),
                         Some(Err(e)) => (Value::Null, Some(e.clone())),
@@ -214,9 +241,10 @@ impl Client {
                         ttft_ms: answer.ttft.map(|d| d.as_millis() as i64),
                         attempts,
                         ambiguous_attempts: ambiguous,
+                        ..Outcome::default()
                     });
                 }
-                Ok(outcomes)
+                Ok(Sent { outcomes, unfit })
             }
             Err(e) => match e.action {
                 // A status is the endpoint refusing; without one the job
@@ -244,7 +272,11 @@ impl Client {
                 RetryAction::RowError => {
                     Ok(self.all_failed(call, e.message, (attempts, ambiguous), latency_ms))
                 }
-            },
+            }
+            .map(|outcomes: Vec<Outcome>| Sent {
+                unfit: vec![false; outcomes.len()],
+                outcomes,
+            }),
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -53,6 +53,12 @@ pub struct Collector {
     pub summary: Summary,
     /// `--max-tokens-total` / `--max-cost`, when given.
     pub budget: Option<Enforcer>,
+    /// Send finished batches here instead of to `parts` (the output goes
+    /// back to the caller, e.g. Python). A full channel holds the collector
+    /// back, and with it new calls: the consumer sets the pace.
+    pub batches: Option<mpsc::Sender<RecordBatch>>,
+    /// Stop on this instead of the process's signals (see [`Signals`]).
+    pub interrupt: Option<Arc<Notify>>,
     pending: VecDeque<Pending>,
     consecutive_failures: u32,
     failure: Option<Error>,
@@ -82,6 +88,8 @@ impl Collector {
             progress,
             summary: Summary::default(),
             budget: None,
+            batches: None,
+            interrupt: None,
             pending: VecDeque::new(),
             consecutive_failures: 0,
             failure: None,
@@ -93,7 +101,7 @@ impl Collector {
     /// step, or the reason the job stopped (journal flushed either way).
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) -> Result<Collector> {
         let mut interrupted = false;
-        let mut signals = Signals::new();
+        let mut signals = Signals::new(self.interrupt.clone());
         let mut deadline: Option<Instant> = None;
         loop {
             let grace = async {
@@ -113,7 +121,7 @@ impl Collector {
                     }
                     self.journal.flush()?;
                     self.released.clear();
-                    self.write_ready()?;
+                    self.write_ready().await?;
                     self.progress.update(&self.summary);
                 }
                 _ = signals.next() => {
@@ -237,43 +245,82 @@ impl Collector {
     }
 
     /// Write every complete batch at the front of the queue, in order.
-    fn write_ready(&mut self) -> Result<()> {
+    async fn write_ready(&mut self) -> Result<()> {
         while self.pending.front().is_some_and(|p| p.missing == 0) {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
             let mut outcomes: Vec<Outcome> = p.outcomes.into_iter().flatten().collect();
             let out = self.layout.assemble(&p.batch, &mut outcomes)?;
-            self.parts.write(p.first, &out)?;
+            match &self.batches {
+                Some(tx) => {
+                    if tx.send(out).await.is_err() {
+                        // The caller stopped reading: there is no one to
+                        // hand further rows to.
+                        self.fail(Error::Stopped("the output's reader went away".into()));
+                    }
+                }
+                None => self.parts.write(p.first, &out)?,
+            }
         }
         Ok(())
     }
 }
 
 /// Ctrl-C (SIGINT) and, on Unix, SIGTERM (what schedulers and `kill` send):
-/// both mean "stop sending, keep what is paid for".
+/// both mean "stop sending, keep what is paid for". The listeners are made
+/// once and kept: a `ctrl_c()` future made anew on each loop turn misses a
+/// signal that lands while the loop is busy with an outcome (busy is the
+/// normal state under load), and the job would run to the end. Inside
+/// another program (the Python package) the host owns the signal handlers
+/// and tells the run through `interrupt` instead: no handler is installed.
 struct Signals {
     #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<Arc<Notify>>,
 }
 
 impl Signals {
-    fn new() -> Signals {
+    fn new(interrupt: Option<Arc<Notify>>) -> Signals {
+        #[cfg(unix)]
+        use tokio::signal::unix::{signal, SignalKind};
+        let own = interrupt.is_none();
         Signals {
             #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+            int: own.then(|| signal(SignalKind::interrupt()).ok()).flatten(),
+            #[cfg(unix)]
+            term: own.then(|| signal(SignalKind::terminate()).ok()).flatten(),
+            interrupt,
         }
     }
 
     async fn next(&mut self) {
-        #[cfg(unix)]
-        if let Some(term) = self.term.as_mut() {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+        if let Some(interrupt) = &self.interrupt {
+            return interrupt.notified().await;
         }
+        #[cfg(unix)]
+        {
+            let Signals { int, term, .. } = self;
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = int => {}
+                _ = term => {}
+            }
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

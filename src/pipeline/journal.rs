@@ -15,7 +15,7 @@
 //! journal lines for rows after it are loaded back (at most one part's worth
 //! plus the rows in flight), so memory stays bounded whatever the job size.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::pipeline::outcome::{Outcome, RowId, Usage};
+use crate::pipeline::store::{Remote, Role};
 
 const MANIFEST: &str = "manifest.json";
 const JOURNAL: &str = "journal.jsonl";
@@ -49,6 +50,9 @@ pub struct InputIdentity {
 
 impl InputIdentity {
     pub fn of(path: &Path) -> Result<InputIdentity> {
+        if let Some(remote) = Remote::parse(path, Role::Input)? {
+            return remote.identity(Role::Input);
+        }
         let meta = fs::metadata(path).map_err(|e| Error::input(path, e))?;
         let modified = meta
             .modified()
@@ -83,6 +87,9 @@ pub struct Resume {
     /// What every earlier run of the job may have been billed (the sum of
     /// [`Outcome::billed_usage`] over the whole journal): budgets are per job.
     pub spent: Usage,
+    /// Rows whose last journaled outcome is an error, committed or not
+    /// (for `--retry-failed`).
+    pub failed: BTreeSet<RowId>,
 }
 
 impl Resume {
@@ -94,7 +101,8 @@ impl Resume {
 pub struct Journal {
     dir: PathBuf,
     path: PathBuf,
-    writer: BufWriter<File>,
+    /// `None` for a run that keeps nothing ([`Journal::disabled`]).
+    writer: Option<BufWriter<File>>,
     line: Vec<u8>,
 }
 
@@ -156,11 +164,22 @@ impl Journal {
             Journal {
                 dir,
                 path,
-                writer: BufWriter::with_capacity(1 << 16, file),
+                writer: Some(BufWriter::with_capacity(1 << 16, file)),
                 line: Vec::with_capacity(512),
             },
             resume,
         ))
+    }
+
+    /// A journal that keeps nothing, for a run whose output goes back to
+    /// the caller instead of to a file: there is nothing to resume.
+    pub fn disabled() -> Journal {
+        Journal {
+            dir: PathBuf::new(),
+            path: PathBuf::new(),
+            writer: None,
+            line: Vec::new(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -173,21 +192,30 @@ impl Journal {
 
     /// Append one outcome (buffered; call [`Journal::flush`] to hand it to the OS).
     pub fn append(&mut self, outcome: &Outcome) -> Result<()> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(());
+        };
         self.line.clear();
         serde_json::to_writer(&mut self.line, outcome).map_err(|e| Error::output(&self.path, e))?;
         self.line.push(b'\n');
-        self.writer
+        writer
             .write_all(&self.line)
             .map_err(|e| Error::io(&self.path, e))
     }
 
     /// Hand buffered lines to the OS: after this, a killed process loses nothing.
     pub fn flush(&mut self) -> Result<()> {
-        self.writer.flush().map_err(|e| Error::io(&self.path, e))
+        match self.writer.as_mut() {
+            Some(w) => w.flush().map_err(|e| Error::io(&self.path, e)),
+            None => Ok(()),
+        }
     }
 
     /// The job is done and its output in place: remove the state folder.
     pub fn remove(mut self) -> Result<()> {
+        if self.writer.is_none() {
+            return Ok(());
+        }
         self.flush()?;
         let dir = self.dir.clone();
         drop(self);
@@ -258,6 +286,7 @@ fn load(dir: &Path) -> Result<Resume> {
     let path = dir.join(JOURNAL);
     let mut outcomes = HashMap::new();
     let mut spent = Usage::default();
+    let mut failed = BTreeSet::new();
     if path.exists() {
         let file = OpenOptions::new()
             .read(true)
@@ -280,6 +309,12 @@ fn load(dir: &Path) -> Result<Resume> {
             };
             good_len += n as u64;
             spent.add(&outcome.billed_usage());
+            // The last line of a row is its outcome (a retried row has two).
+            if outcome.is_error() {
+                failed.insert(outcome.row);
+            } else {
+                failed.remove(&outcome.row);
+            }
             if outcome.row >= committed {
                 outcomes.insert(outcome.row, outcome);
             }
@@ -295,7 +330,33 @@ fn load(dir: &Path) -> Result<Resume> {
         parts: keep,
         outcomes,
         spent,
+        failed,
     })
+}
+
+/// `--retry-failed`: turns `resume` into one where the rows whose journaled
+/// outcome is an error have no outcome, so they are sent again, and every
+/// other row keeps its outcome. Parts from the first one holding a failed
+/// row on are removed and their answered rows reloaded from the journal (so
+/// memory holds the outcomes after the first failed row). Returns the new
+/// resume and how many rows will be sent again.
+pub fn retry_failed(journal: &Journal, resume: Resume) -> Result<(Resume, usize)> {
+    let Some(&first) = resume.failed.iter().next() else {
+        return Ok((resume, 0));
+    };
+    let mut resume = if first < resume.committed {
+        for part in resume.parts.iter().filter(|p| p.end > first) {
+            fs::remove_file(&part.path).map_err(|e| Error::io(&part.path, e))?;
+        }
+        load(journal.dir())?
+    } else {
+        resume
+    };
+    let failed = std::mem::take(&mut resume.failed);
+    resume.outcomes.retain(|row, _| !failed.contains(row));
+    let again = failed.len();
+    resume.failed = failed;
+    Ok((resume, again))
 }
 
 pub fn part_name(start: RowId, end: RowId) -> String {

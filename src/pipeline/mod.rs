@@ -2,7 +2,8 @@
 //! [`source`] reads input batches, [`render`] turns rows into request
 //! bodies, [`schedule`] orders and paces calls, [`client`] sends them with
 //! retries, [`collect`] folds outcomes in input order while [`journal`]
-//! makes each one durable, and [`sink`] writes the output. The remaining
+//! makes each one durable, and [`sink`] writes the output. [`call_journal`]
+//! keeps answers by request content for work shared across processes. The remaining
 //! modules are the values and file formats those stages share.
 
 pub mod client;
@@ -10,10 +11,15 @@ pub mod collect;
 pub mod http;
 pub mod journal;
 pub mod render;
+pub mod repair;
 pub mod schedule;
 pub mod sink;
 pub mod source;
+pub mod store;
 
+pub mod batch;
+pub mod bounds;
+pub mod call_journal;
 pub mod openai_batch;
 pub mod outcome;
 pub mod parquet_out;

@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::pipeline::journal::Part;
-use crate::pipeline::parquet_out::read_all;
+use crate::pipeline::parquet_out::read_batches;
 use crate::pipeline::source::{Format, Source};
 use crate::provider::wire::Task;
 
@@ -151,18 +151,25 @@ pub fn open(path: &Path, batch_size: usize) -> Result<Source> {
     if rows == 0 {
         return Err(Error::input(path, "the file has no request lines"));
     }
+    let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let batch_size = crate::pipeline::bounds::batch_rows(
+        batch_size,
+        usize::try_from(file_bytes / rows).unwrap_or(usize::MAX),
+    );
     let batches = Batches {
         lines: Lines::open(path)?,
         batch_size,
         done: false,
     };
-    Ok(Source::from_batches(
+    let mut source = Source::from_batches(
         path,
         Format::OpenAiBatch,
         schema(),
         Some(rows),
         Box::new(batches),
-    ))
+    );
+    source.batch_rows = batch_size;
+    Ok(source)
 }
 
 /// Non-blank lines of a file, numbered from 1.
@@ -279,7 +286,8 @@ pub fn write_output(parts: &[Part], output: &Path) -> Result<u64> {
     let mut out = BufWriter::new(file);
     let mut lines = 0u64;
     for part in parts {
-        for batch in read_all(&part.path)? {
+        for batch in read_batches(&part.path)? {
+            let batch = batch?;
             let column = |name: &str| {
                 batch
                     .column_by_name(name)

@@ -116,6 +116,11 @@ pub struct Outcome {
     /// been billed without an answer (see `--max-ambiguous-retries`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ambiguous_attempts: u32,
+    /// Times a typed reply that was cut off or did not fit was asked again
+    /// (`--max-repairs`); their attempts and usage are in `attempts` and
+    /// `usage`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repairs: u32,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -1,13 +1,15 @@
 //! Writing Parquet output that common readers accept, and that never exists
 //! half-written.
 //!
-//! This module owns three things: the output schema ([`compatible_schema`]:
+//! This module owns four things: the output schema ([`compatible_schema`]:
 //! Arrow types that DuckDB, pandas and Spark all read the same way), the
-//! writer settings ([`writer_properties`]), and the atomic file writer
+//! writer settings ([`writer_properties`]), the atomic file writer
 //! ([`ParquetFile`]): rows go to a hidden temporary file beside the target,
-//! which replaces the target only once its footer is written and on disk. A
+//! which replaces the target only once its footer is written and on disk (a
 //! crash, an error or Ctrl-C leaves either the old file or the new one, never
-//! a Parquet file without a footer (which no reader can open).
+//! a Parquet file without a footer, which no reader can open); and
+//! [`concat`], which joins finished files by copying their encoded column
+//! chunks, so each output byte is encoded and compressed once.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -21,13 +23,16 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::column::writer::ColumnCloseResult;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 
 use crate::error::{Error, Result};
+use crate::pipeline::bounds::{ROW_GROUP_BYTES, ROW_GROUP_ROWS};
 
-/// Rows per row group: small enough that readers can skip and parallelise,
-/// large enough that per-group overhead and statistics stay negligible.
-pub const MAX_ROW_GROUP_ROWS: usize = 64 * 1024;
+/// Rows per row group at most (see [`crate::pipeline::bounds`]).
+pub const MAX_ROW_GROUP_ROWS: usize = ROW_GROUP_ROWS;
 
 /// zstd level 3: zstd's own default, most of the size gain of higher levels
 /// at a fraction of their CPU cost.
@@ -129,14 +134,17 @@ pub fn make_compatible(batch: &RecordBatch, target: &SchemaRef) -> Result<Record
 }
 
 /// The settings every output file is written with: zstd level 3, row groups
-/// of at most [`MAX_ROW_GROUP_ROWS`] rows, page-level statistics (so readers
-/// can skip row groups and pages).
+/// of at most [`MAX_ROW_GROUP_ROWS`] rows and [`ROW_GROUP_BYTES`] encoded
+/// bytes (the writer holds a row group in memory until it is flushed, so
+/// rows alone would not bound memory for wide rows), page-level statistics
+/// (so readers can skip row groups and pages).
 pub fn writer_properties() -> WriterProperties {
     // Level 3 is always valid; the fallback only keeps this free of panics.
     let level = ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default();
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(MAX_ROW_GROUP_ROWS))
+        .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
         .set_statistics_enabled(EnabledStatistics::Page)
         .build()
 }
@@ -149,18 +157,16 @@ pub fn writer_properties() -> WriterProperties {
 /// Batches are written as given: pass a schema from [`compatible_schema`] and
 /// batches from [`make_compatible`] for output that every reader accepts.
 pub struct ParquetFile {
-    path: PathBuf,
-    tmp: PathBuf,
+    staged: Staged,
     writer: Option<ArrowWriter<File>>,
     rows: u64,
-    committed: bool,
 }
 
 impl std::fmt::Debug for ParquetFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParquetFile")
-            .field("path", &self.path)
-            .field("tmp", &self.tmp)
+            .field("path", &self.staged.path)
+            .field("tmp", &self.staged.tmp)
             .field("rows", &self.rows)
             .finish()
     }
@@ -168,6 +174,72 @@ impl std::fmt::Debug for ParquetFile {
 
 impl ParquetFile {
     pub fn create(path: &Path, schema: SchemaRef) -> Result<Self> {
+        let (staged, file) = Staged::create(path)?;
+        // From here on, Drop removes the temporary file on every error path.
+        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))
+            .map_err(|e| Error::output(path, format!("cannot start a Parquet file: {e}")))?;
+        Ok(ParquetFile {
+            staged,
+            writer: Some(writer),
+            rows: 0,
+        })
+    }
+
+    /// The file this writer will produce.
+    pub fn path(&self) -> &Path {
+        &self.staged.path
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(Error::output(
+                &self.staged.path,
+                "write after the file was finished",
+            ));
+        };
+        writer
+            .write(batch)
+            .map_err(|e| Error::io(&self.staged.path, e.into()))?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Bytes written to the file so far plus those buffered for the next
+    /// row group: what the file would be if finished now, about.
+    pub fn size(&self) -> u64 {
+        self.writer
+            .as_ref()
+            .map_or(0, |w| (w.bytes_written() + w.in_progress_size()) as u64)
+    }
+
+    /// Writes the footer, makes the file durable and moves it onto the
+    /// target path. Returns the number of rows written.
+    pub fn finish(mut self) -> Result<u64> {
+        let Some(writer) = self.writer.take() else {
+            return Err(Error::output(
+                &self.staged.path,
+                "the file was already finished",
+            ));
+        };
+        // Writes the remaining rows and the footer, and hands back the file.
+        let file = writer
+            .into_inner()
+            .map_err(|e| Error::io(&self.staged.path, e.into()))?;
+        self.staged.commit(file)?;
+        Ok(self.rows)
+    }
+}
+
+/// A file being written through a temporary sibling that replaces the
+/// target only at [`Staged::commit`]; dropped uncommitted, it is removed.
+struct Staged {
+    path: PathBuf,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    fn create(path: &Path) -> Result<(Staged, File)> {
         let tmp = temp_path(path)?;
         if let Some(dir) = tmp.parent() {
             if !dir.as_os_str().is_empty() && !dir.is_dir() {
@@ -179,72 +251,117 @@ impl ParquetFile {
         }
         let file = File::create(&tmp)
             .map_err(|e| Error::output(path, format!("cannot create {}: {e}", tmp.display())))?;
-        // From here on, Drop removes the temporary file on every error path.
-        let mut out = ParquetFile {
+        let staged = Staged {
             path: path.to_path_buf(),
             tmp,
-            writer: None,
-            rows: 0,
             committed: false,
         };
-        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))
-            .map_err(|e| Error::output(path, format!("cannot start a Parquet file: {e}")))?;
-        out.writer = Some(writer);
-        Ok(out)
+        Ok((staged, file))
     }
 
-    /// The file this writer will produce.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let Some(writer) = self.writer.as_mut() else {
-            return Err(Error::output(
-                &self.path,
-                "write after the file was finished",
-            ));
-        };
-        writer
-            .write(batch)
-            .map_err(|e| Error::io(&self.path, e.into()))?;
-        self.rows += batch.num_rows() as u64;
-        Ok(())
-    }
-
-    /// Writes the footer, makes the file durable and moves it onto the
-    /// target path. Returns the number of rows written.
-    pub fn finish(mut self) -> Result<u64> {
-        let Some(mut writer) = self.writer.take() else {
-            return Err(Error::output(&self.path, "the file was already finished"));
-        };
-        writer
-            .finish()
-            .map_err(|e| Error::io(&self.path, e.into()))?;
+    /// Makes `file` (the temporary file, complete) durable and renames it
+    /// onto the target.
+    fn commit(&mut self, file: File) -> Result<()> {
         // fsync before rename: otherwise a crash can leave the new name
         // pointing at a file whose data never reached the disk.
-        writer
-            .inner_mut()
-            .sync_all()
-            .map_err(|e| Error::io(&self.tmp, e))?;
-        drop(writer);
+        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        // Closed before the rename (required on Windows).
+        drop(file);
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
         self.committed = true;
-        sync_parent_dir(&self.path)?;
-        Ok(self.rows)
+        sync_parent_dir(&self.path)
     }
 }
 
-impl Drop for ParquetFile {
+impl Drop for Staged {
     fn drop(&mut self) {
         if !self.committed {
-            // Close the file before removing it (required on Windows).
-            self.writer.take();
             // Nothing useful to do if removal fails while unwinding; the
             // hidden name keeps a leftover out of the user's way.
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+impl Drop for ParquetFile {
+    fn drop(&mut self) {
+        // Close the file before `staged` removes it (required on Windows).
+        self.writer.take();
+    }
+}
+
+/// Joins Parquet files written by [`ParquetFile`] with `schema`, in order,
+/// into `path` (atomically). Their encoded column chunks, page indexes and
+/// statistics are copied as they are: nothing is decoded, re-encoded or
+/// recompressed, and memory stays at one column chunk's copy buffer. With no
+/// files, `path` is an empty file of `schema`. Returns the rows written.
+pub fn concat(files: &[PathBuf], path: &Path, schema: SchemaRef) -> Result<u64> {
+    let Some(first) = files.first() else {
+        return ParquetFile::create(path, schema)?.finish();
+    };
+    let open = |part: &Path| -> Result<(File, parquet::file::metadata::ParquetMetaData)> {
+        let file = File::open(part).map_err(|e| Error::io(part, e))?;
+        let meta = ParquetMetaDataReader::new()
+            .with_page_index_policy(PageIndexPolicy::Optional)
+            .parse_and_finish(&file)
+            .map_err(|e| Error::output(part, format!("not a readable Parquet file: {e}")))?;
+        Ok((file, meta))
+    };
+    let (_, head) = open(first)?;
+    let (mut staged, out) = Staged::create(path)?;
+    let failed = |e: parquet::errors::ParquetError| Error::io(path, e.into());
+    let root = head.file_metadata().schema_descr().root_schema_ptr();
+    let mut writer =
+        SerializedFileWriter::new(out, root, Arc::new(writer_properties())).map_err(failed)?;
+    // The Arrow schema (ARROW:schema) and any other key-value metadata, so
+    // readers see the same Arrow types as in the parts.
+    for kv in head
+        .file_metadata()
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+    {
+        writer.append_key_value_metadata(kv.clone());
+    }
+    let mut rows = 0u64;
+    for part in files {
+        let (file, meta) = open(part)?;
+        if meta.file_metadata().schema_descr().root_schema()
+            != head.file_metadata().schema_descr().root_schema()
+        {
+            return Err(Error::output(
+                part,
+                "its columns differ from the other parts; run again with --restart",
+            ));
+        }
+        for (g, group) in meta.row_groups().iter().enumerate() {
+            let mut out_group = writer.next_row_group().map_err(failed)?;
+            for (c, column) in group.columns().iter().enumerate() {
+                let close = ColumnCloseResult {
+                    bytes_written: column.compressed_size() as u64,
+                    rows_written: group.num_rows() as u64,
+                    metadata: column.clone(),
+                    bloom_filter: None,
+                    column_index: meta
+                        .column_index()
+                        .and_then(|i| i.get(g))
+                        .and_then(|i| i.get(c))
+                        .cloned(),
+                    offset_index: meta
+                        .offset_index()
+                        .and_then(|i| i.get(g))
+                        .and_then(|i| i.get(c))
+                        .cloned(),
+                };
+                out_group.append_column(&file, close).map_err(failed)?;
+            }
+            out_group.close().map_err(failed)?;
+            rows += group.num_rows() as u64;
+        }
+    }
+    let out = writer.into_inner().map_err(failed)?;
+    staged.commit(out)?;
+    Ok(rows)
 }
 
 /// `.<name>.tmp-<pid>` beside `path`: hidden, in the same directory (so the
@@ -277,16 +394,38 @@ fn sync_parent_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads a whole Parquet file into memory: for small files (part files on
-/// resume, tests), not for inputs (use [`crate::pipeline::source::Source`]).
+/// Reads a whole Parquet file into memory: for small files (tests), not for
+/// inputs (use [`crate::pipeline::source::Source`]) or parts ([`read_batches`]).
 pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>> {
+    read_batches(path)?.collect()
+}
+
+/// The batches of a Parquet file written by aiq, read one at a time (at
+/// most [`crate::pipeline::bounds::BATCH_BYTES`] of rows each).
+pub fn read_batches(path: &Path) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::output(path, format!("not a readable Parquet file: {e}")))?;
-    reader
-        .collect::<Result<Vec<_>, ArrowError>>()
-        .map_err(|e| Error::output(path, format!("cannot read Parquet data: {e}")))
+    let meta = builder.metadata().file_metadata();
+    let rows = usize::try_from(meta.num_rows()).unwrap_or(0);
+    let bytes: i64 = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.total_byte_size())
+        .sum();
+    let batch = crate::pipeline::bounds::batch_rows(
+        8 * 1024,
+        usize::try_from(bytes).unwrap_or(0) / rows.max(1),
+    );
+    let reader = builder
+        .with_batch_size(batch)
+        .build()
+        .map_err(|e| Error::output(path, format!("not a readable Parquet file: {e}")))?;
+    let path = path.to_path_buf();
+    Ok(reader.map(move |b| {
+        b.map_err(|e: ArrowError| Error::output(&path, format!("cannot read Parquet data: {e}")))
+    }))
 }
 
 #[cfg(test)]

@@ -95,13 +95,16 @@ impl Templates {
             let template = env
                 .get_template(name)
                 .map_err(|e| Error::Template(format!("--{name} template: {e}")))?;
-            let mut vars: Vec<String> = template.undeclared_variables(false).into_iter().collect();
+            // Nested names (`meta.title`) are checked through struct
+            // fields, so a typo inside a struct is found before sending too.
+            let mut vars: Vec<String> = template.undeclared_variables(true).into_iter().collect();
             vars.sort();
-            for var in vars {
+            for path in vars {
+                let var = path.split('.').next().unwrap_or_default().to_string();
                 if is_builtin_global(&var) {
                     continue;
                 }
-                let Some((index, _)) = schema.column_with_name(&var) else {
+                let Some((index, field)) = schema.column_with_name(&var) else {
                     let available: Vec<&str> =
                         schema.fields().iter().map(|f| f.name().as_str()).collect();
                     return Err(Error::Template(format!(
@@ -110,6 +113,7 @@ impl Templates {
                         available.join(", ")
                     )));
                 };
+                check_nested(name, &path, field.data_type())?;
                 if name == SYSTEM {
                     system_is_static = false;
                 }
@@ -265,29 +269,80 @@ fn literal_prefix(source: &str) -> &str {
     &source[..end]
 }
 
+/// Checks the struct fields a dotted template name (`meta.title`) walks
+/// through. Checking stops at anything that is not a struct: a map's keys
+/// and a list's items are only known per row.
+fn check_nested(template: &str, path: &str, data_type: &DataType) -> Result<()> {
+    let mut data_type = data_type;
+    let mut walked = path.split('.').next().unwrap_or_default().to_string();
+    for part in path.split('.').skip(1) {
+        let DataType::Struct(fields) = data_type else {
+            return Ok(());
+        };
+        let Some(field) = fields.iter().find(|f| f.name() == part) else {
+            let available: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+            return Err(Error::Template(format!(
+                "the --{template} template uses `{walked}.{part}`, but `{walked}` has no field \
+                 `{part}`; its fields are: {}",
+                available.join(", ")
+            )));
+        };
+        walked = format!("{walked}.{part}");
+        data_type = field.data_type();
+    }
+    Ok(())
+}
+
 fn needs_formatter(dt: &DataType) -> bool {
-    !matches!(
+    !is_nested(dt)
+        && !matches!(
+            dt,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Boolean
+                | DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64
+                | DataType::Float32
+                | DataType::Float64
+        )
+}
+
+fn is_nested(dt: &DataType) -> bool {
+    matches!(
         dt,
-        DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Boolean
-            | DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Float32
-            | DataType::Float64
+        DataType::Struct(_)
+            | DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(..)
+            | DataType::ListView(_)
+            | DataType::LargeListView(_)
+            | DataType::Map(..)
     )
 }
 
-/// One cell as a template value: strings, numbers and booleans natively,
-/// everything else in Arrow's display form.
+/// One cell as a template value: strings, numbers and booleans natively;
+/// structs, lists and maps as template maps and lists (so `{{ meta.title }}`,
+/// `{% for t in meta.tags %}` and `{{ meta | tojson }}` work); everything
+/// else (decimals, dates, timestamps, ...) in Arrow's exact display text.
 fn cell_value(array: &ArrayRef, formatter: Option<&ArrayFormatter>, i: usize) -> minijinja::Value {
+    if is_nested(array.data_type()) {
+        return nested_value(array.as_ref(), i);
+    }
+    scalar_value(array.as_ref(), formatter, i)
+}
+
+fn scalar_value(
+    array: &dyn Array,
+    formatter: Option<&ArrayFormatter>,
+    i: usize,
+) -> minijinja::Value {
     use arrow::datatypes::*;
     match array.data_type() {
         DataType::Utf8 => array.as_string::<i32>().value(i).into(),
@@ -308,6 +363,84 @@ fn cell_value(array: &ArrayRef, formatter: Option<&ArrayFormatter>, i: usize) ->
             Some(f) => f.value(i).to_string().into(),
             None => minijinja::Value::from(()),
         },
+    }
+}
+
+/// A value inside (or being) a struct, list or map column, recursively; a
+/// null is `none`.
+fn nested_value(array: &dyn Array, i: usize) -> minijinja::Value {
+    use minijinja::Value;
+    if array.is_null(i) {
+        return Value::from(());
+    }
+    let items = |values: ArrayRef| -> Value {
+        Value::from(
+            (0..values.len())
+                .map(|j| nested_value(values.as_ref(), j))
+                .collect::<Vec<_>>(),
+        )
+    };
+    match array.data_type() {
+        DataType::Struct(_) => {
+            let s = array.as_struct();
+            let fields = s
+                .fields()
+                .iter()
+                .zip(s.columns())
+                .map(|(f, c)| (f.name().clone(), nested_value(c.as_ref(), i)))
+                .collect();
+            Value::from_object(Fields(fields))
+        }
+        DataType::List(_) => items(array.as_list::<i32>().value(i)),
+        DataType::LargeList(_) => items(array.as_list::<i64>().value(i)),
+        DataType::FixedSizeList(..) => items(array.as_fixed_size_list().value(i)),
+        DataType::Map(..) => {
+            let entries = array.as_map().value(i);
+            let (keys, values) = (entries.column(0), entries.column(1));
+            let fields = (0..entries.len())
+                .map(|j| {
+                    let key = nested_value(keys.as_ref(), j);
+                    let key = key.as_str().map_or_else(|| key.to_string(), str::to_string);
+                    (key, nested_value(values.as_ref(), j))
+                })
+                .collect();
+            Value::from_object(Fields(fields))
+        }
+        dt if needs_formatter(dt) => {
+            // Rare inside nested columns (decimals, timestamps): a formatter
+            // per value is fine.
+            let formatter = ArrayFormatter::try_new(array, &FORMAT).ok();
+            scalar_value(array, formatter.as_ref(), i)
+        }
+        _ => scalar_value(array, None, i),
+    }
+}
+
+/// A struct (or map) value in a template: its fields in column order, so
+/// `tojson` writes them as the data has them (a plain map would sort them).
+#[derive(Debug)]
+struct Fields(Vec<(String, minijinja::Value)>);
+
+impl minijinja::value::Object for Fields {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        let key = key.as_str()?;
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Values(
+            self.0
+                .iter()
+                .map(|(k, _)| minijinja::Value::from(k.as_str()))
+                .collect(),
+        )
     }
 }
 

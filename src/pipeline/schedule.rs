@@ -21,6 +21,7 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::pipeline::call_journal::Recall;
 use crate::pipeline::client::{Abort, Client};
 use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::render::{BodyBuilder, Call, RenderedRow, Templates};
@@ -61,6 +62,9 @@ pub struct Dispatcher {
     pub similarity: bool,
     /// OpenAI Batch input: each row's `body` is the call.
     pub passthrough: bool,
+    /// `--call-journal`: calls answered before (by any run, shard or task
+    /// of the job) are not sent again; new answers are added.
+    pub recall: Option<Arc<Recall>>,
 }
 
 /// Per-prefix warm-up state: absent = never seen; `None` = warm; `Some`
@@ -155,6 +159,14 @@ impl Dispatcher {
 
     /// Wait for a free slot, then run the call in its own task.
     async fn launch(&self, call: Call, warm: Option<(u64, mpsc::UnboundedSender<u64>)>) {
+        // Answered before: no slot, no request, no bill.
+        if let Some(outcomes) = self.recall.as_ref().and_then(|r| r.answered(&call)) {
+            let _ = self.events.send(Event::Outcomes(outcomes, None)).await;
+            if let Some((key, tx)) = warm {
+                let _ = tx.send(key);
+            }
+            return;
+        }
         let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
             return;
         };
@@ -165,9 +177,19 @@ impl Dispatcher {
         let client = self.client.clone();
         let events = self.events.clone();
         let stop = self.stop.clone();
+        let recall = self.recall.clone();
         tokio::spawn(async move {
             let event = match client.execute(&call).await {
-                Ok(outcomes) => Event::Outcomes(outcomes, Some(permit)),
+                Ok(outcomes) => {
+                    if let Some(recall) = &recall {
+                        // The row journal still has the answer: a failed
+                        // write costs a later task a request, not this row.
+                        if let Err(e) = recall.record(&call, &outcomes) {
+                            tracing::warn!("call journal: {e}");
+                        }
+                    }
+                    Event::Outcomes(outcomes, Some(permit))
+                }
                 Err(Abort(message)) => {
                     // Stop at once, before this slot frees up for another call.
                     stop.store(true, Ordering::Relaxed);

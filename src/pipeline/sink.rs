@@ -3,8 +3,9 @@
 //! The output schema is the input's columns (cast where DuckDB, pandas or
 //! Spark would reject them), then the outcome columns ([`OUTCOME_COLUMNS`]).
 //! Finished batches go into part files of the journal's state folder, in
-//! input order, rolled every `part_rows` rows; when the job completes the
-//! parts are concatenated into the output, which appears atomically.
+//! input order, rolled every [`PART_ROWS`] rows or [`PART_BYTES`] bytes;
+//! when the job completes the parts' encoded row groups are copied into the
+//! output ([`concat`]: nothing is encoded twice), which appears atomically.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,12 +19,13 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::job::spend::{row_cost, Prices};
+use crate::pipeline::bounds::{PART_BYTES, PART_ROWS};
 use crate::pipeline::journal::{part_name, Part};
 use crate::pipeline::outcome::{Outcome, RowId};
-use crate::pipeline::parquet_out::{compatible_schema, make_compatible, read_all, ParquetFile};
+use crate::pipeline::parquet_out::{compatible_schema, concat, make_compatible, ParquetFile};
 
 /// The columns aiq adds after the input's, in order.
-pub const OUTCOME_COLUMNS: [&str; 14] = [
+pub const OUTCOME_COLUMNS: [&str; 15] = [
     "result",
     "error_message",
     "finish_reason",
@@ -38,6 +40,7 @@ pub const OUTCOME_COLUMNS: [&str; 14] = [
     "ttft_ms",
     "attempts",
     "maybe_billed_twice",
+    "repairs",
 ];
 
 /// The usage columns, in [`crate::pipeline::outcome::Usage::fields_mut`] order.
@@ -91,6 +94,7 @@ impl Layout {
             DataType::Boolean,
             false,
         )));
+        fields.push(Arc::new(Field::new("repairs", DataType::Int32, false)));
         Ok(Layout {
             input,
             output: Arc::new(Schema::new(fields)),
@@ -120,6 +124,7 @@ impl Layout {
         let mut ttft = Int64Builder::with_capacity(n);
         let mut attempts = Int32Builder::with_capacity(n);
         let mut billed_twice = BooleanBuilder::with_capacity(n);
+        let mut repairs = Int32Builder::with_capacity(n);
         for o in outcomes.iter() {
             error.append_option(o.error_message.as_deref());
             finish.append_option(o.finish_reason.as_deref());
@@ -132,6 +137,7 @@ impl Layout {
             ttft.append_option(o.ttft_ms);
             attempts.append_value(o.attempts.min(i32::MAX as u32) as i32);
             billed_twice.append_value(o.maybe_billed_twice());
+            repairs.append_value(o.repairs.min(i32::MAX as u32) as i32);
         }
         let mut columns: Vec<ArrayRef> = input.columns().to_vec();
         columns.push(result);
@@ -145,6 +151,7 @@ impl Layout {
         columns.push(Arc::new(ttft.finish()));
         columns.push(Arc::new(attempts.finish()));
         columns.push(Arc::new(billed_twice.finish()));
+        columns.push(Arc::new(repairs.finish()));
         RecordBatch::try_new(self.output.clone(), columns)
             .map_err(|e| Error::Config(format!("output batch: {e}")))
     }
@@ -188,21 +195,20 @@ pub(crate) fn decode(
         .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
 }
 
-/// Writes finished batches into part files, rolling every `part_rows` rows.
+/// Writes finished batches into part files, rolling every [`PART_ROWS`]
+/// rows or [`PART_BYTES`] bytes, whichever comes first.
 pub struct PartWriter {
     dir: PathBuf,
     schema: SchemaRef,
-    part_rows: u64,
     current: Option<(RowId, RowId, ParquetFile)>,
     pub parts: Vec<Part>,
 }
 
 impl PartWriter {
-    pub fn new(dir: PathBuf, schema: SchemaRef, part_rows: u64, parts: Vec<Part>) -> PartWriter {
+    pub fn new(dir: PathBuf, schema: SchemaRef, parts: Vec<Part>) -> PartWriter {
         PartWriter {
             dir,
             schema,
-            part_rows,
             current: None,
             parts,
         }
@@ -223,7 +229,7 @@ impl PartWriter {
         debug_assert_eq!(*end, first);
         file.write(batch)?;
         *end = first + batch.num_rows() as u64;
-        if *end - *start >= self.part_rows {
+        if *end - *start >= PART_ROWS || file.size() >= PART_BYTES {
             self.commit()?;
         }
         Ok(())
@@ -247,13 +253,9 @@ impl PartWriter {
     }
 }
 
-/// Concatenate the parts, in order, into `output` (atomically).
+/// Concatenate the parts, in order, into `output` (atomically), copying
+/// their encoded row groups.
 pub fn concat_parts(parts: &[Part], output: &Path, schema: SchemaRef) -> Result<u64> {
-    let mut out = ParquetFile::create(output, schema)?;
-    for part in parts {
-        for batch in read_all(&part.path)? {
-            out.write(&batch)?;
-        }
-    }
-    out.finish()
+    let files: Vec<PathBuf> = parts.iter().map(|p| p.path.clone()).collect();
+    concat(&files, output, schema)
 }

@@ -22,7 +22,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,11 +30,16 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use arrow_json::reader::{infer_json_schema_from_iterator, Decoder, ReaderBuilder};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::job::shard::Shard;
+use crate::pipeline::bounds::{self, BATCH_BYTES};
+use crate::pipeline::store::{self, Remote, Role};
 
 /// Non-blank lines of a JSONL file read to infer its columns and their types.
 pub const JSONL_INFER_LINES: usize = 1000;
@@ -53,6 +58,9 @@ pub enum Format {
     /// OpenAI Batch API request lines (`--input-format openai-batch`),
     /// read by [`crate::pipeline::openai_batch`].
     OpenAiBatch,
+    /// Record batches handed over in memory (the Python package's data,
+    /// through the Arrow C stream interface), never a file.
+    Arrow,
 }
 
 impl Format {
@@ -73,6 +81,7 @@ impl fmt::Display for Format {
             Format::Parquet => "Parquet",
             Format::Jsonl => "JSON Lines",
             Format::OpenAiBatch => "OpenAI Batch JSON Lines",
+            Format::Arrow => "Arrow stream",
         })
     }
 }
@@ -85,6 +94,9 @@ pub struct Source {
     /// Rows in the file: from the footer for Parquet, from counting non-blank
     /// lines for JSON Lines.
     pub total_rows: Option<u64>,
+    /// Rows per batch at most: the asked batch size, fewer for wide rows
+    /// ([`bounds::batch_rows`]).
+    pub batch_rows: usize,
     format: Format,
     reader: Reader,
 }
@@ -111,6 +123,16 @@ impl Source {
     /// Opens `path`, reads its schema (and, for JSONL, counts its rows), and
     /// prepares to read batches of at most `batch_size` rows.
     pub fn open(path: &Path, batch_size: usize) -> Result<Source> {
+        Source::open_shard(path, batch_size, None)
+    }
+
+    /// Like [`Source::open`], but reads only `shard`'s rows (all rows
+    /// without one): a contiguous range by row number, so every row is in
+    /// exactly one of the N shards. Parquet skips the row groups (and rows
+    /// within them) outside the range without decoding them; JSON Lines
+    /// skips other shards' lines without parsing them. The schema is the
+    /// whole file's, so every shard writes the same columns.
+    pub fn open_shard(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
         if batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1 row".into()));
         }
@@ -121,18 +143,21 @@ impl Source {
             )
         })?;
         match format {
-            Format::Parquet => open_parquet(path, batch_size),
-            Format::Jsonl => open_jsonl(path, batch_size),
+            Format::Parquet => open_parquet(path, batch_size, shard),
+            Format::Jsonl => open_jsonl(path, batch_size, shard),
             // Never chosen by extension: `--input-format openai-batch` opens
             // such files with `openai_batch::open`, which builds on this module.
             Format::OpenAiBatch => Err(Error::Config(
                 "OpenAI Batch files are read with --input-format openai-batch".into(),
             )),
+            // Never chosen by extension either: see `Source::from_batches`.
+            Format::Arrow => Err(Error::input(path, "not a file")),
         }
     }
 
     /// A source whose batches another reader makes (the OpenAI Batch
-    /// format), so the rest of the job handles it like any input.
+    /// format, Arrow data from Python), so the rest of the job handles it
+    /// like any input.
     pub fn from_batches(
         path: &Path,
         format: Format,
@@ -144,6 +169,7 @@ impl Source {
             path: path.to_path_buf(),
             schema,
             total_rows,
+            batch_rows: 0,
             format,
             reader: Reader::Other(batches),
         }
@@ -151,6 +177,39 @@ impl Source {
 
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// Keep only `shard`'s rows of a source made by another reader
+    /// ([`Source::from_batches`]): its batches are read and sliced, so the
+    /// other shards' rows are decoded but never sent.
+    pub fn into_shard(self, shard: Shard) -> Result<Source> {
+        let total = self.total_rows.ok_or_else(|| {
+            Error::input(
+                &self.path,
+                "--shard needs to know how many rows the input has",
+            )
+        })?;
+        let (start, end) = shard.rows(total);
+        let path = self.path.clone();
+        let (schema, format) = (self.schema.clone(), self.format);
+        let mut at = 0u64;
+        let batches = self.into_batches().filter_map(move |batch| {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => return Some(Err(e)),
+            };
+            let (b0, b1) = (at, at + batch.num_rows() as u64);
+            at = b1;
+            let (lo, hi) = (b0.max(start), b1.min(end));
+            (lo < hi).then(|| Ok(batch.slice((lo - b0) as usize, (hi - lo) as usize)))
+        });
+        Ok(Source::from_batches(
+            &path,
+            format,
+            schema,
+            Some(end - start),
+            Box::new(batches),
+        ))
     }
 
     /// The rows of the file, in order, in batches of at most `batch_size`
@@ -177,14 +236,52 @@ fn open_file(path: &Path) -> Result<File> {
     })
 }
 
-fn open_parquet(path: &Path, batch_size: usize) -> Result<Source> {
+fn open_parquet(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
+    if let Some(remote) = Remote::parse(path, Role::Input)? {
+        if shard.is_some() {
+            return Err(Error::input(
+                path,
+                "--shard reads local files only for now: copy the input or run unsharded",
+            ));
+        }
+        let (schema, total_rows, batches) = store::parquet_batches(&remote, batch_size)?;
+        return Ok(Source::from_batches(
+            path,
+            Format::Parquet,
+            schema,
+            total_rows,
+            batches,
+        ));
+    }
     let file = open_file(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?;
     // The footer's count is authoritative; a negative one would be corrupt,
     // and then we just don't know.
-    let total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).ok();
+    let mut total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).ok();
+    // Uncompressed bytes per row, from the footer: about the Arrow memory a
+    // row takes once read.
+    let row_groups = builder.metadata().row_groups();
+    let bytes: i64 = row_groups.iter().map(|g| g.total_byte_size()).sum();
+    let rows: i64 = row_groups.iter().map(|g| g.num_rows()).sum();
+    let batch_size = bounds::batch_rows(
+        batch_size,
+        usize::try_from(bytes / rows.max(1)).unwrap_or(0),
+    );
     let schema = builder.schema().clone();
+    if let Some(shard) = shard {
+        let groups: Vec<u64> = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| u64::try_from(g.num_rows()).unwrap_or(0))
+            .collect();
+        let (groups, selection, rows) = shard_row_groups(&groups, shard);
+        builder = builder
+            .with_row_groups(groups)
+            .with_row_selection(selection);
+        total_rows = Some(rows);
+    }
     let reader = builder
         .with_batch_size(batch_size)
         .build()
@@ -193,14 +290,75 @@ fn open_parquet(path: &Path, batch_size: usize) -> Result<Source> {
         path: path.to_path_buf(),
         schema,
         total_rows,
+        batch_rows: batch_size,
         format: Format::Parquet,
         reader: Reader::Parquet(reader),
     })
 }
 
-fn open_jsonl(path: &Path, batch_size: usize) -> Result<Source> {
+/// The row groups that hold `shard`'s rows, and which of their rows to
+/// read: row groups wholly outside the range are never read, and the
+/// selection (relative to the chosen groups) cuts the ones at its edges.
+/// Also returns the shard's row count.
+fn shard_row_groups(group_rows: &[u64], shard: Shard) -> (Vec<usize>, RowSelection, u64) {
+    let (start, end) = shard.rows(group_rows.iter().sum());
+    let mut groups = Vec::new();
+    let mut selectors = Vec::new();
+    let mut at = 0u64;
+    for (i, &n) in group_rows.iter().enumerate() {
+        let (g0, g1) = (at, at + n);
+        at = g1;
+        let (lo, hi) = (g0.max(start), g1.min(end));
+        if lo >= hi {
+            continue;
+        }
+        groups.push(i);
+        for (rows, select) in [(lo - g0, false), (hi - lo, true), (g1 - hi, false)] {
+            if rows > 0 {
+                let rows = rows as usize;
+                selectors.push(if select {
+                    RowSelector::select(rows)
+                } else {
+                    RowSelector::skip(rows)
+                });
+            }
+        }
+    }
+    (groups, RowSelection::from(selectors), end - start)
+}
+
+fn open_jsonl(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
     let schema = Arc::new(infer_jsonl_schema(path)?);
-    let total_rows = count_jsonl_rows(path)?;
+    // Counting an object's lines would read it twice: progress for an
+    // object-store input shows rows done, without a total. Its batches are
+    // still cut by bytes as they are read.
+    let remote = store::is_url(path);
+    if remote && shard.is_some() {
+        return Err(Error::input(
+            path,
+            "--shard reads local files only for now: copy the input or run unsharded",
+        ));
+    }
+    let mut total_rows = match remote {
+        true => None,
+        false => Some(count_jsonl_rows(path)?),
+    };
+    let row_bytes = match total_rows {
+        Some(rows) => {
+            let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+            usize::try_from(file_bytes / rows.max(1)).unwrap_or(usize::MAX)
+        }
+        None => 1,
+    };
+    let batch_size = bounds::batch_rows(batch_size, row_bytes);
+    let (skip, take) = match (shard, total_rows) {
+        (Some(shard), Some(all)) => {
+            let (start, end) = shard.rows(all);
+            total_rows = Some(end - start);
+            (start, Some(end - start))
+        }
+        _ => (0, None),
+    };
     let decoder = ReaderBuilder::new(schema.clone())
         .with_batch_size(batch_size)
         .build_decoder()
@@ -212,7 +370,7 @@ fn open_jsonl(path: &Path, batch_size: usize) -> Result<Source> {
         })?;
     let batches = JsonlBatches {
         path: path.to_path_buf(),
-        lines: BufReader::with_capacity(READ_BUFFER_BYTES, open_file(path)?),
+        lines: store::open_read(path, 0)?,
         schema: schema.clone(),
         decoder,
         batch_size,
@@ -221,12 +379,16 @@ fn open_jsonl(path: &Path, batch_size: usize) -> Result<Source> {
         first_line_in_batch: 0,
         batch_offset: 0,
         line: Vec::new(),
+        batch_bytes: 0,
         done: false,
+        skip,
+        take,
     };
     Ok(Source {
         path: path.to_path_buf(),
         schema,
-        total_rows: Some(total_rows),
+        total_rows,
+        batch_rows: batch_size,
         format: Format::Jsonl,
         reader: Reader::Jsonl(Box::new(batches)),
     })
@@ -274,7 +436,7 @@ impl<'de> Deserialize<'de> for KeyOrder {
 /// in the order their keys first appear. Parsing the lines ourselves (rather
 /// than handing the file to arrow-json) is what lets an error name its line.
 fn infer_jsonl_schema(path: &Path) -> Result<Schema> {
-    let mut lines = BufReader::with_capacity(READ_BUFFER_BYTES, open_file(path)?);
+    let mut lines = store::open_read(path, 0)?;
     let mut values = Vec::new();
     let mut order = Vec::new();
     let mut seen = HashSet::new();
@@ -374,7 +536,7 @@ fn count_jsonl_rows(path: &Path) -> Result<u64> {
 /// can name its line and a batch never holds more than `batch_size` rows.
 struct JsonlBatches {
     path: PathBuf,
-    lines: BufReader<File>,
+    lines: Box<dyn BufRead + Send>,
     schema: SchemaRef,
     decoder: Decoder,
     batch_size: usize,
@@ -388,13 +550,23 @@ struct JsonlBatches {
     first_line_in_batch: u64,
     batch_offset: u64,
     line: Vec<u8>,
+    /// Bytes of the lines now in the decoder: a batch also ends at
+    /// [`BATCH_BYTES`], so a run of unusually wide lines stays bounded.
+    batch_bytes: usize,
     done: bool,
+    /// Rows (non-blank lines) of earlier shards still to pass over, unparsed.
+    skip: u64,
+    /// Rows of this shard still to read; `None`: to the end of the file.
+    take: Option<u64>,
 }
 
 impl JsonlBatches {
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
-            if self.decoder.len() >= self.batch_size {
+            if self.decoder.len() >= self.batch_size
+                || self.batch_bytes >= BATCH_BYTES
+                || self.take == Some(0)
+            {
                 return self.flush();
             }
             self.line.clear();
@@ -413,6 +585,13 @@ impl JsonlBatches {
             if line.is_empty() {
                 continue;
             }
+            if self.skip > 0 {
+                self.skip -= 1; // another shard's row: its problems are not ours
+                continue;
+            }
+            if let Some(take) = self.take.as_mut() {
+                *take -= 1;
+            }
             let bad_line = |msg: String| Error::input(&self.path, format!("line {line_no}: {msg}"));
             // The decoder accepts any JSON value and only complains about a
             // non-object when the batch is built, without a line number.
@@ -422,7 +601,9 @@ impl JsonlBatches {
             if self.decoder.is_empty() {
                 self.first_line_in_batch = line_no;
                 self.batch_offset = line_offset;
+                self.batch_bytes = 0;
             }
+            self.batch_bytes += line.len();
             let before = self.decoder.len();
             let consumed = self
                 .decoder
@@ -463,9 +644,7 @@ impl JsonlBatches {
     /// again one at a time. Only runs on the error path, so re-reading is
     /// cheaper than keeping every batch's text in memory just in case.
     fn pinpoint(&self, first: u64, last: u64) -> Option<(u64, ArrowError)> {
-        let mut file = File::open(&self.path).ok()?;
-        file.seek(SeekFrom::Start(self.batch_offset)).ok()?;
-        let mut lines = BufReader::new(file);
+        let mut lines = store::open_read(&self.path, self.batch_offset).ok()?;
         let mut decoder = ReaderBuilder::new(self.schema.clone())
             .with_batch_size(1)
             .build_decoder()

@@ -5,6 +5,7 @@
 //! to the server's rate limits. The client and the simulator share these.
 
 pub mod auth;
+pub mod batch_api;
 pub mod endpoint;
 pub mod limit;
 pub mod quirks;

@@ -33,6 +33,15 @@ pub struct RowReply {
     pub finish_reason: Option<String>,
 }
 
+impl RowReply {
+    /// An answer came but did not fit the result type: what a repair may
+    /// fix. An answer the provider's content filter withheld is not one
+    /// (asking again for the same text meets the same filter).
+    pub fn unfit(&self) -> bool {
+        self.result.is_err() && self.finish_reason.as_deref() != Some(CONTENT_FILTER)
+    }
+}
+
 /// A parsed reply: per-row results in call order, and the call's usage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {

@@ -285,3 +285,37 @@ pub(crate) mod tests {
         assert_eq!(parse_reset("12"), Some(Duration::from_secs(12)));
     }
 }
+
+/// Whether a row error says the request did not fit the model's context
+/// window: OpenAI's `context_length_exceeded` ("This model's maximum context
+/// length is N tokens"), vLLM's and LiteLLM's wording of the same, and
+/// Anthropic's "prompt is too long". Such a request fails again as it is,
+/// but smaller pieces of it may not: `aiq sql`'s `ai_agg` splits it.
+pub fn is_context_overflow(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "maximum context length",
+        "context length",
+        "context window",
+        "prompt is too long",
+        "too many input tokens",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+#[cfg(test)]
+mod context_overflow_tests {
+    #[test]
+    fn context_overflow_messages_are_recognised() {
+        use super::is_context_overflow;
+        assert!(is_context_overflow(
+            "HTTP 400: This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens."
+        ));
+        assert!(is_context_overflow(
+            "HTTP 400: prompt is too long: 210000 tokens > 200000 maximum"
+        ));
+        assert!(!is_context_overflow("HTTP 400: simulated bad request"));
+    }
+}

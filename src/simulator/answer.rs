@@ -87,6 +87,10 @@ pub struct Job {
     pub include_usage: bool,
     pub reply: Reply,
     pub completion_tokens: u64,
+    /// The reply is a complete structured-output document (a
+    /// `response_format` JSON schema was asked for): what `--truncate-*`
+    /// and `--mismatch-*` spoil.
+    pub typed: bool,
 }
 
 /// Reads `body` as a `task` request and computes its answer. `reply_tokens`
@@ -187,18 +191,22 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
             .and_then(Value::as_u64)
     });
     let limit = asked.unwrap_or(reply_tokens).min(reply_tokens);
+    let mut typed = false;
     let (content, tool_calls, finish_reason) = match tool_call(&req, &prompt, &last_user)? {
         // A content filter's refusal: no content at all.
         None if last_user.contains(FILTERED) => (None, None, "content_filter"),
         Some(calls) => (None, Some(calls), "tool_calls"),
         None => {
-            let (text, cut) = match structured(&req, &prompt, &last_user)? {
+            let doc = structured(&req, &prompt, &last_user)?;
+            typed = doc.is_some() && req.response_format.is_some();
+            let (text, cut) = match doc {
                 // A structured reply's natural length is the document; only
                 // the caller's own max_tokens cuts it (into invalid JSON, as a
                 // real model would).
                 Some(doc) => truncate(&doc, asked.unwrap_or(u64::MAX)),
                 None => truncate(&format!("echo: {last_user}"), limit),
             };
+            typed &= !cut;
             (Some(text), None, if cut { "length" } else { "stop" })
         }
     };
@@ -229,18 +237,67 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
             finish_reason,
         },
         completion_tokens,
+        typed,
     })
 }
 
 /// Asks for a reply withheld by a content filter.
 const FILTERED: &str = "[[sim:filter]]";
 
+/// How a typed reply is spoiled, for tests of what clients do with replies
+/// a real model sometimes gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spoil {
+    /// Cut off halfway, `finish_reason = length`: as if `max_tokens` ran out.
+    Truncate,
+    /// Valid JSON that does not match the schema (its first leaf of the
+    /// wrong type).
+    Mismatch,
+}
+
+/// Spoils a typed reply (see [`Job::typed`]); others are left alone.
+pub fn spoil(job: &mut Job, how: Spoil) {
+    let Reply::Chat {
+        content: Some(text),
+        finish_reason,
+        ..
+    } = &mut job.reply
+    else {
+        return;
+    };
+    match how {
+        Spoil::Truncate => {
+            let mut end = text.len() / 2;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            *finish_reason = "length";
+        }
+        Spoil::Mismatch => {
+            if let Ok(mut doc) = serde_json::from_str::<Value>(text) {
+                if schema::break_first_leaf(&mut doc) {
+                    *text = doc.to_string();
+                }
+            }
+        }
+    }
+    job.completion_tokens = tokens::estimate(text);
+}
+
 /// Asks for a reply that does not fit what was requested.
 const BAD_JSON: &str = "[[sim:badjson]]";
 
 /// The JSON document `response_format` asks for, if it asks for one.
 fn structured(req: &ChatRequest, prompt: &str, last_user: &str) -> Result<Option<String>, String> {
-    let bad = last_user.contains(BAD_JSON);
+    // The marker is the row's: looked for in the first user message, so a
+    // client's correction that quotes a broken reply does not re-trigger it.
+    let bad = req
+        .messages
+        .iter()
+        .find(|m| m.role == "user")
+        .and_then(|m| content_text(&m.content))
+        .is_some_and(|t| t.contains(BAD_JSON));
     let Some(format) = &req.response_format else {
         return Ok(bad.then(|| "this is { not JSON".to_string()));
     };
@@ -359,6 +416,7 @@ fn completion(body: Value, reply_tokens: u64) -> Result<Job, String> {
         stream,
         include_usage,
         reply: Reply::Completion { choices },
+        typed: false,
     })
 }
 
@@ -380,6 +438,7 @@ fn embedding(body: Value, dim: usize) -> Result<Job, String> {
         max_tokens: 0,
         stream: false,
         include_usage: false,
+        typed: false,
     })
 }
 

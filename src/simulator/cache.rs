@@ -24,7 +24,7 @@ const MIN_BLOCKS: usize = (MIN_CACHED_TOKENS / BLOCK_TOKENS) as usize;
 /// At most this many prefix keys are kept (32 bytes each plus overhead).
 const MAX_KEYS: usize = 1 << 20;
 
-type Key = [u8; 32];
+pub(crate) type Key = [u8; 32];
 
 /// The chained keys of every whole-block prefix of `text` that is long
 /// enough to be cached, shortest first.

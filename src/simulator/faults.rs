@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::answer::Spoil;
+
 /// One kind of injected failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -92,6 +94,67 @@ impl Faults {
     }
 }
 
+/// Decides which typed (structured-output) replies to spoil: the first
+/// `truncate_first` cut off, the next `mismatch_first` not matching their
+/// schema, then each at random with its rate (seeded).
+#[derive(Debug)]
+pub struct TypedFaults {
+    truncate: (f64, u64),
+    mismatch: (f64, u64),
+    seen: AtomicU64,
+    rng: Mutex<StdRng>,
+}
+
+impl TypedFaults {
+    /// `truncate` and `mismatch` are (rate, first N); rates in 0..=1.
+    pub fn new(
+        truncate: (f64, u64),
+        mismatch: (f64, u64),
+        seed: u64,
+    ) -> Result<TypedFaults, String> {
+        for (flag, rate) in [
+            ("--truncate-rate", truncate.0),
+            ("--mismatch-rate", mismatch.0),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{flag} must be between 0 and 1, got {rate}"));
+            }
+        }
+        Ok(TypedFaults {
+            truncate,
+            mismatch,
+            seen: AtomicU64::new(0),
+            rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x7e5d)),
+        })
+    }
+
+    /// How to spoil the next typed reply, if at all.
+    pub fn draw(&self) -> Option<Spoil> {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        if n < self.truncate.1 {
+            return Some(Spoil::Truncate);
+        }
+        if n < self.truncate.1.saturating_add(self.mismatch.1) {
+            return Some(Spoil::Mismatch);
+        }
+        if self.truncate.0 <= 0.0 && self.mismatch.0 <= 0.0 {
+            return None;
+        }
+        let x = self
+            .rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .random::<f64>();
+        if x < self.truncate.0 {
+            Some(Spoil::Truncate)
+        } else if x < self.truncate.0 + self.mismatch.0 {
+            Some(Spoil::Mismatch)
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +177,25 @@ mod tests {
         assert!(da
             .iter()
             .all(|f| matches!(f, Some(Fault::Status(502)) | Some(Fault::Reset))));
+    }
+
+    #[test]
+    fn typed_faults_first_n_then_by_rate() {
+        let f = TypedFaults::new((0.0, 1), (0.0, 2), 0).unwrap();
+        let drawn: Vec<_> = (0..5).map(|_| f.draw()).collect();
+        assert_eq!(
+            drawn,
+            [
+                Some(Spoil::Truncate),
+                Some(Spoil::Mismatch),
+                Some(Spoil::Mismatch),
+                None,
+                None
+            ]
+        );
+        let all = TypedFaults::new((0.0, 0), (1.0, 0), 0).unwrap();
+        assert!((0..10).all(|_| all.draw() == Some(Spoil::Mismatch)));
+        assert!(TypedFaults::new((2.0, 0), (0.0, 0), 0).is_err());
     }
 
     #[test]

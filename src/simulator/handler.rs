@@ -89,7 +89,7 @@ pub(crate) async fn not_found(State(st): State<Arc<ServerState>>) -> Response {
     )
 }
 
-fn authorized(cfg: &SimConfig, headers: &HeaderMap) -> bool {
+pub(crate) fn authorized(cfg: &SimConfig, headers: &HeaderMap) -> bool {
     let Some(token) = &cfg.token else { return true };
     headers
         .get(header::AUTHORIZATION)
@@ -137,7 +137,7 @@ async fn handle(
             "request body needs `messages` (chat), `prompt` (completions) or `input` (embeddings)",
         );
     };
-    let job = match answer::plan(
+    let mut job = match answer::plan(
         task,
         value,
         st.cfg.output_tokens,
@@ -158,6 +158,24 @@ async fn handle(
             )
         }
         None => {}
+    }
+    if let Some(limit) = st.cfg.context_tokens.filter(|l| job.prompt_tokens > *l) {
+        bump(&c.context_exceeded);
+        let message = format!(
+            "This model's maximum context length is {limit} tokens. However, your messages resulted in {} tokens. Please reduce the length of the messages.",
+            job.prompt_tokens
+        );
+        return error(
+            &api,
+            StatusCode::BAD_REQUEST,
+            "context_length_exceeded",
+            &message,
+        );
+    }
+    if job.typed {
+        if let Some(how) = st.typed_faults.draw() {
+            answer::spoil(&mut job, how);
+        }
     }
     if let Some(fault) = st.faults.draw() {
         bump(&c.faults_injected);
@@ -221,13 +239,7 @@ async fn handle(
             return resp;
         }
     };
-    let keys = job
-        .cache_text
-        .as_deref()
-        .map(prefix_keys)
-        .unwrap_or_default();
-    let cached = st.cache.lookup(&keys).min(job.prompt_tokens);
-    let usage = usage(&job, cached, cache::cacheable_tokens(&keys), api.claude());
+    let (keys, cached, usage) = cached_usage(&st, &api, &job);
     let done = {
         let st = st.clone();
         let (prompt, completion, keys_by_prompt) =
@@ -290,6 +302,30 @@ fn quirks(quirks: &[Quirk], body: &mut Value) {
             }
         }
     }
+}
+
+/// The prefix-cache keys of `job`, the tokens it reads from the cache,
+/// and its usage as the API reports it.
+fn cached_usage(st: &ServerState, api: &Api, job: &Job) -> (Vec<cache::Key>, u64, WireUsage) {
+    let keys = job
+        .cache_text
+        .as_deref()
+        .map(prefix_keys)
+        .unwrap_or_default();
+    let cached = st.cache.lookup(&keys).min(job.prompt_tokens);
+    let usage = usage(job, cached, cache::cacheable_tokens(&keys), api.claude());
+    (keys, cached, usage)
+}
+
+/// The reply to `job` at once, with no latency, limits or faults: what a
+/// Batch API output line carries. It reads and fills the prefix cache and
+/// counts as an answer, exactly as the same request online would.
+pub(crate) fn answer_now(st: &ServerState, api: &Api, job: Job) -> Value {
+    let (keys, cached, usage) = cached_usage(st, api, &job);
+    st.cache.insert(&keys);
+    st.counters
+        .record_ok(job.prompt_tokens, job.completion_tokens, cached, &job.keys);
+    body_of(api, job, usage)
 }
 
 /// A reply whose body breaks off: a few bytes, then an error, which makes

@@ -15,6 +15,7 @@
 //! [`oauth`](self::oauth) and [`stats`](self::stats).
 
 mod answer;
+mod batch;
 mod cache;
 mod faults;
 mod handler;
@@ -32,10 +33,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::oneshot;
 
+pub use batch::BatchStats;
 pub use oauth::{CLIENT_ID, CLIENT_SECRET};
 pub use stats::SimStats;
 
@@ -149,6 +151,45 @@ pub struct SimConfig {
     /// With `--tls`: concurrent streams allowed per HTTP/2 connection.
     #[arg(long, default_value_t = DEFAULT_MAX_STREAMS)]
     pub max_streams: u32,
+    /// Batch API: milliseconds from creating a batch to its last answer
+    /// (lines are answered evenly over it).
+    #[arg(long, default_value_t = 0)]
+    pub batch_turnaround_ms: u64,
+    /// Batch API: probability (0..1) that a line fails with a 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub batch_fail_rate: f64,
+    /// Batch API: the first N batches expire part-done.
+    #[arg(long, default_value_t = 0)]
+    pub batch_expire_first: u64,
+    /// Batch API: share (0..1) of its lines an expiring batch answers.
+    #[arg(long, default_value_t = 0.5)]
+    pub batch_expire_share: f64,
+    /// Batch API: enqueued-token cap (prompt + max_tokens of every line of
+    /// unfinished batches); a batch over it fails with token_limit_exceeded.
+    #[arg(long)]
+    pub batch_token_cap: Option<u64>,
+    /// Batch API: delay the reply to a batch creation (the batch exists at once).
+    #[arg(long, default_value_t = 0)]
+    pub batch_create_delay_ms: u64,
+    /// Probability (0..1) that a typed (structured-output) reply is cut off
+    /// halfway with finish_reason = length, as when max_tokens runs out.
+    #[arg(long, default_value_t = 0.0)]
+    pub truncate_rate: f64,
+    /// Probability (0..1) that a typed reply is valid JSON that does not
+    /// match its schema.
+    #[arg(long, default_value_t = 0.0)]
+    pub mismatch_rate: f64,
+    /// The first N typed replies are cut off (then --truncate-rate applies).
+    #[arg(long, default_value_t = 0)]
+    pub truncate_first: u64,
+    /// The N typed replies after those cut off do not match their schema.
+    #[arg(long, default_value_t = 0)]
+    pub mismatch_first: u64,
+    /// The model's context window in tokens: a request whose prompt is
+    /// longer answers 400 `context_length_exceeded`, with OpenAI's message.
+    /// Unset means unlimited.
+    #[arg(long, value_name = "TOKENS")]
+    pub context_tokens: Option<u64>,
 }
 
 /// Streams per HTTP/2 connection: hypercorn's default, about what hosted
@@ -208,6 +249,17 @@ impl Default for SimConfig {
             quirks: Vec::new(),
             tls: false,
             max_streams: DEFAULT_MAX_STREAMS,
+            batch_turnaround_ms: 0,
+            batch_fail_rate: 0.0,
+            batch_expire_first: 0,
+            batch_expire_share: 0.5,
+            batch_token_cap: None,
+            batch_create_delay_ms: 0,
+            truncate_rate: 0.0,
+            mismatch_rate: 0.0,
+            truncate_first: 0,
+            mismatch_first: 0,
+            context_tokens: None,
         }
     }
 }
@@ -230,6 +282,14 @@ impl SimConfig {
                 self.burst_seconds
             ));
         }
+        for (flag, v) in [
+            ("--batch-fail-rate", self.batch_fail_rate),
+            ("--batch-expire-share", self.batch_expire_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{flag} must be between 0 and 1, got {v}"));
+            }
+        }
         if self.embedding_dim == 0 {
             return Err("--embedding-dim must be at least 1".to_string());
         }
@@ -241,9 +301,11 @@ impl SimConfig {
 pub(crate) struct ServerState {
     cfg: SimConfig,
     faults: Faults,
+    typed_faults: faults::TypedFaults,
     limits: Limits,
     cache: cache::PrefixCache,
     counters: Arc<Counters>,
+    batches: batch::BatchStore,
 }
 
 /// A running simulator; it stops when shut down or dropped.
@@ -252,6 +314,7 @@ pub struct Simulator {
     /// With `tls`: the test CA's certificate (PEM) clients must trust.
     ca_pem: Option<String>,
     counters: Arc<Counters>,
+    state: Arc<ServerState>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -263,6 +326,12 @@ impl Simulator {
         let faults =
             Faults::new(cfg.fault_rate, &cfg.faults, cfg.fail_first, cfg.seed).map_err(invalid)?;
         cfg.check().map_err(invalid)?;
+        let typed_faults = faults::TypedFaults::new(
+            (cfg.truncate_rate, cfg.truncate_first),
+            (cfg.mismatch_rate, cfg.mismatch_first),
+            cfg.seed,
+        )
+        .map_err(invalid)?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
@@ -277,7 +346,9 @@ impl Simulator {
                 .with_hints(cfg.rate_headers, cfg.retry_after),
             cache: cache::PrefixCache::new(!cfg.no_cache),
             faults,
+            typed_faults,
             counters: counters.clone(),
+            batches: batch::BatchStore::new(cfg.seed),
             cfg,
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -286,7 +357,7 @@ impl Simulator {
             Some(ca) => {
                 tokio::spawn(tls::serve(
                     listener,
-                    router(state),
+                    router(state.clone()),
                     ca.acceptor,
                     max_streams,
                     counters.clone(),
@@ -294,10 +365,11 @@ impl Simulator {
                 ));
             }
             None => {
-                let server = axum::serve(listener, router(state)).with_graceful_shutdown(async {
-                    // A dropped sender also ends the wait: dropping the Simulator stops it.
-                    let _ = stopped.await;
-                });
+                let server =
+                    axum::serve(listener, router(state.clone())).with_graceful_shutdown(async {
+                        // A dropped sender also ends the wait: dropping the Simulator stops it.
+                        let _ = stopped.await;
+                    });
                 tokio::spawn(async move {
                     if let Err(e) = server.await {
                         eprintln!("simulator stopped: {e}");
@@ -309,6 +381,7 @@ impl Simulator {
             addr,
             ca_pem,
             counters,
+            state,
             stop: Some(stop),
         })
     }
@@ -335,6 +408,11 @@ impl Simulator {
 
     pub fn stats(&self) -> SimStats {
         self.counters.snapshot()
+    }
+
+    /// What the Files and Batch APIs have seen.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.state.batches.stats()
     }
 
     /// Stops accepting connections; requests in progress finish.
@@ -385,6 +463,12 @@ fn router(state: Arc<ServerState>) -> Router {
             post(handler::databricks),
         )
         .route("/oidc/v1/token", post(oauth::token))
+        .route("/v1/files", post(batch::upload))
+        .route("/v1/files/{id}", get(batch::file_info))
+        .route("/v1/files/{id}/content", get(batch::file_content))
+        .route("/v1/batches", post(batch::create).get(batch::list))
+        .route("/v1/batches/{id}", get(batch::get))
+        .route("/v1/batches/{id}/cancel", post(batch::cancel))
         .fallback(handler::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -44,6 +44,8 @@ pub struct SimStats {
     pub max_in_flight: u64,
     /// TLS handshakes that failed (a client not trusting the test CA).
     pub tls_failures: u64,
+    /// Requests refused with 400 `context_length_exceeded` (`--context-tokens`).
+    pub context_exceeded: u64,
 }
 
 /// The live counters behind [`SimStats`].
@@ -60,6 +62,7 @@ pub(crate) struct Counters {
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub cached_tokens: AtomicU64,
+    pub context_exceeded: AtomicU64,
     ok_by_prompt: Mutex<BTreeMap<String, u64>>,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
@@ -109,6 +112,7 @@ impl Counters {
                 .clone(),
             max_in_flight: get(&self.max_in_flight),
             tls_failures: get(&self.tls_failures),
+            context_exceeded: get(&self.context_exceeded),
         }
     }
 }

@@ -49,7 +49,13 @@ impl TestCa {
                 .map_err(tls_error)?;
         let cert = params.signed_by(&key, &ca).map_err(tls_error)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let mut config = ServerConfig::builder()
+        // The provider named, not the process default: with both of rustls'
+        // providers compiled in (object_store's reqwest brings ring), it
+        // has no default to pick.
+        let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
             .with_no_client_auth()
             .with_single_cert(vec![cert.der().clone(), ca.der().clone()], key_der)
             .map_err(tls_error)?;

@@ -282,14 +282,16 @@ async fn a_reply_that_does_not_fit_is_a_row_error_and_fails_the_job_under_fail_o
                 .as_str()
                 .unwrap_or_else(|| panic!("row {i}: {row:?}"));
             assert!(
-                err.contains("result.a") && err.contains("expected INT"),
+                err.contains("result.a")
+                    && err.contains("expected INT")
+                    && err.contains("(after 1 repair)"),
                 "{err}"
             );
             assert_eq!(row["result"], Value::Null);
             assert_eq!(
-                row["attempts"],
-                json!(1),
-                "a reply that does not fit is not retried"
+                (row["attempts"].clone(), row["repairs"].clone()),
+                (json!(2), json!(1)),
+                "a reply that does not fit is asked again once (--max-repairs 1), not retried"
             );
         } else {
             assert_eq!(row["error_message"], Value::Null, "row {i}: {row:?}");

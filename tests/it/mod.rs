@@ -1,15 +1,24 @@
 mod util;
 
+mod batch_mode;
 mod bench;
 mod cache;
 mod functions;
 mod https;
+mod jobs;
+mod library;
 mod limits;
 mod llama_cpp;
+mod nested;
+mod object_store;
 mod openai_batch;
 mod quirks;
 mod reliability;
+mod repair;
 mod run;
+mod shard;
 mod spend;
 #[cfg(feature = "sql")]
 mod sql;
+#[cfg(feature = "sql")]
+mod sql_semantic;

@@ -124,7 +124,9 @@ async fn a_content_filter_says_so() {
     assert_ok(&o);
     let (_, got) = read_rows(&out);
     assert!(got[0]["error_message"].is_null());
-    let e = got[1]["error_message"].as_str().unwrap();
+    let e = got[1]["error_message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{got:?}"));
     assert!(e.contains("content filter"), "{e}");
     assert_eq!(got[1]["finish_reason"], json!("content_filter"));
 }

@@ -50,7 +50,8 @@ async fn chat_rows_come_back_in_order_with_their_own_answers() {
             "latency_ms",
             "ttft_ms",
             "attempts",
-            "maybe_billed_twice"
+            "maybe_billed_twice",
+            "repairs"
         ]
     );
     assert_eq!(rows.len(), 300);

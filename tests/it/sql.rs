@@ -8,7 +8,8 @@ use aiq::simulator::SimConfig;
 use serde_json::{json, Map, Value};
 
 use super::util::{
-    aiq_bin, assert_ok, code, read_rows, rows, spawn_until_journaled, stderr, Fixture, TOKEN,
+    aiq_bin, assert_ok, code, line_count, read_rows, rows, spawn_until_journaled, stderr, Fixture,
+    TOKEN,
 };
 
 /// `aiq sql QUERY ARGS...` against the fixture's simulator (OpenAI route).
@@ -382,7 +383,7 @@ async fn killed_query_resumes_without_paying_twice() {
         c
     };
     // Wait (bounded, by progress, not by time) until a good part is journaled.
-    let journal = f.path("out.parquet.aiq-sql/calls.jsonl");
+    let journal = f.path("out.parquet.aiq-sql");
     let mut child = spawn_until_journaled(&mut run(), &journal, 80);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -485,7 +486,7 @@ async fn a_failed_query_keeps_its_answers_for_the_next_run() {
         )
         .await;
     assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(f.path("out.parquet.aiq-sql/calls.jsonl").exists());
+    assert!(line_count(&f.path("out.parquet.aiq-sql")) > 0);
     let o = f
         .aiq(
             &[

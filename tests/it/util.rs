@@ -155,7 +155,7 @@ pub const DATABRICKS_OAUTH: [(&str, &str); 2] = [
 ];
 
 /// Spawn `cmd` (an aiq job) and return it, still running, once `journal`
-/// holds at least `lines` lines, for the caller to kill or signal mid-job.
+/// (a file, or a call journal folder) holds at least `lines` lines, for the caller to kill or signal mid-job.
 /// Waits by progress, not by time: polls every 10 ms, and panics if 60 s
 /// pass without reaching `lines` or if aiq exits first (with its stderr, when
 /// piped).
@@ -191,8 +191,19 @@ pub fn spawn_until_journaled(cmd: &mut Command, journal: &Path, lines: usize) ->
     }
 }
 
-/// Lines in the file at `path`; 0 while it does not exist.
-fn line_count(path: &Path) -> usize {
+/// Lines in the file at `path`, or in all the `.jsonl` files of the
+/// folder at `path` (a call journal); 0 while it does not exist.
+pub fn line_count(path: &Path) -> usize {
+    if path.is_dir() {
+        return std::fs::read_dir(path)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+                    .map(|e| line_count(&e.path()))
+                    .sum()
+            })
+            .unwrap_or(0);
+    }
     std::fs::File::open(path)
         .map(|f| BufReader::new(f).lines().count())
         .unwrap_or(0)

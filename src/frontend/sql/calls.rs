@@ -8,24 +8,23 @@
 //! `Retry-After`, learned limits) with a body from [`BodyBuilder`], its reply
 //! typed by [`Shape`] — exactly as in `aiq run`.
 //!
-//! With `--output`, finished calls are also appended to a [`CallJournal`]
-//! beside the output, keyed by a hash of what was asked; a re-run of a killed
-//! query answers those from the journal instead of paying for them again.
+//! With `--output`, finished calls are also recorded in a [`CallJournal`]
+//! (the core's, shared with `aiq run --call-journal`) beside the output,
+//! keyed by a hash of what was asked; a re-run of a killed query answers
+//! those from the journal instead of paying for them again.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 use crate::job::plan::Plan;
 use crate::job::settings::JobSettings;
+use crate::pipeline::call_journal::{CallJournal, Entry};
 use crate::pipeline::client::Client;
 use crate::pipeline::outcome::Usage;
 use crate::pipeline::render::{BodyBuilder, Call, RenderedRow};
@@ -47,6 +46,10 @@ pub struct EngineSettings {
     pub api_key_env: Option<String>,
     pub profile: Option<String>,
     pub model: Option<String>,
+    /// The model's context window, for `ai_agg`'s map-reduce.
+    pub context_tokens: u64,
+    /// `--dry-run`: count the calls each AI function would make, send none.
+    pub dry_run: bool,
 }
 
 /// Usage and counts over the whole query, for the summary.
@@ -94,6 +97,58 @@ pub struct Engine {
     prepared: tokio::sync::Mutex<HashMap<String, Arc<Prepared>>>,
     pub journal: Option<CallJournal>,
     pub totals: Totals,
+    /// Set for `--dry-run`: the functions count here instead of calling.
+    pub dry: Option<DryRun>,
+}
+
+/// What a dry run counted for one call site.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DryCount {
+    /// Calls it may make at most.
+    pub calls: u64,
+    /// Rows (non-null values) that reached it.
+    pub rows: u64,
+    /// Groups, for the AI aggregates.
+    pub groups: u64,
+}
+
+/// The call sites of a dry run, by label, in the order first met.
+#[derive(Debug, Default)]
+pub struct DryRun {
+    counts: Mutex<Vec<(String, DryCount)>>,
+}
+
+impl DryRun {
+    /// `rows` rows reached the row function `label`: one call each.
+    pub fn count(&self, label: &str, rows: u64) {
+        self.add(
+            label,
+            DryCount {
+                calls: rows,
+                rows,
+                groups: 0,
+            },
+        );
+    }
+
+    pub fn add(&self, label: &str, n: DryCount) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match counts.iter_mut().find(|(l, _)| l == label) {
+            Some((_, c)) => {
+                c.calls += n.calls;
+                c.rows += n.rows;
+                c.groups += n.groups;
+            }
+            None => counts.push((label.to_string(), n)),
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, DryCount)> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Engine {
@@ -105,6 +160,7 @@ impl Engine {
             .user_agent(concat!("aiq/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let dry = settings.dry_run.then(DryRun::default);
         Ok(Engine {
             limiter: Arc::new(Limiter::new(settings.rpm, settings.tpm)),
             in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
@@ -113,6 +169,7 @@ impl Engine {
             endpoints: Default::default(),
             simulators: Mutex::new(Vec::new()),
             prepared: Default::default(),
+            dry,
             journal,
             totals: Totals::default(),
         })
@@ -213,7 +270,7 @@ impl Engine {
                 let key = journal_key(&p.fingerprint, &call.body);
                 if let Some(hit) = self.journal.as_ref().and_then(|j| j.get(&key)) {
                     self.totals.resumed.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Some(Answer::Value(hit)));
+                    return Ok(Some(Answer::Value(hit.result)));
                 }
                 let _permit = self
                     .in_flight
@@ -240,7 +297,12 @@ impl Engine {
                     }
                     None => {
                         if let Some(j) = &self.journal {
-                            j.put(&key, &outcome.result, &outcome.usage)?;
+                            j.put(Entry {
+                                key,
+                                result: outcome.result.clone(),
+                                usage: outcome.usage,
+                                finish_reason: outcome.finish_reason.clone(),
+                            })?;
                         }
                         Answer::Value(outcome.result)
                     }
@@ -279,35 +341,14 @@ impl Engine {
 }
 
 fn journal_key(fingerprint: &str, body: &[u8]) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(fingerprint.as_bytes());
-    h.update(&[0]);
-    h.update(body);
-    h.finalize().to_hex().to_string()
+    crate::pipeline::call_journal::key(fingerprint, body, 0)
 }
 
-/// Answers of finished calls, durable across a kill: `calls.jsonl` in a
-/// folder beside the output (`out.parquet.aiq-sql/`), one line per call,
-/// appended and flushed to the OS as each answer arrives. Keys are hashes of
-/// (endpoint, result type, call site, request body), so the journal does not
-/// care how the query orders or filters rows: any call asked again is
-/// answered from it. Only successes are kept; row errors are retried on a
-/// re-run. The whole journal is held in memory (one entry per paid call).
-pub struct CallJournal {
-    dir: PathBuf,
-    file: Mutex<File>,
-    entries: Mutex<HashMap<String, Value>>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Line {
-    key: String,
-    result: Value,
-    #[serde(default)]
-    usage: Usage,
-}
-
-/// `out.parquet` → `out.parquet.aiq-sql`.
+/// `out.parquet` → `out.parquet.aiq-sql`: where a query's answered calls
+/// are journaled ([`CallJournal`], shared with `aiq run --call-journal`).
+/// Keys are hashes of (endpoint, result type, call site, request body), so
+/// the journal does not care how the query orders or filters rows: any call
+/// asked again is answered from it.
 pub fn journal_dir(output: &Path) -> PathBuf {
     let mut name = output
         .file_name()
@@ -317,89 +358,13 @@ pub fn journal_dir(output: &Path) -> PathBuf {
     output.with_file_name(name)
 }
 
-const CALLS: &str = "calls.jsonl";
-
-impl CallJournal {
-    /// Open (or start) the journal for `output`; `restart` discards it first.
-    pub fn open(output: &Path, restart: bool) -> Result<CallJournal> {
-        let dir = journal_dir(output);
-        if restart && dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        }
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::output(output, format!("cannot create {}: {e}", dir.display())))?;
-        let path = dir.join(CALLS);
-        let mut entries = HashMap::new();
-        if let Ok(f) = File::open(&path) {
-            // A torn last line (killed mid-write) does not parse and is skipped.
-            for line in BufReader::new(f).lines().map_while(std::result::Result::ok) {
-                if let Ok(l) = serde_json::from_str::<Line>(&line) {
-                    entries.insert(l.key, l.result);
-                }
-            }
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        // Start on a fresh line in case the last one was torn.
-        if !entries.is_empty() || fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false) {
-            file.write_all(b"\n").map_err(|e| Error::io(&path, e))?;
-        }
-        Ok(CallJournal {
-            dir,
-            file: Mutex::new(file),
-            entries: Mutex::new(entries),
-        })
+/// Open (or start) the journal for `output`; `restart` discards it first.
+pub fn open_journal(output: &Path, restart: bool) -> Result<CallJournal> {
+    let dir = journal_dir(output);
+    if restart && dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn get(&self, key: &str) -> Option<Value> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
-    }
-
-    fn put(&self, key: &str, result: &Value, usage: &Usage) -> Result<()> {
-        let mut line = serde_json::to_vec(&Line {
-            key: key.to_string(),
-            result: result.clone(),
-            usage: *usage,
-        })
-        .map_err(|e| Error::Aborted(format!("journal: {e}")))?;
-        line.push(b'\n');
-        // One write per line on an unbuffered append-mode file: it reaches
-        // the OS at once, so a kill -9 loses at most a torn last line.
-        self.file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_all(&line)
-            .map_err(|e| Error::io(self.dir.join(CALLS), e))?;
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string(), result.clone());
-        Ok(())
-    }
-
-    /// The query finished and its output is in place: the journal is done.
-    pub fn remove(&self) -> Result<()> {
-        fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))
-    }
+    CallJournal::open(&dir, None)
 }
 
 #[cfg(test)]
@@ -407,24 +372,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn journal_survives_reopen_and_a_torn_line() {
+    fn journal_survives_reopen_and_restart() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.parquet");
-        let j = CallJournal::open(&out, false).unwrap();
-        j.put("k1", &serde_json::json!("one"), &Usage::default())
-            .unwrap();
+        let j = open_journal(&out, false).unwrap();
+        let entry = Entry {
+            key: "k1".into(),
+            result: serde_json::json!("one"),
+            usage: Usage::default(),
+            finish_reason: None,
+        };
+        j.put(entry).unwrap();
         drop(j);
-        let calls = journal_dir(&out).join(CALLS);
-        let mut f = OpenOptions::new().append(true).open(&calls).unwrap();
-        f.write_all(b"{\"key\": \"k2\", \"res").unwrap();
-        let j = CallJournal::open(&out, false).unwrap();
-        assert_eq!(j.get("k1"), Some(serde_json::json!("one")));
-        assert_eq!(j.len(), 1);
-        j.put("k3", &serde_json::json!(3), &Usage::default())
-            .unwrap();
-        drop(j);
-        let j = CallJournal::open(&out, false).unwrap();
-        assert_eq!(j.get("k3"), Some(serde_json::json!(3)));
+        let j = open_journal(&out, false).unwrap();
+        assert_eq!(j.get("k1").unwrap().result, serde_json::json!("one"));
+        let j = open_journal(&out, true).unwrap();
+        assert!(j.is_empty());
         j.remove().unwrap();
         assert!(!journal_dir(&out).exists());
     }

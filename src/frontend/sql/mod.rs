@@ -9,7 +9,9 @@
 //! finished calls are journaled beside it so a killed query, run again, does
 //! not pay for them twice; without it, the first rows are printed as a table.
 
+pub mod agg;
 pub mod calls;
+pub mod planning;
 pub mod rewrite;
 pub mod udf;
 
@@ -26,7 +28,8 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::pipeline::parquet_out::{compatible_schema, make_compatible, ParquetFile};
-use calls::{CallJournal, Engine, EngineSettings};
+use crate::pipeline::store::{Remote, Role};
+use calls::{Engine, EngineSettings};
 use rewrite::{FileKind, FileTable};
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +94,17 @@ pub struct SqlArgs {
     /// Discard the journal of an earlier run of this query and start over.
     #[arg(long)]
     pub restart: bool,
+
+    /// The model's context window in tokens: ai_agg and ai_summarize_agg
+    /// split a group's values so that no request is larger [default: 8192].
+    #[arg(long, value_name = "TOKENS")]
+    pub context_tokens: Option<u64>,
+
+    /// Read the tables and run the query without calling any model (no
+    /// endpoint contact, no credentials): print how many AI calls each AI
+    /// function may make at most.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 fn parse_table(s: &str) -> std::result::Result<(String, PathBuf), String> {
@@ -137,6 +151,22 @@ impl std::fmt::Display for SqlSummary {
 
 /// `aiq sql`: run the query, print or write its result, print the summary.
 pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
+    query(args, Vec::new(), false, quiet).await.map(|_| ())
+}
+
+/// A table handed in as data rather than a file (the Python package's
+/// `tables=`): its name, schema and batches, held in memory for the query.
+pub type DataTable = (String, arrow::datatypes::SchemaRef, Vec<RecordBatch>);
+
+/// `aiq sql` with `data` registered beside `args.tables`. With
+/// `args.output` the result is written as by the command; without it, it is
+/// returned when `collect` is set and printed otherwise.
+pub async fn query(
+    args: SqlArgs,
+    data: Vec<DataTable>,
+    collect: bool,
+    quiet: bool,
+) -> Result<(Vec<RecordBatch>, SqlSummary)> {
     let started = Instant::now();
     let query = read_query(&args.query)?;
     if args.concurrency == Some(0) {
@@ -145,10 +175,14 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
     if let Some(out) = &args.output {
         check_output(out)?;
     }
+    if args.context_tokens == Some(0) {
+        return Err(Error::Config("--context-tokens must be at least 1".into()));
+    }
     let journal = args
         .output
         .as_deref()
-        .map(|o| CallJournal::open(o, args.restart))
+        .filter(|_| !args.dry_run)
+        .map(|o| calls::open_journal(o, args.restart))
         .transpose()?;
     if let Some(j) = journal.as_ref().filter(|j| !j.is_empty()) {
         if !quiet {
@@ -171,12 +205,21 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
             api_key_env: args.api_key_env.clone(),
             profile: args.profile.clone(),
             model: args.model.clone(),
+            context_tokens: args
+                .context_tokens
+                .unwrap_or(crate::ai::aggregate::DEFAULT_CONTEXT_TOKENS),
+            dry_run: args.dry_run,
         },
         journal,
     )?);
 
-    let ctx = SessionContext::new().enable_url_table();
-    for f in udf::all(&engine, args.endpoint.as_deref()) {
+    let rule = Arc::new(planning::AiCallsLast::default());
+    let joins = rule.joins.clone();
+    let ctx = session(rule);
+    for f in udf::all(&engine, args.endpoint.as_deref())
+        .into_iter()
+        .chain(agg::all(&engine, args.endpoint.as_deref()))
+    {
         ctx.register_udf(f);
     }
     for (name, path) in &args.tables {
@@ -196,6 +239,12 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
         )
         .await?;
     }
+    for (name, schema, batches) in data {
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+            .map_err(|e| Error::Config(format!("table {name}: {e}")))?;
+        ctx.register_table(name.as_str(), Arc::new(table))
+            .map_err(|e| Error::Config(format!("table {name}: {e}")))?;
+    }
 
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
@@ -209,9 +258,41 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
     }
     let plan = state.statement_to_plan(statement).await.map_err(planning)?;
     let frame = ctx.execute_logical_plan(plan).await.map_err(planning)?;
+    if let Some(dry) = &engine.dry {
+        // Run the query whole (not `count()`, which would let the optimizer
+        // drop AI calls whose values no one reads).
+        let mut stream = frame.execute_stream().await.map_err(planning)?;
+        let mut rows = 0usize;
+        while let Some(batch) = stream.next().await {
+            rows += batch.map_err(running)?.num_rows();
+        }
+        let counted = dry.snapshot();
+        let notes = joins.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut pairs = Vec::new();
+        for note in notes.iter().filter(|n| n.cross) {
+            let count = |plan: &Arc<datafusion::logical_expr::LogicalPlan>| {
+                datafusion::dataframe::DataFrame::new(ctx.state(), plan.as_ref().clone()).count()
+            };
+            let left = count(&note.left).await.map_err(running)?;
+            let right = count(&note.right).await.map_err(running)?;
+            pairs.push((note.labels.clone(), left as u64, right as u64));
+        }
+        print!(
+            "{}",
+            dry_report(
+                &counted,
+                &pairs,
+                rows as u64,
+                engine.settings.context_tokens
+            )
+        );
+        // Nothing was sent: the summary counts no calls.
+        return Ok((Vec::new(), summarize(&engine, 0, started)));
+    }
     let mut stream = frame.execute_stream().await.map_err(planning)?;
 
     let mut rows = 0u64;
+    let mut collected = Vec::new();
     match &args.output {
         Some(out) => {
             let schema = compatible_schema(&stream.schema());
@@ -223,6 +304,13 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
                 file.write(&batch)?;
             }
             file.finish()?;
+        }
+        None if collect => {
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(running)?;
+                rows += batch.num_rows() as u64;
+                collected.push(batch);
+            }
         }
         None => {
             let mut shown: Vec<RecordBatch> = Vec::new();
@@ -252,7 +340,64 @@ pub async fn command(args: SqlArgs, quiet: bool) -> Result<()> {
     if !quiet {
         eprintln!("{summary}");
     }
-    Ok(())
+    Ok((collected, summary))
+}
+
+/// A session that reads Databricks SQL: the Databricks dialect
+/// (double-quoted text is a string, backticks quote names), struct fields
+/// found whatever their case, and AI calls planned last.
+fn session(rule: Arc<planning::AiCallsLast>) -> SessionContext {
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::execution::SessionStateDefaults;
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config.options_mut().sql_parser.dialect = datafusion::config::Dialect::Databricks;
+    let mut planners: Vec<Arc<dyn datafusion::logical_expr::planner::ExprPlanner>> =
+        vec![Arc::new(planning::SparkFieldAccess)];
+    planners.extend(SessionStateDefaults::default_expr_planners());
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_expr_planners(planners)
+        .with_optimizer_rule(rule)
+        .build();
+    SessionContext::new_with_state(state).enable_url_table()
+}
+
+/// What `--dry-run` prints: each AI call site with the most calls it may
+/// make, joins that ask a model about every pair, and the total.
+fn dry_report(
+    counted: &[(String, calls::DryCount)],
+    pairs: &[(Vec<String>, u64, u64)],
+    rows: u64,
+    context_tokens: u64,
+) -> String {
+    let mut out = String::from("dry run: nothing sent; every ai_filter counted as TRUE\n");
+    let mut total = 0u64;
+    for (label, c) in counted {
+        total += c.calls;
+        let why = if c.groups > 0 {
+            format!(
+                "{} groups, {} values; chunked to --context-tokens {context_tokens}",
+                c.groups, c.rows
+            )
+        } else {
+            match pairs.iter().find(|(labels, _, _)| labels.contains(label)) {
+                Some((_, l, r)) => format!(
+                    "in JOIN … ON: a cross product, |left| × |right| = {l} × {r} = {} pairs",
+                    l * r
+                ),
+                None => format!("{} rows reach it", c.rows),
+            }
+        };
+        out.push_str(&format!("{label}: at most {} calls ({why})\n", c.calls));
+    }
+    if counted.is_empty() {
+        out.push_str("no AI function is called\n");
+    }
+    out.push_str(&format!(
+        "total: at most {total} AI calls; the query returns at most {rows} rows\n"
+    ));
+    out
 }
 
 fn summarize(engine: &Engine, rows: u64, started: Instant) -> SqlSummary {
@@ -307,7 +452,13 @@ fn check_output(out: &Path) -> Result<()> {
 }
 
 async fn register(ctx: &SessionContext, t: &FileTable) -> Result<()> {
-    if !t.path.is_file() {
+    // An object-store table: DataFusion reads it through the same store
+    // (credentials, retries) as `aiq run`, registered for its bucket. The
+    // object is looked up first so a missing one fails before any call.
+    if let Some(remote) = Remote::parse(&t.path, Role::Input)? {
+        remote.identity(Role::Input)?;
+        ctx.register_object_store(&remote.root, remote.store.clone());
+    } else if !t.path.is_file() {
         return Err(Error::input(&t.path, "no such file"));
     }
     let path = t.path.to_string_lossy();

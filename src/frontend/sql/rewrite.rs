@@ -78,7 +78,10 @@ pub fn parameters(function: &str) -> Option<&'static [&'static str]> {
         "ai_translate" => &["content", "to_lang"],
         "ai_similarity" => &["expr1", "expr2"],
         "ai_gen" => &["prompt"],
-        "ai_analyze_sentiment" | "ai_fix_grammar" => &["content"],
+        "ai_analyze_sentiment" | "ai_fix_grammar" | "ai_summarize_agg" => &["content"],
+        "ai_filter" => &["content", "condition"],
+        "ai_score" => &["content", "criterion"],
+        "ai_agg" => &["content", "instruction"],
         _ => return None,
     })
 }
@@ -126,7 +129,10 @@ impl VisitorMut for Rewriter {
             }
             // `FROM 'reviews.jsonl'`: a quoted name that is an existing file.
             None if ident.quote_style.is_some() => match FileKind::of(&ident.value) {
-                Some(kind) if std::path::Path::new(&ident.value).is_file() => {
+                Some(kind)
+                    if std::path::Path::new(&ident.value).is_file()
+                        || crate::pipeline::store::is_url(std::path::Path::new(&ident.value)) =>
+                {
                     (ident.value.clone(), kind)
                 }
                 _ => return ControlFlow::Continue(()),
@@ -162,7 +168,14 @@ impl VisitorMut for Rewriter {
             ));
         };
         match positional(&name, params, std::mem::take(&mut list.args)) {
-            Ok(args) => {
+            Ok(mut args) => {
+                // An AI aggregate is a scalar function over the group's
+                // values (see `agg`): `ai_agg(x, i)` → `ai_agg(array_agg(x), i)`.
+                if super::agg::FUNCTIONS.contains(&name.as_str()) {
+                    if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) = args.first_mut() {
+                        *e = array_agg(std::mem::replace(e, Expr::value(Value::Null)));
+                    }
+                }
                 *list = FunctionArgumentList {
                     duplicate_treatment: None,
                     args,
@@ -173,6 +186,24 @@ impl VisitorMut for Rewriter {
             Err(message) => ControlFlow::Break(message),
         }
     }
+}
+
+fn array_agg(e: Expr) -> Expr {
+    use datafusion::sql::sqlparser::ast::Function;
+    Expr::Function(Function {
+        name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new("array_agg"))]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(e))],
+            clauses: Vec::new(),
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: Vec::new(),
+    })
 }
 
 /// Arguments in parameter order, names resolved, gaps filled with NULL,

@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::job::settings::JobSettings;
 
 /// The functions registered for a query.
-pub const FUNCTIONS: [&str; 10] = [
+pub const FUNCTIONS: [&str; 12] = [
     "ai_query",
     "ai_analyze_sentiment",
     "ai_classify",
@@ -45,7 +45,37 @@ pub const FUNCTIONS: [&str; 10] = [
     "ai_similarity",
     "ai_summarize",
     "ai_translate",
+    "ai_filter",
+    "ai_score",
 ];
+
+/// Whether `name` is one of aiq's AI functions (row or aggregate).
+pub fn is_ai_function(name: &str) -> bool {
+    FUNCTIONS.contains(&name) || super::agg::FUNCTIONS.contains(&name)
+}
+
+/// How `--dry-run` names a call site: the function with its literal
+/// arguments, `…` for the per-row ones.
+pub fn label(name: &str, literals: &[Option<ScalarValue>]) -> String {
+    let args: Vec<String> = literals
+        .iter()
+        .map(|l| match l {
+            None => "…".to_string(),
+            Some(v) if v.is_null() => "NULL".to_string(),
+            Some(v) => match string(v) {
+                Some(s) => {
+                    let short: String = s.chars().take(40).collect();
+                    let more = if short.len() < s.len() { "…" } else { "" };
+                    format!("'{short}{more}'")
+                }
+                None => v.to_string(),
+            },
+        })
+        .collect();
+    // Trailing NULLs are arguments the query did not give.
+    let given = args.iter().rposition(|a| a != "NULL").map_or(0, |i| i + 1);
+    format!("{name}({})", args[..given].join(", "))
+}
 
 /// Every AI function, bound to the query's engine.
 pub fn all(engine: &Arc<Engine>, default_endpoint: Option<&str>) -> Vec<ScalarUDF> {
@@ -112,7 +142,8 @@ struct Site {
     texts: Vec<usize>,
 }
 
-fn err(e: Error) -> DataFusionError {
+/// An aiq error as DataFusion carries it (unwrapped again for messages).
+pub(super) fn err(e: Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
@@ -203,6 +234,8 @@ impl AiUdf {
                         }
                     }
                     AiFunction::AiTranslate => s.to_lang = text(1)?,
+                    AiFunction::AiFilter => s.condition = text(1)?,
+                    AiFunction::AiScore => s.criterion = text(1)?,
                     AiFunction::AiSimilarity => {
                         texts = vec![0, 1];
                         // Only its presence matters: the texts come per row.
@@ -212,7 +245,7 @@ impl AiUdf {
                 }
             }
         }
-        let key = format!(
+        let mut key = format!(
             "{name}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             s.endpoint,
             s.return_type,
@@ -222,6 +255,10 @@ impl AiUdf {
             s.max_words,
             s.to_lang
         );
+        // Only when set, so journals of the other functions stay valid.
+        for v in [&s.condition, &s.criterion].into_iter().flatten() {
+            key.push_str(&format!("|{v:?}"));
+        }
         // Check now, with the same rules as `aiq run`, before anything is sent.
         self.engine
             .plan(s.clone())
@@ -306,6 +343,18 @@ impl AsyncScalarUDFImpl for AiUdf {
             .collect();
         let refs: Vec<Option<&ScalarValue>> = literals.iter().map(Option::as_ref).collect();
         let site = self.site(&refs, args.args.len()).map_err(err)?;
+        if let Some(dry) = &self.engine.dry {
+            let reaching = match args.args.get(site.texts[0]) {
+                Some(ColumnarValue::Array(a)) => a.len() - a.null_count(),
+                Some(ColumnarValue::Scalar(v)) if !v.is_null() => rows,
+                _ => 0,
+            };
+            dry.count(&label(self.name, &literals), reaching as u64);
+            return Ok(ColumnarValue::Array(dry_answers(
+                args.return_field.data_type(),
+                rows,
+            )));
+        }
         let mut columns = Vec::with_capacity(site.texts.len());
         for &i in &site.texts {
             let array = args.args[i].to_array(rows)?;
@@ -361,6 +410,16 @@ impl AsyncScalarUDFImpl for AiUdf {
     }
 }
 
+/// What a dry run answers without asking: TRUE for a BOOLEAN (so a filter
+/// lets every row through and later steps are counted at their most),
+/// NULL otherwise.
+fn dry_answers(data_type: &DataType, rows: usize) -> ArrayRef {
+    match data_type {
+        DataType::Boolean => Arc::new(arrow::array::BooleanArray::from(vec![true; rows])),
+        t => arrow::array::new_null_array(t, rows),
+    }
+}
+
 /// Answers (JSON in the shape of the result type) → one Arrow column.
 fn to_array(data_type: &DataType, values: Vec<Value>) -> datafusion::common::Result<ArrayRef> {
     let schema = Arc::new(Schema::new(vec![Field::new(
@@ -392,7 +451,7 @@ fn sql_names(message: &str) -> String {
     .fold(message.to_string(), |m, (flag, arg)| m.replace(flag, arg))
 }
 
-fn string(v: &ScalarValue) -> Option<String> {
+pub(super) fn string(v: &ScalarValue) -> Option<String> {
     match v {
         ScalarValue::Utf8(Some(s))
         | ScalarValue::LargeUtf8(Some(s))

@@ -1,0 +1,289 @@
+"""aiq: batch scoring of datasets with large language models.
+
+Score a table with one call::
+
+    import aiq, pyarrow as pa
+    reviews = pa.table({"text": ["Great phone.", "Broke in a week."]})
+    out = aiq.run(reviews, endpoint="simulator", prompt="Summarize: {{text}}")
+    print(out.select(["text", "result", "error_message"]))
+
+The settings are the job file's keys with the same names, values and checks
+(``endpoint``, ``prompt``, ``system``, ``model``, ``concurrency``, ``rpm``,
+``return_type``, ``params={...}``, ...; see ``aiq run --help``). The work is
+done by the same Rust core as the ``aiq`` command, with the GIL released.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sys
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
+
+from aiq import _core
+from aiq._core import ConfigError, Error, JobError
+
+__all__ = [
+    "run",
+    "score",
+    "sql",
+    "Simulator",
+    "Error",
+    "ConfigError",
+    "JobError",
+]
+__version__: str = _core.__version__
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# `aiq.sql`'s settings: the `aiq sql` flags that are not query or output.
+_SQL_SETTINGS = frozenset(
+    {
+        "endpoint",
+        "model",
+        "concurrency",
+        "rpm",
+        "tpm",
+        "max_retries",
+        "timeout",
+        "api_key_env",
+        "profile",
+    }
+)
+
+
+def _arrow(data: Any) -> tuple[Any, str, Optional[int]]:
+    """An object with ``__arrow_c_stream__`` for ``data``, a label naming
+    it in messages, and its row count when known (for progress)."""
+    kind = type(data)
+    label = f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+    if kind.__module__.startswith("pandas") and kind.__name__ == "DataFrame":
+        import pyarrow as pa
+
+        # The index is not a column of the data: input order is kept anyway.
+        data = pa.Table.from_pandas(data, preserve_index=False)
+    elif kind.__module__.startswith("pyarrow") and kind.__name__ == "RecordBatch":
+        import pyarrow as pa
+
+        data = pa.Table.from_batches([data])
+    elif not hasattr(data, "__arrow_c_stream__") and isinstance(data, Iterable):
+        # An iterator of pyarrow.RecordBatch (Spark's mapInArrow, Ray):
+        # streamed, the first batch gives the schema.
+        import pyarrow as pa
+
+        batches = iter(data)
+        try:
+            first = next(batches)
+        except StopIteration:
+            raise ConfigError(
+                "data: an empty iterator of batches has no columns"
+            ) from None
+        data = pa.RecordBatchReader.from_batches(
+            first.schema, itertools.chain([first], batches)
+        )
+        label = "iterator of pyarrow.RecordBatch"
+    if not hasattr(data, "__arrow_c_stream__"):
+        raise ConfigError(
+            f"data: cannot read a {label}: give a pyarrow.Table, a pyarrow.RecordBatchReader, "
+            "a pandas.DataFrame, an object with __arrow_c_stream__ (Polars, DuckDB, ...), "
+            "or the path of a .parquet or .jsonl file"
+        )
+    rows = getattr(data, "num_rows", None)
+    if rows is None:
+        rows = getattr(data, "height", None)  # Polars
+    return data, f"<{label}>", rows if isinstance(rows, int) else None
+
+
+def _start(
+    data: Any,
+    job: Optional[PathLike],
+    output: Optional[PathLike],
+    restart: bool,
+    quiet: bool,
+    settings: Mapping[str, Any],
+) -> "_core.Job":
+    settings = dict(settings)
+    if isinstance(data, (str, os.PathLike)):
+        if "input" in settings:
+            raise ConfigError("give the input as `data` or as `input=`, not both")
+        settings["input"] = os.fspath(data)
+        stream, label, rows = None, "", None
+    elif data is None:
+        stream, label, rows = None, "", None
+    else:
+        stream, label, rows = _arrow(data)
+    try:
+        encoded = json.dumps(settings)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"settings: {e}") from None
+    return _core.start(
+        stream,
+        label,
+        rows,
+        encoded,
+        job=None if job is None else os.fspath(job),
+        output=None if output is None else os.fspath(output),
+        restart=restart,
+        quiet=quiet,
+    )
+
+
+def run(
+    data: Any = None,
+    *,
+    output: Optional[PathLike] = None,
+    job: Optional[PathLike] = None,
+    restart: bool = False,
+    quiet: bool = False,
+    **settings: Any,
+) -> Any:
+    """Score every row of ``data``: one request per row, one output row per
+    input row, in input order.
+
+    ``data`` is a ``pyarrow.Table``, a ``pyarrow.RecordBatchReader``, a
+    ``pandas.DataFrame``, any object with ``__arrow_c_stream__`` (Polars,
+    DuckDB, ...), an iterator of ``pyarrow.RecordBatch``, or the path of a
+    Parquet or JSONL file; ``None`` takes the job file's ``input``. It is
+    read batch by batch.
+
+    Without ``output``, returns a ``pyarrow.Table``: the input columns, then
+    ``result``, ``error_message``, usage and cost columns, as ``aiq run``
+    writes them. With ``output="out.parquet"``, writes that file exactly as
+    ``aiq run`` does (journaled: the same call again resumes;
+    ``restart=True`` discards the journal) and returns a summary dict
+    (``rows``, ``ok``, ``failed``, ``null``, ``usage``, ``cost_usd``,
+    ``output``, ...).
+
+    ``job="jobs/x.toml"`` loads a job file; keyword settings override it.
+    ``quiet=True`` hides the progress bar (shown only on a terminal).
+
+    Raises ``ConfigError`` for mistakes found before any request (a
+    template naming a missing column names it) and ``JobError`` when the
+    job fails; Ctrl-C raises ``KeyboardInterrupt`` within about two seconds,
+    after the calls in flight are journaled when there is an ``output``.
+    """
+    job_ = _start(data, job, output, restart, quiet, settings)
+    if output is None:
+        import pyarrow as pa
+
+        return pa.Table.from_batches(list(job_), schema=job_.schema)
+    return json.loads(job_.wait())
+
+
+def score(
+    data: Any,
+    *,
+    job: Optional[PathLike] = None,
+    quiet: bool = True,
+    **settings: Any,
+) -> Iterator[Any]:
+    """Score ``data`` as a stream: yields output ``pyarrow.RecordBatch``es
+    (input columns + result columns) in input order, as they complete,
+    while later input is still being read. ``data`` is any kind ``run``
+    takes; an iterator of ``pyarrow.RecordBatch`` is consumed lazily (what
+    Spark's ``mapInArrow`` and Ray's ``map_batches`` hand over). Nothing is
+    written to disk. Stopping early (closing the iterator) stops sending.
+    """
+    job_ = _start(data, job, None, False, quiet, settings)
+    return iter(job_)
+
+
+def sql(
+    query: str,
+    *,
+    tables: Optional[Mapping[str, Any]] = None,
+    output: Optional[PathLike] = None,
+    restart: bool = False,
+    quiet: bool = True,
+    **settings: Any,
+) -> Any:
+    """Run a SQL query with ``ai_query(...)`` and the AI functions
+    (``ai_classify``, ``ai_summarize``, ...) on DataFusion, as ``aiq sql``.
+
+    ``tables`` maps table names to data of any kind ``run`` takes (paths
+    are read by DataFusion; in-memory data is held in memory for the
+    query). Settings: ``endpoint`` (for the task functions), ``model``,
+    ``concurrency``, ``rpm``, ``tpm``, ``max_retries``, ``timeout``,
+    ``api_key_env``, ``profile``. Returns a ``pyarrow.Table``; with
+    ``output`` the result is written to that Parquet file instead (calls
+    journaled beside it, so a rerun does not pay twice) and ``None`` is
+    returned.
+    """
+    unknown = sorted(set(settings) - _SQL_SETTINGS)
+    if unknown:
+        raise ConfigError(
+            f"aiq.sql has no setting {', '.join(unknown)}; it takes {', '.join(sorted(_SQL_SETTINGS))}"
+        )
+    files, data = [], []
+    for name, value in (tables or {}).items():
+        if isinstance(value, (str, os.PathLike)):
+            files.append((name, os.fspath(value)))
+        else:
+            data.append((name, _arrow(value)[0]))
+    batches = _core.sql(
+        query,
+        data,
+        files,
+        output=None if output is None else os.fspath(output),
+        restart=restart,
+        quiet=quiet,
+        **settings,
+    )
+    if output is not None:
+        return None
+    import pyarrow as pa
+
+    return pa.Table.from_batches(batches) if batches else pa.table({})
+
+
+class Simulator:
+    """The built-in OpenAI/Databricks-compatible simulator, on 127.0.0.1,
+    for tests and notebooks::
+
+        with aiq.Simulator(latency_ms=50) as sim:
+            aiq.run(table, endpoint=sim.url, prompt="{{text}}")
+
+    Knobs are ``aiq simulate``'s flags (``latency_ms``, ``itl_ms``,
+    ``ttft_ms``, ``output_tokens``, ``rpm``, ``tpm``, ``fault_rate``,
+    ``fail_first``, ``seed``, ...; see ``aiq simulate --help``).
+    """
+
+    def __init__(self, **knobs: Any) -> None:
+        flags = []
+        for key, value in knobs.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                flags.append(flag)
+            elif value is not None and value is not False:
+                flags.append(f"{flag}={value}")
+        self._sim = _core.Simulator(flags)
+
+    @property
+    def url(self) -> str:
+        """The OpenAI-compatible base URL (``http://127.0.0.1:PORT/v1``),
+        to give as ``endpoint=``."""
+        return self._sim.url + "/v1"
+
+    def stats(self) -> dict:
+        """Requests served so far, by outcome."""
+        return json.loads(self._sim.stats())
+
+    def close(self) -> None:
+        """Stop serving (requests in progress finish)."""
+        self._sim.close()
+
+    def __enter__(self) -> "Simulator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _console() -> None:
+    """The ``aiq`` console command: the same CLI as the Rust binary."""
+    # The CLI handles Ctrl-C itself (journal the calls in flight, a second
+    # one quits): Python's handler would only add a traceback afterwards.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(_core.main(["aiq", *sys.argv[1:]]))

@@ -1,0 +1,171 @@
+"""Type stubs for aiq: every setting of `run` and `score`, with what it means.
+
+The settings are the job file's keys (see `aiq run --help` for the full text).
+"""
+
+from os import PathLike
+from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
+
+import pyarrow as pa
+
+from aiq._core import ConfigError as ConfigError, Error as Error, JobError as JobError
+
+__version__: str
+
+_Path = Union[str, PathLike[str]]
+_Data = Any  # pyarrow.Table | pyarrow.RecordBatchReader | pandas.DataFrame | __arrow_c_stream__ | Iterable[pyarrow.RecordBatch] | path
+
+def run(
+    data: _Data = None,
+    *,
+    output: Optional[_Path] = None,
+    job: Optional[_Path] = None,
+    restart: bool = False,
+    quiet: bool = False,
+    endpoint: str = ...,  # Databricks serving endpoint name, OpenAI-compatible base URL (http(s)://host/v1), or "simulator"
+    model: str = ...,  # model name sent in the body (OpenAI-compatible servers need one)
+    task: Literal['chat', 'completions', 'embeddings'] = ...,  # kind of call [chat]
+    system: str = ...,  # system prompt template (minijinja over the row's columns)
+    prompt: str = ...,  # user prompt template: "Summarize: {{text}}"
+    prompt2: str = ...,  # second text for function="ai_similarity"
+    params: Mapping[str, Any] = ...,  # passed into the request body: {"max_tokens": 64, "temperature": 0}
+    return_type: str = ...,  # type of `result` as a Databricks SQL type: STRING, INT, ..., STRUCT<a: STRING>
+    response_format: str = ...,  # structured output: a JSON schema document or a DDL STRUCT<...>
+    function: str = ...,  # Databricks AI function to emulate: ai_classify, ai_summarize, ...
+    labels: Sequence[str] = ...,  # labels for ai_classify, ai_extract, ai_mask
+    max_words: int = ...,  # word limit for ai_summarize [50]
+    to_lang: str = ...,  # target language for ai_translate
+    images: Sequence[str] = ...,  # columns holding images sent with the prompt (chat)
+    input_format: Literal['rows', 'openai-batch'] = ...,  # how to read the input [rows]
+    output_format: Literal['parquet', 'openai-batch'] = ...,  # how to write the output [parquet]
+    fail_on_error: bool = ...,  # fail the job on the first row error
+    concurrency: int = ...,  # requests in flight at most [16]
+    rpm: int = ...,  # requests per minute the endpoint allows
+    tpm: int = ...,  # tokens per minute
+    itpm: int = ...,  # input tokens per minute
+    otpm: int = ...,  # output tokens per minute (max_tokens reserved, unused part returned)
+    qph: int = ...,  # queries per hour
+    max_tokens_total: int = ...,  # stop sending once the job used this many tokens
+    max_cost: float = ...,  # stop sending once the job cost this many USD (needs prices)
+    price_in: float = ...,  # USD per million input tokens
+    price_out: float = ...,  # USD per million output tokens
+    price_cached: float = ...,  # USD per million cached input tokens [price_in]
+    max_ambiguous_retries: int = ...,  # retries after a timeout once sent [1]
+    max_retries: int = ...,  # retries per request for 429, 408, 5xx, connection faults [8]
+    backoff_ms: int = ...,  # first retry delay in ms [500]
+    timeout: float = ...,  # timeout of one attempt in seconds [300]
+    api_key_env: str = ...,  # environment variable holding the API key [OPENAI_API_KEY]
+    profile: str = ...,  # ~/.databrickscfg profile
+    batch_rows: int = ...,  # rows per input batch, the unit of output ordering [1024]
+    batch_size: int = ...,  # embeddings: rows per request [1]
+    cache_control: bool = ...,  # Claude cache_control breakpoint on the static prefix
+    no_prompt_cache_key: bool = ...,  # do not send prompt_cache_key
+    no_warmup: bool = ...,  # no warm-up request per prompt prefix
+    stream: bool = ...,  # stream replies and record time to first token
+    tools: Sequence[Mapping[str, Any]] = ...,  # tools (function calling), passed through
+    tool_choice: Any = ...,  # tool_choice, passed through
+    simulator: Mapping[str, Any] = ...,  # built-in simulator knobs for endpoint="simulator": latency_ms, itl_ms, ...
+) -> Any:
+    """Score every row of `data`; a pyarrow.Table without `output`, a summary dict with it."""
+
+def score(
+    data: _Data,
+    *,
+    job: Optional[_Path] = None,
+    quiet: bool = True,
+    endpoint: str = ...,  # Databricks serving endpoint name, OpenAI-compatible base URL (http(s)://host/v1), or "simulator"
+    model: str = ...,  # model name sent in the body (OpenAI-compatible servers need one)
+    task: Literal['chat', 'completions', 'embeddings'] = ...,  # kind of call [chat]
+    system: str = ...,  # system prompt template (minijinja over the row's columns)
+    prompt: str = ...,  # user prompt template: "Summarize: {{text}}"
+    prompt2: str = ...,  # second text for function="ai_similarity"
+    params: Mapping[str, Any] = ...,  # passed into the request body: {"max_tokens": 64, "temperature": 0}
+    return_type: str = ...,  # type of `result` as a Databricks SQL type: STRING, INT, ..., STRUCT<a: STRING>
+    response_format: str = ...,  # structured output: a JSON schema document or a DDL STRUCT<...>
+    function: str = ...,  # Databricks AI function to emulate: ai_classify, ai_summarize, ...
+    labels: Sequence[str] = ...,  # labels for ai_classify, ai_extract, ai_mask
+    max_words: int = ...,  # word limit for ai_summarize [50]
+    to_lang: str = ...,  # target language for ai_translate
+    images: Sequence[str] = ...,  # columns holding images sent with the prompt (chat)
+    input_format: Literal['rows', 'openai-batch'] = ...,  # how to read the input [rows]
+    output_format: Literal['parquet', 'openai-batch'] = ...,  # how to write the output [parquet]
+    fail_on_error: bool = ...,  # fail the job on the first row error
+    concurrency: int = ...,  # requests in flight at most [16]
+    rpm: int = ...,  # requests per minute the endpoint allows
+    tpm: int = ...,  # tokens per minute
+    itpm: int = ...,  # input tokens per minute
+    otpm: int = ...,  # output tokens per minute (max_tokens reserved, unused part returned)
+    qph: int = ...,  # queries per hour
+    max_tokens_total: int = ...,  # stop sending once the job used this many tokens
+    max_cost: float = ...,  # stop sending once the job cost this many USD (needs prices)
+    price_in: float = ...,  # USD per million input tokens
+    price_out: float = ...,  # USD per million output tokens
+    price_cached: float = ...,  # USD per million cached input tokens [price_in]
+    max_ambiguous_retries: int = ...,  # retries after a timeout once sent [1]
+    max_retries: int = ...,  # retries per request for 429, 408, 5xx, connection faults [8]
+    backoff_ms: int = ...,  # first retry delay in ms [500]
+    timeout: float = ...,  # timeout of one attempt in seconds [300]
+    api_key_env: str = ...,  # environment variable holding the API key [OPENAI_API_KEY]
+    profile: str = ...,  # ~/.databrickscfg profile
+    batch_rows: int = ...,  # rows per input batch, the unit of output ordering [1024]
+    batch_size: int = ...,  # embeddings: rows per request [1]
+    cache_control: bool = ...,  # Claude cache_control breakpoint on the static prefix
+    no_prompt_cache_key: bool = ...,  # do not send prompt_cache_key
+    no_warmup: bool = ...,  # no warm-up request per prompt prefix
+    stream: bool = ...,  # stream replies and record time to first token
+    tools: Sequence[Mapping[str, Any]] = ...,  # tools (function calling), passed through
+    tool_choice: Any = ...,  # tool_choice, passed through
+    simulator: Mapping[str, Any] = ...,  # built-in simulator knobs for endpoint="simulator": latency_ms, itl_ms, ...
+) -> Iterator[pa.RecordBatch]:
+    """Score `data` as a stream of output batches, in input order."""
+
+def sql(
+    query: str,
+    *,
+    tables: Optional[Mapping[str, _Data]] = None,
+    output: Optional[_Path] = None,
+    restart: bool = False,
+    quiet: bool = True,
+    endpoint: str = ...,
+    model: str = ...,
+    concurrency: int = ...,
+    rpm: int = ...,
+    tpm: int = ...,
+    max_retries: int = ...,
+    timeout: float = ...,
+    api_key_env: str = ...,
+    profile: str = ...,
+) -> Optional[pa.Table]:
+    """Run a SQL query with ai_query(...) and the AI functions; a pyarrow.Table without `output`."""
+
+class Simulator:
+    """The built-in simulator on 127.0.0.1; knobs are `aiq simulate` flags."""
+    def __init__(
+        self,
+        *,
+        latency_ms: int = ...,
+        itl_ms: float = ...,
+        ttft_ms: int = ...,
+        prefill_us_per_token: float = ...,
+        output_tokens: int = ...,
+        rpm: int = ...,
+        tpm: int = ...,
+        otpm: int = ...,
+        burst_seconds: float = ...,
+        fault_rate: float = ...,
+        faults: str = ...,
+        fail_first: int = ...,
+        seed: int = ...,
+        slow_ms: int = ...,
+        embedding_dim: int = ...,
+        token: str = ...,
+        port: int = ...,
+        **knobs: Any,
+    ) -> None: ...
+    @property
+    def url(self) -> str:
+        """http://127.0.0.1:PORT/v1, to give as endpoint=."""
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> "Simulator": ...
+    def __exit__(self, *exc: Any) -> None: ...

@@ -1,0 +1,61 @@
+"""Type stubs for aiq._core, the extension module (see aiq/__init__.py)."""
+
+from typing import Any, Iterator, Optional, Sequence
+
+import pyarrow as pa
+
+__version__: str
+
+class Error(Exception): ...
+class ConfigError(Error): ...
+class JobError(Error): ...
+
+class Job(Iterator[pa.RecordBatch]):
+    """A running job: iterate for output batches (no output=), or wait()."""
+    @property
+    def schema(self) -> pa.Schema: ...
+    def __iter__(self) -> "Job": ...
+    def __next__(self) -> pa.RecordBatch: ...
+    def wait(self) -> str:
+        """The summary as JSON, once the job has ended."""
+
+def start(
+    data: Optional[Any],
+    label: str,
+    total_rows: Optional[int],
+    settings: str,
+    job: Optional[str] = None,
+    output: Optional[str] = None,
+    restart: bool = False,
+    quiet: bool = False,
+) -> Job:
+    """Start a job over an Arrow stream (or the settings' input file when None);
+    `settings` is JSON with the job file's keys."""
+
+def main(argv: Sequence[str]) -> int:
+    """The aiq command line; returns its exit code."""
+
+def sql(
+    query: str,
+    tables: Sequence[tuple[str, Any]],
+    files: Sequence[tuple[str, str]],
+    output: Optional[str] = None,
+    restart: bool = False,
+    quiet: bool = False,
+    endpoint: Optional[str] = None,
+    model: Optional[str] = None,
+    concurrency: Optional[int] = None,
+    rpm: Optional[int] = None,
+    tpm: Optional[int] = None,
+    max_retries: Optional[int] = None,
+    timeout: Optional[float] = None,
+    api_key_env: Optional[str] = None,
+    profile: Optional[str] = None,
+) -> list[pa.RecordBatch]: ...
+
+class Simulator:
+    def __init__(self, flags: Sequence[str]) -> None: ...
+    @property
+    def url(self) -> str: ...
+    def stats(self) -> str: ...
+    def close(self) -> None: ...

@@ -1,0 +1,502 @@
+//! `aiq._core`: the Python package's bindings over the `aiq` library.
+//!
+//! A thin shell, like the CLI: Python's keyword settings become the same
+//! [`JobSettings`] a job file holds, checked into the same [`Plan`], run by
+//! the same [`run_with`]. What this crate adds is the Python side of the
+//! boundary:
+//!
+//! - **Arrow in and out without copies**: input is any object with
+//!   `__arrow_c_stream__` (pyo3-arrow), read batch by batch on aiq's reader
+//!   thread; output batches come back one at a time from [`Job`], an
+//!   iterator, in input order.
+//! - **The GIL is released** while aiq works (`py.detach`), in slices of
+//!   [`SLICE`] between which `check_signals` lets Ctrl-C raise
+//!   `KeyboardInterrupt`; the run is told through its `interrupt` (aiq
+//!   installs no signal handler in the interpreter) and gets a short grace
+//!   to journal the calls in flight.
+//! - **Fork safety**: no runtime or thread exists until the first call;
+//!   the runtime is keyed by process id and rebuilt in a forked child
+//!   (tokio's threads do not survive `fork`, PySpark forks its workers).
+//! - Errors become `aiq.ConfigError` (what the CLI exits 2 for) or
+//!   `aiq.JobError` (exit 1), with the CLI's messages.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aiq::frontend::cli::Cli;
+use aiq::frontend::run::{run_with, Io, Ui};
+use aiq::job::plan::Plan;
+use aiq::job::settings::JobSettings;
+use aiq::pipeline::journal::InputIdentity;
+use aiq::pipeline::progress::Summary;
+use aiq::pipeline::sink::Layout;
+use aiq::pipeline::source::{Format, Source};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::{RecordBatch, RecordBatchReader};
+use clap::Parser;
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3_arrow::{PyRecordBatch, PyRecordBatchReader, PySchema};
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+create_exception!(aiq, Error, PyException, "Base class of aiq's errors.");
+create_exception!(
+    aiq,
+    ConfigError,
+    Error,
+    "Bad settings, input or credentials, found before any request was sent (the CLI's exit code 2)."
+);
+create_exception!(
+    aiq,
+    JobError,
+    Error,
+    "The job started and failed: refused by the endpoint, a row failed under fail_on_error, a budget or an interrupt stopped it (the CLI's exit code 1). With output=, finished rows are kept: the same call again resumes."
+);
+
+/// How long the GIL stays released before Python gets to look for Ctrl-C.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// After Ctrl-C: how long the calls in flight get to land in the journal,
+/// then how long the run gets to stop once told to quit at once.
+const GRACE: Duration = Duration::from_millis(1000);
+const QUIT: Duration = Duration::from_millis(1000);
+
+/// Output batches waiting for Python to take them: the run goes no further
+/// ahead of its reader than this.
+const OUTPUT_BATCHES: usize = 2;
+
+fn to_py(e: aiq::Error) -> PyErr {
+    match e.exit_code() {
+        2 => ConfigError::new_err(e.to_string()),
+        _ => JobError::new_err(e.to_string()),
+    }
+}
+
+/// The runtime of this process, built on first use. A runtime inherited
+/// through `fork` has no threads in the child: it is leaked, never dropped
+/// (dropping would wait for those threads), and a new one is built.
+fn runtime() -> PyResult<Arc<Runtime>> {
+    static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((owner, rt)) = slot.as_ref() {
+        if *owner == pid {
+            return Ok(rt.clone());
+        }
+    }
+    if let Some(inherited) = slot.take() {
+        std::mem::forget(inherited);
+    }
+    // Two workers: aiq waits on the network; the reader has its own thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("aiq")
+        .enable_all()
+        .build()
+        .map_err(|e| JobError::new_err(format!("cannot start the async runtime: {e}")))?;
+    let rt = Arc::new(rt);
+    *slot = Some((pid, rt.clone()));
+    Ok(rt)
+}
+
+/// Wait for `fut` with the GIL released, looking for Ctrl-C every
+/// [`SLICE`]: then the `KeyboardInterrupt` is returned, and the caller
+/// tells the run.
+fn wait<F>(py: Python<'_>, rt: &Runtime, fut: F) -> PyResult<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let out = py
+            .detach(|| rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await.ok() }));
+        if let Some(out) = out {
+            return Ok(out);
+        }
+        py.check_signals()?;
+    }
+}
+
+type RunTask = JoinHandle<aiq::Result<Summary>>;
+
+/// A running job: iterate it for the output batches (without `output=`),
+/// or call `wait()` for the summary (with it).
+#[pyclass(module = "aiq._core")]
+struct Job {
+    rt: Arc<Runtime>,
+    /// The output batches, until the last has been taken.
+    batches: Option<mpsc::Receiver<RecordBatch>>,
+    task: Option<RunTask>,
+    interrupt: Arc<Notify>,
+    schema: SchemaRef,
+    summary: Option<Summary>,
+}
+
+impl Job {
+    /// Stop at once, as a second Ctrl-C does: without `output=` nothing is
+    /// journaled, so there is nothing to wait for.
+    fn quit(&mut self) {
+        self.batches = None;
+        self.interrupt.notify_one();
+        self.interrupt.notify_one();
+    }
+
+    /// Ctrl-C with `output=`: stop sending, give the calls in flight
+    /// [`GRACE`] to land in the journal, then stop at once.
+    fn stop(rt: &Runtime, interrupt: &Notify, task: &mut RunTask) {
+        interrupt.notify_one();
+        rt.block_on(async {
+            if tokio::time::timeout(GRACE, &mut *task).await.is_err() {
+                interrupt.notify_one();
+                let _ = tokio::time::timeout(QUIT, &mut *task).await;
+            }
+        });
+    }
+
+    /// Wait for the run to end and keep its summary.
+    fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+        let Some(task) = self.task.as_mut() else {
+            return Ok(());
+        };
+        let joined = match wait(py, &self.rt, &mut *task) {
+            Ok(joined) => joined,
+            Err(interrupt) => {
+                let (rt, notify) = (&self.rt, &self.interrupt);
+                py.detach(|| Job::stop(rt, notify, task));
+                self.task = None;
+                return Err(interrupt);
+            }
+        };
+        self.task = None;
+        let summary = joined
+            .map_err(|e| JobError::new_err(format!("the run failed: {e}")))?
+            .map_err(to_py)?;
+        self.summary = Some(summary);
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Job {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// The next output batch (a `pyarrow.RecordBatch`), in input order.
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let Some(rx) = self.batches.as_mut() else {
+            self.finish(py)?;
+            return Ok(None);
+        };
+        match wait(py, &self.rt, rx.recv()) {
+            Ok(Some(batch)) => Ok(Some(PyRecordBatch::new(batch).into_pyarrow(py)?.unbind())),
+            Ok(None) => {
+                self.batches = None;
+                self.finish(py)?;
+                Ok(None)
+            }
+            Err(interrupt) => {
+                self.quit();
+                Err(interrupt)
+            }
+        }
+    }
+
+    /// The output's schema (a `pyarrow.Schema`): the input columns, then
+    /// aiq's result columns.
+    #[getter]
+    fn schema(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(PySchema::new(self.schema.clone())
+            .into_pyarrow(py)?
+            .unbind())
+    }
+
+    /// Wait for the job to end and return its summary as JSON.
+    fn wait(&mut self, py: Python<'_>) -> PyResult<String> {
+        self.finish(py)?;
+        serde_json::to_string(&self.summary).map_err(|e| JobError::new_err(format!("summary: {e}")))
+    }
+}
+
+impl Drop for Job {
+    /// A job dropped before its end (an abandoned iterator) stops sending.
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.quit();
+        }
+    }
+}
+
+/// The rows of `reader` in batches of at most `rows`, sliced without copies.
+fn rebatch(
+    reader: Box<dyn RecordBatchReader + Send>,
+    rows: usize,
+    label: String,
+) -> Box<dyn Iterator<Item = aiq::Result<RecordBatch>> + Send> {
+    Box::new(reader.flat_map(move |batch| {
+        let slices: Vec<aiq::Result<RecordBatch>> = match batch {
+            Ok(b) => (0..b.num_rows())
+                .step_by(rows)
+                .map(|start| Ok(b.slice(start, rows.min(b.num_rows() - start))))
+                .collect(),
+            Err(e) => vec![Err(aiq::Error::input(
+                &label,
+                format!("cannot read a batch: {e}"),
+            ))],
+        };
+        slices
+    }))
+}
+
+/// Start a job. `data` is an Arrow stream, or `None` to read the input
+/// file of the settings; `settings` is JSON with the job file's keys.
+#[pyfunction]
+#[pyo3(signature = (data, label, total_rows, settings, job=None, output=None, restart=false, quiet=false))]
+#[allow(clippy::too_many_arguments)]
+fn start(
+    py: Python<'_>,
+    data: Option<PyRecordBatchReader>,
+    label: String,
+    total_rows: Option<u64>,
+    settings: &str,
+    job: Option<PathBuf>,
+    output: Option<PathBuf>,
+    restart: bool,
+    quiet: bool,
+) -> PyResult<Job> {
+    aiq::frontend::cli::init_logging(0);
+    let mut s: JobSettings = serde_json::from_str(settings)
+        .map_err(|e| ConfigError::new_err(format!("settings: {e}")))?;
+    if let Some(job) = &job {
+        s = s.overlay(JobSettings::from_file(job).map_err(to_py)?);
+    }
+    if data.is_some() {
+        s.input = Some(PathBuf::from(&label));
+    }
+    // Without output= the output comes back as batches; the plan still
+    // wants a path, which nothing writes.
+    let to_python = output.is_none();
+    if let Some(output) = output {
+        s.output = Some(output);
+    } else {
+        s.output = Some(PathBuf::from("<python>"));
+    }
+    let plan = Plan::from_settings(s, restart).map_err(to_py)?;
+    let source = match data {
+        Some(data) => {
+            let reader = data.into_reader()?;
+            let schema = reader.schema();
+            let columns: Vec<String> = schema
+                .fields()
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect();
+            let identity = InputIdentity {
+                path: format!("{label} ({})", columns.join(", ")),
+                size: total_rows.unwrap_or(0),
+                modified: 0,
+            };
+            let batches = rebatch(reader, plan.batch_rows, label.clone());
+            let source = Source::from_batches(
+                std::path::Path::new(&label),
+                Format::Arrow,
+                schema,
+                total_rows,
+                batches,
+            );
+            Some((source, identity))
+        }
+        None => None,
+    };
+    let schema = match &source {
+        Some((source, _)) => source.schema.clone(),
+        None => {
+            aiq::frontend::run::open_source(&plan)
+                .map_err(to_py)?
+                .schema
+        }
+    };
+    let schema = Layout::new(&schema, plan.result_type.arrow_type())
+        .map_err(to_py)?
+        .output;
+    let rt = runtime()?;
+    let interrupt = Arc::new(Notify::new());
+    let (tx, rx) = if to_python {
+        let (tx, rx) = mpsc::channel(OUTPUT_BATCHES);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let io = Io {
+        source,
+        batches: tx,
+        interrupt: Some(interrupt.clone()),
+    };
+    let task = py.detach(|| rt.spawn(run_with(plan, io, Ui { quiet })));
+    Ok(Job {
+        rt,
+        batches: rx,
+        task: Some(task),
+        interrupt,
+        schema,
+        summary: None,
+    })
+}
+
+/// `aiq ARGS...`: the command line, exactly as the Rust binary runs it.
+#[pyfunction]
+fn main(py: Python<'_>, argv: Vec<String>) -> PyResult<u8> {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    Ok(py.detach(|| aiq::frontend::cli::exit_code(cli)))
+}
+
+/// `aiq.sql`: run a query; `tables` are name → Arrow stream pairs, read
+/// into memory for the query, `files` name → path pairs (`--table`).
+/// Returns the result's batches (none with `output`).
+#[pyfunction]
+#[pyo3(signature = (query, tables, files, output=None, restart=false, quiet=false, endpoint=None, model=None, concurrency=None, rpm=None, tpm=None, max_retries=None, timeout=None, api_key_env=None, profile=None))]
+#[allow(clippy::too_many_arguments)]
+fn sql(
+    py: Python<'_>,
+    query: String,
+    tables: Vec<(String, PyRecordBatchReader)>,
+    files: Vec<(String, PathBuf)>,
+    output: Option<PathBuf>,
+    restart: bool,
+    quiet: bool,
+    endpoint: Option<String>,
+    model: Option<String>,
+    concurrency: Option<usize>,
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+    max_retries: Option<u32>,
+    timeout: Option<f64>,
+    api_key_env: Option<String>,
+    profile: Option<String>,
+) -> PyResult<Vec<Py<PyAny>>> {
+    aiq::frontend::cli::init_logging(0);
+    let mut data = Vec::new();
+    for (name, reader) in tables {
+        let reader = reader.into_reader()?;
+        let schema = reader.schema();
+        // Reading may call back into Python (a generator-backed reader).
+        let batches = py
+            .detach(|| reader.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ConfigError::new_err(format!("table {name}: {e}")))?;
+        data.push((name, schema, batches));
+    }
+    let args = aiq::frontend::sql::SqlArgs {
+        query,
+        output,
+        tables: files,
+        endpoint,
+        model,
+        concurrency,
+        rpm,
+        tpm,
+        max_retries,
+        timeout,
+        api_key_env,
+        profile,
+        show: 0,
+        restart,
+        // Not yet settable from Python: the CLI's defaults.
+        context_tokens: None,
+        dry_run: false,
+    };
+    let rt = runtime()?;
+    let mut task = py.detach(|| rt.spawn(aiq::frontend::sql::query(args, data, true, quiet)));
+    let joined = wait(py, &rt, &mut task).inspect_err(|_| task.abort())?;
+    let (batches, _summary) = joined
+        .map_err(|e| JobError::new_err(format!("the query failed: {e}")))?
+        .map_err(to_py)?;
+    batches
+        .into_iter()
+        .map(|b| Ok(PyRecordBatch::new(b).into_pyarrow(py)?.unbind()))
+        .collect()
+}
+
+/// The built-in simulator, serving on 127.0.0.1 until closed.
+#[pyclass(module = "aiq._core")]
+struct Simulator {
+    inner: Option<aiq::simulator::Simulator>,
+    url: String,
+    // Keeps the runtime serving it alive.
+    _rt: Arc<Runtime>,
+}
+
+/// `aiq simulate`'s flags, parsed by clap so the checks are the CLI's.
+#[derive(Parser)]
+struct SimulateArgs {
+    #[command(flatten)]
+    cfg: aiq::simulator::SimConfig,
+}
+
+#[pymethods]
+impl Simulator {
+    /// `flags` are `aiq simulate` flags, e.g. `["--latency-ms", "200"]`.
+    #[new]
+    fn new(py: Python<'_>, flags: Vec<String>) -> PyResult<Simulator> {
+        let args = std::iter::once("simulate".to_string()).chain(flags);
+        let args = SimulateArgs::try_parse_from(args)
+            .map_err(|e| ConfigError::new_err(e.render().to_string().trim().to_string()))?;
+        let rt = runtime()?;
+        let sim = py
+            .detach(|| rt.block_on(aiq::simulator::Simulator::start(args.cfg)))
+            .map_err(|e| ConfigError::new_err(format!("simulator: {e}")))?;
+        Ok(Simulator {
+            url: sim.base_url(),
+            inner: Some(sim),
+            _rt: rt,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`; an OpenAI-compatible base URL is this + `/v1`.
+    #[getter]
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Requests served so far, by outcome, as JSON.
+    fn stats(&self) -> PyResult<String> {
+        let sim = self
+            .inner
+            .as_ref()
+            .ok_or_else(|| Error::new_err("the simulator is closed"))?;
+        serde_json::to_string(&sim.stats()).map_err(|e| Error::new_err(e.to_string()))
+    }
+
+    /// Stop serving (requests in progress finish).
+    fn close(&mut self) {
+        if let Some(sim) = self.inner.take() {
+            sim.shutdown();
+        }
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("Error", py.get_type::<Error>())?;
+    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("JobError", py.get_type::<JobError>())?;
+    m.add_class::<Job>()?;
+    m.add_class::<Simulator>()?;
+    m.add_function(wrap_pyfunction!(start, m)?)?;
+    m.add_function(wrap_pyfunction!(main, m)?)?;
+    m.add_function(wrap_pyfunction!(sql, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,856 @@
+//! Object storage: input and output where the data lives (`s3://`, `gs://`,
+//! `az://` / `abfss://`, and `http(s)://` for reading).
+//!
+//! This module owns everything that differs between a local path and an
+//! object-store URL, so that the rest of the data path keeps working on local
+//! files as it always has:
+//!
+//! - [`Remote::parse`] tells a URL from a local path and builds its store
+//!   from the cloud's own environment (`AWS_*`, `GOOGLE_APPLICATION_CREDENTIALS`,
+//!   `AZURE_STORAGE_*`), with object_store's retries for transient errors.
+//! - Reading: [`open_read`] streams an object (JSON Lines; no download first)
+//!   and [`parquet_batches`] reads Parquet row groups with ranged requests.
+//! - Writing: [`RemoteOutput`] runs the job's usual journal and part files in
+//!   a local scratch folder and mirrors them into the bucket beside the output
+//!   (`out.parquet.aiq/`), at least once a second: the journal as immutable
+//!   chunk objects (stores cannot append), the parts as multipart uploads. A
+//!   run on another machine pulls that state back and resumes. At the end the
+//!   parts are concatenated into a staged object under the same prefix, which
+//!   is copied onto the output only if no object is there yet (a conditional
+//!   copy: two runs cannot both commit), and the prefix is deleted.
+//!
+//! Every store error becomes an input or output error naming the URL and
+//! carrying the store's own message (exit 2 when found before any request).
+//! Credentials are never part of a message: they live in the store's client.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use bytes::{Buf, Bytes};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, S3CopyIfNotExists};
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::buffered::BufWriter;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::http::HttpBuilder;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, CopyMode, CopyOptions, GetOptions, GetRange, ObjectMeta, ObjectStore,
+    ObjectStoreScheme, PutOptions, PutPayload, RetryConfig,
+};
+// Deprecated in parquet 59.3 in favour of one's own `AsyncFileReader`, but
+// still the reader parquet and DataFusion 55 ship (ranged GETs, footer
+// first); replacing it is a copy of the same thirty lines.
+#[allow(deprecated)]
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::pipeline::journal::{state_dir, InputIdentity, Part};
+use crate::pipeline::parquet_out::writer_properties;
+
+/// The URL schemes aiq hands to an object store; anything else is a path.
+const SCHEMES: [&str; 10] = [
+    "s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https",
+];
+
+/// Read buffer over a streamed object: as for local files.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Transient store errors (5xx, throttling, resets) are retried with
+/// exponential backoff, for at most this long per request: long enough to
+/// ride out a throttling burst, short enough that a wrong endpoint fails
+/// while someone is still watching.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_RETRIES: usize = 6;
+
+/// How long to wait for a cloud metadata service (instance roles) before
+/// deciding there are no credentials at all.
+const METADATA_PROBE: Duration = Duration::from_secs(1);
+
+/// True when `path` is a URL for an object store rather than a local path.
+pub fn is_url(path: &Path) -> bool {
+    let Some(s) = path.to_str() else { return false };
+    s.split_once("://")
+        .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
+}
+
+/// An object in a store: the URL as the user wrote it, the store, the key.
+#[derive(Clone)]
+pub struct Remote {
+    pub url: String,
+    pub store: Arc<dyn ObjectStore>,
+    pub key: ObjectPath,
+    /// `scheme://bucket`: what DataFusion registers the store under.
+    pub root: Url,
+}
+
+impl std::fmt::Debug for Remote {
+    // The store is left out: its configuration holds the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("url", &self.url).finish()
+    }
+}
+
+/// Which side of the job a URL is on, for the error kind (both exit 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Input,
+    Output,
+}
+
+impl Role {
+    pub fn error(self, url: &str, message: impl std::fmt::Display) -> Error {
+        match self {
+            Role::Input => Error::input(url, message),
+            Role::Output => Error::output(url, message),
+        }
+    }
+}
+
+impl Remote {
+    /// `None` for a local path; the store for a URL; an error naming the URL
+    /// for a malformed one or one whose cloud has no credentials.
+    pub fn parse(path: &Path, role: Role) -> Result<Option<Remote>> {
+        if !is_url(path) {
+            return Ok(None);
+        }
+        let text = path.to_string_lossy().into_owned();
+        let bad = |m: String| role.error(&text, m);
+        let url = Url::parse(&text).map_err(|e| bad(format!("not a valid URL: {e}")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("no bucket (or host) after `://`".into()));
+        }
+        let (scheme, key) =
+            ObjectStoreScheme::parse(&url).map_err(|e| bad(format!("not a store URL: {e}")))?;
+        if key.as_ref().is_empty() {
+            return Err(bad(
+                "names a bucket, not an object: add the object's key".into()
+            ));
+        }
+        let root = Url::parse(&url[..url::Position::BeforePath])
+            .map_err(|e| bad(format!("not a valid URL: {e}")))?;
+        let store = store_for(&scheme, &url, &root).map_err(|e| bad(e))?;
+        Ok(Some(Remote {
+            url: text,
+            store,
+            key,
+            root,
+        }))
+    }
+
+    /// Another object in the same store, `key` relative to the bucket.
+    fn at(&self, key: ObjectPath) -> Remote {
+        let mut root = self.root.to_string();
+        if !root.ends_with('/') {
+            root.push('/');
+        }
+        Remote {
+            url: format!("{root}{key}"),
+            store: self.store.clone(),
+            key,
+            root: self.root.clone(),
+        }
+    }
+
+    /// The object's size and modification time, which identify the input
+    /// in the journal's manifest.
+    pub fn identity(&self, role: Role) -> Result<InputIdentity> {
+        let meta = block_on(head(&self.store, &self.key)).map_err(|e| role.error(&self.url, e))?;
+        Ok(InputIdentity {
+            path: self.url.clone(),
+            size: meta.size,
+            modified: u64::try_from(meta.last_modified.timestamp()).unwrap_or(0),
+        })
+    }
+}
+
+/// One store per bucket for the whole process: its connections and
+/// credentials are reused by every object read or written there.
+fn store_for(
+    scheme: &ObjectStoreScheme,
+    url: &Url,
+    root: &Url,
+) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let stores = STORES.get_or_init(Default::default);
+    let id = root.to_string();
+    if let Some(store) = stores.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        return Ok(store.clone());
+    }
+    let retry = RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: MAX_RETRIES,
+        retry_timeout: RETRY_TIMEOUT,
+    };
+    let store: Arc<dyn ObjectStore> = match scheme {
+        ObjectStoreScheme::AmazonS3 => {
+            check_credentials(
+                &["AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+                "AWS_METADATA_ENDPOINT",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys), \
+                 or run where an instance or task role is available",
+            )?;
+            let mut b = AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retry);
+            // Committing the output is a copy that fails if the object exists;
+            // plain S3 does that with a one-part multipart copy and If-None-Match.
+            if std::env::var_os("AWS_COPY_IF_NOT_EXISTS").is_none() {
+                b = b.with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        ObjectStoreScheme::GoogleCloudStorage => {
+            check_credentials(
+                &["GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH", "GOOGLE_SERVICE_ACCOUNT_KEY"],
+                "",
+                "set GOOGLE_APPLICATION_CREDENTIALS to a service account key file, run \
+                 `gcloud auth application-default login`, or run where a service account is attached",
+            )
+            .or_else(|e| adc_file_exists().then_some(()).ok_or(e))?;
+            Arc::new(
+                GoogleCloudStorageBuilder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            check_credentials(
+                &["AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_SAS_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_STORAGE_TOKEN", "AZURE_STORAGE_USE_EMULATOR", "AZURE_SKIP_SIGNATURE"],
+                "",
+                "set AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or a SAS token \
+                 (AZURE_STORAGE_SAS_KEY), or AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and AZURE_TENANT_ID, \
+                 or run where a managed identity is available",
+            )?;
+            Arc::new(
+                MicrosoftAzureBuilder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        ObjectStoreScheme::Http => Arc::new(
+            HttpBuilder::new()
+                .with_url(root.as_str())
+                .with_retry(retry)
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => {
+            return Err("not an object-store URL aiq reads (s3, gs, az, abfss, http, https)".into())
+        }
+    };
+    stores
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, store.clone());
+    Ok(store)
+}
+
+/// Without any of `vars`, object_store would ask the cloud's metadata
+/// service (instance roles), retrying for minutes where there is none. Ask
+/// it once, briefly, so that "no credentials" is an immediate error.
+fn check_credentials(
+    vars: &[&str],
+    endpoint_var: &str,
+    hint: &str,
+) -> std::result::Result<(), String> {
+    if vars
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+    {
+        return Ok(());
+    }
+    if skip_signature() {
+        return Ok(());
+    }
+    let endpoint = std::env::var(endpoint_var)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "http://169.254.169.254".into());
+    let probe = async move {
+        let client = reqwest::Client::builder()
+            .timeout(METADATA_PROBE)
+            .build()
+            .ok()?;
+        // Any answer at all means a metadata service is there.
+        client.get(&endpoint).send().await.ok()
+    };
+    match block_on(probe) {
+        Some(_) => Ok(()),
+        None => Err(format!("no credentials found: {hint}")),
+    }
+}
+
+/// Public buckets are read unsigned when the user says so.
+fn skip_signature() -> bool {
+    [
+        "AWS_SKIP_SIGNATURE",
+        "GOOGLE_SKIP_SIGNATURE",
+        "AZURE_SKIP_SIGNATURE",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok_and(|s| s.eq_ignore_ascii_case("true")))
+}
+
+/// gcloud's application default credentials, which object_store reads.
+fn adc_file_exists() -> bool {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .is_some_and(|h| {
+            h.join(".config/gcloud/application_default_credentials.json")
+                .is_file()
+        })
+}
+
+/// Runs a store future to completion from synchronous code (the reader
+/// thread, the journal): on the caller's runtime when it is multi-threaded,
+/// else on a small runtime of our own in a helper thread.
+pub fn block_on<F>(f: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(f))
+        }
+        _ => {
+            static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+            let rt = RUNTIME.get_or_init(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .ok()
+            });
+            let Some(rt) = rt.as_ref() else {
+                panic!("cannot start a runtime for object storage");
+            };
+            std::thread::scope(|s| {
+                s.spawn(|| rt.block_on(f))
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+        }
+    }
+}
+
+/// The bytes of an input from `offset` on: a local file, or an object
+/// streamed with one ranged GET (never downloaded first).
+pub fn open_read(path: &Path, offset: u64) -> Result<Box<dyn BufRead + Send>> {
+    match Remote::parse(path, Role::Input)? {
+        None => {
+            use std::io::{Seek, SeekFrom};
+            let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::input(path, "no such file"),
+                _ => Error::input(path, format!("cannot open: {e}")),
+            })?;
+            if offset > 0 {
+                file.seek(SeekFrom::Start(offset))
+                    .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+            }
+            Ok(Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, file)))
+        }
+        Some(remote) => {
+            let options = GetOptions {
+                range: (offset > 0).then_some(GetRange::Offset(offset)),
+                ..Default::default()
+            };
+            let result = block_on(remote.store.get_opts(&remote.key, options))
+                .map_err(|e| Error::input(&remote.url, e))?;
+            let reader = StreamRead {
+                stream: result.into_stream(),
+                chunk: Bytes::new(),
+            };
+            Ok(Box::new(BufReader::with_capacity(
+                READ_BUFFER_BYTES,
+                reader,
+            )))
+        }
+    }
+}
+
+/// A blocking reader over a store's byte stream (for the reader thread).
+struct StreamRead {
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    chunk: Bytes,
+}
+
+impl Read for StreamRead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(bytes)) => self.chunk = bytes,
+                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+            }
+        }
+        let n = out.len().min(self.chunk.len());
+        out[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
+        Ok(n)
+    }
+}
+
+/// Batches of a Parquet object: the footer with one ranged read, then row
+/// groups one at a time, so memory stays one row group as for local files.
+pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+#[allow(deprecated)] // ParquetObjectReader: see the import
+pub fn parquet_batches(
+    remote: &Remote,
+    batch_size: usize,
+) -> Result<(SchemaRef, Option<u64>, Batches)> {
+    let url = remote.url.clone();
+    let stream = block_on(async {
+        let meta = head(&remote.store, &remote.key)
+            .await
+            .map_err(|e| Error::input(&url, e))?;
+        let reader = ParquetObjectReader::new(remote.store.clone(), remote.key.clone())
+            .with_file_size(meta.size);
+        ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| Error::input(&url, format!("not a readable Parquet file: {e}")))
+    })?;
+    let total_rows = u64::try_from(stream.metadata().file_metadata().num_rows()).ok();
+    let schema = stream.schema().clone();
+    let mut stream = stream
+        .with_batch_size(batch_size)
+        .build()
+        .map_err(|e| Error::input(&url, format!("cannot read Parquet file: {e}")))?;
+    let batches = std::iter::from_fn(move || {
+        block_on(stream.next())
+            .map(|b| b.map_err(|e| Error::input(&url, format!("cannot read Parquet data: {e}"))))
+    });
+    Ok((schema, total_rows, Box::new(batches)))
+}
+
+/// State prefix sub-folders, as in the local state folder.
+const MANIFEST: &str = "manifest.json";
+const JOURNAL_CHUNKS: &str = "journal";
+const PARTS: &str = "parts";
+/// The concatenated output, staged before the conditional copy.
+const STAGED: &str = "output.parquet";
+
+/// The output of a job that lives in an object store, and the state beside
+/// it (see the module documentation).
+pub struct RemoteOutput {
+    output: Remote,
+    /// `out.parquet.aiq/` in the bucket.
+    state: Remote,
+    /// The local folder the journal and parts are written in first.
+    scratch: PathBuf,
+    local_output: PathBuf,
+    /// Names chunk objects apart from other runs' (another machine may have
+    /// run the job before, or even at the same time).
+    run_id: String,
+    chunk_seq: u64,
+    /// Bytes of the local journal already in the store.
+    journal_sent: u64,
+    manifest_sent: bool,
+    parts_sent: BTreeSet<String>,
+}
+
+impl RemoteOutput {
+    /// Checks the bucket is there and readable and the output not yet
+    /// written, then pulls an earlier run's state into a fresh scratch
+    /// folder (`restart` deletes it instead). All errors exit 2.
+    pub async fn prepare(output: Remote, restart: bool) -> Result<RemoteOutput> {
+        let fail = |e: object_store::Error| Error::output(&output.url, e);
+        let state_key = ObjectPath::from(format!("{}.aiq", output.key));
+        let state = output.at(state_key);
+        // A listing fails on a missing bucket or denied access; a HEAD could
+        // not tell a missing bucket from a missing object.
+        let existing: Vec<ObjectPath> = output
+            .store
+            .list(Some(&state.key))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(fail)?;
+        match head(&output.store, &output.key).await {
+            Ok(_) => {
+                return Err(Error::output(
+                    &output.url,
+                    "already exists; delete it or choose another output (an object store \
+                     output is only ever created, so that two runs cannot both commit it)",
+                ))
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(fail(e)),
+        }
+        let scratch = std::env::temp_dir().join(format!(
+            "aiq-{}-{}",
+            std::process::id(),
+            blake3::hash(output.url.as_bytes())
+                .to_hex()
+                .get(..16)
+                .unwrap_or_default()
+        ));
+        let _ = std::fs::remove_dir_all(&scratch);
+        let name = Path::new(output.key.filename().unwrap_or("output.parquet")).to_path_buf();
+        let local_output = scratch.join(name);
+        let local_state = state_dir(&local_output);
+        std::fs::create_dir_all(local_state.join(PARTS)).map_err(|e| Error::io(&scratch, e))?;
+        let mut out = RemoteOutput {
+            state,
+            scratch,
+            local_output,
+            run_id: format!(
+                "{}-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis()),
+                std::process::id()
+            ),
+            chunk_seq: 0,
+            journal_sent: 0,
+            manifest_sent: false,
+            parts_sent: BTreeSet::new(),
+            output,
+        };
+        if restart {
+            out.delete(existing).await?;
+            return Ok(out);
+        }
+        out.pull(existing, &local_state).await?;
+        Ok(out)
+    }
+
+    /// The output path the job's journal and part writer work with.
+    pub fn local_output(&self) -> &Path {
+        &self.local_output
+    }
+
+    pub fn url(&self) -> &str {
+        &self.output.url
+    }
+
+    /// The state prefix in the bucket, for messages.
+    pub fn state_url(&self) -> &str {
+        &self.state.url
+    }
+
+    fn sub(&self, rel: &str) -> ObjectPath {
+        ObjectPath::from(format!("{}/{rel}", self.state.key))
+    }
+
+    /// Earlier runs' manifest, journal chunks (concatenated into the local
+    /// journal) and parts (as empty stand-ins: only their names count; the
+    /// rows are read from the bucket at commit).
+    async fn pull(&mut self, existing: Vec<ObjectPath>, local_state: &Path) -> Result<()> {
+        let fail = |e: object_store::Error| Error::output(&self.state.url, e);
+        let prefix = format!("{}/", self.state.key);
+        let mut chunks = Vec::new();
+        for key in existing {
+            let Some(rel) = key.as_ref().strip_prefix(&prefix) else {
+                continue;
+            };
+            if rel == MANIFEST {
+                let bytes = get_bytes(self.store(), &key).await.map_err(fail)?;
+                let path = local_state.join(MANIFEST);
+                std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+                self.manifest_sent = true;
+            } else if let Some(name) = rel.strip_prefix(&format!("{PARTS}/")) {
+                let path = local_state.join(PARTS).join(name);
+                std::fs::write(&path, b"").map_err(|e| Error::io(&path, e))?;
+                self.parts_sent.insert(name.to_string());
+            } else if rel.starts_with(&format!("{JOURNAL_CHUNKS}/")) {
+                chunks.push(key);
+            }
+        }
+        // Chunk names sort by run, then in order within a run. Each is
+        // appended as it arrives: memory holds one chunk, not the journal.
+        chunks.sort();
+        let journal = local_state.join("journal.jsonl");
+        let mut file = std::fs::File::create(&journal).map_err(|e| Error::io(&journal, e))?;
+        for key in chunks {
+            let mut bytes = get_bytes(self.store(), &key).await.map_err(fail)?.to_vec();
+            if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                bytes.push(b'\n');
+            }
+            file.write_all(&bytes).map_err(|e| Error::io(&journal, e))?;
+            self.journal_sent += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.output.store
+    }
+
+    /// Sends what is new in the local state: the manifest once, finished
+    /// parts (then drops the local copy), and the journal's new complete
+    /// lines as one chunk object. Called every second and at the end.
+    pub async fn sync(&mut self) -> Result<()> {
+        let fail = |url: &str, e: object_store::Error| Error::output(url, e);
+        let local_state = state_dir(&self.local_output);
+        if !self.manifest_sent {
+            let path = local_state.join(MANIFEST);
+            if let Ok(bytes) = std::fs::read(&path) {
+                put(self.store(), &self.sub(MANIFEST), bytes)
+                    .await
+                    .map_err(|e| fail(&self.state.url, e))?;
+                self.manifest_sent = true;
+            }
+        }
+        // Lines first: a part then never gets ahead of the answers before it.
+        let journal = local_state.join("journal.jsonl");
+        if let Ok(mut file) = tokio::fs::File::open(&journal).await {
+            let mut bytes = Vec::new();
+            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+            if len > self.journal_sent {
+                use tokio::io::AsyncSeekExt;
+                file.seek(std::io::SeekFrom::Start(self.journal_sent))
+                    .await
+                    .map_err(|e| Error::io(&journal, e))?;
+                file.read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| Error::io(&journal, e))?;
+                // Only complete lines: the collector may be mid-write.
+                let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                bytes.truncate(keep);
+            }
+            if !bytes.is_empty() {
+                let key = self.sub(&format!(
+                    "{JOURNAL_CHUNKS}/{}-{:08}.jsonl",
+                    self.run_id, self.chunk_seq
+                ));
+                let n = bytes.len() as u64;
+                put(self.store(), &key, bytes)
+                    .await
+                    .map_err(|e| fail(&self.state.url, e))?;
+                self.chunk_seq += 1;
+                self.journal_sent += n;
+            }
+        }
+        let parts = local_state.join(PARTS);
+        let mut new = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&parts) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // `-open` parts are still being written; the others are
+                // renamed into place only when complete.
+                if name.ends_with(".parquet")
+                    && !name.contains("-open")
+                    && !self.parts_sent.contains(&name)
+                {
+                    new.push((name, entry.path()));
+                }
+            }
+        }
+        new.sort();
+        for (name, path) in new {
+            let key = self.sub(&format!("{PARTS}/{name}"));
+            upload_file(self.store(), &key, &path)
+                .await
+                .map_err(|e| Error::output(&self.state.url, format!("uploading {name}: {e}")))?;
+            // Keep an empty stand-in: the journal lists parts by name.
+            std::fs::write(&path, b"").map_err(|e| Error::io(&path, e))?;
+            self.parts_sent.insert(name);
+        }
+        Ok(())
+    }
+
+    /// Concatenates the parts (all in the bucket after [`Self::sync`]) into
+    /// a staged object with a multipart upload, then copies it onto the
+    /// output unless an object is already there. Returns the rows written.
+    #[allow(deprecated)] // ParquetObjectReader: see the import
+    pub async fn commit(&mut self, parts: &[Part], schema: SchemaRef) -> Result<u64> {
+        self.sync().await?;
+        let staged = self.sub(STAGED);
+        let url = self.output.url.clone();
+        let writer = BufWriter::new(self.store().clone(), staged.clone());
+        let mut out = AsyncArrowWriter::try_new(writer, schema, Some(writer_properties()))
+            .map_err(|e| Error::output(&url, format!("cannot start a Parquet file: {e}")))?;
+        let mut rows = 0u64;
+        for part in parts {
+            let name = part
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let key = self.sub(&format!("{PARTS}/{name}"));
+            let reader = ParquetObjectReader::new(self.store().clone(), key);
+            let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
+                .await
+                .and_then(|b| b.build())
+                .map_err(|e| Error::output(&self.state.url, format!("part {name}: {e}")))?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch
+                    .map_err(|e| Error::output(&self.state.url, format!("part {name}: {e}")))?;
+                rows += batch.num_rows() as u64;
+                out.write(&batch)
+                    .await
+                    .map_err(|e| Error::output(&url, e))?;
+            }
+        }
+        out.close().await.map_err(|e| Error::output(&url, e))?;
+        match copy_if_not_exists(self.store(), &staged, &self.output.key).await {
+            Ok(()) => Ok(rows),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Stopped(format!(
+                "{url} was written by another run of this job meanwhile; this run's answers are \
+                 in {}",
+                self.state.url
+            ))),
+            Err(e) => Err(Error::output(&url, e)),
+        }
+    }
+
+    /// The output is in place: delete the state prefix.
+    pub async fn remove(&mut self) -> Result<()> {
+        let keys: Vec<ObjectPath> = self
+            .store()
+            .list(Some(&self.state.key))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| Error::output(&self.state.url, e))?;
+        // The scratch folder goes on drop, after the status file's last write.
+        self.delete(keys).await
+    }
+
+    async fn delete(&self, keys: Vec<ObjectPath>) -> Result<()> {
+        let mut deleted = self
+            .store()
+            .delete_stream(futures::stream::iter(keys.into_iter().map(Ok)).boxed());
+        while let Some(r) = deleted.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::output(&self.state.url, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RemoteOutput {
+    fn drop(&mut self) {
+        // Everything of value is in the bucket by now (or lost with the run).
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+// The trait's own (boxed, `Send`) methods: the `ObjectStoreExt` shorthands
+// return futures that are not `Send`, and these run in spawned tasks.
+
+async fn head(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> object_store::Result<ObjectMeta> {
+    let options = GetOptions {
+        head: true,
+        ..Default::default()
+    };
+    Ok(store.get_opts(key, options).await?.meta)
+}
+
+async fn get_bytes(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> object_store::Result<Bytes> {
+    store
+        .get_opts(key, GetOptions::default())
+        .await?
+        .bytes()
+        .await
+}
+
+async fn put(
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjectPath,
+    bytes: Vec<u8>,
+) -> object_store::Result<()> {
+    store
+        .put_opts(key, PutPayload::from(bytes), PutOptions::default())
+        .await
+        .map(|_| ())
+}
+
+async fn copy_if_not_exists(
+    store: &Arc<dyn ObjectStore>,
+    from: &ObjectPath,
+    to: &ObjectPath,
+) -> object_store::Result<()> {
+    let options = CopyOptions {
+        mode: CopyMode::Create,
+        ..Default::default()
+    };
+    store.copy_opts(from, to, options).await
+}
+
+/// Uploads a local file with a multipart upload (a single PUT when small),
+/// in chunks, so memory stays one chunk whatever the file size.
+async fn upload_file(
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjectPath,
+    path: &Path,
+) -> std::result::Result<(), String> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut writer = BufWriter::new(store.clone(), key.clone());
+    let mut buf = vec![0u8; 1 << 20];
+    let result = async {
+        loop {
+            let n = file.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            writer
+                .put(Bytes::copy_from_slice(&buf[..n]))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        writer.shutdown().await.map_err(|e| e.to_string())
+    }
+    .await;
+    if result.is_err() {
+        let _ = writer.abort().await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_paths() {
+        for url in [
+            "s3://b/k.parquet",
+            "S3://b/k",
+            "gs://b/k",
+            "abfss://c@a.dfs.core.windows.net/k",
+            "https://h/k.jsonl",
+        ] {
+            assert!(is_url(Path::new(url)), "{url}");
+        }
+        for path in [
+            "k.parquet",
+            "/Volumes/cat/schema/vol/k.parquet",
+            "C:\\data\\k.parquet",
+            "file.s3://x",
+            "ftp://h/k",
+        ] {
+            assert!(!is_url(Path::new(path)), "{path}");
+        }
+    }
+
+    #[test]
+    fn malformed_urls_name_the_url() {
+        for url in ["s3://", "s3:///key.parquet", "s3://bucket", "s3://bucket/"] {
+            let err = Remote::parse(Path::new(url), Role::Input).expect_err(url);
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains(url), "{err}");
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! The OpenAI Files and Batch APIs: wire types and a small client.
+//!
+//! A provider's batch API runs a file of requests within a completion
+//! window (24 h) at half price. The calls are: upload the input file
+//! (`POST {base}/files`, multipart, `purpose=batch`), create a batch
+//! (`POST {base}/batches`), poll it (`GET {base}/batches/{id}`), download
+//! its output and error files (`GET {base}/files/{id}/content`), cancel it
+//! (`POST {base}/batches/{id}/cancel`), and list batches
+//! (`GET {base}/batches?after=..`) to find one whose id was lost.
+//!
+//! These types are the one source of truth for both sides: the batch
+//! runner ([`crate::pipeline::batch`]) and the simulator's Batch API use
+//! them. Every HTTP call goes through the retry classification of
+//! [`crate::provider::retry`]: 408, 429 and 5xx are retried with backoff,
+//! never sooner than `Retry-After`; other errors are returned with the
+//! provider's message.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::provider::auth::Credentials;
+use crate::provider::retry::{classify_status, retry_after, RetryAction, RetryPolicy};
+use crate::provider::wire::{self, Task};
+
+/// The only completion window providers offer.
+pub const COMPLETION_WINDOW: &str = "24h";
+
+/// The batch error code of a provider's cap on enqueued tokens: not the
+/// rows' fault; the batch is created again once a running one finishes.
+pub const TOKEN_LIMIT_EXCEEDED: &str = "token_limit_exceeded";
+
+/// The route a batch of `task` requests names, as its `endpoint` and each
+/// line's `url`.
+pub fn endpoint_path(task: Task) -> &'static str {
+    match task {
+        Task::Chat => "/v1/chat/completions",
+        Task::Completions => "/v1/completions",
+        Task::Embeddings => "/v1/embeddings",
+    }
+}
+
+/// `GET /files/{id}` and the reply of an upload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileObject {
+    pub id: String,
+    #[serde(default = "file_object")]
+    pub object: String,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub created_at: u64,
+    #[serde(default)]
+    pub filename: String,
+    #[serde(default)]
+    pub purpose: String,
+}
+
+fn file_object() -> String {
+    "file".into()
+}
+
+/// Where a batch is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    Validating,
+    Failed,
+    InProgress,
+    Finalizing,
+    Completed,
+    Expired,
+    Cancelling,
+    Cancelled,
+}
+
+impl BatchStatus {
+    /// No more change will come: its files are final.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            BatchStatus::Failed
+                | BatchStatus::Completed
+                | BatchStatus::Expired
+                | BatchStatus::Cancelled
+        )
+    }
+}
+
+/// Counts of a batch's requests.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestCounts {
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub completed: u64,
+    #[serde(default)]
+    pub failed: u64,
+}
+
+/// Why a batch as a whole failed (e.g. `token_limit_exceeded`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchError {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct BatchErrors {
+    #[serde(default = "list_object")]
+    pub object: String,
+    #[serde(default)]
+    pub data: Vec<BatchError>,
+}
+
+fn list_object() -> String {
+    "list".into()
+}
+
+/// A batch, as `POST /batches` and `GET /batches/{id}` return it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchObject {
+    pub id: String,
+    #[serde(default = "batch_object")]
+    pub object: String,
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub errors: Option<BatchErrors>,
+    #[serde(default)]
+    pub input_file_id: String,
+    #[serde(default)]
+    pub completion_window: String,
+    pub status: BatchStatus,
+    #[serde(default)]
+    pub output_file_id: Option<String>,
+    #[serde(default)]
+    pub error_file_id: Option<String>,
+    #[serde(default)]
+    pub created_at: u64,
+    #[serde(default)]
+    pub in_progress_at: Option<u64>,
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub finalizing_at: Option<u64>,
+    #[serde(default)]
+    pub completed_at: Option<u64>,
+    #[serde(default)]
+    pub failed_at: Option<u64>,
+    #[serde(default)]
+    pub expired_at: Option<u64>,
+    #[serde(default)]
+    pub cancelling_at: Option<u64>,
+    #[serde(default)]
+    pub cancelled_at: Option<u64>,
+    #[serde(default)]
+    pub request_counts: Option<RequestCounts>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+fn batch_object() -> String {
+    "batch".into()
+}
+
+impl BatchObject {
+    /// The first batch-level error code, if any.
+    pub fn error_code(&self) -> Option<&str> {
+        self.errors
+            .as_ref()
+            .and_then(|e| e.data.first())
+            .and_then(|e| e.code.as_deref())
+    }
+
+    /// Batch-level errors as one line, for messages.
+    pub fn error_text(&self) -> String {
+        let Some(errors) = &self.errors else {
+            return format!("batch {} {:?}", self.id, self.status);
+        };
+        errors
+            .data
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.code.as_deref().unwrap_or("error"),
+                    e.message.as_deref().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// `POST /batches`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CreateBatch {
+    pub input_file_id: String,
+    pub endpoint: String,
+    pub completion_window: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// `GET /batches`: a page of batches, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchList {
+    #[serde(default = "list_object")]
+    pub object: String,
+    pub data: Vec<BatchObject>,
+    #[serde(default)]
+    pub first_id: Option<String>,
+    #[serde(default)]
+    pub last_id: Option<String>,
+    #[serde(default)]
+    pub has_more: bool,
+}
+
+/// One line of a batch output or error file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputLine {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub custom_id: String,
+    #[serde(default)]
+    pub response: Option<LineResponse>,
+    #[serde(default)]
+    pub error: Option<LineError>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LineResponse {
+    pub status_code: u16,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub body: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LineError {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// One line of a batch input file, written without re-parsing the body:
+/// `{"custom_id": .., "method": "POST", "url": .., "body": <body>}`.
+pub fn request_line(custom_id: &str, url: &str, body: &[u8]) -> Vec<u8> {
+    let head = serde_json::json!({"custom_id": custom_id, "method": "POST", "url": url});
+    // `head` is an object: drop its closing brace and append the body.
+    let mut line = head.to_string().into_bytes();
+    line.pop();
+    line.extend_from_slice(b",\"body\":");
+    line.extend_from_slice(body);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// A failed call to the Files or Batch API, after retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// The HTTP status, when there was a reply.
+    pub status: Option<u16>,
+    /// The provider's error code (`token_limit_exceeded`), when it gave one.
+    pub code: Option<String>,
+    pub message: String,
+    /// Credentials refused or no such route: the job cannot go on.
+    pub fatal: bool,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A client of one provider's Files and Batch APIs.
+pub struct BatchApi {
+    http: reqwest::Client,
+    /// The OpenAI-compatible base URL, without a trailing slash (`…/v1`).
+    base: String,
+    credentials: Credentials,
+    policy: RetryPolicy,
+}
+
+impl BatchApi {
+    pub fn new(
+        http: reqwest::Client,
+        base: &str,
+        credentials: Credentials,
+        policy: RetryPolicy,
+    ) -> BatchApi {
+        BatchApi {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            credentials,
+            policy,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Upload a batch input file (`purpose=batch`).
+    pub async fn upload(&self, filename: &str, content: Bytes) -> Result<FileObject, ApiError> {
+        // The multipart body is written by hand: two parts, no need for a
+        // multipart crate (or reqwest's feature, which would rebuild it).
+        let boundary = format!("aiq-{:016x}", rand::random::<u64>());
+        let mut body = Vec::with_capacity(content.len() + 512);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
+                 --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+                 Content-Type: application/jsonl\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&content);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let body = Bytes::from(body);
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        let reply = self
+            .send(reqwest::Method::POST, "files", Some((content_type, body)))
+            .await?;
+        decode(&reply)
+    }
+
+    pub async fn create(&self, request: &CreateBatch) -> Result<BatchObject, ApiError> {
+        let body = Bytes::from(serde_json::to_vec(request).map_err(|e| local(e.to_string()))?);
+        let reply = self
+            .send(
+                reqwest::Method::POST,
+                "batches",
+                Some(("application/json".into(), body)),
+            )
+            .await?;
+        decode(&reply)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<BatchObject, ApiError> {
+        let reply = self
+            .send(reqwest::Method::GET, &format!("batches/{id}"), None)
+            .await?;
+        decode(&reply)
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<BatchObject, ApiError> {
+        let reply = self
+            .send(reqwest::Method::POST, &format!("batches/{id}/cancel"), None)
+            .await?;
+        decode(&reply)
+    }
+
+    /// One page of batches, newest first, after the batch `after`.
+    pub async fn list(&self, after: Option<&str>) -> Result<BatchList, ApiError> {
+        let path = match after {
+            Some(a) => format!("batches?limit=100&after={a}"),
+            None => "batches?limit=100".to_string(),
+        };
+        let reply = self.send(reqwest::Method::GET, &path, None).await?;
+        decode(&reply)
+    }
+
+    /// The content of a file (a batch's output or error file).
+    pub async fn content(&self, file_id: &str) -> Result<Bytes, ApiError> {
+        self.send(
+            reqwest::Method::GET,
+            &format!("files/{file_id}/content"),
+            None,
+        )
+        .await
+    }
+
+    /// One call with retries, classified by [`classify_status`].
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(String, Bytes)>,
+    ) -> Result<Bytes, ApiError> {
+        let url = format!("{}/{path}", self.base);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.policy.min_delay)
+            .with_max_delay(self.policy.max_delay)
+            .with_jitter()
+            .with_max_times(self.policy.max_retries as usize);
+        (|| self.attempt(&method, &url, body.as_ref()))
+            .retry(backoff)
+            .when(|e: &Failed| matches!(e.0, RetryAction::Retry { .. }))
+            .notify(|e: &Failed, after: Duration| {
+                tracing::debug!("retrying in {after:?}: {}", e.1.message);
+            })
+            // Never sooner than the server asked; `dur` is None once the
+            // budget is spent, and then we stop.
+            .adjust(|e: &Failed, dur: Option<Duration>| match &e.0 {
+                RetryAction::Retry {
+                    after: Some(after), ..
+                } => dur.map(|d| d.max(*after)),
+                _ => dur,
+            })
+            .await
+            .map_err(|e| e.1)
+    }
+
+    async fn attempt(
+        &self,
+        method: &reqwest::Method,
+        url: &str,
+        body: Option<&(String, Bytes)>,
+    ) -> Result<Bytes, Failed> {
+        let transient = |after, message: String| {
+            Failed(
+                RetryAction::Retry {
+                    after,
+                    rate_limited: false,
+                },
+                local(message),
+            )
+        };
+        let mut request = self
+            .http
+            .request(method.clone(), url)
+            .timeout(self.policy.timeout);
+        if let Some((content_type, body)) = body {
+            let value = HeaderValue::from_str(content_type)
+                .map_err(|e| Failed(RetryAction::RowError, local(e.to_string())))?;
+            request = request.header(CONTENT_TYPE, value).body(body.clone());
+        }
+        let token = self
+            .credentials
+            .bearer(&self.http)
+            .await
+            .map_err(|e| Failed(RetryAction::Abort, fatal(e.to_string())))?;
+        if let Some(token) = token {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                    Failed(
+                        RetryAction::Abort,
+                        fatal("the token contains characters not allowed in an HTTP header"),
+                    )
+                })?;
+            // Keeps the token out of any debug output of the request.
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        // reqwest's messages name the URL, never headers: no token leaks.
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transient(None, format!("{method} {url}: {e}")))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transient(retry_after(&headers), format!("{method} {url}: {e}")))?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let action = classify_status(status, &headers);
+        let error = ApiError {
+            status: Some(status.as_u16()),
+            code: error_code(&bytes),
+            message: format!(
+                "{method} {url}: HTTP {}: {}",
+                status.as_u16(),
+                wire::error_message(&bytes)
+            ),
+            fatal: action == RetryAction::Abort,
+        };
+        Err(Failed(action, error))
+    }
+}
+
+/// A failed attempt: what to do about it, and the error if it is the last.
+struct Failed(RetryAction, ApiError);
+
+fn local(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: None,
+        code: None,
+        message: message.into(),
+        fatal: false,
+    }
+}
+
+fn fatal(message: impl Into<String>) -> ApiError {
+    ApiError {
+        fatal: true,
+        ..local(message)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let head: String = String::from_utf8_lossy(body).chars().take(200).collect();
+        local(format!("unexpected reply from the Batch API ({e}): {head}"))
+    })
+}
+
+/// `error.code` (OpenAI) or `error_code` (Databricks) of an error body.
+fn error_code(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v.pointer("/error/code")
+        .or_else(|| v.get("error_code"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn request_lines_carry_the_body_unchanged() {
+        let line = request_line("17", "/v1/chat/completions", br#"{"messages":[]}"#);
+        assert_eq!(line.last(), Some(&b'\n'));
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            v,
+            json!({"custom_id": "17", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}})
+        );
+    }
+
+    #[test]
+    fn batch_objects_parse_as_openai_sends_them() {
+        let b: BatchObject = serde_json::from_value(json!({
+            "id": "batch_abc", "object": "batch", "endpoint": "/v1/chat/completions",
+            "errors": {"object": "list", "data": [{"code": "token_limit_exceeded", "message": "Enqueued token limit reached", "param": null, "line": null}]},
+            "input_file_id": "file-1", "completion_window": "24h", "status": "failed",
+            "output_file_id": null, "error_file_id": null, "created_at": 1, "failed_at": 2,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": {"aiq_job": "x"}
+        }))
+        .unwrap();
+        assert_eq!(b.status, BatchStatus::Failed);
+        assert!(b.status.is_terminal());
+        assert_eq!(b.error_code(), Some(TOKEN_LIMIT_EXCEEDED));
+        assert!(b.error_text().contains("Enqueued token limit"));
+        assert!(!BatchStatus::Cancelling.is_terminal());
+    }
+}

