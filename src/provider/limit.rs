@@ -64,11 +64,14 @@ impl Pace {
 
 /// The request pace: GCRA by reservation, with a rate that can change
 /// while requests wait. Each admission takes the next slot (`tat`, the
-/// theoretical arrival time) and sleeps until it; changing the rate only
-/// spaces the slots handed out from then on. A governor limiter would have
-/// to be rebuilt for every change, and each rebuild forgets the slots
-/// already taken and hands out a fresh burst, while requests still waiting
-/// on the old one keep going: together they ran above the limit.
+/// theoretical arrival time) and sleeps until it. A faster rate spaces the
+/// slots handed out from then on. A slower one ([`RequestPace::slow_to`])
+/// also revokes the slots already handed out: the requests waiting on them
+/// take new ones at the new rate. Kept, they went out at the old rate after
+/// the server had said it was too fast (a crowd of `--concurrency` waiters
+/// holds a tenth of a second of slots or more), and were refused alike. A
+/// governor limiter would have to be rebuilt for every change, and each
+/// rebuild hands out a fresh burst while the old waiters keep going.
 ///
 /// Until a pace is told or learned, sending starts slowly and doubles its
 /// rate every [`RAMP_DOUBLING`] (TCP's slow start, by rate), up to
@@ -87,6 +90,8 @@ struct RequestPace {
     ramp: bool,
     /// When the first request went out (the ramp starts then).
     ramp_from: Option<Instant>,
+    /// Bumped when the slots handed out are revoked.
+    generation: u64,
 }
 
 impl RequestPace {
@@ -95,6 +100,17 @@ impl RequestPace {
         self.per_minute = Some(per_minute);
         self.burst = request_burst(per_minute);
         self.ramp = false;
+    }
+
+    /// A slower pace, at once: the slots handed out so far are revoked
+    /// (their holders reserve again) and the next slot is a whole period
+    /// away with no burst, as if the server's bucket were empty (a refusal
+    /// says it is).
+    fn slow_to(&mut self, per_minute: f64, now: Instant) {
+        self.set(per_minute);
+        let period = Duration::from_secs_f64(60.0 / per_minute.max(1.0));
+        self.tat = now + period * self.burst;
+        self.generation += 1;
     }
 
     /// The slow-start rate at `now`, or None once the ramp is over.
@@ -160,6 +176,8 @@ pub struct Limiter {
     told_rpm: bool,
     told_tpm: bool,
     requests: Mutex<RequestPace>,
+    /// Wakes the requests waiting on slots when they are revoked.
+    revoked: tokio::sync::Notify,
     tokens: RwLock<Option<Arc<Pace>>>,
     pause_until: Mutex<Option<Instant>>,
     aimd: Mutex<Aimd>,
@@ -230,6 +248,7 @@ impl Limiter {
             tat: Instant::now(),
             ramp: true,
             ramp_from: None,
+            generation: 0,
         };
         if let Some(r) = rpm {
             requests.set(r as f64);
@@ -238,6 +257,7 @@ impl Limiter {
             told_rpm: rpm.is_some(),
             told_tpm: tpm.is_some(),
             requests: Mutex::new(requests),
+            revoked: tokio::sync::Notify::new(),
             tokens: RwLock::new(tpm.map(|t| Pace::new(t as f64, token_burst(t as f64)))),
             pause_until: Mutex::new(None),
             aimd: Mutex::new(Aimd {
@@ -301,14 +321,29 @@ impl Limiter {
                 _ => break,
             }
         }
-        // The epoch of the reservation, not of the moment it comes due: a
-        // slot handed out under the old pace that goes out after a cut
-        // is refused for the old pace, and must not cut again.
-        let epoch = lock(&self.aimd).epoch;
-        let at = lock(&self.requests).reserve(Instant::now());
-        if at > Instant::now() {
-            tokio::time::sleep_until(at).await;
-        }
+        let epoch = loop {
+            // Registered before the slot is taken: a revocation from then
+            // on wakes this request (tokio's Notify keeps the wake-up for a
+            // future made before `notify_waiters`, polled or not).
+            let revoked = self.revoked.notified();
+            // The epoch of the reservation, not of the moment it comes due:
+            // a request sent before a cut that is refused after it is news
+            // of the old pace, and must not cut again.
+            let epoch = lock(&self.aimd).epoch;
+            let (at, generation) = {
+                let mut pace = lock(&self.requests);
+                (pace.reserve(Instant::now()), pace.generation)
+            };
+            if at > Instant::now() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = revoked => {}
+                }
+            }
+            if lock(&self.requests).generation == generation {
+                break epoch;
+            }
+        };
         let token_pace = read(&self.tokens);
         if let Some(pace) = token_pace {
             // A request larger than the burst could never pass: charge it the
@@ -405,7 +440,18 @@ impl Limiter {
             "pacing at {next:.0}/minute (the endpoint advertises {:.0}/minute)",
             per_minute / LEARNED_HEADROOM
         );
-        pace.set(next);
+        // Slots handed out faster than the advertised limit would be
+        // refused: revoke them. Slower ones (slow start's first slots) may
+        // stay; the new pace spaces the rest.
+        let now = Instant::now();
+        match pace.per_minute.or_else(|| pace.ramp_rate(now)) {
+            Some(current) if current > next => {
+                pace.slow_to(next, now);
+                drop(pace);
+                self.revoked.notify_waiters();
+            }
+            _ => pace.set(next),
+        }
         // Refusals of requests sent before we knew are no news.
         aimd.epoch += 1;
     }
@@ -447,7 +493,9 @@ impl Limiter {
         };
         let next = aimd.ceiling.map_or(next, |c| next.min(c));
         tracing::debug!("429: pacing at {next:.0}/minute");
-        pace.set(next);
+        pace.slow_to(next, now);
+        drop(pace);
+        self.revoked.notify_waiters();
         aimd.epoch += 1;
         aimd.last_decrease = Some(now);
         aimd.last_increase = Some(now);
@@ -767,6 +815,7 @@ mod tests {
             tat: t0,
             ramp: false,
             ramp_from: None,
+            generation: 0,
         };
         assert_eq!(pace.reserve(t0), t0, "no pace, no wait");
         // 600/min: one slot per 100 ms, burst 1.
@@ -778,6 +827,70 @@ mod tests {
         pace.set(6000.0);
         let next = pace.reserve(t0);
         assert!(next >= t0 + Duration::from_millis(410), "{:?}", next - t0);
+    }
+
+    #[test]
+    fn slowing_down_revokes_the_slots_handed_out() {
+        let t0 = Instant::now();
+        let mut pace = RequestPace {
+            per_minute: Some(6_000.0),
+            burst: 1,
+            tat: t0,
+            ramp: false,
+            ramp_from: None,
+            generation: 0,
+        };
+        let slots: Vec<_> = (0..10).map(|_| pace.reserve(t0)).collect();
+        assert_eq!(slots[9] - t0, Duration::from_millis(90));
+        pace.slow_to(600.0, t0);
+        assert_eq!(pace.generation, 1, "the slots handed out are void");
+        // A refusal says the server's bucket is empty: the next slot is a
+        // whole period away, and the rest follow at the new pace.
+        assert_eq!(pace.reserve(t0) - t0, Duration::from_millis(100));
+        assert_eq!(pace.reserve(t0) - t0, Duration::from_millis(200));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_requests_take_new_slots_when_theirs_are_revoked() {
+        let l = Arc::new(Limiter::new(None, None));
+        lock(&l.requests).set(600.0); // a slot every 100 ms
+        let gone = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let waiting: Vec<_> = (0..20)
+            .map(|_| {
+                let (l, gone) = (l.clone(), gone.clone());
+                tokio::spawn(async move {
+                    l.admit(0).await;
+                    gone.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        // Waits for the waiters (on the other threads) to get there.
+        let until = |f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !f() {
+                assert!(std::time::Instant::now() < deadline, "never happened");
+                std::thread::yield_now();
+            }
+        };
+        // Every request holds a slot: 20 of them at 100 ms.
+        until(&|| lock(&l.requests).tat >= t0 + Duration::from_millis(1_900));
+        // The server advertises 60/minute: those still waiting take slots
+        // again, a second apart, instead of going out at the old pace.
+        l.observe(
+            &headers(&[("x-ratelimit-limit-requests", "60")]),
+            429,
+            None,
+            None,
+        );
+        let cut = Instant::now();
+        let still = 20 - gone.load(std::sync::atomic::Ordering::SeqCst);
+        let period = Duration::from_secs_f64(60.0 / (60.0 * LEARNED_HEADROOM));
+        until(&|| lock(&l.requests).tat >= cut + period * still as u32);
+        assert!(gone.load(std::sync::atomic::Ordering::SeqCst) <= 20 - still + 1);
+        for w in waiting {
+            w.abort();
+        }
     }
 
     /// Admissions in `secs` of fake time for requests reserving `reserve`
