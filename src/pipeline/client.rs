@@ -29,7 +29,7 @@ use crate::pipeline::http::HttpPool;
 use crate::pipeline::outcome::{Outcome, Usage};
 use crate::pipeline::render::Call;
 use crate::provider::endpoint::Endpoint;
-use crate::provider::limit::Limiter;
+use crate::provider::limit::{Limiter, Ticket};
 use crate::provider::reply::{body_fault, split_usage, Reply, RowReply, Shape};
 use crate::provider::retry::{
     certificate_problem, classify_body_fault, classify_status, retry_after, RetryAction,
@@ -315,7 +315,7 @@ impl Client {
                 lease.client,
                 self.url_for(call.route)?,
                 &call.body,
-                Some(grant.epoch),
+                Some(grant.ticket),
             )
             .await?;
         if self.stream {
@@ -414,7 +414,7 @@ impl Client {
         http: &reqwest::Client,
         url: reqwest::Url,
         body: &Bytes,
-        epoch: Option<u64>,
+        ticket: Option<Ticket>,
     ) -> Result<(reqwest::Response, Instant), AttemptError> {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let token = self
@@ -446,7 +446,7 @@ impl Client {
         let headers = response.headers().clone();
         let after = retry_after(&headers);
         self.limiter
-            .observe(&headers, status.as_u16(), after, epoch);
+            .observe(&headers, status.as_u16(), after, ticket);
         if !status.is_success() {
             let action = classify_status(status, &headers);
             if status.as_u16() == 429 {

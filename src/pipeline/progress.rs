@@ -396,6 +396,19 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn the_bar_shows_the_requests_in_flight() {
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let p = Progress::new(Some(10), true).with_in_flight(n.clone());
+        n.store(400, std::sync::atomic::Ordering::Relaxed);
+        p.update(&Summary::default());
+        assert!(
+            p.bar.message().starts_with("400 in flight"),
+            "{}",
+            p.bar.message()
+        );
+    }
+
+    #[test]
     fn summary_counts_ok_failed_and_null() {
         let mut s = Summary::default();
         s.count(&Outcome {

@@ -20,6 +20,7 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -92,6 +93,9 @@ struct RequestPace {
     ramp_from: Option<Instant>,
     /// Bumped when the slots handed out are revoked.
     generation: u64,
+    /// Requests that may go at once, off the pace: what the server said
+    /// was left in its bucket ([`Limiter::credit`]).
+    credit: u32,
 }
 
 impl RequestPace {
@@ -130,6 +134,10 @@ impl RequestPace {
 
     /// The time the next request may go; reserves it.
     fn reserve(&mut self, now: Instant) -> Instant {
+        if self.credit > 0 && self.per_minute.is_some() {
+            self.credit -= 1;
+            return now;
+        }
         let per_minute = match self.per_minute {
             Some(p) => p,
             // The ramp's rate where the schedule has got to: slots handed
@@ -178,6 +186,8 @@ pub struct Limiter {
     requests: Mutex<RequestPace>,
     /// Wakes the requests waiting on slots when they are revoked.
     revoked: tokio::sync::Notify,
+    /// Requests admitted so far (the next one's [`Ticket::seq`]).
+    admitted: AtomicU64,
     tokens: RwLock<Option<Arc<Pace>>>,
     pause_until: Mutex<Option<Instant>>,
     aimd: Mutex<Aimd>,
@@ -249,6 +259,7 @@ impl Limiter {
             ramp: true,
             ramp_from: None,
             generation: 0,
+            credit: 0,
         };
         if let Some(r) = rpm {
             requests.set(r as f64);
@@ -258,6 +269,7 @@ impl Limiter {
             told_tpm: tpm.is_some(),
             requests: Mutex::new(requests),
             revoked: tokio::sync::Notify::new(),
+            admitted: AtomicU64::new(0),
             tokens: RwLock::new(tpm.map(|t| Pace::new(t as f64, token_burst(t as f64)))),
             pause_until: Mutex::new(None),
             aimd: Mutex::new(Aimd {
@@ -283,7 +295,7 @@ impl Limiter {
     /// output tokens; dropped unsettled (the attempt got no answer, so
     /// nothing was produced), it gives the whole reservation back.
     pub async fn admit_call(&self, prompt: u64, output: u64) -> OutputGrant {
-        let epoch = self.admit(prompt + output).await;
+        let ticket = self.admit(prompt + output).await;
         if let Some(pace) = &self.hourly {
             pace.limiter.until_ready().await;
         }
@@ -300,20 +312,20 @@ impl Limiter {
                 OutputGrant {
                     bucket: Some(bucket.clone()),
                     reserved,
-                    epoch,
+                    ticket,
                 }
             }
             None => OutputGrant {
                 bucket: None,
                 reserved: 0.0,
-                epoch,
+                ticket,
             },
         }
     }
 
     /// Wait until a request estimated at `tokens` tokens may be sent;
-    /// returns the epoch it was admitted in.
-    pub async fn admit(&self, tokens: u64) -> u64 {
+    /// returns its ticket (for [`Limiter::observe`] of its reply).
+    pub async fn admit(&self, tokens: u64) -> Ticket {
         loop {
             let pause = *lock(&self.pause_until);
             match pause {
@@ -344,6 +356,7 @@ impl Limiter {
                 break epoch;
             }
         };
+        let seq = self.admitted.fetch_add(1, Ordering::Relaxed);
         let token_pace = read(&self.tokens);
         if let Some(pace) = token_pace {
             // A request larger than the burst could never pass: charge it the
@@ -352,20 +365,20 @@ impl Limiter {
             let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             let _ = pace.limiter.until_n_ready(n).await;
         }
-        epoch
+        Ticket { epoch, seq }
     }
 
     /// Learn from a reply's headers (any status). `status` is the reply's
-    /// HTTP status; `epoch` the one its request was admitted in (None when
-    /// it did not pass the limiter).
+    /// HTTP status; `ticket` its request's admission (None when it did not
+    /// pass the limiter).
     pub fn observe(
         &self,
         headers: &HeaderMap,
         status: u16,
         retry_after: Option<Duration>,
-        epoch: Option<u64>,
+        ticket: Option<Ticket>,
     ) {
-        self.observe_at(headers, status, retry_after, epoch, Instant::now());
+        self.observe_at(headers, status, retry_after, ticket, Instant::now());
     }
 
     /// [`Limiter::observe`] at a given time (tests drive the clock).
@@ -374,10 +387,11 @@ impl Limiter {
         headers: &HeaderMap,
         status: u16,
         retry_after: Option<Duration>,
-        epoch: Option<u64>,
+        ticket: Option<Ticket>,
         now: Instant,
     ) {
         let rate_limited = status == 429;
+        let epoch = ticket.map(|t| t.epoch);
         if !self.told_rpm {
             if let Some(limit) = first_number(headers, REQUEST_LIMIT_HEADERS) {
                 self.learn_ceiling(limit * LEARNED_HEADROOM);
@@ -393,6 +407,10 @@ impl Limiter {
                 self.decrease(now, epoch);
             } else if (200..300).contains(&status) {
                 self.increase(now);
+                let remaining = first_number(headers, REMAINING_REQUEST_HEADERS);
+                if let (Some(remaining), Some(t)) = (remaining, ticket) {
+                    self.credit(remaining, t.seq, now);
+                }
             }
         }
         // An exhausted window with no pace to keep us under it: wait for its
@@ -420,6 +438,49 @@ impl Limiter {
                     *p = Some(until);
                 }
             }
+        }
+    }
+
+    /// The server said `remaining` requests were left in its bucket when
+    /// it admitted request `seq`: the ones admitted since are spent from
+    /// it, the rest may go at once, off the pace. A server with a deep
+    /// bucket (a minute's worth) then serves a job its whole burst instead
+    /// of the bare rate; a shallow one leaves a credit of a few requests.
+    /// A margin of two bursts is kept for requests the server has seen and
+    /// we have not yet counted.
+    fn credit(&self, remaining: f64, seq: u64, now: Instant) {
+        let sent_since = self
+            .admitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(seq + 1);
+        let mut pace = lock(&self.requests);
+        let Some(per_minute) = pace.per_minute else {
+            return; // nothing paces us yet: nothing to go ahead of
+        };
+        let margin = 2 * pace.burst as u64;
+        let credit = (remaining as u64).saturating_sub(sent_since + margin);
+        let credit = u32::try_from(credit).unwrap_or(u32::MAX);
+        // A few slots' worth is what the pace's own burst allows anyway;
+        // granting it would only churn the waiters.
+        if credit <= pace.burst {
+            pace.credit = 0;
+            return;
+        }
+        let fresh = pace.credit == 0;
+        pace.credit = credit;
+        // The pace's own burst is spent by the credit: after it the
+        // server's bucket is near empty.
+        let period = Duration::from_secs_f64(60.0 / per_minute);
+        let spent = now + period * pace.burst.saturating_sub(1);
+        if fresh {
+            // Requests waiting on slots take the credit instead: their
+            // slots are revoked, and so taken off the schedule.
+            pace.tat = spent;
+            pace.generation += 1;
+            drop(pace);
+            self.revoked.notify_waiters();
+        } else {
+            pace.tat = pace.tat.max(spent);
         }
     }
 
@@ -549,8 +610,17 @@ const OUTPUT_BURST_SECS: f64 = 10.0;
 pub struct OutputGrant {
     bucket: Option<Arc<RefundableBucket>>,
     reserved: f64,
-    /// The limiter epoch the request was admitted in.
+    /// The request's admission, to pass to [`Limiter::observe`].
+    pub ticket: Ticket,
+}
+
+/// An attempt's admission: what its reply is news of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ticket {
+    /// The limiter epoch (bumped on every cut) the request was admitted in.
     pub epoch: u64,
+    /// Its place among all requests admitted.
+    pub seq: u64,
 }
 
 impl OutputGrant {
@@ -673,6 +743,10 @@ const REQUEST_LIMIT_HEADERS: &[&str] = &[
     "anthropic-ratelimit-requests-limit",
     "x-databricks-ratelimit-limit-requests",
 ];
+const REMAINING_REQUEST_HEADERS: &[&str] = &[
+    "x-ratelimit-remaining-requests",
+    "anthropic-ratelimit-requests-remaining",
+];
 const TOKEN_LIMIT_HEADERS: &[&str] = &[
     "x-ratelimit-limit-tokens",
     "anthropic-ratelimit-tokens-limit",
@@ -717,6 +791,10 @@ mod tests {
     use super::*;
     use crate::provider::retry::tests::headers;
 
+    fn at_epoch(epoch: u64) -> Ticket {
+        Ticket { epoch, seq: 0 }
+    }
+
     #[test]
     fn learns_limits_from_headers() {
         let l = Limiter::new(None, None);
@@ -751,7 +829,7 @@ mod tests {
     fn a_429_during_slow_start_paces_below_the_ramp() {
         let l = Limiter::new(None, None);
         let t0 = Instant::now();
-        l.observe_at(&HeaderMap::new(), 429, None, Some(0), t0);
+        l.observe_at(&HeaderMap::new(), 429, None, Some(at_epoch(0)), t0);
         assert_eq!(l.state().rpm, Some(RAMP_START * AIMD_DECREASE));
     }
 
@@ -762,24 +840,30 @@ mod tests {
         let none = HeaderMap::new();
         let t0 = Instant::now();
         // Refused before anything was answered: nothing to go on yet.
-        l.observe_at(&none, 429, None, Some(0), t0);
+        l.observe_at(&none, 429, None, Some(at_epoch(0)), t0);
         assert_eq!(l.state().rpm, None);
         for _ in 0..10 {
-            l.observe_at(&none, 200, None, Some(0), t0);
+            l.observe_at(&none, 200, None, Some(at_epoch(0)), t0);
         }
         let t1 = t0 + Duration::from_secs(1);
-        l.observe_at(&none, 429, None, Some(0), t1);
+        l.observe_at(&none, 429, None, Some(at_epoch(0)), t1);
         let first = l.state().rpm.unwrap();
         assert!(
             (first - 600.0).abs() < 1.0,
             "10 answered in the last second: {first}"
         );
         // Refusals of requests admitted before the cut cut no further.
-        l.observe_at(&none, 429, None, Some(0), t1);
+        l.observe_at(&none, 429, None, Some(at_epoch(0)), t1);
         assert_eq!(l.state().rpm, Some(first));
         // One admitted after it does.
         let later = lock(&l.aimd).epoch;
-        l.observe_at(&none, 429, None, Some(later), t1 + Duration::from_secs(1));
+        l.observe_at(
+            &none,
+            429,
+            None,
+            Some(at_epoch(later)),
+            t1 + Duration::from_secs(1),
+        );
         assert!(l.state().rpm.unwrap() <= first * AIMD_DECREASE + 0.01);
     }
 
@@ -788,16 +872,16 @@ mod tests {
         let l = Limiter::new(None, None);
         let limit = headers(&[("x-ratelimit-limit-requests", "3000")]);
         let t0 = Instant::now();
-        l.observe_at(&limit, 429, None, Some(0), t0);
+        l.observe_at(&limit, 429, None, Some(at_epoch(0)), t0);
         let ceiling = 3000.0 * LEARNED_HEADROOM;
         assert_eq!(l.state().rpm, Some(ceiling));
         // Refused in flight before the limit was known: no cut.
-        l.observe_at(&limit, 429, None, Some(0), t0);
+        l.observe_at(&limit, 429, None, Some(at_epoch(0)), t0);
         assert_eq!(l.state().rpm, Some(ceiling));
         // A fresh refusal cuts; a long run of successes grows back to the
         // ceiling and stays there.
         let e = lock(&l.aimd).epoch;
-        l.observe_at(&limit, 429, None, Some(e), t0);
+        l.observe_at(&limit, 429, None, Some(at_epoch(e)), t0);
         assert!(l.state().rpm.unwrap() < ceiling);
         for i in 1..=600 {
             let t = t0 + Duration::from_millis(200 * i);
@@ -816,6 +900,7 @@ mod tests {
             ramp: false,
             ramp_from: None,
             generation: 0,
+            credit: 0,
         };
         assert_eq!(pace.reserve(t0), t0, "no pace, no wait");
         // 600/min: one slot per 100 ms, burst 1.
@@ -829,6 +914,42 @@ mod tests {
         assert!(next >= t0 + Duration::from_millis(410), "{:?}", next - t0);
     }
 
+    #[tokio::test]
+    async fn what_the_server_has_left_goes_at_once() {
+        let l = Limiter::new(None, None);
+        let first = l.admit(0).await;
+        // 60/minute, 30 left: paced at 58/minute with 28 to spend at once
+        // (a margin of two slots).
+        let left = |n: &str| {
+            headers(&[
+                ("x-ratelimit-limit-requests", "60"),
+                ("x-ratelimit-remaining-requests", n),
+            ])
+        };
+        l.observe(&left("30"), 200, None, Some(first));
+        let t = Instant::now();
+        {
+            let mut pace = lock(&l.requests);
+            assert_eq!(pace.credit, 28);
+            // The credit, then the pace's first slot (the margin's).
+            for _ in 0..29 {
+                assert_eq!(pace.reserve(t), t);
+            }
+            assert!(pace.reserve(t) > t, "then the pace");
+        }
+        // The same news again, after 28 more were admitted: nothing left.
+        for _ in 0..28 {
+            l.admitted.fetch_add(1, Ordering::Relaxed);
+        }
+        l.observe(&left("30"), 200, None, Some(first));
+        assert_eq!(lock(&l.requests).credit, 0);
+        // Told limits keep their pace whatever the server says is left.
+        let told = Limiter::new(Some(60), None);
+        let ticket = told.admit(0).await;
+        told.observe(&left("30"), 200, None, Some(ticket));
+        assert_eq!(lock(&told.requests).credit, 0);
+    }
+
     #[test]
     fn slowing_down_revokes_the_slots_handed_out() {
         let t0 = Instant::now();
@@ -839,6 +960,7 @@ mod tests {
             ramp: false,
             ramp_from: None,
             generation: 0,
+            credit: 0,
         };
         let slots: Vec<_> = (0..10).map(|_| pace.reserve(t0)).collect();
         assert_eq!(slots[9] - t0, Duration::from_millis(90));

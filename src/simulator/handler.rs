@@ -300,6 +300,42 @@ fn quirks(quirks: &[Quirk], body: &mut Value) {
                     u.insert("prompt_tokens".into(), json!(-1));
                 }
             }
+            Quirk::NoUsage => {
+                if let Some(o) = body.as_object_mut() {
+                    o.remove("usage");
+                }
+            }
+            Quirk::ExtraFields => {
+                // What newer or other servers add, at every level.
+                let extra = [
+                    (
+                        "",
+                        json!({"system_fingerprint": "fp_sim", "x_vendor": {"region": "eu"}}),
+                    ),
+                    ("/choices/0", json!({"logprobs": null, "stop_reason": 2})),
+                    (
+                        "/choices/0/message",
+                        json!({"refusal": null, "annotations": [], "reasoning_content": ""}),
+                    ),
+                    (
+                        "/usage",
+                        json!({"prompt_tokens_details": {"audio_tokens": 0}, "x_queue_ms": 3}),
+                    ),
+                ];
+                for (at, fields) in extra {
+                    let (Some(o), Value::Object(fields)) =
+                        (body.pointer_mut(at).and_then(Value::as_object_mut), fields)
+                    else {
+                        continue;
+                    };
+                    o.extend(fields);
+                }
+            }
+            Quirk::NoChoices => {
+                if let Some(o) = body.as_object_mut() {
+                    o.remove("choices");
+                }
+            }
         }
     }
 }

@@ -139,9 +139,11 @@ pub struct SimConfig {
     /// or `none` (a bare 429, with `--rate-headers never`).
     #[arg(long, value_enum, default_value_t = RetryAfterHint::Precise)]
     pub retry_after: RetryAfterHint,
-    /// Harmless ways in which replies differ from OpenAI's (comma list):
-    /// `no-role` (no `message.role`), `bad-usage` (`"completion_tokens":
-    /// "many"`), `negative-usage`.
+    /// Ways in which replies differ from OpenAI's (comma list): harmless
+    /// ones, `no-role` (no `message.role`), `bad-usage`
+    /// (`"completion_tokens": "many"`), `negative-usage`, `no-usage`,
+    /// `extra-fields` (unknown fields at every level); and `no-choices`, a
+    /// reply that is JSON but no answer.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub quirks: Vec<Quirk>,
     /// Serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with a certificate from a
@@ -220,6 +222,9 @@ pub enum Quirk {
     NoRole,
     BadUsage,
     NegativeUsage,
+    NoUsage,
+    ExtraFields,
+    NoChoices,
 }
 
 impl Default for SimConfig {

@@ -1,7 +1,8 @@
 //! Replies that differ from OpenAI's in ways aiq must accept or classify
-//! (README "What aiq accepts"): no `message.role`, malformed usage, a 200
-//! carrying an error object, HTML or truncated JSON with a 200, and a
-//! content filter's empty answer.
+//! (README "What aiq accepts"): no `message.role`, unknown fields, missing
+//! or malformed usage, a 200 carrying an error object, HTML or truncated
+//! JSON with a 200, JSON that is no answer, and a content filter's empty
+//! answer.
 
 use aiq::simulator::{Quirk, SimConfig};
 use serde_json::json;
@@ -9,12 +10,16 @@ use serde_json::json;
 use super::util::{assert_ok, read_rows, rows, stderr, Fixture, TOKEN};
 
 #[tokio::test(flavor = "multi_thread")]
-async fn replies_without_role_or_with_bad_usage_keep_their_answers() {
-    for quirks in [
-        vec![Quirk::NoRole],
-        vec![Quirk::BadUsage],
-        vec![Quirk::NegativeUsage, Quirk::NoRole],
-    ] {
+async fn replies_that_differ_harmlessly_keep_their_answers() {
+    // (quirks, usage read, warnings about the usage)
+    let cases = [
+        (vec![Quirk::NoRole], true, 0),
+        (vec![Quirk::ExtraFields], true, 0),
+        (vec![Quirk::NoUsage], false, 0),
+        (vec![Quirk::BadUsage], false, 1),
+        (vec![Quirk::NegativeUsage, Quirk::NoRole], false, 1),
+    ];
+    for (quirks, usage_read, warnings) in cases {
         let f = Fixture::new(SimConfig {
             quirks: quirks.clone(),
             ..SimConfig::default()
@@ -46,41 +51,64 @@ async fn replies_without_role_or_with_bad_usage_keep_their_answers() {
                 .unwrap()
                 .starts_with(&format!("echo: row-{i} ")));
         }
-        let bad_usage = quirks != vec![Quirk::NoRole];
-        if bad_usage {
-            assert!(got.iter().all(|r| r["prompt_tokens"] == json!(0)));
-            let warned = stderr(&o).matches("usage this aiq cannot read").count();
-            assert_eq!(warned, 1, "warned once: {}", stderr(&o));
-        } else {
+        if usage_read {
             assert!(got.iter().all(|r| r["prompt_tokens"].as_i64() > Some(0)));
+        } else {
+            assert!(got.iter().all(|r| r["prompt_tokens"] == json!(0)));
         }
+        let warned = stderr(&o).matches("usage this aiq cannot read").count();
+        assert_eq!(warned, warnings, "{quirks:?}: {}", stderr(&o));
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn html_truncated_and_error_bodies_with_200_are_retried() {
+    for fault in ["html", "truncated", "error200"] {
+        let f = Fixture::new(SimConfig {
+            fault_rate: 0.3,
+            faults: fault.into(),
+            seed: 3,
+            ..SimConfig::default()
+        })
+        .await;
+        let input = f.write_jsonl("in.jsonl", &rows(40, 0));
+        let out = f.path("out.parquet");
+        let o = f
+            .run_openai(
+                &input,
+                &out,
+                &["--prompt", "{{text}}", "--max-retries", "20"],
+            )
+            .await;
+        assert_ok(&o);
+        let (_, got) = read_rows(&out);
+        assert!(got.iter().all(|r| r["error_message"].is_null()), "{fault}");
+        let stats = f.sim.stats();
+        assert!(stats.faults_injected >= 3, "{fault}: {stats:?}");
+        assert_eq!(stats.ok_by_prompt.len(), 40, "{fault}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_that_is_no_answer_is_the_rows_error() {
     let f = Fixture::new(SimConfig {
-        fault_rate: 0.3,
-        faults: "html,truncated,error200".into(),
-        seed: 3,
+        quirks: vec![Quirk::NoChoices],
         ..SimConfig::default()
     })
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(60, 0));
+    let input = f.write_jsonl("in.jsonl", &rows(2, 0));
     let out = f.path("out.parquet");
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--max-retries", "20"],
-        )
-        .await;
+    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}"]).await;
     assert_ok(&o);
     let (_, got) = read_rows(&out);
-    assert!(got.iter().all(|r| r["error_message"].is_null()));
-    let stats = f.sim.stats();
-    assert!(stats.faults_injected >= 5, "{stats:?}");
-    assert_eq!(stats.ok_by_prompt.len(), 60);
+    for row in &got {
+        let e = row["error_message"].as_str().unwrap();
+        assert!(
+            e.contains("choices") && e.contains("chat.completion"),
+            "{e}"
+        );
+        assert_eq!(row["attempts"], json!(1), "not retried");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
