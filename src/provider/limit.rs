@@ -96,6 +96,29 @@ struct RequestPace {
     /// Requests that may go at once, off the pace: what the server said
     /// was left in its bucket ([`Limiter::credit`]).
     credit: u32,
+    /// After a cut with nothing but 429s to go on, one request goes first
+    /// and the rest wait for its answer ([`Probe`]).
+    probe: Probe,
+}
+
+/// A cut learned from bare 429s is a guess; the first request at the new
+/// pace tests it. Were the others to follow at once, every request sent
+/// in the time a refusal takes to come back would be refused too, on
+/// every cut of a descent from far above the limit (a sixty-second bucket
+/// run dry at a thousand requests a second takes a dozen cuts): most of
+/// the refusals were those. The probe makes each cut cost one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Probe {
+    Off,
+    /// The next slot is the probe.
+    Next {
+        wait: Duration,
+    },
+    /// The probe is out: no slot until its answer, or `until` (a refusal
+    /// comes back fast; an answer that takes longer is a success).
+    Out {
+        until: Instant,
+    },
 }
 
 impl RequestPace {
@@ -115,6 +138,7 @@ impl RequestPace {
         let period = Duration::from_secs_f64(60.0 / per_minute.max(1.0));
         self.tat = now + period * self.burst;
         self.generation += 1;
+        self.probe = Probe::Off;
     }
 
     /// The slow-start rate at `now`, or None once the ramp is over.
@@ -132,8 +156,22 @@ impl RequestPace {
         Some(rate)
     }
 
-    /// The time the next request may go; reserves it.
-    fn reserve(&mut self, now: Instant) -> Instant {
+    /// The time the next request may go, reserved; or, while a probe is
+    /// out, Err(the time to ask again).
+    fn reserve(&mut self, now: Instant) -> Result<Instant, Instant> {
+        match self.probe {
+            Probe::Out { until } if now < until => return Err(until),
+            Probe::Out { .. } => self.probe = Probe::Off,
+            _ => {}
+        }
+        let at = self.next_slot(now);
+        if let Probe::Next { wait } = self.probe {
+            self.probe = Probe::Out { until: at + wait };
+        }
+        Ok(at)
+    }
+
+    fn next_slot(&mut self, now: Instant) -> Instant {
         if self.credit > 0 && self.per_minute.is_some() {
             self.credit -= 1;
             return now;
@@ -209,6 +247,8 @@ struct Aimd {
     last_increase: Option<Instant>,
     /// Recent successful replies, to measure what the server let through.
     answered: VecDeque<Instant>,
+    /// How long the last refusal took to come back.
+    refusal_rtt: Option<Duration>,
 }
 
 impl Aimd {
@@ -237,6 +277,9 @@ const RAMP_END: f64 = 600_000.0;
 /// trusted over.
 const GOODPUT_WINDOW: Duration = Duration::from_secs(1);
 const GOODPUT_MIN_WINDOW: f64 = 0.25;
+/// Bounds on how long the others wait for a probe's answer.
+const PROBE_WAIT_MIN: Duration = Duration::from_millis(10);
+const PROBE_WAIT_MAX: Duration = Duration::from_secs(1);
 /// No single cut goes below this share of the pace it cuts.
 const DEEPEST_CUT: f64 = 0.5;
 const ANSWERED_KEPT: usize = 4096;
@@ -260,6 +303,7 @@ impl Limiter {
             ramp_from: None,
             generation: 0,
             credit: 0,
+            probe: Probe::Off,
         };
         if let Some(r) = rpm {
             requests.set(r as f64);
@@ -278,6 +322,7 @@ impl Limiter {
                 last_decrease: None,
                 last_increase: None,
                 answered: VecDeque::with_capacity(ANSWERED_KEPT),
+                refusal_rtt: None,
             }),
             input_tokens: l.itpm.map(|t| Pace::new(t as f64, token_burst(t as f64))),
             // One query per hour-slot: a burst of one keeps them spread out.
@@ -334,26 +379,30 @@ impl Limiter {
             }
         }
         let epoch = loop {
-            // Registered before the slot is taken: a revocation from then
-            // on wakes this request (tokio's Notify keeps the wake-up for a
-            // future made before `notify_waiters`, polled or not).
-            let revoked = self.revoked.notified();
+            // Registered before the slot is asked for: a probe's answer
+            // from then on wakes this request (tokio's Notify keeps the
+            // wake-up for a future made before `notify_waiters`).
+            let woken = self.revoked.notified();
             // The epoch of the reservation, not of the moment it comes due:
             // a request sent before a cut that is refused after it is news
             // of the old pace, and must not cut again.
             let epoch = lock(&self.aimd).epoch;
-            let (at, generation) = {
+            let (slot, generation) = {
                 let mut pace = lock(&self.requests);
                 (pace.reserve(Instant::now()), pace.generation)
             };
-            if at > Instant::now() {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = revoked => {}
+            match slot {
+                Ok(at) => {
+                    if self.hold(at, generation).await {
+                        break epoch;
+                    }
                 }
-            }
-            if lock(&self.requests).generation == generation {
-                break epoch;
+                Err(until) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = woken => {}
+                    }
+                }
             }
         };
         let seq = self.admitted.fetch_add(1, Ordering::Relaxed);
@@ -365,7 +414,30 @@ impl Limiter {
             let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             let _ = pace.limiter.until_n_ready(n).await;
         }
-        Ticket { epoch, seq }
+        Ticket {
+            epoch,
+            seq,
+            at: Instant::now(),
+        }
+    }
+
+    /// Wait for the slot at `at`: true when it comes, false when it is
+    /// revoked first (take another).
+    async fn hold(&self, at: Instant, generation: u64) -> bool {
+        loop {
+            // Registered before the check: a revocation after it wakes us.
+            let woken = self.revoked.notified();
+            if lock(&self.requests).generation != generation {
+                return false;
+            }
+            if at <= Instant::now() {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = woken => {}
+            }
+        }
     }
 
     /// Learn from a reply's headers (any status). `status` is the reply's
@@ -392,6 +464,11 @@ impl Limiter {
     ) {
         let rate_limited = status == 429;
         let epoch = ticket.map(|t| t.epoch);
+        if rate_limited {
+            if let Some(t) = ticket {
+                lock(&self.aimd).refusal_rtt = Some(now.saturating_duration_since(t.at));
+            }
+        }
         if !self.told_rpm {
             if let Some(limit) = first_number(headers, REQUEST_LIMIT_HEADERS) {
                 self.learn_ceiling(limit * LEARNED_HEADROOM);
@@ -407,6 +484,9 @@ impl Limiter {
                 self.decrease(now, epoch);
             } else if (200..300).contains(&status) {
                 self.increase(now);
+                if let Some(t) = ticket {
+                    self.probe_answered(t.epoch);
+                }
                 let remaining = first_number(headers, REMAINING_REQUEST_HEADERS);
                 if let (Some(remaining), Some(t)) = (remaining, ticket) {
                     self.credit(remaining, t.seq, now);
@@ -484,6 +564,20 @@ impl Limiter {
         }
     }
 
+    /// A success admitted in the current epoch: after a cut, that is the
+    /// probe's answer, and the others may go.
+    fn probe_answered(&self, epoch: u64) {
+        if lock(&self.aimd).epoch != epoch {
+            return;
+        }
+        let mut pace = lock(&self.requests);
+        if matches!(pace.probe, Probe::Out { .. } | Probe::Next { .. }) {
+            pace.probe = Probe::Off;
+            drop(pace);
+            self.revoked.notify_waiters();
+        }
+    }
+
     /// The server advertised its request limit: never pace above it.
     fn learn_ceiling(&self, per_minute: f64) {
         let mut aimd = lock(&self.aimd);
@@ -555,6 +649,12 @@ impl Limiter {
         let next = aimd.ceiling.map_or(next, |c| next.min(c));
         tracing::debug!("429: pacing at {next:.0}/minute");
         pace.slow_to(next, now);
+        // Twice what the last refusal took to come back, and a period.
+        let rtt = aimd.refusal_rtt.unwrap_or(PROBE_WAIT_MIN);
+        let period = Duration::from_secs_f64(60.0 / next.max(1.0));
+        pace.probe = Probe::Next {
+            wait: (rtt * 2).clamp(PROBE_WAIT_MIN, PROBE_WAIT_MAX) + period,
+        };
         drop(pace);
         self.revoked.notify_waiters();
         aimd.epoch += 1;
@@ -615,12 +715,14 @@ pub struct OutputGrant {
 }
 
 /// An attempt's admission: what its reply is news of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
     /// The limiter epoch (bumped on every cut) the request was admitted in.
     pub epoch: u64,
     /// Its place among all requests admitted.
     pub seq: u64,
+    /// When it was admitted.
+    pub at: Instant,
 }
 
 impl OutputGrant {
@@ -792,7 +894,11 @@ mod tests {
     use crate::provider::retry::tests::headers;
 
     fn at_epoch(epoch: u64) -> Ticket {
-        Ticket { epoch, seq: 0 }
+        Ticket {
+            epoch,
+            seq: 0,
+            at: Instant::now(),
+        }
     }
 
     #[test]
@@ -901,16 +1007,17 @@ mod tests {
             ramp_from: None,
             generation: 0,
             credit: 0,
+            probe: Probe::Off,
         };
-        assert_eq!(pace.reserve(t0), t0, "no pace, no wait");
+        assert_eq!(pace.reserve(t0).unwrap(), t0, "no pace, no wait");
         // 600/min: one slot per 100 ms, burst 1.
         pace.set(600.0);
-        let slots: Vec<_> = (0..5).map(|_| pace.reserve(t0)).collect();
+        let slots: Vec<_> = (0..5).map(|_| pace.reserve(t0).unwrap()).collect();
         assert_eq!(slots[4] - t0, Duration::from_millis(400));
         // A faster pace spaces the slots handed out from now on, after the
         // ones already taken: no fresh burst on top of them.
         pace.set(6000.0);
-        let next = pace.reserve(t0);
+        let next = pace.reserve(t0).unwrap();
         assert!(next >= t0 + Duration::from_millis(410), "{:?}", next - t0);
     }
 
@@ -933,9 +1040,9 @@ mod tests {
             assert_eq!(pace.credit, 28);
             // The credit, then the pace's first slot (the margin's).
             for _ in 0..29 {
-                assert_eq!(pace.reserve(t), t);
+                assert_eq!(pace.reserve(t).unwrap(), t);
             }
-            assert!(pace.reserve(t) > t, "then the pace");
+            assert!(pace.reserve(t).unwrap() > t, "then the pace");
         }
         // The same news again, after 28 more were admitted: nothing left.
         for _ in 0..28 {
@@ -950,6 +1057,37 @@ mod tests {
         assert_eq!(lock(&told.requests).credit, 0);
     }
 
+    #[tokio::test]
+    async fn after_a_cut_on_bare_429s_one_request_goes_first() {
+        let l = Limiter::new(None, None);
+        lock(&l.requests).set(6_000.0);
+        let sent = l.admit(0).await;
+        l.observe(&HeaderMap::new(), 429, None, Some(sent));
+        let now = Instant::now();
+        {
+            let mut pace = lock(&l.requests);
+            assert!(pace.reserve(now).is_ok(), "the probe");
+            let until = pace.reserve(now).unwrap_err();
+            assert!(until > now, "the others wait for its answer");
+        }
+        // It is answered: the others go, at the new pace.
+        let probe = Ticket {
+            epoch: lock(&l.aimd).epoch,
+            seq: 1,
+            at: now,
+        };
+        l.observe(&HeaderMap::new(), 200, None, Some(probe));
+        assert!(lock(&l.requests).reserve(now).is_ok());
+        // No answer at all (a lost connection): they go when the wait ends.
+        let sent = l.admit(0).await;
+        l.observe(&HeaderMap::new(), 429, None, Some(sent));
+        let mut pace = lock(&l.requests);
+        let _probe = pace.reserve(now).unwrap();
+        let until = pace.reserve(now).unwrap_err();
+        assert!(until <= now + PROBE_WAIT_MAX + Duration::from_secs(1));
+        assert!(pace.reserve(until).is_ok());
+    }
+
     #[test]
     fn slowing_down_revokes_the_slots_handed_out() {
         let t0 = Instant::now();
@@ -961,15 +1099,16 @@ mod tests {
             ramp_from: None,
             generation: 0,
             credit: 0,
+            probe: Probe::Off,
         };
-        let slots: Vec<_> = (0..10).map(|_| pace.reserve(t0)).collect();
+        let slots: Vec<_> = (0..10).map(|_| pace.reserve(t0).unwrap()).collect();
         assert_eq!(slots[9] - t0, Duration::from_millis(90));
         pace.slow_to(600.0, t0);
         assert_eq!(pace.generation, 1, "the slots handed out are void");
         // A refusal says the server's bucket is empty: the next slot is a
         // whole period away, and the rest follow at the new pace.
-        assert_eq!(pace.reserve(t0) - t0, Duration::from_millis(100));
-        assert_eq!(pace.reserve(t0) - t0, Duration::from_millis(200));
+        assert_eq!(pace.reserve(t0).unwrap() - t0, Duration::from_millis(100));
+        assert_eq!(pace.reserve(t0).unwrap() - t0, Duration::from_millis(200));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1003,7 +1142,7 @@ mod tests {
             &headers(&[("x-ratelimit-limit-requests", "60")]),
             429,
             None,
-            None,
+            Some(at_epoch(0)),
         );
         let cut = Instant::now();
         let still = 20 - gone.load(std::sync::atomic::Ordering::SeqCst);
