@@ -114,10 +114,13 @@ enum Probe {
     Next {
         wait: Duration,
     },
-    /// The probe is out: no slot until its answer, or `until` (a refusal
-    /// comes back fast; an answer that takes longer is a success).
+    /// The probe is out: no slot until its answer, or until `until` (a
+    /// refusal comes back fast; an answer that takes longer is a success),
+    /// and then one more goes alone: a refusal that came back slower than
+    /// expected (a loaded machine) must not release everyone at once.
     Out {
         until: Instant,
+        wait: Duration,
     },
 }
 
@@ -160,13 +163,16 @@ impl RequestPace {
     /// out, Err(the time to ask again).
     fn reserve(&mut self, now: Instant) -> Result<Instant, Instant> {
         match self.probe {
-            Probe::Out { until } if now < until => return Err(until),
-            Probe::Out { .. } => self.probe = Probe::Off,
+            Probe::Out { until, .. } if now < until => return Err(until),
+            Probe::Out { wait, .. } => self.probe = Probe::Next { wait },
             _ => {}
         }
         let at = self.next_slot(now);
         if let Probe::Next { wait } = self.probe {
-            self.probe = Probe::Out { until: at + wait };
+            self.probe = Probe::Out {
+                until: at + wait,
+                wait,
+            };
         }
         Ok(at)
     }
@@ -278,7 +284,7 @@ const RAMP_END: f64 = 600_000.0;
 const GOODPUT_WINDOW: Duration = Duration::from_secs(1);
 const GOODPUT_MIN_WINDOW: f64 = 0.25;
 /// Bounds on how long the others wait for a probe's answer.
-const PROBE_WAIT_MIN: Duration = Duration::from_millis(10);
+const PROBE_WAIT_MIN: Duration = Duration::from_millis(20);
 const PROBE_WAIT_MAX: Duration = Duration::from_secs(1);
 /// No single cut goes below this share of the pace it cuts.
 const DEEPEST_CUT: f64 = 0.5;
@@ -385,11 +391,13 @@ impl Limiter {
             let woken = self.revoked.notified();
             // The epoch of the reservation, not of the moment it comes due:
             // a request sent before a cut that is refused after it is news
-            // of the old pace, and must not cut again.
-            let epoch = lock(&self.aimd).epoch;
-            let (slot, generation) = {
+            // of the old pace, and must not cut again. Read under the same
+            // locks as the slot is taken (in the order cuts take them), so
+            // a slot handed out after a cut (a probe) carries its epoch.
+            let (slot, generation, epoch) = {
+                let aimd = lock(&self.aimd);
                 let mut pace = lock(&self.requests);
-                (pace.reserve(Instant::now()), pace.generation)
+                (pace.reserve(Instant::now()), pace.generation, aimd.epoch)
             };
             match slot {
                 Ok(at) => {
@@ -649,11 +657,12 @@ impl Limiter {
         let next = aimd.ceiling.map_or(next, |c| next.min(c));
         tracing::debug!("429: pacing at {next:.0}/minute");
         pace.slow_to(next, now);
-        // Twice what the last refusal took to come back, and a period.
+        // Four times what the last refusal took to come back (the time
+        // varies with load), and a period.
         let rtt = aimd.refusal_rtt.unwrap_or(PROBE_WAIT_MIN);
         let period = Duration::from_secs_f64(60.0 / next.max(1.0));
         pace.probe = Probe::Next {
-            wait: (rtt * 2).clamp(PROBE_WAIT_MIN, PROBE_WAIT_MAX) + period,
+            wait: (rtt * 4).clamp(PROBE_WAIT_MIN, PROBE_WAIT_MAX) + period,
         };
         drop(pace);
         self.revoked.notify_waiters();
@@ -1078,14 +1087,16 @@ mod tests {
         };
         l.observe(&HeaderMap::new(), 200, None, Some(probe));
         assert!(lock(&l.requests).reserve(now).is_ok());
-        // No answer at all (a lost connection): they go when the wait ends.
+        // No answer in time (a slow refusal, a lost connection): one more
+        // goes alone when the wait ends, the others still wait.
         let sent = l.admit(0).await;
         l.observe(&HeaderMap::new(), 429, None, Some(sent));
         let mut pace = lock(&l.requests);
         let _probe = pace.reserve(now).unwrap();
         let until = pace.reserve(now).unwrap_err();
         assert!(until <= now + PROBE_WAIT_MAX + Duration::from_secs(1));
-        assert!(pace.reserve(until).is_ok());
+        assert!(pace.reserve(until).is_ok(), "a second probe");
+        assert!(pace.reserve(until).is_err());
     }
 
     #[test]
