@@ -6,6 +6,7 @@
 #    changes). Rust tests find its Python through AIQ_TEST_PYTHON.
 # 2. The Rust tests, `aiq sql` included.
 # 3. The Python package and its tests (below).
+# 4. The Spark and Ray tests of aiq.spark / aiq.ray (below).
 # Dependencies compile once: every cargo step here uses the dev profile
 # and this clone's target folder.
 set -euo pipefail
@@ -37,3 +38,17 @@ cargo test --locked --features sql
 PATH="$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/pip" install --quiet --disable-pip-version-check \
     --no-build-isolation --no-deps --force-reinstall .
 "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
+
+# 4. The engines: aiq.spark and aiq.ray on a local Spark (local[2], UI off)
+#    and a one-CPU Ray, against the built-in simulator (python/tests_engines).
+#    pyspark and ray go into the same venv, resolved together with the pins
+#    above (no second venv, no second build of the package); installed once,
+#    again only when either list changes. Every test has a time limit
+#    (python/tests_engines/conftest.py); `timeout` is the backstop for a
+#    hang outside a test.
+if ! cat tests/requirements.txt tests/requirements-engines.txt | cmp -s - "$venv/.requirements-engines"; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        -r tests/requirements.txt -r tests/requirements-engines.txt
+    cat tests/requirements.txt tests/requirements-engines.txt >"$venv/.requirements-engines"
+fi
+timeout --kill-after=30 1200 "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests_engines

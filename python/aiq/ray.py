@@ -9,8 +9,9 @@ The result has the dataset's columns, then aiq's result columns with the
 names and types ``aiq run`` writes. Settings are the same as ``aiq.run``'s.
 
 Limits (``rpm``, ``tpm``, ``itpm``, ``otpm``, ``qph``) are for the whole
-job: ``workers`` actors score at once (by default one per CPU of the
-cluster) and each sends ``1/workers`` of them. With ``journal=`` (a folder
+job: ``workers`` actors score at once (by default as many as the cluster
+has CPUs; they reserve none, see ``score``) and each sends ``1/workers`` of
+them, adapting to 429s on its own. With ``journal=`` (a folder
 every node can reach), answered calls are kept by request content, one
 file per actor, so a re-run or a retried batch pays only for the calls not
 answered yet (README "Scaling out").
@@ -18,7 +19,8 @@ answered yet (README "Scaling out").
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import os
+from typing import Any, Iterator, Optional
 
 __all__ = ["score"]
 
@@ -28,15 +30,129 @@ DEFAULT_BATCH_ROWS = 4096
 
 
 class _Scorer:
-    """One per actor: scores the batches Ray hands it, one at a time."""
+    """One per actor, for the actor's whole life: one aiq run, fed the
+    batches Ray hands over one after another. Requests of one batch overlap
+    the next's, and the run's 429 adaptation (its learned pace) and call
+    journal file carry over from batch to batch; a run per batch would
+    start cold each time and leave one journal file per batch.
+
+    The run reads from a queue: each call puts its batch in and takes
+    exactly as many output rows back, in input order."""
 
     def __init__(self, settings: dict) -> None:
-        self.settings = settings
+        import threading
 
-    def __call__(self, batch: Any) -> Any:
+        self.settings = settings
+        # Calls take their rows back in the order they put them in: one at
+        # a time, even on an actor given max_concurrency > 1.
+        self._lock = threading.Lock()
+        self._inbox: Any = None
+        self._outputs: Any = None
+        self._schema: Any = None
+        self._carry: list = []
+
+    def _open(self, schema: Any) -> None:
+        import queue
+
+        import pyarrow as pa
+
         import aiq
 
-        return aiq.run(batch, quiet=True, **self.settings)
+        self._close()
+        inbox: Any = queue.Queue()
+
+        def feed() -> Iterator[Any]:
+            while True:
+                batch = inbox.get()
+                if batch is None:
+                    return
+                yield batch
+
+        reader = pa.RecordBatchReader.from_batches(schema, feed())
+        self._outputs = aiq.score(reader, quiet=True, **self.settings)
+        self._inbox, self._schema, self._carry = inbox, schema, []
+
+    def _close(self, drain: bool = True) -> None:
+        """End the run's input and let it finish: every row given was taken
+        back, so it ends at once (dropping it unfinished would stop it as
+        an interrupt does, and say so). ``drain=False`` drops it: it stops
+        sending."""
+        inbox, outputs = self._inbox, self._outputs
+        self._inbox = self._outputs = self._schema = None
+        self._carry = []
+        if inbox is not None:
+            inbox.put(None)
+        if outputs is not None and drain:
+            try:
+                for _ in outputs:
+                    pass
+            except Exception:  # the run had failed: __call__ raised that already
+                pass
+
+    def _take(self, rows: int) -> list:
+        """The next ``rows`` output rows, as batches."""
+        out, have = [], 0
+        while have < rows:
+            batch = self._carry.pop(0) if self._carry else next(self._outputs, None)
+            if batch is None:
+                raise RuntimeError(f"aiq.ray: the run ended {rows - have} rows short")
+            if have + batch.num_rows > rows:
+                keep = rows - have
+                self._carry.insert(0, batch.slice(keep))
+                batch = batch.slice(0, keep)
+            out.append(batch)
+            have += batch.num_rows
+        return out
+
+    def __call__(self, batch: Any) -> Any:
+        with self._lock:
+            return self._score(batch)
+
+    def _score(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        table = _plain_table(batch)
+        if self._schema is None or not table.schema.equals(self._schema):
+            self._open(table.schema)
+        for b in table.to_batches():
+            self._inbox.put(b)
+        try:
+            out = self._take(table.num_rows)
+        except BaseException:
+            # The run failed (or this call was interrupted): the next batch,
+            # or Ray's retry of this one, starts a new run.
+            self._close(drain=False)
+            raise
+        return pa.Table.from_batches(out, schema=self._outputs.schema)
+
+    def __del__(self) -> None:
+        self._close()
+
+
+def _check(ds: Any, settings: dict) -> None:
+    """Check the settings against the dataset's schema on the driver, as a
+    job over no rows, when Ray knows the schema without running anything:
+    a template naming a missing column fails here, not in every actor."""
+    import pyarrow as pa
+
+    from aiq.spark import _output_schema, _plain
+
+    known = ds.schema(fetch_if_missing=False)
+    base = getattr(known, "base_schema", None)
+    if isinstance(base, pa.Schema):
+        _output_schema(_plain(base), settings)
+
+
+def _plain_table(batch: Any) -> Any:
+    """The batch as a table with the string and binary kinds the core reads
+    (Ray hands large_string for some sources)."""
+    import pyarrow as pa
+
+    from aiq.spark import _plain
+
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    target = _plain(table.schema)
+    return table if target.equals(table.schema) else table.cast(target)
 
 
 def score(
@@ -45,9 +161,12 @@ def score(
     journal: Optional[str] = None,
     workers: Optional[int] = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    ray_remote_args: Optional[dict] = None,
     **settings: Any,
 ) -> Any:
-    """``ds`` scored by aiq, lazily: a ``ray.data.Dataset`` (see the module doc)."""
+    """``ds`` scored by aiq, lazily: a ``ray.data.Dataset`` (see the module
+    doc). ``ray_remote_args`` go to the actors (``num_cpus``, ``resources``,
+    ``scheduling_strategy``...)."""
     import ray
 
     import aiq
@@ -58,13 +177,18 @@ def score(
         raise aiq.ConfigError("workers must be at least 1")
     task_settings = dict(settings, workers=int(workers))
     if journal is not None:
-        task_settings["call_journal"] = str(journal)
+        task_settings["call_journal"] = os.fspath(journal)
+    _check(ds, task_settings)
+    # An actor waits on the network: it reserves no CPU by default. One
+    # that reserved a whole CPU would starve the tasks that feed it (reads,
+    # repartitions) once the pool holds every CPU: on a one-CPU Ray the
+    # job never starts.
+    remote = {"num_cpus": 0, **(ray_remote_args or {})}
     return ds.map_batches(
         _Scorer,
         fn_constructor_kwargs={"settings": task_settings},
         batch_format="pyarrow",
         batch_size=batch_rows,
-        concurrency=int(workers),
-        # Waiting on the network takes no CPU: one actor per CPU slot.
-        num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(size=int(workers)),
+        **remote,
     )

@@ -32,8 +32,6 @@ __all__ = ["score"]
 def score(df: Any, *, journal: Optional[str] = None, workers: Optional[int] = None, **settings: Any) -> Any:
     """``df`` scored by aiq, lazily: a ``pyspark.sql.DataFrame`` with
     ``df``'s columns plus aiq's result columns (see the module doc)."""
-    import pyarrow as pa
-
     import aiq
 
     spark = df.sparkSession
@@ -53,29 +51,41 @@ def score(df: Any, *, journal: Optional[str] = None, workers: Optional[int] = No
     out_spark = _from_arrow(out_schema)
     declared = _to_arrow(out_spark, large)
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        partition = ctx.partitionId() if ctx is not None else 0
-        mine = dict(task_settings)
-        if journal is not None:
-            # One folder per partition: a retried or speculative attempt of
-            # this partition reads only the answers meant for it.
-            mine["call_journal"] = os.path.join(os.fspath(journal), f"partition-{partition:05d}")
-        batches = (_plain_batch(b) for b in batches)
-        first = next(batches, None)
-        if first is None:
-            return
-        reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
-        rows = 0
-        for out in aiq.score(reader, quiet=True, **mine):
-            rows += out.num_rows
-            yield _cast(out, declared)
-            if inject is not None and inject[0] == partition and ctx is not None and ctx.attemptNumber() == 0 and rows >= inject[1]:
-                raise RuntimeError(f"aiq.spark: failure injected in partition {partition} after {rows} rows")
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        return _score_partition(batches, task_settings, journal, declared, inject)
 
     return df.mapInArrow(run, out_spark)
+
+
+def _score_partition(
+    batches: Iterator[Any], settings: dict, journal: Optional[str], declared: Any, inject: Any = None
+) -> Iterator[Any]:
+    """One task: the partition's batches through one aiq run, in order, cast
+    to the declared types. Runs on an executor."""
+    import pyarrow as pa
+
+    import aiq
+
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    partition = ctx.partitionId() if ctx is not None else 0
+    mine = dict(settings)
+    if journal is not None:
+        # One folder per partition: a retried or speculative attempt of
+        # this partition reads only the answers meant for it.
+        mine["call_journal"] = os.path.join(os.fspath(journal), f"partition-{partition:05d}")
+    batches = (_plain_batch(b) for b in batches)
+    first = next(batches, None)
+    if first is None:
+        return
+    reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
+    rows = 0
+    for out in aiq.score(reader, quiet=True, **mine):
+        rows += out.num_rows
+        yield _cast(out, declared)
+        if inject is not None and inject[0] == partition and ctx is not None and ctx.attemptNumber() == 0 and rows >= inject[1]:
+            raise RuntimeError(f"aiq.spark: failure injected in partition {partition} after {rows} rows")
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
@@ -90,8 +100,17 @@ def _conf_true(spark: Any, key: str) -> bool:
 def _concurrent_tasks(spark: Any, df: Any) -> int:
     """Tasks of this DataFrame that can run at once: one per core, at most
     one per partition."""
-    cores = spark.sparkContext.defaultParallelism
-    return max(1, min(cores, df.rdd.getNumPartitions()))
+    import aiq
+
+    try:
+        cores = spark.sparkContext.defaultParallelism
+        partitions = df.rdd.getNumPartitions()
+    except Exception as e:  # Spark Connect has neither
+        raise aiq.ConfigError(
+            f"aiq.spark: cannot count the tasks that run at once on this session ({type(e).__name__}): "
+            "give workers=N, the number of tasks scoring at the same time"
+        ) from None
+    return max(1, min(cores, partitions))
 
 
 def _to_arrow(schema: Any, large: bool) -> Any:
@@ -117,12 +136,11 @@ def _output_schema(in_schema: Any, settings: dict) -> Any:
 
     empty = pa.RecordBatchReader.from_batches(in_schema, iter(()))
     stream = aiq.score(empty, quiet=True, **settings)
-    schema = getattr(stream, "schema", None)
-    if schema is None:
-        batches = list(stream)
-        schema = batches[0].schema if batches else None
-    if schema is None:
-        raise aiq.Error("aiq.spark: could not learn the output schema")
+    schema = stream.schema
+    # Let the empty run end on its own (dropped unfinished, it would stop
+    # as an interrupt does, and say so).
+    for _ in stream:
+        pass
     return schema
 
 

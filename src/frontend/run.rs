@@ -40,8 +40,9 @@ use crate::provider::limit::Limiter;
 use crate::provider::reply::Shape;
 use crate::provider::wire::Task;
 
-/// How often an object-store output's journal and parts go to the bucket:
-/// a kill loses at most this much of answers besides the calls in flight.
+/// How often an object-store output's journal and parts go to the bucket
+/// (and at once when a part is complete): a kill loses at most this much of
+/// answers besides the calls in flight.
 const MIRROR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The journal format this build writes.
@@ -169,11 +170,16 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
         }
         None => None,
     };
+    let part_done = Arc::new(Notify::new());
     let mirror = remote.clone().map(|r| {
+        let part_done = part_done.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(MIRROR_EVERY);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = part_done.notified() => {}
+                }
                 if let Err(e) = r.lock().await.sync().await {
                     tracing::warn!("saving the job's state to the bucket (will retry): {e}");
                 }
@@ -313,7 +319,8 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     if let Some(status) = &status {
         progress = progress.with_status(status.clone());
     }
-    let parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), resume.parts);
+    let mut parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), resume.parts);
+    parts.on_part = remote.is_some().then(|| part_done.clone());
     let summary = Summary {
         prices: plan.prices,
         ..Summary::default()

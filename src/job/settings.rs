@@ -17,12 +17,14 @@ use crate::provider::wire::Task;
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSettings {
-    /// Input file: .parquet or .jsonl (one JSON object per line).
-    #[arg(long, value_name = "PATH")]
+    /// Input: .parquet or .jsonl (one JSON object per line), a local path
+    /// or an object-store URL (s3://, gs://, az://, abfss://, https://).
+    #[arg(long, value_name = "PATH|URL")]
     pub input: Option<PathBuf>,
 
-    /// Output Parquet file, written atomically when the job completes.
-    #[arg(long, value_name = "PATH")]
+    /// Output Parquet file, a local path or an s3://, gs://, az:// URL;
+    /// written whole when the job completes (the journal lives beside it).
+    #[arg(long, value_name = "PATH|URL")]
     pub output: Option<PathBuf>,
 
     /// Where to send requests: a Databricks serving endpoint name, an

@@ -202,6 +202,9 @@ pub struct PartWriter {
     schema: SchemaRef,
     current: Option<(RowId, RowId, ParquetFile)>,
     pub parts: Vec<Part>,
+    /// Told each time a part is complete: an object-store output sends it
+    /// (and the journal before it) to the bucket then, not at the next tick.
+    pub on_part: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl PartWriter {
@@ -211,6 +214,7 @@ impl PartWriter {
             schema,
             current: None,
             parts,
+            on_part: None,
         }
     }
 
@@ -249,6 +253,9 @@ impl PartWriter {
         let path = self.dir.join(part_name(start, end));
         std::fs::rename(&open, &path).map_err(|e| Error::io(&path, e))?;
         self.parts.push(Part { start, end, path });
+        if let Some(notify) = &self.on_part {
+            notify.notify_one();
+        }
         Ok(())
     }
 }
@@ -258,4 +265,33 @@ impl PartWriter {
 pub fn concat_parts(parts: &[Part], output: &Path, schema: SchemaRef) -> Result<u64> {
     let files: Vec<PathBuf> = parts.iter().map(|p| p.path.clone()).collect();
     concat(&files, output, schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use futures::FutureExt;
+
+    #[test]
+    fn a_completed_part_is_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef],
+        )
+        .unwrap();
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let mut parts = PartWriter::new(dir.path().to_path_buf(), schema, Vec::new());
+        parts.on_part = Some(notify.clone());
+        parts.write(0, &batch).unwrap();
+        assert!(
+            notify.notified().now_or_never().is_none(),
+            "a part still open"
+        );
+        parts.commit().unwrap();
+        assert!(notify.notified().now_or_never().is_some());
+        assert_eq!(parts.parts.len(), 1);
+    }
 }

@@ -31,7 +31,8 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use arrow_json::reader::{infer_json_schema_from_iterator, Decoder, ReaderBuilder};
 use parquet::arrow::arrow_reader::{
-    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+    ArrowReaderBuilder, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelector,
 };
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -136,6 +137,9 @@ impl Source {
         if batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1 row".into()));
         }
+        // A URL is checked first: an error about its extension would show
+        // a query string it must not.
+        Remote::parse(path, Role::Input)?;
         let format = Format::from_path(path).ok_or_else(|| {
             Error::input(
                 path,
@@ -238,50 +242,19 @@ fn open_file(path: &Path) -> Result<File> {
 
 fn open_parquet(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
     if let Some(remote) = Remote::parse(path, Role::Input)? {
-        if shard.is_some() {
-            return Err(Error::input(
-                path,
-                "--shard reads local files only for now: copy the input or run unsharded",
-            ));
-        }
-        let (schema, total_rows, batches) = store::parquet_batches(&remote, batch_size)?;
-        return Ok(Source::from_batches(
-            path,
-            Format::Parquet,
-            schema,
-            total_rows,
-            batches,
-        ));
+        let (builder, total_rows, batch_size) =
+            select_rows(store::parquet_builder(&remote)?, batch_size, shard);
+        let schema = builder.schema().clone();
+        let batches = store::parquet_batches(builder.with_batch_size(batch_size), &remote.url)?;
+        let mut source = Source::from_batches(path, Format::Parquet, schema, total_rows, batches);
+        source.batch_rows = batch_size;
+        return Ok(source);
     }
     let file = open_file(path)?;
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?;
-    // The footer's count is authoritative; a negative one would be corrupt,
-    // and then we just don't know.
-    let mut total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).ok();
-    // Uncompressed bytes per row, from the footer: about the Arrow memory a
-    // row takes once read.
-    let row_groups = builder.metadata().row_groups();
-    let bytes: i64 = row_groups.iter().map(|g| g.total_byte_size()).sum();
-    let rows: i64 = row_groups.iter().map(|g| g.num_rows()).sum();
-    let batch_size = bounds::batch_rows(
-        batch_size,
-        usize::try_from(bytes / rows.max(1)).unwrap_or(0),
-    );
+    let (builder, total_rows, batch_size) = select_rows(builder, batch_size, shard);
     let schema = builder.schema().clone();
-    if let Some(shard) = shard {
-        let groups: Vec<u64> = builder
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|g| u64::try_from(g.num_rows()).unwrap_or(0))
-            .collect();
-        let (groups, selection, rows) = shard_row_groups(&groups, shard);
-        builder = builder
-            .with_row_groups(groups)
-            .with_row_selection(selection);
-        total_rows = Some(rows);
-    }
     let reader = builder
         .with_batch_size(batch_size)
         .build()
@@ -294,6 +267,40 @@ fn open_parquet(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<
         format: Format::Parquet,
         reader: Reader::Parquet(reader),
     })
+}
+
+/// What a local file and an object in a store read alike, from the footer:
+/// rows per batch for the row width, and with a shard only its row groups
+/// and rows. Returns the builder, the rows it will read and the batch size.
+fn select_rows<T>(
+    mut builder: ArrowReaderBuilder<T>,
+    batch_size: usize,
+    shard: Option<Shard>,
+) -> (ArrowReaderBuilder<T>, Option<u64>, usize) {
+    // The footer's count is authoritative; a negative one would be corrupt,
+    // and then we just don't know.
+    let mut total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).ok();
+    // Uncompressed bytes per row, from the footer: about the Arrow memory a
+    // row takes once read.
+    let row_groups = builder.metadata().row_groups();
+    let bytes: i64 = row_groups.iter().map(|g| g.total_byte_size()).sum();
+    let rows: i64 = row_groups.iter().map(|g| g.num_rows()).sum();
+    let batch_size = bounds::batch_rows(
+        batch_size,
+        usize::try_from(bytes / rows.max(1)).unwrap_or(0),
+    );
+    if let Some(shard) = shard {
+        let groups: Vec<u64> = row_groups
+            .iter()
+            .map(|g| u64::try_from(g.num_rows()).unwrap_or(0))
+            .collect();
+        let (groups, selection, rows) = shard_row_groups(&groups, shard);
+        builder = builder
+            .with_row_groups(groups)
+            .with_row_selection(selection);
+        total_rows = Some(rows);
+    }
+    (builder, total_rows, batch_size)
 }
 
 /// The row groups that hold `shard`'s rows, and which of their rows to
@@ -329,26 +336,21 @@ fn shard_row_groups(group_rows: &[u64], shard: Shard) -> (Vec<usize>, RowSelecti
 
 fn open_jsonl(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
     let schema = Arc::new(infer_jsonl_schema(path)?);
-    // Counting an object's lines would read it twice: progress for an
-    // object-store input shows rows done, without a total. Its batches are
-    // still cut by bytes as they are read.
+    // Counting an object's lines reads it twice: unsharded, progress for an
+    // object-store input shows rows done without a total, and its batches
+    // are still cut by bytes as they are read. A shard needs the count to
+    // know its rows, so it streams the object once more (never stored).
     let remote = store::is_url(path);
-    if remote && shard.is_some() {
-        return Err(Error::input(
-            path,
-            "--shard reads local files only for now: copy the input or run unsharded",
-        ));
-    }
-    let mut total_rows = match remote {
+    let mut total_rows = match remote && shard.is_none() {
         true => None,
         false => Some(count_jsonl_rows(path)?),
     };
     let row_bytes = match total_rows {
-        Some(rows) => {
+        Some(rows) if !remote => {
             let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
             usize::try_from(file_bytes / rows.max(1)).unwrap_or(usize::MAX)
         }
-        None => 1,
+        _ => 1,
     };
     let batch_size = bounds::batch_rows(batch_size, row_bytes);
     let (skip, take) = match (shard, total_rows) {
@@ -501,7 +503,7 @@ fn infer_jsonl_schema(path: &Path) -> Result<Schema> {
 /// bytes, without parsing JSON. Blank means only ASCII whitespace (and a
 /// leading byte order mark), the same lines [`JsonlBatches`] skips.
 fn count_jsonl_rows(path: &Path) -> Result<u64> {
-    let mut file = open_file(path)?;
+    let mut file = store::open_read(path, 0)?;
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut rows = 0u64;
     let mut has_content = false;

@@ -12,8 +12,9 @@
 //!   and [`parquet_batches`] reads Parquet row groups with ranged requests.
 //! - Writing: [`RemoteOutput`] runs the job's usual journal and part files in
 //!   a local scratch folder and mirrors them into the bucket beside the output
-//!   (`out.parquet.aiq/`), at least once a second: the journal as immutable
-//!   chunk objects (stores cannot append), the parts as multipart uploads. A
+//!   (`out.parquet.aiq/`), at least once a second and as soon as a part is
+//!   complete: the journal as immutable chunk objects (stores cannot
+//!   append), then the parts as multipart uploads. A
 //!   run on another machine pulls that state back and resumes. At the end the
 //!   parts are concatenated into a staged object under the same prefix, which
 //!   is copied onto the output only if no object is there yet (a conditional
@@ -124,7 +125,16 @@ impl Remote {
             return Ok(None);
         }
         let text = path.to_string_lossy().into_owned();
-        let bad = |m: String| role.error(&text, m);
+        let shown = redact(&text);
+        let bad = |m: String| role.error(&shown, m);
+        // object_store would drop them silently, and messages would show them.
+        if shown != text {
+            return Err(bad(
+                "a user:password or query string (a presigned URL's signature, a SAS token) in \
+                 the URL is not used: give credentials through the environment"
+                    .into(),
+            ));
+        }
         let url = Url::parse(&text).map_err(|e| bad(format!("not a valid URL: {e}")))?;
         if url.host_str().is_none_or(str::is_empty) {
             return Err(bad("no bucket (or host) after `://`".into()));
@@ -164,13 +174,50 @@ impl Remote {
     /// The object's size and modification time, which identify the input
     /// in the journal's manifest.
     pub fn identity(&self, role: Role) -> Result<InputIdentity> {
-        let meta = block_on(head(&self.store, &self.key)).map_err(|e| role.error(&self.url, e))?;
+        let meta = block_on(self.head(role))?;
         Ok(InputIdentity {
             path: self.url.clone(),
             size: meta.size,
             modified: u64::try_from(meta.last_modified.timestamp()).unwrap_or(0),
         })
     }
+
+    /// The object's metadata, or an error naming the URL. A HEAD answers a
+    /// missing object and a missing bucket alike (a 404 without a body), so
+    /// on a 404 a listing, which names a missing bucket, tells them apart.
+    async fn head(&self, role: Role) -> Result<ObjectMeta> {
+        let e = match head(&self.store, &self.key).await {
+            Ok(meta) => return Ok(meta),
+            Err(e) => e,
+        };
+        if !matches!(e, object_store::Error::NotFound { .. })
+            || self.root.scheme().starts_with("http")
+        {
+            return Err(role.error(&self.url, e));
+        }
+        match self.store.list(Some(&self.key)).next().await {
+            Some(Err(bucket)) => Err(role.error(&self.url, bucket)),
+            _ => Err(role.error(&self.url, format!("no such object: {e}"))),
+        }
+    }
+}
+
+/// A URL as messages may show it: a query string (a presigned URL's
+/// signature, a SAS token) and a `user:password@` replaced by `…`.
+fn redact(text: &str) -> String {
+    let (rest, query) = match text.split_once('?') {
+        Some((rest, _)) => (rest, "?…"),
+        None => (text, ""),
+    };
+    let Some((scheme, after)) = rest.split_once("://") else {
+        return format!("{rest}{query}");
+    };
+    let (authority, path) = after.split_at(after.find('/').unwrap_or(after.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => authority.to_string(),
+    };
+    format!("{scheme}://{authority}{path}{query}")
 }
 
 /// One store per bucket for the whole process: its connections and
@@ -406,37 +453,41 @@ impl Read for StreamRead {
     }
 }
 
-/// Batches of a Parquet object: the footer with one ranged read, then row
-/// groups one at a time, so memory stays one row group as for local files.
-pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
-
+/// A Parquet object's reader: its footer is read with one ranged request
+/// (after a HEAD for the size); the caller picks row groups and batch size.
 #[allow(deprecated)] // ParquetObjectReader: see the import
-pub fn parquet_batches(
+pub fn parquet_builder(
     remote: &Remote,
-    batch_size: usize,
-) -> Result<(SchemaRef, Option<u64>, Batches)> {
-    let url = remote.url.clone();
-    let stream = block_on(async {
-        let meta = head(&remote.store, &remote.key)
-            .await
-            .map_err(|e| Error::input(&url, e))?;
+) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>> {
+    let url = &remote.url;
+    block_on(async {
+        let meta = remote.head(Role::Input).await?;
         let reader = ParquetObjectReader::new(remote.store.clone(), remote.key.clone())
             .with_file_size(meta.size);
         ParquetRecordBatchStreamBuilder::new(reader)
             .await
-            .map_err(|e| Error::input(&url, format!("not a readable Parquet file: {e}")))
-    })?;
-    let total_rows = u64::try_from(stream.metadata().file_metadata().num_rows()).ok();
-    let schema = stream.schema().clone();
-    let mut stream = stream
-        .with_batch_size(batch_size)
+            .map_err(|e| Error::input(url, format!("not a readable Parquet file: {e}")))
+    })
+}
+
+/// Batches of a Parquet object, for the reader thread: row groups are
+/// fetched one at a time, so memory stays one row group as for local files.
+pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+#[allow(deprecated)] // ParquetObjectReader: see the import
+pub fn parquet_batches(
+    builder: ParquetRecordBatchStreamBuilder<ParquetObjectReader>,
+    url: &str,
+) -> Result<Batches> {
+    let url = url.to_string();
+    let mut stream = builder
         .build()
         .map_err(|e| Error::input(&url, format!("cannot read Parquet file: {e}")))?;
     let batches = std::iter::from_fn(move || {
         block_on(stream.next())
             .map(|b| b.map_err(|e| Error::input(&url, format!("cannot read Parquet data: {e}"))))
     });
-    Ok((schema, total_rows, Box::new(batches)))
+    Ok(Box::new(batches))
 }
 
 /// State prefix sub-folders, as in the local state folder.
@@ -843,6 +894,28 @@ mod tests {
         ] {
             assert!(!is_url(Path::new(path)), "{path}");
         }
+    }
+
+    #[test]
+    fn credentials_in_urls_are_refused_unshown() {
+        for (url, shown) in [
+            (
+                "https://h/k.jsonl?X-Amz-Signature=SECRET&X-Amz-Credential=AKIA",
+                "https://h/k.jsonl?…",
+            ),
+            ("https://user:SECRET@h/k.jsonl", "https://…@h/k.jsonl"),
+            (
+                "s3://AKIA:SECRET@bucket/k.parquet",
+                "s3://…@bucket/k.parquet",
+            ),
+            ("az://c/k.parquet?sv=1&sig=SECRET", "az://c/k.parquet?…"),
+        ] {
+            let err = Remote::parse(Path::new(url), Role::Input).expect_err(url);
+            assert_eq!(err.exit_code(), 2);
+            let text = err.to_string();
+            assert!(text.contains(shown) && !text.contains("SECRET"), "{text}");
+        }
+        assert_eq!(redact("s3://b/k.parquet"), "s3://b/k.parquet");
     }
 
     #[test]
