@@ -545,6 +545,14 @@ impl Limiter {
         let Some(per_minute) = pace.per_minute else {
             return; // nothing paces us yet: nothing to go ahead of
         };
+        // Only a bucket deeper than two seconds of the pace is worth it: a
+        // shallow one holds little more than the pace's own burst, and
+        // requests that reach the server in another order than admitted
+        // (a loaded client) spend the same credit twice.
+        if remaining < per_minute / 30.0 {
+            pace.credit = 0;
+            return;
+        }
         let margin = 2 * pace.burst as u64;
         let credit = (remaining as u64).saturating_sub(sent_since + margin);
         let credit = u32::try_from(credit).unwrap_or(u32::MAX);
