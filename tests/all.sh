@@ -16,9 +16,13 @@ venv="${AIQ_TEST_VENV:-$PWD/target/test-venv}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-if ! cmp -s tests/requirements.txt "$venv/.requirements"; then
+# Installed once; again only when either list changes. The second list is
+# installed without its dependencies (see its header).
+wanted="$(cat tests/requirements.txt tests/requirements-nodeps.txt)"
+if [ "$wanted" != "$(cat "$venv/.requirements" 2>/dev/null)" ]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
-    cp tests/requirements.txt "$venv/.requirements"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r tests/requirements-nodeps.txt
+    printf '%s' "$wanted" > "$venv/.requirements"
 fi
 export AIQ_TEST_PYTHON="$venv/bin/python"
 

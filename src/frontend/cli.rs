@@ -112,7 +112,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
 /// [`main_with`], with the exit code as a number (for the Python package's
 /// `aiq` command, which hands it to `sys.exit`).
 pub fn exit_code(cli: Cli) -> u8 {
-    init_logging(cli.verbose);
+    log_to_stderr(cli.verbose, cli.quiet);
     // `aiq run` spends its time waiting on the network: one thread drives
     // every call with no cross-thread wake-ups, which cut its CPU per row by
     // a quarter (benches/e2e.sh: 55 → 40 µs) while still sending over 10,000
@@ -198,18 +198,28 @@ async fn bench_command(args: crate::frontend::bench::BenchArgs, quiet: bool) -> 
 /// Logs on stderr at `warn` (more with `verbose`, or by `RUST_LOG`); a
 /// second call keeps the first's setting.
 pub fn init_logging(verbose: u8) {
+    log_to_stderr(verbose, false);
+}
+
+/// [`init_logging`]; `quiet` keeps only errors.
+fn log_to_stderr(verbose: u8, quiet: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
+    let level = match (verbose, quiet) {
+        (0, true) => "error",
+        (0, false) => "warn",
+        (1, _) => "info",
         _ => "debug",
     };
     // The HTTP stack logs connection details at debug and trace; keep it at
-    // warn unless RUST_LOG names it explicitly.
-    let default = format!("{level},hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=warn");
+    // warn unless RUST_LOG names it explicitly. rustls logs its own ERROR
+    // lines for a certificate that does not verify: aiq reports that
+    // failure itself (with what to do), so rustls stays silent.
+    let default = format!("{level},hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=off");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -25,6 +25,7 @@ use crate::pipeline::batch::BatchJob;
 use crate::pipeline::call_journal::{CallJournal, Recall};
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
+use crate::pipeline::http::HttpPool;
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
 use crate::pipeline::openai_batch::OutputFormat;
 use crate::pipeline::outcome::RowId;
@@ -186,7 +187,12 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
         })
     });
 
-    let http = http_client(&plan)?;
+    let http = HttpPool::new(
+        &endpoint.url,
+        plan.concurrency,
+        plan.ca_cert.as_deref(),
+        concat!("aiq/", env!("CARGO_PKG_VERSION")),
+    )?;
     let limiter = Arc::new(Limiter::with_limits(&plan.limits()));
     let shape = Shape {
         task: plan.task,
@@ -217,7 +223,7 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
                 builder: &builder,
                 shape: &shape,
                 api: BatchApi::new(
-                    http.clone(),
+                    http.first().clone(),
                     &base,
                     endpoint.credentials.clone(),
                     plan.retry.clone(),
@@ -308,7 +314,8 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
         .batches
         .is_none()
         .then(|| StatusFile::start(status_path(&output), to_do));
-    let mut progress = Progress::new(to_do, ui.quiet);
+    let mut progress =
+        Progress::new(to_do, ui.quiet).with_in_flight(client.stats.in_flight.clone());
     if let Some(status) = &status {
         progress = progress.with_status(status.clone());
     }
@@ -456,14 +463,4 @@ fn recall(plan: &Plan) -> Result<Option<Recall>> {
         journal: CallJournal::open(dir, scope.as_deref())?,
         fingerprint: plan.call_fingerprint(),
     }))
-}
-
-fn http_client(plan: &Plan) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.concurrency)
-        .tcp_nodelay(true)
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .user_agent(concat!("aiq/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
 }

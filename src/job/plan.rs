@@ -65,6 +65,8 @@ pub struct Plan {
     pub stream: bool,
     pub restart: bool,
     pub simulator: SimulatorSettings,
+    /// Extra trusted roots (PEM), from `--ca-cert`.
+    pub ca_cert: Option<PathBuf>,
     /// Repairs per row of typed replies that were cut off or did not fit.
     pub max_repairs: u32,
     /// Re-send rows whose journaled outcome is an error.
@@ -422,6 +424,7 @@ impl Plan {
             stream: s.stream,
             restart,
             simulator: s.simulator.unwrap_or_default(),
+            ca_cert: s.ca_cert,
             mode,
             batch,
             max_repairs: s.max_repairs.unwrap_or(DEFAULT_MAX_REPAIRS),

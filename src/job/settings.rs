@@ -238,6 +238,11 @@ pub struct JobSettings {
     #[serde(default)]
     pub simulator: Option<SimulatorSettings>,
 
+    /// Also trust the certificate authorities in this PEM file (a private
+    /// CA in front of the endpoint); `SSL_CERT_FILE` works too.
+    #[arg(long, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+
     /// Condition for ai_filter: the BOOLEAN result says whether each
     /// row's text meets it ("mentions a late delivery").
     #[arg(long, value_name = "TEXT")]
@@ -360,7 +365,8 @@ impl JobSettings {
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
             simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
-            poll_secs, deadline, max_repairs, shard, workers, call_journal, condition, criterion);
+            poll_secs, deadline, max_repairs, shard, workers, call_journal, condition, criterion,
+            ca_cert);
         if self.labels.is_empty() {
             self.labels = base.labels;
         }

@@ -25,12 +25,16 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::pipeline::http::HttpPool;
 use crate::pipeline::outcome::{Outcome, Usage};
 use crate::pipeline::render::Call;
 use crate::provider::endpoint::Endpoint;
-use crate::provider::limit::Limiter;
-use crate::provider::reply::{split_usage, Reply, Shape};
-use crate::provider::retry::{classify_status, retry_after, RetryAction, RetryPolicy};
+use crate::provider::limit::{Limiter, Ticket};
+use crate::provider::reply::{body_fault, split_usage, Reply, RowReply, Shape};
+use crate::provider::retry::{
+    certificate_problem, classify_body_fault, classify_status, retry_after, RetryAction,
+    RetryPolicy,
+};
 use crate::provider::stream;
 use crate::provider::wire;
 
@@ -42,6 +46,8 @@ pub struct Abort(pub String);
 #[derive(Debug, Default)]
 pub struct ClientStats {
     pub attempts: AtomicU64,
+    /// Attempts sent and not yet fully answered (the progress bar shows it).
+    pub in_flight: Arc<AtomicU64>,
     pub rate_limited: AtomicU64,
     pub retries: AtomicU64,
     /// Retries of attempts that timed out after sending (maybe billed).
@@ -49,7 +55,7 @@ pub struct ClientStats {
 }
 
 pub struct Client {
-    http: reqwest::Client,
+    http: HttpPool,
     endpoint: Arc<Endpoint>,
     /// `endpoint.url`, parsed once: parsing per request showed in profiles.
     url: reqwest::Url,
@@ -117,7 +123,7 @@ struct Answer {
 
 impl Client {
     pub fn new(
-        http: reqwest::Client,
+        http: impl Into<HttpPool>,
         endpoint: Arc<Endpoint>,
         limiter: Arc<Limiter>,
         policy: RetryPolicy,
@@ -128,7 +134,7 @@ impl Client {
             crate::error::Error::Config(format!("endpoint URL {}: {e}", endpoint.url))
         })?;
         Ok(Client {
-            http,
+            http: http.into(),
             endpoint,
             url,
             limiter,
@@ -190,7 +196,16 @@ impl Client {
         })
         // Never come back sooner than the server asked; `dur` is None once
         // the budget is spent, and then we stop (never `Some` unconditionally).
+        // A 429 is not a fault of this call but of the job's pace, which
+        // the shared limiter has just slowed: the retry waits what the
+        // server asked (or the shortest backoff) and then queues at the new
+        // pace like any request. Growing its own backoff too would leave
+        // rows idle for up to a minute while the limit goes unused.
         .adjust(|e: &AttemptError, dur: Option<Duration>| match &e.action {
+            RetryAction::Retry {
+                rate_limited: true,
+                after,
+            } => dur.map(|_| after.unwrap_or(self.policy.min_delay)),
             RetryAction::Retry {
                 after: Some(after), ..
             } => dur.map(|d| d.max(*after)),
@@ -207,7 +222,7 @@ impl Client {
                 let mut unfit = Vec::with_capacity(call.rows.len());
                 for (i, row) in call.rows.iter().enumerate() {
                     let r = answer.reply.rows.get(i);
-                    unfit.push(matches!(r.map(|r| &r.result), Some(Err(_))));
+                    unfit.push(r.is_some_and(RowReply::unfit));
                     let (result, error_message) = match r.map(|r| &r.result) {
                         Some(Ok(v)) => (v.clone(), None),
                         Some(Err(e)) => (Value::Null, Some(e.clone())),
@@ -232,10 +247,12 @@ impl Client {
                 Ok(Sent { outcomes, unfit })
             }
             Err(e) => match e.action {
-                RetryAction::Abort => Err(Abort(format!(
-                    "{} refused the job: {}",
-                    self.endpoint.label, e.message
-                ))),
+                // A status is the endpoint refusing; without one the job
+                // could not reach it (an untrusted certificate).
+                RetryAction::Abort => Err(Abort(match e.status {
+                    Some(_) => format!("{} refused the job: {}", self.endpoint.label, e.message),
+                    None => format!("{}: {}", self.endpoint.label, e.message),
+                })),
                 RetryAction::Retry { .. } => {
                     let why = if e.ambiguous && ambiguous > max_ambiguous {
                         format!(
@@ -289,7 +306,18 @@ impl Client {
             .limiter
             .admit_call(call.est_prompt_tokens, output_reserve)
             .await;
-        let (response, sent) = self.post(self.url_for(call.route)?, &call.body).await?;
+        // Held until the reply is read whole: a stream occupies its
+        // connection until then.
+        let lease = self.http.lease();
+        let _in_flight = InFlight::new(&self.stats.in_flight);
+        let (response, sent) = self
+            .post(
+                lease.client,
+                self.url_for(call.route)?,
+                &call.body,
+                Some(grant.ticket),
+            )
+            .await?;
         if self.stream {
             let (reply, ttft) = stream::read(response, &self.shape, sent)
                 .await
@@ -298,12 +326,24 @@ impl Client {
             return Ok(Answer { reply, ttft });
         }
         let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-        let reply = self
-            .shape
-            .parse(&body, call.rows.len())
-            .map_err(AttemptError::row)?;
+        let reply = self.parse(&body, call.rows.len())?;
         grant.settle(reply.usage.completion_tokens.max(0) as u64);
         Ok(Answer { reply, ttft: None })
+    }
+
+    /// A 2xx body → its reply. A body that is no answer at all (HTML, cut
+    /// short, an error object) is classified like a failed status; one that
+    /// is an answer but does not fit is the row's error.
+    fn parse(&self, body: &[u8], rows: usize) -> Result<Reply, AttemptError> {
+        self.shape
+            .parse(body, rows)
+            .map_err(|message| match body_fault(body) {
+                Some(fault) => AttemptError {
+                    status: Some(200),
+                    ..AttemptError::new(classify_body_fault(&fault), fault.to_string())
+                },
+                None => AttemptError::row(message),
+            })
     }
 
     /// One attempt of `body`, timed, with no retry and no rate limiter: what
@@ -311,14 +351,17 @@ impl Client {
     pub async fn probe(&self, body: Bytes) -> Probe {
         let started = Instant::now();
         let result = async {
-            let (response, sent) = self.post(self.url.clone(), &body).await?;
+            let lease = self.http.lease();
+            let (response, sent) = self
+                .post(lease.client, self.url.clone(), &body, None)
+                .await?;
             if self.stream {
                 stream::read_timed(response, &self.shape, sent)
                     .await
                     .map_err(stream_error)
             } else {
                 let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-                let reply = self.shape.parse(&body, 1).map_err(AttemptError::row)?;
+                let reply = self.parse(&body, 1)?;
                 Ok((reply, stream::Timing::default()))
             }
         }
@@ -368,18 +411,19 @@ impl Client {
 
     async fn post(
         &self,
+        http: &reqwest::Client,
         url: reqwest::Url,
         body: &Bytes,
+        ticket: Option<Ticket>,
     ) -> Result<(reqwest::Response, Instant), AttemptError> {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let token = self
             .endpoint
             .credentials
-            .bearer(&self.http)
+            .bearer(self.http.first())
             .await
             .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?;
-        let mut request = self
-            .http
+        let mut request = http
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(self.policy.timeout)
@@ -402,7 +446,7 @@ impl Client {
         let headers = response.headers().clone();
         let after = retry_after(&headers);
         self.limiter
-            .observe(&headers, status.as_u16() == 429, after);
+            .observe(&headers, status.as_u16(), after, ticket);
         if !status.is_success() {
             let action = classify_status(status, &headers);
             if status.as_u16() == 429 {
@@ -439,6 +483,22 @@ fn stream_error(e: stream::StreamError) -> AttemptError {
     }
 }
 
+/// Counts an attempt in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a AtomicU64) -> InFlight<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Connection errors, resets and timeouts are transient. reqwest's messages
 /// name the URL, never headers, so no credential can leak through them.
 fn transport_error(e: &reqwest::Error) -> AttemptError {
@@ -454,6 +514,16 @@ fn transport_error(e: &reqwest::Error) -> AttemptError {
     while let Some(s) = source {
         message.push_str(&format!(": {s}"));
         source = s.source();
+    }
+    if let Some(problem) = certificate_problem(&message) {
+        return AttemptError::new(
+            RetryAction::Abort,
+            format!(
+                "the TLS certificate did not verify ({problem}). If the endpoint uses a private \
+                 certificate authority, trust it with --ca-cert PATH (a PEM file) or \
+                 SSL_CERT_FILE=PATH"
+            ),
+        );
     }
     let mut error = AttemptError::retry(message, None, false);
     // A timeout once connected means the request went out and the provider

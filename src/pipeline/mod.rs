@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod collect;
+pub mod http;
 pub mod journal;
 pub mod render;
 pub mod repair;

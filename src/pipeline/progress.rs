@@ -161,6 +161,8 @@ pub struct Progress {
     bar: ProgressBar,
     quiet: bool,
     status: Option<Arc<StatusFile>>,
+    /// Requests in flight right now (the client's count), when known.
+    in_flight: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Progress {
@@ -194,6 +196,7 @@ impl Progress {
             bar,
             quiet,
             status: None,
+            in_flight: None,
         }
     }
 
@@ -203,14 +206,30 @@ impl Progress {
         self
     }
 
+    /// Also show how many requests are in flight.
+    pub fn with_in_flight(mut self, n: Arc<std::sync::atomic::AtomicU64>) -> Progress {
+        self.in_flight = Some(n);
+        self
+    }
+
     pub fn update(&self, s: &Summary) {
         if let Some(status) = &self.status {
             status.update(s);
         }
         self.bar.set_position(s.rows);
         let u = &s.usage;
+        let in_flight = self
+            .in_flight
+            .as_ref()
+            .map(|n| {
+                format!(
+                    "{} in flight · ",
+                    n.load(std::sync::atomic::Ordering::Relaxed)
+                )
+            })
+            .unwrap_or_default();
         self.bar.set_message(format!(
-            "tokens {} in ({:.0}% cached) / {} out · {} errors",
+            "{in_flight}tokens {} in ({:.0}% cached) / {} out · {} errors",
             human(u.prompt_tokens),
             percent(u.cached_tokens, u.prompt_tokens),
             human(u.completion_tokens),
@@ -375,6 +394,19 @@ fn human(n: i64) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_bar_shows_the_requests_in_flight() {
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let p = Progress::new(Some(10), true).with_in_flight(n.clone());
+        n.store(400, std::sync::atomic::Ordering::Relaxed);
+        p.update(&Summary::default());
+        assert!(
+            p.bar.message().starts_with("400 in flight"),
+            "{}",
+            p.bar.message()
+        );
+    }
 
     #[test]
     fn summary_counts_ok_failed_and_null() {

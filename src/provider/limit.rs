@@ -20,6 +20,7 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -32,11 +33,12 @@ use crate::provider::retry::{header_str, parse_reset};
 /// Learned limits are paced this far below what the server announces, to
 /// absorb clock skew between our pacing and its buckets.
 const LEARNED_HEADROOM: f64 = 0.97;
-/// Multiplicative decrease on a 429 with nothing better to go on.
-const AIMD_DECREASE: f64 = 0.75;
-/// Multiplicative increase per successful reply, once a second has passed
-/// since the last decrease.
-const AIMD_INCREASE: f64 = 1.002;
+/// Multiplicative decrease on a 429, at least (the answered rate may say
+/// to cut deeper).
+const AIMD_DECREASE: f64 = 0.8;
+/// Growth of a learned pace per second while replies succeed: slow enough
+/// that the pace spends most of its time just under the server's rate.
+const AIMD_GROWTH_PER_SEC: f64 = 0.03;
 
 struct Pace {
     limiter: DefaultDirectRateLimiter,
@@ -58,6 +60,147 @@ impl Pace {
             per_minute,
             burst,
         })
+    }
+}
+
+/// The request pace: GCRA by reservation, with a rate that can change
+/// while requests wait. Each admission takes the next slot (`tat`, the
+/// theoretical arrival time) and sleeps until it. A faster rate spaces the
+/// slots handed out from then on. A slower one ([`RequestPace::slow_to`])
+/// also revokes the slots already handed out: the requests waiting on them
+/// take new ones at the new rate. Kept, they went out at the old rate after
+/// the server had said it was too fast (a crowd of `--concurrency` waiters
+/// holds a tenth of a second of slots or more), and were refused alike. A
+/// governor limiter would have to be rebuilt for every change, and each
+/// rebuild hands out a fresh burst while the old waiters keep going.
+///
+/// Until a pace is told or learned, sending starts slowly and doubles its
+/// rate every [`RAMP_DOUBLING`] (TCP's slow start, by rate), up to
+/// [`RAMP_END`], where it stops pacing. A server whose first replies say
+/// nothing about its limit would otherwise get a whole `--concurrency` of
+/// requests in its first few milliseconds, most of them refused before the
+/// first 429 could teach us anything. The ramp costs an unlimited server
+/// under a second, once per job.
+struct RequestPace {
+    /// None: no pace (not told, nothing learned yet).
+    per_minute: Option<f64>,
+    /// Requests allowed at once after a quiet spell.
+    burst: u32,
+    tat: Instant,
+    /// Slow start still on (nothing told or learned, not yet at its end).
+    ramp: bool,
+    /// When the first request went out (the ramp starts then).
+    ramp_from: Option<Instant>,
+    /// Bumped when the slots handed out are revoked.
+    generation: u64,
+    /// Requests that may go at once, off the pace: what the server said
+    /// was left in its bucket ([`Limiter::credit`]).
+    credit: u32,
+    /// After a cut with nothing but 429s to go on, one request goes first
+    /// and the rest wait for its answer ([`Probe`]).
+    probe: Probe,
+}
+
+/// A cut learned from bare 429s is a guess; the first request at the new
+/// pace tests it. Were the others to follow at once, every request sent
+/// in the time a refusal takes to come back would be refused too, on
+/// every cut of a descent from far above the limit (a sixty-second bucket
+/// run dry at a thousand requests a second takes a dozen cuts): most of
+/// the refusals were those. The probe makes each cut cost one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Probe {
+    Off,
+    /// The next slot is the probe.
+    Next {
+        wait: Duration,
+    },
+    /// The probe is out: no slot until its answer, or until `until` (a
+    /// refusal comes back fast; an answer that takes longer is a success),
+    /// and then one more goes alone: a refusal that came back slower than
+    /// expected (a loaded machine) must not release everyone at once.
+    Out {
+        until: Instant,
+        wait: Duration,
+    },
+}
+
+impl RequestPace {
+    fn set(&mut self, per_minute: f64) {
+        let per_minute = per_minute.max(1.0);
+        self.per_minute = Some(per_minute);
+        self.burst = request_burst(per_minute);
+        self.ramp = false;
+    }
+
+    /// A slower pace, at once: the slots handed out so far are revoked
+    /// (their holders reserve again) and the next slot is a whole period
+    /// away with no burst, as if the server's bucket were empty (a refusal
+    /// says it is).
+    fn slow_to(&mut self, per_minute: f64, now: Instant) {
+        self.set(per_minute);
+        let period = Duration::from_secs_f64(60.0 / per_minute.max(1.0));
+        self.tat = now + period * self.burst;
+        self.generation += 1;
+        self.probe = Probe::Off;
+    }
+
+    /// The slow-start rate at `now`, or None once the ramp is over.
+    fn ramp_rate(&mut self, now: Instant) -> Option<f64> {
+        if !self.ramp {
+            return None;
+        }
+        let from = *self.ramp_from.get_or_insert(now);
+        let doublings = now.duration_since(from).as_secs_f64() / RAMP_DOUBLING.as_secs_f64();
+        let rate = RAMP_START * 2f64.powf(doublings);
+        if rate >= RAMP_END {
+            self.ramp = false;
+            return None;
+        }
+        Some(rate)
+    }
+
+    /// The time the next request may go, reserved; or, while a probe is
+    /// out, Err(the time to ask again).
+    fn reserve(&mut self, now: Instant) -> Result<Instant, Instant> {
+        match self.probe {
+            Probe::Out { until, .. } if now < until => return Err(until),
+            Probe::Out { wait, .. } => self.probe = Probe::Next { wait },
+            _ => {}
+        }
+        let at = self.next_slot(now);
+        if let Probe::Next { wait } = self.probe {
+            self.probe = Probe::Out {
+                until: at + wait,
+                wait,
+            };
+        }
+        Ok(at)
+    }
+
+    fn next_slot(&mut self, now: Instant) -> Instant {
+        if self.credit > 0 && self.per_minute.is_some() {
+            self.credit -= 1;
+            return now;
+        }
+        let per_minute = match self.per_minute {
+            Some(p) => p,
+            // The ramp's rate where the schedule has got to: slots handed
+            // out to a crowd of waiters at once follow the curve instead of
+            // all keeping the first, slow spacing.
+            None => match self.ramp_rate(self.tat.max(now)) {
+                Some(r) => {
+                    self.burst = request_burst(r);
+                    r
+                }
+                None => return now,
+            },
+        };
+        let period = Duration::from_secs_f64(60.0 / per_minute);
+        let tolerance = period * self.burst.saturating_sub(1);
+        let tat = self.tat.max(now);
+        let at = now.max(tat.checked_sub(tolerance).unwrap_or(now));
+        self.tat = tat + period;
+        at
     }
 }
 
@@ -84,7 +227,11 @@ pub struct Limits {
 pub struct Limiter {
     told_rpm: bool,
     told_tpm: bool,
-    requests: RwLock<Option<Arc<Pace>>>,
+    requests: Mutex<RequestPace>,
+    /// Wakes the requests waiting on slots when they are revoked.
+    revoked: tokio::sync::Notify,
+    /// Requests admitted so far (the next one's [`Ticket::seq`]).
+    admitted: AtomicU64,
     tokens: RwLock<Option<Arc<Pace>>>,
     pause_until: Mutex<Option<Instant>>,
     aimd: Mutex<Aimd>,
@@ -93,13 +240,55 @@ pub struct Limiter {
     output_tokens: Option<Arc<RefundableBucket>>,
 }
 
+/// Learning the request rate when not told.
 struct Aimd {
+    /// The highest pace allowed: the limit the server advertised
+    /// (`x-ratelimit-limit-requests`) less the headroom. Growth stops there.
+    ceiling: Option<f64>,
+    /// Bumped on every cut: a 429 to a request admitted before the last cut
+    /// is news of the old rate, not of the new one, so it cuts no further
+    /// (one cut per congestion event, as in TCP).
+    epoch: u64,
     last_decrease: Option<Instant>,
-    /// Recent admission times, to estimate the rate we were sending at.
-    sent: VecDeque<Instant>,
+    last_increase: Option<Instant>,
+    /// Recent successful replies, to measure what the server let through.
+    answered: VecDeque<Instant>,
+    /// How long the last refusal took to come back.
+    refusal_rtt: Option<Duration>,
 }
 
-const RATE_WINDOW: usize = 256;
+impl Aimd {
+    /// Replies answered in the last `window` (or since `since`, if later),
+    /// per minute; None when too little time has passed to tell.
+    fn goodput(&self, now: Instant, since: Option<Instant>) -> Option<f64> {
+        let from = now.checked_sub(GOODPUT_WINDOW).unwrap_or(now);
+        let from = since.map_or(from, |s| s.max(from));
+        let secs = now.duration_since(from).as_secs_f64();
+        // Shorter windows hold a handful of answers: too noisy to pace by.
+        if secs < GOODPUT_MIN_WINDOW {
+            return None;
+        }
+        let n = self.answered.iter().filter(|t| **t >= from).count();
+        (n > 0).then(|| n as f64 / secs * 60.0)
+    }
+}
+
+/// Slow start: the first rate (per minute), how often it doubles, and
+/// where it ends (a pace no limit we have met comes near).
+const RAMP_START: f64 = 1_200.0;
+const RAMP_DOUBLING: Duration = Duration::from_millis(100);
+const RAMP_END: f64 = 600_000.0;
+
+/// How far back the answered rate is measured, and the least span it is
+/// trusted over.
+const GOODPUT_WINDOW: Duration = Duration::from_secs(1);
+const GOODPUT_MIN_WINDOW: f64 = 0.25;
+/// Bounds on how long the others wait for a probe's answer.
+const PROBE_WAIT_MIN: Duration = Duration::from_millis(20);
+const PROBE_WAIT_MAX: Duration = Duration::from_secs(1);
+/// No single cut goes below this share of the pace it cuts.
+const DEEPEST_CUT: f64 = 0.5;
+const ANSWERED_KEPT: usize = 4096;
 
 impl Limiter {
     pub fn new(rpm: Option<u32>, tpm: Option<u32>) -> Limiter {
@@ -112,15 +301,34 @@ impl Limiter {
 
     pub fn with_limits(l: &Limits) -> Limiter {
         let (rpm, tpm) = (l.rpm, l.tpm);
+        let mut requests = RequestPace {
+            per_minute: None,
+            burst: 1,
+            tat: Instant::now(),
+            ramp: true,
+            ramp_from: None,
+            generation: 0,
+            credit: 0,
+            probe: Probe::Off,
+        };
+        if let Some(r) = rpm {
+            requests.set(r as f64);
+        }
         Limiter {
             told_rpm: rpm.is_some(),
             told_tpm: tpm.is_some(),
-            requests: RwLock::new(rpm.map(|r| Pace::new(r as f64, request_burst(r as f64)))),
+            requests: Mutex::new(requests),
+            revoked: tokio::sync::Notify::new(),
+            admitted: AtomicU64::new(0),
             tokens: RwLock::new(tpm.map(|t| Pace::new(t as f64, token_burst(t as f64)))),
             pause_until: Mutex::new(None),
             aimd: Mutex::new(Aimd {
+                ceiling: None,
+                epoch: 0,
                 last_decrease: None,
-                sent: VecDeque::with_capacity(RATE_WINDOW),
+                last_increase: None,
+                answered: VecDeque::with_capacity(ANSWERED_KEPT),
+                refusal_rtt: None,
             }),
             input_tokens: l.itpm.map(|t| Pace::new(t as f64, token_burst(t as f64))),
             // One query per hour-slot: a burst of one keeps them spread out.
@@ -132,12 +340,13 @@ impl Limiter {
     }
 
     /// Wait until a request with an estimated `prompt` and a reserved
-    /// `output` (its `max_tokens`) may be sent, under every limit. The
-    /// returned grant holds the OTPM reservation: [`OutputGrant::settle`]
-    /// it with the real output tokens; dropped unsettled (the attempt got no
-    /// answer, so nothing was produced), it gives the whole reservation back.
+    /// `output` (its `max_tokens`) may be sent, under every limit. Every
+    /// attempt, first or retry, comes through here. The returned grant
+    /// holds the OTPM reservation: [`OutputGrant::settle`] it with the real
+    /// output tokens; dropped unsettled (the attempt got no answer, so
+    /// nothing was produced), it gives the whole reservation back.
     pub async fn admit_call(&self, prompt: u64, output: u64) -> OutputGrant {
-        self.admit(prompt + output).await;
+        let ticket = self.admit(prompt + output).await;
         if let Some(pace) = &self.hourly {
             pace.limiter.until_ready().await;
         }
@@ -154,17 +363,20 @@ impl Limiter {
                 OutputGrant {
                     bucket: Some(bucket.clone()),
                     reserved,
+                    ticket,
                 }
             }
             None => OutputGrant {
                 bucket: None,
                 reserved: 0.0,
+                ticket,
             },
         }
     }
 
-    /// Wait until a request estimated at `tokens` tokens may be sent.
-    pub async fn admit(&self, tokens: u64) {
+    /// Wait until a request estimated at `tokens` tokens may be sent;
+    /// returns its ticket (for [`Limiter::observe`] of its reply).
+    pub async fn admit(&self, tokens: u64) -> Ticket {
         loop {
             let pause = *lock(&self.pause_until);
             match pause {
@@ -172,10 +384,36 @@ impl Limiter {
                 _ => break,
             }
         }
-        let requests = read(&self.requests);
-        if let Some(pace) = requests {
-            pace.limiter.until_ready().await;
-        }
+        let epoch = loop {
+            // Registered before the slot is asked for: a probe's answer
+            // from then on wakes this request (tokio's Notify keeps the
+            // wake-up for a future made before `notify_waiters`).
+            let woken = self.revoked.notified();
+            // The epoch of the reservation, not of the moment it comes due:
+            // a request sent before a cut that is refused after it is news
+            // of the old pace, and must not cut again. Read under the same
+            // locks as the slot is taken (in the order cuts take them), so
+            // a slot handed out after a cut (a probe) carries its epoch.
+            let (slot, generation, epoch) = {
+                let aimd = lock(&self.aimd);
+                let mut pace = lock(&self.requests);
+                (pace.reserve(Instant::now()), pace.generation, aimd.epoch)
+            };
+            match slot {
+                Ok(at) => {
+                    if self.hold(at, generation).await {
+                        break epoch;
+                    }
+                }
+                Err(until) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = woken => {}
+                    }
+                }
+            }
+        };
+        let seq = self.admitted.fetch_add(1, Ordering::Relaxed);
         let token_pace = read(&self.tokens);
         if let Some(pace) = token_pace {
             // A request larger than the burst could never pass: charge it the
@@ -184,23 +422,64 @@ impl Limiter {
             let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             let _ = pace.limiter.until_n_ready(n).await;
         }
-        let mut aimd = lock(&self.aimd);
-        if aimd.sent.len() == RATE_WINDOW {
-            aimd.sent.pop_front();
+        Ticket {
+            epoch,
+            seq,
+            at: Instant::now(),
         }
-        aimd.sent.push_back(Instant::now());
     }
 
-    /// Learn from a reply's headers (any status).
-    pub fn observe(&self, headers: &HeaderMap, rate_limited: bool, retry_after: Option<Duration>) {
-        let now = Instant::now();
+    /// Wait for the slot at `at`: true when it comes, false when it is
+    /// revoked first (take another).
+    async fn hold(&self, at: Instant, generation: u64) -> bool {
+        loop {
+            // Registered before the check: a revocation after it wakes us.
+            let woken = self.revoked.notified();
+            if lock(&self.requests).generation != generation {
+                return false;
+            }
+            if at <= Instant::now() {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = woken => {}
+            }
+        }
+    }
+
+    /// Learn from a reply's headers (any status). `status` is the reply's
+    /// HTTP status; `ticket` its request's admission (None when it did not
+    /// pass the limiter).
+    pub fn observe(
+        &self,
+        headers: &HeaderMap,
+        status: u16,
+        retry_after: Option<Duration>,
+        ticket: Option<Ticket>,
+    ) {
+        self.observe_at(headers, status, retry_after, ticket, Instant::now());
+    }
+
+    /// [`Limiter::observe`] at a given time (tests drive the clock).
+    fn observe_at(
+        &self,
+        headers: &HeaderMap,
+        status: u16,
+        retry_after: Option<Duration>,
+        ticket: Option<Ticket>,
+        now: Instant,
+    ) {
+        let rate_limited = status == 429;
+        let epoch = ticket.map(|t| t.epoch);
+        if rate_limited {
+            if let Some(t) = ticket {
+                lock(&self.aimd).refusal_rtt = Some(now.saturating_duration_since(t.at));
+            }
+        }
         if !self.told_rpm {
             if let Some(limit) = first_number(headers, REQUEST_LIMIT_HEADERS) {
-                self.set_learned(
-                    &self.requests,
-                    limit * LEARNED_HEADROOM,
-                    request_burst(limit),
-                );
+                self.learn_ceiling(limit * LEARNED_HEADROOM);
             }
         }
         if !self.told_tpm {
@@ -208,26 +487,144 @@ impl Limiter {
                 self.set_learned(&self.tokens, limit * LEARNED_HEADROOM, token_burst(limit));
             }
         }
-        let mut pause: Option<Duration> = retry_after;
-        for (remaining, reset) in EXHAUSTED_HEADERS {
-            if first_number(headers, &[remaining]) == Some(0.0) {
-                if let Some(d) = header_str(headers, reset).and_then(parse_reset) {
-                    pause = Some(pause.map_or(d, |p| p.max(d)));
+        if !self.told_rpm {
+            if rate_limited {
+                self.decrease(now, epoch);
+            } else if (200..300).contains(&status) {
+                self.increase(now);
+                if let Some(t) = ticket {
+                    self.probe_answered(t.epoch);
+                }
+                let remaining = first_number(headers, REMAINING_REQUEST_HEADERS);
+                if let (Some(remaining), Some(t)) = (remaining, ticket) {
+                    self.credit(remaining, t.seq, now);
                 }
             }
         }
-        if let Some(d) = pause.filter(|d| !d.is_zero()) {
-            let until = now + d.min(Duration::from_secs(300));
-            let mut p = lock(&self.pause_until);
-            if p.is_none_or(|cur| cur < until) {
-                *p = Some(until);
+        // An exhausted window with no pace to keep us under it: wait for its
+        // reset. Under a pace the slots already spread the requests, and
+        // stopping everyone for a whole reset only wastes the limit.
+        let paced = lock(&self.requests).per_minute.is_some();
+        if !paced {
+            let mut pause: Option<Duration> = None;
+            for (remaining, reset) in EXHAUSTED_HEADERS {
+                if first_number(headers, &[remaining]) == Some(0.0) {
+                    if let Some(d) = header_str(headers, reset).and_then(parse_reset) {
+                        pause = Some(pause.map_or(d, |p| p.max(d)));
+                    }
+                }
+            }
+            // A 429's Retry-After, when even the refusal taught no pace,
+            // holds everyone back too: they would only be refused alike.
+            if rate_limited {
+                pause = pause.max(retry_after);
+            }
+            if let Some(d) = pause.filter(|d| !d.is_zero()) {
+                let until = now + d.min(Duration::from_secs(300));
+                let mut p = lock(&self.pause_until);
+                if p.is_none_or(|cur| cur < until) {
+                    *p = Some(until);
+                }
             }
         }
-        if rate_limited {
-            self.decrease(now);
-        } else {
-            self.increase(now);
+    }
+
+    /// The server said `remaining` requests were left in its bucket when
+    /// it admitted request `seq`: the ones admitted since are spent from
+    /// it, the rest may go at once, off the pace. A server with a deep
+    /// bucket (a minute's worth) then serves a job its whole burst instead
+    /// of the bare rate; a shallow one leaves a credit of a few requests.
+    /// A margin of two bursts is kept for requests the server has seen and
+    /// we have not yet counted.
+    fn credit(&self, remaining: f64, seq: u64, now: Instant) {
+        let sent_since = self
+            .admitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(seq + 1);
+        let mut pace = lock(&self.requests);
+        let Some(per_minute) = pace.per_minute else {
+            return; // nothing paces us yet: nothing to go ahead of
+        };
+        // Only a bucket deeper than two seconds of the pace is worth it: a
+        // shallow one holds little more than the pace's own burst, and
+        // requests that reach the server in another order than admitted
+        // (a loaded client) spend the same credit twice.
+        if remaining < per_minute / 30.0 {
+            pace.credit = 0;
+            return;
         }
+        let margin = 2 * pace.burst as u64;
+        let credit = (remaining as u64).saturating_sub(sent_since + margin);
+        let credit = u32::try_from(credit).unwrap_or(u32::MAX);
+        // A few slots' worth is what the pace's own burst allows anyway;
+        // granting it would only churn the waiters.
+        if credit <= pace.burst {
+            pace.credit = 0;
+            return;
+        }
+        let fresh = pace.credit == 0;
+        pace.credit = credit;
+        // The pace's own burst is spent by the credit: after it the
+        // server's bucket is near empty.
+        let period = Duration::from_secs_f64(60.0 / per_minute);
+        let spent = now + period * pace.burst.saturating_sub(1);
+        if fresh {
+            // Requests waiting on slots take the credit instead: their
+            // slots are revoked, and so taken off the schedule.
+            pace.tat = spent;
+            pace.generation += 1;
+            drop(pace);
+            self.revoked.notify_waiters();
+        } else {
+            pace.tat = pace.tat.max(spent);
+        }
+    }
+
+    /// A success admitted in the current epoch: after a cut, that is the
+    /// probe's answer, and the others may go.
+    fn probe_answered(&self, epoch: u64) {
+        if lock(&self.aimd).epoch != epoch {
+            return;
+        }
+        let mut pace = lock(&self.requests);
+        if matches!(pace.probe, Probe::Out { .. } | Probe::Next { .. }) {
+            pace.probe = Probe::Off;
+            drop(pace);
+            self.revoked.notify_waiters();
+        }
+    }
+
+    /// The server advertised its request limit: never pace above it.
+    fn learn_ceiling(&self, per_minute: f64) {
+        let mut aimd = lock(&self.aimd);
+        let first = aimd.ceiling.is_none();
+        if aimd.ceiling.is_some_and(|c| (c - per_minute).abs() < 0.5) {
+            return;
+        }
+        aimd.ceiling = Some(per_minute);
+        let mut pace = lock(&self.requests);
+        let next = match pace.per_minute {
+            Some(current) if !first => current.min(per_minute),
+            _ => per_minute,
+        };
+        tracing::debug!(
+            "pacing at {next:.0}/minute (the endpoint advertises {:.0}/minute)",
+            per_minute / LEARNED_HEADROOM
+        );
+        // Slots handed out faster than the advertised limit would be
+        // refused: revoke them. Slower ones (slow start's first slots) may
+        // stay; the new pace spaces the rest.
+        let now = Instant::now();
+        match pace.per_minute.or_else(|| pace.ramp_rate(now)) {
+            Some(current) if current > next => {
+                pace.slow_to(next, now);
+                drop(pace);
+                self.revoked.notify_waiters();
+            }
+            _ => pace.set(next),
+        }
+        // Refusals of requests sent before we knew are no news.
+        aimd.epoch += 1;
     }
 
     fn set_learned(&self, slot: &RwLock<Option<Arc<Pace>>>, per_minute: f64, burst: u32) {
@@ -239,59 +636,81 @@ impl Limiter {
         {
             return;
         }
-        tracing::debug!("pacing at {per_minute:.0}/minute (learned from the endpoint's replies)");
+        tracing::debug!("token pace {per_minute:.0}/minute (learned from the endpoint's replies)");
         if let Ok(mut w) = slot.write() {
             *w = Some(Pace::new(per_minute, burst));
         }
     }
 
-    fn decrease(&self, now: Instant) {
-        if self.told_rpm {
-            return;
-        }
+    /// A 429: cut the pace, once per congestion event. The new pace is what
+    /// the server let through since the last cut (its real rate, when we
+    /// sent more than it took), and at most a fifth below the old one.
+    fn decrease(&self, now: Instant, epoch: Option<u64>) {
         let mut aimd = lock(&self.aimd);
-        if aimd
-            .last_decrease
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
+        if epoch.is_some_and(|e| e < aimd.epoch) {
             return;
         }
-        aimd.last_decrease = Some(now);
-        let current = read(&self.requests).map(|p| p.per_minute);
-        let per_minute = match current {
-            Some(rpm) => rpm * AIMD_DECREASE,
-            None => observed_per_minute(&aimd.sent, now) * AIMD_DECREASE,
+        let mut pace = lock(&self.requests);
+        let goodput = aimd.goodput(now, aimd.last_decrease);
+        // Refused during slow start: the ramp's rate is what was too much.
+        let current = pace.per_minute.or_else(|| pace.ramp_rate(now));
+        let next = match (current, goodput) {
+            (Some(current), Some(g)) => (current * AIMD_DECREASE).min(g).max(current * DEEPEST_CUT),
+            (Some(current), None) => current * AIMD_DECREASE,
+            (None, Some(g)) => g,
+            // Refused before anything was answered: nothing to measure yet;
+            // the pause above holds everyone back meanwhile.
+            (None, None) => return,
         };
-        drop(aimd);
-        if let Ok(mut w) = self.requests.write() {
-            *w = Some(Pace::new(per_minute, request_burst(per_minute)));
-        }
+        let next = aimd.ceiling.map_or(next, |c| next.min(c));
+        tracing::debug!("429: pacing at {next:.0}/minute");
+        pace.slow_to(next, now);
+        // Four times what the last refusal took to come back (the time
+        // varies with load), and a period.
+        let rtt = aimd.refusal_rtt.unwrap_or(PROBE_WAIT_MIN);
+        let period = Duration::from_secs_f64(60.0 / next.max(1.0));
+        pace.probe = Probe::Next {
+            wait: (rtt * 4).clamp(PROBE_WAIT_MIN, PROBE_WAIT_MAX) + period,
+        };
+        drop(pace);
+        self.revoked.notify_waiters();
+        aimd.epoch += 1;
+        aimd.last_decrease = Some(now);
+        aimd.last_increase = Some(now);
     }
 
+    /// A success: grow the pace slowly (a fraction per second since the
+    /// last growth), never above an advertised limit.
     fn increase(&self, now: Instant) {
-        if self.told_rpm {
-            return;
+        let mut aimd = lock(&self.aimd);
+        if aimd.answered.len() == ANSWERED_KEPT {
+            aimd.answered.pop_front();
         }
-        let aimd = lock(&self.aimd);
-        let Some(last) = aimd.last_decrease else {
+        aimd.answered.push_back(now);
+        let mut pace = lock(&self.requests);
+        let Some(current) = pace.per_minute else {
             return;
         };
-        if now.duration_since(last) < Duration::from_secs(1) {
+        let Some(last) = aimd.last_increase else {
+            return;
+        };
+        let secs = now.duration_since(last).as_secs_f64();
+        if secs < 0.1 {
             return;
         }
-        drop(aimd);
-        if let Some(pace) = read(&self.requests) {
-            let next = pace.per_minute * AIMD_INCREASE;
-            // Rebuild only when the change is worth a limiter reset.
-            if next - pace.per_minute >= 1.0 || pace.per_minute < 500.0 {
-                self.set_learned(&self.requests, next, request_burst(next));
-            }
+        aimd.last_increase = Some(now);
+        let mut next = current * (1.0 + AIMD_GROWTH_PER_SEC * secs);
+        if let Some(c) = aimd.ceiling {
+            next = next.min(c);
+        }
+        if next > current {
+            pace.set(next);
         }
     }
 
     pub fn state(&self) -> LimitState {
         LimitState {
-            rpm: read(&self.requests).map(|p| p.per_minute),
+            rpm: lock(&self.requests).per_minute,
             tpm: read(&self.tokens).map(|p| p.per_minute),
         }
     }
@@ -308,6 +727,19 @@ const OUTPUT_BURST_SECS: f64 = 10.0;
 pub struct OutputGrant {
     bucket: Option<Arc<RefundableBucket>>,
     reserved: f64,
+    /// The request's admission, to pass to [`Limiter::observe`].
+    pub ticket: Ticket,
+}
+
+/// An attempt's admission: what its reply is news of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The limiter epoch (bumped on every cut) the request was admitted in.
+    pub epoch: u64,
+    /// Its place among all requests admitted.
+    pub seq: u64,
+    /// When it was admitted.
+    pub at: Instant,
 }
 
 impl OutputGrant {
@@ -425,20 +857,14 @@ fn token_burst(per_minute: f64) -> u32 {
     ((per_minute / 60.0).ceil() as u32).max(1)
 }
 
-fn observed_per_minute(sent: &VecDeque<Instant>, now: Instant) -> f64 {
-    match sent.front() {
-        Some(first) if sent.len() > 1 => {
-            let secs = now.duration_since(*first).as_secs_f64().max(0.05);
-            sent.len() as f64 / secs * 60.0
-        }
-        _ => 60.0,
-    }
-}
-
 const REQUEST_LIMIT_HEADERS: &[&str] = &[
     "x-ratelimit-limit-requests",
     "anthropic-ratelimit-requests-limit",
     "x-databricks-ratelimit-limit-requests",
+];
+const REMAINING_REQUEST_HEADERS: &[&str] = &[
+    "x-ratelimit-remaining-requests",
+    "anthropic-ratelimit-requests-remaining",
 ];
 const TOKEN_LIMIT_HEADERS: &[&str] = &[
     "x-ratelimit-limit-tokens",
@@ -484,6 +910,14 @@ mod tests {
     use super::*;
     use crate::provider::retry::tests::headers;
 
+    fn at_epoch(epoch: u64) -> Ticket {
+        Ticket {
+            epoch,
+            seq: 0,
+            at: Instant::now(),
+        }
+    }
+
     #[test]
     fn learns_limits_from_headers() {
         let l = Limiter::new(None, None);
@@ -493,7 +927,8 @@ mod tests {
                 ("x-ratelimit-limit-requests", "600"),
                 ("x-ratelimit-limit-tokens", "60000"),
             ]),
-            false,
+            200,
+            None,
             None,
         );
         let s = l.state();
@@ -506,21 +941,236 @@ mod tests {
         let l = Limiter::new(Some(100), None);
         l.observe(
             &headers(&[("x-ratelimit-limit-requests", "600")]),
-            true,
+            429,
+            None,
             None,
         );
         assert_eq!(l.state().rpm, Some(100.0));
     }
 
     #[test]
-    fn a_429_without_headers_sets_a_rate_below_what_was_sent() {
+    fn a_429_during_slow_start_paces_below_the_ramp() {
         let l = Limiter::new(None, None);
-        l.observe(&HeaderMap::new(), true, None);
+        let t0 = Instant::now();
+        l.observe_at(&HeaderMap::new(), 429, None, Some(at_epoch(0)), t0);
+        assert_eq!(l.state().rpm, Some(RAMP_START * AIMD_DECREASE));
+    }
+
+    #[test]
+    fn a_429_without_headers_paces_at_what_was_answered_once_per_event() {
+        let l = Limiter::new(None, None);
+        lock(&l.requests).ramp = false; // past the slow start
+        let none = HeaderMap::new();
+        let t0 = Instant::now();
+        // Refused before anything was answered: nothing to go on yet.
+        l.observe_at(&none, 429, None, Some(at_epoch(0)), t0);
+        assert_eq!(l.state().rpm, None);
+        for _ in 0..10 {
+            l.observe_at(&none, 200, None, Some(at_epoch(0)), t0);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        l.observe_at(&none, 429, None, Some(at_epoch(0)), t1);
         let first = l.state().rpm.unwrap();
-        assert!(first > 0.0);
-        // A second refusal within the same second does not cut again.
-        l.observe(&HeaderMap::new(), true, None);
+        assert!(
+            (first - 600.0).abs() < 1.0,
+            "10 answered in the last second: {first}"
+        );
+        // Refusals of requests admitted before the cut cut no further.
+        l.observe_at(&none, 429, None, Some(at_epoch(0)), t1);
         assert_eq!(l.state().rpm, Some(first));
+        // One admitted after it does.
+        let later = lock(&l.aimd).epoch;
+        l.observe_at(
+            &none,
+            429,
+            None,
+            Some(at_epoch(later)),
+            t1 + Duration::from_secs(1),
+        );
+        assert!(l.state().rpm.unwrap() <= first * AIMD_DECREASE + 0.01);
+    }
+
+    #[test]
+    fn growth_never_passes_an_advertised_limit() {
+        let l = Limiter::new(None, None);
+        let limit = headers(&[("x-ratelimit-limit-requests", "3000")]);
+        let t0 = Instant::now();
+        l.observe_at(&limit, 429, None, Some(at_epoch(0)), t0);
+        let ceiling = 3000.0 * LEARNED_HEADROOM;
+        assert_eq!(l.state().rpm, Some(ceiling));
+        // Refused in flight before the limit was known: no cut.
+        l.observe_at(&limit, 429, None, Some(at_epoch(0)), t0);
+        assert_eq!(l.state().rpm, Some(ceiling));
+        // A fresh refusal cuts; a long run of successes grows back to the
+        // ceiling and stays there.
+        let e = lock(&l.aimd).epoch;
+        l.observe_at(&limit, 429, None, Some(at_epoch(e)), t0);
+        assert!(l.state().rpm.unwrap() < ceiling);
+        for i in 1..=600 {
+            let t = t0 + Duration::from_millis(200 * i);
+            l.observe_at(&HeaderMap::new(), 200, None, None, t);
+        }
+        assert_eq!(l.state().rpm, Some(ceiling));
+    }
+
+    #[test]
+    fn changing_the_pace_keeps_the_slots_already_taken() {
+        let t0 = Instant::now();
+        let mut pace = RequestPace {
+            per_minute: None,
+            burst: 1,
+            tat: t0,
+            ramp: false,
+            ramp_from: None,
+            generation: 0,
+            credit: 0,
+            probe: Probe::Off,
+        };
+        assert_eq!(pace.reserve(t0).unwrap(), t0, "no pace, no wait");
+        // 600/min: one slot per 100 ms, burst 1.
+        pace.set(600.0);
+        let slots: Vec<_> = (0..5).map(|_| pace.reserve(t0).unwrap()).collect();
+        assert_eq!(slots[4] - t0, Duration::from_millis(400));
+        // A faster pace spaces the slots handed out from now on, after the
+        // ones already taken: no fresh burst on top of them.
+        pace.set(6000.0);
+        let next = pace.reserve(t0).unwrap();
+        assert!(next >= t0 + Duration::from_millis(410), "{:?}", next - t0);
+    }
+
+    #[tokio::test]
+    async fn what_the_server_has_left_goes_at_once() {
+        let l = Limiter::new(None, None);
+        let first = l.admit(0).await;
+        // 60/minute, 30 left: paced at 58/minute with 28 to spend at once
+        // (a margin of two slots).
+        let left = |n: &str| {
+            headers(&[
+                ("x-ratelimit-limit-requests", "60"),
+                ("x-ratelimit-remaining-requests", n),
+            ])
+        };
+        l.observe(&left("30"), 200, None, Some(first));
+        let t = Instant::now();
+        {
+            let mut pace = lock(&l.requests);
+            assert_eq!(pace.credit, 28);
+            // The credit, then the pace's first slot (the margin's).
+            for _ in 0..29 {
+                assert_eq!(pace.reserve(t).unwrap(), t);
+            }
+            assert!(pace.reserve(t).unwrap() > t, "then the pace");
+        }
+        // The same news again, after 28 more were admitted: nothing left.
+        for _ in 0..28 {
+            l.admitted.fetch_add(1, Ordering::Relaxed);
+        }
+        l.observe(&left("30"), 200, None, Some(first));
+        assert_eq!(lock(&l.requests).credit, 0);
+        // Told limits keep their pace whatever the server says is left.
+        let told = Limiter::new(Some(60), None);
+        let ticket = told.admit(0).await;
+        told.observe(&left("30"), 200, None, Some(ticket));
+        assert_eq!(lock(&told.requests).credit, 0);
+    }
+
+    #[tokio::test]
+    async fn after_a_cut_on_bare_429s_one_request_goes_first() {
+        let l = Limiter::new(None, None);
+        lock(&l.requests).set(6_000.0);
+        let sent = l.admit(0).await;
+        l.observe(&HeaderMap::new(), 429, None, Some(sent));
+        let now = Instant::now();
+        {
+            let mut pace = lock(&l.requests);
+            assert!(pace.reserve(now).is_ok(), "the probe");
+            let until = pace.reserve(now).unwrap_err();
+            assert!(until > now, "the others wait for its answer");
+        }
+        // It is answered: the others go, at the new pace.
+        let probe = Ticket {
+            epoch: lock(&l.aimd).epoch,
+            seq: 1,
+            at: now,
+        };
+        l.observe(&HeaderMap::new(), 200, None, Some(probe));
+        assert!(lock(&l.requests).reserve(now).is_ok());
+        // No answer in time (a slow refusal, a lost connection): one more
+        // goes alone when the wait ends, the others still wait.
+        let sent = l.admit(0).await;
+        l.observe(&HeaderMap::new(), 429, None, Some(sent));
+        let mut pace = lock(&l.requests);
+        let _probe = pace.reserve(now).unwrap();
+        let until = pace.reserve(now).unwrap_err();
+        assert!(until <= now + PROBE_WAIT_MAX + Duration::from_secs(1));
+        assert!(pace.reserve(until).is_ok(), "a second probe");
+        assert!(pace.reserve(until).is_err());
+    }
+
+    #[test]
+    fn slowing_down_revokes_the_slots_handed_out() {
+        let t0 = Instant::now();
+        let mut pace = RequestPace {
+            per_minute: Some(6_000.0),
+            burst: 1,
+            tat: t0,
+            ramp: false,
+            ramp_from: None,
+            generation: 0,
+            credit: 0,
+            probe: Probe::Off,
+        };
+        let slots: Vec<_> = (0..10).map(|_| pace.reserve(t0).unwrap()).collect();
+        assert_eq!(slots[9] - t0, Duration::from_millis(90));
+        pace.slow_to(600.0, t0);
+        assert_eq!(pace.generation, 1, "the slots handed out are void");
+        // A refusal says the server's bucket is empty: the next slot is a
+        // whole period away, and the rest follow at the new pace.
+        assert_eq!(pace.reserve(t0).unwrap() - t0, Duration::from_millis(100));
+        assert_eq!(pace.reserve(t0).unwrap() - t0, Duration::from_millis(200));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_requests_take_new_slots_when_theirs_are_revoked() {
+        let l = Arc::new(Limiter::new(None, None));
+        lock(&l.requests).set(600.0); // a slot every 100 ms
+        let gone = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let waiting: Vec<_> = (0..20)
+            .map(|_| {
+                let (l, gone) = (l.clone(), gone.clone());
+                tokio::spawn(async move {
+                    l.admit(0).await;
+                    gone.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        // Waits for the waiters (on the other threads) to get there.
+        let until = |f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !f() {
+                assert!(std::time::Instant::now() < deadline, "never happened");
+                std::thread::yield_now();
+            }
+        };
+        // Every request holds a slot: 20 of them at 100 ms.
+        until(&|| lock(&l.requests).tat >= t0 + Duration::from_millis(1_900));
+        // The server advertises 60/minute: those still waiting take slots
+        // again, a second apart, instead of going out at the old pace.
+        l.observe(
+            &headers(&[("x-ratelimit-limit-requests", "60")]),
+            429,
+            None,
+            Some(at_epoch(0)),
+        );
+        let cut = Instant::now();
+        let still = 20 - gone.load(std::sync::atomic::Ordering::SeqCst);
+        let period = Duration::from_secs_f64(60.0 / (60.0 * LEARNED_HEADROOM));
+        until(&|| lock(&l.requests).tat >= cut + period * still as u32);
+        assert!(gone.load(std::sync::atomic::Ordering::SeqCst) <= 20 - still + 1);
+        for w in waiting {
+            w.abort();
+        }
     }
 
     /// Admissions in `secs` of fake time for requests reserving `reserve`
@@ -613,7 +1263,8 @@ mod tests {
                 ("x-ratelimit-remaining-requests", "0"),
                 ("x-ratelimit-reset-requests", "2s"),
             ]),
-            false,
+            200,
+            None,
             None,
         );
         let until = l.pause_until.lock().unwrap().unwrap();

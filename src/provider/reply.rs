@@ -33,6 +33,15 @@ pub struct RowReply {
     pub finish_reason: Option<String>,
 }
 
+impl RowReply {
+    /// An answer came but did not fit the result type: what a repair may
+    /// fix. An answer the provider's content filter withheld is not one
+    /// (asking again for the same text meets the same filter).
+    pub fn unfit(&self) -> bool {
+        self.result.is_err() && self.finish_reason.as_deref() != Some(CONTENT_FILTER)
+    }
+}
+
 /// A parsed reply: per-row results in call order, and the call's usage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
@@ -69,8 +78,8 @@ impl Shape {
                     (Some(calls), _) if calls.as_array().is_some_and(|a| !a.is_empty()) => {
                         Ok(Value::String(calls.to_string()))
                     }
-                    (_, Some(text)) => self.typed(&text),
-                    (_, None) => Err("reply has no text content".to_string()),
+                    (_, Some(text)) => self.answer(&text, finish.as_deref()),
+                    (_, None) => Err(no_content(finish.as_deref())),
                 };
                 Ok(Reply {
                     rows: vec![RowReply {
@@ -83,7 +92,7 @@ impl Shape {
             Task::Completions => {
                 let r: CompletionResponse = decode(body)?;
                 let choice = r.choices.into_iter().next().ok_or("reply has no choices")?;
-                let result = self.typed(&choice.text);
+                let result = self.answer(&choice.text, choice.finish_reason.as_deref());
                 Ok(Reply {
                     rows: vec![RowReply {
                         result,
@@ -127,6 +136,15 @@ impl Shape {
         }
     }
 
+    /// Reply text → the result, unless it is empty because the provider's
+    /// content filter withheld it (then the row says so).
+    pub fn answer(&self, text: &str, finish_reason: Option<&str>) -> Result<Value, String> {
+        if text.is_empty() && finish_reason == Some(CONTENT_FILTER) {
+            return Err(no_content(finish_reason));
+        }
+        self.typed(text)
+    }
+
     /// Reply text → the result type, then the task function's finishing.
     pub fn typed(&self, text: &str) -> Result<Value, String> {
         let value = self.result_type.parse_reply(text)?;
@@ -134,6 +152,19 @@ impl Shape {
             Some((f, opts)) => f.finish(opts, value),
             None => Ok(value),
         }
+    }
+}
+
+const CONTENT_FILTER: &str = "content_filter";
+
+/// The row error of a reply that carries no answer text; the provider's
+/// content filter is named when it was the reason.
+pub fn no_content(finish_reason: Option<&str>) -> String {
+    match finish_reason {
+        Some(CONTENT_FILTER) => "the provider's content filter withheld the answer \
+                                 (finish_reason content_filter)"
+            .to_string(),
+        _ => "reply has no text content".to_string(),
     }
 }
 
@@ -162,6 +193,77 @@ fn parse_raw(body: &[u8]) -> Result<Reply, String> {
             finish_reason,
         }],
         usage: usage(any.usage.as_ref()),
+    })
+}
+
+/// What makes a 2xx body not an answer at all (as opposed to an answer
+/// that does not fit its row): see [`body_fault`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Not JSON, or JSON cut short: a proxy's HTML error page, a body cut
+    /// off on the way. A fault of the path, like a 502.
+    Unreadable(String),
+    /// A JSON error object sent with a success status
+    /// (`{"error": {"message": ..}}`): the server's own message, and the
+    /// HTTP status it names in `code` or `status`, if any.
+    Error {
+        message: String,
+        status: Option<u16>,
+    },
+}
+
+impl std::fmt::Display for BodyFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyFault::Unreadable(m) => write!(f, "{m}"),
+            BodyFault::Error { message, .. } => {
+                write!(f, "the endpoint answered with an error: {message}")
+            }
+        }
+    }
+}
+
+/// Why a 2xx body that [`Shape::parse`] could not read is not an answer:
+/// None when it is a well-formed JSON reply that just does not fit (that
+/// stays the row's error). Only called after a parse failed, so good
+/// replies are parsed once.
+pub fn body_fault(body: &[u8]) -> Option<BodyFault> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            let head: String = String::from_utf8_lossy(body)
+                .trim()
+                .chars()
+                .take(120)
+                .collect();
+            let what = if e.is_eof() {
+                "a reply cut short"
+            } else if head.starts_with('<') {
+                "an HTML page instead of a JSON reply (a proxy's error page?)"
+            } else {
+                "a reply that is not JSON"
+            };
+            return Some(BodyFault::Unreadable(format!(
+                "the endpoint sent {what} with a success status: {head}"
+            )));
+        }
+    };
+    let error = value.get("error").filter(|e| !e.is_null())?;
+    if value.get("choices").is_some() || value.get("data").is_some() {
+        return None;
+    }
+    let status = ["code", "status"]
+        .iter()
+        .filter_map(|k| error.get(*k).or_else(|| value.get(*k)))
+        .find_map(|c| {
+            c.as_u64()
+                .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+        })
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| (400..600).contains(c));
+    Some(BodyFault::Error {
+        message: wire::error_message(body),
+        status,
     })
 }
 

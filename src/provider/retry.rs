@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 
+use crate::provider::reply::BodyFault;
+
 /// How many times and how patiently a call is retried.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -60,6 +62,36 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> RetryAction {
         401 | 403 | 404 => RetryAction::Abort,
         _ => RetryAction::RowError,
     }
+}
+
+/// Classify a success status whose body is not an answer. An unreadable
+/// body (HTML, JSON cut short) is a fault of the path: retried like a 502.
+/// An error object is classified by the status it names; naming none, it
+/// is retried like a 500 (the server did not call the request bad, which
+/// would have been a 400).
+pub fn classify_body_fault(fault: &BodyFault) -> RetryAction {
+    let status = match fault {
+        BodyFault::Unreadable(_) => 502,
+        BodyFault::Error { status, .. } => status.unwrap_or(500),
+    };
+    classify_status(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        &HeaderMap::new(),
+    )
+}
+
+/// The certificate problem in a connection error's text (its whole source
+/// chain), if verifying the server's certificate is what failed. Not
+/// transient: no retry makes an untrusted certificate trusted, so the job
+/// stops at once (the caller says how to trust a private CA).
+pub fn certificate_problem(chain: &str) -> Option<&str> {
+    const MARKERS: [&str; 3] = [
+        "invalid peer certificate",
+        "certificate verify failed",
+        "InvalidCertificate",
+    ];
+    let at = MARKERS.iter().find_map(|m| chain.find(m))?;
+    Some(chain[at..].trim())
 }
 
 /// How long the server asks us to wait: `retry-after-ms` (OpenAI), then
@@ -167,6 +199,53 @@ pub(crate) mod tests {
         for s in [400, 413, 422] {
             assert_eq!(retry(s), RetryAction::RowError, "{s}");
         }
+    }
+
+    #[test]
+    fn certificate_failures_are_recognised() {
+        let chain = "connection failed: error sending request for url (https://x/v1): client error (Connect): invalid peer certificate: UnknownIssuer";
+        assert_eq!(
+            certificate_problem(chain),
+            Some("invalid peer certificate: UnknownIssuer")
+        );
+        assert_eq!(
+            certificate_problem("could not connect: connection refused"),
+            None
+        );
+    }
+
+    #[test]
+    fn body_faults_are_classified() {
+        let transient = RetryAction::Retry {
+            after: None,
+            rate_limited: false,
+        };
+        let fault = |s: &[u8]| crate::provider::reply::body_fault(s).unwrap();
+        assert_eq!(classify_body_fault(&fault(b"<html>502</html>")), transient);
+        assert_eq!(
+            classify_body_fault(&fault(br#"{"choices":[{"mess"#)),
+            transient
+        );
+        let e = fault(br#"{"error":{"message":"upstream exploded"}}"#);
+        assert_eq!(
+            e.to_string(),
+            "the endpoint answered with an error: upstream exploded"
+        );
+        assert_eq!(classify_body_fault(&e), transient);
+        let e = fault(br#"{"error":{"message":"slow down","code":429}}"#);
+        assert!(matches!(
+            classify_body_fault(&e),
+            RetryAction::Retry {
+                rate_limited: true,
+                ..
+            }
+        ));
+        let e = fault(br#"{"error":{"message":"bad","code":"400"}}"#);
+        assert_eq!(classify_body_fault(&e), RetryAction::RowError);
+        assert_eq!(
+            crate::provider::reply::body_fault(br#"{"choices":[]}"#),
+            None
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub async fn read_timed(
         let chunk: Value = serde_json::from_str(&event.data)
             .map_err(|e| StreamError::Reply(format!("unreadable stream chunk ({e})")))?;
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
-            usage = serde_json::from_value(u.clone()).ok();
+            usage = WireUsage::lenient(u.clone());
         }
         let Some(choice) = chunk.pointer("/choices/0") else {
             continue;
@@ -119,7 +119,7 @@ pub async fn read_timed(
         ));
     }
     let usage = usage.as_ref().map(Usage::from_wire).unwrap_or_default();
-    let result = shape.typed(&text);
+    let result = shape.answer(&text, finish_reason.as_deref());
     Ok((
         Reply {
             rows: vec![RowReply {

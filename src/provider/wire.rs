@@ -32,6 +32,9 @@ pub enum Task {
 /// (`{"type":"text",...}`, `{"type":"image_url",...}`), kept as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Message {
+    /// Required in requests; optional in replies (an answer is readable
+    /// without it, and some servers leave it out).
+    #[serde(default)]
     pub role: String,
     #[serde(default)]
     pub content: Value,
@@ -112,6 +115,64 @@ pub struct WireUsage {
     pub cache_creation_input_tokens: Option<i64>,
 }
 
+impl WireUsage {
+    /// Reads a reply's `usage` object, or None when it is not one aiq can
+    /// trust: counts that are not whole numbers (`"completion_tokens":
+    /// "many"`) or are negative. The answer it came with is still good, so a
+    /// bad usage must not fail the row: it is recorded as if the server had
+    /// sent none (README "What aiq accepts"), with one warning per process.
+    pub fn lenient(value: Value) -> Option<WireUsage> {
+        if value.is_null() {
+            return None;
+        }
+        let usage = serde_json::from_value::<WireUsage>(value.clone())
+            .ok()
+            .filter(WireUsage::is_sane);
+        if usage.is_none() {
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                let shown: String = value.to_string().chars().take(200).collect();
+                tracing::warn!(
+                    "the endpoint sent a usage this aiq cannot read ({shown}); answers are kept, \
+                     their token counts recorded as 0 (warned once)"
+                );
+            }
+        }
+        usage
+    }
+
+    fn is_sane(&self) -> bool {
+        let details = [
+            self.prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens),
+            self.prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cache_write_tokens),
+            self.completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens),
+        ];
+        [
+            self.input_tokens,
+            self.output_tokens,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+            self.cache_read_input_tokens,
+            self.cache_creation_input_tokens,
+        ]
+        .into_iter()
+        .chain(details)
+        .all(|v| v.is_none_or(|n| n >= 0))
+    }
+}
+
+fn lenient_usage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<WireUsage>, D::Error> {
+    Ok(WireUsage::lenient(Value::deserialize(d)?))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct PromptTokensDetails {
     #[serde(default)]
@@ -144,7 +205,7 @@ pub struct ChatResponse {
     #[serde(default)]
     pub model: Option<String>,
     pub choices: Vec<ChatChoice>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_usage")]
     pub usage: Option<WireUsage>,
 }
 
@@ -164,7 +225,7 @@ pub struct CompletionResponse {
     #[serde(default)]
     pub model: Option<String>,
     pub choices: Vec<CompletionChoice>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_usage")]
     pub usage: Option<WireUsage>,
 }
 
@@ -180,7 +241,7 @@ pub struct EmbeddingResponse {
     #[serde(default)]
     pub model: Option<String>,
     pub data: Vec<EmbeddingItem>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_usage")]
     pub usage: Option<WireUsage>,
 }
 

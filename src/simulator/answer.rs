@@ -7,7 +7,8 @@
 //! last user text (`"echo: ..."`), structured outputs and tool arguments are
 //! generated from the schema ([`super::schema`]), embeddings are unit
 //! vectors hashed from the text. Magic markers in the text let tests ask for
-//! a specific failure: `[[sim:400]]`, `[[sim:500]]`, `[[sim:tool]]`, and
+//! a specific failure: `[[sim:400]]`, `[[sim:500]]`, `[[sim:tool]]`,
+//! `[[sim:filter]]` (`finish_reason` content_filter, no content), and
 //! `[[sim:badjson]]` (a reply that does not fit: a structured document with
 //! its first leaf of the wrong type, or text that is not JSON at all).
 
@@ -192,6 +193,8 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
     let limit = asked.unwrap_or(reply_tokens).min(reply_tokens);
     let mut typed = false;
     let (content, tool_calls, finish_reason) = match tool_call(&req, &prompt, &last_user)? {
+        // A content filter's refusal: no content at all.
+        None if last_user.contains(FILTERED) => (None, None, "content_filter"),
         Some(calls) => (None, Some(calls), "tool_calls"),
         None => {
             let doc = structured(&req, &prompt, &last_user)?;
@@ -237,6 +240,9 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
         typed,
     })
 }
+
+/// Asks for a reply withheld by a content filter.
+const FILTERED: &str = "[[sim:filter]]";
 
 /// How a typed reply is spoiled, for tests of what clients do with replies
 /// a real model sometimes gives.

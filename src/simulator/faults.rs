@@ -21,6 +21,12 @@ pub enum Fault {
     Reset,
     /// Sleep `slow_ms` before answering normally.
     Slow,
+    /// 200 with a proxy's HTML error page.
+    Html,
+    /// 200 with a JSON reply cut short.
+    Truncated,
+    /// 200 with `{"error": {"message": ..}}` (no status named).
+    Error200,
 }
 
 impl Fault {
@@ -31,7 +37,10 @@ impl Fault {
             "503" => Ok(Fault::Status(503)),
             "reset" => Ok(Fault::Reset),
             "slow" => Ok(Fault::Slow),
-            other => Err(format!("unknown fault {other:?} in --faults (use a comma list of 500, 502, 503, reset, slow)")),
+            "html" => Ok(Fault::Html),
+            "truncated" => Ok(Fault::Truncated),
+            "error200" => Ok(Fault::Error200),
+            other => Err(format!("unknown fault {other:?} in --faults (use a comma list of 500, 502, 503, reset, slow, html, truncated, error200)")),
         }
     }
 }

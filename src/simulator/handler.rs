@@ -24,7 +24,7 @@ use super::cache::{self, prefix_keys};
 use super::faults::Fault;
 use super::limits::Admission;
 use super::stats::{bump, InFlight};
-use super::{stream, ServerState, SimConfig};
+use super::{stream, Quirk, ServerState, SimConfig};
 use crate::provider::wire::{
     ChatChoice, ChatResponse, CompletionChoice, CompletionResponse, EmbeddingItem,
     EmbeddingResponse, Message, PromptTokensDetails, WireUsage,
@@ -191,6 +191,29 @@ async fn handle(
                 );
             }
             Fault::Reset => return reset(),
+            Fault::Html => {
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/html")],
+                    "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                )
+                    .into_response()
+            }
+            Fault::Truncated => {
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    r#"{"id":"chatcmpl-1","choices":[{"index":0,"mess"#,
+                )
+                    .into_response()
+            }
+            Fault::Error200 => {
+                return (
+                    StatusCode::OK,
+                    Json(json!({"error": {"message": "upstream exploded"}})),
+                )
+                    .into_response()
+            }
             Fault::Slow => tokio::time::sleep(Duration::from_millis(st.cfg.slow_ms)).await,
         }
     }
@@ -248,9 +271,73 @@ async fn handle(
         tokio::time::sleep(delay).await;
     }
     done();
-    let mut resp = Json(body_of(&api, job, usage)).into_response();
+    let mut body = body_of(&api, job, usage);
+    quirks(&st.cfg.quirks, &mut body);
+    let mut resp = Json(body).into_response();
     resp.headers_mut().extend(limit_headers);
     resp
+}
+
+/// Reshapes a reply the harmless ways other servers differ from OpenAI.
+fn quirks(quirks: &[Quirk], body: &mut Value) {
+    for q in quirks {
+        match q {
+            Quirk::NoRole => {
+                if let Some(m) = body
+                    .pointer_mut("/choices/0/message")
+                    .and_then(Value::as_object_mut)
+                {
+                    m.remove("role");
+                }
+            }
+            Quirk::BadUsage => {
+                if let Some(u) = body.get_mut("usage").and_then(Value::as_object_mut) {
+                    u.insert("completion_tokens".into(), json!("many"));
+                }
+            }
+            Quirk::NegativeUsage => {
+                if let Some(u) = body.get_mut("usage").and_then(Value::as_object_mut) {
+                    u.insert("prompt_tokens".into(), json!(-1));
+                }
+            }
+            Quirk::NoUsage => {
+                if let Some(o) = body.as_object_mut() {
+                    o.remove("usage");
+                }
+            }
+            Quirk::ExtraFields => {
+                // What newer or other servers add, at every level.
+                let extra = [
+                    (
+                        "",
+                        json!({"system_fingerprint": "fp_sim", "x_vendor": {"region": "eu"}}),
+                    ),
+                    ("/choices/0", json!({"logprobs": null, "stop_reason": 2})),
+                    (
+                        "/choices/0/message",
+                        json!({"refusal": null, "annotations": [], "reasoning_content": ""}),
+                    ),
+                    (
+                        "/usage",
+                        json!({"prompt_tokens_details": {"audio_tokens": 0}, "x_queue_ms": 3}),
+                    ),
+                ];
+                for (at, fields) in extra {
+                    let (Some(o), Value::Object(fields)) =
+                        (body.pointer_mut(at).and_then(Value::as_object_mut), fields)
+                    else {
+                        continue;
+                    };
+                    o.extend(fields);
+                }
+            }
+            Quirk::NoChoices => {
+                if let Some(o) = body.as_object_mut() {
+                    o.remove("choices");
+                }
+            }
+        }
+    }
 }
 
 /// The prefix-cache keys of `job`, the tokens it reads from the cache,

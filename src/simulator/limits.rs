@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::{RateHeaders, RetryAfterHint};
+
 /// One continuously refilled bucket.
 #[derive(Debug)]
 struct Bucket {
@@ -117,12 +119,20 @@ pub enum Admission {
 pub struct Limits {
     /// `None` when neither limit is set: no lock on the hot path.
     inner: Option<Mutex<Buckets>>,
+    /// Which replies carry `x-ratelimit-*` headers.
+    rate_headers: RateHeaders,
+    /// What a 429 says about when to come back.
+    retry_after: RetryAfterHint,
 }
 
 impl Limits {
     pub fn new(rpm: Option<u64>, tpm: Option<u64>, burst_seconds: f64) -> Limits {
         if rpm.is_none() && tpm.is_none() {
-            return Limits { inner: None };
+            return Limits {
+                inner: None,
+                rate_headers: RateHeaders::Every,
+                retry_after: RetryAfterHint::Precise,
+            };
         }
         let burst = if burst_seconds > 0.0 {
             burst_seconds
@@ -136,7 +146,17 @@ impl Limits {
                 output: None,
                 last: Instant::now(),
             })),
+            rate_headers: RateHeaders::Every,
+            retry_after: RetryAfterHint::Precise,
         }
+    }
+
+    /// Send rate headers and `Retry-After` the way `rate_headers` and
+    /// `retry_after` say (other servers than OpenAI differ here).
+    pub fn with_hints(mut self, rate_headers: RateHeaders, retry_after: RetryAfterHint) -> Limits {
+        self.rate_headers = rate_headers;
+        self.retry_after = retry_after;
+        self
     }
 
     /// Also limit output tokens per minute (reserve `max_tokens`, refund
@@ -208,13 +228,18 @@ impl Limits {
             }
         }
         let mut headers = HeaderMap::new();
-        if let Some(r) = &b.requests {
+        let send = match self.rate_headers {
+            RateHeaders::Every => true,
+            RateHeaders::On429 => !admitted,
+            RateHeaders::Never => false,
+        };
+        if let Some(r) = b.requests.as_ref().filter(|_| send) {
             r.headers("requests", &mut headers);
         }
-        if let Some(t) = &b.tokens {
+        if let Some(t) = b.tokens.as_ref().filter(|_| send) {
             t.headers("tokens", &mut headers);
         }
-        if let Some(o) = &b.output {
+        if let Some(o) = b.output.as_ref().filter(|_| send) {
             o.headers("output-tokens", &mut headers);
         }
         if admitted {
@@ -224,8 +249,12 @@ impl Limits {
         // wants; retry-after-ms carries the precise figure.
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let ms = (wait.as_secs_f64() * 1000.0).ceil().max(1.0) as u64;
-        headers.insert("retry-after", HeaderValue::from(secs));
-        headers.insert("retry-after-ms", HeaderValue::from(ms));
+        if self.retry_after != RetryAfterHint::None {
+            headers.insert("retry-after", HeaderValue::from(secs));
+        }
+        if self.retry_after == RetryAfterHint::Precise {
+            headers.insert("retry-after-ms", HeaderValue::from(ms));
+        }
         Admission::Refused(headers)
     }
 }
@@ -292,6 +321,28 @@ mod tests {
         );
         l.refund_output(6); // the reply used 2 of its 8
         assert!(matches!(l.admit_reserving(5, 8), Admission::Admitted(_)));
+    }
+
+    #[test]
+    fn hints_follow_the_settings() {
+        let refused = |h: RateHeaders, r: RetryAfterHint| {
+            let l = Limits::new(Some(60), None, 1.0).with_hints(h, r);
+            let first = match l.admit(0) {
+                Admission::Admitted(h) => h,
+                Admission::Refused(_) => panic!("first passes"),
+            };
+            match l.admit(0) {
+                Admission::Refused(h) => (first, h),
+                Admission::Admitted(_) => panic!("second is refused"),
+            }
+        };
+        let (ok, no) = refused(RateHeaders::On429, RetryAfterHint::Seconds);
+        assert!(ok.is_empty());
+        assert_eq!(no["x-ratelimit-limit-requests"], "60");
+        assert_eq!(no["retry-after"], "1");
+        assert!(no.get("retry-after-ms").is_none());
+        let (ok, no) = refused(RateHeaders::Never, RetryAfterHint::None);
+        assert!(ok.is_empty() && no.is_empty(), "a bare 429");
     }
 
     #[test]

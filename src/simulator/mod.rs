@@ -26,6 +26,7 @@ mod stats;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -105,7 +106,9 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 0.0)]
     pub fault_rate: f64,
     /// Fault kinds to draw from: comma list of 500, 502, 503, reset
-    /// (connection dropped mid-response), slow (stall `--slow-ms`).
+    /// (connection dropped mid-response), slow (stall `--slow-ms`), and
+    /// success statuses that are no answer: html (a proxy's error page),
+    /// truncated (JSON cut short), error200 (`{"error":{..}}`).
     #[arg(long, default_value = DEFAULT_FAULTS)]
     pub faults: String,
     /// The first N authorised inference requests answer 500.
@@ -127,6 +130,29 @@ pub struct SimConfig {
     /// name exists. Others answer 404 RESOURCE_DOES_NOT_EXIST.
     #[arg(long, value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// Which replies carry the `x-ratelimit-*` headers: `every` reply (as
+    /// OpenAI), `on429` only (as many proxies), or `never` (as Databricks).
+    #[arg(long, value_enum, default_value_t = RateHeaders::Every)]
+    pub rate_headers: RateHeaders,
+    /// What a 429 says about when to come back: `precise` (`Retry-After` in
+    /// whole seconds and `retry-after-ms`), `seconds` (`Retry-After` only)
+    /// or `none` (a bare 429, with `--rate-headers never`).
+    #[arg(long, value_enum, default_value_t = RetryAfterHint::Precise)]
+    pub retry_after: RetryAfterHint,
+    /// Ways in which replies differ from OpenAI's (comma list): harmless
+    /// ones, `no-role` (no `message.role`), `bad-usage`
+    /// (`"completion_tokens": "many"`), `negative-usage`, `no-usage`,
+    /// `extra-fields` (unknown fields at every level); and `no-choices`, a
+    /// reply that is JSON but no answer.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub quirks: Vec<Quirk>,
+    /// Serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with a certificate from a
+    /// test CA made at start; clients must trust that CA.
+    #[arg(long)]
+    pub tls: bool,
+    /// With `--tls`: concurrent streams allowed per HTTP/2 connection.
+    #[arg(long, default_value_t = DEFAULT_MAX_STREAMS)]
+    pub max_streams: u32,
     /// Batch API: milliseconds from creating a batch to its last answer
     /// (lines are answered evenly over it).
     #[arg(long, default_value_t = 0)]
@@ -168,6 +194,39 @@ pub struct SimConfig {
     pub context_tokens: Option<u64>,
 }
 
+/// Streams per HTTP/2 connection: hypercorn's default, about what hosted
+/// front ends allow.
+pub const DEFAULT_MAX_STREAMS: u32 = 100;
+
+/// See [`SimConfig::rate_headers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RateHeaders {
+    #[default]
+    Every,
+    On429,
+    Never,
+}
+
+/// See [`SimConfig::retry_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RetryAfterHint {
+    #[default]
+    Precise,
+    Seconds,
+    None,
+}
+
+/// See [`SimConfig::quirks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Quirk {
+    NoRole,
+    BadUsage,
+    NegativeUsage,
+    NoUsage,
+    ExtraFields,
+    NoChoices,
+}
+
 impl Default for SimConfig {
     fn default() -> SimConfig {
         SimConfig {
@@ -190,6 +249,11 @@ impl Default for SimConfig {
             embedding_dim: DEFAULT_EMBEDDING_DIM,
             no_cache: false,
             endpoints: Vec::new(),
+            rate_headers: RateHeaders::Every,
+            retry_after: RetryAfterHint::Precise,
+            quirks: Vec::new(),
+            tls: false,
+            max_streams: DEFAULT_MAX_STREAMS,
             batch_turnaround_ms: 0,
             batch_fail_rate: 0.0,
             batch_expire_first: 0,
@@ -252,6 +316,8 @@ pub(crate) struct ServerState {
 /// A running simulator; it stops when shut down or dropped.
 pub struct Simulator {
     addr: SocketAddr,
+    /// With `tls`: the test CA's certificate (PEM) clients must trust.
+    ca_pem: Option<String>,
     counters: Arc<Counters>,
     state: Arc<ServerState>,
     stop: Option<oneshot::Sender<()>>,
@@ -274,9 +340,15 @@ impl Simulator {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
+        let tls = match cfg.tls {
+            true => Some(tls::TestCa::new()?),
+            false => None,
+        };
+        let max_streams = cfg.max_streams.max(1);
         let state = Arc::new(ServerState {
             limits: Limits::new(cfg.rpm, cfg.tpm, cfg.burst_seconds)
-                .with_otpm(cfg.otpm, cfg.burst_seconds),
+                .with_otpm(cfg.otpm, cfg.burst_seconds)
+                .with_hints(cfg.rate_headers, cfg.retry_after),
             cache: cache::PrefixCache::new(!cfg.no_cache),
             faults,
             typed_faults,
@@ -285,17 +357,34 @@ impl Simulator {
             cfg,
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async {
-            // A dropped sender also ends the wait: dropping the Simulator stops it.
-            let _ = stopped.await;
-        });
-        tokio::spawn(async move {
-            if let Err(e) = server.await {
-                eprintln!("simulator stopped: {e}");
+        let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
+        match tls {
+            Some(ca) => {
+                tokio::spawn(tls::serve(
+                    listener,
+                    router(state.clone()),
+                    ca.acceptor,
+                    max_streams,
+                    counters.clone(),
+                    stopped,
+                ));
             }
-        });
+            None => {
+                let server =
+                    axum::serve(listener, router(state.clone())).with_graceful_shutdown(async {
+                        // A dropped sender also ends the wait: dropping the Simulator stops it.
+                        let _ = stopped.await;
+                    });
+                tokio::spawn(async move {
+                    if let Err(e) = server.await {
+                        eprintln!("simulator stopped: {e}");
+                    }
+                });
+            }
+        }
         Ok(Simulator {
             addr,
+            ca_pem,
             counters,
             state,
             stop: Some(stop),
@@ -306,9 +395,20 @@ impl Simulator {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    /// `http://127.0.0.1:PORT` (`https://` with `tls`), without a
+    /// trailing slash.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// With `tls`: the test CA's certificate (PEM) clients must trust.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     pub fn stats(&self) -> SimStats {
@@ -343,6 +443,15 @@ pub async fn serve_forever(cfg: SimConfig) -> std::io::Result<()> {
     let sim = Simulator::start(cfg).await?;
     let mut out = std::io::stdout();
     writeln!(out, "simulator listening on {}", sim.base_url())?;
+    if let Some(pem) = sim.ca_pem() {
+        let path = std::env::temp_dir().join(format!("aiq-simulator-ca-{}.pem", sim.addr.port()));
+        std::fs::write(&path, pem)?;
+        writeln!(
+            out,
+            "test CA written to {} (pass --ca-cert {0})",
+            path.display()
+        )?;
+    }
     out.flush()?;
     tokio::signal::ctrl_c().await?;
     sim.shutdown();

@@ -42,6 +42,8 @@ pub struct SimStats {
     pub ok_by_prompt: BTreeMap<String, u64>,
     /// Peak number of inference requests being handled at once.
     pub max_in_flight: u64,
+    /// TLS handshakes that failed (a client not trusting the test CA).
+    pub tls_failures: u64,
     /// Requests refused with 400 `context_length_exceeded` (`--context-tokens`).
     pub context_exceeded: u64,
 }
@@ -64,6 +66,7 @@ pub(crate) struct Counters {
     ok_by_prompt: Mutex<BTreeMap<String, u64>>,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    pub tls_failures: AtomicU64,
 }
 
 /// Adds one to a counter; relaxed ordering is enough for statistics.
@@ -108,6 +111,7 @@ impl Counters {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             max_in_flight: get(&self.max_in_flight),
+            tls_failures: get(&self.tls_failures),
             context_exceeded: get(&self.context_exceeded),
         }
     }

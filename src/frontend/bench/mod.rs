@@ -376,13 +376,12 @@ pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
         .map(|l| workers_of(*l, args.max_in_flight))
         .max()
         .unwrap_or(1);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(workers)
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(30))
-        .user_agent(concat!("aiq/", env!("CARGO_PKG_VERSION"), " bench"))
-        .build()
-        .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+    let http = crate::pipeline::http::HttpPool::new(
+        &endpoint.url,
+        workers,
+        None,
+        concat!("aiq/", env!("CARGO_PKG_VERSION"), " bench"),
+    )?;
     let policy = RetryPolicy {
         max_retries: 0,
         timeout: Duration::from_secs_f64(args.timeout),

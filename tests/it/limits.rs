@@ -1,0 +1,117 @@
+//! Rate limits the job is not told, against servers that say more or less
+//! about them: rate headers on every reply, only on 429s, or never; 429s
+//! with `Retry-After` in whole seconds, or bare; short and long buckets.
+//! Each test asserts that every row was answered and how many requests
+//! were refused (never how long it took); README "Rate limits" has the
+//! figures from `cargo bench --bench rate_limits`.
+
+use aiq::simulator::{RateHeaders, RetryAfterHint, SimConfig};
+
+use super::util::{assert_ok, read_rows, rows, Fixture};
+
+/// Runs `n` rows at concurrency 32, not told the limit, against `cfg`;
+/// asserts every row answered and at most `max_refused` (a share) of all
+/// requests refused.
+async fn not_told(cfg: SimConfig, n: usize, max_refused: f64) {
+    let f = Fixture::new(cfg).await;
+    let input = f.write_jsonl("in.jsonl", &rows(n, 0));
+    let out = f.path("out.parquet");
+    let o = f
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--prompt",
+                "{{text}}",
+                "--concurrency",
+                "32",
+                "--max-retries",
+                "30",
+            ],
+        )
+        .await;
+    assert_ok(&o);
+    let (_, got) = read_rows(&out);
+    assert_eq!(got.len(), n);
+    assert!(got.iter().all(|r| r["error_message"].is_null()));
+    let stats = f.sim.stats();
+    assert_eq!(stats.ok_by_prompt.len(), n, "every row answered once");
+    let refused = stats.rate_limited as f64 / stats.requests as f64;
+    assert!(
+        refused <= max_refused,
+        "{} of {} requests refused ({:.1}%)",
+        stats.rate_limited,
+        stats.requests,
+        refused * 100.0
+    );
+}
+
+/// 2,400 requests/minute (40/s) with a one-second bucket and 20 ms calls:
+/// at concurrency 32 the job could send 1,600/s.
+fn one_second_bucket(rate_headers: RateHeaders, retry_after: RetryAfterHint) -> SimConfig {
+    SimConfig {
+        rpm: Some(2_400),
+        burst_seconds: 1.0,
+        latency_ms: 20,
+        rate_headers,
+        retry_after,
+        ..SimConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_headers_on_every_reply() {
+    let cfg = one_second_bucket(RateHeaders::Every, RetryAfterHint::Precise);
+    not_told(cfg, 240, 0.05).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_headers_only_on_429s() {
+    let cfg = one_second_bucket(RateHeaders::On429, RetryAfterHint::Precise);
+    not_told(cfg, 240, 0.05).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_in_whole_seconds_only() {
+    let cfg = one_second_bucket(RateHeaders::Never, RetryAfterHint::Seconds);
+    not_told(cfg, 240, 0.05).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bare_429s() {
+    let cfg = one_second_bucket(RateHeaders::Never, RetryAfterHint::None);
+    not_told(cfg, 240, 0.05).await;
+}
+
+/// 1,200 requests/minute with a 60-second bucket: the first 1,200
+/// requests pass at once, then the pace must drop to 20/s.
+fn sixty_second_bucket(rate_headers: RateHeaders, retry_after: RetryAfterHint) -> SimConfig {
+    SimConfig {
+        rpm: Some(1_200),
+        burst_seconds: 60.0,
+        latency_ms: 20,
+        rate_headers,
+        retry_after,
+        ..SimConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_bucket_with_headers_on_429s() {
+    let cfg = sixty_second_bucket(RateHeaders::On429, RetryAfterHint::Precise);
+    not_told(cfg, 1_300, 0.05).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_bucket_with_headers_on_every_reply() {
+    // What is left in the bucket goes at once: without that credit the
+    // advertised 20/s would take a minute for these rows.
+    let cfg = sixty_second_bucket(RateHeaders::Every, RetryAfterHint::Precise);
+    not_told(cfg, 1_300, 0.05).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_bucket_with_bare_429s() {
+    let cfg = sixty_second_bucket(RateHeaders::Never, RetryAfterHint::None);
+    not_told(cfg, 1_300, 0.05).await;
+}
