@@ -520,16 +520,24 @@ fn count_jsonl_rows(path: &Path) -> Result<u64> {
             chunk = chunk.strip_prefix(UTF8_BOM).unwrap_or(chunk);
             at_start = false;
         }
-        for &b in chunk {
-            if b == b'\n' {
-                rows += u64::from(has_content);
-                has_content = false;
-            } else if !b.is_ascii_whitespace() {
-                has_content = true;
-            }
+        // Newlines found with memchr's SIMD search, and a line's content
+        // seen at its first non-blank byte (the `{` of a row): a byte-by-byte
+        // loop here cost more CPU per 4 KB row than sending it (profile).
+        let mut start = 0;
+        for newline in memchr::memchr_iter(b'\n', chunk) {
+            has_content = has_content || has_text(&chunk[start..newline]);
+            rows += u64::from(has_content);
+            has_content = false;
+            start = newline + 1;
         }
+        // The rest is the start of a line that ends in the next read.
+        has_content = has_content || has_text(&chunk[start..]);
     }
     Ok(rows + u64::from(has_content))
+}
+
+fn has_text(bytes: &[u8]) -> bool {
+    bytes.iter().any(|b| !b.is_ascii_whitespace())
 }
 
 /// Decodes a JSONL file into batches, one line at a time, so that an error
@@ -832,6 +840,61 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, (0..24).collect::<Vec<_>>());
+    }
+
+    /// Wide rows come in batches bounded by bytes ([`BATCH_BYTES`]), not
+    /// in the asked 1,024 rows: what keeps memory flat for documents.
+    #[test]
+    fn wide_rows_come_in_batches_bounded_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "w".repeat(64 << 10);
+        let rows = 100;
+        let mut jsonl = Vec::new();
+        for i in 0..rows {
+            writeln!(jsonl, "{{\"id\": {i}, \"text\": \"{text}\"}}").unwrap();
+            if i == 50 {
+                // A blank line longer than a read: not a row.
+                jsonl.extend(std::iter::repeat_n(b' ', READ_BUFFER_BYTES + 7));
+                jsonl.push(b'\n');
+            }
+        }
+        let jsonl = write(dir.path(), "wide.jsonl", &jsonl);
+
+        let parquet = dir.path().join("wide.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            // Distinct texts: repeated ones would be dictionary-encoded,
+            // and the footer's size would not show their width.
+            vec![Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|i| format!("{i:05}{text}")),
+            ))],
+        )
+        .unwrap();
+        let mut writer =
+            ArrowWriter::try_new(File::create(&parquet).unwrap(), schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+
+        for path in [jsonl, parquet] {
+            let source = Source::open(&path, 1024).unwrap();
+            assert_eq!(source.total_rows, Some(rows as u64), "{}", path.display());
+            let expected = BATCH_BYTES / (64 << 10);
+            assert!(
+                source.batch_rows <= expected && source.batch_rows >= expected / 2,
+                "{}: {} rows per batch",
+                path.display(),
+                source.batch_rows
+            );
+            let batches = collect(source);
+            assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), rows);
+            let widest = batches.iter().map(|b| b.num_rows()).max().unwrap();
+            assert!(
+                widest <= expected,
+                "{}: a batch of {widest} rows",
+                path.display()
+            );
+        }
     }
 
     #[test]
