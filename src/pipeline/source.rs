@@ -260,9 +260,18 @@ fn open_parquet(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<
     // and then we just don't know.
     let mut total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).ok();
     // Uncompressed bytes per row, from the footer: about the Arrow memory a
-    // row takes once read.
+    // row takes once read. A dictionary-encoded column stores a repeated
+    // value once, but a batch holds it in every row: its unencoded size
+    // (which arrow-rs and recent writers record) says how wide it really is.
     let row_groups = builder.metadata().row_groups();
-    let bytes: i64 = row_groups.iter().map(|g| g.total_byte_size()).sum();
+    let bytes: i64 = row_groups
+        .iter()
+        .flat_map(|g| g.columns())
+        .map(|c| {
+            c.uncompressed_size()
+                .max(c.unencoded_byte_array_data_bytes().unwrap_or(0))
+        })
+        .sum();
     let rows: i64 = row_groups.iter().map(|g| g.num_rows()).sum();
     let batch_size = bounds::batch_rows(
         batch_size,
@@ -864,11 +873,9 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
         let batch = RecordBatch::try_new(
             schema.clone(),
-            // Distinct texts: repeated ones would be dictionary-encoded,
-            // and the footer's size would not show their width.
-            vec![Arc::new(StringArray::from_iter_values(
-                (0..rows).map(|i| format!("{i:05}{text}")),
-            ))],
+            // The same text in every row: dictionary-encoded, stored once,
+            // but as wide as ever once read.
+            vec![Arc::new(StringArray::from(vec![text.as_str(); rows]))],
         )
         .unwrap();
         let mut writer =
