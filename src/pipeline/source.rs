@@ -446,49 +446,67 @@ impl<'de> Deserialize<'de> for KeyOrder {
 /// than handing the file to arrow-json) is what lets an error name its line.
 fn infer_jsonl_schema(path: &Path) -> Result<Schema> {
     let mut lines = store::open_read(path, 0)?;
-    let mut values = Vec::new();
     let mut order = Vec::new();
     let mut seen = HashSet::new();
     let mut buf = Vec::new();
     let mut line_no = 0u64;
-    while values.len() < JSONL_INFER_LINES {
-        buf.clear();
-        let n = lines
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let line = line_content(&buf, line_no);
-        if line.is_empty() {
-            continue;
-        }
-        let bad_line = |e: serde_json::Error| {
-            Error::input(path, format!("line {line_no}: not a JSON object: {e}"))
-        };
-        let KeyOrder(keys) = serde_json::from_slice(line).map_err(bad_line)?;
-        let value: serde_json::Value = serde_json::from_slice(line).map_err(bad_line)?;
-        for key in keys {
-            if seen.insert(key.clone()) {
-                order.push(key);
+    let mut objects = 0usize;
+    let mut failed: Option<Error> = None;
+    // The next non-blank line's value, if any is left of the first
+    // JSONL_INFER_LINES.
+    let mut next_value = || -> Result<Option<serde_json::Value>> {
+        while objects < JSONL_INFER_LINES {
+            buf.clear();
+            let n = lines
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+            if n == 0 {
+                break;
             }
+            line_no += 1;
+            let line = line_content(&buf, line_no);
+            if line.is_empty() {
+                continue;
+            }
+            let bad_line = |e: serde_json::Error| {
+                Error::input(path, format!("line {line_no}: not a JSON object: {e}"))
+            };
+            let KeyOrder(keys) = serde_json::from_slice(line).map_err(bad_line)?;
+            let value: serde_json::Value = serde_json::from_slice(line).map_err(bad_line)?;
+            for key in keys {
+                if seen.insert(key.clone()) {
+                    order.push(key);
+                }
+            }
+            objects += 1;
+            return Ok(Some(value));
         }
-        values.push(value);
+        Ok(None)
+    };
+    // One line's value at a time, not all of them at once: a thousand
+    // lines of 100 KB documents would hold 100 MB here, past the bound on
+    // memory that every later stage keeps (src/pipeline/bounds.rs).
+    let values = std::iter::from_fn(|| match next_value() {
+        Ok(value) => value.map(Ok),
+        Err(e) => {
+            failed = Some(e);
+            Some(Err(ArrowError::JsonError(String::new())))
+        }
+    });
+    let inferred = infer_json_schema_from_iterator(values);
+    if let Some(e) = failed {
+        return Err(e);
     }
-    if values.is_empty() {
+    if objects == 0 {
         return Err(Error::input(
             path,
             "the file is empty: JSON Lines input needs at least one line with a JSON object",
         ));
     }
-    let inferred = infer_json_schema_from_iterator(values.iter().map(Ok)).map_err(|e| {
+    let inferred = inferred.map_err(|e| {
         Error::input(
             path,
-            format!(
-                "cannot infer column types from the first {} lines: {e}",
-                values.len()
-            ),
+            format!("cannot infer column types from the first {objects} lines: {e}"),
         )
     })?;
     // Every inferred field comes from a key we saw, so each has a position;
