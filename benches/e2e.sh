@@ -5,6 +5,8 @@
 #
 #   bash benches/e2e.sh            # 100k, 200k and 1M rows (about a minute on 2 cores)
 #   ROWS="20000" bash benches/e2e.sh
+#   AIQ=target/profiling/aiq bash benches/e2e.sh   # a binary built apart
+#   (cargo build --profile profiling --bin aiq: no LTO, affordable on 2 cores)
 #
 # Prints, per input size: rows/s at concurrency 256, peak memory (max RSS of
 # aiq, from /usr/bin/time -v) and CPU time per row ((user+sys)/rows).
@@ -15,8 +17,10 @@ cd "$(dirname "$0")/.."
 ROWS=${ROWS:-"100000 200000 1000000"}
 CONCURRENCY=${CONCURRENCY:-256}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release --quiet
-AIQ="$CARGO_TARGET_DIR/release/aiq"
+if [ -z "${AIQ:-}" ]; then
+    cargo build --release --quiet
+    AIQ="$CARGO_TARGET_DIR/release/aiq"
+fi
 WORK=$(mktemp -d)
 trap 'kill "$SIM_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 

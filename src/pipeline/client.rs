@@ -443,12 +443,13 @@ impl Client {
         let sent = Instant::now();
         let response = request.send().await.map_err(|e| transport_error(&e))?;
         let status = response.status();
-        let headers = response.headers().clone();
-        let after = retry_after(&headers);
+        // Borrowed, not cloned: a header map copy per reply showed in profiles.
+        let headers = response.headers();
+        let after = retry_after(headers);
         self.limiter
-            .observe(&headers, status.as_u16(), after, ticket);
+            .observe(headers, status.as_u16(), after, ticket);
         if !status.is_success() {
-            let action = classify_status(status, &headers);
+            let action = classify_status(status, headers);
             if status.as_u16() == 429 {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             }

@@ -552,6 +552,101 @@ mod tests {
         assert_eq!(meta.num_row_groups(), 2);
     }
 
+    /// Wide rows flush row groups by bytes long before 65,536 rows: the
+    /// writer holds a row group in memory, so rows alone would not bound it.
+    #[test]
+    fn wide_rows_flush_row_groups_by_bytes() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "blob",
+            DataType::Binary,
+            false,
+        )]));
+        // Incompressible bytes (xorshift), so the encoded size is the raw size.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut row = || -> Vec<u8> {
+            (0..(64 << 10) / 8)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()
+                })
+                .collect()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wide.parquet");
+        let mut out = ParquetFile::create(&path, schema.clone()).unwrap();
+        let (batches, rows_per_batch) = (6, 64); // 24 MiB in all
+        for _ in 0..batches {
+            let rows: Vec<Vec<u8>> = (0..rows_per_batch).map(|_| row()).collect();
+            let array = arrow::array::BinaryArray::from_iter_values(rows.iter());
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(array)]).unwrap();
+            out.write(&batch).unwrap();
+        }
+        out.finish().unwrap();
+        let meta = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .metadata()
+            .clone();
+        assert!(
+            meta.num_row_groups() >= 2,
+            "{} row groups",
+            meta.num_row_groups()
+        );
+        for g in meta.row_groups() {
+            assert!(
+                (g.compressed_size() as usize) < ROW_GROUP_BYTES + (1 << 20),
+                "a row group of {} bytes",
+                g.compressed_size()
+            );
+        }
+        assert_eq!(meta.file_metadata().num_rows(), batches * rows_per_batch);
+    }
+
+    /// The output is the parts' encoded row groups copied as they are:
+    /// every row group and its compressed bytes survive unchanged (a
+    /// decode and re-encode would merge them into one group).
+    #[test]
+    fn concat_copies_row_groups_without_re_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut parts = Vec::new();
+        for (i, n) in [(0, 100), (1, 50), (2, 7)] {
+            let path = dir.path().join(format!("part-{i}.parquet"));
+            let mut out = ParquetFile::create(&path, ids_batch(0).schema()).unwrap();
+            out.write(&ids_batch(n)).unwrap();
+            out.write(&ids_batch(3)).unwrap();
+            out.finish().unwrap();
+            parts.push(path);
+        }
+        let output = dir.path().join("out.parquet");
+        assert_eq!(concat(&parts, &output, ids_batch(0).schema()).unwrap(), 166);
+        let sizes = |path: &Path| -> Vec<(i64, i64)> {
+            let file = File::open(path).unwrap();
+            let meta = ParquetMetaDataReader::new()
+                .parse_and_finish(&file)
+                .unwrap();
+            meta.row_groups()
+                .iter()
+                .map(|g| (g.num_rows(), g.compressed_size()))
+                .collect()
+        };
+        let copied: Vec<(i64, i64)> = parts.iter().flat_map(|p| sizes(p)).collect();
+        assert_eq!(sizes(&output), copied);
+        let ids: Vec<i64> = read_all(&output)
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                let col = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                col.values().to_vec()
+            })
+            .collect();
+        let expected: Vec<i64> = [100, 50, 7]
+            .into_iter()
+            .flat_map(|n| (0..n).chain(0..3))
+            .collect();
+        assert_eq!(ids, expected);
+    }
+
     #[test]
     fn compatible_schema_maps_types() {
         let utc: Option<Arc<str>> = Some("UTC".into());
