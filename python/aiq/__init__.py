@@ -38,21 +38,11 @@ __version__: str = _core.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# `aiq.sql`'s settings: the `aiq sql` flags that are not query or output.
-_SQL_SETTINGS = frozenset(
-    {
-        "endpoint",
-        "model",
-        "concurrency",
-        "rpm",
-        "tpm",
-        "max_retries",
-        "timeout",
-        "api_key_env",
-        "profile",
-    }
-)
-
+# No aiq thread may be running when the process forks (multiprocessing,
+# PySpark's workers): an idle runtime is stopped first and built again on
+# the next call. Registering starts nothing.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_core.before_fork)
 
 def _arrow(data: Any) -> tuple[Any, str, Optional[int]]:
     """An object with ``__arrow_c_stream__`` for ``data``, a label naming
@@ -197,6 +187,7 @@ def sql(
     output: Optional[PathLike] = None,
     restart: bool = False,
     quiet: bool = True,
+    dry_run: bool = False,
     **settings: Any,
 ) -> Any:
     """Run a SQL query with ``ai_query(...)`` and the AI functions
@@ -204,33 +195,38 @@ def sql(
 
     ``tables`` maps table names to data of any kind ``run`` takes (paths
     are read by DataFusion; in-memory data is held in memory for the
-    query). Settings: ``endpoint`` (for the task functions), ``model``,
+    query). The settings are ``aiq sql``'s flags with the same names,
+    values and checks (``endpoint`` for the task functions, ``model``,
     ``concurrency``, ``rpm``, ``tpm``, ``max_retries``, ``timeout``,
-    ``api_key_env``, ``profile``. Returns a ``pyarrow.Table``; with
-    ``output`` the result is written to that Parquet file instead (calls
-    journaled beside it, so a rerun does not pay twice) and ``None`` is
-    returned.
+    ``api_key_env``, ``profile``, ``context_tokens``; see ``aiq sql
+    --help``). Returns a ``pyarrow.Table``; with ``output`` the
+    result is written to that Parquet file instead (calls journaled beside
+    it, so a rerun does not pay twice) and ``None`` is returned. With
+    ``dry_run=True`` nothing is sent: the report of how many AI calls each
+    AI function may make at most is returned as a string.
     """
-    unknown = sorted(set(settings) - _SQL_SETTINGS)
-    if unknown:
-        raise ConfigError(
-            f"aiq.sql has no setting {', '.join(unknown)}; it takes {', '.join(sorted(_SQL_SETTINGS))}"
-        )
     files, data = [], []
     for name, value in (tables or {}).items():
         if isinstance(value, (str, os.PathLike)):
             files.append((name, os.fspath(value)))
         else:
             data.append((name, _arrow(value)[0]))
-    batches = _core.sql(
+    try:
+        encoded = json.dumps(dict(settings, dry_run=dry_run))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"settings: {e}") from None
+    batches, summary = _core.sql(
         query,
         data,
         files,
+        encoded,
         output=None if output is None else os.fspath(output),
         restart=restart,
         quiet=quiet,
-        **settings,
     )
+    report = json.loads(summary).get("dry_run")
+    if report is not None:
+        return report
     if output is not None:
         return None
     import pyarrow as pa

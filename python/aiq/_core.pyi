@@ -39,19 +39,17 @@ def sql(
     query: str,
     tables: Sequence[tuple[str, Any]],
     files: Sequence[tuple[str, str]],
+    settings: str,
     output: Optional[str] = None,
     restart: bool = False,
     quiet: bool = False,
-    endpoint: Optional[str] = None,
-    model: Optional[str] = None,
-    concurrency: Optional[int] = None,
-    rpm: Optional[int] = None,
-    tpm: Optional[int] = None,
-    max_retries: Optional[int] = None,
-    timeout: Optional[float] = None,
-    api_key_env: Optional[str] = None,
-    profile: Optional[str] = None,
-) -> list[pa.RecordBatch]: ...
+) -> tuple[list[pa.RecordBatch], str]:
+    """Run a query; `settings` is JSON with `aiq sql`'s other flags
+    (`context_tokens`, `dry_run`, ...). Returns the result's batches and the
+    summary as JSON (with `dry_run`'s report)."""
+
+def before_fork() -> None:
+    """Stop the idle runtime so that no aiq thread exists at os.fork()."""
 
 class Simulator:
     def __init__(self, flags: Sequence[str]) -> None: ...

@@ -15,6 +15,7 @@
 //!   installs no signal handler in the interpreter) and gets a short grace
 //!   to journal the calls in flight.
 //! - **Fork safety**: no runtime or thread exists until the first call;
+//!   an idle runtime is stopped before `os.fork()` ([`before_fork`]) and
 //!   the runtime is keyed by process id and rebuilt in a forked child
 //!   (tokio's threads do not survive `fork`, PySpark forks its workers).
 //! - Errors become `aiq.ConfigError` (what the CLI exits 2 for) or
@@ -77,11 +78,13 @@ fn to_py(e: aiq::Error) -> PyErr {
     }
 }
 
+/// The runtime of this process and the process id it was built in.
+static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
+
 /// The runtime of this process, built on first use. A runtime inherited
 /// through `fork` has no threads in the child: it is leaked, never dropped
 /// (dropping would wait for those threads), and a new one is built.
 fn runtime() -> PyResult<Arc<Runtime>> {
-    static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
     let pid = std::process::id();
     let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((owner, rt)) = slot.as_ref() {
@@ -102,6 +105,27 @@ fn runtime() -> PyResult<Arc<Runtime>> {
     let rt = Arc::new(rt);
     *slot = Some((pid, rt.clone()));
     Ok(rt)
+}
+
+/// Called before `os.fork()` (`os.register_at_fork` in aiq/__init__.py):
+/// stop the idle runtime, so that no aiq thread exists when the process
+/// forks. Keying by pid alone is not enough: a thread of the parent's
+/// runtime that is parking or waking at the instant of the fork leaves
+/// the locks it holds (parking_lot's global table of parked threads)
+/// locked or half-written in the child, whose first threads then hang or
+/// crash. The next call builds a new runtime, in the parent as in the
+/// child. A runtime still in use (a job running in another thread, an open
+/// `Simulator`) is left as it is; the child then builds its own (above).
+#[pyfunction]
+fn before_fork(py: Python<'_>) {
+    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((pid, rt)) = slot.take() {
+        match Arc::try_unwrap(rt) {
+            // Joins the workers and the idle blocking threads.
+            Ok(rt) => py.detach(|| rt.shutdown_timeout(QUIT)),
+            Err(in_use) => *slot = Some((pid, in_use)),
+        }
+    }
 }
 
 /// Wait for `fut` with the GIL released, looking for Ctrl-C every
@@ -362,31 +386,99 @@ fn main(py: Python<'_>, argv: Vec<String>) -> PyResult<u8> {
     Ok(py.detach(|| aiq::frontend::cli::exit_code(cli)))
 }
 
+/// `aiq sql`'s flags, parsed by clap so that `aiq.sql`'s settings are the
+/// command's, with its checks.
+#[derive(Parser)]
+#[command(name = "aiq sql")]
+struct SqlCommand {
+    #[command(flatten)]
+    args: aiq::frontend::sql::SqlArgs,
+}
+
+/// `aiq sql` arguments that `aiq.sql` takes as its own parameters (or, for
+/// `show`, has no use for: it returns every row), not as settings.
+const SQL_OWN: [&str; 5] = ["query", "output", "tables", "restart", "show"];
+
+/// A clap error as one message: its first paragraph, without the usage.
+fn clap_error(e: clap::Error) -> PyErr {
+    let text = e.render().to_string();
+    let first = text.split("\n\n").next().unwrap_or(&text).trim();
+    ConfigError::new_err(first.strip_prefix("error: ").unwrap_or(first).to_string())
+}
+
+/// `settings` (a JSON object of `aiq.sql` keywords) as `aiq sql` flags:
+/// `context_tokens=4096` → `--context-tokens=4096`, `dry_run=True` →
+/// `--dry-run`; `None` and `False` leave a setting out.
+fn sql_flags(settings: &str) -> PyResult<Vec<String>> {
+    let settings: serde_json::Map<String, serde_json::Value> = serde_json::from_str(settings)
+        .map_err(|e| ConfigError::new_err(format!("settings: {e}")))?;
+    let command = <SqlCommand as clap::CommandFactory>::command();
+    let known: Vec<&clap::Arg> = command
+        .get_arguments()
+        .filter(|a| a.get_long().is_some() && !SQL_OWN.contains(&a.get_id().as_str()))
+        .collect();
+    let mut flags = Vec::new();
+    for (key, value) in settings {
+        let long = key.replace('_', "-");
+        let Some(arg) = known.iter().find(|a| a.get_long() == Some(long.as_str())) else {
+            let mut names: Vec<String> = known
+                .iter()
+                .filter_map(|a| a.get_long())
+                .map(|l| l.replace('-', "_"))
+                .collect();
+            names.sort();
+            return Err(ConfigError::new_err(format!(
+                "aiq.sql has no setting `{key}`; it takes {}",
+                names.join(", ")
+            )));
+        };
+        let value = match value {
+            serde_json::Value::Null => continue,
+            serde_json::Value::Bool(on) if !arg.get_action().takes_values() => {
+                if on {
+                    flags.push(format!("--{long}"));
+                }
+                continue;
+            }
+            serde_json::Value::String(s) => s,
+            v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_)) => v.to_string(),
+            v => {
+                return Err(ConfigError::new_err(format!(
+                    "{key}: expected a single value, got {v}"
+                )))
+            }
+        };
+        flags.push(format!("--{long}={value}"));
+    }
+    Ok(flags)
+}
+
 /// `aiq.sql`: run a query; `tables` are name → Arrow stream pairs, read
-/// into memory for the query, `files` name → path pairs (`--table`).
-/// Returns the result's batches (none with `output`).
+/// into memory for the query, `files` name → path pairs (`--table`),
+/// `settings` the other `aiq sql` flags as JSON (see [`sql_flags`]).
+/// Returns the result's batches (none with `output` or `dry_run`) and the
+/// summary as JSON.
 #[pyfunction]
-#[pyo3(signature = (query, tables, files, output=None, restart=false, quiet=false, endpoint=None, model=None, concurrency=None, rpm=None, tpm=None, max_retries=None, timeout=None, api_key_env=None, profile=None))]
+#[pyo3(signature = (query, tables, files, settings, output=None, restart=false, quiet=false))]
 #[allow(clippy::too_many_arguments)]
 fn sql(
     py: Python<'_>,
     query: String,
     tables: Vec<(String, PyRecordBatchReader)>,
     files: Vec<(String, PathBuf)>,
+    settings: &str,
     output: Option<PathBuf>,
     restart: bool,
     quiet: bool,
-    endpoint: Option<String>,
-    model: Option<String>,
-    concurrency: Option<usize>,
-    rpm: Option<u32>,
-    tpm: Option<u32>,
-    max_retries: Option<u32>,
-    timeout: Option<f64>,
-    api_key_env: Option<String>,
-    profile: Option<String>,
-) -> PyResult<Vec<Py<PyAny>>> {
+) -> PyResult<(Vec<Py<PyAny>>, String)> {
     aiq::frontend::cli::init_logging(0);
+    let argv = std::iter::once("sql".to_string())
+        .chain(sql_flags(settings)?)
+        .chain(["--".to_string(), query]);
+    let mut args = SqlCommand::try_parse_from(argv).map_err(clap_error)?.args;
+    args.output = output;
+    args.tables = files;
+    args.restart = restart;
     let mut data = Vec::new();
     for (name, reader) in tables {
         let reader = reader.into_reader()?;
@@ -397,35 +489,19 @@ fn sql(
             .map_err(|e| ConfigError::new_err(format!("table {name}: {e}")))?;
         data.push((name, schema, batches));
     }
-    let args = aiq::frontend::sql::SqlArgs {
-        query,
-        output,
-        tables: files,
-        endpoint,
-        model,
-        concurrency,
-        rpm,
-        tpm,
-        max_retries,
-        timeout,
-        api_key_env,
-        profile,
-        show: 0,
-        restart,
-        // Not yet settable from Python: the CLI's defaults.
-        context_tokens: None,
-        dry_run: false,
-    };
     let rt = runtime()?;
     let mut task = py.detach(|| rt.spawn(aiq::frontend::sql::query(args, data, true, quiet)));
     let joined = wait(py, &rt, &mut task).inspect_err(|_| task.abort())?;
-    let (batches, _summary) = joined
+    let (batches, summary) = joined
         .map_err(|e| JobError::new_err(format!("the query failed: {e}")))?
         .map_err(to_py)?;
-    batches
+    let summary =
+        serde_json::to_string(&summary).map_err(|e| JobError::new_err(format!("summary: {e}")))?;
+    let batches = batches
         .into_iter()
         .map(|b| Ok(PyRecordBatch::new(b).into_pyarrow(py)?.unbind()))
-        .collect()
+        .collect::<PyResult<_>>()?;
+    Ok((batches, summary))
 }
 
 /// The built-in simulator, serving on 127.0.0.1 until closed.
@@ -433,8 +509,8 @@ fn sql(
 struct Simulator {
     inner: Option<aiq::simulator::Simulator>,
     url: String,
-    // Keeps the runtime serving it alive.
-    _rt: Arc<Runtime>,
+    // Keeps the runtime serving it alive, until closed.
+    rt: Option<Arc<Runtime>>,
 }
 
 /// `aiq simulate`'s flags, parsed by clap so the checks are the CLI's.
@@ -450,8 +526,7 @@ impl Simulator {
     #[new]
     fn new(py: Python<'_>, flags: Vec<String>) -> PyResult<Simulator> {
         let args = std::iter::once("simulate".to_string()).chain(flags);
-        let args = SimulateArgs::try_parse_from(args)
-            .map_err(|e| ConfigError::new_err(e.render().to_string().trim().to_string()))?;
+        let args = SimulateArgs::try_parse_from(args).map_err(clap_error)?;
         let rt = runtime()?;
         let sim = py
             .detach(|| rt.block_on(aiq::simulator::Simulator::start(args.cfg)))
@@ -459,7 +534,7 @@ impl Simulator {
         Ok(Simulator {
             url: sim.base_url(),
             inner: Some(sim),
-            _rt: rt,
+            rt: Some(rt),
         })
     }
 
@@ -483,6 +558,8 @@ impl Simulator {
         if let Some(sim) = self.inner.take() {
             sim.shutdown();
         }
+        // A closed simulator no longer holds the runtime (see before_fork).
+        self.rt = None;
     }
 }
 
@@ -497,6 +574,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(sql, m)?)?;
+    m.add_function(wrap_pyfunction!(before_fork, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

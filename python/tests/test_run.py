@@ -195,3 +195,15 @@ def test_score_streams_batches_in_order():
 def test_a_bad_data_kind_is_a_config_error():
     with pytest.raises(aiq.ConfigError, match="cannot read"):
         aiq.run(42, **SETTINGS)
+
+
+def test_input_columns_cross_the_boundary_without_copies():
+    # The output's input columns are the caller's Arrow buffers, sliced
+    # into batches (the Arrow C stream interface both ways), not copies.
+    table = pa.table({"text": [f"review {i}" for i in range(100)]})
+    values = table["text"].chunks[0].buffers()[2].address
+    out = aiq.run(table, batch_rows=30, **SETTINGS)
+    chunks = out["text"].chunks
+    assert len(chunks) == 4
+    assert all(c.buffers()[2].address == values for c in chunks)
+    assert out["text"].to_pylist() == table["text"].to_pylist()

@@ -1,5 +1,8 @@
 """aiq.sql, aiq.Simulator and the `aiq` console command."""
 
+import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +65,39 @@ def test_console_command_exit_codes(repo):
                "--endpoint", "simulator", "--prompt", "{{txet}}")
     assert bad.returncode == 2 and "txet" in bad.stderr
     assert code("run", "--no-such-flag").returncode == 2
+
+
+def test_console_command_has_every_subcommand(tmp_path):
+    help_ = subprocess.run([AIQ, "--help"], capture_output=True, text=True, check=True).stdout
+    commands = re.findall(r"^  (\w+)  ", help_.split("Commands:", 1)[1].split("Options:", 1)[0], re.M)
+    assert set(commands) == {"run", "simulate", "bench", "sql", "help"}, help_
+    for command in set(commands) - {"help"}:
+        done = subprocess.run([AIQ, command, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "Usage: aiq" in done.stdout, (command, done.stderr)
+
+    # `aiq simulate` serves until Ctrl-C; `aiq bench` measures it.
+    sim = subprocess.Popen([AIQ, "simulate", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = sim.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+        bench = subprocess.run(
+            [AIQ, "bench", "-q", "--endpoint", url + "/v1", "--model", "m",
+             "--requests", "5", "--json", "-"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert bench.returncode == 0, bench.stderr
+        assert json.loads(bench.stdout)["steps"][0]["requests"] == 5
+        sim.send_signal(signal.SIGINT)
+        assert sim.wait(timeout=30) == 0
+    finally:
+        sim.kill()
+
+    # `aiq sql` over a file, written to Parquet.
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "t.parquet")
+    done = subprocess.run(
+        [AIQ, "sql", "-q", "SELECT text, ai_query('simulator', text) AS s FROM t",
+         "--table", "t=t.parquet", "--output", "q.parquet"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(tmp_path / "q.parquet")["text"].to_pylist() == ["a", "b"]

@@ -131,6 +131,10 @@ pub struct SqlSummary {
     pub completion_tokens: i64,
     pub cached_tokens: i64,
     pub elapsed_secs: f64,
+    /// `--dry-run`'s report, when it is returned rather than printed (the
+    /// Python package's `aiq.sql(..., dry_run=True)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<String>,
 }
 
 impl std::fmt::Display for SqlSummary {
@@ -160,7 +164,8 @@ pub type DataTable = (String, arrow::datatypes::SchemaRef, Vec<RecordBatch>);
 
 /// `aiq sql` with `data` registered beside `args.tables`. With
 /// `args.output` the result is written as by the command; without it, it is
-/// returned when `collect` is set and printed otherwise.
+/// returned when `collect` is set and printed otherwise (and so is
+/// `--dry-run`'s report, in [`SqlSummary::dry_run`]).
 pub async fn query(
     args: SqlArgs,
     data: Vec<DataTable>,
@@ -277,17 +282,20 @@ pub async fn query(
             let right = count(&note.right).await.map_err(running)?;
             pairs.push((note.labels.clone(), left as u64, right as u64));
         }
-        print!(
-            "{}",
-            dry_report(
-                &counted,
-                &pairs,
-                rows as u64,
-                engine.settings.context_tokens
-            )
+        let report = dry_report(
+            &counted,
+            &pairs,
+            rows as u64,
+            engine.settings.context_tokens,
         );
         // Nothing was sent: the summary counts no calls.
-        return Ok((Vec::new(), summarize(&engine, 0, started)));
+        let mut summary = summarize(&engine, 0, started);
+        if collect {
+            summary.dry_run = Some(report);
+        } else {
+            print!("{report}");
+        }
+        return Ok((Vec::new(), summary));
     }
     let mut stream = frame.execute_stream().await.map_err(planning)?;
 
@@ -415,6 +423,7 @@ fn summarize(engine: &Engine, rows: u64, started: Instant) -> SqlSummary {
         completion_tokens: usage.completion_tokens,
         cached_tokens: usage.cached_tokens,
         elapsed_secs: started.elapsed().as_secs_f64(),
+        dry_run: None,
     }
 }
 
