@@ -77,6 +77,7 @@ class RunSettings(TypedDict, total=False):
     batch_max_bytes: int  # batch mode: bytes per batch input file [200000000]
     poll_secs: float  # batch mode: seconds between polls [30]
     deadline: str  # batch mode: after this long ("2h", "90m") send the rest online
+    ca_cert: str  # PEM file of extra certificate authorities to trust (a private CA); SSL_CERT_FILE works too
 
 class SqlSettings(TypedDict, total=False):
     """`aiq sql`'s flags, as keywords of `sql` (`output`, `tables`,
@@ -176,6 +177,11 @@ class Simulator:
         port: int = ...,
         no_cache: bool = ...,  # no prefix cache: no reply reports cached tokens
         endpoints: str = ...,  # Databricks endpoint names that exist (comma list); others answer 404
+        rate_headers: str = ...,  # rate headers on "every" reply, on "on429" only, or "never"
+        retry_after: str = ...,  # what a 429 says: "precise" (Retry-After + retry-after-ms), "seconds", "none"
+        quirks: str = ...,  # reply shapes unlike OpenAI's (comma list): no-role, bad-usage, negative-usage, no-usage, extra-fields, no-choices
+        tls: bool = ...,  # serve HTTPS with a certificate from a test CA made at start
+        max_streams: int = ...,  # with tls: concurrent streams per HTTP/2 connection
         batch_turnaround_ms: int = ...,  # Batch API: ms from creating a batch to its last answer
         batch_fail_rate: float = ...,  # Batch API: probability that a line fails with a 500
         batch_expire_first: int = ...,  # Batch API: the first N batches expire part-done
