@@ -18,7 +18,6 @@
 //! run), while a resumed query must send the same requests to find them in
 //! the journal.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, StringArray};
@@ -32,7 +31,7 @@ use datafusion::logical_expr::{
 use serde_json::{json, Value};
 
 use super::calls::{Answer, DryCount, Engine, Prepared};
-use super::udf::{err, label, string};
+use super::udf::{err, identified_by_name, label, string};
 use crate::ai::aggregate::{self, Budget, SUMMARIZE_INSTRUCTION};
 use crate::error::Error;
 use crate::job::settings::JobSettings;
@@ -64,23 +63,7 @@ pub struct AggUdf {
     default_endpoint: Option<String>,
 }
 
-impl std::fmt::Debug for AggUdf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AggUdf").field("name", &self.name).finish()
-    }
-}
-
-impl PartialEq for AggUdf {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-impl Eq for AggUdf {}
-impl Hash for AggUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-    }
-}
+identified_by_name!(AggUdf);
 
 impl ScalarUDFImpl for AggUdf {
     fn name(&self) -> &str {

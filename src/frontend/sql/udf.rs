@@ -13,7 +13,6 @@
 //! Arguments arrive positional: [`super::rewrite`] has already resolved
 //! named arguments and filled skipped ones with NULL, read here as "not given".
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
@@ -113,24 +112,34 @@ pub struct AiUdf {
     default_endpoint: Option<String>,
 }
 
-impl std::fmt::Debug for AiUdf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AiUdf").field("name", &self.name).finish()
-    }
+/// Debug, PartialEq, Eq and Hash by the `name` field, for the UDF structs
+/// (DataFusion asks for them; the engine inside has none). One instance
+/// per name is registered, so the name identifies it.
+macro_rules! identified_by_name {
+    ($udf:ident) => {
+        impl std::fmt::Debug for $udf {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($udf))
+                    .field("name", &self.name)
+                    .finish()
+            }
+        }
+        impl PartialEq for $udf {
+            fn eq(&self, other: &Self) -> bool {
+                self.name == other.name
+            }
+        }
+        impl Eq for $udf {}
+        impl std::hash::Hash for $udf {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.name.hash(state);
+            }
+        }
+    };
 }
+pub(super) use identified_by_name;
 
-// One instance per name is registered, so the name identifies it.
-impl PartialEq for AiUdf {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-impl Eq for AiUdf {}
-impl Hash for AiUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-    }
-}
+identified_by_name!(AiUdf);
 
 /// One call site's literal arguments, read and checked.
 struct Site {
