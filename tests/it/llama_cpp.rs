@@ -58,6 +58,14 @@ fn start() -> LlamaServer {
     LlamaServer { url, _child: child }
 }
 
+/// A chat prompt whose answer is a word or two: keeps the suite fast.
+const ONE_WORD: &[&str] = &[
+    "--prompt",
+    "Say one word about {{text}}.",
+    "--param",
+    "max_tokens=8",
+];
+
 /// `aiq run -q` against the llama.cpp server with `key`, short replies.
 async fn run(f: &Fixture, rows: &[Value], key: &str, extra: &[&str]) -> std::process::Output {
     let input = f.write_jsonl("in.jsonl", rows);
@@ -101,18 +109,7 @@ fn texts(n: usize) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn chat() {
     let f = fixture().await;
-    let o = run(
-        &f,
-        &texts(4),
-        KEY,
-        &[
-            "--prompt",
-            "Say one word about {{text}}.",
-            "--param",
-            "max_tokens=8",
-        ],
-    )
-    .await;
+    let o = run(&f, &texts(4), KEY, ONE_WORD).await;
     assert_ok(&o);
     let (_, rows) = read_rows(&f.path("out.parquet"));
     assert_eq!(rows.len(), 4);
@@ -127,19 +124,7 @@ async fn chat() {
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_with_usage() {
     let f = fixture().await;
-    let o = run(
-        &f,
-        &texts(3),
-        KEY,
-        &[
-            "--stream",
-            "--prompt",
-            "Say one word about {{text}}.",
-            "--param",
-            "max_tokens=8",
-        ],
-    )
-    .await;
+    let o = run(&f, &texts(3), KEY, &[&["--stream"], ONE_WORD].concat()).await;
     assert_ok(&o);
     let (_, rows) = read_rows(&f.path("out.parquet"));
     for r in &rows {
@@ -232,18 +217,7 @@ async fn a_prompt_over_the_context_fails_its_row_only() {
     let f = fixture().await;
     let long = "word ".repeat(1_500);
     let rows = vec![json!({"text": "a cat"}), json!({"text": long})];
-    let o = run(
-        &f,
-        &rows,
-        KEY,
-        &[
-            "--prompt",
-            "Say one word about {{text}}.",
-            "--param",
-            "max_tokens=8",
-        ],
-    )
-    .await;
+    let o = run(&f, &rows, KEY, ONE_WORD).await;
     assert_ok(&o);
     let (_, got) = read_rows(&f.path("out.parquet"));
     assert!(got[0]["error_message"].is_null(), "{:?}", got[0]);
