@@ -12,6 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# No pip cache: the venv is kept between runs, so a cache only doubles what
+# is on disk (PySpark comes as a 450 MB source archive that pip turns into a
+# 450 MB wheel, and would keep both). CI's disk has run out here before.
+export PIP_NO_CACHE_DIR=1
+# Each step says where it is and how much disk is left, for CI's log.
+step() { echo "== tests/all.sh: $1 ($(df -h --output=avail . | tail -1 | tr -d ' ') free)"; }
+
+step "1/4 test venv"
 venv="${AIQ_TEST_VENV:-$PWD/target/test-venv}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
@@ -26,6 +34,7 @@ if [ "$wanted" != "$(cat "$venv/.requirements" 2>/dev/null)" ]; then
 fi
 export AIQ_TEST_PYTHON="$venv/bin/python"
 
+step "2/4 Rust tests"
 cargo test --locked --features sql
 
 # 3. The Python package (pyproject.toml) into the same venv, built by maturin
@@ -35,6 +44,7 @@ cargo test --locked --features sql
 #    its pytest suite, against the built-in simulator. The suite fails when
 #    it runs no test or skips one (python/tests/conftest.py).
 # (maturin's build backend runs the `maturin` on PATH: the venv's.)
+step "3/4 Python package"
 PATH="$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/pip" install --quiet --disable-pip-version-check \
     --no-build-isolation --no-deps --force-reinstall .
 "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
@@ -46,6 +56,7 @@ PATH="$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/pip" insta
 #    again only when either list changes. Every test has a time limit
 #    (python/tests_engines/conftest.py); `timeout` is the backstop for a
 #    hang outside a test.
+step "4/4 Spark and Ray"
 if ! cat tests/requirements.txt tests/requirements-engines.txt | cmp -s - "$venv/.requirements-engines"; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
         -r tests/requirements.txt -r tests/requirements-engines.txt
