@@ -223,7 +223,7 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
                 builder: &builder,
                 shape: &shape,
                 api: BatchApi::new(
-                    http.first().clone(),
+                    http.side().clone(),
                     &base,
                     endpoint.credentials.clone(),
                     plan.retry.clone(),

@@ -21,11 +21,14 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION};
+use hyper::Response;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::pipeline::http::HttpPool;
+use crate::pipeline::http::{HttpPool, Lease, Post, TransportError};
 use crate::pipeline::outcome::{Outcome, Usage};
 use crate::pipeline::render::Call;
 use crate::provider::endpoint::Endpoint;
@@ -57,8 +60,9 @@ pub struct ClientStats {
 pub struct Client {
     http: HttpPool,
     endpoint: Arc<Endpoint>,
-    /// `endpoint.url`, parsed once: parsing per request showed in profiles.
-    url: reqwest::Url,
+    /// The POST to `endpoint.url`, built once: parsing the URL and building
+    /// headers per request showed in profiles.
+    post: Post,
     limiter: Arc<Limiter>,
     policy: RetryPolicy,
     shape: Shape,
@@ -123,20 +127,18 @@ struct Answer {
 
 impl Client {
     pub fn new(
-        http: impl Into<HttpPool>,
+        http: HttpPool,
         endpoint: Arc<Endpoint>,
         limiter: Arc<Limiter>,
         policy: RetryPolicy,
         shape: Shape,
         stream: bool,
     ) -> crate::error::Result<Client> {
-        let url = reqwest::Url::parse(&endpoint.url).map_err(|e| {
-            crate::error::Error::Config(format!("endpoint URL {}: {e}", endpoint.url))
-        })?;
+        let post = http.post(&endpoint.url)?;
         Ok(Client {
-            http: http.into(),
+            http,
             endpoint,
-            url,
+            post,
             limiter,
             policy,
             shape,
@@ -306,29 +308,60 @@ impl Client {
             .limiter
             .admit_call(call.est_prompt_tokens, output_reserve)
             .await;
-        // Held until the reply is read whole: a stream occupies its
-        // connection until then.
-        let lease = self.http.lease();
-        let _in_flight = InFlight::new(&self.stats.in_flight);
-        let (response, sent) = self
-            .post(
-                lease.client,
-                self.url_for(call.route)?,
-                &call.body,
-                Some(grant.ticket),
-            )
+        let routed;
+        let post = match call.route {
+            None => &self.post,
+            Some(_) => {
+                routed = self.routed(call.route)?;
+                &routed
+            }
+        };
+        let answer = self
+            .timed(async {
+                // Held until the reply is read whole: a stream occupies its
+                // connection until then.
+                let lease = self.http.lease();
+                let _in_flight = InFlight::new(&self.stats.in_flight);
+                let (response, sent) = self
+                    .post(&lease, post, &call.body, Some(grant.ticket))
+                    .await?;
+                if self.stream {
+                    let (reply, ttft) = stream::read(response, &self.shape, sent)
+                        .await
+                        .map_err(stream_error)?;
+                    return Ok(Answer { reply, ttft });
+                }
+                let body = read_body(response).await?;
+                let reply = self.parse(&body, call.rows.len())?;
+                Ok(Answer { reply, ttft: None })
+            })
             .await?;
-        if self.stream {
-            let (reply, ttft) = stream::read(response, &self.shape, sent)
-                .await
-                .map_err(stream_error)?;
-            grant.settle(reply.usage.completion_tokens.max(0) as u64);
-            return Ok(Answer { reply, ttft });
+        grant.settle(answer.reply.usage.completion_tokens.max(0) as u64);
+        Ok(answer)
+    }
+
+    /// `attempt` bounded by the policy's timeout, from before it is sent to
+    /// the end of its reply. Running out after sending is ambiguous: the
+    /// provider may be running (and billing) the request.
+    async fn timed<T>(
+        &self,
+        attempt: impl std::future::Future<Output = Result<T, AttemptError>>,
+    ) -> Result<T, AttemptError> {
+        match tokio::time::timeout(self.policy.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                let mut error = AttemptError::retry(
+                    format!(
+                        "timed out: no whole reply within {:.0?}",
+                        self.policy.timeout
+                    ),
+                    None,
+                    false,
+                );
+                error.ambiguous = true;
+                Err(error)
+            }
         }
-        let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-        let reply = self.parse(&body, call.rows.len())?;
-        grant.settle(reply.usage.completion_tokens.max(0) as u64);
-        Ok(Answer { reply, ttft: None })
     }
 
     /// A 2xx body → its reply. A body that is no answer at all (HTML, cut
@@ -350,22 +383,21 @@ impl Client {
     /// `aiq bench` measures. Streamed replies report their chunk timing.
     pub async fn probe(&self, body: Bytes) -> Probe {
         let started = Instant::now();
-        let result = async {
-            let lease = self.http.lease();
-            let (response, sent) = self
-                .post(lease.client, self.url.clone(), &body, None)
-                .await?;
-            if self.stream {
-                stream::read_timed(response, &self.shape, sent)
-                    .await
-                    .map_err(stream_error)
-            } else {
-                let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-                let reply = self.parse(&body, 1)?;
-                Ok((reply, stream::Timing::default()))
-            }
-        }
-        .await;
+        let result = self
+            .timed(async {
+                let lease = self.http.lease();
+                let (response, sent) = self.post(&lease, &self.post, &body, None).await?;
+                if self.stream {
+                    stream::read_timed(response, &self.shape, sent)
+                        .await
+                        .map_err(stream_error)
+                } else {
+                    let body = read_body(response).await?;
+                    let reply = self.parse(&body, 1)?;
+                    Ok((reply, stream::Timing::default()))
+                }
+            })
+            .await;
         let elapsed = started.elapsed();
         match result {
             Ok((reply, timing)) => {
@@ -391,43 +423,32 @@ impl Client {
         }
     }
 
+    /// The POST for the route an OpenAI Batch line names.
+    fn routed(&self, route: Option<crate::provider::wire::Task>) -> Result<Post, AttemptError> {
+        let url = self.endpoint.url_for(route);
+        self.http
+            .post(&url)
+            .map_err(|e| AttemptError::row(format!("bad URL {url}: {e}")))
+    }
+
     /// Post `body` with the endpoint's credentials; a reply that is not a
     /// success becomes an error classified for retrying. Returns the
     /// response and when the request went out.
-    /// The job's URL, or the route an OpenAI Batch line names.
-    fn url_for(
-        &self,
-        route: Option<crate::provider::wire::Task>,
-    ) -> Result<reqwest::Url, AttemptError> {
-        match route {
-            None => Ok(self.url.clone()),
-            Some(_) => {
-                let url = self.endpoint.url_for(route);
-                reqwest::Url::parse(&url)
-                    .map_err(|e| AttemptError::row(format!("bad URL {url}: {e}")))
-            }
-        }
-    }
-
     async fn post(
         &self,
-        http: &reqwest::Client,
-        url: reqwest::Url,
+        lease: &Lease<'_>,
+        post: &Post,
         body: &Bytes,
         ticket: Option<Ticket>,
-    ) -> Result<(reqwest::Response, Instant), AttemptError> {
+    ) -> Result<(Response<Incoming>, Instant), AttemptError> {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let token = self
             .endpoint
             .credentials
-            .bearer(self.http.first())
+            .bearer(self.http.side())
             .await
             .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?;
-        let mut request = http
-            .post(url)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .timeout(self.policy.timeout)
-            .body(body.clone());
+        let mut authorization = None;
         if let Some(token) = token {
             let mut value =
                 HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
@@ -438,10 +459,13 @@ impl Client {
                 })?;
             // Keeps the token out of any debug output of the request.
             value.set_sensitive(true);
-            request = request.header(AUTHORIZATION, value);
+            authorization = Some((AUTHORIZATION, value));
         }
         let sent = Instant::now();
-        let response = request.send().await.map_err(|e| transport_error(&e))?;
+        let response = lease
+            .send(post, authorization, body.clone())
+            .await
+            .map_err(transport_error)?;
         let status = response.status();
         // Borrowed, not cloned: a header map copy per reply showed in profiles.
         let headers = response.headers();
@@ -453,7 +477,7 @@ impl Client {
             if status.as_u16() == 429 {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             }
-            let body = response.bytes().await.unwrap_or_default();
+            let body = read_body(response).await.unwrap_or_default();
             let message = format!("HTTP {}: {}", status.as_u16(), wire::error_message(&body));
             return Err(AttemptError {
                 status: Some(status.as_u16()),
@@ -500,22 +524,16 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Connection errors, resets and timeouts are transient. reqwest's messages
-/// name the URL, never headers, so no credential can leak through them.
-fn transport_error(e: &reqwest::Error) -> AttemptError {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
+/// Connection errors and resets are transient; a certificate that does not
+/// verify is not. hyper's messages name neither the URL nor a header, so no
+/// credential can leak through them.
+fn transport_error(e: TransportError) -> AttemptError {
+    let kind = if e.connect {
         "could not connect"
     } else {
         "connection failed"
     };
-    let mut message = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message.push_str(&format!(": {s}"));
-        source = s.source();
-    }
+    let message = format!("{kind}: {}", e.message);
     if let Some(problem) = certificate_problem(&message) {
         return AttemptError::new(
             RetryAction::Abort,
@@ -526,9 +544,17 @@ fn transport_error(e: &reqwest::Error) -> AttemptError {
             ),
         );
     }
-    let mut error = AttemptError::retry(message, None, false);
-    // A timeout once connected means the request went out and the provider
-    // may be running it: a retry may pay a second time.
-    error.ambiguous = e.is_timeout() && !e.is_connect();
-    error
+    AttemptError::retry(message, None, false)
+}
+
+/// A reply's whole body; a connection that breaks while it is read is a
+/// transport error (retried).
+async fn read_body(response: Response<Incoming>) -> Result<Bytes, AttemptError> {
+    match response.into_body().collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) => Err(transport_error(TransportError {
+            connect: false,
+            message: format!("reading the reply: {e}"),
+        })),
+    }
 }

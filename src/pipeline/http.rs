@@ -1,24 +1,60 @@
 //! The HTTP connections a job sends over: enough of them that the server
-//! sees the concurrency the job asked for.
+//! sees the concurrency the job asked for, at as little CPU per request as
+//! the protocol allows.
 //!
-//! Over HTTPS reqwest negotiates HTTP/2 and multiplexes every request over
-//! one connection per client. Servers cap the streams of a connection
-//! (about 100: hypercorn's default, nginx 128, load balancers 100–128), and
-//! hyper's pool does not open a second connection when the cap is reached
-//! (hyper #2197, #3623): requests beyond it queue inside the client, and
+//! Model calls go straight to hyper's pooled client (hyper-util), with the
+//! request's URI and headers built once per job ([`Post`]). reqwest, which
+//! aiq used before, re-parsed the URL of every reply, merged and cloned the
+//! header map three times (defaults, retry layer, redirect layer) and boxed
+//! each layer's future: ~5 µs of the ~30 µs of CPU a small row cost
+//! (benches/memory.sh). Side requests (OAuth tokens, Batch API uploads)
+//! stay on reqwest ([`HttpPool::side`]), where forms and multipart matter
+//! more than microseconds.
+//!
+//! What reqwest gave and this keeps:
+//! - TLS by rustls with the platform's roots (rustls-platform-verifier, as
+//!   reqwest), plus `--ca-cert PATH` (a PEM bundle; `SSL_CERT_FILE` works
+//!   too, through the platform verifier); HTTP/2 when the server offers it
+//!   (ALPN).
+//! - Proxies from `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY`
+//!   (read as reqwest reads them): https:// through a CONNECT tunnel,
+//!   http:// as absolute-form requests to the proxy, with the credentials of
+//!   the proxy URL.
+//! - A 30 s connect timeout; the whole-attempt timeout is the caller's
+//!   ([`crate::pipeline::client`]).
+//!
+//! HTTP/2 stream caps: servers cap the streams of a connection (about 100:
+//! hypercorn's default, nginx 128, load balancers 100–128), and hyper's pool
+//! does not open a second connection when the cap is reached (hyper #2197,
+//! #3623): requests beyond it queue inside the client, and
 //! `--concurrency 400` became ~110 in flight at the server. So a job holds
 //! one client per [`STREAMS_PER_CONNECTION`] requests of its concurrency
 //! and sends each request on the one with the fewest in flight, which keeps
-//! every connection under any common cap. Plain HTTP/1.1 opens a
-//! connection per request in flight anyway; one client serves it.
-//!
-//! Private CAs: `--ca-cert PATH` adds a PEM bundle to the platform's roots
-//! (`SSL_CERT_FILE` works too, through the platform verifier).
+//! every connection under any common cap. Plain HTTP/1.1 opens a connection
+//! per request in flight anyway; one client serves it.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, PROXY_AUTHORIZATION, USER_AGENT,
+};
+use hyper::{Method, Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use crate::error::{Error, Result};
 
@@ -26,29 +62,101 @@ use crate::error::{Error, Result};
 /// server cap (100), so uneven latencies cannot push one over it.
 pub const STREAMS_PER_CONNECTION: usize = 50;
 
-/// Clients to spread requests over, each with its own connection(s).
+/// How long a TCP connect (to the server or a proxy) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Sender = hyper_util::client::legacy::Client<HttpsConnector<Connector>, Full<Bytes>>;
+
+/// Clients to spread model calls over, each with its own connection(s),
+/// and one reqwest client for side requests.
 #[derive(Clone)]
 pub struct HttpPool {
-    clients: Arc<Vec<(reqwest::Client, AtomicUsize)>>,
+    senders: Arc<Vec<(Sender, AtomicUsize)>>,
+    side: reqwest::Client,
+    /// Set when a proxy is configured: plain-HTTP requests it intercepts
+    /// carry its credentials.
+    proxies: Option<Arc<Matcher>>,
+    agent: HeaderValue,
 }
 
-impl From<reqwest::Client> for HttpPool {
-    fn from(client: reqwest::Client) -> HttpPool {
-        HttpPool {
-            clients: Arc::new(vec![(client, AtomicUsize::new(0))]),
-        }
-    }
+/// A POST to one URL with fixed headers, built once and sent many times.
+#[derive(Clone, Debug)]
+pub struct Post {
+    pub uri: Uri,
+    pub headers: HeaderMap,
 }
 
-/// One request's use of a client: counts it in flight until dropped.
+/// Why a request got no response.
+#[derive(Debug)]
+pub struct TransportError {
+    /// The connection was never made (the request did not go out).
+    pub connect: bool,
+    /// The error and its causes, `: `-joined.
+    pub message: String,
+}
+
+/// One request's use of a client: counts it in flight until dropped, which
+/// the caller does once the reply is read whole (a stream occupies its
+/// connection until then).
 pub struct Lease<'a> {
-    pub client: &'a reqwest::Client,
+    sender: &'a Sender,
     count: &'a AtomicUsize,
+    pool: &'a HttpPool,
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Lease<'_> {
+    /// Send `body` as `post`, with `extra` headers (credentials) added.
+    pub async fn send(
+        &self,
+        post: &Post,
+        extra: Option<(hyper::header::HeaderName, HeaderValue)>,
+        body: Bytes,
+    ) -> std::result::Result<Response<Incoming>, TransportError> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = post.uri.clone();
+        let headers = request.headers_mut();
+        *headers = post.headers.clone();
+        if let Some((name, value)) = extra {
+            headers.insert(name, value);
+        }
+        if let Some(auth) = self.pool.http_proxy_auth(&post.uri) {
+            headers.insert(PROXY_AUTHORIZATION, auth);
+        }
+        self.sender
+            .request(request)
+            .await
+            .map_err(|e| TransportError {
+                connect: e.is_connect(),
+                message: chain(&e),
+            })
+    }
+}
+
+impl Post {
+    /// A JSON POST to `url` (no User-Agent: [`HttpPool::post`] adds it).
+    pub fn json(url: &str) -> Result<Post> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Error::Config(format!("endpoint URL {url}: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") if uri.host().is_some() => {}
+            _ => {
+                return Err(Error::Config(format!(
+                    "endpoint URL {url}: not an http:// or https:// URL"
+                )))
+            }
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        Ok(Post { uri, headers })
     }
 }
 
@@ -62,70 +170,274 @@ impl HttpPool {
         agent: &str,
     ) -> Result<HttpPool> {
         let certs = match ca_cert {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| Error::Config(format!("--ca-cert {}: {e}", path.display())))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    Error::Config(format!(
-                        "--ca-cert {}: not a PEM certificate bundle: {e}",
-                        path.display()
-                    ))
-                })?;
-                if certs.is_empty() {
-                    return Err(Error::Config(format!(
-                        "--ca-cert {}: no certificate in the file",
-                        path.display()
-                    )));
-                }
-                certs
-            }
+            Some(path) => read_certificates(path)?,
             None => Vec::new(),
         };
+        let agent = HeaderValue::from_str(agent)
+            .map_err(|_| Error::Config(format!("user agent {agent:?}: not a header value")))?;
+        let proxies = proxies_from_env();
+        let tls = tls_config(&certs)?;
         let https = url.trim_start().to_ascii_lowercase().starts_with("https:");
         let n = if https {
             concurrency.div_ceil(STREAMS_PER_CONNECTION).max(1)
         } else {
             1
         };
-        let clients = (0..n)
+        let senders = (0..n)
             .map(|_| {
-                let mut b = reqwest::Client::builder()
+                let mut tcp = HttpConnector::new();
+                tcp.enforce_http(false);
+                tcp.set_nodelay(true);
+                tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(Connector {
+                        tcp,
+                        proxies: proxies.clone(),
+                    });
+                let sender = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
                     .pool_max_idle_per_host(concurrency.div_ceil(n))
-                    .tcp_nodelay(true)
-                    .connect_timeout(Duration::from_secs(30))
-                    .user_agent(agent);
-                if !certs.is_empty() {
-                    b = b.tls_certs_merge(certs.iter().cloned());
-                }
-                b.build()
-                    .map(|c| (c, AtomicUsize::new(0)))
-                    .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+                    .build(connector);
+                (sender, AtomicUsize::new(0))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
+        let mut side = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(agent.clone());
+        if !certs.is_empty() {
+            let pem = certs
+                .iter()
+                .map(|c| reqwest::Certificate::from_der(c))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Config(format!("--ca-cert: {e}")))?;
+            side = side.tls_certs_merge(pem);
+        }
+        let side = side
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         Ok(HttpPool {
-            clients: Arc::new(clients),
+            senders: Arc::new(senders),
+            side,
+            proxies,
+            agent,
         })
     }
 
     /// The client with the fewest requests in flight, counted until the
     /// lease is dropped.
     pub fn lease(&self) -> Lease<'_> {
-        let (client, count) = self
-            .clients
+        let (sender, count) = self
+            .senders
             .iter()
             .min_by_key(|(_, n)| n.load(Ordering::Relaxed))
-            .unwrap_or(&self.clients[0]);
+            .unwrap_or(&self.senders[0]);
         count.fetch_add(1, Ordering::Relaxed);
-        Lease { client, count }
+        Lease {
+            sender,
+            count,
+            pool: self,
+        }
     }
 
-    /// Any client, for side requests (OAuth tokens).
-    pub fn first(&self) -> &reqwest::Client {
-        &self.clients[0].0
+    /// A JSON POST to `url` from this pool's User-Agent.
+    pub fn post(&self, url: &str) -> Result<Post> {
+        let mut post = Post::json(url)?;
+        post.headers.insert(USER_AGENT, self.agent.clone());
+        Ok(post)
+    }
+
+    /// The client for side requests (OAuth tokens, Batch API files).
+    pub fn side(&self) -> &reqwest::Client {
+        &self.side
     }
 
     pub fn connections(&self) -> usize {
-        self.clients.len()
+        self.senders.len()
+    }
+
+    /// The proxy credentials a plain-HTTP request to `uri` carries, when a
+    /// proxy intercepts it (an https:// request sends them in its CONNECT).
+    fn http_proxy_auth(&self, uri: &Uri) -> Option<HeaderValue> {
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let proxy = self.proxies.as_ref()?.intercept(uri)?;
+        proxy.basic_auth().cloned()
+    }
+}
+
+/// The proxy settings of the environment, or None when there are none
+/// (the common case: no lookup per request).
+fn proxies_from_env() -> Option<Arc<Matcher>> {
+    let set = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    set.then(|| Arc::new(Matcher::from_env()))
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path)
+        .map_err(|e| Error::Config(format!("--ca-cert {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::Config(format!(
+                "--ca-cert {}: not a PEM certificate bundle: {e}",
+                path.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "--ca-cert {}: no certificate in the file",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// rustls with the platform's verifier and `extra` roots, as reqwest builds
+/// it (aws-lc-rs, the provider reqwest and the simulator use).
+fn tls_config(extra: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = if extra.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider.clone())
+    } else {
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra.to_vec(), provider.clone())
+    }
+    .map_err(|e| Error::Config(format!("TLS roots: {e}")))?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+/// An error and its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // hyper repeats a cause in its own text at times; say it once.
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}
+
+/// TCP to the server, or through the proxy the environment names for it.
+#[derive(Clone)]
+struct Connector {
+    tcp: HttpConnector,
+    proxies: Option<Arc<Matcher>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = std::result::Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let mut tcp = self.tcp.clone();
+        let proxy = self.proxies.as_ref().and_then(|m| m.intercept(&dst));
+        Box::pin(async move {
+            match proxy {
+                None => Ok(Conn {
+                    io: tcp.call(dst).await?,
+                    via_proxy: false,
+                }),
+                // TLS to the server, through the proxy: a CONNECT tunnel.
+                Some(proxy) if dst.scheme_str() == Some("https") => {
+                    let mut tunnel = Tunnel::new(proxy.uri().clone(), tcp);
+                    if let Some(auth) = proxy.basic_auth() {
+                        tunnel = tunnel.with_auth(auth.clone());
+                    }
+                    Ok(Conn {
+                        io: tunnel.call(dst).await?,
+                        via_proxy: false,
+                    })
+                }
+                // Plain HTTP: requests go to the proxy in absolute form.
+                Some(proxy) => Ok(Conn {
+                    io: tcp.call(proxy.uri().clone()).await?,
+                    via_proxy: true,
+                }),
+            }
+        })
+    }
+}
+
+/// A TCP connection, and whether it is to an HTTP proxy (then hyper sends
+/// absolute-form request targets).
+struct Conn {
+    io: TokioIo<tokio::net::TcpStream>,
+    via_proxy: bool,
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        self.io.connected().proxy(self.via_proxy)
+    }
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -141,12 +453,12 @@ mod tests {
         assert_eq!(plain.connections(), 1);
         // Leases spread evenly: 400 held at once, 50 per client.
         let leases: Vec<_> = (0..400).map(|_| pool.lease()).collect();
-        for (_, n) in pool.clients.iter() {
+        for (_, n) in pool.senders.iter() {
             assert_eq!(n.load(Ordering::Relaxed), 50);
         }
         drop(leases);
         assert!(pool
-            .clients
+            .senders
             .iter()
             .all(|(_, n)| n.load(Ordering::Relaxed) == 0));
     }
@@ -160,5 +472,15 @@ mod tests {
         assert!(e.to_string().contains("--ca-cert"), "{e}");
         let missing = dir.path().join("none.pem");
         assert!(HttpPool::new("https://x", 1, Some(&missing), "t").is_err());
+    }
+
+    #[test]
+    fn posts_are_to_http_urls_only() {
+        let post = Post::json("http://127.0.0.1:9/v1/chat/completions").unwrap();
+        assert_eq!(post.uri.path(), "/v1/chat/completions");
+        assert_eq!(post.headers[CONTENT_TYPE], "application/json");
+        for bad in ["ftp://host/x", "/v1/chat", "not a url"] {
+            assert!(Post::json(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -58,7 +58,7 @@ impl Timing {
 /// Read a streamed reply to the end. `sent` is when the request went out,
 /// for the time to first token.
 pub async fn read(
-    response: reqwest::Response,
+    response: hyper::Response<hyper::body::Incoming>,
     shape: &Shape,
     sent: Instant,
 ) -> Result<(Reply, Option<Duration>), StreamError> {
@@ -69,11 +69,11 @@ pub async fn read(
 
 /// [`read`], also returning when content chunks arrived.
 pub async fn read_timed(
-    response: reqwest::Response,
+    response: hyper::Response<hyper::body::Incoming>,
     shape: &Shape,
     sent: Instant,
 ) -> Result<(Reply, Timing), StreamError> {
-    let mut events = response.bytes_stream().eventsource();
+    let mut events = http_body_util::BodyDataStream::new(response.into_body()).eventsource();
     let mut text = String::new();
     let mut finish_reason = None;
     let mut usage: Option<WireUsage> = None;

@@ -12,6 +12,7 @@ mod llama_cpp;
 mod nested;
 mod object_store;
 mod openai_batch;
+mod proxy;
 mod quirks;
 mod reliability;
 mod repair;

@@ -76,6 +76,17 @@ impl Fixture {
 
     /// `aiq run` against the simulator's OpenAI route with the right key.
     pub async fn run_openai(&self, input: &Path, output: &Path, extra: &[&str]) -> Output {
+        self.run_openai_env(input, output, extra, &[]).await
+    }
+
+    /// [`Fixture::run_openai`] with more environment variables.
+    pub async fn run_openai_env(
+        &self,
+        input: &Path,
+        output: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Output {
         let url = self.openai_url();
         let mut args = vec![
             "run",
@@ -92,7 +103,9 @@ impl Fixture {
             "1",
         ];
         args.extend_from_slice(extra);
-        self.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await
+        let mut all_envs = vec![("OPENAI_API_KEY", TOKEN)];
+        all_envs.extend_from_slice(envs);
+        self.aiq(&args, &all_envs).await
     }
 
     /// `aiq run -q` against the simulator's Databricks route: the serving

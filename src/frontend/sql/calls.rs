@@ -26,6 +26,7 @@ use crate::job::plan::Plan;
 use crate::job::settings::JobSettings;
 use crate::pipeline::call_journal::{CallJournal, Entry};
 use crate::pipeline::client::Client;
+use crate::pipeline::http::HttpPool;
 use crate::pipeline::outcome::Usage;
 use crate::pipeline::render::{BodyBuilder, Call, RenderedRow};
 use crate::provider::endpoint::Endpoint;
@@ -88,7 +89,7 @@ pub enum Answer {
 
 pub struct Engine {
     pub settings: EngineSettings,
-    http: reqwest::Client,
+    http: HttpPool,
     limiter: Arc<Limiter>,
     in_flight: Arc<Semaphore>,
     endpoints: tokio::sync::Mutex<HashMap<String, Arc<Endpoint>>>,
@@ -153,13 +154,14 @@ impl DryRun {
 
 impl Engine {
     pub fn new(settings: EngineSettings, journal: Option<CallJournal>) -> Result<Engine> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(settings.concurrency)
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(30))
-            .user_agent(concat!("aiq/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        // A query may call several endpoints: clients sized as for HTTPS
+        // (one per STREAMS_PER_CONNECTION), which plain HTTP does not mind.
+        let http = HttpPool::new(
+            "https:",
+            settings.concurrency,
+            None,
+            concat!("aiq/", env!("CARGO_PKG_VERSION")),
+        )?;
         let dry = settings.dry_run.then(DryRun::default);
         Ok(Engine {
             limiter: Arc::new(Limiter::new(settings.rpm, settings.tpm)),
