@@ -7,7 +7,8 @@
 //! or an exhausted `x-ratelimit-remaining-*` pauses all sending until the
 //! window resets; and without headers, 429s drive an AIMD rate (cut by a
 //! quarter on a refusal, at most once a second; grown slowly while replies
-//! succeed).
+//! succeed). A told `--rpm` is the AIMD ceiling: 429s cut under it too, and
+//! the pace grows back to it, never above.
 //!
 //! Provider-shaped limits come on top: `--itpm` (input tokens per minute,
 //! charged the prompt estimate), `--qph` (queries per hour), and `--otpm`
@@ -242,8 +243,9 @@ pub struct Limiter {
 
 /// Learning the request rate when not told.
 struct Aimd {
-    /// The highest pace allowed: the limit the server advertised
-    /// (`x-ratelimit-limit-requests`) less the headroom. Growth stops there.
+    /// The highest pace allowed: the told `--rpm`, or the limit the server
+    /// advertised (`x-ratelimit-limit-requests`) less the headroom. Growth
+    /// stops there.
     ceiling: Option<f64>,
     /// Bumped on every cut: a 429 to a request admitted before the last cut
     /// is news of the old rate, not of the new one, so it cuts no further
@@ -323,7 +325,7 @@ impl Limiter {
             tokens: RwLock::new(tpm.map(|t| Pace::new(t as f64, token_burst(t as f64)))),
             pause_until: Mutex::new(None),
             aimd: Mutex::new(Aimd {
-                ceiling: None,
+                ceiling: rpm.map(|r| r as f64),
                 epoch: 0,
                 last_decrease: None,
                 last_increase: None,
@@ -497,18 +499,23 @@ impl Limiter {
                 self.set_learned(&self.tokens, limit * LEARNED_HEADROOM, token_burst(limit));
             }
         }
-        if !self.told_rpm {
-            if rate_limited {
-                self.decrease(now, epoch);
-            } else if (200..300).contains(&status) {
-                self.increase(now);
-                if let Some(t) = ticket {
-                    self.probe_answered(t.epoch);
-                }
-                let remaining = first_number(headers, REMAINING_REQUEST_HEADERS);
-                if let (Some(remaining), Some(t)) = (remaining, ticket) {
-                    self.credit(remaining, t.seq, now);
-                }
+        // A told --rpm is a ceiling, not a promise the server keeps: a key
+        // shared with other jobs, or a limit lower than the user thought,
+        // refuses some of it. 429s cut the pace under the ceiling as they do
+        // a learned one, and success grows it back to the ceiling; without
+        // this, a job told too much spent every retry on refusals.
+        if rate_limited {
+            self.decrease(now, epoch);
+        } else if (200..300).contains(&status) {
+            self.increase(now);
+            if let Some(t) = ticket {
+                self.probe_answered(t.epoch);
+            }
+            // Going ahead of the pace on the server's word is for learned
+            // paces only: a told one is the most the user allows.
+            let remaining = first_number(headers, REMAINING_REQUEST_HEADERS);
+            if let (false, Some(remaining), Some(t)) = (self.told_rpm, remaining, ticket) {
+                self.credit(remaining, t.seq, now);
             }
         }
         // An exhausted window with no pace to keep us under it: wait for its
@@ -963,14 +970,25 @@ mod tests {
     }
 
     #[test]
-    fn told_limits_are_not_overridden() {
+    fn a_told_limit_is_a_ceiling_that_headers_never_move() {
         let l = Limiter::new(Some(100), None);
-        l.observe(
-            &headers(&[("x-ratelimit-limit-requests", "600")]),
-            429,
-            None,
-            None,
-        );
+        // An advertised limit, above or below, leaves the told pace alone.
+        for limit in ["600", "50"] {
+            let h = headers(&[("x-ratelimit-limit-requests", limit)]);
+            l.observe(&h, 200, None, None);
+            assert_eq!(l.state().rpm, Some(100.0));
+        }
+        // A 429 cuts under it (the server refuses what we were told)...
+        let t0 = Instant::now();
+        let e = lock(&l.aimd).epoch;
+        l.observe_at(&HeaderMap::new(), 429, None, Some(at_epoch(e)), t0);
+        let cut = l.state().rpm.unwrap();
+        assert!(cut < 100.0, "{cut}");
+        // ...and successes grow it back to the told pace, never above.
+        for i in 1..=600 {
+            let t = t0 + Duration::from_millis(200 * i);
+            l.observe_at(&HeaderMap::new(), 200, None, None, t);
+        }
         assert_eq!(l.state().rpm, Some(100.0));
     }
 

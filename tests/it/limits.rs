@@ -1,6 +1,7 @@
-//! Rate limits the job is not told, against servers that say more or less
-//! about them: rate headers on every reply, only on 429s, or never; 429s
-//! with `Retry-After` in whole seconds, or bare; short and long buckets.
+//! Rate limits the job is not told (and one it is told wrong), against
+//! servers that say more or less about them: rate headers on every reply,
+//! only on 429s, or never; 429s with `Retry-After` in whole seconds, or
+//! bare; short and long buckets.
 //! Each test asserts that every row was answered and how many requests
 //! were refused (never how long it took); README "Rate limits" has the
 //! figures from `cargo bench --bench rate_limits`.
@@ -114,4 +115,50 @@ async fn long_bucket_with_headers_on_every_reply() {
 async fn long_bucket_with_bare_429s() {
     let cfg = sixty_second_bucket(RateHeaders::Never, RetryAfterHint::None);
     not_told(cfg, 1_300, 0.05).await;
+}
+
+/// Told twice what the server allows (a key shared with another job, or a
+/// limit lower than the user thought): 429s cut the pace under the told
+/// ceiling, so few requests are refused and every row is answered within
+/// the default retries. A told pace that 429s did not lower had half of
+/// all requests refused here.
+#[tokio::test(flavor = "multi_thread")]
+async fn told_more_than_the_server_allows() {
+    let f = Fixture::new(SimConfig {
+        rpm: Some(1_200),
+        burst_seconds: 1.0,
+        latency_ms: 20,
+        ..SimConfig::default()
+    })
+    .await;
+    let n = 240;
+    let input = f.write_jsonl("in.jsonl", &rows(n, 0));
+    let out = f.path("out.parquet");
+    let o = f
+        .run_openai(
+            &input,
+            &out,
+            &[
+                "--prompt",
+                "{{text}}",
+                "--concurrency",
+                "32",
+                "--rpm",
+                "2400",
+            ],
+        )
+        .await;
+    assert_ok(&o);
+    let (_, got) = read_rows(&out);
+    assert!(got.iter().all(|r| r["error_message"].is_null()));
+    let stats = f.sim.stats();
+    assert_eq!(stats.ok_by_prompt.len(), n, "every row answered once");
+    let refused = stats.rate_limited as f64 / stats.requests as f64;
+    assert!(
+        refused <= 0.2,
+        "{} of {} requests refused ({:.1}%)",
+        stats.rate_limited,
+        stats.requests,
+        refused * 100.0
+    );
 }
