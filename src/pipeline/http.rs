@@ -20,7 +20,8 @@
 //!   (read as reqwest reads them): https:// through a CONNECT tunnel,
 //!   http:// as absolute-form requests to the proxy, with the credentials of
 //!   the proxy URL.
-//! - A 30 s connect timeout; the whole-attempt timeout is the caller's
+//! - A 30 s connect timeout, TCP keepalive every 15 s, idle connections
+//!   closed after 90 s; the whole-attempt timeout is the caller's
 //!   ([`crate::pipeline::client`]).
 //!
 //! HTTP/2 stream caps: servers cap the streams of a connection (about 100:
@@ -52,7 +53,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -64,6 +65,10 @@ pub const STREAMS_PER_CONNECTION: usize = 50;
 
 /// How long a TCP connect (to the server or a proxy) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// TCP keepalive time and interval, and how long an idle pooled connection
+/// is kept: reqwest's defaults, which aiq had before.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Sender = hyper_util::client::legacy::Client<HttpsConnector<Connector>, Full<Bytes>>;
 
@@ -189,6 +194,10 @@ impl HttpPool {
                 tcp.enforce_http(false);
                 tcp.set_nodelay(true);
                 tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+                // As reqwest: TCP keepalive finds connections a NAT or load
+                // balancer dropped while a long call was running.
+                tcp.set_keepalive(Some(KEEPALIVE));
+                tcp.set_keepalive_interval(Some(KEEPALIVE));
                 let connector = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(tls.clone())
                     .https_or_http()
@@ -198,7 +207,12 @@ impl HttpPool {
                         tcp,
                         proxies: proxies.clone(),
                     });
+                // Idle connections close after a while, as reqwest's do, so
+                // a pool never keeps sockets the server has long forgotten.
                 let sender = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     .pool_max_idle_per_host(concurrency.div_ceil(n))
                     .build(connector);
                 (sender, AtomicUsize::new(0))
