@@ -120,8 +120,8 @@ async fn long_bucket_with_bare_429s() {
 /// Told twice what the server allows (a key shared with another job, or a
 /// limit lower than the user thought): 429s cut the pace under the told
 /// ceiling, so few requests are refused and every row is answered within
-/// the default retries. A told pace that 429s did not lower had half of
-/// all requests refused here.
+/// the default retries. With a told pace that 429s did not lower, rows
+/// here ran out of retries and failed with 429.
 #[tokio::test(flavor = "multi_thread")]
 async fn told_more_than_the_server_allows() {
     let f = Fixture::new(SimConfig {
