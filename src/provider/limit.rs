@@ -241,7 +241,8 @@ pub struct Limiter {
     output_tokens: Option<Arc<RefundableBucket>>,
 }
 
-/// Learning the request rate when not told.
+/// Adapting the request pace to the server: learning it when not told, and
+/// cutting under a told one when the server refuses it.
 struct Aimd {
     /// The highest pace allowed: the told `--rpm`, or the limit the server
     /// advertised (`x-ratelimit-limit-requests`) less the headroom. Growth
