@@ -28,7 +28,7 @@ use hyper::Response;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::pipeline::http::{HttpPool, Lease, Post, TransportError};
+use crate::pipeline::http::{redirect_target, HttpPool, Lease, Post, TransportError};
 use crate::pipeline::outcome::{Outcome, Usage};
 use crate::pipeline::render::Call;
 use crate::provider::endpoint::Endpoint;
@@ -477,8 +477,29 @@ impl Client {
             if status.as_u16() == 429 {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             }
-            let body = read_body(response).await.unwrap_or_default();
-            let message = format!("HTTP {}: {}", status.as_u16(), wire::error_message(&body));
+            let message = if status.is_redirection() {
+                // Not followed (only 307 and 308 keep a POST a POST): every
+                // call would meet it, so the job stops and says where to.
+                // Without the query, which may carry a signature.
+                let to = redirect_target(&post.uri, headers).map_or_else(
+                    || "nowhere aiq can follow".to_string(),
+                    |u| {
+                        format!(
+                            "{}://{}{}",
+                            u.scheme_str().unwrap_or("http"),
+                            u.authority().map_or("", |a| a.as_str()),
+                            u.path()
+                        )
+                    },
+                );
+                format!(
+                    "HTTP {}: the endpoint redirects to {to}; use that URL as the endpoint",
+                    status.as_u16()
+                )
+            } else {
+                let body = read_body(response).await.unwrap_or_default();
+                format!("HTTP {}: {}", status.as_u16(), wire::error_message(&body))
+            };
             return Err(AttemptError {
                 status: Some(status.as_u16()),
                 ..AttemptError::new(action, message)

@@ -46,7 +46,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, PROXY_AUTHORIZATION, USER_AGENT,
+    HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, PROXY_AUTHORIZATION, USER_AGENT,
 };
 use hyper::{Method, Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
@@ -62,6 +62,9 @@ use crate::error::{Error, Result};
 /// Requests one HTTP/2 connection carries at once: half the lowest common
 /// server cap (100), so uneven latencies cannot push one over it.
 pub const STREAMS_PER_CONNECTION: usize = 50;
+
+/// Redirects a call follows (307 and 308) before the last one is its reply.
+pub const MAX_REDIRECTS: usize = 5;
 
 /// How long a TCP connect (to the server or a proxy) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -117,22 +120,55 @@ impl Drop for Lease<'_> {
 
 impl Lease<'_> {
     /// Send `body` as `post`, with `extra` headers (credentials) added.
+    /// Redirects that keep the method and body (307 and 308, RFC 9110
+    /// 15.4.8–9) are followed, up to [`MAX_REDIRECTS`], as reqwest did;
+    /// the credentials go only to the scheme and host they were for. Any
+    /// other redirect comes back as the response (the caller stops the job
+    /// with where it points).
     pub async fn send(
         &self,
         post: &Post,
+        mut extra: Option<(hyper::header::HeaderName, HeaderValue)>,
+        body: Bytes,
+    ) -> std::result::Result<Response<Incoming>, TransportError> {
+        let mut uri = post.uri.clone();
+        let mut redirects = 0;
+        loop {
+            let response = self
+                .send_once(&uri, &post.headers, extra.clone(), body.clone())
+                .await?;
+            let status = response.status().as_u16();
+            if !matches!(status, 307 | 308) || redirects == MAX_REDIRECTS {
+                return Ok(response);
+            }
+            let Some(next) = redirect_target(&uri, response.headers()) else {
+                return Ok(response);
+            };
+            if (next.scheme(), next.authority()) != (uri.scheme(), uri.authority()) {
+                extra = None;
+            }
+            uri = next;
+            redirects += 1;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
         extra: Option<(hyper::header::HeaderName, HeaderValue)>,
         body: Bytes,
     ) -> std::result::Result<Response<Incoming>, TransportError> {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = post.uri.clone();
-        let headers = request.headers_mut();
-        *headers = post.headers.clone();
+        *request.uri_mut() = uri.clone();
+        let sent = request.headers_mut();
+        *sent = headers.clone();
         if let Some((name, value)) = extra {
-            headers.insert(name, value);
+            sent.insert(name, value);
         }
-        if let Some(auth) = self.pool.http_proxy_auth(&post.uri) {
-            headers.insert(PROXY_AUTHORIZATION, auth);
+        if let Some(auth) = self.pool.http_proxy_auth(uri) {
+            sent.insert(PROXY_AUTHORIZATION, auth);
         }
         self.sender
             .request(request)
@@ -142,6 +178,25 @@ impl Lease<'_> {
                 message: chain(&e),
             })
     }
+}
+
+/// Where a redirect from `from` points: its `Location`, absolute or a path
+/// on the same server; None when there is none or it is not http(s).
+pub fn redirect_target(from: &Uri, headers: &HeaderMap) -> Option<Uri> {
+    let location = headers.get(LOCATION)?.to_str().ok()?;
+    let uri: Uri = location.parse().ok()?;
+    if uri.scheme().is_some() {
+        return matches!(uri.scheme_str(), Some("http") | Some("https")).then_some(uri);
+    }
+    if !location.starts_with('/') {
+        return None;
+    }
+    Uri::builder()
+        .scheme(from.scheme()?.clone())
+        .authority(from.authority()?.clone())
+        .path_and_query(location)
+        .build()
+        .ok()
 }
 
 impl Post {
@@ -486,6 +541,29 @@ mod tests {
         assert!(e.to_string().contains("--ca-cert"), "{e}");
         let missing = dir.path().join("none.pem");
         assert!(HttpPool::new("https://x", 1, Some(&missing), "t").is_err());
+    }
+
+    #[test]
+    fn redirect_targets_resolve_against_the_request() {
+        let from: Uri = "https://api.example.com/v1/chat/completions"
+            .parse()
+            .unwrap();
+        let at = |location: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(LOCATION, HeaderValue::from_str(location).unwrap());
+            redirect_target(&from, &h).map(|u| u.to_string())
+        };
+        assert_eq!(
+            at("/v2/chat/completions").as_deref(),
+            Some("https://api.example.com/v2/chat/completions")
+        );
+        assert_eq!(
+            at("http://other:8000/x").as_deref(),
+            Some("http://other:8000/x")
+        );
+        assert_eq!(at("ftp://other/x"), None);
+        assert_eq!(at("relative/path"), None);
+        assert_eq!(redirect_target(&from, &HeaderMap::new()), None);
     }
 
     #[test]

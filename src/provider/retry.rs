@@ -60,6 +60,8 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> RetryAction {
             rate_limited: false,
         },
         401 | 403 | 404 => RetryAction::Abort,
+        // A redirect the client did not follow meets every call alike.
+        300..=399 => RetryAction::Abort,
         _ => RetryAction::RowError,
     }
 }
@@ -193,7 +195,7 @@ pub(crate) mod tests {
                 "{s}"
             );
         }
-        for s in [401, 403, 404] {
+        for s in [301, 302, 303, 307, 308, 401, 403, 404] {
             assert_eq!(retry(s), RetryAction::Abort, "{s}");
         }
         for s in [400, 413, 422] {

@@ -14,6 +14,7 @@ mod object_store;
 mod openai_batch;
 mod proxy;
 mod quirks;
+mod redirect;
 mod reliability;
 mod repair;
 mod run;

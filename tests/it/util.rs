@@ -87,7 +87,20 @@ impl Fixture {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Output {
-        let url = self.openai_url();
+        self.run_endpoint(&self.openai_url(), input, output, extra, envs)
+            .await
+    }
+
+    /// `aiq run` against any OpenAI-compatible `endpoint` (a server in
+    /// front of the simulator) with the simulator's key and `envs`.
+    pub async fn run_endpoint(
+        &self,
+        endpoint: &str,
+        input: &Path,
+        output: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Output {
         let mut args = vec![
             "run",
             "-q",
@@ -96,7 +109,7 @@ impl Fixture {
             "--output",
             output.to_str().unwrap(),
             "--endpoint",
-            &url,
+            endpoint,
             "--model",
             "sim-model",
             "--backoff-ms",
