@@ -14,23 +14,19 @@ use super::util::{assert_ok, read_rows, rows, Fixture};
 /// asserts every row answered and at most `max_refused` (a share) of all
 /// requests refused.
 async fn not_told(cfg: SimConfig, n: usize, max_refused: f64) {
+    answered_with_few_refusals(cfg, n, &["--max-retries", "30"], max_refused).await;
+}
+
+/// Runs `n` rows at concurrency 32 with `flags` against `cfg`; asserts
+/// every row answered once and at most `max_refused` (a share) of all
+/// requests refused.
+async fn answered_with_few_refusals(cfg: SimConfig, n: usize, flags: &[&str], max_refused: f64) {
     let f = Fixture::new(cfg).await;
     let input = f.write_jsonl("in.jsonl", &rows(n, 0));
     let out = f.path("out.parquet");
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--concurrency",
-                "32",
-                "--max-retries",
-                "30",
-            ],
-        )
-        .await;
+    let mut args = vec!["--prompt", "{{text}}", "--concurrency", "32"];
+    args.extend_from_slice(flags);
+    let o = f.run_openai(&input, &out, &args).await;
     assert_ok(&o);
     let (_, got) = read_rows(&out);
     assert_eq!(got.len(), n);
@@ -124,41 +120,11 @@ async fn long_bucket_with_bare_429s() {
 /// here ran out of retries and failed with 429.
 #[tokio::test(flavor = "multi_thread")]
 async fn told_more_than_the_server_allows() {
-    let f = Fixture::new(SimConfig {
+    let cfg = SimConfig {
         rpm: Some(1_200),
         burst_seconds: 1.0,
         latency_ms: 20,
         ..SimConfig::default()
-    })
-    .await;
-    let n = 240;
-    let input = f.write_jsonl("in.jsonl", &rows(n, 0));
-    let out = f.path("out.parquet");
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--concurrency",
-                "32",
-                "--rpm",
-                "2400",
-            ],
-        )
-        .await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
-    assert!(got.iter().all(|r| r["error_message"].is_null()));
-    let stats = f.sim.stats();
-    assert_eq!(stats.ok_by_prompt.len(), n, "every row answered once");
-    let refused = stats.rate_limited as f64 / stats.requests as f64;
-    assert!(
-        refused <= 0.2,
-        "{} of {} requests refused ({:.1}%)",
-        stats.rate_limited,
-        stats.requests,
-        refused * 100.0
-    );
+    };
+    answered_with_few_refusals(cfg, 240, &["--rpm", "2400"], 0.2).await;
 }
