@@ -407,6 +407,28 @@ fn relative_links_resolve() {
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
+/// docs/README.md is the way in: it links every page under docs/.
+#[test]
+fn docs_index_links_every_page() {
+    let docs = repo().join("docs");
+    let index = std::fs::read_to_string(docs.join("README.md")).expect("docs/README.md");
+    let linked: BTreeSet<PathBuf> = prose_lines(&index)
+        .iter()
+        .flat_map(|(_, line)| link_targets(line))
+        .map(|t| docs.join(t.split('#').next().unwrap_or("")))
+        .collect();
+    let unlinked: Vec<String> = markdown_files()
+        .into_iter()
+        .filter(|f| f.starts_with(&docs) && *f != docs.join("README.md"))
+        .filter(|f| !linked.contains(f))
+        .map(|f| f.strip_prefix(repo()).unwrap_or(&f).display().to_string())
+        .collect();
+    assert!(
+        unlinked.is_empty(),
+        "docs/README.md does not link {unlinked:?}"
+    );
+}
+
 #[test]
 fn anchors_follow_github() {
     let page = "# Title\n## `aiq bench` against it\n## aiq's own budget\n## HTTPS, HTTP/2 and CAs\n## Title\n";
