@@ -54,13 +54,19 @@ pub enum Error {
     /// Stopped early (Ctrl-C, a budget); the journal allows resuming.
     #[error("{0}")]
     Stopped(String),
+
+    /// Whoever reads stdout closed it (`aiq sql ... | head -1`): not a
+    /// failure, the reader has what it wanted. The command stops quietly.
+    #[error("stdout was closed by its reader")]
+    StdoutClosed,
 }
 
 impl Error {
     /// 2 for problems with usage, configuration or input (nothing was spent),
-    /// 1 for a job that started and failed.
+    /// 1 for a job that started and failed, 0 for a closed stdout.
     pub fn exit_code(&self) -> u8 {
         match self {
+            Error::StdoutClosed => 0,
             Error::Config(_)
             | Error::Input { .. }
             | Error::Template(_)

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 use crate::error::Error;
 use crate::frontend::run::{run, Ui};
+use crate::frontend::stdout;
 use crate::job::plan::Plan;
 use crate::job::settings::JobSettings;
 use crate::simulator::{serve_forever, SimConfig};
@@ -145,7 +146,7 @@ pub fn exit_code(cli: Cli) -> u8 {
         }
     });
     match result {
-        Ok(()) => 0,
+        Ok(()) | Err(Error::StdoutClosed) => 0,
         Err(e) => {
             eprintln!("aiq: {e}");
             e.exit_code()
@@ -160,30 +161,22 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<(), Error> {
     };
     let plan = Plan::from_settings(settings, args.restart)?;
     if args.explain {
-        print!("{}", crate::frontend::explain::explain(&plan)?);
-        return Ok(());
+        return stdout::print(crate::frontend::explain::explain(&plan)?);
     }
     if args.dry_run {
         let estimate =
             tokio::task::spawn_blocking(move || crate::frontend::dry_run::dry_run(&plan))
                 .await
                 .map_err(|e| Error::Stopped(format!("dry run failed: {e}")))??;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&estimate).unwrap_or_default()
-            );
+        return if args.json {
+            stdout::println(serde_json::to_string_pretty(&estimate).unwrap_or_default())
         } else {
-            println!("{estimate}");
-        }
-        return Ok(());
+            stdout::println(estimate)
+        };
     }
     let summary = run(plan, Ui { quiet }).await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
+        stdout::println(serde_json::to_string_pretty(&summary).unwrap_or_default())?;
     } else if !quiet {
         eprintln!("{summary}");
     }

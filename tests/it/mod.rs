@@ -13,6 +13,7 @@ mod llama_cpp;
 mod nested;
 mod object_store;
 mod openai_batch;
+mod pipes;
 mod proxy;
 mod quirks;
 mod redirect;

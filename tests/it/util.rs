@@ -61,7 +61,23 @@ impl Fixture {
     /// Run `aiq ARGS` with a clean environment: no Databricks or OpenAI
     /// variables but those given, HOME in the temp folder.
     pub async fn aiq(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        let mut cmd = std::process::Command::new(aiq_bin());
+        output(self.command(args, envs)).await
+    }
+
+    /// [`Fixture::aiq`] with stdout a pipe whose reading end is already
+    /// closed, as in `aiq ... | head -1` once `head` has its line: every
+    /// write to stdout fails with a broken pipe. The output's stdout is empty.
+    pub async fn aiq_stdout_closed(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args, envs);
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        cmd.stdout(writer);
+        output(cmd).await
+    }
+
+    /// The `aiq ARGS` command with a clean environment (see [`Fixture::aiq`]).
+    fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(aiq_bin());
         cmd.args(args)
             .env_clear()
             .env("HOME", self.dir.path())
@@ -69,9 +85,20 @@ impl Fixture {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        tokio::task::spawn_blocking(move || cmd.output().expect("aiq runs"))
-            .await
-            .expect("join")
+        cmd
+    }
+
+    /// The arguments of `aiq run -q` from `input` to `output` against the
+    /// simulator's OpenAI route, prompt `{{text}}`: add flags, then run
+    /// them with the key ([`TOKEN`] as `OPENAI_API_KEY`).
+    pub fn run_args(&self, input: &Path, output: &Path) -> Vec<String> {
+        let mut args: Vec<String> = ["run", "-q", "--input"].map(String::from).to_vec();
+        args.push(input.display().to_string());
+        args.push("--output".into());
+        args.push(output.display().to_string());
+        args.extend(["--endpoint".into(), self.openai_url()]);
+        args.extend(["--model", "m", "--prompt", "{{text}}"].map(String::from));
+        args
     }
 
     /// `aiq run` against the simulator's OpenAI route with the right key.
@@ -171,6 +198,13 @@ impl Fixture {
         all_envs.extend_from_slice(envs);
         self.aiq(&args, &all_envs).await
     }
+}
+
+/// Run `cmd` to its end off the async runtime.
+async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("aiq runs"))
+        .await
+        .expect("join")
 }
 
 /// The OAuth machine-to-machine credentials the simulator accepts, as

@@ -135,13 +135,13 @@ pub fn write_outputs(plan: &BenchPlan, result: &BenchResult, quiet: bool) -> Res
             eprint!("{text}");
         }
     } else {
-        print!("{text}");
+        crate::frontend::stdout::print(&text)?;
     }
     if let Some(path) = &a.json {
         let doc = serde_json::to_string_pretty(&summary_json(plan, result))
             .map_err(|e| Error::output(path, e))?;
         if json_to_stdout {
-            println!("{doc}");
+            crate::frontend::stdout::println(doc)?;
         } else {
             crate::pipeline::journal::write_atomic(path, doc.as_bytes())?;
         }

@@ -293,7 +293,7 @@ pub async fn query(
         if collect {
             summary.dry_run = Some(report);
         } else {
-            print!("{report}");
+            crate::frontend::stdout::print(report)?;
         }
         return Ok((Vec::new(), summary));
     }
@@ -334,9 +334,11 @@ pub async fn query(
             }
             let table = arrow::util::pretty::pretty_format_batches(&shown)
                 .map_err(|e| Error::Aborted(format!("cannot print the result: {e}")))?;
-            println!("{table}");
+            crate::frontend::stdout::println(table)?;
             if rows as usize > kept {
-                println!("({kept} of {rows} rows shown; --show N for more, --output PATH for all)");
+                crate::frontend::stdout::println(format_args!(
+                    "({kept} of {rows} rows shown; --show N for more, --output PATH for all)"
+                ))?;
             }
         }
     }
