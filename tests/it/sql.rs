@@ -348,6 +348,74 @@ async fn mistakes_in_the_query_exit_2_before_sending() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn only_read_queries_run_and_only_output_is_written() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(3, 0));
+    let before = std::fs::read(&input).unwrap();
+    let table = format!("t={}", input.display());
+    let url = f.openai_url();
+    let elsewhere = f.path("elsewhere.csv");
+    let (input_at, elsewhere_at) = (input.display(), elsewhere.display());
+    for query in [
+        // One replaced its own --table input.
+        format!("COPY t TO '{input_at}' STORED AS JSON"),
+        format!("COPY (SELECT ai_query('{url}', text) FROM t) TO '{elsewhere_at}'"),
+        format!("CREATE EXTERNAL TABLE x (a INT) STORED AS CSV LOCATION '{elsewhere_at}'"),
+        format!("CREATE TABLE x AS SELECT ai_query('{url}', text) FROM t"),
+        "CREATE VIEW v AS SELECT * FROM t".to_string(),
+        "INSERT INTO t VALUES (9, 'x')".to_string(),
+        "DROP TABLE t".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+        format!("EXPLAIN COPY t TO '{elsewhere_at}'"),
+    ] {
+        let o = sql(&f, &query, &["--table", &table]).await;
+        assert_eq!(code(&o), 2, "{query}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("read queries only"),
+            "{query}: {}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+    assert!(!elsewhere.exists());
+    assert_eq!(f.sim.stats().requests, 0);
+
+    // Read queries run, over --table files and files named in FROM.
+    for query in [
+        "SELECT count(*) AS n FROM t".to_string(),
+        "WITH a AS (SELECT id FROM t) SELECT max(id) FROM a".to_string(),
+        "VALUES (1, 'a')".to_string(),
+        "EXPLAIN SELECT id FROM t".to_string(),
+        "DESCRIBE t".to_string(),
+        format!("SELECT id FROM '{input_at}'"),
+    ] {
+        let o = sql(&f, &query, &["--table", &table]).await;
+        assert_ok(&o);
+        assert!(!o.stdout.is_empty(), "{query}");
+    }
+
+    // --output writes the result, but never over a file the query reads.
+    let parquet = f.path("in.parquet");
+    let o = sql(
+        &f,
+        "SELECT * FROM t",
+        &["--table", &table, "--output", parquet.to_str().unwrap()],
+    )
+    .await;
+    assert_ok(&o);
+    let written = std::fs::read(&parquet).unwrap();
+    let o = sql(
+        &f,
+        &format!("SELECT * FROM read_parquet('{}')", parquet.display()),
+        &["--output", parquet.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("reads"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&parquet).unwrap(), written);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn killed_query_resumes_without_paying_twice() {
     let f = Fixture::new(SimConfig {
         latency_ms: 15,

@@ -8,6 +8,13 @@
 //! query. With `--output`, the result is written atomically to Parquet and
 //! finished calls are journaled beside it so a killed query, run again, does
 //! not pay for them twice; without it, the first rows are printed as a table.
+//!
+//! Queries read and never write: `SELECT`, `WITH`, `VALUES`, `EXPLAIN` and
+//! `DESCRIBE` run; DDL, DML and `COPY` are refused before anything runs
+//! ([`read_only`]). A query may read any local file the user can
+//! (`FROM 'reviews.parquet'`, `read_json('…')`, `--table`), as any tool run
+//! by that user may; the only file written is `--output`, which must not
+//! be one of them.
 
 pub mod agg;
 pub mod calls;
@@ -34,7 +41,10 @@ use rewrite::{FileKind, FileTable};
 
 #[derive(Debug, clap::Args)]
 pub struct SqlArgs {
-    /// The query, or the path of a .sql file holding it.
+    /// The query, or the path of a .sql file holding it: a read query
+    /// (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE), which may read local files
+    /// (`FROM 'reviews.parquet'`, read_json('...'), --table). COPY, CREATE,
+    /// INSERT and other writes are refused: --output writes the result.
     #[arg(value_name = "QUERY|FILE.sql")]
     pub query: String,
 
@@ -261,7 +271,16 @@ pub async fn query(
     for file in &files {
         register(&ctx, file).await?;
     }
+    if let Some(out) = &args.output {
+        let inputs = args
+            .tables
+            .iter()
+            .map(|(_, p)| p)
+            .chain(files.iter().map(|f| &f.path));
+        not_an_input(out, inputs)?;
+    }
     let plan = state.statement_to_plan(statement).await.map_err(planning)?;
+    read_only(&plan)?;
     let frame = ctx.execute_logical_plan(plan).await.map_err(planning)?;
     if let Some(dry) = &engine.dry {
         // Run the query whole (not `count()`, which would let the optimizer
@@ -456,6 +475,52 @@ fn check_output(out: &Path) -> Result<()> {
             return Err(Error::output(
                 out,
                 format!("folder {} does not exist", parent.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `aiq sql` runs read queries only: `SELECT`, `WITH`, `VALUES`, `EXPLAIN`,
+/// `DESCRIBE`. DDL and DML (`COPY ... TO`, `CREATE [EXTERNAL] TABLE`,
+/// `INSERT`, `DROP`, `SELECT ... INTO`, ...) and statements (`SET`, ...)
+/// are refused before anything runs: they would write files anywhere with
+/// no journal and no atomic write. A result is written only by `--output`.
+/// Checked on the plan, where every way of writing shows as a DDL, DML or
+/// COPY node, whatever the SQL spelled.
+fn read_only(plan: &datafusion::logical_expr::LogicalPlan) -> Result<()> {
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(plan)
+        .map_err(|e| {
+            let what = match e.find_root() {
+                DataFusionError::Plan(m) => m.clone(),
+                other => other.to_string(),
+            };
+            Error::Config(format!(
+                "aiq sql runs read queries only (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE), and this \
+                 one is not ({what}): write a query's result with --output PATH.parquet"
+            ))
+        })
+}
+
+/// The result must not replace a file the query reads.
+fn not_an_input<'a>(out: &Path, inputs: impl Iterator<Item = &'a PathBuf>) -> Result<()> {
+    // A local output that does not exist yet is no input (each input was
+    // found above); one that exists is compared by its real path.
+    let Ok(real) = std::fs::canonicalize(out) else {
+        return Ok(());
+    };
+    for input in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|i| i == real) {
+            return Err(Error::output(
+                out,
+                format!(
+                    "the query reads {}: write its result to another file",
+                    input.display()
+                ),
             ));
         }
     }
