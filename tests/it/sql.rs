@@ -1,4 +1,4 @@
-//! `aiq sql`: the README's examples, ai_query's arguments, the task
+//! `aiq sql`: the SQL guide's examples, ai_query's arguments, the task
 //! functions, SQL around AI calls, failOnError, and a killed query resumed.
 //! Every query runs the real binary against a simulator.
 
@@ -29,19 +29,12 @@ fn by_id(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
     rows
 }
 
-/// The `aiq sql` lines of the README's SQL section: `aiq sql "QUERY" FLAGS`.
-fn readme_examples() -> Vec<(String, Vec<String>)> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
-        .find("\n## SQL")
-        .expect("README has a ## SQL section");
-    let end = start
-        + readme[start + 1..]
-            .find("\n## ")
-            .expect("a section after SQL");
-    let section = readme[start..end].replace("\\\n", " ");
-    section
+/// The `aiq sql` lines of the SQL guide: `aiq sql "QUERY" FLAGS`.
+fn guide_examples() -> Vec<(String, Vec<String>)> {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/guide/sql.md"))
+        .expect("docs/guide/sql.md");
+    guide
+        .replace("\\\n", " ")
         .lines()
         .filter_map(|l| l.trim().strip_prefix("aiq sql \""))
         .map(|rest| {
@@ -56,9 +49,9 @@ fn readme_examples() -> Vec<(String, Vec<String>)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn readme_examples_run_against_the_simulator() {
+async fn guide_examples_run_against_the_simulator() {
     let f = Fixture::new(SimConfig::default()).await;
-    let examples = readme_examples();
+    let examples = guide_examples();
     assert!(examples.len() >= 4, "{examples:?}");
     for (query, flags) in examples {
         let mut args = vec!["sql".to_string(), "-q".to_string(), query.clone()];
