@@ -128,12 +128,17 @@ def test_output_resumes_after_a_budget_stop(reviews, tmp_path):
     assert out["error_message"].null_count == reviews.num_rows
 
 
-def test_a_changed_input_refuses_to_resume(reviews):
+def test_a_changed_input_resumes_with_the_new_rows(reviews):
+    # Resuming is by row content: the answers of unchanged requests are
+    # kept, and every output row holds the input as it is now.
     with pytest.raises(aiq.JobError):
         aiq.run(reviews, output="out.parquet", max_tokens_total=50, concurrency=1, **SETTINGS)
     other = reviews.append_column("extra", pa.array([1] * reviews.num_rows))
-    with pytest.raises(aiq.ConfigError, match="input changed"):
-        aiq.run(other, output="out.parquet", concurrency=1, **SETTINGS)
+    summary = aiq.run(other, output="out.parquet", concurrency=1, **SETTINGS)
+    assert summary["rows"] == reviews.num_rows
+    out = pq.read_table("out.parquet")
+    assert out["extra"].to_pylist() == [1] * reviews.num_rows
+    assert out["id"].to_pylist() == reviews["id"].to_pylist()
 
 
 def test_typo_in_a_column_is_a_config_error_before_any_request(reviews):

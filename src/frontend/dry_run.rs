@@ -144,11 +144,10 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
         files: Vec::new(),
     });
     let mut seen_prefixes: HashSet<u64> = HashSet::new();
-    let none_done = HashSet::new();
     let mut first = 0;
     for batch in source.into_batches() {
         let batch = batch?;
-        let (immediate, calls) = maker.calls(first, &batch, &none_done);
+        let (immediate, calls) = maker.calls(first, &batch);
         first += batch.num_rows() as u64;
         e.rows += batch.num_rows() as u64;
         for o in &immediate {

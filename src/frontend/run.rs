@@ -8,7 +8,7 @@
 //! the collector (journal, sink) — and the parts are concatenated into the
 //! output, which appears atomically.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -30,23 +30,19 @@ use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
 use crate::pipeline::openai_batch::OutputFormat;
 use crate::pipeline::outcome::RowId;
 use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
+use crate::pipeline::recheck::recheck;
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::Dispatcher;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
 use crate::pipeline::source::Source;
-use crate::pipeline::store::{Remote, RemoteOutput, Role};
+use crate::pipeline::store::{mirror, Remote, RemoteOutput, Role, MIRROR_AFTER_LINES};
 use crate::provider::batch_api::BatchApi;
 use crate::provider::limit::Limiter;
 use crate::provider::reply::Shape;
 use crate::provider::wire::Task;
 
-/// How often an object-store output's journal and parts go to the bucket
-/// (and at once when a part is complete): a kill loses at most this much of
-/// answers besides the calls in flight.
-const MIRROR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The journal format this build writes.
-const JOURNAL_VERSION: u32 = 1;
+/// The journal format this build writes (2: outcomes keyed by request).
+const JOURNAL_VERSION: u32 = 2;
 
 /// How a run reports to the person running it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -139,15 +135,28 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
             Journal::open(&output, &manifest, plan.restart)?
         }
     };
-    let (mut resume, again) = if plan.retry_failed {
+    let (resume, again) = if plan.retry_failed {
         crate::pipeline::journal::retry_failed(&journal, resume)?
     } else {
         (resume, 0)
     };
+    let (total_rows, batch_rows) = (source.total_rows, source.batch_rows.max(1));
+    let dir = journal.dir().to_path_buf();
+    let rechecked =
+        tokio::task::spawn_blocking(move || recheck(&dir, resume, source.into_batches()))
+            .await
+            .map_err(|e| Error::Stopped(format!("rechecking the input failed: {e}")))??;
+    let mut resume = rechecked.resume;
     // Failed rows in finished parts: this run will not see them again.
     let failed_before = resume.failed.range(..resume.committed).count() as u64;
     if plan.retry_failed && !ui.quiet {
         eprintln!("--retry-failed: sending {again} failed rows again");
+    }
+    if rechecked.changed > 0 && !ui.quiet {
+        eprintln!(
+            "the input changed: {} finished rows are sent again (every other answer is kept)",
+            rechecked.changed
+        );
     }
     if !resume.is_empty() && !ui.quiet {
         eprintln!(
@@ -172,19 +181,8 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     };
     let part_done = Arc::new(Notify::new());
     let mirror = remote.clone().map(|r| {
-        let part_done = part_done.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(MIRROR_EVERY);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = part_done.notified() => {}
-                }
-                if let Err(e) = r.lock().await.sync().await {
-                    tracing::warn!("saving the job's state to the bucket (will retry): {e}");
-                }
-            }
-        })
+        journal.notify_every(MIRROR_AFTER_LINES, part_done.clone());
+        mirror(r, part_done.clone())
     });
 
     let http = HttpPool::new(
@@ -249,7 +247,7 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     let budget = plan.budget.is_set().then(|| Enforcer {
         meter: Meter::new(plan.budget, plan.prices, &resume.spent),
         committed: resume.committed,
-        total_rows: source.total_rows,
+        total_rows,
     });
     if let Some(why) = budget.as_ref().and_then(|b| b.meter.exhausted()) {
         return Err(Error::Stopped(format!(
@@ -260,12 +258,10 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
 
     // Stage 1: the reader thread streams batches, skipping committed rows.
     let committed = resume.committed;
-    let batch_rows = source.batch_rows.max(1);
     let (batch_tx, batch_rx) = mpsc::channel::<(RowId, RecordBatch)>(2);
-    let total_rows = source.total_rows;
     let reader = tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut first: RowId = 0;
-        for batch in source.into_batches() {
+        let mut first: RowId = rechecked.first;
+        for batch in rechecked.batches {
             let batch = batch?;
             let n = batch.num_rows() as u64;
             let start = first;
@@ -290,7 +286,11 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     let stop = Arc::new(AtomicBool::new(false));
     let (event_tx, event_rx) = mpsc::channel(1024);
     let open_batches = crate::pipeline::bounds::open_batches(plan.concurrency, batch_rows);
-    let done: HashSet<RowId> = resume.outcomes.keys().copied().collect();
+    let journaled: HashMap<RowId, String> = resume
+        .outcomes
+        .iter()
+        .filter_map(|(row, o)| Some((*row, o.key.clone()?)))
+        .collect();
     let dispatcher = Dispatcher {
         client: client.clone(),
         templates: templates.clone(),
@@ -299,7 +299,8 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
         in_flight: Arc::new(Semaphore::new(plan.concurrency)),
         open_batches: Arc::new(Semaphore::new(open_batches)),
         stop: stop.clone(),
-        done: Arc::new(done),
+        journaled: Arc::new(journaled),
+        fingerprint: plan.call_fingerprint().into(),
         warmup: plan.warmup && plan.task == Task::Chat,
         batch_size: plan.batch_size,
         similarity: plan.prompt2.is_some(),

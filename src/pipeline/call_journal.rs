@@ -62,6 +62,15 @@ pub fn key(fingerprint: &str, body: &[u8], part: usize) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// The key of each row of `call`, in `call.rows` order: what the row
+/// journal keeps beside each outcome, so that a resume can tell a row whose
+/// request is unchanged from one whose input changed.
+pub fn row_keys(fingerprint: &str, call: &Call) -> Vec<String> {
+    (0..call.rows.len())
+        .map(|i| key(fingerprint, &call.body, i))
+        .collect()
+}
+
 pub struct CallJournal {
     dir: PathBuf,
     /// This writer's own file, made on the first answer (a run that answers
@@ -225,26 +234,28 @@ impl Recall {
     pub fn answered(&self, call: &Call) -> Option<Vec<Outcome>> {
         call.rows
             .iter()
-            .enumerate()
-            .map(|(i, &row)| {
-                let e = self.journal.get(&key(&self.fingerprint, &call.body, i))?;
+            .zip(row_keys(&self.fingerprint, call))
+            .map(|(&row, key)| {
+                let e = self.journal.get(&key)?;
                 Some(Outcome {
                     row,
                     result: e.result,
                     finish_reason: e.finish_reason,
                     usage: e.usage,
+                    key: Some(key),
                     ..Outcome::default()
                 })
             })
             .collect()
     }
 
-    /// Keep the successful rows of a call just answered.
-    pub fn record(&self, call: &Call, outcomes: &[Outcome]) -> Result<()> {
-        for (i, o) in outcomes.iter().enumerate() {
-            if o.error_message.is_none() {
+    /// Keep the successful rows of a call just answered (keyed, see
+    /// [`row_keys`]).
+    pub fn record(&self, outcomes: &[Outcome]) -> Result<()> {
+        for o in outcomes {
+            if let (None, Some(key)) = (&o.error_message, &o.key) {
                 self.journal.put(Entry {
-                    key: key(&self.fingerprint, &call.body, i),
+                    key: key.clone(),
                     result: o.result.clone(),
                     usage: o.usage,
                     finish_reason: o.finish_reason.clone(),

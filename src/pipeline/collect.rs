@@ -23,6 +23,7 @@ use crate::job::spend::Enforcer;
 use crate::pipeline::journal::Journal;
 use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::progress::{Progress, Summary};
+use crate::pipeline::recheck::{row_hashes, stamp};
 use crate::pipeline::schedule::Event;
 use crate::pipeline::sink::{Layout, PartWriter};
 
@@ -37,6 +38,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(30);
 struct Pending {
     first: RowId,
     batch: RecordBatch,
+    /// Each row's input hash, journaled with its outcome.
+    inputs: Vec<u64>,
     outcomes: Vec<Option<Outcome>>,
     missing: usize,
     _permit: OwnedSemaphorePermit,
@@ -119,7 +122,12 @@ impl Collector {
                     while let Ok(event) = events.try_recv() {
                         self.handle(event)?;
                     }
-                    self.journal.flush()?;
+                    match self.journal.flush() {
+                        // The state folder was deleted: stop sending, and let
+                        // the calls in flight land in the journal put back.
+                        Err(e @ Error::Stopped(_)) => self.fail(e),
+                        other => other?,
+                    }
                     self.released.clear();
                     self.write_ready().await?;
                     self.progress.update(&self.summary);
@@ -145,8 +153,12 @@ impl Collector {
         self.progress.finish();
         match self.failure.take() {
             Some(e) => {
-                // Keep what is complete: fewer rows to reload on resume.
-                self.parts.commit()?;
+                // Keep what is complete: fewer rows to reload on resume. Not
+                // at the cost of the reason the job stopped, which may be
+                // that the parts' folder is gone.
+                if let Err(part) = self.parts.commit() {
+                    tracing::warn!("{part}");
+                }
                 if !self.progress.quiet() {
                     eprintln!("{}", self.summary);
                 }
@@ -163,20 +175,23 @@ impl Collector {
         match event {
             Event::Batch { first, batch, permit } => {
                 let n = batch.num_rows();
-                let mut outcomes = vec![None; n];
-                let mut missing = n;
-                for (i, slot) in outcomes.iter_mut().enumerate() {
-                    if let Some(o) = self.resumed.remove(&(first + i as u64)) {
+                let inputs = row_hashes(&batch);
+                self.pending.push_back(Pending { first, batch, inputs, outcomes: vec![None; n], missing: n, _permit: permit });
+            }
+            Event::Resumed(rows) => {
+                for row in rows {
+                    if let Some(o) = self.resumed.remove(&row) {
                         self.summary.resumed += 1;
                         self.summary.count(&o);
-                        *slot = Some(o);
-                        missing -= 1;
+                        self.place(o);
                     }
                 }
-                self.pending.push_back(Pending { first, batch, outcomes, missing, _permit: permit });
             }
             Event::Outcomes(outcomes, permit) => {
-                for o in outcomes {
+                for mut o in outcomes {
+                    if let Some(p) = self.pending.get(self.pending_index(o.row)) {
+                        stamp(&mut o, &p.inputs, p.first);
+                    }
                     self.journal.append(&o)?;
                     self.judge(&o);
                     if let Some(stop) = self.budget.as_mut().and_then(|b| b.record(&o, self.summary.rows + 1)) {
@@ -230,10 +245,9 @@ impl Collector {
     }
 
     fn place(&mut self, o: Outcome) {
-        // Batches are few and ordered: find the one holding this row.
-        let idx = self
-            .pending
-            .partition_point(|p| p.first + p.outcomes.len() as u64 <= o.row);
+        // A row sent again (its request changed): the old outcome is stale.
+        self.resumed.remove(&o.row);
+        let idx = self.pending_index(o.row);
         if let Some(p) = self.pending.get_mut(idx) {
             if let Some(slot) = p.outcomes.get_mut((o.row - p.first) as usize) {
                 if slot.is_none() {
@@ -242,6 +256,12 @@ impl Collector {
                 *slot = Some(o);
             }
         }
+    }
+
+    /// The pending batch holding `row` (batches are few and ordered).
+    fn pending_index(&self, row: RowId) -> usize {
+        self.pending
+            .partition_point(|p| p.first + p.outcomes.len() as u64 <= row)
     }
 
     /// Write every complete batch at the front of the queue, in order.

@@ -3,11 +3,15 @@
 //!
 //! Beside the output `out.parquet` lives a state folder `out.parquet.aiq/`:
 //! - `manifest.json`: the job's fingerprint (input identity + the settings
-//!   that change answers). A re-run with a different fingerprint refuses to
-//!   resume and says what changed.
+//!   that change answers). A re-run with different settings refuses to
+//!   resume and says what changed; a changed input is resumed row by row.
 //! - `journal.jsonl`: one line per outcome, appended and flushed to the OS
 //!   the moment it arrives (a `kill -9` loses nothing written; a torn last
-//!   line is cut off on resume).
+//!   line is cut off on resume). Each outcome carries its row's request hash
+//!   and input hash: a resume takes it only for a row whose request is the
+//!   same now ([`crate::pipeline::recheck`]), so an input edited between
+//!   runs costs only its changed rows. A journal deleted mid-run is noticed
+//!   at the next flush: the run stops and puts its answers back.
 //! - `parts/part-{start}-{end}.parquet`: finished output rows, in input
 //!   order, each file renamed into place only when complete.
 //!
@@ -19,9 +23,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::pipeline::outcome::{Outcome, RowId, Usage};
@@ -90,6 +96,9 @@ pub struct Resume {
     /// Rows whose last journaled outcome is an error, committed or not
     /// (for `--retry-failed`).
     pub failed: BTreeSet<RowId>,
+    /// The input hash of each committed row ([`Outcome::input_hash`]; 0:
+    /// none), to recheck the parts against the input as it is now.
+    pub committed_inputs: Vec<u64>,
 }
 
 impl Resume {
@@ -104,6 +113,12 @@ pub struct Journal {
     /// `None` for a run that keeps nothing ([`Journal::disabled`]).
     writer: Option<BufWriter<File>>,
     line: Vec<u8>,
+    /// The manifest as written, to put back with the journal if the state
+    /// folder is deleted mid-run.
+    manifest: Vec<u8>,
+    /// Told every `n` lines ([`Journal::notify_every`]).
+    on_lines: Option<(u64, Arc<Notify>)>,
+    lines: u64,
 }
 
 /// The state folder for an output path: `out.parquet` → `out.parquet.aiq`.
@@ -125,6 +140,8 @@ impl Journal {
             fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         let manifest_path = dir.join(MANIFEST);
+        let manifest_bytes =
+            serde_json::to_vec_pretty(manifest).map_err(|e| Error::output(&manifest_path, e))?;
         let resume = if manifest_path.exists() {
             let old: Manifest = fs::read(&manifest_path)
                 .map_err(|e| Error::io(&manifest_path, e))
@@ -149,23 +166,20 @@ impl Journal {
             load(&dir)?
         } else {
             fs::create_dir_all(dir.join(PARTS)).map_err(|e| Error::io(&dir, e))?;
-            let bytes = serde_json::to_vec_pretty(manifest)
-                .map_err(|e| Error::output(&manifest_path, e))?;
-            write_atomic(&manifest_path, &bytes)?;
+            write_atomic(&manifest_path, &manifest_bytes)?;
             Resume::default()
         };
         let path = dir.join(JOURNAL);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = open_append(&path)?;
         Ok((
             Journal {
                 dir,
                 path,
                 writer: Some(BufWriter::with_capacity(1 << 16, file)),
                 line: Vec::with_capacity(512),
+                manifest: manifest_bytes,
+                on_lines: None,
+                lines: 0,
             },
             resume,
         ))
@@ -179,7 +193,16 @@ impl Journal {
             path: PathBuf::new(),
             writer: None,
             line: Vec::new(),
+            manifest: Vec::new(),
+            on_lines: None,
+            lines: 0,
         }
+    }
+
+    /// Notify `wake` at the flush after every `lines` new lines (an
+    /// object-store output mirrors the journal then, not only on a timer).
+    pub fn notify_every(&mut self, lines: u64, wake: Arc<Notify>) {
+        self.on_lines = Some((lines.max(1), wake));
     }
 
     pub fn dir(&self) -> &Path {
@@ -198,17 +221,58 @@ impl Journal {
         self.line.clear();
         serde_json::to_writer(&mut self.line, outcome).map_err(|e| Error::output(&self.path, e))?;
         self.line.push(b'\n');
+        self.lines += 1;
         writer
             .write_all(&self.line)
             .map_err(|e| Error::io(&self.path, e))
     }
 
-    /// Hand buffered lines to the OS: after this, a killed process loses nothing.
+    /// Hand buffered lines to the OS: after this, a killed process loses
+    /// nothing. Fails with [`Error::Stopped`] when the journal file is no
+    /// longer at its path (the state folder was deleted or moved): the
+    /// lines would go nowhere, so the run must stop sending. What the
+    /// journal held is put back first.
     pub fn flush(&mut self) -> Result<()> {
-        match self.writer.as_mut() {
-            Some(w) => w.flush().map_err(|e| Error::io(&self.path, e)),
-            None => Ok(()),
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        w.flush().map_err(|e| Error::io(&self.path, e))?;
+        if let Some((every, wake)) = &self.on_lines {
+            if self.lines >= *every {
+                self.lines = 0;
+                wake.notify_one();
+            }
         }
+        if still_at(w.get_ref(), &self.path) {
+            return Ok(());
+        }
+        self.put_back()?;
+        Err(Error::Stopped(format!(
+            "the job's state folder {} was deleted while the job ran; no more requests are sent. \
+             The answers journaled so far are put back in it: run the same command again to \
+             resume without paying for them",
+            self.dir.display()
+        )))
+    }
+
+    /// Re-create the state folder with the manifest and a copy of the
+    /// journal (read through the still open file), and go on writing there.
+    fn put_back(&mut self) -> Result<()> {
+        let Some(old) = self.writer.take() else {
+            return Ok(());
+        };
+        let old = old
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        fs::create_dir_all(self.dir.join(PARTS)).map_err(|e| Error::io(&self.dir, e))?;
+        write_atomic(&self.dir.join(MANIFEST), &self.manifest)?;
+        let mut new = open_append(&self.path)?;
+        let mut from = &old;
+        from.seek(SeekFrom::Start(0))
+            .and_then(|_| std::io::copy(&mut from, &mut new))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.writer = Some(BufWriter::with_capacity(1 << 16, new));
+        Ok(())
     }
 
     /// The job is done and its output in place: remove the state folder.
@@ -223,18 +287,42 @@ impl Journal {
     }
 }
 
-/// Say what differs between the manifest on disk and this job's, if anything.
+/// The journal file (read and appended).
+fn open_append(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Whether `file` is still the file at `path` (not deleted, not moved away).
+fn still_at(file: &File, path: &Path) -> bool {
+    let Ok(there) = fs::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata()
+            .is_ok_and(|open| (open.dev(), open.ino()) == (there.dev(), there.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, there);
+        true
+    }
+}
+
+/// Say what differs between the manifest on disk and this job's, if
+/// anything. The input is not compared: a changed input resumes row by row
+/// (each outcome is keyed by its request).
 fn differences(old: &Manifest, new: &Manifest) -> Option<String> {
     if old.version != new.version {
         return Some(format!(
             "it was written by journal format {} (this aiq writes {})",
             old.version, new.version
-        ));
-    }
-    if old.input != new.input {
-        return Some(format!(
-            "the input changed ({} of {} bytes, modified at {} then; {} of {} bytes, modified at {} now)",
-            old.input.path, old.input.size, old.input.modified, new.input.path, new.input.size, new.input.modified
         ));
     }
     if old.settings != new.settings {
@@ -287,6 +375,7 @@ fn load(dir: &Path) -> Result<Resume> {
     let mut outcomes = HashMap::new();
     let mut spent = Usage::default();
     let mut failed = BTreeSet::new();
+    let mut committed_inputs = vec![0u64; usize::try_from(committed).unwrap_or(0)];
     if path.exists() {
         let file = OpenOptions::new()
             .read(true)
@@ -317,6 +406,8 @@ fn load(dir: &Path) -> Result<Resume> {
             }
             if outcome.row >= committed {
                 outcomes.insert(outcome.row, outcome);
+            } else if let Some(slot) = committed_inputs.get_mut(outcome.row as usize) {
+                *slot = outcome.input_hash.unwrap_or(0);
             }
         }
         // Cut a torn tail so new lines start on a line boundary.
@@ -331,7 +422,18 @@ fn load(dir: &Path) -> Result<Resume> {
         outcomes,
         spent,
         failed,
+        committed_inputs,
     })
+}
+
+/// Removes the parts holding rows at or after `row` and loads the journal
+/// again: their rows' outcomes come back from it (so memory holds the
+/// outcomes from that part on).
+pub fn reopen_from(dir: &Path, parts: &[Part], row: RowId) -> Result<Resume> {
+    for part in parts.iter().filter(|p| p.end > row) {
+        fs::remove_file(&part.path).map_err(|e| Error::io(&part.path, e))?;
+    }
+    load(dir)
 }
 
 /// `--retry-failed`: turns `resume` into one where the rows whose journaled
@@ -345,10 +447,7 @@ pub fn retry_failed(journal: &Journal, resume: Resume) -> Result<(Resume, usize)
         return Ok((resume, 0));
     };
     let mut resume = if first < resume.committed {
-        for part in resume.parts.iter().filter(|p| p.end > first) {
-            fs::remove_file(&part.path).map_err(|e| Error::io(&part.path, e))?;
-        }
-        load(journal.dir())?
+        reopen_from(journal.dir(), &resume.parts, first)?
     } else {
         resume
     };

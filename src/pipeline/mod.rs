@@ -3,13 +3,15 @@
 //! bodies, [`schedule`] orders and paces calls, [`client`] sends them with
 //! retries, [`collect`] folds outcomes in input order while [`journal`]
 //! makes each one durable, and [`sink`] writes the output. [`call_journal`]
-//! keeps answers by request content for work shared across processes. The remaining
+//! keeps answers by request content for work shared across processes;
+//! [`recheck`] compares what an earlier run left with the input. The remaining
 //! modules are the values and file formats those stages share.
 
 pub mod client;
 pub mod collect;
 pub mod http;
 pub mod journal;
+pub mod recheck;
 pub mod render;
 pub mod repair;
 pub mod schedule;

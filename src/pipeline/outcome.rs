@@ -121,6 +121,18 @@ pub struct Outcome {
     /// `usage`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub repairs: u32,
+    /// What the outcome answers: the request hash
+    /// ([`crate::pipeline::call_journal::row_keys`]) of the call that
+    /// answered the row (none for a row not sent). A resume takes a
+    /// journaled outcome only for a row whose request, rendered from the
+    /// input as it is now, hashes the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// A hash of the row's input values ([`crate::pipeline::recheck::row_hashes`]),
+    /// by which a resume tells whether a finished part's row is still the
+    /// input's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_hash: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {

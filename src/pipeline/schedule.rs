@@ -13,6 +13,11 @@
 //!
 //! Results go back to the collector as [`Event`]s on one bounded channel, in
 //! which a batch is always announced before any of its outcomes.
+//!
+//! On a resume, a row with a journaled outcome is not sent when its request
+//! hashes as the journaled one did ([`crate::pipeline::call_journal::row_keys`]):
+//! the collector takes the outcome from the journal. A row whose input
+//! changed since is sent again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +26,7 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::pipeline::call_journal::Recall;
+use crate::pipeline::call_journal::{row_keys, Recall};
 use crate::pipeline::client::{Abort, Client};
 use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::render::{BodyBuilder, Call, RenderedRow, Templates};
@@ -40,6 +45,8 @@ pub enum Event {
     /// concurrency permit travels with its outcomes and is released only once
     /// they are journaled, so a kill can lose at most the calls in flight.
     Outcomes(Vec<Outcome>, Option<OwnedSemaphorePermit>),
+    /// Rows whose journaled outcome stands: their requests are unchanged.
+    Resumed(Vec<RowId>),
     /// The endpoint refused the job; the rows of that call stay undone.
     Abort(String),
 }
@@ -53,8 +60,10 @@ pub struct Dispatcher {
     pub in_flight: Arc<Semaphore>,
     pub open_batches: Arc<Semaphore>,
     pub stop: Arc<AtomicBool>,
-    /// Rows already done in an earlier run.
-    pub done: Arc<HashSet<RowId>>,
+    /// The request hash of each row with an outcome from an earlier run.
+    pub journaled: Arc<HashMap<RowId, String>>,
+    /// What the job's request hashes fold in ([`crate::job::plan::Plan::call_fingerprint`]).
+    pub fingerprint: Arc<str>,
     pub warmup: bool,
     /// Embedding rows per request.
     pub batch_size: usize,
@@ -119,8 +128,11 @@ impl Dispatcher {
                         input_done = true;
                         continue;
                     };
-                    let (immediate, calls) = self.calls_for(first, &batch);
+                    let (immediate, resumed, calls) = self.calls_for(first, &batch);
                     if self.events.send(Event::Batch { first, batch, permit }).await.is_err() {
+                        return;
+                    }
+                    if !resumed.is_empty() && self.events.send(Event::Resumed(resumed)).await.is_err() {
                         return;
                     }
                     if !immediate.is_empty() && self.events.send(Event::Outcomes(immediate, None)).await.is_err() {
@@ -140,8 +152,13 @@ impl Dispatcher {
     }
 
     /// Render a batch into calls (grouped by prefix for warm-ups), plus the
-    /// outcomes of rows that need no call.
-    fn calls_for(&self, first: RowId, batch: &RecordBatch) -> (Vec<Outcome>, Vec<Call>) {
+    /// outcomes of rows that need no call and the rows whose journaled
+    /// outcome stands.
+    fn calls_for(
+        &self,
+        first: RowId,
+        batch: &RecordBatch,
+    ) -> (Vec<Outcome>, Vec<RowId>, Vec<Call>) {
         let maker = CallMaker {
             templates: &self.templates,
             builder: &self.builder,
@@ -149,12 +166,28 @@ impl Dispatcher {
             similarity: self.similarity,
             passthrough: self.passthrough,
         };
-        let (immediate, mut calls) = maker.calls(first, batch, &self.done);
+        let (immediate, calls) = maker.calls(first, batch);
+        let mut resumed = Vec::new();
+        let mut calls: Vec<Call> = calls
+            .into_iter()
+            .filter(|call| {
+                let unchanged = call.rows.iter().all(|r| self.journaled.contains_key(r))
+                    && call
+                        .rows
+                        .iter()
+                        .zip(row_keys(&self.fingerprint, call))
+                        .all(|(r, key)| self.journaled.get(r) == Some(&key));
+                if unchanged {
+                    resumed.extend_from_slice(&call.rows);
+                }
+                !unchanged
+            })
+            .collect();
         if self.warmup {
             // Group by prefix (stable, so input order holds within a group).
             calls.sort_by_key(|c| c.prefix.map(|p| p.key));
         }
-        (immediate, calls)
+        (immediate, resumed, calls)
     }
 
     /// Wait for a free slot, then run the call in its own task.
@@ -178,13 +211,19 @@ impl Dispatcher {
         let events = self.events.clone();
         let stop = self.stop.clone();
         let recall = self.recall.clone();
+        let fingerprint = self.fingerprint.clone();
         tokio::spawn(async move {
             let event = match client.execute(&call).await {
-                Ok(outcomes) => {
+                Ok(mut outcomes) => {
+                    let keys = row_keys(&fingerprint, &call);
+                    for o in &mut outcomes {
+                        let at = call.rows.iter().position(|r| *r == o.row);
+                        o.key = at.and_then(|i| keys.get(i)).cloned();
+                    }
                     if let Some(recall) = &recall {
                         // The row journal still has the answer: a failed
                         // write costs a later task a request, not this row.
-                        if let Err(e) = recall.record(&call, &outcomes) {
+                        if let Err(e) = recall.record(&outcomes) {
                             tracing::warn!("call journal: {e}");
                         }
                     }
@@ -220,22 +259,16 @@ pub struct CallMaker<'a> {
 impl CallMaker<'_> {
     /// Render a batch into calls, in row order, plus the outcomes of rows
     /// that need no call (a null in a template variable, a template error).
-    /// Rows in `done` (finished in an earlier run) get neither.
-    pub fn calls(
-        &self,
-        first: RowId,
-        batch: &RecordBatch,
-        done: &HashSet<RowId>,
-    ) -> (Vec<Outcome>, Vec<Call>) {
+    /// Every row is in one or the other.
+    pub fn calls(&self, first: RowId, batch: &RecordBatch) -> (Vec<Outcome>, Vec<Call>) {
         if self.passthrough {
-            return self.passthrough_calls(first, batch, done);
+            return self.passthrough_calls(first, batch);
         }
         let mut immediate = Vec::new();
         let mut rows: Vec<RenderedRow> = Vec::with_capacity(batch.num_rows());
         for rendered in self.templates.render_batch(batch, first) {
             match rendered {
-                Ok(Some(r)) if !done.contains(&r.row) => rows.push(r),
-                Ok(Some(_)) => {}
+                Ok(Some(r)) => rows.push(r),
                 Ok(None) => {}
                 Err((row, message)) => immediate.push(Outcome::failed(row, message, 0)),
             }
@@ -245,7 +278,7 @@ impl CallMaker<'_> {
         sent_or_failed.extend(immediate.iter().map(|o| o.row));
         for i in 0..batch.num_rows() as u64 {
             let row = first + i;
-            if !sent_or_failed.contains(&row) && !done.contains(&row) {
+            if !sent_or_failed.contains(&row) {
                 immediate.push(Outcome::null_input(row));
             }
         }
@@ -270,12 +303,7 @@ impl CallMaker<'_> {
 
     /// OpenAI Batch input: one call per row, its body from the input; no
     /// prefix grouping (the bodies are opaque).
-    fn passthrough_calls(
-        &self,
-        first: RowId,
-        batch: &RecordBatch,
-        done: &HashSet<RowId>,
-    ) -> (Vec<Outcome>, Vec<Call>) {
+    fn passthrough_calls(&self, first: RowId, batch: &RecordBatch) -> (Vec<Outcome>, Vec<Call>) {
         let mut immediate = Vec::new();
         let mut calls = Vec::new();
         for (i, call) in self
@@ -285,9 +313,6 @@ impl CallMaker<'_> {
             .enumerate()
         {
             let row = first + i as u64;
-            if done.contains(&row) {
-                continue;
-            }
             match call {
                 Ok(Some(call)) => calls.push(call),
                 Ok(None) => immediate.push(Outcome::null_input(row)),

@@ -1,7 +1,7 @@
 //! Retries, rate limits, resume, early stop and secrets: every paid result
 //! kept, no row paid twice, a hopeless job stopped within a few requests.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
 use aiq::simulator::SimConfig;
@@ -102,60 +102,74 @@ async fn retries_run_out_into_a_row_error() {
     );
 }
 
+/// Rows and concurrency of the jobs [`Running::start`] starts.
+const N: usize = 400;
+const CONCURRENCY: usize = 4;
+
+/// A job of [`N`] rows at 15 ms a call, [`CONCURRENCY`] at a time
+/// ([`job_command`]), left running once it has journaled some outcomes.
+struct Running {
+    f: Fixture,
+    input: std::path::PathBuf,
+    out: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Running {
+    /// Start the job and wait (bounded) until `lines` outcomes are journaled.
+    async fn start(lines: usize) -> Running {
+        let f = Fixture::new(SimConfig {
+            latency_ms: 15,
+            ..SimConfig::default()
+        })
+        .await;
+        let input = f.write_jsonl("in.jsonl", &rows(N, 0));
+        let out = f.path("out.parquet");
+        let journal = f.path("out.parquet.aiq/journal.jsonl");
+        let mut cmd = job_command(&f, &input, &out, CONCURRENCY);
+        let child = spawn_until_journaled(&mut cmd, &journal, lines);
+        Running {
+            f,
+            input,
+            out,
+            child,
+        }
+    }
+
+    fn kill_nine(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    /// Wait for the job to end: its exit status and stderr.
+    fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let mut err = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut err);
+        }
+        (self.child.wait().unwrap(), err)
+    }
+
+    /// The same command again, run to its end.
+    async fn rerun(&self) -> std::process::Output {
+        finish(job_command(&self.f, &self.input, &self.out, CONCURRENCY)).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_nine_then_rerun_gives_every_row_once() {
-    let f = Fixture::new(SimConfig {
-        latency_ms: 15,
-        ..SimConfig::default()
-    })
-    .await;
-    let n = 400;
-    let concurrency = 4;
-    let input = f.write_jsonl("in.jsonl", &rows(n, 0));
-    let out = f.path("out.parquet");
-    let url = f.openai_url();
-    let args = |c: &mut Command| {
-        c.args([
-            "run",
-            "-q",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--endpoint",
-            &url,
-            "--model",
-            "m",
-            "--prompt",
-            "{{text}}",
-            "--batch-rows",
-            "32",
-            "--concurrency",
-            &concurrency.to_string(),
-        ])
-        .env_clear()
-        .env("OPENAI_API_KEY", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    };
-    let mut cmd = Command::new(aiq_bin());
-    args(&mut cmd);
-    // Wait (bounded) until a good part of the rows is journaled, then kill -9.
-    let journal = f.path("out.parquet.aiq/journal.jsonl");
-    let mut child = spawn_until_journaled(&mut cmd, &journal, 120);
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let (n, concurrency) = (N, CONCURRENCY);
+    // A good part of the rows journaled, then kill -9.
+    let mut job = Running::start(120).await;
+    job.kill_nine();
+    let (f, out) = (&job.f, &job.out);
     assert!(!out.exists(), "no output from a killed job");
     let before = f.sim.stats().ok;
     assert!(before < n as u64);
 
-    let mut cmd = Command::new(aiq_bin());
-    args(&mut cmd);
-    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let o = job.rerun().await;
     assert_ok(&o);
-    assert_every_row_once(&f, &out, n);
+    assert_every_row_once(f, out, n);
     let stats = f.sim.stats();
     let paid_twice = stats.ok_by_prompt.values().filter(|&&c| c > 1).count();
     assert!(
@@ -164,6 +178,182 @@ async fn kill_nine_then_rerun_gives_every_row_once() {
     );
     assert!(stats.ok <= (n + concurrency) as u64);
     assert!(!f.path("out.parquet.aiq").exists());
+}
+
+/// `aiq run -q` of `input` into `out` (`{{text}}`, 32-row batches) against
+/// the fixture's simulator, in a clean environment, stderr piped.
+fn job_command(
+    f: &Fixture,
+    input: &std::path::Path,
+    out: &std::path::Path,
+    concurrency: usize,
+) -> Command {
+    let mut c = Command::new(aiq_bin());
+    c.args([
+        "run",
+        "-q",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--endpoint",
+        &f.openai_url(),
+        "--model",
+        "m",
+        "--prompt",
+        "{{text}}",
+        "--batch-rows",
+        "32",
+        "--concurrency",
+        &concurrency.to_string(),
+    ])
+    .env_clear()
+    .env("OPENAI_API_KEY", TOKEN)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
+/// Run `cmd` to its end off the async runtime.
+async fn finish(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The cp -p / rsync -t case: after a kill -9 the input is replaced by one
+/// of the same size and modification time whose rows differ. The resume
+/// takes a journaled answer only for a row whose request is unchanged:
+/// every changed row is sent again, no unchanged row is bought twice (but
+/// the calls in flight at the kill).
+#[tokio::test(flavor = "multi_thread")]
+async fn same_size_and_mtime_but_other_rows_resends_only_the_changed_ones() {
+    let (n, concurrency) = (N, CONCURRENCY);
+    let mut job = Running::start(120).await;
+    job.kill_nine();
+    let (f, input, out) = (&job.f, &job.input, &job.out);
+    let mtime = std::fs::metadata(input).unwrap().modified().unwrap();
+
+    // Every third row says FINE instead of fine: same bytes, same mtime.
+    let mut changed = rows(n, 0);
+    for (i, row) in changed.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
+        row["text"] = json!(format!("row-{i} says the product is FINE"));
+    }
+    let size = std::fs::metadata(input).unwrap().len();
+    f.write_jsonl("in.jsonl", &changed);
+    let file = std::fs::File::options().write(true).open(input).unwrap();
+    file.set_modified(mtime).unwrap();
+    drop(file);
+    assert_eq!(std::fs::metadata(input).unwrap().len(), size);
+
+    let o = job.rerun().await;
+    assert_ok(&o);
+    let (_, got) = read_rows(out);
+    assert_eq!(got.len(), n);
+    for (i, row) in got.iter().enumerate() {
+        assert_eq!(row["id"], json!(i));
+        let want = format!("echo: {}", changed[i]["text"].as_str().unwrap());
+        assert_eq!(row["result"], json!(want), "row {i}");
+    }
+    let stats = f.sim.stats();
+    let paid_twice = stats.ok_by_prompt.values().filter(|&&c| c > 1).count();
+    assert!(
+        paid_twice <= concurrency,
+        "{paid_twice} rows paid twice; at most the {concurrency} in flight at the kill may be"
+    );
+}
+
+/// Fixing a bad line keeps every other paid answer: a run stopped by a row
+/// (here a 400 under --fail-on-error) leaves a finished part; the input is
+/// then edited (the bad row, and a row inside the finished part). The
+/// re-run resumes instead of asking for --restart, sends just the two
+/// edited rows and the rows never sent, and pays for no row twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn fixing_a_bad_line_keeps_every_other_paid_answer() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let n = 30;
+    let mut input_rows = rows(n, 0);
+    input_rows[10]["text"] = json!("[[sim:400]] stop here");
+    let input = f.write_jsonl("in.jsonl", &input_rows);
+    let out = f.path("out.parquet");
+    let args = [
+        "--prompt",
+        "{{text}}",
+        "--fail-on-error",
+        "--concurrency",
+        "1",
+        "--batch-rows",
+        "4",
+    ];
+    let o = f.run_openai(&input, &out, &args).await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let parts = f.path("out.parquet.aiq/parts");
+    assert!(
+        std::fs::read_dir(&parts).unwrap().count() > 0,
+        "the rows before the bad one are in a finished part"
+    );
+    let paid = f.sim.stats().ok;
+    assert_eq!(paid, 10);
+
+    input_rows[10]["text"] = json!("row-10 is fixed");
+    input_rows[2]["text"] = json!("row-2 was edited too");
+    f.write_jsonl("in.jsonl", &input_rows);
+    let o = f.run_openai(&input, &out, &args).await;
+    assert_ok(&o);
+    let (_, got) = read_rows(&out);
+    assert_eq!(got.len(), n);
+    for (i, row) in got.iter().enumerate() {
+        assert_eq!(row["id"], json!(i));
+        let want = format!("echo: {}", input_rows[i]["text"].as_str().unwrap());
+        assert_eq!(row["result"], json!(want), "row {i}");
+    }
+    let stats = f.sim.stats();
+    assert_eq!(
+        stats.ok - paid,
+        (n - 10 + 1) as u64,
+        "rows 10..30 and the edited row 2 are sent, nothing else"
+    );
+    assert!(
+        stats.ok_by_prompt.values().all(|&c| c == 1),
+        "no row paid twice"
+    );
+}
+
+/// Deleting the state folder mid-run: the job notices at its next journal
+/// write and stops sending (exit 1) instead of paying on for answers it can
+/// no longer keep; every answer it journaled is put back in the folder, so
+/// the re-run pays for none of them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_state_folder_stops_at_once_and_keeps_the_answers() {
+    let (n, concurrency) = (N, CONCURRENCY);
+    let mut job = Running::start(60).await;
+    let state = job.f.path("out.parquet.aiq");
+    let journal = state.join("journal.jsonl");
+    std::fs::remove_dir_all(&state).unwrap();
+    let at_delete = job.f.sim.stats().requests;
+    let (status, err) = job.wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("was deleted"), "{err}");
+    let stats = job.f.sim.stats();
+    let after = stats.requests - at_delete;
+    assert!(
+        after <= 2 * concurrency as u64,
+        "{after} requests after the folder was deleted; the calls in flight and those \
+         launched before the next journal write may be"
+    );
+    assert_eq!(
+        line_count(&journal) as u64,
+        stats.ok,
+        "every answer is in the journal put back"
+    );
+
+    let o = job.rerun().await;
+    assert_ok(&o);
+    assert_every_row_once(&job.f, &job.out, n);
+    assert!(
+        job.f.sim.stats().ok_by_prompt.values().all(|&c| c == 1),
+        "no row paid twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -343,53 +533,24 @@ async fn learns_the_limit_when_not_told() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn interrupt_flushes_and_says_how_to_resume() {
-    let f = Fixture::new(SimConfig {
-        latency_ms: 15,
-        ..SimConfig::default()
-    })
-    .await;
-    let input = f.write_jsonl("in.jsonl", &rows(400, 0));
-    let out = f.path("out.parquet");
-    let url = f.openai_url();
-    let mut cmd = Command::new(aiq_bin());
-    cmd.args([
-        "run",
-        "-q",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--endpoint",
-        &url,
-        "--model",
-        "m",
-        "--prompt",
-        "{{text}}",
-        "--concurrency",
-        "4",
-    ])
-    .env_clear()
-    .env("OPENAI_API_KEY", TOKEN)
-    .stderr(Stdio::piped());
-    let journal = f.path("out.parquet.aiq/journal.jsonl");
-    let child = spawn_until_journaled(&mut cmd, &journal, 40);
+    let mut job = Running::start(40).await;
     Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &job.child.id().to_string()])
         .status()
         .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (status, err) = job.wait();
+    assert_eq!(status.code(), Some(1));
     assert!(
         err.contains("interrupted") && err.contains("run the same command again"),
         "{err}"
     );
+    let journal = job.f.path("out.parquet.aiq/journal.jsonl");
     let journaled = BufReader::new(std::fs::File::open(&journal).unwrap())
         .lines()
         .count();
     assert_eq!(
         journaled as u64,
-        f.sim.stats().ok,
+        job.f.sim.stats().ok,
         "every paid answer is in the journal"
     );
 }

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::job::plan::Plan;
+use crate::pipeline::call_journal::row_keys;
 use crate::pipeline::journal::{Journal, Resume};
 use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::render::{BodyBuilder, Templates};
@@ -81,6 +82,14 @@ struct Submission {
     batch: Option<BatchObject>,
 }
 
+/// An input file being filled: its lines, rows and their request hashes.
+#[derive(Default)]
+struct InputFile {
+    lines: Vec<u8>,
+    rows: Vec<RowId>,
+    keys: Vec<String>,
+}
+
 /// A row's line did not bring an answer.
 enum LineFailure {
     /// Worth another round (a 5xx, an expired or cancelled line).
@@ -94,6 +103,10 @@ struct Runner<'a, 'j> {
     journal: &'j mut Journal,
     resume: &'j mut Resume,
     batches: BatchJournal,
+    /// The job's request hash fingerprint ([`Plan::call_fingerprint`]).
+    fingerprint: String,
+    /// The request hash of each row in a submission, for its outcome.
+    keys: HashMap<RowId, String>,
     rounds: HashMap<RowId, u32>,
     max_rounds: u32,
     /// Submissions with a batch that is not terminal.
@@ -123,11 +136,14 @@ pub async fn run(
     let max_rounds = 1 + job.plan.retry.max_retries;
     let bar = progress_bar(job.quiet);
     let max_requests = job.plan.batch.max_requests;
+    let fingerprint = job.plan.call_fingerprint();
     let mut runner = Runner {
         job,
         journal,
         resume,
         batches,
+        fingerprint,
+        keys: HashMap::new(),
         rounds: loaded.rounds,
         max_rounds,
         live: Vec::new(),
@@ -200,6 +216,17 @@ impl Runner<'_, '_> {
         row < self.resume.committed || self.resume.outcomes.contains_key(&row)
     }
 
+    /// Answered, for the request that hashes to `key` (committed rows were
+    /// rechecked against the input before batch mode began).
+    fn answered_as(&self, row: RowId, key: &str) -> bool {
+        row < self.resume.committed
+            || self
+                .resume
+                .outcomes
+                .get(&row)
+                .is_some_and(|o| o.key.as_deref() == Some(key))
+    }
+
     /// Submissions an earlier run left open: poll those with a batch id;
     /// find the batch of the others by their metadata, or create it now
     /// (then it was never created: the kill came first).
@@ -215,6 +242,7 @@ impl Runner<'_, '_> {
             self.find_by_metadata(&lost).await?
         };
         for o in open {
+            self.keys.extend(o.rows.iter().copied().zip(o.keys));
             let batch_id = o.batch_id.or_else(|| found.get(&o.submission).cloned());
             let mut s = Submission {
                 key: o.submission,
@@ -294,9 +322,8 @@ impl Runner<'_, '_> {
             passthrough: plan.passthrough(),
         };
         let source = open_source(plan)?;
-        let skip = HashSet::new();
         // One open file per endpoint (OpenAI Batch input may mix them).
-        let mut files: BTreeMap<&'static str, (Vec<u8>, Vec<RowId>, Splitter)> = BTreeMap::new();
+        let mut files: BTreeMap<&'static str, (InputFile, Splitter)> = BTreeMap::new();
         let mut given_up: Vec<Outcome> = Vec::new();
         let mut first: RowId = 0;
         for batch in source.into_batches() {
@@ -309,21 +336,25 @@ impl Runner<'_, '_> {
             {
                 continue;
             }
-            let (_, calls) = maker.calls(start, &batch, &skip);
+            let (_, calls) = maker.calls(start, &batch);
             for call in calls {
                 let Some(&row) = call.rows.first() else {
                     continue;
                 };
+                let key = row_keys(&self.fingerprint, &call).swap_remove(0);
                 let wanted = match &only {
                     Some(o) => o.contains(&row),
-                    None => !self.answered(row) && !in_flight.contains(&row),
+                    None => !self.answered_as(row, &key) && !in_flight.contains(&row),
                 };
                 if !wanted {
                     continue;
                 }
+                // An outcome of the row's earlier request: stale.
+                self.resume.outcomes.remove(&row);
                 if self.rounds.get(&row).copied().unwrap_or(0) >= self.max_rounds {
                     // An earlier run used every round and stopped before
                     // recording the row's failure.
+                    self.keys.insert(row, key);
                     given_up.push(Outcome::failed(
                         row,
                         format!("no answer after {} batch rounds", self.max_rounds),
@@ -333,42 +364,41 @@ impl Runner<'_, '_> {
                 }
                 let endpoint = endpoint_path(call.route.unwrap_or(plan.task));
                 let line = request_line(&row.to_string(), endpoint, &call.body);
-                let (buf, rows, splitter) = files.entry(endpoint).or_insert_with(|| {
+                let (file, splitter) = files.entry(endpoint).or_insert_with(|| {
                     (
-                        Vec::new(),
-                        Vec::new(),
+                        InputFile::default(),
                         Splitter::new(self.max_requests, plan.batch.max_bytes),
                     )
                 });
                 if !splitter.fits(line.len() as u64) {
-                    let content = std::mem::take(buf);
-                    let file_rows = std::mem::take(rows);
+                    let full = std::mem::take(file);
                     splitter.reset();
-                    self.send_file(endpoint, content, file_rows).await?;
+                    self.send_file(endpoint, full).await?;
                 }
-                let (buf, rows, splitter) = files
+                let (file, splitter) = files
                     .get_mut(endpoint)
                     .ok_or_else(|| Error::Stopped("batch file vanished".into()))?;
                 splitter.add(line.len() as u64);
-                buf.extend_from_slice(&line);
-                rows.push(row);
+                file.lines.extend_from_slice(&line);
+                file.rows.push(row);
+                file.keys.push(key);
             }
         }
-        for (endpoint, (buf, rows, _)) in files {
-            if !rows.is_empty() {
-                self.send_file(endpoint, buf, rows).await?;
+        for (endpoint, (file, _)) in files {
+            if !file.rows.is_empty() {
+                self.send_file(endpoint, file).await?;
             }
         }
         self.journal_outcomes(given_up)
     }
 
     /// Upload one input file, record the submission, create its batch.
-    async fn send_file(
-        &mut self,
-        endpoint: &'static str,
-        content: Vec<u8>,
-        rows: Vec<RowId>,
-    ) -> Result<()> {
+    async fn send_file(&mut self, endpoint: &'static str, file: InputFile) -> Result<()> {
+        let InputFile {
+            lines: content,
+            rows,
+            keys,
+        } = file;
         let key = format!("{:016x}", rand::random::<u64>());
         let filename = format!("aiq-{}-{key}.jsonl", self.job.job_id);
         let file = self
@@ -382,10 +412,12 @@ impl Runner<'_, '_> {
             file_id: file.id.clone(),
             endpoint: endpoint.to_string(),
             rows: rows.clone(),
+            keys: keys.clone(),
         })?;
         for r in &rows {
             *self.rounds.entry(*r).or_insert(0) += 1;
         }
+        self.keys.extend(rows.iter().copied().zip(keys));
         let s = Submission {
             key,
             file_id: file.id,
@@ -678,7 +710,9 @@ impl Runner<'_, '_> {
         if outcomes.is_empty() {
             return Ok(());
         }
-        for o in &outcomes {
+        let mut outcomes = outcomes;
+        for o in &mut outcomes {
+            o.key = self.keys.remove(&o.row);
             self.journal.append(o)?;
         }
         self.journal.flush()?;

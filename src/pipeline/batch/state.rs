@@ -37,6 +37,10 @@ pub enum Record {
         file_id: String,
         endpoint: String,
         rows: Vec<RowId>,
+        /// The request hash of each row, in `rows` order: the key its
+        /// outcome is journaled with ([`crate::pipeline::outcome::Outcome::key`]).
+        #[serde(default)]
+        keys: Vec<String>,
     },
     Created {
         submission: String,
@@ -54,6 +58,8 @@ pub struct Open {
     pub file_id: String,
     pub endpoint: String,
     pub rows: Vec<RowId>,
+    /// The request hash of each row, in `rows` order.
+    pub keys: Vec<String>,
     /// The latest batch created for it, if the journal saw one.
     pub batch_id: Option<String>,
 }
@@ -131,6 +137,7 @@ fn load(path: &Path) -> Result<Loaded> {
                 file_id,
                 endpoint,
                 rows,
+                keys,
             } => {
                 for r in &rows {
                     *rounds.entry(*r).or_insert(0) += 1;
@@ -140,6 +147,7 @@ fn load(path: &Path) -> Result<Loaded> {
                     file_id,
                     endpoint,
                     rows,
+                    keys,
                     batch_id: None,
                 });
             }
@@ -238,6 +246,7 @@ mod tests {
             file_id: format!("file-{s}"),
             endpoint: "/v1/chat/completions".into(),
             rows,
+            keys: Vec::new(),
         };
         j.record(&sub("a", vec![0, 1, 2])).unwrap();
         j.record(&Record::Created {
