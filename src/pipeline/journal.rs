@@ -72,6 +72,21 @@ impl InputIdentity {
             modified,
         })
     }
+
+    /// What the input at `path` holds, to tell it from another of the same
+    /// size and modification time (`cp -p`, `rsync -t`): the blake3 hash of
+    /// a local file's bytes (one full read: call it only where it decides
+    /// something, e.g. whether a finished output is this input's), or an
+    /// object's ETag (no read).
+    pub fn content(path: &Path) -> Result<String> {
+        if let Some(remote) = Remote::parse(path, Role::Input)? {
+            return remote.content_tag(Role::Input);
+        }
+        let mut file = File::open(path).map_err(|e| Error::input(path, e))?;
+        let mut hasher = blake3::Hasher::new();
+        std::io::copy(&mut file, &mut hasher).map_err(|e| Error::input(path, e))?;
+        Ok(format!("blake3:{}", hasher.finalize().to_hex()))
+    }
 }
 
 /// A finished part of the output: rows `start..end`.
@@ -551,6 +566,29 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         let (_, resume) = Journal::open(&out, &manifest(json!({"prompt": "b"})), true).unwrap();
         assert!(resume.is_empty());
+    }
+
+    #[test]
+    fn content_tells_files_of_the_same_size_and_date_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        fs::write(&a, "{\"text\": \"fine\"}\n").unwrap();
+        fs::write(&b, "{\"text\": \"FINE\"}\n").unwrap();
+        let when = fs::metadata(&a).unwrap().modified().unwrap();
+        File::options()
+            .write(true)
+            .open(&b)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        let (ia, ib) = (
+            InputIdentity::of(&a).unwrap(),
+            InputIdentity::of(&b).unwrap(),
+        );
+        assert_eq!((ia.size, ia.modified), (ib.size, ib.modified));
+        let ca = InputIdentity::content(&a).unwrap();
+        assert_ne!(ca, InputIdentity::content(&b).unwrap());
+        assert_eq!(ca, InputIdentity::content(&a).unwrap());
     }
 
     #[test]

@@ -186,6 +186,16 @@ impl Remote {
         })
     }
 
+    /// What the object holds, without reading it: its ETag (with its size;
+    /// its size and modification time where the store gives no ETag).
+    pub fn content_tag(&self, role: Role) -> Result<String> {
+        let meta = block_on(self.head(role))?;
+        Ok(match meta.e_tag {
+            Some(tag) => format!("etag:{tag}:{}", meta.size),
+            None => format!("object:{}:{}", meta.size, meta.last_modified.timestamp()),
+        })
+    }
+
     /// The object's metadata, or an error naming the URL. A HEAD answers a
     /// missing object and a missing bucket alike (a 404 without a body), so
     /// on a 404 a listing, which names a missing bucket, tells them apart.
