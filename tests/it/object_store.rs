@@ -669,6 +669,74 @@ async fn a_kill_at_the_worst_moment_costs_at_most_64_answers_besides_those_in_fl
     );
 }
 
+/// Fixing a line in the input of a job whose finished parts are in the
+/// bucket: the part holding an edited row is redone, and removed from the
+/// bucket too (left there beside its redone rows, a later resume could
+/// take it), and no answer is bought twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_input_redoes_its_parts_in_the_bucket() {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let bucket = unique_bucket("edit");
+    create_bucket(moto, &bucket).await;
+    let mut rows = rows(30, 0);
+    rows[10]["text"] = json!("[[sim:400]] stop here");
+    rows[20]["text"] = json!("[[sim:400]] stop here too");
+    let jsonl = |rows: &[serde_json::Value]| -> Vec<u8> {
+        rows.iter()
+            .map(|r| r.to_string() + "\n")
+            .collect::<String>()
+            .into_bytes()
+    };
+    put_object(moto, &bucket, "in.jsonl", jsonl(&rows)).await;
+    let url = f.openai_url();
+    let out = format!("s3://{bucket}/out.parquet");
+    let env = s3_env(moto);
+    // The fixed input is written as a new object (moto refuses to overwrite
+    // one); where the input lives is not part of what is resumed.
+    let run = |machine: &str, key: &str| {
+        let input = format!("s3://{bucket}/{key}");
+        let mut args = run_args(&url, &input, &out);
+        args.extend(["-q", "--fail-on-error", "--concurrency", "1"]);
+        args.extend(["--batch-rows", "4"]);
+        output(aiq_cmd(&f.path(machine), &args, &env))
+    };
+    let o = run("machine-a", "in.jsonl").await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let parts = || list(moto, &bucket, "out.parquet.aiq/parts/");
+    let stale = "out.parquet.aiq/parts/part-000000000000-000000000008.parquet";
+    assert_eq!(parts().await, [stale], "rows 0..8 are in a finished part");
+
+    // Row 2 (in that part) edited, row 10 fixed: the job goes on to row 20.
+    rows[10]["text"] = json!("row-10 is fixed");
+    rows[2]["text"] = json!("row-2 was edited too");
+    put_object(moto, &bucket, "fixed.jsonl", jsonl(&rows)).await;
+    let o = run("machine-b", "fixed.jsonl").await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(
+        parts().await,
+        ["out.parquet.aiq/parts/part-000000000000-000000000020.parquet"],
+        "the stale part is gone from the bucket"
+    );
+
+    rows[20]["text"] = json!("row-20 is fixed");
+    put_object(moto, &bucket, "fixed-again.jsonl", jsonl(&rows)).await;
+    let o = run("machine-c", "fixed-again.jsonl").await;
+    assert_ok(&o);
+    assert_output(&f, moto, &bucket, "out.parquet", rows.len()).await;
+    let (_, got) = read_rows(&f.path(&format!("{bucket}-out.parquet")));
+    for (i, row) in got.iter().enumerate() {
+        let want = format!("echo: {}", rows[i]["text"].as_str().unwrap());
+        assert_eq!(row["result"], json!(want), "row {i}");
+    }
+    let stats = f.sim.stats();
+    assert_eq!(stats.ok, 31, "30 rows and the first text of row 2");
+    assert!(
+        stats.ok_by_prompt.values().all(|&c| c == 1),
+        "no row paid twice"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_output_written_meanwhile_is_not_overwritten() {
     // Another run commits the output while this one works: this one's
