@@ -17,7 +17,7 @@ use super::answer::Spoil;
 pub enum Fault {
     /// Answer with this HTTP status and an error body.
     Status(u16),
-    /// Drop the connection in the middle of the response.
+    /// Drop the connection before the call is answered.
     Reset,
     /// Sleep `slow_ms` before answering normally.
     Slow,
@@ -27,6 +27,10 @@ pub enum Fault {
     Truncated,
     /// 200 with `{"error": {"message": ..}}` (no status named).
     Error200,
+    /// The call runs to the end (counted, usage charged), then its 200
+    /// reply breaks off halfway: an answer the provider bills but the
+    /// client never reads whole.
+    CutAfter,
 }
 
 impl Fault {
@@ -40,7 +44,8 @@ impl Fault {
             "html" => Ok(Fault::Html),
             "truncated" => Ok(Fault::Truncated),
             "error200" => Ok(Fault::Error200),
-            other => Err(format!("unknown fault {other:?} in --faults (use a comma list of 500, 502, 503, reset, slow, html, truncated, error200)")),
+            "cut" => Ok(Fault::CutAfter),
+            other => Err(format!("unknown fault {other:?} in --faults (use a comma list of 500, 502, 503, reset, slow, html, truncated, error200, cut)")),
         }
     }
 }

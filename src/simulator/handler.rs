@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use axum::Json;
 use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::answer::{self, Job, Marker, Reply, Task};
@@ -177,6 +178,7 @@ async fn handle(
             answer::spoil(&mut job, how);
         }
     }
+    let mut cut_after = false;
     if let Some(fault) = st.faults.draw() {
         bump(&c.faults_injected);
         match fault {
@@ -215,6 +217,7 @@ async fn handle(
                     .into_response()
             }
             Fault::Slow => tokio::time::sleep(Duration::from_millis(st.cfg.slow_ms)).await,
+            Fault::CutAfter => cut_after = true,
         }
     }
     let limit_headers = match st
@@ -273,6 +276,9 @@ async fn handle(
     done();
     let mut body = body_of(&api, job, usage);
     quirks(&st.cfg.quirks, &mut body);
+    if cut_after {
+        return cut_short(&body);
+    }
     let mut resp = Json(body).into_response();
     resp.headers_mut().extend(limit_headers);
     resp
@@ -364,17 +370,36 @@ pub(crate) fn answer_now(st: &ServerState, api: &Api, job: Job) -> Value {
     body_of(api, job, usage)
 }
 
-/// A reply whose body breaks off: a few bytes, then an error, which makes
-/// hyper abort the connection so the client sees a transport error.
+/// The `reset` fault: the connection drops before the call is answered. A
+/// body that fails at once makes hyper abort the connection before the
+/// status line goes out (HTTP/1.1; HTTP/2 resets the stream after its
+/// status), so the client sees a transport error and no reply.
 fn reset() -> Response {
-    let parts: Vec<Result<Bytes, std::io::Error>> = vec![
-        Ok(Bytes::from_static(b"{\"id\":\"")),
-        Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "simulated connection reset",
-        )),
-    ];
-    let mut resp = Response::new(Body::from_stream(futures::stream::iter(parts)));
+    let parts = futures::stream::iter([Err::<Bytes, _>(connection_reset())]);
+    with_json_type(Response::new(Body::from_stream(parts)))
+}
+
+/// The `cut` fault: the status and the first half of a finished call's
+/// reply, then the connection breaks.
+fn cut_short(body: &Value) -> Response {
+    let whole = serde_json::to_vec(body).unwrap_or_default();
+    let head = Bytes::from(whole[..whole.len() / 2].to_vec());
+    let parts = futures::stream::iter([Ok(head)]).chain(futures::stream::once(async {
+        // Pending once, so hyper sends what it has before the break.
+        tokio::task::yield_now().await;
+        Err(connection_reset())
+    }));
+    with_json_type(Response::new(Body::from_stream(parts)))
+}
+
+fn connection_reset() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "simulated connection reset",
+    )
+}
+
+fn with_json_type(mut resp: Response) -> Response {
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),

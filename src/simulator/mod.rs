@@ -12,13 +12,15 @@
 //! [`handler`](self::handler) (the request pipeline), [`answer`](self::answer)
 //! and [`schema`](self::schema) (the replies), [`stream`](self::stream) (SSE),
 //! [`limits`](self::limits), [`faults`](self::faults), [`cache`](self::cache),
-//! [`oauth`](self::oauth) and [`stats`](self::stats).
+//! [`oauth`](self::oauth), [`hostile`](self::hostile) (error replies that
+//! echo credentials or run long) and [`stats`](self::stats).
 
 mod answer;
 mod batch;
 mod cache;
 mod faults;
 mod handler;
+mod hostile;
 mod limits;
 mod oauth;
 mod schema;
@@ -106,14 +108,26 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 0.0)]
     pub fault_rate: f64,
     /// Fault kinds to draw from: comma list of 500, 502, 503, reset
-    /// (connection dropped mid-response), slow (stall `--slow-ms`), and
+    /// (connection dropped before the reply), slow (stall `--slow-ms`), and
     /// success statuses that are no answer: html (a proxy's error page),
-    /// truncated (JSON cut short), error200 (`{"error":{..}}`).
+    /// truncated (JSON cut short), error200 (`{"error":{..}}`); and cut (the
+    /// call runs and is counted, then its 200 reply breaks off halfway;
+    /// non-streamed replies only).
     #[arg(long, default_value = DEFAULT_FAULTS)]
     pub faults: String,
     /// The first N authorised inference requests answer 500.
     #[arg(long, default_value_t = 0)]
     pub fail_first: u64,
+    /// A hostile server: every error reply (401, 400, 404, 429, 5xx, on the
+    /// inference and OAuth token routes) quotes the request's headers in
+    /// its message, `Authorization` included. For testing that clients
+    /// keep secrets out of what they print and store.
+    #[arg(long)]
+    pub echo_headers: bool,
+    /// A hostile server: every error reply's message is padded to this
+    /// many bytes (0: off), for testing how much of it a client keeps.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub error_body_bytes: usize,
     /// Seed of the fault RNG, for repeatable runs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -244,6 +258,8 @@ impl Default for SimConfig {
             fault_rate: 0.0,
             faults: DEFAULT_FAULTS.to_string(),
             fail_first: 0,
+            echo_headers: false,
+            error_body_bytes: 0,
             seed: 0,
             slow_ms: DEFAULT_SLOW_MS,
             embedding_dim: DEFAULT_EMBEDDING_DIM,
@@ -476,5 +492,9 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/batches/{id}/cancel", post(batch::cancel))
         .fallback(handler::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            hostile::errors,
+        ))
         .with_state(state)
 }
