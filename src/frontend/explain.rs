@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::job::plan::Plan;
 use crate::pipeline::render::{BodyBuilder, Templates, MIN_CACHEABLE_TOKENS};
 use crate::pipeline::source::Source;
+use crate::provider::endpoint::Target;
 
 /// Rows rendered in full.
 const SHOWN_ROWS: usize = 2;
@@ -29,12 +30,14 @@ pub fn explain(plan: &Plan) -> Result<String> {
     let spec = plan.body_spec();
     let builder = BodyBuilder::new(spec.clone(), &templates);
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "endpoint   {} ({:?})",
-        plan.endpoint_name(),
-        plan.flavor()
-    );
+    // A Databricks endpoint's name says the model; elsewhere it is named.
+    let name = plan.endpoint_name();
+    let model = match &plan.target {
+        Target::Databricks(_) => String::new(),
+        _ if name.is_empty() => String::new(),
+        _ => format!(", model `{name}`"),
+    };
+    let _ = writeln!(out, "endpoint   {}{model}", plan.target);
     let _ = writeln!(
         out,
         "columns    {}",

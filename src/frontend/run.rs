@@ -29,7 +29,7 @@ use crate::pipeline::http::HttpPool;
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
 use crate::pipeline::openai_batch::OutputFormat;
 use crate::pipeline::outcome::RowId;
-use crate::pipeline::progress::{status_path, Progress, StatusFile, Summary};
+use crate::pipeline::progress::{status_path, Live, Progress, StatusFile, Summary};
 use crate::pipeline::recheck::recheck;
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::Dispatcher;
@@ -324,6 +324,10 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     parts.on_part = remote.is_some().then(|| part_done.clone());
     let summary = Summary {
         prices: plan.prices,
+        live: Some(Live {
+            stats: client.stats.clone(),
+            started,
+        }),
         ..Summary::default()
     };
     let mut collector = Collector::new(
@@ -403,11 +407,7 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
             );
         }
     }
-    summary.requests = client.stats.attempts.load(Ordering::Relaxed);
-    summary.retries = client.stats.retries.load(Ordering::Relaxed);
-    summary.rate_limited = client.stats.rate_limited.load(Ordering::Relaxed);
-    summary.ambiguous_retries = client.stats.ambiguous_retries.load(Ordering::Relaxed);
-    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    summary.close();
     if collector.batches.is_none() {
         summary.output = plan.output.display().to_string();
     }

@@ -10,10 +10,16 @@
 //!
 //! Billing-safe retries: an attempt that times out after its request was
 //! sent may still be billed (the provider ran it; we did not wait for the
-//! answer). Such attempts are *ambiguous*: they are counted apart
+//! answer), and so may a success whose body broke off
+//! ([`crate::provider::retry::maybe_billed`] decides). Such attempts are
+//! *ambiguous*: they are counted apart
 //! (`ambiguous_retries`), retried at most `max_ambiguous_retries` times, and
 //! recorded in the row ([`Outcome::ambiguous_attempts`], the
 //! `maybe_billed_twice` column).
+//!
+//! Server text enters aiq here: every body read passes the endpoint's
+//! [`Scrubber`] (no secret the credentials hold comes back out), and an
+//! error body is read only up to [`MAX_ERROR_BODY_BYTES`].
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +29,7 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION};
+use hyper::header::AUTHORIZATION;
 use hyper::Response;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -31,15 +37,21 @@ use tokio::time::Instant;
 use crate::pipeline::http::{redirect_target, HttpPool, Lease, Post, TransportError};
 use crate::pipeline::outcome::{Outcome, Usage};
 use crate::pipeline::render::Call;
+use crate::provider::auth::Scrubber;
 use crate::provider::endpoint::Endpoint;
 use crate::provider::limit::{Limiter, Ticket};
 use crate::provider::reply::{body_fault, split_usage, Reply, RowReply, Shape};
 use crate::provider::retry::{
-    certificate_problem, classify_body_fault, classify_status, retry_after, RetryAction,
-    RetryPolicy,
+    certificate_problem, classify_body_fault, classify_status, maybe_billed, retry_after, Lost,
+    RetryAction, RetryPolicy,
 };
 use crate::provider::stream;
 use crate::provider::wire;
+
+/// The most of an error reply's body read: far more than any real error
+/// message (of which [`wire::MAX_SERVER_MESSAGE`] characters are kept),
+/// and a bound on what a server can make each failed call hold in memory.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 
 /// The job must stop: the endpoint refused it as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +79,8 @@ pub struct Client {
     policy: RetryPolicy,
     shape: Shape,
     stream: bool,
+    /// Hides the credentials' secrets in every body read.
+    scrub: Scrubber,
     pub stats: Arc<ClientStats>,
     /// Typed replies that were cut off or did not fit may be asked again
     /// this many times ([`crate::pipeline::repair`]); 0 by default.
@@ -136,6 +150,7 @@ impl Client {
     ) -> crate::error::Result<Client> {
         let post = http.post(&endpoint.url)?;
         Ok(Client {
+            scrub: endpoint.credentials.scrubber(),
             http,
             endpoint,
             post,
@@ -258,8 +273,8 @@ impl Client {
                 RetryAction::Retry { .. } => {
                     let why = if e.ambiguous && ambiguous > max_ambiguous {
                         format!(
-                            "; not retried again: an attempt that times out after sending may have been billed \
-                             (--max-ambiguous-retries {max_ambiguous})"
+                            "; not retried again: an attempt that times out after sending, or whose \
+                             answer breaks off, may have been billed (--max-ambiguous-retries {max_ambiguous})"
                         )
                     } else {
                         String::new()
@@ -326,12 +341,12 @@ impl Client {
                     .post(&lease, post, &call.body, Some(grant.ticket))
                     .await?;
                 if self.stream {
-                    let (reply, ttft) = stream::read(response, &self.shape, sent)
+                    let (reply, ttft) = stream::read(response, &self.shape, sent, &self.scrub)
                         .await
                         .map_err(stream_error)?;
                     return Ok(Answer { reply, ttft });
                 }
-                let body = read_body(response).await?;
+                let body = self.read_body(response).await?;
                 let reply = self.parse(&body, call.rows.len())?;
                 Ok(Answer { reply, ttft: None })
             })
@@ -358,7 +373,7 @@ impl Client {
                     None,
                     false,
                 );
-                error.ambiguous = true;
+                error.ambiguous = maybe_billed(Lost::TimedOut);
                 Err(error)
             }
         }
@@ -373,6 +388,7 @@ impl Client {
             .map_err(|message| match body_fault(body) {
                 Some(fault) => AttemptError {
                     status: Some(200),
+                    ambiguous: maybe_billed(Lost::Body(&fault)),
                     ..AttemptError::new(classify_body_fault(&fault), fault.to_string())
                 },
                 None => AttemptError::row(message),
@@ -388,11 +404,11 @@ impl Client {
                 let lease = self.http.lease();
                 let (response, sent) = self.post(&lease, &self.post, &body, None).await?;
                 if self.stream {
-                    stream::read_timed(response, &self.shape, sent)
+                    stream::read_timed(response, &self.shape, sent, &self.scrub)
                         .await
                         .map_err(stream_error)
                 } else {
-                    let body = read_body(response).await?;
+                    let body = self.read_body(response).await?;
                     let reply = self.parse(&body, 1)?;
                     Ok((reply, stream::Timing::default()))
                 }
@@ -442,25 +458,13 @@ impl Client {
         ticket: Option<Ticket>,
     ) -> Result<(Response<Incoming>, Instant), AttemptError> {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-        let token = self
+        let authorization = self
             .endpoint
             .credentials
-            .bearer(self.http.side())
+            .authorization(self.http.side())
             .await
-            .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?;
-        let mut authorization = None;
-        if let Some(token) = token {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                    AttemptError::new(
-                        RetryAction::Abort,
-                        "the token contains characters not allowed in an HTTP header".into(),
-                    )
-                })?;
-            // Keeps the token out of any debug output of the request.
-            value.set_sensitive(true);
-            authorization = Some((AUTHORIZATION, value));
-        }
+            .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?
+            .map(|value| (AUTHORIZATION, value));
         let sent = Instant::now();
         let response = lease
             .send(post, authorization, body.clone())
@@ -497,8 +501,11 @@ impl Client {
                     status.as_u16()
                 )
             } else {
-                let body = read_body(response).await.unwrap_or_default();
-                format!("HTTP {}: {}", status.as_u16(), wire::error_message(&body))
+                format!(
+                    "HTTP {}: {}",
+                    status.as_u16(),
+                    self.error_text(response).await
+                )
             };
             return Err(AttemptError {
                 status: Some(status.as_u16()),
@@ -506,6 +513,53 @@ impl Client {
             });
         }
         Ok((response, sent))
+    }
+
+    /// A reply's whole body, its secrets hidden. A connection that breaks
+    /// while it is read is a transport error (retried), and maybe billed
+    /// when the status said the answer was done.
+    async fn read_body(&self, response: Response<Incoming>) -> Result<Bytes, AttemptError> {
+        let status = response.status();
+        match response.into_body().collect().await {
+            Ok(body) => Ok(self.scrub.bytes(body.to_bytes())),
+            Err(e) => Err(AttemptError {
+                ambiguous: maybe_billed(Lost::BodyBroke(status)),
+                ..transport_error(TransportError {
+                    connect: false,
+                    message: format!("reading the reply: {e}"),
+                })
+            }),
+        }
+    }
+
+    /// The message of an error reply: at most [`MAX_ERROR_BODY_BYTES`] of
+    /// its body read, secrets hidden, cut to [`wire::MAX_SERVER_MESSAGE`].
+    async fn error_text(&self, response: Response<Incoming>) -> String {
+        let declared = response
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let mut body = response.into_body();
+        let mut head = Vec::new();
+        let mut more = false;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let room = MAX_ERROR_BODY_BYTES - head.len();
+            head.extend_from_slice(&data[..data.len().min(room)]);
+            if data.len() > room {
+                more = true;
+                break;
+            }
+        }
+        let len = match declared {
+            Some(n) => wire::BodyLen::Exact(n),
+            None if more => wire::BodyLen::MoreThan(head.len() as u64),
+            None => wire::BodyLen::Exact(head.len() as u64),
+        };
+        wire::error_message_of(&self.scrub.bytes(head.into()), len)
     }
 }
 
@@ -566,16 +620,4 @@ fn transport_error(e: TransportError) -> AttemptError {
         );
     }
     AttemptError::retry(message, None, false)
-}
-
-/// A reply's whole body; a connection that breaks while it is read is a
-/// transport error (retried).
-async fn read_body(response: Response<Incoming>) -> Result<Bytes, AttemptError> {
-    match response.into_body().collect().await {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(e) => Err(transport_error(TransportError {
-            connect: false,
-            message: format!("reading the reply: {e}"),
-        })),
-    }
 }

@@ -159,6 +159,7 @@ impl Collector {
                 if let Err(part) = self.parts.commit() {
                     tracing::warn!("{part}");
                 }
+                self.summary.close();
                 if !self.progress.quiet() {
                     eprintln!("{}", self.summary);
                 }

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::job::spend::Prices;
+use crate::pipeline::client::ClientStats;
 use crate::pipeline::outcome::{Outcome, Usage};
 
 /// Figures of a finished (or stopped) job.
@@ -53,6 +55,17 @@ pub struct Summary {
     /// Prices for `cost_usd`, set before counting.
     #[serde(skip)]
     pub prices: Option<Prices>,
+    /// Where the request counts and the time come from, set before
+    /// counting; read by [`Summary::close`].
+    #[serde(skip)]
+    pub live: Option<Live>,
+}
+
+/// The running job's own counters: the client's requests and the start.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub stats: Arc<ClientStats>,
+    pub started: tokio::time::Instant,
 }
 
 impl Summary {
@@ -73,6 +86,19 @@ impl Summary {
         if let Some(p) = &self.prices {
             *self.cost_usd.get_or_insert(0.0) += p.cost(&o.billed_usage());
         }
+    }
+
+    /// Take the request counts and the elapsed time from [`Summary::live`]:
+    /// the one way they get into a summary, whether the job finished or
+    /// stopped (interrupted, stopped early, out of budget).
+    pub fn close(&mut self) {
+        let Some(live) = &self.live else { return };
+        let s = &live.stats;
+        self.requests = s.attempts.load(Ordering::Relaxed);
+        self.retries = s.retries.load(Ordering::Relaxed);
+        self.rate_limited = s.rate_limited.load(Ordering::Relaxed);
+        self.ambiguous_retries = s.ambiguous_retries.load(Ordering::Relaxed);
+        self.elapsed_secs = live.started.elapsed().as_secs_f64();
     }
 
     pub fn rows_per_sec(&self) -> f64 {

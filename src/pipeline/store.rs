@@ -223,15 +223,7 @@ fn redact(text: &str) -> String {
         Some((rest, _)) => (rest, "?…"),
         None => (text, ""),
     };
-    let Some((scheme, after)) = rest.split_once("://") else {
-        return format!("{rest}{query}");
-    };
-    let (authority, path) = after.split_at(after.find('/').unwrap_or(after.len()));
-    let authority = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("…@{host}"),
-        None => authority.to_string(),
-    };
-    format!("{scheme}://{authority}{path}{query}")
+    format!("{}{query}", crate::provider::auth::redact_url(rest))
 }
 
 /// One store per bucket for the whole process: its connections and

@@ -3,11 +3,19 @@
 //!
 //! This module owns finding credentials (Databricks: environment and
 //! `~/.databrickscfg` profiles, resolved the way the Databricks SDKs do it;
-//! OpenAI-compatible servers: one environment variable), fetching and caching
-//! OAuth machine-to-machine tokens, and keeping every secret out of logs and
-//! error messages: a [`Secret`] prints as `[redacted]`, and the only way to
-//! its text is [`Secret::expose`], called where the `Authorization` header is
-//! built.
+//! OpenAI-compatible servers: one environment variable, or a `user:password@`
+//! in the URL), fetching and caching OAuth machine-to-machine tokens, and
+//! keeping every secret out of logs, output and error messages:
+//!
+//! - a [`Secret`] prints as `[redacted]`; the only way to its text is
+//!   [`Secret::expose`], called where the `Authorization` header is built
+//!   ([`Credentials::authorization`]);
+//! - a URL is shown or stored only through [`redact_url`], which hides its
+//!   user-info;
+//! - server text (error bodies, replies) passes a [`Scrubber`] before aiq
+//!   prints or stores any of it: a server that echoes the request's
+//!   headers would otherwise hand the token back into the journal, the
+//!   output and the terminal.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::provider::wire;
 
 /// A secret string (token, client secret). `Debug` and `Display` print
 /// `[redacted]`, so a secret can sit in structs that get logged.
@@ -53,6 +62,9 @@ pub enum Credentials {
     None,
     /// A fixed bearer token (API key, Databricks personal access token).
     Bearer(Secret),
+    /// HTTP Basic: `user:password` (percent-decoded) from the user-info of
+    /// an endpoint URL, as curl and browsers send it.
+    Basic(Secret),
     /// OAuth client credentials exchanged for short-lived tokens.
     OAuth(Arc<OAuthM2M>),
 }
@@ -62,20 +74,157 @@ impl fmt::Display for Credentials {
         match self {
             Credentials::None => f.write_str("no credentials"),
             Credentials::Bearer(_) => f.write_str("a bearer token"),
+            Credentials::Basic(_) => f.write_str("the user and password of the URL"),
             Credentials::OAuth(o) => write!(f, "OAuth client {}", o.client_id),
         }
     }
 }
 
 impl Credentials {
-    /// The token to send as `Authorization: Bearer …`, if any. For OAuth this
-    /// may fetch a new token; concurrent callers wait for one fetch.
-    pub async fn bearer(&self, http: &reqwest::Client) -> Result<Option<Secret>> {
+    /// The `Authorization` header to send, if any, marked sensitive (kept
+    /// out of any debug output of the request). For OAuth this may fetch a
+    /// new token; concurrent callers wait for one fetch.
+    pub async fn authorization(
+        &self,
+        http: &reqwest::Client,
+    ) -> Result<Option<reqwest::header::HeaderValue>> {
+        let value = match self {
+            Credentials::None => return Ok(None),
+            Credentials::Bearer(token) => format!("Bearer {}", token.expose()),
+            Credentials::Basic(login) => format!("Basic {}", base64_of(login.expose())),
+            Credentials::OAuth(oauth) => format!("Bearer {}", oauth.token(http).await?.expose()),
+        };
+        let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+            Error::Credentials("the token contains characters not allowed in an HTTP header".into())
+        })?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+
+    /// What hides these credentials in server text (see [`Scrubber`]).
+    pub fn scrubber(&self) -> Scrubber {
+        let mut s = Scrubber::default();
         match self {
-            Credentials::None => Ok(None),
-            Credentials::Bearer(token) => Ok(Some(token.clone())),
-            Credentials::OAuth(oauth) => oauth.token(http).await.map(Some),
+            Credentials::None => {}
+            Credentials::Bearer(token) => s.add(token.expose()),
+            Credentials::Basic(login) => s.add_login(login.expose()),
+            Credentials::OAuth(oauth) => {
+                s = oauth.scrubber();
+                s.oauth = Some(oauth.clone());
+            }
         }
+        s
+    }
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Hides secrets in text that came from a server, before aiq prints or
+/// stores it: each secret the job's credentials hold (token, password,
+/// OAuth client secret and every access token fetched with it), in each
+/// form a server could echo (as sent in `Authorization: Bearer …` or
+/// `Basic …`, and JSON-escaped), becomes `[redacted]`. Server text enters
+/// aiq in a few places, and each passes its bytes through here first: the
+/// client's reply and error bodies ([`crate::pipeline::client`]), streamed
+/// reply text ([`crate::provider::stream`]), the Batch API's replies
+/// ([`crate::provider::batch_api`]) and the OAuth token endpoint's errors.
+#[derive(Clone, Default)]
+pub struct Scrubber {
+    needles: Vec<Vec<u8>>,
+    /// Tokens fetched with these credentials are secrets too; they arrive
+    /// while the job runs.
+    oauth: Option<Arc<OAuthM2M>>,
+}
+
+impl fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scrubber({} forms)", self.needles.len())
+    }
+}
+
+/// What a secret becomes in scrubbed text.
+const REDACTED: &str = "[redacted]";
+
+impl Scrubber {
+    /// Hide `secret` as it is and as JSON may escape it.
+    fn add(&mut self, secret: &str) {
+        if secret.is_empty() {
+            return;
+        }
+        let json = serde_json::to_string(secret).unwrap_or_default();
+        let json = json.trim_matches('"');
+        for form in [secret, json, &json.replace('/', "\\/")] {
+            if !self.needles.iter().any(|n| n == form.as_bytes()) {
+                self.needles.push(form.as_bytes().to_vec());
+            }
+        }
+    }
+
+    /// Hide a `user:password`: the password alone (or, with none, the user,
+    /// which is then a token), the pair, and its Basic form.
+    fn add_login(&mut self, login: &str) {
+        match login.split_once(':') {
+            Some((_, password)) if !password.is_empty() => self.add(password),
+            Some((user, _)) => self.add(user),
+            None => self.add(login),
+        }
+        self.add(login);
+        self.add(&base64_of(login));
+    }
+
+    /// `body` with every secret hidden; the same bytes (no copy) when it
+    /// holds none, which is nearly always.
+    pub fn bytes(&self, body: bytes::Bytes) -> bytes::Bytes {
+        match self.scrubbed(&body) {
+            Some(clean) => clean.into(),
+            None => body,
+        }
+    }
+
+    /// [`Scrubber::bytes`] for text.
+    pub fn text<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.scrubbed(text.as_bytes()) {
+            // Only whole secrets were replaced, by ASCII: still UTF-8.
+            Some(clean) => String::from_utf8_lossy(&clean).into_owned().into(),
+            None => text.into(),
+        }
+    }
+
+    /// `data` with every secret replaced, or None when it holds none.
+    fn scrubbed(&self, data: &[u8]) -> Option<Vec<u8>> {
+        let issued = self
+            .oauth
+            .as_ref()
+            .map(|o| o.issued.lock().unwrap_or_else(|e| e.into_inner()));
+        let needles = self.needles.iter().map(Vec::as_slice).chain(
+            issued
+                .iter()
+                .flat_map(|tokens| tokens.iter().map(|t| t.expose().as_bytes())),
+        );
+        let mut clean: Option<Vec<u8>> = None;
+        for needle in needles.filter(|n| !n.is_empty()) {
+            let current = clean.as_deref().unwrap_or(data);
+            if memchr::memmem::find(current, needle).is_none() {
+                continue;
+            }
+            let mut out = Vec::with_capacity(current.len());
+            let mut at = 0;
+            for found in memchr::memmem::find_iter(current, needle) {
+                // Overlapping matches (a secret like `aaa`) are one.
+                if found < at {
+                    continue;
+                }
+                out.extend_from_slice(&current[at..found]);
+                out.extend_from_slice(REDACTED.as_bytes());
+                at = found + needle.len();
+            }
+            out.extend_from_slice(&current[at..]);
+            clean = Some(out);
+        }
+        clean
     }
 }
 
@@ -88,6 +237,8 @@ pub struct OAuthM2M {
     /// Held across the fetch, so that a hundred workers finding the token
     /// stale make one request, not a hundred.
     cached: tokio::sync::Mutex<Option<CachedToken>>,
+    /// Every token fetched, for [`Scrubber`]: a server may echo an old one.
+    issued: std::sync::Mutex<Vec<Secret>>,
     retry_delay: Duration,
 }
 
@@ -147,6 +298,7 @@ impl OAuthM2M {
             client_id: client_id.into(),
             client_secret,
             cached: tokio::sync::Mutex::new(None),
+            issued: std::sync::Mutex::new(Vec::new()),
             retry_delay: Duration::from_millis(500),
         }
     }
@@ -160,6 +312,18 @@ impl OAuthM2M {
 
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// Hides the client secret (alone, and in the Basic header the token
+    /// request carries).
+    fn scrubber(&self) -> Scrubber {
+        let mut s = Scrubber::default();
+        s.add_login(&format!(
+            "{}:{}",
+            self.client_id,
+            self.client_secret.expose()
+        ));
+        s
     }
 
     fn token_url(&self) -> String {
@@ -186,6 +350,10 @@ impl OAuthM2M {
             .unwrap_or(DEFAULT_TOKEN_LIFETIME)
             .min(MAX_TOKEN_LIFETIME);
         let token = Secret::new(reply.access_token);
+        self.issued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(token.clone());
         *cached = Some(CachedToken {
             token: token.clone(),
             refresh_at: asked_at + lifetime - refresh_margin(lifetime),
@@ -202,7 +370,6 @@ impl OAuthM2M {
                 Ok(reply) => return Ok(reply),
                 Err(e) => e,
             };
-            let message = message.replace(self.client_secret.expose(), "[redacted]");
             if !retryable {
                 return Err(Error::Credentials(format!(
                     "OAuth token request to {url} for client {} failed: {message} (check the service principal's client id and secret)",
@@ -248,6 +415,7 @@ impl OAuthM2M {
                 format!("HTTP {status}, reply unreadable: {}", error_chain(&e)),
             )
         })?;
+        let body = self.scrubber().text(&body).into_owned();
         if !status.is_success() {
             let retryable = status.is_server_error() || status.as_u16() == 429;
             return Err((
@@ -281,9 +449,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// What the server said: the OAuth `error_description`/`error` (or a
-/// `message`) when the body is JSON, else the start of the body.
+/// `message`) when the body is JSON, else the body; cut to
+/// [`wire::MAX_SERVER_MESSAGE`].
 fn server_message(body: &str) -> String {
-    const MAX: usize = 300;
+    let len = wire::BodyLen::Exact(body.len() as u64);
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
         let parts: Vec<String> = [
@@ -294,17 +463,70 @@ fn server_message(body: &str) -> String {
         .flatten()
         .collect();
         if !parts.is_empty() {
-            return parts.join(": ");
+            return wire::cut_message(&parts.join(": "), len);
         }
     }
     let body = body.trim();
     if body.is_empty() {
         return "(empty reply)".into();
     }
-    match body.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}…", &body[..cut]),
-        None => body.to_owned(),
+    wire::cut_message(body, len)
+}
+
+/// Where the user-info (`user:password`) of `url` is, as a byte range.
+fn user_info(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://")? + 3;
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    Some(start..start + authority.rfind('@')?)
+}
+
+/// A URL as it may be shown or stored: its user-info (`user:password@`, or
+/// a token given as the user) replaced by `…`. The one redaction of URLs:
+/// every message, log line, status file and journal that names an endpoint
+/// or a store shows it through this.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    match user_info(url) {
+        Some(range) => format!("{}…{}", &url[..range.start], &url[range.end..]).into(),
+        None => url.into(),
     }
+}
+
+/// `url` without its user-info, and the user-info as Basic credentials
+/// (`user:password`, percent-decoded), if it has any.
+pub fn split_user_info(url: &str) -> (String, Option<Secret>) {
+    match user_info(url) {
+        Some(range) => (
+            format!("{}{}", &url[..range.start], &url[range.end + 1..]),
+            Some(Secret::new(percent_decode(&url[range]))),
+        ),
+        None => (url.to_string(), None),
+    }
+}
+
+/// `%XX` escapes decoded (as a URL's user-info is written); anything else,
+/// `+` included, kept as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A Databricks workspace to call, and how.
@@ -881,6 +1103,93 @@ mod tests {
     }
 
     #[test]
+    fn url_user_info_is_redacted_and_becomes_basic_auth() {
+        let url = "http://alice:p%40ss+w@host:8000/v1?x=a@b";
+        assert_eq!(redact_url(url), "http://…@host:8000/v1?x=a@b");
+        assert_eq!(redact_url("https://tok@host"), "https://…@host");
+        for plain in [
+            "http://host/v1",
+            "http://host/a@b",
+            "not a url @ all",
+            "s3://b/k",
+        ] {
+            assert_eq!(redact_url(plain), plain);
+        }
+        let (bare, login) = split_user_info(url);
+        assert_eq!(bare, "http://host:8000/v1?x=a@b");
+        assert_eq!(login.unwrap().expose(), "alice:p@ss+w");
+        assert!(split_user_info("http://host/v1").1.is_none());
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[tokio::test]
+    async fn the_authorization_header_per_kind_of_credentials() {
+        let http = reqwest::Client::new();
+        let header = |c: Credentials| {
+            let http = http.clone();
+            async move { c.authorization(&http).await.unwrap() }
+        };
+        assert!(header(Credentials::None).await.is_none());
+        let bearer = header(Credentials::Bearer(Secret::new("t1")))
+            .await
+            .unwrap();
+        assert_eq!(bearer, "Bearer t1");
+        assert!(bearer.is_sensitive());
+        let basic = header(Credentials::Basic(Secret::new("alice:pw")))
+            .await
+            .unwrap();
+        assert_eq!(basic, format!("Basic {}", base64_basic::encode("alice:pw")));
+        let bad = Credentials::Bearer(Secret::new("a\nb"))
+            .authorization(&http)
+            .await;
+        assert!(matches!(bad, Err(Error::Credentials(_))));
+    }
+
+    #[test]
+    fn the_scrubber_hides_every_form_of_every_secret() {
+        let s = Credentials::Basic(Secret::new("alice:pa/ss\"word")).scrubber();
+        let basic = base64_basic::encode("alice:pa/ss\"word");
+        let text = format!(r#"{{"m": "you sent Basic {basic}, pa\/ss\"word and pa/ss"word"}}"#);
+        let clean = s.text(&text);
+        assert_eq!(
+            clean,
+            r#"{"m": "you sent Basic [redacted], [redacted] and [redacted]"}"#
+        );
+        // Clean text is not copied.
+        assert!(matches!(
+            s.text("nothing here"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let body = bytes::Bytes::from_static(b"no secret");
+        assert_eq!(s.bytes(body.clone()).as_ptr(), body.as_ptr());
+        // A token given as the URL's user is the secret.
+        let s = Credentials::Basic(Secret::new("ghp_tok:")).scrubber();
+        assert_eq!(s.text("ghp_tok"), "[redacted]");
+        let s = Credentials::Bearer(Secret::new(SECRET)).scrubber();
+        assert_eq!(
+            s.text(&format!("Bearer {SECRET}{SECRET}")),
+            "Bearer [redacted][redacted]"
+        );
+        assert_eq!(Credentials::None.scrubber().text(SECRET), SECRET);
+    }
+
+    #[tokio::test]
+    async fn the_scrubber_hides_oauth_tokens_fetched_later() {
+        let (host, _) = token_server(|n| token_reply(n, 0)).await;
+        let o = Arc::new(oauth(&host));
+        let scrub = Credentials::OAuth(o.clone()).scrubber();
+        let http = reqwest::Client::new();
+        assert_eq!(o.token(&http).await.unwrap().expose(), "tok-1");
+        assert_eq!(o.token(&http).await.unwrap().expose(), "tok-2");
+        let login = base64_basic::encode(&format!("my-client:{CLIENT_SECRET}"));
+        let text = format!("tok-1 tok-2 {CLIENT_SECRET} Basic {login}");
+        assert_eq!(
+            scrub.text(&text),
+            "[redacted] [redacted] [redacted] Basic [redacted]"
+        );
+    }
+
+    #[test]
     fn refresh_margin_is_five_minutes_or_a_tenth() {
         assert_eq!(
             refresh_margin(Duration::from_secs(3600)),
@@ -964,9 +1273,9 @@ mod tests {
         let (host, seen) = token_server(|n| token_reply(n, 3600)).await;
         let creds = Credentials::OAuth(Arc::new(oauth(&host)));
         let http = reqwest::Client::new();
-        let first = creds.bearer(&http).await.unwrap().unwrap();
-        let second = creds.bearer(&http).await.unwrap().unwrap();
-        assert_eq!((first.expose(), second.expose()), ("tok-1", "tok-1"));
+        let first = creds.authorization(&http).await.unwrap().unwrap();
+        let second = creds.authorization(&http).await.unwrap().unwrap();
+        assert!(first == "Bearer tok-1" && second == "Bearer tok-1");
         assert_eq!(
             seen.requests.load(Ordering::SeqCst),
             1,

@@ -24,7 +24,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::provider::auth::Credentials;
+use crate::provider::auth::{Credentials, Scrubber};
 use crate::provider::retry::{classify_status, retry_after, RetryAction, RetryPolicy};
 use crate::provider::wire::{self, Task};
 
@@ -294,6 +294,7 @@ pub struct BatchApi {
     /// The OpenAI-compatible base URL, without a trailing slash (`…/v1`).
     base: String,
     credentials: Credentials,
+    scrub: Scrubber,
     policy: RetryPolicy,
 }
 
@@ -307,6 +308,7 @@ impl BatchApi {
         BatchApi {
             http,
             base: base.trim_end_matches('/').to_string(),
+            scrub: credentials.scrubber(),
             credentials,
             policy,
         }
@@ -441,21 +443,12 @@ impl BatchApi {
                 .map_err(|e| Failed(RetryAction::RowError, local(e.to_string())))?;
             request = request.header(CONTENT_TYPE, value).body(body.clone());
         }
-        let token = self
+        let authorization = self
             .credentials
-            .bearer(&self.http)
+            .authorization(&self.http)
             .await
             .map_err(|e| Failed(RetryAction::Abort, fatal(e.to_string())))?;
-        if let Some(token) = token {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                    Failed(
-                        RetryAction::Abort,
-                        fatal("the token contains characters not allowed in an HTTP header"),
-                    )
-                })?;
-            // Keeps the token out of any debug output of the request.
-            value.set_sensitive(true);
+        if let Some(value) = authorization {
             request = request.header(AUTHORIZATION, value);
         }
         // reqwest's messages name the URL, never headers: no token leaks.
@@ -469,6 +462,8 @@ impl BatchApi {
             .bytes()
             .await
             .map_err(|e| transient(retry_after(&headers), format!("{method} {url}: {e}")))?;
+        // Server text: no secret of ours comes back out of it.
+        let bytes = self.scrub.bytes(bytes);
         if status.is_success() {
             return Ok(bytes);
         }
@@ -508,8 +503,10 @@ fn fatal(message: impl Into<String>) -> ApiError {
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        let head: String = String::from_utf8_lossy(body).chars().take(200).collect();
-        local(format!("unexpected reply from the Batch API ({e}): {head}"))
+        local(format!(
+            "unexpected reply from the Batch API ({e}): {}",
+            crate::provider::reply::head(body)
+        ))
     })
 }
 

@@ -12,7 +12,8 @@ use std::fmt;
 use crate::error::{Error, Result};
 use crate::job::settings::SimulatorSettings;
 use crate::provider::auth::{
-    resolve_databricks, resolve_openai, Credentials, DatabricksTarget, Secret,
+    redact_url, resolve_databricks, resolve_openai, split_user_info, Credentials, DatabricksTarget,
+    Secret,
 };
 use crate::provider::wire::Task;
 use crate::simulator::{SimConfig, Simulator};
@@ -31,7 +32,43 @@ pub enum Target {
     /// A Databricks serving endpoint by name.
     Databricks(String),
     /// An OpenAI-compatible base URL.
-    OpenAi(String),
+    OpenAi(EndpointUrl),
+}
+
+/// An endpoint URL as given, which may carry a `user:password@`: shown and
+/// stored (messages, logs, the journal's manifest) only with its user-info
+/// redacted ([`redact_url`]), so that it cannot be printed by accident. The
+/// URL as given is [`EndpointUrl::expose`]d only to resolve credentials.
+#[derive(Clone, PartialEq)]
+pub struct EndpointUrl(String);
+
+impl EndpointUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EndpointUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// As a string's: the journal's manifest records the target this way.
+impl fmt::Debug for EndpointUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Simulator => f.write_str("the built-in simulator (Databricks-compatible)"),
+            Target::Databricks(name) => write!(f, "Databricks endpoint `{name}`"),
+            Target::OpenAi(url) => write!(f, "OpenAI-compatible endpoint {url}"),
+        }
+    }
 }
 
 impl Target {
@@ -40,10 +77,11 @@ impl Target {
         if endpoint == "simulator" {
             Ok(Target::Simulator)
         } else if is_url(endpoint) {
-            Ok(Target::OpenAi(endpoint.to_string()))
+            Ok(Target::OpenAi(EndpointUrl(endpoint.to_string())))
         } else if endpoint.is_empty() || endpoint.contains(['/', ' ']) {
             Err(Error::Config(format!(
-                "--endpoint `{endpoint}` is neither a Databricks endpoint name nor an http(s):// URL"
+                "--endpoint `{}` is neither a Databricks endpoint name nor an http(s):// URL",
+                redact_url(endpoint)
             )))
         } else {
             Ok(Target::Databricks(endpoint.to_string()))
@@ -86,8 +124,15 @@ pub async fn resolve(
             Ok((Endpoint::databricks(target, name), None))
         }
         Target::OpenAi(url) => {
-            let credentials = resolve_openai(api_key_env, &env)?;
-            Ok((Endpoint::openai(url, task, model, credentials), None))
+            // A `user:password@` in the URL is how the user chose to log
+            // in (as curl does): Basic auth, and no key from the
+            // environment (a request carries one `Authorization`).
+            let (url, login) = split_user_info(url.expose());
+            let credentials = match login {
+                Some(login) => Credentials::Basic(login),
+                None => resolve_openai(api_key_env, &env)?,
+            };
+            Ok((Endpoint::openai(&url, task, model, credentials), None))
         }
     }
 }

@@ -200,9 +200,13 @@ fn parse_raw(body: &[u8]) -> Result<Reply, String> {
 /// that does not fit its row): see [`body_fault`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyFault {
-    /// Not JSON, or JSON cut short: a proxy's HTML error page, a body cut
-    /// off on the way. A fault of the path, like a 502.
+    /// Not JSON: a proxy's HTML error page. A fault of the path, like a
+    /// 502.
     Unreadable(String),
+    /// JSON that stops short: the server answered, and the answer was cut
+    /// off on the way. Retried like a 502, and counted as maybe billed
+    /// ([`crate::provider::retry::maybe_billed`]).
+    CutShort(String),
     /// A JSON error object sent with a success status
     /// (`{"error": {"message": ..}}`): the server's own message, and the
     /// HTTP status it names in `code` or `status`, if any.
@@ -215,7 +219,7 @@ pub enum BodyFault {
 impl std::fmt::Display for BodyFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BodyFault::Unreadable(m) => write!(f, "{m}"),
+            BodyFault::Unreadable(m) | BodyFault::CutShort(m) => write!(f, "{m}"),
             BodyFault::Error { message, .. } => {
                 write!(f, "the endpoint answered with an error: {message}")
             }
@@ -231,11 +235,7 @@ pub fn body_fault(body: &[u8]) -> Option<BodyFault> {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
-            let head: String = String::from_utf8_lossy(body)
-                .trim()
-                .chars()
-                .take(120)
-                .collect();
+            let head = head(body);
             let what = if e.is_eof() {
                 "a reply cut short"
             } else if head.starts_with('<') {
@@ -243,9 +243,12 @@ pub fn body_fault(body: &[u8]) -> Option<BodyFault> {
             } else {
                 "a reply that is not JSON"
             };
-            return Some(BodyFault::Unreadable(format!(
-                "the endpoint sent {what} with a success status: {head}"
-            )));
+            let message = format!("the endpoint sent {what} with a success status: {head}");
+            return Some(if e.is_eof() {
+                BodyFault::CutShort(message)
+            } else {
+                BodyFault::Unreadable(message)
+            });
         }
     };
     let error = value.get("error").filter(|e| !e.is_null())?;
@@ -268,10 +271,15 @@ pub fn body_fault(body: &[u8]) -> Option<BodyFault> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| {
-        let head: String = String::from_utf8_lossy(body).chars().take(200).collect();
-        format!("unexpected reply ({e}): {head}")
-    })
+    serde_json::from_slice(body).map_err(|e| format!("unexpected reply ({e}): {}", head(body)))
+}
+
+/// The start of a body, as a message may quote it.
+pub fn head(body: &[u8]) -> String {
+    wire::cut_message(
+        String::from_utf8_lossy(body).trim(),
+        wire::BodyLen::Exact(body.len() as u64),
+    )
 }
 
 fn usage(u: Option<&wire::WireUsage>) -> Usage {

@@ -73,13 +73,41 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> RetryAction {
 /// would have been a 400).
 pub fn classify_body_fault(fault: &BodyFault) -> RetryAction {
     let status = match fault {
-        BodyFault::Unreadable(_) => 502,
+        BodyFault::Unreadable(_) | BodyFault::CutShort(_) => 502,
         BodyFault::Error { status, .. } => status.unwrap_or(500),
     };
     classify_status(
         StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
         &HeaderMap::new(),
     )
+}
+
+/// How an attempt that went out came to no answer, as far as billing goes
+/// (see [`maybe_billed`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Lost<'a> {
+    /// No whole reply within the timeout.
+    TimedOut,
+    /// The connection broke while the body of a (non-streamed) reply with
+    /// this status was being read.
+    BodyBroke(StatusCode),
+    /// A success status whose body is no answer.
+    Body(&'a BodyFault),
+}
+
+/// Whether the provider may have run, and billed, an attempt that brought
+/// no answer: one that timed out after sending (the server may still be
+/// working on it), and a success whose body broke off or came cut short.
+/// A non-streamed reply's status is sent when its answer is done, so such
+/// a call ran. Such attempts are retried at most `max_ambiguous_retries`
+/// times and marked in the row (`maybe_billed_twice`). An error status, a
+/// proxy's page or an error object says the call did not run.
+pub fn maybe_billed(lost: Lost<'_>) -> bool {
+    match lost {
+        Lost::TimedOut => true,
+        Lost::BodyBroke(status) => status.is_success(),
+        Lost::Body(fault) => matches!(fault, BodyFault::CutShort(_)),
+    }
 }
 
 /// The certificate problem in a connection error's text (its whole source
@@ -244,6 +272,13 @@ pub(crate) mod tests {
         ));
         let e = fault(br#"{"error":{"message":"bad","code":"400"}}"#);
         assert_eq!(classify_body_fault(&e), RetryAction::RowError);
+        assert!(!maybe_billed(Lost::Body(&e)));
+        // A reply cut short was answered: maybe billed; a proxy's page not.
+        assert!(maybe_billed(Lost::Body(&fault(br#"{"choices":[{"mess"#))));
+        assert!(!maybe_billed(Lost::Body(&fault(b"<html>502</html>"))));
+        assert!(maybe_billed(Lost::BodyBroke(StatusCode::OK)));
+        assert!(!maybe_billed(Lost::BodyBroke(StatusCode::BAD_GATEWAY)));
+        assert!(maybe_billed(Lost::TimedOut));
         assert_eq!(
             crate::provider::reply::body_fault(br#"{"choices":[]}"#),
             None

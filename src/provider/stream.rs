@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::pipeline::outcome::Usage;
+use crate::provider::auth::Scrubber;
 use crate::provider::reply::{Reply, RowReply, Shape};
 use crate::provider::wire::{self, WireUsage};
 
@@ -56,13 +57,14 @@ impl Timing {
 }
 
 /// Read a streamed reply to the end. `sent` is when the request went out,
-/// for the time to first token.
+/// for the time to first token; `scrub` hides secrets in the reply's text.
 pub async fn read(
     response: hyper::Response<hyper::body::Incoming>,
     shape: &Shape,
     sent: Instant,
+    scrub: &Scrubber,
 ) -> Result<(Reply, Option<Duration>), StreamError> {
-    read_timed(response, shape, sent)
+    read_timed(response, shape, sent, scrub)
         .await
         .map(|(reply, timing)| (reply, timing.first))
 }
@@ -72,6 +74,7 @@ pub async fn read_timed(
     response: hyper::Response<hyper::body::Incoming>,
     shape: &Shape,
     sent: Instant,
+    scrub: &Scrubber,
 ) -> Result<(Reply, Timing), StreamError> {
     let mut events = http_body_util::BodyDataStream::new(response.into_body()).eventsource();
     let mut text = String::new();
@@ -119,7 +122,8 @@ pub async fn read_timed(
         ));
     }
     let usage = usage.as_ref().map(Usage::from_wire).unwrap_or_default();
-    let result = shape.answer(&text, finish_reason.as_deref());
+    // The whole text, not chunk by chunk: a secret may span chunks.
+    let result = shape.answer(&scrub.text(&text), finish_reason.as_deref());
     Ok((
         Reply {
             rows: vec![RowReply {

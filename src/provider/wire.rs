@@ -293,9 +293,51 @@ pub struct ErrorDetail {
     pub code: Option<Value>,
 }
 
+/// The most of a server's message aiq keeps, in characters: what a row's
+/// `error_message`, the journal, the status file and the terminal get of an
+/// error body (or of a reply that is no answer). Real errors fit; a server
+/// that sends megabytes does not fill every failed row with them. Longer
+/// messages are cut and say so ([`cut_message`]).
+pub const MAX_SERVER_MESSAGE: usize = 500;
+
+/// How long a body from a server was, for the note on a cut message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLen {
+    Exact(u64),
+    /// Only this much was read (a body too large to be worth reading).
+    MoreThan(u64),
+}
+
+impl std::fmt::Display for BodyLen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyLen::Exact(n) => write!(f, "{n} bytes"),
+            BodyLen::MoreThan(n) => write!(f, "more than {n} bytes"),
+        }
+    }
+}
+
+/// `text` (from a body of `len`) cut to [`MAX_SERVER_MESSAGE`] characters,
+/// saying so when cut: `…… (cut, 10485760 bytes)`.
+pub fn cut_message(text: &str, len: BodyLen) -> String {
+    match text.char_indices().nth(MAX_SERVER_MESSAGE) {
+        Some((at, _)) => format!("{}… (cut, {len})", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 /// The human-readable message in an error body, whichever provider sent it;
-/// falls back to the (truncated) raw body.
+/// falls back to the raw body. Cut to [`MAX_SERVER_MESSAGE`].
 pub fn error_message(body: &[u8]) -> String {
+    error_message_of(body, BodyLen::Exact(body.len() as u64))
+}
+
+/// [`error_message`] of a body of `len` of which `body` was read.
+pub fn error_message_of(body: &[u8], len: BodyLen) -> String {
+    cut_message(&message_in(body), len)
+}
+
+fn message_in(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         if let Some(m) = v.pointer("/error/message").and_then(Value::as_str) {
             return m.to_string();
@@ -315,7 +357,7 @@ pub fn error_message(body: &[u8]) -> String {
     if text.is_empty() {
         return "(empty body)".to_string();
     }
-    text.chars().take(300).collect()
+    text.to_string()
 }
 
 /// The text of a message's content: a plain string, or the `text` parts of a
@@ -358,6 +400,25 @@ mod tests {
         );
         assert_eq!(error_message(b"plain failure"), "plain failure");
         assert_eq!(error_message(b""), "(empty body)");
+    }
+
+    #[test]
+    fn long_messages_are_cut_and_say_so() {
+        let huge = json!({"error": {"message": "x".repeat(10 << 20)}}).to_string();
+        let m = error_message(huge.as_bytes());
+        assert!(m.len() < MAX_SERVER_MESSAGE + 50, "{}", m.len());
+        assert!(
+            m.ends_with(&format!("… (cut, {} bytes)", huge.len())),
+            "{m}"
+        );
+        let head = &huge.as_bytes()[..1000];
+        let m = error_message_of(head, BodyLen::MoreThan(1000));
+        assert!(
+            m.starts_with("{\"error\"") && m.ends_with("(cut, more than 1000 bytes)"),
+            "{m}"
+        );
+        let short = "é".repeat(MAX_SERVER_MESSAGE);
+        assert_eq!(cut_message(&short, BodyLen::Exact(1)), short);
     }
 
     #[test]

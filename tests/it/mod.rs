@@ -5,6 +5,7 @@ mod bench;
 mod cache;
 mod docs;
 mod functions;
+mod hostile;
 mod https;
 mod jobs;
 mod library;

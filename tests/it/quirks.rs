@@ -73,11 +73,20 @@ async fn html_truncated_and_error_bodies_with_200_are_retried() {
         .await;
         let input = f.write_jsonl("in.jsonl", &rows(40, 0));
         let out = f.path("out.parquet");
+        // A reply cut short was answered, so maybe billed: its retries
+        // are capped by --max-ambiguous-retries (tests/it/hostile.rs).
         let o = f
             .run_openai(
                 &input,
                 &out,
-                &["--prompt", "{{text}}", "--max-retries", "20"],
+                &[
+                    "--prompt",
+                    "{{text}}",
+                    "--max-retries",
+                    "20",
+                    "--max-ambiguous-retries",
+                    "20",
+                ],
             )
             .await;
         assert_ok(&o);

@@ -20,11 +20,17 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// A simulator that takes [`TOKEN`] only.
     pub async fn new(cfg: SimConfig) -> Fixture {
-        let cfg = SimConfig {
+        Fixture::open(SimConfig {
             token: Some(TOKEN.to_string()),
             ..cfg
-        };
+        })
+        .await
+    }
+
+    /// A simulator with the token of `cfg` (None: it takes any credentials).
+    pub async fn open(cfg: SimConfig) -> Fixture {
         let sim = Simulator::start(cfg).await.expect("simulator starts");
         Fixture {
             dir: tempfile::tempdir().expect("temp dir"),
