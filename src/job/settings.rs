@@ -166,8 +166,9 @@ pub struct JobSettings {
     #[arg(long, value_name = "USD")]
     pub price_cached: Option<f64>,
 
-    /// Retries allowed after an attempt timed out once its request was sent
-    /// (the provider may have billed it) [default: 1].
+    /// Retries allowed after an attempt the provider may have billed without
+    /// an answer: it timed out once its request was sent, or its success
+    /// reply broke off [default: 1].
     #[arg(long, value_name = "N")]
     pub max_ambiguous_retries: Option<u32>,
 
