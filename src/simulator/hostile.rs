@@ -56,13 +56,15 @@ pub(crate) async fn errors(
         message.extend(std::iter::repeat_n('x', fill));
     }
     set_message(&mut value, message);
-    let body = serde_json::to_vec(&value).unwrap_or_default();
+    let body = bytes::Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Response::from_parts(parts, Body::from(body))
+    // Chunked, without a length: a client learns the size only by reading.
+    let chunks = futures::stream::iter([Ok::<_, std::io::Error>(body)]);
+    Response::from_parts(parts, Body::from_stream(chunks))
 }
 
 /// The message of an error body of any shape the simulator sends: OpenAI's

@@ -125,7 +125,8 @@ pub struct SimConfig {
     #[arg(long)]
     pub echo_headers: bool,
     /// A hostile server: every error reply's message is padded to this
-    /// many bytes (0: off), for testing how much of it a client keeps.
+    /// many bytes (0: off), sent without a length, for testing how much of
+    /// it a client reads and keeps.
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     pub error_body_bytes: usize,
     /// Seed of the fault RNG, for repeatable runs.
