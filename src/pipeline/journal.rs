@@ -114,6 +114,10 @@ pub struct Resume {
     /// The input hash of each committed row ([`Outcome::input_hash`]; 0:
     /// none), to recheck the parts against the input as it is now.
     pub committed_inputs: Vec<u64>,
+    /// Rows whose last journaled outcome is unsettled (failed in the outage
+    /// that stopped the job early): [`Journal::open`] leaves them without an
+    /// outcome, so a resume sends them again.
+    pub unsettled: BTreeSet<RowId>,
 }
 
 impl Resume {
@@ -178,7 +182,9 @@ impl Journal {
                     ),
                 ));
             }
-            load(&dir)?
+            let mut resume = load(&dir)?;
+            let unsettled = std::mem::take(&mut resume.unsettled);
+            resend(&dir, resume, &unsettled)?
         } else {
             fs::create_dir_all(dir.join(PARTS)).map_err(|e| Error::io(&dir, e))?;
             write_atomic(&manifest_path, &manifest_bytes)?;
@@ -391,6 +397,7 @@ fn load(dir: &Path) -> Result<Resume> {
     let mut spent = Usage::default();
     let mut failed = BTreeSet::new();
     let mut committed_inputs = vec![0u64; usize::try_from(committed).unwrap_or(0)];
+    let mut unsettled = BTreeSet::new();
     if path.exists() {
         let file = OpenOptions::new()
             .read(true)
@@ -419,6 +426,11 @@ fn load(dir: &Path) -> Result<Resume> {
             } else {
                 failed.remove(&outcome.row);
             }
+            if outcome.unsettled {
+                unsettled.insert(outcome.row);
+            } else {
+                unsettled.remove(&outcome.row);
+            }
             if outcome.row >= committed {
                 outcomes.insert(outcome.row, outcome);
             } else if let Some(slot) = committed_inputs.get_mut(outcome.row as usize) {
@@ -431,6 +443,8 @@ fn load(dir: &Path) -> Result<Resume> {
             file.set_len(good_len).map_err(|e| Error::io(&path, e))?;
         }
     }
+    // Not final: sent again (a part holding one is redone by Journal::open).
+    outcomes.retain(|row, _| !unsettled.contains(row));
     Ok(Resume {
         committed,
         parts: keep,
@@ -438,6 +452,7 @@ fn load(dir: &Path) -> Result<Resume> {
         spent,
         failed,
         committed_inputs,
+        unsettled,
     })
 }
 
@@ -458,19 +473,24 @@ pub fn reopen_from(dir: &Path, parts: &[Part], row: RowId) -> Result<Resume> {
 /// memory holds the outcomes after the first failed row). Returns the new
 /// resume and how many rows will be sent again.
 pub fn retry_failed(journal: &Journal, resume: Resume) -> Result<(Resume, usize)> {
-    let Some(&first) = resume.failed.iter().next() else {
-        return Ok((resume, 0));
+    let failed = resume.failed.clone();
+    Ok((resend(journal.dir(), resume, &failed)?, failed.len()))
+}
+
+/// `resume` with `rows` left without an outcome, so they are sent again;
+/// parts from the first one holding any of them on are removed and their
+/// other rows reloaded from the journal in `dir`.
+fn resend(dir: &Path, resume: Resume, rows: &BTreeSet<RowId>) -> Result<Resume> {
+    let Some(&first) = rows.iter().next() else {
+        return Ok(resume);
     };
     let mut resume = if first < resume.committed {
-        reopen_from(journal.dir(), &resume.parts, first)?
+        reopen_from(dir, &resume.parts, first)?
     } else {
         resume
     };
-    let failed = std::mem::take(&mut resume.failed);
-    resume.outcomes.retain(|row, _| !failed.contains(row));
-    let again = failed.len();
-    resume.failed = failed;
-    Ok((resume, again))
+    resume.outcomes.retain(|row, _| !rows.contains(row));
+    Ok(resume)
 }
 
 pub fn part_name(start: RowId, end: RowId) -> String {

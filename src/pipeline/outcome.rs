@@ -133,10 +133,24 @@ pub struct Outcome {
     /// input's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_hash: Option<u64>,
+    /// Not sent on purpose (its prompt rendered empty): `error_message`
+    /// says why, but the row did not fail.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skipped: bool,
+    /// Failed during the outage that stopped the job early (rows failing
+    /// in a row): not final, a resume sends it again. The journal marks a
+    /// row so with a second line carrying no usage, as its first line
+    /// already counted it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unsettled: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Outcome {
@@ -144,6 +158,16 @@ impl Outcome {
     pub fn null_input(row: RowId) -> Outcome {
         Outcome {
             row,
+            ..Outcome::default()
+        }
+    }
+
+    /// A row not sent on purpose, and why (it shows in `error_message`).
+    pub fn skipped(row: RowId, reason: String) -> Outcome {
+        Outcome {
+            row,
+            error_message: Some(reason),
+            skipped: true,
             ..Outcome::default()
         }
     }
@@ -157,8 +181,21 @@ impl Outcome {
         }
     }
 
+    /// The row failed (a skipped row has a message but did not fail).
     pub fn is_error(&self) -> bool {
-        self.error_message.is_some()
+        self.error_message.is_some() && !self.skipped
+    }
+
+    /// This failed outcome, marked as not final (see [`Outcome::unsettled`]),
+    /// for a second journal line: its usage is left out, the first line
+    /// counted it.
+    pub fn unsettled(&self) -> Outcome {
+        Outcome {
+            unsettled: true,
+            usage: Usage::default(),
+            ambiguous_attempts: 0,
+            ..self.clone()
+        }
     }
 
     /// The provider may have billed this row more than once: an attempt
