@@ -145,6 +145,10 @@ pub fn exit_code(cli: Cli) -> u8 {
             Command::Sql { .. } => Err(Error::Config(NO_SQL.into())),
         }
     });
+    // The job is over, its output and journal written. A blocking thread
+    // may still be busy (rendering a row, reading input the job no longer
+    // needs): the process exits now instead of waiting for it.
+    runtime.shutdown_background();
     match result {
         Ok(()) | Err(Error::StdoutClosed) => 0,
         Err(e) => {

@@ -31,7 +31,7 @@ use crate::pipeline::openai_batch::OutputFormat;
 use crate::pipeline::outcome::RowId;
 use crate::pipeline::progress::{status_path, Live, Progress, StatusFile, Summary};
 use crate::pipeline::recheck::recheck;
-use crate::pipeline::render::{BodyBuilder, Templates};
+use crate::pipeline::render::BodyBuilder;
 use crate::pipeline::schedule::Dispatcher;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
 use crate::pipeline::source::Source;
@@ -81,15 +81,7 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
         Some((source, identity)) => (source, Some(identity)),
         None => (open_source(&plan)?, None),
     };
-    let templates = Arc::new(
-        Templates::bind(
-            plan.system.as_deref(),
-            &plan.prompt,
-            plan.prompt2.as_deref(),
-            &source.schema,
-        )?
-        .with_images(&plan.images, &source.schema)?,
-    );
+    let templates = Arc::new(plan.templates(&source.schema)?);
     let layout =
         Layout::new(&source.schema, plan.result_type.arrow_type())?.with_prices(plan.prices);
 

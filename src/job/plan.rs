@@ -17,7 +17,7 @@ use crate::job::settings::{JobSettings, Mode, SimulatorSettings};
 use crate::job::shard::{split_limit, Shard, PLACEHOLDER};
 use crate::job::spend::{Budget, Prices};
 use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
-use crate::pipeline::render::BodySpec;
+use crate::pipeline::render::{BodySpec, Templates};
 use crate::provider::endpoint::{Endpoint, Target};
 use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL};
 use crate::provider::limit::Limits;
@@ -42,6 +42,8 @@ pub struct Plan {
     pub function: Option<(AiFunction, FunctionOptions)>,
     /// Image columns, sent as `image_url` parts of the user message.
     pub images: Vec<String>,
+    /// `--send-empty`: rows whose prompt renders empty are sent too.
+    pub send_empty: bool,
     pub input_format: InputFormat,
     pub output_format: OutputFormat,
     pub fail_on_error: bool,
@@ -396,6 +398,7 @@ impl Plan {
             response_format,
             function,
             images: s.images,
+            send_empty: s.send_empty,
             input_format,
             output_format,
             fail_on_error: s.fail_on_error,
@@ -468,6 +471,19 @@ impl Plan {
         }
     }
 
+    /// The job's templates, checked against the input's `schema`: one place
+    /// for runs, dry runs and `--explain`.
+    pub fn templates(&self, schema: &arrow::datatypes::Schema) -> Result<Templates> {
+        Ok(Templates::bind(
+            self.system.as_deref(),
+            &self.prompt,
+            self.prompt2.as_deref(),
+            schema,
+        )?
+        .with_images(&self.images, schema)?
+        .with_send_empty(self.send_empty))
+    }
+
     /// How every request body is laid out, given the provider's quirks.
     pub fn body_spec(&self) -> BodySpec {
         let quirks = Quirks::of(self.flavor(), &self.endpoint_name());
@@ -531,6 +547,11 @@ impl Plan {
         // Only when set, so journals of jobs without images stay valid.
         if !self.images.is_empty() {
             settings["images"] = json!(self.images);
+        }
+        // Which rows are sent: a resume must not keep rows an earlier run
+        // did not send for being empty.
+        if self.send_empty {
+            settings["send_empty"] = json!(true);
         }
         if self.input_format != InputFormat::Rows {
             settings["input_format"] = json!(format!("{:?}", self.input_format));

@@ -96,6 +96,13 @@ pub struct JobSettings {
     #[serde(default)]
     pub images: Vec<String>,
 
+    /// Send rows whose prompt renders empty or blank. By default they are
+    /// not sent (as a null value is not): their `result` is null and their
+    /// `error_message` says why.
+    #[arg(long)]
+    #[serde(default)]
+    pub send_empty: bool,
+
     /// How to read the input: `rows` (Parquet or JSONL rows, rendered by
     /// the templates) or `openai-batch` (OpenAI Batch API request lines,
     /// each `body` sent as is) [default: rows].
@@ -387,6 +394,7 @@ impl JobSettings {
         self.no_warmup |= base.no_warmup;
         self.stream |= base.stream;
         self.retry_failed |= base.retry_failed;
+        self.send_empty |= base.send_empty;
         self
     }
 }

@@ -5,9 +5,12 @@
 //! waits again), placed in its batch, and each batch is written to the
 //! output parts as soon as all of its rows are in, in input order. It also
 //! decides when the job must stop: the endpoint refused it, a row failed
-//! under `--fail-on-error`, too many calls in a row failed, or the user
-//! pressed Ctrl-C. Stopping stops new calls; calls in flight still land in
-//! the journal (they are paid for), up to a grace period.
+//! under `--fail-on-error`, too many rows in a row failed (calls after their
+//! retries, or rows the template failed on), or the user pressed Ctrl-C.
+//! Stopping stops new calls; calls in flight still land in the journal (they
+//! are paid for), up to a grace period. Calls that failed in the run that
+//! stopped the job, and those failing after it, are journaled as unsettled:
+//! they failed because of the outage, so a resume sends them again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,9 +30,9 @@ use crate::pipeline::recheck::{row_hashes, stamp};
 use crate::pipeline::schedule::Event;
 use crate::pipeline::sink::{Layout, PartWriter};
 
-/// Calls failing one after another (after their retries) before the job
-/// stops: a bad setting fails every row, and should cost a handful of
-/// requests, not thousands.
+/// Rows failing one after another (calls after their retries, or rows the
+/// template fails on) before the job stops: a bad setting fails every row,
+/// and should cost a handful of requests, not thousands.
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 10;
 
 /// How long in-flight calls may take to land after a stop.
@@ -64,6 +67,12 @@ pub struct Collector {
     pub interrupt: Option<Arc<Notify>>,
     pending: VecDeque<Pending>,
     consecutive_failures: u32,
+    /// The failed calls of the current run of failures, already journaled:
+    /// marked unsettled if the run stops the job.
+    failed_calls: Vec<Outcome>,
+    /// The job stopped on a run of failed calls: calls failing from now on
+    /// are unsettled too.
+    outage: bool,
     failure: Option<Error>,
     /// Permits of calls whose outcomes await the next journal flush.
     released: Vec<OwnedSemaphorePermit>,
@@ -95,6 +104,8 @@ impl Collector {
             interrupt: None,
             pending: VecDeque::new(),
             consecutive_failures: 0,
+            failed_calls: Vec::new(),
+            outage: false,
             failure: None,
             released: Vec::new(),
         }
@@ -193,8 +204,17 @@ impl Collector {
                     if let Some(p) = self.pending.get(self.pending_index(o.row)) {
                         stamp(&mut o, &p.inputs, p.first);
                     }
+                    // A row not sent (a null, a template error) is worked
+                    // out again on each resume: judged in the run that first
+                    // met it, or a template's run of failures would stop
+                    // every resume at the same rows.
+                    if !(o.attempts == 0 && self.resumed.contains_key(&o.row)) {
+                        self.judge(&o)?;
+                    }
+                    if self.outage && o.is_error() && o.attempts > 0 {
+                        o.unsettled = true;
+                    }
                     self.journal.append(&o)?;
-                    self.judge(&o);
                     if let Some(stop) = self.budget.as_mut().and_then(|b| b.record(&o, self.summary.rows + 1)) {
                         self.fail(stop);
                     }
@@ -211,31 +231,55 @@ impl Collector {
         Ok(())
     }
 
-    /// Stop conditions that an outcome can trigger.
-    fn judge(&mut self, o: &Outcome) {
-        if o.attempts == 0 {
-            return; // not sent: says nothing about the endpoint
-        }
-        let Some(message) = &o.error_message else {
-            self.consecutive_failures = 0;
-            return;
+    /// Stop conditions that an outcome can trigger, judged before it is
+    /// journaled. A row the template failed on counts as a failure; a row
+    /// not sent for a null or an empty prompt says nothing either way.
+    fn judge(&mut self, o: &Outcome) -> Result<()> {
+        let Some(message) = o.error_message.as_ref().filter(|_| o.is_error()) else {
+            if o.attempts > 0 {
+                self.consecutive_failures = 0;
+                self.failed_calls.clear();
+            }
+            return Ok(());
         };
         if self.fail_on_error {
             self.fail(Error::RowFailed {
                 row: o.row,
                 message: message.clone(),
             });
-            return;
+            return Ok(());
         }
         self.consecutive_failures += 1;
-        if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
-            self.fail(Error::Aborted(format!(
-                "stopped after {} rows failed in a row; the last error was: {message}\n\
-                 Check the endpoint, the model parameters and the prompt; finished rows are kept, \
-                 run the same command again to resume.",
-                self.consecutive_failures
-            )));
+        if self.consecutive_failures < MAX_CONSECUTIVE_FAILURES {
+            if o.attempts > 0 {
+                self.failed_calls.push(o.clone());
+            }
+            return Ok(());
         }
+        if self.outage || self.failure.is_some() {
+            return Ok(()); // already stopping: said once
+        }
+        let advice = if o.attempts == 0 {
+            // The template's own failures are final: they would fail again.
+            "Check the template against the input's values (a changed template needs \
+             --restart). Finished rows are kept, and rows the template failed on are kept as \
+             failed: run the same command again to go on past them."
+        } else {
+            "Check the endpoint, the model parameters and the prompt. Finished rows are kept: \
+             run the same command again to resume, and the rows that failed in a row are sent \
+             again."
+        };
+        self.fail(Error::Aborted(format!(
+            "stopped after {} rows failed in a row; the last error was: {message}\n{advice}",
+            self.consecutive_failures
+        )));
+        // The calls of this run of failures are not final (a resume sends
+        // them again): said in the journal by a second line for each.
+        self.outage = true;
+        for failed in std::mem::take(&mut self.failed_calls) {
+            self.journal.append(&failed.unsettled())?;
+        }
+        Ok(())
     }
 
     fn fail(&mut self, e: Error) {

@@ -34,7 +34,8 @@ pub struct Summary {
     pub rows: u64,
     pub ok: u64,
     pub failed: u64,
-    /// Rows not sent because a template variable was null.
+    /// Rows not sent because a template variable was null or the prompt
+    /// rendered empty.
     pub null: u64,
     /// Rows whose outcome came from an earlier run's journal.
     pub resumed: u64,
@@ -71,7 +72,7 @@ pub struct Live {
 impl Summary {
     pub fn count(&mut self, o: &Outcome) {
         self.rows += 1;
-        if let Some(message) = &o.error_message {
+        if let Some(message) = o.error_message.as_ref().filter(|_| o.is_error()) {
             self.failed += 1;
             *self
                 .errors

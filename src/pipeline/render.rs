@@ -3,15 +3,21 @@
 //! Templates are minijinja over the row's columns. Every variable a template
 //! names is checked against the input schema once, before anything is sent
 //! ([`Templates::bind`]); a row where a named column is null is not sent at
-//! all (SQL null in, null out). Bodies are laid out static-first so provider
+//! all (SQL null in, null out), and neither is a row whose prompt renders
+//! empty or blank (unless `--send-empty`). Every filter and test a template
+//! names is checked to exist before anything is sent, and the work one row's
+//! rendering may do is bounded ([`RENDER_FUEL`]): a runaway loop fails its
+//! row instead of hanging the job. Bodies are laid out static-first so provider
 //! prompt caches hit: the system prompt, then the literal start of the user
 //! template, then the row's values; the static prefix is hashed into a
 //! [`Prefix`] that the scheduler groups rows by.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -30,6 +36,16 @@ pub const MIN_CACHEABLE_TOKENS: u64 = 1024;
 /// Output tokens reserved for a request that sets no `max_tokens`, for
 /// token-per-minute pacing.
 pub const DEFAULT_OUTPUT_RESERVE: u64 = 256;
+
+/// The work one row's templates may do, in minijinja fuel: one unit per
+/// instruction, and one per 64 bytes of text made or read. A real prompt
+/// uses thousands (a 1 MB document about 20,000). Using it all up took
+/// 0.35 to 0.55 s of CPU per row in a debug build on this project's 2-core
+/// machine (`aiq run --dry-run` over 5 rows whose template nests two
+/// `range(100000)` loops; a release build is faster), so a runaway loop
+/// fails its row within a second, and a stop (Ctrl-C, SIGTERM, a budget)
+/// never waits on rendering longer than that.
+pub const RENDER_FUEL: u64 = 20_000_000;
 
 /// The static start shared by many rows' prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +84,8 @@ pub struct Templates {
     columns: Vec<(String, usize)>,
     /// (column, column index) of every `--image` column.
     images: Vec<(String, usize)>,
+    /// `--send-empty`: send rows whose prompt renders empty or blank.
+    send_empty: bool,
 }
 
 const SYSTEM: &str = "system";
@@ -86,6 +104,7 @@ impl Templates {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         // Prompts are plain text, never HTML: no escaping.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        env.set_fuel(Some(RENDER_FUEL));
         let mut columns: Vec<(String, usize)> = Vec::new();
         let mut system_is_static = true;
         for (name, source) in [(SYSTEM, system), (PROMPT, Some(prompt)), (PROMPT2, prompt2)] {
@@ -95,6 +114,7 @@ impl Templates {
             let template = env
                 .get_template(name)
                 .map_err(|e| Error::Template(format!("--{name} template: {e}")))?;
+            check_filters_and_tests(&env, name, &template)?;
             // Nested names (`meta.title`) are checked through struct
             // fields, so a typo inside a struct is found before sending too.
             let mut vars: Vec<String> = template.undeclared_variables(true).into_iter().collect();
@@ -130,7 +150,35 @@ impl Templates {
             user_literal_prefix: literal_prefix(prompt).to_string(),
             columns,
             images: Vec::new(),
+            send_empty: false,
         })
+    }
+
+    /// `--send-empty`: rows whose prompt renders empty or blank are sent
+    /// too (by default they are not, and say so in `error_message`).
+    pub fn with_send_empty(mut self, send_empty: bool) -> Templates {
+        self.send_empty = send_empty;
+        self
+    }
+
+    /// Why `row` is not sent although it rendered: its prompt (or second
+    /// text) is empty or blank and carries no image. `None`: send it.
+    pub fn not_sent_because(&self, row: &RenderedRow) -> Option<String> {
+        if self.send_empty || !row.images.is_empty() {
+            return None;
+        }
+        let blank = |text: &str| text.trim().is_empty();
+        let which = if blank(&row.user) {
+            PROMPT
+        } else if row.user2.as_deref().is_some_and(blank) {
+            PROMPT2
+        } else {
+            return None;
+        };
+        Some(format!(
+            "not sent: the --{which} template rendered an empty prompt for this row \
+             (--send-empty sends such rows)"
+        ))
     }
 
     /// Adds image columns (`--image`), checked against `schema` like
@@ -183,10 +231,33 @@ impl Templates {
         batch: &RecordBatch,
         first_row: RowId,
     ) -> Vec<std::result::Result<Option<RenderedRow>, (RowId, String)>> {
+        self.render_until(batch, first_row, None)
+    }
+
+    /// [`Templates::render_batch`], giving up between rows once `stop` is
+    /// set: the result then holds fewer rows than the batch.
+    pub fn render_until(
+        &self,
+        batch: &RecordBatch,
+        first_row: RowId,
+        stop: Option<&AtomicBool>,
+    ) -> Vec<std::result::Result<Option<RenderedRow>, (RowId, String)>> {
         let columns: Vec<(&str, &ArrayRef)> = self
             .columns
             .iter()
             .map(|(v, i)| (v.as_str(), batch.column(*i)))
+            .collect();
+        // Logical nulls: a column of Arrow's null type (JSONL or Parquet
+        // column that is null on every row) has no null buffer, yet every
+        // value in it is null.
+        let nulls: Vec<Option<NullBuffer>> = columns
+            .iter()
+            .map(|(_, a)| a.logical_nulls())
+            .chain(
+                self.images
+                    .iter()
+                    .map(|(_, i)| batch.column(*i).logical_nulls()),
+            )
             .collect();
         let formatters: Vec<Option<ArrayFormatter>> = columns
             .iter()
@@ -198,10 +269,10 @@ impl Templates {
             .collect();
         let images: Vec<&ArrayRef> = self.images.iter().map(|(_, i)| batch.column(*i)).collect();
         (0..batch.num_rows())
+            .take_while(|_| !stop.is_some_and(|s| s.load(Ordering::Relaxed)))
             .map(|i| {
                 // A null image is a null input like a null variable: not sent.
-                if columns.iter().any(|(_, a)| a.is_null(i)) || images.iter().any(|a| a.is_null(i))
-                {
+                if nulls.iter().flatten().any(|n| n.is_null(i)) {
                     return Ok(None);
                 }
                 let mut ctx = BTreeMap::new();
@@ -244,10 +315,69 @@ impl Templates {
 
     fn render(&self, name: &str, ctx: &minijinja::Value) -> std::result::Result<String, String> {
         let template = self.env.get_template(name).map_err(|e| e.to_string())?;
-        template
-            .render(ctx)
-            .map_err(|e| format!("--{name} template failed on this row: {e}"))
+        template.render(ctx).map_err(|e| match e.kind() {
+            minijinja::ErrorKind::OutOfFuel => format!(
+                "--{name} template did too much work on this row (more than {RENDER_FUEL} steps \
+                 of minijinja fuel: a runaway loop?); the row was not sent"
+            ),
+            _ => format!("--{name} template failed on this row: {e}"),
+        })
     }
+}
+
+/// Every filter and test `template` names exists in `env`, on every
+/// branch, taken by any row or not: a misspelt filter would otherwise fail
+/// every row only once rows are being sent. (minijinja looks filters and
+/// tests up by name while rendering; their names are in the compiled
+/// instructions.)
+fn check_filters_and_tests(
+    env: &minijinja::Environment<'static>,
+    name: &str,
+    template: &minijinja::Template<'_, '_>,
+) -> Result<()> {
+    use minijinja::machinery::{get_compiled_template, Instruction, Instructions};
+    let compiled = get_compiled_template(template);
+    let mut filters = BTreeSet::new();
+    let mut tests = BTreeSet::new();
+    let all: Vec<&Instructions> = std::iter::once(&compiled.instructions)
+        .chain(compiled.blocks.values())
+        .collect();
+    for instructions in all {
+        for instruction in (0..).map_while(|i| instructions.get(i)) {
+            match instruction {
+                Instruction::ApplyFilter(filter, ..) => filters.insert(*filter),
+                Instruction::PerformTest(test, ..) => tests.insert(*test),
+                _ => false,
+            };
+        }
+    }
+    // Whether a name is known is what evaluating it on `none` says (the
+    // environment's tables are not public).
+    let unknown = |expr: String, kind: minijinja::ErrorKind| {
+        env.compile_expression_owned(expr)
+            .and_then(|e| e.eval(()))
+            .is_err_and(|e| e.kind() == kind)
+    };
+    for filter in filters {
+        if unknown(
+            format!("none | {filter}"),
+            minijinja::ErrorKind::UnknownFilter,
+        ) {
+            return Err(Error::Template(format!(
+                "the --{name} template uses the filter `{filter}`, which minijinja does not \
+                 have; its filters are listed at https://docs.rs/minijinja/latest/minijinja/filters/"
+            )));
+        }
+    }
+    for test in tests {
+        if unknown(format!("none is {test}"), minijinja::ErrorKind::UnknownTest) {
+            return Err(Error::Template(format!(
+                "the --{name} template uses the test `{test}`, which minijinja does not have; \
+                 its tests are listed at https://docs.rs/minijinja/latest/minijinja/tests/"
+            )));
+        }
+    }
+    Ok(())
 }
 
 const FORMAT: FormatOptions<'static> = FormatOptions::new();
@@ -276,6 +406,13 @@ fn check_nested(template: &str, path: &str, data_type: &DataType) -> Result<()> 
     let mut data_type = data_type;
     let mut walked = path.split('.').next().unwrap_or_default().to_string();
     for part in path.split('.').skip(1) {
+        if !is_nested(data_type) && data_type != &DataType::Null {
+            // A string, number, date...: no fields, on any row.
+            return Err(Error::Template(format!(
+                "the --{template} template uses `{walked}.{part}`, but `{walked}` holds \
+                 {data_type} values, which have no fields"
+            )));
+        }
         let DataType::Struct(fields) = data_type else {
             return Ok(());
         };
@@ -370,7 +507,7 @@ fn scalar_value(
 /// null is `none`.
 fn nested_value(array: &dyn Array, i: usize) -> minijinja::Value {
     use minijinja::Value;
-    if array.is_null(i) {
+    if array.is_null(i) || array.data_type() == &DataType::Null {
         return Value::from(());
     }
     let items = |values: ArrayRef| -> Value {
@@ -841,6 +978,99 @@ mod tests {
         assert!(msg.contains("`txt`") && msg.contains("id, text"), "{msg}");
         assert_eq!(err.exit_code(), 2);
         assert!(Templates::bind(None, "{{ broken", None, &b.schema()).is_err());
+    }
+
+    #[test]
+    fn a_column_of_the_null_type_is_null_on_every_row() {
+        use arrow::array::NullArray;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("text", DataType::Utf8, false),
+            Field::new("note", DataType::Null, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(NullArray::new(2)),
+            ],
+        )
+        .unwrap();
+        let t = Templates::bind(None, "{{text}} {{note}}", None, &schema).unwrap();
+        let rows = t.render_batch(&b, 0);
+        assert!(rows.iter().all(|r| matches!(r, Ok(None))), "{rows:?}");
+    }
+
+    #[test]
+    fn unknown_filters_tests_and_fields_of_plain_values_are_found_at_bind() {
+        let b = batch();
+        for (prompt, named) in [
+            ("{{ text | upperr }}", "`upperr`"),
+            ("{% if false %}{{ text | nope }}{% endif %}", "`nope`"),
+            (
+                "{% macro m(x) %}{{ x | nope }}{% endmacro %}{{ m(text) }}",
+                "`nope`",
+            ),
+            ("{% if text is stringg %}x{% endif %}", "`stringg`"),
+            ("{{ text.foo }}", "`text.foo`"),
+            ("{{ id.real }}", "`id.real`"),
+        ] {
+            let err = Templates::bind(None, prompt, None, &b.schema())
+                .err()
+                .unwrap_or_else(|| panic!("{prompt} binds"));
+            assert!(err.to_string().contains(named), "{prompt}: {err}");
+            assert_eq!(err.exit_code(), 2);
+        }
+        for good in [
+            "{{ text | upper | trim }}",
+            "{% if text is string and id is number %}{{ text | default('') }}{% endif %}",
+            "{% filter upper %}{{ text }}{% endfilter %}",
+        ] {
+            Templates::bind(None, good, None, &b.schema()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_runaway_template_fails_its_row_only() {
+        let b = batch();
+        let t = Templates::bind(
+            None,
+            "{% if id == 1 %}{% for i in range(100000) %}{% for j in range(100000) %}x\
+             {% endfor %}{% endfor %}{% endif %}{{ id }}",
+            None,
+            &b.schema(),
+        )
+        .unwrap();
+        let rows = t.render_batch(&b, 0);
+        let (row, message) = rows[0].as_ref().err().unwrap();
+        assert_eq!(*row, 0);
+        assert!(message.contains("too much work"), "{message}");
+        assert_eq!(rows[1].as_ref().unwrap().as_ref().unwrap().user, "2");
+        assert_eq!(rows[2].as_ref().unwrap().as_ref().unwrap().user, "3");
+    }
+
+    #[test]
+    fn blank_prompts_are_not_sent_unless_asked() {
+        let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["x", "", " \n\t"]))],
+        )
+        .unwrap();
+        let t = Templates::bind(None, "{{text}}", None, &schema).unwrap();
+        let reasons: Vec<Option<String>> = t
+            .render_batch(&b, 0)
+            .iter()
+            .map(|r| t.not_sent_because(r.as_ref().unwrap().as_ref().unwrap()))
+            .collect();
+        assert!(reasons[0].is_none());
+        assert!(reasons[1].as_deref().unwrap().contains("--send-empty"));
+        assert!(reasons[2].is_some());
+        let t = t.with_send_empty(true);
+        for r in t.render_batch(&b, 0) {
+            assert!(t
+                .not_sent_because(r.as_ref().unwrap().as_ref().unwrap())
+                .is_none());
+        }
     }
 
     #[test]

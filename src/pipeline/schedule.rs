@@ -11,6 +11,11 @@
 //!   until it completes, so they read the provider's prompt cache instead of
 //!   all paying to fill it at once. Output order is restored by the collector.
 //!
+//! Rendering runs on a blocking thread, not on the runtime that drives the
+//! calls and the collector: a slow template (each row's work is bounded, see
+//! [`crate::pipeline::render::RENDER_FUEL`]) never holds up the answers, the
+//! journal or a Ctrl-C, and a stop is seen between rows.
+//!
 //! Results go back to the collector as [`Event`]s on one bounded channel, in
 //! which a batch is always announced before any of its outcomes.
 //!
@@ -128,7 +133,17 @@ impl Dispatcher {
                         input_done = true;
                         continue;
                     };
-                    let (immediate, resumed, calls) = self.calls_for(first, &batch);
+                    let (immediate, resumed, calls) = match self.calls_for(first, &batch).await {
+                        Ok(made) => made,
+                        Err(message) => {
+                            self.stop.store(true, Ordering::Relaxed);
+                            let _ = self.events.send(Event::Abort(message)).await;
+                            return;
+                        }
+                    };
+                    if self.stopped() {
+                        return; // rendering gave up part way: nothing of this batch is announced
+                    }
                     if self.events.send(Event::Batch { first, batch, permit }).await.is_err() {
                         return;
                     }
@@ -153,41 +168,58 @@ impl Dispatcher {
 
     /// Render a batch into calls (grouped by prefix for warm-ups), plus the
     /// outcomes of rows that need no call and the rows whose journaled
-    /// outcome stands.
-    fn calls_for(
+    /// outcome stands, on a blocking thread that gives up between rows once
+    /// the job stops. `Err`: rendering itself broke.
+    async fn calls_for(
         &self,
         first: RowId,
         batch: &RecordBatch,
-    ) -> (Vec<Outcome>, Vec<RowId>, Vec<Call>) {
-        let maker = CallMaker {
-            templates: &self.templates,
-            builder: &self.builder,
-            batch_size: self.batch_size,
-            similarity: self.similarity,
-            passthrough: self.passthrough,
-        };
-        let (immediate, calls) = maker.calls(first, batch);
-        let mut resumed = Vec::new();
-        let mut calls: Vec<Call> = calls
-            .into_iter()
-            .filter(|call| {
-                let unchanged = call.rows.iter().all(|r| self.journaled.contains_key(r))
-                    && call
-                        .rows
-                        .iter()
-                        .zip(row_keys(&self.fingerprint, call))
-                        .all(|(r, key)| self.journaled.get(r) == Some(&key));
-                if unchanged {
-                    resumed.extend_from_slice(&call.rows);
-                }
-                !unchanged
-            })
-            .collect();
-        if self.warmup {
-            // Group by prefix (stable, so input order holds within a group).
-            calls.sort_by_key(|c| c.prefix.map(|p| p.key));
-        }
-        (immediate, resumed, calls)
+    ) -> std::result::Result<(Vec<Outcome>, Vec<RowId>, Vec<Call>), String> {
+        let templates = self.templates.clone();
+        let builder = self.builder.clone();
+        let journaled = self.journaled.clone();
+        let fingerprint = self.fingerprint.clone();
+        let stop = self.stop.clone();
+        let batch = batch.clone();
+        let (batch_size, similarity, passthrough, warmup) = (
+            self.batch_size,
+            self.similarity,
+            self.passthrough,
+            self.warmup,
+        );
+        tokio::task::spawn_blocking(move || {
+            let maker = CallMaker {
+                templates: &templates,
+                builder: &builder,
+                batch_size,
+                similarity,
+                passthrough,
+            };
+            let (immediate, calls) = maker.calls_until(first, &batch, Some(&stop));
+            let mut resumed = Vec::new();
+            let mut calls: Vec<Call> = calls
+                .into_iter()
+                .filter(|call| {
+                    let unchanged = call.rows.iter().all(|r| journaled.contains_key(r))
+                        && call
+                            .rows
+                            .iter()
+                            .zip(row_keys(&fingerprint, call))
+                            .all(|(r, key)| journaled.get(r) == Some(&key));
+                    if unchanged {
+                        resumed.extend_from_slice(&call.rows);
+                    }
+                    !unchanged
+                })
+                .collect();
+            if warmup {
+                // Group by prefix (stable, so input order holds within a group).
+                calls.sort_by_key(|c| c.prefix.map(|p| p.key));
+            }
+            (immediate, resumed, calls)
+        })
+        .await
+        .map_err(|e| format!("rendering rows {first}.. failed: {e}"))
     }
 
     /// Wait for a free slot, then run the call in its own task.
@@ -258,17 +290,31 @@ pub struct CallMaker<'a> {
 
 impl CallMaker<'_> {
     /// Render a batch into calls, in row order, plus the outcomes of rows
-    /// that need no call (a null in a template variable, a template error).
-    /// Every row is in one or the other.
+    /// that need no call (a null in a template variable, an empty prompt, a
+    /// template error). Every row is in one or the other.
     pub fn calls(&self, first: RowId, batch: &RecordBatch) -> (Vec<Outcome>, Vec<Call>) {
+        self.calls_until(first, batch, None)
+    }
+
+    /// [`CallMaker::calls`], giving up between rows once `stop` is set; what
+    /// it returns then is incomplete and must not be used.
+    pub fn calls_until(
+        &self,
+        first: RowId,
+        batch: &RecordBatch,
+        stop: Option<&AtomicBool>,
+    ) -> (Vec<Outcome>, Vec<Call>) {
         if self.passthrough {
             return self.passthrough_calls(first, batch);
         }
         let mut immediate = Vec::new();
         let mut rows: Vec<RenderedRow> = Vec::with_capacity(batch.num_rows());
-        for rendered in self.templates.render_batch(batch, first) {
+        for rendered in self.templates.render_until(batch, first, stop) {
             match rendered {
-                Ok(Some(r)) => rows.push(r),
+                Ok(Some(r)) => match self.templates.not_sent_because(&r) {
+                    Some(reason) => immediate.push(Outcome::skipped(r.row, reason)),
+                    None => rows.push(r),
+                },
                 Ok(None) => {}
                 Err((row, message)) => immediate.push(Outcome::failed(row, message, 0)),
             }

@@ -19,6 +19,7 @@ mod proxy;
 mod quirks;
 mod redirect;
 mod reliability;
+mod render;
 mod repair;
 mod run;
 mod shard;

@@ -188,29 +188,20 @@ fn job_command(
     out: &std::path::Path,
     concurrency: usize,
 ) -> Command {
-    let mut c = Command::new(aiq_bin());
-    c.args([
-        "run",
-        "-q",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--endpoint",
-        &f.openai_url(),
-        "--model",
-        "m",
-        "--prompt",
-        "{{text}}",
-        "--batch-rows",
-        "32",
-        "--concurrency",
-        &concurrency.to_string(),
-    ])
-    .env_clear()
-    .env("OPENAI_API_KEY", TOKEN)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let concurrency = concurrency.to_string();
+    let mut c = f.openai_command(
+        input,
+        out,
+        &[
+            "--prompt",
+            "{{text}}",
+            "--batch-rows",
+            "32",
+            "--concurrency",
+            &concurrency,
+        ],
+    );
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
     c
 }
 
@@ -443,6 +434,24 @@ async fn a_run_of_failures_stops_the_job() {
         "{} requests before stopping",
         f.sim.stats().bad_request
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_after_an_early_stop_sends_the_outage_rows_again() {
+    // An outage: the first 10 requests fail, then the server is fine.
+    let (f, input, out) = failing_first(10).await;
+    let args = [&["--prompt", "{{text}}"][..], &ONE_AT_A_TIME_NO_RETRIES].concat();
+    let o = f.run_openai(&input, &out, &args).await;
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("failed in a row") && stderr(&o).contains("run the same command"),
+        "{}",
+        stderr(&o)
+    );
+    // What the message says to do sends the failed rows again.
+    let o = f.run_openai(&input, &out, &args).await;
+    assert_ok(&o);
+    assert_every_row_once(&f, &out, 30);
 }
 
 #[tokio::test(flavor = "multi_thread")]

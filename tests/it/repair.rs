@@ -188,21 +188,8 @@ async fn a_reply_that_never_fits_fails_after_its_repairs() {
 async fn retry_failed_resends_only_the_failed_rows() {
     // The first three requests fail (HTTP 500, no retries allowed): three
     // failed rows, the job still completes.
-    let f = Fixture::new(SimConfig {
-        fail_first: 3,
-        ..SimConfig::default()
-    })
-    .await;
-    let input = f.write_jsonl("in.jsonl", &rows(30, 0));
-    let out = f.path("out.parquet");
-    let args = [
-        "--prompt",
-        "{{text}}",
-        "--concurrency",
-        "1",
-        "--max-retries",
-        "0",
-    ];
+    let (f, input, out) = failing_first(3).await;
+    let args = [&["--prompt", "{{text}}"][..], &ONE_AT_A_TIME_NO_RETRIES].concat();
     assert_ok(&f.run_openai(&input, &out, &args).await);
     let (_, first) = read_rows(&out);
     let failed: Vec<usize> = (0..30)

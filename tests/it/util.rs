@@ -64,7 +64,7 @@ impl Fixture {
         path
     }
 
-    /// Run `aiq ARGS` with a clean environment: no Databricks or OpenAI
+    /// `aiq ARGS` with a clean environment: no Databricks or OpenAI
     /// variables but those given, HOME in the temp folder.
     pub async fn aiq(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
         output(self.command(args, envs)).await
@@ -82,7 +82,7 @@ impl Fixture {
     }
 
     /// The `aiq ARGS` command with a clean environment (see [`Fixture::aiq`]).
-    fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
+    pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(aiq_bin());
         cmd.args(args)
             .env_clear()
@@ -134,6 +134,24 @@ impl Fixture {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Output {
+        let cmd = self.endpoint_command(endpoint, input, output, extra, envs);
+        self::output(cmd).await
+    }
+
+    /// The command [`Fixture::run_openai`] runs, to spawn and then signal
+    /// or kill mid-job.
+    pub fn openai_command(&self, input: &Path, output: &Path, extra: &[&str]) -> Command {
+        self.endpoint_command(&self.openai_url(), input, output, extra, &[])
+    }
+
+    fn endpoint_command(
+        &self,
+        endpoint: &str,
+        input: &Path,
+        output: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Command {
         let mut args = vec![
             "run",
             "-q",
@@ -151,7 +169,7 @@ impl Fixture {
         args.extend_from_slice(extra);
         let mut all_envs = vec![("OPENAI_API_KEY", TOKEN)];
         all_envs.extend_from_slice(envs);
-        self.aiq(&args, &all_envs).await
+        self.command(&args, &all_envs)
     }
 
     /// `aiq run -q` against the simulator's Databricks route: the serving
@@ -211,6 +229,23 @@ async fn output(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().expect("aiq runs"))
         .await
         .expect("join")
+}
+
+/// Flags that send rows one at a time, without retries: with
+/// [`failing_first`], each failed request is a failed row, in row order.
+pub const ONE_AT_A_TIME_NO_RETRIES: [&str; 4] = ["--concurrency", "1", "--max-retries", "0"];
+
+/// A simulator whose first `n` requests fail (HTTP 500), and 30 rows of
+/// input (`in.jsonl`) to score into `out.parquet`.
+pub async fn failing_first(n: u64) -> (Fixture, PathBuf, PathBuf) {
+    let f = Fixture::new(SimConfig {
+        fail_first: n,
+        ..SimConfig::default()
+    })
+    .await;
+    let input = f.write_jsonl("in.jsonl", &rows(30, 0));
+    let out = f.path("out.parquet");
+    (f, input, out)
 }
 
 /// The OAuth machine-to-machine credentials the simulator accepts, as
