@@ -426,11 +426,13 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
 }
 
 /// Names a job in batch metadata: the same for every run of the same job
-/// (input, answer-changing settings, output path), so a re-run finds its
-/// batches, and different for another job on the same account.
+/// (answer-changing settings, output path; not the input, which a resume
+/// may see edited), so a re-run finds its batches, and different for
+/// another job on the same account.
 fn job_id(manifest: &Manifest, output: &std::path::Path) -> String {
     let mut h = blake3::Hasher::new();
-    h.update(&serde_json::to_vec(manifest).unwrap_or_default());
+    let job = (manifest.version, &manifest.settings);
+    h.update(&serde_json::to_vec(&job).unwrap_or_default());
     let output = std::fs::canonicalize(
         output
             .parent()

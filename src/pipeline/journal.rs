@@ -37,8 +37,10 @@ const MANIFEST: &str = "manifest.json";
 const JOURNAL: &str = "journal.jsonl";
 const PARTS: &str = "parts";
 
-/// What identifies a job for resuming: the input file and the settings that
-/// change answers (not concurrency or limits, which may change freely).
+/// What identifies a job for resuming: the settings that change answers
+/// (not concurrency or limits, which may change freely). The input is
+/// recorded but not compared: a resume checks each row's content instead
+/// ([`crate::pipeline::recheck`]), so an edited input resumes too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub version: u32,
