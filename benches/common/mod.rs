@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use aiq::frontend::run::{run, Ui};
 use aiq::job::plan::Plan;
 use aiq::job::settings::JobSettings;
 use aiq::pipeline::progress::Summary;
+use aiq::pipeline::run::{run, Ui};
 use aiq::simulator::Simulator;
 use serde_json::Value;
 

@@ -27,11 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aiq::frontend::cli::Cli;
-use aiq::frontend::run::{run_with, Io, Ui};
 use aiq::job::plan::Plan;
 use aiq::job::settings::JobSettings;
 use aiq::pipeline::journal::InputIdentity;
 use aiq::pipeline::progress::Summary;
+use aiq::pipeline::run::{run_with, Io, Ui};
 use aiq::pipeline::sink::Layout;
 use aiq::pipeline::source::{Format, Source};
 use arrow::datatypes::SchemaRef;
@@ -341,7 +341,7 @@ fn start(
     let schema = match &source {
         Some((source, _)) => source.schema.clone(),
         None => {
-            aiq::frontend::run::open_source(&plan)
+            aiq::pipeline::run::open_source(&plan)
                 .map_err(to_py)?
                 .schema
         }

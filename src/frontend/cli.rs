@@ -12,10 +12,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::error::Error;
-use crate::frontend::run::{run, Ui};
 use crate::frontend::stdout;
 use crate::job::plan::Plan;
 use crate::job::settings::JobSettings;
+use crate::pipeline::run::{run, Ui};
 use crate::simulator::{serve_forever, SimConfig};
 
 #[derive(Debug, Parser)]

@@ -21,7 +21,7 @@ use crate::job::plan::Plan;
 use crate::job::settings::Mode;
 use crate::job::spend::Prices;
 use crate::pipeline::batch::state::Splitter;
-use crate::pipeline::render::BodyBuilder;
+use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::CallMaker;
 use crate::pipeline::sink::Layout;
 use crate::provider::batch_api::{endpoint_path, request_line};
@@ -117,7 +117,7 @@ impl BatchFiles {
 /// Render every row of the plan's input and add up what would be sent.
 pub fn dry_run(plan: &Plan) -> Result<Estimate> {
     let source = crate::pipeline::batch::open_source(plan)?;
-    let templates = plan.templates(&source.schema)?;
+    let templates = Templates::for_plan(&plan, &source.schema)?;
     // Checked as for a real run: an input column named like an output column.
     Layout::new(&source.schema, plan.result_type.arrow_type())?;
     let builder = BodyBuilder::new(plan.body_spec(), &templates);

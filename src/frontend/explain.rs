@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::job::plan::Plan;
-use crate::pipeline::render::{BodyBuilder, MIN_CACHEABLE_TOKENS};
+use crate::pipeline::render::{BodyBuilder, Templates, MIN_CACHEABLE_TOKENS};
 use crate::pipeline::source::Source;
 use crate::provider::endpoint::Target;
 
@@ -21,7 +21,7 @@ const SHOWN_ROWS: usize = 2;
 pub fn explain(plan: &Plan) -> Result<String> {
     let source = Source::open_shard(&plan.input, 64, plan.shard)?;
     let schema = source.schema.clone();
-    let templates = plan.templates(&schema)?;
+    let templates = Templates::for_plan(&plan, &schema)?;
     let spec = plan.body_spec();
     let builder = BodyBuilder::new(spec.clone(), &templates);
     let mut out = String::new();

@@ -13,18 +13,18 @@ use serde_json::{json, Map, Value};
 use crate::ai::functions::{AiFunction, FunctionOptions};
 use crate::ai::types::{parse_response_format, SqlType};
 use crate::error::{Error, Result};
-use crate::job::settings::{JobSettings, Mode, SimulatorSettings};
+use crate::job::settings::{
+    InputFormat, JobSettings, Mode, OutputFormat, SimulatorSettings, BODY_TEMPLATE,
+};
 use crate::job::shard::{split_limit, Shard, PLACEHOLDER};
 use crate::job::spend::{Budget, Prices};
-use crate::pipeline::openai_batch::{InputFormat, OutputFormat};
-use crate::pipeline::render::{BodySpec, Templates};
 use crate::provider::endpoint::{Endpoint, Target};
-use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL};
+use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL, SIMULATOR_TOKEN};
 use crate::provider::limit::Limits;
 use crate::provider::quirks::Quirks;
 use crate::provider::retry::RetryPolicy;
-use crate::provider::wire::Task;
-use crate::simulator::Simulator;
+use crate::provider::wire::{BodySpec, Task};
+use crate::simulator::{SimConfig, Simulator};
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -185,7 +185,7 @@ impl Plan {
                     "{flag} does not apply with --input-format openai-batch: each line's body is the request"
                 )));
             }
-            s.prompt = Some(crate::pipeline::openai_batch::BODY_TEMPLATE.to_string());
+            s.prompt = Some(BODY_TEMPLATE.to_string());
         } else if output_format == OutputFormat::OpenaiBatch {
             return Err(Error::Config(
                 "--output-format openai-batch needs --input-format openai-batch: output lines answer request lines by custom_id".into(),
@@ -438,16 +438,15 @@ impl Plan {
     }
 
     /// Resolves `--endpoint` to a URL and credentials, starting the
-    /// simulator if asked. The work is in
-    /// [`crate::provider::endpoint::resolve`], shared with `aiq bench`.
+    /// simulator if asked ([`resolve_endpoint`]).
     pub async fn resolve_endpoint(&self) -> Result<(Endpoint, Option<Simulator>)> {
-        crate::provider::endpoint::resolve(
+        resolve_endpoint(
             &self.target,
             self.model.as_deref(),
             self.task,
             self.profile.as_deref(),
             self.api_key_env.as_deref(),
-            crate::provider::endpoint::simulator_config(&self.simulator),
+            &self.simulator,
         )
         .await
     }
@@ -469,19 +468,6 @@ impl Plan {
             Target::OpenAi(_) => Flavor::OpenAi,
             Target::Simulator | Target::Databricks(_) => Flavor::Databricks,
         }
-    }
-
-    /// The job's templates, checked against the input's `schema`: one place
-    /// for runs, dry runs and `--explain`.
-    pub fn templates(&self, schema: &arrow::datatypes::Schema) -> Result<Templates> {
-        Ok(Templates::bind(
-            self.system.as_deref(),
-            &self.prompt,
-            self.prompt2.as_deref(),
-            schema,
-        )?
-        .with_images(&self.images, schema)?
-        .with_send_empty(self.send_empty))
     }
 
     /// How every request body is laid out, given the provider's quirks.
@@ -695,6 +681,53 @@ fn prices(input: Option<f64>, output: Option<f64>, cached: Option<f64>) -> Resul
 
 fn toml_to_json(v: toml::Value) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Config(format!("tools: {e}")))
+}
+
+/// Resolves a target to a URL and credentials, starting the built-in
+/// simulator (with the job's `[simulator]` settings) when the target is
+/// `simulator`: planning starts it, the provider layer only speaks wires.
+/// Shared by `aiq run` and `aiq bench`. The simulator lives as long as the
+/// returned handle: keep it until the last request is done.
+pub async fn resolve_endpoint(
+    target: &Target,
+    model: Option<&str>,
+    task: Task,
+    profile: Option<&str>,
+    api_key_env: Option<&str>,
+    sim: &SimulatorSettings,
+) -> Result<(Endpoint, Option<Simulator>)> {
+    if *target != Target::Simulator {
+        let endpoint =
+            crate::provider::endpoint::resolve(target, model, task, profile, api_key_env)?;
+        return Ok((endpoint, None));
+    }
+    let cfg = SimConfig {
+        port: 0,
+        token: Some(SIMULATOR_TOKEN.to_string()),
+        ..simulator_config(sim)
+    };
+    let sim = Simulator::start(cfg)
+        .await
+        .map_err(|e| Error::Config(format!("could not start the built-in simulator: {e}")))?;
+    Ok((Endpoint::simulator(sim.base_url(), model), Some(sim)))
+}
+
+/// The simulator a job file's `[simulator]` table asks for; unset knobs keep
+/// the simulator's defaults.
+pub fn simulator_config(s: &SimulatorSettings) -> SimConfig {
+    let d = SimConfig::default();
+    SimConfig {
+        latency_ms: s.latency_ms.unwrap_or(d.latency_ms),
+        itl_ms: s.itl_ms.unwrap_or(d.itl_ms),
+        ttft_ms: s.ttft_ms.unwrap_or(d.ttft_ms),
+        output_tokens: s.output_tokens.unwrap_or(d.output_tokens),
+        rpm: s.rpm.or(d.rpm),
+        tpm: s.tpm.or(d.tpm),
+        fault_rate: s.fault_rate.unwrap_or(d.fault_rate),
+        seed: s.seed.unwrap_or(d.seed),
+        batch_turnaround_ms: s.batch_turnaround_ms.unwrap_or(d.batch_turnaround_ms),
+        ..d
+    }
 }
 
 #[cfg(test)]

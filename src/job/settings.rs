@@ -107,12 +107,12 @@ pub struct JobSettings {
     /// the templates) or `openai-batch` (OpenAI Batch API request lines,
     /// each `body` sent as is) [default: rows].
     #[arg(long, value_enum, value_name = "FORMAT")]
-    pub input_format: Option<crate::pipeline::openai_batch::InputFormat>,
+    pub input_format: Option<InputFormat>,
 
     /// How to write the output: `parquet`, or `openai-batch` (OpenAI Batch
     /// API output lines; needs --input-format openai-batch) [default: parquet].
     #[arg(long, value_enum, value_name = "FORMAT")]
-    pub output_format: Option<crate::pipeline::openai_batch::OutputFormat>,
+    pub output_format: Option<OutputFormat>,
 
     /// Fail the whole job on the first row error (ai_query's failOnError).
     /// By default a failed row gets an `error_message` and the job goes on.
@@ -435,6 +435,32 @@ where
             Ok((k, v))
         })
         .collect()
+}
+
+/// The template an OpenAI Batch job is bound with: it names the one column
+/// a request needs, so the usual template check proves it is there.
+pub const BODY_TEMPLATE: &str = "{{body}}";
+
+/// How the input file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputFormat {
+    /// Parquet or JSON Lines rows, by file extension; templates render requests.
+    #[default]
+    Rows,
+    /// OpenAI Batch API JSONL: each line's `body` is the request.
+    OpenaiBatch,
+}
+
+/// How the output file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// Parquet: the input columns, then the result, error and usage columns.
+    #[default]
+    Parquet,
+    /// OpenAI Batch API output JSONL (needs `--input-format openai-batch`).
+    OpenaiBatch,
 }
 
 #[cfg(test)]

@@ -13,11 +13,12 @@
 //! the journal and with it the count. Spend is counted from the usage the
 //! provider reported, with attempts that may have been billed without an
 //! answer counted as one more bill of the same size
-//! ([`Outcome::billed_usage`]): budgets err on the side of stopping early.
+//! (`Outcome::billed_usage` in the data path, which hands that usage
+//! here): budgets err on the side of stopping early.
 
 use serde::Serialize;
 
-use crate::pipeline::outcome::{Outcome, Usage};
+use crate::provider::usage::Usage;
 
 /// USD per million tokens. Cached input is priced separately (a fraction
 /// of the input price at most providers); it falls back to the input price.
@@ -84,12 +85,12 @@ impl Meter {
         }
     }
 
-    /// Count one outcome; returns why the budget is now spent, if it is.
-    pub fn record(&mut self, o: &Outcome) -> Option<String> {
-        let billed = o.billed_usage();
+    /// Count one outcome's possibly billed usage; returns why the budget
+    /// is now spent, if it is.
+    pub fn record(&mut self, billed: &Usage) -> Option<String> {
         self.spent.tokens += billed.total_tokens.max(0) as u64;
         if let (Some(p), Some(c)) = (self.prices, self.spent.cost_usd.as_mut()) {
-            *c += p.cost(&billed);
+            *c += p.cost(billed);
         }
         self.exhausted()
     }
@@ -129,8 +130,8 @@ impl Enforcer {
     /// Count one paid outcome; when the budget is now spent, the error that
     /// stops the job (exit 1) saying how far it got. `rows` counts the
     /// outcomes the collector holds (this run's and reloaded ones).
-    pub fn record(&mut self, o: &Outcome, rows: u64) -> Option<crate::error::Error> {
-        let why = self.meter.record(o)?;
+    pub fn record(&mut self, billed: &Usage, rows: u64) -> Option<crate::error::Error> {
+        let why = self.meter.record(billed)?;
         let done = self.committed + rows;
         let of = self
             .total_rows
@@ -145,8 +146,8 @@ impl Enforcer {
 }
 
 /// The `cost` of one output row: its possibly billed usage at `prices`.
-pub fn row_cost(prices: Option<&Prices>, o: &Outcome) -> Option<f64> {
-    prices.map(|p| p.cost(&o.billed_usage()))
+pub fn row_cost(prices: Option<&Prices>, billed: &Usage) -> Option<f64> {
+    prices.map(|p| p.cost(billed))
 }
 
 #[cfg(test)]
@@ -189,12 +190,7 @@ mod tests {
         };
         let mut m = Meter::new(budget, Some(prices), &usage(50, 0, 10));
         assert_eq!(m.spent.tokens, 60);
-        let o = Outcome {
-            row: 0,
-            attempts: 1,
-            usage: usage(20, 0, 5),
-            ..Default::default()
-        };
+        let o = usage(20, 0, 5);
         assert_eq!(m.record(&o), None);
         let stop = m.record(&o).expect("100 reached");
         assert!(stop.contains("110 of --max-tokens-total 100"), "{stop}");

@@ -83,7 +83,7 @@ pub struct Client {
     scrub: Scrubber,
     pub stats: Arc<ClientStats>,
     /// Typed replies that were cut off or did not fit may be asked again
-    /// this many times ([`crate::pipeline::repair`]); 0 by default.
+    /// this many times (`pipeline::repair`); 0 by default.
     pub max_repairs: u32,
 }
 
@@ -167,20 +167,14 @@ impl Client {
         &self.endpoint
     }
 
-    /// Send `call` until it succeeds, fails for good, or the retries run out,
-    /// then repair typed replies that were cut off or did not fit (up to
-    /// `max_repairs` more calls). Returns one outcome per row of the call,
-    /// in the call's row order.
-    pub async fn execute(&self, call: &Call) -> Result<Vec<Outcome>, Abort> {
-        crate::pipeline::repair::execute(self, call, self.max_repairs).await
-    }
-
     /// The shape replies are parsed into.
     pub fn shape(&self) -> &Shape {
         &self.shape
     }
 
-    /// [`Client::execute`] without repairs: one call, with its retries.
+    /// Send `call` until it succeeds, fails for good, or the retries run
+    /// out: one call, with its retries. Repairs of typed replies are layered
+    /// on top (`repair::execute`).
     pub async fn send(&self, call: &Call) -> Result<Sent, Abort> {
         let attempts = AtomicU32::new(0);
         let ambiguous = AtomicU32::new(0);

@@ -215,7 +215,7 @@ impl Collector {
                         o.unsettled = true;
                     }
                     self.journal.append(&o)?;
-                    if let Some(stop) = self.budget.as_mut().and_then(|b| b.record(&o, self.summary.rows + 1)) {
+                    if let Some(stop) = self.budget.as_mut().and_then(|b| b.record(&o.billed_usage(), self.summary.rows + 1)) {
                         self.fail(stop);
                     }
                     self.summary.count(&o);

@@ -31,7 +31,6 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::pipeline::outcome::{Outcome, RowId, Usage};
-use crate::pipeline::store::{Remote, Role};
 
 const MANIFEST: &str = "manifest.json";
 const JOURNAL: &str = "journal.jsonl";
@@ -54,41 +53,6 @@ pub struct InputIdentity {
     pub size: u64,
     /// Modification time, seconds since the epoch.
     pub modified: u64,
-}
-
-impl InputIdentity {
-    pub fn of(path: &Path) -> Result<InputIdentity> {
-        if let Some(remote) = Remote::parse(path, Role::Input)? {
-            return remote.identity(Role::Input);
-        }
-        let meta = fs::metadata(path).map_err(|e| Error::input(path, e))?;
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
-        let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        Ok(InputIdentity {
-            path: path.display().to_string(),
-            size: meta.len(),
-            modified,
-        })
-    }
-
-    /// What the input at `path` holds, to tell it from another of the same
-    /// size and modification time (`cp -p`, `rsync -t`): the blake3 hash of
-    /// a local file's bytes (one full read: call it only where it decides
-    /// something, e.g. whether a finished output is this input's), or an
-    /// object's ETag (no read).
-    pub fn content(path: &Path) -> Result<String> {
-        if let Some(remote) = Remote::parse(path, Role::Input)? {
-            return remote.content_tag(Role::Input);
-        }
-        let mut file = File::open(path).map_err(|e| Error::input(path, e))?;
-        let mut hasher = blake3::Hasher::new();
-        std::io::copy(&mut file, &mut hasher).map_err(|e| Error::input(path, e))?;
-        Ok(format!("blake3:{}", hasher.finalize().to_hex()))
-    }
 }
 
 /// A finished part of the output: rows `start..end`.

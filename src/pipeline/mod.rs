@@ -1,4 +1,5 @@
-//! The data path of a job, one module per stage in the order rows flow:
+//! The data path of a job. [`run`] wires it for one job (the CLI, Python,
+//! and the tests all call it); one module per stage in the order rows flow:
 //! [`source`] reads input batches, [`render`] turns rows into request
 //! bodies, [`schedule`] orders and paces calls, [`client`] sends them with
 //! retries, [`collect`] folds outcomes in input order while [`journal`]
@@ -14,6 +15,7 @@ pub mod journal;
 pub mod recheck;
 pub mod render;
 pub mod repair;
+pub mod run;
 pub mod schedule;
 pub mod sink;
 pub mod source;

@@ -35,52 +35,15 @@ use crate::error::{Error, Result};
 use crate::pipeline::journal::Part;
 use crate::pipeline::parquet_out::read_batches;
 use crate::pipeline::source::{Format, Source};
-use crate::provider::wire::Task;
+
+pub use crate::job::settings::{InputFormat, OutputFormat, BODY_TEMPLATE};
+pub use crate::provider::batch_api::route;
 
 /// The columns an OpenAI Batch input becomes, in order.
 pub const CUSTOM_ID: &str = "custom_id";
 pub const METHOD: &str = "method";
 pub const URL: &str = "url";
 pub const BODY: &str = "body";
-
-/// The template an OpenAI Batch job is bound with: it names the one column
-/// a request needs, so the usual template check proves it is there.
-pub const BODY_TEMPLATE: &str = "{{body}}";
-
-/// How the input file is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InputFormat {
-    /// Parquet or JSON Lines rows, by file extension; templates render requests.
-    #[default]
-    Rows,
-    /// OpenAI Batch API JSONL: each line's `body` is the request.
-    OpenaiBatch,
-}
-
-/// How the output file is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OutputFormat {
-    /// Parquet: the input columns, then the result, error and usage columns.
-    #[default]
-    Parquet,
-    /// OpenAI Batch API output JSONL (needs `--input-format openai-batch`).
-    OpenaiBatch,
-}
-
-/// The task a Batch line's `url` asks for. Accepts the paths with or
-/// without `/v1`, as OpenAI and vLLM write them.
-pub fn route(url: &str) -> Option<Task> {
-    let path = url.trim();
-    let path = path.strip_prefix("/v1").unwrap_or(path);
-    match path {
-        "/chat/completions" => Some(Task::Chat),
-        "/completions" => Some(Task::Completions),
-        "/embeddings" => Some(Task::Embeddings),
-        _ => None,
-    }
-}
 
 /// One input line.
 #[derive(Deserialize)]
@@ -373,14 +336,6 @@ fn error_code(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_with_and_without_v1() {
-        assert_eq!(route("/v1/chat/completions"), Some(Task::Chat));
-        assert_eq!(route("/completions"), Some(Task::Completions));
-        assert_eq!(route("/v1/embeddings"), Some(Task::Embeddings));
-        assert_eq!(route("/v1/responses"), None);
-    }
 
     #[test]
     fn lines_are_checked() {

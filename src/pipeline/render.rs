@@ -26,7 +26,9 @@ use serde_json::{json, Map, Value};
 
 use crate::ai::tokens;
 use crate::error::{Error, Result};
+use crate::job::plan::Plan;
 use crate::pipeline::outcome::RowId;
+pub use crate::provider::wire::BodySpec;
 use crate::provider::wire::Task;
 
 /// Prefixes shorter than this many tokens are not cached by providers
@@ -93,6 +95,19 @@ const PROMPT: &str = "prompt";
 const PROMPT2: &str = "prompt2";
 
 impl Templates {
+    /// The job's templates, checked against the input's `schema`: one place
+    /// for runs, dry runs and `--explain`.
+    pub fn for_plan(plan: &Plan, schema: &Schema) -> Result<Templates> {
+        Ok(Templates::bind(
+            plan.system.as_deref(),
+            &plan.prompt,
+            plan.prompt2.as_deref(),
+            schema,
+        )?
+        .with_images(&plan.images, schema)?
+        .with_send_empty(plan.send_empty))
+    }
+
     /// Compile the templates and check every variable against `schema`.
     pub fn bind(
         system: Option<&str>,
@@ -579,24 +594,6 @@ impl minijinja::value::Object for Fields {
                 .collect(),
         )
     }
-}
-
-/// Static settings that shape every body.
-#[derive(Debug, Clone)]
-pub struct BodySpec {
-    pub task: Task,
-    /// `model` in the body (OpenAI-compatible servers).
-    pub model: Option<String>,
-    /// Model parameters (max_tokens, temperature, tools, ...), merged into the body.
-    pub params: Map<String, Value>,
-    pub response_format: Option<Value>,
-    /// Claude-style `cache_control` breakpoint on the last static block.
-    pub cache_control: bool,
-    /// OpenAI-style `prompt_cache_key` from the static prefix hash.
-    pub prompt_cache_key: bool,
-    pub stream: bool,
-    /// OpenAI wants `stream_options.include_usage` to report usage when streaming.
-    pub stream_usage_option: bool,
 }
 
 /// A request ready to send: the rows it answers and its body.

@@ -46,13 +46,12 @@ impl Unfit {
     }
 }
 
-/// [`Client::send`], then up to `max_repairs` repairs of a chat row whose
-/// typed answer was cut off or did not fit.
-pub async fn execute(
-    client: &Client,
-    call: &Call,
-    max_repairs: u32,
-) -> Result<Vec<Outcome>, Abort> {
+/// Send `call` until it succeeds, fails for good, or the retries run out
+/// ([`Client::send`]), then repair typed replies that were cut off or did
+/// not fit (up to the client's `max_repairs` more calls). Returns one
+/// outcome per row of the call, in the call's row order.
+pub async fn execute(client: &Client, call: &Call) -> Result<Vec<Outcome>, Abort> {
+    let max_repairs = client.max_repairs;
     let Sent {
         mut outcomes,
         unfit,

@@ -245,7 +245,7 @@ impl Dispatcher {
         let recall = self.recall.clone();
         let fingerprint = self.fingerprint.clone();
         tokio::spawn(async move {
-            let event = match client.execute(&call).await {
+            let event = match crate::pipeline::repair::execute(&client, &call).await {
                 Ok(mut outcomes) => {
                     let keys = row_keys(&fingerprint, &call);
                     for o in &mut outcomes {

@@ -132,7 +132,7 @@ impl Layout {
             for (b, v) in usage.iter_mut().zip(u.fields_mut()) {
                 b.append_value(*v);
             }
-            cost.append_option(row_cost(self.prices.as_ref(), o));
+            cost.append_option(row_cost(self.prices.as_ref(), &o.billed_usage()));
             latency.append_option(o.latency_ms);
             ttft.append_option(o.ttft_ms);
             attempts.append_value(o.attempts.min(i32::MAX as u32) as i32);

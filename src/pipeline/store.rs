@@ -930,6 +930,43 @@ async fn upload_file(
     result
 }
 
+// The input identity's constructors live here, beside the object-store
+// paths they must tell from local ones (the journal keeps the type).
+impl InputIdentity {
+    pub fn of(path: &Path) -> Result<InputIdentity> {
+        if let Some(remote) = Remote::parse(path, Role::Input)? {
+            return remote.identity(Role::Input);
+        }
+        let meta = std::fs::metadata(path).map_err(|e| Error::input(path, e))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        Ok(InputIdentity {
+            path: path.display().to_string(),
+            size: meta.len(),
+            modified,
+        })
+    }
+
+    /// What the input at `path` holds, to tell it from another of the same
+    /// size and modification time (`cp -p`, `rsync -t`): the blake3 hash of
+    /// a local file's bytes (one full read: call it only where it decides
+    /// something, e.g. whether a finished output is this input's), or an
+    /// object's ETag (no read).
+    pub fn content(path: &Path) -> Result<String> {
+        if let Some(remote) = Remote::parse(path, Role::Input)? {
+            return remote.content_tag(Role::Input);
+        }
+        let mut file = std::fs::File::open(path).map_err(|e| Error::input(path, e))?;
+        let mut hasher = blake3::Hasher::new();
+        std::io::copy(&mut file, &mut hasher).map_err(|e| Error::input(path, e))?;
+        Ok(format!("blake3:{}", hasher.finalize().to_hex()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

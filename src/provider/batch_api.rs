@@ -519,10 +519,31 @@ fn error_code(body: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The task a Batch line's `url` asks for. Accepts the paths with or
+/// without `/v1`, as OpenAI and vLLM write them.
+pub fn route(url: &str) -> Option<Task> {
+    let path = url.trim();
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    match path {
+        "/chat/completions" => Some(Task::Chat),
+        "/completions" => Some(Task::Completions),
+        "/embeddings" => Some(Task::Embeddings),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn routes_with_and_without_v1() {
+        assert_eq!(route("/v1/chat/completions"), Some(Task::Chat));
+        assert_eq!(route("/completions"), Some(Task::Completions));
+        assert_eq!(route("/v1/embeddings"), Some(Task::Embeddings));
+        assert_eq!(route("/v1/responses"), None);
+    }
 
     #[test]
     fn request_lines_carry_the_body_unchanged() {

@@ -4,25 +4,23 @@
 //! base URL, or `simulator`. This module turns that into a full URL for the
 //! job's task and the credentials to send; how providers differ is
 //! [`crate::provider::quirks`]'s business. [`resolve`] is the one place a
-//! target becomes an endpoint with credentials (starting the in-process
-//! simulator when asked): `aiq run` and `aiq bench` both go through it.
+//! target becomes an endpoint with credentials; the in-process simulator,
+//! which job planning starts, gets its endpoint from [`Endpoint::simulator`].
 
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::job::settings::SimulatorSettings;
 use crate::provider::auth::{
     redact_url, resolve_databricks, resolve_openai, split_user_info, Credentials, DatabricksTarget,
     Secret,
 };
 use crate::provider::wire::Task;
-use crate::simulator::{SimConfig, Simulator};
 
 /// The default model name the simulator serves, as on Databricks.
 pub const SIMULATOR_MODEL: &str = "databricks-meta-llama-3-3-70b-instruct";
 
 /// The in-process simulator checks a token like a real endpoint would.
-const SIMULATOR_TOKEN: &str = "aiq-simulator-token";
+pub const SIMULATOR_TOKEN: &str = "aiq-simulator-token";
 
 /// Where requests go, before credentials are resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,39 +87,24 @@ impl Target {
     }
 }
 
-/// Resolve a target to a URL and credentials; start the simulator (with
-/// `sim`) if the target is the simulator. The simulator lives as long as the
-/// returned handle: keep it until the last request is done.
-pub async fn resolve(
+/// Resolve a target to a URL and credentials. The built-in simulator is
+/// not this layer's to start: job planning starts it and makes its endpoint
+/// with [`Endpoint::simulator`] (`crate::job::plan::resolve_endpoint`).
+pub fn resolve(
     target: &Target,
     model: Option<&str>,
     task: Task,
     profile: Option<&str>,
     api_key_env: Option<&str>,
-    sim: SimConfig,
-) -> Result<(Endpoint, Option<Simulator>)> {
+) -> Result<Endpoint> {
     let env = |k: &str| std::env::var(k).ok();
     match target {
-        Target::Simulator => {
-            let cfg = SimConfig {
-                port: 0,
-                token: Some(SIMULATOR_TOKEN.to_string()),
-                ..sim
-            };
-            let sim = Simulator::start(cfg).await.map_err(|e| {
-                Error::Config(format!("could not start the built-in simulator: {e}"))
-            })?;
-            let name = model.unwrap_or(SIMULATOR_MODEL);
-            let target = DatabricksTarget {
-                host: sim.base_url(),
-                credentials: Credentials::Bearer(Secret::new(SIMULATOR_TOKEN)),
-                source: "the built-in simulator".into(),
-            };
-            Ok((Endpoint::databricks(target, name), Some(sim)))
-        }
+        Target::Simulator => Err(Error::Config(
+            "the built-in simulator's endpoint is made when it starts (job planning)".into(),
+        )),
         Target::Databricks(name) => {
             let target = resolve_databricks(profile, &env)?;
-            Ok((Endpoint::databricks(target, name), None))
+            Ok(Endpoint::databricks(target, name))
         }
         Target::OpenAi(url) => {
             // A `user:password@` in the URL is how the user chose to log
@@ -132,26 +115,8 @@ pub async fn resolve(
                 Some(login) => Credentials::Basic(login),
                 None => resolve_openai(api_key_env, &env)?,
             };
-            Ok((Endpoint::openai(&url, task, model, credentials), None))
+            Ok(Endpoint::openai(&url, task, model, credentials))
         }
-    }
-}
-
-/// The simulator a job file's `[simulator]` table asks for; unset knobs keep
-/// the simulator's defaults.
-pub fn simulator_config(s: &SimulatorSettings) -> SimConfig {
-    let d = SimConfig::default();
-    SimConfig {
-        latency_ms: s.latency_ms.unwrap_or(d.latency_ms),
-        itl_ms: s.itl_ms.unwrap_or(d.itl_ms),
-        ttft_ms: s.ttft_ms.unwrap_or(d.ttft_ms),
-        output_tokens: s.output_tokens.unwrap_or(d.output_tokens),
-        rpm: s.rpm.or(d.rpm),
-        tpm: s.tpm.or(d.tpm),
-        fault_rate: s.fault_rate.unwrap_or(d.fault_rate),
-        seed: s.seed.unwrap_or(d.seed),
-        batch_turnaround_ms: s.batch_turnaround_ms.unwrap_or(d.batch_turnaround_ms),
-        ..d
     }
 }
 
@@ -190,6 +155,17 @@ impl fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// The in-process simulator at `base_url`, spoken to as a Databricks
+    /// serving endpoint with the token it was started with.
+    pub fn simulator(base_url: String, model: Option<&str>) -> Endpoint {
+        let target = DatabricksTarget {
+            host: base_url,
+            credentials: Credentials::Bearer(Secret::new(SIMULATOR_TOKEN)),
+            source: "the built-in simulator".into(),
+        };
+        Endpoint::databricks(target, model.unwrap_or(SIMULATOR_MODEL))
+    }
+
     pub fn databricks(target: DatabricksTarget, name: &str) -> Endpoint {
         Endpoint {
             flavor: Flavor::Databricks,

@@ -12,4 +12,5 @@ pub mod quirks;
 pub mod reply;
 pub mod retry;
 pub mod stream;
+pub mod usage;
 pub mod wire;

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::ai::functions::{cosine_similarity, AiFunction, FunctionOptions};
 use crate::ai::types::SqlType;
-use crate::pipeline::outcome::Usage;
+use crate::provider::usage::Usage;
 use crate::provider::wire::Task;
 use crate::provider::wire::{self, ChatResponse, CompletionResponse, EmbeddingResponse};
 

@@ -17,9 +17,10 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::pipeline::outcome::Usage;
 use crate::provider::auth::Scrubber;
 use crate::provider::reply::{Reply, RowReply, Shape};
+use crate::provider::usage::Usage;
+use crate::provider::usage::Usage;
 use crate::provider::wire::{self, WireUsage};
 
 #[derive(Debug)]

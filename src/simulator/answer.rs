@@ -12,9 +12,12 @@
 //! `[[sim:badjson]]` (a reply that does not fit: a structured document with
 //! its first leaf of the wrong type, or text that is not JSON at all).
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use super::schema;
+use super::SimConfig;
 use crate::ai::tokens;
 use crate::provider::wire::{content_text, ChatRequest, CompletionRequest, EmbeddingRequest};
 
@@ -461,6 +464,51 @@ pub fn embed(text: &str, dim: usize) -> Vec<f32> {
         .sqrt()
         .max(f64::MIN_POSITIVE);
     raw.iter().map(|x| (x / norm) as f32).collect()
+}
+
+/// Which API a request came in through: it decides error shapes, streaming
+/// usage and (for Claude endpoints) cache semantics.
+#[derive(Debug, Clone)]
+pub(crate) enum Api {
+    OpenAi,
+    Databricks { endpoint: String },
+}
+
+impl Api {
+    /// Databricks endpoints serving Claude use explicit cache breakpoints
+    /// and Anthropic-style usage.
+    pub fn claude(&self) -> bool {
+        matches!(self, Api::Databricks { endpoint } if endpoint.to_ascii_lowercase().contains("claude"))
+    }
+
+    pub fn is_databricks(&self) -> bool {
+        matches!(self, Api::Databricks { .. })
+    }
+}
+
+/// Time to the first streamed chunk: `ttft_ms` (or `latency_ms`) + prefill.
+pub(crate) fn first_token_delay(cfg: &SimConfig, prompt_tokens: u64, cached: u64) -> Duration {
+    let base = if cfg.ttft_ms > 0 {
+        cfg.ttft_ms
+    } else {
+        cfg.latency_ms
+    };
+    let prefill_us = cfg.prefill_us_per_token * prompt_tokens.saturating_sub(cached) as f64;
+    Duration::from_millis(base) + Duration::from_secs_f64((prefill_us / 1e6).max(0.0))
+}
+
+/// A stable reply id from the request's prompts.
+pub(crate) fn reply_id(prefix: &str, job: &Job) -> String {
+    let h = blake3::hash(job.keys.join("\u{1f}").as_bytes());
+    format!("{prefix}-{}", &h.to_hex()[..24])
+}
+
+pub(crate) fn model_name(api: &Api, job: &Job) -> String {
+    match (&job.model, api) {
+        (Some(m), _) => m.clone(),
+        (None, Api::Databricks { endpoint }) => endpoint.clone(),
+        (None, Api::OpenAi) => "aiq-sim".to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use super::answer::{self, Marker, Task};
-use super::handler::{answer_now, authorized, error, Api};
+use super::answer::{self, Api, Marker, Task};
+use super::handler::{answer_now, authorized, error};
 use super::ServerState;
 use crate::provider::batch_api::{
     BatchError, BatchErrors, BatchList, BatchObject, BatchStatus, CreateBatch, FileObject,
@@ -263,7 +263,7 @@ pub(crate) async fn create(
             )
         }
     };
-    let Some(task) = crate::pipeline::openai_batch::route(&request.endpoint) else {
+    let Some(task) = crate::provider::batch_api::route(&request.endpoint) else {
         return api_error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -414,7 +414,7 @@ fn parse_lines(
         }
         let line: InputLine = serde_json::from_slice(text)
             .map_err(|e| bad(n, format!("line {n} is not a batch request: {e}")))?;
-        if crate::pipeline::openai_batch::route(&line.url) != Some(task) {
+        if crate::provider::batch_api::route(&line.url) != Some(task) {
             return Err(bad(
                 n,
                 format!(
@@ -469,8 +469,7 @@ async fn process(
             b.in_progress_at = Some(now());
         }
     });
-    let Some(task) =
-        current(&st, seq).and_then(|b| crate::pipeline::openai_batch::route(&b.endpoint))
+    let Some(task) = current(&st, seq).and_then(|b| crate::provider::batch_api::route(&b.endpoint))
     else {
         return;
     };

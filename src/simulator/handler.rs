@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::answer::{self, Job, Marker, Reply, Task};
+use super::answer::{self, model_name, reply_id, Api, Job, Marker, Reply, Task};
 use super::cache::{self, prefix_keys};
 use super::faults::Fault;
 use super::limits::Admission;
@@ -30,26 +30,6 @@ use crate::provider::wire::{
     ChatChoice, ChatResponse, CompletionChoice, CompletionResponse, EmbeddingItem,
     EmbeddingResponse, Message, PromptTokensDetails, WireUsage,
 };
-
-/// Which API a request came in through: it decides error shapes, streaming
-/// usage and (for Claude endpoints) cache semantics.
-#[derive(Debug, Clone)]
-pub(crate) enum Api {
-    OpenAi,
-    Databricks { endpoint: String },
-}
-
-impl Api {
-    /// Databricks endpoints serving Claude use explicit cache breakpoints
-    /// and Anthropic-style usage.
-    pub fn claude(&self) -> bool {
-        matches!(self, Api::Databricks { endpoint } if endpoint.to_ascii_lowercase().contains("claude"))
-    }
-
-    pub fn is_databricks(&self) -> bool {
-        matches!(self, Api::Databricks { .. })
-    }
-}
 
 /// An error reply in the shape of `api`.
 pub(crate) fn error(api: &Api, status: StatusCode, code: &str, message: &str) -> Response {
@@ -416,17 +396,6 @@ fn latency(cfg: &SimConfig, job: &Job, cached: u64) -> Duration {
         + Duration::from_secs_f64(((prefill_us / 1e3 + decode_ms) / 1e3).max(0.0))
 }
 
-/// Time to the first streamed chunk: `ttft_ms` (or `latency_ms`) + prefill.
-pub(crate) fn first_token_delay(cfg: &SimConfig, prompt_tokens: u64, cached: u64) -> Duration {
-    let base = if cfg.ttft_ms > 0 {
-        cfg.ttft_ms
-    } else {
-        cfg.latency_ms
-    };
-    let prefill_us = cfg.prefill_us_per_token * prompt_tokens.saturating_sub(cached) as f64;
-    Duration::from_millis(base) + Duration::from_secs_f64((prefill_us / 1e6).max(0.0))
-}
-
 /// Usage as the API reports it: OpenAI nests cached tokens under
 /// `prompt_tokens_details` inside a total `prompt_tokens`; Claude reports
 /// Anthropic-shaped usage, additive: `input_tokens` excludes the cache reads
@@ -457,20 +426,6 @@ fn usage(job: &Job, cached: u64, cacheable: u64, claude: bool) -> WireUsage {
         });
     }
     u
-}
-
-/// A stable reply id from the request's prompts.
-pub(crate) fn reply_id(prefix: &str, job: &Job) -> String {
-    let h = blake3::hash(job.keys.join("\u{1f}").as_bytes());
-    format!("{prefix}-{}", &h.to_hex()[..24])
-}
-
-pub(crate) fn model_name(api: &Api, job: &Job) -> String {
-    match (&job.model, api) {
-        (Some(m), _) => m.clone(),
-        (None, Api::Databricks { endpoint }) => endpoint.clone(),
-        (None, Api::OpenAi) => "aiq-sim".to_string(),
-    }
 }
 
 /// The non-streamed JSON reply.

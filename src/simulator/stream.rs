@@ -19,8 +19,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::answer::{Job, Reply};
-use super::handler::{first_token_delay, model_name, reply_id, Api};
+use super::answer::{first_token_delay, model_name, reply_id, Api, Job, Reply};
 use super::SimConfig;
 use crate::ai::tokens::BYTES_PER_TOKEN;
 use crate::provider::wire::{

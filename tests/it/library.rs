@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aiq::frontend::run::{run_with, Io, Ui};
 use aiq::job::plan::Plan;
 use aiq::job::settings::{JobSettings, SimulatorSettings};
 use aiq::pipeline::journal::{state_dir, InputIdentity};
+use aiq::pipeline::run::{run_with, Io, Ui};
 use aiq::pipeline::source::{Format, Source};
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};

@@ -8,6 +8,7 @@ mod functions;
 mod hostile;
 mod https;
 mod jobs;
+mod layers;
 mod library;
 mod limits;
 mod llama_cpp;

@@ -358,14 +358,13 @@ pub struct BenchResult {
 /// Run the sweep and write every output asked for.
 pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
     let args = &plan.args;
-    let sim = crate::provider::endpoint::simulator_config(&plan.simulator);
-    let (endpoint, _simulator) = crate::provider::endpoint::resolve(
+    let (endpoint, _simulator) = crate::job::plan::resolve_endpoint(
         &plan.target,
         args.model.as_deref(),
         args.task,
         args.profile.as_deref(),
         args.api_key_env.as_deref(),
-        sim,
+        &plan.simulator,
     )
     .await?;
     let endpoint = Arc::new(endpoint);

@@ -13,7 +13,6 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::report::achieved;
 use super::stats::{Latency, StepStats};
 use crate::error::{Error, Result};
 
@@ -141,4 +140,9 @@ fn draw_inner(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// The x value a step is plotted at: what it achieved, not what it asked.
+pub fn achieved(s: &StepStats) -> f64 {
+    s.requests_per_sec
 }

@@ -221,8 +221,3 @@ pub fn write_records(path: &Path, records: &[Record], steps: &[StepStats]) -> Re
     file.finish()?;
     Ok(())
 }
-
-/// The x value a step is plotted at: what it achieved, not what it asked.
-pub fn achieved(s: &StepStats) -> f64 {
-    s.requests_per_sec
-}

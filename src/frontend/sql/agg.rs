@@ -31,18 +31,15 @@ use datafusion::logical_expr::{
 use serde_json::{json, Value};
 
 use super::calls::{Answer, DryCount, Engine, Prepared};
-use super::udf::{err, identified_by_name, label, string};
+use super::catalog::{err, identified_by_name, label, string, AGG_FUNCTIONS};
 use crate::ai::aggregate::{self, Budget, SUMMARIZE_INSTRUCTION};
 use crate::error::Error;
 use crate::job::settings::JobSettings;
 use crate::provider::retry::is_context_overflow;
 
-/// The aggregate functions, as users write them.
-pub const FUNCTIONS: [&str; 2] = ["ai_agg", "ai_summarize_agg"];
-
 /// Every AI aggregate, bound to the query's engine.
 pub fn all(engine: &Arc<Engine>, default_endpoint: Option<&str>) -> Vec<ScalarUDF> {
-    FUNCTIONS
+    AGG_FUNCTIONS
         .iter()
         .map(|name| {
             let udf = AggUdf {

@@ -4,7 +4,7 @@
 //! One [`Engine`] per query holds the HTTP client, one [`Limiter`] (RPM/TPM)
 //! and one concurrency semaphore for every AI call in the query, whatever the
 //! function or partition; endpoints are resolved once each (the simulator is
-//! started once). Each call goes through [`Client::execute`] (retries,
+//! started once). Each call goes through [`crate::pipeline::repair::execute`] (retries,
 //! `Retry-After`, learned limits) with a body from [`BodyBuilder`], its reply
 //! typed by [`Shape`] — exactly as in `aiq run`.
 //!
@@ -279,8 +279,7 @@ impl Engine {
                     .acquire()
                     .await
                     .map_err(|_| Error::Stopped("query stopped".into()))?;
-                let outcome = client
-                    .execute(&call)
+                let outcome = crate::pipeline::repair::execute(&client, &call)
                     .await
                     .map_err(|abort| Error::Aborted(abort.0))?
                     .into_iter()

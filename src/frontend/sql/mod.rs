@@ -18,6 +18,7 @@
 
 pub mod agg;
 pub mod calls;
+pub mod catalog;
 pub mod planning;
 pub mod rewrite;
 pub mod udf;

@@ -29,7 +29,7 @@ use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 /// The AI functions whose calls must not run inside a join nor before the
 /// cheap conjuncts of a filter.
 pub fn is_ai_call(e: &Expr) -> bool {
-    matches!(e, Expr::ScalarFunction(f) if super::udf::is_ai_function(f.name()))
+    matches!(e, Expr::ScalarFunction(f) if super::catalog::is_ai_function(f.name()))
 }
 
 fn calls_ai(e: &Expr) -> bool {
@@ -41,7 +41,7 @@ fn ai_labels(e: &Expr) -> Vec<String> {
     let mut labels = Vec::new();
     let _ = e.apply(|n| {
         if let Expr::ScalarFunction(f) = n {
-            if super::udf::is_ai_function(f.name()) {
+            if super::catalog::is_ai_function(f.name()) {
                 let literals: Vec<Option<ScalarValue>> = f
                     .args
                     .iter()
@@ -50,7 +50,7 @@ fn ai_labels(e: &Expr) -> Vec<String> {
                         _ => None,
                     })
                     .collect();
-                labels.push(super::udf::label(f.name(), &literals));
+                labels.push(super::catalog::label(f.name(), &literals));
             }
         }
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)

@@ -24,6 +24,8 @@ use datafusion::sql::sqlparser::ast::{
 };
 use serde_json::Value as Json;
 
+use super::catalog::{parameters, AGG_FUNCTIONS};
+
 /// How a file is read, chosen by its extension or its `read_*` function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -60,30 +62,6 @@ pub struct FileTable {
     pub name: String,
     pub path: PathBuf,
     pub kind: FileKind,
-}
-
-/// The parameters of each AI function, in positional order (as in Databricks).
-pub fn parameters(function: &str) -> Option<&'static [&'static str]> {
-    Some(match function {
-        "ai_query" => &[
-            "endpoint",
-            "request",
-            "returnType",
-            "failOnError",
-            "modelParameters",
-            "responseFormat",
-        ],
-        "ai_classify" | "ai_extract" | "ai_mask" => &["content", "labels"],
-        "ai_summarize" => &["content", "max_words"],
-        "ai_translate" => &["content", "to_lang"],
-        "ai_similarity" => &["expr1", "expr2"],
-        "ai_gen" => &["prompt"],
-        "ai_analyze_sentiment" | "ai_fix_grammar" | "ai_summarize_agg" => &["content"],
-        "ai_filter" => &["content", "condition"],
-        "ai_score" => &["content", "criterion"],
-        "ai_agg" => &["content", "instruction"],
-        _ => return None,
-    })
 }
 
 /// Rewrites `statement` in place; returns the file tables it now names, or
@@ -171,7 +149,7 @@ impl VisitorMut for Rewriter {
             Ok(mut args) => {
                 // An AI aggregate is a scalar function over the group's
                 // values (see `agg`): `ai_agg(x, i)` → `ai_agg(array_agg(x), i)`.
-                if super::agg::FUNCTIONS.contains(&name.as_str()) {
+                if AGG_FUNCTIONS.contains(&name.as_str()) {
                     if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) = args.first_mut() {
                         *e = array_agg(std::mem::replace(e, Expr::value(Value::Null)));
                     }

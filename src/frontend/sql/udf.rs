@@ -27,54 +27,10 @@ use datafusion::logical_expr::{
 use serde_json::{json, Value};
 
 use super::calls::{Answer, Engine};
-use super::rewrite::parameters;
+use super::catalog::{err, identified_by_name, label, parameters, string, FUNCTIONS};
 use crate::ai::functions::AiFunction;
 use crate::error::Error;
 use crate::job::settings::JobSettings;
-
-/// The functions registered for a query.
-pub const FUNCTIONS: [&str; 12] = [
-    "ai_query",
-    "ai_analyze_sentiment",
-    "ai_classify",
-    "ai_extract",
-    "ai_fix_grammar",
-    "ai_gen",
-    "ai_mask",
-    "ai_similarity",
-    "ai_summarize",
-    "ai_translate",
-    "ai_filter",
-    "ai_score",
-];
-
-/// Whether `name` is one of aiq's AI functions (row or aggregate).
-pub fn is_ai_function(name: &str) -> bool {
-    FUNCTIONS.contains(&name) || super::agg::FUNCTIONS.contains(&name)
-}
-
-/// How `--dry-run` names a call site: the function with its literal
-/// arguments, `…` for the per-row ones.
-pub fn label(name: &str, literals: &[Option<ScalarValue>]) -> String {
-    let args: Vec<String> = literals
-        .iter()
-        .map(|l| match l {
-            None => "…".to_string(),
-            Some(v) if v.is_null() => "NULL".to_string(),
-            Some(v) => match string(v) {
-                Some(s) => {
-                    let short: String = s.chars().take(40).collect();
-                    let more = if short.len() < s.len() { "…" } else { "" };
-                    format!("'{short}{more}'")
-                }
-                None => v.to_string(),
-            },
-        })
-        .collect();
-    // Trailing NULLs are arguments the query did not give.
-    let given = args.iter().rposition(|a| a != "NULL").map_or(0, |i| i + 1);
-    format!("{name}({})", args[..given].join(", "))
-}
 
 /// Every AI function, bound to the query's engine.
 pub fn all(engine: &Arc<Engine>, default_endpoint: Option<&str>) -> Vec<ScalarUDF> {
@@ -112,33 +68,6 @@ pub struct AiUdf {
     default_endpoint: Option<String>,
 }
 
-/// Debug, PartialEq, Eq and Hash by the `name` field, for the UDF structs
-/// (DataFusion asks for them; the engine inside has none). One instance
-/// per name is registered, so the name identifies it.
-macro_rules! identified_by_name {
-    ($udf:ident) => {
-        impl std::fmt::Debug for $udf {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($udf))
-                    .field("name", &self.name)
-                    .finish()
-            }
-        }
-        impl PartialEq for $udf {
-            fn eq(&self, other: &Self) -> bool {
-                self.name == other.name
-            }
-        }
-        impl Eq for $udf {}
-        impl std::hash::Hash for $udf {
-            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-                self.name.hash(state);
-            }
-        }
-    };
-}
-pub(super) use identified_by_name;
-
 identified_by_name!(AiUdf);
 
 /// One call site's literal arguments, read and checked.
@@ -149,11 +78,6 @@ struct Site {
     key: String,
     /// Argument positions of the per-row texts.
     texts: Vec<usize>,
-}
-
-/// An aiq error as DataFusion carries it (unwrapped again for messages).
-pub(super) fn err(e: Error) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
 }
 
 impl AiUdf {
@@ -458,15 +382,6 @@ fn sql_names(message: &str) -> String {
     ]
     .iter()
     .fold(message.to_string(), |m, (flag, arg)| m.replace(flag, arg))
-}
-
-pub(super) fn string(v: &ScalarValue) -> Option<String> {
-    match v {
-        ScalarValue::Utf8(Some(s))
-        | ScalarValue::LargeUtf8(Some(s))
-        | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// Labels as the rewrite leaves them (a JSON array), or a comma list.

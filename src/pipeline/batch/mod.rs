@@ -7,7 +7,7 @@
 //! cut by `--batch-max-requests` and `--batch-max-bytes`, uploads and
 //! creates the batches, polls them every `--poll-secs`, and turns their
 //! output and error lines into row outcomes with the online reply parsing
-//! ([`Shape`]). When it returns, [`crate::frontend::run`] runs the online
+//! ([`Shape`]). When it returns, [`crate::pipeline::run`] runs the online
 //! pipeline as usual: every answered row comes from the journal (nothing is
 //! sent for it), the rows left — after a `--deadline` — are sent online, and
 //! the output is written in input order with the usual columns.

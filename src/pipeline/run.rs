@@ -1,4 +1,5 @@
-//! `aiq run`: a checked plan → a finished output file.
+//! A job's run: a checked plan → a finished output file (`aiq run`, the
+//! Python package and `aiq.spark`/`aiq.ray` all come here).
 //!
 //! Everything that can be wrong with the job is found before the first
 //! request: the input opens and its columns fit the templates, credentials
@@ -31,7 +32,7 @@ use crate::pipeline::openai_batch::OutputFormat;
 use crate::pipeline::outcome::RowId;
 use crate::pipeline::progress::{status_path, Live, Progress, StatusFile, Summary};
 use crate::pipeline::recheck::recheck;
-use crate::pipeline::render::BodyBuilder;
+use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::Dispatcher;
 use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
 use crate::pipeline::source::Source;
@@ -81,7 +82,7 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
         Some((source, identity)) => (source, Some(identity)),
         None => (open_source(&plan)?, None),
     };
-    let templates = Arc::new(plan.templates(&source.schema)?);
+    let templates = Arc::new(Templates::for_plan(&plan, &source.schema)?);
     let layout =
         Layout::new(&source.schema, plan.result_type.arrow_type())?.with_prices(plan.prices);
 

@@ -1,0 +1,252 @@
+//! The layer map in `src/lib.rs` holds: no module imports from a layer
+//! above its own, and no files import each other in a circle.
+//!
+//! Imports are read as text from every `crate::` and `super::` path in the
+//! code (comments and `#[cfg(test)]` modules left out; `use` groups
+//! expanded) and resolved to the file that defines the module. A folder's
+//! `mod.rs` declares its children and re-exports them, so edges to or from
+//! a `mod.rs` count for layers but not for circles.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Layer number of each top-level module, from lib.rs's numbered list.
+fn layers() -> BTreeMap<String, usize> {
+    let lib = std::fs::read_to_string(src().join("lib.rs")).expect("read lib.rs");
+    let mut map = BTreeMap::new();
+    for line in lib.lines() {
+        let Some(rest) = line.strip_prefix("//! ") else {
+            continue;
+        };
+        let Some((n, body)) = rest.split_once(". ") else {
+            continue;
+        };
+        let Ok(n) = n.parse::<usize>() else { continue };
+        let head = body.split(':').next().unwrap_or_default();
+        for name in head.split('`').skip(1).step_by(2) {
+            map.insert(name.to_string(), n);
+        }
+    }
+    assert!(map.len() >= 6, "lib.rs's layer list not found: {map:?}");
+    map
+}
+
+/// Every `.rs` file under `dir`.
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("read src") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The module path of a file: `src/pipeline/client.rs` → [pipeline, client].
+fn module_of(file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src()).expect("under src");
+    let mut parts: Vec<String> = rel
+        .iter()
+        .map(|s| s.to_string_lossy().trim_end_matches(".rs").to_string())
+        .collect();
+    if parts.last().is_some_and(|l| l == "mod" || l == "lib") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The file defining the longest prefix of `path` that is a module.
+fn file_of(path: &[String]) -> Option<PathBuf> {
+    (1..=path.len()).rev().find_map(|n| {
+        let base = src().join(path[..n].join("/"));
+        [base.with_extension("rs"), base.join("mod.rs")]
+            .into_iter()
+            .find(|f| f.is_file())
+    })
+}
+
+/// The code of a file without comments and without its test module.
+fn code(text: &str) -> String {
+    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+    text.lines()
+        .map(|l| match l.find("//") {
+            Some(i) if !l[..i].contains('"') => &l[..i],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `use a::{b, c::{d, e}}` → [a::b, a::c::d, a::c::e].
+fn expand(tree: &str) -> Vec<String> {
+    let tree: String = tree.chars().filter(|c| !c.is_whitespace()).collect();
+    let Some(open) = tree.find('{') else {
+        return vec![tree];
+    };
+    let prefix = &tree[..open];
+    let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
+    let (mut depth, mut start, mut out) = (0, 0, Vec::new());
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&inner[start..]);
+    out.into_iter()
+        .filter(|s| !s.is_empty())
+        .flat_map(|s| expand(&format!("{prefix}{s}")))
+        .collect()
+}
+
+/// Absolute module paths a file refers to.
+fn references(file: &Path) -> BTreeSet<Vec<String>> {
+    let text = code(&std::fs::read_to_string(file).expect("read"));
+    let here = module_of(file);
+    let mut paths = Vec::new();
+    // `use` statements, which may span lines: from a line starting one to
+    // its `;`.
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        let t = ["pub(crate) ", "pub(super) ", "pub "]
+            .iter()
+            .find_map(|p| t.strip_prefix(p))
+            .unwrap_or(t);
+        if t.starts_with("use ") {
+            let at = offset + line.len() - line.trim_start().len();
+            let stmt = &text[at..];
+            let stmt =
+                &stmt[stmt.find("use ").unwrap_or(0) + 4..stmt.find(';').unwrap_or(stmt.len())];
+            paths.extend(expand(stmt));
+        }
+        offset += line.len();
+    }
+    // Paths written in place: `crate::a::b::f(..)`, `super::x::Y`.
+    let bytes = text.as_bytes();
+    for start in ["crate::", "super::"] {
+        for (i, _) in text.match_indices(start) {
+            if i > 0
+                && (bytes[i - 1].is_ascii_alphanumeric()
+                    || bytes[i - 1] == b'_'
+                    || bytes[i - 1] == b':')
+            {
+                continue;
+            }
+            let end = text[i..]
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .map_or(text.len(), |e| i + e);
+            paths.push(text[i..end].to_string());
+        }
+    }
+    paths
+        .into_iter()
+        .filter_map(|p| {
+            let mut segs: Vec<&str> = p.split("::").filter(|s| !s.is_empty()).collect();
+            let mut abs: Vec<String> = match segs.first() {
+                Some(&"crate") => {
+                    segs.remove(0);
+                    Vec::new()
+                }
+                Some(&"super") => {
+                    // Each `super` is one module up (a mod.rs is its folder).
+                    let mut base = here.clone();
+                    while segs.first() == Some(&"super") {
+                        segs.remove(0);
+                        base.pop();
+                    }
+                    base
+                }
+                _ => return None,
+            };
+            abs.extend(segs.iter().map(|s| s.to_string()));
+            (!abs.is_empty()).then_some(abs)
+        })
+        .collect()
+}
+
+#[test]
+fn imports_follow_the_layer_map_without_circles() {
+    let layers = layers();
+    let mut all = Vec::new();
+    files(&src(), &mut all);
+    all.retain(|f| {
+        f.file_name()
+            .is_some_and(|n| n != "tests.rs" && n != "main.rs")
+    });
+    let layer_of = |m: &[String]| m.first().and_then(|top| layers.get(top)).copied();
+
+    let mut upward = Vec::new();
+    let mut edges: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
+    for file in &all {
+        let here = module_of(file);
+        let Some(mine) = layer_of(&here) else {
+            continue;
+        };
+        for target in references(file) {
+            if let Some(theirs) = layer_of(&target) {
+                if theirs > mine {
+                    upward.push(format!(
+                        "{} (layer {mine}) uses crate::{} (layer {theirs})",
+                        file.strip_prefix(src()).unwrap().display(),
+                        target.join("::")
+                    ));
+                }
+            }
+            let Some(to) = file_of(&target) else { continue };
+            let mod_file = |f: &Path| {
+                f.file_name()
+                    .is_some_and(|n| n == "mod.rs" || n == "lib.rs")
+            };
+            if to != *file && !mod_file(&to) && !mod_file(file) {
+                edges.entry(file.clone()).or_default().insert(to);
+            }
+        }
+    }
+    // Circles: a depth-first search that reports each back edge's loop.
+    let mut circles = BTreeSet::new();
+    fn visit(
+        f: &PathBuf,
+        edges: &BTreeMap<PathBuf, BTreeSet<PathBuf>>,
+        stack: &mut Vec<PathBuf>,
+        done: &mut BTreeSet<PathBuf>,
+        circles: &mut BTreeSet<String>,
+    ) {
+        if let Some(i) = stack.iter().position(|s| s == f) {
+            let names: Vec<String> = stack[i..]
+                .iter()
+                .map(|p| p.strip_prefix(src()).unwrap().display().to_string())
+                .collect();
+            circles.insert(names.join(" -> "));
+            return;
+        }
+        if !done.insert(f.clone()) {
+            return;
+        }
+        stack.push(f.clone());
+        for to in edges.get(f).into_iter().flatten() {
+            visit(to, edges, stack, done, circles);
+        }
+        stack.pop();
+    }
+    let mut done = BTreeSet::new();
+    for f in edges.keys() {
+        visit(f, &edges, &mut Vec::new(), &mut done, &mut circles);
+    }
+    assert!(
+        upward.is_empty() && circles.is_empty(),
+        "imports that run up a layer (see src/lib.rs):\n{}\n\nfiles that import each other in a circle:\n{}",
+        upward.join("\n"),
+        circles.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
