@@ -20,7 +20,6 @@ use tokio::time::Instant;
 use crate::provider::auth::Scrubber;
 use crate::provider::reply::{Reply, RowReply, Shape};
 use crate::provider::usage::Usage;
-use crate::provider::usage::Usage;
 use crate::provider::wire::{self, WireUsage};
 
 #[derive(Debug)]
