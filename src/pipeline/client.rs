@@ -19,7 +19,7 @@
 //!
 //! Server text enters aiq here: every body read passes the endpoint's
 //! [`Scrubber`] (no secret the credentials hold comes back out), and an
-//! error body is read only up to [`MAX_ERROR_BODY_BYTES`].
+//! error body is read only up to [`wire::MAX_ERROR_BODY_BYTES`].
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,11 +47,6 @@ use crate::provider::retry::{
 };
 use crate::provider::stream;
 use crate::provider::wire;
-
-/// The most of an error reply's body read: far more than any real error
-/// message (of which [`wire::MAX_SERVER_MESSAGE`] characters are kept),
-/// and a bound on what a server can make each failed call hold in memory.
-pub const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 
 /// The job must stop: the endpoint refused it as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -526,34 +521,13 @@ impl Client {
         }
     }
 
-    /// The message of an error reply: at most [`MAX_ERROR_BODY_BYTES`] of
-    /// its body read, secrets hidden, cut to [`wire::MAX_SERVER_MESSAGE`].
+    /// The message of an error reply: the start of its body
+    /// ([`wire::error_body`]), secrets hidden, cut to
+    /// [`wire::MAX_SERVER_MESSAGE`].
     async fn error_text(&self, response: Response<Incoming>) -> String {
-        let declared = response
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let mut body = response.into_body();
-        let mut head = Vec::new();
-        let mut more = false;
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { break };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let room = MAX_ERROR_BODY_BYTES - head.len();
-            head.extend_from_slice(&data[..data.len().min(room)]);
-            if data.len() > room {
-                more = true;
-                break;
-            }
-        }
-        let len = match declared {
-            Some(n) => wire::BodyLen::Exact(n),
-            None if more => wire::BodyLen::MoreThan(head.len() as u64),
-            None => wire::BodyLen::Exact(head.len() as u64),
-        };
-        wire::error_message_of(&self.scrub.bytes(head.into()), len)
+        let (parts, body) = response.into_parts();
+        let (head, len) = wire::error_body(&parts.headers, body).await;
+        wire::error_message_of(&self.scrub.bytes(head), len)
     }
 }
 

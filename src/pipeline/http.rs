@@ -342,16 +342,9 @@ impl HttpPool {
 /// The proxy settings of the environment, or None when there are none
 /// (the common case: no lookup per request).
 fn proxies_from_env() -> Option<Arc<Matcher>> {
-    let set = [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ]
-    .iter()
-    .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    let set = crate::provider::auth::PROXY_VARS
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
     set.then(|| Arc::new(Matcher::from_env()))
 }
 

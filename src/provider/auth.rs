@@ -113,6 +113,15 @@ impl Credentials {
                 s.oauth = Some(oauth.clone());
             }
         }
+        // A proxy may quote the Proxy-Authorization it was sent.
+        for var in PROXY_VARS {
+            let login = std::env::var(var)
+                .ok()
+                .and_then(|url| split_user_info(&url).1);
+            if let Some(login) = login {
+                s.add_login(login.expose());
+            }
+        }
         s
     }
 }
@@ -409,6 +418,14 @@ impl OAuthM2M {
             .await
             .map_err(|e| (true, format!("no reply: {}", error_chain(&e))))?;
         let status = response.status();
+        if !status.is_success() {
+            let retryable = status.is_server_error() || status.as_u16() == 429;
+            let headers = response.headers().clone();
+            let (head, len) = wire::error_body(&headers, reqwest::Body::from(response)).await;
+            let body = self.scrubber().bytes(head);
+            let message = server_message(&String::from_utf8_lossy(&body), len);
+            return Err((retryable, format!("HTTP {status}: {message}")));
+        }
         let body = response.text().await.map_err(|e| {
             (
                 true,
@@ -416,19 +433,12 @@ impl OAuthM2M {
             )
         })?;
         let body = self.scrubber().text(&body).into_owned();
-        if !status.is_success() {
-            let retryable = status.is_server_error() || status.as_u16() == 429;
-            return Err((
-                retryable,
-                format!("HTTP {status}: {}", server_message(&body)),
-            ));
-        }
         serde_json::from_str(&body).map_err(|e| {
             (
                 false,
                 format!(
                     "HTTP {status}, but the reply is not a token ({e}): {}",
-                    server_message(&body)
+                    server_message(&body, wire::BodyLen::Exact(body.len() as u64))
                 ),
             )
         })
@@ -451,8 +461,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// What the server said: the OAuth `error_description`/`error` (or a
 /// `message`) when the body is JSON, else the body; cut to
 /// [`wire::MAX_SERVER_MESSAGE`].
-fn server_message(body: &str) -> String {
-    let len = wire::BodyLen::Exact(body.len() as u64);
+fn server_message(body: &str, len: wire::BodyLen) -> String {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
         let parts: Vec<String> = [
@@ -472,6 +481,17 @@ fn server_message(body: &str) -> String {
     }
     wire::cut_message(body, len)
 }
+
+/// The environment variables that name proxies (read as reqwest and
+/// hyper-util read them); their URLs may carry a `user:password@`.
+pub const PROXY_VARS: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
 
 /// Where the user-info (`user:password`) of `url` is, as a byte range.
 fn user_info(url: &str) -> Option<std::ops::Range<usize>> {

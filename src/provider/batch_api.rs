@@ -458,15 +458,16 @@ impl BatchApi {
             .map_err(|e| transient(None, format!("{method} {url}: {e}")))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| transient(retry_after(&headers), format!("{method} {url}: {e}")))?;
-        // Server text: no secret of ours comes back out of it.
-        let bytes = self.scrub.bytes(bytes);
         if status.is_success() {
-            return Ok(bytes);
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| transient(retry_after(&headers), format!("{method} {url}: {e}")))?;
+            // Server text: no secret of ours comes back out of it.
+            return Ok(self.scrub.bytes(bytes));
         }
+        let (head, len) = wire::error_body(&headers, reqwest::Body::from(response)).await;
+        let bytes = self.scrub.bytes(head);
         let action = classify_status(status, &headers);
         let error = ApiError {
             status: Some(status.as_u16()),
@@ -474,7 +475,7 @@ impl BatchApi {
             message: format!(
                 "{method} {url}: HTTP {}: {}",
                 status.as_u16(),
-                wire::error_message(&bytes)
+                wire::error_message_of(&bytes, len)
             ),
             fatal: action == RetryAction::Abort,
         };

@@ -300,6 +300,44 @@ pub struct ErrorDetail {
 /// messages are cut and say so ([`cut_message`]).
 pub const MAX_SERVER_MESSAGE: usize = 500;
 
+/// The most of an error reply's body aiq reads: far more than any real
+/// error message (of which [`MAX_SERVER_MESSAGE`] characters are kept),
+/// and a bound on what a server can make each failed call hold in memory.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// The first [`MAX_ERROR_BODY_BYTES`] of an error reply's body (hyper's or
+/// reqwest's), and how long the body was: its `Content-Length`, else what
+/// was read (more than that when reading stopped at the bound).
+pub async fn error_body<B>(headers: &hyper::HeaderMap, mut body: B) -> (bytes::Bytes, BodyLen)
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+{
+    use http_body_util::BodyExt;
+    let mut head = Vec::new();
+    let mut more = false;
+    // A body that breaks off keeps what came before the break.
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let room = MAX_ERROR_BODY_BYTES - head.len();
+        head.extend_from_slice(&data[..data.len().min(room)]);
+        if data.len() > room {
+            more = true;
+            break;
+        }
+    }
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let len = match declared {
+        Some(n) => BodyLen::Exact(n),
+        None if more => BodyLen::MoreThan(head.len() as u64),
+        None => BodyLen::Exact(head.len() as u64),
+    };
+    (head.into(), len)
+}
+
 /// How long a body from a server was, for the note on a cut message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyLen {

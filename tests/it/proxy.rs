@@ -171,3 +171,30 @@ async fn no_proxy_goes_around_it() {
     assert!(errors.iter().all(String::is_empty), "{errors:?}");
     assert!(proxy.seen().is_empty(), "{:?}", proxy.seen());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxys_password_quoted_back_is_redacted() {
+    // The simulator quotes the headers it got, the proxy's included.
+    let f = Fixture::new(SimConfig {
+        echo_headers: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let proxy = Proxy::start().await;
+    let input = f.write_jsonl("in.jsonl", &[serde_json::json!({"text": "[[sim:400]]"})]);
+    let out = f.path("out.parquet");
+    let o = f
+        .run_openai_env(
+            &input,
+            &out,
+            &["--prompt", "{{text}}"],
+            &[("HTTP_PROXY", &proxy.url)],
+        )
+        .await;
+    assert_ok(&o);
+    let (_, got) = read_rows(&out);
+    let m = got[0]["error_message"].as_str().unwrap_or_default();
+    assert!(m.contains("proxy-authorization: Basic [redacted]"), "{m}");
+    assert!(!m.contains(&AUTH[6..]) && !m.contains("pa55"), "{m}");
+    assert_eq!(proxy.seen()[0].auth.as_deref(), Some(AUTH));
+}
