@@ -5,12 +5,14 @@
 //! any log level.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 
 use aiq::simulator::{RateHeaders, RetryAfterHint, SimConfig, CLIENT_ID, CLIENT_SECRET};
 use serde_json::json;
 
-use super::util::{code, read_rows, stderr, Fixture, DATABRICKS_OAUTH, TOKEN};
+use super::util::{
+    code, read_rows, spawn_until_journaled, stderr, Fixture, DATABRICKS_OAUTH, TOKEN,
+};
 
 /// A Databricks personal access token the simulator does not take.
 const WRONG_TOKEN: &str = "dapiSECRET123";
@@ -370,14 +372,63 @@ async fn a_job_stopped_early_says_how_many_requests_it_sent() {
     let err = stderr(&o);
     assert_eq!(code(&o), 1, "{err}");
     assert!(err.contains("failed in a row"), "{err}");
-    let sent: u64 = err
+    let sent = requests_sent(&err);
+    assert_eq!(sent, f.sim.stats().requests, "{err}");
+    assert!(sent >= 20, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_job_says_how_many_requests_it_sent() {
+    let f = Fixture::new(SimConfig {
+        latency_ms: 20,
+        ..SimConfig::default()
+    })
+    .await;
+    let input = f.write_jsonl("in.jsonl", &super::util::rows(400, 0));
+    let out = f.path("out.parquet");
+    let args = [
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--endpoint",
+        &f.openai_url(),
+        "--model",
+        "m",
+        "--prompt",
+        "{{text}}",
+        "--concurrency",
+        "4",
+    ];
+    let mut cmd = f.command(&args, &[("OPENAI_API_KEY", TOKEN)]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let journal = f.path("out.parquet.aiq/journal.jsonl");
+    let child = spawn_until_journaled(&mut cmd, &journal, 20);
+    let pid = child.id().to_string();
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let err = stderr(&o);
+    assert_eq!(code(&o), 1, "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let sent = requests_sent(&err);
+    assert_eq!(sent, f.sim.stats().requests, "{err}");
+    assert!(sent >= 20, "{err}");
+}
+
+/// N of the summary's `requests   N sent, …` line.
+#[track_caller]
+fn requests_sent(stderr: &str) -> u64 {
+    stderr
         .lines()
         .find_map(|l| l.strip_prefix("requests   "))
         .and_then(|l| l.split(' ').next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no request count: {err}"));
-    assert_eq!(sent, f.sim.stats().requests, "{err}");
-    assert!(sent >= 20, "{err}");
+        .unwrap_or_else(|| panic!("no request count: {stderr}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
