@@ -256,6 +256,13 @@ impl Client {
                 // A status is the endpoint refusing; without one the job
                 // could not reach it (an untrusted certificate).
                 RetryAction::Abort => Err(Abort(match e.status {
+                    // Refused credentials: say which were sent (the
+                    // variable, not the secret), the usual cause being an
+                    // unset or wrong variable.
+                    Some(401 | 403) => format!(
+                        "{} refused the job: {} (credentials sent: {})",
+                        self.endpoint.label, e.message, self.endpoint.credentials_from
+                    ),
                     Some(_) => format!("{} refused the job: {}", self.endpoint.label, e.message),
                     None => format!("{}: {}", self.endpoint.label, e.message),
                 })),

@@ -558,6 +558,10 @@ pub struct DatabricksTarget {
     /// Where the settings came from, for messages: "environment",
     /// "profile DEFAULT in /root/.databrickscfg", or both.
     pub source: String,
+    /// Which variable or profile key the credentials were read from
+    /// ("DATABRICKS_TOKEN"), for the message when the workspace refuses
+    /// them: never the value.
+    pub credentials_from: String,
 }
 
 impl fmt::Display for DatabricksTarget {
@@ -750,6 +754,15 @@ pub fn resolve_databricks(
     };
 
     let token = found.value("token");
+    let credentials_from = if token.is_some() {
+        found.describe("token")
+    } else {
+        format!(
+            "{} and {}",
+            found.describe("client_id"),
+            found.describe("client_secret")
+        )
+    };
     let client_id = found.value("client_id");
     let client_secret = found.value("client_secret");
     let credentials = match (token, client_id, client_secret) {
@@ -796,6 +809,7 @@ pub fn resolve_databricks(
         host,
         credentials,
         source,
+        credentials_from,
     })
 }
 
@@ -844,21 +858,33 @@ fn read_profile(
 /// environment variable `key_env` (default `OPENAI_API_KEY`). Without the
 /// default variable, no credentials (local servers need none); a variable
 /// named explicitly but unset is an error, since naming it says a key is
-/// needed.
+/// needed. Returned with where the key came from (the variable's name and
+/// whether it was set, never its value), for the message when the server
+/// refuses the job.
 pub fn resolve_openai(
     key_env: Option<&str>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Credentials> {
+) -> Result<(Credentials, String)> {
     let name = key_env.unwrap_or("OPENAI_API_KEY").trim();
     if name.is_empty() {
         return Err(Error::Config("the API key variable name is empty".into()));
     }
-    match env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
-        Some(key) => Ok(Credentials::Bearer(Secret::new(key))),
+    let raw = env(name);
+    match raw.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        Some(key) => Ok((
+            Credentials::Bearer(Secret::new(key)),
+            format!("the key in {name}"),
+        )),
         None if key_env.is_some() => Err(Error::Credentials(format!(
             "environment variable {name} (named as the API key variable) is not set or empty: set it, or leave the key variable out for servers that need no key"
         ))),
-        None => Ok(Credentials::None),
+        None => {
+            let state = if raw.is_some() { "empty" } else { "not set" };
+            Ok((
+                Credentials::None,
+                format!("no key: {name} is {state} (set it, or name another variable with --api-key-env)"),
+            ))
+        }
     }
 }
 
@@ -1084,13 +1110,13 @@ mod tests {
     fn openai_key() {
         let env = env_of(&[("OPENAI_API_KEY", SECRET), ("MY_KEY", "k2")]);
         assert!(
-            matches!(resolve_openai(None, &env).unwrap(), Credentials::Bearer(s) if s.expose() == SECRET)
+            matches!(resolve_openai(None, &env).unwrap().0, Credentials::Bearer(s) if s.expose() == SECRET)
         );
         assert!(
-            matches!(resolve_openai(Some("MY_KEY"), &env).unwrap(), Credentials::Bearer(s) if s.expose() == "k2")
+            matches!(resolve_openai(Some("MY_KEY"), &env).unwrap().0, Credentials::Bearer(s) if s.expose() == "k2")
         );
         assert!(matches!(
-            resolve_openai(None, &env_of(&[])).unwrap(),
+            resolve_openai(None, &env_of(&[])).unwrap().0,
             Credentials::None
         ));
         let err = resolve_openai(Some("TYPO_KEY"), &env).unwrap_err();
@@ -1112,6 +1138,7 @@ mod tests {
                 host: "https://h".into(),
                 credentials: c.clone(),
                 source: "environment".into(),
+                credentials_from: "DATABRICKS_TOKEN".into(),
             };
             let shown = format!("{c:?} {c} {target:?} {target} {:#?}", target);
             assert!(

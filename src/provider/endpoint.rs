@@ -111,11 +111,17 @@ pub fn resolve(
             // in (as curl does): Basic auth, and no key from the
             // environment (a request carries one `Authorization`).
             let (url, login) = split_user_info(url.expose());
-            let credentials = match login {
-                Some(login) => Credentials::Basic(login),
+            let (credentials, from) = match login {
+                Some(login) => (
+                    Credentials::Basic(login),
+                    "the user and password in the URL".to_owned(),
+                ),
                 None => resolve_openai(api_key_env, &env)?,
             };
-            Ok(Endpoint::openai(&url, task, model, credentials))
+            Ok(Endpoint {
+                credentials_from: from,
+                ..Endpoint::openai(&url, task, model, credentials)
+            })
         }
     }
 }
@@ -142,6 +148,10 @@ pub struct Endpoint {
     /// The serving endpoint name or model, for provider quirks.
     pub name: String,
     pub credentials: Credentials,
+    /// Where the credentials were read from ("the key in OPENAI_API_KEY",
+    /// "no key: OPENAI_API_KEY is not set"), said when the endpoint
+    /// refuses them: never the secret.
+    pub credentials_from: String,
 }
 
 impl fmt::Debug for Endpoint {
@@ -162,6 +172,7 @@ impl Endpoint {
             host: base_url,
             credentials: Credentials::Bearer(Secret::new(SIMULATOR_TOKEN)),
             source: "the built-in simulator".into(),
+            credentials_from: "the built-in simulator's token".into(),
         };
         Endpoint::databricks(target, model.unwrap_or(SIMULATOR_MODEL))
     }
@@ -177,6 +188,7 @@ impl Endpoint {
             ),
             name: name.to_string(),
             credentials: target.credentials,
+            credentials_from: target.credentials_from,
         }
     }
 
@@ -193,6 +205,7 @@ impl Endpoint {
             base: Some(base.to_string()),
             label: format!("OpenAI-compatible endpoint {base}"),
             name: model.unwrap_or_default().to_string(),
+            credentials_from: credentials.to_string(),
             credentials,
         }
     }
@@ -245,6 +258,7 @@ mod tests {
             host: "https://example.cloud.databricks.com".into(),
             credentials: Credentials::Bearer(Secret::new("dapi-secret")),
             source: "environment".into(),
+            credentials_from: "DATABRICKS_TOKEN".into(),
         };
         let d = Endpoint::databricks(target, "databricks-claude-sonnet-4");
         assert_eq!(d.url, "https://example.cloud.databricks.com/serving-endpoints/databricks-claude-sonnet-4/invocations");

@@ -659,3 +659,58 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// A 401 names the variable the key was read from and whether it was set,
+/// never the key itself (issue 27.1).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_names_the_key_variable_it_read() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(20, 0));
+    let out = f.path("out.parquet");
+    let args = f.run_args(&input, &out);
+    let mut with_env_name: Vec<&str> = args.iter().map(String::as_str).collect();
+    with_env_name.extend(["--api-key-env", "MY_KEY"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cases: [(&[&str], &[(&str, &str)], &[&str]); 4] = [
+        (&args, &[], &["OPENAI_API_KEY", "not set"]),
+        (
+            &args,
+            &[("OPENAI_API_KEY", " ")],
+            &["OPENAI_API_KEY", "empty"],
+        ),
+        (
+            &args,
+            &[("OPENAI_API_KEY", "sk-wrong-key")],
+            &["OPENAI_API_KEY"],
+        ),
+        (&with_env_name, &[("MY_KEY", "sk-wrong-key")], &["MY_KEY"]),
+    ];
+    for (args, envs, said) in cases {
+        let o = f.aiq(args, envs).await;
+        assert_eq!(code(&o), 1, "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("401"), "{err}");
+        for s in said {
+            assert!(err.contains(s), "{envs:?}: `{s}` missing from {err}");
+        }
+        assert!(!err.contains("sk-wrong-key"), "{err}");
+    }
+
+    let out = f.path("databricks.parquet");
+    let o = f
+        .run_databricks_env(
+            &input,
+            &out,
+            "m",
+            &["-q", "--prompt", "{{text}}"],
+            &[("DATABRICKS_TOKEN", "dapi-wrong")],
+        )
+        .await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("401") && err.contains("DATABRICKS_TOKEN"),
+        "{err}"
+    );
+    assert!(!err.contains("dapi-wrong"), "{err}");
+}
