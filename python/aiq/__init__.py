@@ -93,8 +93,15 @@ def _start(
     restart: bool,
     quiet: bool,
     settings: Mapping[str, Any],
+    credentials: Optional[Mapping[str, str]] = None,
 ) -> "_core.Job":
     settings = dict(settings)
+    if credentials is not None:
+        if not isinstance(credentials, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in credentials.items()
+        ):
+            raise ConfigError("credentials: give a mapping of variable names to strings")
+        credentials = dict(credentials)
     if isinstance(data, (str, os.PathLike)):
         if "input" in settings:
             raise ConfigError("give the input as `data` or as `input=`, not both")
@@ -117,6 +124,7 @@ def _start(
         output=None if output is None else os.fspath(output),
         restart=restart,
         quiet=quiet,
+        credentials=credentials,
     )
 
 
@@ -127,6 +135,7 @@ def run(
     job: Optional[PathLike] = None,
     restart: bool = False,
     quiet: bool = False,
+    credentials: Optional[Mapping[str, str]] = None,
     **settings: Any,
 ) -> Any:
     """Score every row of ``data``: one request per row, one output row per
@@ -148,13 +157,16 @@ def run(
 
     ``job="jobs/x.toml"`` loads a job file; keyword settings override it.
     ``quiet=True`` hides the progress bar (shown only on a terminal).
+    ``credentials={"DATABRICKS_HOST": ..., "DATABRICKS_TOKEN": ...}`` (or
+    the API key variable) are read in place of the process's environment
+    and ``~/.databrickscfg`` to find the endpoint's credentials.
 
     Raises ``ConfigError`` for mistakes found before any request (a
     template naming a missing column names it) and ``JobError`` when the
     job fails; Ctrl-C raises ``KeyboardInterrupt`` within about two seconds,
     after the calls in flight are journaled when there is an ``output``.
     """
-    job_ = _start(data, job, output, restart, quiet, settings)
+    job_ = _start(data, job, output, restart, quiet, settings, credentials)
     if output is None:
         import pyarrow as pa
 
@@ -167,6 +179,7 @@ def score(
     *,
     job: Optional[PathLike] = None,
     quiet: bool = True,
+    credentials: Optional[Mapping[str, str]] = None,
     **settings: Any,
 ) -> Iterator[Any]:
     """Score ``data`` as a stream: yields output ``pyarrow.RecordBatch``es
@@ -175,8 +188,9 @@ def score(
     takes; an iterator of ``pyarrow.RecordBatch`` is consumed lazily (what
     Spark's ``mapInArrow`` and Ray's ``map_batches`` hand over). Nothing is
     written to disk. Stopping early (closing the iterator) stops sending.
+    ``credentials`` as for ``run``.
     """
-    job_ = _start(data, job, None, False, quiet, settings)
+    job_ = _start(data, job, None, False, quiet, settings, credentials)
     return iter(job_)
 
 

@@ -101,6 +101,7 @@ def run(
     job: Optional[_Path] = None,
     restart: bool = False,
     quiet: bool = False,
+    credentials: Optional[Mapping[str, str]] = None,
     **settings: Unpack[RunSettings],
 ) -> Any:
     """Score every row of `data`; a pyarrow.Table without `output`, a summary dict with it."""
@@ -110,6 +111,7 @@ def score(
     *,
     job: Optional[_Path] = None,
     quiet: bool = True,
+    credentials: Optional[Mapping[str, str]] = None,
     **settings: Unpack[RunSettings],
 ) -> Iterator[pa.RecordBatch]:
     """Score `data` as a stream of output batches, in input order."""

@@ -1,6 +1,6 @@
 """Type stubs for aiq._core, the extension module (see aiq/__init__.py)."""
 
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import pyarrow as pa
 
@@ -28,9 +28,15 @@ def start(
     output: Optional[str] = None,
     restart: bool = False,
     quiet: bool = False,
+    credentials: Optional[Mapping[str, str]] = None,
 ) -> Job:
     """Start a job over an Arrow stream (or the settings' input file when None);
-    `settings` is JSON with the job file's keys."""
+    `settings` is JSON with the job file's keys; `credentials` are variables
+    the endpoint's credentials resolve from instead of the environment."""
+
+def handover(settings: str, job: Optional[str] = None) -> dict[str, str]:
+    """The settings' endpoint resolved here: the variables that give its
+    credentials anywhere (secrets)."""
 
 def main(argv: Sequence[str]) -> int:
     """The aiq command line; returns its exit code."""

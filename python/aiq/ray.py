@@ -15,10 +15,32 @@ them, adapting to 429s on its own. With ``journal=`` (a folder
 every node can reach), answered calls are kept by request content, one
 file per actor, so a re-run or a retried batch pays only for the calls not
 answered yet (README "Scaling out").
+
+Credentials: the endpoint is resolved on the driver before any actor
+starts, so a missing host, token or key is one ``aiq.ConfigError`` there.
+The actors then resolve it again on their nodes, from their own
+environment (what the cluster, or the local Ray that ``ray.init()``
+started, was given, plus ``runtime_env={"env_vars": ...}``) and
+``~/.databrickscfg``: variables set in the driver after ``ray.init()``
+never reach them, and ``score`` refuses to start when a worker does not
+see them (``pass_credentials=None``, the default: one worker is asked for a
+digest of each such variable; the values stay on the driver). Two ways out:
+
+- set them where the workers read them: before ``ray.init()``, or in its
+  ``runtime_env`` (Ray keeps runtime_env variables in its metadata, shown
+  by its dashboard: no place for secrets);
+- ``pass_credentials=True``: the driver hands the actors the credentials it
+  resolved (``DATABRICKS_HOST`` with the token or the OAuth client id and
+  secret, or the API key), in their constructor arguments. The secrets then
+  travel pickled through Ray's object store to every node that runs an
+  actor, and are readable by any code there. aiq never prints or logs them.
+
+``pass_credentials=False`` skips the check: the workers have their own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Iterator, Optional
 
@@ -143,6 +165,30 @@ def _check(ds: Any, settings: dict) -> None:
         _output_schema(_plain(base), settings)
 
 
+def _digest(value: Optional[str]) -> Optional[str]:
+    """A variable's value compared without moving it: its SHA-256."""
+    return None if value is None else hashlib.sha256(value.encode()).hexdigest()
+
+
+def _digests(names: list) -> dict:
+    """On a worker: the digest of each variable of ``names`` there."""
+    return {n: _digest(os.environ.get(n)) for n in names}
+
+
+def _unseen_by_ray(names: list, remote: dict) -> list:
+    """Of ``names`` (set in this process), those a worker started as the
+    actors will be (their ``runtime_env``) sees with another value or not
+    at all."""
+    import ray
+
+    if not names:
+        return []
+    env = {k: v for k, v in remote.items() if k == "runtime_env"}
+    probe = ray.remote(_digests).options(num_cpus=0, **env)
+    seen = ray.get(probe.remote(names))
+    return [n for n in names if seen.get(n) != _digest(os.environ[n])]
+
+
 def _plain_table(batch: Any) -> Any:
     """The batch as a table with the string and binary kinds the core reads
     (Ray hands large_string for some sources)."""
@@ -162,14 +208,16 @@ def score(
     workers: Optional[int] = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     ray_remote_args: Optional[dict] = None,
+    pass_credentials: Optional[bool] = None,
     **settings: Any,
 ) -> Any:
     """``ds`` scored by aiq, lazily: a ``ray.data.Dataset`` (see the module
-    doc). ``ray_remote_args`` go to the actors (``num_cpus``, ``resources``,
-    ``scheduling_strategy``...)."""
+    doc, also for ``pass_credentials``). ``ray_remote_args`` go to the
+    actors (``num_cpus``, ``resources``, ``scheduling_strategy``...)."""
     import ray
 
     import aiq
+    from aiq.spark import _for_tasks
 
     if workers is None:
         workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -184,6 +232,7 @@ def score(
     # repartitions) once the pool holds every CPU: on a one-CPU Ray the
     # job never starts.
     remote = {"num_cpus": 0, **(ray_remote_args or {})}
+    task_settings = _for_tasks(task_settings, pass_credentials, lambda names: _unseen_by_ray(names, remote), "ray")
     return ds.map_batches(
         _Scorer,
         fn_constructor_kwargs={"settings": task_settings},

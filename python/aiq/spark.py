@@ -19,19 +19,46 @@ on its own. With ``journal=`` (a folder every executor can reach), every
 answered call is kept by request content, one file per task attempt, so a
 retried task, a speculative copy or a re-run of the job pays only for the
 calls not answered yet (README "Scaling out").
+
+Credentials: the endpoint is resolved on the driver before any task
+starts, so a missing host, token or key is one ``aiq.ConfigError`` there.
+The tasks then resolve it again on the executors, from the executors'
+environment (``spark.executorEnv.NAME``, the cluster's variables) and
+``~/.databrickscfg``: variables set in the driver's Python process after
+the Spark session started never reach them, and ``score`` refuses to start
+when it sees that (``pass_credentials=None``, the default). Two ways out:
+
+- set them where the executors read them, or before the session starts;
+- ``pass_credentials=True``: the driver hands the tasks the credentials it
+  resolved (``DATABRICKS_HOST`` with the token or the OAuth client id and
+  secret, or the API key). The secrets then travel inside every task's
+  serialized closure: over Spark's RPC (encrypted only with
+  ``spark.network.crypto.enabled`` or SSL), into each executor's memory,
+  and readable by any code that runs there. aiq never prints or logs them.
+
+``pass_credentials=False`` skips the check: the executors have their own.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 __all__ = ["score"]
 
 
-def score(df: Any, *, journal: Optional[str] = None, workers: Optional[int] = None, **settings: Any) -> Any:
+def score(
+    df: Any,
+    *,
+    journal: Optional[str] = None,
+    workers: Optional[int] = None,
+    pass_credentials: Optional[bool] = None,
+    **settings: Any,
+) -> Any:
     """``df`` scored by aiq, lazily: a ``pyspark.sql.DataFrame`` with
-    ``df``'s columns plus aiq's result columns (see the module doc)."""
+    ``df``'s columns plus aiq's result columns (see the module doc, also
+    for ``pass_credentials``)."""
     import aiq
 
     spark = df.sparkSession
@@ -48,6 +75,7 @@ def score(df: Any, *, journal: Optional[str] = None, workers: Optional[int] = No
     # over no rows, checked as any job is (a template naming a missing
     # column fails here, on the driver, before any task starts).
     out_schema = _output_schema(in_schema, task_settings)
+    task_settings = _for_tasks(task_settings, pass_credentials, lambda names: _unseen_by_spark(spark, names), "spark")
     out_spark = _from_arrow(out_schema)
     declared = _to_arrow(out_spark, large)
 
@@ -86,6 +114,72 @@ def _score_partition(
         yield _cast(out, declared)
         if inject is not None and inject[0] == partition and ctx is not None and ctx.attemptNumber() == 0 and rows >= inject[1]:
             raise RuntimeError(f"aiq.spark: failure injected in partition {partition} after {rows} rows")
+
+
+# Per engine: when its workers took their environment, and where to set a
+# variable for them.
+_WORKERS_ENV = {
+    "spark": (
+        "the Spark session started",
+        "spark.executorEnv.NAME or the cluster's environment variables, before the session starts",
+    ),
+    "ray": ("ray.init()", "before ray.init(), or in the cluster's environment"),
+}
+
+
+def _for_tasks(settings: dict, pass_credentials: Optional[bool], unseen: Callable[[list], list], engine: str) -> dict:
+    """The settings the tasks (or actors) run with. The endpoint is resolved
+    here first: missing credentials raise here, before any task starts.
+    ``pass_credentials=True`` adds the credentials resolved here;
+    ``None`` refuses when variables the endpoint reads are set in this
+    process but ``unseen`` by the workers; ``False`` leaves the workers to
+    resolve their own."""
+    import aiq
+
+    if settings.get("credentials") is not None:  # given explicitly
+        return settings
+    plain = {k: v for k, v in settings.items() if k != "job"}
+    job = settings.get("job")
+    try:
+        encoded = json.dumps(plain)
+    except (TypeError, ValueError) as e:
+        raise aiq.ConfigError(f"settings: {e}") from None
+    handed = aiq._core.handover(encoded, None if job is None else os.fspath(job))
+    if pass_credentials:
+        return dict(settings, credentials=handed)
+    if pass_credentials is None:
+        # The variables of this process the endpoint was resolved from
+        # (the environment wins over a profile, name by name).
+        missing = unseen([n for n in handed if os.environ.get(n)])
+        if missing:
+            where, fix = _WORKERS_ENV[engine]
+            them = ", ".join(missing)
+            raise aiq.ConfigError(
+                f"aiq.{engine}: {them} {'is' if len(missing) == 1 else 'are'} set in this process but not "
+                f"in the environment of the {engine} workers (set after {where}?): the tasks would not "
+                f"find the endpoint's credentials. Set {'it' if len(missing) == 1 else 'them'} for the "
+                f"workers ({fix}), or give pass_credentials=True to hand the tasks the credentials "
+                f"resolved here (the secrets then travel inside every task: see help(aiq.{engine})); "
+                "pass_credentials=False skips this check"
+            )
+    return settings
+
+
+def _unseen_by_spark(spark: Any, names: list) -> list:
+    """Of ``names`` (set in this process), those Spark would not give its
+    Python workers with the same value: in neither the JVM's environment
+    (taken when the session started; the workers inherit it) nor
+    ``spark.executorEnv.NAME``. Spark Connect shows neither: nothing is
+    checked there."""
+    if not names:
+        return []
+    try:
+        sc = spark.sparkContext
+        system = sc._jvm.java.lang.System
+        conf = sc.getConf()
+    except Exception:
+        return []
+    return [n for n in names if os.environ[n] not in (system.getenv(n), conf.get(f"spark.executorEnv.{n}"))]
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:

@@ -21,6 +21,7 @@
 //! - Errors become `aiq.ConfigError` (what the CLI exits 2 for) or
 //!   `aiq.JobError` (exit 1), with the CLI's messages.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,8 @@ use aiq::pipeline::progress::Summary;
 use aiq::pipeline::run::{run_with, Io, Ui};
 use aiq::pipeline::sink::Layout;
 use aiq::pipeline::source::{Format, Source};
+use aiq::provider::auth::Secret;
+use aiq::provider::endpoint;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchReader};
 use clap::Parser;
@@ -278,10 +281,22 @@ fn rebatch(
     }))
 }
 
+/// `settings` (JSON with the job file's keys) over the job file `job`.
+fn job_settings(settings: &str, job: Option<&std::path::Path>) -> PyResult<JobSettings> {
+    let s: JobSettings = serde_json::from_str(settings)
+        .map_err(|e| ConfigError::new_err(format!("settings: {e}")))?;
+    match job {
+        Some(job) => Ok(s.overlay(JobSettings::from_file(job).map_err(to_py)?)),
+        None => Ok(s),
+    }
+}
+
 /// Start a job. `data` is an Arrow stream, or `None` to read the input
-/// file of the settings; `settings` is JSON with the job file's keys.
+/// file of the settings; `settings` is JSON with the job file's keys;
+/// `credentials` are environment variables to resolve the endpoint's
+/// credentials from instead of the process's environment and config file.
 #[pyfunction]
-#[pyo3(signature = (data, label, total_rows, settings, job=None, output=None, restart=false, quiet=false))]
+#[pyo3(signature = (data, label, total_rows, settings, job=None, output=None, restart=false, quiet=false, credentials=None))]
 #[allow(clippy::too_many_arguments)]
 fn start(
     py: Python<'_>,
@@ -293,13 +308,10 @@ fn start(
     output: Option<PathBuf>,
     restart: bool,
     quiet: bool,
+    credentials: Option<BTreeMap<String, String>>,
 ) -> PyResult<Job> {
     aiq::frontend::cli::init_logging(0);
-    let mut s: JobSettings = serde_json::from_str(settings)
-        .map_err(|e| ConfigError::new_err(format!("settings: {e}")))?;
-    if let Some(job) = &job {
-        s = s.overlay(JobSettings::from_file(job).map_err(to_py)?);
-    }
+    let mut s = job_settings(settings, job.as_deref())?;
     if data.is_some() {
         s.input = Some(PathBuf::from(&label));
     }
@@ -311,7 +323,12 @@ fn start(
     } else {
         s.output = Some(PathBuf::from("<python>"));
     }
-    let plan = Plan::from_settings(s, restart).map_err(to_py)?;
+    let mut plan = Plan::from_settings(s, restart).map_err(to_py)?;
+    plan.handed = credentials.map(|vars| {
+        vars.into_iter()
+            .map(|(name, value)| (name, Secret::new(value)))
+            .collect()
+    });
     let source = match data {
         Some(data) => {
             let reader = data.into_reader()?;
@@ -371,6 +388,30 @@ fn start(
         schema,
         summary: None,
     })
+}
+
+/// The endpoint of a job's settings resolved here, for runs elsewhere
+/// (aiq.spark's tasks, aiq.ray's actors): the variables that give its
+/// credentials anywhere (secrets, for `start`'s `credentials`). Raises
+/// `ConfigError` as a run would when the host or credentials are missing.
+#[pyfunction]
+#[pyo3(signature = (settings, job=None))]
+fn handover(settings: &str, job: Option<PathBuf>) -> PyResult<BTreeMap<String, String>> {
+    let mut s = job_settings(settings, job.as_deref())?;
+    // Only the endpoint matters: the data and output are the tasks'.
+    s.input = Some(PathBuf::from("<python>"));
+    s.output = Some(PathBuf::from("<python>"));
+    let plan = Plan::from_settings(s, false).map_err(to_py)?;
+    let handed = endpoint::handover(
+        &plan.target,
+        plan.profile.as_deref(),
+        plan.api_key_env.as_deref(),
+    )
+    .map_err(to_py)?;
+    Ok(handed
+        .into_iter()
+        .map(|(name, value)| (name, value.expose().to_owned()))
+        .collect())
 }
 
 /// `aiq ARGS...`: the command line, exactly as the Rust binary runs it.
@@ -575,6 +616,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(sql, m)?)?;
     m.add_function(wrap_pyfunction!(before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(handover, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

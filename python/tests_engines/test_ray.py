@@ -79,3 +79,21 @@ def test_a_template_naming_a_missing_column_fails_on_the_driver():
     ds = ray.data.from_arrow(pa.table({"text": ["a", "b"]}))
     with pytest.raises(aiq.ConfigError, match="nope"):
         aiq.ray.score(ds, endpoint="http://127.0.0.1:9/v1", model="m", prompt="{{nope}}")
+
+
+def test_credentials_set_after_ray_init(monkeypatch):
+    # Ray's workers took their environment at ray.init(): variables set
+    # later in the driver never reach them. Refused on the driver, before
+    # any actor starts, unless the driver hands its credentials over.
+    endpoint = "databricks-meta-llama-3-3-70b-instruct"
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", "/nonexistent/databrickscfg")
+    with pytest.raises(aiq.ConfigError, match="no Databricks host"):
+        aiq.ray.score(dataset(), endpoint=endpoint, prompt="{{text}}")
+    with aiq.Simulator() as sim:
+        monkeypatch.setenv("DATABRICKS_HOST", sim.url.removesuffix("/v1"))
+        monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-driver-only")
+        with pytest.raises(aiq.ConfigError, match="DATABRICKS_HOST, DATABRICKS_TOKEN are set in this process.*pass_credentials=True"):
+            aiq.ray.score(dataset(), endpoint=endpoint, prompt="{{text}}")
+        assert sim.stats()["requests"] == 0
+        check(aiq.ray.score(dataset(), endpoint=endpoint, prompt="{{text}}", batch_rows=8, pass_credentials=True))
+        assert sim.stats()["ok"] == ROWS

@@ -100,6 +100,26 @@ def test_a_template_naming_a_missing_column_fails_on_the_driver(reviews):
         aiq.spark.score(reviews, endpoint="http://127.0.0.1:9/v1", model="m", prompt="{{nope}}")
 
 
+def test_credentials_set_after_the_session_started(reviews, monkeypatch):
+    # The executors' Python workers take their environment from Spark's,
+    # set when the session started: variables set later in the driver
+    # never reach them. Refused on the driver, before any task, unless the
+    # driver hands its credentials over.
+    endpoint = "databricks-meta-llama-3-3-70b-instruct"
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", "/nonexistent/databrickscfg")
+    with pytest.raises(aiq.ConfigError, match="no Databricks host"):
+        aiq.spark.score(reviews, endpoint=endpoint, prompt="Summarize: {{text}}")
+    with aiq.Simulator() as sim:
+        monkeypatch.setenv("DATABRICKS_HOST", sim.url.removesuffix("/v1"))
+        monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-driver-only")
+        with pytest.raises(aiq.ConfigError, match="DATABRICKS_HOST, DATABRICKS_TOKEN are set in this process.*pass_credentials=True"):
+            aiq.spark.score(reviews, endpoint=endpoint, prompt="Summarize: {{text}}")
+        assert sim.stats()["requests"] == 0
+        out = aiq.spark.score(reviews, endpoint=endpoint, prompt="Summarize: {{text}}", pass_credentials=True)
+        check(out)
+        assert sim.stats()["ok"] == sent()
+
+
 def test_typed_results_and_large_strings(spark, reviews):
     spark.conf.set("spark.sql.execution.arrow.useLargeVarTypes", "true")
     try:

@@ -18,7 +18,7 @@ use crate::job::settings::{
 };
 use crate::job::shard::{split_limit, Shard, PLACEHOLDER};
 use crate::job::spend::{Budget, Prices};
-use crate::provider::endpoint::{Endpoint, Target};
+use crate::provider::endpoint::{Endpoint, Handed, Target};
 use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL, SIMULATOR_TOKEN};
 use crate::provider::limit::Limits;
 use crate::provider::quirks::Quirks;
@@ -82,6 +82,12 @@ pub struct Plan {
     pub shard: Option<Shard>,
     /// `--call-journal`: answered calls keyed by request content.
     pub call_journal: Option<PathBuf>,
+    /// Credentials handed to this run by its caller, resolved in place of
+    /// the process's environment and config file (the Python package's
+    /// `credentials=`, which aiq.spark and aiq.ray use to give their tasks
+    /// what the driver resolved, its profile included: `profile` is then
+    /// not read). Not a job-file setting.
+    pub handed: Option<Handed>,
 }
 
 /// Batch mode settings, checked.
@@ -434,6 +440,7 @@ impl Plan {
             retry_failed: s.retry_failed,
             shard,
             call_journal: s.call_journal,
+            handed: None,
         })
     }
 
@@ -444,9 +451,10 @@ impl Plan {
             &self.target,
             self.model.as_deref(),
             self.task,
-            self.profile.as_deref(),
+            self.profile.as_deref().filter(|_| self.handed.is_none()),
             self.api_key_env.as_deref(),
             &self.simulator,
+            self.handed.as_ref(),
         )
         .await
     }
@@ -695,10 +703,11 @@ pub async fn resolve_endpoint(
     profile: Option<&str>,
     api_key_env: Option<&str>,
     sim: &SimulatorSettings,
+    handed: Option<&Handed>,
 ) -> Result<(Endpoint, Option<Simulator>)> {
     if *target != Target::Simulator {
         let endpoint =
-            crate::provider::endpoint::resolve(target, model, task, profile, api_key_env)?;
+            crate::provider::endpoint::resolve(target, model, task, profile, api_key_env, handed)?;
         return Ok((endpoint, None));
     }
     let cfg = SimConfig {

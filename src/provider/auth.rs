@@ -17,6 +17,7 @@
 //!   headers would otherwise hand the token back into the journal, the
 //!   output and the terminal.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -574,6 +575,27 @@ impl fmt::Display for DatabricksTarget {
     }
 }
 
+impl DatabricksTarget {
+    /// The environment variables that resolve to this target from an
+    /// environment alone (no config file): the host, and the token or the
+    /// client pair. Secrets, in the clear.
+    pub fn variables(&self) -> BTreeMap<String, Secret> {
+        let mut vars = BTreeMap::from([(env_name("host"), Secret::new(&self.host))]);
+        match &self.credentials {
+            // Not from a Databricks resolution.
+            Credentials::None | Credentials::Basic(_) => {}
+            Credentials::Bearer(token) => {
+                vars.insert(env_name("token"), token.clone());
+            }
+            Credentials::OAuth(o) => {
+                vars.insert(env_name("client_id"), Secret::new(&o.client_id));
+                vars.insert(env_name("client_secret"), o.client_secret.clone());
+            }
+        }
+        vars
+    }
+}
+
 /// `https://` added when there is no scheme, and only scheme, host and port
 /// kept: workspace URLs pasted from a browser carry paths and `?o=…`, which
 /// the SDKs drop too.
@@ -854,6 +876,11 @@ fn read_profile(
     ))
 }
 
+/// The environment variable holding the OpenAI-compatible API key.
+pub fn openai_key_variable(key_env: Option<&str>) -> &str {
+    key_env.unwrap_or("OPENAI_API_KEY").trim()
+}
+
 /// Credentials for an OpenAI-compatible server: a bearer token from the
 /// environment variable `key_env` (default `OPENAI_API_KEY`). Without the
 /// default variable, no credentials (local servers need none); a variable
@@ -865,7 +892,7 @@ pub fn resolve_openai(
     key_env: Option<&str>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Credentials, String)> {
-    let name = key_env.unwrap_or("OPENAI_API_KEY").trim();
+    let name = openai_key_variable(key_env);
     if name.is_empty() {
         return Err(Error::Config("the API key variable name is empty".into()));
     }
@@ -931,6 +958,28 @@ mod tests {
         [dev]\nhost = https://dev.cloud.databricks.com/\nTOKEN = tok-dev\\x\n\n\
         [sp]\nhost = sp.cloud.databricks.com\nclient_id = abc\nclient_secret = shh\n\n\
         [u2m]\nhost = u2m.cloud.databricks.com\nauth_type = databricks-cli\n";
+
+    #[test]
+    fn variables_resolve_to_the_same_target_without_the_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = config(dir.path(), PROFILES);
+        // What authenticates: the token, or the client id and secret.
+        let auth = |c: &Credentials| match c {
+            Credentials::Bearer(t) => t.expose().to_owned(),
+            Credentials::OAuth(o) => format!("{} {}", o.client_id, o.client_secret.expose()),
+            _ => String::new(),
+        };
+        for profile in ["dev", "sp"] {
+            let env = env_of(&[("DATABRICKS_CONFIG_FILE", &file)]);
+            let here = resolve_databricks(Some(profile), &env).unwrap();
+            let vars = here.variables();
+            let there = |k: &str| vars.get(k).map(|s| s.expose().to_owned());
+            let again = resolve_databricks(None, &there).unwrap();
+            assert_eq!(again.host, here.host);
+            assert_eq!(again.source, "environment");
+            assert_eq!(auth(&again.credentials), auth(&here.credentials));
+        }
+    }
 
     #[test]
     fn environment_alone() {

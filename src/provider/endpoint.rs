@@ -7,12 +7,13 @@
 //! target becomes an endpoint with credentials; the in-process simulator,
 //! which job planning starts, gets its endpoint from [`Endpoint::simulator`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::provider::auth::{
-    redact_url, resolve_databricks, resolve_openai, split_user_info, Credentials, DatabricksTarget,
-    Secret,
+    openai_key_variable, redact_url, resolve_databricks, resolve_openai, split_user_info,
+    Credentials, DatabricksTarget, Secret,
 };
 use crate::provider::wire::Task;
 
@@ -87,43 +88,92 @@ impl Target {
     }
 }
 
-/// Resolve a target to a URL and credentials. The built-in simulator is
-/// not this layer's to start: job planning starts it and makes its endpoint
-/// with [`Endpoint::simulator`] (`crate::job::plan::resolve_endpoint`).
+/// Environment variables handed to a run in place of its process's own
+/// environment and config file: its credentials resolve from these alone
+/// ([`handover`] makes them).
+pub type Handed = BTreeMap<String, Secret>;
+
+/// Resolve a target to a URL and credentials, from the process's
+/// environment (and the config file it names) or from `handed`. The
+/// built-in simulator is not this layer's to start: job planning starts it
+/// and makes its endpoint with [`Endpoint::simulator`]
+/// (`crate::job::plan::resolve_endpoint`).
 pub fn resolve(
     target: &Target,
     model: Option<&str>,
     task: Task,
     profile: Option<&str>,
     api_key_env: Option<&str>,
+    handed: Option<&Handed>,
 ) -> Result<Endpoint> {
-    let env = |k: &str| std::env::var(k).ok();
+    let from_process = |k: &str| std::env::var(k).ok();
+    let from_handed = |k: &str| handed.and_then(|h| h.get(k)).map(|s| s.expose().to_owned());
+    let env: &dyn Fn(&str) -> Option<String> = match handed {
+        Some(_) => &from_handed,
+        None => &from_process,
+    };
     match target {
         Target::Simulator => Err(Error::Config(
             "the built-in simulator's endpoint is made when it starts (job planning)".into(),
         )),
         Target::Databricks(name) => {
-            let target = resolve_databricks(profile, &env)?;
+            let target = resolve_databricks(profile, env)?;
             Ok(Endpoint::databricks(target, name))
         }
         Target::OpenAi(url) => {
-            // A `user:password@` in the URL is how the user chose to log
-            // in (as curl does): Basic auth, and no key from the
-            // environment (a request carries one `Authorization`).
-            let (url, login) = split_user_info(url.expose());
-            let (credentials, from) = match login {
-                Some(login) => (
-                    Credentials::Basic(login),
-                    "the user and password in the URL".to_owned(),
-                ),
-                None => resolve_openai(api_key_env, &env)?,
-            };
+            let (url, credentials, from) = openai_credentials(url, api_key_env, env)?;
             Ok(Endpoint {
                 credentials_from: from,
                 ..Endpoint::openai(&url, task, model, credentials)
             })
         }
     }
+}
+
+/// What resolving `target` in this process finds, as the environment
+/// variables that give the same endpoint anywhere, without this process's
+/// environment or config file: `DATABRICKS_HOST` with a token or a client
+/// pair, or the API key variable; nothing for the simulator or a server
+/// without a key. For runs elsewhere (aiq.spark's tasks, aiq.ray's actors)
+/// that cannot see them; the values are secrets, in the clear. Fails as
+/// resolving fails here (no host, no credentials).
+pub fn handover(
+    target: &Target,
+    profile: Option<&str>,
+    api_key_env: Option<&str>,
+) -> Result<Handed> {
+    let env = |k: &str| std::env::var(k).ok();
+    Ok(match target {
+        Target::Simulator => Handed::new(),
+        Target::Databricks(_) => resolve_databricks(profile, &env)?.variables(),
+        // A login in the URL travels with the URL, in the settings.
+        Target::OpenAi(url) => match openai_credentials(url, api_key_env, &env)?.1 {
+            Credentials::Bearer(key) => {
+                Handed::from([(openai_key_variable(api_key_env).to_owned(), key)])
+            }
+            _ => Handed::new(),
+        },
+    })
+}
+
+/// An OpenAI-compatible URL without its user-info, its credentials and
+/// where they came from. A `user:password@` in the URL is how the user
+/// chose to log in (as curl does): Basic auth, and no key from the
+/// environment (a request carries one `Authorization`).
+fn openai_credentials(
+    url: &EndpointUrl,
+    api_key_env: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, Credentials, String)> {
+    let (url, login) = split_user_info(url.expose());
+    let (credentials, from) = match login {
+        Some(login) => (
+            Credentials::Basic(login),
+            "the user and password in the URL".to_owned(),
+        ),
+        None => resolve_openai(api_key_env, env)?,
+    };
+    Ok((url, credentials, from))
 }
 
 /// The protocol family of an endpoint.

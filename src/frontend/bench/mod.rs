@@ -365,6 +365,7 @@ pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
         args.profile.as_deref(),
         args.api_key_env.as_deref(),
         &plan.simulator,
+        None,
     )
     .await?;
     let endpoint = Arc::new(endpoint);
