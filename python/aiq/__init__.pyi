@@ -36,6 +36,7 @@ class RunSettings(TypedDict, total=False):
     max_words: int  # word limit for ai_summarize [50]
     to_lang: str  # target language for ai_translate
     images: Sequence[str]  # columns holding images sent with the prompt (chat)
+    send_empty: bool  # send rows whose prompt renders empty or blank (by default not sent: result null, error_message says why)
     input_format: Literal['rows', 'openai-batch']  # how to read the input [rows]
     output_format: Literal['parquet', 'openai-batch']  # how to write the output [parquet]
     fail_on_error: bool  # fail the job on the first row error
@@ -195,6 +196,8 @@ class Simulator:
         truncate_first: int = ...,  # the first N typed replies are cut off
         mismatch_first: int = ...,  # the N typed replies after those do not match their schema
         context_tokens: int = ...,  # context window: longer prompts answer 400 context_length_exceeded
+        echo_headers: bool = ...,  # hostile: every error reply quotes the request's headers (Authorization included)
+        error_body_bytes: int = ...,  # hostile: error replies padded to this many bytes, sent without a length
         **knobs: Any,
     ) -> None: ...
     @property
