@@ -73,6 +73,8 @@ pub struct Plan {
     pub max_repairs: u32,
     /// Re-send rows whose journaled outcome is an error.
     pub retry_failed: bool,
+    /// Run even when the output holds this job's finished result.
+    pub overwrite: bool,
     /// Online, or through the provider's Batch API.
     pub mode: Mode,
     /// Batch mode's limits, poll interval and deadline.
@@ -438,6 +440,7 @@ impl Plan {
             batch,
             max_repairs: s.max_repairs.unwrap_or(DEFAULT_MAX_REPAIRS),
             retry_failed: s.retry_failed,
+            overwrite: s.overwrite,
             shard,
             call_journal: s.call_journal,
             handed: None,
@@ -629,6 +632,12 @@ fn batch_settings(s: BatchFlags, mode: Mode, target: &Target) -> Result<BatchSet
 }
 
 impl Plan {
+    /// What names this run's shard in lock and call-journal names.
+    pub fn shard_scope(&self) -> Option<String> {
+        self.shard
+            .map(|s| format!("shard-{}-of-{}", s.index, s.count))
+    }
+
     /// What a `--call-journal` key folds in besides the request body: the
     /// settings that change answers or how replies are read, but not the
     /// shard (a call is the same call in any shard).

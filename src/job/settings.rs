@@ -295,6 +295,13 @@ pub struct JobSettings {
     #[arg(long)]
     #[serde(default)]
     pub retry_failed: bool,
+    /// Run the job even when the output already holds its finished result
+    /// (the output's footer names the job that wrote it: same input, same
+    /// answer-changing settings) and replace it; without this flag (or
+    /// `--restart`) such a run says the output is complete and sends nothing.
+    #[arg(long)]
+    #[serde(default)]
+    pub overwrite: bool,
     /// How rows are sent: `online` (requests now, under the rate limits) or
     /// `batch` (the provider's Batch API: about half price, answered within
     /// 24 hours; OpenAI-compatible base URLs only) [default: online].
@@ -395,6 +402,7 @@ impl JobSettings {
         self.stream |= base.stream;
         self.retry_failed |= base.retry_failed;
         self.send_empty |= base.send_empty;
+        self.overwrite |= base.overwrite;
         self
     }
 }

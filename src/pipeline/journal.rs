@@ -116,13 +116,46 @@ pub fn state_dir(output: &Path) -> PathBuf {
     output.with_file_name(name)
 }
 
+/// The writer lock's file in the state folder (see [`crate::pipeline::lock`]),
+/// for `scope` (a shard, say) or for the whole output.
+pub fn lock_name(scope: Option<&str>) -> String {
+    match scope {
+        Some(s) => format!("writer-{s}.lock"),
+        None => "writer.lock".into(),
+    }
+}
+
+/// Whether a file of the state folder is a writer lock: `--restart` keeps
+/// it, since it runs while holding it.
+pub fn is_lock(name: &str) -> bool {
+    name.starts_with("writer") && name.ends_with(".lock")
+}
+
+/// Empties the state folder `dir` but for its locks.
+fn clear(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        if is_lock(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
 impl Journal {
     /// Open the journal for `output`, resuming an earlier run of the same
     /// job, or starting fresh (`restart` discards what is there).
     pub fn open(output: &Path, manifest: &Manifest, restart: bool) -> Result<(Journal, Resume)> {
         let dir = state_dir(output);
         if restart && dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            clear(&dir)?;
         }
         let manifest_path = dir.join(MANIFEST);
         let manifest_bytes =

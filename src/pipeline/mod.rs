@@ -12,6 +12,7 @@ pub mod client;
 pub mod collect;
 pub mod http;
 pub mod journal;
+pub mod lock;
 pub mod recheck;
 pub mod render;
 pub mod repair;

@@ -24,7 +24,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::column::writer::ColumnCloseResult;
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
+use parquet::file::metadata::{KeyValue, PageIndexPolicy, ParquetMetaDataReader};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 
@@ -290,14 +290,35 @@ impl Drop for ParquetFile {
     }
 }
 
+/// The footer key (Parquet key-value metadata) naming the job that wrote an
+/// output, so that running the same job again can tell it is done.
+pub const JOB_KEY: &str = "aiq.job";
+
+/// The value of `key` in a Parquet footer's key-value metadata.
+pub fn footer_value<'a>(
+    meta: &'a parquet::file::metadata::FileMetaData,
+    key: &str,
+) -> Option<&'a str> {
+    meta.key_value_metadata()?
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_deref()
+}
+
 /// Joins Parquet files written by [`ParquetFile`] with `schema`, in order,
-/// into `path` (atomically). Their encoded column chunks, page indexes and
+/// into `path` (atomically), its footer naming `job` ([`JOB_KEY`]) if given. Their encoded column chunks, page indexes and
 /// statistics are copied as they are: nothing is decoded, re-encoded or
 /// recompressed, and memory stays at one column chunk's copy buffer. With no
 /// files, `path` is an empty file of `schema`. Returns the rows written.
-pub fn concat(files: &[PathBuf], path: &Path, schema: SchemaRef) -> Result<u64> {
+pub fn concat(files: &[PathBuf], path: &Path, schema: SchemaRef, job: Option<&str>) -> Result<u64> {
+    let stamp = job.map(|j| KeyValue::new(JOB_KEY.into(), j.to_string()));
     let Some(first) = files.first() else {
-        return ParquetFile::create(path, schema)?.finish();
+        let mut file = ParquetFile::create(path, schema)?;
+        if let (Some(stamp), Some(w)) = (stamp, file.writer.as_mut()) {
+            w.append_key_value_metadata(stamp);
+        }
+        return file.finish();
     };
     let open = |part: &Path| -> Result<(File, parquet::file::metadata::ParquetMetaData)> {
         let file = File::open(part).map_err(|e| Error::io(part, e))?;
@@ -322,6 +343,9 @@ pub fn concat(files: &[PathBuf], path: &Path, schema: SchemaRef) -> Result<u64> 
         .flatten()
     {
         writer.append_key_value_metadata(kv.clone());
+    }
+    if let Some(stamp) = stamp {
+        writer.append_key_value_metadata(stamp);
     }
     let mut rows = 0u64;
     for part in files {
@@ -374,6 +398,41 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     Ok(path.with_file_name(tmp_name))
+}
+
+/// Removes what killed writers of `path` left beside it: `.<name>.tmp-<pid>`
+/// files ([`temp_path`]) whose process is `gone` (a file of a live process
+/// is being written and stays). Returns how many were removed.
+pub fn remove_stale_temps(path: &Path, gone: impl Fn(u32) -> bool) -> usize {
+    let Some(name) = path.file_name() else {
+        return 0;
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let pid = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(&gone) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!("removed {}, left by a killed run", entry.path().display());
+                    removed += 1;
+                }
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
+    removed
 }
 
 /// Makes the rename itself durable: a directory entry reaches the disk only
@@ -619,7 +678,10 @@ mod tests {
             parts.push(path);
         }
         let output = dir.path().join("out.parquet");
-        assert_eq!(concat(&parts, &output, ids_batch(0).schema()).unwrap(), 166);
+        assert_eq!(
+            concat(&parts, &output, ids_batch(0).schema(), None).unwrap(),
+            166
+        );
         let sizes = |path: &Path| -> Vec<(i64, i64)> {
             let file = File::open(path).unwrap();
             let meta = ParquetMetaDataReader::new()

@@ -10,7 +10,7 @@
 //! done/failed, tokens, spend, rate, ETA and errors by class. It is
 //! rewritten atomically (temporary file + rename) every second while the
 //! job runs, so a reader never sees half a file, and finalised when the job
-//! ends with `"state": "done"` or `"stopped"` (and the reason); it is left
+//! ends with `"state": "done"`, `"stopped"` or `"failed"` (and the reason); it is left
 //! in place so the last word stays readable, and replaced by the next run.
 
 use std::collections::BTreeMap;
@@ -361,6 +361,25 @@ impl StatusFile {
             self.update(s);
         }
         self.write(state, message);
+    }
+
+    /// The job ended with `error`: `stopped` for a stop that a re-run
+    /// resumes (an interrupt, a budget), `failed` for anything else; the
+    /// message says why. An object-store output's status file lives in its
+    /// scratch folder, which may be gone with the run: nothing to tell then.
+    pub fn fail(&self, error: &crate::error::Error) {
+        if self
+            .path
+            .parent()
+            .is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir())
+        {
+            return;
+        }
+        let state = match error {
+            crate::error::Error::Stopped(_) => "stopped",
+            _ => "failed",
+        };
+        self.finish(None, state, Some(error.to_string()));
     }
 
     fn write(&self, state: &'static str, message: Option<String>) {

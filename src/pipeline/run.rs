@@ -28,13 +28,16 @@ use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
 use crate::pipeline::http::HttpPool;
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
+use crate::pipeline::lock::WriterLock;
 use crate::pipeline::openai_batch::OutputFormat;
 use crate::pipeline::outcome::RowId;
 use crate::pipeline::progress::{status_path, Live, Progress, StatusFile, Summary};
 use crate::pipeline::recheck::recheck;
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::Dispatcher;
-use crate::pipeline::sink::{concat_parts, Layout, PartWriter};
+use crate::pipeline::sink::{
+    check_output, concat_parts, job_stamp, written_by, Layout, PartWriter,
+};
 use crate::pipeline::source::Source;
 use crate::pipeline::store::{mirror, Remote, RemoteOutput, Role, MIRROR_AFTER_LINES};
 use crate::provider::batch_api::BatchApi;
@@ -77,7 +80,29 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
 
 /// [`run`], with the input, output and interrupt given by `io`.
 pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
+    // However the run ends, its status file says how and its lock goes.
+    let mut held = Held::default();
+    let result = run_held(plan, io, ui, &mut held).await;
+    if let (Err(e), Some(status)) = (&result, &held.status) {
+        status.fail(e);
+    }
+    if let Some(lock) = held.lock.take() {
+        lock.release().await;
+    }
+    result
+}
+
+/// What a run holds that must be let go however it ends.
+#[derive(Default)]
+struct Held {
+    status: Option<Arc<StatusFile>>,
+    lock: Option<WriterLock>,
+}
+
+async fn run_held(plan: Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Summary> {
     let started = Instant::now();
+    // The plan's input, not rows handed in: the output must not replace it.
+    let own_input = io.source.is_none().then_some(plan.input.as_path());
     let (source, identity) = match io.source {
         Some((source, identity)) => (source, Some(identity)),
         None => (open_source(&plan)?, None),
@@ -85,6 +110,24 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     let templates = Arc::new(Templates::for_plan(&plan, &source.schema)?);
     let layout =
         Layout::new(&source.schema, plan.result_type.arrow_type())?.with_prices(plan.prices);
+    let manifest = Manifest {
+        version: JOURNAL_VERSION,
+        input: match identity {
+            Some(identity) => identity,
+            None => InputIdentity::of(&plan.input)?,
+        },
+        settings: plan.answer_settings(),
+    };
+    let stamp = job_stamp(&manifest);
+    if io.batches.is_none() {
+        check_output(&plan.output, own_input)?;
+        held.lock = Some(WriterLock::acquire(&plan.output, plan.shard_scope().as_deref()).await?);
+        if !(plan.restart || plan.overwrite || plan.retry_failed) {
+            if let Some(summary) = complete(&plan.output, &stamp, ui).await {
+                return Ok(summary);
+            }
+        }
+    }
 
     // The simulator (if any) lives as long as this function.
     let (endpoint, _simulator) = plan.resolve_endpoint().await?;
@@ -101,32 +144,15 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
                 "--output-format openai-batch writes local files only",
             ))
         }
-        Some(r) => Some(RemoteOutput::prepare(r, plan.restart).await?),
+        Some(r) => Some(RemoteOutput::prepare(r, plan.restart, plan.overwrite).await?),
         None => None,
     };
     let output = remote
         .as_ref()
         .map_or(plan.output.clone(), |r| r.local_output().to_path_buf());
-    let manifest = Manifest {
-        version: JOURNAL_VERSION,
-        input: match identity {
-            Some(identity) => identity,
-            None => InputIdentity::of(&plan.input)?,
-        },
-        settings: plan.answer_settings(),
-    };
     let (mut journal, resume) = match &io.batches {
         Some(_) => (Journal::disabled(), Resume::default()),
-        None => {
-            // Like `mkdir -p`: the example job writes under target/, which a
-            // fresh clone built elsewhere (CARGO_TARGET_DIR) does not have.
-            if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    Error::output(&plan.output, format!("cannot create its folder: {e}"))
-                })?;
-            }
-            Journal::open(&output, &manifest, plan.restart)?
-        }
+        None => Journal::open(&output, &manifest, plan.restart)?,
     };
     let (resume, again) = if plan.retry_failed {
         crate::pipeline::journal::retry_failed(&journal, resume)?
@@ -308,6 +334,7 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
         .batches
         .is_none()
         .then(|| StatusFile::start(status_path(&output), to_do));
+    held.status = status.clone();
     let mut progress =
         Progress::new(to_do, ui.quiet).with_in_flight(client.stats.in_flight.clone());
     if let Some(status) = &status {
@@ -345,9 +372,6 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
             synced?;
         }
     }
-    if let (Err(e), Some(status)) = (&collected, &status) {
-        status.finish(None, "stopped", Some(e.to_string()));
-    }
     stop.store(true, Ordering::Relaxed);
     if collected.is_err() {
         // Stopped: the dispatcher may be waiting for a slot that only a
@@ -369,13 +393,18 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
         (OutputFormat::Parquet, Some(r)) => {
             r.lock()
                 .await
-                .commit(&collector.parts.parts, collector.layout.output.clone())
+                .commit(
+                    &collector.parts.parts,
+                    collector.layout.output.clone(),
+                    &stamp,
+                )
                 .await?
         }
         (OutputFormat::Parquet, None) => concat_parts(
             &collector.parts.parts,
             &plan.output,
             collector.layout.output.clone(),
+            &stamp,
         )?,
         (OutputFormat::OpenaiBatch, _) => {
             crate::pipeline::openai_batch::write_output(&collector.parts.parts, &plan.output)?
@@ -426,6 +455,25 @@ pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     Ok(summary)
 }
 
+/// The summary of a run that finds `output` already written by this job
+/// (its footer says so): nothing to send.
+async fn complete(output: &std::path::Path, stamp: &str, ui: Ui) -> Option<Summary> {
+    let rows = written_by(output, stamp).await?;
+    if !ui.quiet {
+        eprintln!(
+            "{} is complete: this job (the same input and settings) wrote it; nothing was \
+             sent. Give --overwrite to run it again",
+            output.display()
+        );
+    }
+    Some(Summary {
+        rows,
+        resumed: rows,
+        output: output.display().to_string(),
+        ..Summary::default()
+    })
+}
+
 /// Names a job in batch metadata: the same for every run of the same job
 /// (answer-changing settings, output path; not the input, which a resume
 /// may see edited), so a re-run finds its batches, and different for
@@ -452,9 +500,7 @@ fn recall(plan: &Plan) -> Result<Option<Recall>> {
     let Some(dir) = &plan.call_journal else {
         return Ok(None);
     };
-    let scope = plan
-        .shard
-        .map(|s| format!("shard-{}-of-{}", s.index, s.count));
+    let scope = plan.shard_scope();
     Ok(Some(Recall {
         journal: CallJournal::open(dir, scope.as_deref())?,
         fingerprint: plan.call_fingerprint(),

@@ -15,14 +15,18 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use parquet::file::metadata::ParquetMetaDataReader;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::job::spend::{row_cost, Prices};
 use crate::pipeline::bounds::{PART_BYTES, PART_ROWS};
-use crate::pipeline::journal::{part_name, Part};
+use crate::pipeline::journal::{part_name, Manifest, Part};
 use crate::pipeline::outcome::{Outcome, RowId};
-use crate::pipeline::parquet_out::{compatible_schema, concat, make_compatible, ParquetFile};
+use crate::pipeline::parquet_out::{
+    compatible_schema, concat, footer_value, make_compatible, ParquetFile, JOB_KEY,
+};
+use crate::pipeline::store::{is_url, parquet_footer, Remote, Role};
 
 /// The columns aiq adds after the input's, in order.
 pub const OUTCOME_COLUMNS: [&str; 15] = [
@@ -261,10 +265,112 @@ impl PartWriter {
 }
 
 /// Concatenate the parts, in order, into `output` (atomically), copying
-/// their encoded row groups.
-pub fn concat_parts(parts: &[Part], output: &Path, schema: SchemaRef) -> Result<u64> {
+/// their encoded row groups; its footer names `job` ([`job_stamp`]).
+pub fn concat_parts(parts: &[Part], output: &Path, schema: SchemaRef, job: &str) -> Result<u64> {
     let files: Vec<PathBuf> = parts.iter().map(|p| p.path.clone()).collect();
-    concat(&files, output, schema)
+    concat(&files, output, schema, Some(job))
+}
+
+/// What an output's footer says about the job that wrote it: a hash of the
+/// journal's manifest (input identity and answer-changing settings), so the
+/// same job run again finds its output complete.
+pub fn job_stamp(manifest: &Manifest) -> String {
+    let bytes = serde_json::to_vec(manifest).unwrap_or_default();
+    blake3::hash(&bytes).to_hex()[..32].to_string()
+}
+
+/// The rows of `output` (a local path or an object-store URL) if it is a
+/// Parquet file whose footer says `job` ([`job_stamp`]) wrote it.
+pub async fn written_by(output: &Path, job: &str) -> Option<u64> {
+    let meta = match Remote::parse(output, Role::Output).ok()? {
+        Some(remote) => parquet_footer(&remote).await?,
+        None => {
+            let file = std::fs::File::open(output).ok()?;
+            Arc::new(ParquetMetaDataReader::new().parse_and_finish(&file).ok()?)
+        }
+    };
+    let file = meta.file_metadata();
+    (footer_value(file, JOB_KEY)? == job).then(|| u64::try_from(file.num_rows()).unwrap_or(0))
+}
+
+/// Checks, before anything is sent, that the job can write `output`: not a
+/// directory, its folder there (created like `mkdir -p`) and writable, and
+/// not the `input`, which the output would replace. Each is an output
+/// error (exit 2). For an object-store output only the last applies: the
+/// store answers the rest when the job's state is first written there.
+pub fn check_output(output: &Path, input: Option<&Path>) -> Result<()> {
+    if input.is_some_and(|input| same_location(input, output)) {
+        return Err(Error::output(
+            output,
+            "is the input: writing it would replace the input. Choose another output",
+        ));
+    }
+    if is_url(output) {
+        return Ok(());
+    }
+    if output.is_dir()
+        || output
+            .to_string_lossy()
+            .ends_with(std::path::MAIN_SEPARATOR)
+    {
+        return Err(Error::output(
+            output,
+            format!(
+                "is a directory: name a file, e.g. {}",
+                output.join("out.parquet").display()
+            ),
+        ));
+    }
+    let folder = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(folder)
+        .map_err(|e| Error::output(output, format!("cannot create its folder: {e}")))?;
+    let probe = folder.join(format!(".aiq-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| {
+        Error::output(
+            output,
+            format!("cannot write in its folder {}: {e}", folder.display()),
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same file or object (links, `..` and
+/// hard links resolved for local paths).
+fn same_location(a: &Path, b: &Path) -> bool {
+    match (is_url(a), is_url(b)) {
+        (true, true) => {
+            let url = |p: &Path| url::Url::parse(&p.to_string_lossy()).ok();
+            url(a).is_some() && url(a) == url(b)
+        }
+        (false, false) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+                    return x.dev() == y.dev() && x.ino() == y.ino();
+                }
+            }
+            canonical(a).is_some() && canonical(a) == canonical(b)
+        }
+        _ => false,
+    }
+}
+
+/// The absolute path `path` names, resolved through links, whether or not
+/// the file itself exists yet.
+fn canonical(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return Some(p);
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(folder).ok()?.join(path.file_name()?))
 }
 
 #[cfg(test)]

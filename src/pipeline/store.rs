@@ -55,12 +55,13 @@ use object_store::{
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
+use parquet::file::metadata::{KeyValue, ParquetMetaData};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::pipeline::journal::{state_dir, InputIdentity, Part};
-use crate::pipeline::parquet_out::writer_properties;
+use crate::pipeline::journal::{is_lock, state_dir, InputIdentity, Part};
+use crate::pipeline::parquet_out::{writer_properties, JOB_KEY};
 
 /// The URL schemes aiq hands to an object store; anything else is a path.
 const SCHEMES: [&str; 10] = [
@@ -476,6 +477,16 @@ pub fn parquet_builder(
     })
 }
 
+/// The footer of the Parquet object `remote`, if there is one.
+#[allow(deprecated)] // ParquetObjectReader: see the import
+pub async fn parquet_footer(remote: &Remote) -> Option<Arc<ParquetMetaData>> {
+    let meta = head(&remote.store, &remote.key).await.ok()?;
+    let reader = ParquetObjectReader::new(remote.store.clone(), remote.key.clone())
+        .with_file_size(meta.size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await.ok()?;
+    Some(builder.metadata().clone())
+}
+
 /// Batches of a Parquet object, for the reader thread: row groups are
 /// fetched one at a time, so memory stays one row group as for local files.
 pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
@@ -556,13 +567,16 @@ pub struct RemoteOutput {
     journal_sent: u64,
     manifest_sent: bool,
     parts_sent: BTreeSet<String>,
+    /// `--overwrite`: the final copy replaces an output that is there.
+    overwrite: bool,
 }
 
 impl RemoteOutput {
     /// Checks the bucket is there and readable and the output not yet
-    /// written, then pulls an earlier run's state into a fresh scratch
-    /// folder (`restart` deletes it instead). All errors exit 2.
-    pub async fn prepare(output: Remote, restart: bool) -> Result<RemoteOutput> {
+    /// written (unless `overwrite`), then pulls an earlier run's state into
+    /// a fresh scratch folder (`restart` deletes it instead). All errors
+    /// exit 2.
+    pub async fn prepare(output: Remote, restart: bool, overwrite: bool) -> Result<RemoteOutput> {
         let fail = |e: object_store::Error| Error::output(&output.url, e);
         let state_key = ObjectPath::from(format!("{}.aiq", output.key));
         let state = output.at(state_key);
@@ -576,11 +590,13 @@ impl RemoteOutput {
             .await
             .map_err(fail)?;
         match head(&output.store, &output.key).await {
+            Ok(_) if overwrite => {}
             Ok(_) => {
                 return Err(Error::output(
                     &output.url,
-                    "already exists; delete it or choose another output (an object store \
-                     output is only ever created, so that two runs cannot both commit it)",
+                    "already exists; delete it, choose another output or give --overwrite (an \
+                     object store output is otherwise only ever created, so that two runs \
+                     cannot both commit it)",
                 ))
             }
             Err(object_store::Error::NotFound { .. }) => {}
@@ -614,10 +630,13 @@ impl RemoteOutput {
             journal_sent: 0,
             manifest_sent: false,
             parts_sent: BTreeSet::new(),
+            overwrite,
             output,
         };
         if restart {
-            out.delete(existing).await?;
+            // The writer lease stays: this run holds it.
+            out.delete(existing.into_iter().filter(not_lock).collect())
+                .await?;
             return Ok(out);
         }
         out.pull(existing, &local_state).await?;
@@ -781,13 +800,14 @@ impl RemoteOutput {
     /// a staged object with a multipart upload, then copies it onto the
     /// output unless an object is already there. Returns the rows written.
     #[allow(deprecated)] // ParquetObjectReader: see the import
-    pub async fn commit(&mut self, parts: &[Part], schema: SchemaRef) -> Result<u64> {
+    pub async fn commit(&mut self, parts: &[Part], schema: SchemaRef, job: &str) -> Result<u64> {
         self.sync().await?;
         let staged = self.sub(STAGED);
         let url = self.output.url.clone();
         let writer = BufWriter::new(self.store().clone(), staged.clone());
         let mut out = AsyncArrowWriter::try_new(writer, schema, Some(writer_properties()))
             .map_err(|e| Error::output(&url, format!("cannot start a Parquet file: {e}")))?;
+        out.append_key_value_metadata(KeyValue::new(JOB_KEY.into(), job.to_string()));
         let mut rows = 0u64;
         for part in parts {
             let name = part
@@ -811,7 +831,12 @@ impl RemoteOutput {
             }
         }
         out.close().await.map_err(|e| Error::output(&url, e))?;
-        match copy_if_not_exists(self.store(), &staged, &self.output.key).await {
+        let mode = if self.overwrite {
+            CopyMode::Overwrite
+        } else {
+            CopyMode::Create
+        };
+        match copy(self.store(), &staged, &self.output.key, mode).await {
             Ok(()) => Ok(rows),
             Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Stopped(format!(
                 "{url} was written by another run of this job meanwhile; this run's answers are \
@@ -828,10 +853,12 @@ impl RemoteOutput {
             .store()
             .list(Some(&self.state.key))
             .map_ok(|m| m.location)
+            .try_filter(|key| std::future::ready(not_lock(key)))
             .try_collect()
             .await
             .map_err(|e| Error::output(&self.state.url, e))?;
-        // The scratch folder goes on drop, after the status file's last write.
+        // The scratch folder goes on drop, after the status file's last
+        // write; the writer lease when the run lets it go.
         self.delete(keys).await
     }
 
@@ -854,6 +881,11 @@ impl Drop for RemoteOutput {
         // Everything of value is in the bucket by now (or lost with the run).
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
+}
+
+/// Whether `key` is not a writer lease (see [`crate::pipeline::lock`]).
+fn not_lock(key: &ObjectPath) -> bool {
+    !key.filename().is_some_and(is_lock)
 }
 
 // The trait's own (boxed, `Send`) methods: the `ObjectStoreExt` shorthands
@@ -886,13 +918,15 @@ async fn put(
         .map(|_| ())
 }
 
-async fn copy_if_not_exists(
+/// A copy within the store; [`CopyMode::Create`] fails if `to` exists.
+async fn copy(
     store: &Arc<dyn ObjectStore>,
     from: &ObjectPath,
     to: &ObjectPath,
+    mode: CopyMode,
 ) -> object_store::Result<()> {
     let options = CopyOptions {
-        mode: CopyMode::Create,
+        mode,
         ..Default::default()
     };
     store.copy_opts(from, to, options).await

@@ -15,6 +15,7 @@ mod llama_cpp;
 mod nested;
 mod object_store;
 mod openai_batch;
+mod output;
 mod pipes;
 mod proxy;
 mod quirks;

@@ -117,7 +117,16 @@ async fn put_object(moto: &Moto, bucket: &str, key: &str, body: Vec<u8>) {
 /// listings), and a read that fails for any other reason fails the test.
 async fn get_object(moto: &Moto, bucket: &str, key: &str) -> Option<Vec<u8>> {
     use object_store::ObjectStoreExt;
-    let store = object_store::aws::AmazonS3Builder::new()
+    match signed(moto, bucket).get(&key.into()).await {
+        Ok(r) => Some(r.bytes().await.unwrap().to_vec()),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => panic!("reading s3://{bucket}/{key}: {e}"),
+    }
+}
+
+/// A client of `bucket` that signs its requests as aiq's do.
+fn signed(moto: &Moto, bucket: &str) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
         .with_endpoint(&moto.url)
         .with_allow_http(true)
         .with_access_key_id(ACCESS_KEY)
@@ -125,12 +134,7 @@ async fn get_object(moto: &Moto, bucket: &str, key: &str) -> Option<Vec<u8>> {
         .with_region("us-east-1")
         .with_bucket_name(bucket)
         .build()
-        .unwrap();
-    match store.get(&key.into()).await {
-        Ok(r) => Some(r.bytes().await.unwrap().to_vec()),
-        Err(object_store::Error::NotFound { .. }) => None,
-        Err(e) => panic!("reading s3://{bucket}/{key}: {e}"),
-    }
+        .unwrap()
 }
 
 /// Keys under `prefix`, from a ListObjectsV2 answer.
@@ -341,16 +345,19 @@ async fn parquet_and_jsonl_in_parquet_out() {
     both_inputs_to_parquet(&f, moto, &bucket, &env, n).await;
     let url = f.openai_url();
 
-    // The output is only ever created: a second run is refused before any request.
+    // The same job again finds its output complete and sends nothing.
     let before = f.sim.stats().ok;
     let input = format!("s3://{bucket}/in/reviews.parquet");
     let out_url = format!("s3://{bucket}/out/a.parquet");
-    let o = output(aiq_cmd(
-        &f.path("home"),
-        &run_args(&url, &input, &out_url),
-        &s3_env(moto),
-    ))
-    .await;
+    let args = run_args(&url, &input, &out_url);
+    let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
+    assert_ok(&o);
+    assert!(stderr(&o).contains("is complete"), "{}", stderr(&o));
+    // The output is only ever created: another job's run is refused before
+    // any request.
+    let mut other = args.clone();
+    other.extend(["--system", "Be brief."]);
+    let o = output(aiq_cmd(&f.path("home"), &other, &s3_env(moto))).await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(
         stderr(&o).contains(&out_url) && stderr(&o).contains("already exists"),
@@ -515,8 +522,22 @@ impl BucketJob {
     /// The job's command on a machine of its own: HOME, working and
     /// temporary folder `f/machine`; only the bucket is shared.
     fn command(&self, moto: &Moto, machine: &str) -> Command {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        aiq_cmd(&self.f.path(machine), &args, &s3_env(moto))
+        aiq_cmd(&self.f.path(machine), &refs(&self.args), &s3_env(moto))
+    }
+
+    /// The job started on `machine`, returned still running once its
+    /// manifest is in the bucket (its output was checked and it holds it).
+    async fn start(&self, moto: &Moto, machine: &str) -> Child {
+        let child = self.command(moto, machine).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while list(moto, &self.bucket, "out.parquet.aiq/manifest.json")
+            .await
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "no manifest after 60 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        child
     }
 }
 
@@ -741,33 +762,11 @@ async fn an_edited_input_redoes_its_parts_in_the_bucket() {
 async fn an_output_written_meanwhile_is_not_overwritten() {
     // Another run commits the output while this one works: this one's
     // conditional copy (If-None-Match) fails, and it keeps its answers.
+    // 200 rows at 20 ms a call, 2 at a time: at least 2 s.
     let moto = Moto::shared();
-    let f = Fixture::new(SimConfig {
-        latency_ms: 20,
-        ..SimConfig::default()
-    })
-    .await;
-    let n = 200;
-    let bucket = bucket_with_inputs(moto, "race", n).await;
-    let url = f.openai_url();
-    let input = format!("s3://{bucket}/in/reviews.jsonl");
-    let out = format!("s3://{bucket}/out.parquet");
-    let mut args = run_args(&url, &input, &out);
-    args.extend(["-q", "--concurrency", "2"]);
-    let mut child = aiq_cmd(&f.path("home"), &args, &s3_env(moto))
-        .spawn()
-        .unwrap();
-    // The manifest is written once the output was checked absent: at least
-    // 2 s (200 rows, 20 ms a call, 2 at a time) before the job can end.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while list(moto, &bucket, "out.parquet.aiq/manifest.json")
-        .await
-        .is_empty()
-    {
-        assert!(child.try_wait().unwrap().is_none(), "the job ended early");
-        assert!(Instant::now() < deadline, "no manifest after 60 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let job = BucketJob::new(moto, "race", 200, 20, 2).await;
+    let bucket = &job.bucket;
+    let child = job.start(moto, "home").await;
     let theirs = b"another run's output".to_vec();
     put_object(moto, &bucket, "out.parquet", theirs.clone()).await;
     let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
@@ -1033,4 +1032,88 @@ async fn access_denied_exits_2_naming_the_url() {
         assert_no_secret(&o);
     }
     assert_eq!(f.sim.stats().requests, 0, "no request was sent");
+}
+
+/// A writer lease object as another run leaves it: held by `host`/`pid`,
+/// lapsing `expires_in` seconds from now (negative: already lapsed).
+async fn put_lease(moto: &Moto, bucket: &str, key: &str, host: &str, expires_in: i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let lease = json!({"host": host, "pid": 4242, "since": now - 60, "expires": now + expires_in});
+    // Signed: moto refuses an unsigned write over an object a signed one made.
+    use object_store::ObjectStoreExt;
+    signed(moto, bucket)
+        .put(&key.into(), lease.to_string().into_bytes().into())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_output_has_one_writer_and_a_lapsed_lease_is_taken_over() {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let n = 50;
+    let bucket = bucket_with_inputs(moto, "lease", n).await;
+    let url = f.openai_url();
+    let input = format!("s3://{bucket}/in/reviews.jsonl");
+    let out = format!("s3://{bucket}/out.parquet");
+    let args = run_args(&url, &input, &out);
+    let env = s3_env(moto);
+    let lease = "out.parquet.aiq/writer.lock";
+
+    // Another machine's run holds the output: refused at once, named.
+    put_lease(moto, &bucket, lease, "elsewhere.invalid", 600).await;
+    let o = output(aiq_cmd(&f.path("home"), &args, &env)).await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("process 4242 on host elsewhere.invalid"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(f.sim.stats().requests, 0);
+
+    // That run died and its lease lapsed: taken over, and let go at the end.
+    put_lease(moto, &bucket, lease, "elsewhere.invalid", -1).await;
+    let o = output(aiq_cmd(&f.path("home"), &args, &env)).await;
+    assert_ok(&o);
+    assert_output(&f, moto, &bucket, "out.parquet", n).await;
+    assert!(list(moto, &bucket, "out.parquet.aiq/").await.is_empty());
+    assert_eq!(f.sim.stats().requests, n as u64);
+
+    // The same job again: the output says it is complete; nothing is sent.
+    let o = output(aiq_cmd(&f.path("home"), &args, &env)).await;
+    assert_ok(&o);
+    assert!(stderr(&o).contains("is complete"), "{}", stderr(&o));
+    assert_eq!(f.sim.stats().requests, n as u64);
+    // Unless told.
+    let mut again = args.clone();
+    again.push("--overwrite");
+    let o = output(aiq_cmd(&f.path("home"), &again, &env)).await;
+    assert_ok(&o);
+    assert_eq!(f.sim.stats().requests, 2 * n as u64);
+    assert_output(&f, moto, &bucket, "out.parquet", n).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_on_a_bucket_output_stops_at_once() {
+    let moto = Moto::shared();
+    let n = 200;
+    let job = BucketJob::new(moto, "two-writers", n, 20, 2).await;
+    let (f, bucket) = (&job.f, &job.bucket);
+    let first = job.start(moto, "a").await;
+    let o = output(job.command(moto, "b")).await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("process {} on host", first.id())),
+        "{}",
+        stderr(&o)
+    );
+    let o = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_ok(&o);
+    assert_output(&f, moto, &bucket, "out.parquet", n).await;
+    assert_eq!(f.sim.stats().ok, n as u64, "every row bought once");
 }

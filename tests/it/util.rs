@@ -81,7 +81,9 @@ impl Fixture {
         output(cmd).await
     }
 
-    /// The `aiq ARGS` command with a clean environment (see [`Fixture::aiq`]).
+    /// The `aiq ARGS` command with a clean environment (see [`Fixture::aiq`]),
+    /// for a caller that spawns it (to stop it mid-job, or to run another
+    /// job beside it).
     pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(aiq_bin());
         cmd.args(args)
@@ -222,6 +224,11 @@ impl Fixture {
         all_envs.extend_from_slice(envs);
         self.aiq(&args, &all_envs).await
     }
+}
+
+/// Owned arguments as the `&str`s a command takes.
+pub fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 /// Run `cmd` to its end off the async runtime.
