@@ -73,6 +73,7 @@ class RunSettings(TypedDict, total=False):
     call_journal: str  # folder of answered calls keyed by request content, shared by runs
     max_repairs: int  # re-asks of a cut-off or mistyped reply [1]
     retry_failed: bool  # resume, re-sending the rows whose outcome was an error
+    overwrite: bool  # run even when the output holds this job's finished result, and replace it
     mode: Literal['online', 'batch']  # batch: the provider's Batch API (about half price, within 24 h) [online]
     batch_max_requests: int  # batch mode: requests per batch input file [50000]
     batch_max_bytes: int  # batch mode: bytes per batch input file [200000000]
