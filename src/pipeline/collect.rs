@@ -277,7 +277,7 @@ impl Collector {
         // them again): said in the journal by a second line for each.
         self.outage = true;
         for failed in std::mem::take(&mut self.failed_calls) {
-            self.journal.append(&failed.unsettled())?;
+            self.journal.append(&failed.marked_unsettled())?;
         }
         Ok(())
     }

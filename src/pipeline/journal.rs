@@ -629,6 +629,46 @@ mod tests {
         );
     }
 
+    #[test]
+    fn unsettled_rows_are_sent_again_and_their_usage_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.parquet");
+        let m = manifest(json!({}));
+        let (mut j, _) = Journal::open(&out, &m, false).unwrap();
+        let usage = Usage {
+            prompt_tokens: 5,
+            total_tokens: 5,
+            ..Default::default()
+        };
+        for row in 0..3 {
+            let failed = Outcome {
+                usage,
+                ..Outcome::failed(row, "HTTP 503".into(), 1)
+            };
+            j.append(&failed).unwrap();
+            if row < 2 {
+                j.append(&failed.marked_unsettled()).unwrap();
+            }
+        }
+        // Row 1 answered on a later run: no longer unsettled.
+        j.append(&Outcome {
+            row: 1,
+            attempts: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        // A part holding row 0 is redone.
+        fs::write(j.parts_dir().join(part_name(0, 1)), b"x").unwrap();
+        j.flush().unwrap();
+        drop(j);
+        let (_, resume) = Journal::open(&out, &m, false).unwrap();
+        assert_eq!(resume.committed, 0, "the part holding row 0 is redone");
+        let mut rows: Vec<RowId> = resume.outcomes.keys().copied().collect();
+        rows.sort();
+        assert_eq!(rows, [1, 2], "row 0 is sent again, row 2 stays failed");
+        assert_eq!(resume.spent.total_tokens, 15, "each failure counted once");
+    }
+
     impl Journal {
         fn append_for_test(mut self, row: RowId) {
             self.append(&Outcome {

@@ -108,7 +108,7 @@ impl Outcome {
     /// This failed outcome, marked as not final (see [`Outcome::unsettled`]),
     /// for a second journal line: its usage is left out, the first line
     /// counted it.
-    pub fn unsettled(&self) -> Outcome {
+    pub fn marked_unsettled(&self) -> Outcome {
         Outcome {
             unsettled: true,
             usage: Usage::default(),
