@@ -1,6 +1,7 @@
 //! aiq's own CPU cost per row, without the network: render a row's prompt,
 //! build its request body, parse a reply, append the outcome to the journal
-//! and assemble + encode the output Parquet batch. Each stage is measured
+//! and assemble + encode the output Parquet batch (and the scrubbing of
+//! secrets from each reply body, `reply_scrub_*`). Each stage is measured
 //! alone and then all together, per batch of `ROWS` rows, reported as rows
 //! per second (`Throughput::Elements`). The budget is 50 µs of CPU per row
 //! for the whole client side; `benches/e2e.sh` measures the same against the
@@ -14,6 +15,7 @@ use aiq::pipeline::outcome::Outcome;
 use aiq::pipeline::parquet_out::writer_properties;
 use aiq::pipeline::render::{BodyBuilder, BodySpec, Call, RenderedRow, Templates};
 use aiq::pipeline::sink::Layout;
+use aiq::provider::auth::{Credentials, Secret};
 use aiq::provider::reply::{split_usage, Shape};
 use aiq::provider::wire::Task;
 use arrow::array::{Int64Array, StringArray};
@@ -190,6 +192,24 @@ fn per_row(c: &mut Criterion, width: usize) {
     let rows = render(&f);
     g.bench_function("body", |b| b.iter(|| black_box(bodies(&f, &rows))));
     g.bench_function("reply_parse", |b| b.iter(|| black_box(outcomes(&f))));
+    // Every reply body passes the credentials' scrubber before it is parsed.
+    let replies: Vec<bytes::Bytes> = f.replies.iter().map(|r| r.clone().into()).collect();
+    for (kind, credentials) in [
+        (
+            "bearer",
+            Credentials::Bearer(Secret::new("sk-test-SECRET-7f3a9c")),
+        ),
+        ("login", Credentials::Basic(Secret::new("alice:pAsSw0rd"))),
+    ] {
+        let scrub = credentials.scrubber();
+        g.bench_function(format!("reply_scrub_{kind}"), |b| {
+            b.iter(|| {
+                for r in &replies {
+                    black_box(scrub.bytes(r.clone()));
+                }
+            })
+        });
+    }
     let parsed = outcomes(&f);
     g.bench_function("journal_append", |b| {
         b.iter(|| journal(&mut f, black_box(&parsed)))
