@@ -145,7 +145,7 @@ fn base64_of(text: &str) -> String {
 pub struct Scrubber {
     /// Each form of each secret, its searcher built once (building it per
     /// search doubled the cost): a clean 1 KB reply takes ~130 ns for a
-    /// token, ~700 ns for the five forms of a login, against ~12 µs to
+    /// token, ~700 ns for the five forms of a login, against ~1.2 µs to
     /// parse it (`cargo bench --bench pipeline -- reply_`).
     needles: Vec<memchr::memmem::Finder<'static>>,
     /// Tokens fetched with these credentials are secrets too; they arrive
