@@ -2,9 +2,9 @@
 //!
 //! Every attempt first passes the rate limiter, then posts the prepared body
 //! with the endpoint's credentials. Failures are classified once
-//! ([`crate::provider::retry::classify_status`]): transient ones are retried with
-//! jittered exponential backoff (backon), never sooner than the server's
-//! `Retry-After`; a row's own bad request becomes its `error_message`; a
+//! ([`crate::provider::retry::classify_status`]): transient ones are retried by the one
+//! retry loop ([`crate::provider::retry::RetryPolicy::run`]), never sooner
+//! than the server's `Retry-After`; a row's own bad request becomes its `error_message`; a
 //! refusal of the whole job (401, 403, 404) is returned as [`Abort`] so the
 //! scheduler stops sending.
 //!
@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -42,8 +41,8 @@ use crate::provider::endpoint::Endpoint;
 use crate::provider::limit::{Limiter, Ticket};
 use crate::provider::reply::{body_fault, split_usage, Reply, RowReply, Shape};
 use crate::provider::retry::{
-    certificate_problem, classify_body_fault, classify_status, maybe_billed, retry_after, Lost,
-    RetryAction, RetryPolicy,
+    certificate_problem, classify_body_fault, classify_status, maybe_billed, retry_after, Failure,
+    Lost, Pacing, RetryAction, RetryPolicy,
 };
 use crate::provider::stream;
 use crate::provider::wire;
@@ -100,6 +99,12 @@ struct AttemptError {
     ambiguous: bool,
     /// The HTTP status of the reply, when there was one.
     status: Option<u16>,
+}
+
+impl Failure for AttemptError {
+    fn action(&self) -> &RetryAction {
+        &self.action
+    }
 }
 
 impl AttemptError {
@@ -175,49 +180,32 @@ impl Client {
         let ambiguous = AtomicU32::new(0);
         let max_ambiguous = self.policy.max_ambiguous_retries;
         let started = Instant::now();
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.policy.min_delay)
-            .with_max_delay(self.policy.max_delay)
-            .with_jitter()
-            .with_max_times(self.policy.max_retries as usize);
-        let result = (|| async {
-            attempts.fetch_add(1, Ordering::Relaxed);
-            let result = self.attempt(call).await;
-            if result.as_ref().is_err_and(|e| e.ambiguous) {
-                ambiguous.fetch_add(1, Ordering::Relaxed);
-            }
-            result
-        })
-        .retry(backoff)
-        .when(|e: &AttemptError| {
-            matches!(e.action, RetryAction::Retry { .. })
-                && !(e.ambiguous && ambiguous.load(Ordering::Relaxed) > max_ambiguous)
-        })
-        .notify(|e: &AttemptError, after: Duration| {
-            tracing::debug!(rows = ?call.rows, "retrying in {after:?}: {}", e.message);
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            if e.ambiguous {
-                self.stats.ambiguous_retries.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-        // Never come back sooner than the server asked; `dur` is None once
-        // the budget is spent, and then we stop (never `Some` unconditionally).
-        // A 429 is not a fault of this call but of the job's pace, which
-        // the shared limiter has just slowed: the retry waits what the
-        // server asked (or the shortest backoff) and then queues at the new
-        // pace like any request. Growing its own backoff too would leave
-        // rows idle for up to a minute while the limit goes unused.
-        .adjust(|e: &AttemptError, dur: Option<Duration>| match &e.action {
-            RetryAction::Retry {
-                rate_limited: true,
-                after,
-            } => dur.map(|_| after.unwrap_or(self.policy.min_delay)),
-            RetryAction::Retry {
-                after: Some(after), ..
-            } => dur.map(|d| d.max(*after)),
-            _ => dur,
-        })
-        .await;
+        let result = self
+            .policy
+            .run(
+                Pacing::Limiter,
+                || async {
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    let result = self.attempt(call).await;
+                    if result.as_ref().is_err_and(|e| e.ambiguous) {
+                        ambiguous.fetch_add(1, Ordering::Relaxed);
+                    }
+                    result
+                },
+                // At most `max_ambiguous` retries after attempts that may
+                // have been billed.
+                |e: &AttemptError| {
+                    !(e.ambiguous && ambiguous.load(Ordering::Relaxed) > max_ambiguous)
+                },
+                |e: &AttemptError, after| {
+                    tracing::debug!(rows = ?call.rows, "retrying in {after:?}: {}", e.message);
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if e.ambiguous {
+                        self.stats.ambiguous_retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            )
+            .await;
         let attempts = attempts.load(Ordering::Relaxed);
         let ambiguous = ambiguous.load(Ordering::Relaxed);
         let latency_ms = Some(started.elapsed().as_millis() as i64);

@@ -16,16 +16,16 @@
 //! provider's message.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::provider::auth::{Credentials, Scrubber};
-use crate::provider::retry::{classify_status, retry_after, RetryAction, RetryPolicy};
+use crate::provider::retry::{
+    classify_status, retry_after, Failure, Pacing, RetryAction, RetryPolicy,
+};
 use crate::provider::wire::{self, Task};
 
 /// The only completion window providers offer.
@@ -396,25 +396,13 @@ impl BatchApi {
         body: Option<(String, Bytes)>,
     ) -> Result<Bytes, ApiError> {
         let url = format!("{}/{path}", self.base);
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.policy.min_delay)
-            .with_max_delay(self.policy.max_delay)
-            .with_jitter()
-            .with_max_times(self.policy.max_retries as usize);
-        (|| self.attempt(&method, &url, body.as_ref()))
-            .retry(backoff)
-            .when(|e: &Failed| matches!(e.0, RetryAction::Retry { .. }))
-            .notify(|e: &Failed, after: Duration| {
-                tracing::debug!("retrying in {after:?}: {}", e.1.message);
-            })
-            // Never sooner than the server asked; `dur` is None once the
-            // budget is spent, and then we stop.
-            .adjust(|e: &Failed, dur: Option<Duration>| match &e.0 {
-                RetryAction::Retry {
-                    after: Some(after), ..
-                } => dur.map(|d| d.max(*after)),
-                _ => dur,
-            })
+        self.policy
+            .run(
+                Pacing::Backoff,
+                || self.attempt(&method, &url, body.as_ref()),
+                |_| true,
+                |e: &Failed, after| tracing::debug!("retrying in {after:?}: {}", e.1.message),
+            )
             .await
             .map_err(|e| e.1)
     }
@@ -485,6 +473,12 @@ impl BatchApi {
 
 /// A failed attempt: what to do about it, and the error if it is the last.
 struct Failed(RetryAction, ApiError);
+
+impl Failure for Failed {
+    fn action(&self) -> &RetryAction {
+        &self.0
+    }
+}
 
 fn local(message: impl Into<String>) -> ApiError {
     ApiError {

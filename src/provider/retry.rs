@@ -1,9 +1,14 @@
 //! Retry decisions, in one place: which replies and faults are worth another
 //! try, which belong to the row alone, and which mean the whole job must
 //! stop. Also the parsing of the server's hints on when to come back
-//! (`Retry-After` as seconds or HTTP date, `retry-after-ms`).
+//! (`Retry-After` as seconds or HTTP date, `retry-after-ms`), and the one
+//! retry loop ([`RetryPolicy::run`]) that model calls and side requests
+//! (the Batch API's files and batches) both go through.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
+
+use backon::{ExponentialBuilder, Retryable};
 
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
@@ -30,6 +35,67 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(60),
             max_ambiguous_retries: 1,
         }
+    }
+}
+
+/// A failed attempt, as the retry loop sees it.
+pub trait Failure {
+    /// What the failure asks for ([`classify_status`] and friends).
+    fn action(&self) -> &RetryAction;
+}
+
+/// Who paces the attempts a [`RetryPolicy::run`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// A shared rate limiter paces every request of the job: a 429 has
+    /// already slowed it, so the retry waits what the server asked (or the
+    /// shortest backoff) and then queues at the new pace like any request.
+    /// Growing its own backoff too would leave rows idle for up to a minute
+    /// while the limit goes unused.
+    Limiter,
+    /// Nothing else paces these requests: a 429 backs off like any
+    /// transient failure.
+    Backoff,
+}
+
+impl RetryPolicy {
+    /// Runs `attempt` until it succeeds, fails for good, `may_retry` says
+    /// no, or the policy's retries run out: jittered exponential backoff
+    /// (backon), never sooner than the server asked. `on_retry` hears of
+    /// each retry and how long it waits.
+    pub async fn run<T, E, Fut>(
+        &self,
+        pacing: Pacing,
+        attempt: impl FnMut() -> Fut,
+        may_retry: impl Fn(&E) -> bool,
+        on_retry: impl Fn(&E, Duration),
+    ) -> Result<T, E>
+    where
+        E: Failure,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_jitter()
+            .with_max_times(self.max_retries as usize);
+        attempt
+            .retry(backoff)
+            .when(|e: &E| matches!(e.action(), RetryAction::Retry { .. }) && may_retry(e))
+            .notify(|e: &E, after: Duration| on_retry(e, after))
+            // `dur` is None once the budget is spent, and then we stop:
+            // never `Some` unconditionally (that retries a 429 forever).
+            .adjust(|e: &E, dur: Option<Duration>| match e.action() {
+                RetryAction::Retry {
+                    rate_limited: true,
+                    after,
+                } if pacing == Pacing::Limiter => dur.map(|_| after.unwrap_or(self.min_delay)),
+                RetryAction::Retry {
+                    after: Some(after), ..
+                } => dur.map(|d| d.max(*after)),
+                _ => dur,
+            })
+            .await
     }
 }
 
@@ -190,6 +256,68 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub(crate) mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    /// A failure that asks for `action`.
+    struct Asked(RetryAction);
+
+    impl Failure for Asked {
+        fn action(&self) -> &RetryAction {
+            &self.0
+        }
+    }
+
+    /// Runs a loop whose every attempt fails with `action`; returns the
+    /// attempts made and the waits the loop chose (as `on_retry` hears
+    /// them: what it then sleeps, kept to milliseconds here).
+    async fn fail_always(pacing: Pacing, action: RetryAction) -> (u32, Vec<Duration>) {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(50),
+            ..RetryPolicy::default()
+        };
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let waits = std::sync::Mutex::new(Vec::new());
+        let result: Result<(), Asked> = policy
+            .run(
+                pacing,
+                || async {
+                    attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Err(Asked(action.clone()))
+                },
+                |_| true,
+                |_, after| waits.lock().unwrap().push(after),
+            )
+            .await;
+        assert!(result.is_err());
+        (attempts.into_inner(), waits.into_inner().unwrap())
+    }
+
+    #[tokio::test]
+    async fn one_loop_for_every_request_kind() {
+        let ms = Duration::from_millis;
+        let limited = |after| RetryAction::Retry {
+            after,
+            rate_limited: true,
+        };
+        // Paced by a limiter, a 429 waits just what the server asked (or
+        // the shortest backoff), however many came before.
+        let (n, waits) = fail_always(Pacing::Limiter, limited(Some(ms(5)))).await;
+        assert_eq!((n, waits), (4, vec![ms(5); 3]));
+        let (_, waits) = fail_always(Pacing::Limiter, limited(None)).await;
+        assert_eq!(waits, vec![ms(1); 3]);
+        // Without a limiter it backs off like any transient failure, and
+        // never sooner than asked.
+        let (n, waits) = fail_always(Pacing::Backoff, limited(Some(ms(5)))).await;
+        assert_eq!(n, 4);
+        assert!(waits.iter().all(|w| *w >= ms(5)), "{waits:?}");
+        // A row's own error and a refused job are not retried.
+        assert_eq!(
+            fail_always(Pacing::Limiter, RetryAction::RowError).await.0,
+            1
+        );
+        assert_eq!(fail_always(Pacing::Backoff, RetryAction::Abort).await.0, 1);
+    }
 
     /// A header map from literal pairs (also used by the limiter's tests).
     pub(crate) fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
