@@ -31,6 +31,10 @@ pub enum Fault {
     /// reply breaks off halfway: an answer the provider bills but the
     /// client never reads whole.
     CutAfter,
+    /// 429 with `Retry-After: 1`, at random, whatever the load: a refusal
+    /// no slower pace would have avoided (a gateway's own quota, a shared
+    /// backend), which a client must not take for its rate limit.
+    RandomLimit,
 }
 
 impl Fault {
@@ -45,7 +49,8 @@ impl Fault {
             "truncated" => Ok(Fault::Truncated),
             "error200" => Ok(Fault::Error200),
             "cut" => Ok(Fault::CutAfter),
-            other => Err(format!("unknown fault {other:?} in --faults (use a comma list of 500, 502, 503, reset, slow, html, truncated, error200, cut)")),
+            "429" => Ok(Fault::RandomLimit),
+            other => Err(format!("unknown fault {other:?} in --faults (use a comma list of 500, 502, 503, 429, reset, slow, html, truncated, error200, cut)")),
         }
     }
 }

@@ -198,6 +198,7 @@ async fn handle(
             }
             Fault::Slow => tokio::time::sleep(Duration::from_millis(st.cfg.slow_ms)).await,
             Fault::CutAfter => cut_after = true,
+            Fault::RandomLimit => return random_limit(&st, &api),
         }
     }
     let limit_headers = match st
@@ -480,4 +481,22 @@ fn body_of(api: &Api, job: Job, usage: WireUsage) -> Value {
     };
     // Serialising these plain structs cannot fail; answer something valid anyway.
     result.unwrap_or_else(|e| json!({"error": {"message": e.to_string()}}))
+}
+
+/// A 429 unrelated to load (`--faults 429`): the body and `Retry-After`
+/// of a real refusal, one second away, without the rate headers (no
+/// bucket is behind it).
+fn random_limit(st: &ServerState, api: &Api) -> Response {
+    let mut resp = error(
+        api,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_exceeded",
+        "simulated fault: HTTP 429",
+    );
+    super::limits::retry_after_headers(
+        st.cfg.retry_after,
+        Duration::from_secs(1),
+        resp.headers_mut(),
+    );
+    resp
 }

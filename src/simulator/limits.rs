@@ -245,17 +245,22 @@ impl Limits {
         if admitted {
             return Admission::Admitted(headers);
         }
-        // Retry-After is whole seconds (rounded up, at least 1) as HTTP
-        // wants; retry-after-ms carries the precise figure.
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let ms = (wait.as_secs_f64() * 1000.0).ceil().max(1.0) as u64;
-        if self.retry_after != RetryAfterHint::None {
-            headers.insert("retry-after", HeaderValue::from(secs));
-        }
-        if self.retry_after == RetryAfterHint::Precise {
-            headers.insert("retry-after-ms", HeaderValue::from(ms));
-        }
+        retry_after_headers(self.retry_after, wait, &mut headers);
         Admission::Refused(headers)
+    }
+}
+
+/// A refusal's `Retry-After` (and `retry-after-ms`) for a `wait`, as
+/// `hint` says. Retry-After is whole seconds (rounded up, at least 1) as
+/// HTTP wants; retry-after-ms carries the precise figure.
+pub(crate) fn retry_after_headers(hint: RetryAfterHint, wait: Duration, headers: &mut HeaderMap) {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let ms = (wait.as_secs_f64() * 1000.0).ceil().max(1.0) as u64;
+    if hint != RetryAfterHint::None {
+        headers.insert("retry-after", HeaderValue::from(secs));
+    }
+    if hint == RetryAfterHint::Precise {
+        headers.insert("retry-after-ms", HeaderValue::from(ms));
     }
 }
 

@@ -107,8 +107,10 @@ pub struct SimConfig {
     /// Probability (0..1) that a request gets a fault from `--faults`.
     #[arg(long, default_value_t = 0.0)]
     pub fault_rate: f64,
-    /// Fault kinds to draw from: comma list of 500, 502, 503, reset
-    /// (connection dropped before the reply), slow (stall `--slow-ms`), and
+    /// Fault kinds to draw from: comma list of 500, 502, 503, 429 (a
+    /// refusal unrelated to load, with `Retry-After: 1` as `--retry-after`
+    /// says), reset (connection dropped before the reply), slow (stall
+    /// `--slow-ms`), and
     /// success statuses that are no answer: html (a proxy's error page),
     /// truncated (JSON cut short), error200 (`{"error":{..}}`); and cut (the
     /// call runs and is counted, then its 200 reply breaks off halfway;

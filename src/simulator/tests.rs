@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{SimConfig, Simulator};
+use super::{RetryAfterHint, SimConfig, Simulator};
 use crate::ai::tokens;
 
 async fn sim(cfg: SimConfig) -> Simulator {
@@ -341,6 +341,28 @@ async fn status_faults_use_the_configured_codes() {
     })
     .await
     .is_err());
+}
+
+#[tokio::test]
+async fn random_429s_say_retry_after_and_count_as_faults_not_limits() {
+    let s = sim(SimConfig {
+        fault_rate: 1.0,
+        faults: "429".into(),
+        retry_after: RetryAfterHint::Seconds,
+        ..SimConfig::default()
+    })
+    .await;
+    let (status, h, v) = post(
+        format!("{}/v1/chat/completions", s.base_url()),
+        &chat_body("a"),
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert_eq!(h["retry-after"], "1");
+    assert!(h.get("x-ratelimit-limit-requests").is_none());
+    assert!(v["error"]["message"].is_string());
+    let st = s.stats();
+    assert_eq!((st.faults_injected, st.rate_limited), (1, 0));
 }
 
 #[tokio::test]
