@@ -4,6 +4,7 @@
 //! prices; [`shard`] splits a job into disjoint runs.
 
 pub mod plan;
+pub mod ranges;
 pub mod settings;
 pub mod shard;
 pub mod spend;

@@ -129,6 +129,7 @@ pub const DEFAULT_BATCH_ROWS: usize = 1024;
 
 impl Plan {
     pub fn from_settings(mut s: JobSettings, restart: bool) -> Result<Plan> {
+        crate::job::ranges::check(&s)?;
         let input = s.input.ok_or_else(|| {
             Error::Config("no input: give --input PATH (or `input` in the job file)".into())
         })?;
@@ -138,20 +139,14 @@ impl Plan {
         let shard = s.shard.map(|spec| spec.resolve()).transpose()?;
         let output = shard_output(output, shard)?;
         let workers = match (s.workers, shard) {
-            (Some(0), _) => return Err(Error::Config("--workers must be at least 1".into())),
             (Some(w), _) => w,
             (None, Some(shard)) => shard.count,
             (None, None) => 1,
         };
         // Limits are the job's; this run sends its share (README "Scaling out").
         let (rpm, tpm, itpm, otpm, qph) = (s.rpm, s.tpm, s.itpm, s.otpm, s.qph);
-        let [rpm, tpm, itpm, otpm, qph] = [rpm, tpm, itpm, otpm, qph].map(|l| {
-            if l == Some(0) {
-                l
-            } else {
-                split_limit(l, workers)
-            }
-        });
+        let [rpm, tpm, itpm, otpm, qph] =
+            [rpm, tpm, itpm, otpm, qph].map(|l| split_limit(l, workers));
         let parts = shard.map_or(1, |s| s.count);
         let max_tokens_total = s.max_tokens_total.map(|t| (t / u64::from(parts)).max(1));
         let max_cost = s.max_cost.map(|c| c / f64::from(parts));
@@ -311,39 +306,13 @@ impl Plan {
         }
 
         let concurrency = s.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-        if concurrency == 0 {
-            return Err(Error::Config("--concurrency must be at least 1".into()));
-        }
         let timeout = s.timeout.unwrap_or(300.0);
-        if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(Error::Config(
-                "--timeout must be a positive number of seconds".into(),
-            ));
-        }
-        if rpm == Some(0) || tpm == Some(0) {
-            return Err(Error::Config("--rpm and --tpm must be at least 1".into()));
-        }
-        if itpm == Some(0) || otpm == Some(0) || qph == Some(0) {
-            return Err(Error::Config(
-                "--itpm, --otpm and --qph must be at least 1".into(),
-            ));
-        }
         let prices = prices(s.price_in, s.price_out, s.price_cached)?;
         let budget = Budget {
             max_tokens: max_tokens_total,
             max_cost,
         };
-        if s.max_tokens_total == Some(0) {
-            return Err(Error::Config(
-                "--max-tokens-total must be at least 1".into(),
-            ));
-        }
-        if let Some(max) = s.max_cost {
-            if !(max.is_finite() && max > 0.0) {
-                return Err(Error::Config(
-                    "--max-cost must be a positive number of USD".into(),
-                ));
-            }
+        if s.max_cost.is_some() {
             if prices.is_none() {
                 return Err(Error::Config(
                     "--max-cost needs prices: give --price-in and --price-out (USD per million tokens)".into(),
@@ -355,8 +324,8 @@ impl Plan {
                 "--retry-failed re-sends the failed rows of the journal that --restart discards: give one of them".into(),
             ));
         }
-        let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS).max(1);
-        let batch_size = s.batch_size.unwrap_or(1).max(1);
+        let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS);
+        let batch_size = s.batch_size.unwrap_or(1);
         if batch_size > 1 && task != Task::Embeddings {
             return Err(Error::Config(
                 "--batch-size applies to embeddings only".into(),
@@ -595,23 +564,8 @@ fn batch_settings(s: BatchFlags, mode: Mode, target: &Target) -> Result<BatchSet
         )));
     }
     let max_requests = s.max_requests.unwrap_or(DEFAULT_BATCH_MAX_REQUESTS);
-    if max_requests == 0 {
-        return Err(Error::Config(
-            "--batch-max-requests must be at least 1".into(),
-        ));
-    }
     let max_bytes = s.max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES);
-    if max_bytes < 1024 {
-        return Err(Error::Config(
-            "--batch-max-bytes must be at least 1024".into(),
-        ));
-    }
     let poll = s.poll_secs.unwrap_or(DEFAULT_POLL_SECS);
-    if !(poll.is_finite() && poll > 0.0 && poll < 1e9) {
-        return Err(Error::Config(
-            "--poll-secs must be a positive number of seconds".into(),
-        ));
-    }
     let deadline = match &s.deadline {
         None => None,
         Some(d) => match crate::provider::retry::parse_reset(d) {
@@ -669,19 +623,9 @@ fn shard_output(output: PathBuf, shard: Option<Shard>) -> Result<PathBuf> {
     }
 }
 
-/// Prices come as a pair (input and output), the cached price optional.
+/// Prices come as a pair (input and output), the cached price optional
+/// (their ranges are checked in [`crate::job::ranges`]).
 fn prices(input: Option<f64>, output: Option<f64>, cached: Option<f64>) -> Result<Option<Prices>> {
-    for (flag, v) in [
-        ("--price-in", input),
-        ("--price-out", output),
-        ("--price-cached", cached),
-    ] {
-        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-            return Err(Error::Config(format!(
-                "{flag} must be a number of USD per million tokens, 0 or more"
-            )));
-        }
-    }
     match (input, output) {
         (Some(input), Some(output)) => Ok(Some(Prices {
             input,

@@ -19,6 +19,7 @@ mod output;
 mod pipes;
 mod proxy;
 mod quirks;
+mod ranges;
 mod redirect;
 mod reliability;
 mod render;
