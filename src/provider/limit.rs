@@ -1,7 +1,8 @@
 //! Rate limits: requests and tokens per minute, told or learned.
 //!
-//! Told limits (`--rpm`, `--tpm`) are paced smoothly with governor's GCRA
-//! with a small burst, so a job runs at the limit without bunching into 429s.
+//! Told limits are paced smoothly with a small burst, so a job runs at the
+//! limit without bunching into 429s: requests by the GCRA of
+//! [`RequestPace`], tokens by a [`TokenBucket`] a second deep.
 //! Not told, the limiter learns: the `x-ratelimit-limit-*` headers (OpenAI,
 //! Anthropic and Databricks names) give the limit outright; a `Retry-After`
 //! or an exhausted `x-ratelimit-remaining-*` pauses all sending until the
@@ -14,10 +15,13 @@
 //! charged the prompt estimate), `--qph` (queries per hour), and `--otpm`
 //! (output tokens per minute). OTPM is enforced the way Databricks does:
 //! `max_tokens` is reserved before a request is admitted, and the part the
-//! reply did not use is given back from its real `usage`. governor cannot
-//! return capacity, so OTPM uses [`RefundableBucket`], a small token bucket
-//! of our own; without the refund a generous `max_tokens` (10x the real
-//! answers) would cut throughput tenfold.
+//! reply did not use is given back from its real `usage`, which the
+//! [`TokenBucket`] allows (governor cannot return capacity); without the
+//! refund a generous `max_tokens` (10x the real answers) would cut
+//! throughput tenfold. A request larger than a bucket's second waits until
+//! the bucket has refilled all of it: a told limit is never exceeded
+//! (charged only a second's worth, as before, `--tpm 600` with 100-token
+//! requests sent one a second, ten times the limit).
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -41,10 +45,9 @@ const AIMD_DECREASE: f64 = 0.8;
 /// that the pace spends most of its time just under the server's rate.
 const AIMD_GROWTH_PER_SEC: f64 = 0.03;
 
+/// `--qph`: one query per slot of the hour, governor's GCRA.
 struct Pace {
     limiter: DefaultDirectRateLimiter,
-    per_minute: f64,
-    burst: u32,
 }
 
 impl Pace {
@@ -58,8 +61,6 @@ impl Pace {
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Arc::new(Pace {
             limiter: RateLimiter::direct(quota),
-            per_minute,
-            burst,
         })
     }
 }
@@ -141,6 +142,22 @@ impl RequestPace {
         self.set(per_minute);
         let period = Duration::from_secs_f64(60.0 / per_minute.max(1.0));
         self.tat = now + period * self.burst;
+        self.generation += 1;
+        self.probe = Probe::Off;
+    }
+
+    /// Back to `pace` (None: no pace, or slow start where it had got to)
+    /// after cuts that proved needless: the slots handed out at the slower
+    /// pace are revoked, and the waiters take new ones at once.
+    fn undo_to(&mut self, pace: Option<f64>, now: Instant) {
+        match pace {
+            Some(p) => self.set(p),
+            None => {
+                self.per_minute = None;
+                self.ramp = true;
+            }
+        }
+        self.tat = now;
         self.generation += 1;
         self.probe = Probe::Off;
     }
@@ -233,12 +250,12 @@ pub struct Limiter {
     revoked: tokio::sync::Notify,
     /// Requests admitted so far (the next one's [`Ticket::seq`]).
     admitted: AtomicU64,
-    tokens: RwLock<Option<Arc<Pace>>>,
+    tokens: RwLock<Option<Arc<TokenBucket>>>,
     pause_until: Mutex<Option<Instant>>,
     aimd: Mutex<Aimd>,
-    input_tokens: Option<Arc<Pace>>,
+    input_tokens: Option<Arc<TokenBucket>>,
     hourly: Option<Arc<Pace>>,
-    output_tokens: Option<Arc<RefundableBucket>>,
+    output_tokens: Option<Arc<TokenBucket>>,
 }
 
 /// Adapting the request pace to the server: learning it when not told, and
@@ -258,6 +275,98 @@ struct Aimd {
     answered: VecDeque<Instant>,
     /// How long the last refusal took to come back.
     refusal_rtt: Option<Duration>,
+    /// Replies to the requests admitted in this epoch, and how many were
+    /// refused.
+    tally: Tally,
+    /// The cuts made in a row, while they last: the evidence on whether
+    /// the refusals follow the pace.
+    cascade: Option<Cascade>,
+    /// The share of replies refused whatever the pace, once the refusals
+    /// were seen not to fall when it fell (0 until then): refusals within
+    /// it cut nothing and hold nobody back.
+    noise: f64,
+}
+
+/// Replies counted over some span, and how many of them were 429s.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Tally {
+    replies: u32,
+    refused: u32,
+}
+
+impl Tally {
+    fn count(&mut self, refused: bool) {
+        self.replies += 1;
+        self.refused += u32::from(refused);
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.replies += other.replies;
+        self.refused += other.refused;
+    }
+
+    fn share(&self) -> f64 {
+        if self.replies == 0 {
+            return 0.0;
+        }
+        self.refused as f64 / self.replies as f64
+    }
+
+    /// At most the refusals a random share `noise` gives this many
+    /// replies, give or take chance and an estimate of the share that ran
+    /// low: half as many again, three standard deviations and one. A
+    /// needless cut costs far more than a few refusals.
+    fn within(&self, noise: f64) -> bool {
+        let expected = noise * self.replies as f64;
+        (self.refused as f64) <= 1.5 * expected + 3.0 * expected.sqrt() + 1.0
+    }
+}
+
+/// Cuts in a row, each before the pace it set held for long.
+///
+/// A limit's refusals follow the pace: cut below the limit, they stop;
+/// above it, they come thick (a drained bucket refuses nearly all), so the
+/// epochs between cuts are a reply or two. Refusals unrelated to load (a
+/// gateway's own quota, a shared backend) come at the same share at any
+/// pace, one in every dozen or so replies: cutting for them only slows the
+/// job (the issue measured a tenfold slowdown at 5% random 429s, and a
+/// job at 1 row/s with 40% random faults). So once two cuts have halved
+/// the pace and the refusals kept coming at a low share that did not fall
+/// with it, they are noise: the pace goes back to where the cuts started,
+/// and from then on a 429 cuts only when an epoch's refusals exceed that
+/// share.
+#[derive(Debug, Clone)]
+struct Cascade {
+    /// The pace before the first cut (None: unpaced or slow start): where
+    /// an undo returns.
+    from: Option<f64>,
+    /// The epochs between the cuts since the first, oldest first, by
+    /// number. Their replies are counted until the run ends: a refusal
+    /// comes back faster than an answer, so an epoch ended by one has
+    /// answers still on their way.
+    epochs: Vec<(u64, Tally)>,
+}
+
+impl Cascade {
+    /// The refusals did not fall when the pace fell, and were too few to
+    /// be a drained bucket: the share they come at, if so.
+    fn noise(&self) -> Option<f64> {
+        if self.epochs.len() < 2 {
+            return None;
+        }
+        let pool = |epochs: &[(u64, Tally)]| {
+            let mut all = Tally::default();
+            epochs.iter().for_each(|(_, t)| all.add(*t));
+            all
+        };
+        let half = self.epochs.len() / 2;
+        let all = pool(&self.epochs);
+        let (early, late) = (pool(&self.epochs[..half]), pool(&self.epochs[half..]));
+        let noise = all.replies >= NOISE_EVIDENCE
+            && all.share() <= NOISE_MAX
+            && late.share() >= early.share() * NOISE_FALL;
+        noise.then(|| all.share())
+    }
 }
 
 impl Aimd {
@@ -291,6 +400,19 @@ const PROBE_WAIT_MIN: Duration = Duration::from_millis(20);
 const PROBE_WAIT_MAX: Duration = Duration::from_secs(1);
 /// No single cut goes below this share of the pace it cuts.
 const DEEPEST_CUT: f64 = 0.5;
+/// Telling random refusals from a limit's ([`Cascade`]): the replies seen
+/// between cuts before judging, the highest share of them refused that
+/// may be noise (a drained bucket refuses far more), and how far the
+/// share must fall, from the earlier epochs of a run of cuts to the
+/// later ones, for the refusals to follow the pace.
+const NOISE_EVIDENCE: u32 = 24;
+const NOISE_MAX: f64 = 0.25;
+const NOISE_FALL: f64 = 0.25;
+/// Replies in one epoch that end a run of cuts: the pace held.
+const CASCADE_END: u32 = 48;
+/// An epoch's tally is halved past this many replies, so that a limit
+/// met late in a long epoch is not drowned in its early replies.
+const TALLY_KEPT: u32 = 64;
 const ANSWERED_KEPT: usize = 4096;
 
 impl Limiter {
@@ -323,7 +445,7 @@ impl Limiter {
             requests: Mutex::new(requests),
             revoked: tokio::sync::Notify::new(),
             admitted: AtomicU64::new(0),
-            tokens: RwLock::new(tpm.map(|t| Pace::new(t as f64, token_burst(t as f64)))),
+            tokens: RwLock::new(tpm.map(|t| TokenBucket::per_minute(t as f64, TOKEN_BURST_SECS))),
             pause_until: Mutex::new(None),
             aimd: Mutex::new(Aimd {
                 ceiling: rpm.map(|r| r as f64),
@@ -332,13 +454,18 @@ impl Limiter {
                 last_increase: None,
                 answered: VecDeque::with_capacity(ANSWERED_KEPT),
                 refusal_rtt: None,
+                tally: Tally::default(),
+                cascade: None,
+                noise: 0.0,
             }),
-            input_tokens: l.itpm.map(|t| Pace::new(t as f64, token_burst(t as f64))),
+            input_tokens: l
+                .itpm
+                .map(|t| TokenBucket::per_minute(t as f64, TOKEN_BURST_SECS)),
             // One query per hour-slot: a burst of one keeps them spread out.
             hourly: l.qph.map(|q| Pace::new(q as f64 / 60.0, 1)),
             output_tokens: l
                 .otpm
-                .map(|t| Arc::new(RefundableBucket::per_minute(t as f64, OUTPUT_BURST_SECS))),
+                .map(|t| TokenBucket::per_minute(t as f64, OUTPUT_BURST_SECS)),
         }
     }
 
@@ -353,12 +480,8 @@ impl Limiter {
         if let Some(pace) = &self.hourly {
             pace.limiter.until_ready().await;
         }
-        if let Some(pace) = &self.input_tokens {
-            let n = (prompt.min(pace.burst as u64) as u32).max(1);
-            let _ = pace
-                .limiter
-                .until_n_ready(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
-                .await;
+        if let Some(bucket) = &self.input_tokens {
+            bucket.take(prompt as f64).await;
         }
         match &self.output_tokens {
             Some(bucket) => {
@@ -417,13 +540,8 @@ impl Limiter {
             }
         };
         let seq = self.admitted.fetch_add(1, Ordering::Relaxed);
-        let token_pace = read(&self.tokens);
-        if let Some(pace) = token_pace {
-            // A request larger than the burst could never pass: charge it the
-            // whole burst instead (governor answers InsufficientCapacity at once).
-            let n = (tokens.min(pace.burst as u64) as u32).max(1);
-            let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-            let _ = pace.limiter.until_n_ready(n).await;
+        if let Some(bucket) = read(&self.tokens) {
+            bucket.take(tokens as f64).await;
         }
         Ticket {
             epoch,
@@ -485,10 +603,8 @@ impl Limiter {
         };
         let rate_limited = status == 429;
         let epoch = ticket.map(|t| t.epoch);
-        if rate_limited {
-            if let Some(t) = ticket {
-                lock(&self.aimd).refusal_rtt = Some(now.saturating_duration_since(t.at));
-            }
+        if let Some(t) = ticket {
+            self.count(t, rate_limited, now);
         }
         if !self.told_rpm {
             if let Some(limit) = first_number(headers, REQUEST_LIMIT_HEADERS) {
@@ -497,7 +613,7 @@ impl Limiter {
         }
         if !self.told_tpm {
             if let Some(limit) = first_number(headers, TOKEN_LIMIT_HEADERS) {
-                self.set_learned(&self.tokens, limit * LEARNED_HEADROOM, token_burst(limit));
+                self.set_learned(&self.tokens, limit * LEARNED_HEADROOM);
             }
         }
         // A told --rpm is a ceiling, not a promise the server keeps: a key
@@ -505,8 +621,11 @@ impl Limiter {
         // refuses some of it. 429s cut the pace under the ceiling as they do
         // a learned one, and success grows it back to the ceiling; without
         // this, a job told too much spent every retry on refusals.
+        // A refusal within the known random share is no news of a limit:
+        // its own retry waits what it asked; nobody else does.
+        let mut limit = rate_limited;
         if rate_limited {
-            self.decrease(now, epoch);
+            limit = self.decrease(now, epoch);
         } else if (200..300).contains(&status) {
             self.increase(now);
             if let Some(t) = ticket {
@@ -534,7 +653,7 @@ impl Limiter {
             }
             // A 429's Retry-After, when even the refusal taught no pace,
             // holds everyone back too: they would only be refused alike.
-            if rate_limited {
+            if limit {
                 pause = pause.max(retry_after);
             }
             if let Some(d) = pause.filter(|d| !d.is_zero()) {
@@ -643,9 +762,10 @@ impl Limiter {
         }
         // Refusals of requests sent before we knew are no news.
         aimd.epoch += 1;
+        aimd.tally = Tally::default();
     }
 
-    fn set_learned(&self, slot: &RwLock<Option<Arc<Pace>>>, per_minute: f64, burst: u32) {
+    fn set_learned(&self, slot: &RwLock<Option<Arc<TokenBucket>>>, per_minute: f64) {
         let current = read(slot);
         // Rebuilding resets the limiter's state, so do it only on change.
         if current
@@ -656,17 +776,23 @@ impl Limiter {
         }
         tracing::debug!("token pace {per_minute:.0}/minute (learned from the endpoint's replies)");
         if let Ok(mut w) = slot.write() {
-            *w = Some(Pace::new(per_minute, burst));
+            *w = Some(TokenBucket::per_minute(per_minute, TOKEN_BURST_SECS));
         }
     }
 
     /// A 429: cut the pace, once per congestion event. The new pace is what
     /// the server let through since the last cut (its real rate, when we
     /// sent more than it took), and at most a fifth below the old one.
-    fn decrease(&self, now: Instant, epoch: Option<u64>) {
+    ///
+    /// Returns whether the refusal was taken for a limit's, not for noise
+    /// (see [`Cascade`]).
+    fn decrease(&self, now: Instant, epoch: Option<u64>) -> bool {
         let mut aimd = lock(&self.aimd);
         if epoch.is_some_and(|e| e < aimd.epoch) {
-            return;
+            return aimd.noise == 0.0;
+        }
+        if aimd.noise > 0.0 && aimd.tally.within(aimd.noise) {
+            return false;
         }
         let mut pace = lock(&self.requests);
         let goodput = aimd.goodput(now, aimd.last_decrease);
@@ -678,8 +804,37 @@ impl Limiter {
             (None, Some(g)) => g,
             // Refused before anything was answered: nothing to measure yet;
             // the pause above holds everyone back meanwhile.
-            (None, None) => return,
+            (None, None) => return true,
         };
+        let ended = std::mem::take(&mut aimd.tally);
+        let from = pace.per_minute;
+        // The epoch before a run's first cut is the steady pace it ended,
+        // not one of the run's.
+        let epoch = aimd.epoch;
+        let cascade = match aimd.cascade.as_mut() {
+            Some(c) => {
+                c.epochs.push((epoch, ended));
+                c
+            }
+            None => aimd.cascade.insert(Cascade {
+                from,
+                epochs: Vec::new(),
+            }),
+        };
+        if let Some(noise) = cascade.noise() {
+            let back = cascade.from;
+            aimd.noise = aimd.noise.max(noise);
+            aimd.cascade = None;
+            aimd.epoch += 1;
+            tracing::debug!(
+                "429s at {:.0}% of replies whatever the pace: not a limit; pacing as before",
+                noise * 100.0
+            );
+            pace.undo_to(back, now);
+            drop(pace);
+            self.revoked.notify_waiters();
+            return false;
+        }
         let next = aimd.ceiling.map_or(next, |c| next.min(c));
         tracing::debug!("429: pacing at {next:.0}/minute");
         pace.slow_to(next, now);
@@ -695,6 +850,44 @@ impl Limiter {
         aimd.epoch += 1;
         aimd.last_decrease = Some(now);
         aimd.last_increase = Some(now);
+        true
+    }
+
+    /// Count a reply to a request admitted in the current epoch; a run of
+    /// cuts ends once the pace holds for [`CASCADE_END`] replies. With
+    /// noise known, a run that ends with refusals still at the noise share
+    /// cut for nothing: the pace goes back to where it started.
+    fn count(&self, ticket: Ticket, refused: bool, now: Instant) {
+        let mut aimd = lock(&self.aimd);
+        if refused {
+            aimd.refusal_rtt = Some(now.saturating_duration_since(ticket.at));
+        }
+        if ticket.epoch != aimd.epoch {
+            // An answer of an epoch the run of cuts has ended.
+            let earlier = aimd.cascade.as_mut().and_then(|c| {
+                c.epochs
+                    .iter_mut()
+                    .find(|(e, _)| *e == ticket.epoch)
+                    .map(|(_, t)| t)
+            });
+            if let Some(t) = earlier {
+                t.count(refused);
+            }
+            return;
+        }
+        let noise = aimd.noise;
+        let tally = &mut aimd.tally;
+        tally.count(refused);
+        if tally.replies >= TALLY_KEPT {
+            tally.replies /= 2;
+            tally.refused /= 2;
+        }
+        if tally.replies >= CASCADE_END && tally.within(noise) {
+            if let Some(run) = aimd.cascade.take().filter(|_| noise > 0.0) {
+                lock(&self.requests).undo_to(run.from, now);
+                self.revoked.notify_waiters();
+            }
+        }
     }
 
     /// A success: grow the pace slowly (a fraction per second since the
@@ -743,7 +936,7 @@ const OUTPUT_BURST_SECS: f64 = 10.0;
 /// An OTPM reservation taken by [`Limiter::admit_call`].
 #[must_use = "settle the grant with the real output tokens, or drop it to refund all"]
 pub struct OutputGrant {
-    bucket: Option<Arc<RefundableBucket>>,
+    bucket: Option<Arc<TokenBucket>>,
     reserved: f64,
     /// The request's admission, to pass to [`Limiter::observe`].
     pub ticket: Ticket,
@@ -778,28 +971,34 @@ impl Drop for OutputGrant {
 }
 
 /// A continuously refilled token bucket that can take capacity back: what
-/// governor's GCRA cannot do. Costs above the capacity are capped to it (a
-/// request larger than the bucket waits for a full bucket rather than
-/// forever). The arithmetic is in [`BucketState`], which takes the time as
-/// an argument so tests drive it with a fake clock.
-pub struct RefundableBucket {
+/// governor's GCRA cannot do. A request larger than the bucket waits until
+/// it has refilled the whole request (a told limit is never exceeded), and
+/// requests are served in turn, so small ones do not starve a large one.
+/// The arithmetic is in [`BucketState`], which takes the time as an
+/// argument so tests drive it with a fake clock.
+pub struct TokenBucket {
+    per_minute: f64,
     state: Mutex<BucketState>,
+    /// Held by the request being served while it waits for its tokens.
+    turn: tokio::sync::Mutex<()>,
 }
 
-impl RefundableBucket {
-    pub fn per_minute(per_minute: f64, burst_secs: f64) -> RefundableBucket {
-        RefundableBucket {
+impl TokenBucket {
+    pub fn per_minute(per_minute: f64, burst_secs: f64) -> Arc<TokenBucket> {
+        Arc::new(TokenBucket {
+            per_minute,
             state: Mutex::new(BucketState::per_minute(
                 per_minute,
                 burst_secs,
                 std::time::Instant::now(),
             )),
-        }
+            turn: tokio::sync::Mutex::new(()),
+        })
     }
 
-    /// Wait until `n` tokens (capped to the capacity) are there and take
-    /// them; returns what was taken.
+    /// Wait, in turn, until `n` tokens are there and take them.
     pub async fn take(&self, n: f64) -> f64 {
+        let _turn = self.turn.lock().await;
         loop {
             let wait = lock(&self.state).try_take(n, std::time::Instant::now());
             match wait {
@@ -814,13 +1013,16 @@ impl RefundableBucket {
     }
 }
 
-/// The state of a [`RefundableBucket`] at a given time.
+/// The state of a [`TokenBucket`] at a given time.
 #[derive(Debug, Clone)]
 pub struct BucketState {
     /// Tokens per second.
     rate: f64,
     capacity: f64,
     level: f64,
+    /// The request being served: when larger than the capacity, the level
+    /// may rise to it.
+    pending: f64,
     last: std::time::Instant,
 }
 
@@ -832,36 +1034,45 @@ impl BucketState {
             rate,
             capacity,
             level: capacity,
+            pending: 0.0,
             last: now,
         }
+    }
+
+    /// The most the bucket holds now.
+    fn room(&self) -> f64 {
+        self.capacity.max(self.pending)
     }
 
     fn refill(&mut self, now: std::time::Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
-        self.level = (self.level + elapsed * self.rate).min(self.capacity);
+        self.level = (self.level + elapsed * self.rate).min(self.room());
     }
 
-    /// Take `n` (capped to the capacity) now, or say how long until it can be.
+    /// Take `n` now, or say how long until it can be: until the bucket
+    /// holds `n`, even when that is more than it holds when full.
     pub fn try_take(
         &mut self,
         n: f64,
         now: std::time::Instant,
     ) -> std::result::Result<f64, Duration> {
+        let n = n.max(0.0);
+        self.pending = n;
         self.refill(now);
-        let n = n.clamp(0.0, self.capacity);
         if self.level >= n {
             self.level -= n;
+            self.pending = 0.0;
             Ok(n)
         } else {
             Err(Duration::from_secs_f64((n - self.level) / self.rate))
         }
     }
 
-    /// Return unused tokens (never above the capacity).
+    /// Return unused tokens (never above what the bucket holds).
     pub fn give_back(&mut self, n: f64, now: std::time::Instant) {
         self.refill(now);
-        self.level = (self.level + n.max(0.0)).min(self.capacity);
+        self.level = (self.level + n.max(0.0)).min(self.room());
     }
 }
 
@@ -870,10 +1081,9 @@ fn request_burst(per_minute: f64) -> u32 {
     ((per_minute / 600.0).ceil() as u32).max(1)
 }
 
-/// A second's worth of tokens: enough for any ordinary request.
-fn token_burst(per_minute: f64) -> u32 {
-    ((per_minute / 60.0).ceil() as u32).max(1)
-}
+/// Seconds of TPM and ITPM a bucket holds: enough for any ordinary
+/// request, and no bunching; a larger one waits for its whole size.
+const TOKEN_BURST_SECS: f64 = 1.0;
 
 const REQUEST_LIMIT_HEADERS: &[&str] = &[
     "x-ratelimit-limit-requests",
@@ -917,7 +1127,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn read(slot: &RwLock<Option<Arc<Pace>>>) -> Option<Arc<Pace>> {
+fn read(slot: &RwLock<Option<Arc<TokenBucket>>>) -> Option<Arc<TokenBucket>> {
     slot.read()
         .map(|g| g.clone())
         .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
@@ -1033,6 +1243,123 @@ mod tests {
             t1 + Duration::from_secs(1),
         );
         assert!(l.state().rpm.unwrap() <= first * AIMD_DECREASE + 0.01);
+    }
+
+    /// Replies to `n` requests from `t0` on, sent at the limiter's pace
+    /// (every 10 ms when it has none) in fake time, each admitted in its
+    /// current epoch; `refused(now, pace)` says which are 429s
+    /// (`Retry-After: 1`, no rate headers). Returns the cuts (epochs) it
+    /// took, the refusals, and the time it got to.
+    fn drive(
+        l: &Limiter,
+        t0: Instant,
+        n: u64,
+        mut refused: impl FnMut(Instant, Option<f64>) -> bool,
+    ) -> (u64, u64, Instant) {
+        let none = HeaderMap::new();
+        let first = lock(&l.aimd).epoch;
+        let (mut now, mut refusals) = (t0, 0);
+        for i in 0..n {
+            let pace = l.state().rpm;
+            now += pace.map_or(Duration::from_millis(10), |p| {
+                Duration::from_secs_f64(60.0 / p)
+            });
+            let ticket = Ticket {
+                epoch: lock(&l.aimd).epoch,
+                seq: i,
+                at: now,
+            };
+            let no = refused(now, pace);
+            refusals += u64::from(no);
+            let status = if no { 429 } else { 200 };
+            let after = Some(Duration::from_secs(1));
+            l.observe_at(&none, status, after, Some(ticket), now);
+        }
+        (lock(&l.aimd).epoch - first, refusals, now)
+    }
+
+    /// One reply in twelve refused, whatever the pace (8%, the issue's
+    /// random 429s).
+    fn one_in_twelve() -> impl FnMut(Instant, Option<f64>) -> bool {
+        let mut i = 0;
+        move |_, _| {
+            i += 1;
+            i % 12 == 0
+        }
+    }
+
+    #[test]
+    fn random_429s_that_do_not_fall_with_the_pace_stop_cutting_it() {
+        // Over 1,200 replies, a hundred refusals: every one cut the pace
+        // before, each by a fifth or more, down to one a minute.
+        for told in [None, Some(6_000)] {
+            let l = Limiter::new(told, None);
+            lock(&l.requests).ramp = false;
+            let (cuts, _, end) = drive(&l, Instant::now(), 1_200, one_in_twelve());
+            assert!(cuts <= 4, "{cuts} cuts");
+            // Back to the pace the cuts started from.
+            assert_eq!(l.state().rpm, told.map(f64::from));
+            // Nobody is held back by a random 429's Retry-After.
+            let pause = *lock(&l.pause_until);
+            assert!(pause.is_none_or(|p| p < end), "{pause:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_above_the_random_share_still_cut_until_they_are_back_to_it() {
+        let l = Limiter::new(None, None);
+        lock(&l.requests).set(6_000.0);
+        let (_, _, t) = drive(&l, Instant::now(), 600, one_in_twelve());
+        let before = l.state().rpm.unwrap();
+        // The server now refuses half of what it gets (a limit behind the
+        // noise, or a burst of it): far above the random share.
+        let mut i = 0;
+        let (cuts, _, t) = drive(&l, t, 40, |_, _| {
+            i += 1;
+            i % 2 == 0
+        });
+        assert!(cuts >= 1, "no cut");
+        assert!(l.state().rpm.unwrap() < before);
+        // Back to one in twelve: the cut was for nothing.
+        drive(&l, t, 100, one_in_twelve());
+        let after = l.state().rpm.unwrap();
+        assert!(
+            after >= before,
+            "and the pace comes back: {after} < {before}"
+        );
+    }
+
+    /// A server's bucket of `per_sec` a second, a second deep, full at
+    /// `t0`: whether each request at `now` is refused.
+    fn bucket(per_sec: f64, t0: Instant) -> impl FnMut(Instant, Option<f64>) -> bool {
+        let (mut level, mut last) = (per_sec, t0);
+        move |now, _| {
+            level = (level + now.duration_since(last).as_secs_f64() * per_sec).min(per_sec);
+            last = now;
+            if level >= 1.0 {
+                level -= 1.0;
+                false
+            } else {
+                true
+            }
+        }
+    }
+
+    #[test]
+    fn a_real_limit_is_still_followed_down() {
+        // From 100 times a bucket's rate (10/s), and from twice it: cut
+        // after cut down to it, whatever runs of cuts it takes, and few
+        // refusals once there.
+        for start in [60_000.0, 1_200.0] {
+            let l = Limiter::new(None, None);
+            lock(&l.requests).set(start);
+            let t0 = Instant::now();
+            let (_, _, t) = drive(&l, t0, 600, bucket(10.0, t0));
+            let (_, refused, _) = drive(&l, t, 600, bucket(10.0, t0));
+            let pace = l.state().rpm.unwrap();
+            assert!(pace <= 600.0 * 1.1, "{start}: {pace}");
+            assert!(refused <= 600 / 20, "{start}: {refused} of 600 refused");
+        }
     }
 
     #[test]
@@ -1268,17 +1595,75 @@ mod tests {
     }
 
     #[test]
-    fn bucket_caps_costs_and_refunds() {
+    fn bucket_waits_for_large_costs_and_takes_refunds() {
         let t0 = std::time::Instant::now();
         let mut b = BucketState::per_minute(600.0, 1.0, t0); // 10/s, capacity 10
-        assert_eq!(b.try_take(50.0, t0), Ok(10.0), "capped to the capacity");
-        let wait = b.try_take(5.0, t0).unwrap_err();
+        let wait = b.try_take(50.0, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(4), "all of it, not the capacity");
+        let t1 = t0 + wait;
+        assert_eq!(b.try_take(50.0, t1), Ok(50.0));
+        let wait = b.try_take(5.0, t1).unwrap_err();
         assert_eq!(wait, Duration::from_millis(500));
-        b.give_back(4.0, t0);
-        assert_eq!(b.try_take(4.0, t0), Ok(4.0));
-        b.give_back(100.0, t0);
+        b.give_back(4.0, t1);
+        assert_eq!(b.try_take(4.0, t1), Ok(4.0));
+        b.give_back(100.0, t1);
         assert_eq!(b.level, 10.0, "refunds never exceed the capacity");
-        assert_eq!(b.try_take(5.0, t0 + Duration::from_secs(1)), Ok(5.0));
+        assert_eq!(b.try_take(5.0, t1 + Duration::from_secs(1)), Ok(5.0));
+    }
+
+    /// Requests of `size` tokens admitted in `secs` of fake time by a
+    /// bucket of `per_minute` with a second's burst, each taken as soon as
+    /// the bucket allows.
+    fn admitted_by_size(per_minute: f64, size: f64, secs: u64) -> u64 {
+        let t0 = std::time::Instant::now();
+        let mut b = BucketState::per_minute(per_minute, 1.0, t0);
+        let (mut now, mut n) = (t0, 0);
+        while now < t0 + Duration::from_secs(secs) {
+            match b.try_take(size, now) {
+                Ok(_) => n += 1,
+                Err(wait) => now += wait.max(Duration::from_millis(1)),
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn a_request_larger_than_a_seconds_refill_waits_for_all_of_it() {
+        // --tpm 600 (10 a second) with 100-token requests: six a minute,
+        // the first once the bucket holds its 100 tokens. Charged only
+        // the second's burst, one went every second (60 a minute).
+        assert_eq!(admitted_by_size(600.0, 100.0, 60), 6);
+        // --itpm 6000 with 1,000-token prompts: six a minute too.
+        assert_eq!(admitted_by_size(6000.0, 1000.0, 60), 6);
+        // Requests within a second's refill are unchanged: 600 of 10.
+        let small = admitted_by_size(6000.0, 10.0, 60);
+        assert!((608..=610).contains(&small), "{small}");
+    }
+
+    #[tokio::test]
+    async fn told_token_limits_hold_back_a_request_larger_than_their_burst() {
+        use futures::FutureExt;
+        let limits = |tpm, itpm| {
+            Limiter::with_limits(&Limits {
+                tpm,
+                itpm,
+                ..Limits::default()
+            })
+        };
+        // A full bucket holds a second's worth (10 tokens at --tpm 600):
+        // a 100-token request is not let through until it holds 100.
+        let l = limits(Some(600), None);
+        let mut big = Box::pin(l.admit(100));
+        assert!(futures::poll!(&mut big).is_pending(), "--tpm exceeded");
+        // Smaller ones wait their turn behind it (they would starve it).
+        assert!(l.admit(5).now_or_never().is_none());
+        let l = limits(None, Some(6000));
+        assert!(
+            l.admit_call(1000, 0).now_or_never().is_none(),
+            "--itpm exceeded"
+        );
+        // Within the burst, no wait.
+        assert!(limits(Some(600), None).admit(10).now_or_never().is_some());
     }
 
     #[tokio::test]
