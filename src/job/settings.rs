@@ -366,10 +366,24 @@ impl JobSettings {
     pub fn from_file(path: &std::path::Path) -> Result<JobSettings> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("job file {}: {e}", path.display())))?;
-        // Relative paths in a job file are relative to the directory the
-        // command runs in, as they are for flags: jobs are run from the repo root.
-        toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("job file {}: {e}", path.display())))
+        let mut settings: JobSettings = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("job file {}: {e}", path.display())))?;
+        // Relative paths in a job file are relative to the file's folder (as
+        // cargo, docker compose and dbt read theirs), so a job runs the same
+        // from any directory; flags stay relative to the current one.
+        let folder = path.parent().unwrap_or(std::path::Path::new(""));
+        for p in [
+            &mut settings.input,
+            &mut settings.output,
+            &mut settings.ca_cert,
+            &mut settings.call_journal,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = beside(folder, p);
+        }
+        Ok(settings)
     }
 
     /// Flags win over the job file: every field set in `self` stays, every
@@ -404,6 +418,17 @@ impl JobSettings {
         self.send_empty |= base.send_empty;
         self.overwrite |= base.overwrite;
         self
+    }
+}
+
+/// `path` read from a file in `folder`: joined to it when relative. An
+/// object-store URL (anything with `://`: no local path holds one) is left
+/// as written.
+fn beside(folder: &std::path::Path, path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() || path.to_string_lossy().contains("://") {
+        path.to_path_buf()
+    } else {
+        folder.join(path)
     }
 }
 

@@ -289,6 +289,65 @@ async fn parquet_input_columns_pass_through() {
     let _ = Int64Array::from(vec![0]);
 }
 
+/// Paths in a job file are relative to its folder, paths in flags to the
+/// current one; errors name the path as resolved (issue 27.6).
+#[tokio::test(flavor = "multi_thread")]
+async fn job_file_paths_are_relative_to_the_job_file() {
+    let f = Fixture::new(SimConfig::default()).await;
+    std::fs::create_dir_all(f.path("t4/data")).unwrap();
+    std::fs::create_dir_all(f.path("elsewhere")).unwrap();
+    f.write_jsonl("t4/data/in.jsonl", &rows(5, 0));
+    let job = |input: &str| {
+        format!(
+            "input = {input:?}\noutput = \"out/scored.parquet\"\ncall_journal = \"calls\"\nendpoint = {:?}\nmodel = \"m\"\nprompt = \"{{{{text}}}}\"\n",
+            f.openai_url()
+        )
+    };
+    std::fs::create_dir_all(f.path("t4/out")).unwrap();
+    std::fs::write(f.path("t4/big.toml"), job("data/in.jsonl")).unwrap();
+    let envs = [("OPENAI_API_KEY", TOKEN)];
+    let o = f
+        .aiq_in(
+            &f.path("elsewhere"),
+            &["run", "-q", "../t4/big.toml"],
+            &envs,
+        )
+        .await;
+    assert_ok(&o);
+    assert_eq!(read_rows(&f.path("t4/out/scored.parquet")).1.len(), 5);
+    assert!(
+        f.path("t4/calls").is_dir(),
+        "the call journal beside the job file"
+    );
+
+    // A flag stays relative to the current folder.
+    let o = f
+        .aiq_in(
+            &f.path("elsewhere"),
+            &["run", "-q", "../t4/big.toml", "--output", "mine.parquet"],
+            &envs,
+        )
+        .await;
+    assert_ok(&o);
+    assert_eq!(read_rows(&f.path("elsewhere/mine.parquet")).1.len(), 5);
+
+    // The error names the path as resolved.
+    std::fs::write(f.path("t4/typo.toml"), job("data/missing.jsonl")).unwrap();
+    let o = f
+        .aiq_in(
+            &f.path("elsewhere"),
+            &["run", "-q", "../t4/typo.toml"],
+            &envs,
+        )
+        .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("../t4/data/missing.jsonl"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn job_file_with_flags_overriding() {
     let f = Fixture::new(SimConfig::default()).await;

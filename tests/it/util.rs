@@ -70,6 +70,13 @@ impl Fixture {
         output(self.command(args, envs)).await
     }
 
+    /// [`Fixture::aiq`] run in the folder `cwd`, for relative paths.
+    pub async fn aiq_in(&self, cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args, envs);
+        cmd.current_dir(cwd);
+        output(cmd).await
+    }
+
     /// [`Fixture::aiq`] with stdout a pipe whose reading end is already
     /// closed, as in `aiq ... | head -1` once `head` has its line: every
     /// write to stdout fails with a broken pipe. The output's stdout is empty.
