@@ -134,3 +134,22 @@ async fn an_interrupt_stops_the_run_and_keeps_the_journal() {
     );
     assert!(!output.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_handed_in_are_sent_even_into_a_finished_output() {
+    // Rows in memory have no identity to trust (the same schema and count
+    // may be other rows): a finished output from them is written again.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("out.parquet");
+    for _ in 0..2 {
+        let io = Io {
+            source: Some(memory_source(10, 3)),
+            batches: None,
+            interrupt: Some(Arc::new(Notify::new())),
+        };
+        let summary = run_with(plan(output.clone(), 0), io, Ui { quiet: true })
+            .await
+            .expect("run");
+        assert_eq!((summary.rows, summary.ok, summary.resumed), (10, 10, 0));
+    }
+}
