@@ -19,7 +19,7 @@ use crate::provider::endpoint::Target;
 const SHOWN_ROWS: usize = 2;
 
 pub fn explain(plan: &Plan) -> Result<String> {
-    let source = Source::open_shard(&plan.input, 64, plan.shard)?;
+    let source = Source::open_shard(&plan.input, 64, plan.shard, plan.max_line_bytes)?;
     let schema = source.schema.clone();
     let templates = Templates::for_plan(&plan, &schema)?;
     let spec = plan.body_spec();

@@ -60,6 +60,8 @@ pub struct Plan {
     pub api_key_env: Option<String>,
     pub profile: Option<String>,
     pub batch_rows: usize,
+    /// Bytes a JSON Lines input line may hold.
+    pub max_line_bytes: usize,
     pub batch_size: usize,
     pub cache_control: bool,
     pub prompt_cache_key: bool,
@@ -325,6 +327,9 @@ impl Plan {
             ));
         }
         let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS);
+        let max_line_bytes = s
+            .max_line_bytes
+            .unwrap_or(crate::pipeline::jsonl::DEFAULT_MAX_LINE_BYTES);
         let batch_size = s.batch_size.unwrap_or(1);
         if batch_size > 1 && task != Task::Embeddings {
             return Err(Error::Config(
@@ -397,6 +402,7 @@ impl Plan {
             api_key_env: s.api_key_env,
             profile: s.profile,
             batch_rows,
+            max_line_bytes,
             batch_size,
             cache_control: s.cache_control,
             prompt_cache_key: !s.no_prompt_cache_key,

@@ -168,6 +168,11 @@ fn numeric(s: &JobSettings) -> Vec<(&'static str, Option<f64>, Allowed)> {
             count(1.0, MAX_ROWS),
         ),
         (
+            "--max-line-bytes",
+            n(s.max_line_bytes.map(|v| v as u64)),
+            count(1.0, U64),
+        ),
+        (
             "--batch-size",
             n(s.batch_size.map(|v| v as u64)),
             count(1.0, 100_000.0),

@@ -205,6 +205,11 @@ pub struct JobSettings {
     #[arg(long, value_name = "ROWS")]
     pub batch_rows: Option<usize>,
 
+    /// Bytes a JSON Lines input line may hold; a longer line stops the job
+    /// before any request, naming the line [default: 67108864 (64 MiB)].
+    #[arg(long, value_name = "BYTES")]
+    pub max_line_bytes: Option<usize>,
+
     /// Embeddings: rows per request, for endpoints that take a list input [default: 1].
     #[arg(long, value_name = "ROWS")]
     pub batch_size: Option<usize>,
@@ -392,7 +397,7 @@ impl JobSettings {
         overlay_options!(self, base; input, output, endpoint, model, task, system, prompt, prompt2,
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
-            price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, batch_size, tools, tool_choice,
+            price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, max_line_bytes, batch_size, tools, tool_choice,
             simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
             poll_secs, deadline, max_repairs, shard, workers, call_journal, condition, criterion,
             ca_cert);

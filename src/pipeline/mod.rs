@@ -25,6 +25,7 @@ pub mod store;
 pub mod batch;
 pub mod bounds;
 pub mod call_journal;
+pub mod jsonl;
 pub mod openai_batch;
 pub mod outcome;
 pub mod parquet_out;

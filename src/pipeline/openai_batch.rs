@@ -22,8 +22,8 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringBuilder};
@@ -33,6 +33,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::pipeline::journal::Part;
+use crate::pipeline::jsonl::Lines;
 use crate::pipeline::parquet_out::read_batches;
 use crate::pipeline::source::{Format, Source};
 
@@ -88,16 +89,17 @@ fn parse_line(text: &[u8]) -> std::result::Result<Line, String> {
 /// Opens an OpenAI Batch file as a [`Source`] of `custom_id`, `method`,
 /// `url`, `body` rows, after checking every line (exit 2 on the first bad
 /// one, naming it).
-pub fn open(path: &Path, batch_size: usize) -> Result<Source> {
+/// A line may hold at most `max_line_bytes`.
+pub fn open(path: &Path, batch_size: usize, max_line_bytes: usize) -> Result<Source> {
     if batch_size == 0 {
         return Err(Error::Config("batch size must be at least 1 row".into()));
     }
     let mut ids = HashSet::new();
     let mut rows = 0u64;
-    let mut lines = Lines::open(path)?;
-    while let Some((line_no, text)) = lines.next_line()? {
-        let line =
-            parse_line(text).map_err(|e| Error::input(path, format!("line {line_no}: {e}")))?;
+    let mut lines = open_lines(path, max_line_bytes)?;
+    while let Some(row) = lines.next_row()? {
+        let (line_no, line) = (row.no, parse_line(row.text));
+        let line = line.map_err(|e| lines.error(e))?;
         // Results are matched to requests by custom_id: a duplicate would
         // make two outputs indistinguishable (OpenAI rejects them too).
         if !ids.insert(line.custom_id.clone()) {
@@ -120,7 +122,7 @@ pub fn open(path: &Path, batch_size: usize) -> Result<Source> {
         usize::try_from(file_bytes / rows).unwrap_or(usize::MAX),
     );
     let batches = Batches {
-        lines: Lines::open(path)?,
+        lines: open_lines(path, max_line_bytes)?,
         batch_size,
         done: false,
     };
@@ -135,53 +137,14 @@ pub fn open(path: &Path, batch_size: usize) -> Result<Source> {
     Ok(source)
 }
 
-/// Non-blank lines of a file, numbered from 1.
-struct Lines {
-    path: PathBuf,
-    reader: BufReader<File>,
-    buf: Vec<u8>,
-    line_no: u64,
-}
-
-impl Lines {
-    fn open(path: &Path) -> Result<Lines> {
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::input(path, "no such file"),
-            _ => Error::input(path, format!("cannot open: {e}")),
-        })?;
-        Ok(Lines {
-            path: path.to_path_buf(),
-            reader: BufReader::with_capacity(256 * 1024, file),
-            buf: Vec::new(),
-            line_no: 0,
-        })
-    }
-
-    fn next_line(&mut self) -> Result<Option<(u64, &[u8])>> {
-        loop {
-            self.buf.clear();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|e| Error::input(&self.path, format!("cannot read: {e}")))?;
-            if n == 0 {
-                return Ok(None);
-            }
-            self.line_no += 1;
-            // Without a first line's byte order mark and surrounding space.
-            let skip = if self.line_no == 1 && self.buf.starts_with(b"\xEF\xBB\xBF") {
-                3
-            } else {
-                0
-            };
-            let text = &self.buf[skip..];
-            let start = skip + (text.len() - text.trim_ascii_start().len());
-            let end = skip + text.trim_ascii_end().len();
-            if start < end {
-                return Ok(Some((self.line_no, &self.buf[start..end])));
-            }
-        }
-    }
+/// The non-blank lines of the file at `path`, each at most `max_line_bytes`.
+fn open_lines(path: &Path, max_line_bytes: usize) -> Result<Lines> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::input(path, "no such file"),
+        _ => Error::input(path, format!("cannot open: {e}")),
+    })?;
+    let reader = Box::new(BufReader::with_capacity(256 * 1024, file));
+    Ok(Lines::new(path, reader, max_line_bytes, 0, 0))
 }
 
 /// The checked file, read again as record batches of `batch_size` rows.
@@ -195,14 +158,13 @@ impl Batches {
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         let mut cols: [StringBuilder; 4] = std::array::from_fn(|_| StringBuilder::new());
         let mut n = 0;
-        let path = self.lines.path.clone();
         while n < self.batch_size {
-            let Some((line_no, text)) = self.lines.next_line()? else {
+            let Some(row) = self.lines.next_row()? else {
                 break;
             };
             // Checked when opened; failing now means the file changed since.
-            let line = parse_line(text)
-                .map_err(|e| Error::input(&path, format!("line {line_no}: {e}")))?;
+            let line = parse_line(row.text);
+            let line = line.map_err(|e| self.lines.error(e))?;
             cols[0].append_value(&line.custom_id);
             cols[1].append_value(line.method.as_deref().unwrap_or("POST"));
             cols[2].append_value(&line.url);
@@ -215,7 +177,7 @@ impl Batches {
         let columns = cols.iter_mut().map(|b| Arc::new(b.finish()) as _).collect();
         RecordBatch::try_new(schema(), columns)
             .map(Some)
-            .map_err(|e| Error::input(&self.lines.path, e))
+            .map_err(|e| Error::input(self.lines.path(), e))
     }
 }
 

@@ -7,49 +7,40 @@
 //! owns the input schema the rest of the job is checked against, and the row
 //! count used for progress and planning.
 //!
-//! JSON Lines has no schema of its own: the column types are inferred from
-//! the first [`JSONL_INFER_LINES`] non-blank lines, and the columns keep the
-//! order in which their keys first appear there (arrow-json's inference sorts
-//! them alphabetically, which is not what users wrote). Keys first seen after
-//! those lines are not columns and are ignored, as in the sampling readers of
-//! DuckDB or pandas. An empty JSONL file is an error: with no line there is no
-//! schema, and every template check would fail later with a less clear message.
+//! Every local input is read whole before the first request, so that a bad
+//! line or page stops the job before anything is paid (exit 2): JSON Lines
+//! by [`jsonl::scan`], which also infers the columns from every line (in the
+//! order their keys first appear, not arrow-json's alphabetical order) and
+//! counts the rows; Parquet by decoding every page of the row groups the
+//! job reads ([`check_parquet`]). An object-store Parquet input has its
+//! footer and schema checked; its pages are decoded as they are sent. An
+//! object-store JSON Lines input is streamed twice, once to check it. An
+//! empty JSONL file is an error: with no line there is no schema, and every
+//! template check would fail later with a less clear message.
 //!
 //! Every failure — a missing file, a wrong extension, a corrupt Parquet file, a
 //! malformed JSON line — is an [`Error::Input`] naming the file and, for JSON
 //! Lines, the line; nothing here panics on bad input.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use arrow_json::reader::{infer_json_schema_from_iterator, Decoder, ReaderBuilder};
+use arrow_json::reader::{Decoder, ReaderBuilder};
 use parquet::arrow::arrow_reader::{
-    ArrowReaderBuilder, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelector,
+    ArrowReaderBuilder, ArrowReaderMetadata, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::job::shard::Shard;
 use crate::pipeline::bounds::{self, BATCH_BYTES};
+use crate::pipeline::jsonl::{self, Lines, DEFAULT_MAX_LINE_BYTES};
 use crate::pipeline::store::{self, Remote, Role};
-
-/// Non-blank lines of a JSONL file read to infer its columns and their types.
-pub const JSONL_INFER_LINES: usize = 1000;
-
-/// Buffer for reading input files: large enough that a syscall per line is
-/// never the bottleneck, small next to one batch of rows.
-const READ_BUFFER_BYTES: usize = 256 * 1024;
-
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// The input formats aiq reads, chosen by file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +115,7 @@ impl Source {
     /// Opens `path`, reads its schema (and, for JSONL, counts its rows), and
     /// prepares to read batches of at most `batch_size` rows.
     pub fn open(path: &Path, batch_size: usize) -> Result<Source> {
-        Source::open_shard(path, batch_size, None)
+        Source::open_shard(path, batch_size, None, DEFAULT_MAX_LINE_BYTES)
     }
 
     /// Like [`Source::open`], but reads only `shard`'s rows (all rows
@@ -132,8 +123,14 @@ impl Source {
     /// exactly one of the N shards. Parquet skips the row groups (and rows
     /// within them) outside the range without decoding them; JSON Lines
     /// skips other shards' lines without parsing them. The schema is the
-    /// whole file's, so every shard writes the same columns.
-    pub fn open_shard(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
+    /// whole file's, so every shard writes the same columns. A JSON line
+    /// may hold at most `max_line_bytes` bytes.
+    pub fn open_shard(
+        path: &Path,
+        batch_size: usize,
+        shard: Option<Shard>,
+        max_line_bytes: usize,
+    ) -> Result<Source> {
         if batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1 row".into()));
         }
@@ -148,7 +145,7 @@ impl Source {
         })?;
         match format {
             Format::Parquet => open_parquet(path, batch_size, shard),
-            Format::Jsonl => open_jsonl(path, batch_size, shard),
+            Format::Jsonl => open_jsonl(path, batch_size, shard, max_line_bytes),
             // Never chosen by extension: `--input-format openai-batch` opens
             // such files with `openai_batch::open`, which builds on this module.
             Format::OpenAiBatch => Err(Error::Config(
@@ -242,7 +239,7 @@ fn open_file(path: &Path) -> Result<File> {
 
 fn open_parquet(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
     if let Some(remote) = Remote::parse(path, Role::Input)? {
-        let (builder, total_rows, batch_size) =
+        let (builder, total_rows, batch_size, _) =
             select_rows(store::parquet_builder(&remote)?, batch_size, shard);
         let schema = builder.schema().clone();
         let batches = store::parquet_batches(builder.with_batch_size(batch_size), &remote.url)?;
@@ -251,9 +248,11 @@ fn open_parquet(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<
         return Ok(source);
     }
     let file = open_file(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+    let metadata = ArrowReaderMetadata::load(&file, Default::default())
         .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?;
-    let (builder, total_rows, batch_size) = select_rows(builder, batch_size, shard);
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone());
+    let (builder, total_rows, batch_size, groups) = select_rows(builder, batch_size, shard);
+    check_parquet(path, &metadata, &groups, batch_size)?;
     let schema = builder.schema().clone();
     let reader = builder
         .with_batch_size(batch_size)
@@ -269,14 +268,94 @@ fn open_parquet(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<
     })
 }
 
+/// Decodes every page of row groups `groups` of a local Parquet file, so
+/// a corrupt one stops the job before the first request rather than after
+/// the rows before it were paid for. The groups are shared among the
+/// cores; each thread holds a page per column and one batch (as the run's
+/// reader does), so memory grows with the cores, not the file.
+fn check_parquet(
+    path: &Path,
+    metadata: &ArrowReaderMetadata,
+    groups: &[usize],
+    batch_size: usize,
+) -> Result<()> {
+    let row_groups = metadata.metadata().row_groups();
+    let first_rows: Vec<i64> = row_groups
+        .iter()
+        .scan(0i64, |at, g| {
+            let first = *at;
+            *at += g.num_rows();
+            Some(first)
+        })
+        .collect();
+    let check_group = |i: usize| -> Result<()> {
+        let bad = |e: &dyn fmt::Display| {
+            let (first, rows) = (first_rows[i], row_groups[i].num_rows());
+            Error::input(
+                path,
+                format!(
+                    "row group {i} (rows {}-{}): cannot read Parquet data: {e}",
+                    first + 1,
+                    first + rows
+                ),
+            )
+        };
+        // A file of its own: clones of one handle share its offset, and
+        // the threads' seeks would interleave.
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(open_file(path)?, metadata.clone())
+                .with_row_groups(vec![i])
+                .with_batch_size(batch_size)
+                .build()
+                .map_err(|e| bad(&e))?;
+        for batch in reader {
+            batch.map_err(|e| bad(&e))?;
+        }
+        Ok(())
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(groups.len())
+        .max(1);
+    // Thread t checks every `threads`-th group from its t-th: the first
+    // error in file order is reported whichever thread found it.
+    let mut errors: Vec<(usize, Error)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let check_group = &check_group;
+                scope.spawn(move || {
+                    groups
+                        .iter()
+                        .skip(t)
+                        .step_by(threads)
+                        .find_map(|&i| check_group(i).err().map(|e| (i, e)))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| match w.join() {
+                Ok(found) => found,
+                Err(_) => Some((0, Error::input(path, "checking the Parquet file failed"))),
+            })
+            .collect()
+    });
+    errors.sort_by_key(|(i, _)| *i);
+    match errors.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// What a local file and an object in a store read alike, from the footer:
 /// rows per batch for the row width, and with a shard only its row groups
-/// and rows. Returns the builder, the rows it will read and the batch size.
+/// and rows. Returns the builder, the rows it will read, the batch size and
+/// the row groups it will read.
 fn select_rows<T>(
     mut builder: ArrowReaderBuilder<T>,
     batch_size: usize,
     shard: Option<Shard>,
-) -> (ArrowReaderBuilder<T>, Option<u64>, usize) {
+) -> (ArrowReaderBuilder<T>, Option<u64>, usize, Vec<usize>) {
     // The footer's count is authoritative; a negative one would be corrupt,
     // and then we just don't know.
     let mut total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).ok();
@@ -298,18 +377,20 @@ fn select_rows<T>(
         batch_size,
         usize::try_from(bytes / rows.max(1)).unwrap_or(0),
     );
+    let mut read_groups: Vec<usize> = (0..row_groups.len()).collect();
     if let Some(shard) = shard {
         let groups: Vec<u64> = row_groups
             .iter()
             .map(|g| u64::try_from(g.num_rows()).unwrap_or(0))
             .collect();
         let (groups, selection, rows) = shard_row_groups(&groups, shard);
+        read_groups = groups.clone();
         builder = builder
             .with_row_groups(groups)
             .with_row_selection(selection);
         total_rows = Some(rows);
     }
-    (builder, total_rows, batch_size)
+    (builder, total_rows, batch_size, read_groups)
 }
 
 /// The row groups that hold `shard`'s rows, and which of their rows to
@@ -343,35 +424,47 @@ fn shard_row_groups(group_rows: &[u64], shard: Shard) -> (Vec<usize>, RowSelecti
     (groups, RowSelection::from(selectors), end - start)
 }
 
-fn open_jsonl(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
-    let schema = Arc::new(infer_jsonl_schema(path)?);
-    // Counting an object's lines reads it twice: unsharded, progress for an
-    // object-store input shows rows done without a total, and its batches
-    // are still cut by bytes as they are read. A shard needs the count to
-    // know its rows, so it streams the object once more (never stored).
-    let remote = store::is_url(path);
-    let mut total_rows = match remote && shard.is_none() {
-        true => None,
-        false => Some(count_jsonl_rows(path)?),
+fn open_jsonl(
+    path: &Path,
+    batch_size: usize,
+    shard: Option<Shard>,
+    max_line_bytes: usize,
+) -> Result<Source> {
+    // The whole input is read once before anything else (an object in a
+    // store is streamed, never stored): every line checked, the columns
+    // inferred from all of them, the rows counted.
+    let scan = jsonl::scan(Lines::new(
+        path,
+        store::open_read(path, 0)?,
+        max_line_bytes,
+        0,
+        0,
+    ))?;
+    for column in &scan.widened {
+        tracing::warn!(
+            "{}: {column}: read as text, each value as written",
+            path.display()
+        );
+    }
+    let schema = Arc::new(scan.schema);
+    let mut total_rows = Some(scan.rows);
+    let file_bytes = match store::is_url(path) {
+        true => 0,
+        false => std::fs::metadata(path).map_or(0, |m| m.len()),
     };
-    let row_bytes = match total_rows {
-        Some(rows) if !remote => {
-            let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
-            usize::try_from(file_bytes / rows.max(1)).unwrap_or(usize::MAX)
-        }
-        _ => 1,
-    };
-    let batch_size = bounds::batch_rows(batch_size, row_bytes);
-    let (skip, take) = match (shard, total_rows) {
-        (Some(shard), Some(all)) => {
-            let (start, end) = shard.rows(all);
+    let row_bytes = usize::try_from(file_bytes / scan.rows.max(1)).unwrap_or(usize::MAX);
+    let batch_size = bounds::batch_rows(batch_size, row_bytes.max(1));
+    let (skip, take) = match shard {
+        Some(shard) => {
+            let (start, end) = shard.rows(scan.rows);
             total_rows = Some(end - start);
             (start, Some(end - start))
         }
-        _ => (0, None),
+        None => (0, None),
     };
     let decoder = ReaderBuilder::new(schema.clone())
         .with_batch_size(batch_size)
+        .with_coerce_primitive(scan.text_from_scalars)
         .build_decoder()
         .map_err(|e| {
             Error::input(
@@ -381,15 +474,14 @@ fn open_jsonl(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<So
         })?;
     let batches = JsonlBatches {
         path: path.to_path_buf(),
-        lines: store::open_read(path, 0)?,
+        lines: Lines::new(path, store::open_read(path, 0)?, max_line_bytes, 0, 0),
+        max_line_bytes,
         schema: schema.clone(),
+        coerce: scan.text_from_scalars,
         decoder,
         batch_size,
-        line_no: 0,
-        offset: 0,
         first_line_in_batch: 0,
         batch_offset: 0,
-        line: Vec::new(),
         batch_bytes: 0,
         done: false,
         skip,
@@ -405,188 +497,23 @@ fn open_jsonl(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<So
     })
 }
 
-/// A line without surrounding ASCII whitespace (so `\r\n` endings and blank
-/// lines need no special case), and without a UTF-8 byte order mark if it is
-/// the first line: editors on Windows add one, and JSON parsers reject it.
-fn line_content(line: &[u8], line_no: u64) -> &[u8] {
-    let line = if line_no == 1 {
-        line.strip_prefix(UTF8_BOM).unwrap_or(line)
-    } else {
-        line
-    };
-    line.trim_ascii()
-}
-
-/// The keys of a JSON object in the order they are written. serde_json's
-/// `Map` is sorted unless the `preserve_order` feature is on, which we do not
-/// rely on (it would change hashes elsewhere), so the keys are read here.
-struct KeyOrder(Vec<String>);
-
-impl<'de> Deserialize<'de> for KeyOrder {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Keys;
-        impl<'de> Visitor<'de> for Keys {
-            type Value = KeyOrder;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyOrder, A::Error> {
-                let mut keys = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    map.next_value::<IgnoredAny>()?;
-                    keys.push(key);
-                }
-                Ok(KeyOrder(keys))
-            }
-        }
-        deserializer.deserialize_map(Keys)
-    }
-}
-
-/// Infers the columns from the first [`JSONL_INFER_LINES`] non-blank lines,
-/// in the order their keys first appear. Parsing the lines ourselves (rather
-/// than handing the file to arrow-json) is what lets an error name its line.
-fn infer_jsonl_schema(path: &Path) -> Result<Schema> {
-    let mut lines = store::open_read(path, 0)?;
-    let mut order = Vec::new();
-    let mut seen = HashSet::new();
-    let mut buf = Vec::new();
-    let mut line_no = 0u64;
-    let mut objects = 0usize;
-    let mut failed: Option<Error> = None;
-    // The next non-blank line's value, if any is left of the first
-    // JSONL_INFER_LINES.
-    let mut next_value = || -> Result<Option<serde_json::Value>> {
-        while objects < JSONL_INFER_LINES {
-            buf.clear();
-            let n = lines
-                .read_until(b'\n', &mut buf)
-                .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            line_no += 1;
-            let line = line_content(&buf, line_no);
-            if line.is_empty() {
-                continue;
-            }
-            let bad_line = |e: serde_json::Error| {
-                Error::input(path, format!("line {line_no}: not a JSON object: {e}"))
-            };
-            let KeyOrder(keys) = serde_json::from_slice(line).map_err(bad_line)?;
-            let value: serde_json::Value = serde_json::from_slice(line).map_err(bad_line)?;
-            for key in keys {
-                if seen.insert(key.clone()) {
-                    order.push(key);
-                }
-            }
-            objects += 1;
-            return Ok(Some(value));
-        }
-        Ok(None)
-    };
-    // One line's value at a time, not all of them at once: a thousand
-    // lines of 100 KB documents would hold 100 MB here, past the bound on
-    // memory that every later stage keeps (src/pipeline/bounds.rs).
-    let values = std::iter::from_fn(|| match next_value() {
-        Ok(value) => value.map(Ok),
-        Err(e) => {
-            failed = Some(e);
-            Some(Err(ArrowError::JsonError(String::new())))
-        }
-    });
-    let inferred = infer_json_schema_from_iterator(values);
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    if objects == 0 {
-        return Err(Error::input(
-            path,
-            "the file is empty: JSON Lines input needs at least one line with a JSON object",
-        ));
-    }
-    let inferred = inferred.map_err(|e| {
-        Error::input(
-            path,
-            format!("cannot infer column types from the first {objects} lines: {e}"),
-        )
-    })?;
-    // Every inferred field comes from a key we saw, so each has a position;
-    // a field we somehow cannot place goes last rather than being dropped.
-    let mut fields: Vec<_> = inferred.fields().iter().cloned().collect();
-    fields.sort_by_key(|f| {
-        order
-            .iter()
-            .position(|k| k == f.name())
-            .unwrap_or(usize::MAX)
-    });
-    Ok(Schema::new_with_metadata(
-        fields,
-        inferred.metadata().clone(),
-    ))
-}
-
-/// Counts the non-blank lines — the rows — in one streaming pass over the
-/// bytes, without parsing JSON. Blank means only ASCII whitespace (and a
-/// leading byte order mark), the same lines [`JsonlBatches`] skips.
-fn count_jsonl_rows(path: &Path) -> Result<u64> {
-    let mut file = store::open_read(path, 0)?;
-    let mut buf = vec![0u8; READ_BUFFER_BYTES];
-    let mut rows = 0u64;
-    let mut has_content = false;
-    let mut at_start = true;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::input(path, format!("cannot read: {e}"))),
-        };
-        let mut chunk = &buf[..n];
-        if at_start {
-            // A BOM split across two reads is not worth handling: the first
-            // read of a regular file returns far more than three bytes.
-            chunk = chunk.strip_prefix(UTF8_BOM).unwrap_or(chunk);
-            at_start = false;
-        }
-        // Newlines found with memchr's SIMD search, and a line's content
-        // seen at its first non-blank byte (the `{` of a row): a byte-by-byte
-        // loop here cost more CPU per 4 KB row than sending it (profile).
-        let mut start = 0;
-        for newline in memchr::memchr_iter(b'\n', chunk) {
-            has_content = has_content || has_text(&chunk[start..newline]);
-            rows += u64::from(has_content);
-            has_content = false;
-            start = newline + 1;
-        }
-        // The rest is the start of a line that ends in the next read.
-        has_content = has_content || has_text(&chunk[start..]);
-    }
-    Ok(rows + u64::from(has_content))
-}
-
-fn has_text(bytes: &[u8]) -> bool {
-    bytes.iter().any(|b| !b.is_ascii_whitespace())
-}
-
 /// Decodes a JSONL file into batches, one line at a time, so that an error
 /// can name its line and a batch never holds more than `batch_size` rows.
+/// The file was checked whole when opened ([`jsonl::scan`]): an error here
+/// means it changed since.
 struct JsonlBatches {
     path: PathBuf,
-    lines: Box<dyn BufRead + Send>,
+    lines: Lines,
+    max_line_bytes: usize,
     schema: SchemaRef,
+    coerce: bool,
     decoder: Decoder,
     batch_size: usize,
-    /// Lines read so far (1-based number of the last line read).
-    line_no: u64,
-    /// Bytes read so far.
-    offset: u64,
     /// The first line of the rows now in the decoder, and where it starts,
     /// for errors that only show when the batch is built (a value of the
     /// wrong type): see [`JsonlBatches::pinpoint`].
     first_line_in_batch: u64,
     batch_offset: u64,
-    line: Vec<u8>,
     /// Bytes of the lines now in the decoder: a batch also ends at
     /// [`BATCH_BYTES`], so a run of unusually wide lines stays bounded.
     batch_bytes: usize,
@@ -606,63 +533,51 @@ impl JsonlBatches {
             {
                 return self.flush();
             }
-            self.line.clear();
-            let n = self
-                .lines
-                .read_until(b'\n', &mut self.line)
-                .map_err(|e| Error::input(&self.path, format!("cannot read: {e}")))?;
-            if n == 0 {
+            let Some(line) = self.lines.next_row()? else {
                 return self.flush();
-            }
-            let line_offset = self.offset;
-            self.offset += n as u64;
-            self.line_no += 1;
-            let line_no = self.line_no;
-            let line = line_content(&self.line, line_no);
-            if line.is_empty() {
-                continue;
-            }
+            };
             if self.skip > 0 {
-                self.skip -= 1; // another shard's row: its problems are not ours
+                self.skip -= 1; // another shard's row: checked when opened
                 continue;
             }
             if let Some(take) = self.take.as_mut() {
                 *take -= 1;
             }
-            let bad_line = |msg: String| Error::input(&self.path, format!("line {line_no}: {msg}"));
+            let (line_no, len) = (line.no, line.text.len());
             // The decoder accepts any JSON value and only complains about a
             // non-object when the batch is built, without a line number.
-            if line.first() != Some(&b'{') {
-                return Err(bad_line("not a JSON object".into()));
+            if line.text.first() != Some(&b'{') {
+                return Err(self.lines.error("not a JSON object"));
             }
             if self.decoder.is_empty() {
                 self.first_line_in_batch = line_no;
-                self.batch_offset = line_offset;
-                self.batch_bytes = 0;
+                self.batch_offset = line.start;
             }
-            self.batch_bytes += line.len();
+            self.batch_bytes += len;
             let before = self.decoder.len();
-            let consumed = self
-                .decoder
-                .decode(line)
-                .map_err(|e| bad_line(e.to_string()))?;
+            let consumed = self.decoder.decode(line.text);
+            let consumed = consumed.map_err(|e| self.lines.error(e))?;
             // JSON Lines means exactly one object per line: a truncated
             // object would otherwise swallow the next line, and two objects
             // on one line would throw off the row count.
-            if consumed != line.len()
+            if consumed != len
                 || self.decoder.has_partial_record()
                 || self.decoder.len() != before + 1
             {
-                return Err(bad_line(
-                    "not exactly one complete JSON object (JSON Lines needs one object per line)"
-                        .into(),
+                return Err(self.lines.error(
+                    "not exactly one complete JSON object (JSON Lines needs one object per line)",
                 ));
             }
         }
     }
 
     fn flush(&mut self) -> Result<Option<RecordBatch>> {
-        let (first, last) = (self.first_line_in_batch, self.line_no);
+        // Reset here, not at the next row: a flush at the byte bound with
+        // the count left over would end the next batch before its first
+        // row, empty, and an empty batch reads as the end of the input
+        // (every row after a line over BATCH_BYTES was lost that way).
+        self.batch_bytes = 0;
+        let (first, last) = (self.first_line_in_batch, self.lines.line_no);
         self.decoder.flush().map_err(|e| {
             let (lines, e) = match self.pinpoint(first, last) {
                 Some((line, e)) => (format!("line {line}"), e),
@@ -670,9 +585,7 @@ impl JsonlBatches {
             };
             Error::input(
                 &self.path,
-                format!(
-                    "{lines}: {e} (column types were inferred from the first {JSONL_INFER_LINES} lines)"
-                ),
+                format!("{lines}: {e} (did the file change since aiq checked it?)"),
             )
         })
     }
@@ -681,22 +594,23 @@ impl JsonlBatches {
     /// again one at a time. Only runs on the error path, so re-reading is
     /// cheaper than keeping every batch's text in memory just in case.
     fn pinpoint(&self, first: u64, last: u64) -> Option<(u64, ArrowError)> {
-        let mut lines = store::open_read(&self.path, self.batch_offset).ok()?;
+        let reader = store::open_read(&self.path, self.batch_offset).ok()?;
+        let mut lines = Lines::new(
+            &self.path,
+            reader,
+            self.max_line_bytes,
+            first.saturating_sub(1),
+            self.batch_offset,
+        );
         let mut decoder = ReaderBuilder::new(self.schema.clone())
             .with_batch_size(1)
+            .with_coerce_primitive(self.coerce)
             .build_decoder()
             .ok()?;
-        let mut buf = Vec::new();
-        for line_no in first..=last {
-            buf.clear();
-            if lines.read_until(b'\n', &mut buf).ok()? == 0 {
-                break;
-            }
-            let line = line_content(&buf, line_no);
-            if line.is_empty() {
-                continue;
-            }
-            decoder.decode(line).ok()?;
+        while lines.line_no < last {
+            let line = lines.next_row().ok()??;
+            let line_no = line.no;
+            decoder.decode(line.text).ok()?;
             if let Err(e) = decoder.flush() {
                 return Some((line_no, e));
             }
@@ -731,7 +645,7 @@ impl Iterator for JsonlBatches {
 mod tests {
     use super::*;
     use arrow::array::{Array, Float64Array, Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field};
+    use arrow::datatypes::{DataType, Field, Schema};
     use parquet::arrow::ArrowWriter;
     use std::io::Write;
 
@@ -840,7 +754,7 @@ mod tests {
     #[test]
     fn jsonl_batch_size_blank_lines_crlf_and_bom() {
         let dir = tempfile::tempdir().unwrap();
-        let mut contents = UTF8_BOM.to_vec();
+        let mut contents = b"\xEF\xBB\xBF".to_vec();
         for i in 0..23 {
             write!(contents, "{{\"id\": {i}}}\r\n").unwrap();
             if i % 5 == 0 {
@@ -883,7 +797,7 @@ mod tests {
             writeln!(jsonl, "{{\"id\": {i}, \"text\": \"{text}\"}}").unwrap();
             if i == 50 {
                 // A blank line longer than a read: not a row.
-                jsonl.extend(std::iter::repeat_n(b' ', READ_BUFFER_BYTES + 7));
+                jsonl.extend(std::iter::repeat_n(b' ', 256 * 1024 + 7));
                 jsonl.push(b'\n');
             }
         }
@@ -968,37 +882,55 @@ mod tests {
         );
     }
 
-    /// Past the lines used for inference, errors come from the streaming
-    /// decoder and must still name the line.
-    fn late_error(bad_line: &[u8]) -> String {
-        let dir = tempfile::tempdir().unwrap();
+    /// 1,005 good lines, then `bad_line`, then one more.
+    fn late_bad_line(bad_line: &[u8]) -> Vec<u8> {
         let mut contents = Vec::new();
-        for i in 0..JSONL_INFER_LINES + 5 {
+        for i in 0..1005 {
             writeln!(contents, "{{\"id\": {i}, \"text\": \"t\"}}").unwrap();
         }
         contents.extend_from_slice(bad_line);
         contents.extend_from_slice(b"\n{\"id\": 0, \"text\": \"t\"}\n");
-        let path = write(dir.path(), "late.jsonl", &contents);
-        let source = Source::open(&path, 100).unwrap();
-        let results: Vec<_> = source.into_batches().collect();
-        let err = results.into_iter().find_map(|r| r.err()).expect("an error");
-        input_error(err, &path)
+        contents
     }
 
+    /// However late a bad line, opening the file finds it and names it,
+    /// before any batch is read.
     #[test]
-    fn malformed_jsonl_after_inference_names_the_line() {
-        let line = JSONL_INFER_LINES + 6;
-        let msg = late_error(b"{\"id\": 1, \"text\": ");
-        assert!(msg.contains(&format!("line {line}")), "{msg}");
-        let msg = late_error(b"{\"id\": 1} {\"id\": 2}");
-        assert!(msg.contains(&format!("line {line}")), "{msg}");
-        let msg = late_error(b"42");
-        assert!(msg.contains(&format!("line {line}")), "{msg}");
-        let msg = late_error(b"{\"id\": 1, \"text\": tru}");
-        assert!(msg.contains(&format!("line {line}")), "{msg}");
-        // A value of the wrong type only shows when the batch is built.
-        let msg = late_error(b"{\"id\": \"not a number\", \"text\": \"t\"}");
-        assert!(msg.contains(&format!("line {line}:")), "{msg}");
+    fn malformed_jsonl_anywhere_stops_the_open_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [
+            &b"{\"id\": 1, \"text\": "[..],
+            b"{\"id\": 1} {\"id\": 2}",
+            b"42",
+            b"{\"id\": 1, \"text\": tru}",
+            b"{\"id\": 1, \"text\": \"\xff\"}",
+            b"{\"id\": 1, \"text\": {\"a\": 1}}",
+        ] {
+            let path = write(dir.path(), "late.jsonl", &late_bad_line(bad));
+            let msg = input_error(open_err(&path), &path);
+            assert!(msg.contains("line 1006:"), "{msg}");
+        }
+    }
+
+    /// A file changed between its check and its reading: the streaming
+    /// decoder still names the line.
+    #[test]
+    fn a_file_changed_after_its_check_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "late.jsonl", &late_bad_line(b"{\"id\": 7}"));
+        for (bad, line) in [
+            (&b"{\"id\": 1, \"text\": "[..], "line 1006"),
+            // A value of the wrong type only shows when the batch is built.
+            (b"{\"id\": \"nine\", \"text\": \"t\"}", "line 1006:"),
+        ] {
+            let source = Source::open(&path, 100).unwrap();
+            std::fs::write(&path, late_bad_line(bad)).unwrap();
+            let results: Vec<_> = source.into_batches().collect();
+            let err = results.into_iter().find_map(|r| r.err()).expect("an error");
+            let msg = input_error(err, &path);
+            assert!(msg.contains(line), "{msg}");
+            std::fs::write(&path, late_bad_line(b"{\"id\": 7}")).unwrap();
+        }
     }
 
     #[test]

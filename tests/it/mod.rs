@@ -7,6 +7,7 @@ mod docs;
 mod functions;
 mod hostile;
 mod https;
+mod input;
 mod jobs;
 mod layers;
 mod library;

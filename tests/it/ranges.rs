@@ -26,6 +26,10 @@ async fn numeric_settings_out_of_range_exit_2_naming_the_range() {
             &["--batch-size", "0", "--task", "embeddings"],
             "--batch-size (job file: batch_size) must be from 1 to 100000, got 0",
         ),
+        (
+            &["--max-line-bytes", "0"],
+            "--max-line-bytes (job file: max_line_bytes) must be at least 1, got 0",
+        ),
         (&["--concurrency", "0"], "--concurrency"),
         (&["--concurrency", "10000000000000000000"], "--concurrency"),
         (&["--rpm", "0"], "--rpm (job file: rpm) must be at least 1"),

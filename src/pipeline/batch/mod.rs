@@ -818,11 +818,18 @@ impl Runner<'_, '_> {
 /// `--shard`'s rows. The online run, batch mode and dry runs all open it here.
 pub fn open_source(plan: &Plan) -> Result<Source> {
     match plan.input_format {
-        crate::pipeline::openai_batch::InputFormat::Rows => {
-            Source::open_shard(&plan.input, plan.batch_rows, plan.shard)
-        }
+        crate::pipeline::openai_batch::InputFormat::Rows => Source::open_shard(
+            &plan.input,
+            plan.batch_rows,
+            plan.shard,
+            plan.max_line_bytes,
+        ),
         crate::pipeline::openai_batch::InputFormat::OpenaiBatch => {
-            let source = crate::pipeline::openai_batch::open(&plan.input, plan.batch_rows)?;
+            let source = crate::pipeline::openai_batch::open(
+                &plan.input,
+                plan.batch_rows,
+                plan.max_line_bytes,
+            )?;
             match plan.shard {
                 Some(shard) => source.into_shard(shard),
                 None => Ok(source),
