@@ -31,6 +31,13 @@ fn write_lines(f: &Fixture, name: &str, lines: &[String]) -> PathBuf {
     path
 }
 
+/// `n` lines `{"id": i, "text": "short"}`.
+fn short_lines(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| json!({"id": i, "text": "short"}).to_string())
+        .collect()
+}
+
 /// `aiq run` with the cheap prompt and `extra`; the output's path.
 async fn run(f: &Fixture, input: &Path, extra: &[&str]) -> (Output, PathBuf) {
     let output = f.path("out.parquet");
@@ -63,13 +70,8 @@ fn assert_ids(rows: &[serde_json::Map<String, Value>], n: i64) {
 #[tokio::test]
 async fn a_long_line_keeps_every_row_after_it() {
     let f = fixture().await;
-    let wide = "w".repeat(3 << 20);
-    let lines: Vec<String> = (0..3000)
-        .map(|i| match i {
-            1499 => json!({"id": i, "text": wide}).to_string(),
-            _ => json!({"id": i, "text": "short"}).to_string(),
-        })
-        .collect();
+    let mut lines = short_lines(3000);
+    lines[1499] = json!({"id": 1499, "text": "w".repeat(3 << 20)}).to_string();
     let input = write_lines(&f, "long.jsonl", &lines);
     let (out, output) = run(&f, &input, &[]).await;
     assert_ok(&out);
@@ -88,9 +90,7 @@ async fn a_long_line_keeps_every_row_after_it() {
 #[tokio::test]
 async fn a_line_over_the_limit_stops_before_any_request() {
     let f = fixture().await;
-    let mut lines: Vec<String> = (0..20)
-        .map(|i| json!({"id": i, "text": "short"}).to_string())
-        .collect();
+    let mut lines = short_lines(20);
     lines[6] = json!({"id": 6, "text": "x".repeat(5000)}).to_string();
     let input = write_lines(&f, "limit.jsonl", &lines);
     let (out, _) = run(&f, &input, &["--max-line-bytes", "4096"]).await;
@@ -188,9 +188,7 @@ async fn a_type_conflict_stops_before_any_request() {
 #[tokio::test]
 async fn a_bad_line_stops_before_any_request() {
     let f = fixture().await;
-    let mut lines: Vec<String> = (0..10_000)
-        .map(|i| json!({"id": i, "text": "t"}).to_string())
-        .collect();
+    let mut lines = short_lines(10_000);
     lines[4999] = r#"{"id": 4999, "text": "t""#.to_string();
     let input = write_lines(&f, "bad.jsonl", &lines);
     let (out, _) = run(&f, &input, &[]).await;
