@@ -127,20 +127,26 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    /// Count one paid outcome; when the budget is now spent, the error that
-    /// stops the job (exit 1) saying how far it got. `rows` counts the
-    /// outcomes the collector holds (this run's and reloaded ones).
-    pub fn record(&mut self, billed: &Usage, rows: u64) -> Option<crate::error::Error> {
-        let why = self.meter.record(billed)?;
+    /// Count one paid outcome; true when the budget is now spent.
+    pub fn record(&mut self, billed: &Usage) -> bool {
+        self.meter.record(billed).is_some()
+    }
+
+    /// The error a budget stop ends the job with, once the requests in
+    /// flight at the stop are in: `rows` is this run's rows with an
+    /// outcome, the count the summary beside it shows. None while the
+    /// budget has room.
+    pub fn stopped(&self, rows: u64) -> Option<crate::error::Error> {
+        let why = self.meter.exhausted()?;
         let done = self.committed + rows;
         let of = self
             .total_rows
             .map(|t| format!(" of {t}"))
             .unwrap_or_default();
         Some(crate::error::Error::Stopped(format!(
-            "{why}; no new requests were sent. {done}{of} rows have an outcome (requests in flight finish \
-             and are kept). Run the same command with a higher budget to finish the job: finished rows are \
-             not sent or paid for again."
+            "{why} (requests in flight at the stop finished and are kept); no new requests were sent. \
+             {done}{of} rows have an outcome. Run the same command with a higher budget to finish the job: \
+             finished rows are not sent or paid for again."
         )))
     }
 }

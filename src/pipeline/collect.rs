@@ -59,6 +59,8 @@ pub struct Collector {
     pub summary: Summary,
     /// `--max-tokens-total` / `--max-cost`, when given.
     pub budget: Option<Enforcer>,
+    /// The failure is the budget's: its message is written at the end.
+    budget_stop: bool,
     /// Send finished batches here instead of to `parts` (the output goes
     /// back to the caller, e.g. Python). A full channel holds the collector
     /// back, and with it new calls: the consumer sets the pace.
@@ -100,6 +102,7 @@ impl Collector {
             progress,
             summary: Summary::default(),
             budget: None,
+            budget_stop: false,
             batches: None,
             interrupt: None,
             pending: VecDeque::new(),
@@ -164,6 +167,12 @@ impl Collector {
         self.progress.finish();
         match self.failure.take() {
             Some(e) => {
+                // A budget stop counts its rows now, the requests in flight
+                // at the stop in: one count with the summary beside it.
+                let e = match self.budget.as_ref().filter(|_| self.budget_stop) {
+                    Some(b) => b.stopped(self.summary.rows).unwrap_or(e),
+                    None => e,
+                };
                 // Keep what is complete: fewer rows to reload on resume. Not
                 // at the cost of the reason the job stopped, which may be
                 // that the parts' folder is gone.
@@ -215,8 +224,10 @@ impl Collector {
                         o.unsettled = true;
                     }
                     self.journal.append(&o)?;
-                    if let Some(stop) = self.budget.as_mut().and_then(|b| b.record(&o.billed_usage(), self.summary.rows + 1)) {
-                        self.fail(stop);
+                    if self.budget.as_mut().is_some_and(|b| b.record(&o.billed_usage())) && self.failure.is_none() {
+                        // Said when the job ends ([`Enforcer::stopped`]).
+                        self.budget_stop = true;
+                        self.fail(Error::Stopped("budget spent".into()));
                     }
                     self.summary.count(&o);
                     self.place(o);

@@ -394,3 +394,43 @@ async fn timeouts_after_sending_are_capped_and_marked() {
     assert!(retries > 0, "the seed makes some requests stall");
     assert_eq!(summary["ambiguous_retries"], json!(retries));
 }
+
+/// The budget stop's "N of M rows have an outcome" and the summary beside
+/// it count the same rows: those of the requests in flight at the stop
+/// included (issue 27.5).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_stop_and_the_summary_count_the_same_rows() {
+    let f = Fixture::new(SimConfig {
+        latency_ms: 20,
+        ..SimConfig::default()
+    })
+    .await;
+    let input = f.write_jsonl("in.jsonl", &rows(300, 0));
+    let out = f.path("out.parquet");
+    let mut args: Vec<String> = f.run_args(&input, &out);
+    args.retain(|a| a != "-q");
+    args.extend(["--concurrency", "16", "--max-tokens-total", "600"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = f.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    let number_before = |marker: &str| -> u64 {
+        let at = err
+            .find(marker)
+            .unwrap_or_else(|| panic!("no `{marker}` in {err}"));
+        let digits: String = err[..at]
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .chars()
+            .rev()
+            .collect::<String>()
+            .parse()
+            .expect("a count")
+    };
+    let stopped = number_before(" of 300 rows have an outcome");
+    let summary = number_before(" ok,") + number_before(" failed,") + number_before(" null");
+    assert_eq!(stopped, summary, "{err}");
+}
