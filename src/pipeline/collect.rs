@@ -229,7 +229,7 @@ impl Collector {
                         self.budget_stop = true;
                         self.fail(Error::Stopped("budget spent".into()));
                     }
-                    self.summary.count(&o);
+                    self.summary.count_sent(&o);
                     self.place(o);
                 }
                 // Released after the flush that ends this round of events.

@@ -46,6 +46,8 @@ pub struct Summary {
     pub rate_limited: u64,
     /// Retries of attempts that timed out after sending (maybe billed).
     pub ambiguous_retries: u64,
+    /// Repairs (typed replies asked again) among this run's requests.
+    pub repairs: u64,
     /// What the rows' usage cost (ambiguous attempts counted as billed);
     /// null without prices.
     pub cost_usd: Option<f64>,
@@ -89,6 +91,13 @@ impl Summary {
         }
     }
 
+    /// Count an outcome of this run: its repairs are among the requests
+    /// this run sent (a resumed row's are not).
+    pub fn count_sent(&mut self, o: &Outcome) {
+        self.repairs += u64::from(o.repairs);
+        self.count(o);
+    }
+
     /// Take the request counts and the elapsed time from [`Summary::live`]:
     /// the one way they get into a summary, whether the job finished or
     /// stopped (interrupted, stopped early, out of budget).
@@ -116,10 +125,15 @@ impl fmt::Display for Summary {
         let u = &self.usage;
         writeln!(
             f,
-            "rows       {} ok, {} failed, {} null{}",
+            "rows       {} ok, {} failed, {} null{}{}",
             self.ok,
             self.failed,
             self.null,
+            if self.null > 0 {
+                " (not sent: a template value was null or the prompt empty)"
+            } else {
+                ""
+            },
             if self.resumed > 0 {
                 format!(" ({} from an earlier run)", self.resumed)
             } else {
@@ -141,8 +155,16 @@ impl fmt::Display for Summary {
         }
         writeln!(
             f,
-            "requests   {} sent, {} retried, {} rate limited, {} ambiguous retries (maybe billed twice)",
-            self.requests, self.retries, self.rate_limited, self.ambiguous_retries
+            "requests   {} sent{}, {} retried, {} rate limited, {} ambiguous retries (maybe billed twice)",
+            self.requests,
+            if self.repairs > 0 {
+                format!(" (incl. {} repairs)", self.repairs)
+            } else {
+                String::new()
+            },
+            self.retries,
+            self.rate_limited,
+            self.ambiguous_retries
         )?;
         write!(
             f,

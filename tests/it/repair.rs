@@ -233,3 +233,30 @@ async fn retry_failed_resends_only_the_failed_rows() {
         .await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+/// The summary says why rows were not sent and why more requests were
+/// sent than rows: its null and repair counts (issue 27.4).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_summary_says_what_null_rows_and_repairs_are() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(9, 3));
+    let out = f.path("out.parquet");
+    let mut args = f.run_args(&input, &out);
+    args.retain(|a| a != "-q");
+    args.extend(["--return-type", TYPE, "--param", "max_tokens=2"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = f.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    let nulls = rows.iter().filter(|r| r["attempts"] == json!(0)).count();
+    let repairs = sum(&rows, "repairs");
+    assert!(nulls > 0 && repairs > 0, "{rows:?}");
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{nulls} null (not sent: a template value was null or the prompt empty)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("(incl. {repairs} repairs)")), "{err}");
+}
