@@ -1,20 +1,23 @@
 //! A job's run: a checked plan → a finished output file (`aiq run`, the
-//! Python package and `aiq.spark`/`aiq.ray` all come here).
+//! Python package and `aiq.spark`/`aiq.ray` all come here), in three steps:
 //!
-//! Everything that can be wrong with the job is found before the first
-//! request: the input opens and its columns fit the templates, credentials
-//! resolve, the output folder exists and any journal there belongs to this
-//! job. Then the stages run concurrently, joined by bounded channels:
-//! a reader thread (source) → the dispatcher (render, schedule, client) →
-//! the collector (journal, sink) — and the parts are concatenated into the
-//! output, which appears atomically.
+//! 1. [`prepare`]: everything that can be wrong with the job is found
+//!    before the first request: the input opens and is checked whole, its
+//!    columns fit the templates, the output is writable and locked for this
+//!    writer, credentials resolve, and any journal there belongs to this job.
+//! 2. [`execute`]: the stages run concurrently, joined by bounded channels:
+//!    a reader thread (source) → the dispatcher (render, schedule, client)
+//!    → the collector (journal, ordered parts).
+//! 3. [`finish`]: the parts become the output, which appears atomically.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -22,7 +25,8 @@ use crate::job::plan::Plan;
 use crate::job::settings::Mode;
 use crate::job::spend::{Enforcer, Meter};
 pub use crate::pipeline::batch::open_source;
-use crate::pipeline::batch::BatchJob;
+use crate::pipeline::batch::{BatchJob, BatchReport};
+use crate::pipeline::bounds::open_batches;
 use crate::pipeline::call_journal::{CallJournal, Recall};
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
@@ -32,7 +36,7 @@ use crate::pipeline::lock::WriterLock;
 use crate::pipeline::openai_batch::OutputFormat;
 use crate::pipeline::outcome::RowId;
 use crate::pipeline::progress::{status_path, Live, Progress, StatusFile, Summary};
-use crate::pipeline::recheck::recheck;
+use crate::pipeline::recheck::{recheck, Batches, Rechecked};
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::Dispatcher;
 use crate::pipeline::sink::{
@@ -41,9 +45,11 @@ use crate::pipeline::sink::{
 use crate::pipeline::source::Source;
 use crate::pipeline::store::{mirror, Remote, RemoteOutput, Role, MIRROR_AFTER_LINES};
 use crate::provider::batch_api::BatchApi;
+use crate::provider::endpoint::Endpoint;
 use crate::provider::limit::Limiter;
 use crate::provider::reply::Shape;
 use crate::provider::wire::Task;
+use crate::simulator::Simulator;
 
 /// The journal format this build writes (2: outcomes keyed by request).
 const JOURNAL_VERSION: u32 = 2;
@@ -78,11 +84,21 @@ pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
     run_with(plan, Io::default(), ui).await
 }
 
-/// [`run`], with the input, output and interrupt given by `io`.
+/// [`run`], with the input, output and interrupt given by `io`: the job is
+/// prepared (everything checked, nothing sent), executed (the stages), and
+/// finished (the output committed).
 pub async fn run_with(plan: Plan, io: Io, ui: Ui) -> Result<Summary> {
     // However the run ends, its status file says how and its lock goes.
     let mut held = Held::default();
-    let result = run_held(plan, io, ui, &mut held).await;
+    let result = async {
+        let ready = match prepare(&plan, io, ui, &mut held).await? {
+            Prepared::Complete(summary) => return Ok(summary),
+            Prepared::Ready(ready) => ready,
+        };
+        let ran = execute(&plan, *ready, ui, &mut held).await?;
+        finish(&plan, ran, ui).await
+    }
+    .await;
     if let (Err(e), Some(status)) = (&result, &held.status) {
         status.fail(e);
     }
@@ -99,15 +115,61 @@ struct Held {
     lock: Option<WriterLock>,
 }
 
-async fn run_held(plan: Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Summary> {
+/// What preparing a job found.
+enum Prepared {
+    /// This job already wrote the output: nothing to send.
+    Complete(Summary),
+    Ready(Box<Ready>),
+}
+
+/// A job ready to send: everything found and checked, nothing sent yet.
+struct Ready {
+    started: Instant,
+    templates: Arc<Templates>,
+    layout: Layout,
+    manifest: Manifest,
+    /// What the output's footer records of the job that wrote it.
+    stamp: String,
+    endpoint: Arc<Endpoint>,
+    /// The built-in simulator, when asked for: it lives as long as the run.
+    simulator: Option<Simulator>,
+    state: State,
+    /// The input, its finished rows rechecked against the journal.
+    input: Rechecked,
+    total_rows: Option<u64>,
+    batch_rows: usize,
+    /// Output batches go here instead of to a file ([`Io::batches`]).
+    batches: Option<mpsc::Sender<RecordBatch>>,
+    interrupt: Option<Arc<Notify>>,
+}
+
+/// Where a job keeps what it has paid for: the journal and finished parts
+/// (in a local scratch folder mirrored to the bucket for an object-store
+/// output).
+struct State {
+    journal: Journal,
+    /// The local output: `plan.output`, or its scratch copy.
+    output: PathBuf,
+    remote: Option<Arc<tokio::sync::Mutex<RemoteOutput>>>,
+    /// Sends the state to the bucket; woken when a part is done.
+    mirror: Option<JoinHandle<()>>,
+    part_done: Arc<Notify>,
+    /// Failed rows in finished parts: this run will not see them again.
+    failed_before: u64,
+}
+
+/// Everything that can be wrong with the job is found here, before the
+/// first request: the input, the templates, the output and its lock, the
+/// endpoint and its credentials, and the journal.
+async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepared> {
     let started = Instant::now();
     // The plan's input, not rows handed in: the output must not replace it.
     let own_input = io.source.is_none().then_some(plan.input.as_path());
     let (source, identity) = match io.source {
         Some((source, identity)) => (source, Some(identity)),
-        None => (open_source(&plan)?, None),
+        None => (open_source(plan)?, None),
     };
-    let templates = Arc::new(Templates::for_plan(&plan, &source.schema)?);
+    let templates = Arc::new(Templates::for_plan(plan, &source.schema)?);
     let layout =
         Layout::new(&source.schema, plan.result_type.arrow_type())?.with_prices(plan.prices);
     let manifest = Manifest {
@@ -126,20 +188,49 @@ async fn run_held(plan: Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Summary
         // rows handed in (Python) may be others of the same shape.
         if own_input.is_some() && !(plan.restart || plan.overwrite || plan.retry_failed) {
             if let Some(summary) = complete(&plan.output, &stamp, ui).await {
-                return Ok(summary);
+                return Ok(Prepared::Complete(summary));
             }
         }
     }
 
-    // The simulator (if any) lives as long as this function.
-    let (endpoint, _simulator) = plan.resolve_endpoint().await?;
+    let (endpoint, simulator) = plan.resolve_endpoint().await?;
     let endpoint = Arc::new(endpoint);
     tracing::info!(url = %endpoint.url, "sending to {}", endpoint.label);
 
+    let (total_rows, batch_rows) = (source.total_rows, source.batch_rows.max(1));
+    let (state, input) = open_state(plan, &manifest, source, io.batches.is_some(), ui).await?;
+    Ok(Prepared::Ready(Box::new(Ready {
+        started,
+        templates,
+        layout,
+        manifest,
+        stamp,
+        endpoint,
+        simulator,
+        state,
+        input,
+        total_rows,
+        batch_rows,
+        batches: io.batches,
+        interrupt: io.interrupt,
+    })))
+}
+
+/// Opens the job's journal (or none when the output goes back as batches),
+/// rechecks the finished rows against the input, and says what a resume
+/// found. An object-store output's manifest goes to the bucket before any
+/// request (a denied write fails here), then the state follows.
+async fn open_state(
+    plan: &Plan,
+    manifest: &Manifest,
+    source: Source,
+    to_batches: bool,
+    ui: Ui,
+) -> Result<(State, Rechecked)> {
     // An object-store output: the journal and parts are kept in a local
     // scratch folder and mirrored to the bucket (pipeline::store).
     let remote = match Remote::parse(&plan.output, Role::Output)? {
-        Some(_) if io.batches.is_some() => None,
+        Some(_) if to_batches => None,
         Some(_) if plan.output_format == OutputFormat::OpenaiBatch => {
             return Err(Error::output(
                 &plan.output,
@@ -152,47 +243,45 @@ async fn run_held(plan: Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Summary
     let output = remote
         .as_ref()
         .map_or(plan.output.clone(), |r| r.local_output().to_path_buf());
-    let (mut journal, resume) = match &io.batches {
-        Some(_) => (Journal::disabled(), Resume::default()),
-        None => Journal::open(&output, &manifest, plan.restart)?,
+    let (mut journal, resume) = match to_batches {
+        true => (Journal::disabled(), Resume::default()),
+        false => Journal::open(&output, manifest, plan.restart)?,
     };
     let (resume, again) = if plan.retry_failed {
         crate::pipeline::journal::retry_failed(&journal, resume)?
     } else {
         (resume, 0)
     };
-    let (total_rows, batch_rows) = (source.total_rows, source.batch_rows.max(1));
     let dir = journal.dir().to_path_buf();
     let rechecked =
         tokio::task::spawn_blocking(move || recheck(&dir, resume, source.into_batches()))
             .await
             .map_err(|e| Error::Stopped(format!("rechecking the input failed: {e}")))??;
-    let mut resume = rechecked.resume;
-    // Failed rows in finished parts: this run will not see them again.
+    let resume = &rechecked.resume;
     let failed_before = resume.failed.range(..resume.committed).count() as u64;
-    if plan.retry_failed && !ui.quiet {
-        eprintln!("--retry-failed: sending {again} failed rows again");
-    }
-    if rechecked.changed > 0 && !ui.quiet {
-        eprintln!(
-            "the input changed: {} finished rows are sent again (every other answer is kept)",
-            rechecked.changed
-        );
-    }
-    if !resume.is_empty() && !ui.quiet {
-        eprintln!(
-            "resuming: {} rows already written, {} more in the journal of {}",
-            resume.committed,
-            resume.outcomes.len(),
-            remote
+    if !ui.quiet {
+        if plan.retry_failed {
+            eprintln!("--retry-failed: sending {again} failed rows again");
+        }
+        if rechecked.changed > 0 {
+            eprintln!(
+                "the input changed: {} finished rows are sent again (every other answer is kept)",
+                rechecked.changed
+            );
+        }
+        if !resume.is_empty() {
+            let place = remote
                 .as_ref()
-                .map_or(journal.dir().display().to_string(), |r| r
-                    .state_url()
-                    .to_string())
-        );
+                .map_or(journal.dir().display().to_string(), |r| {
+                    r.state_url().to_string()
+                });
+            eprintln!(
+                "resuming: {} rows already written, {} more in the journal of {place}",
+                resume.committed,
+                resume.outcomes.len(),
+            );
+        }
     }
-    // The manifest goes to the bucket before any request (a denied write
-    // fails here), then the state follows every second.
     let remote = match remote {
         Some(mut r) => {
             r.sync().await?;
@@ -205,14 +294,63 @@ async fn run_held(plan: Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Summary
         journal.notify_every(MIRROR_AFTER_LINES, part_done.clone());
         mirror(r, part_done.clone())
     });
+    let state = State {
+        journal,
+        output,
+        remote,
+        mirror,
+        part_done,
+        failed_before,
+    };
+    Ok((state, rechecked))
+}
 
+/// What the stages left: the collector with every outcome, and what is
+/// needed to commit the output.
+struct Ran {
+    collector: Collector,
+    batch_report: Option<BatchReport>,
+    stamp: String,
+    remote: Option<Arc<tokio::sync::Mutex<RemoteOutput>>>,
+    status: Option<Arc<StatusFile>>,
+    /// Rows finished by earlier runs (in committed parts).
+    committed: u64,
+    failed_before: u64,
+}
+
+/// Sends the job: batch mode first when asked, then the online stages,
+/// joined by bounded channels: a reader thread (source) → the dispatcher
+/// (render, schedule, client) → the collector (journal, ordered parts).
+async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<Ran> {
+    let Ready {
+        started,
+        templates,
+        layout,
+        manifest,
+        stamp,
+        endpoint,
+        simulator,
+        state,
+        mut input,
+        total_rows,
+        batch_rows,
+        batches,
+        interrupt,
+    } = ready;
+    let State {
+        mut journal,
+        output,
+        remote,
+        mirror,
+        part_done,
+        failed_before,
+    } = state;
     let http = HttpPool::new(
         &endpoint.url,
         plan.concurrency,
         plan.ca_cert.as_deref(),
         concat!("aiq/", env!("CARGO_PKG_VERSION")),
     )?;
-    let limiter = Arc::new(Limiter::with_limits(&plan.limits()));
     let shape = Shape {
         task: plan.task,
         result_type: plan.result_type.clone(),
@@ -221,42 +359,30 @@ async fn run_held(plan: Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Summary
         raw: plan.passthrough(),
     };
     let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
-    // Batch mode answers rows into the journal first; the online pipeline
-    // below then sends only what is left and writes the output as usual.
+    // Batch mode answers rows into the journal first; the online stages
+    // below then send only what is left and write the output as usual.
     let batch_report = match plan.mode {
         Mode::Online => None,
         Mode::Batch => {
-            let base = match (&endpoint.base, &_simulator) {
-                (Some(base), _) => base.clone(),
-                (None, Some(sim)) => format!("{}/v1", sim.base_url()),
-                (None, None) => {
-                    return Err(Error::Config(format!(
-                        "--mode batch needs an OpenAI-compatible base URL, not {}",
-                        endpoint.label
-                    )))
-                }
-            };
             let job = BatchJob {
-                plan: &plan,
+                plan,
                 templates: &templates,
                 builder: &builder,
                 shape: &shape,
-                api: BatchApi::new(
-                    http.side().clone(),
-                    &base,
-                    endpoint.credentials.clone(),
-                    plan.retry.clone(),
-                ),
+                api: batch_api(plan, &endpoint, simulator.as_ref(), &http)?,
                 job_id: job_id(&manifest, &plan.output),
                 quiet: ui.quiet,
             };
-            Some(crate::pipeline::batch::run(job, &mut journal, &mut resume).await?)
+            let resume = &mut input.resume;
+            Some(crate::pipeline::batch::run(job, &mut journal, resume).await?)
         }
     };
+    let resume = input.resume;
+    let limiter = Arc::new(Limiter::with_limits(&plan.limits()));
     let mut client = Client::new(
         http,
-        endpoint.clone(),
-        limiter.clone(),
+        endpoint,
+        limiter,
         plan.retry.clone(),
         shape,
         plan.stream,
@@ -264,76 +390,38 @@ async fn run_held(plan: Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Summary
     client.max_repairs = plan.max_repairs;
     let client = Arc::new(client);
 
-    // Budgets are per job: earlier runs' spend (from the journal) counts.
-    let budget = plan.budget.is_set().then(|| Enforcer {
-        meter: Meter::new(plan.budget, plan.prices, &resume.spent),
-        committed: resume.committed,
-        total_rows,
-    });
-    if let Some(why) = budget.as_ref().and_then(|b| b.meter.exhausted()) {
-        return Err(Error::Stopped(format!(
-            "{why} by earlier runs of this job; nothing was sent. Give a higher budget to go on \
-             (finished rows are not paid for again)."
-        )));
-    }
+    let budget = budget(plan, &resume, total_rows)?;
 
     // Stage 1: the reader thread streams batches, skipping committed rows.
     let committed = resume.committed;
-    let (batch_tx, batch_rx) = mpsc::channel::<(RowId, RecordBatch)>(2);
-    let reader = tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut first: RowId = rechecked.first;
-        for batch in rechecked.batches {
-            let batch = batch?;
-            let n = batch.num_rows() as u64;
-            let start = first;
-            first += n;
-            if first <= committed {
-                continue;
-            }
-            let (start, batch) = if start < committed {
-                let skip = (committed - start) as usize;
-                (committed, batch.slice(skip, batch.num_rows() - skip))
-            } else {
-                (start, batch)
-            };
-            if batch_tx.blocking_send((start, batch)).is_err() {
-                break; // the job stopped
-            }
-        }
-        Ok(())
-    });
+    let (batch_rx, reader) = read(input.batches, input.first, committed);
 
     // Stage 2: the dispatcher renders and launches calls.
     let stop = Arc::new(AtomicBool::new(false));
     let (event_tx, event_rx) = mpsc::channel(1024);
-    let open_batches = crate::pipeline::bounds::open_batches(plan.concurrency, batch_rows);
-    let journaled: HashMap<RowId, String> = resume
-        .outcomes
-        .iter()
-        .filter_map(|(row, o)| Some((*row, o.key.clone()?)))
-        .collect();
     let dispatcher = Dispatcher {
         client: client.clone(),
-        templates: templates.clone(),
+        templates,
         builder,
         events: event_tx,
         in_flight: Arc::new(Semaphore::new(plan.concurrency)),
-        open_batches: Arc::new(Semaphore::new(open_batches)),
+        open_batches: Arc::new(Semaphore::new(open_batches(plan.concurrency, batch_rows))),
         stop: stop.clone(),
-        journaled: Arc::new(journaled),
+        // A journaled answer is taken for a row only if its request is the
+        // same now (the input may have changed since).
+        journaled: Arc::new(journaled_keys(&resume)),
         fingerprint: plan.call_fingerprint().into(),
         warmup: plan.warmup && plan.task == Task::Chat,
         batch_size: plan.batch_size,
         similarity: plan.prompt2.is_some(),
         passthrough: plan.passthrough(),
-        recall: recall(&plan)?.map(Arc::new),
+        recall: recall(plan)?.map(Arc::new),
     };
     let dispatch = tokio::spawn(dispatcher.run(batch_rx));
 
     // Stage 3: the collector journals outcomes and writes ordered parts.
     let to_do = total_rows.map(|t| t.saturating_sub(committed));
-    let status = io
-        .batches
+    let status = batches
         .is_none()
         .then(|| StatusFile::start(status_path(&output), to_do));
     held.status = status.clone();
@@ -344,14 +432,6 @@ async fn run_held(plan: Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Summary
     }
     let mut parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), resume.parts);
     parts.on_part = remote.is_some().then(|| part_done.clone());
-    let summary = Summary {
-        prices: plan.prices,
-        live: Some(Live {
-            stats: client.stats.clone(),
-            started,
-        }),
-        ..Summary::default()
-    };
     let mut collector = Collector::new(
         journal,
         layout,
@@ -361,13 +441,43 @@ async fn run_held(plan: Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Summary
         progress,
     );
     collector.fail_on_error = plan.fail_on_error;
-    collector.summary = summary;
+    collector.summary = Summary {
+        prices: plan.prices,
+        live: Some(Live {
+            stats: client.stats.clone(),
+            started,
+        }),
+        ..Summary::default()
+    };
     collector.budget = budget;
-    collector.batches = io.batches;
-    collector.interrupt = io.interrupt;
+    collector.batches = batches;
+    collector.interrupt = interrupt;
     let collected = collector.run(event_rx).await;
-    if let (Some(task), Some(r)) = (mirror, &remote) {
-        // What this run paid for goes to the bucket whatever happened.
+    let collector = join(collected, mirror, &remote, &stop, dispatch, reader).await?;
+    // The simulator served every call; it may go now.
+    drop(simulator);
+    Ok(Ran {
+        collector,
+        batch_report,
+        stamp,
+        remote,
+        status,
+        committed,
+        failed_before,
+    })
+}
+
+/// Waits for the stages to end, the collector's result first. What this
+/// run paid for goes to the bucket whatever happened.
+async fn join<D>(
+    collected: Result<Collector>,
+    mirror: Option<JoinHandle<()>>,
+    remote: &Option<Arc<tokio::sync::Mutex<RemoteOutput>>>,
+    stop: &AtomicBool,
+    dispatch: JoinHandle<D>,
+    reader: JoinHandle<Result<()>>,
+) -> Result<Collector> {
+    if let (Some(task), Some(r)) = (mirror, remote) {
         task.abort();
         let synced = r.lock().await.sync().await;
         if collected.is_ok() {
@@ -386,9 +496,110 @@ async fn run_held(plan: Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Summary
     let read = reader
         .await
         .map_err(|e| Error::Stopped(format!("input reader failed: {e}")))?;
-    let mut collector = collected?;
+    let collector = collected?;
     read?;
+    Ok(collector)
+}
 
+/// The job's budget, counting what earlier runs of it spent (from the
+/// journal): budgets are per job. Refused before anything is sent when
+/// earlier runs spent it all.
+fn budget(plan: &Plan, resume: &Resume, total_rows: Option<u64>) -> Result<Option<Enforcer>> {
+    let budget = plan.budget.is_set().then(|| Enforcer {
+        meter: Meter::new(plan.budget, plan.prices, &resume.spent),
+        committed: resume.committed,
+        total_rows,
+    });
+    if let Some(why) = budget.as_ref().and_then(|b| b.meter.exhausted()) {
+        return Err(Error::Stopped(format!(
+            "{why} by earlier runs of this job; nothing was sent. Give a higher budget to go on \
+             (finished rows are not paid for again)."
+        )));
+    }
+    Ok(budget)
+}
+
+/// The request key of every journaled answer, by row.
+fn journaled_keys(resume: &Resume) -> HashMap<RowId, String> {
+    resume
+        .outcomes
+        .iter()
+        .filter_map(|(row, o)| Some((*row, o.key.clone()?)))
+        .collect()
+}
+
+/// The Batch API of the job's endpoint: its OpenAI-compatible base URL, or
+/// the built-in simulator's.
+fn batch_api(
+    plan: &Plan,
+    endpoint: &Endpoint,
+    simulator: Option<&Simulator>,
+    http: &HttpPool,
+) -> Result<BatchApi> {
+    let base = match (&endpoint.base, simulator) {
+        (Some(base), _) => base.clone(),
+        (None, Some(sim)) => format!("{}/v1", sim.base_url()),
+        (None, None) => {
+            return Err(Error::Config(format!(
+                "--mode batch needs an OpenAI-compatible base URL, not {}",
+                endpoint.label
+            )))
+        }
+    };
+    Ok(BatchApi::new(
+        http.side().clone(),
+        &base,
+        endpoint.credentials.clone(),
+        plan.retry.clone(),
+    ))
+}
+
+/// Stage 1: a reader thread streams the input's batches from `first`,
+/// skipping rows below `committed` (finished by earlier runs). Bounded: it
+/// reads ahead two batches at most.
+fn read(
+    batches: Batches,
+    first: RowId,
+    committed: RowId,
+) -> (mpsc::Receiver<(RowId, RecordBatch)>, JoinHandle<Result<()>>) {
+    let (batch_tx, batch_rx) = mpsc::channel::<(RowId, RecordBatch)>(2);
+    let reader = tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut next = first;
+        for batch in batches {
+            let batch = batch?;
+            let start = next;
+            next += batch.num_rows() as u64;
+            if next <= committed {
+                continue;
+            }
+            let (start, batch) = if start < committed {
+                let skip = (committed - start) as usize;
+                (committed, batch.slice(skip, batch.num_rows() - skip))
+            } else {
+                (start, batch)
+            };
+            if batch_tx.blocking_send((start, batch)).is_err() {
+                break; // the job stopped
+            }
+        }
+        Ok(())
+    });
+    (batch_rx, reader)
+}
+
+/// Commits the output (atomically, stamped with the job that made it),
+/// says how the run went, and drops the journal unless rows failed (kept
+/// for `--retry-failed`).
+async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
+    let Ran {
+        mut collector,
+        batch_report,
+        stamp,
+        remote,
+        status,
+        committed,
+        failed_before,
+    } = ran;
     collector.parts.commit()?;
     let rows = match (plan.output_format, &remote) {
         _ if collector.batches.is_some() => collector.summary.rows,
