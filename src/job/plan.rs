@@ -128,6 +128,10 @@ pub const DEFAULT_MAX_REPAIRS: u32 = 1;
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const DEFAULT_BATCH_ROWS: usize = 1024;
+/// Bytes a line may hold unless `--max-line-bytes` says otherwise: room for
+/// any document a model takes in one request, small enough that one line
+/// in memory (plus its decoded row) stays within a machine's reach.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 64 << 20;
 
 impl Plan {
     pub fn from_settings(mut s: JobSettings, restart: bool) -> Result<Plan> {
@@ -327,9 +331,7 @@ impl Plan {
             ));
         }
         let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS);
-        let max_line_bytes = s
-            .max_line_bytes
-            .unwrap_or(crate::pipeline::jsonl::DEFAULT_MAX_LINE_BYTES);
+        let max_line_bytes = s.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         let batch_size = s.batch_size.unwrap_or(1);
         if batch_size > 1 && task != Task::Embeddings {
             return Err(Error::Config(

@@ -32,10 +32,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 
 use crate::error::{Error, Result};
 
-/// Bytes a line may hold unless `--max-line-bytes` says otherwise: room for
-/// any document a model takes in one request, small enough that one line
-/// in memory (plus its decoded row) stays within a machine's reach.
-pub const DEFAULT_MAX_LINE_BYTES: usize = 64 << 20;
+pub use crate::job::plan::DEFAULT_MAX_LINE_BYTES;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
