@@ -60,9 +60,64 @@ pub struct Estimate {
     pub est_secs: Option<f64>,
     /// The limit that sets `est_secs`.
     pub bound_by: Option<String>,
+    /// When the estimate is over `--max-tokens-total` or `--max-cost`: how
+    /// many rows the budget covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_covers: Option<Covers>,
     /// `--mode batch`: the batch input files the job would upload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batches: Option<Vec<BatchFile>>,
+}
+
+/// The rows a budget covers, between every reply using its whole
+/// `max_tokens` (`rows_min`) and replies costing nothing (`rows_max`): the
+/// estimate knows the input, not the length of the answers.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Covers {
+    /// The budget that binds: `--max-tokens-total N` or `--max-cost $X`.
+    pub budget: String,
+    pub rows_min: u64,
+    pub rows_max: u64,
+}
+
+/// The rows of `e` that `plan`'s budgets cover, if fewer than all: each
+/// budget shares out over the rows to send at their average spend, and the
+/// tighter one binds.
+fn budget_covers(plan: &Plan, e: &Estimate) -> Option<Covers> {
+    let rows = e.rows_to_send;
+    let share = |budget: f64, spend: f64| {
+        if spend <= 0.0 {
+            rows
+        } else {
+            ((rows as f64 * budget / spend).floor() as u64).min(rows)
+        }
+    };
+    let mut each = Vec::new();
+    if let Some(max) = plan.budget.max_tokens {
+        let (least, most) = (e.input_tokens + e.reserved_output_tokens, e.input_tokens);
+        each.push((
+            format!("--max-tokens-total {max}"),
+            share(max as f64, least as f64),
+            share(max as f64, most as f64),
+        ));
+    }
+    if let (Some(max), Some(least), Some(most)) =
+        (plan.budget.max_cost, e.cost_max_usd, e.cost_input_usd)
+    {
+        each.push((
+            format!("--max-cost ${max}"),
+            share(max, least),
+            share(max, most),
+        ));
+    }
+    each.into_iter()
+        .filter(|(_, rows_min, _)| *rows_min < rows)
+        .min_by_key(|(_, rows_min, _)| *rows_min)
+        .map(|(budget, rows_min, rows_max)| Covers {
+            budget,
+            rows_min,
+            rows_max,
+        })
 }
 
 /// One batch input file of a `--mode batch` dry run.
@@ -182,6 +237,7 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
         e.cost_max_usd = Some(input + e.reserved_output_tokens as f64 * p.output / 1e6);
     }
     (e.est_secs, e.bound_by) = time_at_limits(plan, &e);
+    e.budget_covers = budget_covers(plan, &e);
     e.batches = batch_files.map(BatchFiles::finish);
     if e.batches.is_some() {
         // The provider sets the pace of a batch, not aiq's limits.
@@ -281,6 +337,13 @@ impl fmt::Display for Estimate {
                 writeln!(f, "cost              ~${input:.4} input; at most ${max:.4} with every reserved output token")?
             }
             _ => writeln!(f, "cost              give --price-in and --price-out (USD per million tokens) to estimate")?,
+        }
+        if let Some(c) = &self.budget_covers {
+            writeln!(
+                f,
+                "budget            {} covers {} to {} of the {} rows to send ({} if every reply uses its max_tokens); the job stops there, resumable with a higher budget",
+                c.budget, c.rows_min, c.rows_max, self.rows_to_send, c.rows_min
+            )?;
         }
         if let Some(files) = &self.batches {
             let sizes: Vec<String> = files

@@ -434,3 +434,67 @@ async fn a_budget_stop_and_the_summary_count_the_same_rows() {
     let summary = number_before(" ok,") + number_before(" failed,") + number_before(" null");
     assert_eq!(stopped, summary, "{err}");
 }
+
+/// A dry run whose estimate is over the budget says how many rows the
+/// budget covers (issue 27.8).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_over_budget_says_how_many_rows_it_covers() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(100, 0));
+    let out = f.path("out.parquet");
+    let mut args = f.run_args(&input, &out);
+    args.extend(["--param", "max_tokens=10", "--dry-run", "--json"].map(String::from));
+    let base: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut json_args = base.clone();
+    json_args.extend(["--max-tokens-total", "300"]);
+    json_args.retain(|a| *a != "--json");
+    let o = f.aiq(&json_args, &[]).await;
+    assert_ok(&o);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    json_args.push("--json");
+    let e = stdout_json(&f.aiq(&json_args, &[]).await);
+    let (input_tokens, reserved) = (
+        e["input_tokens"].as_u64().unwrap(),
+        e["reserved_output_tokens"].as_u64().unwrap(),
+    );
+    assert!(input_tokens + reserved > 300, "over budget: {e}");
+    let at_least = 100 * 300 / (input_tokens + reserved);
+    let at_most = (100 * 300 / input_tokens).min(100);
+    assert_eq!(
+        (
+            e["budget_covers"]["rows_min"].as_u64(),
+            e["budget_covers"]["rows_max"].as_u64()
+        ),
+        (Some(at_least), Some(at_most)),
+        "{e}"
+    );
+    assert!(
+        text.contains(&format!(
+            "--max-tokens-total 300 covers {at_least} to {at_most} of the 100 rows to send"
+        )),
+        "{text}"
+    );
+
+    // A cost budget the same way: at $1 per million tokens, $0.0003 is 300 tokens.
+    let mut cost: Vec<&str> = base.clone();
+    cost.extend(["--max-cost", "0.0003"]);
+    cost.extend(["--price-in", "1", "--price-out", "1"]);
+    let e = stdout_json(&f.aiq(&cost, &[]).await);
+    assert_eq!(
+        e["budget_covers"]["budget"],
+        json!("--max-cost $0.0003"),
+        "{e}"
+    );
+    assert_eq!(
+        e["budget_covers"]["rows_min"].as_u64(),
+        Some(at_least),
+        "{e}"
+    );
+
+    // Within the budget: nothing said.
+    let mut roomy: Vec<&str> = base.clone();
+    roomy.extend(["--max-tokens-total", "1000000"]);
+    let o = f.aiq(&roomy, &[]).await;
+    assert_ok(&o);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("covers"));
+}
