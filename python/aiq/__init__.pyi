@@ -32,7 +32,7 @@ class RunSettings(TypedDict, total=False):
     return_type: str  # type of `result` as a Databricks SQL type: STRING, INT, ..., STRUCT<a: STRING>
     response_format: str  # structured output: a JSON schema document or a DDL STRUCT<...>
     function: str  # Databricks AI function to emulate: ai_classify, ai_summarize, ...
-    labels: Sequence[str]  # labels for ai_classify, ai_extract, ai_mask
+    labels: Sequence[str] | str  # labels for ai_classify, ai_extract, ai_mask; or "a,b,c"
     max_words: int  # word limit for ai_summarize [50]
     to_lang: str  # target language for ai_translate
     images: Sequence[str]  # columns holding images sent with the prompt (chat)

@@ -76,9 +76,50 @@ const OUTPUT_BATCHES: usize = 2;
 
 fn to_py(e: aiq::Error) -> PyErr {
     match e.exit_code() {
-        2 => ConfigError::new_err(e.to_string()),
+        2 => ConfigError::new_err(in_python(&e.to_string())),
         _ => JobError::new_err(e.to_string()),
     }
+}
+
+/// A message of the core, which names flags, in the keywords a Python
+/// caller writes: `--prompt TEMPLATE` becomes `prompt=TEMPLATE`,
+/// `--max-tokens-total` `max_tokens_total=`. A flag's value (a quoted
+/// example, an upper-case placeholder, an identifier such as `ai_classify`)
+/// follows the `=`.
+fn in_python(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("--") {
+        let (before, flag) = rest.split_at(at);
+        out.push_str(before);
+        let name_len = flag[2..]
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+            .unwrap_or(flag.len() - 2);
+        let name = &flag[2..2 + name_len];
+        if name.is_empty() || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            out.push_str("--");
+            rest = &flag[2..];
+            continue;
+        }
+        out.push_str(&name.replace('-', "_"));
+        out.push('=');
+        rest = &flag[2 + name_len..];
+        let value = rest.strip_prefix(' ').filter(|v| {
+            let word = v
+                .split(|c: char| c == ' ' || c == ',' || c == ':' || c == ';')
+                .next()
+                .unwrap_or("");
+            word.starts_with(['\'', '"'])
+                || word.starts_with(|c: char| c.is_ascii_digit())
+                || (!word.is_empty() && word.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+                || word.contains('_')
+        });
+        if let Some(v) = value {
+            rest = v;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The runtime of this process and the process id it was built in.
@@ -283,8 +324,7 @@ fn rebatch(
 
 /// `settings` (JSON with the job file's keys) over the job file `job`.
 fn job_settings(settings: &str, job: Option<&std::path::Path>) -> PyResult<JobSettings> {
-    let s: JobSettings = serde_json::from_str(settings)
-        .map_err(|e| ConfigError::new_err(format!("settings: {e}")))?;
+    let s = JobSettings::from_json(settings).map_err(to_py)?;
     match job {
         Some(job) => Ok(s.overlay(JobSettings::from_file(job).map_err(to_py)?)),
         None => Ok(s),

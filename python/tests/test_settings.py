@@ -68,6 +68,36 @@ def test_run_takes_the_keys_that_only_job_files_had():
     assert Path("calls").is_dir()
 
 
+def test_a_wrong_type_names_the_setting_and_labels_take_commas():
+    # Issue 27.3: as on the command line, labels="a,b" is a list of labels.
+    table = pa.table({"text": ["my parcel never came"]})
+    out = aiq.run(
+        table,
+        endpoint="simulator",
+        prompt="{{text}}",
+        function="ai_classify",
+        labels="delivery, quality",
+        simulator={"latency_ms": 0},
+        quiet=True,
+    )
+    assert set(out["result"].to_pylist()) <= {"delivery", "quality"}
+    with pytest.raises(aiq.ConfigError) as e:
+        aiq.run(table, endpoint="simulator", prompt="{{text}}", concurrency="many")
+    assert str(e.value).startswith("setting `concurrency`: invalid type"), str(e.value)
+
+
+def test_errors_name_python_keywords():
+    # Issue 27.2: a Python caller is told prompt=, with an example that fits
+    # the function, not the command line's --prompt.
+    table = pa.table({"text": ["my parcel never came"]})
+    with pytest.raises(aiq.ConfigError) as e:
+        aiq.run(table, endpoint="simulator", function="ai_classify", labels=["a", "b"])
+    message = str(e.value)
+    assert "--" not in message, message
+    assert "function=ai_classify needs the text to work on" in message, message
+    assert "prompt=TEMPLATE, e.g. prompt='{{text}}'" in message, message
+
+
 def sql_settings() -> set[str]:
     """aiq.sql's settings, as the Rust core lists them for one it does not
     know (every `aiq sql` flag that is not one of aiq.sql's parameters)."""
@@ -109,7 +139,7 @@ def test_sql_dry_run_and_context_tokens_are_the_commands():
 
 def test_sql_settings_are_checked_as_the_commands():
     t = {"t": pa.table({"text": ["a"]})}
-    with pytest.raises(aiq.ConfigError, match="context-tokens must be at least 1"):
+    with pytest.raises(aiq.ConfigError, match="context_tokens= must be at least 1"):
         aiq.sql("SELECT text FROM t", tables=t, context_tokens=0)
     with pytest.raises(aiq.ConfigError, match="concurrency"):
         aiq.sql("SELECT text FROM t", tables=t, concurrency="many")

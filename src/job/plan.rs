@@ -291,9 +291,15 @@ impl Plan {
             ));
         }
         let prompt = s.prompt.ok_or_else(|| {
-            Error::Config(
-                "no prompt: give --prompt TEMPLATE, e.g. --prompt 'Summarize: {{text}}'".into(),
-            )
+            Error::Config(match &function {
+                // A function writes the instructions: the prompt is the
+                // text it works on.
+                Some((f, _)) => format!(
+                    "no prompt: --function {} needs the text to work on: give --prompt TEMPLATE, e.g. --prompt '{{{{text}}}}'",
+                    f.name()
+                ),
+                None => "no prompt: give --prompt TEMPLATE, e.g. --prompt 'Summarize: {{text}}'".into(),
+            })
         })?;
 
         let mut params: Map<String, Value> = s.params.into_iter().collect();

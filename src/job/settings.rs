@@ -77,7 +77,7 @@ pub struct JobSettings {
 
     /// Labels for ai_classify, ai_extract and ai_mask (comma separated).
     #[arg(long, value_delimiter = ',')]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list_or_commas")]
     pub labels: Vec<String>,
 
     /// Word limit for ai_summarize (default 50, 0 = no limit).
@@ -391,6 +391,24 @@ impl JobSettings {
         Ok(settings)
     }
 
+    /// Settings from a JSON object with the job file's keys (the Python
+    /// API's keywords). serde names the key only when it is unknown, so a
+    /// value of the wrong type is traced to its key by reading each alone.
+    pub fn from_json(text: &str) -> Result<JobSettings> {
+        let map: serde_json::Map<String, Value> =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("settings: {e}")))?;
+        serde_json::from_value(Value::Object(map.clone())).map_err(|e| {
+            let alone = |k: &String, v: &Value| {
+                let one = serde_json::Map::from_iter([(k.clone(), v.clone())]);
+                serde_json::from_value::<JobSettings>(Value::Object(one)).is_err()
+            };
+            match map.iter().find(|(k, v)| alone(k, v)) {
+                Some((key, _)) => Error::Config(format!("setting `{key}`: {e}")),
+                None => Error::Config(format!("settings: {e}")),
+            }
+        })
+    }
+
     /// Flags win over the job file: every field set in `self` stays, every
     /// field unset takes the file's value. Switches are on if either sets them.
     pub fn overlay(mut self, base: JobSettings) -> JobSettings {
@@ -459,6 +477,30 @@ pub fn parse_param(s: &str) -> std::result::Result<(String, Value), String> {
         Err(_) => Value::String(raw.to_string()),
     };
     Ok((key.to_string(), value))
+}
+
+/// A list, or one string of comma-separated items as the command line
+/// takes it (`labels = "billing,shipping"`).
+fn list_or_commas<'de, D>(d: D) -> std::result::Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let wrong = || {
+        serde::de::Error::custom(
+            "expected a list of strings, or one string of comma-separated items",
+        )
+    };
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(s.split(',').map(|p| p.trim().to_owned()).collect()),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(wrong()),
+            })
+            .collect(),
+        _ => Err(wrong()),
+    }
 }
 
 fn params_from_table<'de, D>(d: D) -> std::result::Result<Vec<(String, Value)>, D::Error>
@@ -550,6 +592,41 @@ mod tests {
                 ("temperature".into(), json!(0)),
                 ("max_tokens".into(), json!(8))
             ]
+        );
+    }
+
+    /// Issue 27.3: the Python API's settings arrive as JSON; a wrong type
+    /// names its setting, and labels may be one comma-separated string as
+    /// on the command line.
+    #[test]
+    fn json_settings_name_the_setting_of_a_wrong_type() {
+        let err = JobSettings::from_json(r#"{"prompt": "x", "concurrency": "many"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("setting `concurrency`: invalid type: string \"many\""),
+            "{err}"
+        );
+        assert!(!err.contains("line 1"), "{err}");
+        let s = JobSettings::from_json(r#"{"labels": "billing, shipping,technical"}"#).unwrap();
+        assert_eq!(s.labels, ["billing", "shipping", "technical"]);
+        let s = JobSettings::from_json(r#"{"labels": ["a,b", "c"]}"#).unwrap();
+        assert_eq!(s.labels, ["a,b", "c"], "a list is taken as it is");
+        let file: JobSettings = toml::from_str(r#"labels = "x,y""#).unwrap();
+        assert_eq!(file.labels, ["x", "y"]);
+        let err = JobSettings::from_json(r#"{"labels": 3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("setting `labels`: expected a list of strings"),
+            "{err}"
+        );
+        let err = JobSettings::from_json(r#"{"no_such_key": 1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no_such_key") && err.contains("expected one of"),
+            "{err}"
         );
     }
 
