@@ -467,19 +467,6 @@ fn main(py: Python<'_>, argv: Vec<String>) -> PyResult<u8> {
     Ok(py.detach(|| aiq::frontend::cli::exit_code(cli)))
 }
 
-/// `aiq sql`'s flags, parsed by clap so that `aiq.sql`'s settings are the
-/// command's, with its checks.
-#[derive(Parser)]
-#[command(name = "aiq sql")]
-struct SqlCommand {
-    #[command(flatten)]
-    args: aiq::frontend::sql::SqlArgs,
-}
-
-/// `aiq sql` arguments that `aiq.sql` takes as its own parameters (or, for
-/// `show`, has no use for: it returns every row), not as settings.
-const SQL_OWN: [&str; 5] = ["query", "output", "tables", "restart", "show"];
-
 /// A clap error as one message: its first paragraph, without the usage.
 fn clap_error(e: clap::Error) -> PyErr {
     let text = e.render().to_string();
@@ -487,56 +474,36 @@ fn clap_error(e: clap::Error) -> PyErr {
     ConfigError::new_err(first.strip_prefix("error: ").unwrap_or(first).to_string())
 }
 
-/// `settings` (a JSON object of `aiq.sql` keywords) as `aiq sql` flags:
-/// `context_tokens=4096` → `--context-tokens=4096`, `dry_run=True` →
-/// `--dry-run`; `None` and `False` leave a setting out.
-fn sql_flags(settings: &str) -> PyResult<Vec<String>> {
-    let settings: serde_json::Map<String, serde_json::Value> = serde_json::from_str(settings)
-        .map_err(|e| ConfigError::new_err(format!("settings: {e}")))?;
-    let command = <SqlCommand as clap::CommandFactory>::command();
-    let known: Vec<&clap::Arg> = command
-        .get_arguments()
-        .filter(|a| a.get_long().is_some() && !SQL_OWN.contains(&a.get_id().as_str()))
-        .collect();
-    let mut flags = Vec::new();
-    for (key, value) in settings {
-        let long = key.replace('_', "-");
-        let Some(arg) = known.iter().find(|a| a.get_long() == Some(long.as_str())) else {
-            let mut names: Vec<String> = known
-                .iter()
-                .filter_map(|a| a.get_long())
-                .map(|l| l.replace('-', "_"))
-                .collect();
-            names.sort();
-            return Err(ConfigError::new_err(format!(
-                "aiq.sql has no setting `{key}`; it takes {}",
-                names.join(", ")
-            )));
-        };
-        let value = match value {
-            serde_json::Value::Null => continue,
-            serde_json::Value::Bool(on) if !arg.get_action().takes_values() => {
-                if on {
-                    flags.push(format!("--{long}"));
-                }
-                continue;
-            }
-            serde_json::Value::String(s) => s,
-            v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_)) => v.to_string(),
-            v => {
-                return Err(ConfigError::new_err(format!(
-                    "{key}: expected a single value, got {v}"
-                )))
-            }
-        };
-        flags.push(format!("--{long}={value}"));
-    }
-    Ok(flags)
+/// `settings` (a JSON object of `aiq.sql` keywords) as `aiq sql`'s
+/// settings: the same type the command's flags fill, with the same checks.
+/// A wrong value names its setting; an unknown one lists those there are.
+fn sql_settings(settings: &str) -> PyResult<aiq::frontend::sql::SqlArgs> {
+    let mut json = serde_json::Deserializer::from_str(settings);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let setting = e.path().to_string();
+        // Where in the JSON aiq made of the keywords means nothing to the caller.
+        let inner = e.into_inner().to_string();
+        let inner = inner.split(" at line ").next().unwrap_or_default();
+        ConfigError::new_err(
+            unknown_setting(inner).unwrap_or_else(|| format!("{setting}: {inner}")),
+        )
+    })
+}
+
+/// serde's "unknown field `k`, expected one of `a`, `b`" in Python's terms.
+fn unknown_setting(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (key, rest) = rest.split_once('`')?;
+    let names: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    Some(format!(
+        "aiq.sql has no setting `{key}`; it takes {}",
+        names.join(", ")
+    ))
 }
 
 /// `aiq.sql`: run a query; `tables` are name → Arrow stream pairs, read
 /// into memory for the query, `files` name → path pairs (`--table`),
-/// `settings` the other `aiq sql` flags as JSON (see [`sql_flags`]).
+/// `settings` the other `aiq sql` settings as JSON (see [`sql_settings`]).
 /// Returns the result's batches (none with `output` or `dry_run`) and the
 /// summary as JSON.
 #[pyfunction]
@@ -553,10 +520,8 @@ fn sql(
     quiet: bool,
 ) -> PyResult<(Vec<Py<PyAny>>, String)> {
     aiq::frontend::cli::init_logging(0);
-    let argv = std::iter::once("sql".to_string())
-        .chain(sql_flags(settings)?)
-        .chain(["--".to_string(), query]);
-    let mut args = SqlCommand::try_parse_from(argv).map_err(clap_error)?.args;
+    let mut args = sql_settings(settings)?;
+    args.query = query;
     args.output = output;
     args.tables = files;
     args.restart = restart;

@@ -40,23 +40,32 @@ use crate::pipeline::store::{Remote, Role};
 use calls::{Engine, EngineSettings};
 use rewrite::{FileKind, FileTable};
 
-#[derive(Debug, clap::Args)]
+/// `aiq sql`'s settings: the command's flags, and (as JSON, the same names
+/// in snake case) `aiq.sql`'s keyword arguments: one declaration, one way
+/// in for both shells. What `aiq.sql` takes as its own parameters (the
+/// query, tables, output, restart) or has no use for (`show`: it returns
+/// every row) is not a setting there.
+#[derive(Debug, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SqlArgs {
     /// The query, or the path of a .sql file holding it: a read query
     /// (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE), which may read local files
     /// (`FROM 'reviews.parquet'`, read_json('...'), --table). COPY, CREATE,
     /// INSERT and other writes are refused: --output writes the result.
     #[arg(value_name = "QUERY|FILE.sql")]
+    #[serde(skip)]
     pub query: String,
 
     /// Write the result to this Parquet file (atomically, when the query
     /// completes). Without it, the first rows are printed as a table.
     #[arg(long, value_name = "PATH")]
+    #[serde(skip)]
     pub output: Option<PathBuf>,
 
     /// Register a file as a table: NAME=PATH, by extension (.parquet,
     /// .jsonl/.ndjson/.json with one object a line, .csv). Repeatable.
     #[arg(long = "table", value_name = "NAME=PATH", value_parser = parse_table)]
+    #[serde(skip)]
     pub tables: Vec<(String, PathBuf)>,
 
     /// Endpoint for the task functions (ai_classify, ai_summarize, ...):
@@ -100,10 +109,12 @@ pub struct SqlArgs {
 
     /// Rows to print without --output.
     #[arg(long, value_name = "ROWS", default_value_t = 20)]
+    #[serde(skip)]
     pub show: usize,
 
     /// Discard the journal of an earlier run of this query and start over.
     #[arg(long)]
+    #[serde(skip)]
     pub restart: bool,
 
     /// The model's context window in tokens: ai_agg and ai_summarize_agg
@@ -115,6 +126,7 @@ pub struct SqlArgs {
     /// endpoint contact, no credentials): print how many AI calls each AI
     /// function may make at most.
     #[arg(long)]
+    #[serde(default)]
     pub dry_run: bool,
 }
 
