@@ -58,6 +58,7 @@ class RunSettings(TypedDict, total=False):
     api_key_env: str  # environment variable holding the API key [OPENAI_API_KEY]
     profile: str  # ~/.databrickscfg profile
     batch_rows: int  # rows per input batch, the unit of output ordering [1024]
+    max_line_bytes: int  # the longest JSONL line read, in bytes; a longer one stops the job before any request [67108864 (64 MiB)]
     batch_size: int  # embeddings: rows per request [1]
     cache_control: bool  # Claude cache_control breakpoint on the static prefix
     no_prompt_cache_key: bool  # do not send prompt_cache_key
