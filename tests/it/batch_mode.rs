@@ -3,7 +3,7 @@
 //! simulator's turnaround and aiq's poll interval are milliseconds, and
 //! tests wait for journal lines, not for time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use aiq::simulator::SimConfig;
@@ -11,8 +11,19 @@ use serde_json::{json, Value};
 
 use super::util::*;
 
-/// Polls every 20 ms: tests take milliseconds, not the default 30 s.
-const FAST_POLL: [&str; 2] = ["--poll-secs", "0.02"];
+/// Batch mode, polled every 20 ms: tests take milliseconds, not the
+/// default 30 s.
+const BATCH: [&str; 4] = ["--mode", "batch", "--poll-secs", "0.02"];
+
+/// [`job`] that also returns its input rows, to check the output against.
+async fn batch_job(
+    cfg: SimConfig,
+    n: usize,
+    null_every: usize,
+) -> (Fixture, Vec<Value>, PathBuf, PathBuf) {
+    let (f, path, out) = job(cfg, n, null_every).await;
+    (f, rows(n, null_every), path, out)
+}
 
 async fn run_batch(
     f: &Fixture,
@@ -20,10 +31,7 @@ async fn run_batch(
     output: &Path,
     extra: &[&str],
 ) -> std::process::Output {
-    let mut args = vec!["--mode", "batch", "--prompt", "{{text}}"];
-    args.extend_from_slice(&FAST_POLL);
-    args.extend_from_slice(extra);
-    f.run_openai(input, output, &args).await
+    f.score(input, output, &[&BATCH[..], extra].concat()).await
 }
 
 /// Every row of `out` answered as the simulator answers `text` online.
@@ -56,10 +64,7 @@ fn assert_each_answered_once(f: &Fixture, input: &[Value]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn splits_by_count_and_by_bytes_with_online_output() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = rows(25, 7);
-    let path = f.write_jsonl("in.jsonl", &input);
-    let out = f.path("out.parquet");
+    let (f, input, path, out) = batch_job(SimConfig::default(), 25, 7).await;
     let o = run_batch(
         &f,
         &path,
@@ -116,15 +121,16 @@ async fn splits_by_count_and_by_bytes_with_online_output() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_lines_are_resubmitted_alone() {
-    let f = Fixture::new(SimConfig {
-        batch_fail_rate: 0.3,
-        seed: 3,
-        ..SimConfig::default()
-    })
+    let (f, input, path, out) = batch_job(
+        SimConfig {
+            batch_fail_rate: 0.3,
+            seed: 3,
+            ..SimConfig::default()
+        },
+        30,
+        0,
+    )
     .await;
-    let input = rows(30, 0);
-    let path = f.write_jsonl("in.jsonl", &input);
-    let out = f.path("out.parquet");
     let o = run_batch(&f, &path, &out, &[]).await;
     assert_ok(&o);
     assert_all_answered(&out, &input);
@@ -169,15 +175,16 @@ async fn rows_that_keep_failing_get_the_providers_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_batch_resubmits_its_unanswered_part() {
-    let f = Fixture::new(SimConfig {
-        batch_expire_first: 1,
-        batch_expire_share: 0.4,
-        ..SimConfig::default()
-    })
+    let (f, input, path, out) = batch_job(
+        SimConfig {
+            batch_expire_first: 1,
+            batch_expire_share: 0.4,
+            ..SimConfig::default()
+        },
+        20,
+        0,
+    )
     .await;
-    let input = rows(20, 0);
-    let path = f.write_jsonl("in.jsonl", &input);
-    let out = f.path("out.parquet");
     let o = run_batch(&f, &path, &out, &[]).await;
     assert_ok(&o);
     assert_all_answered(&out, &input);
@@ -194,15 +201,16 @@ async fn an_expired_batch_resubmits_its_unanswered_part() {
 async fn the_enqueued_token_cap_waits_and_never_fails_a_row() {
     // Each line enqueues ~8 prompt + 32 reply tokens: one 10-row batch fits
     // under 600, two do not.
-    let f = Fixture::new(SimConfig {
-        batch_token_cap: Some(600),
-        batch_turnaround_ms: 50,
-        ..SimConfig::default()
-    })
+    let (f, input, path, out) = batch_job(
+        SimConfig {
+            batch_token_cap: Some(600),
+            batch_turnaround_ms: 50,
+            ..SimConfig::default()
+        },
+        30,
+        0,
+    )
     .await;
-    let input = rows(30, 0);
-    let path = f.write_jsonl("in.jsonl", &input);
-    let out = f.path("out.parquet");
     let o = run_batch(
         &f,
         &path,
@@ -232,56 +240,29 @@ async fn the_enqueued_token_cap_waits_and_never_fails_a_row() {
 
 /// The command line of a batch job, for spawning and killing.
 fn batch_command(f: &Fixture, input: &Path, out: &Path) -> Command {
-    let mut cmd = Command::new(aiq_bin());
-    cmd.args([
-        "run",
-        "-q",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--endpoint",
-        &f.openai_url(),
-        "--model",
-        "sim-model",
-        "--prompt",
-        "{{text}}",
-        "--mode",
-        "batch",
-        "--poll-secs",
-        "0.02",
-    ])
-    .env_clear()
-    .env("HOME", f.dir.path())
-    .env("OPENAI_API_KEY", TOKEN)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = f.openai_command(input, out, &[&PROMPT_TEXT[..], &BATCH].concat());
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     cmd
-}
-
-async fn rerun(mut cmd: Command) -> std::process::Output {
-    tokio::task::spawn_blocking(move || cmd.output().expect("aiq runs"))
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_while_batches_run_then_a_rerun_resubmits_nothing() {
-    let f = Fixture::new(SimConfig {
-        batch_turnaround_ms: 1_500,
-        ..SimConfig::default()
-    })
+    let (f, input, path, out) = batch_job(
+        SimConfig {
+            batch_turnaround_ms: 1_500,
+            ..SimConfig::default()
+        },
+        12,
+        0,
+    )
     .await;
-    let input = rows(12, 0);
-    let path = f.write_jsonl("in.jsonl", &input);
-    let out = f.path("out.parquet");
     let journal = f.path("out.parquet.aiq/batches.jsonl");
     // `submitting` then `created`: the batch runs, its id is journaled.
     let mut child = spawn_until_journaled(&mut batch_command(&f, &path, &out), &journal, 2);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!out.exists());
-    let o = rerun(batch_command(&f, &path, &out)).await;
+    let o = output(batch_command(&f, &path, &out)).await;
     assert_ok(&o);
     assert_all_answered(&out, &input);
     assert_eq!(
@@ -296,14 +277,15 @@ async fn kill_9_while_batches_run_then_a_rerun_resubmits_nothing() {
 async fn a_batch_whose_id_a_kill_lost_is_found_by_its_metadata() {
     // The batch exists at once, but its id comes back only after 60 s:
     // the kill lands in between.
-    let f = Fixture::new(SimConfig {
-        batch_create_delay_ms: 60_000,
-        ..SimConfig::default()
-    })
+    let (f, input, path, out) = batch_job(
+        SimConfig {
+            batch_create_delay_ms: 60_000,
+            ..SimConfig::default()
+        },
+        8,
+        0,
+    )
     .await;
-    let input = rows(8, 0);
-    let path = f.write_jsonl("in.jsonl", &input);
-    let out = f.path("out.parquet");
     let journal = f.path("out.parquet.aiq/batches.jsonl");
     let mut child = spawn_until_journaled(&mut batch_command(&f, &path, &out), &journal, 1);
     // Wait (by progress, not time) until the simulator holds the batch.
@@ -312,7 +294,7 @@ async fn a_batch_whose_id_a_kill_lost_is_found_by_its_metadata() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let o = rerun(batch_command(&f, &path, &out)).await;
+    let o = output(batch_command(&f, &path, &out)).await;
     assert_ok(&o);
     assert_all_answered(&out, &input);
     assert_eq!(
@@ -326,14 +308,15 @@ async fn a_batch_whose_id_a_kill_lost_is_found_by_its_metadata() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_deadline_cancels_and_sends_the_rest_online() {
     // The batch would take 4 s (a line every 100 ms); the deadline is 1 s.
-    let f = Fixture::new(SimConfig {
-        batch_turnaround_ms: 4_000,
-        ..SimConfig::default()
-    })
+    let (f, input, path, out) = batch_job(
+        SimConfig {
+            batch_turnaround_ms: 4_000,
+            ..SimConfig::default()
+        },
+        40,
+        0,
+    )
     .await;
-    let input = rows(40, 0);
-    let path = f.write_jsonl("in.jsonl", &input);
-    let out = f.path("out.parquet");
     let o = run_batch(&f, &path, &out, &["--deadline", "1s"]).await;
     assert_ok(&o);
     assert_all_answered(&out, &input);
@@ -347,9 +330,7 @@ async fn the_deadline_cancels_and_sends_the_rest_online() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_databricks_endpoint_is_refused_before_anything_is_sent() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let path = f.write_jsonl("in.jsonl", &rows(3, 0));
-    let out = f.path("out.parquet");
+    let (f, path, out) = job(SimConfig::default(), 3, 0).await;
     let o = f
         .run_databricks(
             &path,

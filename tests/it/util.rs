@@ -116,6 +116,24 @@ impl Fixture {
         args
     }
 
+    /// [`Fixture::run_openai`] with the prompt `{{text}}` ([`PROMPT_TEXT`])
+    /// and then `extra`: what most jobs in these tests run.
+    pub async fn score(&self, input: &Path, output: &Path, extra: &[&str]) -> Output {
+        self.score_env(input, output, extra, &[]).await
+    }
+
+    /// [`Fixture::score`] with more environment variables.
+    pub async fn score_env(
+        &self,
+        input: &Path,
+        output: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Output {
+        let args = [&PROMPT_TEXT[..], extra].concat();
+        self.run_openai_env(input, output, &args, envs).await
+    }
+
     /// `aiq run` against the simulator's OpenAI route with the right key.
     pub async fn run_openai(&self, input: &Path, output: &Path, extra: &[&str]) -> Output {
         self.run_openai_env(input, output, extra, &[]).await
@@ -239,7 +257,7 @@ pub fn refs(args: &[String]) -> Vec<&str> {
 }
 
 /// Run `cmd` to its end off the async runtime.
-async fn output(mut cmd: Command) -> Output {
+pub async fn output(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().expect("aiq runs"))
         .await
         .expect("join")
@@ -249,17 +267,27 @@ async fn output(mut cmd: Command) -> Output {
 /// [`failing_first`], each failed request is a failed row, in row order.
 pub const ONE_AT_A_TIME_NO_RETRIES: [&str; 4] = ["--concurrency", "1", "--max-retries", "0"];
 
+/// The flags that make each row's `text` column the whole prompt.
+pub const PROMPT_TEXT: [&str; 2] = ["--prompt", "{{text}}"];
+
+/// A simulator with `cfg` (taking [`TOKEN`]), `n` [`rows`] of input
+/// (`in.jsonl`, every `null_every`th text null) and the path `out.parquet`
+/// to score them into: the start of most tests.
+pub async fn job(cfg: SimConfig, n: usize, null_every: usize) -> (Fixture, PathBuf, PathBuf) {
+    let f = Fixture::new(cfg).await;
+    let input = f.write_jsonl("in.jsonl", &rows(n, null_every));
+    let out = f.path("out.parquet");
+    (f, input, out)
+}
+
 /// A simulator whose first `n` requests fail (HTTP 500), and 30 rows of
 /// input (`in.jsonl`) to score into `out.parquet`.
 pub async fn failing_first(n: u64) -> (Fixture, PathBuf, PathBuf) {
-    let f = Fixture::new(SimConfig {
+    let cfg = SimConfig {
         fail_first: n,
         ..SimConfig::default()
-    })
-    .await;
-    let input = f.write_jsonl("in.jsonl", &rows(30, 0));
-    let out = f.path("out.parquet");
-    (f, input, out)
+    };
+    job(cfg, 30, 0).await
 }
 
 /// The OAuth machine-to-machine credentials the simulator accepts, as
