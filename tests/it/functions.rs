@@ -127,13 +127,7 @@ async fn every_return_type_round_trips_into_a_typed_column() {
         let out = f.path(&format!("out-{i}.parquet"));
         let input = input.clone();
         let f = &f;
-        async move {
-            (
-                f.run_openai(&input, &out, &["--prompt", "{{text}}", "--return-type", ty])
-                    .await,
-                out,
-            )
-        }
+        async move { (f.score(&input, &out, &["--return-type", ty]).await, out) }
     });
     let results = futures::future::join_all(runs).await;
 
@@ -181,14 +175,7 @@ async fn response_format_as_json_schema_and_as_ddl() {
     })
     .to_string();
     let out = f.path("schema.parquet");
-    assert_ok(
-        &f.run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--response-format", &schema],
-        )
-        .await,
-    );
+    assert_ok(&f.score(&input, &out, &["--response-format", &schema]).await);
     let (s, rows) = read_rows(&out);
     let expected: SqlType = "STRUCT<label: STRING, score: DOUBLE, when: DATE>"
         .parse()
@@ -211,14 +198,7 @@ async fn response_format_as_json_schema_and_as_ddl() {
 
     let out = f.path("ddl.parquet");
     let ddl = "STRUCT<title: STRING, year: INT, tags: ARRAY<STRING>>";
-    assert_ok(
-        &f.run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--response-format", ddl],
-        )
-        .await,
-    );
+    assert_ok(&f.score(&input, &out, &["--response-format", ddl]).await);
     let (s, rows) = read_rows(&out);
     assert_eq!(
         s.field_with_name("result").unwrap().data_type(),
@@ -234,26 +214,15 @@ async fn response_format_as_json_schema_and_as_ddl() {
 
     // Both, or a type that does not parse: exit 2 before any request.
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--response-format",
-                ddl,
-                "--return-type",
-                "INT",
-            ],
+            &["--response-format", ddl, "--return-type", "INT"],
         )
         .await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--return-type", "ARRAY<INTT>"],
-        )
+        .score(&input, &out, &["--return-type", "ARRAY<INTT>"])
         .await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("--return-type"), "{}", stderr(&o));
@@ -271,10 +240,7 @@ async fn a_reply_that_does_not_fit_is_a_row_error_and_fails_the_job_under_fail_o
     // The simulator breaks the first field of the document (`a`, an INT).
     let out = f.path("struct.parquet");
     let ty = "STRUCT<a: INT, b: STRING>";
-    assert_ok(
-        &f.run_openai(&input, &out, &["--prompt", "{{text}}", "--return-type", ty])
-            .await,
-    );
+    assert_ok(&f.score(&input, &out, &["--return-type", ty]).await);
     let (_, rows) = read_rows(&out);
     for (i, row) in rows.iter().enumerate() {
         if i == 2 || i == 5 {
@@ -301,14 +267,7 @@ async fn a_reply_that_does_not_fit_is_a_row_error_and_fails_the_job_under_fail_o
 
     // A scalar type, and text that is not JSON for a list.
     let out = f.path("int.parquet");
-    assert_ok(
-        &f.run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--return-type", "INT"],
-        )
-        .await,
-    );
+    assert_ok(&f.score(&input, &out, &["--return-type", "INT"]).await);
     let err = read_rows(&out).1[2]["error_message"]
         .as_str()
         .unwrap()
@@ -320,18 +279,10 @@ async fn a_reply_that_does_not_fit_is_a_row_error_and_fails_the_job_under_fail_o
 
     let out = f.path("fail.parquet");
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--return-type",
-                ty,
-                "--fail-on-error",
-                "--concurrency",
-                "1",
-            ],
+            &["--return-type", ty, "--fail-on-error", "--concurrency", "1"],
         )
         .await;
     assert_eq!(code(&o), 1, "{}", stderr(&o));
@@ -510,21 +461,13 @@ async fn ai_similarity_embeds_both_texts() {
     );
     assert!(stats.ok_by_prompt.contains_key("another 1"));
     // --prompt2 belongs to ai_similarity only.
-    let o = f
-        .run_openai(
-            &path,
-            &out,
-            &["--prompt", "{{text}}", "--prompt2", "{{other}}"],
-        )
-        .await;
+    let o = f.score(&path, &out, &["--prompt2", "{{other}}"]).await;
     assert_eq!(code(&o), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tool_calls_from_a_job_file() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(4, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 4, 0).await;
     let job = f.path("job.toml");
     std::fs::write(
         &job,
@@ -705,9 +648,7 @@ async fn images_from_base64_data_url_and_binary_columns() {
 
     // A column that does not exist or cannot hold images: exit 2, nothing sent.
     let before = f.sim.stats().requests;
-    let o = f
-        .run_openai(&input, &out, &["--prompt", "{{text}}", "--image", "frnt"])
-        .await;
+    let o = f.score(&input, &out, &["--image", "frnt"]).await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("`frnt`"), "{}", stderr(&o));
     let o = f
