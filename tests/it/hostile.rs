@@ -335,13 +335,7 @@ async fn a_reply_broken_off_after_the_call_counts_as_maybe_billed() {
     let f = Fixture::new(always("cut")).await;
     let input = f.write_jsonl("in.jsonl", &super::util::rows(3, 0));
     let out = f.path("out.parquet");
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--max-retries", "5"],
-        )
-        .await;
+    let o = f.score(&input, &out, &["--max-retries", "5"]).await;
     let (_, rows) = read_rows(&out);
     assert_eq!(rows.len(), 3, "{}", stderr(&o));
     for row in &rows {
