@@ -31,18 +31,10 @@ async fn the_server_sees_the_concurrency_asked_for_past_stream_caps() {
     let input = f.write_jsonl("in.jsonl", &rows(1_200, 0));
     let out = f.path("out.parquet");
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--concurrency",
-                "400",
-                "--no-warmup",
-                "--ca-cert",
-                &ca,
-            ],
+            &["--concurrency", "400", "--no-warmup", "--ca-cert", &ca],
         )
         .await;
     assert_ok(&o);
@@ -63,13 +55,7 @@ async fn an_untrusted_certificate_stops_the_job_at_once() {
     let f = https(100, 0).await;
     let input = f.write_jsonl("in.jsonl", &rows(50, 0));
     let out = f.path("out.parquet");
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--concurrency", "4"],
-        )
-        .await;
+    let o = f.score(&input, &out, &["--concurrency", "4"]).await;
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("certificate"), "{err}");
@@ -93,11 +79,7 @@ async fn a_ca_file_that_is_not_pem_is_bad_usage() {
     let input = f.write_jsonl("in.jsonl", &rows(2, 0));
     let out = f.path("out.parquet");
     let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--ca-cert", bad.to_str().unwrap()],
-        )
+        .score(&input, &out, &["--ca-cert", bad.to_str().unwrap()])
         .await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("--ca-cert"));
