@@ -8,7 +8,7 @@
 
 use aiq::simulator::{RateHeaders, RetryAfterHint, SimConfig};
 
-use super::util::{assert_ok, read_rows, rows, Fixture};
+use super::util::{assert_ok, job, read_rows};
 
 /// Runs `n` rows at concurrency 32, not told the limit, against `cfg`;
 /// asserts every row answered and at most `max_refused` (a share) of all
@@ -21,9 +21,7 @@ async fn not_told(cfg: SimConfig, n: usize, max_refused: f64) {
 /// every row answered once and at most `max_refused` (a share) of all
 /// requests refused.
 async fn answered_with_few_refusals(cfg: SimConfig, n: usize, flags: &[&str], max_refused: f64) {
-    let f = Fixture::new(cfg).await;
-    let input = f.write_jsonl("in.jsonl", &rows(n, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(cfg, n, 0).await;
     let mut args = vec!["--prompt", "{{text}}", "--concurrency", "32"];
     args.extend_from_slice(flags);
     let o = f.run_openai(&input, &out, &args).await;
