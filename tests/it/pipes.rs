@@ -3,13 +3,11 @@
 
 use aiq::simulator::SimConfig;
 
-use super::util::{code, rows, stderr, Fixture, TOKEN};
+use super::util::{code, job, stderr, TOKEN};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_closed_stdout_is_a_quiet_stop_for_every_command() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(50, 0));
-    let output = f.path("out.parquet");
+    let (f, input, output) = job(SimConfig::default(), 50, 0).await;
     let table = format!("t={}", input.display());
     let run = f.run_args(&input, &output);
     let sql = ["sql", "-q", "SELECT * FROM t", "--table", &table];
