@@ -184,12 +184,7 @@ async fn a_proxys_password_quoted_back_is_redacted() {
     let input = f.write_jsonl("in.jsonl", &[serde_json::json!({"text": "[[sim:400]]"})]);
     let out = f.path("out.parquet");
     let o = f
-        .run_openai_env(
-            &input,
-            &out,
-            &["--prompt", "{{text}}"],
-            &[("HTTP_PROXY", &proxy.url)],
-        )
+        .score_env(&input, &out, &[], &[("HTTP_PROXY", &proxy.url)])
         .await;
     assert_ok(&o);
     let (_, got) = read_rows(&out);
