@@ -7,7 +7,7 @@
 use aiq::simulator::{Quirk, SimConfig};
 use serde_json::json;
 
-use super::util::{assert_ok, read_rows, rows, stderr, Fixture, TOKEN};
+use super::util::{assert_ok, job, read_rows, rows, stderr, Fixture, TOKEN};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replies_that_differ_harmlessly_keep_their_answers() {
@@ -76,17 +76,10 @@ async fn html_truncated_and_error_bodies_with_200_are_retried() {
         // A reply cut short was answered, so maybe billed: its retries
         // are capped by --max-ambiguous-retries (tests/it/hostile.rs).
         let o = f
-            .run_openai(
+            .score(
                 &input,
                 &out,
-                &[
-                    "--prompt",
-                    "{{text}}",
-                    "--max-retries",
-                    "20",
-                    "--max-ambiguous-retries",
-                    "20",
-                ],
+                &["--max-retries", "20", "--max-ambiguous-retries", "20"],
             )
             .await;
         assert_ok(&o);
@@ -100,14 +93,16 @@ async fn html_truncated_and_error_bodies_with_200_are_retried() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_that_is_no_answer_is_the_rows_error() {
-    let f = Fixture::new(SimConfig {
-        quirks: vec![Quirk::NoChoices],
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            quirks: vec![Quirk::NoChoices],
+            ..SimConfig::default()
+        },
+        2,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(2, 0));
-    let out = f.path("out.parquet");
-    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}"]).await;
+    let o = f.score(&input, &out, &[]).await;
     assert_ok(&o);
     let (_, got) = read_rows(&out);
     for row in &got {
@@ -122,21 +117,17 @@ async fn json_that_is_no_answer_is_the_rows_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_error_in_a_200_reports_the_servers_message() {
-    let f = Fixture::new(SimConfig {
-        fault_rate: 1.0,
-        faults: "error200".into(),
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            fault_rate: 1.0,
+            faults: "error200".into(),
+            ..SimConfig::default()
+        },
+        2,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(2, 0));
-    let out = f.path("out.parquet");
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--max-retries", "1"],
-        )
-        .await;
+    let o = f.score(&input, &out, &["--max-retries", "1"]).await;
     assert_ok(&o);
     let (_, got) = read_rows(&out);
     for row in &got {
@@ -157,7 +148,7 @@ async fn a_content_filter_says_so() {
         ],
     );
     let out = f.path("out.parquet");
-    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}"]).await;
+    let o = f.score(&input, &out, &[]).await;
     assert_ok(&o);
     let (_, got) = read_rows(&out);
     assert!(got[0]["error_message"].is_null());
