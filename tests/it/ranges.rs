@@ -5,13 +5,11 @@
 
 use aiq::simulator::SimConfig;
 
-use super::util::{code, rows, stderr, Fixture, TOKEN};
+use super::util::{code, job, stderr, TOKEN};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn numeric_settings_out_of_range_exit_2_naming_the_range() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(3, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 3, 0).await;
     let flags: &[(&[&str], &str)] = &[
         (
             &["--timeout", "1e30"],
