@@ -31,27 +31,22 @@ fn assert_every_row_once(f: &Fixture, out: &std::path::Path, n: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_row_right_through_forty_percent_faults() {
-    let f = Fixture::new(SimConfig {
-        fault_rate: 0.4,
-        faults: "500,502,503,reset".into(),
-        seed: 7,
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            fault_rate: 0.4,
+            faults: "500,502,503,reset".into(),
+            seed: 7,
+            ..SimConfig::default()
+        },
+        200,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(200, 0));
-    let out = f.path("out.parquet");
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--max-retries",
-                "20",
-                "--concurrency",
-                "16",
-            ],
+            &["--max-retries", "20", "--concurrency", "16"],
         )
         .await;
     assert_ok(&o);
@@ -85,13 +80,7 @@ async fn retries_run_out_into_a_row_error() {
     input_rows[5]["text"] = json!("[[sim:500]] always fails");
     let input = f.write_jsonl("in.jsonl", &input_rows);
     let out = f.path("out.parquet");
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--max-retries", "3"],
-        )
-        .await;
+    let o = f.score(&input, &out, &["--max-retries", "3"]).await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     assert_eq!(rows[5]["attempts"], json!(4));
@@ -349,9 +338,7 @@ async fn deleting_the_state_folder_stops_at_once_and_keeps_the_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_token_stops_within_a_handful_of_requests() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(500, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 500, 0).await;
     let url = f.openai_url();
     let o = f
         .aiq(
@@ -388,13 +375,15 @@ async fn wrong_token_stops_within_a_handful_of_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_databricks_endpoint_stops_at_once() {
-    let f = Fixture::new(SimConfig {
-        endpoints: vec!["real".into()],
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            endpoints: vec!["real".into()],
+            ..SimConfig::default()
+        },
+        300,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(300, 0));
-    let out = f.path("out.parquet");
     let o = f
         .run_databricks(
             &input,
@@ -420,13 +409,7 @@ async fn a_run_of_failures_stops_the_job() {
         .collect();
     let input = f.write_jsonl("in.jsonl", &all_bad);
     let out = f.path("out.parquet");
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--concurrency", "4"],
-        )
-        .await;
+    let o = f.score(&input, &out, &["--concurrency", "4"]).await;
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("failed in a row"), "{}", stderr(&o));
     assert!(
@@ -462,17 +445,7 @@ async fn a_changed_job_refuses_to_resume_and_restart_discards() {
     let input = f.write_jsonl("in.jsonl", &input_rows);
     let out = f.path("out.parquet");
     let o = f
-        .run_openai(
-            &input,
-            &out,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--fail-on-error",
-                "--concurrency",
-                "1",
-            ],
-        )
+        .score(&input, &out, &["--fail-on-error", "--concurrency", "1"])
         .await;
     assert_eq!(code(&o), 1);
     assert!(
@@ -490,7 +463,7 @@ async fn a_changed_job_refuses_to_resume_and_restart_discards() {
     );
     // Resuming the same job re-pays nothing: rows 0..10 are journaled.
     let paid = f.sim.stats().ok;
-    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}"]).await;
+    let o = f.score(&input, &out, &[]).await;
     assert_ok(&o);
     assert_eq!(
         f.sim.stats().ok - paid,
@@ -507,26 +480,21 @@ async fn a_changed_job_refuses_to_resume_and_restart_discards() {
 async fn learns_the_limit_when_not_told() {
     // 12,000 requests/minute with a one-second bucket: sending at full speed
     // would be refused most of the time.
-    let f = Fixture::new(SimConfig {
-        rpm: Some(12_000),
-        burst_seconds: 1.0,
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            rpm: Some(12_000),
+            burst_seconds: 1.0,
+            ..SimConfig::default()
+        },
+        600,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(600, 0));
-    let out = f.path("out.parquet");
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--concurrency",
-                "32",
-                "--max-retries",
-                "20",
-            ],
+            &["--concurrency", "32", "--max-retries", "20"],
         )
         .await;
     assert_ok(&o);
@@ -664,9 +632,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// never the key itself (issue 27.1).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_401_names_the_key_variable_it_read() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(20, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 20, 0).await;
     let args = f.run_args(&input, &out);
     let mut with_env_name: Vec<&str> = args.iter().map(String::as_str).collect();
     with_env_name.extend(["--api-key-env", "MY_KEY"]);
