@@ -95,16 +95,14 @@ async fn an_empty_prompt_is_not_sent_unless_asked() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_jsonl("in.jsonl", &lines(&["one", "", "  \n\t ", "four"]));
     let out = f.path("out.parquet");
-    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}"]).await;
+    let o = f.score(&input, &out, &[]).await;
     assert_ok(&o);
     assert_not_sent(&out, &[1, 2], Some("empty"));
     assert_eq!(f.sim.stats().requests, 2);
     // Nothing failed: the journal is not kept for --retry-failed.
     assert!(!f.path("out.parquet.aiq").exists());
 
-    let o = f
-        .run_openai(&input, &out, &["--prompt", "{{text}}", "--send-empty"])
-        .await;
+    let o = f.score(&input, &out, &["--send-empty"]).await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().requests, 6, "--send-empty sends every row");
     let (_, rows) = read_rows(&out);
@@ -116,9 +114,7 @@ async fn an_empty_prompt_is_not_sent_unless_asked() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn template_mistakes_stop_the_job_before_any_request() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(50, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 50, 0).await;
     for (prompt, named) in [
         ("{{ text | upperr }}", "upperr"),
         // Found even on a branch no row takes.
