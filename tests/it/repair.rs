@@ -18,13 +18,15 @@ fn sum(rows: &[Map<String, Value>], column: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_off_typed_reply_says_to_raise_max_tokens() {
-    let f = Fixture::new(SimConfig {
-        truncate_rate: 1.0,
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            truncate_rate: 1.0,
+            ..SimConfig::default()
+        },
+        4,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(4, 0));
-    let out = f.path("out.parquet");
     let args = [
         "--prompt",
         "{{text}}",
@@ -54,9 +56,7 @@ async fn a_cut_off_typed_reply_says_to_raise_max_tokens() {
 async fn a_reply_cut_off_by_max_tokens_is_asked_again_with_more() {
     // No knob: the simulator cuts the document at the request's max_tokens,
     // as a model does; only a larger max_tokens gets it whole.
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(5, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 5, 0).await;
     let args = [
         "--prompt",
         "{{text}}",
@@ -91,14 +91,16 @@ async fn repairs_fix_cut_off_and_mismatching_replies_and_are_paid_for() {
     // With one call at a time: row 0's reply is cut off, its repair does not
     // match the schema, and its second repair (with the validation error) is
     // good. The other rows are answered at once.
-    let f = Fixture::new(SimConfig {
-        truncate_first: 1,
-        mismatch_first: 1,
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            truncate_first: 1,
+            mismatch_first: 1,
+            ..SimConfig::default()
+        },
+        4,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(4, 0));
-    let out = f.path("out.parquet");
     let args = [
         "--prompt",
         "{{text}}",
@@ -154,21 +156,16 @@ async fn repairs_fix_cut_off_and_mismatching_replies_and_are_paid_for() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reply_that_never_fits_fails_after_its_repairs() {
-    let f = Fixture::new(SimConfig {
-        mismatch_rate: 1.0,
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            mismatch_rate: 1.0,
+            ..SimConfig::default()
+        },
+        3,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(3, 0));
-    let out = f.path("out.parquet");
-    assert_ok(
-        &f.run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--return-type", TYPE],
-        )
-        .await,
-    );
+    assert_ok(&f.score(&input, &out, &["--return-type", TYPE]).await);
     let (_, rows) = read_rows(&out);
     for row in &rows {
         let err = row["error_message"].as_str().expect("an error");
@@ -225,11 +222,7 @@ async fn retry_failed_resends_only_the_failed_rows() {
     );
 
     let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--retry-failed", "--restart"],
-        )
+        .score(&input, &out, &["--retry-failed", "--restart"])
         .await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
@@ -238,9 +231,7 @@ async fn retry_failed_resends_only_the_failed_rows() {
 /// sent than rows: its null and repair counts (issue 27.4).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_summary_says_what_null_rows_and_repairs_are() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(9, 3));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 9, 3).await;
     let mut args = f.run_args(&input, &out);
     args.retain(|a| a != "-q");
     args.extend(["--return-type", TYPE, "--param", "max_tokens=2"].map(String::from));
