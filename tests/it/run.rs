@@ -12,9 +12,7 @@ use super::util::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_rows_come_back_in_order_with_their_own_answers() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(300, 7));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 300, 7).await;
     let o = f
         .run_openai(
             &input,
@@ -101,13 +99,15 @@ async fn chat_rows_come_back_in_order_with_their_own_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn databricks_endpoint_with_token_from_environment() {
-    let f = Fixture::new(SimConfig {
-        endpoints: vec!["my-llm".into()],
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            endpoints: vec!["my-llm".into()],
+            ..SimConfig::default()
+        },
+        20,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(20, 0));
-    let out = f.path("out.parquet");
     let o = f
         .run_databricks(
             &input,
@@ -172,9 +172,7 @@ async fn databricks_profile_from_databrickscfg() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn databricks_oauth_machine_to_machine() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(10, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 10, 0).await;
     let o = f
         .run_databricks_env(
             &input,
@@ -195,9 +193,7 @@ async fn databricks_oauth_machine_to_machine() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn completions_task() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(10, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 10, 0).await;
     let o = f
         .run_openai(
             &input,
@@ -389,9 +385,7 @@ async fn job_file_with_flags_overriding() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_column_stops_before_any_request() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(5, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 5, 0).await;
     let o = f
         .run_openai(&input, &out, &["--prompt", "Summarize: {{txet}}"])
         .await;
@@ -406,16 +400,12 @@ async fn missing_and_corrupt_inputs_are_usage_errors() {
     let f = Fixture::new(SimConfig::default()).await;
     let out = f.path("out.parquet");
     let missing = f.path("nope.parquet");
-    let o = f
-        .run_openai(&missing, &out, &["--prompt", "{{text}}"])
-        .await;
+    let o = f.score(&missing, &out, &[]).await;
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("nope.parquet"), "{}", stderr(&o));
     let corrupt = f.path("bad.parquet");
     std::fs::write(&corrupt, b"PAR1 this is not parquet").unwrap();
-    let o = f
-        .run_openai(&corrupt, &out, &["--prompt", "{{text}}"])
-        .await;
+    let o = f.score(&corrupt, &out, &[]).await;
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("bad.parquet"), "{}", stderr(&o));
     let bad_ext = f.path("data.csv");
@@ -435,7 +425,7 @@ async fn a_bad_row_gets_its_error_and_fail_on_error_fails_the_job() {
     input_rows[4]["text"] = json!("[[sim:400]] malformed");
     let input = f.write_jsonl("in.jsonl", &input_rows);
     let out = f.path("out.parquet");
-    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}"]).await;
+    let o = f.score(&input, &out, &[]).await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
     assert_eq!(rows.len(), 30);
@@ -454,17 +444,7 @@ async fn a_bad_row_gets_its_error_and_fail_on_error_fails_the_job() {
 
     let out2 = f.path("out2.parquet");
     let o = f
-        .run_openai(
-            &input,
-            &out2,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--fail-on-error",
-                "--concurrency",
-                "1",
-            ],
-        )
+        .score(&input, &out2, &["--fail-on-error", "--concurrency", "1"])
         .await;
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("row 4"), "{}", stderr(&o));
@@ -476,17 +456,11 @@ async fn missing_output_folders_are_created() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_jsonl("in.jsonl", &rows(3, 0));
     let out = f.path("new/deeper/out.parquet");
-    let o = f.run_openai(&input, &out, &["--prompt", "{{text}}"]).await;
+    let o = f.score(&input, &out, &[]).await;
     assert_ok(&o);
     assert_eq!(read_rows(&out).1.len(), 3);
     // A file where a folder should be is a usage error, before any request.
-    let o = f
-        .run_openai(
-            &input,
-            &f.path("in.jsonl/out.parquet"),
-            &["--prompt", "{{text}}"],
-        )
-        .await;
+    let o = f.score(&input, &f.path("in.jsonl/out.parquet"), &[]).await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert_eq!(f.sim.stats().requests, 3);
 }
