@@ -46,18 +46,7 @@ async fn jsonl_shards_cover_every_row_once() {
     for k in 0..3 {
         let shard = format!("{k}/3");
         let o = f
-            .run_openai(
-                &input,
-                &out,
-                &[
-                    "--prompt",
-                    "{{text}}",
-                    "--shard",
-                    &shard,
-                    "--batch-rows",
-                    "4",
-                ],
-            )
+            .score(&input, &out, &["--shard", &shard, "--batch-rows", "4"])
             .await;
         assert_ok(&o);
     }
@@ -100,9 +89,7 @@ async fn parquet_shards_split_row_groups_and_cover_every_row_once() {
     let out = f.path("out/part-{shard}.parquet");
     for k in 0..4 {
         let shard = format!("{k}/4");
-        let o = f
-            .run_openai(&input, &out, &["--prompt", "{{text}}", "--shard", &shard])
-            .await;
+        let o = f.score(&input, &out, &["--shard", &shard]).await;
         assert_ok(&o);
         let (_, rows) = read_rows(&f.path(&format!("out/part-{k}.parquet")));
         assert!(
@@ -236,22 +223,12 @@ async fn call_journal_answers_reruns_without_paying() {
     let journal = f.path("calls");
     let journal = journal.to_str().unwrap();
     let first = f.path("first.parquet");
-    let o = f
-        .run_openai(
-            &input,
-            &first,
-            &["--prompt", "{{text}}", "--call-journal", journal],
-        )
-        .await;
+    let o = f.score(&input, &first, &["--call-journal", journal]).await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().ok, 30);
     let second = f.path("second.parquet");
     let o = f
-        .run_openai(
-            &input,
-            &second,
-            &["--prompt", "{{text}}", "--call-journal", journal, "--json"],
-        )
+        .score(&input, &second, &["--call-journal", journal, "--json"])
         .await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().requests, 30, "the re-run sent nothing");
@@ -286,18 +263,10 @@ async fn call_journal_answers_reruns_without_paying() {
         async move {
             let shard = format!("{k}/2");
             let o = f
-                .run_openai(
+                .score(
                     input,
                     parts,
-                    &[
-                        "--prompt",
-                        "{{text}}",
-                        "--shard",
-                        &shard,
-                        "--call-journal",
-                        sharded,
-                        "--restart",
-                    ],
+                    &["--shard", &shard, "--call-journal", sharded, "--restart"],
                 )
                 .await;
             assert_ok(&o);
@@ -320,10 +289,7 @@ async fn shards_merge_with_aiq_sql() {
     let out = f.path("out/part-{shard}.parquet");
     for k in 0..2 {
         let shard = format!("{k}/2");
-        assert_ok(
-            &f.run_openai(&input, &out, &["--prompt", "{{text}}", "--shard", &shard])
-                .await,
-        );
+        assert_ok(&f.score(&input, &out, &["--shard", &shard]).await);
     }
     let query = format!(
         "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM '{}/'",
