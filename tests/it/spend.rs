@@ -25,9 +25,7 @@ fn status_file(f: &Fixture, output: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_sends_nothing_and_estimates_what_the_simulator_bills() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(120, 10));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 120, 10).await;
     let url = f.openai_url();
     let args = [
         "run",
@@ -95,18 +93,14 @@ async fn dry_run_sends_nothing_and_estimates_what_the_simulator_bills() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_budget_stops_the_job_and_a_higher_one_finishes_it_without_paying_twice() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(100, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 100, 0).await;
     // About 17 tokens a row (8 in, 9 out): 500 tokens is some 30 rows.
     let budget = 500u64;
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
             &[
-                "--prompt",
-                "{{text}}",
                 "--concurrency",
                 "2",
                 "--max-tokens-total",
@@ -141,25 +135,17 @@ async fn a_budget_stops_the_job_and_a_higher_one_finishes_it_without_paying_twic
     assert_eq!(status_file(&f, "out.parquet")["state"], json!("stopped"));
 
     // The same budget again: earlier runs' spend counts, so nothing is sent.
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}}", "--max-tokens-total", "500"],
-        )
-        .await;
+    let o = f.score(&input, &out, &["--max-tokens-total", "500"]).await;
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("by earlier runs"), "{}", stderr(&o));
     assert_eq!(f.sim.stats().requests, first.requests);
 
     // A higher budget finishes the job; no row is paid for twice.
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
             &[
-                "--prompt",
-                "{{text}}",
                 "--max-tokens-total",
                 "100000",
                 "--price-in",
@@ -193,20 +179,20 @@ async fn a_budget_stops_the_job_and_a_higher_one_finishes_it_without_paying_twic
 async fn otpm_reservations_are_refunded_from_real_usage() {
     // 6000 output tokens a minute at the provider, enforced the Databricks
     // way; max_tokens is ten times the real answers (about 9 tokens).
-    let f = Fixture::new(SimConfig {
-        otpm: Some(6000),
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            otpm: Some(6000),
+            ..SimConfig::default()
+        },
+        150,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(150, 0));
-    let out = f.path("out.parquet");
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
             &[
-                "--prompt",
-                "{{text}}",
                 "--param",
                 "max_tokens=90",
                 "--otpm",
@@ -340,29 +326,23 @@ async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
 async fn timeouts_after_sending_are_capped_and_marked() {
     // A third of requests stall past the client's timeout: the provider may
     // have billed them, so each row gets at most one retry after one.
-    let f = Fixture::new(SimConfig {
-        fault_rate: 0.3,
-        faults: "slow".into(),
-        slow_ms: 3000,
-        seed: 7,
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            fault_rate: 0.3,
+            faults: "slow".into(),
+            slow_ms: 3000,
+            seed: 7,
+            ..SimConfig::default()
+        },
+        40,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(40, 0));
-    let out = f.path("out.parquet");
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--timeout",
-                "0.4",
-                "--concurrency",
-                "8",
-                "--json",
-            ],
+            &["--timeout", "0.4", "--concurrency", "8", "--json"],
         )
         .await;
     assert_ok(&o);
@@ -400,13 +380,15 @@ async fn timeouts_after_sending_are_capped_and_marked() {
 /// included (issue 27.5).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_budget_stop_and_the_summary_count_the_same_rows() {
-    let f = Fixture::new(SimConfig {
-        latency_ms: 20,
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            latency_ms: 20,
+            ..SimConfig::default()
+        },
+        300,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &rows(300, 0));
-    let out = f.path("out.parquet");
     let mut args: Vec<String> = f.run_args(&input, &out);
     args.retain(|a| a != "-q");
     args.extend(["--concurrency", "16", "--max-tokens-total", "600"].map(String::from));
@@ -439,9 +421,7 @@ async fn a_budget_stop_and_the_summary_count_the_same_rows() {
 /// budget covers (issue 27.8).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_over_budget_says_how_many_rows_it_covers() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(100, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 100, 0).await;
     let mut args = f.run_args(&input, &out);
     args.extend(["--param", "max_tokens=10", "--dry-run", "--json"].map(String::from));
     let base: Vec<&str> = args.iter().map(String::as_str).collect();
