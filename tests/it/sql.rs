@@ -8,8 +8,8 @@ use aiq::simulator::SimConfig;
 use serde_json::{json, Map, Value};
 
 use super::util::{
-    aiq_bin, assert_ok, code, line_count, read_rows, rows, spawn_until_journaled, stderr, Fixture,
-    TOKEN,
+    aiq_bin, assert_ok, code, job, line_count, read_rows, rows, spawn_until_journaled, stderr,
+    Fixture, TOKEN,
 };
 
 /// `aiq sql QUERY ARGS...` against the fixture's simulator (OpenAI route).
@@ -76,9 +76,7 @@ async fn guide_examples_run_against_the_simulator() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ai_query_takes_each_argument_named_or_positional() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(12, 4));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 12, 4).await;
     let url = f.openai_url();
     let query = format!(
         "SELECT id, text,
@@ -149,9 +147,7 @@ async fn ai_query_takes_each_argument_named_or_positional() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_task_functions_in_one_select() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(10, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 10, 0).await;
     let url = f.openai_url();
     let query = format!(
         "SELECT id, ai_classify(text, ARRAY('good', 'bad')) AS verdict, ai_summarize(text, 5) AS gist,
