@@ -10,7 +10,7 @@ use aiq::simulator::SimConfig;
 use serde_json::{json, Value};
 
 use super::util::{
-    aiq_bin, assert_ok, read_rows, rows, spawn_until_journaled, stderr, Fixture, TOKEN,
+    aiq_bin, assert_ok, job, read_rows, rows, spawn_until_journaled, stderr, Fixture, TOKEN,
 };
 
 /// `aiq sql -q QUERY --endpoint <sim> ARGS...`, table `t` = `input`.
@@ -52,9 +52,7 @@ fn grouped(n: usize, groups: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ai_filter_in_where_asks_only_rows_the_cheap_conjuncts_keep() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(20, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 20, 0).await;
     // The AI conjunct is written first: it still runs last.
     let o = sql(
         &f,
@@ -214,9 +212,7 @@ async fn ai_agg_map_reduces_groups_larger_than_the_context() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ai_score_ranks_with_order_by_limit() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(12, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 12, 0).await;
     let o = sql(
         &f,
         &input,
@@ -359,11 +355,7 @@ async fn aiq_run_has_ai_filter_and_ai_score() {
     ] {
         let out = f.path(&format!("{function}.parquet"));
         let o = f
-            .run_openai(
-                &input,
-                &out,
-                &["--prompt", "{{text}}", "--function", function, flag, value],
-            )
+            .score(&input, &out, &["--function", function, flag, value])
             .await;
         assert_ok(&o);
         let (schema, rows) = read_rows(&out);
@@ -376,11 +368,7 @@ async fn aiq_run_has_ai_filter_and_ai_score() {
         );
     }
     let o = f
-        .run_openai(
-            &input,
-            &f.path("x.parquet"),
-            &["--prompt", "{{text}}", "--function", "ai_filter"],
-        )
+        .score(&input, &f.path("x.parquet"), &["--function", "ai_filter"])
         .await;
     assert_eq!(super::util::code(&o), 2, "{}", stderr(&o));
 }
