@@ -374,6 +374,9 @@ impl Plan {
                 )));
             }
         }
+        let simulator = s
+            .sim
+            .over(s.simulator.unwrap_or_default(), target == Target::Simulator)?;
         Ok(Plan {
             input,
             output,
@@ -417,7 +420,7 @@ impl Plan {
             warmup: !s.no_warmup,
             stream: s.stream,
             restart,
-            simulator: s.simulator.unwrap_or_default(),
+            simulator,
             ca_cert: s.ca_cert,
             mode,
             batch,

@@ -251,6 +251,11 @@ pub struct JobSettings {
     #[serde(default)]
     pub simulator: Option<SimulatorSettings>,
 
+    /// The simulator's timing as flags, over the `[simulator]` table.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub sim: SimFlags,
+
     /// Also trust the certificate authorities in this PEM file (a private
     /// CA in front of the endpoint); `SSL_CERT_FILE` works too.
     #[arg(long, value_name = "PATH")]
@@ -341,6 +346,58 @@ pub enum Mode {
     Online,
     /// Through the provider's Batch API (Files + Batches): cheaper, slower.
     Batch,
+}
+
+/// The built-in simulator's timing as flags, shared by `aiq run` and
+/// `aiq bench` (a job file's `[simulator]` table sets the same knobs).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SimFlags {
+    /// Simulator only: milliseconds before a non-streamed reply (and before
+    /// the first token when --sim-ttft-ms is 0).
+    #[arg(long, value_name = "MS")]
+    pub sim_latency_ms: Option<u64>,
+
+    /// Simulator only: milliseconds to the first streamed token.
+    #[arg(long, value_name = "MS")]
+    pub sim_ttft_ms: Option<u64>,
+
+    /// Simulator only: milliseconds between streamed tokens.
+    #[arg(long, value_name = "MS")]
+    pub sim_itl_ms: Option<f64>,
+
+    /// Simulator only: longest reply in tokens.
+    #[arg(long, value_name = "N")]
+    pub sim_output_tokens: Option<u64>,
+}
+
+impl SimFlags {
+    /// `base` with the knobs these flags set; an error when any is set
+    /// for an endpoint that is not the simulator, or a time is negative.
+    pub fn over(&self, base: SimulatorSettings, simulator: bool) -> Result<SimulatorSettings> {
+        let any = self.sim_latency_ms.is_some()
+            || self.sim_ttft_ms.is_some()
+            || self.sim_itl_ms.is_some()
+            || self.sim_output_tokens.is_some();
+        if any && !simulator {
+            return Err(Error::Config(
+                "--sim-* flags only apply with --endpoint simulator".into(),
+            ));
+        }
+        if let Some(itl) = self.sim_itl_ms {
+            if !(itl.is_finite() && itl >= 0.0) {
+                return Err(Error::Config(format!(
+                    "--sim-itl-ms must be a number >= 0, got {itl}"
+                )));
+            }
+        }
+        Ok(SimulatorSettings {
+            latency_ms: self.sim_latency_ms.or(base.latency_ms),
+            ttft_ms: self.sim_ttft_ms.or(base.ttft_ms),
+            itl_ms: self.sim_itl_ms.or(base.itl_ms),
+            output_tokens: self.sim_output_tokens.or(base.output_tokens),
+            ..base
+        })
+    }
 }
 
 /// Simulator knobs a job file may set, so the example job shows realistic

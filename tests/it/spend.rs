@@ -478,3 +478,58 @@ async fn a_dry_run_over_budget_says_how_many_rows_it_covers() {
     assert_ok(&o);
     assert!(!String::from_utf8_lossy(&o.stdout).contains("covers"));
 }
+
+/// `aiq run` sets the built-in simulator's latency from flags, as `aiq
+/// bench` does (issue 27.9): a dry run's time counts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_sets_the_simulators_latency_from_flags() {
+    let f = Fixture::new(SimConfig::default()).await;
+    let input = f.write_jsonl("in.jsonl", &rows(40, 0));
+    let out = f.path("out.parquet");
+    let url = f.openai_url();
+    let args = |endpoint: &str, extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["run", "-q", "--input", input.to_str().unwrap(), "--output"];
+        args.extend([
+            out.to_str().unwrap(),
+            "--prompt",
+            "{{text}}",
+            "--endpoint",
+            endpoint,
+        ]);
+        args.extend([
+            "--model",
+            "m",
+            "--concurrency",
+            "4",
+            "--sim-latency-ms",
+            "500",
+        ]);
+        args.extend(extra);
+        args.into_iter().map(String::from).collect()
+    };
+    let dry = args("simulator", &["--dry-run", "--json"]);
+    let e = stdout_json(
+        &f.aiq(&dry.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+            .await,
+    );
+    // 40 requests, 4 at a time, half a second each.
+    assert_eq!(e["est_secs"].as_f64(), Some(5.0), "{e}");
+    assert_eq!(
+        e["bound_by"],
+        json!("--concurrency 4 at the simulator's latency")
+    );
+
+    let real = args(&url, &[]);
+    let o = f
+        .aiq(
+            &real.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[("OPENAI_API_KEY", TOKEN)],
+        )
+        .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--endpoint simulator"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::ai::tokens::BYTES_PER_TOKEN;
 use crate::error::{Error, Result};
-use crate::job::settings::{parse_param, SimulatorSettings};
+use crate::job::settings::{parse_param, SimFlags, SimulatorSettings};
 use crate::pipeline::client::Client;
 use crate::pipeline::render::{BodyBuilder, BodySpec, Templates};
 use crate::pipeline::source::Source;
@@ -173,22 +173,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_stream: bool,
 
-    /// Simulator only: milliseconds before a non-streamed reply (and before
-    /// the first token when --sim-ttft-ms is 0).
-    #[arg(long, value_name = "MS")]
-    pub sim_latency_ms: Option<u64>,
-
-    /// Simulator only: milliseconds to the first streamed token.
-    #[arg(long, value_name = "MS")]
-    pub sim_ttft_ms: Option<u64>,
-
-    /// Simulator only: milliseconds between streamed tokens.
-    #[arg(long, value_name = "MS")]
-    pub sim_itl_ms: Option<f64>,
-
-    /// Simulator only: longest reply in tokens.
-    #[arg(long, value_name = "N")]
-    pub sim_output_tokens: Option<u64>,
+    #[command(flatten)]
+    pub sim: SimFlags,
 }
 
 /// `BenchArgs`, checked: everything a run needs, nothing left to fail on
@@ -273,31 +259,9 @@ impl BenchPlan {
                 )));
             }
         }
-        let simulator = SimulatorSettings {
-            latency_ms: args.sim_latency_ms,
-            ttft_ms: args.sim_ttft_ms,
-            itl_ms: args.sim_itl_ms,
-            output_tokens: args.sim_output_tokens,
-            ..SimulatorSettings::default()
-        };
-        let sim_flags = [
-            simulator.latency_ms.is_some(),
-            simulator.ttft_ms.is_some(),
-            simulator.itl_ms.is_some(),
-            simulator.output_tokens.is_some(),
-        ];
-        if target != Target::Simulator && sim_flags.iter().any(|s| *s) {
-            return Err(Error::Config(
-                "--sim-* flags only apply with --endpoint simulator".into(),
-            ));
-        }
-        if let Some(itl) = simulator.itl_ms {
-            if !(itl.is_finite() && itl >= 0.0) {
-                return Err(Error::Config(format!(
-                    "--sim-itl-ms must be a number >= 0, got {itl}"
-                )));
-            }
-        }
+        let simulator = args
+            .sim
+            .over(SimulatorSettings::default(), target == Target::Simulator)?;
         for path in [&args.json, &args.records, &args.plot]
             .into_iter()
             .flatten()
