@@ -11,7 +11,7 @@ use aiq::simulator::{RateHeaders, RetryAfterHint, SimConfig, CLIENT_ID, CLIENT_S
 use serde_json::json;
 
 use super::util::{
-    code, read_rows, spawn_until_journaled, stderr, Fixture, DATABRICKS_OAUTH, TOKEN,
+    code, read_rows, run_io, spawn_until_journaled, stderr, Fixture, DATABRICKS_OAUTH, TOKEN,
 };
 
 /// A Databricks personal access token the simulator does not take.
@@ -72,18 +72,8 @@ async fn run_rows(
     envs: &[(&str, &str)],
 ) -> Output {
     let out = f.path("out.parquet");
-    let mut args = vec![
-        "run",
-        "-v",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--endpoint",
-        endpoint,
-        "--prompt",
-        "{{text}}",
-    ];
+    let mut args = run_io(input, &out, endpoint);
+    args.extend(["-v", "--prompt", "{{text}}"]);
     args.extend_from_slice(extra);
     f.aiq(&args, envs).await
 }
@@ -380,21 +370,9 @@ async fn an_interrupted_job_says_how_many_requests_it_sent() {
     .await;
     let input = f.write_jsonl("in.jsonl", &super::util::rows(400, 0));
     let out = f.path("out.parquet");
-    let args = [
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--endpoint",
-        &f.openai_url(),
-        "--model",
-        "m",
-        "--prompt",
-        "{{text}}",
-        "--concurrency",
-        "4",
-    ];
+    let url = f.openai_url();
+    let mut args = run_io(&input, &out, &url);
+    args.extend(["--model", "m", "--prompt", "{{text}}", "--concurrency", "4"]);
     let mut cmd = f.command(&args, &[("OPENAI_API_KEY", TOKEN)]);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let journal = f.path("out.parquet.aiq/journal.jsonl");

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use aiq::simulator::SimConfig;
 use serde_json::{json, Value};
 
-use super::util::{assert_ok, code, read_rows, stderr, Fixture};
+use super::util::{assert_ok, code, read_rows, run_io, stderr, Fixture};
 
 const KEY: &str = "sk-llama-test-4d2e";
 
@@ -71,22 +71,16 @@ async fn run(f: &Fixture, rows: &[Value], key: &str, extra: &[&str]) -> std::pro
     let input = f.write_jsonl("in.jsonl", rows);
     let out = f.path("out.parquet");
     let url = format!("{}/v1", server());
-    let mut args = vec![
-        "run",
+    let mut args = run_io(&input, &out, &url);
+    args.extend([
         "-q",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--endpoint",
-        &url,
         "--model",
         "smollm2",
         "--backoff-ms",
         "1",
         "--max-retries",
         "2",
-    ];
+    ]);
     args.extend_from_slice(extra);
     f.aiq(&args, &[("OPENAI_API_KEY", key)]).await
 }

@@ -7,7 +7,7 @@
 use aiq::simulator::{Quirk, SimConfig};
 use serde_json::json;
 
-use super::util::{assert_ok, job, read_rows, rows, stderr, Fixture, TOKEN};
+use super::util::{assert_ok, job, read_rows, rows, run_io, stderr, Fixture, TOKEN};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replies_that_differ_harmlessly_keep_their_answers() {
@@ -28,19 +28,8 @@ async fn replies_that_differ_harmlessly_keep_their_answers() {
         let input = f.write_jsonl("in.jsonl", &rows(5, 0));
         let out = f.path("out.parquet");
         let url = f.openai_url();
-        let args = [
-            "run",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--endpoint",
-            &url,
-            "--model",
-            "m",
-            "--prompt",
-            "{{text}}",
-        ];
+        let mut args = run_io(&input, &out, &url);
+        args.extend(["--model", "m", "--prompt", "{{text}}"]);
         let o = f.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await;
         assert_ok(&o);
         let (_, got) = read_rows(&out);

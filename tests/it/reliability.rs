@@ -340,27 +340,17 @@ async fn deleting_the_state_folder_stops_at_once_and_keeps_the_answers() {
 async fn wrong_token_stops_within_a_handful_of_requests() {
     let (f, input, out) = job(SimConfig::default(), 500, 0).await;
     let url = f.openai_url();
-    let o = f
-        .aiq(
-            &[
-                "run",
-                "-q",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--endpoint",
-                &url,
-                "--model",
-                "m",
-                "--prompt",
-                "{{text}}",
-                "--concurrency",
-                "4",
-            ],
-            &[("OPENAI_API_KEY", "sk-wrong-key")],
-        )
-        .await;
+    let mut args = run_io(&input, &out, &url);
+    args.extend([
+        "-q",
+        "--model",
+        "m",
+        "--prompt",
+        "{{text}}",
+        "--concurrency",
+        "4",
+    ]);
+    let o = f.aiq(&args, &[("OPENAI_API_KEY", "sk-wrong-key")]).await;
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("401") && err.contains("refused"), "{err}");
@@ -540,22 +530,16 @@ async fn tokens_never_reach_logs_output_or_journal() {
     let input = f.write_jsonl("in.jsonl", &input_rows);
     let out = f.path("out.parquet");
     let url = f.openai_url();
-    let base = [
-        "run",
+    let mut base = run_io(&input, &out, &url);
+    base.extend([
         "-vv",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--endpoint",
-        &url,
         "--model",
         "m",
         "--prompt",
         "{{text}}",
         "--concurrency",
         "1",
-    ];
+    ]);
     let mut outputs = Vec::new();
     // A failing job leaves its journal: it must not hold the token either.
     let mut failing = base.to_vec();

@@ -152,17 +152,10 @@ async fn databricks_profile_from_databrickscfg() {
     let o = f
         .aiq(
             &[
-                "run",
-                "-q",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--endpoint",
-                "llm",
-                "--prompt",
-                "{{text}}",
-            ],
+                &run_io(&input, &out, "llm")[..],
+                &["-q", "--prompt", "{{text}}"],
+            ]
+            .concat(),
             &[("DATABRICKS_CONFIG_PROFILE", "sim")],
         )
         .await;

@@ -27,15 +27,9 @@ fn status_file(f: &Fixture, output: &str) -> Value {
 async fn dry_run_sends_nothing_and_estimates_what_the_simulator_bills() {
     let (f, input, out) = job(SimConfig::default(), 120, 10).await;
     let url = f.openai_url();
-    let args = [
-        "run",
+    let mut args = run_io(&input, &out, &url);
+    args.extend([
         "-q",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--endpoint",
-        &url,
         "--model",
         "sim-model",
         "--system",
@@ -50,7 +44,7 @@ async fn dry_run_sends_nothing_and_estimates_what_the_simulator_bills() {
         "15",
         "--rpm",
         "600",
-    ];
+    ]);
     // No API key in the environment: a dry run needs no credentials.
     let mut dry = args.to_vec();
     dry.extend(["--dry-run", "--json"]);

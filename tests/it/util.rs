@@ -107,13 +107,10 @@ impl Fixture {
     /// simulator's OpenAI route, prompt `{{text}}`: add flags, then run
     /// them with the key ([`TOKEN`] as `OPENAI_API_KEY`).
     pub fn run_args(&self, input: &Path, output: &Path) -> Vec<String> {
-        let mut args: Vec<String> = ["run", "-q", "--input"].map(String::from).to_vec();
-        args.push(input.display().to_string());
-        args.push("--output".into());
-        args.push(output.display().to_string());
-        args.extend(["--endpoint".into(), self.openai_url()]);
-        args.extend(["--model", "m", "--prompt", "{{text}}"].map(String::from));
-        args
+        let url = self.openai_url();
+        let mut args = run_io(input, output, &url);
+        args.extend(["-q", "--model", "m", "--prompt", "{{text}}"]);
+        args.into_iter().map(String::from).collect()
     }
 
     /// [`Fixture::run_openai`] with the prompt `{{text}}` ([`PROMPT_TEXT`])
@@ -179,20 +176,8 @@ impl Fixture {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Command {
-        let mut args = vec![
-            "run",
-            "-q",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--endpoint",
-            endpoint,
-            "--model",
-            "sim-model",
-            "--backoff-ms",
-            "1",
-        ];
+        let mut args = run_io(input, output, endpoint);
+        args.extend(["-q", "--model", "sim-model", "--backoff-ms", "1"]);
         args.extend_from_slice(extra);
         let mut all_envs = vec![("OPENAI_API_KEY", TOKEN)];
         all_envs.extend_from_slice(envs);
@@ -235,20 +220,20 @@ impl Fixture {
         envs: &[(&str, &str)],
     ) -> Output {
         let host = self.sim.base_url();
-        let mut args = vec![
-            "run",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--endpoint",
-            endpoint_name,
-        ];
+        let mut args = run_io(input, output, endpoint_name);
         args.extend_from_slice(extra);
         let mut all_envs = vec![("DATABRICKS_HOST", host.as_str())];
         all_envs.extend_from_slice(envs);
         self.aiq(&args, &all_envs).await
     }
+}
+
+/// `run --input INPUT --output OUTPUT --endpoint ENDPOINT`: the start of
+/// every `aiq run` command line here; the caller adds the rest.
+pub fn run_io<'a>(input: &'a Path, output: &'a Path, endpoint: &'a str) -> Vec<&'a str> {
+    let utf8 = |p: &'a Path| p.to_str().expect("a UTF-8 temp path");
+    let io = ["--input", utf8(input), "--output", utf8(output)];
+    [&["run"][..], &io, &["--endpoint", endpoint]].concat()
 }
 
 /// Owned arguments as the `&str`s a command takes.
