@@ -143,12 +143,10 @@ async fn failed_lines_are_resubmitted_alone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_that_keep_failing_get_the_providers_message() {
-    let f = Fixture::new(SimConfig::default()).await;
     let mut input = rows(6, 0);
     input[1]["text"] = json!("always [[sim:500]] here");
     input[2]["text"] = json!("bad [[sim:400]] request");
-    let path = f.write_jsonl("in.jsonl", &input);
-    let out = f.path("out.parquet");
+    let (f, path, out) = job_of(SimConfig::default(), &input).await;
     let o = run_batch(&f, &path, &out, &["--max-retries", "2"]).await;
     assert_ok(&o);
     let (_, got) = read_rows(&out);

@@ -6,6 +6,15 @@ use serde_json::{json, Value};
 
 use super::util::*;
 
+/// The prompt of every test here: per-row instructions as the system
+/// prompt (the prefix the scheduler groups by), then the ticket.
+const TICKET: [&str; 4] = [
+    "--system",
+    "{{instructions}}",
+    "--prompt",
+    "Ticket: {{text}}",
+];
+
 /// `n` rows over `prefixes` distinct ~1,500-token instructions, shuffled.
 pub fn prefixed_rows(n: usize, prefixes: usize) -> Vec<Value> {
     let instructions: Vec<String> = (0..prefixes)
@@ -25,21 +34,12 @@ pub fn prefixed_rows(n: usize, prefixes: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_cold_request_per_prefix_then_every_row_reads_the_cache() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &prefixed_rows(400, 8));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &prefixed_rows(400, 8)).await;
     let o = f
         .run_openai(
             &input,
             &out,
-            &[
-                "--system",
-                "{{instructions}}",
-                "--prompt",
-                "Ticket: {{text}}",
-                "--concurrency",
-                "64",
-            ],
+            &[&TICKET[..], &["--concurrency", "64"]].concat(),
         )
         .await;
     assert_ok(&o);
@@ -69,26 +69,19 @@ async fn one_cold_request_per_prefix_then_every_row_reads_the_cache() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_warmup_concurrent_rows_miss_the_cache() {
-    let f = Fixture::new(SimConfig {
-        latency_ms: 300,
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job_of(
+        SimConfig {
+            latency_ms: 300,
+            ..SimConfig::default()
+        },
+        &prefixed_rows(200, 8),
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &prefixed_rows(200, 8));
-    let out = f.path("out.parquet");
     let o = f
         .run_openai(
             &input,
             &out,
-            &[
-                "--system",
-                "{{instructions}}",
-                "--prompt",
-                "Ticket: {{text}}",
-                "--concurrency",
-                "64",
-                "--no-warmup",
-            ],
+            &[&TICKET[..], &["--concurrency", "64", "--no-warmup"]].concat(),
         )
         .await;
     assert_ok(&o);
@@ -105,21 +98,9 @@ async fn without_warmup_concurrent_rows_miss_the_cache() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_endpoints_get_a_cache_control_breakpoint() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &prefixed_rows(40, 2));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &prefixed_rows(40, 2)).await;
     let o = f
-        .run_databricks(
-            &input,
-            &out,
-            "databricks-claude-sonnet-4",
-            &[
-                "--system",
-                "{{instructions}}",
-                "--prompt",
-                "Ticket: {{text}}",
-            ],
-        )
+        .run_databricks(&input, &out, "databricks-claude-sonnet-4", &TICKET)
         .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
@@ -133,21 +114,9 @@ async fn claude_endpoints_get_a_cache_control_breakpoint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_shows_the_prefix_and_sends_nothing() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &prefixed_rows(10, 2));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &prefixed_rows(10, 2)).await;
     let o = f
-        .run_openai(
-            &input,
-            &out,
-            &[
-                "--system",
-                "{{instructions}}",
-                "--prompt",
-                "Ticket: {{text}}",
-                "--explain",
-            ],
-        )
+        .run_openai(&input, &out, &[&TICKET[..], &["--explain"]].concat())
         .await;
     assert_ok(&o);
     let text = String::from_utf8_lossy(&o.stdout);

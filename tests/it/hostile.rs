@@ -11,7 +11,7 @@ use aiq::simulator::{RateHeaders, RetryAfterHint, SimConfig, CLIENT_ID, CLIENT_S
 use serde_json::json;
 
 use super::util::{
-    code, read_rows, run_io, spawn_until_journaled, stderr, Fixture, DATABRICKS_OAUTH, TOKEN,
+    code, job, read_rows, run_io, spawn_until_journaled, stderr, Fixture, DATABRICKS_OAUTH, TOKEN,
 };
 
 /// A Databricks personal access token the simulator does not take.
@@ -363,13 +363,15 @@ async fn a_job_stopped_early_says_how_many_requests_it_sent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_job_says_how_many_requests_it_sent() {
-    let f = Fixture::new(SimConfig {
-        latency_ms: 20,
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job(
+        SimConfig {
+            latency_ms: 20,
+            ..SimConfig::default()
+        },
+        400,
+        0,
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &super::util::rows(400, 0));
-    let out = f.path("out.parquet");
     let url = f.openai_url();
     let mut args = run_io(&input, &out, &url);
     args.extend(["--model", "m", "--prompt", "{{text}}", "--concurrency", "4"]);

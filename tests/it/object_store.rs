@@ -223,12 +223,6 @@ fn aiq_cmd(home: &Path, args: &[&str], envs: &[(&str, String)]) -> Command {
     cmd
 }
 
-async fn output(mut cmd: Command) -> std::process::Output {
-    tokio::task::spawn_blocking(move || cmd.output().expect("aiq runs"))
-        .await
-        .unwrap()
-}
-
 fn run_args<'a>(url: &'a str, input: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
         "run",
@@ -378,22 +372,26 @@ async fn sql_over_s3_tables() {
     put_object(moto, &bucket, "t/more.jsonl", jsonl_bytes(7)).await;
     let url = f.openai_url();
     let table = format!("reviews=s3://{bucket}/t/reviews.parquet");
+    // `aiq sql -q QUERY --table TABLE` through moto and the simulator.
+    let sql = |query: &str, table: &str| {
+        let args = [
+            "sql",
+            "-q",
+            query,
+            "--table",
+            table,
+            "--model",
+            "m",
+            "--endpoint",
+            &url,
+        ];
+        output(aiq_cmd(&f.path("home"), &args, &s3_env(moto)))
+    };
     let query = format!(
         "SELECT count(*) AS n, max(r.id) AS top, (SELECT count(*) FROM 's3://{bucket}/t/more.jsonl') AS m \
          FROM reviews r"
     );
-    let args = [
-        "sql",
-        "-q",
-        &query,
-        "--table",
-        &table,
-        "--model",
-        "m",
-        "--endpoint",
-        &url,
-    ];
-    let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
+    let o = sql(&query, &table).await;
     assert_ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -405,35 +403,13 @@ async fn sql_over_s3_tables() {
     let query = format!(
         "SELECT id, ai_query('{url}', text) AS answer FROM reviews WHERE id < 3 ORDER BY id"
     );
-    let args = [
-        "sql",
-        "-q",
-        &query,
-        "--table",
-        &table,
-        "--model",
-        "m",
-        "--endpoint",
-        &url,
-    ];
-    let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
+    let o = sql(&query, &table).await;
     assert_ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("echo: row-2 text"), "{stdout}");
 
     let missing = format!("reviews=s3://{bucket}/t/nope.parquet");
-    let args = [
-        "sql",
-        "-q",
-        "SELECT * FROM reviews",
-        "--table",
-        &missing,
-        "--model",
-        "m",
-        "--endpoint",
-        &url,
-    ];
-    let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
+    let o = sql("SELECT * FROM reviews", &missing).await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(
         stderr(&o).contains(&format!("s3://{bucket}/t/nope.parquet")),

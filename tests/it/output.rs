@@ -170,10 +170,8 @@ async fn a_killed_writer_leaves_no_lock_and_no_temporary_file_in_the_way() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finished_job_run_again_sends_nothing_unless_told() {
-    let f = Fixture::new(SimConfig::default()).await;
     let n = 30;
-    let input = f.write_jsonl("in.jsonl", &rows(n, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), n, 0).await;
     assert_ok(&run(&f, &input, &out, &[]).await);
     let sent = f.sim.stats().requests;
     assert_eq!(sent, n as u64);
@@ -221,11 +219,9 @@ async fn a_finished_job_run_again_sends_nothing_unless_told() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_file_ends_failed_with_the_reason() {
     // A row error under --fail-on-error: exit 1.
-    let f = Fixture::new(SimConfig::default()).await;
     let mut input_rows = rows(20, 0);
     input_rows[3]["text"] = json!("[[sim:400]] bad");
-    let input = f.write_jsonl("in.jsonl", &input_rows);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
     let o = run(&f, &input, &out, &["--fail-on-error", "--concurrency", "1"]).await;
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     let s = status(&out);

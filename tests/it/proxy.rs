@@ -10,7 +10,7 @@ use aiq::simulator::SimConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::util::{assert_ok, read_rows, rows, Fixture};
+use super::util::{assert_ok, job_of, read_rows, rows, Fixture, PROMPT_TEXT};
 
 /// What the proxy saw on a connection: its first request line and its
 /// Proxy-Authorization header.
@@ -175,16 +175,17 @@ async fn no_proxy_goes_around_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proxys_password_quoted_back_is_redacted() {
     // The simulator quotes the headers it got, the proxy's included.
-    let f = Fixture::new(SimConfig {
-        echo_headers: true,
-        ..SimConfig::default()
-    })
-    .await;
     let proxy = Proxy::start().await;
-    let input = f.write_jsonl("in.jsonl", &[serde_json::json!({"text": "[[sim:400]]"})]);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(
+        SimConfig {
+            echo_headers: true,
+            ..SimConfig::default()
+        },
+        &[serde_json::json!({"text": "[[sim:400]]"})],
+    )
+    .await;
     let o = f
-        .score_env(&input, &out, &[], &[("HTTP_PROXY", &proxy.url)])
+        .run_openai_env(&input, &out, &PROMPT_TEXT, &[("HTTP_PROXY", &proxy.url)])
         .await;
     assert_ok(&o);
     let (_, got) = read_rows(&out);

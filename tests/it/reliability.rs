@@ -75,11 +75,9 @@ async fn every_row_right_through_forty_percent_faults() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_run_out_into_a_row_error() {
-    let f = Fixture::new(SimConfig::default()).await;
     let mut input_rows = rows(20, 0);
     input_rows[5]["text"] = json!("[[sim:500]] always fails");
-    let input = f.write_jsonl("in.jsonl", &input_rows);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
     let o = f.score(&input, &out, &["--max-retries", "3"]).await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
@@ -250,12 +248,10 @@ async fn same_size_and_mtime_but_other_rows_resends_only_the_changed_ones() {
 /// edited rows and the rows never sent, and pays for no row twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn fixing_a_bad_line_keeps_every_other_paid_answer() {
-    let f = Fixture::new(SimConfig::default()).await;
     let n = 30;
     let mut input_rows = rows(n, 0);
     input_rows[10]["text"] = json!("[[sim:400]] stop here");
-    let input = f.write_jsonl("in.jsonl", &input_rows);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
     let args = [
         "--prompt",
         "{{text}}",
@@ -393,12 +389,10 @@ async fn unknown_databricks_endpoint_stops_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_of_failures_stops_the_job() {
-    let f = Fixture::new(SimConfig::default()).await;
     let all_bad: Vec<_> = (0..300)
         .map(|i| json!({"id": i, "text": format!("[[sim:400]] {i}")}))
         .collect();
-    let input = f.write_jsonl("in.jsonl", &all_bad);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &all_bad).await;
     let o = f.score(&input, &out, &["--concurrency", "4"]).await;
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("failed in a row"), "{}", stderr(&o));
@@ -429,11 +423,9 @@ async fn a_resume_after_an_early_stop_sends_the_outage_rows_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_job_refuses_to_resume_and_restart_discards() {
-    let f = Fixture::new(SimConfig::default()).await;
     let mut input_rows = rows(30, 0);
     input_rows[10]["text"] = json!("[[sim:400]] stop here");
-    let input = f.write_jsonl("in.jsonl", &input_rows);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
     let o = f
         .score(&input, &out, &["--fail-on-error", "--concurrency", "1"])
         .await;
@@ -524,11 +516,9 @@ async fn interrupt_flushes_and_says_how_to_resume() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_never_reach_logs_output_or_journal() {
-    let f = Fixture::new(SimConfig::default()).await;
     let mut input_rows = rows(20, 0);
     input_rows[15]["text"] = json!("[[sim:400]] stop");
-    let input = f.write_jsonl("in.jsonl", &input_rows);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
     let url = f.openai_url();
     let mut base = run_io(&input, &out, &url);
     base.extend([

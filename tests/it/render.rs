@@ -92,9 +92,11 @@ async fn a_column_null_on_every_row_is_not_sent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_empty_prompt_is_not_sent_unless_asked() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &lines(&["one", "", "  \n\t ", "four"]));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(
+        SimConfig::default(),
+        &lines(&["one", "", "  \n\t ", "four"]),
+    )
+    .await;
     let o = f.score(&input, &out, &[]).await;
     assert_ok(&o);
     assert_not_sent(&out, &[1, 2], Some("empty"));
@@ -136,11 +138,9 @@ async fn template_mistakes_stop_the_job_before_any_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_the_template_fails_on_count_toward_the_early_stop() {
-    let f = Fixture::new(SimConfig::default()).await;
     // Every row divides by zero: only the data says so.
     let lines: Vec<Value> = (0..2000).map(|i| json!({"id": i, "n": 0})).collect();
-    let input = f.write_jsonl("in.jsonl", &lines);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &lines).await;
     let o = f
         .run_openai(
             &input,
@@ -166,9 +166,7 @@ const RUNAWAY: &str =
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runaway_template_fails_its_row() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &lines(&["a", "loop", "b"]));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &lines(&["a", "loop", "b"])).await;
     let o = f.run_openai(&input, &out, &["--prompt", RUNAWAY]).await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
@@ -181,13 +179,11 @@ async fn a_runaway_template_fails_its_row() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_a_job_that_is_rendering() {
-    let f = Fixture::new(SimConfig::default()).await;
     // Answered rows between runaway ones: no early stop, only the signal ends it.
     let lines: Vec<Value> = (0..400)
         .map(|i| json!({"id": i, "text": if i % 2 == 0 { "fine" } else { "loop" }}))
         .collect();
-    let input = f.write_jsonl("in.jsonl", &lines);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &lines).await;
     let mut cmd = f.openai_command(&input, &out, &["--prompt", RUNAWAY, "--batch-rows", "1"]);
     cmd.stderr(Stdio::piped());
     let journal = f.path("out.parquet.aiq/journal.jsonl");

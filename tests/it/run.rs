@@ -209,11 +209,9 @@ async fn completions_task() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embeddings_task_gives_float_lists_batched() {
-    let f = Fixture::new(SimConfig::default()).await;
     let mut input_rows = rows(25, 0);
     input_rows[3]["text"] = input_rows[0]["text"].clone(); // equal texts, equal vectors
-    let input = f.write_jsonl("in.jsonl", &input_rows);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
     let o = f
         .run_openai(
             &input,
@@ -413,11 +411,9 @@ async fn missing_and_corrupt_inputs_are_usage_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_row_gets_its_error_and_fail_on_error_fails_the_job() {
-    let f = Fixture::new(SimConfig::default()).await;
     let mut input_rows = rows(30, 0);
     input_rows[4]["text"] = json!("[[sim:400]] malformed");
-    let input = f.write_jsonl("in.jsonl", &input_rows);
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
     let o = f.score(&input, &out, &[]).await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);

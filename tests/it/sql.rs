@@ -406,15 +406,17 @@ async fn only_read_queries_run_and_only_output_is_written() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_query_resumes_without_paying_twice() {
-    let f = Fixture::new(SimConfig {
-        latency_ms: 15,
-        ..SimConfig::default()
-    })
-    .await;
     let n = 300;
     let concurrency = 4;
-    let input = f.write_jsonl("in.jsonl", &rows(n, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(
+        SimConfig {
+            latency_ms: 15,
+            ..SimConfig::default()
+        },
+        n,
+        0,
+    )
+    .await;
     let url = f.openai_url();
     let query = format!(
         "SELECT id, text, ai_query('{url}', text) AS answer FROM '{}'",

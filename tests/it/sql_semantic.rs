@@ -10,7 +10,7 @@ use aiq::simulator::SimConfig;
 use serde_json::{json, Value};
 
 use super::util::{
-    aiq_bin, assert_ok, job, read_rows, rows, spawn_until_journaled, stderr, Fixture, TOKEN,
+    aiq_bin, assert_ok, job, job_of, read_rows, rows, spawn_until_journaled, stderr, Fixture, TOKEN,
 };
 
 /// `aiq sql -q QUERY --endpoint <sim> ARGS...`, table `t` = `input`.
@@ -124,9 +124,7 @@ async fn ai_filter_in_a_join_asks_each_pair_and_dry_run_says_cross_product() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ai_agg_answers_groups_that_fit_in_one_call_each() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &grouped(30, 3));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job_of(SimConfig::default(), &grouped(30, 3)).await;
     let o = sql(
         &f,
         &input,
@@ -269,13 +267,14 @@ async fn dry_run_counts_rows_reaching_each_function() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_aggregate_resumes_from_the_journal() {
-    let f = Fixture::new(SimConfig {
-        latency_ms: 40,
-        ..SimConfig::default()
-    })
+    let (f, input, out) = job_of(
+        SimConfig {
+            latency_ms: 40,
+            ..SimConfig::default()
+        },
+        &grouped(200, 1),
+    )
     .await;
-    let input = f.write_jsonl("in.jsonl", &grouped(200, 1));
-    let out = f.path("out.parquet");
     // The call journal is a folder of per-process files.
     let journal = out.with_file_name("out.parquet.aiq-sql");
     let url = f.openai_url();

@@ -116,19 +116,8 @@ impl Fixture {
     /// [`Fixture::run_openai`] with the prompt `{{text}}` ([`PROMPT_TEXT`])
     /// and then `extra`: what most jobs in these tests run.
     pub async fn score(&self, input: &Path, output: &Path, extra: &[&str]) -> Output {
-        self.score_env(input, output, extra, &[]).await
-    }
-
-    /// [`Fixture::score`] with more environment variables.
-    pub async fn score_env(
-        &self,
-        input: &Path,
-        output: &Path,
-        extra: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Output {
         let args = [&PROMPT_TEXT[..], extra].concat();
-        self.run_openai_env(input, output, &args, envs).await
+        self.run_openai(input, output, &args).await
     }
 
     /// `aiq run` against the simulator's OpenAI route with the right key.
@@ -259,8 +248,13 @@ pub const PROMPT_TEXT: [&str; 2] = ["--prompt", "{{text}}"];
 /// (`in.jsonl`, every `null_every`th text null) and the path `out.parquet`
 /// to score them into: the start of most tests.
 pub async fn job(cfg: SimConfig, n: usize, null_every: usize) -> (Fixture, PathBuf, PathBuf) {
+    job_of(cfg, &rows(n, null_every)).await
+}
+
+/// [`job`] with the input rows `input`.
+pub async fn job_of(cfg: SimConfig, input: &[Value]) -> (Fixture, PathBuf, PathBuf) {
     let f = Fixture::new(cfg).await;
-    let input = f.write_jsonl("in.jsonl", &rows(n, null_every));
+    let input = f.write_jsonl("in.jsonl", input);
     let out = f.path("out.parquet");
     (f, input, out)
 }
