@@ -307,7 +307,7 @@ fn structured(req: &ChatRequest, prompt: &str, last_user: &str) -> Result<Option
     if bad {
         let doc = match format.pointer("/json_schema/schema") {
             Some(schema) => {
-                let mut doc = schema::generate(schema, prompt, last_user);
+                let mut doc = schema::generate(schema, prompt);
                 schema::break_first_leaf(&mut doc);
                 doc
             }
@@ -320,9 +320,7 @@ fn structured(req: &ChatRequest, prompt: &str, last_user: &str) -> Result<Option
             let schema = format
                 .pointer("/json_schema/schema")
                 .ok_or("response_format json_schema needs `json_schema.schema`")?;
-            Ok(Some(
-                schema::generate(schema, prompt, last_user).to_string(),
-            ))
+            Ok(Some(schema::generate(schema, prompt).to_string()))
         }
         Some("json_object") => Ok(Some(
             json!({"result": format!("echo: {last_user}")}).to_string(),
@@ -369,7 +367,7 @@ fn tool_call(req: &ChatRequest, prompt: &str, last_user: &str) -> Result<Option<
         .pointer("/function/parameters")
         .cloned()
         .unwrap_or_else(|| json!({"type": "object"}));
-    let args = schema::generate(&params, prompt, last_user);
+    let args = schema::generate(&params, prompt);
     let id = format!("call_{}", &blake3::hash(prompt.as_bytes()).to_hex()[..24]);
     Ok(Some(json!([{
         "id": id,

@@ -5,8 +5,9 @@
 //! Every choice (enum value, number, date) comes from a blake3 hash of the
 //! prompt chained with the path inside the document, so the same prompt
 //! always gets the same document and different rows get different ones.
-//! Plain strings carry the tail of the row's last user text so a test can
-//! see which row a value belongs to. Supported: `type` (also as a list),
+//! Answers look like a model's: a plain string is a short word, a number
+//! is small (0..=99 unless its bounds say otherwise), an enum gives one of
+//! its labels. Supported: `type` (also as a list),
 //! `properties`, `additionalProperties`, `items`, `enum`, `const`, `$ref`
 //! into `$defs`/`definitions`, `anyOf`/`oneOf` (first non-null branch),
 //! `allOf` (merged), string `format` date/date-time/time/email/uuid/uri,
@@ -16,22 +17,20 @@ use serde_json::{json, Map, Value};
 
 /// Deeper than this (recursive `$ref`s) the generator answers `null`.
 const MAX_DEPTH: u32 = 24;
-/// Characters of the user text that plain strings carry.
-const TAIL_CHARS: usize = 24;
+/// What a plain string answer is: a short word, as a model answering
+/// `sentiment: STRING` would give, picked by the row's hash.
+const WORDS: [&str; 16] = [
+    "positive", "negative", "neutral", "mixed", "good", "poor", "late", "broken", "fast", "slow",
+    "cheap", "pricey", "billing", "shipping", "quality", "other",
+];
+/// Widest range of a generated number: answers stay small (0..=99 when the
+/// bounds allow) even when only the type's range bounds them (INT is
+/// -2^31..2^31-1 in the schema).
+const SPAN: i128 = 99;
 
-/// A value conforming to `schema`, derived from `seed` (the prompt) and
-/// carrying `tail_of` (the last user text) in its strings.
-pub fn generate(schema: &Value, seed: &str, tail_of: &str) -> Value {
-    let tail: String = {
-        let t = tail_of.trim();
-        let n = t.chars().count();
-        t.chars()
-            .skip(n.saturating_sub(TAIL_CHARS))
-            .collect::<String>()
-            .trim()
-            .to_string()
-    };
-    let gen = Gen { root: schema, tail };
+/// A value conforming to `schema`, derived from `seed` (the prompt).
+pub fn generate(schema: &Value, seed: &str) -> Value {
+    let gen = Gen { root: schema };
     gen.value(schema, blake3::hash(seed.as_bytes()), 0)
 }
 
@@ -58,7 +57,6 @@ pub fn break_first_leaf(doc: &mut Value) -> bool {
 
 struct Gen<'a> {
     root: &'a Value,
-    tail: String,
 }
 
 /// A child seed: the parent's hash chained with a label (property name,
@@ -176,12 +174,7 @@ impl Gen<'_> {
     fn integer(&self, obj: &Map<String, Value>, seed: blake3::Hash) -> Value {
         let lo = bound(obj, "minimum", "exclusiveMinimum", 1.0).map(|v| v.ceil() as i128);
         let hi = bound(obj, "maximum", "exclusiveMaximum", -1.0).map(|v| v.floor() as i128);
-        let (lo, hi) = match (lo, hi) {
-            (Some(l), Some(h)) => (l, h.max(l)),
-            (Some(l), None) => (l, l + 99),
-            (None, Some(h)) => (h - 99, h),
-            (None, None) => (0, 99),
-        };
+        let (lo, hi) = small(lo.unwrap_or(i128::MIN), hi.unwrap_or(i128::MAX));
         let span = (hi - lo + 1) as u128;
         let v = lo + (number_of(seed) as u128 % span) as i128;
         json!(v as i64)
@@ -191,10 +184,16 @@ impl Gen<'_> {
         let lo = bound(obj, "minimum", "exclusiveMinimum", 0.0);
         let hi = bound(obj, "maximum", "exclusiveMaximum", 0.0);
         let (lo, hi) = match (lo, hi) {
-            (Some(l), Some(h)) => (l, h.max(l)),
-            (Some(l), None) => (l, l + 100.0),
-            (None, Some(h)) => (h - 100.0, h),
-            (None, None) => (0.0, 100.0),
+            // Bounds within a small span are the answer's range; wider ones
+            // (a type's whole range) get a window of 0..100 inside them.
+            (Some(l), Some(h)) if h - l <= 100.0 => (l, h.max(l)),
+            (l, h) => {
+                let l = l
+                    .unwrap_or(f64::MIN)
+                    .max(0.0)
+                    .min(h.unwrap_or(f64::MAX) - 100.0);
+                (l, l + 100.0)
+            }
         };
         // Strictly inside the range, so exclusive bounds hold too.
         let frac = (number_of(seed) % 9_998 + 1) as f64 / 10_000.0;
@@ -235,10 +234,21 @@ impl Gen<'_> {
                 &h[20..32]
             ),
             Some("uri") | Some("url") => format!("https://example.com/{}", &h[..8]),
-            _ if self.tail.is_empty() => format!("sim-{}", &h[..6]),
-            _ => format!("{} {}", self.tail, &h[..4]),
+            _ => WORDS[(n % WORDS.len() as u64) as usize].to_owned(),
         };
         fit_length(s, obj)
+    }
+}
+
+/// A window of at most [`SPAN`] + 1 integers inside `lo..=hi`: 0..=99
+/// when the bounds allow, else the end nearest zero.
+fn small(lo: i128, hi: i128) -> (i128, i128) {
+    let hi = hi.max(lo);
+    if hi < 0 {
+        ((hi - SPAN).max(lo), hi)
+    } else {
+        let start = lo.max(0);
+        (start, (start + SPAN).min(hi))
     }
 }
 
@@ -340,8 +350,8 @@ mod tests {
 
     #[test]
     fn conforms_and_is_deterministic() {
-        let v = generate(&schema(), "prompt one", "the user text one");
-        assert_eq!(v, generate(&schema(), "prompt one", "the user text one"));
+        let v = generate(&schema(), "prompt one");
+        assert_eq!(v, generate(&schema(), "prompt one"));
         assert!(["pos", "neg", "neutral"].contains(&v["label"].as_str().unwrap()));
         let when = v["when"].as_str().unwrap();
         assert_eq!(when.len(), 10);
@@ -349,7 +359,7 @@ mod tests {
         let at = v["at"].as_str().unwrap();
         assert!(at.ends_with('Z') && at.contains('T'), "{at}");
         assert_eq!(v["tags"].as_array().unwrap().len(), 2);
-        assert!(v["tags"][0].as_str().unwrap().contains("user text one"));
+        assert!(WORDS.contains(&v["tags"][0].as_str().unwrap()));
         let score = v["score"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&score));
         assert!((3..=5).contains(&v["count"].as_i64().unwrap()));
@@ -359,7 +369,33 @@ mod tests {
         assert_eq!(scores.len(), 2);
         assert!(scores.values().all(Value::is_i64));
         assert!(v["item"]["name"].is_string());
-        assert_ne!(v, generate(&schema(), "prompt two", "the user text two"));
+        assert_ne!(v, generate(&schema(), "prompt two"));
+    }
+
+    /// Issue 27.10: typed answers look like answers: a short word for a
+    /// string, a small integer even when only the type's range bounds it,
+    /// a label from an enum; the same for the same row.
+    #[test]
+    fn typed_answers_are_plausible_for_their_type() {
+        let s = json!({"type": "object", "properties": {
+            "sentiment": {"type": "string"},
+            "score": {"type": "integer", "minimum": -2147483648i64, "maximum": 2147483647i64},
+            "big": {"type": "integer", "minimum": -9223372036854775808i64},
+            "ratio": {"type": "number", "minimum": -3.4e38, "maximum": 3.4e38},
+            "label": {"enum": ["billing", "shipping"]}
+        }});
+        for row in 0..20 {
+            let prompt = format!("Rate: row-{row} says the product is fine");
+            let v = generate(&s, &prompt);
+            assert_eq!(v, generate(&s, &prompt), "deterministic");
+            let word = v["sentiment"].as_str().unwrap();
+            assert!(WORDS.contains(&word), "{v}");
+            for k in ["score", "big"] {
+                assert!((0..=99).contains(&v[k].as_i64().unwrap()), "{v}");
+            }
+            assert!((0.0..=100.0).contains(&v["ratio"].as_f64().unwrap()), "{v}");
+            assert!(["billing", "shipping"].contains(&v["label"].as_str().unwrap()));
+        }
     }
 
     #[test]
@@ -379,7 +415,7 @@ mod tests {
     #[test]
     fn recursive_refs_stop() {
         let s = json!({"$ref": "#/$defs/N", "$defs": {"N": {"type": "object", "properties": {"next": {"$ref": "#/$defs/N"}}}}});
-        let v = generate(&s, "p", "t");
+        let v = generate(&s, "p");
         assert!(v.is_object());
     }
 }

@@ -393,7 +393,11 @@ async fn json_schema_replies_conform() {
         "{date}"
     );
     assert_eq!(doc["topics"].as_array().unwrap().len(), 2);
-    assert!(doc["topics"][0].as_str().unwrap().contains("row 7"));
+    let topic = doc["topics"][0].as_str().unwrap();
+    assert!(
+        !topic.contains(' ') && topic.len() <= 10,
+        "a short word: {topic}"
+    );
     assert!(doc["confidence"].is_number());
     // Deterministic: the same prompt, the same document.
     let (_, _, again) = post(url.clone(), &body).await;

@@ -102,7 +102,7 @@ async fn every_return_type_round_trips_into_a_typed_column() {
                 assert!(
                     v["name"]
                         .as_str()
-                        .is_some_and(|s| s.contains("says the product is fine")),
+                        .is_some_and(|s| !s.is_empty() && !s.contains(' ')),
                     "{v}"
                 );
                 assert_eq!(v["tags"].as_array().map(Vec::len), Some(2), "{v}");
