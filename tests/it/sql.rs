@@ -2,14 +2,17 @@
 //! functions, SQL around AI calls, failOnError, and a killed query resumed.
 //! Every query runs the real binary against a simulator.
 
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
 
 use aiq::simulator::SimConfig;
+use arrow::datatypes::Schema;
 use serde_json::{json, Map, Value};
 
 use super::util::{
-    aiq_bin, assert_ok, code, job, line_count, read_rows, rows, spawn_until_journaled, stderr,
-    Fixture, TOKEN,
+    assert_ok, code, job, line_count, read_rows, rows, spawn_until_journaled, stderr, Fixture,
+    TOKEN,
 };
 
 /// `aiq sql QUERY ARGS...` against the fixture's simulator (OpenAI route).
@@ -17,6 +20,19 @@ async fn sql(f: &Fixture, query: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["sql", query, "--model", "m", "--max-retries", "2"];
     args.extend_from_slice(extra);
     f.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await
+}
+
+/// [`sql`] of `query` into `out` with `flags` (tables, endpoint), which
+/// must succeed: what it wrote.
+async fn sql_rows(
+    f: &Fixture,
+    query: &str,
+    flags: &[&str],
+    out: &Path,
+) -> (Arc<Schema>, Vec<Map<String, Value>>) {
+    let args = [flags, &["--output", out.to_str().unwrap()]].concat();
+    assert_ok(&sql(f, query, &args).await);
+    read_rows(out)
 }
 
 fn echo(text: &str) -> Value {
@@ -88,15 +104,11 @@ async fn ai_query_takes_each_argument_named_or_positional() {
             ai_query('{url}', text, 'BIGINT', true) AS positional
          FROM t"
     );
+    let table = format!("t={}", input.display());
     let o = sql(
         &f,
         &query,
-        &[
-            "--table",
-            &format!("t={}", input.display()),
-            "--output",
-            out.to_str().unwrap(),
-        ],
+        &["--table", &table, "--output", out.to_str().unwrap()],
     )
     .await;
     assert_ok(&o);
@@ -204,23 +216,19 @@ async fn where_join_and_group_by_around_ai_calls() {
             WHERE r.rating <= 2
          ) GROUP BY sentiment ORDER BY sentiment";
     let out = f.path("out.parquet");
-    let o = sql(
-        &f,
-        query,
-        &[
-            "--endpoint",
-            &url,
-            "--table",
-            &format!("reviews={}", r.display()),
-            "--table",
-            &format!("products={}", p.display()),
-            "--output",
-            out.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let tables = [
+        format!("reviews={}", r.display()),
+        format!("products={}", p.display()),
+    ];
+    let flags = [
+        "--endpoint",
+        &url,
+        "--table",
+        &tables[0],
+        "--table",
+        &tables[1],
+    ];
+    let (_, rows) = sql_rows(&f, query, &flags, &out).await;
     let total: i64 = rows.iter().map(|r| r["n"].as_i64().unwrap()).sum();
     let matching = reviews
         .iter()
@@ -422,23 +430,21 @@ async fn killed_query_resumes_without_paying_twice() {
         "SELECT id, text, ai_query('{url}', text) AS answer FROM '{}'",
         input.display()
     );
+    let concurrency_flag = concurrency.to_string();
+    let args = [
+        "sql",
+        "-q",
+        &query,
+        "--model",
+        "m",
+        "--concurrency",
+        &concurrency_flag,
+        "--output",
+        out.to_str().unwrap(),
+    ];
     let run = || {
-        let mut c = Command::new(aiq_bin());
-        c.args([
-            "sql",
-            "-q",
-            &query,
-            "--model",
-            "m",
-            "--concurrency",
-            &concurrency.to_string(),
-            "--output",
-        ])
-        .arg(&out)
-        .env_clear()
-        .env("OPENAI_API_KEY", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let mut c = f.command(&args, &[("OPENAI_API_KEY", TOKEN)]);
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
         c
     };
     // Wait (bounded, by progress, not by time) until a good part is journaled.
@@ -497,19 +503,8 @@ async fn tables_from_parquet_csv_and_a_sql_file() {
     )
     .unwrap();
     let out = f.path("out.parquet");
-    let o = sql(
-        &f,
-        query.to_str().unwrap(),
-        &[
-            "--table",
-            &format!("extra={}", csv.display()),
-            "--output",
-            out.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let table = format!("extra={}", csv.display());
+    let (_, rows) = sql_rows(&f, query.to_str().unwrap(), &["--table", &table], &out).await;
     assert_eq!(rows.len(), 3);
     for r in by_id(rows) {
         let id = r["id"].as_i64().unwrap();

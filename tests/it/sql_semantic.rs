@@ -4,13 +4,13 @@
 //! Every query runs the real binary against a simulator, whose request
 //! counts say what was sent.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use aiq::simulator::SimConfig;
 use serde_json::{json, Value};
 
 use super::util::{
-    aiq_bin, assert_ok, job, job_of, read_rows, rows, spawn_until_journaled, stderr, Fixture, TOKEN,
+    assert_ok, job, job_of, read_rows, rows, spawn_until_journaled, stderr, Fixture, TOKEN,
 };
 
 /// `aiq sql -q QUERY --endpoint <sim> ARGS...`, table `t` = `input`.
@@ -280,28 +280,25 @@ async fn killed_aggregate_resumes_from_the_journal() {
     let url = f.openai_url();
     let table = format!("t={}", input.display());
     let concurrency = 2u64;
+    let args = [
+        "sql",
+        "SELECT ai_agg(text, 'List the complaints') AS a FROM t",
+        "--endpoint",
+        &url,
+        "--model",
+        "m",
+        "--table",
+        &table,
+        "--context-tokens",
+        "600",
+        "--concurrency",
+        "2",
+        "--output",
+        out.to_str().unwrap(),
+    ];
     let run = || {
-        let mut c = Command::new(aiq_bin());
-        c.args([
-            "sql",
-            "SELECT ai_agg(text, 'List the complaints') AS a FROM t",
-            "--endpoint",
-            &url,
-            "--model",
-            "m",
-            "--table",
-            &table,
-            "--context-tokens",
-            "600",
-            "--concurrency",
-            "2",
-            "--output",
-        ])
-        .arg(&out)
-        .env_clear()
-        .env("OPENAI_API_KEY", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let mut c = f.command(&args, &[("OPENAI_API_KEY", TOKEN)]);
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
         c
     };
     let mut child = spawn_until_journaled(&mut run(), &journal, 4);
