@@ -152,7 +152,7 @@ def test_typo_in_a_column_is_a_config_error_before_any_request(reviews):
 def test_unknown_setting_is_a_config_error(reviews):
     with pytest.raises(aiq.ConfigError, match="concurency"):
         aiq.run(reviews, concurency=4, **SETTINGS)
-    with pytest.raises(aiq.ConfigError, match="return-type"):
+    with pytest.raises(aiq.ConfigError, match="return_type="):
         aiq.run(reviews, return_type="STRUNG", **SETTINGS)
 
 
