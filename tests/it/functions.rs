@@ -423,17 +423,10 @@ async fn ai_similarity_embeds_both_texts() {
     let path = f.write_jsonl("in.jsonl", &input);
     let out = f.path("out.parquet");
     let o = f
-        .run_openai(
+        .score(
             &path,
             &out,
-            &[
-                "--function",
-                "ai_similarity",
-                "--prompt",
-                "{{text}}",
-                "--prompt2",
-                "{{other}}",
-            ],
+            &["--function", "ai_similarity", "--prompt2", "{{other}}"],
         )
         .await;
     assert_ok(&o);
@@ -652,18 +645,7 @@ async fn images_from_base64_data_url_and_binary_columns() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("`frnt`"), "{}", stderr(&o));
     let o = f
-        .run_openai(
-            &input,
-            &out,
-            &[
-                "--task",
-                "embeddings",
-                "--prompt",
-                "{{text}}",
-                "--image",
-                "front",
-            ],
-        )
+        .score(&input, &out, &["--task", "embeddings", "--image", "front"])
         .await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert_eq!(f.sim.stats().requests, before);

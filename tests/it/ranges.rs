@@ -5,7 +5,7 @@
 
 use aiq::simulator::SimConfig;
 
-use super::util::{code, job, stderr, TOKEN};
+use super::util::{code, job, stderr, PROMPT_TEXT, TOKEN};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn numeric_settings_out_of_range_exit_2_naming_the_range() {
@@ -42,7 +42,7 @@ async fn numeric_settings_out_of_range_exit_2_naming_the_range() {
         (&["--poll-secs", "1e12", "--mode", "batch"], "--poll-secs"),
     ];
     for (extra, message) in flags {
-        let args = [&["--prompt", "{{text}}"][..], extra].concat();
+        let args = [&PROMPT_TEXT[..], extra].concat();
         let o = f.run_openai(&input, &out, &args).await;
         assert_eq!(code(&o), 2, "{extra:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(message), "{extra:?}: {}", stderr(&o));

@@ -407,7 +407,7 @@ async fn a_run_of_failures_stops_the_job() {
 async fn a_resume_after_an_early_stop_sends_the_outage_rows_again() {
     // An outage: the first 10 requests fail, then the server is fine.
     let (f, input, out) = failing_first(10).await;
-    let args = [&["--prompt", "{{text}}"][..], &ONE_AT_A_TIME_NO_RETRIES].concat();
+    let args = [&PROMPT_TEXT[..], &ONE_AT_A_TIME_NO_RETRIES].concat();
     let o = f.run_openai(&input, &out, &args).await;
     assert_eq!(code(&o), 1);
     assert!(

@@ -186,7 +186,7 @@ async fn retry_failed_resends_only_the_failed_rows() {
     // The first three requests fail (HTTP 500, no retries allowed): three
     // failed rows, the job still completes.
     let (f, input, out) = failing_first(3).await;
-    let args = [&["--prompt", "{{text}}"][..], &ONE_AT_A_TIME_NO_RETRIES].concat();
+    let args = [&PROMPT_TEXT[..], &ONE_AT_A_TIME_NO_RETRIES].concat();
     assert_ok(&f.run_openai(&input, &out, &args).await);
     let (_, first) = read_rows(&out);
     let failed: Vec<usize> = (0..30)

@@ -194,17 +194,10 @@ async fn embeddings_task_gives_float_lists_batched() {
     input_rows[3]["text"] = input_rows[0]["text"].clone(); // equal texts, equal vectors
     let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
-            &[
-                "--task",
-                "embeddings",
-                "--prompt",
-                "{{text}}",
-                "--batch-size",
-                "10",
-            ],
+            &["--task", "embeddings", "--batch-size", "10"],
         )
         .await;
     assert_ok(&o);

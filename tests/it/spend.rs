@@ -294,18 +294,10 @@ async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
     // OpenAI-compatible: cached tokens inside prompt_tokens, no cost without prices.
     let out = f.path("openai.parquet");
     let o = f
-        .run_openai(
+        .score(
             &input,
             &out,
-            &[
-                "--system",
-                &system,
-                "--prompt",
-                "{{text}}",
-                "--concurrency",
-                "1",
-                "--no-warmup",
-            ],
+            &["--system", &system, "--concurrency", "1", "--no-warmup"],
         )
         .await;
     assert_ok(&o);
@@ -477,20 +469,14 @@ async fn a_dry_run_over_budget_says_how_many_rows_it_covers() {
 /// bench` does (issue 27.9): a dry run's time counts it.
 #[tokio::test(flavor = "multi_thread")]
 async fn run_sets_the_simulators_latency_from_flags() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(40, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = job(SimConfig::default(), 40, 0).await;
     let url = f.openai_url();
     let args = |endpoint: &str, extra: &[&str]| -> Vec<String> {
-        let mut args = vec!["run", "-q", "--input", input.to_str().unwrap(), "--output"];
+        let mut args = run_io(&input, &out, endpoint);
         args.extend([
-            out.to_str().unwrap(),
+            "-q",
             "--prompt",
             "{{text}}",
-            "--endpoint",
-            endpoint,
-        ]);
-        args.extend([
             "--model",
             "m",
             "--concurrency",
