@@ -87,127 +87,21 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let in_flight = InFlight::new(st.counters.clone());
-    let c = &st.counters;
-    if !authorized(&st.cfg, &headers) {
-        bump(&c.unauthorized);
-        // Never echo what was received: it may be someone's real token.
-        return error(
-            &api,
-            StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
-            "missing or invalid bearer token",
-        );
-    }
-    if let Api::Databricks { endpoint } = &api {
-        if !st.cfg.endpoints.is_empty() && !st.cfg.endpoints.iter().any(|e| e == endpoint) {
-            bump(&c.not_found);
-            let msg = format!("The given endpoint does not exist, please retry after checking the specified model and version deployment exists: {endpoint}");
-            return error(&api, StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST", &msg);
-        }
-    }
-    let bad_request = |msg: &str| {
-        bump(&c.bad_request);
-        error(&api, StatusCode::BAD_REQUEST, "invalid_request_error", msg)
-    };
-    let value: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return bad_request(&format!("request body is not valid JSON: {e}")),
-    };
-    let Some(task) = task.or_else(|| Task::of_body(&value)) else {
-        return bad_request(
-            "request body needs `messages` (chat), `prompt` (completions) or `input` (embeddings)",
-        );
-    };
-    let mut job = match answer::plan(
-        task,
-        value,
-        st.cfg.output_tokens,
-        st.cfg.embedding_dim,
-        api.claude(),
-    ) {
+    let mut job = match read_job(&st, &api, task, &headers, &body) {
         Ok(job) => job,
-        Err(msg) => return bad_request(&msg),
+        Err(refused) => return refused,
     };
-    match job.marker {
-        Some(Marker::BadRequest) => return bad_request("simulated bad request"),
-        Some(Marker::ServerError) => {
-            return error(
-                &api,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "simulated server error",
-            )
-        }
-        None => {}
-    }
-    if let Some(limit) = st.cfg.context_tokens.filter(|l| job.prompt_tokens > *l) {
-        bump(&c.context_exceeded);
-        let message = format!(
-            "This model's maximum context length is {limit} tokens. However, your messages resulted in {} tokens. Please reduce the length of the messages.",
-            job.prompt_tokens
-        );
-        return error(
-            &api,
-            StatusCode::BAD_REQUEST,
-            "context_length_exceeded",
-            &message,
-        );
-    }
-    if job.typed {
-        if let Some(how) = st.typed_faults.draw() {
-            answer::spoil(&mut job, how);
-        }
-    }
-    let mut cut_after = false;
-    if let Some(fault) = st.faults.draw() {
-        bump(&c.faults_injected);
-        match fault {
-            Fault::Status(code) => {
-                let status =
-                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return error(
-                    &api,
-                    status,
-                    "server_error",
-                    &format!("simulated fault: HTTP {code}"),
-                );
-            }
-            Fault::Reset => return reset(),
-            Fault::Html => {
-                return (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "text/html")],
-                    "<html><body><h1>502 Bad Gateway</h1></body></html>",
-                )
-                    .into_response()
-            }
-            Fault::Truncated => {
-                return (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    r#"{"id":"chatcmpl-1","choices":[{"index":0,"mess"#,
-                )
-                    .into_response()
-            }
-            Fault::Error200 => {
-                return (
-                    StatusCode::OK,
-                    Json(json!({"error": {"message": "upstream exploded"}})),
-                )
-                    .into_response()
-            }
-            Fault::Slow => tokio::time::sleep(Duration::from_millis(st.cfg.slow_ms)).await,
-            Fault::CutAfter => cut_after = true,
-            Fault::RandomLimit => return random_limit(&st, &api),
-        }
-    }
+    let cut_after = match inject_faults(&st, &api, &mut job).await {
+        Ok(cut_after) => cut_after,
+        Err(fault) => return fault,
+    };
     let limit_headers = match st
         .limits
         .admit_reserving(job.prompt_tokens + job.max_tokens, job.max_tokens)
     {
         Admission::Admitted(h) => h,
         Admission::Refused(h) => {
-            bump(&c.rate_limited);
+            bump(&st.counters.rate_limited);
             let code = if api.is_databricks() {
                 "REQUEST_LIMIT_EXCEEDED"
             } else {
@@ -263,6 +157,145 @@ async fn handle(
     let mut resp = Json(body).into_response();
     resp.headers_mut().extend(limit_headers);
     resp
+}
+
+/// The request as a [`Job`], or the reply that refuses it: unauthorised,
+/// no such endpoint, not a request, a marker asking for an error, or a
+/// prompt over the context window.
+fn read_job(
+    st: &ServerState,
+    api: &Api,
+    task: Option<Task>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Job, Response> {
+    let c = &st.counters;
+    if !authorized(&st.cfg, headers) {
+        bump(&c.unauthorized);
+        // Never echo what was received: it may be someone's real token.
+        return Err(error(
+            api,
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "missing or invalid bearer token",
+        ));
+    }
+    if let Api::Databricks { endpoint } = api {
+        if !st.cfg.endpoints.is_empty() && !st.cfg.endpoints.iter().any(|e| e == endpoint) {
+            bump(&c.not_found);
+            let msg = format!("The given endpoint does not exist, please retry after checking the specified model and version deployment exists: {endpoint}");
+            return Err(error(
+                api,
+                StatusCode::NOT_FOUND,
+                "RESOURCE_DOES_NOT_EXIST",
+                &msg,
+            ));
+        }
+    }
+    let bad_request = |msg: &str| {
+        bump(&c.bad_request);
+        error(api, StatusCode::BAD_REQUEST, "invalid_request_error", msg)
+    };
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Err(bad_request(&format!("request body is not valid JSON: {e}"))),
+    };
+    let Some(task) = task.or_else(|| Task::of_body(&value)) else {
+        return Err(bad_request(
+            "request body needs `messages` (chat), `prompt` (completions) or `input` (embeddings)",
+        ));
+    };
+    let job = match answer::plan(
+        task,
+        value,
+        st.cfg.output_tokens,
+        st.cfg.embedding_dim,
+        api.claude(),
+    ) {
+        Ok(job) => job,
+        Err(msg) => return Err(bad_request(&msg)),
+    };
+    match job.marker {
+        Some(Marker::BadRequest) => return Err(bad_request("simulated bad request")),
+        Some(Marker::ServerError) => {
+            return Err(error(
+                api,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "simulated server error",
+            ))
+        }
+        None => {}
+    }
+    if let Some(limit) = st.cfg.context_tokens.filter(|l| job.prompt_tokens > *l) {
+        bump(&c.context_exceeded);
+        let message = format!(
+            "This model's maximum context length is {limit} tokens. However, your messages resulted in {} tokens. Please reduce the length of the messages.",
+            job.prompt_tokens
+        );
+        return Err(error(
+            api,
+            StatusCode::BAD_REQUEST,
+            "context_length_exceeded",
+            &message,
+        ));
+    }
+    Ok(job)
+}
+
+/// The injected faults of `st` drawn for this request: a spoilt typed
+/// answer (in `job`), a reply that stands for the answer (`Err`), or a
+/// delay; `Ok(true)` asks for the answer's body to be cut short.
+async fn inject_faults(st: &ServerState, api: &Api, job: &mut Job) -> Result<bool, Response> {
+    let c = &st.counters;
+    if job.typed {
+        if let Some(how) = st.typed_faults.draw() {
+            answer::spoil(job, how);
+        }
+    }
+    if let Some(fault) = st.faults.draw() {
+        bump(&c.faults_injected);
+        match fault {
+            Fault::Status(code) => {
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return Err(error(
+                    api,
+                    status,
+                    "server_error",
+                    &format!("simulated fault: HTTP {code}"),
+                ));
+            }
+            Fault::Reset => return Err(reset()),
+            Fault::Html => {
+                return Err((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/html")],
+                    "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                )
+                    .into_response())
+            }
+            Fault::Truncated => {
+                return Err((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    r#"{"id":"chatcmpl-1","choices":[{"index":0,"mess"#,
+                )
+                    .into_response())
+            }
+            Fault::Error200 => {
+                return Err((
+                    StatusCode::OK,
+                    Json(json!({"error": {"message": "upstream exploded"}})),
+                )
+                    .into_response())
+            }
+            Fault::Slow => tokio::time::sleep(Duration::from_millis(st.cfg.slow_ms)).await,
+            Fault::CutAfter => return Ok(true),
+            Fault::RandomLimit => return Err(random_limit(st, api)),
+        }
+    }
+    Ok(false)
 }
 
 /// Reshapes a reply the harmless ways other servers differ from OpenAI.
