@@ -12,31 +12,32 @@ use super::util::*;
 
 const TYPE: &str = "STRUCT<a: INT, b: STRING>";
 
+/// `n` rows scored with the result type [`TYPE`] and `flags` by a
+/// simulator with `cfg`, which must succeed: the fixture and the rows
+/// written.
+async fn typed(cfg: SimConfig, n: usize, flags: &[&str]) -> (Fixture, Vec<Map<String, Value>>) {
+    let (f, input, out) = job(cfg, n, 0).await;
+    let args = [&["--return-type", TYPE][..], flags].concat();
+    assert_ok(&f.score(&input, &out, &args).await);
+    let rows = read_rows(&out).1;
+    (f, rows)
+}
+
 fn sum(rows: &[Map<String, Value>], column: &str) -> i64 {
     rows.iter().map(|r| r[column].as_i64().unwrap_or(0)).sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_off_typed_reply_says_to_raise_max_tokens() {
-    let (f, input, out) = job(
+    let (f, rows) = typed(
         SimConfig {
             truncate_rate: 1.0,
             ..SimConfig::default()
         },
         4,
-        0,
+        &["--max-repairs", "0"],
     )
     .await;
-    let args = [
-        "--prompt",
-        "{{text}}",
-        "--return-type",
-        TYPE,
-        "--max-repairs",
-        "0",
-    ];
-    assert_ok(&f.run_openai(&input, &out, &args).await);
-    let (_, rows) = read_rows(&out);
     for row in &rows {
         let err = row["error_message"].as_str().expect("cut off: an error");
         assert!(
@@ -56,17 +57,7 @@ async fn a_cut_off_typed_reply_says_to_raise_max_tokens() {
 async fn a_reply_cut_off_by_max_tokens_is_asked_again_with_more() {
     // No knob: the simulator cuts the document at the request's max_tokens,
     // as a model does; only a larger max_tokens gets it whole.
-    let (f, input, out) = job(SimConfig::default(), 5, 0).await;
-    let args = [
-        "--prompt",
-        "{{text}}",
-        "--return-type",
-        TYPE,
-        "--param",
-        "max_tokens=2",
-    ];
-    assert_ok(&f.run_openai(&input, &out, &args).await);
-    let (_, rows) = read_rows(&out);
+    let (f, rows) = typed(SimConfig::default(), 5, &["--param", "max_tokens=2"]).await;
     for row in &rows {
         assert_eq!(row["error_message"], Value::Null, "{row:?}");
         assert!(row["result"]["a"].is_i64(), "{row:?}");
@@ -91,32 +82,25 @@ async fn repairs_fix_cut_off_and_mismatching_replies_and_are_paid_for() {
     // With one call at a time: row 0's reply is cut off, its repair does not
     // match the schema, and its second repair (with the validation error) is
     // good. The other rows are answered at once.
-    let (f, input, out) = job(
+    let (f, rows) = typed(
         SimConfig {
             truncate_first: 1,
             mismatch_first: 1,
             ..SimConfig::default()
         },
         4,
-        0,
+        &[
+            "--concurrency",
+            "1",
+            "--max-repairs",
+            "2",
+            "--price-in",
+            "1",
+            "--price-out",
+            "2",
+        ],
     )
     .await;
-    let args = [
-        "--prompt",
-        "{{text}}",
-        "--return-type",
-        TYPE,
-        "--concurrency",
-        "1",
-        "--max-repairs",
-        "2",
-        "--price-in",
-        "1",
-        "--price-out",
-        "2",
-    ];
-    assert_ok(&f.run_openai(&input, &out, &args).await);
-    let (_, rows) = read_rows(&out);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["error_message"], Value::Null, "row {i}: {row:?}");
         assert!(row["result"]["a"].is_i64(), "row {i}: {row:?}");
@@ -156,17 +140,15 @@ async fn repairs_fix_cut_off_and_mismatching_replies_and_are_paid_for() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reply_that_never_fits_fails_after_its_repairs() {
-    let (f, input, out) = job(
+    let (f, rows) = typed(
         SimConfig {
             mismatch_rate: 1.0,
             ..SimConfig::default()
         },
         3,
-        0,
+        &[],
     )
     .await;
-    assert_ok(&f.score(&input, &out, &["--return-type", TYPE]).await);
-    let (_, rows) = read_rows(&out);
     for row in &rows {
         let err = row["error_message"].as_str().expect("an error");
         assert!(

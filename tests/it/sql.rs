@@ -3,7 +3,7 @@
 //! Every query runs the real binary against a simulator.
 
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 
 use aiq::simulator::SimConfig;
@@ -16,23 +16,25 @@ use super::util::{
 };
 
 /// `aiq sql QUERY ARGS...` against the fixture's simulator (OpenAI route).
-async fn sql(f: &Fixture, query: &str, extra: &[&str]) -> std::process::Output {
+async fn sql(f: &Fixture, query: &str, extra: &[&str]) -> Output {
     let mut args = vec!["sql", query, "--model", "m", "--max-retries", "2"];
     args.extend_from_slice(extra);
     f.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await
 }
 
 /// [`sql`] of `query` into `out` with `flags` (tables, endpoint), which
-/// must succeed: what it wrote.
+/// must succeed: its output and what it wrote.
 async fn sql_rows(
     f: &Fixture,
     query: &str,
     flags: &[&str],
     out: &Path,
-) -> (Arc<Schema>, Vec<Map<String, Value>>) {
+) -> (Output, Arc<Schema>, Vec<Map<String, Value>>) {
     let args = [flags, &["--output", out.to_str().unwrap()]].concat();
-    assert_ok(&sql(f, query, &args).await);
-    read_rows(out)
+    let o = sql(f, query, &args).await;
+    assert_ok(&o);
+    let (schema, rows) = read_rows(out);
+    (o, schema, rows)
 }
 
 fn echo(text: &str) -> Value {
@@ -105,14 +107,7 @@ async fn ai_query_takes_each_argument_named_or_positional() {
          FROM t"
     );
     let table = format!("t={}", input.display());
-    let o = sql(
-        &f,
-        &query,
-        &["--table", &table, "--output", out.to_str().unwrap()],
-    )
-    .await;
-    assert_ok(&o);
-    let (schema, rows) = read_rows(&out);
+    let (o, schema, rows) = sql_rows(&f, &query, &["--table", &table], &out).await;
     assert_eq!(rows.len(), 12);
     assert!(schema
         .field_with_name("typed")
@@ -167,14 +162,7 @@ async fn two_task_functions_in_one_select() {
          FROM read_json('{}')",
         input.display()
     );
-    let o = sql(
-        &f,
-        &query,
-        &["--endpoint", &url, "--output", out.to_str().unwrap()],
-    )
-    .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let (o, _, rows) = sql_rows(&f, &query, &["--endpoint", &url], &out).await;
     assert_eq!(rows.len(), 10);
     for r in &rows {
         assert!(
@@ -228,7 +216,7 @@ async fn where_join_and_group_by_around_ai_calls() {
         "--table",
         &tables[1],
     ];
-    let (_, rows) = sql_rows(&f, query, &flags, &out).await;
+    let (_, _, rows) = sql_rows(&f, query, &flags, &out).await;
     let total: i64 = rows.iter().map(|r| r["n"].as_i64().unwrap()).sum();
     let matching = reviews
         .iter()
@@ -504,7 +492,7 @@ async fn tables_from_parquet_csv_and_a_sql_file() {
     .unwrap();
     let out = f.path("out.parquet");
     let table = format!("extra={}", csv.display());
-    let (_, rows) = sql_rows(&f, query.to_str().unwrap(), &["--table", &table], &out).await;
+    let (_, _, rows) = sql_rows(&f, query.to_str().unwrap(), &["--table", &table], &out).await;
     assert_eq!(rows.len(), 3);
     for r in by_id(rows) {
         let id = r["id"].as_i64().unwrap();
