@@ -2,7 +2,7 @@
 //! warm-up request per prefix before the rest of its group fans out.
 
 use aiq::simulator::SimConfig;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::util::*;
 
@@ -14,6 +14,13 @@ const TICKET: [&str; 4] = [
     "--prompt",
     "Ticket: {{text}}",
 ];
+
+/// How many rows read nothing from the prompt cache.
+fn cold_rows(rows: &[Map<String, Value>]) -> usize {
+    rows.iter()
+        .filter(|r| r["cached_tokens"] == json!(0))
+        .count()
+}
 
 /// `n` rows over `prefixes` distinct ~1,500-token instructions, shuffled.
 pub fn prefixed_rows(n: usize, prefixes: usize) -> Vec<Value> {
@@ -52,10 +59,7 @@ async fn one_cold_request_per_prefix_then_every_row_reads_the_cache() {
             .unwrap()
             .starts_with(&format!("echo: Ticket: row-{i} ")));
     }
-    let cold = rows
-        .iter()
-        .filter(|r| r["cached_tokens"] == json!(0))
-        .count();
+    let cold = cold_rows(&rows);
     assert_eq!(
         cold, 8,
         "exactly the warm-up request of each prefix pays for the cache"
@@ -86,10 +90,7 @@ async fn without_warmup_concurrent_rows_miss_the_cache() {
         .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
-    let cold = rows
-        .iter()
-        .filter(|r| r["cached_tokens"] == json!(0))
-        .count();
+    let cold = cold_rows(&rows);
     // The first calls go out together, before any cache entry exists: many
     // rows of each prefix pay full price, where warm-ups would make it one.
     // (A wide margin: on a loaded machine the first 64 launches may spread.)
@@ -104,10 +105,7 @@ async fn claude_endpoints_get_a_cache_control_breakpoint() {
         .await;
     assert_ok(&o);
     let (_, rows) = read_rows(&out);
-    let cold = rows
-        .iter()
-        .filter(|r| r["cached_tokens"] == json!(0))
-        .count();
+    let cold = cold_rows(&rows);
     // The simulator caches Claude prompts only up to a cache_control marker.
     assert_eq!(cold, 2, "one warm-up per prefix, the rest read the cache");
 }

@@ -10,7 +10,7 @@ use aiq::simulator::{SimConfig, Simulator};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-use super::util::{assert_ok, code, read_rows, rows, stderr, Fixture, TOKEN};
+use super::util::{assert_ok, code, output, read_rows, rows, stderr, Fixture, TOKEN};
 
 /// A server answering every request with `status` and `Location: to`,
 /// counting the requests; its base URL.
@@ -61,7 +61,7 @@ async fn run(f: &Fixture, endpoint: &str) -> std::process::Output {
     let input = f.write_jsonl("in.jsonl", &rows(40, 0));
     let out = f.path("out.parquet");
     let extra = ["--prompt", "{{text}}", "--concurrency", "4", "--no-warmup"];
-    f.run_endpoint(endpoint, &input, &out, &extra, &[]).await
+    output(f.endpoint_command(endpoint, &input, &out, &extra, &[])).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -133,21 +133,7 @@ impl Fixture {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Output {
-        self.run_endpoint(&self.openai_url(), input, output, extra, envs)
-            .await
-    }
-
-    /// `aiq run` against any OpenAI-compatible `endpoint` (a server in
-    /// front of the simulator) with the simulator's key and `envs`.
-    pub async fn run_endpoint(
-        &self,
-        endpoint: &str,
-        input: &Path,
-        output: &Path,
-        extra: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Output {
-        let cmd = self.endpoint_command(endpoint, input, output, extra, envs);
+        let cmd = self.endpoint_command(&self.openai_url(), input, output, extra, envs);
         self::output(cmd).await
     }
 
@@ -157,7 +143,9 @@ impl Fixture {
         self.endpoint_command(&self.openai_url(), input, output, extra, &[])
     }
 
-    fn endpoint_command(
+    /// `aiq run` against any OpenAI-compatible `endpoint` (a server in
+    /// front of the simulator) with the simulator's key and `envs`.
+    pub fn endpoint_command(
         &self,
         endpoint: &str,
         input: &Path,
