@@ -475,18 +475,13 @@ fn clap_error(e: clap::Error) -> PyErr {
 }
 
 /// `settings` (a JSON object of `aiq.sql` keywords) as `aiq sql`'s
-/// settings: the same type the command's flags fill, with the same checks.
-/// A wrong value names its setting; an unknown one lists those there are.
+/// settings: the same type the command's flags fill, with the same checks,
+/// read as `aiq.run`'s are ([`aiq::job::settings::from_json`]).
 fn sql_settings(settings: &str) -> PyResult<aiq::frontend::sql::SqlArgs> {
-    let mut json = serde_json::Deserializer::from_str(settings);
-    serde_path_to_error::deserialize(&mut json).map_err(|e| {
-        let setting = e.path().to_string();
-        // Where in the JSON aiq made of the keywords means nothing to the caller.
-        let inner = e.into_inner().to_string();
-        let inner = inner.split(" at line ").next().unwrap_or_default();
-        ConfigError::new_err(
-            unknown_setting(inner).unwrap_or_else(|| format!("{setting}: {inner}")),
-        )
+    aiq::job::settings::from_json(settings).map_err(|e| {
+        let message = e.to_string();
+        let message = message.strip_prefix("settings: ").unwrap_or(&message);
+        ConfigError::new_err(unknown_setting(message).unwrap_or_else(|| message.to_string()))
     })
 }
 

@@ -141,10 +141,10 @@ def test_sql_settings_are_checked_as_the_commands():
     t = {"t": pa.table({"text": ["a"]})}
     with pytest.raises(aiq.ConfigError, match="context_tokens= must be at least 1"):
         aiq.sql("SELECT text FROM t", tables=t, context_tokens=0)
-    with pytest.raises(aiq.ConfigError, match="^concurrency: invalid type"):
+    with pytest.raises(aiq.ConfigError, match="^setting `concurrency`: invalid type"):
         aiq.sql("SELECT text FROM t", tables=t, concurrency="many")
     # A wrong kind of value names its setting.
-    with pytest.raises(aiq.ConfigError, match="^model: invalid type: sequence"):
+    with pytest.raises(aiq.ConfigError, match="^setting `model`: invalid type: sequence"):
         aiq.sql("SELECT text FROM t", tables=t, model=["a", "b"])
     with pytest.raises(aiq.ConfigError, match="has no setting `show`"):
         aiq.sql("SELECT text FROM t", tables=t, show=5)

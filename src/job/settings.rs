@@ -449,21 +449,9 @@ impl JobSettings {
     }
 
     /// Settings from a JSON object with the job file's keys (the Python
-    /// API's keywords). serde names the key only when it is unknown, so a
-    /// value of the wrong type is traced to its key by reading each alone.
+    /// API's keywords); see [`from_json`].
     pub fn from_json(text: &str) -> Result<JobSettings> {
-        let map: serde_json::Map<String, Value> =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("settings: {e}")))?;
-        serde_json::from_value(Value::Object(map.clone())).map_err(|e| {
-            let alone = |k: &String, v: &Value| {
-                let one = serde_json::Map::from_iter([(k.clone(), v.clone())]);
-                serde_json::from_value::<JobSettings>(Value::Object(one)).is_err()
-            };
-            match map.iter().find(|(k, v)| alone(k, v)) {
-                Some((key, _)) => Error::Config(format!("setting `{key}`: {e}")),
-                None => Error::Config(format!("settings: {e}")),
-            }
-        })
+        from_json(text)
     }
 
     /// Flags win over the job file: every field set in `self` stays, every
@@ -598,6 +586,25 @@ pub enum OutputFormat {
     Parquet,
     /// OpenAI Batch API output JSONL (needs `--input-format openai-batch`).
     OpenaiBatch,
+}
+
+/// Settings of type `T` (a job's, `aiq sql`'s) from a JSON object with
+/// their keys, as the Python API hands its keywords over. A value of the
+/// wrong type names its setting (serde alone names only unknown keys).
+pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    let mut json = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // Where in the JSON made of the keywords means nothing to the caller.
+        let inner = inner.split(" at line ").next().unwrap_or_default();
+        Error::Config(match path.as_str() {
+            // An unknown key is named in the message already.
+            _ if inner.starts_with("unknown field") => format!("settings: {inner}"),
+            "" | "." => format!("settings: {inner}"),
+            key => format!("setting `{key}`: {inner}"),
+        })
+    })
 }
 
 #[cfg(test)]
