@@ -407,7 +407,7 @@ const DEEPEST_CUT: f64 = 0.5;
 /// later ones, for the refusals to follow the pace.
 const NOISE_EVIDENCE: u32 = 24;
 const NOISE_MAX: f64 = 0.25;
-const NOISE_FALL: f64 = 0.25;
+const NOISE_FALL: f64 = 0.6;
 /// Replies in one epoch that end a run of cuts: the pace held.
 const CASCADE_END: u32 = 48;
 /// An epoch's tally is halved past this many replies, so that a limit
