@@ -489,15 +489,28 @@ impl JobSettings {
     }
 }
 
-/// `path` read from a file in `folder`: joined to it when relative. An
-/// object-store URL (anything with `://`: no local path holds one) is left
-/// as written.
+/// `path` read from a file in `folder`: joined to it when relative, with
+/// `folder/..` folded away as cargo does (`jobs/../target/x` is shown and
+/// used as `target/x`). An object-store URL (anything with `://`: no local
+/// path holds one) is left as written.
 fn beside(folder: &std::path::Path, path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
     if path.is_absolute() || path.to_string_lossy().contains("://") {
-        path.to_path_buf()
-    } else {
-        folder.join(path)
+        return path.to_path_buf();
     }
+    let mut joined = PathBuf::new();
+    for part in folder.join(path).components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(joined.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                joined.pop();
+            }
+            other => joined.push(other),
+        }
+    }
+    joined
 }
 
 /// `key=value` with the value typed: JSON literals (numbers, booleans, null,
@@ -610,6 +623,20 @@ pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_file_paths_fold_the_files_folder_away() {
+        let p = |f: &str, x: &str| beside(std::path::Path::new(f), std::path::Path::new(x));
+        assert_eq!(
+            p("jobs", "../target/out.parquet"),
+            PathBuf::from("target/out.parquet")
+        );
+        assert_eq!(p("jobs", "./in.jsonl"), PathBuf::from("jobs/in.jsonl"));
+        assert_eq!(p("", "../t4/in.jsonl"), PathBuf::from("../t4/in.jsonl"));
+        assert_eq!(p("a/b", "../../../x"), PathBuf::from("../x"));
+        assert_eq!(p("jobs", "s3://bucket/x"), PathBuf::from("s3://bucket/x"));
+        assert_eq!(p("jobs", "/abs/x"), PathBuf::from("/abs/x"));
+    }
     use serde_json::json;
 
     #[test]
