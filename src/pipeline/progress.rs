@@ -225,10 +225,12 @@ impl Progress {
         } else {
             bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(8));
         }
+        // `wide_msg`: the message is cut to the terminal's width, so the
+        // bar stays one line (a wrapped bar is redrawn as a new line).
         let template = if total.is_some() {
-            "{spinner} {bar:30.cyan/blue} {pos}/{len} rows · {rate} · ETA {eta} · {msg}"
+            "{spinner} {bar:30.cyan/blue} {pos}/{len} rows · {rate} · ETA {eta} · {wide_msg}"
         } else {
-            "{spinner} {pos} rows · {rate} · {msg}"
+            "{spinner} {pos} rows · {rate} · {wide_msg}"
         };
         if let Ok(style) = ProgressStyle::with_template(template) {
             // indicatif's own {per_sec} prints four decimals.
