@@ -588,29 +588,6 @@ mod tests {
     }
 
     #[test]
-    fn content_tells_files_of_the_same_size_and_date_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
-        fs::write(&a, "{\"text\": \"fine\"}\n").unwrap();
-        fs::write(&b, "{\"text\": \"FINE\"}\n").unwrap();
-        let when = fs::metadata(&a).unwrap().modified().unwrap();
-        File::options()
-            .write(true)
-            .open(&b)
-            .unwrap()
-            .set_modified(when)
-            .unwrap();
-        let (ia, ib) = (
-            InputIdentity::of(&a).unwrap(),
-            InputIdentity::of(&b).unwrap(),
-        );
-        assert_eq!((ia.size, ia.modified), (ib.size, ib.modified));
-        let ca = InputIdentity::content(&a).unwrap();
-        assert_ne!(ca, InputIdentity::content(&b).unwrap());
-        assert_eq!(ca, InputIdentity::content(&a).unwrap());
-    }
-
-    #[test]
     fn contiguous_parts_count_as_committed() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.parquet");

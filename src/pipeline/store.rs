@@ -187,16 +187,6 @@ impl Remote {
         })
     }
 
-    /// What the object holds, without reading it: its ETag (with its size;
-    /// its size and modification time where the store gives no ETag).
-    pub fn content_tag(&self, role: Role) -> Result<String> {
-        let meta = block_on(self.head(role))?;
-        Ok(match meta.e_tag {
-            Some(tag) => format!("etag:{tag}:{}", meta.size),
-            None => format!("object:{}:{}", meta.size, meta.last_modified.timestamp()),
-        })
-    }
-
     /// The object's metadata, or an error naming the URL. A HEAD answers a
     /// missing object and a missing bucket alike (a 404 without a body), so
     /// on a 404 a listing, which names a missing bucket, tells them apart.
@@ -983,21 +973,6 @@ impl InputIdentity {
             size: meta.len(),
             modified,
         })
-    }
-
-    /// What the input at `path` holds, to tell it from another of the same
-    /// size and modification time (`cp -p`, `rsync -t`): the blake3 hash of
-    /// a local file's bytes (one full read: call it only where it decides
-    /// something, e.g. whether a finished output is this input's), or an
-    /// object's ETag (no read).
-    pub fn content(path: &Path) -> Result<String> {
-        if let Some(remote) = Remote::parse(path, Role::Input)? {
-            return remote.content_tag(Role::Input);
-        }
-        let mut file = std::fs::File::open(path).map_err(|e| Error::input(path, e))?;
-        let mut hasher = blake3::Hasher::new();
-        std::io::copy(&mut file, &mut hasher).map_err(|e| Error::input(path, e))?;
-        Ok(format!("blake3:{}", hasher.finalize().to_hex()))
     }
 }
 
