@@ -27,6 +27,7 @@ OUTCOME_COLUMNS = [
     "attempts",
     "maybe_billed_twice",
     "repairs",
+    "request_fingerprint",
 ]
 
 SETTINGS = dict(endpoint="simulator", prompt="Summarize: {{text}}", quiet=True)

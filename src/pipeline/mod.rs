@@ -5,6 +5,7 @@
 //! retries, [`collect`] folds outcomes in input order while [`journal`]
 //! makes each one durable, and [`sink`] writes the output. [`call_journal`]
 //! keeps answers by request content for work shared across processes;
+//! [`fingerprint`] names what a row asked (the same request, the same price);
 //! [`recheck`] compares what an earlier run left with the input. The remaining
 //! modules are the values and file formats those stages share.
 
@@ -25,6 +26,7 @@ pub mod store;
 pub mod batch;
 pub mod bounds;
 pub mod call_journal;
+pub mod fingerprint;
 pub mod jsonl;
 pub mod openai_batch;
 pub mod outcome;

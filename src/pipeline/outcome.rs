@@ -47,6 +47,11 @@ pub struct Outcome {
     /// input as it is now, hashes the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The request fingerprint of the row
+    /// ([`crate::pipeline::fingerprint`]): the same for every row that asks
+    /// the same request, at the same price; none for a row not sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// A hash of the row's input values ([`crate::pipeline::recheck::row_hashes`]),
     /// by which a resume tells whether a finished part's row is still the
     /// input's.

@@ -411,6 +411,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
         // same now (the input may have changed since).
         journaled: Arc::new(journaled_keys(&resume)),
         fingerprint: plan.call_fingerprint().into(),
+        requests: Arc::new(crate::pipeline::fingerprint::Fingerprinter::of(plan)),
         warmup: plan.warmup && plan.task == Task::Chat,
         batch_size: plan.batch_size,
         similarity: plan.prompt2.is_some(),

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::pipeline::call_journal::{row_keys, Recall};
 use crate::pipeline::client::{Abort, Client};
+use crate::pipeline::fingerprint::Fingerprinter;
 use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::render::{BodyBuilder, Call, RenderedRow, Templates};
 use crate::provider::wire::Task;
@@ -69,6 +70,8 @@ pub struct Dispatcher {
     pub journaled: Arc<HashMap<RowId, String>>,
     /// What the job's request hashes fold in ([`crate::job::plan::Plan::call_fingerprint`]).
     pub fingerprint: Arc<str>,
+    /// Names each row's request in its outcome ([`crate::pipeline::fingerprint`]).
+    pub requests: Arc<Fingerprinter>,
     pub warmup: bool,
     /// Embedding rows per request.
     pub batch_size: usize,
@@ -225,7 +228,8 @@ impl Dispatcher {
     /// Wait for a free slot, then run the call in its own task.
     async fn launch(&self, call: Call, warm: Option<(u64, mpsc::UnboundedSender<u64>)>) {
         // Answered before: no slot, no request, no bill.
-        if let Some(outcomes) = self.recall.as_ref().and_then(|r| r.answered(&call)) {
+        if let Some(mut outcomes) = self.recall.as_ref().and_then(|r| r.answered(&call)) {
+            stamp_fingerprints(&self.requests, &call, &mut outcomes);
             let _ = self.events.send(Event::Outcomes(outcomes, None)).await;
             if let Some((key, tx)) = warm {
                 let _ = tx.send(key);
@@ -244,6 +248,7 @@ impl Dispatcher {
         let stop = self.stop.clone();
         let recall = self.recall.clone();
         let fingerprint = self.fingerprint.clone();
+        let requests = self.requests.clone();
         tokio::spawn(async move {
             let event = match crate::pipeline::repair::execute(&client, &call).await {
                 Ok(mut outcomes) => {
@@ -252,6 +257,7 @@ impl Dispatcher {
                         let at = call.rows.iter().position(|r| *r == o.row);
                         o.key = at.and_then(|i| keys.get(i)).cloned();
                     }
+                    stamp_fingerprints(&requests, &call, &mut outcomes);
                     if let Some(recall) = &recall {
                         // The row journal still has the answer: a failed
                         // write costs a later task a request, not this row.
@@ -366,6 +372,15 @@ impl CallMaker<'_> {
             }
         }
         (immediate, calls)
+    }
+}
+
+/// Each outcome of `call` gets its row's request fingerprint.
+pub fn stamp_fingerprints(requests: &Fingerprinter, call: &Call, outcomes: &mut [Outcome]) {
+    let fingerprints = requests.rows(call);
+    for o in outcomes {
+        let at = call.rows.iter().position(|r| *r == o.row);
+        o.fingerprint = at.and_then(|i| fingerprints.get(i)).cloned();
     }
 }
 

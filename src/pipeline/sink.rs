@@ -29,7 +29,7 @@ use crate::pipeline::parquet_out::{
 use crate::pipeline::store::{is_url, parquet_footer, Remote, Role};
 
 /// The columns aiq adds after the input's, in order.
-pub const OUTCOME_COLUMNS: [&str; 15] = [
+pub const OUTCOME_COLUMNS: [&str; 16] = [
     "result",
     "error_message",
     "finish_reason",
@@ -45,6 +45,7 @@ pub const OUTCOME_COLUMNS: [&str; 15] = [
     "attempts",
     "maybe_billed_twice",
     "repairs",
+    "request_fingerprint",
 ];
 
 /// The usage columns, in [`crate::pipeline::outcome::Usage::fields_mut`] order.
@@ -99,6 +100,11 @@ impl Layout {
             false,
         )));
         fields.push(Arc::new(Field::new("repairs", DataType::Int32, false)));
+        fields.push(Arc::new(Field::new(
+            "request_fingerprint",
+            DataType::Utf8,
+            true,
+        )));
         Ok(Layout {
             input,
             output: Arc::new(Schema::new(fields)),
@@ -129,6 +135,7 @@ impl Layout {
         let mut attempts = Int32Builder::with_capacity(n);
         let mut billed_twice = BooleanBuilder::with_capacity(n);
         let mut repairs = Int32Builder::with_capacity(n);
+        let mut fingerprint = StringBuilder::with_capacity(n, n * 32);
         for o in outcomes.iter() {
             error.append_option(o.error_message.as_deref());
             finish.append_option(o.finish_reason.as_deref());
@@ -142,6 +149,7 @@ impl Layout {
             attempts.append_value(o.attempts.min(i32::MAX as u32) as i32);
             billed_twice.append_value(o.maybe_billed_twice());
             repairs.append_value(o.repairs.min(i32::MAX as u32) as i32);
+            fingerprint.append_option(o.fingerprint.as_deref());
         }
         let mut columns: Vec<ArrayRef> = input.columns().to_vec();
         columns.push(result);
@@ -156,6 +164,7 @@ impl Layout {
         columns.push(Arc::new(attempts.finish()));
         columns.push(Arc::new(billed_twice.finish()));
         columns.push(Arc::new(repairs.finish()));
+        columns.push(Arc::new(fingerprint.finish()));
         RecordBatch::try_new(self.output.clone(), columns)
             .map_err(|e| Error::Config(format!("output batch: {e}")))
     }

@@ -3,6 +3,7 @@ mod util;
 mod batch_mode;
 mod bench;
 mod cache;
+mod dedup;
 mod docs;
 mod functions;
 mod hostile;

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::job::plan::Plan;
 use crate::pipeline::call_journal::row_keys;
+use crate::pipeline::fingerprint::Fingerprinter;
 use crate::pipeline::journal::{Journal, Resume};
 use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::render::{BodyBuilder, Templates};
@@ -107,6 +108,10 @@ struct Runner<'a, 'j> {
     fingerprint: String,
     /// The request hash of each row in a submission, for its outcome.
     keys: HashMap<RowId, String>,
+    /// Names each row's request in its outcome ([`crate::pipeline::fingerprint`]).
+    requests: Fingerprinter,
+    /// The request fingerprint of each row not answered yet, for its outcome.
+    fingerprints: HashMap<RowId, String>,
     rounds: HashMap<RowId, u32>,
     max_rounds: u32,
     /// Submissions with a batch that is not terminal.
@@ -137,6 +142,7 @@ pub async fn run(
     let bar = progress_bar(job.quiet);
     let max_requests = job.plan.batch.max_requests;
     let fingerprint = job.plan.call_fingerprint();
+    let requests = Fingerprinter::of(job.plan);
     let mut runner = Runner {
         job,
         journal,
@@ -144,6 +150,8 @@ pub async fn run(
         batches,
         fingerprint,
         keys: HashMap::new(),
+        requests,
+        fingerprints: HashMap::new(),
         rounds: loaded.rounds,
         max_rounds,
         live: Vec::new(),
@@ -342,6 +350,11 @@ impl Runner<'_, '_> {
                     continue;
                 };
                 let key = row_keys(&self.fingerprint, &call).swap_remove(0);
+                if !self.answered_as(row, &key) {
+                    // Rows of batches adopted from an earlier run too.
+                    let fingerprint = self.requests.rows(&call).swap_remove(0);
+                    self.fingerprints.insert(row, fingerprint);
+                }
                 let wanted = match &only {
                     Some(o) => o.contains(&row),
                     None => !self.answered_as(row, &key) && !in_flight.contains(&row),
@@ -713,6 +726,7 @@ impl Runner<'_, '_> {
         let mut outcomes = outcomes;
         for o in &mut outcomes {
             o.key = self.keys.remove(&o.row);
+            o.fingerprint = self.fingerprints.remove(&o.row);
             self.journal.append(o)?;
         }
         self.journal.flush()?;
