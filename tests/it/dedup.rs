@@ -45,6 +45,11 @@ async fn request_fingerprint_names_the_request_not_the_row() {
     let again = f.path("again.parquet");
     assert_ok(&f.score(&input, &again, &["--stream"]).await);
     assert_eq!(fingerprints(&again), fp);
+    // Nor does asking through the Batch API (another rate, the same request).
+    let batch = f.path("batch.parquet");
+    let o = f.score(&input, &batch, &["--mode", "batch", "--poll-secs", "0.02"]);
+    assert_ok(&o.await);
+    assert_eq!(fingerprints(&batch), fp);
 
     // A parameter, the system prompt or the result type do (the model: a
     // unit test in src/pipeline/fingerprint.rs).
