@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::ai::functions::{AiFunction, FunctionOptions};
+use crate::ai::functions::{AiFunction, FunctionOptions, TaskSpec};
 use crate::ai::types::{parse_response_format, SqlType};
 use crate::error::{Error, Result};
 use crate::job::settings::{
@@ -134,249 +134,52 @@ pub const DEFAULT_BATCH_ROWS: usize = 1024;
 pub const DEFAULT_MAX_LINE_BYTES: usize = 64 << 20;
 
 impl Plan {
+    /// Checks `s` into a plan. Each concern has its own function below, called
+    /// in this order (the first mistake found is the one reported); a new
+    /// setting belongs in the one that owns its concern.
     pub fn from_settings(mut s: JobSettings, restart: bool) -> Result<Plan> {
         crate::job::ranges::check(&s)?;
-        let input = s.input.ok_or_else(|| {
-            Error::Config("no input: give --input PATH (or `input` in the job file)".into())
-        })?;
-        let output = s.output.ok_or_else(|| {
-            Error::Config("no output: give --output PATH (or `output` in the job file)".into())
-        })?;
-        let shard = s.shard.map(|spec| spec.resolve()).transpose()?;
-        let output = shard_output(output, shard)?;
-        let workers = match (s.workers, shard) {
-            (Some(w), _) => w,
-            (None, Some(shard)) => shard.count,
-            (None, None) => 1,
-        };
-        // Limits are the job's; this run sends its share (README "Scaling out").
-        let (rpm, tpm, itpm, otpm, qph) = (s.rpm, s.tpm, s.itpm, s.otpm, s.qph);
-        let [rpm, tpm, itpm, otpm, qph] =
-            [rpm, tpm, itpm, otpm, qph].map(|l| split_limit(l, workers));
-        let parts = shard.map_or(1, |s| s.count);
-        let max_tokens_total = s.max_tokens_total.map(|t| (t / u64::from(parts)).max(1));
-        let max_cost = s.max_cost.map(|c| c / f64::from(parts));
-        if let Some(parent) = output.parent().filter(|p| p.exists() && !p.is_dir()) {
-            return Err(Error::output(
-                &output,
-                format!("{} is a file, not a folder", parent.display()),
-            ));
-        }
-        let endpoint = s.endpoint.ok_or_else(|| {
-            Error::Config(
-                "no endpoint: give --endpoint NAME|URL|simulator (or `endpoint` in the job file)"
-                    .into(),
-            )
-        })?;
-        let target = Target::parse(&endpoint)?;
-
-        let input_format = s.input_format.unwrap_or_default();
-        let output_format = s.output_format.unwrap_or_default();
-        if input_format == InputFormat::OpenaiBatch {
-            // Each line carries its own request: anything that would shape
-            // a request is a mistake, not something to ignore silently.
-            let shaping = [
-                ("--prompt", s.prompt.is_some()),
-                ("--system", s.system.is_some()),
-                ("--prompt2", s.prompt2.is_some()),
-                ("--task", s.task.is_some()),
-                ("--return-type", s.return_type.is_some()),
-                ("--response-format", s.response_format.is_some()),
-                ("--function", s.function.is_some()),
-                ("--image", !s.images.is_empty()),
-                ("--stream", s.stream),
-                ("--batch-size", s.batch_size.is_some_and(|n| n > 1)),
-                ("tools", s.tools.is_some()),
-                ("tool_choice", s.tool_choice.is_some()),
-            ];
-            if let Some((flag, _)) = shaping.iter().find(|(_, set)| *set) {
-                return Err(Error::Config(format!(
-                    "{flag} does not apply with --input-format openai-batch: each line's body is the request"
-                )));
-            }
-            s.prompt = Some(BODY_TEMPLATE.to_string());
-        } else if output_format == OutputFormat::OpenaiBatch {
-            return Err(Error::Config(
-                "--output-format openai-batch needs --input-format openai-batch: output lines answer request lines by custom_id".into(),
-            ));
-        }
-        let mut task = s.task.unwrap_or_default();
-        let mut system = s.system;
-        let mut result_type = SqlType::String;
-        let mut response_format = None;
-        let mut function = None;
-        if let Some(f) = s.function {
-            let opts = FunctionOptions {
-                labels: s.labels.clone(),
-                max_words: s.max_words,
-                to_lang: s.to_lang.clone(),
-                condition: s.condition.clone(),
-                criterion: s.criterion.clone(),
-            };
-            let spec = f
-                .spec(&opts)
-                .map_err(|e| Error::Config(format!("--function {}: {e}", f.name())))?;
-            if s.return_type.is_some() || s.response_format.is_some() {
-                return Err(Error::Config(format!(
-                    "--function {} sets its own result type; drop --return-type / --response-format",
-                    f.name()
-                )));
-            }
-            if spec.embeddings {
-                task = Task::Embeddings;
-                if s.prompt2.is_none() {
-                    return Err(Error::Config(format!(
-                        "--function {} compares two texts: give --prompt and --prompt2",
-                        f.name()
-                    )));
-                }
-            } else {
-                if system.is_some() {
-                    return Err(Error::Config(format!(
-                        "--function {} writes its own system prompt; drop --system",
-                        f.name()
-                    )));
-                }
-                system = Some(spec.system.clone());
-            }
-            result_type = spec.return_type.clone();
-            response_format = spec.response_format.clone();
-            function = Some((f, opts));
-        } else if !s.labels.is_empty()
-            || s.max_words.is_some()
-            || s.to_lang.is_some()
-            || s.condition.is_some()
-            || s.criterion.is_some()
-        {
-            return Err(Error::Config(
-                "--labels, --max-words, --to-lang, --condition and --criterion only apply with --function".into(),
-            ));
-        }
-        if let Some(rt) = &s.return_type {
-            result_type = rt
-                .parse()
-                .map_err(|e| Error::Config(format!("--return-type: {e}")))?;
-            if !result_type.is_string() {
-                response_format = Some(result_type.response_format());
-            }
-        }
-        if let Some(rf) = &s.response_format {
-            if s.return_type.is_some() {
-                return Err(Error::Config(
-                    "give --return-type or --response-format, not both".into(),
-                ));
-            }
-            let (ty, format) = parse_response_format(rf)
-                .map_err(|e| Error::Config(format!("--response-format: {e}")))?;
-            result_type = ty;
-            response_format = Some(format);
-        }
-        if task == Task::Embeddings && function.is_none() {
-            result_type = SqlType::Array(Box::new(SqlType::Float));
-            response_format = None;
-        }
-        if response_format.is_some() && task != Task::Chat {
-            return Err(Error::Config(
-                "typed results (--return-type, --response-format) need --task chat".into(),
-            ));
-        }
-        if s.prompt2.is_some() && !matches!(function, Some((AiFunction::AiSimilarity, _))) {
-            return Err(Error::Config(
-                "--prompt2 only applies with --function ai_similarity".into(),
-            ));
-        }
-        if !s.images.is_empty() && task != Task::Chat {
-            return Err(Error::Config(
-                "--image needs --task chat: images go into chat messages".into(),
-            ));
-        }
-        let prompt = s.prompt.ok_or_else(|| {
-            Error::Config(match &function {
-                // A function writes the instructions: the prompt is the
-                // text it works on.
-                Some((f, _)) => format!(
-                    "no prompt: --function {} needs the text to work on: give --prompt TEMPLATE, e.g. --prompt '{{{{text}}}}'",
-                    f.name()
-                ),
-                None => "no prompt: give --prompt TEMPLATE, e.g. --prompt 'Summarize: {{text}}'".into(),
-            })
-        })?;
-
-        let mut params: Map<String, Value> = s.params.into_iter().collect();
-        if let Some(tools) = s.tools {
-            params.insert("tools".into(), toml_to_json(tools)?);
-        }
-        if let Some(choice) = s.tool_choice {
-            params.insert("tool_choice".into(), toml_to_json(choice)?);
-        }
-        for reserved in ["messages", "prompt", "input", "stream", "response_format"] {
-            if params.contains_key(reserved) {
-                return Err(Error::Config(format!(
-                    "--param {reserved} is set by aiq itself; use the matching flag"
-                )));
-            }
-        }
-
-        let concurrency = s.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-        let timeout = s.timeout.unwrap_or(300.0);
-        let prices = prices(s.price_in, s.price_out, s.price_cached)?;
-        let budget = Budget {
-            max_tokens: max_tokens_total,
-            max_cost,
-        };
-        if s.max_cost.is_some() {
-            if prices.is_none() {
-                return Err(Error::Config(
-                    "--max-cost needs prices: give --price-in and --price-out (USD per million tokens)".into(),
-                ));
-            }
-        }
+        let Locations {
+            input,
+            output,
+            shard,
+        } = locations(&mut s)?;
+        let Rates {
+            rpm,
+            tpm,
+            itpm,
+            otpm,
+            qph,
+        } = rates(&s, shard);
+        let target = target(&mut s)?;
+        let (input_format, output_format) = formats(&mut s)?;
+        let Shape {
+            task,
+            system,
+            prompt,
+            result_type,
+            response_format,
+            function,
+            params,
+        } = shape(&mut s)?;
+        let (prices, budget) = spend(&s, shard)?;
         if s.retry_failed && restart {
             return Err(Error::Config(
                 "--retry-failed re-sends the failed rows of the journal that --restart discards: give one of them".into(),
             ));
         }
-        let batch_rows = s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS);
-        let max_line_bytes = s.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
-        let batch_size = s.batch_size.unwrap_or(1);
-        if batch_size > 1 && task != Task::Embeddings {
-            return Err(Error::Config(
-                "--batch-size applies to embeddings only".into(),
-            ));
-        }
-        if s.stream && task == Task::Embeddings {
-            return Err(Error::Config(
-                "--stream applies to chat and completions, not embeddings".into(),
-            ));
-        }
+        let Sizes {
+            batch_rows,
+            max_line_bytes,
+            batch_size,
+        } = sizes(&s, task)?;
         let mode = s.mode.unwrap_or_default();
-        let batch = batch_settings(
-            BatchFlags {
-                max_requests: s.batch_max_requests,
-                max_bytes: s.batch_max_bytes,
-                poll_secs: s.poll_secs,
-                deadline: s.deadline.clone(),
-            },
-            mode,
-            &target,
+        let batch = batch(&s, mode, &target, batch_size)?;
+        let retry = retry_policy(&s);
+        let simulator = s.sim.over(
+            s.simulator.take().unwrap_or_default(),
+            target == Target::Simulator,
         )?;
-        if mode == Mode::Batch {
-            let online_only = [
-                ("--stream", s.stream),
-                ("--batch-size", batch_size > 1),
-                ("--max-cost", s.max_cost.is_some()),
-                ("--max-tokens-total", s.max_tokens_total.is_some()),
-            ];
-            if let Some((flag, _)) = online_only.iter().find(|(_, set)| *set) {
-                return Err(Error::Config(format!(
-                    "{flag} does not apply with --mode batch: the provider runs each batch whole \
-                     (use --dry-run to see the cost first)"
-                )));
-            }
-        }
-        let simulator = s
-            .sim
-            .over(s.simulator.unwrap_or_default(), target == Target::Simulator)?;
         Ok(Plan {
             input,
             output,
@@ -395,7 +198,7 @@ impl Plan {
             input_format,
             output_format,
             fail_on_error: s.fail_on_error,
-            concurrency,
+            concurrency: s.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
             rpm,
             tpm,
             itpm,
@@ -403,13 +206,7 @@ impl Plan {
             qph,
             prices,
             budget,
-            retry: RetryPolicy {
-                max_retries: s.max_retries.unwrap_or(8),
-                max_ambiguous_retries: s.max_ambiguous_retries.unwrap_or(1),
-                timeout: Duration::from_secs_f64(timeout),
-                min_delay: Duration::from_millis(s.backoff_ms.unwrap_or(500)),
-                ..RetryPolicy::default()
-            },
+            retry,
             api_key_env: s.api_key_env,
             profile: s.profile,
             batch_rows,
@@ -547,26 +344,332 @@ impl Plan {
     }
 }
 
-/// The batch flags as given.
-struct BatchFlags {
-    max_requests: Option<usize>,
-    max_bytes: Option<u64>,
-    poll_secs: Option<f64>,
-    deadline: Option<String>,
+/// Where the run reads and writes: input, output (this shard's) and shard.
+struct Locations {
+    input: PathBuf,
+    output: PathBuf,
+    shard: Option<Shard>,
+}
+
+fn locations(s: &mut JobSettings) -> Result<Locations> {
+    let input = s.input.take().ok_or_else(|| {
+        Error::Config("no input: give --input PATH (or `input` in the job file)".into())
+    })?;
+    let output = s.output.take().ok_or_else(|| {
+        Error::Config("no output: give --output PATH (or `output` in the job file)".into())
+    })?;
+    let shard = s.shard.take().map(|spec| spec.resolve()).transpose()?;
+    let output = shard_output(output, shard)?;
+    if let Some(parent) = output.parent().filter(|p| p.exists() && !p.is_dir()) {
+        return Err(Error::output(
+            &output,
+            format!("{} is a file, not a folder", parent.display()),
+        ));
+    }
+    Ok(Locations {
+        input,
+        output,
+        shard,
+    })
+}
+
+/// Rate limits, this run's share of them.
+struct Rates {
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+    itpm: Option<u32>,
+    otpm: Option<u32>,
+    qph: Option<u32>,
+}
+
+/// Limits are the job's; this run sends its share (docs "Scaling out").
+fn rates(s: &JobSettings, shard: Option<Shard>) -> Rates {
+    let workers = match (s.workers, shard) {
+        (Some(w), _) => w,
+        (None, Some(shard)) => shard.count,
+        (None, None) => 1,
+    };
+    let [rpm, tpm, itpm, otpm, qph] =
+        [s.rpm, s.tpm, s.itpm, s.otpm, s.qph].map(|l| split_limit(l, workers));
+    Rates {
+        rpm,
+        tpm,
+        itpm,
+        otpm,
+        qph,
+    }
+}
+
+fn target(s: &mut JobSettings) -> Result<Target> {
+    let endpoint = s.endpoint.take().ok_or_else(|| {
+        Error::Config(
+            "no endpoint: give --endpoint NAME|URL|simulator (or `endpoint` in the job file)"
+                .into(),
+        )
+    })?;
+    Target::parse(&endpoint)
+}
+
+/// Input and output formats. OpenAI Batch input carries each request whole,
+/// so its prompt is the body template.
+fn formats(s: &mut JobSettings) -> Result<(InputFormat, OutputFormat)> {
+    let input_format = s.input_format.unwrap_or_default();
+    let output_format = s.output_format.unwrap_or_default();
+    if input_format == InputFormat::OpenaiBatch {
+        // Each line carries its own request: anything that would shape
+        // a request is a mistake, not something to ignore silently.
+        let shaping = [
+            ("--prompt", s.prompt.is_some()),
+            ("--system", s.system.is_some()),
+            ("--prompt2", s.prompt2.is_some()),
+            ("--task", s.task.is_some()),
+            ("--return-type", s.return_type.is_some()),
+            ("--response-format", s.response_format.is_some()),
+            ("--function", s.function.is_some()),
+            ("--image", !s.images.is_empty()),
+            ("--stream", s.stream),
+            ("--batch-size", s.batch_size.is_some_and(|n| n > 1)),
+            ("tools", s.tools.is_some()),
+            ("tool_choice", s.tool_choice.is_some()),
+        ];
+        if let Some(flag) = first_given(&shaping) {
+            return Err(Error::Config(format!(
+                "{flag} does not apply with --input-format openai-batch: each line's body is the request"
+            )));
+        }
+        s.prompt = Some(BODY_TEMPLATE.to_string());
+    } else if output_format == OutputFormat::OpenaiBatch {
+        return Err(Error::Config(
+            "--output-format openai-batch needs --input-format openai-batch: output lines answer request lines by custom_id".into(),
+        ));
+    }
+    Ok((input_format, output_format))
+}
+
+/// What each request asks and what its answer is read as.
+struct Shape {
+    task: Task,
+    system: Option<String>,
+    prompt: String,
+    result_type: SqlType,
+    response_format: Option<Value>,
+    function: Option<(AiFunction, FunctionOptions)>,
+    params: Map<String, Value>,
+}
+
+fn shape(s: &mut JobSettings) -> Result<Shape> {
+    let mut task = s.task.unwrap_or_default();
+    let mut system = s.system.take();
+    let mut result_type = SqlType::String;
+    let mut response_format = None;
+    let function = function(s)?;
+    if let Some((f, spec)) = &function {
+        if spec.embeddings {
+            task = Task::Embeddings;
+            if s.prompt2.is_none() {
+                return Err(Error::Config(format!(
+                    "--function {} compares two texts: give --prompt and --prompt2",
+                    f.name()
+                )));
+            }
+        } else {
+            if system.is_some() {
+                return Err(Error::Config(format!(
+                    "--function {} writes its own system prompt; drop --system",
+                    f.name()
+                )));
+            }
+            system = Some(spec.system.clone());
+        }
+        result_type = spec.return_type.clone();
+        response_format = spec.response_format.clone();
+    }
+    let function = function.map(|(f, _)| (f, function_options(s)));
+    if let Some(rt) = &s.return_type {
+        result_type = rt
+            .parse()
+            .map_err(|e| Error::Config(format!("--return-type: {e}")))?;
+        if !result_type.is_string() {
+            response_format = Some(result_type.response_format());
+        }
+    }
+    if let Some(rf) = &s.response_format {
+        if s.return_type.is_some() {
+            return Err(Error::Config(
+                "give --return-type or --response-format, not both".into(),
+            ));
+        }
+        let (ty, format) = parse_response_format(rf)
+            .map_err(|e| Error::Config(format!("--response-format: {e}")))?;
+        result_type = ty;
+        response_format = Some(format);
+    }
+    if task == Task::Embeddings && function.is_none() {
+        result_type = SqlType::Array(Box::new(SqlType::Float));
+        response_format = None;
+    }
+    if response_format.is_some() && task != Task::Chat {
+        return Err(Error::Config(
+            "typed results (--return-type, --response-format) need --task chat".into(),
+        ));
+    }
+    if s.prompt2.is_some() && !matches!(function, Some((AiFunction::AiSimilarity, _))) {
+        return Err(Error::Config(
+            "--prompt2 only applies with --function ai_similarity".into(),
+        ));
+    }
+    if !s.images.is_empty() && task != Task::Chat {
+        return Err(Error::Config(
+            "--image needs --task chat: images go into chat messages".into(),
+        ));
+    }
+    let prompt = prompt(s, function.as_ref().map(|(f, _)| *f))?;
+    Ok(Shape {
+        task,
+        system,
+        prompt,
+        result_type,
+        response_format,
+        function,
+        params: params(s)?,
+    })
+}
+
+fn function_options(s: &JobSettings) -> FunctionOptions {
+    FunctionOptions {
+        labels: s.labels.clone(),
+        max_words: s.max_words,
+        to_lang: s.to_lang.clone(),
+        condition: s.condition.clone(),
+        criterion: s.criterion.clone(),
+    }
+}
+
+/// `--function` and its spec; the function's options without it are a mistake.
+fn function(s: &JobSettings) -> Result<Option<(AiFunction, TaskSpec)>> {
+    let Some(f) = s.function else {
+        if !s.labels.is_empty()
+            || s.max_words.is_some()
+            || s.to_lang.is_some()
+            || s.condition.is_some()
+            || s.criterion.is_some()
+        {
+            return Err(Error::Config(
+                "--labels, --max-words, --to-lang, --condition and --criterion only apply with --function".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let spec = f
+        .spec(&function_options(s))
+        .map_err(|e| Error::Config(format!("--function {}: {e}", f.name())))?;
+    if s.return_type.is_some() || s.response_format.is_some() {
+        return Err(Error::Config(format!(
+            "--function {} sets its own result type; drop --return-type / --response-format",
+            f.name()
+        )));
+    }
+    Ok(Some((f, spec)))
+}
+
+fn prompt(s: &mut JobSettings, function: Option<AiFunction>) -> Result<String> {
+    s.prompt.take().ok_or_else(|| {
+        Error::Config(match function {
+            // A function writes the instructions: the prompt is the
+            // text it works on.
+            Some(f) => format!(
+                "no prompt: --function {} needs the text to work on: give --prompt TEMPLATE, e.g. --prompt '{{{{text}}}}'",
+                f.name()
+            ),
+            None => "no prompt: give --prompt TEMPLATE, e.g. --prompt 'Summarize: {{text}}'".into(),
+        })
+    })
+}
+
+/// Extra request-body parameters; those aiq sets itself are refused.
+fn params(s: &mut JobSettings) -> Result<Map<String, Value>> {
+    let mut params: Map<String, Value> = std::mem::take(&mut s.params).into_iter().collect();
+    if let Some(tools) = s.tools.take() {
+        params.insert("tools".into(), toml_to_json(tools)?);
+    }
+    if let Some(choice) = s.tool_choice.take() {
+        params.insert("tool_choice".into(), toml_to_json(choice)?);
+    }
+    for reserved in ["messages", "prompt", "input", "stream", "response_format"] {
+        if params.contains_key(reserved) {
+            return Err(Error::Config(format!(
+                "--param {reserved} is set by aiq itself; use the matching flag"
+            )));
+        }
+    }
+    Ok(params)
+}
+
+/// Prices and the budget, the budget this run's share of the job's.
+fn spend(s: &JobSettings, shard: Option<Shard>) -> Result<(Option<Prices>, Budget)> {
+    let parts = shard.map_or(1, |s| s.count);
+    let budget = Budget {
+        max_tokens: s.max_tokens_total.map(|t| (t / u64::from(parts)).max(1)),
+        max_cost: s.max_cost.map(|c| c / f64::from(parts)),
+    };
+    let prices = prices(s.price_in, s.price_out, s.price_cached)?;
+    if s.max_cost.is_some() && prices.is_none() {
+        return Err(Error::Config(
+            "--max-cost needs prices: give --price-in and --price-out (USD per million tokens)"
+                .into(),
+        ));
+    }
+    Ok((prices, budget))
+}
+
+/// Rows per read batch, bytes per input line, inputs per request.
+struct Sizes {
+    batch_rows: usize,
+    max_line_bytes: usize,
+    batch_size: usize,
+}
+
+fn sizes(s: &JobSettings, task: Task) -> Result<Sizes> {
+    let batch_size = s.batch_size.unwrap_or(1);
+    if batch_size > 1 && task != Task::Embeddings {
+        return Err(Error::Config(
+            "--batch-size applies to embeddings only".into(),
+        ));
+    }
+    if s.stream && task == Task::Embeddings {
+        return Err(Error::Config(
+            "--stream applies to chat and completions, not embeddings".into(),
+        ));
+    }
+    Ok(Sizes {
+        batch_rows: s.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS),
+        max_line_bytes: s.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES),
+        batch_size,
+    })
+}
+
+fn retry_policy(s: &JobSettings) -> RetryPolicy {
+    RetryPolicy {
+        max_retries: s.max_retries.unwrap_or(8),
+        max_ambiguous_retries: s.max_ambiguous_retries.unwrap_or(1),
+        timeout: Duration::from_secs_f64(s.timeout.unwrap_or(300.0)),
+        min_delay: Duration::from_millis(s.backoff_ms.unwrap_or(500)),
+        ..RetryPolicy::default()
+    }
 }
 
 /// Batch mode's settings, checked; set without `--mode batch` they are a
-/// mistake. A Databricks serving endpoint has no batch API: refused here,
-/// before anything is sent.
-fn batch_settings(s: BatchFlags, mode: Mode, target: &Target) -> Result<BatchSettings> {
+/// mistake, and so is what only online mode does with it. A Databricks
+/// serving endpoint has no batch API: refused here, before anything is sent.
+fn batch(s: &JobSettings, mode: Mode, target: &Target, batch_size: usize) -> Result<BatchSettings> {
     if mode == Mode::Online {
         let batch_only = [
-            ("--batch-max-requests", s.max_requests.is_some()),
-            ("--batch-max-bytes", s.max_bytes.is_some()),
+            ("--batch-max-requests", s.batch_max_requests.is_some()),
+            ("--batch-max-bytes", s.batch_max_bytes.is_some()),
             ("--poll-secs", s.poll_secs.is_some()),
             ("--deadline", s.deadline.is_some()),
         ];
-        if let Some((flag, _)) = batch_only.iter().find(|(_, set)| *set) {
+        if let Some(flag) = first_given(&batch_only) {
             return Err(Error::Config(format!(
                 "{flag} only applies with --mode batch"
             )));
@@ -580,9 +683,6 @@ fn batch_settings(s: BatchFlags, mode: Mode, target: &Target) -> Result<BatchSet
              provisioned-throughput endpoint for batch inference inside Databricks"
         )));
     }
-    let max_requests = s.max_requests.unwrap_or(DEFAULT_BATCH_MAX_REQUESTS);
-    let max_bytes = s.max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES);
-    let poll = s.poll_secs.unwrap_or(DEFAULT_POLL_SECS);
     let deadline = match &s.deadline {
         None => None,
         Some(d) => match crate::provider::retry::parse_reset(d) {
@@ -594,12 +694,32 @@ fn batch_settings(s: BatchFlags, mode: Mode, target: &Target) -> Result<BatchSet
             }
         },
     };
+    let online_only = [
+        ("--stream", s.stream),
+        ("--batch-size", batch_size > 1),
+        ("--max-cost", s.max_cost.is_some()),
+        ("--max-tokens-total", s.max_tokens_total.is_some()),
+    ];
+    if let Some(flag) = first_given(&online_only) {
+        return Err(Error::Config(format!(
+            "{flag} does not apply with --mode batch: the provider runs each batch whole \
+             (use --dry-run to see the cost first)"
+        )));
+    }
     Ok(BatchSettings {
-        max_requests,
-        max_bytes,
-        poll: Duration::from_secs_f64(poll),
+        max_requests: s.batch_max_requests.unwrap_or(DEFAULT_BATCH_MAX_REQUESTS),
+        max_bytes: s.batch_max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES),
+        poll: Duration::from_secs_f64(s.poll_secs.unwrap_or(DEFAULT_POLL_SECS)),
         deadline,
     })
+}
+
+/// The first of `flags` that was given (`true`), for "does not apply" errors.
+fn first_given<'a>(flags: &[(&'a str, bool)]) -> Option<&'a str> {
+    flags
+        .iter()
+        .find(|(_, given)| *given)
+        .map(|(flag, _)| *flag)
 }
 
 impl Plan {
