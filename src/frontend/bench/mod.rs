@@ -2,7 +2,8 @@
 //!
 //! This module owns the flags, their checking, and the measuring loop; the
 //! figures are pure functions in [`stats`], the outputs (table, JSON,
-//! Parquet records) in [`report`] and the picture in [`plot`].
+//! Parquet records) in [`report`] and the picture in [`plot`] (PNG through
+//! [`png`]).
 //!
 //! The loop is oha's design: per step, a pacing task hands out tickets on a
 //! bounded channel — as fast as workers take them for a concurrency step
@@ -15,6 +16,7 @@
 //! to first token and inter-token latency are measured, not guessed.
 
 pub mod plot;
+pub mod png;
 pub mod report;
 pub mod stats;
 
@@ -70,7 +72,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub model: Option<String>,
 
-    /// Kind of call: chat (default) or completions.
+    /// Kind of call: chat (default), completions, or embeddings (never
+    /// streamed: no time to first token; latency is end to end).
     #[arg(long, value_enum, default_value = "chat")]
     pub task: Task,
 
@@ -96,7 +99,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "TEMPLATE")]
     pub system: Option<String>,
 
-    /// Length of synthetic prompts, in tokens (about 4 bytes each).
+    /// Length of synthetic prompts, in tokens (about 4 bytes each; the
+    /// server's count, with its chat template, is in the report's `sent:` line).
     #[arg(
         long,
         value_name = "N",
@@ -133,6 +137,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
 
+    /// Requests sent before the first step, at its load, and not measured:
+    /// connections, caches and a cold server warm up outside the figures.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub warmup: u64,
+
     /// Requests per step [default: 100 unless --duration is given].
     #[arg(long, value_name = "N", conflicts_with = "duration")]
     pub requests: Option<u64>,
@@ -157,8 +166,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub records: Option<PathBuf>,
 
-    /// Draw latency against throughput across the sweep into PATH (SVG).
-    #[arg(long, value_name = "PATH.svg")]
+    /// Draw latency against throughput across the sweep into PATH: SVG or
+    /// PNG, by the extension.
+    #[arg(long, value_name = "PATH.svg|PATH.png")]
     pub plot: Option<PathBuf>,
 
     /// Timeout of one request, in seconds.
@@ -243,12 +253,6 @@ impl BenchPlan {
                 "--timeout must be a positive number of seconds".into(),
             ));
         }
-        if args.task == Task::Embeddings {
-            return Err(Error::Config(
-                "aiq bench measures chat and completions; --task embeddings is not supported"
-                    .into(),
-            ));
-        }
         for (name, v) in [
             ("--slo-ttft-ms", args.slo_ttft_ms),
             ("--slo-e2e-ms", args.slo_e2e_ms),
@@ -278,6 +282,14 @@ impl BenchPlan {
                 }
             }
         }
+        if let Some(plot) = &args.plot {
+            if plot.as_os_str() != "-" && plot::Format::of(plot).is_none() {
+                return Err(Error::Config(format!(
+                    "--plot {}: the picture is SVG or PNG; name the file .svg or .png",
+                    plot.display()
+                )));
+            }
+        }
         if args.records.as_ref().is_some_and(|p| p.as_os_str() == "-")
             || args.plot.as_ref().is_some_and(|p| p.as_os_str() == "-")
         {
@@ -293,9 +305,16 @@ impl BenchPlan {
                 )));
             }
         }
-        params
-            .entry("max_tokens")
-            .or_insert(Value::from(args.output_tokens));
+        let mut args = args;
+        if args.task == Task::Embeddings {
+            // An embedding is one reply with no tokens to stream, and
+            // max_tokens means nothing to it.
+            args.no_stream = true;
+        } else {
+            params
+                .entry("max_tokens")
+                .or_insert(Value::from(args.output_tokens));
+        }
         Ok(BenchPlan {
             target,
             loads,
@@ -361,12 +380,27 @@ pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
         !args.no_stream,
     )?);
 
+    if let (Some(first), true) = (plan.loads.first(), args.warmup > 0) {
+        let warmup = StepEnd::Requests(args.warmup);
+        let bar = step_bar(warmup, "warm-up".into(), quiet);
+        let (records, _) = run_step(&plan, &client, &bodies, warmup, u32::MAX, *first, &bar).await;
+        bar.finish_and_clear();
+        if !quiet {
+            let errors = records.iter().filter(|r| !r.ok()).count();
+            eprintln!(
+                "{:>10}: {} requests at {}, {errors} errors (not measured)",
+                "warm-up",
+                records.len(),
+                first.label()
+            );
+        }
+    }
     let mut steps = Vec::with_capacity(plan.loads.len());
     let mut records = Vec::new();
     for (i, load) in plan.loads.iter().enumerate() {
-        let bar = step_bar(&plan, *load, quiet);
+        let bar = step_bar(plan.stop, load.label(), quiet);
         let (step_records, elapsed) =
-            run_step(&plan, &client, &bodies, i as u32, *load, &bar).await;
+            run_step(&plan, &client, &bodies, plan.stop, i as u32, *load, &bar).await;
         bar.finish_and_clear();
         let stats = stats::summarize(*load, &step_records, elapsed.as_secs_f64(), &plan.slo);
         if !quiet {
@@ -407,6 +441,7 @@ async fn run_step(
     plan: &BenchPlan,
     client: &Arc<Client>,
     bodies: &Arc<Vec<Bytes>>,
+    stop: StepEnd,
     step: u32,
     load: Load,
     bar: &ProgressBar,
@@ -421,7 +456,7 @@ async fn run_step(
     let pacer = tokio::spawn(pace(
         ticket_tx,
         load,
-        plan.stop,
+        stop,
         plan.args.seed ^ u64::from(step),
         started,
     ));
@@ -613,10 +648,13 @@ fn prompt_bodies(plan: &BenchPlan, endpoint: &Endpoint) -> Result<Vec<Bytes>> {
 }
 
 /// Distinct synthetic prompts of about `tokens` tokens each: a number first
-/// (so no two share a cacheable prefix), then filler words.
+/// (so no two share a cacheable prefix), then filler words. The words are
+/// common three-letter English ones: with its space each is one token to
+/// the usual tokenizers and four bytes, so the prompt is as long in tokens
+/// as asked (Latin filler splits into two or three tokens a word).
 fn synthetic_prompts(tokens: u64) -> RecordBatch {
     const WORDS: &[&str] = &[
-        "lorem", "ipsum", "dolor", "sit", "amet", "tempor", "magna", "aliqua",
+        "the", "and", "for", "day", "way", "new", "one", "man", "old", "see", "two", "how",
     ];
     let bytes = (tokens as usize).max(1) * BYTES_PER_TOKEN;
     let prompts: Vec<String> = (0..256)
@@ -642,8 +680,8 @@ fn synthetic_prompts(tokens: u64) -> RecordBatch {
         .unwrap_or_else(|_| RecordBatch::new_empty(schema))
 }
 
-fn step_bar(plan: &BenchPlan, load: Load, quiet: bool) -> ProgressBar {
-    let bar = match plan.stop {
+fn step_bar(stop: StepEnd, label: String, quiet: bool) -> ProgressBar {
+    let bar = match stop {
         StepEnd::Requests(n) => ProgressBar::new(n),
         StepEnd::Duration(_) => ProgressBar::no_length(),
     };
@@ -652,7 +690,7 @@ fn step_bar(plan: &BenchPlan, load: Load, quiet: bool) -> ProgressBar {
     } else {
         ProgressDrawTarget::stderr_with_hz(8)
     });
-    let template = match plan.stop {
+    let template = match stop {
         StepEnd::Requests(_) => {
             "{spinner} {prefix:>10} {bar:30.cyan/blue} {pos}/{len} requests · {per_sec} · {msg}"
         }
@@ -663,7 +701,7 @@ fn step_bar(plan: &BenchPlan, load: Load, quiet: bool) -> ProgressBar {
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));
     }
-    bar.set_prefix(load.label());
+    bar.set_prefix(label);
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
 }

@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde_json::json;
 
-use super::stats::{Latency, Record, StepStats};
+use super::stats::{Latency, Record, StepStats, TokenCount, MIN_SAMPLES};
 use super::{BenchPlan, BenchResult};
 use crate::error::{Error, Result};
 use crate::pipeline::parquet_out::ParquetFile;
@@ -31,10 +31,82 @@ pub fn step_line(s: &StepStats) -> String {
     )
 }
 
+/// Prompt tokens per request over the whole sweep, as the server counted
+/// them.
+fn prompt_tokens(result: &BenchResult) -> Option<TokenCount> {
+    TokenCount::of(
+        result
+            .records
+            .iter()
+            .filter(|r| r.ok())
+            .map(|r| r.prompt_tokens),
+    )
+}
+
+/// What was sent, asked for and counted: the prompt (synthetic of
+/// `--input-tokens`, or rendered from `--input`) against the prompt tokens
+/// the server counted — a chat template and the tokenizer add to what was
+/// asked —, max_tokens against the output tokens counted, and the requests
+/// (or seconds) per step.
+pub fn sent(plan: &BenchPlan, result: &BenchResult) -> String {
+    let a = &plan.args;
+    let counted = |t: Option<TokenCount>| {
+        t.map_or("none counted".to_string(), |t| {
+            format!("{} counted", t.range())
+        })
+    };
+    let prompt = match &a.input {
+        Some(p) => format!("prompts from {}", p.display()),
+        None => format!("prompts of ~{} tokens", a.input_tokens),
+    };
+    let output = TokenCount::of(
+        result
+            .records
+            .iter()
+            .filter(|r| r.ok())
+            .map(|r| r.output_tokens),
+    );
+    let per_step = match plan.stop {
+        super::StepEnd::Requests(n) => format!("{n} requests per step"),
+        super::StepEnd::Duration(d) => format!("{} s per step", d.as_secs_f64()),
+    };
+    let max_tokens = plan
+        .params
+        .get("max_tokens")
+        .map_or_else(|| "-".to_string(), |v| v.to_string());
+    let mut line = format!(
+        "{prompt} ({}), max_tokens {max_tokens} ({}), {per_step}",
+        counted(prompt_tokens(result)),
+        counted(output)
+    );
+    if a.warmup > 0 {
+        let _ = write!(line, " after {} warm-up", a.warmup);
+    }
+    line
+}
+
+/// The plot's subtitle, two lines: the endpoint as given, model and kind
+/// of call; then [`sent`].
+pub fn subtitle(plan: &BenchPlan, result: &BenchResult) -> [String; 2] {
+    let a = &plan.args;
+    let mut head = a.endpoint.clone();
+    if let Some(m) = &a.model {
+        let _ = write!(head, " · {m}");
+    }
+    let _ = write!(
+        head,
+        " · {}{}",
+        format!("{:?}", a.task).to_lowercase(),
+        if a.no_stream { "" } else { ", streamed" }
+    );
+    [head, sent(plan, result)]
+}
+
 /// The sweep as a table, one row per step.
-pub fn table(result: &BenchResult) -> String {
+pub fn table(plan: &BenchPlan, result: &BenchResult) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "endpoint: {}", result.endpoint);
+    let _ = writeln!(out, "sent: {}", sent(plan, result));
     let header = [
         "load",
         "reqs",
@@ -54,6 +126,15 @@ pub fn table(result: &BenchResult) -> String {
         "good%",
     ];
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    // A percentile of too few samples is marked, and explained under the table.
+    let mut rough = false;
+    let mut pct = |l: Option<Latency>, p: fn(&Latency) -> f64| match l {
+        Some(l) if l.samples < MIN_SAMPLES => {
+            rough = true;
+            format!("{:.1}*", p(&l))
+        }
+        l => ms(l.map(|l| p(&l))),
+    };
     let rows: Vec<Vec<String>> = result
         .steps
         .iter()
@@ -63,14 +144,14 @@ pub fn table(result: &BenchResult) -> String {
                 s.requests.to_string(),
                 format!("{:.2}", s.requests_per_sec),
                 format!("{:.1}", s.output_tokens_per_sec),
-                ms(s.ttft_ms.map(|l| l.p50)),
-                ms(s.ttft_ms.map(|l| l.p90)),
-                ms(s.ttft_ms.map(|l| l.p99)),
-                ms(s.e2e_ms.map(|l| l.p50)),
-                ms(s.e2e_ms.map(|l| l.p90)),
-                ms(s.e2e_ms.map(|l| l.p99)),
-                ms(s.itl_ms.map(|l| l.p50)),
-                ms(s.itl_ms.map(|l| l.p99)),
+                pct(s.ttft_ms, |l| l.p50),
+                pct(s.ttft_ms, |l| l.p90),
+                pct(s.ttft_ms, |l| l.p99),
+                pct(s.e2e_ms, |l| l.p50),
+                pct(s.e2e_ms, |l| l.p90),
+                pct(s.e2e_ms, |l| l.p99),
+                pct(s.itl_ms, |l| l.p50),
+                pct(s.itl_ms, |l| l.p99),
                 format!("{:.1}", s.error_rate * 100.0),
                 format!("{:.1}", s.rate_limited_rate * 100.0),
                 format!("{:.2}", s.goodput_per_sec),
@@ -103,6 +184,12 @@ pub fn table(result: &BenchResult) -> String {
         out,
         "latencies in ms over successful requests; tok/s = output tokens per second"
     );
+    if rough {
+        let _ = writeln!(
+            out,
+            "* from fewer than {MIN_SAMPLES} successful requests: rough (the p99 of a few is their maximum); give more --requests"
+        );
+    }
     if let Some(first) = result.records.iter().find_map(|r| r.error.as_deref()) {
         let _ = writeln!(out, "first error: {first}");
     }
@@ -120,6 +207,8 @@ pub fn summary_json(plan: &BenchPlan, result: &BenchResult) -> serde_json::Value
         "input": a.input.as_ref().map(|p| p.display().to_string()),
         "input_tokens": a.input.is_none().then_some(a.input_tokens),
         "max_tokens": plan.params.get("max_tokens"),
+        "warmup": a.warmup,
+        "prompt_tokens": prompt_tokens(result),
         "slo": plan.slo,
         "steps": result.steps,
     })
@@ -129,7 +218,7 @@ pub fn summary_json(plan: &BenchPlan, result: &BenchResult) -> serde_json::Value
 pub fn write_outputs(plan: &BenchPlan, result: &BenchResult, quiet: bool) -> Result<()> {
     let a = &plan.args;
     let json_to_stdout = a.json.as_ref().is_some_and(|p| p.as_os_str() == "-");
-    let text = table(result);
+    let text = table(plan, result);
     if json_to_stdout {
         if !quiet {
             eprint!("{text}");
@@ -150,7 +239,15 @@ pub fn write_outputs(plan: &BenchPlan, result: &BenchResult, quiet: bool) -> Res
         write_records(path, &result.records, &result.steps)?;
     }
     if let Some(path) = &a.plot {
-        super::plot::draw(path, &result.steps)?;
+        let subtitle = subtitle(plan, result);
+        super::plot::draw(
+            path,
+            &result.steps,
+            super::plot::Labels {
+                subtitle: &subtitle,
+                slo: &plan.slo,
+            },
+        )?;
     }
     Ok(())
 }

@@ -59,9 +59,16 @@ impl Slo {
     }
 }
 
-/// p50, p90, p99 (and the mean) of one latency, in ms.
+/// Below this many samples a percentile is flagged as rough in the table
+/// and drawn hollow on the plot: the p99 of 8 requests is just their
+/// maximum, and one slow request moves the p90 of 10 by a whole request.
+pub const MIN_SAMPLES: u64 = 20;
+
+/// p50, p90, p99 (and the mean) of one latency, in ms, and how many
+/// requests they come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Latency {
+    pub samples: u64,
     pub mean: f64,
     pub p50: f64,
     pub p90: f64,
@@ -76,6 +83,7 @@ impl Latency {
         }
         values.sort_by(f64::total_cmp);
         Some(Latency {
+            samples: values.len() as u64,
             mean: values.iter().sum::<f64>() / values.len() as f64,
             p50: percentile(&values, 50.0),
             p90: percentile(&values, 90.0),
@@ -142,6 +150,45 @@ pub struct StepStats {
     pub itl_ms: Option<Latency>,
     /// Mean time tickets waited for a free worker, ms.
     pub queued_ms_mean: f64,
+    /// Prompt and output tokens of successful requests, as the server
+    /// counted them: what was really sent, not what was asked for.
+    pub prompt_tokens: Option<TokenCount>,
+    pub output_tokens: Option<TokenCount>,
+}
+
+/// The least, mean and most tokens per request of a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TokenCount {
+    pub min: u64,
+    pub mean: f64,
+    pub max: u64,
+}
+
+impl TokenCount {
+    /// None for an empty sample.
+    pub fn of(values: impl IntoIterator<Item = u64>) -> Option<TokenCount> {
+        let (mut n, mut sum, mut min, mut max) = (0u64, 0u64, u64::MAX, 0u64);
+        for v in values {
+            n += 1;
+            sum = sum.saturating_add(v);
+            min = min.min(v);
+            max = max.max(v);
+        }
+        (n > 0).then(|| TokenCount {
+            min,
+            mean: sum as f64 / n as f64,
+            max,
+        })
+    }
+
+    /// `117` or `117–120`.
+    pub fn range(&self) -> String {
+        if self.min == self.max {
+            self.min.to_string()
+        } else {
+            format!("{}–{}", self.min, self.max)
+        }
+    }
 }
 
 /// Fold a step's records into its figures. `elapsed_secs` is the step's
@@ -188,6 +235,8 @@ pub fn summarize(load: Load, records: &[Record], elapsed_secs: f64, slo: &Slo) -
         } else {
             0.0
         },
+        prompt_tokens: TokenCount::of(ok_records.iter().map(|r| r.prompt_tokens)),
+        output_tokens: TokenCount::of(ok_records.iter().map(|r| r.output_tokens)),
     }
 }
 
@@ -225,7 +274,7 @@ mod tests {
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
         assert!(percentile(&[], 50.0).is_nan());
         let l = Latency::of(vec![3.0, 1.0, 2.0]).unwrap();
-        assert_eq!((l.p50, l.mean), (2.0, 2.0));
+        assert_eq!((l.p50, l.mean, l.samples), (2.0, 2.0, 3));
         assert!(Latency::of(vec![]).is_none());
     }
 
@@ -254,6 +303,12 @@ mod tests {
         let s = summarize(Load::Rate(5.0), &records, 2.0, &Slo::default());
         assert_eq!(s.goodput_share, 0.75);
         assert_eq!(Load::Rate(5.0).label(), "5 rps");
+        // What the server counted, over successful requests.
+        let t = s.output_tokens.unwrap();
+        assert_eq!((t.min, t.max, t.range()), (10, 10, "10".to_string()));
+        let t = TokenCount::of([117, 120, 118]).unwrap();
+        assert_eq!((t.range(), t.mean), ("117–120".to_string(), 355.0 / 3.0));
+        assert!(TokenCount::of([]).is_none());
     }
 
     #[test]
