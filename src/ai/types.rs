@@ -606,6 +606,41 @@ fn normalize_timestamp(s: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// A point in time as RFC 3339 in UTC, to the second: `2026-12-06T19:49:04Z`
+/// (what APIs stamp on the objects they return).
+pub fn format_utc(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        format_date(civil_from_days(days)),
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// An RFC 3339 timestamp (any zone, as [`normalize_timestamp`] reads it)
+/// as a point in time; `None` if it is not one or precedes 1970.
+pub fn parse_utc(s: &str) -> Option<std::time::SystemTime> {
+    let utc = normalize_timestamp(s).ok()?;
+    let num = |r: std::ops::Range<usize>| utc.get(r)?.parse::<i64>().ok();
+    let days = days_from_civil((num(0..4)?, num(5..7)? as u32, num(8..10)? as u32));
+    let secs = days * 86_400 + num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?;
+    let micros = utc
+        .get(20..26)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0);
+    let secs = u64::try_from(secs).ok()?;
+    Some(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(secs)
+            + std::time::Duration::from_micros(micros),
+    )
+}
+
 fn schema_to_type(
     schema: &Value,
     root: &Value,
@@ -1515,5 +1550,14 @@ mod tests {
         assert!(parse_response_format(r#"{"type": "json_schema"}"#)
             .unwrap_err()
             .contains("json_schema.schema"));
+    }
+
+    #[test]
+    fn utc_times_format_and_parse_back() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_500_144);
+        assert_eq!(format_utc(t), "2026-12-05T19:49:04Z");
+        assert_eq!(parse_utc("2026-12-05T19:49:04Z"), Some(t));
+        assert_eq!(parse_utc("2026-12-05T21:49:04+02:00"), Some(t));
+        assert_eq!(parse_utc("yesterday"), None);
     }
 }

@@ -469,7 +469,11 @@ pub fn embed(text: &str, dim: usize) -> Vec<f32> {
 #[derive(Debug, Clone)]
 pub(crate) enum Api {
     OpenAi,
-    Databricks { endpoint: String },
+    Databricks {
+        endpoint: String,
+    },
+    /// Google's Gemini API (see [`super::gemini`]).
+    Gemini(super::gemini::Call),
 }
 
 impl Api {
@@ -481,6 +485,14 @@ impl Api {
 
     pub fn is_databricks(&self) -> bool {
         matches!(self, Api::Databricks { .. })
+    }
+
+    /// Prompt tokens read from an explicit cache the request named.
+    pub fn explicitly_cached(&self) -> u64 {
+        match self {
+            Api::Gemini(call) => call.explicit_cached,
+            _ => 0,
+        }
     }
 }
 
@@ -505,6 +517,7 @@ pub(crate) fn model_name(api: &Api, job: &Job) -> String {
     match (&job.model, api) {
         (Some(m), _) => m.clone(),
         (None, Api::Databricks { endpoint }) => endpoint.clone(),
+        (None, Api::Gemini(call)) => call.model.clone(),
         (None, Api::OpenAi) => "aiq-sim".to_string(),
     }
 }

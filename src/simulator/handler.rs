@@ -36,6 +36,7 @@ pub(crate) fn error(api: &Api, status: StatusCode, code: &str, message: &str) ->
     let body = match api {
         Api::OpenAi => json!({"error": {"message": message, "type": code, "code": code}}),
         Api::Databricks { .. } => json!({"error_code": code, "message": message}),
+        Api::Gemini(_) => super::gemini::wire::error_body(status, message),
     };
     (status, Json(body)).into_response()
 }
@@ -79,7 +80,7 @@ pub(crate) fn authorized(cfg: &SimConfig, headers: &HeaderMap) -> bool {
         .is_some_and(|got| got.trim() == token)
 }
 
-async fn handle(
+pub(crate) async fn handle(
     st: Arc<ServerState>,
     api: Api,
     task: Option<Task>,
@@ -368,7 +369,11 @@ fn cached_usage(st: &ServerState, api: &Api, job: &Job) -> (Vec<cache::Key>, u64
         .as_deref()
         .map(prefix_keys)
         .unwrap_or_default();
-    let cached = st.cache.lookup(&keys).min(job.prompt_tokens);
+    let cached = st
+        .cache
+        .lookup(&keys)
+        .max(api.explicitly_cached())
+        .min(job.prompt_tokens);
     let usage = usage(job, cached, cache::cacheable_tokens(&keys), api.claude());
     (keys, cached, usage)
 }
@@ -464,6 +469,9 @@ fn usage(job: &Job, cached: u64, cacheable: u64, claude: bool) -> WireUsage {
 
 /// The non-streamed JSON reply.
 fn body_of(api: &Api, job: Job, usage: WireUsage) -> Value {
+    if let Api::Gemini(call) = api {
+        return super::gemini::wire::reply(call, &job, &usage);
+    }
     let model = Some(model_name(api, &job));
     let result = match &job.reply {
         Reply::Chat {

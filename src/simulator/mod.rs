@@ -13,12 +13,14 @@
 //! and [`schema`](self::schema) (the replies), [`stream`](self::stream) (SSE),
 //! [`limits`](self::limits), [`faults`](self::faults), [`cache`](self::cache),
 //! [`oauth`](self::oauth), [`hostile`](self::hostile) (error replies that
-//! echo credentials or run long) and [`stats`](self::stats).
+//! echo credentials or run long) and [`stats`](self::stats). Google's Gemini
+//! API is [`gemini`](self::gemini): its own wire over the same pipeline.
 
 mod answer;
 mod batch;
 mod cache;
 mod faults;
+mod gemini;
 mod handler;
 mod hostile;
 mod limits;
@@ -40,6 +42,7 @@ use axum::Router;
 use tokio::sync::oneshot;
 
 pub use batch::BatchStats;
+pub use gemini::GeminiStats;
 pub use oauth::{CLIENT_ID, CLIENT_SECRET};
 pub use stats::SimStats;
 
@@ -69,7 +72,8 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 0)]
     pub port: u16,
     /// Bearer token every inference request must carry; unset accepts any
-    /// or none.
+    /// or none. The Gemini routes take it as Google's key (`x-goog-api-key`
+    /// or `?key=`).
     #[arg(long)]
     pub token: Option<String>,
     /// Base latency of every request, in milliseconds (0 for tests; try 300
@@ -330,6 +334,7 @@ pub(crate) struct ServerState {
     cache: cache::PrefixCache,
     counters: Arc<Counters>,
     batches: batch::BatchStore,
+    gemini: gemini::Store,
 }
 
 /// A running simulator; it stops when shut down or dropped.
@@ -373,6 +378,7 @@ impl Simulator {
             typed_faults,
             counters: counters.clone(),
             batches: batch::BatchStore::new(cfg.seed),
+            gemini: gemini::Store::default(),
             cfg,
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -439,6 +445,11 @@ impl Simulator {
         self.state.batches.stats()
     }
 
+    /// What the Gemini routes have seen (caches, batches, bad keys).
+    pub fn gemini_stats(&self) -> GeminiStats {
+        self.state.gemini.stats()
+    }
+
     /// Stops accepting connections; requests in progress finish.
     pub fn shutdown(mut self) {
         self.stop_now();
@@ -493,6 +504,7 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/batches", post(batch::create).get(batch::list))
         .route("/v1/batches/{id}", get(batch::get))
         .route("/v1/batches/{id}/cancel", post(batch::cancel))
+        .merge(gemini::routes())
         .fallback(handler::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

@@ -68,6 +68,14 @@ pub(crate) fn respond(
         let delay = if frames.is_empty() { first } else { itl };
         frames.push_back((delay, b));
     };
+    if let (Api::Gemini(call), Reply::Chat { content, .. }) = (api, &job.reply) {
+        // Google's chunks: no role deltas, no `[DONE]`.
+        let text = super::gemini::wire::streamed_text(call, content.as_deref().unwrap_or(""));
+        for e in super::gemini::wire::stream_events(call, &job, &usage, &pieces(&text)) {
+            push(&mut frames, e);
+        }
+        return paced(frames, done, extra_headers);
+    }
     let model = model_name(api, &job);
     match &job.reply {
         Reply::Chat {
@@ -164,7 +172,12 @@ pub(crate) fn respond(
         Reply::Embedding { .. } => {}
     }
     frames.push_back((Duration::ZERO, Bytes::from_static(b"data: [DONE]\n\n")));
+    paced(frames, done, extra_headers)
+}
 
+/// The response that sends `frames`, each after its delay, and calls
+/// `done` with the last.
+fn paced(frames: VecDeque<(Duration, Bytes)>, done: Done, extra_headers: HeaderMap) -> Response {
     // Each frame is due at a fixed offset from now, not a delay after the
     // previous one: sleeps overshoot (timer granularity, scheduling), and
     // chained delays would add every overshoot up, making a 5 ms

@@ -351,9 +351,6 @@ async fn a_databricks_endpoint_is_refused_before_anything_is_sent() {
 /// the simulator: the wire must be what OpenAI's own client expects.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openai_python_sdk_drives_the_simulators_batch_api() {
-    let python = std::env::var("AIQ_TEST_PYTHON").expect(
-        "AIQ_TEST_PYTHON is unset: run tests/all.sh, which makes the test venv (with the openai SDK) and sets it",
-    );
     let f = Fixture::new(SimConfig {
         batch_turnaround_ms: 50,
         ..SimConfig::default()
@@ -366,27 +363,8 @@ async fn the_openai_python_sdk_drives_the_simulators_batch_api() {
         })
         .collect();
     let requests = f.write_jsonl("requests.jsonl", &lines);
-    let script = f.path("sdk.py");
-    std::fs::write(&script, SDK_SCRIPT).unwrap();
-    let (url, requests) = (f.openai_url(), requests.to_str().unwrap().to_string());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .arg(url)
-            .arg(requests)
-            .env("OPENAI_API_KEY", TOKEN)
-            .output()
-            .expect("python runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let args = [f.openai_url(), requests.to_str().unwrap().to_string()];
+    let report = python_sdk(&f, SDK_SCRIPT, &args, &[("OPENAI_API_KEY", TOKEN)]).await;
     assert_eq!(report["file_purpose"], json!("batch"));
     assert_eq!(report["status"], json!("completed"));
     assert_eq!(report["counts"], json!([3, 3, 0]));

@@ -6,6 +6,7 @@ mod cache;
 mod dedup;
 mod docs;
 mod functions;
+mod gemini;
 mod hostile;
 mod https;
 mod input;

@@ -385,3 +385,35 @@ pub fn rows(n: usize, null_every: usize) -> Vec<Value> {
         })
         .collect()
 }
+
+/// Runs `script` (a providers' official SDK driving the simulator) with the
+/// test venv's Python, `args` after it and `envs` set, and returns what it
+/// printed as JSON; a failing script fails the test with its output.
+pub async fn python_sdk(
+    f: &Fixture,
+    script: &str,
+    args: &[String],
+    envs: &[(&str, &str)],
+) -> Value {
+    let python = std::env::var("AIQ_TEST_PYTHON").expect(
+        "AIQ_TEST_PYTHON is unset: run tests/all.sh, which makes the test venv (with the providers' SDKs) and sets it",
+    );
+    let path = f.path("sdk.py");
+    std::fs::write(&path, script).expect("write the SDK script");
+    let mut cmd = Command::new(python);
+    cmd.arg(path).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("python runs"))
+        .await
+        .expect("python's task");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
