@@ -13,328 +13,382 @@ use crate::ai::functions::AiFunction;
 use crate::error::{Error, Result};
 use crate::provider::wire::Task;
 
-/// Everything a job can set, as flags or as keys of a job file.
-#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobSettings {
-    /// Input: .parquet or .jsonl (one JSON object per line), a local path
-    /// or an object-store URL (s3://, gs://, az://, abfss://, https://).
-    #[arg(long, value_name = "PATH|URL")]
-    pub input: Option<PathBuf>,
+/// Declares a settings struct that holds, after the fields of its first
+/// brace and before those of its second, the settings of every model call
+/// (endpoint, model, concurrency, limits, retries, credentials). `aiq run`'s
+/// [`JobSettings`] and `aiq sql`'s `SqlArgs` are declared through it, so each
+/// of these settings is declared, documented and keyed once, and both stay
+/// flat for clap and serde: a nested struct would need serde's `flatten`,
+/// which loses `deny_unknown_fields`' list of the keys that job-file errors,
+/// the Python package and the generated reference show. Their ranges are
+/// checked in [`crate::job::ranges`]. The struct gets `call_settings()`:
+/// these settings alone, as a [`JobSettings`].
+macro_rules! with_call_settings {
+    ($($item:tt)*) => {
+        $crate::job::settings::declare_with_call_settings! {
+            { $($item)* }
+            {
+                /// Where to send requests: a Databricks serving endpoint name, an
+                /// OpenAI-compatible base URL (http(s)://host/v1), or `simulator` for the
+                /// built-in simulator. `aiq sql`: the endpoint of the task functions
+                /// (ai_classify, ai_summarize, ...); ai_query names its own.
+                #[arg(long, value_name = "NAME|URL")]
+                endpoint: Option<String>,
 
-    /// Output Parquet file, a local path or an s3://, gs://, az:// URL;
-    /// written whole when the job completes (the journal lives beside it).
-    #[arg(long, value_name = "PATH|URL")]
-    pub output: Option<PathBuf>,
+                /// Model name sent in the body (OpenAI-compatible servers need one).
+                #[arg(long)]
+                model: Option<String>,
 
-    /// Where to send requests: a Databricks serving endpoint name, an
-    /// OpenAI-compatible base URL (http(s)://host/v1), or `simulator` for the
-    /// built-in simulator.
-    #[arg(long, value_name = "NAME|URL")]
-    pub endpoint: Option<String>,
+                /// Requests in flight at most (`aiq sql`: over the whole query) [default: 16].
+                #[arg(long, value_name = "N")]
+                concurrency: Option<usize>,
 
-    /// Model name sent in the body (OpenAI-compatible servers need one).
-    #[arg(long)]
-    pub model: Option<String>,
+                /// Requests per minute the endpoint allows (paced smoothly). Unset: aiq
+                /// learns the limit from 429s and x-ratelimit-* headers.
+                #[arg(long, value_name = "N")]
+                rpm: Option<u32>,
 
-    /// Kind of call: chat (default), completions or embeddings.
-    #[arg(long, value_enum)]
-    pub task: Option<Task>,
+                /// Tokens per minute (prompt estimate + max_tokens per request).
+                #[arg(long, value_name = "N")]
+                tpm: Option<u32>,
 
-    /// System prompt, a template over the row's columns (minijinja: {{column}}).
-    #[arg(long, value_name = "TEMPLATE")]
-    pub system: Option<String>,
+                /// Retries per request for 429, 408, 5xx and connection faults [default: 8].
+                #[arg(long, value_name = "N")]
+                max_retries: Option<u32>,
 
-    /// User prompt, a template over the row's columns: "Summarize: {{text}}".
-    #[arg(long, value_name = "TEMPLATE")]
-    pub prompt: Option<String>,
+                /// Timeout of one attempt, in seconds [default: 300].
+                #[arg(long, value_name = "SECS")]
+                timeout: Option<f64>,
 
-    /// Second text for ai_similarity, a template over the row's columns.
-    #[arg(long, value_name = "TEMPLATE")]
-    pub prompt2: Option<String>,
+                /// Environment variable holding the OpenAI-compatible API key
+                /// [default: OPENAI_API_KEY].
+                #[arg(long, value_name = "NAME")]
+                api_key_env: Option<String>,
 
-    /// Model parameter passed into the request body, typed: numbers stay
-    /// numbers, true/false are booleans, `stop=a,b` is a list. Repeatable.
-    /// Job file: a `[params]` table.
-    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
-    #[serde(default, deserialize_with = "params_from_table")]
-    pub params: Vec<(String, Value)>,
+                /// ~/.databrickscfg profile [default: $DATABRICKS_CONFIG_PROFILE or DEFAULT].
+                #[arg(long)]
+                profile: Option<String>,
+            }
+        }
+    };
+}
+pub(crate) use with_call_settings;
 
-    /// Type of the `result` column, as a Databricks SQL type:
-    /// STRING, INT, BIGINT, FLOAT, DOUBLE, BOOLEAN, DATE, TIMESTAMP,
-    /// ARRAY<T>, MAP<STRING,T>, STRUCT<name: T, ...>.
-    #[arg(long, value_name = "SQL_TYPE")]
-    pub return_type: Option<String>,
+/// [`with_call_settings`]' second step: the struct, then the call settings.
+macro_rules! declare_with_call_settings {
+    (
+        {
+            $(#[$meta:meta])*
+            $vis:vis struct $name:ident { $($head:tt)* }
+            { $($tail:tt)* }
+        }
+        { $( $(#[$field_meta:meta])* $field:ident : $ty:ty, )* }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($head)*
+            $( $(#[$field_meta])* pub $field: $ty, )*
+            $($tail)*
+        }
 
-    /// Structured output: a JSON schema document or a DDL `STRUCT<...>`
-    /// string; the result column's type follows it.
-    #[arg(long, value_name = "SCHEMA")]
-    pub response_format: Option<String>,
+        impl $name {
+            /// The settings of every model call alone, the rest unset.
+            pub fn call_settings(&self) -> $crate::job::settings::JobSettings {
+                $crate::job::settings::JobSettings {
+                    $( $field: self.$field.clone(), )*
+                    ..Default::default()
+                }
+            }
+        }
+    };
+}
+pub(crate) use declare_with_call_settings;
 
-    /// Databricks AI function to emulate (ai_classify, ai_summarize, ...).
-    #[arg(long, value_enum)]
-    pub function: Option<AiFunction>,
+with_call_settings! {
+    /// Everything a job can set, as flags or as keys of a job file.
+    #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct JobSettings {
+        /// Input: .parquet or .jsonl (one JSON object per line), a local path
+        /// or an object-store URL (s3://, gs://, az://, abfss://, https://).
+        #[arg(long, value_name = "PATH|URL")]
+        pub input: Option<PathBuf>,
 
-    /// Labels for ai_classify, ai_extract and ai_mask (comma separated).
-    #[arg(long, value_delimiter = ',')]
-    #[serde(default, deserialize_with = "list_or_commas")]
-    pub labels: Vec<String>,
+        /// Output Parquet file, a local path or an s3://, gs://, az:// URL;
+        /// written whole when the job completes (the journal lives beside it).
+        #[arg(long, value_name = "PATH|URL")]
+        pub output: Option<PathBuf>,
+    }
+    {
+        /// Kind of call: chat (default), completions or embeddings.
+        #[arg(long, value_enum)]
+        pub task: Option<Task>,
 
-    /// Word limit for ai_summarize (default 50, 0 = no limit).
-    #[arg(long)]
-    pub max_words: Option<u32>,
+        /// System prompt, a template over the row's columns (minijinja: {{column}}).
+        #[arg(long, value_name = "TEMPLATE")]
+        pub system: Option<String>,
 
-    /// Target language for ai_translate (e.g. `es`).
-    #[arg(long)]
-    pub to_lang: Option<String>,
+        /// User prompt, a template over the row's columns: "Summarize: {{text}}".
+        #[arg(long, value_name = "TEMPLATE")]
+        pub prompt: Option<String>,
 
-    /// An input column holding an image, sent with the prompt as an
-    /// `image_url` part (chat only): bytes (Binary), or a string with
-    /// base64, a data: URL or an http(s) URL. A null image: the row is not
-    /// sent. Repeatable. Job file: `images = ["col", ...]`.
-    #[arg(long = "image", value_name = "COLUMN")]
-    #[serde(default)]
-    pub images: Vec<String>,
+        /// Second text for ai_similarity, a template over the row's columns.
+        #[arg(long, value_name = "TEMPLATE")]
+        pub prompt2: Option<String>,
 
-    /// Send rows whose prompt renders empty or blank. By default they are
-    /// not sent (as a null value is not): their `result` is null and their
-    /// `error_message` says why.
-    #[arg(long)]
-    #[serde(default)]
-    pub send_empty: bool,
+        /// Model parameter passed into the request body, typed: numbers stay
+        /// numbers, true/false are booleans, `stop=a,b` is a list. Repeatable.
+        /// Job file: a `[params]` table.
+        #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+        #[serde(default, deserialize_with = "params_from_table")]
+        pub params: Vec<(String, Value)>,
 
-    /// How to read the input: `rows` (Parquet or JSONL rows, rendered by
-    /// the templates) or `openai-batch` (OpenAI Batch API request lines,
-    /// each `body` sent as is) [default: rows].
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub input_format: Option<InputFormat>,
+        /// Type of the `result` column, as a Databricks SQL type:
+        /// STRING, INT, BIGINT, FLOAT, DOUBLE, BOOLEAN, DATE, TIMESTAMP,
+        /// ARRAY<T>, MAP<STRING,T>, STRUCT<name: T, ...>.
+        #[arg(long, value_name = "SQL_TYPE")]
+        pub return_type: Option<String>,
 
-    /// How to write the output: `parquet`, or `openai-batch` (OpenAI Batch
-    /// API output lines; needs --input-format openai-batch) [default: parquet].
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub output_format: Option<OutputFormat>,
+        /// Structured output: a JSON schema document or a DDL `STRUCT<...>`
+        /// string; the result column's type follows it.
+        #[arg(long, value_name = "SCHEMA")]
+        pub response_format: Option<String>,
 
-    /// Fail the whole job on the first row error (ai_query's failOnError).
-    /// By default a failed row gets an `error_message` and the job goes on.
-    #[arg(long)]
-    #[serde(default)]
-    pub fail_on_error: bool,
+        /// Databricks AI function to emulate (ai_classify, ai_summarize, ...).
+        #[arg(long, value_enum)]
+        pub function: Option<AiFunction>,
 
-    /// Requests in flight at most [default: 16].
-    #[arg(long, value_name = "N")]
-    pub concurrency: Option<usize>,
+        /// Labels for ai_classify, ai_extract and ai_mask (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        #[serde(default, deserialize_with = "list_or_commas")]
+        pub labels: Vec<String>,
 
-    /// Requests per minute the endpoint allows (paced smoothly). Unset: aiq
-    /// learns the limit from 429s and x-ratelimit-* headers.
-    #[arg(long, value_name = "N")]
-    pub rpm: Option<u32>,
+        /// Word limit for ai_summarize (default 50, 0 = no limit).
+        #[arg(long)]
+        pub max_words: Option<u32>,
 
-    /// Tokens per minute (prompt estimate + max_tokens per request).
-    #[arg(long, value_name = "N")]
-    pub tpm: Option<u32>,
+        /// Target language for ai_translate (e.g. `es`).
+        #[arg(long)]
+        pub to_lang: Option<String>,
 
-    /// Input tokens per minute (prompt estimates), for providers that limit
-    /// input and output apart.
-    #[arg(long, value_name = "N")]
-    pub itpm: Option<u32>,
+        /// An input column holding an image, sent with the prompt as an
+        /// `image_url` part (chat only): bytes (Binary), or a string with
+        /// base64, a data: URL or an http(s) URL. A null image: the row is not
+        /// sent. Repeatable. Job file: `images = ["col", ...]`.
+        #[arg(long = "image", value_name = "COLUMN")]
+        #[serde(default)]
+        pub images: Vec<String>,
 
-    /// Output tokens per minute: max_tokens is reserved before sending and
-    /// the unused part given back when the reply's usage arrives (as
-    /// Databricks enforces it).
-    #[arg(long, value_name = "N")]
-    pub otpm: Option<u32>,
+        /// Send rows whose prompt renders empty or blank. By default they are
+        /// not sent (as a null value is not): their `result` is null and their
+        /// `error_message` says why.
+        #[arg(long)]
+        #[serde(default)]
+        pub send_empty: bool,
 
-    /// Queries per hour.
-    #[arg(long, value_name = "N")]
-    pub qph: Option<u32>,
+        /// How to read the input: `rows` (Parquet or JSONL rows, rendered by
+        /// the templates) or `openai-batch` (OpenAI Batch API request lines,
+        /// each `body` sent as is) [default: rows].
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        pub input_format: Option<InputFormat>,
 
-    /// Stop sending once the job has used this many tokens (input + output,
-    /// all runs of the job together); in-flight requests finish, exit 1,
-    /// and a re-run with a higher budget resumes.
-    #[arg(long, value_name = "N")]
-    pub max_tokens_total: Option<u64>,
+        /// How to write the output: `parquet`, or `openai-batch` (OpenAI Batch
+        /// API output lines; needs --input-format openai-batch) [default: parquet].
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        pub output_format: Option<OutputFormat>,
 
-    /// Stop sending once the job has cost this many USD (all runs of the
-    /// job together; needs --price-in and --price-out).
-    #[arg(long, value_name = "USD")]
-    pub max_cost: Option<f64>,
+        /// Fail the whole job on the first row error (ai_query's failOnError).
+        /// By default a failed row gets an `error_message` and the job goes on.
+        #[arg(long)]
+        #[serde(default)]
+        pub fail_on_error: bool,
 
-    /// Price of input tokens, USD per million: enables the `cost` column,
-    /// cost totals, --max-cost and dry-run cost estimates.
-    #[arg(long, value_name = "USD")]
-    pub price_in: Option<f64>,
+        /// Input tokens per minute (prompt estimates), for providers that limit
+        /// input and output apart.
+        #[arg(long, value_name = "N")]
+        pub itpm: Option<u32>,
 
-    /// Price of output tokens, USD per million.
-    #[arg(long, value_name = "USD")]
-    pub price_out: Option<f64>,
+        /// Output tokens per minute: max_tokens is reserved before sending and
+        /// the unused part given back when the reply's usage arrives (as
+        /// Databricks enforces it).
+        #[arg(long, value_name = "N")]
+        pub otpm: Option<u32>,
 
-    /// Price of input tokens read from the prompt cache, USD per million
-    /// [default: --price-in].
-    #[arg(long, value_name = "USD")]
-    pub price_cached: Option<f64>,
+        /// Queries per hour.
+        #[arg(long, value_name = "N")]
+        pub qph: Option<u32>,
 
-    /// Retries allowed after an attempt the provider may have billed without
-    /// an answer: it timed out once its request was sent, or its success
-    /// reply broke off [default: 1].
-    #[arg(long, value_name = "N")]
-    pub max_ambiguous_retries: Option<u32>,
+        /// Stop sending once the job has used this many tokens (input + output,
+        /// all runs of the job together); in-flight requests finish, exit 1,
+        /// and a re-run with a higher budget resumes.
+        #[arg(long, value_name = "N")]
+        pub max_tokens_total: Option<u64>,
 
-    /// Retries per request for 429, 408, 5xx and connection faults [default: 8].
-    #[arg(long, value_name = "N")]
-    pub max_retries: Option<u32>,
+        /// Stop sending once the job has cost this many USD (all runs of the
+        /// job together; needs --price-in and --price-out).
+        #[arg(long, value_name = "USD")]
+        pub max_cost: Option<f64>,
 
-    /// First retry delay in milliseconds; later ones grow exponentially, with
-    /// jitter, up to a minute [default: 500].
-    #[arg(long, value_name = "MS")]
-    pub backoff_ms: Option<u64>,
+        /// Price of input tokens, USD per million: enables the `cost` column,
+        /// cost totals, --max-cost and dry-run cost estimates.
+        #[arg(long, value_name = "USD")]
+        pub price_in: Option<f64>,
 
-    /// Timeout of one attempt, in seconds [default: 300].
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<f64>,
+        /// Price of output tokens, USD per million.
+        #[arg(long, value_name = "USD")]
+        pub price_out: Option<f64>,
 
-    /// Environment variable holding the OpenAI-compatible API key
-    /// [default: OPENAI_API_KEY].
-    #[arg(long, value_name = "NAME")]
-    pub api_key_env: Option<String>,
+        /// Price of input tokens read from the prompt cache, USD per million
+        /// [default: --price-in].
+        #[arg(long, value_name = "USD")]
+        pub price_cached: Option<f64>,
 
-    /// ~/.databrickscfg profile [default: $DATABRICKS_CONFIG_PROFILE or DEFAULT].
-    #[arg(long)]
-    pub profile: Option<String>,
+        /// Retries allowed after an attempt the provider may have billed without
+        /// an answer: it timed out once its request was sent, or its success
+        /// reply broke off [default: 1].
+        #[arg(long, value_name = "N")]
+        pub max_ambiguous_retries: Option<u32>,
 
-    /// Rows per input batch (also the unit of output ordering) [default: 1024].
-    #[arg(long, value_name = "ROWS")]
-    pub batch_rows: Option<usize>,
+        /// First retry delay in milliseconds; later ones grow exponentially, with
+        /// jitter, up to a minute [default: 500].
+        #[arg(long, value_name = "MS")]
+        pub backoff_ms: Option<u64>,
 
-    /// Bytes a JSON Lines input line may hold; a longer line stops the job
-    /// before any request, naming the line [default: 67108864 (64 MiB)].
-    #[arg(long, value_name = "BYTES")]
-    pub max_line_bytes: Option<usize>,
+        /// Rows per input batch (also the unit of output ordering) [default: 1024].
+        #[arg(long, value_name = "ROWS")]
+        pub batch_rows: Option<usize>,
 
-    /// Embeddings: rows per request, for endpoints that take a list input [default: 1].
-    #[arg(long, value_name = "ROWS")]
-    pub batch_size: Option<usize>,
+        /// Bytes a JSON Lines input line may hold; a longer line stops the job
+        /// before any request, naming the line [default: 67108864 (64 MiB)].
+        #[arg(long, value_name = "BYTES")]
+        pub max_line_bytes: Option<usize>,
 
-    /// Put a Claude `cache_control` breakpoint on the last static content
-    /// block (automatic for databricks-claude-* endpoints).
-    #[arg(long)]
-    #[serde(default)]
-    pub cache_control: bool,
+        /// Embeddings: rows per request, for endpoints that take a list input [default: 1].
+        #[arg(long, value_name = "ROWS")]
+        pub batch_size: Option<usize>,
 
-    /// Do not send `prompt_cache_key` to OpenAI-compatible endpoints.
-    #[arg(long)]
-    #[serde(default)]
-    pub no_prompt_cache_key: bool,
+        /// Put a Claude `cache_control` breakpoint on the last static content
+        /// block (automatic for databricks-claude-* endpoints).
+        #[arg(long)]
+        #[serde(default)]
+        pub cache_control: bool,
 
-    /// Do not hold back rows of a new prompt prefix until one warm-up request
-    /// for it has completed.
-    #[arg(long)]
-    #[serde(default)]
-    pub no_warmup: bool,
+        /// Do not send `prompt_cache_key` to OpenAI-compatible endpoints.
+        #[arg(long)]
+        #[serde(default)]
+        pub no_prompt_cache_key: bool,
 
-    /// Stream replies (server-sent events) and record time to first token.
-    #[arg(long)]
-    #[serde(default)]
-    pub stream: bool,
+        /// Do not hold back rows of a new prompt prefix until one warm-up request
+        /// for it has completed.
+        #[arg(long)]
+        #[serde(default)]
+        pub no_warmup: bool,
 
-    /// Tools (function calling) as a JSON list, passed through in the body.
-    #[arg(skip)]
-    #[serde(default)]
-    pub tools: Option<toml::Value>,
+        /// Stream replies (server-sent events) and record time to first token.
+        #[arg(long)]
+        #[serde(default)]
+        pub stream: bool,
 
-    /// tool_choice, passed through in the body.
-    #[arg(skip)]
-    #[serde(default)]
-    pub tool_choice: Option<toml::Value>,
+        /// Tools (function calling) as a JSON list, passed through in the body.
+        #[arg(skip)]
+        #[serde(default)]
+        pub tools: Option<toml::Value>,
 
-    /// Built-in simulator settings for `endpoint = "simulator"` (job file only).
-    #[arg(skip)]
-    #[serde(default)]
-    pub simulator: Option<SimulatorSettings>,
+        /// tool_choice, passed through in the body.
+        #[arg(skip)]
+        #[serde(default)]
+        pub tool_choice: Option<toml::Value>,
 
-    /// The simulator's timing as flags, over the `[simulator]` table.
-    #[command(flatten)]
-    #[serde(skip)]
-    pub sim: SimFlags,
+        /// Built-in simulator settings for `endpoint = "simulator"` (job file only).
+        #[arg(skip)]
+        #[serde(default)]
+        pub simulator: Option<SimulatorSettings>,
 
-    /// Also trust the certificate authorities in this PEM file (a private
-    /// CA in front of the endpoint); `SSL_CERT_FILE` works too.
-    #[arg(long, value_name = "PATH")]
-    pub ca_cert: Option<PathBuf>,
+        /// The simulator's timing as flags, over the `[simulator]` table.
+        #[command(flatten)]
+        #[serde(skip)]
+        pub sim: SimFlags,
 
-    /// Condition for ai_filter: the BOOLEAN result says whether each
-    /// row's text meets it ("mentions a late delivery").
-    #[arg(long, value_name = "TEXT")]
-    pub condition: Option<String>,
+        /// Also trust the certificate authorities in this PEM file (a private
+        /// CA in front of the endpoint); `SSL_CERT_FILE` works too.
+        #[arg(long, value_name = "PATH")]
+        pub ca_cert: Option<PathBuf>,
 
-    /// Criterion for ai_score: the DOUBLE result, in [0, 1], says how well
-    /// each row's text meets it ("how urgent the ticket is").
-    #[arg(long, value_name = "TEXT")]
-    pub criterion: Option<String>,
-    /// Score only shard K of N (0-based): a contiguous 1/N of the input
-    /// rows, disjoint from the other shards and the same on every machine.
-    /// `auto/N` takes K from $AIQ_SHARD_INDEX, $JOB_COMPLETION_INDEX
-    /// (Kubernetes Indexed Jobs), $AWS_BATCH_JOB_ARRAY_INDEX or
-    /// $CLOUD_RUN_TASK_INDEX. Put `{shard}` in --output (out/part-{shard}.parquet).
-    /// With --shard, --rpm, --tpm, --itpm, --otpm and --qph are for the
-    /// whole job and each shard uses 1/N of them (1/--workers if given);
-    /// --max-tokens-total and --max-cost are for the whole job too, 1/N each.
-    #[arg(long, value_name = "K/N")]
-    pub shard: Option<crate::job::shard::ShardSpec>,
+        /// Condition for ai_filter: the BOOLEAN result says whether each
+        /// row's text meets it ("mentions a late delivery").
+        #[arg(long, value_name = "TEXT")]
+        pub condition: Option<String>,
 
-    /// Processes sending at the same time (shards, Spark or Ray tasks):
-    /// --rpm, --tpm, --itpm, --otpm and --qph are divided by it, so the
-    /// workers together stay within the job's limits [default: N of --shard].
-    #[arg(long, value_name = "N")]
-    pub workers: Option<u32>,
+        /// Criterion for ai_score: the DOUBLE result, in [0, 1], says how well
+        /// each row's text meets it ("how urgent the ticket is").
+        #[arg(long, value_name = "TEXT")]
+        pub criterion: Option<String>,
+        /// Score only shard K of N (0-based): a contiguous 1/N of the input
+        /// rows, disjoint from the other shards and the same on every machine.
+        /// `auto/N` takes K from $AIQ_SHARD_INDEX, $JOB_COMPLETION_INDEX
+        /// (Kubernetes Indexed Jobs), $AWS_BATCH_JOB_ARRAY_INDEX or
+        /// $CLOUD_RUN_TASK_INDEX. Put `{shard}` in --output (out/part-{shard}.parquet).
+        /// With --shard, --rpm, --tpm, --itpm, --otpm and --qph are for the
+        /// whole job and each shard uses 1/N of them (1/--workers if given);
+        /// --max-tokens-total and --max-cost are for the whole job too, 1/N each.
+        #[arg(long, value_name = "K/N")]
+        pub shard: Option<crate::job::shard::ShardSpec>,
 
-    /// Folder of answered calls keyed by request content, shared by every
-    /// run, shard or task of a job: a call answered there before is not
-    /// sent (or paid for) again. Each run adds its own file; none is
-    /// ever rewritten, so concurrent and killed runs corrupt nothing.
-    #[arg(long, value_name = "DIR")]
-    pub call_journal: Option<PathBuf>,
-    /// Times a typed reply that was cut off (finish_reason = length) or did
-    /// not match the result type is asked again: with twice the max_tokens
-    /// when cut off, with the validation error when it did not match. Their
-    /// attempts and tokens count in the row's usage and cost [default: 1].
-    #[arg(long, value_name = "N")]
-    pub max_repairs: Option<u32>,
+        /// Processes sending at the same time (shards, Spark or Ray tasks):
+        /// --rpm, --tpm, --itpm, --otpm and --qph are divided by it, so the
+        /// workers together stay within the job's limits [default: N of --shard].
+        #[arg(long, value_name = "N")]
+        pub workers: Option<u32>,
 
-    /// Resume, re-sending the rows whose journaled outcome is an error
-    /// (a plain resume keeps them as final); every answered row is kept.
-    #[arg(long)]
-    #[serde(default)]
-    pub retry_failed: bool,
-    /// Run the job even when the output already holds its finished result
-    /// (the output's footer names the job that wrote it: same input, same
-    /// answer-changing settings) and replace it; without this flag (or
-    /// `--restart`) such a run says the output is complete and sends nothing.
-    #[arg(long)]
-    #[serde(default)]
-    pub overwrite: bool,
-    /// How rows are sent: `online` (requests now, under the rate limits) or
-    /// `batch` (the provider's Batch API: about half price, answered within
-    /// 24 hours; OpenAI-compatible base URLs only) [default: online].
-    #[arg(long, value_enum)]
-    pub mode: Option<Mode>,
+        /// Folder of answered calls keyed by request content, shared by every
+        /// run, shard or task of a job: a call answered there before is not
+        /// sent (or paid for) again. Each run adds its own file; none is
+        /// ever rewritten, so concurrent and killed runs corrupt nothing.
+        #[arg(long, value_name = "DIR")]
+        pub call_journal: Option<PathBuf>,
+        /// Times a typed reply that was cut off (finish_reason = length) or did
+        /// not match the result type is asked again: with twice the max_tokens
+        /// when cut off, with the validation error when it did not match. Their
+        /// attempts and tokens count in the row's usage and cost [default: 1].
+        #[arg(long, value_name = "N")]
+        pub max_repairs: Option<u32>,
 
-    /// Batch mode: requests per batch input file at most [default: 50000].
-    #[arg(long, value_name = "N")]
-    pub batch_max_requests: Option<usize>,
+        /// Resume, re-sending the rows whose journaled outcome is an error
+        /// (a plain resume keeps them as final); every answered row is kept.
+        #[arg(long)]
+        #[serde(default)]
+        pub retry_failed: bool,
+        /// Run the job even when the output already holds its finished result
+        /// (the output's footer names the job that wrote it: same input, same
+        /// answer-changing settings) and replace it; without this flag (or
+        /// `--restart`) such a run says the output is complete and sends nothing.
+        #[arg(long)]
+        #[serde(default)]
+        pub overwrite: bool,
+        /// How rows are sent: `online` (requests now, under the rate limits) or
+        /// `batch` (the provider's Batch API: about half price, answered within
+        /// 24 hours; OpenAI-compatible base URLs only) [default: online].
+        #[arg(long, value_enum)]
+        pub mode: Option<Mode>,
 
-    /// Batch mode: bytes per batch input file at most [default: 200000000].
-    #[arg(long, value_name = "BYTES")]
-    pub batch_max_bytes: Option<u64>,
+        /// Batch mode: requests per batch input file at most [default: 50000].
+        #[arg(long, value_name = "N")]
+        pub batch_max_requests: Option<usize>,
 
-    /// Batch mode: seconds between polls of each running batch [default: 30].
-    #[arg(long, value_name = "SECS")]
-    pub poll_secs: Option<f64>,
+        /// Batch mode: bytes per batch input file at most [default: 200000000].
+        #[arg(long, value_name = "BYTES")]
+        pub batch_max_bytes: Option<u64>,
 
-    /// Batch mode: when this much time has passed (e.g. `2h`, `90m`,
-    /// `1h30m`), cancel the unfinished batches, keep what they answered and
-    /// send the remaining rows online.
-    #[arg(long, value_name = "DURATION")]
-    pub deadline: Option<String>,
+        /// Batch mode: seconds between polls of each running batch [default: 30].
+        #[arg(long, value_name = "SECS")]
+        pub poll_secs: Option<f64>,
+
+        /// Batch mode: when this much time has passed (e.g. `2h`, `90m`,
+        /// `1h30m`), cancel the unfinished batches, keep what they answered and
+        /// send the remaining rows online.
+        #[arg(long, value_name = "DURATION")]
+        pub deadline: Option<String>,
+    }
 }
 
 /// How a job's rows reach the endpoint.

@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
-use crate::job::plan::Plan;
+use crate::job::plan::{Plan, DEFAULT_CONCURRENCY};
 use crate::job::settings::JobSettings;
 use crate::pipeline::call_journal::{CallJournal, Entry};
 use crate::pipeline::client::Client;
@@ -39,14 +39,10 @@ use crate::simulator::Simulator;
 /// Settings of `aiq sql` that apply to every AI call of the query.
 #[derive(Debug, Clone, Default)]
 pub struct EngineSettings {
-    pub concurrency: usize,
-    pub rpm: Option<u32>,
-    pub tpm: Option<u32>,
-    pub max_retries: Option<u32>,
-    pub timeout: Option<f64>,
-    pub api_key_env: Option<String>,
-    pub profile: Option<String>,
-    pub model: Option<String>,
+    /// The query's settings of every model call (endpoint, model,
+    /// concurrency, limits, retries, credentials): each call site's
+    /// settings are laid over them.
+    pub call: JobSettings,
     /// The model's context window, for `ai_agg`'s map-reduce.
     pub context_tokens: u64,
     /// `--dry-run`: count the calls each AI function would make, send none.
@@ -156,16 +152,17 @@ impl Engine {
     pub fn new(settings: EngineSettings, journal: Option<CallJournal>) -> Result<Engine> {
         // A query may call several endpoints: clients sized as for HTTPS
         // (one per STREAMS_PER_CONNECTION), which plain HTTP does not mind.
+        let concurrency = settings.call.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
         let http = HttpPool::new(
             "https:",
-            settings.concurrency,
+            concurrency,
             None,
             concat!("aiq/", env!("CARGO_PKG_VERSION")),
         )?;
         let dry = settings.dry_run.then(DryRun::default);
         Ok(Engine {
-            limiter: Arc::new(Limiter::new(settings.rpm, settings.tpm)),
-            in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            limiter: Arc::new(Limiter::new(settings.call.rpm, settings.call.tpm)),
+            in_flight: Arc::new(Semaphore::new(concurrency)),
             settings,
             http,
             endpoints: Default::default(),
@@ -179,17 +176,11 @@ impl Engine {
 
     /// The checked plan for one call site, as `aiq run` would build it from
     /// the same settings: endpoint, model, result type, parameters, function.
-    pub fn plan(&self, mut s: JobSettings) -> Result<Plan> {
-        let e = &self.settings;
+    pub fn plan(&self, s: JobSettings) -> Result<Plan> {
+        let mut s = s.overlay(self.settings.call.clone());
         s.input = Some(PathBuf::from("<query>"));
         s.output = Some(PathBuf::from("aiq-sql.parquet"));
         s.prompt.get_or_insert_with(|| "{{request}}".into());
-        s.model = s.model.or_else(|| e.model.clone());
-        s.api_key_env = e.api_key_env.clone();
-        s.profile = e.profile.clone();
-        s.max_retries = e.max_retries;
-        s.timeout = e.timeout;
-        s.concurrency = Some(e.concurrency.max(1));
         Plan::from_settings(s, false)
     }
 

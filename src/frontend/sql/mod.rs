@@ -35,99 +35,65 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::job::settings::with_call_settings;
 use crate::pipeline::parquet_out::{compatible_schema, make_compatible, ParquetFile};
 use crate::pipeline::store::{Remote, Role};
 use calls::{Engine, EngineSettings};
 use rewrite::{FileKind, FileTable};
 
-/// `aiq sql`'s settings: the command's flags, and (as JSON, the same names
-/// in snake case) `aiq.sql`'s keyword arguments: one declaration, one way
-/// in for both shells. What `aiq.sql` takes as its own parameters (the
-/// query, tables, output, restart) or has no use for (`show`: it returns
-/// every row) is not a setting there.
-#[derive(Debug, clap::Args, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqlArgs {
-    /// The query, or the path of a .sql file holding it: a read query
-    /// (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE), which may read local files
-    /// (`FROM 'reviews.parquet'`, read_json('...'), --table). COPY, CREATE,
-    /// INSERT and other writes are refused: --output writes the result.
-    #[arg(value_name = "QUERY|FILE.sql")]
-    #[serde(skip)]
-    pub query: String,
+with_call_settings! {
+    /// `aiq sql`'s settings: the command's flags, and (as JSON, the same names
+    /// in snake case) `aiq.sql`'s keyword arguments: one declaration, one way
+    /// in for both shells. What `aiq.sql` takes as its own parameters (the
+    /// query, tables, output, restart) or has no use for (`show`: it returns
+    /// every row) is not a setting there. The settings of every model call
+    /// are `aiq run`'s too ([`with_call_settings`]).
+    #[derive(Debug, clap::Args, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SqlArgs {
+        /// The query, or the path of a .sql file holding it: a read query
+        /// (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE), which may read local files
+        /// (`FROM 'reviews.parquet'`, read_json('...'), --table). COPY, CREATE,
+        /// INSERT and other writes are refused: --output writes the result.
+        #[arg(value_name = "QUERY|FILE.sql")]
+        #[serde(skip)]
+        pub query: String,
 
-    /// Write the result to this Parquet file (atomically, when the query
-    /// completes). Without it, the first rows are printed as a table.
-    #[arg(long, value_name = "PATH")]
-    #[serde(skip)]
-    pub output: Option<PathBuf>,
+        /// Write the result to this Parquet file (atomically, when the query
+        /// completes). Without it, the first rows are printed as a table.
+        #[arg(long, value_name = "PATH")]
+        #[serde(skip)]
+        pub output: Option<PathBuf>,
 
-    /// Register a file as a table: NAME=PATH, by extension (.parquet,
-    /// .jsonl/.ndjson/.json with one object a line, .csv). Repeatable.
-    #[arg(long = "table", value_name = "NAME=PATH", value_parser = parse_table)]
-    #[serde(skip)]
-    pub tables: Vec<(String, PathBuf)>,
+        /// Register a file as a table: NAME=PATH, by extension (.parquet,
+        /// .jsonl/.ndjson/.json with one object a line, .csv). Repeatable.
+        #[arg(long = "table", value_name = "NAME=PATH", value_parser = parse_table)]
+        #[serde(skip)]
+        pub tables: Vec<(String, PathBuf)>,
+    }
+    {
+        /// Rows to print without --output.
+        #[arg(long, value_name = "ROWS", default_value_t = 20)]
+        #[serde(skip)]
+        pub show: usize,
 
-    /// Endpoint for the task functions (ai_classify, ai_summarize, ...):
-    /// a Databricks serving endpoint name, an OpenAI-compatible base URL or
-    /// `simulator`. ai_query names its endpoint in its first argument.
-    #[arg(long, value_name = "NAME|URL")]
-    pub endpoint: Option<String>,
+        /// Discard the journal of an earlier run of this query and start over.
+        #[arg(long)]
+        #[serde(skip)]
+        pub restart: bool,
 
-    /// Model name sent in the body (OpenAI-compatible servers need one).
-    #[arg(long)]
-    pub model: Option<String>,
+        /// The model's context window in tokens: ai_agg and ai_summarize_agg
+        /// split a group's values so that no request is larger [default: 8192].
+        #[arg(long, value_name = "TOKENS")]
+        pub context_tokens: Option<u64>,
 
-    /// AI calls in flight at most, over the whole query [default: 16].
-    #[arg(long, value_name = "N")]
-    pub concurrency: Option<usize>,
-
-    /// Requests per minute, over the whole query.
-    #[arg(long, value_name = "N")]
-    pub rpm: Option<u32>,
-
-    /// Tokens per minute, over the whole query.
-    #[arg(long, value_name = "N")]
-    pub tpm: Option<u32>,
-
-    /// Retries per call for 429, 408, 5xx and connection faults [default: 8].
-    #[arg(long, value_name = "N")]
-    pub max_retries: Option<u32>,
-
-    /// Timeout of one attempt, in seconds [default: 300].
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<f64>,
-
-    /// Environment variable holding the OpenAI-compatible API key
-    /// [default: OPENAI_API_KEY].
-    #[arg(long, value_name = "NAME")]
-    pub api_key_env: Option<String>,
-
-    /// ~/.databrickscfg profile [default: $DATABRICKS_CONFIG_PROFILE or DEFAULT].
-    #[arg(long)]
-    pub profile: Option<String>,
-
-    /// Rows to print without --output.
-    #[arg(long, value_name = "ROWS", default_value_t = 20)]
-    #[serde(skip)]
-    pub show: usize,
-
-    /// Discard the journal of an earlier run of this query and start over.
-    #[arg(long)]
-    #[serde(skip)]
-    pub restart: bool,
-
-    /// The model's context window in tokens: ai_agg and ai_summarize_agg
-    /// split a group's values so that no request is larger [default: 8192].
-    #[arg(long, value_name = "TOKENS")]
-    pub context_tokens: Option<u64>,
-
-    /// Read the tables and run the query without calling any model (no
-    /// endpoint contact, no credentials): print how many AI calls each AI
-    /// function may make at most.
-    #[arg(long)]
-    #[serde(default)]
-    pub dry_run: bool,
+        /// Read the tables and run the query without calling any model (no
+        /// endpoint contact, no credentials): print how many AI calls each AI
+        /// function may make at most.
+        #[arg(long)]
+        #[serde(default)]
+        pub dry_run: bool,
+    }
 }
 
 fn parse_table(s: &str) -> std::result::Result<(String, PathBuf), String> {
@@ -197,9 +163,8 @@ pub async fn query(
 ) -> Result<(Vec<RecordBatch>, SqlSummary)> {
     let started = Instant::now();
     let query = read_query(&args.query)?;
-    if args.concurrency == Some(0) {
-        return Err(Error::Config("--concurrency must be at least 1".into()));
-    }
+    let call = args.call_settings();
+    crate::job::ranges::check(&call)?;
     if let Some(out) = &args.output {
         check_output(out)?;
     }
@@ -223,16 +188,7 @@ pub async fn query(
     }
     let engine = Arc::new(Engine::new(
         EngineSettings {
-            concurrency: args
-                .concurrency
-                .unwrap_or(crate::job::plan::DEFAULT_CONCURRENCY),
-            rpm: args.rpm,
-            tpm: args.tpm,
-            max_retries: args.max_retries,
-            timeout: args.timeout,
-            api_key_env: args.api_key_env.clone(),
-            profile: args.profile.clone(),
-            model: args.model.clone(),
+            call,
             context_tokens: args
                 .context_tokens
                 .unwrap_or(crate::ai::aggregate::DEFAULT_CONTEXT_TOKENS),
