@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use datafusion::common::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
@@ -163,6 +164,43 @@ pub async fn query(
 ) -> Result<(Vec<RecordBatch>, SqlSummary)> {
     let started = Instant::now();
     let query = read_query(&args.query)?;
+    let engine = Arc::new(engine(&args, quiet)?);
+    let rule = Arc::new(planning::AiCallsLast::default());
+    let joins = rule.joins.clone();
+    let ctx = session(rule);
+    register_all(&ctx, &engine, &args, data).await?;
+    let frame = plan_query(&ctx, &query, &args).await?;
+    if let Some(dry) = &engine.dry {
+        let report = dry_run(&ctx, frame, dry, &joins, engine.settings.context_tokens).await?;
+        // Nothing was sent: the summary counts no calls.
+        let mut summary = summarize(&engine, 0, started);
+        if collect {
+            summary.dry_run = Some(report);
+        } else {
+            crate::frontend::stdout::print(report)?;
+        }
+        return Ok((Vec::new(), summary));
+    }
+    let stream = frame.execute_stream().await.map_err(planning)?;
+    let (rows, collected) = match &args.output {
+        Some(out) => (write(stream, out).await?, Vec::new()),
+        None if collect => collect_all(stream).await?,
+        None => (show(stream, args.show).await?, Vec::new()),
+    };
+    let summary = summarize(&engine, rows, started);
+    // The output is in place: the journal has served its purpose.
+    if let Some(j) = &engine.journal {
+        j.remove()?;
+    }
+    if !quiet {
+        eprintln!("{summary}");
+    }
+    Ok((collected, summary))
+}
+
+/// The query's engine: its settings checked, and with `--output` (unless a
+/// dry run) the journal of an earlier run of it opened.
+fn engine(args: &SqlArgs, quiet: bool) -> Result<Engine> {
     let call = args.call_settings();
     crate::job::ranges::check(&call)?;
     if let Some(out) = &args.output {
@@ -186,7 +224,7 @@ pub async fn query(
             );
         }
     }
-    let engine = Arc::new(Engine::new(
+    Engine::new(
         EngineSettings {
             call,
             context_tokens: args
@@ -195,14 +233,19 @@ pub async fn query(
             dry_run: args.dry_run,
         },
         journal,
-    )?);
+    )
+}
 
-    let rule = Arc::new(planning::AiCallsLast::default());
-    let joins = rule.joins.clone();
-    let ctx = session(rule);
-    for f in udf::all(&engine, args.endpoint.as_deref())
+/// The AI functions, the `--table` files and the tables handed in as data.
+async fn register_all(
+    ctx: &SessionContext,
+    engine: &Arc<Engine>,
+    args: &SqlArgs,
+    data: Vec<DataTable>,
+) -> Result<()> {
+    for f in udf::all(engine, args.endpoint.as_deref())
         .into_iter()
-        .chain(agg::all(&engine, args.endpoint.as_deref()))
+        .chain(agg::all(engine, args.endpoint.as_deref()))
     {
         ctx.register_udf(f);
     }
@@ -214,7 +257,7 @@ pub async fn query(
             )
         })?;
         register(
-            &ctx,
+            ctx,
             &FileTable {
                 name: name.clone(),
                 path: path.clone(),
@@ -229,16 +272,25 @@ pub async fn query(
         ctx.register_table(name.as_str(), Arc::new(table))
             .map_err(|e| Error::Config(format!("table {name}: {e}")))?;
     }
+    Ok(())
+}
 
+/// The query parsed, its file tables registered, planned and checked to
+/// be read-only; `--output` must not be one of the files it reads.
+async fn plan_query(
+    ctx: &SessionContext,
+    query: &str,
+    args: &SqlArgs,
+) -> Result<datafusion::dataframe::DataFrame> {
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
-    let mut statement = state.sql_to_statement(&query, &dialect).map_err(planning)?;
+    let mut statement = state.sql_to_statement(query, &dialect).map_err(planning)?;
     let files = match &mut statement {
         DfStatement::Statement(s) => rewrite::rewrite(s.as_mut()).map_err(Error::Config)?,
         _ => Vec::new(),
     };
     for file in &files {
-        register(&ctx, file).await?;
+        register(ctx, file).await?;
     }
     if let Some(out) = &args.output {
         let inputs = args
@@ -250,95 +302,89 @@ pub async fn query(
     }
     let plan = state.statement_to_plan(statement).await.map_err(planning)?;
     read_only(&plan)?;
-    let frame = ctx.execute_logical_plan(plan).await.map_err(planning)?;
-    if let Some(dry) = &engine.dry {
-        // Run the query whole (not `count()`, which would let the optimizer
-        // drop AI calls whose values no one reads).
-        let mut stream = frame.execute_stream().await.map_err(planning)?;
-        let mut rows = 0usize;
-        while let Some(batch) = stream.next().await {
-            rows += batch.map_err(running)?.num_rows();
-        }
-        let counted = dry.snapshot();
-        let notes = joins.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut pairs = Vec::new();
-        for note in notes.iter().filter(|n| n.cross) {
-            let count = |plan: &Arc<datafusion::logical_expr::LogicalPlan>| {
-                datafusion::dataframe::DataFrame::new(ctx.state(), plan.as_ref().clone()).count()
-            };
-            let left = count(&note.left).await.map_err(running)?;
-            let right = count(&note.right).await.map_err(running)?;
-            pairs.push((note.labels.clone(), left as u64, right as u64));
-        }
-        let report = dry_report(
-            &counted,
-            &pairs,
-            rows as u64,
-            engine.settings.context_tokens,
-        );
-        // Nothing was sent: the summary counts no calls.
-        let mut summary = summarize(&engine, 0, started);
-        if collect {
-            summary.dry_run = Some(report);
-        } else {
-            crate::frontend::stdout::print(report)?;
-        }
-        return Ok((Vec::new(), summary));
-    }
-    let mut stream = frame.execute_stream().await.map_err(planning)?;
+    ctx.execute_logical_plan(plan).await.map_err(planning)
+}
 
+/// `--dry-run`: runs the query whole with the AI functions counting instead
+/// of calling (not `count()`, which would let the optimizer drop AI calls
+/// whose values no one reads), counts both sides of every join that asks a
+/// model about each pair, and says what it found.
+async fn dry_run(
+    ctx: &SessionContext,
+    frame: datafusion::dataframe::DataFrame,
+    dry: &calls::DryRun,
+    joins: &std::sync::Mutex<Vec<planning::JoinNote>>,
+    context_tokens: u64,
+) -> Result<String> {
+    let mut stream = frame.execute_stream().await.map_err(planning)?;
+    let mut rows = 0usize;
+    while let Some(batch) = stream.next().await {
+        rows += batch.map_err(running)?.num_rows();
+    }
+    let counted = dry.snapshot();
+    let notes = joins.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut pairs = Vec::new();
+    for note in notes.iter().filter(|n| n.cross) {
+        let count = |plan: &Arc<datafusion::logical_expr::LogicalPlan>| {
+            datafusion::dataframe::DataFrame::new(ctx.state(), plan.as_ref().clone()).count()
+        };
+        let left = count(&note.left).await.map_err(running)?;
+        let right = count(&note.right).await.map_err(running)?;
+        pairs.push((note.labels.clone(), left as u64, right as u64));
+    }
+    Ok(dry_report(&counted, &pairs, rows as u64, context_tokens))
+}
+
+/// `--output`: the result written to Parquet; its row count.
+async fn write(mut stream: SendableRecordBatchStream, out: &Path) -> Result<u64> {
+    let mut rows = 0u64;
+    let schema = compatible_schema(&stream.schema());
+    let mut file = ParquetFile::create(out, schema.clone())?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(running)?;
+        rows += batch.num_rows() as u64;
+        let batch = make_compatible(&batch, &schema).map_err(|e| Error::output(out, e))?;
+        file.write(&batch)?;
+    }
+    file.finish()?;
+    Ok(rows)
+}
+
+/// The whole result, returned (the Python package).
+async fn collect_all(mut stream: SendableRecordBatchStream) -> Result<(u64, Vec<RecordBatch>)> {
     let mut rows = 0u64;
     let mut collected = Vec::new();
-    match &args.output {
-        Some(out) => {
-            let schema = compatible_schema(&stream.schema());
-            let mut file = ParquetFile::create(out, schema.clone())?;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(running)?;
-                rows += batch.num_rows() as u64;
-                let batch = make_compatible(&batch, &schema).map_err(|e| Error::output(out, e))?;
-                file.write(&batch)?;
-            }
-            file.finish()?;
-        }
-        None if collect => {
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(running)?;
-                rows += batch.num_rows() as u64;
-                collected.push(batch);
-            }
-        }
-        None => {
-            let mut shown: Vec<RecordBatch> = Vec::new();
-            let mut kept = 0usize;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(running)?;
-                rows += batch.num_rows() as u64;
-                if kept < args.show {
-                    let take = batch.num_rows().min(args.show - kept);
-                    kept += take;
-                    shown.push(batch.slice(0, take));
-                }
-            }
-            let table = arrow::util::pretty::pretty_format_batches(&shown)
-                .map_err(|e| Error::Aborted(format!("cannot print the result: {e}")))?;
-            crate::frontend::stdout::println(table)?;
-            if rows as usize > kept {
-                crate::frontend::stdout::println(format_args!(
-                    "({kept} of {rows} rows shown; --show N for more, --output PATH for all)"
-                ))?;
-            }
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(running)?;
+        rows += batch.num_rows() as u64;
+        collected.push(batch);
+    }
+    Ok((rows, collected))
+}
+
+/// The first `show` rows printed as a table (the rest counted); the row count.
+async fn show(mut stream: SendableRecordBatchStream, show: usize) -> Result<u64> {
+    let mut rows = 0u64;
+    let mut shown: Vec<RecordBatch> = Vec::new();
+    let mut kept = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(running)?;
+        rows += batch.num_rows() as u64;
+        if kept < show {
+            let take = batch.num_rows().min(show - kept);
+            kept += take;
+            shown.push(batch.slice(0, take));
         }
     }
-    let summary = summarize(&engine, rows, started);
-    // The output is in place: the journal has served its purpose.
-    if let Some(j) = &engine.journal {
-        j.remove()?;
+    let table = arrow::util::pretty::pretty_format_batches(&shown)
+        .map_err(|e| Error::Aborted(format!("cannot print the result: {e}")))?;
+    crate::frontend::stdout::println(table)?;
+    if rows as usize > kept {
+        crate::frontend::stdout::println(format_args!(
+            "({kept} of {rows} rows shown; --show N for more, --output PATH for all)"
+        ))?;
     }
-    if !quiet {
-        eprintln!("{summary}");
-    }
-    Ok((collected, summary))
+    Ok(rows)
 }
 
 /// A session that reads Databricks SQL: the Databricks dialect
