@@ -18,12 +18,13 @@ use crate::job::settings::{
 };
 use crate::job::shard::{split_limit, Shard, PLACEHOLDER};
 use crate::job::spend::{Budget, Prices};
+use crate::provider::dialect::{BodySpec, Dialect};
 use crate::provider::endpoint::{Endpoint, Handed, Target};
-use crate::provider::endpoint::{Flavor, SIMULATOR_MODEL, SIMULATOR_TOKEN};
+use crate::provider::endpoint::{SIMULATOR_MODEL, SIMULATOR_TOKEN};
 use crate::provider::limit::Limits;
 use crate::provider::quirks::Quirks;
 use crate::provider::retry::RetryPolicy;
-use crate::provider::wire::{BodySpec, Task};
+use crate::provider::wire::Task;
 use crate::simulator::{SimConfig, Simulator};
 
 #[derive(Debug, Clone)]
@@ -162,6 +163,7 @@ impl Plan {
             function,
             params,
         } = shape(&mut s)?;
+        check_provider(&target, task, s.model.as_deref())?;
         let (prices, budget) = spend(&s, shard)?;
         if s.retry_failed && restart {
             return Err(Error::Config(
@@ -253,21 +255,19 @@ impl Plan {
                 .clone()
                 .unwrap_or_else(|| SIMULATOR_MODEL.to_string()),
             Target::Databricks(name) => name.clone(),
-            Target::OpenAi(_) => self.model.clone().unwrap_or_default(),
+            Target::OpenAi(_) | Target::Native { .. } => self.model.clone().unwrap_or_default(),
         }
     }
 
-    pub fn flavor(&self) -> Flavor {
-        match self.target {
-            Target::OpenAi(_) => Flavor::OpenAi,
-            Target::Simulator | Target::Databricks(_) => Flavor::Databricks,
-        }
+    pub fn dialect(&self) -> Dialect {
+        self.target.dialect()
     }
 
     /// How every request body is laid out, given the provider's quirks.
     pub fn body_spec(&self) -> BodySpec {
-        let quirks = Quirks::of(self.flavor(), &self.endpoint_name());
+        let quirks = Quirks::of(self.dialect(), &self.endpoint_name());
         BodySpec {
+            dialect: self.dialect(),
             task: self.task,
             model: if quirks.model_in_body {
                 self.model.clone()
@@ -407,7 +407,29 @@ fn target(s: &mut JobSettings) -> Result<Target> {
                 .into(),
         )
     })?;
-    Target::parse(&endpoint)
+    Target::parse(&endpoint)?.with_base_url(s.base_url.as_deref())
+}
+
+/// What a provider reached by name needs before anything is sent: an API
+/// for the task, and a model to name.
+fn check_provider(target: &Target, task: Task, model: Option<&str>) -> Result<()> {
+    let Target::Native { dialect, .. } = target else {
+        return Ok(());
+    };
+    if !dialect.supports(task) {
+        return Err(Error::Config(format!(
+            "--endpoint {}: the {dialect} API has no {} task (a --function may imply one)",
+            dialect.name(),
+            format!("{task:?}").to_lowercase()
+        )));
+    }
+    if model.is_none_or(|m| m.trim().is_empty()) {
+        return Err(Error::Config(format!(
+            "--endpoint {} needs --model (the model's name, as the {dialect} API calls it)",
+            dialect.name()
+        )));
+    }
+    Ok(())
 }
 
 /// Input and output formats. OpenAI Batch input carries each request whole,

@@ -28,16 +28,25 @@ macro_rules! with_call_settings {
         $crate::job::settings::declare_with_call_settings! {
             { $($item)* }
             {
-                /// Where to send requests: a Databricks serving endpoint name, an
-                /// OpenAI-compatible base URL (http(s)://host/v1), or `simulator` for the
-                /// built-in simulator. `aiq sql`: the endpoint of the task functions
+                /// Where to send requests: a Databricks serving endpoint name
+                /// (`databricks:NAME` for one named like a provider), an
+                /// OpenAI-compatible base URL (http(s)://host/v1), a provider
+                /// (`anthropic`, `openai`), or `simulator` for the built-in
+                /// simulator. `aiq sql`: the endpoint of the task functions
                 /// (ai_classify, ai_summarize, ...); ai_query names its own.
                 #[arg(long, value_name = "NAME|URL")]
                 endpoint: Option<String>,
 
-                /// Model name sent in the body (OpenAI-compatible servers need one).
+                /// Model name sent in the body (OpenAI-compatible servers and
+                /// providers named by --endpoint need one).
                 #[arg(long)]
                 model: Option<String>,
+
+                /// Where a provider named by --endpoint is, instead of its own API
+                /// (a proxy, a private endpoint, a test server) [default: the
+                /// variable its SDK reads, e.g. ANTHROPIC_BASE_URL, else its public API].
+                #[arg(long, value_name = "URL")]
+                base_url: Option<String>,
 
                 /// Requests in flight at most (`aiq sql`: over the whole query) [default: 16].
                 #[arg(long, value_name = "N")]
@@ -60,8 +69,8 @@ macro_rules! with_call_settings {
                 #[arg(long, value_name = "SECS")]
                 timeout: Option<f64>,
 
-                /// Environment variable holding the OpenAI-compatible API key
-                /// [default: OPENAI_API_KEY].
+                /// Environment variable holding the API key [default:
+                /// OPENAI_API_KEY; for --endpoint anthropic ANTHROPIC_API_KEY].
                 #[arg(long, value_name = "NAME")]
                 api_key_env: Option<String>,
 
@@ -511,7 +520,7 @@ impl JobSettings {
     /// Flags win over the job file: every field set in `self` stays, every
     /// field unset takes the file's value. Switches are on if either sets them.
     pub fn overlay(mut self, base: JobSettings) -> JobSettings {
-        overlay_options!(self, base; input, output, endpoint, model, task, system, prompt, prompt2,
+        overlay_options!(self, base; input, output, endpoint, model, base_url, task, system, prompt, prompt2,
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, max_line_bytes, batch_size, tools, tool_choice,

@@ -28,7 +28,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::AUTHORIZATION;
 use hyper::Response;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -148,7 +147,7 @@ impl Client {
         shape: Shape,
         stream: bool,
     ) -> crate::error::Result<Client> {
-        let post = http.post(&endpoint.url)?;
+        let post = post_to(&http, &endpoint, &endpoint.url)?;
         Ok(Client {
             scrub: endpoint.credentials.scrubber(),
             http,
@@ -426,8 +425,7 @@ impl Client {
     /// The POST for the route an OpenAI Batch line names.
     fn routed(&self, route: Option<crate::provider::wire::Task>) -> Result<Post, AttemptError> {
         let url = self.endpoint.url_for(route);
-        self.http
-            .post(&url)
+        post_to(&self.http, &self.endpoint, &url)
             .map_err(|e| AttemptError::row(format!("bad URL {url}: {e}")))
     }
 
@@ -447,8 +445,7 @@ impl Client {
             .credentials
             .authorization(self.http.side())
             .await
-            .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?
-            .map(|value| (AUTHORIZATION, value));
+            .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?;
         let sent = Instant::now();
         let response = lease
             .send(post, authorization, body.clone())
@@ -543,7 +540,31 @@ fn stream_error(e: stream::StreamError) -> AttemptError {
     match e {
         stream::StreamError::Transport(m) => AttemptError::retry(m, None, false),
         stream::StreamError::Reply(m) => AttemptError::row(m),
+        stream::StreamError::Server { status, message } => AttemptError {
+            status: Some(status),
+            ..AttemptError::new(
+                classify_status(
+                    hyper::StatusCode::from_u16(status)
+                        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR),
+                    &hyper::HeaderMap::new(),
+                ),
+                format!("HTTP {status} (in the stream): {message}"),
+            )
+        },
     }
+}
+
+/// The POST to `url` with the headers the endpoint's dialect sends on
+/// every call (Anthropic's `anthropic-version`).
+fn post_to(http: &HttpPool, endpoint: &Endpoint, url: &str) -> crate::error::Result<Post> {
+    let mut post = http.post(url)?;
+    for (name, value) in endpoint.dialect.headers() {
+        post.headers.insert(
+            hyper::header::HeaderName::from_static(name),
+            hyper::header::HeaderValue::from_static(value),
+        );
+    }
+    Ok(post)
 }
 
 /// Counts an attempt in flight for as long as it lives.

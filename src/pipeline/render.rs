@@ -28,7 +28,7 @@ use crate::ai::tokens;
 use crate::error::{Error, Result};
 use crate::job::plan::Plan;
 use crate::pipeline::outcome::RowId;
-pub use crate::provider::wire::BodySpec;
+pub use crate::provider::dialect::BodySpec;
 use crate::provider::wire::Task;
 
 /// Prefixes shorter than this many tokens are not cached by providers
@@ -857,7 +857,7 @@ impl BodyBuilder {
                 Value::String(format!("aiq-{:016x}", prefix.key)),
             );
         }
-        Value::Object(body)
+        Value::Object(self.spec.dialect.request(body))
     }
 
     fn completion_body(&self, row: &RenderedRow) -> Value {
@@ -931,6 +931,7 @@ mod tests {
 
     fn spec() -> BodySpec {
         BodySpec {
+            dialect: crate::provider::dialect::Dialect::OpenAi,
             task: Task::Chat,
             model: None,
             params: Map::new(),

@@ -352,6 +352,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
         concat!("aiq/", env!("CARGO_PKG_VERSION")),
     )?;
     let shape = Shape {
+        dialect: plan.dialect(),
         task: plan.task,
         result_type: plan.result_type.clone(),
         function: plan.function.clone(),

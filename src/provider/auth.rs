@@ -68,6 +68,10 @@ pub enum Credentials {
     Basic(Secret),
     /// OAuth client credentials exchanged for short-lived tokens.
     OAuth(Arc<OAuthM2M>),
+    /// An API key sent in a provider's own header rather than
+    /// `Authorization` (Anthropic's `x-api-key`, Gemini's
+    /// `x-goog-api-key`).
+    ApiKey { header: &'static str, key: Secret },
 }
 
 impl fmt::Display for Credentials {
@@ -77,29 +81,36 @@ impl fmt::Display for Credentials {
             Credentials::Bearer(_) => f.write_str("a bearer token"),
             Credentials::Basic(_) => f.write_str("the user and password of the URL"),
             Credentials::OAuth(o) => write!(f, "OAuth client {}", o.client_id),
+            Credentials::ApiKey { header, .. } => write!(f, "an API key in `{header}`"),
         }
     }
 }
 
 impl Credentials {
-    /// The `Authorization` header to send, if any, marked sensitive (kept
-    /// out of any debug output of the request). For OAuth this may fetch a
-    /// new token; concurrent callers wait for one fetch.
+    /// The credentials header to send, if any (`Authorization`, or a
+    /// provider's key header), its value marked sensitive (kept out of any
+    /// debug output of the request). For OAuth this may fetch a new token;
+    /// concurrent callers wait for one fetch.
     pub async fn authorization(
         &self,
         http: &reqwest::Client,
-    ) -> Result<Option<reqwest::header::HeaderValue>> {
+    ) -> Result<Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>> {
+        let mut name = reqwest::header::AUTHORIZATION;
         let value = match self {
             Credentials::None => return Ok(None),
             Credentials::Bearer(token) => format!("Bearer {}", token.expose()),
             Credentials::Basic(login) => format!("Basic {}", base64_of(login.expose())),
             Credentials::OAuth(oauth) => format!("Bearer {}", oauth.token(http).await?.expose()),
+            Credentials::ApiKey { header, key } => {
+                name = reqwest::header::HeaderName::from_static(header);
+                key.expose().to_owned()
+            }
         };
         let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
             Error::Credentials("the token contains characters not allowed in an HTTP header".into())
         })?;
         value.set_sensitive(true);
-        Ok(Some(value))
+        Ok(Some((name, value)))
     }
 
     /// What hides these credentials in server text (see [`Scrubber`]).
@@ -107,7 +118,9 @@ impl Credentials {
         let mut s = Scrubber::default();
         match self {
             Credentials::None => {}
-            Credentials::Bearer(token) => s.add(token.expose()),
+            Credentials::Bearer(token) | Credentials::ApiKey { key: token, .. } => {
+                s.add(token.expose())
+            }
             Credentials::Basic(login) => s.add_login(login.expose()),
             Credentials::OAuth(oauth) => {
                 s = oauth.scrubber();
@@ -589,7 +602,7 @@ impl DatabricksTarget {
         let mut vars = BTreeMap::from([(env_name("host"), Secret::new(&self.host))]);
         match &self.credentials {
             // Not from a Databricks resolution.
-            Credentials::None | Credentials::Basic(_) => {}
+            Credentials::None | Credentials::Basic(_) | Credentials::ApiKey { .. } => {}
             Credentials::Bearer(token) => {
                 vars.insert(env_name("token"), token.clone());
             }
@@ -1229,7 +1242,7 @@ mod tests {
         let http = reqwest::Client::new();
         let header = |c: Credentials| {
             let http = http.clone();
-            async move { c.authorization(&http).await.unwrap() }
+            async move { c.authorization(&http).await.unwrap().map(|(_, v)| v) }
         };
         assert!(header(Credentials::None).await.is_none());
         let bearer = header(Credentials::Bearer(Secret::new("t1")))
@@ -1241,6 +1254,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(basic, format!("Basic {}", base64_basic::encode("alice:pw")));
+        let key = Credentials::ApiKey {
+            header: "x-api-key",
+            key: Secret::new("sk-ant-1"),
+        };
+        let (name, value) = key.authorization(&http).await.unwrap().unwrap();
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("x-api-key", "sk-ant-1")
+        );
+        assert!(value.is_sensitive());
         let bad = Credentials::Bearer(Secret::new("a\nb"))
             .authorization(&http)
             .await;
@@ -1375,8 +1398,8 @@ mod tests {
         let (host, seen) = token_server(|n| token_reply(n, 3600)).await;
         let creds = Credentials::OAuth(Arc::new(oauth(&host)));
         let http = reqwest::Client::new();
-        let first = creds.authorization(&http).await.unwrap().unwrap();
-        let second = creds.authorization(&http).await.unwrap().unwrap();
+        let first = creds.authorization(&http).await.unwrap().unwrap().1;
+        let second = creds.authorization(&http).await.unwrap().unwrap().1;
         assert!(first == "Bearer tok-1" && second == "Bearer tok-1");
         assert_eq!(
             seen.requests.load(Ordering::SeqCst),

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -436,8 +436,8 @@ impl BatchApi {
             .authorization(&self.http)
             .await
             .map_err(|e| Failed(RetryAction::Abort, fatal(e.to_string())))?;
-        if let Some(value) = authorization {
-            request = request.header(AUTHORIZATION, value);
+        if let Some((name, value)) = authorization {
+            request = request.header(name, value);
         }
         // reqwest's messages name the URL, never headers: no token leaks.
         let response = request

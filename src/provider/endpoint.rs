@@ -1,9 +1,11 @@
 //! Endpoints: where requests go and how they authenticate.
 //!
-//! `--endpoint` takes a Databricks serving endpoint name, an OpenAI-compatible
-//! base URL, or `simulator`. This module turns that into a full URL for the
-//! job's task and the credentials to send; how providers differ is
-//! [`crate::provider::quirks`]'s business. [`resolve`] is the one place a
+//! `--endpoint` takes a Databricks serving endpoint name (`databricks:NAME`
+//! for one named like a provider), an OpenAI-compatible base URL, a
+//! provider's name (`anthropic`, `openai`; `--base-url` overrides where it
+//! is), or `simulator`. This module turns that into a full URL for the
+//! job's task and the credentials to send; how providers differ on the
+//! wire is [`crate::provider::dialect`]'s business. [`resolve`] is the one place a
 //! target becomes an endpoint with credentials; the in-process simulator,
 //! which job planning starts, gets its endpoint from [`Endpoint::simulator`].
 
@@ -15,6 +17,7 @@ use crate::provider::auth::{
     openai_key_variable, redact_url, resolve_databricks, resolve_openai, split_user_info,
     Credentials, DatabricksTarget, Secret,
 };
+use crate::provider::dialect::Dialect;
 use crate::provider::wire::Task;
 
 /// The default model name the simulator serves, as on Databricks.
@@ -32,6 +35,12 @@ pub enum Target {
     Databricks(String),
     /// An OpenAI-compatible base URL.
     OpenAi(EndpointUrl),
+    /// A provider by name (`--endpoint anthropic`), at its own API or at
+    /// `--base-url`.
+    Native {
+        dialect: Dialect,
+        base_url: Option<EndpointUrl>,
+    },
 }
 
 /// An endpoint URL as given, which may carry a `user:password@`: shown and
@@ -66,15 +75,40 @@ impl fmt::Display for Target {
             Target::Simulator => f.write_str("the built-in simulator (Databricks-compatible)"),
             Target::Databricks(name) => write!(f, "Databricks endpoint `{name}`"),
             Target::OpenAi(url) => write!(f, "OpenAI-compatible endpoint {url}"),
+            Target::Native {
+                dialect,
+                base_url: None,
+            } => write!(f, "the {dialect} API"),
+            Target::Native {
+                dialect,
+                base_url: Some(url),
+            } => write!(f, "the {dialect} API at {url}"),
         }
     }
 }
 
 impl Target {
-    /// `--endpoint` as given: `simulator`, a base URL, or an endpoint name.
+    /// `--endpoint` as given: `simulator`, a base URL, a provider's name,
+    /// or an endpoint name (`databricks:NAME` for one named like a
+    /// provider).
     pub fn parse(endpoint: &str) -> Result<Target> {
         if endpoint == "simulator" {
             Ok(Target::Simulator)
+        } else if let Some(dialect) = Dialect::named(endpoint) {
+            Ok(Target::Native {
+                dialect,
+                base_url: None,
+            })
+        } else if let Some(name) = endpoint.strip_prefix("databricks:") {
+            match Target::parse(name)? {
+                Target::Databricks(_) | Target::Native { .. } => {
+                    Ok(Target::Databricks(name.to_string()))
+                }
+                _ => Err(Error::Config(format!(
+                    "--endpoint `databricks:{}` needs a serving endpoint's name",
+                    redact_url(name)
+                ))),
+            }
         } else if is_url(endpoint) {
             Ok(Target::OpenAi(EndpointUrl(endpoint.to_string())))
         } else if endpoint.is_empty() || endpoint.contains(['/', ' ']) {
@@ -84,6 +118,39 @@ impl Target {
             )))
         } else {
             Ok(Target::Databricks(endpoint.to_string()))
+        }
+    }
+
+    /// `--base-url`: where a provider named by `--endpoint` is, instead of
+    /// its own API. Only a provider reached by name has one to move.
+    pub fn with_base_url(self, base_url: Option<&str>) -> Result<Target> {
+        let Some(url) = base_url else {
+            return Ok(self);
+        };
+        if !is_url(url) {
+            return Err(Error::Config(format!(
+                "--base-url `{}` is not an http(s):// URL",
+                redact_url(url)
+            )));
+        }
+        match self {
+            Target::Native { dialect, .. } => Ok(Target::Native {
+                dialect,
+                base_url: Some(EndpointUrl(url.to_string())),
+            }),
+            other => Err(Error::Config(format!(
+                "--base-url applies to --endpoint anthropic or openai, not to {other}; \
+                 give an OpenAI-compatible URL as the --endpoint itself"
+            ))),
+        }
+    }
+
+    /// The dialect the target speaks.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Target::Simulator | Target::Databricks(_) => Dialect::Databricks,
+            Target::OpenAi(_) => Dialect::OpenAi,
+            Target::Native { dialect, .. } => *dialect,
         }
     }
 }
@@ -127,7 +194,82 @@ pub fn resolve(
                 ..Endpoint::openai(&url, task, model, credentials)
             })
         }
+        Target::Native { dialect, base_url } => {
+            native(*dialect, base_url.as_ref(), task, model, api_key_env, env)
+        }
     }
+}
+
+/// A provider reached by name: its base URL (`--base-url`, else the
+/// variable its SDK reads, else its own API) and its key (from
+/// `--api-key-env`, else its SDK's variables: one must be set).
+fn native(
+    dialect: Dialect,
+    base_url: Option<&EndpointUrl>,
+    task: Task,
+    model: Option<&str>,
+    api_key_env: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Endpoint> {
+    let Some(n) = dialect.native() else {
+        return Err(Error::Config(format!("{dialect} is not reached by name")));
+    };
+    let base = match base_url {
+        Some(url) => url.expose().to_string(),
+        None => n
+            .base_url_var
+            .and_then(env)
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| n.base_url.to_string()),
+    };
+    let (base, login) = split_user_info(base.trim().trim_end_matches('/'));
+    let (key, var) = native_key(dialect, api_key_env, env)?;
+    let credentials = match (login, n.key_header) {
+        // A login in the URL is a proxy's: it is the one Authorization.
+        (Some(login), _) => Credentials::Basic(login),
+        (None, Some(header)) => Credentials::ApiKey { header, key },
+        (None, None) => Credentials::Bearer(key),
+    };
+    Ok(Endpoint {
+        dialect,
+        url: dialect.url(&base, task),
+        label: format!("the {dialect} API at {base}"),
+        name: model.unwrap_or_default().to_string(),
+        credentials,
+        credentials_from: format!("the key in {var}"),
+        base: Some(base),
+    })
+}
+
+/// A named provider's key and the variable it came from: `--api-key-env`
+/// if given, else the first of the provider's variables that is set. None
+/// set stops the job before anything is sent, naming them.
+fn native_key(
+    dialect: Dialect,
+    api_key_env: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Secret, String)> {
+    let vars: Vec<&str> = match api_key_env {
+        Some(name) => vec![name.trim()],
+        None => dialect
+            .native()
+            .map(|n| n.key_vars.to_vec())
+            .unwrap_or_default(),
+    };
+    vars.iter()
+        .find_map(|var| {
+            env(var)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .map(|v| (Secret::new(v), var.to_string()))
+        })
+        .ok_or_else(|| {
+            Error::Credentials(format!(
+                "--endpoint {} needs an API key: set {}",
+                dialect.name(),
+                vars.join(" or ")
+            ))
+        })
 }
 
 /// What resolving `target` in this process finds, as the environment
@@ -153,6 +295,15 @@ pub fn handover(
             }
             _ => Handed::new(),
         },
+        Target::Native { dialect, .. } => {
+            let (key, var) = native_key(*dialect, api_key_env, &env)?;
+            let mut handed = Handed::from([(var, key)]);
+            let base_var = dialect.native().and_then(|n| n.base_url_var);
+            if let Some((var, url)) = base_var.and_then(|v| Some((v, env(v)?))) {
+                handed.insert(var.to_string(), Secret::new(url));
+            }
+            handed
+        }
     })
 }
 
@@ -176,22 +327,13 @@ fn openai_credentials(
     Ok((url, credentials, from))
 }
 
-/// The protocol family of an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    /// Databricks Model Serving: `POST {host}/serving-endpoints/{name}/invocations`.
-    Databricks,
-    /// OpenAI-compatible: `POST {base}/chat/completions`, `/completions`, `/embeddings`.
-    OpenAi,
-}
-
 /// A resolved endpoint.
 pub struct Endpoint {
-    pub flavor: Flavor,
+    pub dialect: Dialect,
     /// The full URL requests are posted to.
     pub url: String,
-    /// OpenAI-compatible: the base URL, for calls that name their own
-    /// route ([`Endpoint::url_for`]).
+    /// OpenAI-compatible and named providers: the base URL, for calls
+    /// that name their own route ([`Endpoint::url_for`]).
     pub base: Option<String>,
     /// How the endpoint is named in messages: `databricks endpoint X at HOST`.
     pub label: String,
@@ -207,7 +349,7 @@ pub struct Endpoint {
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
-            .field("flavor", &self.flavor)
+            .field("dialect", &self.dialect)
             .field("url", &self.url)
             .field("credentials", &self.credentials)
             .finish()
@@ -229,7 +371,7 @@ impl Endpoint {
 
     pub fn databricks(target: DatabricksTarget, name: &str) -> Endpoint {
         Endpoint {
-            flavor: Flavor::Databricks,
+            dialect: Dialect::Databricks,
             url: format!("{}/serving-endpoints/{}/invocations", target.host, name),
             base: None,
             label: format!(
@@ -250,8 +392,8 @@ impl Endpoint {
     ) -> Endpoint {
         let base = base_url.trim_end_matches('/');
         Endpoint {
-            flavor: Flavor::OpenAi,
-            url: format!("{base}/{}", route(task)),
+            dialect: Dialect::OpenAi,
+            url: Dialect::OpenAi.url(base, task),
             base: Some(base.to_string()),
             label: format!("OpenAI-compatible endpoint {base}"),
             name: model.unwrap_or_default().to_string(),
@@ -265,18 +407,9 @@ impl Endpoint {
     /// one URL for every task: the body says what it is.
     pub fn url_for(&self, task: Option<Task>) -> std::borrow::Cow<'_, str> {
         match (task, &self.base) {
-            (Some(task), Some(base)) => format!("{base}/{}", route(task)).into(),
+            (Some(task), Some(base)) => self.dialect.url(base, task).into(),
             _ => self.url.as_str().into(),
         }
-    }
-}
-
-/// The path of a task's API under an OpenAI-compatible base URL.
-fn route(task: Task) -> &'static str {
-    match task {
-        Task::Chat => "chat/completions",
-        Task::Completions => "completions",
-        Task::Embeddings => "embeddings",
     }
 }
 

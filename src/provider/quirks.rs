@@ -3,7 +3,7 @@
 //! out bodies through [`Quirks::of`], so a new provider difference is taught
 //! here once.
 
-use crate::provider::endpoint::Flavor;
+use crate::provider::dialect::Dialect;
 
 /// What the body of a request to one endpoint must carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,13 +23,14 @@ pub struct Quirks {
 }
 
 impl Quirks {
-    /// The quirks of an endpoint of `flavor` serving the model (or
+    /// The quirks of an endpoint of `dialect` serving the model (or
     /// Databricks endpoint) called `name`.
-    pub fn of(flavor: Flavor, name: &str) -> Quirks {
-        let openai = flavor == Flavor::OpenAi;
+    pub fn of(dialect: Dialect, name: &str) -> Quirks {
+        let openai = dialect == Dialect::OpenAi;
         Quirks {
-            model_in_body: openai,
-            cache_control: name.to_ascii_lowercase().contains("claude"),
+            model_in_body: dialect != Dialect::Databricks,
+            cache_control: dialect == Dialect::Anthropic
+                || name.to_ascii_lowercase().contains("claude"),
             prompt_cache_key: openai,
             stream_usage_option: openai,
         }
@@ -42,9 +43,11 @@ mod tests {
 
     #[test]
     fn per_flavor_and_model() {
-        let claude = Quirks::of(Flavor::Databricks, "databricks-claude-sonnet-4");
+        let claude = Quirks::of(Dialect::Databricks, "databricks-claude-sonnet-4");
         assert!(claude.cache_control && !claude.model_in_body && !claude.prompt_cache_key);
-        let openai = Quirks::of(Flavor::OpenAi, "gpt-4o-mini");
+        let openai = Quirks::of(Dialect::OpenAi, "gpt-4o-mini");
+        let anthropic = Quirks::of(Dialect::Anthropic, "any-model");
+        assert!(anthropic.cache_control && anthropic.model_in_body && !anthropic.prompt_cache_key);
         assert!(!openai.cache_control && openai.model_in_body);
         assert!(openai.prompt_cache_key && openai.stream_usage_option);
     }

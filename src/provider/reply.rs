@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::ai::functions::{cosine_similarity, AiFunction, FunctionOptions};
 use crate::ai::types::SqlType;
+use crate::provider::dialect::Dialect;
 use crate::provider::usage::Usage;
 use crate::provider::wire::Task;
 use crate::provider::wire::{self, ChatResponse, CompletionResponse, EmbeddingResponse};
@@ -17,6 +18,9 @@ use crate::provider::wire::{self, ChatResponse, CompletionResponse, EmbeddingRes
 /// How reply text becomes the result value.
 #[derive(Debug, Clone)]
 pub struct Shape {
+    /// The wire replies come in ([`Dialect::chat_reply`] reads its chat
+    /// replies into the OpenAI shape parsed here).
+    pub dialect: Dialect,
     pub task: Task,
     pub result_type: SqlType,
     pub function: Option<(AiFunction, FunctionOptions)>,
@@ -52,6 +56,7 @@ pub struct Reply {
 impl Shape {
     pub fn string(task: Task) -> Shape {
         Shape {
+            dialect: Dialect::OpenAi,
             task,
             result_type: SqlType::String,
             function: None,
@@ -68,26 +73,11 @@ impl Shape {
         }
         match self.task {
             Task::Chat => {
-                let r: ChatResponse = decode(body)?;
-                let choice = r.choices.into_iter().next().ok_or("reply has no choices")?;
-                let finish = choice.finish_reason;
-                let result = match (
-                    &choice.message.tool_calls,
-                    wire::content_text(&choice.message.content),
-                ) {
-                    (Some(calls), _) if calls.as_array().is_some_and(|a| !a.is_empty()) => {
-                        Ok(Value::String(calls.to_string()))
-                    }
-                    (_, Some(text)) => self.answer(&text, finish.as_deref()),
-                    (_, None) => Err(no_content(finish.as_deref())),
-                };
-                Ok(Reply {
-                    rows: vec![RowReply {
-                        result,
-                        finish_reason: finish,
-                    }],
-                    usage: usage(r.usage.as_ref()),
-                })
+                let r: ChatResponse = self
+                    .dialect
+                    .chat_reply(body)
+                    .map_err(|e| format!("unexpected reply ({e}): {}", head(body)))?;
+                self.chat(r)
             }
             Task::Completions => {
                 let r: CompletionResponse = decode(body)?;
@@ -134,6 +124,31 @@ impl Shape {
                 })
             }
         }
+    }
+
+    /// A chat reply (in the OpenAI shape) → its row's result: tool calls
+    /// as their JSON text, else the content as the result type. `Err` when
+    /// it has no choices.
+    pub fn chat(&self, r: ChatResponse) -> Result<Reply, String> {
+        let choice = r.choices.into_iter().next().ok_or("reply has no choices")?;
+        let finish = choice.finish_reason;
+        let result = match (
+            &choice.message.tool_calls,
+            wire::content_text(&choice.message.content),
+        ) {
+            (Some(calls), _) if calls.as_array().is_some_and(|a| !a.is_empty()) => {
+                Ok(Value::String(calls.to_string()))
+            }
+            (_, Some(text)) => self.answer(&text, finish.as_deref()),
+            (_, None) => Err(no_content(finish.as_deref())),
+        };
+        Ok(Reply {
+            rows: vec![RowReply {
+                result,
+                finish_reason: finish,
+            }],
+            usage: usage(r.usage.as_ref()),
+        })
     }
 
     /// Reply text → the result, unless it is empty because the provider's

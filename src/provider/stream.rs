@@ -17,7 +17,9 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::provider::anthropic;
 use crate::provider::auth::Scrubber;
+use crate::provider::dialect::Dialect;
 use crate::provider::reply::{Reply, RowReply, Shape};
 use crate::provider::usage::Usage;
 use crate::provider::wire::{self, WireUsage};
@@ -28,6 +30,9 @@ pub enum StreamError {
     Transport(String),
     /// The stream was well formed but its content is not a usable answer.
     Reply(String),
+    /// The server sent an error event (Anthropic's `error`): classified
+    /// like an error reply of this status.
+    Server { status: u16, message: String },
 }
 
 /// When content arrived, measured from when the request went out. Three
@@ -77,6 +82,9 @@ pub async fn read_timed(
     scrub: &Scrubber,
 ) -> Result<(Reply, Timing), StreamError> {
     let mut events = http_body_util::BodyDataStream::new(response.into_body()).eventsource();
+    if shape.dialect == Dialect::Anthropic {
+        return read_anthropic(&mut events, shape, sent, scrub).await;
+    }
     let mut text = String::new();
     let mut finish_reason = None;
     let mut usage: Option<WireUsage> = None;
@@ -134,6 +142,67 @@ pub async fn read_timed(
         },
         timing,
     ))
+}
+
+/// An Anthropic Messages stream ([`anthropic::stream_event`] folds each
+/// event) to the end.
+async fn read_anthropic<S, E>(
+    events: &mut S,
+    shape: &Shape,
+    sent: Instant,
+    scrub: &Scrubber,
+) -> Result<(Reply, Timing), StreamError>
+where
+    S: futures::Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut state = anthropic::Streamed::default();
+    let mut timing = Timing::default();
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| StreamError::Transport(format!("stream broke: {e}")))?;
+        let data: Value = serde_json::from_str(&event.data)
+            .map_err(|e| StreamError::Reply(format!("unreadable stream event ({e})")))?;
+        match anthropic::stream_event(&mut state, &data) {
+            Ok(anthropic::Event::Text(piece)) if !piece.is_empty() => {
+                let now = sent.elapsed();
+                timing.first.get_or_insert(now);
+                timing.last = Some(now);
+                timing.chunks += 1;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                let kind = error.pointer("/error/type").and_then(Value::as_str);
+                let status = kind.and_then(anthropic::error_status).unwrap_or(500);
+                let message = wire::error_message(error.to_string().as_bytes());
+                return Err(StreamError::Server {
+                    status,
+                    message: scrub.text(&message).into_owned(),
+                });
+            }
+        }
+        if state.done {
+            break;
+        }
+    }
+    if !state.finished() {
+        return Err(StreamError::Transport(
+            "stream ended before the reply was complete".into(),
+        ));
+    }
+    let mut response = state.into_response();
+    // The whole texts, not event by event: a secret may span events.
+    for choice in &mut response.choices {
+        let message = &mut choice.message;
+        if let Value::String(text) = &message.content {
+            message.content = Value::String(scrub.text(text).into_owned());
+        }
+        if let Some(calls) = &message.tool_calls {
+            let text = calls.to_string();
+            message.tool_calls = serde_json::from_str(&scrub.text(&text)).ok();
+        }
+    }
+    let reply = shape.chat(response).map_err(StreamError::Reply)?;
+    Ok((reply, timing))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! too.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Which kind of call a row becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
@@ -419,24 +419,6 @@ pub fn content_text(content: &Value) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// Static settings that shape every body.
-#[derive(Debug, Clone)]
-pub struct BodySpec {
-    pub task: Task,
-    /// `model` in the body (OpenAI-compatible servers).
-    pub model: Option<String>,
-    /// Model parameters (max_tokens, temperature, tools, ...), merged into the body.
-    pub params: Map<String, Value>,
-    pub response_format: Option<Value>,
-    /// Claude-style `cache_control` breakpoint on the last static block.
-    pub cache_control: bool,
-    /// OpenAI-style `prompt_cache_key` from the static prefix hash.
-    pub prompt_cache_key: bool,
-    pub stream: bool,
-    /// OpenAI wants `stream_options.include_usage` to report usage when streaming.
-    pub stream_usage_option: bool,
 }
 
 #[cfg(test)]

@@ -94,6 +94,8 @@ pub struct Job {
     /// `response_format` JSON schema was asked for): what `--truncate-*`
     /// and `--mismatch-*` spoil.
     pub typed: bool,
+    /// Anthropic: the forced tool whose input carries the typed reply.
+    pub answer_tool: Option<String>,
 }
 
 /// Reads `body` as a `task` request and computes its answer. `reply_tokens`
@@ -241,6 +243,7 @@ fn chat(body: Value, reply_tokens: u64, claude: bool) -> Result<Job, String> {
         },
         completion_tokens,
         typed,
+        answer_tool: None,
     })
 }
 
@@ -418,6 +421,7 @@ fn completion(body: Value, reply_tokens: u64) -> Result<Job, String> {
         include_usage,
         reply: Reply::Completion { choices },
         typed: false,
+        answer_tool: None,
     })
 }
 
@@ -440,6 +444,7 @@ fn embedding(body: Value, dim: usize) -> Result<Job, String> {
         stream: false,
         include_usage: false,
         typed: false,
+        answer_tool: None,
     })
 }
 
@@ -474,6 +479,8 @@ pub(crate) enum Api {
     },
     /// Google's Gemini API (see [`super::gemini`]).
     Gemini(super::gemini::Call),
+    /// Anthropic's Messages API ([`super::anthropic`]).
+    Anthropic,
 }
 
 impl Api {
@@ -481,6 +488,7 @@ impl Api {
     /// and Anthropic-style usage.
     pub fn claude(&self) -> bool {
         matches!(self, Api::Databricks { endpoint } if endpoint.to_ascii_lowercase().contains("claude"))
+            || matches!(self, Api::Anthropic)
     }
 
     pub fn is_databricks(&self) -> bool {
@@ -519,6 +527,7 @@ pub(crate) fn model_name(api: &Api, job: &Job) -> String {
         (None, Api::Databricks { endpoint }) => endpoint.clone(),
         (None, Api::Gemini(call)) => call.model.clone(),
         (None, Api::OpenAi) => "aiq-sim".to_string(),
+        (None, Api::Anthropic) => "claude-sim".to_string(),
     }
 }
 

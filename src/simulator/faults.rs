@@ -43,6 +43,8 @@ impl Fault {
             "500" => Ok(Fault::Status(500)),
             "502" => Ok(Fault::Status(502)),
             "503" => Ok(Fault::Status(503)),
+            // Anthropic's overloaded_error.
+            "529" => Ok(Fault::Status(529)),
             "reset" => Ok(Fault::Reset),
             "slow" => Ok(Fault::Slow),
             "html" => Ok(Fault::Html),
@@ -50,7 +52,7 @@ impl Fault {
             "error200" => Ok(Fault::Error200),
             "cut" => Ok(Fault::CutAfter),
             "429" => Ok(Fault::RandomLimit),
-            other => Err(format!("unknown fault {other:?} in --faults (use a comma list of 500, 502, 503, 429, reset, slow, html, truncated, error200, cut)")),
+            other => Err(format!("unknown fault {other:?} in --faults (use a comma list of 500, 502, 503, 529, 429, reset, slow, html, truncated, error200, cut)")),
         }
     }
 }

@@ -37,6 +37,7 @@ pub(crate) fn error(api: &Api, status: StatusCode, code: &str, message: &str) ->
         Api::OpenAi => json!({"error": {"message": message, "type": code, "code": code}}),
         Api::Databricks { .. } => json!({"error_code": code, "message": message}),
         Api::Gemini(_) => super::gemini::wire::error_body(status, message),
+        Api::Anthropic => super::anthropic::error_body(status, message),
     };
     (status, Json(body)).into_response()
 }
@@ -49,6 +50,15 @@ pub(crate) fn openai(task: Task) -> MethodRouter<Arc<ServerState>> {
             handle(st, Api::OpenAi, Some(task), headers, body)
         },
     )
+}
+
+/// Anthropic's Messages API: one route, chat only.
+pub(crate) async fn anthropic(
+    State(st): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(st, Api::Anthropic, Some(Task::Chat), headers, body).await
 }
 
 /// Databricks decides the task from the body (`messages`, `prompt`, `input`).
@@ -73,10 +83,12 @@ pub(crate) async fn not_found(State(st): State<Arc<ServerState>>) -> Response {
 
 pub(crate) fn authorized(cfg: &SimConfig, headers: &HeaderMap) -> bool {
     let Some(token) = &cfg.token else { return true };
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or(key)
         .is_some_and(|got| got.trim() == token)
 }
 
@@ -96,10 +108,10 @@ pub(crate) async fn handle(
         Ok(cut_after) => cut_after,
         Err(fault) => return fault,
     };
-    let limit_headers = match st
+    let admission = st
         .limits
-        .admit_reserving(job.prompt_tokens + job.max_tokens, job.max_tokens)
-    {
+        .admit_reserving(job.prompt_tokens + job.max_tokens, job.max_tokens);
+    let limit_headers = match super::anthropic::admission(&api, admission) {
         Admission::Admitted(h) => h,
         Admission::Refused(h) => {
             bump(&st.counters.rate_limited);
@@ -134,6 +146,10 @@ pub(crate) async fn handle(
             drop(in_flight);
         }
     };
+    if job.stream && matches!(api, Api::Anthropic) {
+        let frames = super::anthropic::frames(&st.cfg, &api, &job, &usage, cached);
+        return stream::paced(frames, Box::new(done), limit_headers);
+    }
     if job.stream {
         return stream::respond(
             &st.cfg,
@@ -201,6 +217,10 @@ fn read_job(
         Ok(v) => v,
         Err(e) => return Err(bad_request(&format!("request body is not valid JSON: {e}"))),
     };
+    let (value, answer_tool) = match api {
+        Api::Anthropic => super::anthropic::to_openai(value).map_err(|m| bad_request(&m))?,
+        _ => (value, None),
+    };
     let Some(task) = task.or_else(|| Task::of_body(&value)) else {
         return Err(bad_request(
             "request body needs `messages` (chat), `prompt` (completions) or `input` (embeddings)",
@@ -213,7 +233,7 @@ fn read_job(
         st.cfg.embedding_dim,
         api.claude(),
     ) {
-        Ok(job) => job,
+        Ok(job) => Job { answer_tool, ..job },
         Err(msg) => return Err(bad_request(&msg)),
     };
     match job.marker {
@@ -471,6 +491,9 @@ fn usage(job: &Job, cached: u64, cacheable: u64, claude: bool) -> WireUsage {
 fn body_of(api: &Api, job: Job, usage: WireUsage) -> Value {
     if let Api::Gemini(call) = api {
         return super::gemini::wire::reply(call, &job, &usage);
+    }
+    if let Api::Anthropic = api {
+        return super::anthropic::message(api, &job, &usage);
     }
     let model = Some(model_name(api, &job));
     let result = match &job.reply {

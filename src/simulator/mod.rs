@@ -17,6 +17,7 @@
 //! API is [`gemini`](self::gemini): its own wire over the same pipeline.
 
 mod answer;
+mod anthropic;
 mod batch;
 mod cache;
 mod faults;
@@ -111,7 +112,7 @@ pub struct SimConfig {
     /// Probability (0..1) that a request gets a fault from `--faults`.
     #[arg(long, default_value_t = 0.0)]
     pub fault_rate: f64,
-    /// Fault kinds to draw from: comma list of 500, 502, 503, 429 (a
+    /// Fault kinds to draw from: comma list of 500, 502, 503, 529, 429 (a
     /// refusal unrelated to load, with `Retry-After: 1` as `--retry-after`
     /// says), reset (connection dropped before the reply), slow (stall
     /// `--slow-ms`), and
@@ -497,6 +498,7 @@ fn router(state: Arc<ServerState>) -> Router {
             "/serving-endpoints/{name}/invocations",
             post(handler::databricks),
         )
+        .route("/v1/messages", post(handler::anthropic))
         .route("/oidc/v1/token", post(oauth::token))
         .route("/v1/files", post(batch::upload))
         .route("/v1/files/{id}", get(batch::file_info))

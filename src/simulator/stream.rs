@@ -30,7 +30,7 @@ use crate::provider::wire::{
 pub(crate) type Done = Box<dyn FnOnce() + Send>;
 
 /// `text` cut into pieces of about one token, on char boundaries.
-fn pieces(text: &str) -> Vec<&str> {
+pub(crate) fn pieces(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = text;
     while !rest.is_empty() {
@@ -175,9 +175,13 @@ pub(crate) fn respond(
     paced(frames, done, extra_headers)
 }
 
-/// The response that sends `frames`, each after its delay, and calls
-/// `done` with the last.
-fn paced(frames: VecDeque<(Duration, Bytes)>, done: Done, extra_headers: HeaderMap) -> Response {
+/// `frames` sent as an event stream, each after its delay; `done` runs
+/// once the last is handed to the connection.
+pub(crate) fn paced(
+    frames: VecDeque<(Duration, Bytes)>,
+    done: Done,
+    extra_headers: HeaderMap,
+) -> Response {
     // Each frame is due at a fixed offset from now, not a delay after the
     // previous one: sleeps overshoot (timer granularity, scheduling), and
     // chained delays would add every overshoot up, making a 5 ms

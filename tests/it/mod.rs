@@ -1,5 +1,6 @@
 mod util;
 
+mod anthropic;
 mod batch_mode;
 mod bench;
 mod cache;

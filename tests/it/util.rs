@@ -154,11 +154,40 @@ impl Fixture {
         envs: &[(&str, &str)],
     ) -> Command {
         let mut args = run_io(input, output, endpoint);
-        args.extend(["-q", "--model", "sim-model", "--backoff-ms", "1"]);
+        args.extend(["-q", "--model", "sim-model"]);
+        self.keyed_command(args, extra, ("OPENAI_API_KEY", TOKEN), envs)
+    }
+
+    /// `args`, `--backoff-ms 1` and `extra`, run with the simulator's key
+    /// in the variable of `key`, and `envs`.
+    fn keyed_command<'a>(
+        &self,
+        mut args: Vec<&'a str>,
+        extra: &[&'a str],
+        key: (&str, &str),
+        envs: &[(&str, &str)],
+    ) -> Command {
+        args.extend(["--backoff-ms", "1"]);
         args.extend_from_slice(extra);
-        let mut all_envs = vec![("OPENAI_API_KEY", TOKEN)];
+        let mut all_envs = vec![key];
         all_envs.extend_from_slice(envs);
         self.command(&args, &all_envs)
+    }
+
+    /// `aiq run -q --endpoint anthropic` against the simulator's Messages
+    /// API (`--base-url`), model `claude-sim`, the key ([`TOKEN`]) in
+    /// `ANTHROPIC_API_KEY`, then `extra` and `envs`.
+    pub fn anthropic_command(
+        &self,
+        input: &Path,
+        output: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Command {
+        let base = self.sim.base_url();
+        let mut args = run_io(input, output, "anthropic");
+        args.extend(["-q", "--base-url", &base, "--model", "claude-sim"]);
+        self.keyed_command(args, extra, ("ANTHROPIC_API_KEY", TOKEN), envs)
     }
 
     /// `aiq run -q` against the simulator's Databricks route: the serving

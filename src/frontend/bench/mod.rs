@@ -376,7 +376,10 @@ pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
         endpoint.clone(),
         Arc::new(Limiter::new(None, None)),
         policy,
-        Shape::string(args.task),
+        Shape {
+            dialect: endpoint.dialect,
+            ..Shape::string(args.task)
+        },
         !args.no_stream,
     )?);
 
@@ -603,9 +606,10 @@ fn prompt_bodies(plan: &BenchPlan, endpoint: &Endpoint) -> Result<Vec<Bytes>> {
         }
     };
     let templates = Templates::bind(args.system.as_deref(), &prompt, None, &schema)?;
-    let quirks = Quirks::of(endpoint.flavor, &endpoint.name);
+    let quirks = Quirks::of(endpoint.dialect, &endpoint.name);
     let builder = BodyBuilder::new(
         BodySpec {
+            dialect: endpoint.dialect,
             task: args.task,
             model: if quirks.model_in_body {
                 args.model.clone()

@@ -193,6 +193,7 @@ impl Engine {
         let plan = self.plan(settings)?;
         let endpoint = self.endpoint(&plan).await?;
         let shape = Shape {
+            dialect: plan.dialect(),
             task: plan.task,
             result_type: plan.result_type.clone(),
             function: plan.function.clone(),
@@ -221,6 +222,7 @@ impl Engine {
             Target::OpenAi(url) => format!("{url}#{:?}", plan.task),
             Target::Simulator => "simulator".to_string(),
             Target::Databricks(name) => format!("databricks:{name}"),
+            Target::Native { .. } => format!("{}#{:?}", plan.target, plan.task),
         };
         let mut endpoints = self.endpoints.lock().await;
         if let Some(e) = endpoints.get(&key) {

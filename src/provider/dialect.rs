@@ -1,0 +1,197 @@
+//! Dialects: the one place that says how the providers aiq speaks to
+//! differ on the wire. Each provider with a wire of its own has a module
+//! (`anthropic.rs`; Gemini, Azure and Bedrock slot in beside it), and
+//! [`Dialect`] dispatches to it; the pipeline only ever calls these
+//! methods, so it never knows which provider it talks to.
+//!
+//! How a provider plugs in (docs/internals/architecture.md, "Providers"):
+//! 1. a variant here, named by `--endpoint` in [`Dialect::named`], with its
+//!    defaults in [`Dialect::native`] (base URL, key variables and header);
+//! 2. its URL per task ([`Dialect::url`]) and fixed headers
+//!    ([`Dialect::headers`]);
+//! 3. request bodies: aiq lays every body out once in the OpenAI chat
+//!    shape (`pipeline::render`), and [`Dialect::request`] turns it into
+//!    the provider's;
+//! 4. replies: [`Dialect::chat_reply`] turns the provider's reply into the
+//!    OpenAI shape ([`ChatResponse`], usage as [`crate::provider::wire::WireUsage`]),
+//!    and [`crate::provider::stream`] folds its stream events the same way;
+//! 5. errors: its error `type`s beside the status table in
+//!    [`crate::provider::retry`] (retry decisions stay in one place);
+//!    rate-limit header names in [`crate::provider::limit`];
+//! 6. batch: its batch API behind [`crate::provider::batch_api`].
+//!
+//! Databricks and OpenAI-compatible servers speak the shape aiq lays out,
+//! so their arms are the identity.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::provider::anthropic;
+use crate::provider::wire::{ChatResponse, Task};
+
+/// The wire an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Databricks Model Serving: `POST {host}/serving-endpoints/{name}/invocations`.
+    Databricks,
+    /// OpenAI-compatible: `POST {base}/chat/completions`, `/completions`, `/embeddings`.
+    OpenAi,
+    /// Anthropic's Messages API: `POST {base}/v1/messages`.
+    Anthropic,
+}
+
+/// Where a provider named by `--endpoint` is and how it takes a key, when
+/// nothing overrides it.
+#[derive(Debug, Clone, Copy)]
+pub struct Native {
+    /// The API's base URL.
+    pub base_url: &'static str,
+    /// The variable that overrides the base URL, as the provider's SDK reads it.
+    pub base_url_var: Option<&'static str>,
+    /// The variables the key is read from, first set wins.
+    pub key_vars: &'static [&'static str],
+    /// The header the key goes in; None: `Authorization: Bearer`.
+    pub key_header: Option<&'static str>,
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dialect::Databricks => "Databricks",
+            Dialect::OpenAi => "OpenAI",
+            Dialect::Anthropic => "Anthropic",
+        })
+    }
+}
+
+impl Dialect {
+    /// The provider `--endpoint` names, if it names one.
+    pub fn named(name: &str) -> Option<Dialect> {
+        match name {
+            "anthropic" => Some(Dialect::Anthropic),
+            "openai" => Some(Dialect::OpenAi),
+            _ => None,
+        }
+    }
+
+    /// The `--endpoint` name of a provider reached by name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Databricks => "databricks",
+            Dialect::OpenAi => "openai",
+            Dialect::Anthropic => "anthropic",
+        }
+    }
+
+    /// A provider's defaults, for the ones `--endpoint` reaches by name.
+    pub fn native(self) -> Option<Native> {
+        match self {
+            Dialect::Databricks => None,
+            Dialect::OpenAi => Some(Native {
+                base_url: "https://api.openai.com/v1",
+                base_url_var: Some("OPENAI_BASE_URL"),
+                key_vars: &["OPENAI_API_KEY"],
+                key_header: None,
+            }),
+            Dialect::Anthropic => Some(Native {
+                base_url: anthropic::DEFAULT_BASE_URL,
+                base_url_var: Some(anthropic::BASE_URL_VAR),
+                key_vars: &[anthropic::KEY_VAR],
+                key_header: Some(anthropic::KEY_HEADER),
+            }),
+        }
+    }
+
+    /// The tasks the dialect has an API for.
+    pub fn supports(self, task: Task) -> bool {
+        match self {
+            Dialect::Databricks | Dialect::OpenAi => true,
+            Dialect::Anthropic => task == Task::Chat,
+        }
+    }
+
+    /// The URL of `task`'s API under `base` (no trailing slash). A
+    /// Databricks endpoint has one URL for every task: the body says what
+    /// it is ([`crate::provider::endpoint::Endpoint::databricks`]).
+    pub fn url(self, base: &str, task: Task) -> String {
+        match self {
+            Dialect::Databricks | Dialect::OpenAi => {
+                let route = match task {
+                    Task::Chat => "chat/completions",
+                    Task::Completions => "completions",
+                    Task::Embeddings => "embeddings",
+                };
+                format!("{base}/{route}")
+            }
+            Dialect::Anthropic => format!("{base}/v1/messages"),
+        }
+    }
+
+    /// Fixed headers every request carries, besides the credentials.
+    pub fn headers(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Dialect::Databricks | Dialect::OpenAi => &[],
+            Dialect::Anthropic => anthropic::HEADERS,
+        }
+    }
+
+    /// A chat body as aiq lays it out (the OpenAI shape) in this dialect.
+    pub fn request(self, body: Map<String, Value>) -> Map<String, Value> {
+        match self {
+            Dialect::Databricks | Dialect::OpenAi => body,
+            Dialect::Anthropic => anthropic::request(body),
+        }
+    }
+
+    /// A successful chat reply in the OpenAI shape aiq reads.
+    pub fn chat_reply(self, body: &[u8]) -> Result<ChatResponse, String> {
+        match self {
+            Dialect::Databricks | Dialect::OpenAi => {
+                serde_json::from_slice(body).map_err(|e| e.to_string())
+            }
+            Dialect::Anthropic => anthropic::reply(body),
+        }
+    }
+}
+
+/// Static settings that shape every body.
+#[derive(Debug, Clone)]
+pub struct BodySpec {
+    /// The wire the bodies are for: they are laid out in the OpenAI shape,
+    /// then turned into the dialect's ([`Dialect::request`]).
+    pub dialect: Dialect,
+    pub task: Task,
+    /// `model` in the body (OpenAI-compatible servers).
+    pub model: Option<String>,
+    /// Model parameters (max_tokens, temperature, tools, ...), merged into the body.
+    pub params: Map<String, Value>,
+    pub response_format: Option<Value>,
+    /// Claude-style `cache_control` breakpoint on the last static block.
+    pub cache_control: bool,
+    /// OpenAI-style `prompt_cache_key` from the static prefix hash.
+    pub prompt_cache_key: bool,
+    pub stream: bool,
+    /// OpenAI wants `stream_options.include_usage` to report usage when streaming.
+    pub stream_usage_option: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_per_dialect() {
+        assert_eq!(
+            Dialect::Anthropic.url("http://h", Task::Chat),
+            "http://h/v1/messages"
+        );
+        assert_eq!(
+            Dialect::OpenAi.url("http://h/v1", Task::Embeddings),
+            "http://h/v1/embeddings"
+        );
+        assert_eq!(Dialect::named("anthropic"), Some(Dialect::Anthropic));
+        assert_eq!(Dialect::named("databricks-claude"), None);
+        assert!(!Dialect::Anthropic.supports(Task::Embeddings));
+    }
+}
