@@ -63,6 +63,7 @@ class RunSettings(TypedDict, total=False):
     cache_control: bool  # Claude cache_control breakpoint on the static prefix
     no_prompt_cache_key: bool  # do not send prompt_cache_key
     no_warmup: bool  # no warm-up request per prompt prefix
+    no_dedup: bool  # send every row's request, even one another row asks too
     stream: bool  # stream replies and record time to first token
     tools: Sequence[Mapping[str, Any]]  # tools (function calling), passed through
     tool_choice: Any  # tool_choice, passed through

@@ -28,6 +28,7 @@ OUTCOME_COLUMNS = [
     "maybe_billed_twice",
     "repairs",
     "request_fingerprint",
+    "shared_from",
 ]
 
 SETTINGS = dict(endpoint="simulator", prompt="Summarize: {{text}}", quiet=True)

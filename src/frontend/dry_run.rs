@@ -21,6 +21,7 @@ use crate::job::plan::Plan;
 use crate::job::settings::Mode;
 use crate::job::spend::Prices;
 use crate::pipeline::batch::state::Splitter;
+use crate::pipeline::fingerprint::Fingerprinter;
 use crate::pipeline::render::{BodyBuilder, Templates};
 use crate::pipeline::schedule::CallMaker;
 use crate::pipeline::sink::Layout;
@@ -32,8 +33,12 @@ use crate::provider::endpoint::Target;
 pub struct Estimate {
     /// Input rows.
     pub rows: u64,
-    /// Rows that would be sent (not null in a template variable, rendered).
+    /// Rows that would be sent (not null in a template variable, rendered,
+    /// not sharing an earlier row's request).
     pub rows_to_send: u64,
+    /// Rows not sent because an earlier row asks the same request: they
+    /// take its answer (dedup; 0 with `--no-dedup`).
+    pub shared_rows: u64,
     /// Rows not sent: a template variable is null (their result is null).
     pub null_rows: u64,
     /// Rows a template fails on (they would get an `error_message`).
@@ -194,6 +199,9 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
         files: Vec::new(),
     });
     let mut seen_prefixes: HashSet<u64> = HashSet::new();
+    // Requests a run would send once (as the scheduler's dedup does).
+    let requests = (plan.dedup && plan.mode == Mode::Online).then(|| Fingerprinter::of(plan));
+    let mut seen_requests: HashSet<String> = HashSet::new();
     let mut first = 0;
     for batch in source.into_batches() {
         let batch = batch?;
@@ -208,6 +216,12 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
             }
         }
         for call in &calls {
+            if let Some(requests) = requests.as_ref().filter(|_| call.rows.len() == 1) {
+                if !seen_requests.insert(requests.rows(call).pop().unwrap_or_default()) {
+                    e.shared_rows += 1;
+                    continue;
+                }
+            }
             if let (Some(files), Some(row)) = (batch_files.as_mut(), call.rows.first()) {
                 let endpoint = endpoint_path(call.route.unwrap_or(plan.task));
                 files.add(
@@ -315,6 +329,14 @@ impl fmt::Display for Estimate {
             "rows              {} ({} to send, {} null, {} template errors)",
             self.rows, self.rows_to_send, self.null_rows, self.template_errors
         )?;
+        if self.shared_rows > 0 {
+            writeln!(
+                f,
+                "shared            {} rows ask the same request as an earlier row: not sent, \
+                 they take its answer (--no-dedup sends them)",
+                self.shared_rows
+            )?;
+        }
         writeln!(f, "requests          {}", self.requests)?;
         writeln!(
             f,

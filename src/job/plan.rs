@@ -67,6 +67,8 @@ pub struct Plan {
     pub cache_control: bool,
     pub prompt_cache_key: bool,
     pub warmup: bool,
+    /// Identical requests are sent once (not with `--no-dedup`).
+    pub dedup: bool,
     pub stream: bool,
     pub restart: bool,
     pub simulator: SimulatorSettings,
@@ -217,6 +219,7 @@ impl Plan {
             cache_control: s.cache_control,
             prompt_cache_key: !s.no_prompt_cache_key,
             warmup: !s.no_warmup,
+            dedup: !s.no_dedup,
             stream: s.stream,
             restart,
             simulator,

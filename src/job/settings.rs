@@ -293,6 +293,13 @@ with_call_settings! {
         #[serde(default)]
         pub no_warmup: bool,
 
+        /// Send every row's request, even one that another row of the job asks
+        /// too. By default identical requests (the same request fingerprint)
+        /// are sent once and the answer is shared by every row that asks it.
+        #[arg(long)]
+        #[serde(default)]
+        pub no_dedup: bool,
+
         /// Stream replies (server-sent events) and record time to first token.
         #[arg(long)]
         #[serde(default)]
@@ -544,6 +551,7 @@ impl JobSettings {
         self.cache_control |= base.cache_control;
         self.no_prompt_cache_key |= base.no_prompt_cache_key;
         self.no_warmup |= base.no_warmup;
+        self.no_dedup |= base.no_dedup;
         self.stream |= base.stream;
         self.retry_failed |= base.retry_failed;
         self.send_empty |= base.send_empty;

@@ -30,6 +30,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
+use crate::pipeline::answers::Answers;
 use crate::pipeline::outcome::{Outcome, RowId, Usage};
 
 const MANIFEST: &str = "manifest.json";
@@ -84,6 +85,10 @@ pub struct Resume {
     /// that stopped the job early): [`Journal::open`] leaves them without an
     /// outcome, so a resume sends them again.
     pub unsettled: BTreeSet<RowId>,
+    /// Every answer in the journal, committed rows' too, by request
+    /// fingerprint (bounded): a row that was waiting for an identical
+    /// request's answer when the job stopped takes it instead of paying.
+    pub answers: Answers,
 }
 
 impl Resume {
@@ -397,6 +402,7 @@ fn load(dir: &Path) -> Result<Resume> {
     let mut failed = BTreeSet::new();
     let mut committed_inputs = vec![0u64; usize::try_from(committed).unwrap_or(0)];
     let mut unsettled = BTreeSet::new();
+    let mut answers = Answers::default();
     if path.exists() {
         let file = OpenOptions::new()
             .read(true)
@@ -419,6 +425,7 @@ fn load(dir: &Path) -> Result<Resume> {
             };
             good_len += n as u64;
             spent.add(&outcome.billed_usage());
+            answers.offer(&outcome);
             // The last line of a row is its outcome (a retried row has two).
             if outcome.is_error() {
                 failed.insert(outcome.row);
@@ -452,6 +459,7 @@ fn load(dir: &Path) -> Result<Resume> {
         failed,
         committed_inputs,
         unsettled,
+        answers,
     })
 }
 

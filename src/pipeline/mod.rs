@@ -5,7 +5,8 @@
 //! retries, [`collect`] folds outcomes in input order while [`journal`]
 //! makes each one durable, and [`sink`] writes the output. [`call_journal`]
 //! keeps answers by request content for work shared across processes;
-//! [`fingerprint`] names what a row asked (the same request, the same price);
+//! [`fingerprint`] names what a row asked (the same request, the same price),
+//! and [`dedup`] sends each request of a job once;
 //! [`recheck`] compares what an earlier run left with the input. The remaining
 //! modules are the values and file formats those stages share.
 
@@ -23,9 +24,11 @@ pub mod sink;
 pub mod source;
 pub mod store;
 
+pub mod answers;
 pub mod batch;
 pub mod bounds;
 pub mod call_journal;
+pub mod dedup;
 pub mod fingerprint;
 pub mod jsonl;
 pub mod openai_batch;

@@ -52,6 +52,10 @@ pub struct Outcome {
     /// the same request, at the same price; none for a row not sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// Answered by another row's call with the same request
+    /// ([`crate::pipeline::dedup`]): this row paid nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<Shared>,
     /// A hash of the row's input values ([`crate::pipeline::recheck::row_hashes`]),
     /// by which a resume tells whether a finished part's row is still the
     /// input's.
@@ -67,6 +71,15 @@ pub struct Outcome {
     /// already counted it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub unsettled: bool,
+}
+
+/// Where a shared answer came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Shared {
+    /// The row whose call answered (and paid).
+    pub from: RowId,
+    /// What that call's answer was billed: what this row would have cost.
+    pub usage: Usage,
 }
 
 fn is_zero(n: &u32) -> bool {

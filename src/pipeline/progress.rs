@@ -51,6 +51,12 @@ pub struct Summary {
     /// What the rows' usage cost (ambiguous attempts counted as billed);
     /// null without prices.
     pub cost_usd: Option<f64>,
+    /// Rows answered by another row's call with the same request
+    /// (dedup): the calls it saved.
+    pub shared: u64,
+    /// What those calls would have cost at the prices given; null without
+    /// prices.
+    pub shared_cost_usd: Option<f64>,
     /// Failed rows by class of error (`http_429`, `http_5xx`, `timeout`, ...).
     pub errors: BTreeMap<String, u64>,
     pub elapsed_secs: f64,
@@ -80,7 +86,7 @@ impl Summary {
                 .errors
                 .entry(error_class(message).to_string())
                 .or_insert(0) += 1;
-        } else if o.attempts == 0 && o.result.is_null() {
+        } else if o.attempts == 0 && o.result.is_null() && o.shared.is_none() {
             self.null += 1;
         } else {
             self.ok += 1;
@@ -88,6 +94,12 @@ impl Summary {
         self.usage.add(&o.usage);
         if let Some(p) = &self.prices {
             *self.cost_usd.get_or_insert(0.0) += p.cost(&o.billed_usage());
+        }
+        if let Some(shared) = &o.shared {
+            self.shared += 1;
+            if let Some(p) = &self.prices {
+                *self.shared_cost_usd.get_or_insert(0.0) += p.cost(&shared.usage);
+            }
         }
     }
 
@@ -152,6 +164,17 @@ impl fmt::Display for Summary {
         )?;
         if let Some(cost) = self.cost_usd {
             writeln!(f, "cost       ${cost:.4}")?;
+        }
+        if self.shared > 0 {
+            writeln!(
+                f,
+                "saved      {} calls: rows that asked the same request as another row took its answer{}",
+                self.shared,
+                match self.shared_cost_usd {
+                    Some(cost) => format!(" (they would have cost ${cost:.4})"),
+                    None => String::new(),
+                }
+            )?;
         }
         writeln!(
             f,

@@ -30,6 +30,7 @@ use crate::pipeline::bounds::open_batches;
 use crate::pipeline::call_journal::{CallJournal, Recall};
 use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
+use crate::pipeline::dedup::Dedup;
 use crate::pipeline::http::HttpPool;
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
 use crate::pipeline::lock::WriterLock;
@@ -378,7 +379,8 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
             Some(crate::pipeline::batch::run(job, &mut journal, resume).await?)
         }
     };
-    let resume = input.resume;
+    let mut resume = input.resume;
+    let answers = std::mem::take(&mut resume.answers);
     let limiter = Arc::new(Limiter::with_limits(&plan.limits()));
     let mut client = Client::new(
         http,
@@ -418,6 +420,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
         similarity: plan.prompt2.is_some(),
         passthrough: plan.passthrough(),
         recall: recall(plan)?.map(Arc::new),
+        dedup: plan.dedup.then(|| Arc::new(Dedup::new(answers))),
     };
     let dispatch = tokio::spawn(dispatcher.run(batch_rx));
 

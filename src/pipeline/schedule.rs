@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::pipeline::call_journal::{row_keys, Recall};
 use crate::pipeline::client::{Abort, Client};
+use crate::pipeline::dedup::{Claim, Dedup};
 use crate::pipeline::fingerprint::Fingerprinter;
 use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::render::{BodyBuilder, Call, RenderedRow, Templates};
@@ -82,6 +83,9 @@ pub struct Dispatcher {
     /// `--call-journal`: calls answered before (by any run, shard or task
     /// of the job) are not sent again; new answers are added.
     pub recall: Option<Arc<Recall>>,
+    /// Identical requests are sent once ([`crate::pipeline::dedup`]);
+    /// `None` with `--no-dedup`.
+    pub dedup: Option<Arc<Dedup>>,
 }
 
 /// Per-prefix warm-up state: absent = never seen; `None` = warm; `Some`
@@ -98,6 +102,12 @@ impl Dispatcher {
         let mut ready: VecDeque<Call> = VecDeque::new();
         let mut input_done = false;
         loop {
+            if let Some(dedup) = &self.dedup {
+                // Rows whose leader failed: sent in its place, before newer rows.
+                for call in dedup.handed_on().into_iter().rev() {
+                    ready.push_front(call);
+                }
+            }
             while let Some(call) = ready.pop_front() {
                 if self.stopped() {
                     return;
@@ -124,13 +134,14 @@ impl Dispatcher {
                 self.launch(call, warm_key.map(|k| (k, warmed_tx.clone())))
                     .await;
             }
-            if input_done && waiting == 0 {
+            if input_done && waiting == 0 && !self.dedup.as_ref().is_some_and(|d| d.busy()) {
                 return;
             }
             tokio::select! {
                 Some(key) = warmed_rx.recv(), if waiting > 0 => {
                     release(&mut prefixes, key, &mut ready, &mut waiting);
                 }
+                _ = settled(&self.dedup) => {}
                 next = next_batch(&self.open_batches, &mut batches), if !input_done => {
                     let Some((first, batch, permit)) = next else {
                         input_done = true;
@@ -154,6 +165,12 @@ impl Dispatcher {
                         return;
                     }
                     if !immediate.is_empty() && self.events.send(Event::Outcomes(immediate, None)).await.is_err() {
+                        return;
+                    }
+                    // Claimed once the batch is announced: a leader in
+                    // flight may answer its waiting rows at any moment.
+                    let (calls, shared) = self.claim(calls);
+                    if !shared.is_empty() && self.events.send(Event::Outcomes(shared, None)).await.is_err() {
                         return;
                     }
                     ready.extend(calls);
@@ -225,11 +242,40 @@ impl Dispatcher {
         .map_err(|e| format!("rendering rows {first}.. failed: {e}"))
     }
 
+    /// The calls to send, after dedup: a call whose request an earlier row
+    /// asks waits for its answer (not sent), or takes the answer kept for
+    /// it (the outcomes returned). In input order within each prefix group,
+    /// which is all that matters: identical requests share their prefix.
+    fn claim(&self, calls: Vec<Call>) -> (Vec<Call>, Vec<Outcome>) {
+        let Some(dedup) = &self.dedup else {
+            return (calls, Vec::new());
+        };
+        let mut send = Vec::with_capacity(calls.len());
+        let mut shared = Vec::new();
+        for call in calls {
+            if call.rows.len() != 1 {
+                send.push(call);
+                continue;
+            }
+            let fp = self.requests.rows(&call).pop().unwrap_or_default();
+            let key = row_keys(&self.fingerprint, &call).pop();
+            match dedup.claim(call, &fp, key) {
+                Claim::Send(call) => send.push(call),
+                Claim::Wait => {}
+                Claim::Answered(o) => shared.push(o),
+            }
+        }
+        (send, shared)
+    }
+
     /// Wait for a free slot, then run the call in its own task.
     async fn launch(&self, call: Call, warm: Option<(u64, mpsc::UnboundedSender<u64>)>) {
         // Answered before: no slot, no request, no bill.
         if let Some(mut outcomes) = self.recall.as_ref().and_then(|r| r.answered(&call)) {
             stamp_fingerprints(&self.requests, &call, &mut outcomes);
+            if let Some(dedup) = &self.dedup {
+                outcomes.extend(dedup.settle(&call, &outcomes));
+            }
             let _ = self.events.send(Event::Outcomes(outcomes, None)).await;
             if let Some((key, tx)) = warm {
                 let _ = tx.send(key);
@@ -249,6 +295,7 @@ impl Dispatcher {
         let recall = self.recall.clone();
         let fingerprint = self.fingerprint.clone();
         let requests = self.requests.clone();
+        let dedup = self.dedup.clone();
         tokio::spawn(async move {
             let event = match crate::pipeline::repair::execute(&client, &call).await {
                 Ok(mut outcomes) => {
@@ -258,6 +305,9 @@ impl Dispatcher {
                         o.key = at.and_then(|i| keys.get(i)).cloned();
                     }
                     stamp_fingerprints(&requests, &call, &mut outcomes);
+                    if let Some(dedup) = &dedup {
+                        outcomes.extend(dedup.settle(&call, &outcomes));
+                    }
                     if let Some(recall) = &recall {
                         // The row journal still has the answer: a failed
                         // write costs a later task a request, not this row.
@@ -271,6 +321,9 @@ impl Dispatcher {
                     // Stop at once, before this slot frees up for another call.
                     stop.store(true, Ordering::Relaxed);
                     drop(permit);
+                    if let Some(dedup) = &dedup {
+                        dedup.abandon(&call, requests.rows(&call).first().map(String::as_str));
+                    }
                     Event::Abort(message)
                 }
             };
@@ -381,6 +434,14 @@ pub fn stamp_fingerprints(requests: &Fingerprinter, call: &Call, outcomes: &mut 
     for o in outcomes {
         let at = call.rows.iter().position(|r| *r == o.row);
         o.fingerprint = at.and_then(|i| fingerprints.get(i)).cloned();
+    }
+}
+
+/// A leader with waiting rows was settled (never, without dedup).
+async fn settled(dedup: &Option<Arc<Dedup>>) {
+    match dedup {
+        Some(d) => d.settled.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -29,7 +29,7 @@ use crate::pipeline::parquet_out::{
 use crate::pipeline::store::{is_url, parquet_footer, Remote, Role};
 
 /// The columns aiq adds after the input's, in order.
-pub const OUTCOME_COLUMNS: [&str; 16] = [
+pub const OUTCOME_COLUMNS: [&str; 17] = [
     "result",
     "error_message",
     "finish_reason",
@@ -46,6 +46,7 @@ pub const OUTCOME_COLUMNS: [&str; 16] = [
     "maybe_billed_twice",
     "repairs",
     "request_fingerprint",
+    "shared_from",
 ];
 
 /// The usage columns, in [`crate::pipeline::outcome::Usage::fields_mut`] order.
@@ -105,6 +106,7 @@ impl Layout {
             DataType::Utf8,
             true,
         )));
+        fields.push(Arc::new(Field::new("shared_from", DataType::Int64, true)));
         Ok(Layout {
             input,
             output: Arc::new(Schema::new(fields)),
@@ -136,6 +138,7 @@ impl Layout {
         let mut billed_twice = BooleanBuilder::with_capacity(n);
         let mut repairs = Int32Builder::with_capacity(n);
         let mut fingerprint = StringBuilder::with_capacity(n, n * 32);
+        let mut shared_from = Int64Builder::with_capacity(n);
         for o in outcomes.iter() {
             error.append_option(o.error_message.as_deref());
             finish.append_option(o.finish_reason.as_deref());
@@ -150,6 +153,7 @@ impl Layout {
             billed_twice.append_value(o.maybe_billed_twice());
             repairs.append_value(o.repairs.min(i32::MAX as u32) as i32);
             fingerprint.append_option(o.fingerprint.as_deref());
+            shared_from.append_option(o.shared.map(|s| s.from.min(i64::MAX as u64) as i64));
         }
         let mut columns: Vec<ArrayRef> = input.columns().to_vec();
         columns.push(result);
@@ -165,6 +169,7 @@ impl Layout {
         columns.push(Arc::new(billed_twice.finish()));
         columns.push(Arc::new(repairs.finish()));
         columns.push(Arc::new(fingerprint.finish()));
+        columns.push(Arc::new(shared_from.finish()));
         RecordBatch::try_new(self.output.clone(), columns)
             .map_err(|e| Error::Config(format!("output batch: {e}")))
     }
