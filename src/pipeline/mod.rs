@@ -2,7 +2,7 @@
 //! and the tests all call it); one module per stage in the order rows flow:
 //! [`source`] reads input batches, [`render`] turns rows into request
 //! bodies, [`schedule`] orders and paces calls, [`client`] sends them with
-//! retries, [`collect`] folds outcomes in input order while [`journal`]
+//! retries (over the endpoint and pool that [`connect`] opens), [`collect`] folds outcomes in input order while [`journal`]
 //! makes each one durable, and [`sink`] writes the output. [`call_journal`]
 //! keeps answers by request content for work shared across processes;
 //! [`fingerprint`] names what a row asked (the same request, the same price),
@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod collect;
+pub mod connect;
 pub mod http;
 pub mod journal;
 pub mod lock;

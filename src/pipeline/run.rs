@@ -28,10 +28,9 @@ pub use crate::pipeline::batch::open_source;
 use crate::pipeline::batch::{BatchJob, BatchReport};
 use crate::pipeline::bounds::open_batches;
 use crate::pipeline::call_journal::{CallJournal, Recall};
-use crate::pipeline::client::Client;
 use crate::pipeline::collect::Collector;
+use crate::pipeline::connect::{connect, Connection};
 use crate::pipeline::dedup::Dedup;
-use crate::pipeline::http::HttpPool;
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
 use crate::pipeline::lock::WriterLock;
 use crate::pipeline::openai_batch::OutputFormat;
@@ -46,11 +45,8 @@ use crate::pipeline::sink::{
 use crate::pipeline::source::Source;
 use crate::pipeline::store::{mirror, Remote, RemoteOutput, Role, MIRROR_AFTER_LINES};
 use crate::provider::batch_api::BatchApi;
-use crate::provider::endpoint::Endpoint;
-use crate::provider::limit::Limiter;
 use crate::provider::reply::Shape;
 use crate::provider::wire::Task;
-use crate::simulator::Simulator;
 
 /// The journal format this build writes (2: outcomes keyed by request).
 const JOURNAL_VERSION: u32 = 2;
@@ -131,9 +127,9 @@ struct Ready {
     manifest: Manifest,
     /// What the output's footer records of the job that wrote it.
     stamp: String,
-    endpoint: Arc<Endpoint>,
-    /// The built-in simulator, when asked for: it lives as long as the run.
-    simulator: Option<Simulator>,
+    /// The endpoint and pool (and the built-in simulator, when asked for:
+    /// it lives as long as the run).
+    connection: Connection,
     state: State,
     /// The input, its finished rows rechecked against the journal.
     input: Rechecked,
@@ -194,8 +190,8 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
         }
     }
 
-    let (endpoint, simulator) = plan.resolve_endpoint().await?;
-    let endpoint = Arc::new(endpoint);
+    let connection = connect(plan).await?;
+    let endpoint = &connection.endpoint;
     tracing::info!(url = %endpoint.url, "sending to {}", endpoint.label);
 
     let (total_rows, batch_rows) = (source.total_rows, source.batch_rows.max(1));
@@ -206,8 +202,7 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
         layout,
         manifest,
         stamp,
-        endpoint,
-        simulator,
+        connection,
         state,
         input,
         total_rows,
@@ -329,8 +324,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
         layout,
         manifest,
         stamp,
-        endpoint,
-        simulator,
+        connection,
         state,
         mut input,
         total_rows,
@@ -346,12 +340,6 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
         part_done,
         failed_before,
     } = state;
-    let http = HttpPool::new(
-        &endpoint.url,
-        plan.concurrency,
-        plan.ca_cert.as_deref(),
-        concat!("aiq/", env!("CARGO_PKG_VERSION")),
-    )?;
     let shape = Shape {
         dialect: plan.dialect(),
         task: plan.task,
@@ -371,7 +359,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
                 templates: &templates,
                 builder: &builder,
                 shape: &shape,
-                api: batch_api(plan, &endpoint, simulator.as_ref(), &http)?,
+                api: batch_api(plan, &connection)?,
                 job_id: job_id(&manifest, &plan.output),
                 quiet: ui.quiet,
             };
@@ -381,17 +369,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
     };
     let mut resume = input.resume;
     let answers = std::mem::take(&mut resume.answers);
-    let limiter = Arc::new(Limiter::with_limits(&plan.limits()));
-    let mut client = Client::new(
-        http,
-        endpoint,
-        limiter,
-        plan.retry.clone(),
-        shape,
-        plan.stream,
-    )?;
-    client.max_repairs = plan.max_repairs;
-    let client = Arc::new(client);
+    let client = Arc::new(connection.client(plan, shape)?);
 
     let budget = budget(plan, &resume, total_rows)?;
 
@@ -460,7 +438,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
     let collected = collector.run(event_rx).await;
     let collector = join(collected, mirror, &remote, &stop, dispatch, reader).await?;
     // The simulator served every call; it may go now.
-    drop(simulator);
+    drop(connection);
     Ok(Ran {
         collector,
         batch_report,
@@ -535,13 +513,9 @@ fn journaled_keys(resume: &Resume) -> HashMap<RowId, String> {
 
 /// The Batch API of the job's endpoint: its OpenAI-compatible base URL, or
 /// the built-in simulator's.
-fn batch_api(
-    plan: &Plan,
-    endpoint: &Endpoint,
-    simulator: Option<&Simulator>,
-    http: &HttpPool,
-) -> Result<BatchApi> {
-    let base = match (&endpoint.base, simulator) {
+fn batch_api(plan: &Plan, connection: &Connection) -> Result<BatchApi> {
+    let endpoint = &connection.endpoint;
+    let base = match (&endpoint.base, &connection.simulator) {
         (Some(base), _) => base.clone(),
         (None, Some(sim)) => format!("{}/v1", sim.base_url()),
         (None, None) => {
@@ -552,7 +526,7 @@ fn batch_api(
         }
     };
     Ok(BatchApi::new(
-        http.side().clone(),
+        connection.pool.http.side().clone(),
         &base,
         endpoint.credentials.clone(),
         plan.retry.clone(),

@@ -38,11 +38,12 @@ use crate::ai::tokens::BYTES_PER_TOKEN;
 use crate::error::{Error, Result};
 use crate::job::settings::{parse_param, SimFlags, SimulatorSettings};
 use crate::pipeline::client::Client;
+use crate::pipeline::connect::{Pool, AGENT};
 use crate::pipeline::render::{BodyBuilder, BodySpec, Templates};
 use crate::pipeline::source::Source;
 use crate::provider::endpoint::Endpoint;
 use crate::provider::endpoint::Target;
-use crate::provider::limit::Limiter;
+use crate::provider::limit::Limits;
 use crate::provider::quirks::Quirks;
 use crate::provider::reply::Shape;
 use crate::provider::retry::RetryPolicy;
@@ -359,22 +360,21 @@ pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
         .map(|l| workers_of(*l, args.max_in_flight))
         .max()
         .unwrap_or(1);
-    let http = crate::pipeline::http::HttpPool::new(
+    // No limiter: a benchmark offers the load it was told to, and counts 429s.
+    let pool = Pool::open(
         &endpoint.url,
         workers,
         None,
-        concat!("aiq/", env!("CARGO_PKG_VERSION"), " bench"),
+        &Limits::default(),
+        &format!("{AGENT} bench"),
     )?;
     let policy = RetryPolicy {
         max_retries: 0,
         timeout: Duration::from_secs_f64(args.timeout),
         ..RetryPolicy::default()
     };
-    // No limiter: a benchmark offers the load it was told to, and counts 429s.
-    let client = Arc::new(Client::new(
-        http,
+    let client = Arc::new(pool.client(
         endpoint.clone(),
-        Arc::new(Limiter::new(None, None)),
         policy,
         Shape {
             dialect: endpoint.dialect,

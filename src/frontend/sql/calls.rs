@@ -25,13 +25,12 @@ use crate::error::{Error, Result};
 use crate::job::plan::{Plan, DEFAULT_CONCURRENCY};
 use crate::job::settings::JobSettings;
 use crate::pipeline::call_journal::{CallJournal, Entry};
-use crate::pipeline::client::Client;
-use crate::pipeline::http::HttpPool;
+use crate::pipeline::connect::{Pool, AGENT};
 use crate::pipeline::outcome::Usage;
 use crate::pipeline::render::{BodyBuilder, Call, RenderedRow};
 use crate::provider::endpoint::Endpoint;
 use crate::provider::endpoint::Target;
-use crate::provider::limit::Limiter;
+use crate::provider::limit::Limits;
 use crate::provider::reply::Shape;
 use crate::provider::retry::RetryPolicy;
 use crate::simulator::Simulator;
@@ -85,8 +84,8 @@ pub enum Answer {
 
 pub struct Engine {
     pub settings: EngineSettings,
-    http: HttpPool,
-    limiter: Arc<Limiter>,
+    /// One HTTP pool and limiter for every call of the query.
+    pool: Pool,
     in_flight: Arc<Semaphore>,
     endpoints: tokio::sync::Mutex<HashMap<String, Arc<Endpoint>>>,
     /// Kept alive for the query: dropping a simulator stops it.
@@ -153,18 +152,18 @@ impl Engine {
         // A query may call several endpoints: clients sized as for HTTPS
         // (one per STREAMS_PER_CONNECTION), which plain HTTP does not mind.
         let concurrency = settings.call.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-        let http = HttpPool::new(
-            "https:",
-            concurrency,
-            None,
-            concat!("aiq/", env!("CARGO_PKG_VERSION")),
-        )?;
+        // The limits are the query's, over every endpoint it calls.
+        let limits = Limits {
+            rpm: settings.call.rpm,
+            tpm: settings.call.tpm,
+            ..Limits::default()
+        };
+        let pool = Pool::open("https:", concurrency, None, &limits, AGENT)?;
         let dry = settings.dry_run.then(DryRun::default);
         Ok(Engine {
-            limiter: Arc::new(Limiter::new(settings.call.rpm, settings.call.tpm)),
             in_flight: Arc::new(Semaphore::new(concurrency)),
             settings,
-            http,
+            pool,
             endpoints: Default::default(),
             simulators: Mutex::new(Vec::new()),
             prepared: Default::default(),
@@ -249,14 +248,9 @@ impl Engine {
         p: &Prepared,
         texts: Vec<Option<(String, Option<String>)>>,
     ) -> Result<Vec<Option<Answer>>> {
-        let client = Client::new(
-            self.http.clone(),
-            p.endpoint.clone(),
-            self.limiter.clone(),
-            p.retry.clone(),
-            p.shape.clone(),
-            false,
-        )?;
+        let client =
+            self.pool
+                .client(p.endpoint.clone(), p.retry.clone(), p.shape.clone(), false)?;
         let calls = texts.into_iter().enumerate().map(|(i, text)| {
             let client = &client;
             async move {
