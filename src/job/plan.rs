@@ -850,6 +850,7 @@ pub fn simulator_config(s: &SimulatorSettings) -> SimConfig {
         fault_rate: s.fault_rate.unwrap_or(d.fault_rate),
         seed: s.seed.unwrap_or(d.seed),
         batch_turnaround_ms: s.batch_turnaround_ms.unwrap_or(d.batch_turnaround_ms),
+        slots: s.slots.unwrap_or(d.slots),
         ..d
     }
 }

@@ -438,6 +438,11 @@ pub struct SimFlags {
     /// Simulator only: longest reply in tokens.
     #[arg(long, value_name = "N")]
     pub sim_output_tokens: Option<u64>,
+
+    /// Simulator only: requests it works on at once, the rest wait (a
+    /// server's slots).
+    #[arg(long, value_name = "N")]
+    pub sim_slots: Option<usize>,
 }
 
 impl SimFlags {
@@ -447,7 +452,8 @@ impl SimFlags {
         let any = self.sim_latency_ms.is_some()
             || self.sim_ttft_ms.is_some()
             || self.sim_itl_ms.is_some()
-            || self.sim_output_tokens.is_some();
+            || self.sim_output_tokens.is_some()
+            || self.sim_slots.is_some();
         if any && !simulator {
             return Err(Error::Config(
                 "--sim-* flags only apply with --endpoint simulator".into(),
@@ -465,6 +471,7 @@ impl SimFlags {
             ttft_ms: self.sim_ttft_ms.or(base.ttft_ms),
             itl_ms: self.sim_itl_ms.or(base.itl_ms),
             output_tokens: self.sim_output_tokens.or(base.output_tokens),
+            slots: self.sim_slots.or(base.slots),
             ..base
         })
     }
@@ -485,6 +492,7 @@ pub struct SimulatorSettings {
     pub seed: Option<u64>,
     /// Batch API: milliseconds from creating a batch to its completion.
     pub batch_turnaround_ms: Option<u64>,
+    pub slots: Option<usize>,
 }
 
 macro_rules! overlay_options {

@@ -230,6 +230,7 @@ impl Collector {
                         self.fail(Error::Stopped("budget spent".into()));
                     }
                     self.summary.count_sent(&o);
+                    self.progress.observe(&o);
                     self.place(o);
                 }
                 // Released after the flush that ends this round of events.

@@ -12,6 +12,11 @@
 //! job runs, so a reader never sees half a file, and finalised when the job
 //! ends with `"state": "done"`, `"stopped"` or `"failed"` (and the reason); it is left
 //! in place so the last word stays readable, and replaced by the next run.
+//!
+//! [`Saturation`] watches the replies for a server that queues: latency
+//! climbing while throughput stays flat means more requests in flight only
+//! wait longer (16 in flight against a server with 2 slots), and the bar
+//! says so once, with a lower `--concurrency` to try.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -235,6 +240,9 @@ pub struct Progress {
     status: Option<Arc<StatusFile>>,
     /// Requests in flight right now (the client's count), when known.
     in_flight: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Watches for a queueing server (see [`Progress::with_concurrency`]).
+    saturation: Option<Saturation>,
+    started: std::time::Instant,
 }
 
 impl Progress {
@@ -271,6 +279,34 @@ impl Progress {
             quiet,
             status: None,
             in_flight: None,
+            saturation: None,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Also watch the replies for a server that queues what `concurrency`
+    /// requests in flight send it, and say so once (see [`Saturation`]).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Progress {
+        self.saturation = Some(Saturation::new(concurrency));
+        self
+    }
+
+    /// A reply this run received: fed to the saturation watch.
+    pub fn observe(&mut self, o: &Outcome) {
+        // Single successful attempts only: a retry's latency includes its
+        // back-off, and an error's says nothing about the queue.
+        let Some(latency) = o.latency_ms.filter(|_| o.attempts == 1 && !o.is_error()) else {
+            return;
+        };
+        let at = self.started.elapsed().as_secs_f64();
+        if let Some(advice) = self
+            .saturation
+            .as_mut()
+            .and_then(|s| s.observe(at, latency as f64))
+        {
+            if !self.quiet {
+                self.println(&advice);
+            }
         }
     }
 
@@ -322,6 +358,109 @@ impl Progress {
 
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// Latency climbing while throughput stays flat: the server works on a
+/// few requests at a time and queues the rest, so the requests in flight
+/// beyond those only wait (and time out sooner).
+///
+/// It shows at the start of a run, which sends `concurrency` requests at
+/// once. A server with room for them all answers the first wave as fast as
+/// the later ones. A server with room for a few answers those few quickly
+/// and the rest of the wave later and later, while the queue builds,
+/// spreading the first wave's latencies from one service time up to the
+/// steady queued latency, at the same requests per second. So the first
+/// `concurrency` completions (the first wave) are compared, once, with the
+/// next `2 × concurrency`: the lower quartile of latency (a wave's quickest
+/// quarter: a queue lifts it most, while uneven requests move it little) up
+/// by [`Saturation::CLIMB`] or more, with throughput within
+/// [`Saturation::FLAT`] of the first wave's either way, and it is said. One
+/// comparison, not one per window, so uneven requests do not set it off by
+/// chance; and a server that slows down (longer rows later in the file)
+/// does so with throughput falling, which is not a queue. Fed (time,
+/// latency) pairs, so it is tested without a clock.
+#[derive(Debug, Clone)]
+pub struct Saturation {
+    concurrency: usize,
+    /// Completion time (s) and latency (ms) of the first three waves.
+    seen: Vec<(f64, f64)>,
+    /// The comparison was made (or cannot be: one request in flight).
+    decided: bool,
+}
+
+impl Saturation {
+    pub const CLIMB: f64 = 2.0;
+    pub const FLAT: f64 = 1.2;
+    /// The smallest wave worth a median.
+    pub const MIN_WAVE: usize = 4;
+
+    pub fn new(concurrency: usize) -> Saturation {
+        Saturation {
+            concurrency,
+            seen: Vec::new(),
+            // One request in flight cannot queue behind another of ours.
+            decided: concurrency < 2,
+        }
+    }
+
+    /// One completed request: finished `at` seconds into the run, after
+    /// `latency_ms`. Returns the advice, the one time saturation is seen.
+    pub fn observe(&mut self, at: f64, latency_ms: f64) -> Option<String> {
+        if self.decided {
+            return None;
+        }
+        let wave = self.concurrency.max(Saturation::MIN_WAVE);
+        self.seen.push((at, latency_ms));
+        if self.seen.len() < 3 * wave {
+            return None;
+        }
+        self.decided = true;
+        let seen = std::mem::take(&mut self.seen);
+        let (first, later) = seen.split_at(wave);
+        let quartile = |s: &[(f64, f64)]| {
+            let mut l: Vec<f64> = s.iter().map(|(_, l)| *l).collect();
+            l.sort_by(f64::total_cmp);
+            l[l.len() / 4]
+        };
+        let last = |s: &[(f64, f64)]| s.iter().map(|(t, _)| *t).fold(f64::MIN, f64::max);
+        // The first wave was sent when its first reply began.
+        let sent = first
+            .iter()
+            .map(|(t, l)| t - l / 1e3)
+            .fold(f64::MAX, f64::min);
+        let per_sec = |n: usize, from: f64, to: f64| n as f64 / (to - from).max(1e-3);
+        let (r1, x1) = (quartile(first), per_sec(first.len(), sent, last(first)));
+        let (r2, x2) = (
+            quartile(later),
+            per_sec(later.len(), last(first), last(later)),
+        );
+        if r2 < r1 * Saturation::CLIMB || x2 > x1 * Saturation::FLAT || x2 < x1 / Saturation::FLAT {
+            return None;
+        }
+        // The first reply came before any queue: requests finished per
+        // second times that is about how many the server works on at once.
+        // Twice that keeps it busy between replies.
+        let quickest = first.iter().map(|(_, l)| *l).fold(f64::MAX, f64::min);
+        let at_once = (x2 * quickest / 1e3).ceil().max(1.0) as usize;
+        let suggest = (2 * at_once).clamp(1, self.concurrency - 1);
+        Some(format!(
+            "latency climbed from {} to {} per request (lower quartile) while throughput stayed at {x2:.1} requests/s: \
+             the server works on about {at_once} at once and queues the rest of the {} in flight; \
+             --concurrency {suggest} would finish as fast, with shorter waits and fewer timeouts",
+            seconds(r1),
+            seconds(r2),
+            self.concurrency
+        ))
+    }
+}
+
+/// `850 ms` or `8.0 s`.
+fn seconds(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.1} s", ms / 1e3)
     }
 }
 
@@ -499,6 +638,73 @@ mod tests {
             "{}",
             p.bar.message()
         );
+    }
+
+    /// Completions of a closed loop: `concurrency` requests always in
+    /// flight against a server that works on `slots` at once, each taking
+    /// `service` seconds, first come first served. (time, latency ms).
+    fn closed_loop(
+        concurrency: usize,
+        slots: usize,
+        service: impl Fn(usize) -> f64,
+        n: usize,
+    ) -> Vec<(f64, f64)> {
+        let mut free = vec![0.0f64; slots];
+        // Every request is sent the moment an earlier one completes.
+        let mut sends: std::collections::VecDeque<f64> =
+            std::iter::repeat_n(0.0, concurrency).collect();
+        let mut done = Vec::with_capacity(n);
+        for i in 0..n {
+            let sent = sends.pop_front().unwrap();
+            let slot = (0..slots)
+                .min_by(|a, b| free[*a].total_cmp(&free[*b]))
+                .unwrap();
+            let end = free[slot].max(sent) + service(i);
+            free[slot] = end;
+            done.push((end, (end - sent) * 1e3));
+            sends.push_back(end);
+            sends.make_contiguous().sort_by(f64::total_cmp);
+        }
+        done.sort_by(|a, b| a.0.total_cmp(&b.0));
+        done
+    }
+
+    fn advice(concurrency: usize, done: &[(f64, f64)]) -> Vec<String> {
+        let mut s = Saturation::new(concurrency);
+        done.iter().filter_map(|(t, l)| s.observe(*t, *l)).collect()
+    }
+
+    #[test]
+    fn a_queueing_server_is_named_once_with_a_lower_concurrency() {
+        // 16 in flight, 2 slots, 1 s a request: 2 requests/s whatever the
+        // concurrency, and every request waits 7 s for a slot.
+        let done = closed_loop(16, 2, |_| 1.0, 200);
+        let said = advice(16, &done);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("throughput stayed at 2.0 requests/s")
+                && said[0].contains("from 3.0 s to 8.0 s per request")
+                && said[0].contains("about 2 at once")
+                && said[0].contains("--concurrency 4 "),
+            "{}",
+            said[0]
+        );
+    }
+
+    #[test]
+    fn a_server_with_room_is_not_named() {
+        // As many slots as requests in flight: no queue.
+        assert!(advice(16, &closed_loop(16, 16, |_| 1.0, 400)).is_empty());
+        // Uneven requests (0.2 s to 3 s), still no queue.
+        let uneven = |i: usize| 0.2 + ((i * 7919) % 29) as f64 / 10.0;
+        assert!(advice(16, &closed_loop(16, 16, uneven, 400)).is_empty());
+        // One in flight cannot queue, however slow the server.
+        assert!(advice(1, &closed_loop(1, 1, |i| 1.0 + i as f64, 50)).is_empty());
+        // A server that slows down (longer rows later): latency climbs, but
+        // throughput falls with it.
+        assert!(advice(16, &closed_loop(16, 16, |i| 1.0 + i as f64 / 10.0, 200)).is_empty());
+        // A server that queues, with the concurrency it can take: 2 of 2.
+        assert!(advice(2, &closed_loop(2, 2, |_| 1.0, 100)).is_empty());
     }
 
     #[test]

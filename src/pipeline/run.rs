@@ -413,6 +413,9 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
     if let Some(status) = &status {
         progress = progress.with_status(status.clone());
     }
+    if batches.is_none() {
+        progress = progress.with_concurrency(plan.concurrency);
+    }
     let mut parts = PartWriter::new(journal.parts_dir(), layout.output.clone(), resume.parts);
     parts.on_part = remote.is_some().then(|| part_done.clone());
     let mut collector = Collector::new(

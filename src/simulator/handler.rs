@@ -130,6 +130,12 @@ pub(crate) async fn handle(
             return resp;
         }
     };
+    // Queued for a slot, as at a busy server: the wait is latency. The slot
+    // is held until the reply is complete (`done`).
+    let slot = match &st.slots {
+        Some(slots) => slots.clone().acquire_owned().await.ok(),
+        None => None,
+    };
     let (keys, cached, usage) = cached_usage(&st, &api, &job);
     let done = {
         let st = st.clone();
@@ -144,6 +150,7 @@ pub(crate) async fn handle(
             st.counters
                 .record_ok(prompt, completion, cached, &keys_by_prompt);
             drop(in_flight);
+            drop(slot);
         }
     };
     if job.stream && matches!(api, Api::Anthropic) {

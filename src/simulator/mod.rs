@@ -214,6 +214,11 @@ pub struct SimConfig {
     /// Unset means unlimited.
     #[arg(long, value_name = "TOKENS")]
     pub context_tokens: Option<u64>,
+    /// Requests worked on at once, as a server's slots (llama.cpp
+    /// `--parallel`, vLLM's batch); the others wait their turn, their wait
+    /// part of their latency. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub slots: usize,
 }
 
 /// Streams per HTTP/2 connection: hypercorn's default, about what hosted
@@ -289,6 +294,7 @@ impl Default for SimConfig {
             truncate_first: 0,
             mismatch_first: 0,
             context_tokens: None,
+            slots: 0,
         }
     }
 }
@@ -336,6 +342,8 @@ pub(crate) struct ServerState {
     counters: Arc<Counters>,
     batches: batch::BatchStore,
     gemini: gemini::Store,
+    /// `--slots`: a permit per request being worked on; None: no limit.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A running simulator; it stops when shut down or dropped.
@@ -380,6 +388,7 @@ impl Simulator {
             counters: counters.clone(),
             batches: batch::BatchStore::new(cfg.seed),
             gemini: gemini::Store::default(),
+            slots: (cfg.slots > 0).then(|| Arc::new(tokio::sync::Semaphore::new(cfg.slots))),
             cfg,
         });
         let (stop, stopped) = oneshot::channel::<()>();

@@ -126,3 +126,57 @@ async fn told_more_than_the_server_allows() {
     };
     answered_with_few_refusals(cfg, 240, &["--rpm", "2400"], 0.2).await;
 }
+
+/// 32 requests in flight against a server with 2 slots: the progress
+/// output says once that latency climbs while throughput stays flat, and
+/// names a lower --concurrency; with a slot per request it says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queueing_server_is_named_once() {
+    let (f, input, _) = job(SimConfig::default(), 130, 0).await;
+    let input = input.display().to_string();
+    let run = |slots: &'static str| {
+        let (f, input) = (&f, &input);
+        async move {
+            let out = f
+                .path(&format!("out-{slots}.parquet"))
+                .display()
+                .to_string();
+            let o = f
+                .aiq(
+                    &[
+                        "run",
+                        "--input",
+                        input,
+                        "--output",
+                        &out,
+                        "--endpoint",
+                        "simulator",
+                        "--prompt",
+                        "{{text}}",
+                        "--concurrency",
+                        "32",
+                        "--sim-latency-ms",
+                        "40",
+                        "--sim-slots",
+                        slots,
+                    ],
+                    &[],
+                )
+                .await;
+            assert_ok(&o);
+            super::util::stderr(&o)
+        }
+    };
+    let queued = run("2").await;
+    assert_eq!(queued.matches("latency climbed").count(), 1, "{queued}");
+    // The server's 2 slots, seen through the client's own overheads.
+    let at_once: usize = queued
+        .split("works on about ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((2..=4).contains(&at_once), "{queued}");
+    let room = run("32").await;
+    assert!(!room.contains("latency climbed"), "{room}");
+}
