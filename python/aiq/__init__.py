@@ -33,8 +33,11 @@ __all__ = [
     "Error",
     "ConfigError",
     "JobError",
+    "OUTCOME_COLUMNS",
 ]
 __version__: str = _core.__version__
+# The columns every output ends with, after the input's, in order.
+OUTCOME_COLUMNS: list[str] = list(_core.OUTCOME_COLUMNS)
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -5,6 +5,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import pyarrow as pa
 
 __version__: str
+OUTCOME_COLUMNS: list[str]
 
 class Error(Exception): ...
 class ConfigError(Error): ...

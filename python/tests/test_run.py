@@ -11,25 +11,7 @@ import pytest
 
 import aiq
 
-OUTCOME_COLUMNS = [
-    "result",
-    "error_message",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost",
-    "latency_ms",
-    "ttft_ms",
-    "attempts",
-    "maybe_billed_twice",
-    "repairs",
-    "request_fingerprint",
-    "shared_from",
-]
+OUTCOME_COLUMNS = aiq.OUTCOME_COLUMNS
 
 SETTINGS = dict(endpoint="simulator", prompt="Summarize: {{text}}", quiet=True)
 
