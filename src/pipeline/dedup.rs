@@ -103,15 +103,12 @@ impl Dedup {
         }
     }
 
-    /// A leader's outcomes are in (fingerprints stamped): the outcomes of
+    /// A leader's outcomes are in (`fp` its request): the outcomes of
     /// the rows waiting for it when it answered, and its answer kept. When
     /// it failed, the first waiting row is handed on to be sent in its
     /// place, the others wait for that one.
-    pub fn settle(&self, call: &Call, outcomes: &[Outcome]) -> Vec<Outcome> {
+    pub fn settle(&self, call: &Call, fp: &str, outcomes: &[Outcome]) -> Vec<Outcome> {
         let ([_], [o]) = (&call.rows[..], outcomes) else {
-            return Vec::new();
-        };
-        let Some(fp) = o.fingerprint.as_deref() else {
             return Vec::new();
         };
         let mut state = self.lock();
@@ -190,7 +187,7 @@ mod tests {
         ));
         assert!(matches!(d.claim(call(1), "g", None), Claim::Send(_)));
         assert!(d.busy());
-        let copies = d.settle(&call(0), &[answered(0, "f")]);
+        let copies = d.settle(&call(0), "f", &[answered(0, "f")]);
         assert!(!d.busy());
         assert_eq!(copies.len(), 1);
         let c = &copies[0];
@@ -218,12 +215,12 @@ mod tests {
             error_message: Some("HTTP 500".into()),
             ..answered(0, "f")
         };
-        assert!(d.settle(&call(0), &[failed]).is_empty());
+        assert!(d.settle(&call(0), "f", &[failed]).is_empty());
         assert!(d.busy());
         let next = d.handed_on();
         assert_eq!(next.iter().map(|c| c.rows[0]).collect::<Vec<_>>(), [1]);
         assert!(d.busy(), "row 2 waits for row 1");
-        let copies = d.settle(&next[0], &[answered(1, "f")]);
+        let copies = d.settle(&next[0], "f", &[answered(1, "f")]);
         assert_eq!(copies.iter().map(|c| c.row).collect::<Vec<_>>(), [2]);
         assert_eq!(copies[0].shared.map(|s| s.from), Some(1));
         assert!(!d.busy());

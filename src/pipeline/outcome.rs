@@ -47,9 +47,11 @@ pub struct Outcome {
     /// input as it is now, hashes the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// The request fingerprint of the row
+    /// The request fingerprint of the row's answer
     /// ([`crate::pipeline::fingerprint`]): the same for every row that asks
-    /// the same request, at the same price; none for a row not sent.
+    /// the same request, at the same price; none for a row without an
+    /// answer (not sent, or failed), so that a stored row with one always
+    /// holds its request's answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
     /// Answered by another row's call with the same request

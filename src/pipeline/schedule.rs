@@ -272,10 +272,7 @@ impl Dispatcher {
     async fn launch(&self, call: Call, warm: Option<(u64, mpsc::UnboundedSender<u64>)>) {
         // Answered before: no slot, no request, no bill.
         if let Some(mut outcomes) = self.recall.as_ref().and_then(|r| r.answered(&call)) {
-            stamp_fingerprints(&self.requests, &call, &mut outcomes);
-            if let Some(dedup) = &self.dedup {
-                outcomes.extend(dedup.settle(&call, &outcomes));
-            }
+            settle(&self.requests, self.dedup.as_deref(), &call, &mut outcomes);
             let _ = self.events.send(Event::Outcomes(outcomes, None)).await;
             if let Some((key, tx)) = warm {
                 let _ = tx.send(key);
@@ -304,10 +301,7 @@ impl Dispatcher {
                         let at = call.rows.iter().position(|r| *r == o.row);
                         o.key = at.and_then(|i| keys.get(i)).cloned();
                     }
-                    stamp_fingerprints(&requests, &call, &mut outcomes);
-                    if let Some(dedup) = &dedup {
-                        outcomes.extend(dedup.settle(&call, &outcomes));
-                    }
+                    settle(&requests, dedup.as_deref(), &call, &mut outcomes);
                     if let Some(recall) = &recall {
                         // The row journal still has the answer: a failed
                         // write costs a later task a request, not this row.
@@ -428,12 +422,23 @@ impl CallMaker<'_> {
     }
 }
 
-/// Each outcome of `call` gets its row's request fingerprint.
-pub fn stamp_fingerprints(requests: &Fingerprinter, call: &Call, outcomes: &mut [Outcome]) {
+/// The outcomes of `call` are in: each answered row gets its request
+/// fingerprint (a failed row has no answer to stand for its request), and
+/// the rows waiting for the call's answer get theirs ([`Dedup::settle`]).
+fn settle(
+    requests: &Fingerprinter,
+    dedup: Option<&Dedup>,
+    call: &Call,
+    outcomes: &mut Vec<Outcome>,
+) {
     let fingerprints = requests.rows(call);
-    for o in outcomes {
+    for o in outcomes.iter_mut().filter(|o| !o.is_error()) {
         let at = call.rows.iter().position(|r| *r == o.row);
         o.fingerprint = at.and_then(|i| fingerprints.get(i)).cloned();
+    }
+    if let (Some(dedup), [fp]) = (dedup, &fingerprints[..]) {
+        let shared = dedup.settle(call, fp, outcomes);
+        outcomes.extend(shared);
     }
 }
 

@@ -199,6 +199,12 @@ async fn a_failed_request_is_not_shared_the_next_row_is_sent_instead() {
         .as_str()
         .is_some_and(|e| e.contains("500")));
     assert_eq!(rows[0]["shared_from"], Value::Null);
+    // No answer: no fingerprint a results table could take as answered.
+    assert_eq!(rows[0]["request_fingerprint"], Value::Null);
+    assert_eq!(
+        rows[2]["request_fingerprint"],
+        rows[1]["request_fingerprint"]
+    );
     assert_eq!(
         (rows[1]["shared_from"].clone(), rows[1]["attempts"].clone()),
         (Value::Null, json!(1))

@@ -726,7 +726,8 @@ impl Runner<'_, '_> {
         let mut outcomes = outcomes;
         for o in &mut outcomes {
             o.key = self.keys.remove(&o.row);
-            o.fingerprint = self.fingerprints.remove(&o.row);
+            // A failed row has no answer to stand for its request.
+            o.fingerprint = self.fingerprints.remove(&o.row).filter(|_| !o.is_error());
             self.journal.append(o)?;
         }
         self.journal.flush()?;
