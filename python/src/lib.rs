@@ -619,6 +619,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(handover, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The columns every output ends with, after the input's: the core's list.
-    m.add("OUTCOME_COLUMNS", aiq::pipeline::sink::OUTCOME_COLUMNS.to_vec())?;
+    m.add(
+        "OUTCOME_COLUMNS",
+        aiq::pipeline::sink::OUTCOME_COLUMNS.to_vec(),
+    )?;
     Ok(())
 }

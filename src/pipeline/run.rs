@@ -359,7 +359,8 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
                 templates: &templates,
                 builder: &builder,
                 shape: &shape,
-                api: batch_api(plan, &connection)?,
+                api: batch_api(plan, &connection)?
+                    .for_dialect(connection.endpoint.dialect, journal.dir()),
                 job_id: job_id(&manifest, &plan.output),
                 quiet: ui.quiet,
             };

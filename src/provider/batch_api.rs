@@ -22,7 +22,11 @@ use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::path::{Path, PathBuf};
+
+use crate::provider::anthropic_batch;
 use crate::provider::auth::{Credentials, Scrubber};
+use crate::provider::dialect::Dialect;
 use crate::provider::retry::{
     classify_status, retry_after, Failure, Pacing, RetryAction, RetryPolicy,
 };
@@ -288,14 +292,19 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-/// A client of one provider's Files and Batch APIs.
+/// A client of one provider's Files and Batch APIs: OpenAI's, or another
+/// provider's batch API behind the same calls ([`BatchApi::for_dialect`]).
 pub struct BatchApi {
     http: reqwest::Client,
-    /// The OpenAI-compatible base URL, without a trailing slash (`…/v1`).
+    /// The OpenAI-compatible base URL, without a trailing slash (`…/v1`);
+    /// another dialect's API base.
     base: String,
     credentials: Credentials,
     scrub: Scrubber,
     policy: RetryPolicy,
+    dialect: Dialect,
+    /// Where input files are kept for a provider without a files API.
+    staging: PathBuf,
 }
 
 impl BatchApi {
@@ -311,15 +320,62 @@ impl BatchApi {
             scrub: credentials.scrubber(),
             credentials,
             policy,
+            dialect: Dialect::OpenAi,
+            staging: PathBuf::new(),
         }
+    }
+
+    /// The batch API of `dialect` (Anthropic's Message Batches), keeping
+    /// input files in `staging` (the job's journal folder) when it has no
+    /// files API.
+    pub fn for_dialect(mut self, dialect: Dialect, staging: &Path) -> BatchApi {
+        self.dialect = dialect;
+        self.staging = staging.join("batch-input");
+        self
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
+    fn anthropic(&self) -> bool {
+        self.dialect == Dialect::Anthropic
+    }
+
+    /// An input file kept locally (Anthropic has no files API): written
+    /// whole, then renamed, so a kill leaves it whole or absent.
+    fn keep(&self, filename: &str, content: &Bytes) -> Result<FileObject, ApiError> {
+        let path = self.staging.join(filename);
+        let tmp = self.staging.join(format!("{filename}.tmp"));
+        std::fs::create_dir_all(&self.staging)
+            .and_then(|()| std::fs::write(&tmp, content))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| fatal(format!("keeping the batch input {}: {e}", path.display())))?;
+        Ok(FileObject {
+            id: filename.to_string(),
+            object: "file".into(),
+            bytes: content.len() as u64,
+            created_at: 0,
+            filename: filename.to_string(),
+            purpose: "batch".into(),
+        })
+    }
+
+    /// A reply of another dialect's batch API, read into OpenAI's shape.
+    fn translated<T: serde::de::DeserializeOwned>(
+        reply: &[u8],
+        f: fn(&Value) -> Result<Value, String>,
+    ) -> Result<T, ApiError> {
+        let v: Value = decode(reply)?;
+        let v = f(&v).map_err(local)?;
+        serde_json::from_value(v).map_err(|e| local(format!("batch reply: {e}")))
+    }
+
     /// Upload a batch input file (`purpose=batch`).
     pub async fn upload(&self, filename: &str, content: Bytes) -> Result<FileObject, ApiError> {
+        if self.anthropic() {
+            return self.keep(filename, &content);
+        }
         // The multipart body is written by hand: two parts, no need for a
         // multipart crate (or reqwest's feature, which would rebuild it).
         let boundary = format!("aiq-{:016x}", rand::random::<u64>());
@@ -343,6 +399,17 @@ impl BatchApi {
     }
 
     pub async fn create(&self, request: &CreateBatch) -> Result<BatchObject, ApiError> {
+        if self.anthropic() {
+            let path = self.staging.join(&request.input_file_id);
+            let lines = std::fs::read(&path)
+                .map_err(|e| fatal(format!("reading the batch input {}: {e}", path.display())))?;
+            let body = anthropic_batch::create_body(&lines).map_err(fatal)?;
+            let json = Some(("application/json".into(), Bytes::from(body)));
+            let reply = self
+                .send(reqwest::Method::POST, anthropic_batch::BATCHES, json)
+                .await?;
+            return Self::translated(&reply, anthropic_batch::batch_object);
+        }
         let body = Bytes::from(serde_json::to_vec(request).map_err(|e| local(e.to_string()))?);
         let reply = self
             .send(
@@ -355,6 +422,11 @@ impl BatchApi {
     }
 
     pub async fn get(&self, id: &str) -> Result<BatchObject, ApiError> {
+        if self.anthropic() {
+            let path = format!("{}/{id}", anthropic_batch::BATCHES);
+            let reply = self.send(reqwest::Method::GET, &path, None).await?;
+            return Self::translated(&reply, anthropic_batch::batch_object);
+        }
         let reply = self
             .send(reqwest::Method::GET, &format!("batches/{id}"), None)
             .await?;
@@ -362,6 +434,11 @@ impl BatchApi {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<BatchObject, ApiError> {
+        if self.anthropic() {
+            let path = format!("{}/{id}/cancel", anthropic_batch::BATCHES);
+            let reply = self.send(reqwest::Method::POST, &path, None).await?;
+            return Self::translated(&reply, anthropic_batch::batch_object);
+        }
         let reply = self
             .send(reqwest::Method::POST, &format!("batches/{id}/cancel"), None)
             .await?;
@@ -370,6 +447,14 @@ impl BatchApi {
 
     /// One page of batches, newest first, after the batch `after`.
     pub async fn list(&self, after: Option<&str>) -> Result<BatchList, ApiError> {
+        if self.anthropic() {
+            let mut path = format!("{}?limit=100", anthropic_batch::BATCHES);
+            if let Some(a) = after {
+                path.push_str(&format!("&after_id={a}"));
+            }
+            let reply = self.send(reqwest::Method::GET, &path, None).await?;
+            return Self::translated(&reply, anthropic_batch::batch_list);
+        }
         let path = match after {
             Some(a) => format!("batches?limit=100&after={a}"),
             None => "batches?limit=100".to_string(),
@@ -380,6 +465,11 @@ impl BatchApi {
 
     /// The content of a file (a batch's output or error file).
     pub async fn content(&self, file_id: &str) -> Result<Bytes, ApiError> {
+        if self.anthropic() {
+            // The output "file" is the batch's results_url.
+            let results = self.send_to(reqwest::Method::GET, file_id, None).await?;
+            return Ok(anthropic_batch::output_lines(&results).into());
+        }
         self.send(
             reqwest::Method::GET,
             &format!("files/{file_id}/content"),
@@ -396,6 +486,17 @@ impl BatchApi {
         body: Option<(String, Bytes)>,
     ) -> Result<Bytes, ApiError> {
         let url = format!("{}/{path}", self.base);
+        self.send_to(method, &url, body).await
+    }
+
+    /// [`BatchApi::send`] to a whole URL.
+    async fn send_to(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<(String, Bytes)>,
+    ) -> Result<Bytes, ApiError> {
+        let url = url.to_string();
         self.policy
             .run(
                 Pacing::Backoff,
@@ -438,6 +539,9 @@ impl BatchApi {
             .map_err(|e| Failed(RetryAction::Abort, fatal(e.to_string())))?;
         if let Some((name, value)) = authorization {
             request = request.header(name, value);
+        }
+        for (name, value) in self.dialect.headers() {
+            request = request.header(*name, *value);
         }
         // reqwest's messages name the URL, never headers: no token leaks.
         let response = request

@@ -6,6 +6,7 @@
 //! to the server's rate limits. The client and the simulator share these.
 
 pub mod anthropic;
+pub mod anthropic_batch;
 pub mod auth;
 pub mod batch_api;
 pub mod dialect;

@@ -293,7 +293,7 @@ pub(crate) fn admission(api: &Api, a: Admission) -> Admission {
 }
 
 /// The UTC time `d` from now, as RFC 3339 (whole seconds, rounded up).
-fn rfc3339_after(d: Duration) -> String {
+pub(crate) fn rfc3339_after(d: Duration) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

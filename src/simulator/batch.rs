@@ -95,6 +95,20 @@ impl BatchStore {
     pub fn stats(&self) -> BatchStats {
         lock(&self.stats).clone()
     }
+
+    /// Update the stats (other batch APIs count in them too).
+    pub(crate) fn count<T>(&self, f: impl FnOnce(&mut BatchStats) -> T) -> T {
+        f(&mut lock(&self.stats))
+    }
+
+    /// Whether a line fails by `--batch-fail-rate` (`rate`), counted.
+    pub(crate) fn draw_failure(&self, rate: f64) -> bool {
+        let fails = rate > 0.0 && lock(&self.rng).random::<f64>() < rate;
+        if fails {
+            lock(&self.stats).lines_failed += 1;
+        }
+        fails
+    }
 }
 
 /// A poisoned lock only means a handler panicked mid-update; the maps are
@@ -600,10 +614,7 @@ fn answer_line(st: &ServerState, task: Task, custom_id: &str, body: &Value) -> (
         }
         None => {}
     }
-    let fails = st.cfg.batch_fail_rate > 0.0
-        && lock(&st.batches.rng).random::<f64>() < st.cfg.batch_fail_rate;
-    if fails {
-        lock(&st.batches.stats).lines_failed += 1;
+    if st.batches.draw_failure(st.cfg.batch_fail_rate) {
         return (
             failure(500, "server_error", "simulated batch line failure"),
             false,
@@ -703,6 +714,14 @@ pub(crate) async fn cancel(
 /// `GET /v1/batches`: newest first, `limit` (1..100, default 20) after the
 /// batch `after`. (The query is read by hand: axum's `query` feature
 /// would pull serde_urlencoded for two parameters.)
+/// The value of `key` in `uri`'s query (the batch list routes' cursors).
+pub(crate) fn query_param(uri: &Uri, key: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_string())
+    })
+}
+
 pub(crate) async fn list(
     State(st): State<Arc<ServerState>>,
     uri: Uri,
@@ -711,12 +730,7 @@ pub(crate) async fn list(
     if !authorized(&st.cfg, &headers) {
         return unauthorized();
     }
-    let param = |key: &str| {
-        uri.query()?.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k == key).then(|| v.to_string())
-        })
-    };
+    let param = |key: &str| query_param(&uri, key);
     let q_limit: Option<usize> = param("limit").and_then(|v| v.parse().ok());
     let q_after = param("after");
     let limit = q_limit.unwrap_or(20).clamp(1, 100);

@@ -18,6 +18,7 @@
 
 mod answer;
 mod anthropic;
+mod anthropic_batch;
 mod batch;
 mod cache;
 mod faults;
@@ -344,6 +345,7 @@ pub(crate) struct ServerState {
     gemini: gemini::Store,
     /// `--slots`: a permit per request being worked on; None: no limit.
     slots: Option<Arc<tokio::sync::Semaphore>>,
+    anthropic_batches: anthropic_batch::Store,
 }
 
 /// A running simulator; it stops when shut down or dropped.
@@ -389,6 +391,7 @@ impl Simulator {
             batches: batch::BatchStore::new(cfg.seed),
             gemini: gemini::Store::default(),
             slots: (cfg.slots > 0).then(|| Arc::new(tokio::sync::Semaphore::new(cfg.slots))),
+            anthropic_batches: anthropic_batch::Store::default(),
             cfg,
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -508,6 +511,19 @@ fn router(state: Arc<ServerState>) -> Router {
             post(handler::databricks),
         )
         .route("/v1/messages", post(handler::anthropic))
+        .route(
+            "/v1/messages/batches",
+            post(anthropic_batch::create).get(anthropic_batch::list),
+        )
+        .route("/v1/messages/batches/{id}", get(anthropic_batch::get))
+        .route(
+            "/v1/messages/batches/{id}/cancel",
+            post(anthropic_batch::cancel),
+        )
+        .route(
+            "/v1/messages/batches/{id}/results",
+            get(anthropic_batch::results),
+        )
         .route("/oidc/v1/token", post(oauth::token))
         .route("/v1/files", post(batch::upload))
         .route("/v1/files/{id}", get(batch::file_info))

@@ -254,3 +254,224 @@ async fn no_key_or_no_model_is_found_before_anything_is_sent() {
     let o = f.aiq(&embeddings, &[("ANTHROPIC_API_KEY", TOKEN)]).await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+/// messages.create (a cache write, then a read), streaming, a forced tool,
+/// a refused key, Message Batches (create, retrieve, results, cancel,
+/// list), all through Anthropic's official Python SDK.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_anthropic_sdk_drives_the_simulators_messages_api() {
+    let f = Fixture::new(SimConfig {
+        batch_turnaround_ms: 300,
+        ..SimConfig::default()
+    })
+    .await;
+    let args = [f.sim.base_url(), TOKEN.to_string(), long_system()];
+    let report = python_sdk(&f, SDK_SCRIPT, &args, &[]).await;
+    assert_eq!(report["text"], json!("echo: hello claude"));
+    assert_eq!(report["stop"], json!("end_turn"));
+    // The marked system prompt is written, then read.
+    let (first, second) = (&report["first_usage"], &report["second_usage"]);
+    assert!(
+        first["cache_creation_input_tokens"].as_u64() > Some(1000),
+        "{report}"
+    );
+    assert_eq!(first["cache_read_input_tokens"], json!(0));
+    assert_eq!(
+        second["cache_read_input_tokens"],
+        first["cache_creation_input_tokens"]
+    );
+    assert_eq!(second["cache_creation_input_tokens"], json!(0));
+    assert_eq!(report["streamed"], json!("echo: stream me"));
+    assert!(report["stream_events"].as_u64() > Some(3), "{report}");
+    assert!(
+        report["stream_output_tokens"].as_u64() > Some(0),
+        "{report}"
+    );
+    assert!(report["stream_input_tokens"].as_u64() > Some(0), "{report}");
+    assert_eq!(report["tool_stop"], json!("tool_use"));
+    assert!(report["tool_input"]["score"].is_i64(), "{report}");
+    assert_eq!(report["auth_error"], json!("AuthenticationError"));
+    assert_eq!(report["bad_request"], json!("BadRequestError"));
+    // Batches: every result with its custom_id; the cancelled one ends.
+    assert_eq!(report["batch_status"], json!("ended"));
+    assert_eq!(
+        report["batch_results"],
+        json!({"a": "succeeded", "b": "succeeded", "c": "errored"})
+    );
+    assert_eq!(report["batch_a_text"], json!("echo: batch a"));
+    assert_eq!(report["cancel_status"], json!("ended"));
+    assert!(report["cancel_canceled"].as_u64() > Some(0), "{report}");
+    assert_eq!(report["listed"], json!(2));
+}
+
+const SDK_SCRIPT: &str = r#"
+import json, sys, time
+import anthropic
+
+base, key, system = sys.argv[1], sys.argv[2], sys.argv[3]
+client = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+out = {}
+marked = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+
+def ask(text):
+    return client.messages.create(
+        model="claude-sim", max_tokens=256, system=marked,
+        messages=[{"role": "user", "content": text}])
+
+m = ask("hello claude")
+out["text"] = m.content[0].text
+out["stop"] = m.stop_reason
+out["first_usage"] = m.usage.model_dump()
+out["second_usage"] = ask("hello again").usage.model_dump()
+
+events = 0
+with client.messages.stream(model="claude-sim", max_tokens=256,
+                            messages=[{"role": "user", "content": "stream me"}]) as s:
+    for _ in s:
+        events += 1
+    final = s.get_final_message()
+out["streamed"] = final.content[0].text
+out["stream_events"] = events
+out["stream_output_tokens"] = final.usage.output_tokens
+out["stream_input_tokens"] = final.usage.input_tokens
+
+t = client.messages.create(
+    model="claude-sim", max_tokens=256,
+    tools=[{"name": "grade", "description": "Grade it.",
+            "input_schema": {"type": "object", "properties": {"score": {"type": "integer"}},
+                             "required": ["score"]}}],
+    tool_choice={"type": "tool", "name": "grade"},
+    messages=[{"role": "user", "content": "grade this"}])
+out["tool_stop"] = t.stop_reason
+out["tool_input"] = t.content[0].input
+
+try:
+    anthropic.Anthropic(base_url=base, api_key="wrong", max_retries=0).messages.create(
+        model="claude-sim", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+except anthropic.APIStatusError as e:
+    out["auth_error"] = type(e).__name__
+try:
+    client.messages.create(model="claude-sim", max_tokens=5,
+                           messages=[{"role": "user", "content": "x"}],
+                           extra_body={"response_format": {"type": "json_object"}})
+except anthropic.APIStatusError as e:
+    out["bad_request"] = type(e).__name__
+
+def params(text):
+    return {"model": "claude-sim", "max_tokens": 64, "messages": [{"role": "user", "content": text}]}
+
+b = client.messages.batches.create(requests=[
+    {"custom_id": "a", "params": params("batch a")},
+    {"custom_id": "b", "params": params("batch b")},
+    {"custom_id": "c", "params": params("batch c [[sim:400]]")},
+])
+while client.messages.batches.retrieve(b.id).processing_status != "ended":
+    time.sleep(0.05)
+out["batch_status"] = client.messages.batches.retrieve(b.id).processing_status
+results = {}
+for r in client.messages.batches.results(b.id):
+    results[r.custom_id] = r.result.type
+    if r.custom_id == "a":
+        out["batch_a_text"] = r.result.message.content[0].text
+out["batch_results"] = results
+
+c = client.messages.batches.create(requests=[
+    {"custom_id": f"r{i}", "params": params(f"row {i}")} for i in range(50)])
+client.messages.batches.cancel(c.id)
+while (got := client.messages.batches.retrieve(c.id)).processing_status != "ended":
+    time.sleep(0.05)
+out["cancel_status"] = got.processing_status
+out["cancel_canceled"] = got.request_counts.canceled
+out["listed"] = len(list(client.messages.batches.list(limit=1)))
+print(json.dumps(out))
+"#;
+
+/// Batch mode, polled every 20 ms.
+const BATCH: [&str; 6] = [
+    "--mode",
+    "batch",
+    "--poll-secs",
+    "0.02",
+    "--prompt",
+    "{{text}}",
+];
+
+/// Every row answered with its own echo, each prompt answered once by
+/// the simulator (batch and online together).
+#[track_caller]
+fn assert_each_row_answered_once(f: &Fixture, out: &Path, n: usize) {
+    let rows = read_rows(out).1;
+    assert_eq!(rows.len(), n);
+    let stats = f.sim.stats();
+    for (i, row) in rows.iter().enumerate() {
+        let text = format!("row-{i} says the product is fine");
+        assert_eq!(row["result"], json!(format!("echo: {text}")), "{row:?}");
+        assert!(row["prompt_tokens"].as_i64() > Some(0), "{row:?}");
+        assert_eq!(stats.ok_by_prompt.get(&text), Some(&1), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_mode_goes_through_message_batches_and_resubmits_what_failed() {
+    let cfg = SimConfig {
+        batch_fail_rate: 0.2,
+        batch_expire_first: 1,
+        ..SimConfig::default()
+    };
+    let (f, input, out) = job(cfg, 30, 0).await;
+    let extra = [&BATCH[..], &["--batch-max-requests", "10"]].concat();
+    assert_ok(&run(&f, &input, &out, &extra, &[]).await);
+    assert_each_row_answered_once(&f, &out, 30);
+    let batches = f.sim.batch_stats();
+    assert!(
+        batches.batches > 3,
+        "{batches:?}: three files, then resubmissions"
+    );
+    assert!(
+        batches.lines_failed > 0 && batches.expired == 1,
+        "{batches:?}"
+    );
+    assert_eq!(f.sim.stats().requests, 0, "nothing went online");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_mode_killed_then_run_again_polls_its_batch_never_a_second() {
+    let cfg = SimConfig {
+        batch_turnaround_ms: 1_500,
+        ..SimConfig::default()
+    };
+    let (f, input, out) = job(cfg, 12, 0).await;
+    let journal = f.path("out.parquet.aiq/batches.jsonl");
+    let command = || {
+        let mut cmd = f.anthropic_command(&input, &out, &BATCH, &[]);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    // `submitting` then `created`: the batch runs, its id is journaled.
+    let mut child = spawn_until_journaled(&mut command(), &journal, 2);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.exists());
+    assert_ok(&output(command()).await);
+    assert_each_row_answered_once(&f, &out, 12);
+    assert_eq!(
+        f.sim.batch_stats().batches,
+        1,
+        "the re-run polled, never resubmitted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_mode_deadline_cancels_and_sends_the_rest_online() {
+    let cfg = SimConfig {
+        batch_turnaround_ms: 4_000,
+        ..SimConfig::default()
+    };
+    let (f, input, out) = job(cfg, 40, 0).await;
+    let extra = [&BATCH[..], &["--deadline", "1s"]].concat();
+    assert_ok(&run(&f, &input, &out, &extra, &[]).await);
+    assert_each_row_answered_once(&f, &out, 40);
+    assert_eq!(f.sim.batch_stats().cancelled, 1);
+    assert!(f.sim.stats().requests > 0, "the rest went online");
+}
