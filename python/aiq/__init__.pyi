@@ -96,6 +96,11 @@ class SqlSettings(TypedDict, total=False):
     timeout: float  # timeout of one attempt in seconds [300]
     api_key_env: str  # environment variable holding the API key [OPENAI_API_KEY]
     profile: str  # ~/.databrickscfg profile
+    max_tokens_total: int  # stop calling once the query (all runs, with output=) used this many tokens
+    max_cost: float  # stop calling once the query (all runs, with output=) cost this many USD (needs prices)
+    price_in: float  # USD per million input tokens: the summary's cost
+    price_out: float  # USD per million output tokens
+    price_cached: float  # USD per million cached input tokens [price_in]
     context_tokens: int  # model context window: ai_agg and ai_summarize_agg split groups to fit [8192]
 
 def run(
@@ -201,6 +206,7 @@ class Simulator:
         context_tokens: int = ...,  # context window: longer prompts answer 400 context_length_exceeded
         echo_headers: bool = ...,  # hostile: every error reply quotes the request's headers (Authorization included)
         error_body_bytes: int = ...,  # hostile: error replies padded to this many bytes, sent without a length
+        slots: int = ...,  # requests worked on at once (a server's slots); the rest wait their turn [0: no limit]
         **knobs: Any,
     ) -> None: ...
     @property

@@ -631,7 +631,7 @@ fn params(s: &mut JobSettings) -> Result<Map<String, Value>> {
 }
 
 /// Prices and the budget, the budget this run's share of the job's.
-fn spend(s: &JobSettings, shard: Option<Shard>) -> Result<(Option<Prices>, Budget)> {
+pub fn spend(s: &JobSettings, shard: Option<Shard>) -> Result<(Option<Prices>, Budget)> {
     let parts = shard.map_or(1, |s| s.count);
     let budget = Budget {
         max_tokens: s.max_tokens_total.map(|t| (t / u64::from(parts)).max(1)),

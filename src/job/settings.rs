@@ -15,7 +15,8 @@ use crate::provider::wire::Task;
 
 /// Declares a settings struct that holds, after the fields of its first
 /// brace and before those of its second, the settings of every model call
-/// (endpoint, model, concurrency, limits, retries, credentials). `aiq run`'s
+/// (endpoint, model, concurrency, limits, retries, credentials, prices and
+/// budgets). `aiq run`'s
 /// [`JobSettings`] and `aiq sql`'s `SqlArgs` are declared through it, so each
 /// of these settings is declared, documented and keyed once, and both stay
 /// flat for clap and serde: a nested struct would need serde's `flatten`,
@@ -77,6 +78,34 @@ macro_rules! with_call_settings {
                 /// ~/.databrickscfg profile [default: $DATABRICKS_CONFIG_PROFILE or DEFAULT].
                 #[arg(long)]
                 profile: Option<String>,
+
+                /// Stop sending once the job has used this many tokens (input + output,
+                /// all runs of the job together); in-flight requests finish, exit 1,
+                /// and a re-run with a higher budget resumes. `aiq sql`: over the
+                /// whole query, and with --output over all its runs (the journaled
+                /// answers count).
+                #[arg(long, value_name = "N")]
+                max_tokens_total: Option<u64>,
+
+                /// Stop sending once the job has cost this many USD (all runs of the
+                /// job together; needs --price-in and --price-out). `aiq sql`: as
+                /// --max-tokens-total.
+                #[arg(long, value_name = "USD")]
+                max_cost: Option<f64>,
+
+                /// Price of input tokens, USD per million: enables the `cost` column,
+                /// cost totals, --max-cost and dry-run cost estimates.
+                #[arg(long, value_name = "USD")]
+                price_in: Option<f64>,
+
+                /// Price of output tokens, USD per million.
+                #[arg(long, value_name = "USD")]
+                price_out: Option<f64>,
+
+                /// Price of input tokens read from the prompt cache, USD per million
+                /// [default: --price-in].
+                #[arg(long, value_name = "USD")]
+                price_cached: Option<f64>,
             }
         }
     };
@@ -226,31 +255,6 @@ with_call_settings! {
         /// Queries per hour.
         #[arg(long, value_name = "N")]
         pub qph: Option<u32>,
-
-        /// Stop sending once the job has used this many tokens (input + output,
-        /// all runs of the job together); in-flight requests finish, exit 1,
-        /// and a re-run with a higher budget resumes.
-        #[arg(long, value_name = "N")]
-        pub max_tokens_total: Option<u64>,
-
-        /// Stop sending once the job has cost this many USD (all runs of the
-        /// job together; needs --price-in and --price-out).
-        #[arg(long, value_name = "USD")]
-        pub max_cost: Option<f64>,
-
-        /// Price of input tokens, USD per million: enables the `cost` column,
-        /// cost totals, --max-cost and dry-run cost estimates.
-        #[arg(long, value_name = "USD")]
-        pub price_in: Option<f64>,
-
-        /// Price of output tokens, USD per million.
-        #[arg(long, value_name = "USD")]
-        pub price_out: Option<f64>,
-
-        /// Price of input tokens read from the prompt cache, USD per million
-        /// [default: --price-in].
-        #[arg(long, value_name = "USD")]
-        pub price_cached: Option<f64>,
 
         /// Retries allowed after an attempt the provider may have billed without
         /// an answer: it timed out once its request was sent, or its success

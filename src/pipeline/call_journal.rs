@@ -137,6 +137,21 @@ impl CallJournal {
         &self.dir
     }
 
+    /// What the journaled answers used, together: what earlier runs paid
+    /// for them, for a budget over all runs.
+    pub fn usage(&self) -> Usage {
+        let mut total = Usage::default();
+        for e in self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            total.add(&e.usage);
+        }
+        total
+    }
+
     pub fn get(&self, key: &str) -> Option<Entry> {
         self.entries
             .lock()

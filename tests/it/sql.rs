@@ -550,3 +550,80 @@ async fn a_failed_query_keeps_its_answers_for_the_next_run() {
     );
     assert_eq!(read_rows(&out).1.len(), 5);
 }
+
+/// `--max-cost` stops a query as it stops `aiq run`: no new AI calls once
+/// the budget is spent, exit 1, the summary says what it cost and the
+/// answers are kept. The budget is the query's over all its runs: run
+/// again with the same budget it sends nothing; with a higher one it
+/// finishes without paying twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_cost_stops_a_query_and_a_higher_budget_finishes_it() {
+    let n = 40;
+    let (f, input, out) = job(SimConfig::default(), n, 0).await;
+    let query = format!(
+        "SELECT id, ai_query('{}', text) AS answer FROM '{}'",
+        f.openai_url(),
+        input.display()
+    );
+    // A dollar a token: a call costs some $20, so $150 buys a handful.
+    let run = |budget: &'static str| {
+        let (f, query, out) = (&f, &query, out.to_str().unwrap().to_string());
+        async move {
+            sql(
+                f,
+                query,
+                &[
+                    "--concurrency",
+                    "2",
+                    "--price-in",
+                    "1000000",
+                    "--price-out",
+                    "1000000",
+                    "--max-cost",
+                    budget,
+                    "--output",
+                    &out,
+                ],
+            )
+            .await
+        }
+    };
+    let o = run("150").await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cost budget reached") && err.contains("no new AI calls were sent"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cost: $"),
+        "the summary says what it cost: {err}"
+    );
+    let paid = f.sim.stats().ok;
+    assert!((1..n as u64 / 2).contains(&paid), "{paid} calls paid");
+
+    // The same budget: already spent by the journaled answers.
+    let o = run("150").await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(f.sim.stats().ok, paid, "a spent budget sends nothing");
+
+    let o = run("100000").await;
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains(&format!("{paid} answered from the journal")),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(read_rows(&out).1.len(), n);
+    assert_eq!(f.sim.stats().ok, n as u64, "no call paid twice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_cost_without_prices_exits_2() {
+    let f = Fixture::new(SimConfig::default()).await;
+    for flags in [&["--max-cost", "1"][..], &["--price-in", "1"]] {
+        let o = sql(&f, "SELECT 1", flags).await;
+        assert_eq!(code(&o), 2, "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--price-in"), "{}", stderr(&o));
+    }
+}

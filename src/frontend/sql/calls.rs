@@ -12,6 +12,12 @@
 //! (the core's, shared with `aiq run --call-journal`) beside the output,
 //! keyed by a hash of what was asked; a re-run of a killed query answers
 //! those from the journal instead of paying for them again.
+//!
+//! Spend is `aiq run`'s ([`crate::job::spend`]): with prices the summary
+//! says what the query cost, and a budget (`--max-cost`,
+//! `--max-tokens-total`) stops new calls once spent, counting what the
+//! journal's answers cost earlier runs, so a re-run with a higher budget
+//! finishes the query within it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +30,7 @@ use tokio::sync::Semaphore;
 use crate::error::{Error, Result};
 use crate::job::plan::{Plan, DEFAULT_CONCURRENCY};
 use crate::job::settings::JobSettings;
+use crate::job::spend::{Meter, Prices};
 use crate::pipeline::call_journal::{CallJournal, Entry};
 use crate::pipeline::connect::{Pool, AGENT};
 use crate::pipeline::outcome::Usage;
@@ -62,6 +69,21 @@ pub struct Totals {
     pub usage: Mutex<Usage>,
 }
 
+/// The query's spend: the budget's meter (earlier runs' journaled answers
+/// counted in) and what this run may have been billed.
+#[derive(Debug)]
+pub struct Spend {
+    meter: Meter,
+    this_run: Usage,
+}
+
+impl Spend {
+    /// What this run cost; None without prices.
+    pub fn cost_usd(&self) -> Option<f64> {
+        self.meter.prices.map(|p: Prices| p.cost(&self.this_run))
+    }
+}
+
 /// One distinct AI call site: what to send and how to read the reply.
 pub struct Prepared {
     pub endpoint: Arc<Endpoint>,
@@ -93,6 +115,7 @@ pub struct Engine {
     prepared: tokio::sync::Mutex<HashMap<String, Arc<Prepared>>>,
     pub journal: Option<CallJournal>,
     pub totals: Totals,
+    pub spend: Mutex<Spend>,
     /// Set for `--dry-run`: the functions count here instead of calling.
     pub dry: Option<DryRun>,
 }
@@ -160,7 +183,14 @@ impl Engine {
         };
         let pool = Pool::open("https:", concurrency, None, &limits, AGENT)?;
         let dry = settings.dry_run.then(DryRun::default);
+        let (prices, budget) = crate::job::plan::spend(&settings.call, None)?;
+        let before = journal.as_ref().map(CallJournal::usage).unwrap_or_default();
+        let spend = Mutex::new(Spend {
+            meter: Meter::new(budget, prices, &before),
+            this_run: Usage::default(),
+        });
         Ok(Engine {
+            spend,
             in_flight: Arc::new(Semaphore::new(concurrency)),
             settings,
             pool,
@@ -266,12 +296,21 @@ impl Engine {
                     .acquire()
                     .await
                     .map_err(|_| Error::Stopped("query stopped".into()))?;
+                // Checked once a call may go: those waiting for a permit
+                // when the budget ran out are not sent.
+                self.within_budget()?;
                 let outcome = crate::pipeline::repair::execute(&client, &call)
                     .await
                     .map_err(|abort| Error::Aborted(abort.0))?
                     .into_iter()
                     .next()
                     .unwrap_or_default();
+                {
+                    let mut spend = self.spend.lock().unwrap_or_else(|p| p.into_inner());
+                    let billed = outcome.billed_usage();
+                    spend.this_run.add(&billed);
+                    spend.meter.record(&billed);
+                }
                 self.totals.calls.fetch_add(1, Ordering::Relaxed);
                 self.totals
                     .usage
@@ -312,6 +351,25 @@ impl Engine {
             Ordering::Relaxed,
         );
         answers
+    }
+
+    /// `Err(Stopped)` once the budget is spent: the query sends nothing
+    /// more, the calls in flight finish (and are journaled).
+    fn within_budget(&self) -> Result<()> {
+        let spend = self.spend.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(why) = spend.meter.exhausted() else {
+            return Ok(());
+        };
+        let resume = match &self.journal {
+            Some(j) => format!(
+                "Answers are kept in {}: run the same query with a higher budget to finish it, without paying for them again",
+                j.dir().display()
+            ),
+            None => "Without --output nothing is kept: give --output to resume a stopped query".into(),
+        };
+        Err(Error::Stopped(format!(
+            "{why}; no new AI calls were sent (those in flight finished). {resume}"
+        )))
     }
 
     fn call(&self, p: &Prepared, row: u64, a: String, b: Option<String>) -> Call {

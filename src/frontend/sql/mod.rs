@@ -120,6 +120,9 @@ pub struct SqlSummary {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub cached_tokens: i64,
+    /// What this run's calls cost, with --price-in and --price-out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     pub elapsed_secs: f64,
     /// `--dry-run`'s report, when it is returned rather than printed (the
     /// Python package's `aiq.sql(..., dry_run=True)`).
@@ -139,7 +142,11 @@ impl std::fmt::Display for SqlSummary {
             f,
             "tokens: {} prompt ({} cached), {} completion",
             self.prompt_tokens, self.cached_tokens, self.completion_tokens
-        )
+        )?;
+        if let Some(cost) = self.cost_usd {
+            write!(f, "\ncost: ${cost:.4}")?;
+        }
+        Ok(())
     }
 }
 
@@ -182,10 +189,21 @@ pub async fn query(
         return Ok((Vec::new(), summary));
     }
     let stream = frame.execute_stream().await.map_err(planning)?;
-    let (rows, collected) = match &args.output {
-        Some(out) => (write(stream, out).await?, Vec::new()),
-        None if collect => collect_all(stream).await?,
-        None => (show(stream, args.show).await?, Vec::new()),
+    let result = match &args.output {
+        Some(out) => write(stream, out).await.map(|rows| (rows, Vec::new())),
+        None if collect => collect_all(stream).await,
+        None => show(stream, args.show).await.map(|rows| (rows, Vec::new())),
+    };
+    let (rows, collected) = match result {
+        Ok(r) => r,
+        // A budget stop says what was spent, as `aiq run`'s does.
+        Err(e @ Error::Stopped(_)) => {
+            if !quiet {
+                eprintln!("{}", summarize(&engine, 0, started));
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
     };
     let summary = summarize(&engine, rows, started);
     // The output is in place: the journal has served its purpose.
@@ -458,6 +476,11 @@ fn summarize(engine: &Engine, rows: u64, started: Instant) -> SqlSummary {
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,
         cached_tokens: usage.cached_tokens,
+        cost_usd: engine
+            .spend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cost_usd(),
         elapsed_secs: started.elapsed().as_secs_f64(),
         dry_run: None,
     }
