@@ -410,7 +410,9 @@ fn target(s: &mut JobSettings) -> Result<Target> {
                 .into(),
         )
     })?;
-    Target::parse(&endpoint)?.with_base_url(s.base_url.as_deref())
+    Target::parse(&endpoint)?
+        .with_base_url(s.base_url.as_deref())?
+        .with_api_version(s.api_version.as_deref())
 }
 
 /// What a provider reached by name needs before anything is sent: an API

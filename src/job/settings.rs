@@ -32,22 +32,29 @@ macro_rules! with_call_settings {
                 /// Where to send requests: a Databricks serving endpoint name
                 /// (`databricks:NAME` for one named like a provider), an
                 /// OpenAI-compatible base URL (http(s)://host/v1), a provider
-                /// (`anthropic`, `openai`), or `simulator` for the built-in
+                /// (`anthropic`, `openai`, `azure`), or `simulator` for the built-in
                 /// simulator. `aiq sql`: the endpoint of the task functions
                 /// (ai_classify, ai_summarize, ...); ai_query names its own.
                 #[arg(long, value_name = "NAME|URL")]
                 endpoint: Option<String>,
 
                 /// Model name sent in the body (OpenAI-compatible servers and
-                /// providers named by --endpoint need one).
+                /// providers named by --endpoint need one; --endpoint azure: the deployment).
                 #[arg(long)]
                 model: Option<String>,
 
                 /// Where a provider named by --endpoint is, instead of its own API
                 /// (a proxy, a private endpoint, a test server) [default: the
-                /// variable its SDK reads, e.g. ANTHROPIC_BASE_URL, else its public API].
+                /// variable its SDK reads, e.g. ANTHROPIC_BASE_URL or AZURE_OPENAI_ENDPOINT, else its
+                /// public API].
                 #[arg(long, value_name = "URL")]
                 base_url: Option<String>,
+
+                /// --endpoint azure: the API version, a date (the deployments path,
+                /// /openai/deployments/{model}/...?api-version=DATE) or `v1` (the v1 API,
+                /// /openai/v1/...) [default: 2024-10-21].
+                #[arg(long, value_name = "DATE|v1")]
+                api_version: Option<String>,
 
                 /// Requests in flight at most (`aiq sql`: over the whole query) [default: 16].
                 #[arg(long, value_name = "N")]
@@ -71,7 +78,8 @@ macro_rules! with_call_settings {
                 timeout: Option<f64>,
 
                 /// Environment variable holding the API key [default:
-                /// OPENAI_API_KEY; for --endpoint anthropic ANTHROPIC_API_KEY].
+                /// OPENAI_API_KEY; for --endpoint anthropic ANTHROPIC_API_KEY, azure
+                /// AZURE_OPENAI_API_KEY].
                 #[arg(long, value_name = "NAME")]
                 api_key_env: Option<String>,
 
@@ -539,7 +547,7 @@ impl JobSettings {
     /// Flags win over the job file: every field set in `self` stays, every
     /// field unset takes the file's value. Switches are on if either sets them.
     pub fn overlay(mut self, base: JobSettings) -> JobSettings {
-        overlay_options!(self, base; input, output, endpoint, model, base_url, task, system, prompt, prompt2,
+        overlay_options!(self, base; input, output, endpoint, model, base_url, api_version, task, system, prompt, prompt2,
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, max_line_bytes, batch_size, tools, tool_choice,

@@ -257,10 +257,18 @@ impl Scrubber {
     }
 }
 
-/// Databricks OAuth machine-to-machine (service principal) credentials, and
-/// the token they last produced.
+/// OAuth client-credentials (machine-to-machine, service principal)
+/// credentials, and the token they last produced: Databricks' (`POST
+/// {host}/oidc/v1/token`, the client in HTTP Basic) or Microsoft Entra ID's
+/// for Azure OpenAI ([`OAuthM2M::entra`]: the client in the form, as
+/// azure-identity sends it). One cache and refresh for both.
 pub struct OAuthM2M {
-    host: String,
+    token_url: String,
+    /// The `scope` asked for.
+    scope: String,
+    /// The client id and secret go in the form body rather than in HTTP
+    /// Basic.
+    client_in_form: bool,
     client_id: String,
     client_secret: Secret,
     /// Held across the fetch, so that a hundred workers finding the token
@@ -279,7 +287,7 @@ struct CachedToken {
 impl fmt::Debug for OAuthM2M {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OAuthM2M")
-            .field("host", &self.host)
+            .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .finish_non_exhaustive()
@@ -323,12 +331,30 @@ impl OAuthM2M {
         client_secret: Secret,
     ) -> Self {
         OAuthM2M {
-            host: host.into(),
+            token_url: format!("{}/oidc/v1/token", host.into()),
+            scope: "all-apis".into(),
+            client_in_form: false,
             client_id: client_id.into(),
             client_secret,
             cached: tokio::sync::Mutex::new(None),
             issued: std::sync::Mutex::new(Vec::new()),
             retry_delay: Duration::from_millis(500),
+        }
+    }
+
+    /// Microsoft Entra ID's client credentials: tokens for `scope` from
+    /// `token_url` (`{authority}/{tenant}/oauth2/v2.0/token`).
+    pub fn entra(
+        token_url: impl Into<String>,
+        scope: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: Secret,
+    ) -> Self {
+        OAuthM2M {
+            token_url: token_url.into(),
+            scope: scope.into(),
+            client_in_form: true,
+            ..OAuthM2M::new("", client_id, client_secret)
         }
     }
 
@@ -352,11 +378,11 @@ impl OAuthM2M {
             self.client_id,
             self.client_secret.expose()
         ));
+        // As the form carries it, should a server quote the form.
+        let encoded: String =
+            url::form_urlencoded::byte_serialize(self.client_secret.expose().as_bytes()).collect();
+        s.add(&encoded);
         s
-    }
-
-    fn token_url(&self) -> String {
-        format!("{}/oidc/v1/token", self.host)
     }
 
     /// A token valid for a while yet: the cached one, or a fresh one.
@@ -391,7 +417,7 @@ impl OAuthM2M {
     }
 
     async fn fetch(&self, http: &reqwest::Client) -> Result<TokenReply> {
-        let url = self.token_url();
+        let url = self.token_url.clone();
         let mut delay = self.retry_delay;
         let mut attempt = 1;
         loop {
@@ -417,22 +443,36 @@ impl OAuthM2M {
         }
     }
 
+    /// The token request's form: the grant, the scope, and the client when
+    /// it goes in the form.
+    fn form(&self) -> String {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
+        if self.client_in_form {
+            form.append_pair("client_id", &self.client_id);
+            form.append_pair("client_secret", self.client_secret.expose());
+        }
+        form.append_pair("scope", &self.scope);
+        form.finish()
+    }
+
     /// One token request: the reply, or whether to retry and what went wrong.
     async fn fetch_once(
         &self,
         http: &reqwest::Client,
         url: &str,
     ) -> std::result::Result<TokenReply, (bool, String)> {
-        let response = http
-            .post(url)
-            .basic_auth(&self.client_id, Some(self.client_secret.expose()))
+        let mut request = http.post(url);
+        if !self.client_in_form {
+            request = request.basic_auth(&self.client_id, Some(self.client_secret.expose()));
+        }
+        let response = request
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
             .header(reqwest::header::ACCEPT, "application/json")
-            // A fixed body: nothing in it needs encoding.
-            .body("grant_type=client_credentials&scope=all-apis")
+            .body(self.form())
             .timeout(TOKEN_TIMEOUT)
             .send()
             .await

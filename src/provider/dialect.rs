@@ -28,6 +28,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::provider::anthropic;
+use crate::provider::azure;
 use crate::provider::wire::{ChatResponse, Task};
 
 /// The wire an endpoint speaks.
@@ -39,6 +40,9 @@ pub enum Dialect {
     OpenAi,
     /// Anthropic's Messages API: `POST {base}/v1/messages`.
     Anthropic,
+    /// Azure OpenAI: OpenAI's wire at a deployment's URL, with Azure's
+    /// credentials ([`azure`]).
+    Azure,
 }
 
 /// Where a provider named by `--endpoint` is and how it takes a key, when
@@ -61,6 +65,7 @@ impl fmt::Display for Dialect {
             Dialect::Databricks => "Databricks",
             Dialect::OpenAi => "OpenAI",
             Dialect::Anthropic => "Anthropic",
+            Dialect::Azure => "Azure OpenAI",
         })
     }
 }
@@ -71,6 +76,7 @@ impl Dialect {
         match name {
             "anthropic" => Some(Dialect::Anthropic),
             "openai" => Some(Dialect::OpenAi),
+            "azure" => Some(Dialect::Azure),
             _ => None,
         }
     }
@@ -81,13 +87,16 @@ impl Dialect {
             Dialect::Databricks => "databricks",
             Dialect::OpenAi => "openai",
             Dialect::Anthropic => "anthropic",
+            Dialect::Azure => "azure",
         }
     }
 
-    /// A provider's defaults, for the ones `--endpoint` reaches by name.
+    /// A provider's defaults, for the ones `--endpoint` reaches by name
+    /// with a key. Azure has no public base URL and more ways to log in
+    /// than a key: [`azure`] resolves it.
     pub fn native(self) -> Option<Native> {
         match self {
-            Dialect::Databricks => None,
+            Dialect::Databricks | Dialect::Azure => None,
             Dialect::OpenAi => Some(Native {
                 base_url: "https://api.openai.com/v1",
                 base_url_var: Some("OPENAI_BASE_URL"),
@@ -106,7 +115,7 @@ impl Dialect {
     /// The tasks the dialect has an API for.
     pub fn supports(self, task: Task) -> bool {
         match self {
-            Dialect::Databricks | Dialect::OpenAi => true,
+            Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => true,
             Dialect::Anthropic => task == Task::Chat,
         }
     }
@@ -125,13 +134,18 @@ impl Dialect {
                 format!("{base}/{route}")
             }
             Dialect::Anthropic => format!("{base}/v1/messages"),
+            // The route goes before the base's `?api-version=…`.
+            Dialect::Azure => {
+                let (path, query) = azure::split_query(base);
+                format!("{}{query}", Dialect::OpenAi.url(path, task))
+            }
         }
     }
 
     /// Fixed headers every request carries, besides the credentials.
     pub fn headers(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Dialect::Databricks | Dialect::OpenAi => &[],
+            Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => &[],
             Dialect::Anthropic => anthropic::HEADERS,
         }
     }
@@ -139,7 +153,7 @@ impl Dialect {
     /// A chat body as aiq lays it out (the OpenAI shape) in this dialect.
     pub fn request(self, body: Map<String, Value>) -> Map<String, Value> {
         match self {
-            Dialect::Databricks | Dialect::OpenAi => body,
+            Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => body,
             Dialect::Anthropic => anthropic::request(body),
         }
     }
@@ -147,7 +161,7 @@ impl Dialect {
     /// A successful chat reply in the OpenAI shape aiq reads.
     pub fn chat_reply(self, body: &[u8]) -> Result<ChatResponse, String> {
         match self {
-            Dialect::Databricks | Dialect::OpenAi => {
+            Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => {
                 serde_json::from_slice(body).map_err(|e| e.to_string())
             }
             Dialect::Anthropic => anthropic::reply(body),
@@ -193,5 +207,16 @@ mod tests {
         assert_eq!(Dialect::named("anthropic"), Some(Dialect::Anthropic));
         assert_eq!(Dialect::named("databricks-claude"), None);
         assert!(!Dialect::Anthropic.supports(Task::Embeddings));
+        assert_eq!(
+            Dialect::Azure.url(
+                "http://h/openai/deployments/d?api-version=2024-10-21",
+                Task::Chat
+            ),
+            "http://h/openai/deployments/d/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            Dialect::Azure.url("http://h/openai/v1", Task::Embeddings),
+            "http://h/openai/v1/embeddings"
+        );
     }
 }

@@ -17,6 +17,7 @@ use crate::provider::auth::{
     openai_key_variable, redact_url, resolve_databricks, resolve_openai, split_user_info,
     Credentials, DatabricksTarget, Secret,
 };
+use crate::provider::azure;
 use crate::provider::dialect::Dialect;
 use crate::provider::wire::Task;
 
@@ -40,6 +41,8 @@ pub enum Target {
     Native {
         dialect: Dialect,
         base_url: Option<EndpointUrl>,
+        /// `--api-version` (Azure OpenAI).
+        api_version: Option<String>,
     },
 }
 
@@ -78,10 +81,12 @@ impl fmt::Display for Target {
             Target::Native {
                 dialect,
                 base_url: None,
+                ..
             } => write!(f, "the {dialect} API"),
             Target::Native {
                 dialect,
                 base_url: Some(url),
+                ..
             } => write!(f, "the {dialect} API at {url}"),
         }
     }
@@ -98,6 +103,7 @@ impl Target {
             Ok(Target::Native {
                 dialect,
                 base_url: None,
+                api_version: None,
             })
         } else if let Some(name) = endpoint.strip_prefix("databricks:") {
             match Target::parse(name)? {
@@ -134,13 +140,41 @@ impl Target {
             )));
         }
         match self {
-            Target::Native { dialect, .. } => Ok(Target::Native {
+            Target::Native {
+                dialect,
+                api_version,
+                ..
+            } => Ok(Target::Native {
                 dialect,
                 base_url: Some(EndpointUrl(url.to_string())),
+                api_version,
             }),
             other => Err(Error::Config(format!(
-                "--base-url applies to --endpoint anthropic or openai, not to {other}; \
+                "--base-url applies to --endpoint anthropic, openai or azure, not to {other}; \
                  give an OpenAI-compatible URL as the --endpoint itself"
+            ))),
+        }
+    }
+
+    /// `--api-version`: the Azure OpenAI API version (and path style,
+    /// [`azure::api_base`]).
+    pub fn with_api_version(self, api_version: Option<&str>) -> Result<Target> {
+        match (self, api_version) {
+            (target, None) => Ok(target),
+            (
+                Target::Native {
+                    dialect: Dialect::Azure,
+                    base_url,
+                    ..
+                },
+                Some(v),
+            ) => Ok(Target::Native {
+                dialect: Dialect::Azure,
+                base_url,
+                api_version: Some(v.trim().to_string()),
+            }),
+            (other, Some(_)) => Err(Error::Config(format!(
+                "--api-version applies to --endpoint azure, not to {other}"
             ))),
         }
     }
@@ -194,9 +228,21 @@ pub fn resolve(
                 ..Endpoint::openai(&url, task, model, credentials)
             })
         }
-        Target::Native { dialect, base_url } => {
-            native(*dialect, base_url.as_ref(), task, model, api_key_env, env)
-        }
+        Target::Native {
+            dialect: Dialect::Azure,
+            base_url,
+            api_version,
+        } => azure_endpoint(
+            base_url.as_ref(),
+            api_version.as_deref(),
+            task,
+            model,
+            api_key_env,
+            env,
+        ),
+        Target::Native {
+            dialect, base_url, ..
+        } => native(*dialect, base_url.as_ref(), task, model, api_key_env, env),
     }
 }
 
@@ -237,6 +283,54 @@ fn native(
         name: model.unwrap_or_default().to_string(),
         credentials,
         credentials_from: format!("the key in {var}"),
+        base: Some(base),
+    })
+}
+
+/// Azure OpenAI: the resource endpoint (`--base-url`, else
+/// `AZURE_OPENAI_ENDPOINT`: there is no public one), the deployment
+/// (`--model`) and api-version made into the API's base, and the
+/// credentials [`azure::credentials`] finds.
+fn azure_endpoint(
+    base_url: Option<&EndpointUrl>,
+    api_version: Option<&str>,
+    task: Task,
+    model: Option<&str>,
+    api_key_env: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Endpoint> {
+    let endpoint = match base_url {
+        Some(url) => url.expose().to_string(),
+        None => env(azure::ENDPOINT_VAR)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "--endpoint azure needs the resource's endpoint: set {} \
+                     (https://NAME.openai.azure.com) or give --base-url",
+                    azure::ENDPOINT_VAR
+                ))
+            })?,
+    };
+    if !is_url(endpoint.trim()) {
+        return Err(Error::Config(format!(
+            "{} `{}` is not an http(s):// URL",
+            azure::ENDPOINT_VAR,
+            redact_url(&endpoint)
+        )));
+    }
+    let deployment = model.unwrap_or_default();
+    let base = azure::api_base(&endpoint, deployment, api_version)?;
+    let (credentials, from) = azure::credentials(api_key_env, env)?;
+    Ok(Endpoint {
+        dialect: Dialect::Azure,
+        url: Dialect::Azure.url(&base, task),
+        label: format!(
+            "the Azure OpenAI deployment `{deployment}` at {}",
+            redact_url(&base)
+        ),
+        name: deployment.to_string(),
+        credentials,
+        credentials_from: from,
         base: Some(base),
     })
 }
@@ -295,6 +389,15 @@ pub fn handover(
             }
             _ => Handed::new(),
         },
+        Target::Native {
+            dialect: Dialect::Azure,
+            ..
+        } => {
+            azure::credentials(api_key_env, &env)?;
+            let vars = azure::VARIABLES.iter().copied().chain(api_key_env);
+            vars.filter_map(|v| Some((v.to_string(), Secret::new(env(v)?))))
+                .collect()
+        }
         Target::Native { dialect, .. } => {
             let (key, var) = native_key(*dialect, api_key_env, &env)?;
             let mut handed = Handed::from([(var, key)]);

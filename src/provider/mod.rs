@@ -8,6 +8,7 @@
 pub mod anthropic;
 pub mod anthropic_batch;
 pub mod auth;
+pub mod azure;
 pub mod batch_api;
 pub mod dialect;
 pub mod endpoint;

@@ -32,7 +32,8 @@ impl Quirks {
             cache_control: dialect == Dialect::Anthropic
                 || name.to_ascii_lowercase().contains("claude"),
             prompt_cache_key: openai,
-            stream_usage_option: openai,
+            // Azure too (api-version 2024-09-01-preview and later, and v1).
+            stream_usage_option: openai || dialect == Dialect::Azure,
         }
     }
 }

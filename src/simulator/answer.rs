@@ -481,6 +481,8 @@ pub(crate) enum Api {
     Gemini(super::gemini::Call),
     /// Anthropic's Messages API ([`super::anthropic`]).
     Anthropic,
+    /// Azure OpenAI ([`super::azure`]): OpenAI's wire.
+    Azure,
 }
 
 impl Api {
@@ -526,7 +528,7 @@ pub(crate) fn model_name(api: &Api, job: &Job) -> String {
         (Some(m), _) => m.clone(),
         (None, Api::Databricks { endpoint }) => endpoint.clone(),
         (None, Api::Gemini(call)) => call.model.clone(),
-        (None, Api::OpenAi) => "aiq-sim".to_string(),
+        (None, Api::OpenAi | Api::Azure) => "aiq-sim".to_string(),
         (None, Api::Anthropic) => "claude-sim".to_string(),
     }
 }

@@ -38,6 +38,7 @@ pub(crate) fn error(api: &Api, status: StatusCode, code: &str, message: &str) ->
         Api::Databricks { .. } => json!({"error_code": code, "message": message}),
         Api::Gemini(_) => super::gemini::wire::error_body(status, message),
         Api::Anthropic => super::anthropic::error_body(status, message),
+        Api::Azure => super::azure::wire::error_body(status, code, message),
     };
     (status, Json(body)).into_response()
 }
@@ -83,7 +84,10 @@ pub(crate) async fn not_found(State(st): State<Arc<ServerState>>) -> Response {
 
 pub(crate) fn authorized(cfg: &SimConfig, headers: &HeaderMap) -> bool {
     let Some(token) = &cfg.token else { return true };
-    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    // Anthropic's key header, or Azure's.
+    let key = (headers.get("x-api-key"))
+        .or_else(|| headers.get("api-key"))
+        .and_then(|v| v.to_str().ok());
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -111,6 +115,7 @@ pub(crate) async fn handle(
     let admission = st
         .limits
         .admit_reserving(job.prompt_tokens + job.max_tokens, job.max_tokens);
+    let admission = super::azure::wire::admission(&api, admission);
     let limit_headers = match super::anthropic::admission(&api, admission) {
         Admission::Admitted(h) => h,
         Admission::Refused(h) => {

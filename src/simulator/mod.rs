@@ -14,11 +14,13 @@
 //! [`limits`](self::limits), [`faults`](self::faults), [`cache`](self::cache),
 //! [`oauth`](self::oauth), [`hostile`](self::hostile) (error replies that
 //! echo credentials or run long) and [`stats`](self::stats). Google's Gemini
-//! API is [`gemini`](self::gemini): its own wire over the same pipeline.
+//! API is [`gemini`](self::gemini): its own wire over the same pipeline;
+//! Azure OpenAI's paths, credentials and errors are [`azure`](self::azure).
 
 mod answer;
 mod anthropic;
 mod anthropic_batch;
+mod azure;
 mod batch;
 mod cache;
 mod faults;
@@ -149,8 +151,9 @@ pub struct SimConfig {
     /// Disable the prefix cache (no reply reports cached tokens).
     #[arg(long)]
     pub no_cache: bool,
-    /// Databricks endpoint names that exist (comma list); empty means every
-    /// name exists. Others answer 404 RESOURCE_DOES_NOT_EXIST.
+    /// Databricks endpoint names (and Azure OpenAI deployments) that exist
+    /// (comma list); empty means every name exists. Others answer 404
+    /// RESOURCE_DOES_NOT_EXIST (Azure: DeploymentNotFound).
     #[arg(long, value_delimiter = ',')]
     pub endpoints: Vec<String>,
     /// Which replies carry the `x-ratelimit-*` headers: `every` reply (as
@@ -532,6 +535,7 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/batches/{id}", get(batch::get))
         .route("/v1/batches/{id}/cancel", post(batch::cancel))
         .merge(gemini::routes())
+        .merge(azure::routes())
         .fallback(handler::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

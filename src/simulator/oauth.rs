@@ -54,16 +54,20 @@ pub(crate) async fn token(
         return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
     }
     bump(&st.counters.oauth_tokens);
-    let token = st
-        .cfg
-        .token
-        .clone()
-        .unwrap_or_else(|| DEFAULT_TOKEN.to_string());
+    let token = issued_token(&st.cfg);
     Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600, "scope": "all-apis"})).into_response()
 }
 
+/// The access token handed out: the simulator's bearer token, so the next
+/// inference call passes.
+pub(super) fn issued_token(cfg: &super::SimConfig) -> String {
+    cfg.token
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TOKEN.to_string())
+}
+
 /// `application/x-www-form-urlencoded` pairs, percent-decoded.
-fn parse_form(body: &str) -> Vec<(String, String)> {
+pub(super) fn parse_form(body: &str) -> Vec<(String, String)> {
     body.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {

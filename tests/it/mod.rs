@@ -1,6 +1,7 @@
 mod util;
 
 mod anthropic;
+mod azure;
 mod batch_mode;
 mod bench;
 mod cache;

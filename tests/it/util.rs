@@ -185,9 +185,44 @@ impl Fixture {
         envs: &[(&str, &str)],
     ) -> Command {
         let base = self.sim.base_url();
-        let mut args = run_io(input, output, "anthropic");
-        args.extend(["-q", "--base-url", &base, "--model", "claude-sim"]);
-        self.keyed_command(args, extra, ("ANTHROPIC_API_KEY", TOKEN), envs)
+        let named = ["--base-url", &base, "--model", "claude-sim"];
+        let key = ("ANTHROPIC_API_KEY", TOKEN);
+        self.provider_command("anthropic", &named, key, [input, output], extra, envs)
+    }
+
+    /// `aiq run -q --endpoint azure` against the simulator's Azure OpenAI
+    /// routes (`AZURE_OPENAI_ENDPOINT`), deployment `gpt4o-dep`, then
+    /// `extra`; the credentials are `envs` alone.
+    pub async fn run_azure(
+        &self,
+        input: &Path,
+        output: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Output {
+        let base = self.sim.base_url();
+        let named = ["--model", "gpt4o-dep"];
+        let at = ("AZURE_OPENAI_ENDPOINT", base.as_str());
+        let cmd = self.provider_command("azure", &named, at, [input, output], extra, envs);
+        self::output(cmd).await
+    }
+
+    /// `aiq run -q --endpoint PROVIDER` from `io`'s input to its output
+    /// with the flags that name where and what (`named`), the variable
+    /// `var` set, then `extra` and `envs` ([`Fixture::keyed_command`]).
+    fn provider_command<'a>(
+        &self,
+        provider: &'a str,
+        named: &[&'a str],
+        var: (&str, &str),
+        io: [&'a Path; 2],
+        extra: &[&'a str],
+        envs: &[(&str, &str)],
+    ) -> Command {
+        let mut args = run_io(io[0], io[1], provider);
+        args.push("-q");
+        args.extend_from_slice(named);
+        self.keyed_command(args, extra, var, envs)
     }
 
     /// `aiq run -q` against the simulator's Databricks route: the serving
