@@ -64,6 +64,12 @@ async fn every_row_through_the_deployments_path_and_the_v1_api() {
         if let Some(v) = version {
             extra.extend(["--api-version", v]);
         }
+        // A dry run prices the job and sends nothing.
+        let priced = [&extra[..], &["--dry-run", "--price-in", "2.5"]].concat();
+        let o = run(&f, &input, &out, &priced, &[KEY]).await;
+        assert_ok(&o);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("cost"));
+        assert_eq!(f.sim.stats().requests, 0);
         let o = run(&f, &input, &out, &extra, &[KEY]).await;
         assert_ok(&o);
         assert_echoed(&read_rows(&out).1);
@@ -232,25 +238,6 @@ async fn azure_429s_with_retry_after_ms_are_retried_until_every_row_is_answered(
     let stats = f.sim.stats();
     assert!(stats.faults_injected > 0);
     assert_eq!(stats.ok, 30);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dry_run_prices_the_job_and_sends_nothing() {
-    let (f, input, out) = job(deployed(), 10, 0).await;
-    let extra = [
-        "--prompt",
-        "{{text}}",
-        "--dry-run",
-        "--price-in",
-        "2.5",
-        "--price-out",
-        "10",
-    ];
-    let o = run(&f, &input, &out, &extra, &[KEY]).await;
-    assert_ok(&o);
-    let text = String::from_utf8_lossy(&o.stdout).to_string() + &stderr(&o);
-    assert!(text.contains('$'), "{text}");
-    assert_eq!(f.sim.stats().requests, 0);
 }
 
 /// The official `openai` SDK's `AzureOpenAI` client (chat, streaming,
