@@ -65,7 +65,8 @@ async fn every_row_through_the_deployments_path_and_the_v1_api() {
             extra.extend(["--api-version", v]);
         }
         // A dry run prices the job and sends nothing.
-        let priced = [&extra[..], &["--dry-run", "--price-in", "2.5"]].concat();
+        let prices = ["--dry-run", "--price-in", "2.5", "--price-out", "10"];
+        let priced = [&extra[..], &prices].concat();
         let o = run(&f, &input, &out, &priced, &[KEY]).await;
         assert_ok(&o);
         assert!(String::from_utf8_lossy(&o.stdout).contains("cost"));
