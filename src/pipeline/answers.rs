@@ -75,6 +75,11 @@ impl Answers {
         self.map.is_empty()
     }
 
+    /// An answer to the request `fp` is kept.
+    pub fn contains(&self, fp: &str) -> bool {
+        self.map.contains_key(fp)
+    }
+
     /// Keep the answer `o` carries, if it is one (a successful row with a
     /// fingerprint; a copy counts, as the answer of the row it names). The
     /// first answer of a request stays.

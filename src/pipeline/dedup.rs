@@ -17,8 +17,9 @@
 //! What is kept is bounded ([`ANSWER_BYTES`]): past the bound the oldest
 //! answers are forgotten, and a repeat of one of those is sent again. Only
 //! calls for one row take part: an embeddings call carrying several rows
-//! (`--batch-size`) is sent as it is, and so is a row of `--mode batch`
-//! (the Batch API gets every row; dedup applies to rows sent online).
+//! (`--batch-size`) is sent as it is. In `--mode batch` the Batch API gets
+//! each request once; the rows that repeat one are left to the online
+//! stage, which finds its answer kept.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

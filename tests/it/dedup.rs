@@ -259,3 +259,28 @@ async fn kill_nine_then_rerun_pays_each_request_once() {
     );
     assert!(stats.ok <= distinct as u64 + 1, "{:?}", stats.ok_by_prompt);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_mode_submits_each_request_once() {
+    let (n, distinct) = (40, 6);
+    let (f, input, out) = job_of(SimConfig::default(), &repeating(n, distinct)).await;
+    let o = f
+        .score(&input, &out, &["--mode", "batch", "--poll-secs", "0.02"])
+        .await;
+    assert_ok(&o);
+    assert_eq!(
+        f.sim.batch_stats().lines,
+        distinct as u64,
+        "one line per request"
+    );
+    assert_eq!(
+        f.sim.stats().requests,
+        0,
+        "the repeats took the batch's answers, not a call"
+    );
+    let (_, rows) = read_rows(&out);
+    for (i, row) in rows.iter().enumerate().skip(distinct) {
+        assert_eq!(row["shared_from"], json!(i % distinct), "row {i}: {row:?}");
+        assert_eq!(row["result"], rows[i % distinct]["result"]);
+    }
+}

@@ -112,6 +112,9 @@ struct Runner<'a, 'j> {
     requests: Fingerprinter,
     /// The request fingerprint of each row not answered yet, for its outcome.
     fingerprints: HashMap<RowId, String>,
+    /// Requests submitted by this job (dedup): a row asking one of them
+    /// again is left to the online stage, which gives it the answer.
+    submitted: HashSet<String>,
     rounds: HashMap<RowId, u32>,
     max_rounds: u32,
     /// Submissions with a batch that is not terminal.
@@ -152,6 +155,7 @@ pub async fn run(
         keys: HashMap::new(),
         requests,
         fingerprints: HashMap::new(),
+        submitted: HashSet::new(),
         rounds: loaded.rounds,
         max_rounds,
         live: Vec::new(),
@@ -350,17 +354,30 @@ impl Runner<'_, '_> {
                     continue;
                 };
                 let key = row_keys(&self.fingerprint, &call).swap_remove(0);
-                if !self.answered_as(row, &key) {
+                let fingerprint = (!self.answered_as(row, &key)).then(|| {
                     // Rows of batches adopted from an earlier run too.
                     let fingerprint = self.requests.rows(&call).swap_remove(0);
-                    self.fingerprints.insert(row, fingerprint);
-                }
+                    self.fingerprints.insert(row, fingerprint.clone());
+                    fingerprint
+                });
                 let wanted = match &only {
                     Some(o) => o.contains(&row),
                     None => !self.answered_as(row, &key) && !in_flight.contains(&row),
                 };
                 if !wanted {
+                    if let Some(fp) = fingerprint.filter(|_| in_flight.contains(&row)) {
+                        self.submitted.insert(fp);
+                    }
                     continue;
+                }
+                // Dedup: a request this job submitted, or has an answer to,
+                // is not submitted again; the online stage gives the row
+                // that answer ([`crate::pipeline::dedup`]). A round that
+                // resubmits failed rows sends them as they are.
+                if let Some(fp) = fingerprint.filter(|_| plan.dedup && only.is_none()) {
+                    if self.resume.answers.contains(&fp) || !self.submitted.insert(fp) {
+                        continue;
+                    }
                 }
                 // An outcome of the row's earlier request: stale.
                 self.resume.outcomes.remove(&row);
@@ -729,6 +746,8 @@ impl Runner<'_, '_> {
             // A failed row has no answer to stand for its request.
             o.fingerprint = self.fingerprints.remove(&o.row).filter(|_| !o.is_error());
             self.journal.append(o)?;
+            // For the online stage's dedup: rows asking the same take it.
+            self.resume.answers.offer(o);
         }
         self.journal.flush()?;
         self.report.answered += outcomes.len() as u64;
