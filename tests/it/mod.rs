@@ -17,6 +17,7 @@ mod layers;
 mod library;
 mod limits;
 mod llama_cpp;
+mod native;
 mod nested;
 mod object_store;
 mod openai_batch;

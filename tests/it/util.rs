@@ -174,22 +174,6 @@ impl Fixture {
         self.command(&args, &all_envs)
     }
 
-    /// `aiq run -q --endpoint anthropic` against the simulator's Messages
-    /// API (`--base-url`), model `claude-sim`, the key ([`TOKEN`]) in
-    /// `ANTHROPIC_API_KEY`, then `extra` and `envs`.
-    pub fn anthropic_command(
-        &self,
-        input: &Path,
-        output: &Path,
-        extra: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Command {
-        let base = self.sim.base_url();
-        let named = ["--base-url", &base, "--model", "claude-sim"];
-        let key = ("ANTHROPIC_API_KEY", TOKEN);
-        self.provider_command("anthropic", &named, key, [input, output], extra, envs)
-    }
-
     /// `aiq run -q --endpoint azure` against the simulator's Azure OpenAI
     /// routes (`AZURE_OPENAI_ENDPOINT`), deployment `gpt4o-dep`, then
     /// `extra`; the credentials are `envs` alone.
@@ -210,7 +194,7 @@ impl Fixture {
     /// `aiq run -q --endpoint PROVIDER` from `io`'s input to its output
     /// with the flags that name where and what (`named`), the variable
     /// `var` set, then `extra` and `envs` ([`Fixture::keyed_command`]).
-    fn provider_command<'a>(
+    pub fn provider_command<'a>(
         &self,
         provider: &'a str,
         named: &[&'a str],

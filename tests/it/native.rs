@@ -1,0 +1,283 @@
+//! What every provider reached by name (`--endpoint anthropic`, ...)
+//! must do alike against the simulator's copy of its API, written once:
+//! each provider's module calls these with its [`Provider`] and adds what
+//! is its own (cache columns, its errors, its batch API).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use aiq::simulator::SimConfig;
+use serde_json::{json, Map, Value};
+
+use super::util::*;
+
+/// A provider as `aiq run` reaches it: `--endpoint NAME --base-url` the
+/// simulator, with the simulator's key in the provider's variable.
+pub struct Provider {
+    pub endpoint: &'static str,
+    pub key_var: &'static str,
+    pub model: &'static str,
+}
+
+pub const ANTHROPIC: Provider = Provider {
+    endpoint: "anthropic",
+    key_var: "ANTHROPIC_API_KEY",
+    model: "claude-sim",
+};
+
+impl Provider {
+    /// `aiq run -q --endpoint NAME` from `input` to `output` against the
+    /// simulator of `f` (`--base-url`), the key ([`TOKEN`]) in the
+    /// provider's variable, then `extra` and `envs`
+    /// ([`Fixture::provider_command`]).
+    pub fn command(
+        &self,
+        f: &Fixture,
+        input: &Path,
+        out: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Command {
+        let base = f.sim.base_url();
+        let named = ["--base-url", &base, "--model", self.model];
+        let key = (self.key_var, TOKEN);
+        f.provider_command(self.endpoint, &named, key, [input, out], extra, envs)
+    }
+
+    pub async fn run(
+        &self,
+        f: &Fixture,
+        input: &Path,
+        out: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Output {
+        output(self.command(f, input, out, extra, envs)).await
+    }
+}
+
+pub fn sum(rows: &[Map<String, Value>], column: &str) -> i64 {
+    rows.iter().map(|r| r[column].as_i64().unwrap_or(0)).sum()
+}
+
+/// A system prompt well over the 1,024 tokens providers cache at least.
+pub fn long_system() -> String {
+    "You grade short product reviews carefully and consistently. ".repeat(100)
+}
+
+/// `n` rows scored with [`long_system`], `concurrency` at a time, then
+/// `more` flags: the fixture, the input and output paths, and the rows.
+async fn with_system(
+    p: &Provider,
+    n: usize,
+    concurrency: &str,
+    more: &[&str],
+) -> (Fixture, PathBuf, PathBuf, Vec<Map<String, Value>>) {
+    let (f, input, out) = job(SimConfig::default(), n, 0).await;
+    let system = long_system();
+    let flags = [
+        "--prompt",
+        "{{text}}",
+        "--system",
+        &system,
+        "--concurrency",
+        concurrency,
+    ];
+    let extra = [&flags[..], more].concat();
+    assert_ok(&p.run(&f, &input, &out, &extra, &[]).await);
+    let rows = read_rows(&out).1;
+    (f, input, out, rows)
+}
+
+/// 24 rows with a long shared system prompt, four at a time: every row
+/// answered, usage in the one convention (the whole input in
+/// `prompt_tokens`, cache reads and writes within it), the columns adding
+/// up to what the simulator counted, and at least 20 rows reading the
+/// cache. Returns the rows, for what differs by provider (cache writes).
+pub async fn every_row_with_cache_columns(p: &Provider) -> Vec<Map<String, Value>> {
+    let (f, _, _, rows) = with_system(p, 24, "4", &[]).await;
+    assert_eq!(rows.len(), 24);
+    for (i, row) in rows.iter().enumerate() {
+        let answer = format!("echo: row-{i} says the product is fine");
+        assert_eq!(row["result"], json!(answer), "{row:?}");
+        assert_eq!(row["finish_reason"], json!("stop"));
+        let whole = row["prompt_tokens"].as_i64().unwrap();
+        let read = row["cached_tokens"].as_i64().unwrap();
+        let written = row["cache_write_tokens"].as_i64().unwrap();
+        assert!(read + written <= whole && whole > 1000, "{row:?}");
+    }
+    let stats = f.sim.stats();
+    assert_eq!(stats.ok, 24);
+    assert_eq!(sum(&rows, "cached_tokens") as u64, stats.cached_tokens);
+    let reading = rows
+        .iter()
+        .filter(|r| r["cached_tokens"].as_i64() > Some(0));
+    assert!(reading.count() >= 20, "{rows:?}");
+    assert_eq!(sum(&rows, "prompt_tokens") as u64, stats.prompt_tokens);
+    assert_eq!(
+        sum(&rows, "completion_tokens") as u64,
+        stats.completion_tokens
+    );
+    rows
+}
+
+/// Typed results (`--return-type`), online and streamed, each row with
+/// its usage (and, streamed, its time to first token).
+pub async fn typed_results_online_and_streamed(p: &Provider) {
+    for stream in [false, true] {
+        let (f, input, out) = job(SimConfig::default(), 6, 0).await;
+        let mut extra = vec![
+            "--prompt",
+            "{{text}}",
+            "--return-type",
+            "STRUCT<a: INT, b: STRING>",
+        ];
+        if stream {
+            extra.push("--stream");
+        }
+        assert_ok(&p.run(&f, &input, &out, &extra, &[]).await);
+        let rows = read_rows(&out).1;
+        for row in &rows {
+            assert_eq!(
+                row["error_message"],
+                Value::Null,
+                "stream {stream}: {row:?}"
+            );
+            assert!(row["result"]["a"].is_i64(), "stream {stream}: {row:?}");
+            assert!(row["result"]["b"].is_string(), "{row:?}");
+            assert!(row["completion_tokens"].as_i64() > Some(0), "{row:?}");
+            assert!(row["prompt_tokens"].as_i64() > Some(0), "{row:?}");
+            if stream {
+                assert!(row["ttft_ms"].is_i64(), "{row:?}");
+            }
+        }
+        assert_eq!(f.sim.stats().ok, 6);
+    }
+}
+
+/// Streamed replies come to the same rows as whole ones (a system prompt
+/// shared by both runs); returns the streamed rows.
+pub async fn streamed_match_the_unstreamed(p: &Provider) -> Vec<Map<String, Value>> {
+    let (f, input, _, plain) = with_system(p, 5, "1", &[]).await;
+    let system = long_system();
+    let streamed_out = f.path("streamed.parquet");
+    let args = [
+        "--prompt",
+        "{{text}}",
+        "--system",
+        &system,
+        "--concurrency",
+        "1",
+        "--stream",
+    ];
+    assert_ok(&p.run(&f, &input, &streamed_out, &args, &[]).await);
+    let streamed = read_rows(&streamed_out).1;
+    for (a, b) in plain.iter().zip(&streamed) {
+        for column in [
+            "result",
+            "finish_reason",
+            "prompt_tokens",
+            "completion_tokens",
+        ] {
+            assert_eq!(a[column], b[column], "{column}");
+        }
+    }
+    streamed
+}
+
+/// A typed reply cut off, then one that does not fit: repaired twice.
+pub async fn unfit_replies_are_repaired(p: &Provider) {
+    let cfg = SimConfig {
+        truncate_first: 1,
+        mismatch_first: 1,
+        ..SimConfig::default()
+    };
+    let (f, input, out) = job(cfg, 3, 0).await;
+    let extra = [
+        "--prompt",
+        "{{text}}",
+        "--return-type",
+        "STRUCT<a: INT, b: STRING>",
+        "--concurrency",
+        "1",
+        "--max-repairs",
+        "2",
+    ];
+    assert_ok(&p.run(&f, &input, &out, &extra, &[]).await);
+    let rows = read_rows(&out).1;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["error_message"], Value::Null, "row {i}: {row:?}");
+        assert!(row["result"]["a"].is_i64(), "row {i}: {row:?}");
+        assert_eq!(row["repairs"], json!(if i == 0 { 2 } else { 0 }), "row {i}");
+    }
+    assert_eq!(f.sim.stats().ok, 5);
+}
+
+/// Faults of the kinds `faults` (the provider's overloaded, 500, its 429)
+/// on 30% of calls: every row still answered.
+pub async fn faults_are_retried(p: &Provider, faults: &str) {
+    let cfg = SimConfig {
+        fault_rate: 0.3,
+        faults: faults.into(),
+        ..SimConfig::default()
+    };
+    let (f, input, out) = job(cfg, 30, 0).await;
+    assert_ok(
+        &p.run(&f, &input, &out, &["--prompt", "{{text}}"], &[])
+            .await,
+    );
+    let rows = read_rows(&out).1;
+    assert!(
+        rows.iter().all(|r| r["error_message"].is_null()),
+        "{rows:?}"
+    );
+    let stats = f.sim.stats();
+    assert!(stats.faults_injected > 0);
+    assert_eq!(stats.ok, 30);
+}
+
+/// A wrong key stops the job early (exit 1), naming the variable and
+/// saying what the provider said (`said`), never the key; returns the
+/// fixture for the provider's own checks.
+pub async fn a_wrong_key_stops_the_job(p: &Provider, wrong: &str, said: &str) -> Fixture {
+    let (f, input, out) = job(SimConfig::default(), 40, 0).await;
+    let extra = ["--prompt", "{{text}}", "--concurrency", "2"];
+    let o = p.run(&f, &input, &out, &extra, &[(p.key_var, wrong)]).await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(p.key_var) && err.contains(said), "{err}");
+    assert!(!err.contains(wrong), "{err}");
+    assert!(f.sim.stats().requests < 40, "the job stopped early");
+    f
+}
+
+/// No `--model`, or no key in the provider's variables (`vars`), is found
+/// before anything is sent (exit 2), and so is a task the provider has no
+/// API for.
+pub async fn what_is_missing_is_found_before_anything_is_sent(
+    p: &Provider,
+    vars: &[&str],
+    no_api_for: &str,
+) {
+    let (f, input, out) = job(SimConfig::default(), 3, 0).await;
+    let base = f.sim.base_url();
+    let mut args = run_io(&input, &out, p.endpoint);
+    args.extend(["-q", "--base-url", &base, "--prompt", "{{text}}"]);
+    let no_model = f.aiq(&args, &[(p.key_var, TOKEN)]).await;
+    assert_eq!(code(&no_model), 2, "{}", stderr(&no_model));
+    assert!(
+        stderr(&no_model).contains("--model"),
+        "{}",
+        stderr(&no_model)
+    );
+    args.extend(["--model", p.model]);
+    let no_key = f.aiq(&args, &[]).await;
+    assert_eq!(code(&no_key), 2, "{}", stderr(&no_key));
+    for var in vars {
+        assert!(stderr(&no_key).contains(var), "{}", stderr(&no_key));
+    }
+    let other = [&args[..], &["--task", no_api_for]].concat();
+    let o = f.aiq(&other, &[(p.key_var, TOKEN)]).await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert_eq!(f.sim.stats().requests, 0);
+}
