@@ -32,7 +32,7 @@ macro_rules! with_call_settings {
                 /// Where to send requests: a Databricks serving endpoint name
                 /// (`databricks:NAME` for one named like a provider), an
                 /// OpenAI-compatible base URL (http(s)://host/v1), a provider
-                /// (`anthropic`, `openai`, `azure`), or `simulator` for the built-in
+                /// (`anthropic`, `gemini`, `openai`, `azure`), or `simulator` for the built-in
                 /// simulator. `aiq sql`: the endpoint of the task functions
                 /// (ai_classify, ai_summarize, ...); ai_query names its own.
                 #[arg(long, value_name = "NAME|URL")]
@@ -79,7 +79,7 @@ macro_rules! with_call_settings {
 
                 /// Environment variable holding the API key [default:
                 /// OPENAI_API_KEY; for --endpoint anthropic ANTHROPIC_API_KEY, azure
-                /// AZURE_OPENAI_API_KEY].
+                /// AZURE_OPENAI_API_KEY, gemini GOOGLE_API_KEY else GEMINI_API_KEY].
                 #[arg(long, value_name = "NAME")]
                 api_key_env: Option<String>,
 

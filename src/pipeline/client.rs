@@ -40,8 +40,8 @@ use crate::provider::endpoint::Endpoint;
 use crate::provider::limit::{Limiter, Ticket};
 use crate::provider::reply::{body_fault, split_usage, Reply, RowReply, Shape};
 use crate::provider::retry::{
-    certificate_problem, classify_body_fault, classify_status, maybe_billed, retry_after, Failure,
-    Lost, Pacing, RetryAction, RetryPolicy,
+    certificate_problem, classify, classify_body_fault, classify_status, maybe_billed, retry_after,
+    Failure, Lost, Pacing, RetryAction, RetryPolicy,
 };
 use crate::provider::stream;
 use crate::provider::wire;
@@ -147,7 +147,12 @@ impl Client {
         shape: Shape,
         stream: bool,
     ) -> crate::error::Result<Client> {
-        let post = post_to(&http, &endpoint, &endpoint.url)?;
+        // Gemini streams from another method than it answers whole.
+        let url = match stream {
+            true => endpoint.dialect.stream_url(&endpoint.url),
+            false => endpoint.url.clone(),
+        };
+        let post = post_to(&http, &endpoint, &url)?;
         Ok(Client {
             scrub: endpoint.credentials.scrubber(),
             http,
@@ -246,7 +251,8 @@ impl Client {
                     // Refused credentials: say which were sent (the
                     // variable, not the secret), the usual cause being an
                     // unset or wrong variable.
-                    Some(401 | 403) => format!(
+                    // (Gemini refuses a key with a 400.)
+                    Some(400 | 401 | 403) => format!(
                         "{} refused the job: {} (credentials sent: {})",
                         self.endpoint.label, e.message, self.endpoint.credentials_from
                     ),
@@ -452,13 +458,29 @@ impl Client {
             .await
             .map_err(transport_error)?;
         let status = response.status();
-        // Borrowed, not cloned: a header map copy per reply showed in profiles.
-        let headers = response.headers();
-        let after = retry_after(headers);
-        self.limiter
-            .observe(headers, status.as_u16(), after, ticket);
-        if !status.is_success() {
-            let action = classify_status(status, headers);
+        if status.is_success() {
+            // Borrowed, not cloned: a header map copy per reply showed in profiles.
+            let headers = response.headers();
+            let after = retry_after(headers);
+            self.limiter
+                .observe(headers, status.as_u16(), after, ticket);
+        } else {
+            let (parts, body) = response.into_parts();
+            let headers = &parts.headers;
+            // Some providers say in the body what the status does not
+            // (Gemini's refused key, its retry delay): classified with it.
+            let (head, len) = match status.is_redirection() {
+                true => (Bytes::new(), wire::BodyLen::Exact(0)),
+                false => wire::error_body(headers, body).await,
+            };
+            let head = self.scrub.bytes(head);
+            let action = classify(self.endpoint.dialect, status, headers, &head);
+            let after = match &action {
+                RetryAction::Retry { after, .. } => *after,
+                _ => retry_after(headers),
+            };
+            self.limiter
+                .observe(headers, status.as_u16(), after, ticket);
             if status.as_u16() == 429 {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             }
@@ -485,7 +507,7 @@ impl Client {
                 format!(
                     "HTTP {}: {}",
                     status.as_u16(),
-                    self.error_text(response).await
+                    wire::error_message_of(&head, len)
                 )
             };
             return Err(AttemptError {
@@ -511,15 +533,6 @@ impl Client {
                 })
             }),
         }
-    }
-
-    /// The message of an error reply: the start of its body
-    /// ([`wire::error_body`]), secrets hidden, cut to
-    /// [`wire::MAX_SERVER_MESSAGE`].
-    async fn error_text(&self, response: Response<Incoming>) -> String {
-        let (parts, body) = response.into_parts();
-        let (head, len) = wire::error_body(&parts.headers, body).await;
-        wire::error_message_of(&self.scrub.bytes(head), len)
     }
 }
 

@@ -882,7 +882,7 @@ impl BodyBuilder {
         for (k, v) in &self.spec.params {
             body.insert(k.clone(), v.clone());
         }
-        Value::Object(body)
+        Value::Object(self.spec.dialect.embedding_request(body))
     }
 
     /// Parameters and streaming flags shared by chat and completions.

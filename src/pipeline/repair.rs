@@ -16,11 +16,12 @@
 //! still unfit after its repairs keeps the last error, with what to do when
 //! the answer was cut off: raise `max_tokens`.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::pipeline::client::{Abort, Client, Sent};
 use crate::pipeline::outcome::Outcome;
 use crate::pipeline::render::Call;
+use crate::provider::dialect::Dialect;
 use crate::provider::wire::Task;
 
 /// The smallest `max_tokens` a repair of a cut-off answer asks for.
@@ -85,7 +86,7 @@ async fn repair(
 ) -> Result<Outcome, Abort> {
     for n in 1..=max_repairs {
         let unfit = Unfit::of(&outcome);
-        let reserve = amend(&mut body, &unfit, &outcome);
+        let reserve = amend(client.endpoint().dialect, &mut body, &unfit, &outcome);
         let bytes = serde_json::to_vec(&Value::Object(body.clone())).unwrap_or_default();
         let est_prompt_tokens = call.est_prompt_tokens
             + match &unfit {
@@ -149,29 +150,24 @@ fn body_object(call: &Call) -> Option<Map<String, Value>> {
 
 /// Changes `body` into the repair request for `unfit`; returns the output
 /// tokens it may use (for rate limits).
-fn amend(body: &mut Map<String, Value>, unfit: &Unfit, last: &Outcome) -> u64 {
-    let key = if body.contains_key("max_completion_tokens") {
-        "max_completion_tokens"
-    } else {
-        "max_tokens"
-    };
-    let current = body.get(key).and_then(Value::as_u64);
+/// The body is in the endpoint's `dialect`, which says where its cap and
+/// its turns are.
+fn amend(dialect: Dialect, body: &mut Map<String, Value>, unfit: &Unfit, last: &Outcome) -> u64 {
+    let current = dialect.max_tokens(body);
     match unfit {
         Unfit::CutOff => {
             let raised = raised_max_tokens(current, last.usage.completion_tokens.max(0) as u64);
-            body.insert(key.into(), json!(raised));
+            dialect.set_max_tokens(body, raised);
             raised
         }
         Unfit::Mismatch(error) => {
-            if let Some(Value::Array(messages)) = body.get_mut("messages") {
-                messages.push(json!({
-                    "role": "user",
-                    "content": format!(
-                        "Your previous answer did not match the required JSON schema: {error}. \
-                         Answer again with only a JSON document that matches the schema."
-                    ),
-                }));
-            }
+            dialect.push_user_turn(
+                body,
+                format!(
+                    "Your previous answer did not match the required JSON schema: {error}. \
+                     Answer again with only a JSON document that matches the schema."
+                ),
+            );
             current.unwrap_or(crate::pipeline::render::DEFAULT_OUTPUT_RESERVE)
         }
     }
@@ -188,6 +184,7 @@ pub fn raised_max_tokens(current: Option<u64>, used: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn cut_off_answers_get_more_room_and_mismatches_the_error() {
@@ -209,7 +206,7 @@ mod tests {
             json!({"messages": [{"role": "user", "content": "q"}], "max_tokens": 60}),
         )
         .unwrap();
-        assert_eq!(amend(&mut body, &Unfit::CutOff, &cut), 120);
+        assert_eq!(amend(Dialect::OpenAi, &mut body, &Unfit::CutOff, &cut), 120);
         assert_eq!(body["max_tokens"], json!(120));
         assert_eq!(body["messages"].as_array().unwrap().len(), 1);
 
@@ -220,7 +217,7 @@ mod tests {
         };
         let unfit = Unfit::of(&wrong);
         assert_eq!(unfit, Unfit::Mismatch("result.a: expected INT".into()));
-        amend(&mut body, &unfit, &wrong);
+        amend(Dialect::OpenAi, &mut body, &unfit, &wrong);
         let messages = body["messages"].as_array().unwrap();
         assert_eq!(messages.len(), 2);
         assert!(messages[1]["content"]

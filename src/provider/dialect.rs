@@ -1,6 +1,6 @@
 //! Dialects: the one place that says how the providers aiq speaks to
 //! differ on the wire. Each provider with a wire of its own has a module
-//! (`anthropic.rs`; Gemini, Azure and Bedrock slot in beside it), and
+//! (`anthropic.rs`, `gemini.rs`; Azure and Bedrock slot in beside them), and
 //! [`Dialect`] dispatches to it; the pipeline only ever calls these
 //! methods, so it never knows which provider it talks to.
 //!
@@ -27,9 +27,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::provider::anthropic;
-use crate::provider::azure;
-use crate::provider::wire::{ChatResponse, Task};
+use crate::provider::wire::{ChatResponse, EmbeddingResponse, Task};
+use crate::provider::{anthropic, azure, gemini};
 
 /// The wire an endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +42,8 @@ pub enum Dialect {
     /// Azure OpenAI: OpenAI's wire at a deployment's URL, with Azure's
     /// credentials ([`azure`]).
     Azure,
+    /// Google's Gemini API: `POST {base}/v1beta/models/{model}:generateContent`.
+    Gemini,
 }
 
 /// Where a provider named by `--endpoint` is and how it takes a key, when
@@ -66,6 +67,7 @@ impl fmt::Display for Dialect {
             Dialect::OpenAi => "OpenAI",
             Dialect::Anthropic => "Anthropic",
             Dialect::Azure => "Azure OpenAI",
+            Dialect::Gemini => "Gemini",
         })
     }
 }
@@ -75,6 +77,7 @@ impl Dialect {
     pub fn named(name: &str) -> Option<Dialect> {
         match name {
             "anthropic" => Some(Dialect::Anthropic),
+            "gemini" => Some(Dialect::Gemini),
             "openai" => Some(Dialect::OpenAi),
             "azure" => Some(Dialect::Azure),
             _ => None,
@@ -88,6 +91,7 @@ impl Dialect {
             Dialect::OpenAi => "openai",
             Dialect::Anthropic => "anthropic",
             Dialect::Azure => "azure",
+            Dialect::Gemini => "gemini",
         }
     }
 
@@ -109,6 +113,12 @@ impl Dialect {
                 key_vars: &[anthropic::KEY_VAR],
                 key_header: Some(anthropic::KEY_HEADER),
             }),
+            Dialect::Gemini => Some(Native {
+                base_url: gemini::DEFAULT_BASE_URL,
+                base_url_var: Some(gemini::BASE_URL_VAR),
+                key_vars: gemini::KEY_VARS,
+                key_header: Some(gemini::KEY_HEADER),
+            }),
         }
     }
 
@@ -117,13 +127,15 @@ impl Dialect {
         match self {
             Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => true,
             Dialect::Anthropic => task == Task::Chat,
+            Dialect::Gemini => task != Task::Completions,
         }
     }
 
-    /// The URL of `task`'s API under `base` (no trailing slash). A
-    /// Databricks endpoint has one URL for every task: the body says what
-    /// it is ([`crate::provider::endpoint::Endpoint::databricks`]).
-    pub fn url(self, base: &str, task: Task) -> String {
+    /// The URL of `task`'s API under `base` (no trailing slash) for
+    /// `model` (Gemini names it in the path). A Databricks endpoint has one
+    /// URL for every task: the body says what it is
+    /// ([`crate::provider::endpoint::Endpoint::databricks`]).
+    pub fn url(self, base: &str, task: Task, model: &str) -> String {
         match self {
             Dialect::Databricks | Dialect::OpenAi => {
                 let route = match task {
@@ -137,15 +149,25 @@ impl Dialect {
             // The route goes before the base's `?api-version=…`.
             Dialect::Azure => {
                 let (path, query) = azure::split_query(base);
-                format!("{}{query}", Dialect::OpenAi.url(path, task))
+                format!("{}{query}", Dialect::OpenAi.url(path, task, model))
             }
+            Dialect::Gemini => gemini::url(base, task, model, false),
+        }
+    }
+
+    /// The URL a streamed call goes to, from the call's [`Dialect::url`]:
+    /// the same but for Gemini, which streams from another method.
+    pub fn stream_url(self, url: &str) -> String {
+        match self {
+            Dialect::Gemini => gemini::stream_url(url),
+            _ => url.to_string(),
         }
     }
 
     /// Fixed headers every request carries, besides the credentials.
     pub fn headers(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => &[],
+            Dialect::Databricks | Dialect::OpenAi | Dialect::Azure | Dialect::Gemini => &[],
             Dialect::Anthropic => anthropic::HEADERS,
         }
     }
@@ -155,6 +177,60 @@ impl Dialect {
         match self {
             Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => body,
             Dialect::Anthropic => anthropic::request(body),
+            Dialect::Gemini => gemini::request(body),
+        }
+    }
+
+    /// An embeddings body as aiq lays it out (OpenAI's `input`) in this
+    /// dialect.
+    pub fn embedding_request(self, body: Map<String, Value>) -> Map<String, Value> {
+        match self {
+            Dialect::Gemini => gemini::embed_request(body),
+            _ => body,
+        }
+    }
+
+    /// A successful embeddings reply in the OpenAI shape aiq reads.
+    pub fn embedding_reply(self, body: &[u8]) -> Result<EmbeddingResponse, String> {
+        match self {
+            Dialect::Gemini => gemini::embed_reply(body),
+            _ => serde_json::from_slice(body).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The output-token cap a chat body of this dialect sets, if any.
+    pub fn max_tokens(self, body: &Map<String, Value>) -> Option<u64> {
+        match self {
+            Dialect::Gemini => gemini::max_output_tokens(body),
+            _ => ["max_completion_tokens", "max_tokens"]
+                .iter()
+                .find_map(|k| body.get(*k).and_then(Value::as_u64)),
+        }
+    }
+
+    /// Sets a chat body's output-token cap (a repair of a cut-off answer).
+    pub fn set_max_tokens(self, body: &mut Map<String, Value>, n: u64) {
+        match self {
+            Dialect::Gemini => gemini::set_max_output_tokens(body, n),
+            _ => {
+                let key = match body.contains_key("max_completion_tokens") {
+                    true => "max_completion_tokens",
+                    false => "max_tokens",
+                };
+                body.insert(key.into(), Value::from(n));
+            }
+        }
+    }
+
+    /// Adds a user turn to a chat body (a repair's correction).
+    pub fn push_user_turn(self, body: &mut Map<String, Value>, text: String) {
+        match self {
+            Dialect::Gemini => gemini::push_user_turn(body, text),
+            _ => {
+                if let Some(Value::Array(messages)) = body.get_mut("messages") {
+                    messages.push(serde_json::json!({"role": "user", "content": text}));
+                }
+            }
         }
     }
 
@@ -165,6 +241,7 @@ impl Dialect {
                 serde_json::from_slice(body).map_err(|e| e.to_string())
             }
             Dialect::Anthropic => anthropic::reply(body),
+            Dialect::Gemini => gemini::reply(body),
         }
     }
 }
@@ -197,11 +274,15 @@ mod tests {
     #[test]
     fn urls_per_dialect() {
         assert_eq!(
-            Dialect::Anthropic.url("http://h", Task::Chat),
+            Dialect::Anthropic.url("http://h", Task::Chat, "m"),
             "http://h/v1/messages"
         );
         assert_eq!(
-            Dialect::OpenAi.url("http://h/v1", Task::Embeddings),
+            Dialect::Gemini.stream_url(&Dialect::Gemini.url("http://h", Task::Chat, "g")),
+            "http://h/v1beta/models/g:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(
+            Dialect::OpenAi.url("http://h/v1", Task::Embeddings, "m"),
             "http://h/v1/embeddings"
         );
         assert_eq!(Dialect::named("anthropic"), Some(Dialect::Anthropic));
@@ -210,12 +291,13 @@ mod tests {
         assert_eq!(
             Dialect::Azure.url(
                 "http://h/openai/deployments/d?api-version=2024-10-21",
-                Task::Chat
+                Task::Chat,
+                "d"
             ),
             "http://h/openai/deployments/d/chat/completions?api-version=2024-10-21"
         );
         assert_eq!(
-            Dialect::Azure.url("http://h/openai/v1", Task::Embeddings),
+            Dialect::Azure.url("http://h/openai/v1", Task::Embeddings, "d"),
             "http://h/openai/v1/embeddings"
         );
     }

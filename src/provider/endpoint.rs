@@ -2,7 +2,7 @@
 //!
 //! `--endpoint` takes a Databricks serving endpoint name (`databricks:NAME`
 //! for one named like a provider), an OpenAI-compatible base URL, a
-//! provider's name (`anthropic`, `openai`; `--base-url` overrides where it
+//! provider's name (`anthropic`, `gemini`, `openai`; `--base-url` overrides where it
 //! is), or `simulator`. This module turns that into a full URL for the
 //! job's task and the credentials to send; how providers differ on the
 //! wire is [`crate::provider::dialect`]'s business. [`resolve`] is the one place a
@@ -150,7 +150,7 @@ impl Target {
                 api_version,
             }),
             other => Err(Error::Config(format!(
-                "--base-url applies to --endpoint anthropic, openai or azure, not to {other}; \
+                "--base-url applies to --endpoint anthropic, gemini, openai or azure, not to {other}; \
                  give an OpenAI-compatible URL as the --endpoint itself"
             ))),
         }
@@ -278,7 +278,7 @@ fn native(
     };
     Ok(Endpoint {
         dialect,
-        url: dialect.url(&base, task),
+        url: dialect.url(&base, task, model.unwrap_or_default()),
         label: format!("the {dialect} API at {base}"),
         name: model.unwrap_or_default().to_string(),
         credentials,
@@ -323,7 +323,7 @@ fn azure_endpoint(
     let (credentials, from) = azure::credentials(api_key_env, env)?;
     Ok(Endpoint {
         dialect: Dialect::Azure,
-        url: Dialect::Azure.url(&base, task),
+        url: Dialect::Azure.url(&base, task, deployment),
         label: format!(
             "the Azure OpenAI deployment `{deployment}` at {}",
             redact_url(&base)
@@ -496,7 +496,7 @@ impl Endpoint {
         let base = base_url.trim_end_matches('/');
         Endpoint {
             dialect: Dialect::OpenAi,
-            url: Dialect::OpenAi.url(base, task),
+            url: Dialect::OpenAi.url(base, task, model.unwrap_or_default()),
             base: Some(base.to_string()),
             label: format!("OpenAI-compatible endpoint {base}"),
             name: model.unwrap_or_default().to_string(),
@@ -510,7 +510,7 @@ impl Endpoint {
     /// one URL for every task: the body says what it is.
     pub fn url_for(&self, task: Option<Task>) -> std::borrow::Cow<'_, str> {
         match (task, &self.base) {
-            (Some(task), Some(base)) => self.dialect.url(base, task).into(),
+            (Some(task), Some(base)) => self.dialect.url(base, task, &self.name).into(),
             _ => self.url.as_str().into(),
         }
     }

@@ -1,7 +1,7 @@
 //! The wire to model servers. [`endpoint`] resolves `--endpoint` to a URL
 //! and credentials ([`auth`]); [`dialect`] is the one place that knows how
 //! providers' wires differ (a module per provider with a wire of its own:
-//! [`anthropic`]), [`quirks`] how bodies differ by model; [`wire`],
+//! [`anthropic`], [`gemini`]), [`quirks`] how bodies differ by model; [`wire`],
 //! [`reply`] and [`stream`] are the request and reply formats; [`retry`] classifies failures and [`limit`] paces calls
 //! to the server's rate limits. The client and the simulator share these.
 
@@ -12,6 +12,7 @@ pub mod azure;
 pub mod batch_api;
 pub mod dialect;
 pub mod endpoint;
+pub mod gemini;
 pub mod limit;
 pub mod quirks;
 pub mod reply;

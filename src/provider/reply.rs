@@ -92,7 +92,10 @@ impl Shape {
                 })
             }
             Task::Embeddings => {
-                let r: EmbeddingResponse = decode(body)?;
+                let r: EmbeddingResponse = self
+                    .dialect
+                    .embedding_reply(body)
+                    .map_err(|e| format!("unexpected reply ({e}): {}", head(body)))?;
                 let mut data = r.data;
                 data.sort_by_key(|d| d.index);
                 let expected = if self.similarity { 2 } else { rows };

@@ -13,6 +13,8 @@ use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 
+use crate::provider::dialect::Dialect;
+use crate::provider::gemini;
 use crate::provider::reply::BodyFault;
 
 /// How many times and how patiently a call is retried.
@@ -129,6 +131,51 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> RetryAction {
         // A redirect the client did not follow meets every call alike.
         300..=399 => RetryAction::Abort,
         _ => RetryAction::RowError,
+    }
+}
+
+/// Classify an error reply of an endpoint speaking `dialect`: the status
+/// table above, with what each provider says beside its status read from
+/// the body (`head`, the start of it). The one place retries are decided.
+pub fn classify(
+    dialect: Dialect,
+    status: StatusCode,
+    headers: &HeaderMap,
+    head: &[u8],
+) -> RetryAction {
+    match dialect {
+        Dialect::Gemini => classify_gemini(status, headers, head),
+        Dialect::Databricks | Dialect::OpenAi | Dialect::Anthropic | Dialect::Azure => {
+            classify_status(status, headers)
+        }
+    }
+}
+
+/// Gemini's table (`{"error":{"code","message","status","details"}}`):
+/// - a key Google does not take is a 400 `INVALID_ARGUMENT` whose
+///   `google.rpc.ErrorInfo` reason is `API_KEY_INVALID`: the job stops, as
+///   for a 401;
+/// - `FAILED_PRECONDITION` (400: the API is not offered where the caller
+///   is, or billing is off) meets every call alike: the job stops;
+/// - a 429 `RESOURCE_EXHAUSTED` says when to come back in a
+///   `google.rpc.RetryInfo` `retryDelay` (no `Retry-After`): honoured;
+/// - 500 `INTERNAL`, 503 `UNAVAILABLE` (overloaded) and 504
+///   `DEADLINE_EXCEEDED` are retried by the status table; other 400s are
+///   the row's.
+pub fn classify_gemini(status: StatusCode, headers: &HeaderMap, head: &[u8]) -> RetryAction {
+    let details = gemini::ErrorDetails::of(head);
+    if details.key_refused() || details.status.as_deref() == Some("FAILED_PRECONDITION") {
+        return RetryAction::Abort;
+    }
+    match classify_status(status, headers) {
+        RetryAction::Retry {
+            after,
+            rate_limited,
+        } => RetryAction::Retry {
+            after: after.or(details.retry_delay),
+            rate_limited,
+        },
+        other => other,
     }
 }
 
@@ -357,6 +404,47 @@ pub(crate) mod tests {
         for s in [400, 413, 422] {
             assert_eq!(retry(s), RetryAction::RowError, "{s}");
         }
+    }
+
+    #[test]
+    fn gemini_says_in_the_body_what_its_status_does_not() {
+        let h = HeaderMap::new();
+        let gemini = |status: u16, body: &str| {
+            classify(
+                Dialect::Gemini,
+                StatusCode::from_u16(status).unwrap(),
+                &h,
+                body.as_bytes(),
+            )
+        };
+        let key = r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
+        assert_eq!(gemini(400, key), RetryAction::Abort);
+        // The same body to another dialect is a row's bad request.
+        assert_eq!(
+            classify(Dialect::OpenAi, StatusCode::BAD_REQUEST, &h, key.as_bytes()),
+            RetryAction::RowError
+        );
+        let place = r#"{"error":{"code":400,"message":"User location is not supported for the API use.","status":"FAILED_PRECONDITION"}}"#;
+        assert_eq!(gemini(400, place), RetryAction::Abort);
+        let bad = r#"{"error":{"code":400,"message":"Invalid JSON payload","status":"INVALID_ARGUMENT"}}"#;
+        assert_eq!(gemini(400, bad), RetryAction::RowError);
+        let limit = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"2.5s"}]}}"#;
+        assert_eq!(
+            gemini(429, limit),
+            RetryAction::Retry {
+                after: Some(Duration::from_millis(2500)),
+                rate_limited: true
+            }
+        );
+        let busy =
+            r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#;
+        assert!(matches!(
+            gemini(503, busy),
+            RetryAction::Retry {
+                rate_limited: false,
+                ..
+            }
+        ));
     }
 
     #[test]

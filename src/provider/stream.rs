@@ -17,12 +17,13 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::provider::anthropic;
 use crate::provider::auth::Scrubber;
 use crate::provider::dialect::Dialect;
 use crate::provider::reply::{Reply, RowReply, Shape};
 use crate::provider::usage::Usage;
+use crate::provider::wire::ChatResponse;
 use crate::provider::wire::{self, WireUsage};
+use crate::provider::{anthropic, gemini};
 
 #[derive(Debug)]
 pub enum StreamError {
@@ -82,8 +83,14 @@ pub async fn read_timed(
     scrub: &Scrubber,
 ) -> Result<(Reply, Timing), StreamError> {
     let mut events = http_body_util::BodyDataStream::new(response.into_body()).eventsource();
-    if shape.dialect == Dialect::Anthropic {
-        return read_anthropic(&mut events, shape, sent, scrub).await;
+    match shape.dialect {
+        Dialect::Anthropic => {
+            return read_folded::<anthropic::Streamed, _, _>(&mut events, shape, sent, scrub).await
+        }
+        Dialect::Gemini => {
+            return read_folded::<gemini::Streamed, _, _>(&mut events, shape, sent, scrub).await
+        }
+        Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => {}
     }
     let mut text = String::new();
     let mut finish_reason = None;
@@ -144,9 +151,68 @@ pub async fn read_timed(
     ))
 }
 
-/// An Anthropic Messages stream ([`anthropic::stream_event`] folds each
-/// event) to the end.
-async fn read_anthropic<S, E>(
+/// A provider's stream of whole events, folded into one reply: Anthropic's
+/// Messages events ([`anthropic::stream_event`]), Gemini's chunks
+/// ([`gemini::stream_event`]).
+trait Fold: Default {
+    /// Folds one event's JSON: the answer's text it added, or an error
+    /// event's body.
+    fn event(&mut self, data: &Value) -> Result<Option<String>, Value>;
+    /// No more events are to come, whatever the connection does.
+    fn done(&self) -> bool;
+    /// The reply is complete (its end was said).
+    fn finished(&self) -> bool;
+    fn into_response(self) -> ChatResponse;
+    /// The HTTP status an error event stands for.
+    fn error_status(error: &Value) -> u16;
+}
+
+impl Fold for anthropic::Streamed {
+    fn event(&mut self, data: &Value) -> Result<Option<String>, Value> {
+        anthropic::stream_event(self, data).map(|e| match e {
+            anthropic::Event::Text(piece) => Some(piece),
+            anthropic::Event::Other => None,
+        })
+    }
+    fn done(&self) -> bool {
+        self.done
+    }
+    fn finished(&self) -> bool {
+        anthropic::Streamed::finished(self)
+    }
+    fn into_response(self) -> ChatResponse {
+        anthropic::Streamed::into_response(self)
+    }
+    fn error_status(error: &Value) -> u16 {
+        let kind = error.pointer("/error/type").and_then(Value::as_str);
+        kind.and_then(anthropic::error_status).unwrap_or(500)
+    }
+}
+
+impl Fold for gemini::Streamed {
+    fn event(&mut self, data: &Value) -> Result<Option<String>, Value> {
+        gemini::stream_event(self, data)
+    }
+    fn done(&self) -> bool {
+        false
+    }
+    fn finished(&self) -> bool {
+        gemini::Streamed::finished(self)
+    }
+    fn into_response(self) -> ChatResponse {
+        gemini::Streamed::into_response(self)
+    }
+    fn error_status(error: &Value) -> u16 {
+        error
+            .pointer("/error/code")
+            .and_then(Value::as_u64)
+            .and_then(|c| u16::try_from(c).ok())
+            .unwrap_or(500)
+    }
+}
+
+/// A stream of whole events (see [`Fold`]) to the end.
+async fn read_folded<F: Fold, S, E>(
     events: &mut S,
     shape: &Shape,
     sent: Instant,
@@ -156,14 +222,14 @@ where
     S: futures::Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let mut state = anthropic::Streamed::default();
+    let mut state = F::default();
     let mut timing = Timing::default();
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| StreamError::Transport(format!("stream broke: {e}")))?;
         let data: Value = serde_json::from_str(&event.data)
             .map_err(|e| StreamError::Reply(format!("unreadable stream event ({e})")))?;
-        match anthropic::stream_event(&mut state, &data) {
-            Ok(anthropic::Event::Text(piece)) if !piece.is_empty() => {
+        match state.event(&data) {
+            Ok(Some(piece)) if !piece.is_empty() => {
                 let now = sent.elapsed();
                 timing.first.get_or_insert(now);
                 timing.last = Some(now);
@@ -171,16 +237,14 @@ where
             }
             Ok(_) => {}
             Err(error) => {
-                let kind = error.pointer("/error/type").and_then(Value::as_str);
-                let status = kind.and_then(anthropic::error_status).unwrap_or(500);
                 let message = wire::error_message(error.to_string().as_bytes());
                 return Err(StreamError::Server {
-                    status,
+                    status: F::error_status(&error),
                     message: scrub.text(&message).into_owned(),
                 });
             }
         }
-        if state.done {
+        if state.done() {
             break;
         }
     }

@@ -1,11 +1,116 @@
 //! Google's Gemini API: the simulator against the official `google-genai`
 //! Python SDK (if the SDK accepts the simulator's replies and the simulator
-//! its requests, the simulator speaks the real wire).
+//! its requests, the simulator speaks the real wire), then `--endpoint
+//! gemini` against the simulator as it would talk to Google: every row,
+//! usage and cache columns, typed results, streaming, embeddings, Google's
+//! errors and limits, a wrong or missing key stopping the job early.
 
 use aiq::simulator::{SimConfig, Simulator};
 use serde_json::json;
 
-use super::util::{python_sdk, Fixture, TOKEN};
+use super::native::{self, sum, GEMINI};
+use super::util::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_row_is_answered_with_gemini_usage_and_implicit_caching() {
+    // The shared prefix comes first, so Google's implicit cache serves it
+    // to the rows after the first ones, and Gemini bills no cache writes.
+    let rows = native::every_row_with_cache_columns(&GEMINI).await;
+    assert_eq!(sum(&rows, "cache_write_tokens"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_results_come_through_a_json_schema_online_and_streamed() {
+    native::typed_results_online_and_streamed(&GEMINI).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_text_and_usage_match_the_unstreamed() {
+    native::streamed_match_the_unstreamed(&GEMINI).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_replies_that_do_not_fit_are_repaired() {
+    native::unfit_replies_are_repaired(&GEMINI).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overloaded_and_server_errors_are_retried() {
+    native::faults_are_retried(&GEMINI, "503,500,429").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embeddings_go_through_batch_embed_contents() {
+    let (f, input, out) = job(SimConfig::default(), 10, 0).await;
+    let extra = [
+        "--prompt",
+        "{{text}}",
+        "--task",
+        "embeddings",
+        "--batch-size",
+        "4",
+    ];
+    assert_ok(&GEMINI.run(&f, &input, &out, &extra, &[]).await);
+    let rows = read_rows(&out).1;
+    assert_eq!(rows.len(), 10);
+    for row in &rows {
+        assert_eq!(row["result"].as_array().map(Vec::len), Some(16), "{row:?}");
+    }
+    assert_ne!(rows[0]["result"], rows[1]["result"]);
+    // Four rows a call: three calls.
+    assert_eq!(f.sim.stats().requests, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limited_calls_without_retry_after_headers_get_through() {
+    // Google's 429 says when to come back only in its body (RetryInfo),
+    // with no Retry-After and no rate-limit headers.
+    let cfg = SimConfig {
+        rpm: Some(120),
+        burst_seconds: 1.0,
+        ..SimConfig::default()
+    };
+    let (f, input, out) = job(cfg, 8, 0).await;
+    let extra = ["--prompt", "{{text}}", "--concurrency", "4"];
+    assert_ok(&GEMINI.run(&f, &input, &out, &extra, &[]).await);
+    let rows = read_rows(&out).1;
+    assert!(
+        rows.iter().all(|r| r["error_message"].is_null()),
+        "{rows:?}"
+    );
+    let stats = f.sim.stats();
+    assert_eq!(stats.ok, 8);
+    assert!(stats.rate_limited > 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_key_stops_the_job_naming_the_variable_and_googles_message() {
+    // Google answers 400 INVALID_ARGUMENT (reason API_KEY_INVALID), not 401.
+    let said = "API key not valid";
+    let f = native::a_wrong_key_stops_the_job(&GEMINI, "AIza-WRONG-key-123456", said).await;
+    assert!(f.sim.gemini_stats().bad_keys >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_is_missing_is_found_before_anything_is_sent() {
+    let vars = ["GEMINI_API_KEY", "GOOGLE_API_KEY"];
+    native::what_is_missing_is_found_before_anything_is_sent(&GEMINI, &vars, "completions").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdks_variables_are_read() {
+    // GOOGLE_API_KEY and GOOGLE_GEMINI_BASE_URL, as Google's SDKs read them.
+    let (f, input, out) = job(SimConfig::default(), 3, 0).await;
+    let base = f.sim.base_url();
+    let mut args = run_io(&input, &out, "gemini");
+    args.extend(["-q", "--model", "gemini-sim", "--prompt", "{{text}}"]);
+    let envs = [
+        ("GOOGLE_API_KEY", TOKEN),
+        ("GOOGLE_GEMINI_BASE_URL", base.as_str()),
+    ];
+    assert_ok(&f.aiq(&args, &envs).await);
+    assert_eq!(f.sim.stats().ok, 3);
+}
 
 /// generate_content (system instruction, typed JSON by schema and by JSON
 /// schema, thinking), streaming, embed_content, caches, batches, a wrong

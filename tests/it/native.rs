@@ -1,4 +1,4 @@
-//! What every provider reached by name (`--endpoint anthropic`, ...)
+//! What every provider reached by name (`--endpoint anthropic`, `gemini`)
 //! must do alike against the simulator's copy of its API, written once:
 //! each provider's module calls these with its [`Provider`] and adds what
 //! is its own (cache columns, its errors, its batch API).
@@ -23,6 +23,12 @@ pub const ANTHROPIC: Provider = Provider {
     endpoint: "anthropic",
     key_var: "ANTHROPIC_API_KEY",
     model: "claude-sim",
+};
+
+pub const GEMINI: Provider = Provider {
+    endpoint: "gemini",
+    key_var: "GEMINI_API_KEY",
+    model: "gemini-sim",
 };
 
 impl Provider {

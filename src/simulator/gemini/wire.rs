@@ -123,11 +123,7 @@ pub fn duration(d: Duration) -> String {
     format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
 }
 
-/// Reads a protobuf `Duration` ("300s", "1.5s").
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let secs: f64 = s.strip_suffix('s')?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
-}
+pub use crate::provider::gemini::parse_duration;
 
 /// `obj[camel]`, or its snake_case spelling.
 pub fn field<'a>(obj: &'a Map<String, Value>, camel: &str) -> Option<&'a Value> {
