@@ -89,6 +89,37 @@ def _arrow(data: Any) -> tuple[Any, str, Optional[int]]:
     return data, f"<{label}>", rows if isinstance(rows, int) else None
 
 
+# What `run` can return without `output`: `as_=` names one; by default the
+# caller's own kind comes back.
+_RETURN_KINDS = ("arrow", "pandas", "polars")
+
+
+def _kind_of(data: Any) -> str:
+    """The kind `run` returns for `data` by default: pandas for a pandas
+    DataFrame, Polars for a Polars DataFrame, Arrow for everything else."""
+    kind = type(data)
+    package = kind.__module__.split(".")[0]
+    if package in ("pandas", "polars") and kind.__name__ == "DataFrame":
+        return package
+    return "arrow"
+
+
+def _returned(table: Any, kind: str, data: Any) -> Any:
+    """`table` (a pyarrow.Table) as `kind`. A pandas result from pandas
+    data keeps its index: one output row per input row, in input order, so
+    ``df.join(out[["result"]])`` lines up."""
+    if kind == "pandas":
+        frame = table.to_pandas()
+        if _kind_of(data) == "pandas" and len(data.index) == len(frame):
+            frame.index = data.index
+        return frame
+    if kind == "polars":
+        import polars as pl
+
+        return pl.from_arrow(table)
+    return table
+
+
 def _start(
     data: Any,
     job: Optional[PathLike],
@@ -139,6 +170,7 @@ def run(
     restart: bool = False,
     quiet: bool = False,
     credentials: Optional[Mapping[str, str]] = None,
+    as_: Optional[str] = None,
     **settings: Any,
 ) -> Any:
     """Score every row of ``data``: one request per row, one output row per
@@ -150,9 +182,12 @@ def run(
     Parquet or JSONL file; ``None`` takes the job file's ``input``. It is
     read batch by batch.
 
-    Without ``output``, returns a ``pyarrow.Table``: the input columns, then
-    ``result``, ``error_message``, usage and cost columns, as ``aiq run``
-    writes them. With ``output="out.parquet"``, writes that file exactly as
+    Without ``output``, returns the input columns, then ``result``,
+    ``error_message``, usage and cost columns, as ``aiq run`` writes them,
+    in the caller's kind: a ``pandas.DataFrame`` for a pandas DataFrame
+    (with its index), a ``polars.DataFrame`` for a Polars one, a
+    ``pyarrow.Table`` for anything else. ``as_="arrow"``, ``"pandas"`` or
+    ``"polars"`` asks for one kind whatever the input. With ``output="out.parquet"``, writes that file exactly as
     ``aiq run`` does (journaled: the same call again resumes;
     ``restart=True`` discards the journal) and returns a summary dict
     (``rows``, ``ok``, ``failed``, ``null``, ``usage``, ``cost_usd``,
@@ -169,11 +204,16 @@ def run(
     job fails; Ctrl-C raises ``KeyboardInterrupt`` within about two seconds,
     after the calls in flight are journaled when there is an ``output``.
     """
+    if as_ is not None and as_ not in _RETURN_KINDS:
+        raise ConfigError(f"as_={as_!r}: give one of {', '.join(map(repr, _RETURN_KINDS))}")
+    if as_ is not None and output is not None:
+        raise ConfigError("as_= is the kind of the returned table: with output= a summary is returned")
+    kind = as_ or _kind_of(data)
     job_ = _start(data, job, output, restart, quiet, settings, credentials)
     if output is None:
         import pyarrow as pa
 
-        return pa.Table.from_batches(list(job_), schema=job_.schema)
+        return _returned(pa.Table.from_batches(list(job_), schema=job_.schema), kind, data)
     return json.loads(job_.wait())
 
 

@@ -115,9 +115,12 @@ def run(
     restart: bool = False,
     quiet: bool = False,
     credentials: Optional[Mapping[str, str]] = None,
+    as_: Optional[Literal["arrow", "pandas", "polars"]] = None,
     **settings: Unpack[RunSettings],
 ) -> Any:
-    """Score every row of `data`; a pyarrow.Table without `output`, a summary dict with it."""
+    """Score every row of `data`. Without `output`, the table in the caller's kind
+    (pandas in, pandas out with its index; Polars in, Polars out; else a
+    pyarrow.Table), or the kind `as_` names; with `output`, a summary dict."""
 
 def score(
     data: _Data,

@@ -46,7 +46,7 @@ KINDS = {
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_input_kind(kind, reviews):
-    out = aiq.run(KINDS[kind](reviews), batch_rows=8, **SETTINGS)
+    out = aiq.run(KINDS[kind](reviews), batch_rows=8, as_="arrow", **SETTINGS)
     assert isinstance(out, pa.Table)
     assert out.column_names == ["id", "text", *OUTCOME_COLUMNS]
     assert out["id"].to_pylist() == list(range(reviews.num_rows))
@@ -196,3 +196,53 @@ def test_input_columns_cross_the_boundary_without_copies():
     assert len(chunks) == 4
     assert all(c.buffers()[2].address == values for c in chunks)
     assert out["text"].to_pylist() == table["text"].to_pylist()
+
+
+# What run() returns by default for each input kind: the caller's own.
+RETURNED = {
+    "pandas.DataFrame": pd.DataFrame,
+    "polars.DataFrame (__arrow_c_stream__)": pl.DataFrame,
+}
+
+
+def column(out, name):
+    """A column of a pyarrow, pandas or Polars table, as a list."""
+    c = out[name]
+    return c.to_pylist() if isinstance(c, pa.ChunkedArray) else c.to_list()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_callers_kind_comes_back(kind, reviews):
+    out = aiq.run(KINDS[kind](reviews), batch_rows=8, **SETTINGS)
+    assert type(out) is RETURNED.get(kind, pa.Table)
+    assert list(out.columns if not isinstance(out, pa.Table) else out.column_names) == [
+        "id",
+        "text",
+        *OUTCOME_COLUMNS,
+    ]
+    assert column(out, "id") == list(range(reviews.num_rows))
+    assert all(isinstance(r, str) and r for r in column(out, "result"))
+
+
+def test_pandas_keeps_its_index_so_results_join_back(reviews):
+    df = reviews.to_pandas()
+    df.index = [f"r{i}" for i in range(len(df))]
+    out = aiq.run(df[df["id"] % 2 == 0], **SETTINGS)
+    assert list(out.index) == [f"r{i}" for i in range(0, len(df), 2)]
+    joined = df.join(out[["result"]])
+    assert joined["result"].notna().sum() == len(out)
+    assert joined.loc["r4", "result"] == out.loc["r4", "result"]
+
+
+def test_as_asks_for_a_kind_whatever_the_input(reviews):
+    assert isinstance(aiq.run(reviews, as_="pandas", **SETTINGS), pd.DataFrame)
+    assert isinstance(aiq.run(reviews.to_pandas(), as_="polars", **SETTINGS), pl.DataFrame)
+    assert isinstance(aiq.run(pl.from_arrow(reviews), as_="arrow", **SETTINGS), pa.Table)
+    with pytest.raises(aiq.ConfigError, match=r"as_='csv': give one of 'arrow', 'pandas', 'polars'"):
+        aiq.run(reviews, as_="csv", **SETTINGS)
+
+
+def test_as_with_output_is_a_mistake(reviews, tmp_path):
+    with pytest.raises(aiq.ConfigError, match="with output= a summary is returned"):
+        aiq.run(reviews, output=tmp_path / "out.parquet", as_="pandas", **SETTINGS)
+    assert not (tmp_path / "out.parquet").exists()
