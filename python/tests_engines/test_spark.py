@@ -245,3 +245,51 @@ def test_the_example_job_runs_as_written(spark, tmp_path):
         f"echo: Summarize this phone review in one sentence: review {i}" for i in range(12)
     )
     assert os.path.isdir(str(target) + ".calls")
+
+
+def test_the_databricks_nightly_job_scores_new_rows_only(spark, tmp_path):
+    # jobs/databricks/score_table.py, as the scheduled job runs it, against
+    # a catalog table of this session: the first run scores every row, the
+    # next only those added since (and the failed ones).
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "databricks", "score_table.py")
+    spec = importlib.util.spec_from_file_location("score_table", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+
+    def reviews(ids):
+        rows = [(i, "phone", f"review {i}" if i != 3 else "bad [[sim:400]]") for i in ids]
+        return spark.createDataFrame(rows, "id LONG, product STRING, text STRING")
+
+    source, results = "aiq_test_reviews", "aiq_test_reviews_scored"
+    journal = str(tmp_path / "calls")
+    # Managed tables land in the session's warehouse folder (in the current
+    # directory): removed afterwards unless it was there before.
+    import shutil
+    from urllib.parse import urlparse
+
+    warehouse = urlparse(spark.conf.get("spark.sql.warehouse.dir")).path
+    warehouse_was_there = os.path.exists(warehouse)
+    try:
+        reviews(range(6)).write.mode("overwrite").saveAsTable(source)
+        with aiq.Simulator() as sim:
+            argv = ["score_table.py", source, results, sim.url, journal]
+            assert job.main(argv) == 0
+            assert sim.stats()["requests"] == 6
+            reviews(range(6, 9)).write.mode("append").saveAsTable(source)
+            assert job.main(argv) == 0
+            # The three new rows, and the failed one again (it fails again).
+            assert sim.stats()["requests"] == 6 + 3 + 1
+        scored = spark.table(results).collect()
+        answered = sorted(r["id"] for r in scored if r["error_message"] is None)
+        assert answered == [0, 1, 2, 4, 5, 6, 7, 8]
+        assert sorted(r["id"] for r in scored if r["error_message"] is not None) == [3, 3]
+        assert {r["result"] for r in scored if r["id"] == 7} == {
+            "echo: Summarize this phone review in one sentence: review 7"
+        }
+    finally:
+        spark.sql(f"DROP TABLE IF EXISTS {results}")
+        spark.sql(f"DROP TABLE IF EXISTS {source}")
+        if not warehouse_was_there:
+            shutil.rmtree(warehouse, ignore_errors=True)

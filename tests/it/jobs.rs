@@ -126,3 +126,63 @@ fn kubernetes_indexed_job_runs_aiq_per_index() {
     }
     assert_eq!(runs, 1);
 }
+
+/// The bundle's scheduled job (`resources/aiq_nightly.yml`, included by
+/// databricks.yml): a schedule, credentials from a secret scope in the job
+/// cluster's environment (never in parameters), the wheel as a library,
+/// and a script that exists, given every variable it names.
+#[test]
+fn databricks_nightly_job_is_scheduled_with_secret_credentials() {
+    let root = jobs_dir().join("databricks");
+    let bundle = yaml(&root.join("databricks.yml"));
+    assert_eq!(bundle["include"], serde_json::json!(["resources/*.yml"]));
+    let path = root.join("resources/aiq_nightly.yml");
+    let nightly = yaml(&path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Every ${var.x} is declared, here or in databricks.yml.
+    let declared = |name: &str| {
+        nightly["variables"].get(name).is_some() || bundle["variables"].get(name).is_some()
+    };
+    for used in text.split("${var.").skip(1) {
+        let name = used.split('}').next().unwrap();
+        assert!(declared(name), "undeclared variable {name}");
+    }
+    let job = &nightly["resources"]["jobs"]["aiq_nightly_scores"];
+    let schedule = &job["schedule"];
+    assert_eq!(
+        schedule["quartz_cron_expression"]
+            .as_str()
+            .map(|c| c.split(' ').count()),
+        Some(6)
+    );
+    assert_eq!(schedule["pause_status"], "UNPAUSED");
+    let cluster = &job["job_clusters"][0]["new_cluster"];
+    let env = cluster["spark_env_vars"]
+        .as_object()
+        .expect("spark_env_vars");
+    for name in ["DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"] {
+        let value = env[name].as_str().unwrap();
+        assert!(
+            value.starts_with("{{secrets/") && value.ends_with("}}"),
+            "{name}: {value}"
+        );
+    }
+    let task = &job["tasks"][0];
+    assert_eq!(
+        task["job_cluster_key"],
+        job["job_clusters"][0]["job_cluster_key"]
+    );
+    assert!(task["libraries"][0]["whl"]
+        .as_str()
+        .unwrap()
+        .ends_with(".whl"));
+    let script = task["spark_python_task"]["python_file"].as_str().unwrap();
+    assert!(path.parent().unwrap().join(script).is_file(), "{script}");
+    let params = strings(&task["spark_python_task"]["parameters"]);
+    assert_eq!(
+        params.len(),
+        4,
+        "SOURCE_TABLE RESULTS_TABLE ENDPOINT JOURNAL"
+    );
+    assert!(params.iter().all(|p| !p.contains("secrets")), "{params:?}");
+}
