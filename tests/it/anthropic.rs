@@ -7,8 +7,6 @@
 use aiq::simulator::SimConfig;
 use serde_json::json;
 
-use std::path::Path;
-
 use super::native::{self, long_system, sum, ANTHROPIC};
 use super::util::*;
 
@@ -199,92 +197,17 @@ out["listed"] = len(list(client.messages.batches.list(limit=1)))
 print(json.dumps(out))
 "#;
 
-/// Batch mode, polled every 20 ms.
-const BATCH: [&str; 6] = [
-    "--mode",
-    "batch",
-    "--poll-secs",
-    "0.02",
-    "--prompt",
-    "{{text}}",
-];
-
-/// Every row answered with its own echo, each prompt answered once by
-/// the simulator (batch and online together).
-#[track_caller]
-fn assert_each_row_answered_once(f: &Fixture, out: &Path, n: usize) {
-    let rows = read_rows(out).1;
-    assert_eq!(rows.len(), n);
-    let stats = f.sim.stats();
-    for (i, row) in rows.iter().enumerate() {
-        let text = format!("row-{i} says the product is fine");
-        assert_eq!(row["result"], json!(format!("echo: {text}")), "{row:?}");
-        assert!(row["prompt_tokens"].as_i64() > Some(0), "{row:?}");
-        assert_eq!(stats.ok_by_prompt.get(&text), Some(&1), "{text}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_mode_goes_through_message_batches_and_resubmits_what_failed() {
-    let cfg = SimConfig {
-        batch_fail_rate: 0.2,
-        batch_expire_first: 1,
-        ..SimConfig::default()
-    };
-    let (f, input, out) = job(cfg, 30, 0).await;
-    let extra = [&BATCH[..], &["--batch-max-requests", "10"]].concat();
-    assert_ok(&ANTHROPIC.run(&f, &input, &out, &extra, &[]).await);
-    assert_each_row_answered_once(&f, &out, 30);
-    let batches = f.sim.batch_stats();
-    assert!(
-        batches.batches > 3,
-        "{batches:?}: three files, then resubmissions"
-    );
-    assert!(
-        batches.lines_failed > 0 && batches.expired == 1,
-        "{batches:?}"
-    );
-    assert_eq!(f.sim.stats().requests, 0, "nothing went online");
+    native::batch_mode_resubmits_what_failed(&ANTHROPIC).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_mode_killed_then_run_again_polls_its_batch_never_a_second() {
-    let cfg = SimConfig {
-        batch_turnaround_ms: 1_500,
-        ..SimConfig::default()
-    };
-    let (f, input, out) = job(cfg, 12, 0).await;
-    let journal = f.path("out.parquet.aiq/batches.jsonl");
-    let command = || {
-        let mut cmd = ANTHROPIC.command(&f, &input, &out, &BATCH, &[]);
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        cmd
-    };
-    // `submitting` then `created`: the batch runs, its id is journaled.
-    let mut child = spawn_until_journaled(&mut command(), &journal, 2);
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert!(!out.exists());
-    assert_ok(&output(command()).await);
-    assert_each_row_answered_once(&f, &out, 12);
-    assert_eq!(
-        f.sim.batch_stats().batches,
-        1,
-        "the re-run polled, never resubmitted"
-    );
+    native::batch_mode_killed_then_run_again_polls_its_batch(&ANTHROPIC).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_mode_deadline_cancels_and_sends_the_rest_online() {
-    let cfg = SimConfig {
-        batch_turnaround_ms: 4_000,
-        ..SimConfig::default()
-    };
-    let (f, input, out) = job(cfg, 40, 0).await;
-    let extra = [&BATCH[..], &["--deadline", "1s"]].concat();
-    assert_ok(&ANTHROPIC.run(&f, &input, &out, &extra, &[]).await);
-    assert_each_row_answered_once(&f, &out, 40);
-    assert_eq!(f.sim.batch_stats().cancelled, 1);
-    assert!(f.sim.stats().requests > 0, "the rest went online");
+    native::batch_mode_deadline_cancels_and_sends_the_rest_online(&ANTHROPIC).await;
 }
