@@ -360,7 +360,8 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
                 builder: &builder,
                 shape: &shape,
                 api: batch_api(plan, &connection)?
-                    .for_dialect(connection.endpoint.dialect, journal.dir()),
+                    .for_dialect(connection.endpoint.dialect, journal.dir())
+                    .for_model(&connection.endpoint.name),
                 job_id: job_id(&manifest, &plan.output),
                 quiet: ui.quiet,
             };

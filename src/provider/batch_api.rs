@@ -24,16 +24,18 @@ use serde_json::Value;
 
 use std::path::{Path, PathBuf};
 
-use crate::provider::anthropic_batch;
 use crate::provider::auth::{Credentials, Scrubber};
 use crate::provider::dialect::Dialect;
-use crate::provider::retry::{
-    classify_status, retry_after, Failure, Pacing, RetryAction, RetryPolicy,
-};
+use crate::provider::retry::{classify, retry_after, Failure, Pacing, RetryAction, RetryPolicy};
 use crate::provider::wire::{self, Task};
+use crate::provider::{anthropic_batch, gemini_batch};
 
 /// The only completion window providers offer.
 pub const COMPLETION_WINDOW: &str = "24h";
+
+/// Pages of Gemini's batch list read at most (a batch whose name a kill
+/// lost was created moments before: among the newest).
+const GEMINI_LIST_PAGES: usize = 20;
 
 /// The batch error code of a provider's cap on enqueued tokens: not the
 /// rows' fault; the batch is created again once a running one finishes.
@@ -305,6 +307,9 @@ pub struct BatchApi {
     dialect: Dialect,
     /// Where input files are kept for a provider without a files API.
     staging: PathBuf,
+    /// The model the batches are for, where the API names it in the path
+    /// (Gemini).
+    model: String,
 }
 
 impl BatchApi {
@@ -322,7 +327,20 @@ impl BatchApi {
             policy,
             dialect: Dialect::OpenAi,
             staging: PathBuf::new(),
+            model: String::new(),
         }
+    }
+
+    /// Batches for `model` (Gemini creates a batch at the model's path).
+    pub fn for_model(mut self, model: &str) -> BatchApi {
+        self.model = model.to_string();
+        self
+    }
+
+    /// The most input one batch may carry, in bytes, if the API caps it
+    /// below what `--batch-max-bytes` allows (Gemini's inline requests).
+    pub fn max_input_bytes(&self) -> Option<u64> {
+        (self.dialect == Dialect::Gemini).then_some(gemini_batch::MAX_INLINE_BYTES)
     }
 
     /// The batch API of `dialect` (Anthropic's Message Batches), keeping
@@ -340,6 +358,17 @@ impl BatchApi {
 
     fn anthropic(&self) -> bool {
         self.dialect == Dialect::Anthropic
+    }
+
+    fn gemini(&self) -> bool {
+        self.dialect == Dialect::Gemini
+    }
+
+    /// A kept input file ([`BatchApi::keep`]).
+    fn kept(&self, file_id: &str) -> Result<Vec<u8>, ApiError> {
+        let path = self.staging.join(file_id);
+        std::fs::read(&path)
+            .map_err(|e| fatal(format!("reading the batch input {}: {e}", path.display())))
     }
 
     /// An input file kept locally (Anthropic has no files API): written
@@ -373,7 +402,7 @@ impl BatchApi {
 
     /// Upload a batch input file (`purpose=batch`).
     pub async fn upload(&self, filename: &str, content: Bytes) -> Result<FileObject, ApiError> {
-        if self.anthropic() {
+        if self.anthropic() || self.gemini() {
             return self.keep(filename, &content);
         }
         // The multipart body is written by hand: two parts, no need for a
@@ -399,10 +428,17 @@ impl BatchApi {
     }
 
     pub async fn create(&self, request: &CreateBatch) -> Result<BatchObject, ApiError> {
+        if self.gemini() {
+            let lines = self.kept(&request.input_file_id)?;
+            let name = gemini_batch::display_name(&request.metadata.clone().unwrap_or_default());
+            let body = gemini_batch::create_body(&name, &lines).map_err(fatal)?;
+            let json = Some(("application/json".into(), Bytes::from(body)));
+            let path = gemini_batch::create_path(&self.model);
+            let reply = self.send(reqwest::Method::POST, &path, json).await?;
+            return Self::translated(&reply, gemini_batch::batch_object);
+        }
         if self.anthropic() {
-            let path = self.staging.join(&request.input_file_id);
-            let lines = std::fs::read(&path)
-                .map_err(|e| fatal(format!("reading the batch input {}: {e}", path.display())))?;
+            let lines = self.kept(&request.input_file_id)?;
             let body = anthropic_batch::create_body(&lines).map_err(fatal)?;
             let json = Some(("application/json".into(), Bytes::from(body)));
             let reply = self
@@ -422,6 +458,11 @@ impl BatchApi {
     }
 
     pub async fn get(&self, id: &str) -> Result<BatchObject, ApiError> {
+        if self.gemini() {
+            let path = gemini_batch::batch_path(id, None);
+            let reply = self.send(reqwest::Method::GET, &path, None).await?;
+            return Self::translated(&reply, gemini_batch::batch_object);
+        }
         if self.anthropic() {
             let path = format!("{}/{id}", anthropic_batch::BATCHES);
             let reply = self.send(reqwest::Method::GET, &path, None).await?;
@@ -434,6 +475,12 @@ impl BatchApi {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<BatchObject, ApiError> {
+        if self.gemini() {
+            // Google answers a cancel with `{}`: the batch says the rest.
+            let path = gemini_batch::batch_path(id, Some("cancel"));
+            self.send(reqwest::Method::POST, &path, None).await?;
+            return self.get(id).await;
+        }
         if self.anthropic() {
             let path = format!("{}/{id}/cancel", anthropic_batch::BATCHES);
             let reply = self.send(reqwest::Method::POST, &path, None).await?;
@@ -447,6 +494,9 @@ impl BatchApi {
 
     /// One page of batches, newest first, after the batch `after`.
     pub async fn list(&self, after: Option<&str>) -> Result<BatchList, ApiError> {
+        if self.gemini() {
+            return self.gemini_list().await;
+        }
         if self.anthropic() {
             let mut path = format!("{}?limit=100", anthropic_batch::BATCHES);
             if let Some(a) = after {
@@ -465,6 +515,13 @@ impl BatchApi {
 
     /// The content of a file (a batch's output or error file).
     pub async fn content(&self, file_id: &str) -> Result<Bytes, ApiError> {
+        if self.gemini() {
+            // The output "file" is the batch's inlined responses.
+            let path = gemini_batch::batch_path(file_id, None);
+            let reply = self.send(reqwest::Method::GET, &path, None).await?;
+            let op: Value = decode(&reply)?;
+            return Ok(gemini_batch::output_lines(&op).into());
+        }
         if self.anthropic() {
             // The output "file" is the batch's results_url.
             let results = self.send_to(reqwest::Method::GET, file_id, None).await?;
@@ -478,7 +535,26 @@ impl BatchApi {
         .await
     }
 
-    /// One call with retries, classified by [`classify_status`].
+    /// Every batch Google lists, as one page: its pages go by token, which
+    /// the runner's `after` (a batch id) cannot carry.
+    async fn gemini_list(&self) -> Result<BatchList, ApiError> {
+        let mut data = Vec::new();
+        let mut page: Option<String> = None;
+        for _ in 0..GEMINI_LIST_PAGES {
+            let path = gemini_batch::list_path(page.as_deref());
+            let reply = self.send(reqwest::Method::GET, &path, None).await?;
+            let (batches, next) = gemini_batch::list_page(&decode(&reply)?);
+            data.extend(batches);
+            match next {
+                Some(token) => page = Some(token),
+                None => break,
+            }
+        }
+        let list = serde_json::json!({"object": "list", "data": data, "has_more": false});
+        serde_json::from_value(list).map_err(|e| local(format!("batch list: {e}")))
+    }
+
+    /// One call with retries, classified by [`classify`].
     async fn send(
         &self,
         method: reqwest::Method,
@@ -560,7 +636,7 @@ impl BatchApi {
         }
         let (head, len) = wire::error_body(&headers, reqwest::Body::from(response)).await;
         let bytes = self.scrub.bytes(head);
-        let action = classify_status(status, &headers);
+        let action = classify(self.dialect, status, &headers, &bytes);
         let error = ApiError {
             status: Some(status.as_u16()),
             code: error_code(&bytes),

@@ -13,6 +13,7 @@ pub mod batch_api;
 pub mod dialect;
 pub mod endpoint;
 pub mod gemini;
+pub mod gemini_batch;
 pub mod limit;
 pub mod quirks;
 pub mod reply;

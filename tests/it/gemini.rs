@@ -112,6 +112,21 @@ async fn the_sdks_variables_are_read() {
     assert_eq!(f.sim.stats().ok, 3);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_mode_goes_through_batch_generate_content_and_resubmits_what_failed() {
+    native::batch_mode_resubmits_what_failed(&GEMINI).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_mode_killed_then_run_again_polls_its_batch_never_a_second() {
+    native::batch_mode_killed_then_run_again_polls_its_batch(&GEMINI).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_mode_deadline_cancels_and_sends_the_rest_online() {
+    native::batch_mode_deadline_cancels_and_sends_the_rest_online(&GEMINI).await;
+}
+
 /// generate_content (system instruction, typed JSON by schema and by JSON
 /// schema, thinking), streaming, embed_content, caches, batches, a wrong
 /// key, all through the SDK.

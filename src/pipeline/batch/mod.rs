@@ -397,7 +397,7 @@ impl Runner<'_, '_> {
                 let (file, splitter) = files.entry(endpoint).or_insert_with(|| {
                     (
                         InputFile::default(),
-                        Splitter::new(self.max_requests, plan.batch.max_bytes),
+                        Splitter::new(self.max_requests, self.max_bytes()),
                     )
                 });
                 if !splitter.fits(line.len() as u64) {
@@ -728,6 +728,16 @@ impl Runner<'_, '_> {
                 )))
             }
         }
+    }
+
+    /// `--batch-max-bytes`, or less where the provider takes less in one
+    /// batch (Gemini's inline requests).
+    fn max_bytes(&self) -> u64 {
+        let asked = self.job.plan.batch.max_bytes;
+        self.job
+            .api
+            .max_input_bytes()
+            .map_or(asked, |cap| asked.min(cap))
     }
 
     fn rounds_of(&self, row: RowId) -> u32 {

@@ -24,8 +24,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -96,8 +94,6 @@ struct Batch {
 #[derive(Default)]
 pub(super) struct Batches {
     by_name: BTreeMap<String, (u64, Batch)>,
-    expired: u64,
-    rng: Option<StdRng>,
 }
 
 fn counts(b: &Batch) -> Value {
@@ -171,15 +167,20 @@ pub(super) async fn create(st: Arc<ServerState>, model: &str, body: Bytes) -> Re
         cancel: cancel.clone(),
     };
     let reply = operation(&name, &batch);
-    let expire = {
+    {
         let mut batches = lock(&st.gemini.batches);
         let seq = batches.by_name.len() as u64;
         batches.by_name.insert(name.clone(), (seq, batch));
-        (batches.expired < st.cfg.batch_expire_first).then(|| {
-            batches.expired += 1;
+    }
+    // Counted with the other Batch APIs' batches, under the same knobs.
+    let expire = st.batches.count(|s| {
+        s.batches += 1;
+        s.lines += lines.len() as u64;
+        (s.expired < st.cfg.batch_expire_first).then(|| {
+            s.expired += 1;
             (lines.len() as f64 * st.cfg.batch_expire_share).floor() as usize
         })
-    };
+    });
     st.gemini.count(|s| {
         s.batches += 1;
         s.batch_requests += lines.len() as u64;
@@ -329,15 +330,7 @@ fn answer_line(st: &ServerState, line: Line) -> (Value, bool) {
         }
         None => {}
     }
-    let fails = st.cfg.batch_fail_rate > 0.0 && {
-        let mut batches = lock(&st.gemini.batches);
-        let seed = st.cfg.seed;
-        let rng = batches
-            .rng
-            .get_or_insert_with(|| StdRng::seed_from_u64(seed ^ 0x9e41));
-        rng.random::<f64>() < st.cfg.batch_fail_rate
-    };
-    if fails {
+    if st.batches.draw_failure(st.cfg.batch_fail_rate) {
         return failure(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Internal error encountered.",
@@ -410,6 +403,7 @@ pub(super) async fn cancel(
     b.cancel.notify_one();
     drop(batches);
     st.gemini.count(|s| s.batches_cancelled += 1);
+    st.batches.count(|s| s.cancelled += 1);
     empty()
 }
 
