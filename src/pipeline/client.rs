@@ -78,6 +78,9 @@ pub struct Client {
     /// Typed replies that were cut off or did not fit may be asked again
     /// this many times (`pipeline::repair`); 0 by default.
     pub max_repairs: u32,
+    /// Gemini's explicit cache of the system prompt every call reads
+    /// instead of sending it (`pipeline::context_cache`).
+    pub cached_content: Option<String>,
 }
 
 /// What [`Client::send`] got: one outcome per row of the call, and for each
@@ -164,6 +167,7 @@ impl Client {
             stream,
             stats: Arc::new(ClientStats::default()),
             max_repairs: 0,
+            cached_content: None,
         })
     }
 
@@ -327,7 +331,7 @@ impl Client {
                 let lease = self.http.lease();
                 let _in_flight = InFlight::new(&self.stats.in_flight);
                 let (response, sent) = self
-                    .post(&lease, post, &call.body, Some(grant.ticket))
+                    .post(&lease, post, &self.body_of(call), Some(grant.ticket))
                     .await?;
                 if self.stream {
                     let (reply, ttft) = stream::read(response, &self.shape, sent, &self.scrub)
@@ -342,6 +346,17 @@ impl Client {
             .await?;
         grant.settle(answer.reply.usage.completion_tokens.max(0) as u64);
         Ok(answer)
+    }
+
+    /// The body `call` goes out with: its own, or reading the system
+    /// prompt from the job's explicit cache.
+    fn body_of(&self, call: &Call) -> Bytes {
+        match &self.cached_content {
+            Some(name) => (self.endpoint.dialect)
+                .with_cached_system(&call.body, name)
+                .map_or_else(|| call.body.clone(), Bytes::from),
+            None => call.body.clone(),
+        }
     }
 
     /// `attempt` bounded by the policy's timeout, from before it is sent to

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod collect;
 pub mod connect;
+pub mod context_cache;
 pub mod http;
 pub mod journal;
 pub mod lock;

@@ -234,6 +234,15 @@ impl Templates {
         self.has_system && !self.system_is_static
     }
 
+    /// The system prompt when it is the same for every row (it names no
+    /// column), as every row's request carries it.
+    pub fn static_system(&self) -> Option<String> {
+        if !self.has_system || !self.system_is_static {
+            return None;
+        }
+        self.render(SYSTEM, &minijinja::Value::UNDEFINED).ok()
+    }
+
     pub fn user_literal_prefix(&self) -> &str {
         &self.user_literal_prefix
     }

@@ -30,6 +30,7 @@ use crate::pipeline::bounds::open_batches;
 use crate::pipeline::call_journal::{CallJournal, Recall};
 use crate::pipeline::collect::Collector;
 use crate::pipeline::connect::{connect, Connection};
+use crate::pipeline::context_cache;
 use crate::pipeline::dedup::Dedup;
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
 use crate::pipeline::lock::WriterLock;
@@ -371,9 +372,12 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
     };
     let mut resume = input.resume;
     let answers = std::mem::take(&mut resume.answers);
-    let client = Arc::new(connection.client(plan, shape)?);
-
+    let mut client = connection.client(plan, shape)?;
     let budget = budget(plan, &resume, total_rows)?;
+    // Deleted below whatever happens: nothing between returns early.
+    let cache = context_cache::open(plan, &connection, &templates, total_rows).await;
+    client.cached_content = cache.as_ref().map(|c| c.cache.name.clone());
+    let client = Arc::new(client);
 
     // Stage 1: the reader thread streams batches, skipping committed rows.
     let committed = resume.committed;
@@ -441,7 +445,11 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
     collector.batches = batches;
     collector.interrupt = interrupt;
     let collected = collector.run(event_rx).await;
-    let collector = join(collected, mirror, &remote, &stop, dispatch, reader).await?;
+    let joined = join(collected, mirror, &remote, &stop, dispatch, reader).await;
+    if let Some(cache) = cache {
+        cache.close().await;
+    }
+    let collector = joined?;
     // The simulator served every call; it may go now.
     drop(connection);
     Ok(Ran {

@@ -234,6 +234,16 @@ impl Dialect {
         }
     }
 
+    /// A request body that reads its system prompt from the provider's
+    /// explicit cache `name` instead of carrying it (Gemini's
+    /// `cachedContent`); None where the dialect has no such cache.
+    pub fn with_cached_system(self, body: &[u8], name: &str) -> Option<Vec<u8>> {
+        match self {
+            Dialect::Gemini => gemini::with_cache(body, name),
+            _ => None,
+        }
+    }
+
     /// A successful chat reply in the OpenAI shape aiq reads.
     pub fn chat_reply(self, body: &[u8]) -> Result<ChatResponse, String> {
         match self {

@@ -113,9 +113,7 @@ pub fn request(mut body: Map<String, Value>) -> Map<String, Value> {
             }
         }
     }
-    // An explicit cache holds the system prompt (Google refuses a request
-    // that names one and sends its own).
-    if !system.is_empty() && !body.contains_key("cachedContent") {
+    if !system.is_empty() {
         out.insert("systemInstruction".into(), json!({"parts": system}));
     }
     out.insert("contents".into(), Value::Array(contents));
@@ -291,6 +289,18 @@ fn function_calling(choice: &Value) -> Value {
             None => json!({"mode": "AUTO"}),
         },
     }
+}
+
+/// A request body (as [`request`] made it) that reads its system prompt
+/// from the explicit cache `name` instead of carrying it: Google refuses a
+/// request that names a cache and sends a system instruction of its own.
+/// Done as the call goes out, so the body aiq keys its journal by stays
+/// the same from run to run (a cache's name does not).
+pub fn with_cache(body: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut v: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    v.remove("systemInstruction")?;
+    v.insert("cachedContent".into(), json!(name));
+    serde_json::to_vec(&v).ok()
 }
 
 /// A request's `generationConfig.maxOutputTokens`.

@@ -14,6 +14,7 @@ pub mod dialect;
 pub mod endpoint;
 pub mod gemini;
 pub mod gemini_batch;
+pub mod gemini_cache;
 pub mod limit;
 pub mod quirks;
 pub mod reply;

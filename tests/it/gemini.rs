@@ -113,6 +113,41 @@ async fn the_sdks_variables_are_read() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_long_shared_system_prompt_goes_in_an_explicit_cache_deleted_at_the_end() {
+    // About 4,500 tokens, the same for 20 rows: an explicit cache pays.
+    let system = "You grade short product reviews carefully and consistently. ".repeat(300);
+    let (f, input, out) = job(SimConfig::default(), 20, 0).await;
+    let extra = [
+        "--prompt",
+        "{{text}}",
+        "--system",
+        &system,
+        "--concurrency",
+        "4",
+    ];
+    assert_ok(&GEMINI.run(&f, &input, &out, &extra, &[]).await);
+    let rows = read_rows(&out).1;
+    let g = f.sim.gemini_stats();
+    assert_eq!((g.caches_created, g.cache_uses), (1, 20), "{g:?}");
+    assert_eq!(
+        (g.caches_deleted, g.caches_live),
+        (1, 0),
+        "deleted at the end: {g:?}"
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let answer = format!("echo: row-{i} says the product is fine");
+        assert_eq!(row["result"], json!(answer), "{row:?}");
+        // Every row reads the whole cached prompt from its first call.
+        assert!(row["cached_tokens"].as_i64() > Some(4000), "{row:?}");
+    }
+    // A short prompt is left to implicit caching: no cache is made.
+    let short = f.path("short.parquet");
+    let extra = ["--prompt", "{{text}}", "--system", "Be brief."];
+    assert_ok(&GEMINI.run(&f, &input, &short, &extra, &[]).await);
+    assert_eq!(f.sim.gemini_stats().caches_created, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn batch_mode_goes_through_batch_generate_content_and_resubmits_what_failed() {
     native::batch_mode_resubmits_what_failed(&GEMINI).await;
 }
