@@ -147,6 +147,38 @@ async fn a_long_shared_system_prompt_goes_in_an_explicit_cache_deleted_at_the_en
     assert_eq!(f.sim.gemini_stats().caches_created, 1);
 }
 
+#[cfg(feature = "sql")]
+#[tokio::test(flavor = "multi_thread")]
+async fn aiq_sql_reaches_gemini_by_name() {
+    let (f, input, _) = job(SimConfig::default(), 3, 0).await;
+    let base = f.sim.base_url();
+    let query = format!(
+        "SELECT text, ai_query('gemini', text) AS a FROM '{}' ORDER BY text",
+        input.display()
+    );
+    let args = [
+        "sql",
+        "-q",
+        "--base-url",
+        &base,
+        "--model",
+        "gemini-sim",
+        "--endpoint",
+        "gemini",
+        &query,
+    ];
+    let o = f.aiq(&args, &[("GEMINI_API_KEY", TOKEN)]).await;
+    assert_ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    for i in 0..3 {
+        assert!(
+            out.contains(&format!("echo: row-{i} says the product is fine")),
+            "{out}"
+        );
+    }
+    assert_eq!(f.sim.stats().ok, 3);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_mode_goes_through_batch_generate_content_and_resubmits_what_failed() {
     native::batch_mode_resubmits_what_failed(&GEMINI).await;
