@@ -223,7 +223,7 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
                 }
             }
             if let (Some(files), Some(row)) = (batch_files.as_mut(), call.rows.first()) {
-                let endpoint = endpoint_path(call.route.unwrap_or(plan.task));
+                let endpoint = endpoint_path(plan.dialect(), call.route.unwrap_or(plan.task));
                 files.add(
                     endpoint,
                     request_line(&row.to_string(), endpoint, &call.body).len() as u64,

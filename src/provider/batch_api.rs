@@ -25,6 +25,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 use crate::provider::auth::{Credentials, Scrubber};
+use crate::provider::azure;
 use crate::provider::dialect::Dialect;
 use crate::provider::retry::{classify, retry_after, Failure, Pacing, RetryAction, RetryPolicy};
 use crate::provider::wire::{self, Task};
@@ -42,12 +43,17 @@ const GEMINI_LIST_PAGES: usize = 20;
 pub const TOKEN_LIMIT_EXCEEDED: &str = "token_limit_exceeded";
 
 /// The route a batch of `task` requests names, as its `endpoint` and each
-/// line's `url`.
-pub fn endpoint_path(task: Task) -> &'static str {
-    match task {
+/// line's `url`: OpenAI's with `/v1`; Azure OpenAI's without (as its
+/// Batch API documents them; `model` in each body names the deployment).
+pub fn endpoint_path(dialect: Dialect, task: Task) -> &'static str {
+    let path = match task {
         Task::Chat => "/v1/chat/completions",
         Task::Completions => "/v1/completions",
         Task::Embeddings => "/v1/embeddings",
+    };
+    match dialect {
+        Dialect::Azure => &path[3..],
+        _ => path,
     }
 }
 
@@ -348,6 +354,10 @@ impl BatchApi {
     /// files API.
     pub fn for_dialect(mut self, dialect: Dialect, staging: &Path) -> BatchApi {
         self.dialect = dialect;
+        if dialect == Dialect::Azure {
+            // Files and batches are the resource's, not the deployment's.
+            self.base = azure::files_base(&self.base);
+        }
         self.staging = staging.join("batch-input");
         self
     }
@@ -561,8 +571,7 @@ impl BatchApi {
         path: &str,
         body: Option<(String, Bytes)>,
     ) -> Result<Bytes, ApiError> {
-        let url = format!("{}/{path}", self.base);
-        self.send_to(method, &url, body).await
+        self.send_to(method, &under(&self.base, path), body).await
     }
 
     /// [`BatchApi::send`] to a whole URL.
@@ -651,6 +660,17 @@ impl BatchApi {
     }
 }
 
+/// `path` (maybe with a query of its own) under `base`, whose query
+/// (Azure's `?api-version=…`) every call carries.
+fn under(base: &str, path: &str) -> String {
+    let (base, query) = azure::split_query(base);
+    match (query, path.split_once('?')) {
+        ("", _) => format!("{base}/{path}"),
+        (query, None) => format!("{base}/{path}{query}"),
+        (query, Some((path, own))) => format!("{base}/{path}{query}&{own}"),
+    }
+}
+
 /// A failed attempt: what to do about it, and the error if it is the last.
 struct Failed(RetryAction, ApiError);
 
@@ -718,6 +738,31 @@ mod tests {
         assert_eq!(route("/completions"), Some(Task::Completions));
         assert_eq!(route("/v1/embeddings"), Some(Task::Embeddings));
         assert_eq!(route("/v1/responses"), None);
+        assert_eq!(
+            endpoint_path(Dialect::Azure, Task::Chat),
+            "/chat/completions"
+        );
+        assert_eq!(
+            endpoint_path(Dialect::OpenAi, Task::Embeddings),
+            "/v1/embeddings"
+        );
+    }
+
+    #[test]
+    fn calls_keep_the_bases_query() {
+        let azure = "http://h/openai?api-version=2024-10-21";
+        assert_eq!(
+            under(azure, "batches?limit=100&after=b1"),
+            "http://h/openai/batches?api-version=2024-10-21&limit=100&after=b1"
+        );
+        assert_eq!(
+            under(azure, "files/f1/content"),
+            "http://h/openai/files/f1/content?api-version=2024-10-21"
+        );
+        assert_eq!(
+            under("http://h/v1", "batches?limit=1"),
+            "http://h/v1/batches?limit=1"
+        );
     }
 
     #[test]

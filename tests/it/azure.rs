@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::util::*;
 
-/// `aiq run` against the simulator's Azure routes ([`Fixture::run_azure`]).
+/// `aiq run` against the simulator's Azure routes ([`Fixture::azure_command`]).
 async fn run(
     f: &Fixture,
     input: &Path,
@@ -22,7 +22,7 @@ async fn run(
     extra: &[&str],
     envs: &[(&str, &str)],
 ) -> Output {
-    f.run_azure(input, out, extra, envs).await
+    output(f.azure_command(input, out, extra, envs)).await
 }
 
 /// The job stopped with exit `code` and said `what`.
@@ -241,6 +241,72 @@ async fn azure_429s_with_retry_after_ms_are_retried_until_every_row_is_answered(
     assert_eq!(stats.ok, 30);
 }
 
+/// Batch mode, polled every 20 ms, at most 10 requests a file.
+const BATCH: [&str; 6] = [
+    "--mode",
+    "batch",
+    "--poll-secs",
+    "0.02",
+    "--batch-max-requests",
+    "10",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_mode_on_both_path_styles_waits_out_the_token_cap_and_resubmits_failures() {
+    for version in ["2024-10-21", "v1"] {
+        // One 10-line file (~40 tokens a line) fits under the enqueued
+        // token cap, two do not; a tenth of the lines fail.
+        let cfg = SimConfig {
+            batch_token_cap: Some(600),
+            batch_turnaround_ms: 50,
+            batch_fail_rate: 0.1,
+            seed: 7,
+            ..deployed()
+        };
+        let (f, input, out) = job(cfg, 30, 0).await;
+        let extra = [
+            &BATCH[..],
+            &["--prompt", "{{text}}", "--api-version", version],
+        ]
+        .concat();
+        let o = run(&f, &input, &out, &extra, &[KEY]).await;
+        assert_ok(&o);
+        assert_echoed(&read_rows(&out).1);
+        let batches = f.sim.batch_stats();
+        assert!(batches.token_capped >= 2, "{version}: {batches:?}");
+        assert!(batches.lines_failed > 0, "{version}: {batches:?}");
+        // Every row answered by a batch, none online.
+        let stats = f.sim.stats();
+        assert_eq!(stats.requests, 0, "{version}");
+        assert_eq!(stats.ok_by_prompt.len(), 30, "{version}");
+        assert!(stats.ok_by_prompt.values().all(|n| *n == 1), "{version}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_batch_job_is_resumed_without_a_second_batch() {
+    let cfg = SimConfig {
+        batch_turnaround_ms: 1_500,
+        ..deployed()
+    };
+    let (f, input, out) = job(cfg, 8, 0).await;
+    let extra = [&BATCH[..], &["--prompt", "{{text}}"]].concat();
+    let command = || {
+        let mut cmd = f.azure_command(&input, &out, &extra, &[KEY]);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let journal = f.path("out.parquet.aiq/batches.jsonl");
+    // `submitting` then `created`: the batch runs, its id is journaled.
+    let mut child = spawn_until_journaled(&mut command(), &journal, 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_ok(&output(command()).await);
+    assert_echoed(&read_rows(&out).1);
+    assert_eq!(f.sim.batch_stats().batches, 1, "polled, never resubmitted");
+}
+
 /// The official `openai` SDK's `AzureOpenAI` client (chat, streaming,
 /// typed output, embeddings; api-key, Entra token and token provider
 /// fetching from the simulator's token endpoint) and the plain `OpenAI`
@@ -265,13 +331,16 @@ async fn the_openai_sdks_azure_client_drives_the_simulators_azure_routes() {
     assert_eq!(report["no_deployment"], json!([404, "DeploymentNotFound"]));
     assert_eq!(report["bad_version"], json!([400, "BadRequest"]));
     assert_eq!(report["bad_secret"], json!([401, "invalid_client"]));
+    assert_eq!(report["batch"], json!(["completed", "echo: in a batch"]));
+    assert_eq!(report["batch_v1"], json!(["completed", "echo: in a batch"]));
+    assert_eq!(f.sim.batch_stats().batches, 2);
     let stats = f.sim.stats();
     assert_eq!(stats.oauth_tokens, 1);
     assert!(stats.unauthorized >= 1);
 }
 
 const SDK_SCRIPT: &str = r#"
-import json, sys, urllib.error, urllib.parse, urllib.request
+import json, sys, time, urllib.error, urllib.parse, urllib.request
 import openai
 from openai import AzureOpenAI, OpenAI
 
@@ -343,6 +412,25 @@ try:
     out["bad_secret"] = None
 except urllib.error.HTTPError as e:
     out["bad_secret"] = [e.code, json.load(e)["error"]]
+
+def batch(client, url):
+    line = {"custom_id": "r1", "method": "POST", "url": url,
+            "body": {"model": "gpt4o-dep", "messages": [{"role": "user", "content": "in a batch"}]}}
+    f = client.files.create(file=("in.jsonl", json.dumps(line).encode()), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint=url, completion_window="24h")
+    for _ in range(200):
+        b = client.batches.retrieve(b.id)
+        if b.status in ("completed", "failed", "expired", "cancelled"):
+            break
+        time.sleep(0.02)
+    listed = [x.id for x in client.batches.list(limit=10)]
+    assert b.id in listed, listed
+    text = client.files.content(b.output_file_id).text
+    reply = json.loads(text.splitlines()[0])["response"]["body"]
+    return [b.status, reply["choices"][0]["message"]["content"]]
+
+out["batch"] = batch(client, "/chat/completions")
+out["batch_v1"] = batch(v1, "/chat/completions")
 
 print(json.dumps(out))
 "#;

@@ -177,18 +177,17 @@ impl Fixture {
     /// `aiq run -q --endpoint azure` against the simulator's Azure OpenAI
     /// routes (`AZURE_OPENAI_ENDPOINT`), deployment `gpt4o-dep`, then
     /// `extra`; the credentials are `envs` alone.
-    pub async fn run_azure(
+    pub fn azure_command(
         &self,
         input: &Path,
         output: &Path,
         extra: &[&str],
         envs: &[(&str, &str)],
-    ) -> Output {
+    ) -> Command {
         let base = self.sim.base_url();
         let named = ["--model", "gpt4o-dep"];
         let at = ("AZURE_OPENAI_ENDPOINT", base.as_str());
-        let cmd = self.provider_command("azure", &named, at, [input, output], extra, envs);
-        self::output(cmd).await
+        self.provider_command("azure", &named, at, [input, output], extra, envs)
     }
 
     /// `aiq run -q --endpoint PROVIDER` from `io`'s input to its output

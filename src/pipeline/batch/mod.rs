@@ -392,7 +392,7 @@ impl Runner<'_, '_> {
                     ));
                     continue;
                 }
-                let endpoint = endpoint_path(call.route.unwrap_or(plan.task));
+                let endpoint = endpoint_path(plan.dialect(), call.route.unwrap_or(plan.task));
                 let line = request_line(&row.to_string(), endpoint, &call.body);
                 let (file, splitter) = files.entry(endpoint).or_insert_with(|| {
                     (

@@ -16,6 +16,8 @@
 //!   /{tenant}/oauth2/v2.0/token` (client credentials in the form, scope
 //!   `https://cognitiveservices.azure.com/.default`), hands out that token
 //!   to [`super::CLIENT_ID`]/[`super::CLIENT_SECRET`].
+//! - Files and Batch APIs (OpenAI's, [`super::batch`]) at
+//!   `/openai/{files,batches}?api-version=…` and `/openai/v1/…`.
 //! - Errors `{"error": {"code", "message"}}`, 401 and 429 coded by their
 //!   status as Azure codes them; rate-limit headers as Azure sends them:
 //!   `x-ratelimit-remaining-requests`/`-tokens` only ([`admission`]), and
@@ -29,7 +31,7 @@ use std::sync::Arc;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -37,7 +39,7 @@ use serde_json::{json, Value};
 use super::answer::{Api, Task};
 use super::handler::{authorized, error, handle};
 use super::stats::bump;
-use super::{oauth, ServerState};
+use super::{batch, oauth, ServerState};
 use crate::provider::azure::{is_dated_version, SCOPE};
 
 /// The routes, each task under both path styles, and the token endpoint.
@@ -76,7 +78,58 @@ pub(crate) fn routes() -> Router<Arc<ServerState>> {
                 ),
             );
     }
-    router.route("/{tenant}/oauth2/v2.0/token", post(token))
+    // Files and batches: the resource's, with a dated version, or the
+    // v1 API's.
+    let dated = files_and_batches("/openai").route_layer(axum::middleware::from_fn(dated_version));
+    router
+        .merge(dated)
+        .merge(files_and_batches("/openai/v1"))
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+}
+
+/// The Files and Batch APIs ([`super::batch`]: OpenAI's, which Azure's
+/// are) under `prefix`.
+fn files_and_batches(prefix: &str) -> Router<Arc<ServerState>> {
+    Router::new()
+        .route(&format!("{prefix}/files"), post(batch::upload))
+        .route(&format!("{prefix}/files/{{id}}"), get(batch::file_info))
+        .route(
+            &format!("{prefix}/files/{{id}}/content"),
+            get(batch::file_content),
+        )
+        .route(
+            &format!("{prefix}/batches"),
+            post(batch::create).get(batch::list),
+        )
+        .route(&format!("{prefix}/batches/{{id}}"), get(batch::get))
+        .route(
+            &format!("{prefix}/batches/{{id}}/cancel"),
+            post(batch::cancel),
+        )
+}
+
+/// The resource's own routes need a dated api-version, as the
+/// deployments' do.
+async fn dated_version(
+    RawQuery(query): RawQuery,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match api_version(query.as_deref()) {
+        Some(v) if is_dated_version(&v) => next.run(request).await,
+        Some(_) => error(
+            &Api::Azure,
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "API version not supported",
+        ),
+        None => error(
+            &Api::Azure,
+            StatusCode::NOT_FOUND,
+            "404",
+            "Resource not found",
+        ),
+    }
 }
 
 /// Which path a request came by, with the api-version it named.
