@@ -245,6 +245,8 @@ pub struct Limits {
 pub struct Limiter {
     told_rpm: bool,
     told_tpm: bool,
+    told_itpm: bool,
+    told_otpm: bool,
     requests: Mutex<RequestPace>,
     /// Wakes the requests waiting on slots when they are revoked.
     revoked: tokio::sync::Notify,
@@ -253,9 +255,11 @@ pub struct Limiter {
     tokens: RwLock<Option<Arc<TokenBucket>>>,
     pause_until: Mutex<Option<Instant>>,
     aimd: Mutex<Aimd>,
-    input_tokens: Option<Arc<TokenBucket>>,
+    /// Input and output tokens per minute apart, as Anthropic limits
+    /// them: told, or learned from its `anthropic-ratelimit-*` headers.
+    input_tokens: RwLock<Option<Arc<TokenBucket>>>,
     hourly: Option<Arc<Pace>>,
-    output_tokens: Option<Arc<TokenBucket>>,
+    output_tokens: RwLock<Option<Arc<TokenBucket>>>,
 }
 
 /// Adapting the request pace to the server: learning it when not told, and
@@ -442,6 +446,8 @@ impl Limiter {
         Limiter {
             told_rpm: rpm.is_some(),
             told_tpm: tpm.is_some(),
+            told_itpm: l.itpm.is_some(),
+            told_otpm: l.otpm.is_some(),
             requests: Mutex::new(requests),
             revoked: tokio::sync::Notify::new(),
             admitted: AtomicU64::new(0),
@@ -458,14 +464,16 @@ impl Limiter {
                 cascade: None,
                 noise: 0.0,
             }),
-            input_tokens: l
-                .itpm
-                .map(|t| TokenBucket::per_minute(t as f64, TOKEN_BURST_SECS)),
+            input_tokens: RwLock::new(
+                l.itpm
+                    .map(|t| TokenBucket::per_minute(t as f64, TOKEN_BURST_SECS)),
+            ),
             // One query per hour-slot: a burst of one keeps them spread out.
             hourly: l.qph.map(|q| Pace::new(q as f64 / 60.0, 1)),
-            output_tokens: l
-                .otpm
-                .map(|t| TokenBucket::per_minute(t as f64, OUTPUT_BURST_SECS)),
+            output_tokens: RwLock::new(
+                l.otpm
+                    .map(|t| TokenBucket::per_minute(t as f64, OUTPUT_BURST_SECS)),
+            ),
         }
     }
 
@@ -480,14 +488,14 @@ impl Limiter {
         if let Some(pace) = &self.hourly {
             pace.limiter.until_ready().await;
         }
-        if let Some(bucket) = &self.input_tokens {
+        if let Some(bucket) = read(&self.input_tokens) {
             bucket.take(prompt as f64).await;
         }
-        match &self.output_tokens {
+        match read(&self.output_tokens) {
             Some(bucket) => {
                 let reserved = bucket.take(output as f64).await;
                 OutputGrant {
-                    bucket: Some(bucket.clone()),
+                    bucket: Some(bucket),
                     reserved,
                     ticket,
                 }
@@ -613,7 +621,25 @@ impl Limiter {
         }
         if !self.told_tpm {
             if let Some(limit) = first_number(headers, TOKEN_LIMIT_HEADERS) {
-                self.set_learned(&self.tokens, limit * LEARNED_HEADROOM);
+                self.set_learned(&self.tokens, limit * LEARNED_HEADROOM, TOKEN_BURST_SECS);
+            }
+        }
+        for (told, slot, names, burst) in [
+            (
+                self.told_itpm,
+                &self.input_tokens,
+                INPUT_TOKEN_LIMIT_HEADERS,
+                TOKEN_BURST_SECS,
+            ),
+            (
+                self.told_otpm,
+                &self.output_tokens,
+                OUTPUT_TOKEN_LIMIT_HEADERS,
+                OUTPUT_BURST_SECS,
+            ),
+        ] {
+            if let Some(limit) = first_number(headers, names).filter(|_| !told) {
+                self.set_learned(slot, limit * LEARNED_HEADROOM, burst);
             }
         }
         // A told --rpm is a ceiling, not a promise the server keeps: a key
@@ -765,7 +791,12 @@ impl Limiter {
         aimd.tally = Tally::default();
     }
 
-    fn set_learned(&self, slot: &RwLock<Option<Arc<TokenBucket>>>, per_minute: f64) {
+    fn set_learned(
+        &self,
+        slot: &RwLock<Option<Arc<TokenBucket>>>,
+        per_minute: f64,
+        burst_secs: f64,
+    ) {
         let current = read(slot);
         // Rebuilding resets the limiter's state, so do it only on change.
         if current
@@ -776,7 +807,7 @@ impl Limiter {
         }
         tracing::debug!("token pace {per_minute:.0}/minute (learned from the endpoint's replies)");
         if let Ok(mut w) = slot.write() {
-            *w = Some(TokenBucket::per_minute(per_minute, TOKEN_BURST_SECS));
+            *w = Some(TokenBucket::per_minute(per_minute, burst_secs));
         }
     }
 
@@ -1099,7 +1130,10 @@ const TOKEN_LIMIT_HEADERS: &[&str] = &[
     "anthropic-ratelimit-tokens-limit",
     "x-databricks-ratelimit-limit-tokens",
 ];
-const EXHAUSTED_HEADERS: [(&str, &str); 4] = [
+/// Anthropic limits input and output tokens per minute apart.
+const INPUT_TOKEN_LIMIT_HEADERS: &[&str] = &["anthropic-ratelimit-input-tokens-limit"];
+const OUTPUT_TOKEN_LIMIT_HEADERS: &[&str] = &["anthropic-ratelimit-output-tokens-limit"];
+const EXHAUSTED_HEADERS: [(&str, &str); 6] = [
     (
         "x-ratelimit-remaining-requests",
         "x-ratelimit-reset-requests",
@@ -1112,6 +1146,14 @@ const EXHAUSTED_HEADERS: [(&str, &str); 4] = [
     (
         "anthropic-ratelimit-tokens-remaining",
         "anthropic-ratelimit-tokens-reset",
+    ),
+    (
+        "anthropic-ratelimit-input-tokens-remaining",
+        "anthropic-ratelimit-input-tokens-reset",
+    ),
+    (
+        "anthropic-ratelimit-output-tokens-remaining",
+        "anthropic-ratelimit-output-tokens-reset",
     ),
 ];
 
@@ -1160,6 +1202,43 @@ mod tests {
             seq: 0,
             at: Instant::now(),
         }
+    }
+
+    #[test]
+    fn learns_anthropics_input_and_output_token_limits_apart() {
+        let l = Limiter::with_limits(&Limits {
+            otpm: Some(600),
+            ..Limits::default()
+        });
+        l.observe(
+            &headers(&[
+                ("anthropic-ratelimit-requests-limit", "50"),
+                ("anthropic-ratelimit-input-tokens-limit", "40000"),
+                ("anthropic-ratelimit-output-tokens-limit", "8000"),
+            ]),
+            200,
+            None,
+            None,
+        );
+        let per_minute = |slot| read(slot).map(|b| b.per_minute);
+        assert_eq!(
+            per_minute(&l.input_tokens),
+            Some(40000.0 * LEARNED_HEADROOM)
+        );
+        // A told limit is kept.
+        assert_eq!(per_minute(&l.output_tokens), Some(600.0));
+        assert_eq!(l.state().rpm, Some(50.0 * LEARNED_HEADROOM));
+        let learned = Limiter::new(None, None);
+        learned.observe(
+            &headers(&[("anthropic-ratelimit-output-tokens-limit", "8000")]),
+            200,
+            None,
+            None,
+        );
+        assert_eq!(
+            per_minute(&learned.output_tokens),
+            Some(8000.0 * LEARNED_HEADROOM)
+        );
     }
 
     #[test]
@@ -1672,7 +1751,7 @@ mod tests {
             otpm: Some(600),
             ..Limits::default()
         }); // capacity 100
-        let level = |l: &Limiter| lock(&l.output_tokens.as_ref().unwrap().state).level;
+        let level = |l: &Limiter| lock(&read(&l.output_tokens).unwrap().state).level;
         let g = l.admit_call(10, 80).await;
         assert!(level(&l) < 21.0);
         g.settle(30);

@@ -259,11 +259,20 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// A rate-limit reset hint such as `1s`, `6m0s`, `120ms` or `0.5` (OpenAI
-/// and Databricks style durations, or bare seconds).
+/// and Databricks style durations, or bare seconds), or the RFC 3339 time
+/// Anthropic gives (`2026-12-06T20:01:00Z`): the time until then.
 pub fn parse_reset(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    if value.len() >= 20 && value.as_bytes().get(10) == Some(&b'T') {
+        let at = arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(value).ok()?;
+        let at = std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(at).ok()?);
+        return Some(
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        );
     }
     let mut total = 0.0;
     let mut number = String::new();
@@ -536,6 +545,12 @@ pub(crate) mod tests {
         assert_eq!(parse_reset("0.25"), Some(Duration::from_millis(250)));
         assert_eq!(parse_reset("abc"), None);
         assert_eq!(parse_reset("12"), Some(Duration::from_secs(12)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(90));
+        assert_eq!(parse_reset(&later), None, "an HTTP date is not a reset");
+        // Anthropic's resets: RFC 3339 times.
+        let far = parse_reset("2200-01-01T00:00:00Z").unwrap();
+        assert!(far > Duration::from_secs(170 * 365 * 86_400), "{far:?}");
+        assert_eq!(parse_reset("2000-01-01T00:00:00Z"), Some(Duration::ZERO));
     }
 }
 

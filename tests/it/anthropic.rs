@@ -211,3 +211,22 @@ async fn batch_mode_killed_then_run_again_polls_its_batch_never_a_second() {
 async fn batch_mode_deadline_cancels_and_sends_the_rest_online() {
     native::batch_mode_deadline_cancels_and_sends_the_rest_online(&ANTHROPIC).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_rate_limit_headers_pace_the_job() {
+    let cfg = SimConfig {
+        rpm: Some(1200),
+        otpm: Some(60_000),
+        burst_seconds: 1.0,
+        ..SimConfig::default()
+    };
+    let (f, input, out) = job(cfg, 30, 0).await;
+    let extra = ["--prompt", "{{text}}", "--concurrency", "8"];
+    assert_ok(&run(&f, &input, &out, &extra, &[]).await);
+    let rows = read_rows(&out).1;
+    assert!(
+        rows.iter().all(|r| r["error_message"].is_null()),
+        "{rows:?}"
+    );
+    assert_eq!(f.sim.stats().ok, 30);
+}
