@@ -410,6 +410,15 @@ fn target(s: &mut JobSettings) -> Result<Target> {
                 .into(),
         )
     })?;
+    // `anthropic:MODEL` names the model too, and wins over --model (an
+    // ai_query call site names its own).
+    let endpoint = match crate::provider::endpoint::provider_model(&endpoint) {
+        Some((provider, model)) => {
+            s.model = Some(model.to_string());
+            provider.to_string()
+        }
+        None => endpoint,
+    };
     Target::parse(&endpoint)?
         .with_base_url(s.base_url.as_deref())?
         .with_api_version(s.api_version.as_deref())

@@ -516,6 +516,14 @@ impl Endpoint {
     }
 }
 
+/// `PROVIDER:MODEL` (`anthropic:claude-haiku-4-5`): a provider named with
+/// its model in one string, as `ai_query`'s first argument names both. The
+/// provider's name and the model; None for anything else.
+pub fn provider_model(endpoint: &str) -> Option<(&str, &str)> {
+    let (provider, model) = endpoint.split_once(':')?;
+    (Dialect::named(provider).is_some() && !model.trim().is_empty()).then_some((provider, model))
+}
+
 /// Is `--endpoint` a base URL rather than a Databricks endpoint name?
 pub fn is_url(endpoint: &str) -> bool {
     endpoint.starts_with("http://") || endpoint.starts_with("https://")
@@ -551,5 +559,12 @@ mod tests {
         assert_eq!(d.url_for(Some(Task::Embeddings)), d.url);
         assert!(!format!("{d:?}").contains("dapi-secret"));
         assert!(is_url("https://x") && !is_url("databricks-meta-llama"));
+        assert_eq!(
+            provider_model("anthropic:claude-haiku-4-5"),
+            Some(("anthropic", "claude-haiku-4-5"))
+        );
+        for other in ["databricks:anthropic", "https://h/v1", "anthropic:", "name"] {
+            assert_eq!(provider_model(other), None, "{other}");
+        }
     }
 }

@@ -222,11 +222,42 @@ async fn anthropic_rate_limit_headers_pace_the_job() {
     };
     let (f, input, out) = job(cfg, 30, 0).await;
     let extra = ["--prompt", "{{text}}", "--concurrency", "8"];
-    assert_ok(&run(&f, &input, &out, &extra, &[]).await);
+    assert_ok(&ANTHROPIC.run(&f, &input, &out, &extra, &[]).await);
     let rows = read_rows(&out).1;
     assert!(
         rows.iter().all(|r| r["error_message"].is_null()),
         "{rows:?}"
     );
     assert_eq!(f.sim.stats().ok, 30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ai_query_names_the_provider_and_its_model_in_one_string() {
+    let (f, input, out) = job(SimConfig::default(), 5, 0).await;
+    let base = f.sim.base_url();
+    let table = format!("t={}", input.display());
+    let query = "SELECT id, text,
+            ai_query('anthropic:claude-sim', text) AS plain,
+            ai_query('anthropic:claude-sim', text, returnType => 'STRUCT<score: INT>') AS typed
+         FROM t";
+    let args = [
+        "sql",
+        "-q",
+        query,
+        "--table",
+        &table,
+        "--base-url",
+        &base,
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    assert_ok(&f.aiq(&args, &[("ANTHROPIC_API_KEY", TOKEN)]).await);
+    let rows = read_rows(&out).1;
+    assert_eq!(rows.len(), 5);
+    for r in &rows {
+        let text = r["text"].as_str().unwrap();
+        assert_eq!(r["plain"], json!(format!("echo: {text}")), "{r:?}");
+        assert!(r["typed"]["score"].is_i64(), "{r:?}");
+    }
+    assert_eq!(f.sim.stats().ok, 10);
 }
