@@ -66,7 +66,7 @@ s = json.loads(open(path).read())
 u = s.get("usage", {})
 print("%-16s %6d %8.1f %11d %11d %11d %9d %9.4f" % (name, s["ok"], s["elapsed_secs"],
       u.get("prompt_tokens", 0), u.get("cached_tokens", 0), u.get("cache_write_tokens", 0),
-      u.get("completion_tokens", 0), s.get("cost") or 0.0))
+      u.get("completion_tokens", 0), s.get("cost_usd") or 0.0))
 PY
 }
 
