@@ -478,7 +478,7 @@ pub(crate) enum Api {
         endpoint: String,
     },
     /// Google's Gemini API (see [`super::gemini`]).
-    Gemini(super::gemini::Call),
+    Gemini(super::gemini::call::Call),
     /// Anthropic's Messages API ([`super::anthropic`]).
     Anthropic,
     /// Azure OpenAI ([`super::azure`]): OpenAI's wire.

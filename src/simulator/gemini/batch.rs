@@ -30,8 +30,9 @@ use tokio::sync::Notify;
 use super::super::answer::{self, Api, Marker, Task};
 use super::super::handler::answer_now;
 use super::super::ServerState;
+use super::call::{Call, Method};
 use super::wire::{self, field};
-use super::{caches, empty, lock, Call, Keyed, Method};
+use super::{caches, empty, lock, Keyed};
 use crate::ai::types::format_utc;
 
 /// Google's limit on an inline batch request.

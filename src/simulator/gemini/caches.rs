@@ -21,8 +21,9 @@ use serde_json::{json, Value};
 
 use super::super::answer::{self, Task};
 use super::super::ServerState;
+use super::call::Method;
 use super::wire::{self, field, CachedPrefix};
-use super::{empty, lock, Keyed, Method};
+use super::{empty, lock, Keyed};
 use crate::ai::types::format_utc;
 
 /// The smallest cache Google creates (Gemini 2.5 Flash's minimum; larger

@@ -17,6 +17,7 @@
 
 mod batch;
 mod caches;
+pub(crate) mod call;
 pub(crate) mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,29 +37,7 @@ use super::answer::{Api, Task};
 use super::handler;
 use super::stats::bump;
 use super::{RetryAfterHint, ServerState, SimConfig};
-
-/// What one Gemini call asks for beyond the chat request it becomes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Call {
-    /// The model id, without `models/`.
-    pub model: String,
-    pub method: Method,
-    /// Tokens read from the explicit cache the request names (`cachedContent`).
-    pub explicit_cached: u64,
-    /// `thoughtsTokenCount` of the reply (a thinking budget was given).
-    pub thoughts: u64,
-    /// `responseMimeType: text/x.enum`: the answer is the bare label.
-    pub enum_text: bool,
-}
-
-/// The method after the colon of `models/{model}:{method}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Method {
-    Generate,
-    Stream,
-    EmbedOne,
-    EmbedBatch,
-}
+use call::Method;
 
 /// What the Gemini routes have seen, for tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -17,7 +17,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::super::answer::{reply_id, Job, Reply};
-use super::{Call, Method};
+use super::call::{Call, Method};
 use crate::provider::wire::WireUsage;
 
 /// `thoughtsTokenCount` of a reply to a request with a thinking budget
