@@ -1,11 +1,15 @@
 //! The layer map in `src/lib.rs` holds: no module imports from a layer
 //! above its own, and no files import each other in a circle.
 //!
-//! Imports are read as text from every `crate::` and `super::` path in the
-//! code (comments and `#[cfg(test)]` modules left out; `use` groups
-//! expanded) and resolved to the file that defines the module. A folder's
-//! `mod.rs` declares its children and re-exports them, so edges to or from
-//! a `mod.rs` count for layers but not for circles.
+//! Imports are read as text from every `crate::`, `super::` and `self::`
+//! path in the code, and every path that starts at one of the file's own
+//! child modules (`mod batch;` … `batch::create`), with comments and inline
+//! `#[cfg(test)] mod … { }` blocks left out and `use` groups expanded, and
+//! resolved to the file that defines the module. A `mod.rs` is a file like
+//! any other (it may hold types and handlers); only a file's use of its own
+//! ancestors (`super::ServerState`) is no edge for circles, since the
+//! ancestor declares it and a child reading its parent is the module tree
+//! itself, not a loop between peers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -70,9 +74,15 @@ fn file_of(path: &[String]) -> Option<PathBuf> {
     })
 }
 
-/// The code of a file without comments and without its test module.
+/// The code of a file without comments and without its inline test
+/// module (`#[cfg(test)]` then `mod name {`, by convention at the end). A
+/// `#[cfg(test)]` on anything else (a function, `mod tests;`) cuts nothing.
 fn code(text: &str) -> String {
-    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let inline_tests = text.match_indices("#[cfg(test)]").find(|(i, a)| {
+        let next = text[i + a.len()..].trim_start();
+        next.starts_with("mod ") && next.lines().next().is_some_and(|l| l.ends_with('{'))
+    });
+    let text = &text[..inline_tests.map_or(text.len(), |(i, _)| i)];
     text.lines()
         .map(|l| match l.find("//") {
             Some(i) if !l[..i].contains('"') => &l[..i],
@@ -113,6 +123,20 @@ fn expand(tree: &str) -> Vec<String> {
 fn references(file: &Path) -> BTreeSet<Vec<String>> {
     let text = code(&std::fs::read_to_string(file).expect("read"));
     let here = module_of(file);
+    // The file's own child modules (`mod batch;`), which its code names
+    // without a prefix (`batch::create`, `use batch::Batches`).
+    let children: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let l = ["pub(crate) ", "pub(super) ", "pub "]
+                .iter()
+                .find_map(|p| l.strip_prefix(p))
+                .unwrap_or(l);
+            let name = l.strip_prefix("mod ")?.strip_suffix(';')?;
+            Some(name.trim().to_string())
+        })
+        .collect();
     let mut paths = Vec::new();
     // `use` statements, which may span lines: from a line starting one to
     // its `;`.
@@ -132,10 +156,15 @@ fn references(file: &Path) -> BTreeSet<Vec<String>> {
         }
         offset += line.len();
     }
-    // Paths written in place: `crate::a::b::f(..)`, `super::x::Y`.
+    // Paths written in place: `crate::a::b::f(..)`, `super::x::Y`,
+    // `batch::create`.
     let bytes = text.as_bytes();
-    for start in ["crate::", "super::"] {
-        for (i, _) in text.match_indices(start) {
+    let starts = ["crate", "super", "self"]
+        .into_iter()
+        .chain(children.iter().map(String::as_str))
+        .map(|s| format!("{s}::"));
+    for start in starts {
+        for (i, _) in text.match_indices(&start) {
             if i > 0
                 && (bytes[i - 1].is_ascii_alphanumeric()
                     || bytes[i - 1] == b'_'
@@ -167,6 +196,11 @@ fn references(file: &Path) -> BTreeSet<Vec<String>> {
                     }
                     base
                 }
+                Some(&"self") => {
+                    segs.remove(0);
+                    here.clone()
+                }
+                Some(child) if children.contains(*child) => here.clone(),
                 _ => return None,
             };
             abs.extend(segs.iter().map(|s| s.to_string()));
@@ -204,11 +238,9 @@ fn imports_follow_the_layer_map_without_circles() {
                 }
             }
             let Some(to) = file_of(&target) else { continue };
-            let mod_file = |f: &Path| {
-                f.file_name()
-                    .is_some_and(|n| n == "mod.rs" || n == "lib.rs")
-            };
-            if to != *file && !mod_file(&to) && !mod_file(file) {
+            // `to` is an ancestor when its module is a prefix of ours.
+            let ancestor = here.starts_with(&module_of(&to));
+            if to != *file && !ancestor {
                 edges.entry(file.clone()).or_default().insert(to);
             }
         }
@@ -223,8 +255,10 @@ fn imports_follow_the_layer_map_without_circles() {
         circles: &mut BTreeSet<String>,
     ) {
         if let Some(i) = stack.iter().position(|s| s == f) {
+            // The loop written out, back to where it starts.
             let names: Vec<String> = stack[i..]
                 .iter()
+                .chain([f])
                 .map(|p| p.strip_prefix(src()).unwrap().display().to_string())
                 .collect();
             circles.insert(names.join(" -> "));
