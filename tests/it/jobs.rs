@@ -92,6 +92,13 @@ fn databricks_bundle_runs_aiq_per_shard() {
     let inputs: Vec<u32> = serde_json::from_str(each[0]["inputs"].as_str().unwrap()).unwrap();
     assert_eq!(inputs, (0..8).collect::<Vec<_>>());
     assert!(text.contains("\"{{input}}/8\""));
+    // The CLI runs an artifact's build command inside the artifact's
+    // `path` (the repository root here), so the wheel is built from `.`;
+    // `../..` would be two folders above the clone.
+    let artifact = &bundle["artifacts"]["aiq"];
+    assert_eq!(artifact["path"], "../..");
+    let build = artifact["build"].as_str().expect("a build command");
+    assert!(build.ends_with(" ."), "builds its own path: {build}");
 }
 
 #[test]
