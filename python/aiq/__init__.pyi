@@ -53,6 +53,7 @@ class RunSettings(TypedDict, total=False):
     price_in: float  # USD per million input tokens
     price_out: float  # USD per million output tokens
     price_cached: float  # USD per million cached input tokens [price_in]
+    price_cache_write: float  # USD per million input tokens written to the cache [price_in x provider multiplier]
     max_ambiguous_retries: int  # retries after a timeout once sent [1]
     max_retries: int  # retries per request for 429, 408, 5xx, connection faults [8]
     backoff_ms: int  # first retry delay in ms [500]
@@ -105,6 +106,7 @@ class SqlSettings(TypedDict, total=False):
     price_in: float  # USD per million input tokens: the summary's cost
     price_out: float  # USD per million output tokens
     price_cached: float  # USD per million cached input tokens [price_in]
+    price_cache_write: float  # USD per million input tokens written to the cache [price_in x provider multiplier]
     context_tokens: int  # model context window: ai_agg and ai_summarize_agg split groups to fit [8192]
 
 def run(

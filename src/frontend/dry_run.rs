@@ -27,6 +27,7 @@ use crate::pipeline::schedule::CallMaker;
 use crate::pipeline::sink::Layout;
 use crate::provider::batch_api::{endpoint_path, request_line};
 use crate::provider::endpoint::Target;
+use crate::provider::usage::Usage;
 
 /// What a job would send, and an estimate of what it would cost and take.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -199,6 +200,7 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
         files: Vec::new(),
     });
     let mut seen_prefixes: HashSet<u64> = HashSet::new();
+    let mut written = 0u64;
     // Requests a run would send once (as the scheduler's dedup does).
     let requests = (plan.dedup && plan.mode == Mode::Online).then(|| Fingerprinter::of(plan));
     let mut seen_requests: HashSet<String> = HashSet::new();
@@ -235,7 +237,9 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
             e.reserved_output_tokens += call.est_tokens.saturating_sub(call.est_prompt_tokens);
             if let Some(p) = call.prefix.filter(|p| p.cacheable()) {
                 e.cacheable_prefix_tokens += p.tokens;
-                if !seen_prefixes.insert(p.key) {
+                if seen_prefixes.insert(p.key) {
+                    written += p.tokens;
+                } else {
                     e.est_cached_tokens += p.tokens;
                 }
             }
@@ -243,10 +247,13 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
     }
     e.cacheable_share = ratio(e.cacheable_prefix_tokens, e.input_tokens);
     if let Some(p) = plan.prices {
-        let cached = e.est_cached_tokens.min(e.input_tokens);
-        let input = ((e.input_tokens - cached) as f64 * p.input
-            + cached as f64 * p.cached.unwrap_or(p.input))
-            / 1e6;
+        // The first request with a prefix writes it to the cache, the others read it.
+        let input = p.cost(&Usage {
+            prompt_tokens: e.input_tokens as i64,
+            cached_tokens: e.est_cached_tokens as i64,
+            cache_write_tokens: written as i64,
+            ..Usage::default()
+        });
         e.cost_input_usd = Some(input);
         e.cost_max_usd = Some(input + e.reserved_output_tokens as f64 * p.output / 1e6);
     }

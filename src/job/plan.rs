@@ -167,6 +167,7 @@ impl Plan {
         } = shape(&mut s)?;
         check_provider(&target, task, s.model.as_deref())?;
         let (prices, budget) = spend(&s, shard)?;
+        let prices = prices.map(|p| p.for_provider(target.dialect()));
         if s.retry_failed && restart {
             return Err(Error::Config(
                 "--retry-failed re-sends the failed rows of the journal that --restart discards: give one of them".into(),
@@ -648,7 +649,7 @@ pub fn spend(s: &JobSettings, shard: Option<Shard>) -> Result<(Option<Prices>, B
         max_tokens: s.max_tokens_total.map(|t| (t / u64::from(parts)).max(1)),
         max_cost: s.max_cost.map(|c| c / f64::from(parts)),
     };
-    let prices = prices(s.price_in, s.price_out, s.price_cached)?;
+    let prices = prices(s)?;
     if s.max_cost.is_some() && prices.is_none() {
         return Err(Error::Config(
             "--max-cost needs prices: give --price-in and --price-out (USD per million tokens)"
@@ -796,16 +797,19 @@ fn shard_output(output: PathBuf, shard: Option<Shard>) -> Result<PathBuf> {
     }
 }
 
-/// Prices come as a pair (input and output), the cached price optional
-/// (their ranges are checked in [`crate::job::ranges`]).
-fn prices(input: Option<f64>, output: Option<f64>, cached: Option<f64>) -> Result<Option<Prices>> {
-    match (input, output) {
+/// Prices come as a pair (input and output), the cache prices optional
+/// (their ranges are checked in [`crate::job::ranges`]; an unset cache-write
+/// price is the provider's, [`Prices::for_provider`]).
+fn prices(s: &JobSettings) -> Result<Option<Prices>> {
+    let (cached, cache_write) = (s.price_cached, s.price_cache_write);
+    match (s.price_in, s.price_out) {
         (Some(input), Some(output)) => Ok(Some(Prices {
             input,
             output,
             cached,
+            cache_write,
         })),
-        (None, None) if cached.is_none() => Ok(None),
+        (None, None) if cached.is_none() && cache_write.is_none() => Ok(None),
         _ => Err(Error::Config(
             "give both --price-in and --price-out (USD per million tokens), or no prices at all"
                 .into(),

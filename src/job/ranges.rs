@@ -142,6 +142,11 @@ fn numeric(s: &JobSettings) -> Vec<(&'static str, Option<f64>, Allowed)> {
             non_negative(1e12, "USD per million tokens"),
         ),
         (
+            "--price-cache-write",
+            s.price_cache_write,
+            non_negative(1e12, "USD per million tokens"),
+        ),
+        (
             "--max-retries",
             n(s.max_retries.map(u64::from)),
             count(0.0, 1000.0),

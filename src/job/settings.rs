@@ -114,6 +114,12 @@ macro_rules! with_call_settings {
                 /// [default: --price-in].
                 #[arg(long, value_name = "USD")]
                 price_cached: Option<f64>,
+
+                /// Price of input tokens written to the prompt cache, USD per million
+                /// [default: --price-in times the provider's documented multiplier:
+                /// 1.25 for Anthropic, 1 for the others].
+                #[arg(long, value_name = "USD")]
+                price_cache_write: Option<f64>,
             }
         }
     };
@@ -550,7 +556,7 @@ impl JobSettings {
         overlay_options!(self, base; input, output, endpoint, model, base_url, api_version, task, system, prompt, prompt2,
             return_type, response_format, function, max_words, to_lang, concurrency, rpm, tpm,
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
-            price_cached, max_ambiguous_retries, api_key_env, profile, batch_rows, max_line_bytes, batch_size, tools, tool_choice,
+            price_cached, price_cache_write, max_ambiguous_retries, api_key_env, profile, batch_rows, max_line_bytes, batch_size, tools, tool_choice,
             simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
             poll_secs, deadline, max_repairs, shard, workers, call_journal, condition, criterion,
             ca_cert);

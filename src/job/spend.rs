@@ -1,8 +1,10 @@
 //! Spend: what tokens cost, and when a job must stop spending.
 //!
 //! Prices are USD per million tokens, given by the user (`--price-in`,
-//! `--price-out`, `--price-cached`): aiq ships no price list, since prices
-//! change more often than releases. With prices known, every output row
+//! `--price-out`, `--price-cached`, `--price-cache-write`): aiq ships no
+//! price list, since prices change more often than releases. Only the
+//! cache-write surcharge has a default, the provider's documented multiplier
+//! of the input price ([`Dialect::cache_write_multiplier`]). With prices known, every output row
 //! gets a `cost` and the summary a total.
 //!
 //! Budgets (`--max-tokens-total`, `--max-cost`) are **per job**, not per
@@ -18,25 +20,40 @@
 
 use serde::Serialize;
 
+use crate::provider::dialect::Dialect;
 use crate::provider::usage::Usage;
 
-/// USD per million tokens. Cached input is priced separately (a fraction
-/// of the input price at most providers); it falls back to the input price.
+/// USD per million tokens. Cache reads and cache writes are priced apart
+/// from other input (reads at a fraction of the input price at most
+/// providers, writes at a premium at Anthropic); unset, they cost as input.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Prices {
     pub input: f64,
     pub output: f64,
     pub cached: Option<f64>,
+    pub cache_write: Option<f64>,
 }
 
 impl Prices {
+    /// These prices for calls to `dialect`: an unset cache-write price
+    /// becomes the input price times the provider's documented multiplier.
+    pub fn for_provider(mut self, dialect: Dialect) -> Prices {
+        self.cache_write
+            .get_or_insert(self.input * dialect.cache_write_multiplier());
+        self
+    }
+
     /// Cost in USD of `u`: uncached input at the input price, cache reads at
-    /// the cached price, output (reasoning included) at the output price.
+    /// the cached price, cache writes at the cache-write price, output
+    /// (reasoning included) at the output price.
     pub fn cost(&self, u: &Usage) -> f64 {
-        let cached = u.cached_tokens.clamp(0, u.prompt_tokens.max(0));
-        let uncached = u.prompt_tokens.max(0) - cached;
+        let prompt = u.prompt_tokens.max(0);
+        let cached = u.cached_tokens.clamp(0, prompt);
+        let written = u.cache_write_tokens.clamp(0, prompt - cached);
+        let uncached = prompt - cached - written;
         (uncached as f64 * self.input
             + cached as f64 * self.cached.unwrap_or(self.input)
+            + written as f64 * self.cache_write.unwrap_or(self.input)
             + u.completion_tokens.max(0) as f64 * self.output)
             / 1e6
     }
@@ -176,6 +193,7 @@ mod tests {
             input: 3.0,
             output: 15.0,
             cached: Some(0.3),
+            cache_write: None,
         };
         let c = p.cost(&usage(1_000_000, 500_000, 100_000));
         assert!((c - (1.5 + 0.15 + 1.5)).abs() < 1e-9, "{c}");
@@ -184,11 +202,39 @@ mod tests {
     }
 
     #[test]
+    fn cache_writes_cost_the_providers_multiplier_unless_priced() {
+        let p = Prices {
+            input: 3.0,
+            output: 15.0,
+            cached: Some(0.3),
+            cache_write: None,
+        };
+        // 1M prompt tokens: 200k read from the cache, 400k written to it.
+        let u = Usage {
+            cache_write_tokens: 400_000,
+            ..usage(1_000_000, 200_000, 0)
+        };
+        // Anthropic bills 5-minute cache writes at 1.25x input.
+        let anthropic = p.for_provider(Dialect::Anthropic).cost(&u);
+        assert!((anthropic - (1.2 + 0.06 + 1.5)).abs() < 1e-9, "{anthropic}");
+        let openai = p.for_provider(Dialect::OpenAi).cost(&u);
+        assert!((openai - (1.2 + 0.06 + 1.2)).abs() < 1e-9, "{openai}");
+        // A price given wins over the multiplier.
+        let given = Prices {
+            cache_write: Some(6.0),
+            ..p
+        };
+        let c = given.for_provider(Dialect::Anthropic).cost(&u);
+        assert!((c - (1.2 + 0.06 + 2.4)).abs() < 1e-9, "{c}");
+    }
+
+    #[test]
     fn meter_counts_earlier_runs_and_stops_at_the_budget() {
         let prices = Prices {
             input: 1.0,
             output: 1.0,
             cached: None,
+            cache_write: None,
         };
         let budget = Budget {
             max_tokens: Some(100),

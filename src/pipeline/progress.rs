@@ -754,6 +754,7 @@ mod tests {
                 input: 1.0,
                 output: 1.0,
                 cached: None,
+                cache_write: None,
             }),
             ..Default::default()
         };

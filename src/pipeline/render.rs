@@ -29,15 +29,28 @@ use crate::error::{Error, Result};
 use crate::job::plan::Plan;
 use crate::pipeline::outcome::RowId;
 pub use crate::provider::dialect::BodySpec;
+use crate::provider::dialect::Dialect;
 use crate::provider::wire::Task;
 
 /// Prefixes shorter than this many tokens are not cached by providers
 /// (OpenAI's and Anthropic's minimum), so they get no warm-up and no key.
 pub const MIN_CACHEABLE_TOKENS: u64 = 1024;
 
-/// Output tokens reserved for a request that sets no `max_tokens`, for
-/// token-per-minute pacing.
+/// Output tokens reserved for a request that sets no `max_tokens` and goes
+/// to a provider that adds none ([`output_reserve`]), for token-per-minute
+/// pacing and the dry run's "at most".
 pub const DEFAULT_OUTPUT_RESERVE: u64 = 256;
+
+/// Output tokens reserved for a request with these `params`: its own
+/// `max_tokens`, else the cap the dialect sends in its place (Anthropic's
+/// default), else [`DEFAULT_OUTPUT_RESERVE`].
+pub fn output_reserve(dialect: Dialect, params: &Map<String, Value>) -> u64 {
+    ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .find_map(|k| params.get(*k).and_then(Value::as_u64))
+        .or(dialect.default_max_tokens())
+        .unwrap_or(DEFAULT_OUTPUT_RESERVE)
+}
 
 /// The work one row's templates may do, in minijinja fuel: one unit per
 /// instruction, and one per 64 bytes of text made or read. A real prompt
@@ -637,12 +650,7 @@ impl BodyBuilder {
     /// A builder for prompts given as finished text rather than templates
     /// (`aiq sql` renders its prompts in SQL): no literal prefix to split off.
     pub fn literal(spec: BodySpec) -> BodyBuilder {
-        let output_reserve = spec
-            .params
-            .get("max_tokens")
-            .or_else(|| spec.params.get("max_completion_tokens"))
-            .and_then(Value::as_u64)
-            .unwrap_or(DEFAULT_OUTPUT_RESERVE);
+        let output_reserve = output_reserve(spec.dialect, &spec.params);
         BodyBuilder {
             spec,
             user_literal_prefix: String::new(),
@@ -787,18 +795,14 @@ impl BodyBuilder {
         for (k, v) in &self.spec.params {
             body.entry(k.as_str()).or_insert_with(|| v.clone());
         }
-        let body = Value::Object(body);
-        let bytes = to_bytes(&body);
+        let reserve = match task {
+            Task::Embeddings => 0,
+            _ => output_reserve(self.spec.dialect, &body),
+        };
+        let bytes = to_bytes(&Value::Object(body));
         // Estimated from the whole body: good enough for pacing, and the
         // same for every API shape.
         let est_prompt_tokens = tokens::estimate(&String::from_utf8_lossy(&bytes));
-        let reserve = match task {
-            Task::Embeddings => 0,
-            _ => ["max_tokens", "max_completion_tokens"]
-                .iter()
-                .find_map(|k| body.get(*k).and_then(Value::as_u64))
-                .unwrap_or(DEFAULT_OUTPUT_RESERVE),
-        };
         Ok(Call {
             rows: vec![row],
             body: bytes,
@@ -950,6 +954,41 @@ mod tests {
             stream: false,
             stream_usage_option: false,
         }
+    }
+
+    #[test]
+    fn output_reserve_is_the_max_tokens_the_request_carries() {
+        let row = RenderedRow {
+            row: 0,
+            system: None,
+            user: "hi".into(),
+            user2: None,
+            images: Vec::new(),
+        };
+        let reserve = |spec: BodySpec| {
+            let call = BodyBuilder::literal(spec).single(&row);
+            call.est_tokens - call.est_prompt_tokens
+        };
+        assert_eq!(reserve(spec()), DEFAULT_OUTPUT_RESERVE);
+        // Anthropic requests carry max_tokens 4096 when the job sets none:
+        // the limiter and the dry run reserve the same.
+        let anthropic = BodySpec {
+            dialect: Dialect::Anthropic,
+            ..spec()
+        };
+        assert_eq!(
+            reserve(anthropic.clone()),
+            crate::provider::anthropic::DEFAULT_MAX_TOKENS
+        );
+        let mut params = Map::new();
+        params.insert("max_tokens".into(), json!(100));
+        assert_eq!(
+            reserve(BodySpec {
+                params,
+                ..anthropic
+            }),
+            100
+        );
     }
 
     #[test]

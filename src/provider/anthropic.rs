@@ -48,6 +48,10 @@ pub const KEY_HEADER: &str = "x-api-key";
 /// any ordinary answer, and within every current model's output limit.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
+/// Price of a 5-minute cache write as a multiple of the input price
+/// (Anthropic's prompt-caching pricing).
+pub const CACHE_WRITE_MULTIPLIER: f64 = 1.25;
+
 /// The tool a typed result is forced through: its input is the answer.
 pub const RESULT_TOOL: &str = "result";
 

@@ -122,6 +122,26 @@ impl Dialect {
         }
     }
 
+    /// The provider's documented price of writing a token to its prompt
+    /// cache, as a multiple of the input price: Anthropic bills 5-minute
+    /// cache writes at 1.25x; OpenAI, Azure, Databricks and Gemini's implicit
+    /// caching charge no write surcharge.
+    pub fn cache_write_multiplier(self) -> f64 {
+        match self {
+            Dialect::Anthropic => anthropic::CACHE_WRITE_MULTIPLIER,
+            Dialect::Databricks | Dialect::OpenAi | Dialect::Azure | Dialect::Gemini => 1.0,
+        }
+    }
+
+    /// The output-token cap the dialect's requests carry when the job sets
+    /// none (Anthropic requires one); None: the provider's own limit.
+    pub fn default_max_tokens(self) -> Option<u64> {
+        match self {
+            Dialect::Anthropic => Some(anthropic::DEFAULT_MAX_TOKENS),
+            Dialect::Databricks | Dialect::OpenAi | Dialect::Azure | Dialect::Gemini => None,
+        }
+    }
+
     /// The tasks the dialect has an API for.
     pub fn supports(self, task: Task) -> bool {
         match self {
