@@ -19,6 +19,29 @@ async fn every_row_is_answered_with_anthropic_cache_columns() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn cache_writes_cost_a_quarter_more_than_input_by_default() {
+    // $1/M input, nothing for output or cache reads: a row costs its
+    // uncached input plus 1.25x its cache writes (Anthropic's multiplier).
+    let prices = ["--price-in", "1", "--price-out", "0", "--price-cached", "0"];
+    let (_, _, _, rows) = native::with_system(&ANTHROPIC, 6, "1", &prices).await;
+    assert!(sum(&rows, "cache_write_tokens") > 0);
+    for row in &rows {
+        let tokens = |c: &str| row[c].as_i64().unwrap() as f64;
+        let (whole, read, written) = (
+            tokens("prompt_tokens"),
+            tokens("cached_tokens"),
+            tokens("cache_write_tokens"),
+        );
+        let expected = (whole - read - written + 1.25 * written) / 1e6;
+        let cost = row["cost"].as_f64().unwrap();
+        assert!(
+            (cost - expected).abs() < 1e-12,
+            "{cost} != {expected}: {row:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn typed_results_come_through_a_forced_tool_online_and_streamed() {
     native::typed_results_online_and_streamed(&ANTHROPIC).await;
 }

@@ -73,7 +73,7 @@ pub fn long_system() -> String {
 
 /// `n` rows scored with [`long_system`], `concurrency` at a time, then
 /// `more` flags: the fixture, the input and output paths, and the rows.
-async fn with_system(
+pub async fn with_system(
     p: &Provider,
     n: usize,
     concurrency: &str,
