@@ -35,7 +35,9 @@ fi
 export AIQ_TEST_PYTHON="$venv/bin/python"
 
 step "2/4 Rust tests"
-cargo test --locked --features sql
+# `delta` (Delta Lake) turns `sql` on too; python/Cargo.toml asks for the
+# same features, so step 3 compiles no dependency again.
+cargo test --locked --features sql,delta
 
 # 3. The Python package (pyproject.toml) into the same venv, built by maturin
 #    with the dev profile into this target folder: it reuses every

@@ -40,6 +40,9 @@ pub struct Estimate {
     /// Rows not sent because an earlier row asks the same request: they
     /// take its answer (dedup; 0 with `--no-dedup`).
     pub shared_rows: u64,
+    /// `--write-mode merge`: rows not sent because the table holds their
+    /// key with the same request.
+    pub answered_by_table: u64,
     /// Rows not sent: a template variable is null (their result is null).
     pub null_rows: u64,
     /// Rows a template fails on (they would get an `error_message`).
@@ -178,7 +181,9 @@ impl BatchFiles {
 /// Render every row of the plan's input and add up what would be sent.
 pub fn dry_run(plan: &Plan) -> Result<Estimate> {
     let source = crate::pipeline::batch::open_source(plan)?;
-    let templates = Templates::for_plan(&plan, &source.schema)?;
+    let templates = std::sync::Arc::new(Templates::for_plan(plan, &source.schema)?);
+    // A merge sends only what its table does not hold already.
+    let (source, saved) = crate::pipeline::delta::skip_stored(plan, source, &templates)?;
     // Checked as for a real run: an input column named like an output column.
     Layout::new(&source.schema, plan.result_type.arrow_type())?;
     let builder = BodyBuilder::new(plan.body_spec(), &templates);
@@ -245,6 +250,8 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
             }
         }
     }
+    e.answered_by_table = saved.tally().0;
+    e.rows += e.answered_by_table;
     e.cacheable_share = ratio(e.cacheable_prefix_tokens, e.input_tokens);
     if let Some(p) = plan.prices {
         // The first request with a prefix writes it to the cache, the others read it.
@@ -333,8 +340,16 @@ impl fmt::Display for Estimate {
         writeln!(f, "dry run: nothing was sent")?;
         writeln!(
             f,
-            "rows              {} ({} to send, {} null, {} template errors)",
-            self.rows, self.rows_to_send, self.null_rows, self.template_errors
+            "rows              {} ({} to send, {} null, {} template errors{})",
+            self.rows,
+            self.rows_to_send,
+            self.null_rows,
+            self.template_errors,
+            if self.answered_by_table > 0 {
+                format!(", {} answered by the table", self.answered_by_table)
+            } else {
+                String::new()
+            }
         )?;
         if self.shared_rows > 0 {
             writeln!(

@@ -17,6 +17,7 @@ use crate::job::settings::{
     InputFormat, JobSettings, Mode, OutputFormat, SimulatorSettings, BODY_TEMPLATE,
 };
 use crate::job::shard::{split_limit, Shard, PLACEHOLDER};
+use crate::job::table::TableSettings;
 use crate::job::spend::{Budget, Prices};
 use crate::provider::dialect::{BodySpec, Dialect};
 use crate::provider::endpoint::{Endpoint, Handed, Target};
@@ -89,6 +90,8 @@ pub struct Plan {
     pub shard: Option<Shard>,
     /// `--call-journal`: answered calls keyed by request content.
     pub call_journal: Option<PathBuf>,
+    /// Delta Lake: the write mode and merge key, the input version.
+    pub table: TableSettings,
     /// Credentials handed to this run by its caller, resolved in place of
     /// the process's environment and config file (the Python package's
     /// `credentials=`, which aiq.spark and aiq.ray use to give their tasks
@@ -156,6 +159,7 @@ impl Plan {
         } = rates(&s, shard);
         let target = target(&mut s)?;
         let (input_format, output_format) = formats(&mut s)?;
+        let table = TableSettings::from_settings(&s)?;
         let Shape {
             task,
             system,
@@ -232,6 +236,7 @@ impl Plan {
             overwrite: s.overwrite,
             shard,
             call_journal: s.call_journal,
+            table,
             handed: None,
         })
     }
@@ -363,7 +368,11 @@ fn locations(s: &mut JobSettings) -> Result<Locations> {
         Error::Config("no output: give --output PATH (or `output` in the job file)".into())
     })?;
     let shard = s.shard.take().map(|spec| spec.resolve()).transpose()?;
-    let output = shard_output(output, shard)?;
+    // Shards commit to one Delta table; files need one each.
+    let output = match s.output_format {
+        Some(OutputFormat::Delta) => output,
+        _ => shard_output(output, shard)?,
+    };
     if let Some(parent) = output.parent().filter(|p| p.exists() && !p.is_dir()) {
         return Err(Error::output(
             &output,

@@ -244,10 +244,33 @@ with_call_settings! {
         #[arg(long, value_enum, value_name = "FORMAT")]
         pub input_format: Option<InputFormat>,
 
-        /// How to write the output: `parquet`, or `openai-batch` (OpenAI Batch
-        /// API output lines; needs --input-format openai-batch) [default: parquet].
+        /// How to write the output: `parquet`, `delta` (a Delta Lake table:
+        /// see --write-mode), or `openai-batch` (OpenAI Batch API output lines;
+        /// needs --input-format openai-batch) [default: parquet].
         #[arg(long, value_enum, value_name = "FORMAT")]
         pub output_format: Option<OutputFormat>,
+
+        /// How a Delta output takes the job's rows: `append` them, `overwrite`
+        /// the table with them, or `merge` them by --merge-key (an upsert: one
+        /// row per key; a row whose key is in the table with the same request
+        /// is not sent, its stored result stands) [default: append].
+        #[arg(long, value_enum, value_name = "MODE")]
+        pub write_mode: Option<WriteMode>,
+
+        /// The input columns that identify a row for --write-mode merge
+        /// (comma separated). Job file: `merge_key = ["id"]` or `"id"`.
+        #[arg(long, value_delimiter = ',', value_name = "COL[,COL...]")]
+        #[serde(default, deserialize_with = "list_or_commas")]
+        pub merge_key: Vec<String>,
+
+        /// Read this version of a Delta input table (time travel).
+        #[arg(long, value_name = "N")]
+        pub input_version: Option<u64>,
+
+        /// Read a Delta input table as it was at this time (RFC 3339, e.g.
+        /// `2026-12-01T00:00:00Z`): the last version committed by then.
+        #[arg(long, value_name = "TIMESTAMP")]
+        pub input_timestamp: Option<String>,
 
         /// Fail the whole job on the first row error (ai_query's failOnError).
         /// By default a failed row gets an `error_message` and the job goes on.
@@ -559,9 +582,12 @@ impl JobSettings {
             price_cached, price_cache_write, max_ambiguous_retries, api_key_env, profile, batch_rows, max_line_bytes, batch_size, tools, tool_choice,
             simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
             poll_secs, deadline, max_repairs, shard, workers, call_journal, condition, criterion,
-            ca_cert);
+            ca_cert, write_mode, input_version, input_timestamp);
         if self.labels.is_empty() {
             self.labels = base.labels;
+        }
+        if self.merge_key.is_empty() {
+            self.merge_key = base.merge_key;
         }
         if self.images.is_empty() {
             self.images = base.images;
@@ -683,6 +709,8 @@ pub enum InputFormat {
     /// Parquet or JSON Lines rows, by file extension; templates render requests.
     #[default]
     Rows,
+    /// A Delta Lake table's rows (see --input-version, --input-timestamp).
+    Delta,
     /// OpenAI Batch API JSONL: each line's `body` is the request.
     OpenaiBatch,
 }
@@ -696,6 +724,23 @@ pub enum OutputFormat {
     Parquet,
     /// OpenAI Batch API output JSONL (needs `--input-format openai-batch`).
     OpenaiBatch,
+    /// A Delta Lake table: the Parquet output's columns, committed to the
+    /// table's log as one version per run (see `--write-mode`).
+    Delta,
+}
+
+/// How a Delta output takes a job's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteMode {
+    /// Add the job's rows as a new version.
+    #[default]
+    Append,
+    /// Replace the table's rows with the job's (earlier versions stay readable).
+    Overwrite,
+    /// Upsert by `--merge-key`: send only new and changed rows, replace
+    /// the stored rows of those keys, keep every other row.
+    Merge,
 }
 
 /// Settings of type `T` (a job's, `aiq sql`'s) from a JSON object with

@@ -6,7 +6,8 @@
 //! makes each one durable, and [`sink`] writes the output. [`call_journal`]
 //! keeps answers by request content for work shared across processes;
 //! [`fingerprint`] names what a row asked (the same request, the same price),
-//! and [`dedup`] sends each request of a job once;
+//! and [`dedup`] sends each request of a job once; [`delta`] reads and
+//! commits Delta Lake tables;
 //! [`recheck`] compares what an earlier run left with the input. The remaining
 //! modules are the values and file formats those stages share.
 
@@ -31,6 +32,7 @@ pub mod batch;
 pub mod bounds;
 pub mod call_journal;
 pub mod dedup;
+pub mod delta;
 pub mod fingerprint;
 pub mod jsonl;
 pub mod openai_batch;

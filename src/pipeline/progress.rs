@@ -65,6 +65,10 @@ pub struct Summary {
     /// Failed rows by class of error (`http_429`, `http_5xx`, `timeout`, ...).
     pub errors: BTreeMap<String, u64>,
     pub elapsed_secs: f64,
+    /// `--write-mode merge`: rows not sent because the table held their
+    /// answer to the same request, and what those calls cost (with prices).
+    pub saved_by_table: u64,
+    pub saved_by_table_usd: Option<f64>,
     pub output: String,
     /// Prices for `cost_usd`, set before counting.
     #[serde(skip)]
@@ -128,6 +132,16 @@ impl Summary {
         self.elapsed_secs = live.started.elapsed().as_secs_f64();
     }
 
+    /// Takes in the calls a merge's table answered.
+    pub fn count_saved(&mut self, saved: &crate::pipeline::delta::Saved) {
+        let (rows, prompt, completion) = saved.tally();
+        self.saved_by_table = rows;
+        self.saved_by_table_usd = self
+            .prices
+            .filter(|_| rows > 0)
+            .map(|p| (prompt as f64 * p.input + completion as f64 * p.output) / 1_000_000.0);
+    }
+
     pub fn rows_per_sec(&self) -> f64 {
         if self.elapsed_secs > 0.0 {
             (self.rows - self.resumed) as f64 / self.elapsed_secs
@@ -176,6 +190,17 @@ impl fmt::Display for Summary {
                 "saved      {} calls: rows that asked the same request as another row took its answer{}",
                 self.shared,
                 match self.shared_cost_usd {
+                    Some(cost) => format!(" (they would have cost ${cost:.4})"),
+                    None => String::new(),
+                }
+            )?;
+        }
+        if self.saved_by_table > 0 {
+            writeln!(
+                f,
+                "saved      {} calls answered by the table (same key, same request){}",
+                self.saved_by_table,
+                match self.saved_by_table_usd {
                     Some(cost) => format!(" (they would have cost ${cost:.4})"),
                     None => String::new(),
                 }

@@ -32,6 +32,7 @@ use crate::pipeline::collect::Collector;
 use crate::pipeline::connect::{connect, Connection};
 use crate::pipeline::context_cache;
 use crate::pipeline::dedup::Dedup;
+use crate::pipeline::delta::Saved;
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
 use crate::pipeline::lock::WriterLock;
 use crate::pipeline::openai_batch::OutputFormat;
@@ -139,6 +140,8 @@ struct Ready {
     /// Output batches go here instead of to a file ([`Io::batches`]).
     batches: Option<mpsc::Sender<RecordBatch>>,
     interrupt: Option<Arc<Notify>>,
+    /// Calls a merge's table answered (not sent).
+    saved: Arc<Saved>,
 }
 
 /// Where a job keeps what it has paid for: the journal and finished parts
@@ -168,23 +171,29 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
         None => (open_source(plan)?, None),
     };
     let templates = Arc::new(Templates::for_plan(plan, &source.schema)?);
+    let (source, saved) = crate::pipeline::delta::skip_stored(plan, source, &templates)?;
     let layout =
         Layout::new(&source.schema, plan.result_type.arrow_type())?.with_prices(plan.prices);
     let manifest = Manifest {
         version: JOURNAL_VERSION,
         input: match identity {
             Some(identity) => identity,
-            None => InputIdentity::of(&plan.input)?,
+            None => crate::pipeline::batch::input_identity(plan)?,
         },
         settings: plan.answer_settings(),
     };
     let stamp = job_stamp(&manifest);
+    let delta = plan.output_format == OutputFormat::Delta;
     if io.batches.is_none() {
-        check_output(&plan.output, own_input)?;
-        held.lock = Some(WriterLock::acquire(&plan.output, plan.shard_scope().as_deref()).await?);
+        match delta {
+            true => crate::pipeline::delta::check_output(plan, &source.schema).await?,
+            false => check_output(&plan.output, own_input)?,
+        }
+        let scope = plan.shard_scope();
+        held.lock = Some(WriterLock::acquire(&plan.state_output(), scope.as_deref()).await?);
         // Only a file's identity is trusted to say the rows are the same:
         // rows handed in (Python) may be others of the same shape.
-        if own_input.is_some() && !(plan.restart || plan.overwrite || plan.retry_failed) {
+        if own_input.is_some() && !(plan.restart || plan.overwrite || plan.retry_failed || delta) {
             if let Some(summary) = complete(&plan.output, &stamp, ui).await {
                 return Ok(Prepared::Complete(summary));
             }
@@ -210,6 +219,7 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
         batch_rows,
         batches: io.batches,
         interrupt: io.interrupt,
+        saved,
     })))
 }
 
@@ -226,7 +236,7 @@ async fn open_state(
 ) -> Result<(State, Rechecked)> {
     // An object-store output: the journal and parts are kept in a local
     // scratch folder and mirrored to the bucket (pipeline::store).
-    let remote = match Remote::parse(&plan.output, Role::Output)? {
+    let remote = match Remote::parse(&plan.state_output(), Role::Output)? {
         Some(_) if to_batches => None,
         Some(_) if plan.output_format == OutputFormat::OpenaiBatch => {
             return Err(Error::output(
@@ -239,7 +249,7 @@ async fn open_state(
     };
     let output = remote
         .as_ref()
-        .map_or(plan.output.clone(), |r| r.local_output().to_path_buf());
+        .map_or(plan.state_output(), |r| r.local_output().to_path_buf());
     let (mut journal, resume) = match to_batches {
         true => (Journal::disabled(), Resume::default()),
         false => Journal::open(&output, manifest, plan.restart)?,
@@ -313,6 +323,7 @@ struct Ran {
     /// Rows finished by earlier runs (in committed parts).
     committed: u64,
     failed_before: u64,
+    saved: Arc<Saved>,
 }
 
 /// Sends the job: batch mode first when asked, then the online stages,
@@ -332,6 +343,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
         batch_rows,
         batches,
         interrupt,
+        saved,
     } = ready;
     let State {
         mut journal,
@@ -460,6 +472,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
         status,
         committed,
         failed_before,
+        saved,
     })
 }
 
@@ -591,6 +604,7 @@ async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
         status,
         committed,
         failed_before,
+        saved,
     } = ran;
     collector.parts.commit()?;
     let rows = match (plan.output_format, &remote) {
@@ -611,6 +625,10 @@ async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
             collector.layout.output.clone(),
             &stamp,
         )?,
+        (OutputFormat::Delta, remote) => {
+            let (parts, schema) = (&collector.parts.parts, collector.layout.output.clone());
+            crate::pipeline::delta::commit(plan, parts, remote.as_ref(), schema, &stamp).await?
+        }
         (OutputFormat::OpenaiBatch, _) => {
             crate::pipeline::openai_batch::write_output(&collector.parts.parts, &plan.output)?
         }
@@ -635,6 +653,7 @@ async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
         }
     }
     summary.close();
+    summary.count_saved(&saved);
     if collector.batches.is_none() {
         summary.output = plan.output.display().to_string();
     }

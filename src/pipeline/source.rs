@@ -53,6 +53,9 @@ pub enum Format {
     /// Record batches handed over in memory (the Python package's data,
     /// through the Arrow C stream interface), never a file.
     Arrow,
+    /// A Delta Lake table (`--input-format delta`), read by
+    /// `pipeline::delta`.
+    Delta,
 }
 
 impl Format {
@@ -74,6 +77,7 @@ impl fmt::Display for Format {
             Format::Jsonl => "JSON Lines",
             Format::OpenAiBatch => "OpenAI Batch JSON Lines",
             Format::Arrow => "Arrow stream",
+            Format::Delta => "Delta table",
         })
     }
 }
@@ -152,7 +156,7 @@ impl Source {
                 "OpenAI Batch files are read with --input-format openai-batch".into(),
             )),
             // Never chosen by extension either: see `Source::from_batches`.
-            Format::Arrow => Err(Error::input(path, "not a file")),
+            Format::Arrow | Format::Delta => Err(Error::input(path, "not a file")),
         }
     }
 

@@ -786,6 +786,29 @@ impl RemoteOutput {
         Ok(())
     }
 
+    /// Sends what is left of the state, then says where the parts are in
+    /// the bucket: the store, its root URL, and each part's URL (a Delta
+    /// output commits them from there).
+    pub async fn part_urls(&mut self, parts: &[Part]) -> Result<StateInStore> {
+        self.sync().await?;
+        let root = self.output.root.as_str().trim_end_matches('/').to_string();
+        let urls = parts
+            .iter()
+            .map(|part| {
+                format!(
+                    "{root}/{}",
+                    self.sub(&format!("{PARTS}/{}", part_name(part)))
+                )
+            })
+            .collect();
+        Ok(StateInStore {
+            root: self.output.root.clone(),
+            store: self.store().clone(),
+            state: self.state.key.clone(),
+            urls,
+        })
+    }
+
     /// Concatenates the parts (all in the bucket after [`Self::sync`]) into
     /// a staged object with a multipart upload, then copies it onto the
     /// output unless an object is already there. Returns the rows written.
@@ -800,11 +823,7 @@ impl RemoteOutput {
         out.append_key_value_metadata(KeyValue::new(JOB_KEY.into(), job.to_string()));
         let mut rows = 0u64;
         for part in parts {
-            let name = part
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = part_name(part);
             let key = self.sub(&format!("{PARTS}/{name}"));
             let reader = ParquetObjectReader::new(self.store().clone(), key);
             let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
@@ -866,6 +885,25 @@ impl RemoteOutput {
     }
 }
 
+/// Where a finished job's state is in the bucket ([`RemoteOutput::part_urls`]).
+pub struct StateInStore {
+    /// `scheme://bucket`, what `store` serves.
+    pub root: Url,
+    pub store: Arc<dyn ObjectStore>,
+    /// The state prefix (`out.aiq`); everything under it goes with it.
+    pub state: ObjectPath,
+    /// Each part's URL, in order.
+    pub urls: Vec<String>,
+}
+
+/// A part's file name, as its object is named in the bucket.
+fn part_name(part: &Part) -> String {
+    part.path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 impl Drop for RemoteOutput {
     fn drop(&mut self) {
         // Everything of value is in the bucket by now (or lost with the run).
@@ -889,7 +927,11 @@ async fn head(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> object_store::R
     Ok(store.get_opts(key, options).await?.meta)
 }
 
-async fn get_bytes(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> object_store::Result<Bytes> {
+/// An object's bytes.
+pub async fn get_bytes(
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjectPath,
+) -> object_store::Result<Bytes> {
     store
         .get_opts(key, GetOptions::default())
         .await?
@@ -897,7 +939,8 @@ async fn get_bytes(store: &Arc<dyn ObjectStore>, key: &ObjectPath) -> object_sto
         .await
 }
 
-async fn put(
+/// Writes an object whole (replacing it).
+pub async fn put(
     store: &Arc<dyn ObjectStore>,
     key: &ObjectPath,
     bytes: Vec<u8>,

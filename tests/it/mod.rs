@@ -6,6 +6,8 @@ mod batch_mode;
 mod bench;
 mod cache;
 mod dedup;
+#[cfg(feature = "delta")]
+mod delta;
 mod docs;
 mod functions;
 mod gemini;

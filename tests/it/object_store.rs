@@ -23,8 +23,8 @@ const SECRET_KEY: &str = "objstore-SECRET-9b1e7c4d2a";
 /// A moto server on 127.0.0.1. Its process is a child of a shell that
 /// waits on our pipe: when the test binary exits, however it exits, the
 /// pipe closes and the shell stops the server.
-struct Moto {
-    url: String,
+pub(super) struct Moto {
+    pub(super) url: String,
     _guard: Child,
 }
 
@@ -60,7 +60,7 @@ impl Moto {
         Moto { url, _guard: guard }
     }
 
-    fn shared() -> &'static Moto {
+    pub(super) fn shared() -> &'static Moto {
         static MOTO: OnceLock<Moto> = OnceLock::new();
         MOTO.get_or_init(|| Moto::start(&[]))
     }
@@ -86,7 +86,7 @@ async fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn create_bucket(moto: &Moto, bucket: &str) {
+pub(super) async fn create_bucket(moto: &Moto, bucket: &str) {
     let r = http()
         .await
         .put(format!("{}/{bucket}", moto.url))
@@ -153,7 +153,7 @@ async fn list(moto: &Moto, bucket: &str, prefix: &str) -> Vec<String> {
 }
 
 /// The environment a job needs for moto: the cloud's own variables only.
-fn s3_env(moto: &Moto) -> Vec<(&'static str, String)> {
+pub(super) fn s3_env(moto: &Moto) -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ENDPOINT_URL", moto.url.clone()),
         ("AWS_ALLOW_HTTP", "true".into()),
@@ -163,7 +163,7 @@ fn s3_env(moto: &Moto) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn unique_bucket(name: &str) -> String {
+pub(super) fn unique_bucket(name: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("aiq-{name}-{}-{n}", std::process::id())

@@ -36,7 +36,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::job::settings::with_call_settings;
+use crate::job::settings::{with_call_settings, OutputFormat};
 use crate::pipeline::parquet_out::{compatible_schema, make_compatible, ParquetFile};
 use crate::pipeline::store::{Remote, Role};
 use calls::{Engine, EngineSettings};
@@ -65,6 +65,13 @@ with_call_settings! {
         #[arg(long, value_name = "PATH")]
         #[serde(skip)]
         pub output: Option<PathBuf>,
+
+        /// How --output is written: `parquet` (a file), or `delta` (appended
+        /// to a Delta Lake table, local or s3://..., as one version)
+        /// [default: parquet].
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        #[serde(default)]
+        pub output_format: Option<OutputFormat>,
 
         /// Register a file as a table: NAME=PATH, by extension (.parquet,
         /// .jsonl/.ndjson/.json with one object a line, .csv). Repeatable.
@@ -188,11 +195,17 @@ pub async fn query(
         }
         return Ok((Vec::new(), summary));
     }
-    let stream = frame.execute_stream().await.map_err(planning)?;
-    let result = match &args.output {
-        Some(out) => write(stream, out).await.map(|rows| (rows, Vec::new())),
-        None if collect => collect_all(stream).await,
-        None => show(stream, args.show).await.map(|rows| (rows, Vec::new())),
+    let delta = args.output_format == Some(OutputFormat::Delta);
+    let result = match args.output.as_deref() {
+        Some(out) if delta => write_delta(out, &ctx, frame).await.map(|rows| (rows, Vec::new())),
+        output => {
+            let stream = frame.execute_stream().await.map_err(planning)?;
+            match output {
+                Some(out) => write(stream, out).await.map(|rows| (rows, Vec::new())),
+                None if collect => collect_all(stream).await,
+                None => show(stream, args.show).await.map(|rows| (rows, Vec::new())),
+            }
+        }
     };
     let (rows, collected) = match result {
         Ok(r) => r,
@@ -222,7 +235,7 @@ fn engine(args: &SqlArgs, quiet: bool) -> Result<Engine> {
     let call = args.call_settings();
     crate::job::ranges::check(&call)?;
     if let Some(out) = &args.output {
-        check_output(out)?;
+        check_output(out, args.output_format.unwrap_or_default())?;
     }
     if args.context_tokens == Some(0) {
         return Err(Error::Config("--context-tokens must be at least 1".into()));
@@ -268,7 +281,9 @@ async fn register_all(
         ctx.register_udf(f);
     }
     for (name, path) in &args.tables {
-        let kind = FileKind::of(&path.to_string_lossy()).ok_or_else(|| {
+        // Anything else is taken for a Delta table (a folder, a prefix).
+        let delta = cfg!(feature = "delta").then_some(FileKind::Delta);
+        let kind = FileKind::of(&path.to_string_lossy()).or(delta).ok_or_else(|| {
             Error::input(
                 path,
                 "unknown file type: use .parquet, .jsonl, .ndjson, .json or .csv",
@@ -366,6 +381,29 @@ async fn write(mut stream: SendableRecordBatchStream, out: &Path) -> Result<u64>
     }
     file.finish()?;
     Ok(rows)
+}
+
+/// `--output-format delta`: the query's rows appended to the Delta table
+/// `out` as one version (delta-rs runs the query's plan); the row count.
+#[cfg(feature = "delta")]
+async fn write_delta(
+    out: &Path,
+    ctx: &SessionContext,
+    frame: datafusion::dataframe::DataFrame,
+) -> Result<u64> {
+    crate::pipeline::delta::write_query(out, ctx.state(), frame.logical_plan().clone()).await
+}
+
+#[cfg(not(feature = "delta"))]
+async fn write_delta(
+    out: &Path,
+    _: &SessionContext,
+    _: datafusion::dataframe::DataFrame,
+) -> Result<u64> {
+    Err(Error::output(
+        out,
+        "this aiq was built without Delta Lake (the `delta` feature)",
+    ))
 }
 
 /// The whole result, returned (the Python package).
@@ -495,7 +533,17 @@ fn read_query(arg: &str) -> Result<String> {
     Ok(arg.to_string())
 }
 
-fn check_output(out: &Path) -> Result<()> {
+fn check_output(out: &Path, format: OutputFormat) -> Result<()> {
+    match format {
+        OutputFormat::Parquet => {}
+        OutputFormat::Delta => return Ok(()),
+        OutputFormat::OpenaiBatch => {
+            return Err(Error::output(
+                out,
+                "aiq sql writes Parquet or Delta (--output-format parquet|delta)",
+            ))
+        }
+    }
     if out
         .extension()
         .and_then(|e| e.to_str())
@@ -566,6 +614,15 @@ fn not_an_input<'a>(out: &Path, inputs: impl Iterator<Item = &'a PathBuf>) -> Re
 }
 
 async fn register(ctx: &SessionContext, t: &FileTable) -> Result<()> {
+    if t.kind == FileKind::Delta {
+        #[cfg(feature = "delta")]
+        return crate::pipeline::delta::register(ctx, &t.name, &t.path).await;
+        #[cfg(not(feature = "delta"))]
+        return Err(Error::input(
+            &t.path,
+            "a Delta table: this aiq was built without Delta Lake (the `delta` feature)",
+        ));
+    }
     // An object-store table: DataFusion reads it through the same store
     // (credentials, retries) as `aiq run`, registered for its bucket. The
     // object is looked up first so a missing one fails before any call.
@@ -605,6 +662,7 @@ async fn register(ctx: &SessionContext, t: &FileTable) -> Result<()> {
             )
             .await
         }
+        FileKind::Delta => return Ok(()),
         FileKind::Csv => {
             ctx.register_csv(
                 &t.name,

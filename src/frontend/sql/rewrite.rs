@@ -32,6 +32,9 @@ pub enum FileKind {
     Parquet,
     Json,
     Csv,
+    /// A Delta Lake table (a folder or prefix with `_delta_log/`), named
+    /// as Databricks does: ``delta.`path-or-url` ``.
+    Delta,
 }
 
 impl FileKind {
@@ -85,6 +88,20 @@ impl VisitorMut for Rewriter {
         let TableFactor::Table { name, args, .. } = factor else {
             return ControlFlow::Continue(());
         };
+        if let Some(path) = delta_path(name).filter(|_| args.is_none()) {
+            self.tables.push(FileTable {
+                name: format!("__aiq_file_{}", self.tables.len()),
+                path: PathBuf::from(path),
+                kind: FileKind::Delta,
+            });
+            let table = self
+                .tables
+                .last()
+                .map(|t| t.name.clone())
+                .unwrap_or_default();
+            *name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(table))]);
+            return ControlFlow::Continue(());
+        }
         let Some(ident) = single_ident(name) else {
             return ControlFlow::Continue(());
         };
@@ -360,6 +377,19 @@ fn string_literal(e: &Expr) -> Option<String> {
             Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
             _ => None,
         },
+        _ => None,
+    }
+}
+
+/// The path of ``delta.`path` `` (Databricks' way to name a Delta table by
+/// its location), if `name` is one.
+fn delta_path(name: &ObjectName) -> Option<String> {
+    match name.0.as_slice() {
+        [ObjectNamePart::Identifier(schema), ObjectNamePart::Identifier(path)]
+            if schema.value.eq_ignore_ascii_case("delta") && path.quote_style.is_some() =>
+        {
+            Some(path.value.clone())
+        }
         _ => None,
     }
 }

@@ -868,6 +868,7 @@ pub fn open_source(plan: &Plan) -> Result<Source> {
             plan.shard,
             plan.max_line_bytes,
         ),
+        crate::pipeline::openai_batch::InputFormat::Delta => delta_source(plan),
         crate::pipeline::openai_batch::InputFormat::OpenaiBatch => {
             let source = crate::pipeline::openai_batch::open(
                 &plan.input,
@@ -879,6 +880,30 @@ pub fn open_source(plan: &Plan) -> Result<Source> {
                 None => Ok(source),
             }
         }
+    }
+}
+
+#[cfg(feature = "delta")]
+fn delta_source(plan: &Plan) -> Result<Source> {
+    crate::pipeline::delta::open_source(plan)
+}
+
+/// Refused when the plan is checked already; kept so no row is misread.
+#[cfg(not(feature = "delta"))]
+fn delta_source(plan: &Plan) -> Result<Source> {
+    Err(Error::input(
+        &plan.input,
+        "this aiq was built without Delta Lake",
+    ))
+}
+
+/// What identifies the job's input in its journal: the file, or the Delta
+/// table and the version read.
+pub fn input_identity(plan: &Plan) -> Result<crate::pipeline::journal::InputIdentity> {
+    match plan.input_format {
+        #[cfg(feature = "delta")]
+        crate::pipeline::openai_batch::InputFormat::Delta => crate::pipeline::delta::identity(plan),
+        _ => crate::pipeline::journal::InputIdentity::of(&plan.input),
     }
 }
 

@@ -1,0 +1,795 @@
+//! Delta Lake tables in and out (`--output-format delta`, `--input-format
+//! delta`), with delta-rs.
+//!
+//! A job writing a Delta table runs exactly as one writing Parquet: the
+//! journal and the byte-bounded parts live in the state folder beside the
+//! table (`table.aiq/`, or `table.shard-K-of-N.aiq/` per shard, since shards
+//! share the table), mirrored to the bucket for an object-store table. Only
+//! the last step differs: [`commit`] hands the parts to delta-rs, which
+//! writes them as data files of at most [`PART_BYTES`] and then commits one
+//! log entry. Nothing is visible before that entry: a kill -9 at any point
+//! leaves the table at its previous version, and the re-run resumes from the
+//! journal. Two writers (shards, tasks) commit optimistically: delta-rs
+//! retries an append that lost the race for a version.
+//!
+//! A commit carries an application transaction (`txn`, app id = the job's
+//! stamp) whose version the state folder records before committing, so a
+//! run killed between its commit and removing its state does not commit
+//! the same rows twice when it is run again.
+//!
+//! Object stores: delta-rs gets the store aiq builds for every other URL
+//! ([`Remote`], the cloud's own credentials), and commits with a
+//! conditional put (`PutMode::Create`), as aiq's own commits do. No cloud
+//! SDK of delta-rs is built in.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::Column;
+use datafusion::datasource::TableProvider;
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
+use deltalake::logstore::{
+    default_logstore, logstore_factories, LogStore, LogStoreFactory, StorageConfig,
+};
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore};
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::job::plan::Plan;
+use crate::job::settings::WriteMode;
+use crate::pipeline::bounds::PART_BYTES;
+use crate::pipeline::delta::Saved;
+use crate::pipeline::journal::{state_dir, InputIdentity, Part};
+use crate::pipeline::outcome::RowId;
+use crate::pipeline::parquet_out::writer_properties;
+use crate::pipeline::render::Call;
+use crate::pipeline::schedule::CallMaker;
+use crate::pipeline::source::{Format, Source};
+use crate::pipeline::store::{block_on, get_bytes, put, Remote, Role, StateInStore};
+
+/// The commit metadata key that names the job (as the Parquet footer's).
+const JOB_KEY: &str = "aiq.job";
+
+/// The file in the state folder that names the transaction version this
+/// run's commit carries (see the module documentation).
+const COMMIT_TOKEN: &str = "delta-commit.json";
+
+/// The schemes whose stores aiq builds and hands to delta-rs.
+const STORE_SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss"];
+
+/// delta-rs's log store for stores with conditional puts, for the schemes
+/// of [`STORE_SCHEMES`] (its own factories come with cloud SDKs).
+struct ConditionalPut;
+
+impl LogStoreFactory for ConditionalPut {
+    fn with_options(
+        &self,
+        prefixed_store: Arc<dyn ObjectStore>,
+        root_store: Arc<dyn ObjectStore>,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+fn register_log_stores() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let factories = logstore_factories();
+        for scheme in STORE_SCHEMES {
+            if let Ok(url) = Url::parse(&format!("{scheme}://")) {
+                factories.insert(url, Arc::new(ConditionalPut));
+            }
+        }
+    });
+}
+
+/// A Delta table as the job names it.
+pub struct Table {
+    /// As the user wrote it, for messages.
+    pub path: PathBuf,
+    pub table: DeltaTable,
+    role: Role,
+}
+
+impl Table {
+    /// The table at `path` (a local folder or an object-store URL), its
+    /// latest version loaded; not yet a table (no log) is fine for an
+    /// output and an error for an input.
+    pub async fn open(path: &Path, role: Role) -> Result<Table> {
+        Table::open_at(path, role, None, None).await
+    }
+
+    /// [`Table::open`] at version `version`, or at the last version
+    /// committed by `timestamp` (RFC 3339): time travel for an input.
+    pub async fn open_at(
+        path: &Path,
+        role: Role,
+        version: Option<u64>,
+        timestamp: Option<&str>,
+    ) -> Result<Table> {
+        register_log_stores();
+        let fail = |e: &dyn std::fmt::Display| role.error(path, format!("Delta table: {e}"));
+        let builder = match Remote::parse(path, role)? {
+            Some(remote) => {
+                let url = Url::parse(&format!(
+                    "{}/{}",
+                    remote.root.as_str().trim_end_matches('/'),
+                    remote.key
+                ))
+                .map_err(|e| fail(&e))?;
+                DeltaTableBuilder::from_url(url)
+                    .map_err(|e| fail(&e))?
+                    .with_storage_backend(remote.store.clone(), remote.root.clone())
+            }
+            None => {
+                if role == Role::Output {
+                    std::fs::create_dir_all(path)
+                        .map_err(|e| fail(&format!("cannot create the folder: {e}")))?;
+                }
+                let abs = std::path::absolute(path).map_err(|e| fail(&e))?;
+                let url = Url::from_directory_path(&abs)
+                    .map_err(|_| fail(&"not a path a URL can name"))?;
+                DeltaTableBuilder::from_url(url).map_err(|e| fail(&e))?
+            }
+        };
+        let (builder, at) = match (version, timestamp) {
+            (Some(v), _) => (builder.with_version(v), format!(" (version {v})")),
+            (None, Some(t)) => (
+                builder.with_datestring(t).map_err(|e| {
+                    fail(&format!(
+                        "--input-timestamp {t}: not an RFC 3339 time (e.g. \
+                         2026-12-01T00:00:00Z): {e}"
+                    ))
+                })?,
+                format!(" (as of {t})"),
+            ),
+            (None, None) => (builder, String::new()),
+        };
+        let loaded = match role {
+            Role::Input => builder.load().await,
+            // An output may not be a table yet: kept unloaded then.
+            Role::Output => match builder.build() {
+                Ok(mut table) => table.load().await.map(|()| table).or_else(|e| match e {
+                    DeltaTableError::NotATable(_) => Ok(table),
+                    e => Err(e),
+                }),
+                Err(e) => Err(e),
+            },
+        };
+        let table = match loaded {
+            Ok(table) => table,
+            Err(DeltaTableError::NotATable(_)) => {
+                return Err(fail(&"not a Delta table (no _delta_log/ there)"))
+            }
+            Err(e) => return Err(fail(&format!("{e}{at}"))),
+        };
+        Ok(Table {
+            path: path.to_path_buf(),
+            table,
+            role,
+        })
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> Error {
+        self.role
+            .error(&self.path, format!("Delta table: {message}"))
+    }
+
+    /// The loaded version, `None` before the first commit.
+    pub fn version(&self) -> Option<u64> {
+        self.table.version()
+    }
+
+    /// The table's Arrow schema, `None` before the first commit.
+    pub fn schema(&self) -> Option<SchemaRef> {
+        let snapshot = self.table.snapshot().ok()?;
+        Some(snapshot.snapshot().arrow_schema())
+    }
+
+    /// A DataFusion table over the loaded version, all files or `files`.
+    pub async fn provider(&self, files: Option<Vec<String>>) -> Result<Arc<dyn TableProvider>> {
+        let mut builder = self.table.table_provider();
+        if let Some(files) = files {
+            builder = builder.with_file_paths(files);
+        }
+        builder.await.map_err(|e| self.error(e))
+    }
+
+    /// The data files of the loaded version, in log order, with the rows
+    /// each holds when its statistics say.
+    pub fn files(&self) -> Result<Vec<(String, Option<u64>)>> {
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .map(|f| {
+                let rows = f
+                    .stats()
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                    .and_then(|s| s.get("numRecords").and_then(|n| n.as_u64()));
+                (f.path().into_owned(), rows)
+            })
+            .collect())
+    }
+}
+
+/// Checks before anything is sent that the job can write the table: it
+/// opens (or can be created), and a merge key names input columns.
+pub async fn check_output(plan: &Plan, input: &arrow::datatypes::Schema) -> Result<()> {
+    for key in &plan.table.merge_key {
+        if input.field_with_name(key).is_err() {
+            return Err(Error::Config(format!(
+                "--merge-key {key}: the input has no such column"
+            )));
+        }
+    }
+    Table::open(&plan.output, Role::Output).await.map(|_| ())
+}
+
+/// The input of a `--input-format delta` job: the table at the asked
+/// version, this shard's files only (shards split the table by its files,
+/// every file in exactly one shard).
+pub fn open_source(plan: &Plan) -> Result<Source> {
+    block_on(async {
+        let table = open_input(plan).await?;
+        let files = table.files()?;
+        let files: Vec<(String, Option<u64>)> = match plan.shard {
+            Some(shard) => {
+                let n = files.len() as u64;
+                let (start, end) = shard.rows(n);
+                files
+                    .into_iter()
+                    .skip(start as usize)
+                    .take((end - start) as usize)
+                    .collect()
+            }
+            None => files,
+        };
+        let total_rows = files.iter().map(|(_, r)| *r).sum::<Option<u64>>();
+        let paths: Vec<String> = files.into_iter().map(|(p, _)| p).collect();
+        let provider = table.provider(Some(paths)).await?;
+        let schema = provider.schema();
+        let ctx = SessionContext::new();
+        table
+            .table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| table.error(e))?;
+        let df = ctx.read_table(provider).map_err(|e| table.error(e))?;
+        let stream = df.execute_stream().await.map_err(|e| table.error(e))?;
+        let path = plan.input.clone();
+        let mut stream = stream;
+        let batches = std::iter::from_fn(move || {
+            block_on(stream.next()).map(|b| {
+                b.map_err(|e| Error::input(&path, format!("cannot read the Delta table: {e}")))
+            })
+        });
+        Ok(Source::from_batches(
+            &plan.input,
+            Format::Delta,
+            schema,
+            total_rows,
+            Box::new(batches),
+        ))
+    })
+}
+
+async fn open_input(plan: &Plan) -> Result<Table> {
+    let t = &plan.table;
+    Table::open_at(
+        &plan.input,
+        Role::Input,
+        t.input_version,
+        t.input_timestamp.as_deref(),
+    )
+    .await
+}
+
+/// What names a Delta input in the journal: the table and the version
+/// read (a resume against another version rechecks every row).
+pub fn identity(plan: &Plan) -> Result<InputIdentity> {
+    let version = block_on(async { open_input(plan).await.map(|t| t.version()) })?;
+    Ok(InputIdentity {
+        path: plan.input.display().to_string(),
+        size: version.unwrap_or(0),
+        modified: 0,
+    })
+}
+
+/// The parts of a finished job and its state folder, where [`commit`]
+/// finds them: local files, or objects in the bucket.
+pub enum PartFiles {
+    Local { paths: Vec<String>, state: PathBuf },
+    Remote(StateInStore),
+}
+
+impl PartFiles {
+    /// The local parts of the job whose output is `output`.
+    pub fn local(parts: &[Part], output: &Path) -> Result<PartFiles> {
+        let paths = parts
+            .iter()
+            .map(|p| {
+                std::path::absolute(&p.path)
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .map_err(|e| Error::io(&p.path, e))
+            })
+            .collect::<Result<_>>()?;
+        Ok(PartFiles::Local {
+            paths,
+            state: state_dir(output),
+        })
+    }
+
+    fn urls(&self) -> &[String] {
+        match self {
+            PartFiles::Local { paths, .. } => paths,
+            PartFiles::Remote(r) => &r.urls,
+        }
+    }
+
+    /// The transaction version an earlier run of this job recorded before
+    /// committing (it was killed before its state was removed).
+    async fn token(&self) -> Option<i64> {
+        let text = match self {
+            PartFiles::Local { state, .. } => {
+                std::fs::read_to_string(state.join(COMMIT_TOKEN)).ok()?
+            }
+            PartFiles::Remote(r) => {
+                let key = ObjectPath::from(format!("{}/{COMMIT_TOKEN}", r.state));
+                let got = get_bytes(&r.store, &key).await.ok()?;
+                String::from_utf8(got.to_vec()).ok()?
+            }
+        };
+        text.trim().parse().ok()
+    }
+
+    async fn record_token(&self, version: i64) -> Result<()> {
+        let text = version.to_string();
+        match self {
+            PartFiles::Local { state, .. } => {
+                let path = state.join(COMMIT_TOKEN);
+                std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+            }
+            PartFiles::Remote(r) => {
+                let key = ObjectPath::from(format!("{}/{COMMIT_TOKEN}", r.state));
+                put(&r.store, &key, text.into_bytes())
+                    .await
+                    .map_err(|e| Error::output(format!("{}/{key}", r.root), e))
+            }
+        }
+    }
+
+    fn state(&self) -> String {
+        match self {
+            PartFiles::Local { state, .. } => state.display().to_string(),
+            PartFiles::Remote(r) => {
+                format!("{}/{}", r.root.as_str().trim_end_matches('/'), r.state)
+            }
+        }
+    }
+}
+
+/// Commits the job's parts (`rows` rows) to the table as one version
+/// (append, overwrite or merge by key), unless the state says this run
+/// committed them already. Returns the rows written.
+pub async fn commit(
+    plan: &Plan,
+    parts: PartFiles,
+    rows: u64,
+    schema: SchemaRef,
+    job: &str,
+) -> Result<u64> {
+    let table = Table::open(&plan.output, Role::Output).await?;
+    let app_id = format!("aiq-{job}");
+    let committed = match table.table.snapshot() {
+        Ok(s) => s
+            .transaction_version(table.table.log_store().as_ref(), &app_id)
+            .await
+            .map_err(|e| table.error(e))?,
+        Err(_) => None,
+    };
+    let version = match parts.token().await {
+        Some(v) if committed.is_some_and(|c| c >= v) => {
+            tracing::info!(
+                "{}: this run's rows were committed before",
+                table.path.display()
+            );
+            return Ok(rows);
+        }
+        Some(v) => v,
+        None => {
+            let next = committed.unwrap_or(0) + 1;
+            parts.record_token(next).await?;
+            next
+        }
+    };
+    let ctx = SessionContext::new();
+    if let PartFiles::Remote(r) = &parts {
+        ctx.register_object_store(&r.root, r.store.clone());
+    }
+    table
+        .table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| table.error(e))?;
+    let source = if parts.urls().is_empty() {
+        ctx.read_batch(RecordBatch::new_empty(schema.clone()))
+    } else {
+        let options = ParquetReadOptions::default().schema(&schema);
+        ctx.read_parquet(parts.urls().to_vec(), options).await
+    }
+    .map_err(|e| table.error(format!("reading the job's parts: {e}")))?;
+    let properties = CommitProperties::default()
+        .with_metadata([(JOB_KEY.to_string(), serde_json::json!(job))])
+        .with_application_transaction(Transaction::new(&app_id, version));
+    let session = Arc::new(ctx.state());
+    let committed = match plan.table.write_mode {
+        WriteMode::Append | WriteMode::Overwrite => {
+            let (save, schema_mode) = match plan.table.write_mode {
+                WriteMode::Overwrite => (SaveMode::Overwrite, SchemaMode::Overwrite),
+                _ => (SaveMode::Append, SchemaMode::Merge),
+            };
+            table
+                .table
+                .write(Vec::new())
+                .with_input_plan(source.logical_plan().clone())
+                .with_session_state(session)
+                .with_save_mode(save)
+                .with_schema_mode(schema_mode)
+                .with_target_file_size(std::num::NonZeroU64::new(PART_BYTES))
+                .with_writer_properties(writer_properties())
+                .with_commit_properties(properties)
+                .await
+        }
+        WriteMode::Merge => {
+            merge(
+                table.table,
+                source,
+                &plan.table.merge_key,
+                &schema,
+                properties,
+                session,
+            )
+            .await
+        }
+    };
+    match committed {
+        Ok(_) => Ok(rows),
+        Err(e) => Err(Error::Stopped(format!(
+            "Delta table {}: the commit failed: {e}. Every answer is kept in {}: run the same \
+             command again to commit them",
+            plan.output.display(),
+            parts.state()
+        ))),
+    }
+}
+
+/// Upserts `source` by `keys`: a key in the table gets the source's row,
+/// a new key is inserted; new columns are added to the table.
+async fn merge(
+    table: DeltaTable,
+    source: datafusion::prelude::DataFrame,
+    keys: &[String],
+    schema: &SchemaRef,
+    properties: CommitProperties,
+    session: Arc<datafusion::execution::context::SessionState>,
+) -> std::result::Result<DeltaTable, DeltaTableError> {
+    let side = |alias: &str, name: &str| Expr::Column(Column::new(Some(alias), name));
+    let on = keys
+        .iter()
+        .map(|k| side("target", k).eq(side("source", k)))
+        .reduce(Expr::and)
+        .unwrap_or(Expr::Literal(
+            datafusion::scalar::ScalarValue::Boolean(Some(false)),
+            None,
+        ));
+    if table.version().is_none() {
+        // No table yet: the first run's rows are the table.
+        return table
+            .write(Vec::new())
+            .with_input_plan(source.logical_plan().clone())
+            .with_session_state(session)
+            .with_save_mode(SaveMode::Append)
+            .with_target_file_size(std::num::NonZeroU64::new(PART_BYTES))
+            .with_writer_properties(writer_properties())
+            .with_commit_properties(properties)
+            .await;
+    }
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let (table, _metrics) = table
+        .merge(source, on)
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_merge_schema(true)
+        .with_session_state(session)
+        .with_writer_properties(writer_properties())
+        .with_commit_properties(properties)
+        .when_matched_update(|mut u| {
+            for c in &columns {
+                u = u.update(Column::new_unqualified(c), side("source", c));
+            }
+            u
+        })?
+        .when_not_matched_insert(|mut i| {
+            for c in &columns {
+                i = i.set(Column::new_unqualified(c), side("source", c));
+            }
+            i
+        })?
+        .await?;
+    Ok(table)
+}
+
+/// What the table holds for each key, for a merge to tell which input rows
+/// it need not send: the request that answered the key's row (its
+/// fingerprint) and what that call cost. 40 bytes a key.
+pub struct Stored {
+    by_key: HashMap<u64, StoredRow>,
+}
+
+#[derive(Clone, Copy)]
+struct StoredRow {
+    request: u128,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+/// Reads [`Stored`] from the table: the key columns, the fingerprint and
+/// the token counts of every row, nothing else. `None` when the table has
+/// no rows yet, or no fingerprint column (written before aiq kept one).
+pub async fn stored(plan: &Plan) -> Result<Option<Stored>> {
+    let table = Table::open(&plan.output, Role::Output).await?;
+    let Some(schema) = table.schema() else {
+        return Ok(None);
+    };
+    let keys = &plan.table.merge_key;
+    let wanted: Vec<&str> = keys
+        .iter()
+        .map(String::as_str)
+        .chain([FINGERPRINT_COLUMN, "prompt_tokens", "completion_tokens"])
+        .collect();
+    if wanted.iter().any(|c| schema.field_with_name(c).is_err()) {
+        return Ok(None);
+    }
+    let ctx = SessionContext::new();
+    table
+        .table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| table.error(e))?;
+    let provider = table.provider(None).await?;
+    let columns: Vec<Expr> = wanted
+        .iter()
+        .map(|c| Expr::Column(Column::new_unqualified(*c)))
+        .collect();
+    let df = ctx
+        .read_table(provider)
+        .and_then(|df| df.select(columns))
+        .map_err(|e| table.error(e))?;
+    let mut stream = df.execute_stream().await.map_err(|e| table.error(e))?;
+    let mut by_key = HashMap::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| table.error(format!("reading its keys: {e}")))?;
+        let hashes = key_hashes(&batch, keys).map_err(|e| table.error(e))?;
+        let requests = batch.column(keys.len());
+        let tokens = |i: usize| {
+            arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::UInt64)
+                .map_err(|e| table.error(e))
+        };
+        let (prompt, completion) = (tokens(keys.len() + 1)?, tokens(keys.len() + 2)?);
+        let (prompt, completion) = (
+            prompt.as_primitive::<arrow::datatypes::UInt64Type>(),
+            completion.as_primitive::<arrow::datatypes::UInt64Type>(),
+        );
+        for (row, hash) in hashes.into_iter().enumerate() {
+            let Some(request) = request_of(requests, row) else {
+                continue;
+            };
+            by_key.insert(
+                hash,
+                StoredRow {
+                    request,
+                    prompt_tokens: prompt.value(row),
+                    completion_tokens: completion.value(row),
+                },
+            );
+        }
+    }
+    Ok(Some(Stored { by_key }))
+}
+
+impl Stored {
+    /// Of `batch`'s rows (the first is row `first`), those to send: a row
+    /// whose key the table holds with the same request is not, and its
+    /// stored call is counted in `saved`.
+    pub fn keep(
+        &self,
+        plan: &Plan,
+        maker: &CallMaker<'_>,
+        first: RowId,
+        batch: &RecordBatch,
+        saved: &Saved,
+    ) -> Result<BooleanArray> {
+        let keys =
+            key_hashes(batch, &plan.table.merge_key).map_err(|e| Error::input(&plan.input, e))?;
+        let mut keep = vec![true; batch.num_rows()];
+        let (_, calls) = maker.calls(first, batch);
+        for call in &calls {
+            let fingerprints = request_fingerprints(plan, call);
+            for (row, fingerprint) in call.rows.iter().zip(fingerprints) {
+                let at = (row - first) as usize;
+                let Some(stored) = keys.get(at).and_then(|k| self.by_key.get(k)) else {
+                    continue;
+                };
+                if parse_request(&fingerprint) == Some(stored.request) {
+                    keep[at] = false;
+                    saved.add(stored.prompt_tokens, stored.completion_tokens);
+                }
+            }
+        }
+        Ok(BooleanArray::from(keep))
+    }
+}
+
+/// One hash per row of the key columns' values as text (so an INT key in
+/// the table matches a BIGINT one in the input), `\u{1f}` between columns.
+fn key_hashes(batch: &RecordBatch, keys: &[String]) -> std::result::Result<Vec<u64>, String> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default().with_null("\u{0}null");
+    let formatters = keys
+        .iter()
+        .map(|k| {
+            let column = batch
+                .column_by_name(k)
+                .ok_or_else(|| format!("no key column {k}"))?;
+            ArrayFormatter::try_new(column.as_ref(), &options).map_err(|e| format!("{k}: {e}"))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let mut text = String::new();
+    Ok((0..batch.num_rows())
+        .map(|row| {
+            text.clear();
+            for f in &formatters {
+                use std::fmt::Write;
+                let _ = write!(text, "{}\u{1f}", f.value(row));
+            }
+            let h = blake3::hash(text.as_bytes());
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(&h.as_bytes()[..8]);
+            u64::from_le_bytes(eight)
+        })
+        .collect())
+}
+
+/// A stored fingerprint as a number: the first 32 hex digits.
+fn request_of(column: &ArrayRef, row: usize) -> Option<u128> {
+    let text = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).ok()?;
+    let text = text.as_string::<i32>();
+    if text.is_null(row) {
+        return None;
+    }
+    parse_request(text.value(row))
+}
+
+fn parse_request(hex: &str) -> Option<u128> {
+    u128::from_str_radix(hex.get(..32)?, 16).ok()
+}
+
+// PLACEHOLDER(dedup): the request fingerprint and its output column are
+// `dedup`'s (rendered body + endpoint + model); until that lands this uses
+// the call journal's key of the same request, and no table has the column,
+// so a merge sends every row. Replace both with dedup's when it is on main.
+const FINGERPRINT_COLUMN: &str = "request_fingerprint";
+fn request_fingerprints(plan: &Plan, call: &Call) -> Vec<String> {
+    crate::pipeline::call_journal::row_keys(&plan.call_fingerprint(), call)
+}
+
+/// Registers the Delta table at `path` (its latest version) as `name` in
+/// an `aiq sql` session.
+pub async fn register(ctx: &SessionContext, name: &str, path: &Path) -> Result<()> {
+    let table = Table::open(path, Role::Input).await?;
+    table
+        .table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| table.error(e))?;
+    let provider = table.provider(None).await?;
+    ctx.register_table(name, provider)
+        .map_err(|e| table.error(e))?;
+    Ok(())
+}
+
+/// Writes what `plan` yields (an `aiq sql` query, run by `session`) to the
+/// Delta table at `path` as one new version, appended. Returns the rows
+/// written.
+pub async fn write_plan(
+    path: &Path,
+    session: datafusion::execution::context::SessionState,
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> Result<u64> {
+    let table = Table::open(path, Role::Output).await?;
+    table
+        .table
+        .update_datafusion_session(&session)
+        .map_err(|e| table.error(e))?;
+    let written = table
+        .table
+        .write(Vec::new())
+        .with_input_plan(plan)
+        .with_session_state(Arc::new(session))
+        .with_save_mode(SaveMode::Append)
+        .with_schema_mode(SchemaMode::Merge)
+        .with_target_file_size(std::num::NonZeroU64::new(PART_BYTES))
+        .with_writer_properties(writer_properties())
+        .await
+        .map_err(|e| Error::Aborted(format!("Delta table {}: {e}", path.display())))?;
+    let mut history = written.history(Some(1));
+    let rows = match history.next().await {
+        Some(Ok(info)) => info
+            .info
+            .get("operationMetrics")
+            .and_then(|m| m.get("num_added_rows"))
+            .and_then(|n| n.as_u64().or_else(|| n.as_str()?.parse().ok()))
+            .unwrap_or(0),
+        _ => 0,
+    };
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int32Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(id: ArrayRef, name: ArrayRef) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("id", id.data_type().clone(), true),
+            Field::new("name", DataType::Utf8, true),
+        ]);
+        RecordBatch::try_new(Arc::new(schema), vec![id, name]).unwrap()
+    }
+
+    #[test]
+    fn keys_match_across_integer_widths_and_tell_nulls_from_text() {
+        let keys = ["id".to_string(), "name".to_string()];
+        let a = batch(
+            Arc::new(Int64Array::from(vec![Some(1), Some(2), None])),
+            Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("null")])),
+        );
+        let b = batch(
+            Arc::new(Int32Array::from(vec![Some(1), Some(2), None])),
+            Arc::new(StringArray::from(vec![Some("a"), Some("c"), None])),
+        );
+        let (ha, hb) = (
+            key_hashes(&a, &keys).unwrap(),
+            key_hashes(&b, &keys).unwrap(),
+        );
+        assert_eq!(ha[0], hb[0], "the same key, as INT and BIGINT");
+        assert_ne!(ha[1], hb[1], "another name");
+        assert_ne!(ha[2], hb[2], "a null is not the text \"null\"");
+        let missing = key_hashes(&a, &["nope".to_string()]).unwrap_err();
+        assert!(missing.contains("nope"), "{missing}");
+    }
+
+    #[test]
+    fn stored_fingerprints_read_as_numbers() {
+        assert_eq!(parse_request("00000000000000000000000000000001ff"), Some(1));
+        assert_eq!(parse_request("short"), None);
+        assert_eq!(parse_request("zz000000000000000000000000000000"), None);
+    }
+}

@@ -1,0 +1,181 @@
+//! Delta Lake tables in and out: what the run calls. The tables are read
+//! and written by [`lake`] (delta-rs, behind the `delta` cargo feature);
+//! without the feature these calls are refused (the plan refuses a Delta
+//! job already, so they are never reached).
+
+#[cfg(feature = "delta")]
+pub mod lake;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+
+use crate::error::{Error, Result};
+use crate::job::plan::Plan;
+use crate::pipeline::journal::{InputIdentity, Part};
+use crate::pipeline::render::Templates;
+use crate::pipeline::source::Source;
+use crate::pipeline::store::RemoteOutput;
+
+#[cfg(not(feature = "delta"))]
+fn not_built() -> Error {
+    Error::Config("this aiq was built without Delta Lake (the `delta` feature)".into())
+}
+
+/// Before anything is sent: the table opens (or can be created there) and
+/// the merge key names input columns.
+pub async fn check_output(plan: &Plan, input: &Schema) -> Result<()> {
+    #[cfg(feature = "delta")]
+    return lake::check_output(plan, input).await;
+    #[cfg(not(feature = "delta"))]
+    {
+        let _ = (plan, input);
+        Err(not_built())
+    }
+}
+
+/// The rows of a `--input-format delta` job (this shard's files).
+pub fn open_source(plan: &Plan) -> Result<Source> {
+    #[cfg(feature = "delta")]
+    return lake::open_source(plan);
+    #[cfg(not(feature = "delta"))]
+    {
+        let _ = plan;
+        Err(not_built())
+    }
+}
+
+/// What names a Delta input in the journal: the table and its version.
+pub fn identity(plan: &Plan) -> Result<InputIdentity> {
+    #[cfg(feature = "delta")]
+    return lake::identity(plan);
+    #[cfg(not(feature = "delta"))]
+    {
+        let _ = plan;
+        Err(not_built())
+    }
+}
+
+/// Commits the finished parts to the table (local, or in the bucket for an
+/// object-store table) as one version. Returns the rows written.
+pub async fn commit(
+    plan: &Plan,
+    parts: &[Part],
+    remote: Option<&Arc<tokio::sync::Mutex<RemoteOutput>>>,
+    schema: SchemaRef,
+    job: &str,
+) -> Result<u64> {
+    #[cfg(feature = "delta")]
+    {
+        let rows = parts.iter().map(|p| p.end - p.start).sum();
+        let files = match remote {
+            Some(r) => lake::PartFiles::Remote(r.lock().await.part_urls(parts).await?),
+            None => lake::PartFiles::local(parts, &plan.state_output())?,
+        };
+        lake::commit(plan, files, rows, schema, job).await
+    }
+    #[cfg(not(feature = "delta"))]
+    {
+        let _ = (plan, parts, remote, schema, job);
+        Err(not_built())
+    }
+}
+
+/// The calls a merge did not make because the table held their answer:
+/// how many, and the tokens they cost when they were made.
+#[derive(Debug, Default)]
+pub struct Saved {
+    pub rows: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+}
+
+impl Saved {
+    pub fn add(&self, prompt_tokens: u64, completion_tokens: u64) {
+        self.rows.fetch_add(1, Ordering::Relaxed);
+        self.prompt_tokens
+            .fetch_add(prompt_tokens, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(completion_tokens, Ordering::Relaxed);
+    }
+
+    /// Counts and would-be cost for the summary.
+    pub fn tally(&self) -> (u64, u64, u64) {
+        (
+            self.rows.load(Ordering::Relaxed),
+            self.prompt_tokens.load(Ordering::Relaxed),
+            self.completion_tokens.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `--write-mode merge`: `source` without the rows whose key the table
+/// holds with the same request (their stored result stands; the merge
+/// leaves their rows as they are). Any other job: `source` as it is.
+/// The table's keys are read here, before anything is sent.
+pub fn skip_stored(
+    plan: &Plan,
+    source: Source,
+    templates: &Arc<Templates>,
+) -> Result<(Source, Arc<Saved>)> {
+    let saved = Arc::new(Saved::default());
+    if plan.table.write_mode != crate::job::settings::WriteMode::Merge {
+        return Ok((source, saved));
+    }
+    #[cfg(feature = "delta")]
+    {
+        let Some(stored) = crate::pipeline::store::block_on(lake::stored(plan))? else {
+            return Ok((source, saved));
+        };
+        let stored = Arc::new(stored);
+        let builder = crate::pipeline::render::BodyBuilder::new(plan.body_spec(), templates);
+        let (plan, templates) = (plan.clone(), templates.clone());
+        let (path, format, schema) = (source.path.clone(), source.format(), source.schema.clone());
+        let counted = saved.clone();
+        let mut first = 0u64;
+        let batches = source.into_batches().map(move |batch| {
+            let batch = batch?;
+            let maker = crate::pipeline::schedule::CallMaker {
+                templates: &templates,
+                builder: &builder,
+                batch_size: plan.batch_size,
+                similarity: plan.prompt2.is_some(),
+                passthrough: plan.passthrough(),
+            };
+            let keep = stored.keep(&plan, &maker, first, &batch, &counted)?;
+            first += batch.num_rows() as u64;
+            arrow::compute::filter_record_batch(&batch, &keep)
+                .map_err(|e| Error::input(&plan.input, e))
+        });
+        // The rows left are known only once read: no total for the bar.
+        let source = Source::from_batches(&path, format, schema, None, Box::new(batches));
+        Ok((source, saved))
+    }
+    #[cfg(not(feature = "delta"))]
+    {
+        let _ = templates;
+        Err(not_built())
+    }
+}
+
+/// `aiq sql`: the Delta table at `path` as the table `name` of the query.
+#[cfg(feature = "delta")]
+pub async fn register(
+    ctx: &datafusion::prelude::SessionContext,
+    name: &str,
+    path: &std::path::Path,
+) -> Result<()> {
+    lake::register(ctx, name, path).await
+}
+
+/// `aiq sql --output-format delta`: the query's rows appended to the Delta
+/// table at `path` as one version. Returns the rows written.
+#[cfg(feature = "delta")]
+pub async fn write_query(
+    path: &std::path::Path,
+    session: datafusion::execution::context::SessionState,
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> Result<u64> {
+    lake::write_plan(path, session, plan).await
+}
