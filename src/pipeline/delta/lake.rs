@@ -50,10 +50,10 @@ use crate::job::plan::Plan;
 use crate::job::settings::WriteMode;
 use crate::pipeline::bounds::PART_BYTES;
 use crate::pipeline::delta::Saved;
+use crate::pipeline::fingerprint::Fingerprinter;
 use crate::pipeline::journal::{state_dir, InputIdentity, Part};
 use crate::pipeline::outcome::RowId;
 use crate::pipeline::parquet_out::writer_properties;
-use crate::pipeline::render::Call;
 use crate::pipeline::schedule::CallMaker;
 use crate::pipeline::source::{Format, Source};
 use crate::pipeline::store::{block_on, get_bytes, put, Remote, Role, StateInStore};
@@ -167,10 +167,10 @@ impl Table {
             Role::Input => builder.load().await,
             // An output may not be a table yet: kept unloaded then.
             Role::Output => match builder.build() {
-                Ok(mut table) => table.load().await.map(|()| table).or_else(|e| match e {
-                    DeltaTableError::NotATable(_) => Ok(table),
-                    e => Err(e),
-                }),
+                Ok(mut table) => match table.load().await {
+                    Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
         };
@@ -267,7 +267,12 @@ pub fn open_source(plan: &Plan) -> Result<Source> {
         let paths: Vec<String> = files.into_iter().map(|(p, _)| p).collect();
         let provider = table.provider(Some(paths)).await?;
         let schema = provider.schema();
-        let ctx = SessionContext::new();
+        // One partition: rows come in the table's file order every time,
+        // which a resume's row numbers rely on.
+        let config = datafusion::prelude::SessionConfig::new()
+            .with_target_partitions(1)
+            .with_batch_size(plan.batch_rows.max(1));
+        let ctx = SessionContext::new_with_config(config);
         table
             .table
             .update_datafusion_session(&ctx.state())
@@ -281,13 +286,15 @@ pub fn open_source(plan: &Plan) -> Result<Source> {
                 b.map_err(|e| Error::input(&path, format!("cannot read the Delta table: {e}")))
             })
         });
-        Ok(Source::from_batches(
+        let mut source = Source::from_batches(
             &plan.input,
             Format::Delta,
             schema,
             total_rows,
             Box::new(batches),
-        ))
+        );
+        source.batch_rows = plan.batch_rows.max(1);
+        Ok(source)
     })
 }
 
@@ -541,6 +548,7 @@ async fn merge(
 /// fingerprint) and what that call cost. 40 bytes a key.
 pub struct Stored {
     by_key: HashMap<u64, StoredRow>,
+    requests: Fingerprinter,
 }
 
 #[derive(Clone, Copy)]
@@ -610,7 +618,10 @@ pub async fn stored(plan: &Plan) -> Result<Option<Stored>> {
             );
         }
     }
-    Ok(Some(Stored { by_key }))
+    Ok(Some(Stored {
+        by_key,
+        requests: Fingerprinter::of(plan),
+    }))
 }
 
 impl Stored {
@@ -630,7 +641,7 @@ impl Stored {
         let mut keep = vec![true; batch.num_rows()];
         let (_, calls) = maker.calls(first, batch);
         for call in &calls {
-            let fingerprints = request_fingerprints(plan, call);
+            let fingerprints = self.requests.rows(call);
             for (row, fingerprint) in call.rows.iter().zip(fingerprints) {
                 let at = (row - first) as usize;
                 let Some(stored) = keys.get(at).and_then(|k| self.by_key.get(k)) else {
@@ -690,14 +701,9 @@ fn parse_request(hex: &str) -> Option<u128> {
     u128::from_str_radix(hex.get(..32)?, 16).ok()
 }
 
-// PLACEHOLDER(dedup): the request fingerprint and its output column are
-// `dedup`'s (rendered body + endpoint + model); until that lands this uses
-// the call journal's key of the same request, and no table has the column,
-// so a merge sends every row. Replace both with dedup's when it is on main.
+/// The output column that holds each row's request fingerprint
+/// ([`crate::pipeline::fingerprint`]).
 const FINGERPRINT_COLUMN: &str = "request_fingerprint";
-fn request_fingerprints(plan: &Plan, call: &Call) -> Vec<String> {
-    crate::pipeline::call_journal::row_keys(&plan.call_fingerprint(), call)
-}
 
 /// Registers the Delta table at `path` (its latest version) as `name` in
 /// an `aiq sql` session.

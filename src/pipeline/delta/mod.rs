@@ -132,6 +132,7 @@ pub fn skip_stored(
         let builder = crate::pipeline::render::BodyBuilder::new(plan.body_spec(), templates);
         let (plan, templates) = (plan.clone(), templates.clone());
         let (path, format, schema) = (source.path.clone(), source.format(), source.schema.clone());
+        let batch_rows = source.batch_rows;
         let counted = saved.clone();
         let mut first = 0u64;
         let batches = source.into_batches().map(move |batch| {
@@ -149,7 +150,8 @@ pub fn skip_stored(
                 .map_err(|e| Error::input(&plan.input, e))
         });
         // The rows left are known only once read: no total for the bar.
-        let source = Source::from_batches(&path, format, schema, None, Box::new(batches));
+        let mut source = Source::from_batches(&path, format, schema, None, Box::new(batches));
+        source.batch_rows = batch_rows;
         Ok((source, saved))
     }
     #[cfg(not(feature = "delta"))]
