@@ -17,8 +17,8 @@ use crate::job::settings::{
     InputFormat, JobSettings, Mode, OutputFormat, SimulatorSettings, BODY_TEMPLATE,
 };
 use crate::job::shard::{split_limit, Shard, PLACEHOLDER};
-use crate::job::table::TableSettings;
 use crate::job::spend::{Budget, Prices};
+use crate::job::table::TableSettings;
 use crate::provider::dialect::{BodySpec, Dialect};
 use crate::provider::endpoint::{Endpoint, Handed, Target};
 use crate::provider::endpoint::{SIMULATOR_MODEL, SIMULATOR_TOKEN};

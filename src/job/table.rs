@@ -4,10 +4,7 @@
 //! that has no Delta table on that side, they are mistakes, not ignored.
 //! The tables themselves are read and written by `pipeline::delta`.
 
-use std::path::PathBuf;
-
 use crate::error::{Error, Result};
-use crate::job::plan::Plan;
 use crate::job::settings::{InputFormat, JobSettings, OutputFormat, WriteMode};
 
 /// The Delta settings of a job, checked.
@@ -78,27 +75,6 @@ impl TableSettings {
             input_version: s.input_version,
             input_timestamp: s.input_timestamp.clone(),
         })
-    }
-}
-
-impl Plan {
-    /// The output path whose state folder (journal, parts, writer lock) the
-    /// job uses: the output's own, except that the shards of a job share
-    /// one Delta table and so each keep theirs beside it
-    /// (`table.shard-K-of-N.aiq/`).
-    pub fn state_output(&self) -> PathBuf {
-        match (self.output_format, self.shard_scope()) {
-            (OutputFormat::Delta, Some(scope)) => {
-                let mut name = self
-                    .output
-                    .file_name()
-                    .map(|n| n.to_os_string())
-                    .unwrap_or_default();
-                name.push(format!(".{scope}"));
-                self.output.with_file_name(name)
-            }
-            _ => self.output.clone(),
-        }
     }
 }
 

@@ -133,7 +133,7 @@ impl Summary {
     }
 
     /// Takes in the calls a merge's table answered.
-    pub fn count_saved(&mut self, saved: &crate::pipeline::delta::Saved) {
+    pub fn count_saved(&mut self, saved: &crate::pipeline::delta::saved::Saved) {
         let (rows, prompt, completion) = saved.tally();
         self.saved_by_table = rows;
         self.saved_by_table_usd = self

@@ -32,7 +32,8 @@ use crate::pipeline::collect::Collector;
 use crate::pipeline::connect::{connect, Connection};
 use crate::pipeline::context_cache;
 use crate::pipeline::dedup::Dedup;
-use crate::pipeline::delta::Saved;
+use crate::pipeline::delta::saved::Saved;
+use crate::pipeline::delta::state_output;
 use crate::pipeline::journal::{InputIdentity, Journal, Manifest, Resume};
 use crate::pipeline::lock::WriterLock;
 use crate::pipeline::openai_batch::OutputFormat;
@@ -190,7 +191,7 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
             false => check_output(&plan.output, own_input)?,
         }
         let scope = plan.shard_scope();
-        held.lock = Some(WriterLock::acquire(&plan.state_output(), scope.as_deref()).await?);
+        held.lock = Some(WriterLock::acquire(&state_output(plan), scope.as_deref()).await?);
         // Only a file's identity is trusted to say the rows are the same:
         // rows handed in (Python) may be others of the same shape.
         if own_input.is_some() && !(plan.restart || plan.overwrite || plan.retry_failed || delta) {
@@ -236,7 +237,7 @@ async fn open_state(
 ) -> Result<(State, Rechecked)> {
     // An object-store output: the journal and parts are kept in a local
     // scratch folder and mirrored to the bucket (pipeline::store).
-    let remote = match Remote::parse(&plan.state_output(), Role::Output)? {
+    let remote = match Remote::parse(&state_output(plan), Role::Output)? {
         Some(_) if to_batches => None,
         Some(_) if plan.output_format == OutputFormat::OpenaiBatch => {
             return Err(Error::output(
@@ -249,7 +250,7 @@ async fn open_state(
     };
     let output = remote
         .as_ref()
-        .map_or(plan.state_output(), |r| r.local_output().to_path_buf());
+        .map_or(state_output(plan), |r| r.local_output().to_path_buf());
     let (mut journal, resume) = match to_batches {
         true => (Journal::disabled(), Resume::default()),
         false => Journal::open(&output, manifest, plan.restart)?,

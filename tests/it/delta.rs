@@ -261,8 +261,10 @@ print(json.dumps({"ok": True}))
 
 #[tokio::test]
 async fn the_same_shard_twice_at_once_is_refused_other_shards_are_not() {
+    // Slow replies, one at a time: the first run is still going while the
+    // others start (it has 3 of its 4 rows to go, 1.5 s).
     let fx = Fixture::new(SimConfig {
-        latency_ms: 200,
+        latency_ms: 500,
         ..SimConfig::default()
     })
     .await;

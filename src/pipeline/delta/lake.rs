@@ -49,7 +49,7 @@ use crate::error::{Error, Result};
 use crate::job::plan::Plan;
 use crate::job::settings::WriteMode;
 use crate::pipeline::bounds::PART_BYTES;
-use crate::pipeline::delta::Saved;
+use crate::pipeline::delta::saved::Saved;
 use crate::pipeline::fingerprint::Fingerprinter;
 use crate::pipeline::journal::{state_dir, InputIdentity, Part};
 use crate::pipeline::outcome::RowId;
@@ -502,10 +502,7 @@ async fn merge(
         .iter()
         .map(|k| side("target", k).eq(side("source", k)))
         .reduce(Expr::and)
-        .unwrap_or(Expr::Literal(
-            datafusion::scalar::ScalarValue::Boolean(Some(false)),
-            None,
-        ));
+        .unwrap_or(datafusion::prelude::lit(false));
     if table.version().is_none() {
         // No table yet: the first run's rows are the table.
         return table

@@ -5,18 +5,40 @@
 
 #[cfg(feature = "delta")]
 pub mod lake;
+pub mod saved;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+pub use saved::Saved;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::error::{Error, Result};
 use crate::job::plan::Plan;
+use crate::job::settings::OutputFormat;
 use crate::pipeline::journal::{InputIdentity, Part};
 use crate::pipeline::render::Templates;
 use crate::pipeline::source::Source;
 use crate::pipeline::store::RemoteOutput;
+
+/// The output path whose state folder (journal, parts, writer lock) the
+/// job uses: the output's own, except that the shards of a job share one
+/// Delta table and so each keep theirs beside it (`table.shard-K-of-N.aiq/`).
+pub fn state_output(plan: &Plan) -> PathBuf {
+    match (plan.output_format, plan.shard_scope()) {
+        (OutputFormat::Delta, Some(scope)) => {
+            let mut name = plan
+                .output
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default();
+            name.push(format!(".{scope}"));
+            plan.output.with_file_name(name)
+        }
+        _ => plan.output.clone(),
+    }
+}
 
 #[cfg(not(feature = "delta"))]
 fn not_built() -> Error {
@@ -71,7 +93,7 @@ pub async fn commit(
         let rows = parts.iter().map(|p| p.end - p.start).sum();
         let files = match remote {
             Some(r) => lake::PartFiles::Remote(r.lock().await.part_urls(parts).await?),
-            None => lake::PartFiles::local(parts, &plan.state_output())?,
+            None => lake::PartFiles::local(parts, &state_output(plan))?,
         };
         lake::commit(plan, files, rows, schema, job).await
     }
@@ -79,34 +101,6 @@ pub async fn commit(
     {
         let _ = (plan, parts, remote, schema, job);
         Err(not_built())
-    }
-}
-
-/// The calls a merge did not make because the table held their answer:
-/// how many, and the tokens they cost when they were made.
-#[derive(Debug, Default)]
-pub struct Saved {
-    pub rows: AtomicU64,
-    pub prompt_tokens: AtomicU64,
-    pub completion_tokens: AtomicU64,
-}
-
-impl Saved {
-    pub fn add(&self, prompt_tokens: u64, completion_tokens: u64) {
-        self.rows.fetch_add(1, Ordering::Relaxed);
-        self.prompt_tokens
-            .fetch_add(prompt_tokens, Ordering::Relaxed);
-        self.completion_tokens
-            .fetch_add(completion_tokens, Ordering::Relaxed);
-    }
-
-    /// Counts and would-be cost for the summary.
-    pub fn tally(&self) -> (u64, u64, u64) {
-        (
-            self.rows.load(Ordering::Relaxed),
-            self.prompt_tokens.load(Ordering::Relaxed),
-            self.completion_tokens.load(Ordering::Relaxed),
-        )
     }
 }
 
