@@ -197,7 +197,9 @@ pub async fn query(
     }
     let delta = args.output_format == Some(OutputFormat::Delta);
     let result = match args.output.as_deref() {
-        Some(out) if delta => write_delta(out, &ctx, frame).await.map(|rows| (rows, Vec::new())),
+        Some(out) if delta => write_delta(out, &ctx, frame)
+            .await
+            .map(|rows| (rows, Vec::new())),
         output => {
             let stream = frame.execute_stream().await.map_err(planning)?;
             match output {
@@ -283,12 +285,14 @@ async fn register_all(
     for (name, path) in &args.tables {
         // Anything else is taken for a Delta table (a folder, a prefix).
         let delta = cfg!(feature = "delta").then_some(FileKind::Delta);
-        let kind = FileKind::of(&path.to_string_lossy()).or(delta).ok_or_else(|| {
-            Error::input(
-                path,
-                "unknown file type: use .parquet, .jsonl, .ndjson, .json or .csv",
-            )
-        })?;
+        let kind = FileKind::of(&path.to_string_lossy())
+            .or(delta)
+            .ok_or_else(|| {
+                Error::input(
+                    path,
+                    "unknown file type: use .parquet, .jsonl, .ndjson, .json or .csv",
+                )
+            })?;
         register(
             ctx,
             &FileTable {
