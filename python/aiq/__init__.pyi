@@ -39,8 +39,12 @@ class RunSettings(TypedDict, total=False):
     to_lang: str  # target language for ai_translate
     images: Sequence[str]  # columns holding images sent with the prompt (chat)
     send_empty: bool  # send rows whose prompt renders empty or blank (by default not sent: result null, error_message says why)
-    input_format: Literal['rows', 'openai-batch']  # how to read the input [rows]
-    output_format: Literal['parquet', 'openai-batch']  # how to write the output [parquet]
+    input_format: Literal['rows', 'delta', 'openai-batch']  # how to read the input [rows]
+    output_format: Literal['parquet', 'delta', 'openai-batch']  # how to write the output [parquet]
+    write_mode: Literal['append', 'overwrite', 'merge']  # how a Delta output takes the rows [append]
+    merge_key: Sequence[str] | str  # write_mode="merge": the input columns that identify a row; or "a,b"
+    input_version: int  # a Delta input at this version (time travel)
+    input_timestamp: str  # a Delta input as of this RFC 3339 time
     fail_on_error: bool  # fail the job on the first row error
     concurrency: int  # requests in flight at most [16]
     rpm: int  # requests per minute the endpoint allows
@@ -108,6 +112,7 @@ class SqlSettings(TypedDict, total=False):
     price_cached: float  # USD per million cached input tokens [price_in]
     price_cache_write: float  # USD per million input tokens written to the cache [price_in x provider multiplier]
     context_tokens: int  # model context window: ai_agg and ai_summarize_agg split groups to fit [8192]
+    output_format: Literal['parquet', 'delta']  # how `output` is written; delta: appended to a Delta table [parquet]
 
 def run(
     data: _Data = None,
