@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::Column;
@@ -101,6 +101,22 @@ fn register_log_stores() {
     });
 }
 
+/// A DataFusion session with delta-rs's planner, which its writes and
+/// merges plan through.
+fn delta_session() -> SessionContext {
+    deltalake::delta_datafusion::create_session().into_inner()
+}
+
+/// `session` with delta-rs's planner (an `aiq sql` session, which has aiq's
+/// own rules and functions), for a write to plan through.
+fn with_delta_planner(
+    session: datafusion::execution::context::SessionState,
+) -> datafusion::execution::context::SessionState {
+    datafusion::execution::session_state::SessionStateBuilder::new_from_existing(session)
+        .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
+        .build()
+}
+
 /// A Delta table as the job names it.
 pub struct Table {
     /// As the user wrote it, for messages.
@@ -126,7 +142,8 @@ impl Table {
         timestamp: Option<&str>,
     ) -> Result<Table> {
         register_log_stores();
-        let fail = |e: &dyn std::fmt::Display| role.error(path, format!("Delta table: {e}"));
+        let shown = path.display().to_string();
+        let fail = |e: &dyn std::fmt::Display| role.error(&shown, format!("Delta table: {e}"));
         let builder = match Remote::parse(path, role)? {
             Some(remote) => {
                 let url = Url::parse(&format!(
@@ -189,8 +206,10 @@ impl Table {
     }
 
     fn error(&self, message: impl std::fmt::Display) -> Error {
-        self.role
-            .error(&self.path, format!("Delta table: {message}"))
+        self.role.error(
+            &self.path.display().to_string(),
+            format!("Delta table: {message}"),
+        )
     }
 
     /// The loaded version, `None` before the first commit.
@@ -427,7 +446,7 @@ pub async fn commit(
             next
         }
     };
-    let ctx = SessionContext::new();
+    let ctx = delta_session();
     if let PartFiles::Remote(r) = &parts {
         ctx.register_object_store(&r.root, r.store.clone());
     }
@@ -572,7 +591,7 @@ pub async fn stored(plan: &Plan) -> Result<Option<Stored>> {
     if wanted.iter().any(|c| schema.field_with_name(c).is_err()) {
         return Ok(None);
     }
-    let ctx = SessionContext::new();
+    let ctx = delta_session();
     table
         .table
         .update_datafusion_session(&ctx.state())
@@ -725,6 +744,7 @@ pub async fn write_plan(
     plan: datafusion::logical_expr::LogicalPlan,
 ) -> Result<u64> {
     let table = Table::open(path, Role::Output).await?;
+    let session = with_delta_planner(session);
     table
         .table
         .update_datafusion_session(&session)
