@@ -50,18 +50,18 @@ pq.write_table(table(rows), f"{work}/base.parquet")
 pq.write_table(table(rows + new), f"{work}/grown.parquet")
 PY
 
-job() {
-    "$AIQ" run --input "$1" --output "$WORK/scores" --output-format delta \
-        --write-mode merge --merge-key id --endpoint "$URL/v1" --model sim \
-        --prompt '{{text}}' --param max_tokens=8 --concurrency "$CONCURRENCY" --no-warmup \
-        --price-in 3 --price-out 15 "${@:2}"
-}
+# One command line for every step (an array, so that /usr/bin/time can run
+# it: time runs programs, not shell functions).
+JOB=("$AIQ" run --output "$WORK/scores" --output-format delta
+    --write-mode merge --merge-key id --endpoint "$URL/v1" --model sim
+    --prompt '{{text}}' --param max_tokens=8 --concurrency "$CONCURRENCY" --no-warmup
+    --price-in 3 --price-out 15)
 
 start=$(date +%s.%N)
-OPENAI_API_KEY=x job "$WORK/base.parquet" -q
+OPENAI_API_KEY=x "${JOB[@]}" --input "$WORK/base.parquet" -q
 echo "table of $ROWS rows written in $(echo "$(date +%s.%N) - $start" | bc) s"
 
-OPENAI_API_KEY=x /usr/bin/time -v -o "$WORK/time.txt" job "$WORK/grown.parquet" --dry-run > "$WORK/dry.txt"
+OPENAI_API_KEY=x /usr/bin/time -v -o "$WORK/time.txt" "${JOB[@]}" --input "$WORK/grown.parquet" --dry-run > "$WORK/dry.txt"
 grep '^rows' "$WORK/dry.txt"
 awk -F': ' '
     /Elapsed \(wall clock\)/ { split($2, t, ":"); wall = (length(t) == 3) ? t[1]*3600 + t[2]*60 + t[3] : t[1]*60 + t[2] }
@@ -69,6 +69,6 @@ awk -F': ' '
     END { printf "deciding what to send: %.1f s wall, %.1f MiB peak RSS\n", wall, rss / 1024 }
 ' "$WORK/time.txt"
 
-OPENAI_API_KEY=x job "$WORK/grown.parquet" 2> "$WORK/run.txt"
+OPENAI_API_KEY=x "${JOB[@]}" --input "$WORK/grown.parquet" 2> "$WORK/run.txt"
 grep -E '^(requests|saved)' "$WORK/run.txt" || cat "$WORK/run.txt"
 echo "new rows: $NEW"
