@@ -124,6 +124,8 @@ macro_rules! with_call_settings {
         }
     };
 }
+// `aiq sql`'s arguments (the `sql` feature) are the macro's other user.
+#[cfg_attr(not(feature = "sql"), allow(unused_imports))]
 pub(crate) use with_call_settings;
 
 /// [`with_call_settings`]' second step: the struct, then the call settings.
