@@ -213,7 +213,7 @@ print(json.dumps({"ok": True}))
         &[source.to_str().unwrap()],
     );
     let table = fx.path("scores");
-    let (a, b) = (
+    let shard = |k: &str| {
         fx.openai_command(
             &source,
             &table,
@@ -225,24 +225,11 @@ print(json.dumps({"ok": True}))
                 "--output-format",
                 "delta",
                 "--shard",
-                "0/2",
+                k,
             ],
-        ),
-        fx.openai_command(
-            &source,
-            &table,
-            &[
-                "--prompt",
-                "{{text}}",
-                "--input-format",
-                "delta",
-                "--output-format",
-                "delta",
-                "--shard",
-                "1/2",
-            ],
-        ),
-    );
+        )
+    };
+    let (a, b) = (shard("0/2"), shard("1/2"));
     // Both at once: each commits its own version; every row lands once.
     let (oa, ob) = tokio::join!(output(a), output(b));
     assert_ok(&oa);
