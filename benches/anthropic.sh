@@ -27,15 +27,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/aiq-anthropic.XXXXXX")
 SIM_PID=
 trap 'if [ -n "$SIM_PID" ]; then kill "$SIM_PID" 2>/dev/null || true; fi; rm -rf "$WORK"' EXIT
 
-rows() {
-    python3 - "$1" "$2" <<'PY'
-import sys
-n, path = int(sys.argv[1]), sys.argv[2]
-with open(path, "w") as f:
-    for i in range(n):
-        f.write('{"id": %d, "text": "Review %d: arrived on time, works as described."}\n' % (i, i))
-PY
-}
+. benches/common/reviews.sh
 
 simulate() {
     "$AIQ" simulate --port 0 --token bench "$@" > "$WORK/sim.out" 2>&1 &
@@ -72,12 +64,12 @@ PY
 
 SYSTEM=$(python3 -c 'print("You grade short product reviews carefully and consistently. " * 100)')
 printf '%-16s %6s %8s %11s %11s %11s %9s %9s\n' run rows seconds input cached written output cost
-rows 1000 "$WORK/1k.jsonl"
+reviews 1000 "$WORK/1k.jsonl"
 simulate
 score "cache-1k" "$WORK/1k.jsonl" 1.00 5.00 0.10
 stop
 
-rows 10000 "$WORK/10k.jsonl"
+reviews 10000 "$WORK/10k.jsonl"
 simulate --batch-turnaround-ms 4000
 score "online-10k" "$WORK/10k.jsonl" 1.00 5.00 0.10
 score "batch-10k" "$WORK/10k.jsonl" 0.50 2.50 0.05 --mode batch --poll-secs 0.5

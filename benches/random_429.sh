@@ -35,13 +35,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/aiq-random429.XXXXXX")
 SIM_PID=
 trap 'if [ -n "$SIM_PID" ]; then kill "$SIM_PID" 2>/dev/null || true; fi; rm -rf "$WORK"' EXIT
 
-python3 - "$ROWS" "$WORK/in.jsonl" <<'PY'
-import sys
-n, path = int(sys.argv[1]), sys.argv[2]
-with open(path, "w") as f:
-    for i in range(n):
-        f.write('{"id": %d, "text": "Review %d: arrived on time, works as described."}\n' % (i, i))
-PY
+. benches/common/reviews.sh
+reviews "$ROWS" "$WORK/in.jsonl"
 
 faults_of() {
     case "$1" in
