@@ -10,6 +10,7 @@ pub mod anthropic_batch;
 pub mod auth;
 pub mod azure;
 pub mod batch_api;
+pub mod bedrock_batch;
 pub mod dialect;
 pub mod endpoint;
 pub mod gemini;

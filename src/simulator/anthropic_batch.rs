@@ -238,8 +238,9 @@ async fn process(
     }
 }
 
-/// One request's result, as `POST /v1/messages` would answer it.
-fn answer(st: &ServerState, params: &Value) -> Value {
+/// One request's result, as `POST /v1/messages` would answer it (Bedrock
+/// batch records too).
+pub(crate) fn answer(st: &ServerState, params: &Value) -> Value {
     let errored = |status: u16, message: &str| {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         json!({"type": "errored", "error": super::anthropic::error_body(status, message)})

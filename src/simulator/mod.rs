@@ -15,13 +15,16 @@
 //! [`oauth`](self::oauth), [`hostile`](self::hostile) (error replies that
 //! echo credentials or run long) and [`stats`](self::stats). Google's Gemini
 //! API is [`gemini`](self::gemini): its own wire over the same pipeline;
-//! Azure OpenAI's paths, credentials and errors are [`azure`](self::azure).
+//! Azure OpenAI's paths, credentials and errors are [`azure`](self::azure);
+//! Amazon Bedrock's batch inference jobs (reading and writing S3) are
+//! [`bedrock_batch`](self::bedrock_batch).
 
 mod answer;
 mod anthropic;
 mod anthropic_batch;
 mod azure;
 mod batch;
+mod bedrock_batch;
 mod cache;
 mod faults;
 mod gemini;
@@ -223,6 +226,16 @@ pub struct SimConfig {
     /// part of their latency. 0: no limit.
     #[arg(long, default_value_t = 0)]
     pub slots: usize,
+    /// Bedrock batch inference: the S3-compatible server (e.g. moto) where
+    /// jobs read their input and write their output; unset, every job fails
+    /// for want of its input.
+    #[arg(long, value_name = "URL")]
+    pub bedrock_s3_endpoint: Option<String>,
+    /// Bedrock batch inference: a job with fewer records fails at
+    /// validation, as AWS's quota "Minimum number of records per batch
+    /// inference job" makes it.
+    #[arg(long, default_value_t = bedrock_batch::DEFAULT_MIN_RECORDS)]
+    pub bedrock_min_records: usize,
 }
 
 /// Streams per HTTP/2 connection: hypercorn's default, about what hosted
@@ -299,6 +312,8 @@ impl Default for SimConfig {
             mismatch_first: 0,
             context_tokens: None,
             slots: 0,
+            bedrock_s3_endpoint: None,
+            bedrock_min_records: bedrock_batch::DEFAULT_MIN_RECORDS,
         }
     }
 }
@@ -349,6 +364,7 @@ pub(crate) struct ServerState {
     /// `--slots`: a permit per request being worked on; None: no limit.
     slots: Option<Arc<tokio::sync::Semaphore>>,
     anthropic_batches: anthropic_batch::Store,
+    bedrock_batches: bedrock_batch::Store,
 }
 
 /// A running simulator; it stops when shut down or dropped.
@@ -395,6 +411,7 @@ impl Simulator {
             gemini: gemini::Store::default(),
             slots: (cfg.slots > 0).then(|| Arc::new(tokio::sync::Semaphore::new(cfg.slots))),
             anthropic_batches: anthropic_batch::Store::default(),
+            bedrock_batches: bedrock_batch::Store::default(),
             cfg,
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -534,6 +551,9 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/batches", post(batch::create).get(batch::list))
         .route("/v1/batches/{id}", get(batch::get))
         .route("/v1/batches/{id}/cancel", post(batch::cancel))
+        .route("/model-invocation-job", post(bedrock_batch::create))
+        .route("/model-invocation-job/{id}", get(bedrock_batch::get))
+        .route("/model-invocation-job/{id}/stop", post(bedrock_batch::stop))
         .merge(gemini::routes())
         .merge(azure::routes())
         .fallback(handler::not_found)
