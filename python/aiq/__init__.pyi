@@ -22,8 +22,8 @@ class RunSettings(TypedDict, total=False):
     parameter of `run`)."""
 
     input: str  # input file (.parquet, .jsonl) when `data` is None
-    endpoint: str  # Databricks serving endpoint name, OpenAI-compatible base URL (http(s)://host/v1), a provider ("anthropic", "openai", "azure"), or "simulator"
-    model: str  # model name sent in the body (OpenAI-compatible servers need one; endpoint="azure": the deployment)
+    endpoint: str  # Databricks serving endpoint name, OpenAI-compatible base URL (http(s)://host/v1), a provider ("anthropic", "gemini", "openai", "azure", "bedrock"), or "simulator"
+    model: str  # model name sent in the body (OpenAI-compatible servers need one; endpoint="azure": the deployment; endpoint="bedrock": the model id or inference profile)
     base_url: str  # where a provider named by endpoint is, instead of its own API (ANTHROPIC_BASE_URL, AZURE_OPENAI_ENDPOINT)
     api_version: str  # endpoint="azure": a dated API version (the deployments path) or "v1" [2024-10-21]
     task: Literal['chat', 'completions', 'embeddings']  # kind of call [chat]
@@ -95,7 +95,7 @@ class SqlSettings(TypedDict, total=False):
     `restart` and `dry_run` are its parameters)."""
 
     endpoint: str  # endpoint of the task functions (ai_classify, ...): name, base URL or "simulator"
-    model: str  # model name sent in the body (OpenAI-compatible servers need one; endpoint="azure": the deployment)
+    model: str  # model name sent in the body (OpenAI-compatible servers need one; endpoint="azure": the deployment; endpoint="bedrock": the model id or inference profile)
     base_url: str  # where a provider named by endpoint is, instead of its own API (ANTHROPIC_BASE_URL, AZURE_OPENAI_ENDPOINT)
     api_version: str  # endpoint="azure": a dated API version (the deployments path) or "v1" [2024-10-21]
     concurrency: int  # AI calls in flight at most, over the whole query [16]

@@ -32,14 +32,15 @@ macro_rules! with_call_settings {
                 /// Where to send requests: a Databricks serving endpoint name
                 /// (`databricks:NAME` for one named like a provider), an
                 /// OpenAI-compatible base URL (http(s)://host/v1), a provider
-                /// (`anthropic`, `gemini`, `openai`, `azure`), or `simulator` for the built-in
+                /// (`anthropic`, `gemini`, `openai`, `azure`, `bedrock`), or `simulator` for the built-in
                 /// simulator. `aiq sql`: the endpoint of the task functions
                 /// (ai_classify, ai_summarize, ...); ai_query names its own.
                 #[arg(long, value_name = "NAME|URL")]
                 endpoint: Option<String>,
 
                 /// Model name sent in the body (OpenAI-compatible servers and
-                /// providers named by --endpoint need one; --endpoint azure: the deployment).
+                /// providers named by --endpoint need one; --endpoint azure: the deployment;
+                /// --endpoint bedrock: the model id or inference profile).
                 #[arg(long)]
                 model: Option<String>,
 

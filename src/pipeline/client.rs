@@ -464,7 +464,7 @@ impl Client {
         let authorization = self
             .endpoint
             .credentials
-            .authorization(self.http.side())
+            .headers(self.http.side(), &post.uri, body)
             .await
             .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?;
         let sent = Instant::now();

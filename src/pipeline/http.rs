@@ -128,7 +128,7 @@ impl Lease<'_> {
     pub async fn send(
         &self,
         post: &Post,
-        mut extra: Option<(hyper::header::HeaderName, HeaderValue)>,
+        mut extra: Vec<(hyper::header::HeaderName, HeaderValue)>,
         body: Bytes,
     ) -> std::result::Result<Response<Incoming>, TransportError> {
         let mut uri = post.uri.clone();
@@ -145,7 +145,7 @@ impl Lease<'_> {
                 return Ok(response);
             };
             if (next.scheme(), next.authority()) != (uri.scheme(), uri.authority()) {
-                extra = None;
+                extra.clear();
             }
             uri = next;
             redirects += 1;
@@ -156,7 +156,7 @@ impl Lease<'_> {
         &self,
         uri: &Uri,
         headers: &HeaderMap,
-        extra: Option<(hyper::header::HeaderName, HeaderValue)>,
+        extra: Vec<(hyper::header::HeaderName, HeaderValue)>,
         body: Bytes,
     ) -> std::result::Result<Response<Incoming>, TransportError> {
         let mut request = Request::new(Full::new(body));
@@ -164,7 +164,7 @@ impl Lease<'_> {
         *request.uri_mut() = uri.clone();
         let sent = request.headers_mut();
         *sent = headers.clone();
-        if let Some((name, value)) = extra {
+        for (name, value) in extra {
             sent.insert(name, value);
         }
         if let Some(auth) = self.pool.http_proxy_auth(uri) {

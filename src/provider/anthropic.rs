@@ -284,6 +284,18 @@ pub fn reply(body: &[u8]) -> Result<ChatResponse, String> {
     ))
 }
 
+/// Messages API content blocks, with the stop reason and usage, as the
+/// OpenAI-shaped reply: what [`reply`] reads, for a provider that answers
+/// in these blocks' terms (Bedrock's Converse,
+/// [`crate::provider::bedrock`]).
+pub fn message_response(
+    blocks: &[Value],
+    stop: Option<&str>,
+    usage: Option<WireUsage>,
+) -> ChatResponse {
+    chat_response(None, None, content(blocks), stop, usage)
+}
+
 fn chat_response(
     id: Option<&str>,
     model: Option<&str>,

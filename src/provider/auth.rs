@@ -72,6 +72,9 @@ pub enum Credentials {
     /// `Authorization` (Anthropic's `x-api-key`, Gemini's
     /// `x-goog-api-key`).
     ApiKey { header: &'static str, key: Secret },
+    /// AWS SigV4: each request signed with the account's credentials
+    /// ([`crate::provider::aws`]).
+    Aws(Arc<crate::provider::aws::Aws>),
 }
 
 impl fmt::Display for Credentials {
@@ -82,6 +85,7 @@ impl fmt::Display for Credentials {
             Credentials::Basic(_) => f.write_str("the user and password of the URL"),
             Credentials::OAuth(o) => write!(f, "OAuth client {}", o.client_id),
             Credentials::ApiKey { header, .. } => write!(f, "an API key in `{header}`"),
+            Credentials::Aws(aws) => write!(f, "AWS credentials from {}", aws.source()),
         }
     }
 }
@@ -105,12 +109,32 @@ impl Credentials {
                 name = reqwest::header::HeaderName::from_static(header);
                 key.expose().to_owned()
             }
+            Credentials::Aws(_) => {
+                return Err(Error::Credentials(
+                    "AWS credentials sign each request: use Credentials::headers".into(),
+                ))
+            }
         };
         let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
             Error::Credentials("the token contains characters not allowed in an HTTP header".into())
         })?;
         value.set_sensitive(true);
         Ok(Some((name, value)))
+    }
+
+    /// The credentials headers for a POST of `body` to `uri`: the one of
+    /// [`Credentials::authorization`], or an AWS request's signature
+    /// headers, which cover the URL and the body.
+    pub async fn headers(
+        &self,
+        http: &reqwest::Client,
+        uri: &hyper::Uri,
+        body: &bytes::Bytes,
+    ) -> Result<Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>> {
+        match self {
+            Credentials::Aws(aws) => aws.sign(&hyper::Method::POST, uri, body).await,
+            other => Ok(other.authorization(http).await?.into_iter().collect()),
+        }
     }
 
     /// What hides these credentials in server text (see [`Scrubber`]).
@@ -126,6 +150,7 @@ impl Credentials {
                 s = oauth.scrubber();
                 s.oauth = Some(oauth.clone());
             }
+            Credentials::Aws(aws) => s.aws = Some(aws.clone()),
         }
         // A proxy may quote the Proxy-Authorization it was sent.
         for var in PROXY_VARS {
@@ -164,6 +189,8 @@ pub struct Scrubber {
     /// Tokens fetched with these credentials are secrets too; they arrive
     /// while the job runs.
     oauth: Option<Arc<OAuthM2M>>,
+    /// AWS keys and session tokens, which may change while the job runs.
+    aws: Option<Arc<crate::provider::aws::Aws>>,
 }
 
 impl fmt::Debug for Scrubber {
@@ -227,10 +254,20 @@ impl Scrubber {
             .oauth
             .as_ref()
             .map(|o| o.issued.lock().unwrap_or_else(|e| e.into_inner()));
+        // AWS secret keys hold `/`, which JSON may write as `\/`.
+        let aws: Vec<String> = self
+            .aws
+            .iter()
+            .flat_map(|a| a.secrets())
+            .flat_map(|s| [s.replace('/', "\\/"), s])
+            .collect();
         let issued: Vec<memchr::memmem::Finder<'_>> = issued
             .iter()
             .flat_map(|tokens| tokens.iter())
-            .map(|t| memchr::memmem::Finder::new(t.expose().as_bytes()))
+            .map(|t| t.expose())
+            .chain(aws.iter().map(String::as_str))
+            .filter(|t| !t.is_empty())
+            .map(|t| memchr::memmem::Finder::new(t.as_bytes()))
             .collect();
         let mut clean: Option<Vec<u8>> = None;
         for finder in self.needles.iter().chain(&issued) {
@@ -642,7 +679,10 @@ impl DatabricksTarget {
         let mut vars = BTreeMap::from([(env_name("host"), Secret::new(&self.host))]);
         match &self.credentials {
             // Not from a Databricks resolution.
-            Credentials::None | Credentials::Basic(_) | Credentials::ApiKey { .. } => {}
+            Credentials::None
+            | Credentials::Basic(_)
+            | Credentials::ApiKey { .. }
+            | Credentials::Aws(_) => {}
             Credentials::Bearer(token) => {
                 vars.insert(env_name("token"), token.clone());
             }

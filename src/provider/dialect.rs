@@ -1,6 +1,6 @@
 //! Dialects: the one place that says how the providers aiq speaks to
 //! differ on the wire. Each provider with a wire of its own has a module
-//! (`anthropic.rs`, `gemini.rs`; Azure and Bedrock slot in beside them), and
+//! (`anthropic.rs`, `gemini.rs`, `azure.rs`, `bedrock.rs`), and
 //! [`Dialect`] dispatches to it; the pipeline only ever calls these
 //! methods, so it never knows which provider it talks to.
 //!
@@ -28,7 +28,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::provider::wire::{ChatResponse, EmbeddingResponse, Task};
-use crate::provider::{anthropic, azure, gemini};
+use crate::provider::{anthropic, azure, bedrock, gemini};
 
 /// The wire an endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,9 @@ pub enum Dialect {
     Azure,
     /// Google's Gemini API: `POST {base}/v1beta/models/{model}:generateContent`.
     Gemini,
+    /// Amazon Bedrock Runtime's Converse API: `POST {base}/model/{model}/converse`,
+    /// SigV4-signed ([`bedrock`], [`crate::provider::aws`]).
+    Bedrock,
 }
 
 /// Where a provider named by `--endpoint` is and how it takes a key, when
@@ -68,6 +71,7 @@ impl fmt::Display for Dialect {
             Dialect::Anthropic => "Anthropic",
             Dialect::Azure => "Azure OpenAI",
             Dialect::Gemini => "Gemini",
+            Dialect::Bedrock => "Amazon Bedrock",
         })
     }
 }
@@ -80,6 +84,7 @@ impl Dialect {
             "gemini" => Some(Dialect::Gemini),
             "openai" => Some(Dialect::OpenAi),
             "azure" => Some(Dialect::Azure),
+            "bedrock" => Some(Dialect::Bedrock),
             _ => None,
         }
     }
@@ -92,15 +97,17 @@ impl Dialect {
             Dialect::Anthropic => "anthropic",
             Dialect::Azure => "azure",
             Dialect::Gemini => "gemini",
+            Dialect::Bedrock => "bedrock",
         }
     }
 
     /// A provider's defaults, for the ones `--endpoint` reaches by name
     /// with a key. Azure has no public base URL and more ways to log in
-    /// than a key: [`azure`] resolves it.
+    /// than a key: [`azure`] resolves it; Bedrock signs with AWS
+    /// credentials ([`crate::provider::aws`]).
     pub fn native(self) -> Option<Native> {
         match self {
-            Dialect::Databricks | Dialect::Azure => None,
+            Dialect::Databricks | Dialect::Azure | Dialect::Bedrock => None,
             Dialect::OpenAi => Some(Native {
                 base_url: "https://api.openai.com/v1",
                 base_url_var: Some("OPENAI_BASE_URL"),
@@ -124,11 +131,12 @@ impl Dialect {
 
     /// The provider's documented price of writing a token to its prompt
     /// cache, as a multiple of the input price: Anthropic bills 5-minute
-    /// cache writes at 1.25x; OpenAI, Azure, Databricks and Gemini's implicit
-    /// caching charge no write surcharge.
+    /// cache writes at 1.25x, and so does Bedrock for Claude (Nova's writes
+    /// cost nothing extra: `--price-cache-write` says so); OpenAI, Azure,
+    /// Databricks and Gemini's implicit caching charge no write surcharge.
     pub fn cache_write_multiplier(self) -> f64 {
         match self {
-            Dialect::Anthropic => anthropic::CACHE_WRITE_MULTIPLIER,
+            Dialect::Anthropic | Dialect::Bedrock => anthropic::CACHE_WRITE_MULTIPLIER,
             Dialect::Databricks | Dialect::OpenAi | Dialect::Azure | Dialect::Gemini => 1.0,
         }
     }
@@ -138,7 +146,11 @@ impl Dialect {
     pub fn default_max_tokens(self) -> Option<u64> {
         match self {
             Dialect::Anthropic => Some(anthropic::DEFAULT_MAX_TOKENS),
-            Dialect::Databricks | Dialect::OpenAi | Dialect::Azure | Dialect::Gemini => None,
+            Dialect::Databricks
+            | Dialect::OpenAi
+            | Dialect::Azure
+            | Dialect::Gemini
+            | Dialect::Bedrock => None,
         }
     }
 
@@ -147,7 +159,7 @@ impl Dialect {
         match self {
             Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => true,
             Dialect::Anthropic => task == Task::Chat,
-            Dialect::Gemini => task != Task::Completions,
+            Dialect::Gemini | Dialect::Bedrock => task != Task::Completions,
         }
     }
 
@@ -172,6 +184,13 @@ impl Dialect {
                 format!("{}{query}", Dialect::OpenAi.url(path, task, model))
             }
             Dialect::Gemini => gemini::url(base, task, model, false),
+            Dialect::Bedrock => {
+                let route = match task {
+                    Task::Embeddings => "invoke",
+                    Task::Chat | Task::Completions => "converse",
+                };
+                bedrock::url(base, route, model)
+            }
         }
     }
 
@@ -180,6 +199,7 @@ impl Dialect {
     pub fn stream_url(self, url: &str) -> String {
         match self {
             Dialect::Gemini => gemini::stream_url(url),
+            Dialect::Bedrock => bedrock::stream_url(url),
             _ => url.to_string(),
         }
     }
@@ -187,7 +207,11 @@ impl Dialect {
     /// Fixed headers every request carries, besides the credentials.
     pub fn headers(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Dialect::Databricks | Dialect::OpenAi | Dialect::Azure | Dialect::Gemini => &[],
+            Dialect::Databricks
+            | Dialect::OpenAi
+            | Dialect::Azure
+            | Dialect::Gemini
+            | Dialect::Bedrock => &[],
             Dialect::Anthropic => anthropic::HEADERS,
         }
     }
@@ -198,6 +222,7 @@ impl Dialect {
             Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => body,
             Dialect::Anthropic => anthropic::request(body),
             Dialect::Gemini => gemini::request(body),
+            Dialect::Bedrock => bedrock::request(body),
         }
     }
 
@@ -206,6 +231,7 @@ impl Dialect {
     pub fn embedding_request(self, body: Map<String, Value>) -> Map<String, Value> {
         match self {
             Dialect::Gemini => gemini::embed_request(body),
+            Dialect::Bedrock => bedrock::embed_request(body),
             _ => body,
         }
     }
@@ -214,6 +240,7 @@ impl Dialect {
     pub fn embedding_reply(self, body: &[u8]) -> Result<EmbeddingResponse, String> {
         match self {
             Dialect::Gemini => gemini::embed_reply(body),
+            Dialect::Bedrock => bedrock::embed_reply(body),
             _ => serde_json::from_slice(body).map_err(|e| e.to_string()),
         }
     }
@@ -222,6 +249,7 @@ impl Dialect {
     pub fn max_tokens(self, body: &Map<String, Value>) -> Option<u64> {
         match self {
             Dialect::Gemini => gemini::max_output_tokens(body),
+            Dialect::Bedrock => bedrock::max_tokens(body),
             _ => ["max_completion_tokens", "max_tokens"]
                 .iter()
                 .find_map(|k| body.get(*k).and_then(Value::as_u64)),
@@ -232,6 +260,7 @@ impl Dialect {
     pub fn set_max_tokens(self, body: &mut Map<String, Value>, n: u64) {
         match self {
             Dialect::Gemini => gemini::set_max_output_tokens(body, n),
+            Dialect::Bedrock => bedrock::set_max_tokens(body, n),
             _ => {
                 let key = match body.contains_key("max_completion_tokens") {
                     true => "max_completion_tokens",
@@ -246,6 +275,7 @@ impl Dialect {
     pub fn push_user_turn(self, body: &mut Map<String, Value>, text: String) {
         match self {
             Dialect::Gemini => gemini::push_user_turn(body, text),
+            Dialect::Bedrock => bedrock::push_user_turn(body, text),
             _ => {
                 if let Some(Value::Array(messages)) = body.get_mut("messages") {
                     messages.push(serde_json::json!({"role": "user", "content": text}));
@@ -272,6 +302,7 @@ impl Dialect {
             }
             Dialect::Anthropic => anthropic::reply(body),
             Dialect::Gemini => gemini::reply(body),
+            Dialect::Bedrock => bedrock::reply(body),
         }
     }
 }

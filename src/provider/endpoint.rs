@@ -17,9 +17,9 @@ use crate::provider::auth::{
     openai_key_variable, redact_url, resolve_databricks, resolve_openai, split_user_info,
     Credentials, DatabricksTarget, Secret,
 };
-use crate::provider::azure;
 use crate::provider::dialect::Dialect;
 use crate::provider::wire::Task;
+use crate::provider::{aws, azure};
 
 /// The default model name the simulator serves, as on Databricks.
 pub const SIMULATOR_MODEL: &str = "databricks-meta-llama-3-3-70b-instruct";
@@ -241,9 +241,72 @@ pub fn resolve(
             env,
         ),
         Target::Native {
+            dialect: Dialect::Bedrock,
+            base_url,
+            ..
+        } => bedrock_endpoint(base_url.as_ref(), task, model, api_key_env, env),
+        Target::Native {
             dialect, base_url, ..
         } => native(*dialect, base_url.as_ref(), task, model, api_key_env, env),
     }
+}
+
+/// Amazon Bedrock: the runtime endpoint (`--base-url`, else as the AWS
+/// SDKs find it: [`aws::Aws::endpoint`]), the model id (`--model`) in the
+/// path, and AWS credentials that sign each request.
+fn bedrock_endpoint(
+    base_url: Option<&EndpointUrl>,
+    task: Task,
+    model: Option<&str>,
+    api_key_env: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Endpoint> {
+    if api_key_env.is_some() {
+        return Err(Error::Config(
+            "--api-key-env does not apply to --endpoint bedrock: it signs with AWS credentials \
+             (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...)"
+                .into(),
+        ));
+    }
+    let model = model
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            Error::Config(
+                "--endpoint bedrock needs --model: the model id or inference profile \
+             (e.g. anthropic.claude-3-5-haiku-20241022-v1:0)"
+                    .into(),
+            )
+        })?;
+    let aws = aws::Aws::resolve(env)?;
+    let given = match base_url {
+        Some(url) => url.expose().to_string(),
+        None => aws.endpoint(aws::Service::Runtime),
+    };
+    // Written as the url crate writes it (no default port): the host the
+    // signature covers is the one the request is sent to.
+    let base = url::Url::parse(given.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .map(|u| u.as_str().trim_end_matches('/').to_string())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "the Bedrock endpoint `{}` is not an http(s):// URL",
+                redact_url(&given)
+            ))
+        })?;
+    Ok(Endpoint {
+        dialect: Dialect::Bedrock,
+        url: Dialect::Bedrock.url(&base, task, model),
+        label: format!(
+            "the Amazon Bedrock model `{model}` in {} at {base}",
+            aws.region()
+        ),
+        name: model.to_string(),
+        credentials_from: aws.source().to_string(),
+        credentials: Credentials::Aws(std::sync::Arc::new(aws)),
+        base: Some(base),
+    })
 }
 
 /// A provider reached by name: its base URL (`--base-url`, else the
@@ -395,6 +458,15 @@ pub fn handover(
         } => {
             azure::credentials(api_key_env, &env)?;
             let vars = azure::VARIABLES.iter().copied().chain(api_key_env);
+            vars.filter_map(|v| Some((v.to_string(), Secret::new(env(v)?))))
+                .collect()
+        }
+        Target::Native {
+            dialect: Dialect::Bedrock,
+            ..
+        } => {
+            aws::Aws::resolve(&env)?;
+            let vars = aws::VARIABLES.iter();
             vars.filter_map(|v| Some((v.to_string(), Secret::new(env(v)?))))
                 .collect()
         }

@@ -12,7 +12,8 @@ pub struct Quirks {
     /// endpoint is the model, and some refuse a `model` key.
     pub model_in_body: bool,
     /// Claude models cache only up to an explicit `cache_control`
-    /// breakpoint, so one is always set for them.
+    /// breakpoint, so one is always set for them (and for Nova on
+    /// Bedrock, whose `cachePoint` it becomes).
     pub cache_control: bool,
     /// Only OpenAI-compatible servers take `prompt_cache_key`; Databricks
     /// rejects unknown body keys for some models.
@@ -29,8 +30,11 @@ impl Quirks {
         let openai = dialect == Dialect::OpenAi;
         Quirks {
             model_in_body: dialect != Dialect::Databricks,
+            // Bedrock caches at a `cachePoint` for Claude and Nova models
+            // (the marks become one); others refuse it.
             cache_control: dialect == Dialect::Anthropic
-                || name.to_ascii_lowercase().contains("claude"),
+                || name.to_ascii_lowercase().contains("claude")
+                || (dialect == Dialect::Bedrock && name.contains("amazon.nova")),
             prompt_cache_key: openai,
             // Azure too (api-version 2024-09-01-preview and later, and v1).
             stream_usage_option: openai || dialect == Dialect::Azure,
@@ -51,5 +55,8 @@ mod tests {
         assert!(anthropic.cache_control && anthropic.model_in_body && !anthropic.prompt_cache_key);
         assert!(!openai.cache_control && openai.model_in_body);
         assert!(openai.prompt_cache_key && openai.stream_usage_option);
+        let nova = Quirks::of(Dialect::Bedrock, "us.amazon.nova-pro-v1:0");
+        let llama = Quirks::of(Dialect::Bedrock, "meta.llama3-70b-instruct-v1:0");
+        assert!(nova.cache_control && !llama.cache_control && !nova.prompt_cache_key);
     }
 }

@@ -14,8 +14,8 @@ use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 
 use crate::provider::dialect::Dialect;
-use crate::provider::gemini;
 use crate::provider::reply::BodyFault;
+use crate::provider::{bedrock, gemini};
 
 /// How many times and how patiently a call is retried.
 #[derive(Debug, Clone)]
@@ -145,6 +145,7 @@ pub fn classify(
 ) -> RetryAction {
     match dialect {
         Dialect::Gemini => classify_gemini(status, headers, head),
+        Dialect::Bedrock => classify_bedrock(status, headers, head),
         Dialect::Databricks | Dialect::OpenAi | Dialect::Anthropic | Dialect::Azure => {
             classify_status(status, headers)
         }
@@ -176,6 +177,32 @@ pub fn classify_gemini(status: StatusCode, headers: &HeaderMap, head: &[u8]) -> 
             rate_limited,
         },
         other => other,
+    }
+}
+
+/// Bedrock's table: the error type (the `x-amzn-ErrorType` header, else
+/// the body's `__type`) decides before the status
+/// ([`bedrock::error_action`]): credentials refused, even as a 400
+/// (`ExpiredTokenException`), stop the job; `ThrottlingException` and
+/// `ModelNotReadyException` retry as rate limits;
+/// `ServiceUnavailableException`, `ModelTimeoutException` and
+/// `InternalServerException` retry; `ValidationException` is the row's.
+/// Other types, and replies without one, follow the status table.
+pub fn classify_bedrock(status: StatusCode, headers: &HeaderMap, head: &[u8]) -> RetryAction {
+    let kind = bedrock::error_type(header_str(headers, "x-amzn-errortype"), head);
+    let after = retry_after(headers);
+    match kind.as_deref().and_then(bedrock::error_action) {
+        Some(bedrock::ErrorKind::Refused) => RetryAction::Abort,
+        Some(bedrock::ErrorKind::Throttled) => RetryAction::Retry {
+            after,
+            rate_limited: true,
+        },
+        Some(bedrock::ErrorKind::Transient) => RetryAction::Retry {
+            after,
+            rate_limited: false,
+        },
+        Some(bedrock::ErrorKind::Row) => RetryAction::RowError,
+        None => classify_status(status, headers),
     }
 }
 
@@ -507,6 +534,68 @@ pub(crate) mod tests {
         assert_eq!(
             crate::provider::reply::body_fault(br#"{"choices":[]}"#),
             None
+        );
+    }
+
+    #[test]
+    fn bedrock_error_types_decide_before_the_status() {
+        let with_type = |t: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-amzn-errortype", t.parse().unwrap());
+            h
+        };
+        let bedrock = |s: u16, h: &HeaderMap, body: &[u8]| {
+            classify(Dialect::Bedrock, StatusCode::from_u16(s).unwrap(), h, body)
+        };
+        let throttled = bedrock(
+            429,
+            &with_type("ThrottlingException:http://internal.amazon.com/"),
+            b"",
+        );
+        assert!(matches!(
+            throttled,
+            RetryAction::Retry {
+                rate_limited: true,
+                ..
+            }
+        ));
+        for (s, t) in [
+            (503, "ServiceUnavailableException"),
+            (408, "ModelTimeoutException"),
+            (500, "InternalServerException"),
+        ] {
+            assert!(
+                matches!(
+                    bedrock(s, &with_type(t), b""),
+                    RetryAction::Retry {
+                        rate_limited: false,
+                        ..
+                    }
+                ),
+                "{t}"
+            );
+        }
+        // An expired session token is a 400 (not the row's fault) or 403.
+        let expired = br#"{"__type":"com.amazon.coral.service#ExpiredTokenException","message":"The security token included in the request is expired"}"#;
+        assert_eq!(bedrock(400, &HeaderMap::new(), expired), RetryAction::Abort);
+        for t in [
+            "UnrecognizedClientException",
+            "AccessDeniedException",
+            "ResourceNotFoundException",
+        ] {
+            assert_eq!(bedrock(403, &with_type(t), b""), RetryAction::Abort, "{t}");
+        }
+        assert_eq!(
+            bedrock(400, &with_type("ValidationException"), b""),
+            RetryAction::RowError
+        );
+        // No type: the status table.
+        assert_eq!(
+            bedrock(502, &HeaderMap::new(), b"<html>"),
+            RetryAction::Retry {
+                after: None,
+                rate_limited: false
+            }
         );
     }
 

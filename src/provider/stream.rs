@@ -23,7 +23,7 @@ use crate::provider::reply::{Reply, RowReply, Shape};
 use crate::provider::usage::Usage;
 use crate::provider::wire::ChatResponse;
 use crate::provider::wire::{self, WireUsage};
-use crate::provider::{anthropic, gemini};
+use crate::provider::{anthropic, bedrock, eventstream, gemini};
 
 #[derive(Debug)]
 pub enum StreamError {
@@ -82,15 +82,21 @@ pub async fn read_timed(
     sent: Instant,
     scrub: &Scrubber,
 ) -> Result<(Reply, Timing), StreamError> {
-    let mut events = http_body_util::BodyDataStream::new(response.into_body()).eventsource();
+    let body = http_body_util::BodyDataStream::new(response.into_body());
+    if shape.dialect == Dialect::Bedrock {
+        let mut events = Box::pin(event_stream(body));
+        return read_folded::<bedrock::Streamed, _, _>(&mut events, shape, sent, scrub).await;
+    }
+    let mut events = body.eventsource();
+    let mut data = (&mut events).map(|e| e.map(|e| e.data));
     match shape.dialect {
         Dialect::Anthropic => {
-            return read_folded::<anthropic::Streamed, _, _>(&mut events, shape, sent, scrub).await
+            return read_folded::<anthropic::Streamed, _, _>(&mut data, shape, sent, scrub).await
         }
         Dialect::Gemini => {
-            return read_folded::<gemini::Streamed, _, _>(&mut events, shape, sent, scrub).await
+            return read_folded::<gemini::Streamed, _, _>(&mut data, shape, sent, scrub).await
         }
-        Dialect::Databricks | Dialect::OpenAi | Dialect::Azure => {}
+        Dialect::Databricks | Dialect::OpenAi | Dialect::Azure | Dialect::Bedrock => {}
     }
     let mut text = String::new();
     let mut finish_reason = None;
@@ -151,9 +157,68 @@ pub async fn read_timed(
     ))
 }
 
+/// An AWS event stream ([`eventstream`]) as the JSON of each message:
+/// `{"<event-type>": payload}` for an event, `{"<exception-type>":
+/// payload}` for an exception (Bedrock's names end in `Exception`), and
+/// `{"<error-code>Exception": {"message"}}` for an error message.
+fn event_stream<S, E>(body: S) -> impl futures::Stream<Item = Result<String, String>>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let start = (body, eventstream::Decoder::default(), false);
+    futures::stream::unfold(start, |(mut body, mut decoder, mut over)| async move {
+        loop {
+            if over {
+                return None;
+            }
+            match decoder.next_message() {
+                Ok(Some(m)) => return Some((Ok(event_json(&m)), (body, decoder, over))),
+                Err(e) => {
+                    over = true;
+                    return Some((Err(e), (body, decoder, over)));
+                }
+                Ok(None) => {}
+            }
+            match body.next().await {
+                Some(Ok(bytes)) => decoder.push(&bytes),
+                Some(Err(e)) => {
+                    over = true;
+                    return Some((Err(e.to_string()), (body, decoder, over)));
+                }
+                None if decoder.pending() => {
+                    over = true;
+                    let cut = "the event stream ended inside a message".to_string();
+                    return Some((Err(cut), (body, decoder, over)));
+                }
+                None => return None,
+            }
+        }
+    })
+}
+
+fn event_json(m: &eventstream::Message) -> String {
+    let payload: serde_json::Value =
+        serde_json::from_slice(&m.payload).unwrap_or_else(|_| serde_json::json!({}));
+    let (name, payload) = match m.header(":message-type") {
+        Some("exception") => (
+            m.header(":exception-type").unwrap_or("unknownException"),
+            payload,
+        ),
+        Some("error") => {
+            let message = m.header(":error-message").unwrap_or_default();
+            let code = m.header(":error-code").unwrap_or("internalServer");
+            let name = format!("{}Exception", code.trim_end_matches("Exception"));
+            return serde_json::json!({ name: {"message": message} }).to_string();
+        }
+        _ => (m.header(":event-type").unwrap_or_default(), payload),
+    };
+    serde_json::json!({ name: payload }).to_string()
+}
+
 /// A provider's stream of whole events, folded into one reply: Anthropic's
 /// Messages events ([`anthropic::stream_event`]), Gemini's chunks
-/// ([`gemini::stream_event`]).
+/// ([`gemini::stream_event`]), Bedrock's ([`bedrock::stream_event`]).
 trait Fold: Default {
     /// Folds one event's JSON: the answer's text it added, or an error
     /// event's body.
@@ -189,6 +254,25 @@ impl Fold for anthropic::Streamed {
     }
 }
 
+impl Fold for bedrock::Streamed {
+    fn event(&mut self, data: &Value) -> Result<Option<String>, Value> {
+        bedrock::stream_event(self, data)
+    }
+    fn done(&self) -> bool {
+        bedrock::Streamed::done(self)
+    }
+    fn finished(&self) -> bool {
+        bedrock::Streamed::finished(self)
+    }
+    fn into_response(self) -> ChatResponse {
+        bedrock::Streamed::into_response(self)
+    }
+    fn error_status(error: &Value) -> u16 {
+        let kind = error.as_object().and_then(|o| o.keys().next());
+        kind.and_then(|k| bedrock::error_status(k)).unwrap_or(500)
+    }
+}
+
 impl Fold for gemini::Streamed {
     fn event(&mut self, data: &Value) -> Result<Option<String>, Value> {
         gemini::stream_event(self, data)
@@ -211,7 +295,7 @@ impl Fold for gemini::Streamed {
     }
 }
 
-/// A stream of whole events (see [`Fold`]) to the end.
+/// A stream of whole events' JSON (see [`Fold`]) to the end.
 async fn read_folded<F: Fold, S, E>(
     events: &mut S,
     shape: &Shape,
@@ -219,14 +303,14 @@ async fn read_folded<F: Fold, S, E>(
     scrub: &Scrubber,
 ) -> Result<(Reply, Timing), StreamError>
 where
-    S: futures::Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
+    S: futures::Stream<Item = Result<String, E>> + Unpin,
     E: std::fmt::Display,
 {
     let mut state = F::default();
     let mut timing = Timing::default();
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| StreamError::Transport(format!("stream broke: {e}")))?;
-        let data: Value = serde_json::from_str(&event.data)
+        let data: Value = serde_json::from_str(&event)
             .map_err(|e| StreamError::Reply(format!("unreadable stream event ({e})")))?;
         match state.event(&data) {
             Ok(Some(piece)) if !piece.is_empty() => {

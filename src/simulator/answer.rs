@@ -483,14 +483,28 @@ pub(crate) enum Api {
     Anthropic,
     /// Azure OpenAI ([`super::azure`]): OpenAI's wire.
     Azure,
+    /// Amazon Bedrock Runtime ([`super::bedrock`]): the model in the path.
+    Bedrock {
+        model: String,
+        op: BedrockOp,
+    },
+}
+
+/// Which Bedrock Runtime operation a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BedrockOp {
+    Converse,
+    Stream,
+    Invoke,
 }
 
 impl Api {
     /// Databricks endpoints serving Claude use explicit cache breakpoints
-    /// and Anthropic-style usage.
+    /// and Anthropic-style usage; so does Bedrock (its `cachePoint`s, and
+    /// usage additive in its own names).
     pub fn claude(&self) -> bool {
         matches!(self, Api::Databricks { endpoint } if endpoint.to_ascii_lowercase().contains("claude"))
-            || matches!(self, Api::Anthropic)
+            || matches!(self, Api::Anthropic | Api::Bedrock { .. })
     }
 
     pub fn is_databricks(&self) -> bool {
@@ -530,6 +544,7 @@ pub(crate) fn model_name(api: &Api, job: &Job) -> String {
         (None, Api::Gemini(call)) => call.model.clone(),
         (None, Api::OpenAi | Api::Azure) => "aiq-sim".to_string(),
         (None, Api::Anthropic) => "claude-sim".to_string(),
+        (None, Api::Bedrock { model, .. }) => model.clone(),
     }
 }
 

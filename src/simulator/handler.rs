@@ -39,6 +39,7 @@ pub(crate) fn error(api: &Api, status: StatusCode, code: &str, message: &str) ->
         Api::Gemini(_) => super::gemini::wire::error_body(status, message),
         Api::Anthropic => super::anthropic::error_body(status, message),
         Api::Azure => super::azure::wire::error_body(status, code, message),
+        Api::Bedrock { .. } => return super::bedrock::wire::error(status, message),
     };
     (status, Json(body)).into_response()
 }
@@ -116,6 +117,10 @@ pub(crate) async fn handle(
         .limits
         .admit_reserving(job.prompt_tokens + job.max_tokens, job.max_tokens);
     let admission = super::azure::wire::admission(&api, admission);
+    let admission = match &api {
+        Api::Bedrock { .. } => super::bedrock::wire::admission(admission),
+        _ => admission,
+    };
     let limit_headers = match super::anthropic::admission(&api, admission) {
         Admission::Admitted(h) => h,
         Admission::Refused(h) => {
@@ -162,6 +167,13 @@ pub(crate) async fn handle(
         let frames = super::anthropic::frames(&st.cfg, &api, &job, &usage, cached);
         return stream::paced(frames, Box::new(done), limit_headers);
     }
+    if let (true, Api::Bedrock { model, .. }) = (job.stream, &api) {
+        let frames = super::bedrock::wire::frames(&st.cfg, model, &job, &usage, cached);
+        let mut resp = stream::paced(frames, Box::new(done), limit_headers);
+        let kind = header::HeaderValue::from_static(super::bedrock::wire::STREAM_TYPE);
+        resp.headers_mut().insert(header::CONTENT_TYPE, kind);
+        return resp;
+    }
     if job.stream {
         return stream::respond(
             &st.cfg,
@@ -199,7 +211,8 @@ fn read_job(
     body: &Bytes,
 ) -> Result<Job, Response> {
     let c = &st.counters;
-    if !authorized(&st.cfg, headers) {
+    // Bedrock's calls are signed, and checked on their route.
+    if !matches!(api, Api::Bedrock { .. }) && !authorized(&st.cfg, headers) {
         bump(&c.unauthorized);
         // Never echo what was received: it may be someone's real token.
         return Err(error(
@@ -231,6 +244,9 @@ fn read_job(
     };
     let (value, answer_tool) = match api {
         Api::Anthropic => super::anthropic::to_openai(value).map_err(|m| bad_request(&m))?,
+        Api::Bedrock { model, op } => {
+            super::bedrock::wire::to_openai(value, model, *op).map_err(|m| bad_request(&m))?
+        }
         _ => (value, None),
     };
     let Some(task) = task.or_else(|| Task::of_body(&value)) else {
@@ -506,6 +522,9 @@ fn body_of(api: &Api, job: Job, usage: WireUsage) -> Value {
     }
     if let Api::Anthropic = api {
         return super::anthropic::message(api, &job, &usage);
+    }
+    if let Api::Bedrock { model, .. } = api {
+        return super::bedrock::wire::reply(model, &job, &usage);
     }
     let model = Some(model_name(api, &job));
     let result = match &job.reply {

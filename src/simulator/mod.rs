@@ -16,14 +16,16 @@
 //! echo credentials or run long) and [`stats`](self::stats). Google's Gemini
 //! API is [`gemini`](self::gemini): its own wire over the same pipeline;
 //! Azure OpenAI's paths, credentials and errors are [`azure`](self::azure);
-//! Amazon Bedrock's batch inference jobs (reading and writing S3) are
-//! [`bedrock_batch`](self::bedrock_batch).
+//! Amazon Bedrock's Converse API, with SigV4 checks, is
+//! [`bedrock`](self::bedrock), and its batch inference jobs (reading and
+//! writing S3) are [`bedrock_batch`](self::bedrock_batch).
 
 mod answer;
 mod anthropic;
 mod anthropic_batch;
 mod azure;
 mod batch;
+mod bedrock;
 mod bedrock_batch;
 mod cache;
 mod faults;
@@ -49,6 +51,10 @@ use axum::Router;
 use tokio::sync::oneshot;
 
 pub use batch::BatchStats;
+pub use bedrock::{
+    CONTAINER_TOKEN as AWS_CONTAINER_TOKEN, KEYS as AWS_KEYS,
+    WEB_IDENTITY_TOKEN as AWS_WEB_IDENTITY_TOKEN,
+};
 pub use gemini::GeminiStats;
 pub use oauth::{CLIENT_ID, CLIENT_SECRET};
 pub use stats::SimStats;
@@ -556,6 +562,7 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/model-invocation-job/{id}/stop", post(bedrock_batch::stop))
         .merge(gemini::routes())
         .merge(azure::routes())
+        .merge(bedrock::routes())
         .fallback(handler::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

@@ -3,6 +3,7 @@ mod util;
 mod anthropic;
 mod azure;
 mod batch_mode;
+mod bedrock;
 mod bedrock_batch;
 mod bench;
 mod cache;

@@ -17,18 +17,34 @@ pub struct Provider {
     pub endpoint: &'static str,
     pub key_var: &'static str,
     pub model: &'static str,
+    /// Other variables every run sets (Bedrock: the key id and region).
+    pub env: &'static [(&'static str, &'static str)],
 }
 
 pub const ANTHROPIC: Provider = Provider {
     endpoint: "anthropic",
     key_var: "ANTHROPIC_API_KEY",
     model: "claude-sim",
+    env: &[],
 };
 
 pub const GEMINI: Provider = Provider {
     endpoint: "gemini",
     key_var: "GEMINI_API_KEY",
     model: "gemini-sim",
+    env: &[],
+};
+
+/// The simulator's long-term AWS key: its secret is the fixture's
+/// [`TOKEN`] (the simulator's token), in `AWS_SECRET_ACCESS_KEY`.
+pub const BEDROCK: Provider = Provider {
+    endpoint: "bedrock",
+    key_var: "AWS_SECRET_ACCESS_KEY",
+    model: "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+    env: &[
+        ("AWS_ACCESS_KEY_ID", aiq::simulator::AWS_KEYS[0].0),
+        ("AWS_REGION", "us-east-1"),
+    ],
 };
 
 impl Provider {
@@ -47,7 +63,8 @@ impl Provider {
         let base = f.sim.base_url();
         let named = ["--base-url", &base, "--model", self.model];
         let key = (self.key_var, TOKEN);
-        f.provider_command(self.endpoint, &named, key, [input, out], extra, envs)
+        let envs = [self.env, envs].concat();
+        f.provider_command(self.endpoint, &named, key, [input, out], extra, &envs)
     }
 
     pub async fn run(
