@@ -1,5 +1,5 @@
 """The native providers from Python: the same settings as the CLI's
-(`endpoint`, `base_url`, `model`, the provider's key variable), against
+(`endpoint`, `base_url`, `model`, the provider's key variables), against
 the built-in simulator, which speaks each provider's wire."""
 
 import pandas as pd
@@ -11,15 +11,23 @@ import aiq
 TOKEN = "aiq-simulator-token"
 
 
+# Bedrock signs with AWS keys: the simulator's long-term key id, whose
+# secret is the simulator's token (src/simulator/bedrock), and a region.
+BEDROCK_ENV = {"AWS_ACCESS_KEY_ID": "AKIDAIQSIMULATOR", "AWS_REGION": "us-east-1"}
+
+
 @pytest.mark.parametrize(
-    "endpoint, model, key_var",
+    "endpoint, model, key_var, env",
     [
-        ("anthropic", "claude-haiku-4-5", "ANTHROPIC_API_KEY"),
-        ("gemini", "gemini-2.5-flash", "GEMINI_API_KEY"),
+        ("anthropic", "claude-haiku-4-5", "ANTHROPIC_API_KEY", {}),
+        ("gemini", "gemini-2.5-flash", "GEMINI_API_KEY", {}),
+        ("bedrock", "us.anthropic.claude-3-5-haiku-20241022-v1:0", "AWS_SECRET_ACCESS_KEY", BEDROCK_ENV),
     ],
 )
-def test_a_native_provider_classifies_a_frame(monkeypatch, endpoint, model, key_var):
+def test_a_native_provider_classifies_a_frame(monkeypatch, endpoint, model, key_var, env):
     monkeypatch.setenv(key_var, TOKEN)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     frame = pd.DataFrame({"text": ["Great phone, poor battery.", "Broke in a week."]})
     with aiq.Simulator(token=TOKEN) as sim:
         base = sim.url.removesuffix("/v1")

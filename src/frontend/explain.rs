@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::job::plan::Plan;
 use crate::pipeline::render::{BodyBuilder, Templates, MIN_CACHEABLE_TOKENS};
 use crate::pipeline::source::Source;
+use crate::provider::dialect::Dialect;
 use crate::provider::endpoint::Target;
 
 /// Rows rendered in full.
@@ -47,7 +48,9 @@ pub fn explain(plan: &Plan) -> Result<String> {
     if templates.user_literal_prefix().is_empty() && plan.system.is_none() {
         let _ = writeln!(out, "warning    the user prompt starts with a row value: nothing is shared, nothing can be cached");
     }
-    let marker = if spec.cache_control {
+    let marker = if spec.cache_control && spec.dialect == Dialect::Bedrock {
+        "Bedrock `cachePoint` block after the last static block"
+    } else if spec.cache_control {
         "Claude `cache_control` breakpoint on the last static block"
     } else if spec.prompt_cache_key {
         "OpenAI `prompt_cache_key` (hash of the static prefix)"

@@ -77,6 +77,28 @@ async fn no_region_no_model_or_no_api_is_found_before_anything_is_sent() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_shows_the_converse_body_with_its_cache_point() {
+    let (f, input, out) = job(SimConfig::default(), 2, 0).await;
+    let extra = [
+        "--prompt",
+        "{{text}}",
+        "--system",
+        "grade it",
+        "--return-type",
+        "INT",
+        "--explain",
+    ];
+    let o = BEDROCK.run(&f, &input, &out, &extra, &[]).await;
+    assert_ok(&o);
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(shown.contains("Bedrock `cachePoint` block"), "{shown}");
+    for key in ["\"cachePoint\"", "\"toolConfig\"", "\"toolSpec\""] {
+        assert!(shown.contains(key), "{key}: {shown}");
+    }
+    assert_eq!(f.sim.stats().requests, 0);
+}
+
 /// `--endpoint bedrock` at the simulator with `envs` alone for
 /// credentials (the region set), then `extra`.
 fn bedrock_command(
