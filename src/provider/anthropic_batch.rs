@@ -25,6 +25,7 @@
 use serde_json::{json, Value};
 
 use crate::provider::anthropic::error_status;
+use crate::provider::batch_line::{jsonl, OutputLine};
 
 /// The Message Batches route under the API's base URL.
 pub const BATCHES: &str = "v1/messages/batches";
@@ -109,17 +110,12 @@ pub fn batch_list(v: &Value) -> Result<Value, String> {
 
 /// Result lines (JSONL) as OpenAI batch output lines (JSONL).
 pub fn output_lines(results: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in results.split(|b| *b == b'\n') {
-        let Ok(v) = serde_json::from_slice::<Value>(line) else {
-            continue;
-        };
+    let lines = results.split(|b| *b == b'\n').filter_map(|line| {
+        let v = serde_json::from_slice::<Value>(line).ok()?;
+        let custom_id = v["custom_id"].as_str().unwrap_or_default().to_string();
         let result = &v["result"];
-        let response = |status: u16, body: &Value| json!({"status_code": status, "body": body});
-        let line = match result["type"].as_str().unwrap_or_default() {
-            "succeeded" => {
-                json!({"custom_id": v["custom_id"], "response": response(200, &result["message"])})
-            }
+        Some(match result["type"].as_str().unwrap_or_default() {
+            "succeeded" => OutputLine::answered(custom_id, 200, result["message"].clone()),
             "errored" => {
                 let body = &result["error"];
                 let status = body
@@ -127,16 +123,15 @@ pub fn output_lines(results: &[u8]) -> Vec<u8> {
                     .and_then(Value::as_str)
                     .and_then(error_status)
                     .unwrap_or(500);
-                json!({"custom_id": v["custom_id"], "response": response(status, body)})
+                OutputLine::answered(custom_id, status, body.clone())
             }
-            other => json!({"custom_id": v["custom_id"], "error": {
-                "code": other, "message": format!("the batch request was {other}"),
-            }}),
-        };
-        out.extend(line.to_string().into_bytes());
-        out.push(b'\n');
-    }
-    out
+            other => {
+                let message = format!("the batch request was {other}");
+                OutputLine::unanswered(custom_id, other, message)
+            }
+        })
+    });
+    jsonl(lines)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use crate::provider::auth::{Credentials, Scrubber};
 use crate::provider::azure;
+pub use crate::provider::batch_line::{LineError, LineResponse, OutputLine};
 use crate::provider::dialect::Dialect;
 use crate::provider::retry::{classify, retry_after, Failure, Pacing, RetryAction, RetryPolicy};
 use crate::provider::wire::{self, Task};
@@ -238,35 +239,6 @@ pub struct BatchList {
     pub last_id: Option<String>,
     #[serde(default)]
     pub has_more: bool,
-}
-
-/// One line of a batch output or error file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OutputLine {
-    #[serde(default)]
-    pub id: Option<String>,
-    pub custom_id: String,
-    #[serde(default)]
-    pub response: Option<LineResponse>,
-    #[serde(default)]
-    pub error: Option<LineError>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LineResponse {
-    pub status_code: u16,
-    #[serde(default)]
-    pub request_id: Option<String>,
-    #[serde(default)]
-    pub body: Value,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LineError {
-    #[serde(default)]
-    pub code: Option<String>,
-    #[serde(default)]
-    pub message: Option<String>,
 }
 
 /// One line of a batch input file, written without re-parsing the body:

@@ -25,6 +25,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use crate::provider::batch_line::{jsonl, OutputLine};
+
 /// The most Google takes in one `batchGenerateContent` call (20 MB), less
 /// room for the envelope around the requests.
 pub const MAX_INLINE_BYTES: u64 = 19 << 20;
@@ -219,26 +221,21 @@ pub fn output_lines(op: &Value) -> Vec<u8> {
         .iter()
         .find_map(|at| op.pointer(at).and_then(Value::as_array))
         .map_or(&[][..], Vec::as_slice);
-    let mut out = Vec::new();
-    for (i, r) in responses.iter().enumerate() {
+    let lines = responses.iter().enumerate().filter_map(|(i, r)| {
         let key = r
             .pointer("/metadata/key")
             .and_then(Value::as_str)
             .map_or_else(|| i.to_string(), str::to_string);
-        let line = match (r.get("response"), r.get("error")) {
-            (Some(body), _) => {
-                json!({"custom_id": key, "response": {"status_code": 200, "body": body}})
-            }
+        match (r.get("response"), r.get("error")) {
+            (Some(body), _) => Some(OutputLine::answered(key, 200, body.clone())),
             (None, Some(e)) => {
                 let status = http_status(e.get("code").and_then(Value::as_i64).unwrap_or(13));
-                json!({"custom_id": key, "response": {"status_code": status, "body": {"error": e}}})
+                Some(OutputLine::answered(key, status, json!({ "error": e })))
             }
-            (None, None) => continue,
-        };
-        out.extend(line.to_string().into_bytes());
-        out.push(b'\n');
-    }
-    out
+            (None, None) => None,
+        }
+    });
+    jsonl(lines)
 }
 
 #[cfg(test)]

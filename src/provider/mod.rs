@@ -12,6 +12,7 @@ pub mod auth;
 pub mod aws;
 pub mod azure;
 pub mod batch_api;
+pub mod batch_line;
 pub mod bedrock;
 pub mod bedrock_batch;
 pub mod dialect;
