@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -29,8 +29,9 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use super::answer::{self, Api, Marker, Task};
-use super::handler::{answer_now, authorized, error};
+use super::answer::{self, Api, Task};
+use super::batch::{create_delay, plan_line, Pace};
+use super::handler::{answer_now, error, Authorized, Refusal};
 use super::ServerState;
 
 /// At most this many requests per batch, as Anthropic allows.
@@ -57,6 +58,15 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     error(&Api::Anthropic, status, "", message)
 }
 
+/// The Message Batches API's dialect.
+pub(crate) struct Anthropic;
+
+impl Refusal for Anthropic {
+    fn unauthorized() -> Response {
+        refuse(StatusCode::UNAUTHORIZED, "invalid x-api-key")
+    }
+}
+
 fn id_of(seq: u64) -> String {
     format!("msgbatch_{seq:020}")
 }
@@ -79,12 +89,10 @@ fn valid_custom_id(id: &str) -> bool {
 /// `POST /v1/messages/batches`.
 pub(crate) async fn create(
     State(st): State<Arc<ServerState>>,
+    _: Authorized<Anthropic>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !authorized(&st.cfg, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "invalid x-api-key");
-    }
     let requests = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(mut o)) => match o.remove("requests") {
             Some(Value::Array(r)) => r,
@@ -140,14 +148,7 @@ pub(crate) async fn create(
         "results_url": null,
     });
     let cancel = Arc::new(Notify::new());
-    let expire = st.batches.count(|s| {
-        s.batches += 1;
-        s.lines += n as u64;
-        (s.expired < st.cfg.batch_expire_first).then(|| {
-            s.expired += 1;
-            (n as f64 * st.cfg.batch_expire_share).floor() as usize
-        })
-    });
+    let expire = st.batches.open(n, &st.cfg);
     lock(&st.anthropic_batches.batches).insert(
         seq,
         Stored {
@@ -158,9 +159,7 @@ pub(crate) async fn create(
     );
     let base = base_url(&st, &headers);
     tokio::spawn(process(st.clone(), seq, lines, expire, cancel, base));
-    if st.cfg.batch_create_delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(st.cfg.batch_create_delay_ms)).await;
-    }
+    create_delay(&st.cfg).await;
     Json(object).into_response()
 }
 
@@ -184,9 +183,8 @@ async fn process(
     cancel: Arc<Notify>,
     base: String,
 ) {
-    let turnaround = Duration::from_millis(st.cfg.batch_turnaround_ms);
-    let started = tokio::time::Instant::now();
     let n = lines.len();
+    let pace = Pace::new(&st.cfg, n);
     let mut results = Vec::with_capacity(n);
     // Tallied as results come: counting them again each time was
     // quadratic (minutes for 10,000 requests in a debug build).
@@ -198,15 +196,11 @@ async fn process(
             ended_by = Some("expired");
         }
         if ended_by.is_none() {
-            let due = started + turnaround.mul_f64((i + 1) as f64 / n as f64);
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
-                _ = cancel.notified() => ended_by = Some("canceled"),
-            }
+            let cancelled = !pace.until(i, &cancel).await;
             let canceling = lock(&st.anthropic_batches.batches)
                 .get(&seq)
                 .is_some_and(|b| b.object["processing_status"] == "canceling");
-            if canceling {
+            if cancelled || canceling {
                 ended_by = Some("canceled");
             }
         }
@@ -241,43 +235,40 @@ async fn process(
 /// One request's result, as `POST /v1/messages` would answer it (Bedrock
 /// batch records too).
 pub(crate) fn answer(st: &ServerState, params: &Value) -> Value {
-    let errored = |status: u16, message: &str| {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        json!({"type": "errored", "error": super::anthropic::error_body(status, message)})
-    };
-    let (body, answer_tool) = match super::anthropic::to_openai(params.clone()) {
-        Ok(b) => b,
-        Err(m) => return errored(400, &m),
-    };
-    let job = match answer::plan(
-        Task::Chat,
-        body,
-        st.cfg.output_tokens,
-        st.cfg.embedding_dim,
-        true,
-    ) {
-        Ok(job) => answer::Job { answer_tool, ..job },
-        Err(m) => return errored(400, &m),
-    };
-    match job.marker {
-        Some(Marker::BadRequest) => return errored(400, "simulated bad request"),
-        Some(Marker::ServerError) => return errored(500, "simulated server error"),
-        None => {}
+    let planned = super::anthropic::to_openai(params.clone())
+        .map_err(|m| (StatusCode::BAD_REQUEST, m))
+        .and_then(|(body, answer_tool)| {
+            let job = plan_line(st, Task::Chat, body, true)?;
+            Ok(answer::Job { answer_tool, ..job })
+        });
+    match planned {
+        Ok(job) => json!({"type": "succeeded", "message": answer_now(st, &Api::Anthropic, job)}),
+        Err((status, m)) => {
+            json!({"type": "errored", "error": super::anthropic::error_body(status, &m)})
+        }
     }
-    if st.batches.draw_failure(st.cfg.batch_fail_rate) {
-        return errored(500, "simulated batch request failure");
-    }
-    json!({"type": "succeeded", "message": answer_now(st, &Api::Anthropic, job)})
 }
 
-/// The batch `id` names, for a caller with the key; else the refusal.
-fn authorized_batch(st: &ServerState, headers: &HeaderMap, id: &str) -> Result<u64, Response> {
-    if !authorized(&st.cfg, headers) {
-        return Err(refuse(StatusCode::UNAUTHORIZED, "invalid x-api-key"));
+/// The batch a `/v1/messages/batches/{id}` route names (its sequence
+/// number), for a caller with the key; else the refusal.
+pub(crate) struct Named(u64);
+
+impl FromRequestParts<Arc<ServerState>> for Named {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &Arc<ServerState>,
+    ) -> Result<Named, Response> {
+        Authorized::<Anthropic>::from_request_parts(parts, st).await?;
+        let Path(id) = Path::<String>::from_request_parts(parts, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        seq_of(&id)
+            .filter(|s| lock(&st.anthropic_batches.batches).contains_key(s))
+            .map(Named)
+            .ok_or_else(|| not_found(&id))
     }
-    seq_of(id)
-        .filter(|s| lock(&st.anthropic_batches.batches).contains_key(s))
-        .ok_or_else(|| not_found(id))
 }
 
 fn not_found(id: &str) -> Response {
@@ -288,15 +279,7 @@ fn not_found(id: &str) -> Response {
 }
 
 /// `GET /v1/messages/batches/{id}`.
-pub(crate) async fn get(
-    State(st): State<Arc<ServerState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let seq = match authorized_batch(&st, &headers, &id) {
-        Ok(seq) => seq,
-        Err(refused) => return refused,
-    };
+pub(crate) async fn get(State(st): State<Arc<ServerState>>, Named(seq): Named) -> Response {
     let object = lock(&st.anthropic_batches.batches)
         .get(&seq)
         .map(|b| b.object.clone());
@@ -305,18 +288,10 @@ pub(crate) async fn get(
 
 /// `POST /v1/messages/batches/{id}/cancel`: canceling until the running
 /// request is done, then ended.
-pub(crate) async fn cancel(
-    State(st): State<Arc<ServerState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let seq = match authorized_batch(&st, &headers, &id) {
-        Ok(seq) => seq,
-        Err(refused) => return refused,
-    };
+pub(crate) async fn cancel(State(st): State<Arc<ServerState>>, Named(seq): Named) -> Response {
     let mut batches = lock(&st.anthropic_batches.batches);
     let Some(b) = batches.get_mut(&seq) else {
-        return not_found(&id);
+        return not_found(&id_of(seq));
     };
     if b.object["processing_status"] == "in_progress" {
         b.object["processing_status"] = json!("canceling");
@@ -327,20 +302,13 @@ pub(crate) async fn cancel(
 }
 
 /// `GET /v1/messages/batches/{id}/results`: JSON Lines, once ended.
-pub(crate) async fn results(
-    State(st): State<Arc<ServerState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let seq = match authorized_batch(&st, &headers, &id) {
-        Ok(seq) => seq,
-        Err(refused) => return refused,
-    };
+pub(crate) async fn results(State(st): State<Arc<ServerState>>, Named(seq): Named) -> Response {
     let batches = lock(&st.anthropic_batches.batches);
     let Some(b) = batches
         .get(&seq)
         .filter(|b| b.object["processing_status"] == "ended")
     else {
+        let id = id_of(seq);
         let m = format!("message batch {id} has not ended yet: its results are not available");
         return refuse(StatusCode::BAD_REQUEST, &m);
     };
@@ -357,11 +325,8 @@ pub(crate) async fn results(
 pub(crate) async fn list(
     State(st): State<Arc<ServerState>>,
     uri: Uri,
-    headers: HeaderMap,
+    _: Authorized<Anthropic>,
 ) -> Response {
-    if !authorized(&st.cfg, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "invalid x-api-key");
-    }
     let param = |key: &str| super::batch::query_param(&uri, key);
     let limit = param("limit")
         .and_then(|l| l.parse::<usize>().ok())

@@ -37,8 +37,8 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use super::answer::{self, Api, Marker, Task};
-use super::handler::{answer_now, authorized, error};
-use super::ServerState;
+use super::handler::{answer_now, error, Authorized, Refusal};
+use super::{ServerState, SimConfig};
 use crate::provider::batch_api::{
     BatchError, BatchErrors, BatchList, BatchObject, BatchStatus, CreateBatch, FileObject,
     LineError, LineResponse, OutputLine, RequestCounts, TOKEN_LIMIT_EXCEEDED,
@@ -57,6 +57,19 @@ pub struct BatchStats {
     pub token_capped: u64,
     pub expired: u64,
     pub cancelled: u64,
+}
+
+impl BatchStats {
+    /// Counts the `n` lines of a batch that starts running and draws
+    /// whether it is one of the `--batch-expire-first` that expire: then
+    /// the line it expires at (`--batch-expire-share` of `n`).
+    pub(crate) fn start(&mut self, n: usize, cfg: &SimConfig) -> Option<usize> {
+        self.lines += n as u64;
+        (self.expired < cfg.batch_expire_first).then(|| {
+            self.expired += 1;
+            (n as f64 * cfg.batch_expire_share).floor() as usize
+        })
+    }
 }
 
 struct StoredFile {
@@ -101,13 +114,87 @@ impl BatchStore {
         f(&mut lock(&self.stats))
     }
 
+    /// A batch of `n` lines created and started ([`BatchStats::start`]).
+    pub(crate) fn open(&self, n: usize, cfg: &SimConfig) -> Option<usize> {
+        self.count(|s| {
+            s.batches += 1;
+            s.start(n, cfg)
+        })
+    }
+
     /// Whether a line fails by `--batch-fail-rate` (`rate`), counted.
-    pub(crate) fn draw_failure(&self, rate: f64) -> bool {
+    fn draw_failure(&self, rate: f64) -> bool {
         let fails = rate > 0.0 && lock(&self.rng).random::<f64>() < rate;
         if fails {
             lock(&self.stats).lines_failed += 1;
         }
         fails
+    }
+}
+
+/// A batch line planned as the online route would plan it, or why it
+/// fails instead (status and message): its body refused, a test marker,
+/// or a `--batch-fail-rate` draw. Every Batch API answers lines through
+/// this, each in its own dialect.
+pub(crate) fn plan_line(
+    st: &ServerState,
+    task: Task,
+    body: Value,
+    claude: bool,
+) -> Result<answer::Job, (StatusCode, String)> {
+    let cfg = &st.cfg;
+    let job = answer::plan(task, body, cfg.output_tokens, cfg.embedding_dim, claude)
+        .map_err(|m| (StatusCode::BAD_REQUEST, m))?;
+    let failure = match job.marker {
+        Some(Marker::BadRequest) => Some((StatusCode::BAD_REQUEST, "simulated bad request")),
+        Some(Marker::ServerError) => {
+            Some((StatusCode::INTERNAL_SERVER_ERROR, "simulated server error"))
+        }
+        None if st.batches.draw_failure(cfg.batch_fail_rate) => Some((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "simulated batch line failure",
+        )),
+        None => None,
+    };
+    match failure {
+        Some((status, message)) => Err((status, message.to_string())),
+        None => Ok(job),
+    }
+}
+
+/// A batch's lines answered evenly over `--batch-turnaround-ms`: line `i`
+/// of `n` is due at `(i + 1) / n` of it, so a batch cancelled or expired
+/// midway has answered a part.
+pub(crate) struct Pace {
+    started: tokio::time::Instant,
+    turnaround: Duration,
+    n: usize,
+}
+
+impl Pace {
+    pub(crate) fn new(cfg: &SimConfig, n: usize) -> Pace {
+        Pace {
+            started: tokio::time::Instant::now(),
+            turnaround: Duration::from_millis(cfg.batch_turnaround_ms),
+            n,
+        }
+    }
+
+    /// Waits until line `i` is due; false when `cancel` is notified first.
+    pub(crate) async fn until(&self, i: usize, cancel: &Notify) -> bool {
+        let due = self.started + self.turnaround.mul_f64((i + 1) as f64 / self.n as f64);
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => true,
+            _ = cancel.notified() => false,
+        }
+    }
+}
+
+/// `--batch-create-delay-ms`: the batch exists at once, but the reply that
+/// names it comes late.
+pub(crate) async fn create_delay(cfg: &SimConfig) {
+    if cfg.batch_create_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(cfg.batch_create_delay_ms)).await;
     }
 }
 
@@ -127,23 +214,26 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
     error(&Api::OpenAi, status, code, message)
 }
 
-fn unauthorized() -> Response {
-    api_error(
-        StatusCode::UNAUTHORIZED,
-        "invalid_api_key",
-        "missing or invalid bearer token",
-    )
+/// The OpenAI Files and Batch APIs' dialect.
+pub(crate) struct OpenAi;
+
+impl Refusal for OpenAi {
+    fn unauthorized() -> Response {
+        api_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "missing or invalid bearer token",
+        )
+    }
 }
 
 /// `POST /v1/files`: a multipart form with `purpose` and `file`.
 pub(crate) async fn upload(
     State(st): State<Arc<ServerState>>,
+    _: Authorized<OpenAi>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !authorized(&st.cfg, &headers) {
-        return unauthorized();
-    }
     let Some(boundary) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -212,11 +302,8 @@ fn new_file(st: &ServerState, filename: String, purpose: &str, content: Bytes) -
 pub(crate) async fn file_info(
     State(st): State<Arc<ServerState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    _: Authorized<OpenAi>,
 ) -> Response {
-    if !authorized(&st.cfg, &headers) {
-        return unauthorized();
-    }
     match lock(&st.batches.files).get(&id) {
         Some(f) => Json(f.object.clone()).into_response(),
         None => no_such("file", &id),
@@ -227,11 +314,8 @@ pub(crate) async fn file_info(
 pub(crate) async fn file_content(
     State(st): State<Arc<ServerState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    _: Authorized<OpenAi>,
 ) -> Response {
-    if !authorized(&st.cfg, &headers) {
-        return unauthorized();
-    }
     match lock(&st.batches.files).get(&id) {
         Some(f) => (
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -261,12 +345,9 @@ struct InputLine {
 /// `POST /v1/batches`.
 pub(crate) async fn create(
     State(st): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    _: Authorized<OpenAi>,
     body: Bytes,
 ) -> Response {
-    if !authorized(&st.cfg, &headers) {
-        return unauthorized();
-    }
     let request: CreateBatch = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -353,15 +434,11 @@ pub(crate) async fn create(
                         )
                     }
                     _ => {
-                        stats.lines += lines.len() as u64;
                         object.request_counts = Some(RequestCounts {
                             total: lines.len() as u64,
                             ..RequestCounts::default()
                         });
-                        let expire = (stats.expired < cfg.batch_expire_first).then(|| {
-                            stats.expired += 1;
-                            (lines.len() as f64 * cfg.batch_expire_share).floor() as usize
-                        });
+                        let expire = stats.start(lines.len(), cfg);
                         run = Some((lines, expire));
                     }
                 }
@@ -389,9 +466,7 @@ pub(crate) async fn create(
     if let Some((lines, expire)) = run {
         tokio::spawn(process(st.clone(), seq, lines, expire, cancel));
     }
-    if cfg.batch_create_delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(cfg.batch_create_delay_ms)).await;
-    }
+    create_delay(cfg).await;
     Json(object).into_response()
 }
 
@@ -487,9 +562,8 @@ async fn process(
     else {
         return;
     };
-    let turnaround = Duration::from_millis(st.cfg.batch_turnaround_ms);
-    let started = tokio::time::Instant::now();
     let n = lines.len();
+    let pace = Pace::new(&st.cfg, n);
     let mut output = Vec::new();
     let mut errors = Vec::new();
     let mut answered = 0usize;
@@ -499,15 +573,8 @@ async fn process(
             end = BatchStatus::Expired;
             break;
         }
-        let due = started + turnaround.mul_f64((i + 1) as f64 / n as f64);
-        tokio::select! {
-            _ = tokio::time::sleep_until(due) => {}
-            _ = cancel.notified() => {
-                end = BatchStatus::Cancelled;
-                break;
-            }
-        }
-        if current(&st, seq).is_some_and(|b| b.status == BatchStatus::Cancelling) {
+        let cancelled = !pace.until(i, &cancel).await;
+        if cancelled || current(&st, seq).is_some_and(|b| b.status == BatchStatus::Cancelling) {
             end = BatchStatus::Cancelled;
             break;
         }
@@ -577,60 +644,23 @@ async fn process(
 
 /// One line answered as the online route would; false for an error line.
 fn answer_line(st: &ServerState, task: Task, custom_id: &str, body: &Value) -> (Vec<u8>, bool) {
-    let failure = |status: u16, code: &str, message: &str| {
-        let body = json!({"error": {"message": message, "type": code, "code": code}});
-        line_json(
-            custom_id,
-            Some(LineResponse {
-                status_code: status,
-                request_id: Some(request_id(custom_id)),
-                body,
-            }),
-            None,
-        )
-    };
-    let job = match answer::plan(
-        task,
-        body.clone(),
-        st.cfg.output_tokens,
-        st.cfg.embedding_dim,
-        false,
-    ) {
-        Ok(job) => job,
-        Err(m) => return (failure(400, "invalid_request_error", &m), false),
-    };
-    match job.marker {
-        Some(Marker::BadRequest) => {
-            return (
-                failure(400, "invalid_request_error", "simulated bad request"),
-                false,
-            )
+    let (status, body, ok) = match plan_line(st, task, body.clone(), false) {
+        Ok(job) => (200, answer_now(st, &Api::OpenAi, job), true),
+        Err((status, message)) => {
+            let code = match status {
+                StatusCode::BAD_REQUEST => "invalid_request_error",
+                _ => "server_error",
+            };
+            let body = json!({"error": {"message": message, "type": code, "code": code}});
+            (status.as_u16(), body, false)
         }
-        Some(Marker::ServerError) => {
-            return (
-                failure(500, "server_error", "simulated server error"),
-                false,
-            )
-        }
-        None => {}
-    }
-    if st.batches.draw_failure(st.cfg.batch_fail_rate) {
-        return (
-            failure(500, "server_error", "simulated batch line failure"),
-            false,
-        );
-    }
-    let reply = answer_now(st, &Api::OpenAi, job);
-    let line = line_json(
-        custom_id,
-        Some(LineResponse {
-            status_code: 200,
-            request_id: Some(request_id(custom_id)),
-            body: reply,
-        }),
-        None,
-    );
-    (line, true)
+    };
+    let response = LineResponse {
+        status_code: status,
+        request_id: Some(request_id(custom_id)),
+        body,
+    };
+    (line_json(custom_id, Some(response), None), ok)
 }
 
 fn request_id(custom_id: &str) -> String {
@@ -647,9 +677,7 @@ fn line_json(custom_id: &str, response: Option<LineResponse>, error: Option<Line
         response,
         error,
     };
-    let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
+    crate::provider::batch_line::jsonl([line])
 }
 
 fn current(st: &ServerState, seq: u64) -> Option<BatchObject> {
@@ -672,11 +700,8 @@ fn seq_of(id: &str) -> Option<u64> {
 pub(crate) async fn get(
     State(st): State<Arc<ServerState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    _: Authorized<OpenAi>,
 ) -> Response {
-    if !authorized(&st.cfg, &headers) {
-        return unauthorized();
-    }
     match seq_of(&id).and_then(|s| current(&st, s)) {
         Some(b) => Json(b).into_response(),
         None => no_such("batch", &id),
@@ -688,11 +713,8 @@ pub(crate) async fn get(
 pub(crate) async fn cancel(
     State(st): State<Arc<ServerState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    _: Authorized<OpenAi>,
 ) -> Response {
-    if !authorized(&st.cfg, &headers) {
-        return unauthorized();
-    }
     let Some(seq) = seq_of(&id) else {
         return no_such("batch", &id);
     };
@@ -725,11 +747,8 @@ pub(crate) fn query_param(uri: &Uri, key: &str) -> Option<String> {
 pub(crate) async fn list(
     State(st): State<Arc<ServerState>>,
     uri: Uri,
-    headers: HeaderMap,
+    _: Authorized<OpenAi>,
 ) -> Response {
-    if !authorized(&st.cfg, &headers) {
-        return unauthorized();
-    }
     let param = |key: &str| query_param(&uri, key);
     let q_limit: Option<usize> = param("limit").and_then(|v| v.parse().ok());
     let q_after = param("after");

@@ -97,6 +97,30 @@ pub(crate) fn authorized(cfg: &SimConfig, headers: &HeaderMap) -> bool {
         .is_some_and(|got| got.trim() == token)
 }
 
+/// How a dialect's side routes (files, batches) refuse a request without
+/// the key.
+pub(crate) trait Refusal {
+    fn unauthorized() -> Response;
+}
+
+/// A request whose key checked out ([`authorized`]), refused in `D`'s
+/// words otherwise: a route that takes it need not check.
+pub(crate) struct Authorized<D>(std::marker::PhantomData<D>);
+
+impl<D: Refusal> axum::extract::FromRequestParts<Arc<ServerState>> for Authorized<D> {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &Arc<ServerState>,
+    ) -> Result<Self, Response> {
+        match authorized(&st.cfg, &parts.headers) {
+            true => Ok(Authorized(std::marker::PhantomData)),
+            false => Err(D::unauthorized()),
+        }
+    }
+}
+
 pub(crate) async fn handle(
     st: Arc<ServerState>,
     api: Api,

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -27,7 +27,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use super::super::answer::{self, Api, Marker, Task};
+use super::super::answer::{Api, Task};
+use super::super::batch::{create_delay, plan_line, Pace};
 use super::super::handler::answer_now;
 use super::super::ServerState;
 use super::call::{Call, Method};
@@ -174,22 +175,13 @@ pub(super) async fn create(st: Arc<ServerState>, model: &str, body: Bytes) -> Re
         batches.by_name.insert(name.clone(), (seq, batch));
     }
     // Counted with the other Batch APIs' batches, under the same knobs.
-    let expire = st.batches.count(|s| {
-        s.batches += 1;
-        s.lines += lines.len() as u64;
-        (s.expired < st.cfg.batch_expire_first).then(|| {
-            s.expired += 1;
-            (lines.len() as f64 * st.cfg.batch_expire_share).floor() as usize
-        })
-    });
+    let expire = st.batches.open(lines.len(), &st.cfg);
     st.gemini.count(|s| {
         s.batches += 1;
         s.batch_requests += lines.len() as u64;
     });
     tokio::spawn(process(st.clone(), name, lines, expire, cancel));
-    if st.cfg.batch_create_delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(st.cfg.batch_create_delay_ms)).await;
-    }
+    create_delay(&st.cfg).await;
     Json(reply).into_response()
 }
 
@@ -264,9 +256,7 @@ async fn process(
         b.state = BatchState::Running;
         true
     });
-    let turnaround = Duration::from_millis(st.cfg.batch_turnaround_ms);
-    let started = tokio::time::Instant::now();
-    let n = lines.len();
+    let pace = Pace::new(&st.cfg, lines.len());
     for (i, line) in lines.into_iter().enumerate() {
         if expire == Some(i) {
             set(&mut |b| {
@@ -276,11 +266,9 @@ async fn process(
             });
             return;
         }
-        let due = started + turnaround.mul_f64((i + 1) as f64 / n as f64);
-        tokio::select! {
-            _ = tokio::time::sleep_until(due) => {}
+        if !pace.until(i, &cancel).await {
             // The cancel route has set the state; nothing more is answered.
-            _ = cancel.notified() => return,
+            return;
         }
         let (answer, ok) = answer_line(&st, line);
         // A batch cancelled meanwhile keeps what it had.
@@ -301,47 +289,24 @@ async fn process(
 
 /// One request answered as the online route would, or its error.
 fn answer_line(st: &ServerState, line: Line) -> (Value, bool) {
-    let failure = |status: StatusCode, message: &str| {
-        let mut v = json!({"error": {"code": wire::grpc_code(status), "message": message}});
-        if let Some(m) = &line.metadata {
-            v["metadata"] = m.clone();
+    let planned = line
+        .planned
+        .map_err(|m| (StatusCode::BAD_REQUEST, m))
+        .and_then(|(chat, call)| Ok((plan_line(st, Task::Chat, chat, false)?, call)));
+    let (mut v, ok) = match planned {
+        Ok((job, call)) => (
+            json!({"response": answer_now(st, &Api::Gemini(call), job)}),
+            true,
+        ),
+        Err((status, m)) => {
+            let error = json!({"code": wire::grpc_code(status), "message": m});
+            (json!({ "error": error }), false)
         }
-        (v, false)
     };
-    let (chat, call) = match &line.planned {
-        Ok(p) => p.clone(),
-        Err(m) => return failure(StatusCode::BAD_REQUEST, m),
-    };
-    let job = match answer::plan(
-        Task::Chat,
-        chat,
-        st.cfg.output_tokens,
-        st.cfg.embedding_dim,
-        false,
-    ) {
-        Ok(job) => job,
-        Err(m) => return failure(StatusCode::BAD_REQUEST, &m),
-    };
-    match job.marker {
-        Some(Marker::BadRequest) => {
-            return failure(StatusCode::BAD_REQUEST, "simulated bad request")
-        }
-        Some(Marker::ServerError) => {
-            return failure(StatusCode::INTERNAL_SERVER_ERROR, "simulated server error")
-        }
-        None => {}
+    if let Some(m) = line.metadata {
+        v["metadata"] = m;
     }
-    if st.batches.draw_failure(st.cfg.batch_fail_rate) {
-        return failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal error encountered.",
-        );
-    }
-    let mut v = json!({"response": answer_now(st, &Api::Gemini(call), job)});
-    if let Some(m) = &line.metadata {
-        v["metadata"] = m.clone();
-    }
-    (v, true)
+    (v, ok)
 }
 
 /// The batch name of a `batches/{id}` or `batches/{id}:cancel` path.
