@@ -27,7 +27,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::provider::wire::{ChatChoice, ChatResponse, Message, WireUsage};
+use crate::provider::wire::{take_stop_list, take_turns, ChatResponse, WireUsage};
 
 /// The API version aiq speaks, sent as `anthropic-version` on every call.
 pub const VERSION: &str = "2023-06-01";
@@ -65,22 +65,12 @@ pub fn request(mut body: Map<String, Value>) -> Map<String, Value> {
     if let Some(model) = body.remove("model") {
         out.insert("model".into(), model);
     }
-    let mut system: Vec<Value> = Vec::new();
-    let mut messages = Vec::new();
-    if let Some(Value::Array(list)) = body.remove("messages") {
-        for message in list {
-            let role = message
-                .get("role")
-                .and_then(Value::as_str)
-                .unwrap_or("user");
-            let content = message.get("content").cloned().unwrap_or(Value::Null);
-            if role == "system" || role == "developer" {
-                system.extend(blocks(content));
-            } else {
-                messages.push(json!({"role": role, "content": content_blocks(content)}));
-            }
-        }
-    }
+    let (system, turns) = take_turns(&mut body);
+    let system: Vec<Value> = system.into_iter().flat_map(blocks).collect();
+    let messages: Vec<Value> = turns
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content_blocks(content)}))
+        .collect();
     if !system.is_empty() {
         // A plain string when nothing is marked: the simplest valid form.
         let marked = system.iter().any(|b| b.get("cache_control").is_some());
@@ -126,11 +116,7 @@ pub fn request(mut body: Map<String, Value>) -> Map<String, Value> {
         out.entry("tool_choice")
             .or_insert_with(|| tool_choice(choice));
     }
-    if let Some(stop) = body.remove("stop") {
-        let list = match stop {
-            Value::String(s) => json!([s]),
-            other => other,
-        };
+    if let Some(list) = take_stop_list(&mut body) {
         out.insert("stop_sequences".into(), list);
     }
     // OpenAI-only knobs the Messages API refuses as unknown.
@@ -314,21 +300,8 @@ fn chat_response(
         (None, Some(text)) => Value::String(text),
         (None, None) => Value::Null,
     };
-    ChatResponse {
-        id: id.map(str::to_string),
-        object: Some("chat.completion".into()),
-        model: model.map(str::to_string),
-        choices: vec![ChatChoice {
-            index: 0,
-            message: Message {
-                role: "assistant".into(),
-                content,
-                tool_calls: (!c.calls.is_empty()).then(|| Value::Array(c.calls)),
-            },
-            finish_reason: stop.map(|s| finish_reason(s, by_tool)),
-        }],
-        usage,
-    }
+    let finish = stop.map(|s| finish_reason(s, by_tool));
+    ChatResponse::one(id, model, content, c.calls, finish, usage)
 }
 
 /// What a streamed reply has said so far.
@@ -479,32 +452,23 @@ pub fn error_status(kind: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn object(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
-    }
+    use crate::provider::wire::samples::{chat, object};
 
     #[test]
     fn chat_bodies_become_messages_requests() {
-        let body = object(json!({
-            "model": "claude-sonnet-4-5",
-            "messages": [
-                {"role": "system", "content": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}]},
-                {"role": "user", "content": [
-                    {"type": "text", "text": "what is this?"},
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
-                    {"type": "image_url", "image_url": {"url": "https://x/y.jpg"}}
-                ]}
-            ],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "result", "schema": {"type": "object"}, "strict": true}},
-            "temperature": 0.0,
-            "stop": "END",
-            "stream": true,
-            "stream_options": {"include_usage": true}
-        }));
+        let body = chat(
+            "be brief",
+            "what is this?",
+            "https://x/y.jpg",
+            json!({
+                "model": "claude-sonnet-4-5",
+                "response_format": {"type": "json_schema", "json_schema": {"name": "result", "schema": {"type": "object"}, "strict": true}},
+                "temperature": 0.0,
+                "stop": "END",
+                "stream": true,
+                "stream_options": {"include_usage": true}
+            }),
+        );
         let r = Value::Object(request(body));
         assert_eq!(r["system"][0]["cache_control"]["type"], "ephemeral");
         assert_eq!(r["messages"].as_array().unwrap().len(), 1);

@@ -37,9 +37,10 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use crate::provider::wire::{take_stop_list, take_turns};
 use crate::provider::wire::{
-    ChatChoice, ChatResponse, CompletionTokensDetails, EmbeddingItem, EmbeddingResponse, Message,
-    PromptTokensDetails, Task, WireUsage,
+    ChatResponse, CompletionTokensDetails, EmbeddingItem, EmbeddingResponse, PromptTokensDetails,
+    Task, WireUsage,
 };
 
 /// Where the API is when `--base-url` does not say.
@@ -97,22 +98,15 @@ pub fn stream_url(url: &str) -> String {
 /// as a `GenerateContentRequest`.
 pub fn request(mut body: Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
-    let mut system: Vec<Value> = Vec::new();
-    let mut contents = Vec::new();
-    if let Some(Value::Array(list)) = body.remove("messages") {
-        for message in list {
-            let role = message
-                .get("role")
-                .and_then(Value::as_str)
-                .unwrap_or("user");
-            let content = message.get("content").cloned().unwrap_or(Value::Null);
-            match role {
-                "system" | "developer" => system.extend(parts(content)),
-                "assistant" => contents.push(json!({"role": "model", "parts": parts(content)})),
-                _ => contents.push(json!({"role": "user", "parts": parts(content)})),
-            }
-        }
-    }
+    let (system, turns) = take_turns(&mut body);
+    let system: Vec<Value> = system.into_iter().flat_map(parts).collect();
+    let contents: Vec<Value> = turns
+        .into_iter()
+        .map(|(role, content)| {
+            let role = if role == "assistant" { "model" } else { "user" };
+            json!({"role": role, "parts": parts(content)})
+        })
+        .collect();
     if !system.is_empty() {
         out.insert("systemInstruction".into(), json!({"parts": system}));
     }
@@ -150,11 +144,7 @@ pub fn request(mut body: Map<String, Value>) -> Map<String, Value> {
             config.entry(to).or_insert(v);
         }
     }
-    if let Some(stop) = body.remove("stop") {
-        let list = match stop {
-            Value::String(s) => json!([s]),
-            other => other,
-        };
+    if let Some(list) = take_stop_list(&mut body) {
         config.insert("stopSequences".into(), list);
     }
     if let Some(budget) = body
@@ -480,21 +470,8 @@ fn chat_response(
     finish: Option<String>,
     usage: Option<WireUsage>,
 ) -> ChatResponse {
-    ChatResponse {
-        id: id.map(str::to_string),
-        object: Some("chat.completion".into()),
-        model: model.map(str::to_string),
-        choices: vec![ChatChoice {
-            index: 0,
-            message: Message {
-                role: "assistant".into(),
-                content: c.text.map_or(Value::Null, Value::String),
-                tool_calls: (!c.calls.is_empty()).then(|| Value::Array(c.calls)),
-            },
-            finish_reason: finish,
-        }],
-        usage,
-    }
+    let content = c.text.map_or(Value::Null, Value::String);
+    ChatResponse::one(id, model, content, c.calls, finish, usage)
 }
 
 /// Why a reply has no candidate: the prompt was blocked.
@@ -656,32 +633,25 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
-    }
+    use crate::provider::wire::samples::{chat, object as map};
 
     #[test]
     fn chat_bodies_become_generate_content_requests() {
-        let body = map(json!({
-            "model": "gemini-2.5-flash",
-            "messages": [
-                {"role": "system", "content": [{"type": "text", "text": "grade", "cache_control": {"type": "ephemeral"}}]},
-                {"role": "user", "content": [
-                    {"type": "text", "text": "essay"},
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
-                    {"type": "image_url", "image_url": {"url": "https://x/cat.webp?s=1"}}
-                ]},
-                {"role": "assistant", "content": "ok"}
-            ],
-            "max_tokens": 50, "temperature": 0.2, "stop": "END", "stream": true,
-            "stream_options": {"include_usage": true}, "prompt_cache_key": "aiq-1",
-            "reasoning_effort": "low",
-            "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object"}}}
-        }));
+        let mut body = chat(
+            "grade",
+            "essay",
+            "https://x/cat.webp?s=1",
+            json!({
+                "model": "gemini-2.5-flash",
+                "max_tokens": 50, "temperature": 0.2, "stop": "END", "stream": true,
+                "stream_options": {"include_usage": true}, "prompt_cache_key": "aiq-1",
+                "reasoning_effort": "low",
+                "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object"}}}
+            }),
+        );
+        if let Some(Value::Array(turns)) = body.get_mut("messages") {
+            turns.push(json!({"role": "assistant", "content": "ok"}));
+        }
         let out = Value::Object(request(body));
         assert_eq!(
             out,

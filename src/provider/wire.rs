@@ -13,7 +13,7 @@
 //! too.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Which kind of call a row becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
@@ -207,6 +207,36 @@ pub struct ChatResponse {
     pub choices: Vec<ChatChoice>,
     #[serde(default, deserialize_with = "lenient_usage")]
     pub usage: Option<WireUsage>,
+}
+
+impl ChatResponse {
+    /// A reply of one assistant message (`content`, and the tool calls
+    /// `calls` when there are any): what the Messages API's and Gemini's
+    /// replies read into.
+    pub fn one(
+        id: Option<&str>,
+        model: Option<&str>,
+        content: Value,
+        calls: Vec<Value>,
+        finish_reason: Option<String>,
+        usage: Option<WireUsage>,
+    ) -> ChatResponse {
+        ChatResponse {
+            id: id.map(str::to_string),
+            object: Some("chat.completion".into()),
+            model: model.map(str::to_string),
+            choices: vec![ChatChoice {
+                index: 0,
+                message: Message {
+                    role: "assistant".into(),
+                    content,
+                    tool_calls: (!calls.is_empty()).then_some(Value::Array(calls)),
+                },
+                finish_reason,
+            }],
+            usage,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -418,6 +448,70 @@ pub fn content_text(content: &Value) -> Option<String> {
             any.then_some(out)
         }
         _ => None,
+    }
+}
+
+/// A chat body's `messages` taken out and split the way the Messages API
+/// and Gemini take them: the contents of the system (and developer) turns,
+/// which go apart, and the other turns as `(role, content)` in order.
+pub fn take_turns(body: &mut Map<String, Value>) -> (Vec<Value>, Vec<(String, Value)>) {
+    let mut system = Vec::new();
+    let mut turns = Vec::new();
+    if let Some(Value::Array(list)) = body.remove("messages") {
+        for mut message in list {
+            let role = match message.get("role").and_then(Value::as_str) {
+                Some(role) => role.to_string(),
+                None => "user".to_string(),
+            };
+            let content = message.get_mut("content").map_or(Value::Null, Value::take);
+            match role.as_str() {
+                "system" | "developer" => system.push(content),
+                _ => turns.push((role, content)),
+            }
+        }
+    }
+    (system, turns)
+}
+
+/// A body's `stop`, taken out, as a list: OpenAI also takes one string,
+/// the other dialects only lists.
+pub fn take_stop_list(body: &mut Map<String, Value>) -> Option<Value> {
+    body.remove("stop").map(|stop| match stop {
+        Value::String(s) => Value::Array(vec![Value::String(s)]),
+        other => other,
+    })
+}
+
+/// Request bodies for the dialects' own tests: each translates the same
+/// OpenAI body into its wire.
+#[cfg(test)]
+pub(crate) mod samples {
+    use serde_json::{json, Map, Value};
+
+    /// `v`, which a test wrote as a JSON object, as a map.
+    pub(crate) fn object(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    /// A chat body as aiq sends it: the `system` prompt marked for caching,
+    /// then a user turn of `text`, an inline PNG and the image at `url`;
+    /// the fields of `more` are added.
+    pub(crate) fn chat(system: &str, text: &str, url: &str, more: Value) -> Map<String, Value> {
+        let mut body = object(json!({
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": text},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+                    {"type": "image_url", "image_url": {"url": url}}
+                ]}
+            ]
+        }));
+        body.extend(object(more));
+        body
     }
 }
 
