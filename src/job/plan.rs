@@ -24,6 +24,7 @@ use crate::provider::endpoint::{Endpoint, Handed, Target};
 use crate::provider::endpoint::{SIMULATOR_MODEL, SIMULATOR_TOKEN};
 use crate::provider::limit::Limits;
 use crate::provider::quirks::Quirks;
+use crate::provider::reply;
 use crate::provider::retry::RetryPolicy;
 use crate::provider::wire::Task;
 use crate::simulator::{SimConfig, Simulator};
@@ -300,6 +301,18 @@ impl Plan {
             itpm: self.itpm,
             otpm: self.otpm,
             qph: self.qph,
+        }
+    }
+
+    /// How every reply of the job is read into its row's result.
+    pub fn reply_shape(&self) -> reply::Shape {
+        reply::Shape {
+            dialect: self.dialect(),
+            task: self.task,
+            result_type: self.result_type.clone(),
+            function: self.function.clone(),
+            similarity: self.prompt2.is_some(),
+            raw: self.passthrough(),
         }
     }
 

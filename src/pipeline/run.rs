@@ -48,7 +48,6 @@ use crate::pipeline::sink::{
 use crate::pipeline::source::Source;
 use crate::pipeline::store::{mirror, Remote, RemoteOutput, Role, MIRROR_AFTER_LINES};
 use crate::provider::batch_api::BatchApi;
-use crate::provider::reply::Shape;
 use crate::provider::wire::Task;
 
 /// The journal format this build writes (2: outcomes keyed by request).
@@ -354,14 +353,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
         part_done,
         failed_before,
     } = state;
-    let shape = Shape {
-        dialect: plan.dialect(),
-        task: plan.task,
-        result_type: plan.result_type.clone(),
-        function: plan.function.clone(),
-        similarity: plan.prompt2.is_some(),
-        raw: plan.passthrough(),
-    };
+    let shape = plan.reply_shape();
     let builder = Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
     // Batch mode answers rows into the journal first; the online stages
     // below then send only what is left and write the output as usual.

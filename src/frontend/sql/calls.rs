@@ -221,14 +221,7 @@ impl Engine {
         }
         let plan = self.plan(settings)?;
         let endpoint = self.endpoint(&plan).await?;
-        let shape = Shape {
-            dialect: plan.dialect(),
-            task: plan.task,
-            result_type: plan.result_type.clone(),
-            function: plan.function.clone(),
-            similarity: plan.prompt2.is_some(),
-            raw: false,
-        };
+        let shape = plan.reply_shape();
         let p = Arc::new(Prepared {
             // The endpoint as written (in `key`), not its URL: the simulator's
             // port changes from run to run, and a resume must still match.
