@@ -49,15 +49,9 @@ pub const OUTCOME_COLUMNS: [&str; 17] = [
     "shared_from",
 ];
 
-/// The usage columns, in [`crate::pipeline::outcome::Usage::fields_mut`] order.
-const USAGE_COLUMNS: [&str; 6] = [
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-];
+/// The usage columns, in [`crate::pipeline::outcome::Usage::fields_mut`]
+/// order: the six of [`OUTCOME_COLUMNS`] from `prompt_tokens` on.
+const USAGE_COLUMNS: &[&str] = OUTCOME_COLUMNS.split_at(3).1.split_at(6).0;
 
 /// Builds output batches.
 #[derive(Debug, Clone)]
@@ -88,7 +82,7 @@ impl Layout {
         fields.push(Arc::new(result.clone()));
         fields.push(Arc::new(Field::new("error_message", DataType::Utf8, true)));
         fields.push(Arc::new(Field::new("finish_reason", DataType::Utf8, true)));
-        for name in USAGE_COLUMNS {
+        for &name in USAGE_COLUMNS {
             fields.push(Arc::new(Field::new(name, DataType::Int64, false)));
         }
         fields.push(Arc::new(Field::new("cost", DataType::Float64, true)));

@@ -127,6 +127,20 @@ enum Probe {
 }
 
 impl RequestPace {
+    /// No pace yet, nothing handed out: one request at a time from `now`.
+    fn idle(now: Instant) -> RequestPace {
+        RequestPace {
+            per_minute: None,
+            burst: 1,
+            tat: now,
+            ramp: false,
+            ramp_from: None,
+            generation: 0,
+            credit: 0,
+            probe: Probe::Off,
+        }
+    }
+
     fn set(&mut self, per_minute: f64) {
         let per_minute = per_minute.max(1.0);
         self.per_minute = Some(per_minute);
@@ -431,14 +445,8 @@ impl Limiter {
     pub fn with_limits(l: &Limits) -> Limiter {
         let (rpm, tpm) = (l.rpm, l.tpm);
         let mut requests = RequestPace {
-            per_minute: None,
-            burst: 1,
-            tat: Instant::now(),
             ramp: true,
-            ramp_from: None,
-            generation: 0,
-            credit: 0,
-            probe: Probe::Off,
+            ..RequestPace::idle(Instant::now())
         };
         if let Some(r) = rpm {
             requests.set(r as f64);
@@ -1467,16 +1475,7 @@ mod tests {
     #[test]
     fn changing_the_pace_keeps_the_slots_already_taken() {
         let t0 = Instant::now();
-        let mut pace = RequestPace {
-            per_minute: None,
-            burst: 1,
-            tat: t0,
-            ramp: false,
-            ramp_from: None,
-            generation: 0,
-            credit: 0,
-            probe: Probe::Off,
-        };
+        let mut pace = RequestPace::idle(t0);
         assert_eq!(pace.reserve(t0).unwrap(), t0, "no pace, no wait");
         // 600/min: one slot per 100 ms, burst 1.
         pace.set(600.0);
@@ -1563,13 +1562,7 @@ mod tests {
         let t0 = Instant::now();
         let mut pace = RequestPace {
             per_minute: Some(6_000.0),
-            burst: 1,
-            tat: t0,
-            ramp: false,
-            ramp_from: None,
-            generation: 0,
-            credit: 0,
-            probe: Probe::Off,
+            ..RequestPace::idle(t0)
         };
         let slots: Vec<_> = (0..10).map(|_| pace.reserve(t0).unwrap()).collect();
         assert_eq!(slots[9] - t0, Duration::from_millis(90));

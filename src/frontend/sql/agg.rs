@@ -23,7 +23,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
-use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::common::ScalarValue;
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -31,7 +31,7 @@ use datafusion::logical_expr::{
 use serde_json::{json, Value};
 
 use super::calls::{Answer, DryCount, Engine, Prepared};
-use super::catalog::{err, identified_by_name, label, string, AGG_FUNCTIONS};
+use super::catalog::{err, identified_by_name, label, string, sync_call_refused, AGG_FUNCTIONS};
 use crate::ai::aggregate::{self, Budget, SUMMARIZE_INSTRUCTION};
 use crate::error::Error;
 use crate::job::settings::JobSettings;
@@ -76,10 +76,7 @@ impl ScalarUDFImpl for AggUdf {
     }
 
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::common::Result<ColumnarValue> {
-        Err(DataFusionError::Internal(format!(
-            "{} is async and runs only through invoke_async_with_args",
-            self.name
-        )))
+        Err(sync_call_refused(self.name))
     }
 }
 

@@ -106,6 +106,14 @@ macro_rules! identified_by_name {
 }
 pub(super) use identified_by_name;
 
+/// What an AI function answers DataFusion's synchronous call: it is async
+/// and runs only through `invoke_async_with_args`.
+pub fn sync_call_refused(name: &str) -> DataFusionError {
+    DataFusionError::Internal(format!(
+        "{name} is async and runs only through invoke_async_with_args"
+    ))
+}
+
 /// An aiq error as DataFusion carries it (unwrapped again for messages).
 pub fn err(e: Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema};
 use async_trait::async_trait;
-use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::common::ScalarValue;
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
@@ -27,7 +27,9 @@ use datafusion::logical_expr::{
 use serde_json::{json, Value};
 
 use super::calls::{Answer, Engine};
-use super::catalog::{err, identified_by_name, label, parameters, string, FUNCTIONS};
+use super::catalog::{
+    err, identified_by_name, label, parameters, string, sync_call_refused, FUNCTIONS,
+};
 use crate::ai::functions::AiFunction;
 use crate::error::Error;
 use crate::job::settings::JobSettings;
@@ -252,10 +254,7 @@ impl ScalarUDFImpl for AiUdf {
     }
 
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::common::Result<ColumnarValue> {
-        Err(DataFusionError::Internal(format!(
-            "{} is async and runs only through invoke_async_with_args",
-            self.name
-        )))
+        Err(sync_call_refused(self.name))
     }
 }
 
