@@ -109,7 +109,7 @@ fn fixture(width: usize) -> Fixture {
     std::fs::write(&input, "{}\n").expect("input");
     let manifest = Manifest {
         version: 1,
-        input: InputIdentity::of(&input).expect("identity"),
+        input: InputIdentity::of(&aiq::job::location::Location::Local(input)).expect("identity"),
         settings: json!({}),
     };
     let (journal, _) =

@@ -5,7 +5,7 @@
 //! the input (template variables against columns) or credentials happen in
 //! `run`, still before the first request.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::ai::functions::{AiFunction, FunctionOptions, TaskSpec};
 use crate::ai::types::{parse_response_format, SqlType};
 use crate::error::{Error, Result};
+use crate::job::location::{Location, Role};
 use crate::job::settings::{
     InputFormat, JobSettings, Mode, OutputFormat, SimulatorSettings, BODY_TEMPLATE,
 };
@@ -31,8 +32,8 @@ use crate::simulator::{SimConfig, Simulator};
 
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub input: PathBuf,
-    pub output: PathBuf,
+    pub input: Location,
+    pub output: Location,
     pub target: Target,
     pub model: Option<String>,
     pub task: Task,
@@ -368,8 +369,8 @@ impl Plan {
 
 /// Where the run reads and writes: input, output (this shard's) and shard.
 struct Locations {
-    input: PathBuf,
-    output: PathBuf,
+    input: Location,
+    output: Location,
     shard: Option<Shard>,
 }
 
@@ -386,7 +387,12 @@ fn locations(s: &mut JobSettings) -> Result<Locations> {
         Some(OutputFormat::Delta) => output,
         _ => shard_output(output, shard)?,
     };
-    if let Some(parent) = output.parent().filter(|p| p.exists() && !p.is_dir()) {
+    let (input, output) = (
+        Location::parse(input, Role::Input)?,
+        Location::parse(output, Role::Output)?,
+    );
+    let parent = output.local().and_then(Path::parent);
+    if let Some(parent) = parent.filter(|p| p.exists() && !p.is_dir()) {
         return Err(Error::output(
             &output,
             format!("{} is a file, not a folder", parent.display()),

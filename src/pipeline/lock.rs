@@ -27,8 +27,9 @@ use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, Upd
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::job::location::{Location, Role};
 use crate::pipeline::journal::{is_lock, lock_name, state_dir};
-use crate::pipeline::store::{Remote, Role};
+use crate::pipeline::store::Remote;
 
 /// A lease not renewed for this long belongs to a run that is gone: long
 /// enough to ride out a slow store, short enough that a re-run after a
@@ -145,10 +146,10 @@ enum Held {
 impl WriterLock {
     /// The lock on `output`: a file lock for a local path, a lease for an
     /// object-store URL.
-    pub async fn acquire(output: &Path, scope: Option<&str>) -> Result<WriterLock> {
-        match Remote::parse(output, Role::Output)? {
-            Some(remote) => Self::remote(&remote, scope).await,
-            None => Self::local(output, scope),
+    pub async fn acquire(output: &Location, scope: Option<&str>) -> Result<WriterLock> {
+        match output {
+            Location::Store(url) => Self::remote(&Remote::open(url, Role::Output)?, scope).await,
+            Location::Local(output) => Self::local(output, scope),
         }
     }
 

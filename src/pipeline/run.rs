@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::job::location::{Location, Role};
 use crate::job::plan::Plan;
 use crate::job::settings::Mode;
 use crate::job::spend::{Enforcer, Meter};
@@ -46,7 +47,7 @@ use crate::pipeline::sink::{
     check_output, concat_parts, job_stamp, written_by, Layout, PartWriter,
 };
 use crate::pipeline::source::Source;
-use crate::pipeline::store::{mirror, Remote, RemoteOutput, Role, MIRROR_AFTER_LINES};
+use crate::pipeline::store::{mirror, Remote, RemoteOutput, MIRROR_AFTER_LINES};
 use crate::provider::batch_api::BatchApi;
 use crate::provider::wire::Task;
 
@@ -165,7 +166,7 @@ struct State {
 async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepared> {
     let started = Instant::now();
     // The plan's input, not rows handed in: the output must not replace it.
-    let own_input = io.source.is_none().then_some(plan.input.as_path());
+    let own_input = io.source.is_none().then_some(&plan.input);
     let (source, identity) = match io.source {
         Some((source, identity)) => (source, Some(identity)),
         None => (open_source(plan)?, None),
@@ -236,20 +237,23 @@ async fn open_state(
 ) -> Result<(State, Rechecked)> {
     // An object-store output: the journal and parts are kept in a local
     // scratch folder and mirrored to the bucket (pipeline::store).
-    let remote = match Remote::parse(&state_output(plan), Role::Output)? {
-        Some(_) if to_batches => None,
-        Some(_) if plan.output_format == OutputFormat::OpenaiBatch => {
+    let state = state_output(plan);
+    let (remote, output) = match &state {
+        Location::Local(output) => (None, output.clone()),
+        Location::Store(_) if to_batches => (None, PathBuf::from(&state)),
+        Location::Store(_) if plan.output_format == OutputFormat::OpenaiBatch => {
             return Err(Error::output(
                 &plan.output,
                 "--output-format openai-batch writes local files only",
             ))
         }
-        Some(r) => Some(RemoteOutput::prepare(r, plan.restart, plan.overwrite).await?),
-        None => None,
+        Location::Store(url) => {
+            let r = Remote::open(url, Role::Output)?;
+            let r = RemoteOutput::prepare(r, plan.restart, plan.overwrite).await?;
+            let output = r.local_output().to_path_buf();
+            (Some(r), output)
+        }
     };
-    let output = remote
-        .as_ref()
-        .map_or(state_output(plan), |r| r.local_output().to_path_buf());
     let (mut journal, resume) = match to_batches {
         true => (Journal::disabled(), Resume::default()),
         false => Journal::open(&output, manifest, plan.restart)?,
@@ -368,7 +372,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
                 api: batch_api(plan, &connection)?
                     .for_dialect(connection.endpoint.dialect, journal.dir())
                     .for_model(&connection.endpoint.name),
-                job_id: job_id(&manifest, &plan.output),
+                job_id: job_id(&manifest, plan.output.as_path()),
                 quiet: ui.quiet,
             };
             let resume = &mut input.resume;
@@ -614,7 +618,7 @@ async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
         }
         (OutputFormat::Parquet, None) => concat_parts(
             &collector.parts.parts,
-            &plan.output,
+            plan.output.as_path(),
             collector.layout.output.clone(),
             &stamp,
         )?,
@@ -622,9 +626,10 @@ async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
             let (parts, schema) = (&collector.parts.parts, collector.layout.output.clone());
             crate::pipeline::delta::commit(plan, parts, remote.as_ref(), schema, &stamp).await?
         }
-        (OutputFormat::OpenaiBatch, _) => {
-            crate::pipeline::openai_batch::write_output(&collector.parts.parts, &plan.output)?
-        }
+        (OutputFormat::OpenaiBatch, _) => crate::pipeline::openai_batch::write_output(
+            &collector.parts.parts,
+            plan.output.as_path(),
+        )?,
     };
     let mut summary = collector.summary.clone();
     summary.rows = rows;
@@ -648,7 +653,7 @@ async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
     summary.close();
     summary.count_saved(&saved);
     if collector.batches.is_none() {
-        summary.output = plan.output.display().to_string();
+        summary.output = plan.output.to_string();
     }
     let failed = summary.failed + failed_before;
     if failed > 0 && collector.batches.is_none() {
@@ -674,19 +679,19 @@ async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
 
 /// The summary of a run that finds `output` already written by this job
 /// (its footer says so): nothing to send.
-async fn complete(output: &std::path::Path, stamp: &str, ui: Ui) -> Option<Summary> {
+async fn complete(output: &Location, stamp: &str, ui: Ui) -> Option<Summary> {
     let rows = written_by(output, stamp).await?;
     if !ui.quiet {
         eprintln!(
             "{} is complete: this job (the same input and settings) wrote it; nothing was \
              sent. Give --overwrite to run it again",
-            output.display()
+            output
         );
     }
     Some(Summary {
         rows,
         resumed: rows,
-        output: output.display().to_string(),
+        output: output.to_string(),
         ..Summary::default()
     })
 }

@@ -19,6 +19,7 @@ use parquet::file::metadata::ParquetMetaDataReader;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::job::location::{Location, Role};
 use crate::job::spend::{row_cost, Prices};
 use crate::pipeline::bounds::{PART_BYTES, PART_ROWS};
 use crate::pipeline::journal::{part_name, Manifest, Part};
@@ -26,7 +27,7 @@ use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::parquet_out::{
     compatible_schema, concat, footer_value, make_compatible, ParquetFile, JOB_KEY,
 };
-use crate::pipeline::store::{is_url, parquet_footer, Remote, Role};
+use crate::pipeline::store::{parquet_footer, Remote};
 
 /// The columns aiq adds after the input's, in order.
 pub const OUTCOME_COLUMNS: [&str; 17] = [
@@ -289,10 +290,10 @@ pub fn job_stamp(manifest: &Manifest) -> String {
 
 /// The rows of `output` (a local path or an object-store URL) if it is a
 /// Parquet file whose footer says `job` ([`job_stamp`]) wrote it.
-pub async fn written_by(output: &Path, job: &str) -> Option<u64> {
-    let meta = match Remote::parse(output, Role::Output).ok()? {
-        Some(remote) => parquet_footer(&remote).await?,
-        None => {
+pub async fn written_by(output: &Location, job: &str) -> Option<u64> {
+    let meta = match output {
+        Location::Store(url) => parquet_footer(&Remote::open(url, Role::Output).ok()?).await?,
+        Location::Local(output) => {
             let file = std::fs::File::open(output).ok()?;
             Arc::new(ParquetMetaDataReader::new().parse_and_finish(&file).ok()?)
         }
@@ -306,16 +307,16 @@ pub async fn written_by(output: &Path, job: &str) -> Option<u64> {
 /// not the `input`, which the output would replace. Each is an output
 /// error (exit 2). For an object-store output only the last applies: the
 /// store answers the rest when the job's state is first written there.
-pub fn check_output(output: &Path, input: Option<&Path>) -> Result<()> {
-    if input.is_some_and(|input| same_location(input, output)) {
+pub fn check_output(output: &Location, input: Option<&Location>) -> Result<()> {
+    if input.is_some_and(|input| input.same_as(output)) {
         return Err(Error::output(
             output,
             "is the input: writing it would replace the input. Choose another output",
         ));
     }
-    if is_url(output) {
+    let Location::Local(output) = output else {
         return Ok(());
-    }
+    };
     if output.is_dir()
         || output
             .to_string_lossy()
@@ -344,41 +345,6 @@ pub fn check_output(output: &Path, input: Option<&Path>) -> Result<()> {
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
-}
-
-/// Whether `a` and `b` name the same file or object (links, `..` and
-/// hard links resolved for local paths).
-fn same_location(a: &Path, b: &Path) -> bool {
-    match (is_url(a), is_url(b)) {
-        (true, true) => {
-            let url = |p: &Path| url::Url::parse(&p.to_string_lossy()).ok();
-            url(a).is_some() && url(a) == url(b)
-        }
-        (false, false) => {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
-                    return x.dev() == y.dev() && x.ino() == y.ino();
-                }
-            }
-            canonical(a).is_some() && canonical(a) == canonical(b)
-        }
-        _ => false,
-    }
-}
-
-/// The absolute path `path` names, resolved through links, whether or not
-/// the file itself exists yet.
-fn canonical(path: &Path) -> Option<PathBuf> {
-    if let Ok(p) = std::fs::canonicalize(path) {
-        return Some(p);
-    }
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    Some(std::fs::canonicalize(folder).ok()?.join(path.file_name()?))
 }
 
 #[cfg(test)]

@@ -37,10 +37,11 @@ use parquet::arrow::arrow_reader::{
 };
 
 use crate::error::{Error, Result};
+use crate::job::location::{Location, Role, StoreUrl};
 use crate::job::shard::Shard;
 use crate::pipeline::bounds::{self, BATCH_BYTES};
 use crate::pipeline::jsonl::{self, Lines, DEFAULT_MAX_LINE_BYTES};
-use crate::pipeline::store::{self, Remote, Role};
+use crate::pipeline::store::{self, Remote};
 
 /// The input formats aiq reads, chosen by file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +120,8 @@ impl Source {
     /// Opens `path`, reads its schema (and, for JSONL, counts its rows), and
     /// prepares to read batches of at most `batch_size` rows.
     pub fn open(path: &Path, batch_size: usize) -> Result<Source> {
-        Source::open_shard(path, batch_size, None, DEFAULT_MAX_LINE_BYTES)
+        let input = Location::parse(path, Role::Input)?;
+        Source::open_shard(&input, batch_size, None, DEFAULT_MAX_LINE_BYTES)
     }
 
     /// Like [`Source::open`], but reads only `shard`'s rows (all rows
@@ -130,7 +132,7 @@ impl Source {
     /// whole file's, so every shard writes the same columns. A JSON line
     /// may hold at most `max_line_bytes` bytes.
     pub fn open_shard(
-        path: &Path,
+        input: &Location,
         batch_size: usize,
         shard: Option<Shard>,
         max_line_bytes: usize,
@@ -138,9 +140,7 @@ impl Source {
         if batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1 row".into()));
         }
-        // A URL is checked first: an error about its extension would show
-        // a query string it must not.
-        Remote::parse(path, Role::Input)?;
+        let path = input.as_path();
         let format = Format::from_path(path).ok_or_else(|| {
             Error::input(
                 path,
@@ -148,8 +148,8 @@ impl Source {
             )
         })?;
         match format {
-            Format::Parquet => open_parquet(path, batch_size, shard),
-            Format::Jsonl => open_jsonl(path, batch_size, shard, max_line_bytes),
+            Format::Parquet => open_parquet(input, batch_size, shard),
+            Format::Jsonl => open_jsonl(input, batch_size, shard, max_line_bytes),
             // Never chosen by extension: `--input-format openai-batch` opens
             // such files with `openai_batch::open`, which builds on this module.
             Format::OpenAiBatch => Err(Error::Config(
@@ -241,16 +241,11 @@ fn open_file(path: &Path) -> Result<File> {
     })
 }
 
-fn open_parquet(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
-    if let Some(remote) = Remote::parse(path, Role::Input)? {
-        let (builder, total_rows, batch_size, _) =
-            select_rows(store::parquet_builder(&remote)?, batch_size, shard);
-        let schema = builder.schema().clone();
-        let batches = store::parquet_batches(builder.with_batch_size(batch_size), &remote.url)?;
-        let mut source = Source::from_batches(path, Format::Parquet, schema, total_rows, batches);
-        source.batch_rows = batch_size;
-        return Ok(source);
-    }
+fn open_parquet(input: &Location, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
+    let path = match input {
+        Location::Local(path) => path,
+        Location::Store(url) => return open_remote_parquet(url, batch_size, shard),
+    };
     let file = open_file(path)?;
     let metadata = ArrowReaderMetadata::load(&file, Default::default())
         .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?;
@@ -270,6 +265,19 @@ fn open_parquet(path: &Path, batch_size: usize, shard: Option<Shard>) -> Result<
         format: Format::Parquet,
         reader: Reader::Parquet(reader),
     })
+}
+
+/// A Parquet object in a store, read row group by row group.
+fn open_remote_parquet(url: &StoreUrl, batch_size: usize, shard: Option<Shard>) -> Result<Source> {
+    let remote = Remote::open(url, Role::Input)?;
+    let (builder, total_rows, batch_size, _) =
+        select_rows(store::parquet_builder(&remote)?, batch_size, shard);
+    let schema = builder.schema().clone();
+    let batches = store::parquet_batches(builder.with_batch_size(batch_size), &remote.url)?;
+    let path = Path::new(url.as_str());
+    let mut source = Source::from_batches(path, Format::Parquet, schema, total_rows, batches);
+    source.batch_rows = batch_size;
+    Ok(source)
 }
 
 /// Decodes every page of row groups `groups` of a local Parquet file, so
@@ -429,7 +437,7 @@ fn shard_row_groups(group_rows: &[u64], shard: Shard) -> (Vec<usize>, RowSelecti
 }
 
 fn open_jsonl(
-    path: &Path,
+    input: &Location,
     batch_size: usize,
     shard: Option<Shard>,
     max_line_bytes: usize,
@@ -437,9 +445,10 @@ fn open_jsonl(
     // The whole input is read once before anything else (an object in a
     // store is streamed, never stored): every line checked, the columns
     // inferred from all of them, the rows counted.
+    let path = input.as_path();
     let scan = jsonl::scan(Lines::new(
         path,
-        store::open_read(path, 0)?,
+        store::open_read(input, 0)?,
         max_line_bytes,
         0,
         0,
@@ -452,10 +461,9 @@ fn open_jsonl(
     }
     let schema = Arc::new(scan.schema);
     let mut total_rows = Some(scan.rows);
-    let file_bytes = match store::is_url(path) {
-        true => 0,
-        false => std::fs::metadata(path).map_or(0, |m| m.len()),
-    };
+    let file_bytes = input
+        .local()
+        .map_or(0, |path| std::fs::metadata(path).map_or(0, |m| m.len()));
     let row_bytes = usize::try_from(file_bytes / scan.rows.max(1)).unwrap_or(usize::MAX);
     let batch_size = bounds::batch_rows(batch_size, row_bytes.max(1));
     let (skip, take) = match shard {
@@ -477,8 +485,8 @@ fn open_jsonl(
             )
         })?;
     let batches = JsonlBatches {
-        path: path.to_path_buf(),
-        lines: Lines::new(path, store::open_read(path, 0)?, max_line_bytes, 0, 0),
+        input: input.clone(),
+        lines: Lines::new(path, store::open_read(input, 0)?, max_line_bytes, 0, 0),
         max_line_bytes,
         schema: schema.clone(),
         coerce: scan.text_from_scalars,
@@ -506,7 +514,7 @@ fn open_jsonl(
 /// The file was checked whole when opened ([`jsonl::scan`]): an error here
 /// means it changed since.
 struct JsonlBatches {
-    path: PathBuf,
+    input: Location,
     lines: Lines,
     max_line_bytes: usize,
     schema: SchemaRef,
@@ -588,7 +596,7 @@ impl JsonlBatches {
                 None => (format!("lines {first}-{last}"), e),
             };
             Error::input(
-                &self.path,
+                &self.input,
                 format!("{lines}: {e} (did the file change since aiq checked it?)"),
             )
         })
@@ -598,9 +606,9 @@ impl JsonlBatches {
     /// again one at a time. Only runs on the error path, so re-reading is
     /// cheaper than keeping every batch's text in memory just in case.
     fn pinpoint(&self, first: u64, last: u64) -> Option<(u64, ArrowError)> {
-        let reader = store::open_read(&self.path, self.batch_offset).ok()?;
+        let reader = store::open_read(&self.input, self.batch_offset).ok()?;
         let mut lines = Lines::new(
-            &self.path,
+            self.input.as_path(),
             reader,
             self.max_line_bytes,
             first.saturating_sub(1),

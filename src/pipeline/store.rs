@@ -5,8 +5,8 @@
 //! object-store URL, so that the rest of the data path keeps working on local
 //! files as it always has:
 //!
-//! - [`Remote::parse`] tells a URL from a local path and builds its store
-//!   from the cloud's own environment (`AWS_*`, `GOOGLE_APPLICATION_CREDENTIALS`,
+//! - [`Remote::open`] builds the store of a URL the plan parsed
+//!   ([`crate::job::location`]) from the cloud's own environment (`AWS_*`, `GOOGLE_APPLICATION_CREDENTIALS`,
 //!   `AZURE_STORAGE_*`), with object_store's retries for transient errors.
 //! - Reading: [`open_read`] streams an object (JSON Lines; no download first)
 //!   and [`parquet_batches`] reads Parquet row groups with ranged requests.
@@ -60,13 +60,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::job::location::{Location, StoreUrl};
 use crate::pipeline::journal::{is_lock, state_dir, InputIdentity, Part};
 use crate::pipeline::parquet_out::{writer_properties, JOB_KEY};
-
-/// The URL schemes aiq hands to an object store; anything else is a path.
-const SCHEMES: [&str; 10] = [
-    "s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https",
-];
 
 /// Read buffer over a streamed object: as for local files.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
@@ -81,13 +77,6 @@ const MAX_RETRIES: usize = 6;
 /// How long to wait for a cloud metadata service (instance roles) before
 /// deciding there are no credentials at all.
 const METADATA_PROBE: Duration = Duration::from_secs(1);
-
-/// True when `path` is a URL for an object store rather than a local path.
-pub fn is_url(path: &Path) -> bool {
-    let Some(s) = path.to_str() else { return false };
-    s.split_once("://")
-        .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
-}
 
 /// An object in a store: the URL as the user wrote it, the store, the key.
 #[derive(Clone)]
@@ -106,60 +95,21 @@ impl std::fmt::Debug for Remote {
     }
 }
 
-/// Which side of the job a URL is on, for the error kind (both exit 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Input,
-    Output,
-}
-
-impl Role {
-    pub fn error(self, url: &str, message: impl std::fmt::Display) -> Error {
-        match self {
-            Role::Input => Error::input(url, message),
-            Role::Output => Error::output(url, message),
-        }
-    }
-}
+pub use crate::job::location::Role;
 
 impl Remote {
-    /// `None` for a local path; the store for a URL; an error naming the URL
-    /// for a malformed one or one whose cloud has no credentials.
-    pub fn parse(path: &Path, role: Role) -> Result<Option<Remote>> {
-        if !is_url(path) {
-            return Ok(None);
-        }
-        let text = path.to_string_lossy().into_owned();
-        let shown = redact(&text);
-        let bad = |m: String| role.error(&shown, m);
-        // object_store would drop them silently, and messages would show them.
-        if shown != text {
-            return Err(bad(
-                "a user:password or query string (a presigned URL's signature, a SAS token) in \
-                 the URL is not used: give credentials through the environment"
-                    .into(),
-            ));
-        }
-        let url = Url::parse(&text).map_err(|e| bad(format!("not a valid URL: {e}")))?;
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(bad("no bucket (or host) after `://`".into()));
-        }
-        let (scheme, key) =
-            ObjectStoreScheme::parse(&url).map_err(|e| bad(format!("not a store URL: {e}")))?;
-        if key.as_ref().is_empty() {
-            return Err(bad(
-                "names a bucket, not an object: add the object's key".into()
-            ));
-        }
-        let root = Url::parse(&url[..url::Position::BeforePath])
-            .map_err(|e| bad(format!("not a valid URL: {e}")))?;
-        let store = store_for(&scheme, &url, &root).map_err(|e| bad(e))?;
-        Ok(Some(Remote {
-            url: text,
+    /// The object at `url`, in its bucket's store (built once per bucket
+    /// from the cloud's environment); an error naming the URL when that
+    /// cloud has no credentials.
+    pub fn open(url: &StoreUrl, role: Role) -> Result<Remote> {
+        let store =
+            store_for(&url.scheme, &url.url, &url.root).map_err(|e| role.error(url.as_str(), e))?;
+        Ok(Remote {
+            url: url.as_str().to_string(),
             store,
-            key,
-            root,
-        }))
+            key: url.key.clone(),
+            root: url.root.clone(),
+        })
     }
 
     /// Another object in the same store, `key` relative to the bucket.
@@ -205,16 +155,6 @@ impl Remote {
             _ => Err(role.error(&self.url, format!("no such object: {e}"))),
         }
     }
-}
-
-/// A URL as messages may show it: a query string (a presigned URL's
-/// signature, a SAS token) and a `user:password@` replaced by `…`.
-fn redact(text: &str) -> String {
-    let (rest, query) = match text.split_once('?') {
-        Some((rest, _)) => (rest, "?…"),
-        None => (text, ""),
-    };
-    format!("{}{query}", crate::provider::auth::redact_url(rest))
 }
 
 /// One store per bucket for the whole process: its connections and
@@ -395,9 +335,9 @@ where
 
 /// The bytes of an input from `offset` on: a local file, or an object
 /// streamed with one ranged GET (never downloaded first).
-pub fn open_read(path: &Path, offset: u64) -> Result<Box<dyn BufRead + Send>> {
-    match Remote::parse(path, Role::Input)? {
-        None => {
+pub fn open_read(input: &Location, offset: u64) -> Result<Box<dyn BufRead + Send>> {
+    match input {
+        Location::Local(path) => {
             use std::io::{Seek, SeekFrom};
             let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Error::input(path, "no such file"),
@@ -409,7 +349,8 @@ pub fn open_read(path: &Path, offset: u64) -> Result<Box<dyn BufRead + Send>> {
             }
             Ok(Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, file)))
         }
-        Some(remote) => {
+        Location::Store(url) => {
+            let remote = Remote::open(url, Role::Input)?;
             let options = GetOptions {
                 range: (offset > 0).then_some(GetRange::Offset(offset)),
                 ..Default::default()
@@ -1000,10 +941,11 @@ async fn upload_file(
 // The input identity's constructors live here, beside the object-store
 // paths they must tell from local ones (the journal keeps the type).
 impl InputIdentity {
-    pub fn of(path: &Path) -> Result<InputIdentity> {
-        if let Some(remote) = Remote::parse(path, Role::Input)? {
-            return remote.identity(Role::Input);
-        }
+    pub fn of(input: &Location) -> Result<InputIdentity> {
+        let path = match input {
+            Location::Store(url) => return Remote::open(url, Role::Input)?.identity(Role::Input),
+            Location::Local(path) => path,
+        };
         let meta = std::fs::metadata(path).map_err(|e| Error::input(path, e))?;
         let modified = meta
             .modified()
@@ -1016,63 +958,5 @@ impl InputIdentity {
             size: meta.len(),
             modified,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_and_paths() {
-        for url in [
-            "s3://b/k.parquet",
-            "S3://b/k",
-            "gs://b/k",
-            "abfss://c@a.dfs.core.windows.net/k",
-            "https://h/k.jsonl",
-        ] {
-            assert!(is_url(Path::new(url)), "{url}");
-        }
-        for path in [
-            "k.parquet",
-            "/Volumes/cat/schema/vol/k.parquet",
-            "C:\\data\\k.parquet",
-            "file.s3://x",
-            "ftp://h/k",
-        ] {
-            assert!(!is_url(Path::new(path)), "{path}");
-        }
-    }
-
-    #[test]
-    fn credentials_in_urls_are_refused_unshown() {
-        for (url, shown) in [
-            (
-                "https://h/k.jsonl?X-Amz-Signature=SECRET&X-Amz-Credential=AKIA",
-                "https://h/k.jsonl?…",
-            ),
-            ("https://user:SECRET@h/k.jsonl", "https://…@h/k.jsonl"),
-            (
-                "s3://AKIA:SECRET@bucket/k.parquet",
-                "s3://…@bucket/k.parquet",
-            ),
-            ("az://c/k.parquet?sv=1&sig=SECRET", "az://c/k.parquet?…"),
-        ] {
-            let err = Remote::parse(Path::new(url), Role::Input).expect_err(url);
-            assert_eq!(err.exit_code(), 2);
-            let text = err.to_string();
-            assert!(text.contains(shown) && !text.contains("SECRET"), "{text}");
-        }
-        assert_eq!(redact("s3://b/k.parquet"), "s3://b/k.parquet");
-    }
-
-    #[test]
-    fn malformed_urls_name_the_url() {
-        for url in ["s3://", "s3:///key.parquet", "s3://bucket", "s3://bucket/"] {
-            let err = Remote::parse(Path::new(url), Role::Input).expect_err(url);
-            assert_eq!(err.exit_code(), 2);
-            assert!(err.to_string().contains(url), "{err}");
-        }
     }
 }

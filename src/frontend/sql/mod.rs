@@ -36,9 +36,10 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::job::location::{Location, Role};
 use crate::job::settings::{with_call_settings, OutputFormat};
 use crate::pipeline::parquet_out::{compatible_schema, make_compatible, ParquetFile};
-use crate::pipeline::store::{Remote, Role};
+use crate::pipeline::store::Remote;
 use calls::{Engine, EngineSettings};
 use rewrite::{FileKind, FileTable};
 
@@ -395,7 +396,8 @@ async fn write_delta(
     ctx: &SessionContext,
     frame: datafusion::dataframe::DataFrame,
 ) -> Result<u64> {
-    crate::pipeline::delta::write_query(out, ctx.state(), frame.logical_plan().clone()).await
+    let out = Location::parse(out, Role::Output)?;
+    crate::pipeline::delta::write_query(&out, ctx.state(), frame.logical_plan().clone()).await
 }
 
 #[cfg(not(feature = "delta"))]
@@ -618,9 +620,10 @@ fn not_an_input<'a>(out: &Path, inputs: impl Iterator<Item = &'a PathBuf>) -> Re
 }
 
 async fn register(ctx: &SessionContext, t: &FileTable) -> Result<()> {
+    let location = Location::parse(&t.path, Role::Input)?;
     if t.kind == FileKind::Delta {
         #[cfg(feature = "delta")]
-        return crate::pipeline::delta::register(ctx, &t.name, &t.path).await;
+        return crate::pipeline::delta::register(ctx, &t.name, &location).await;
         #[cfg(not(feature = "delta"))]
         return Err(Error::input(
             &t.path,
@@ -630,11 +633,14 @@ async fn register(ctx: &SessionContext, t: &FileTable) -> Result<()> {
     // An object-store table: DataFusion reads it through the same store
     // (credentials, retries) as `aiq run`, registered for its bucket. The
     // object is looked up first so a missing one fails before any call.
-    if let Some(remote) = Remote::parse(&t.path, Role::Input)? {
-        remote.identity(Role::Input)?;
-        ctx.register_object_store(&remote.root, remote.store.clone());
-    } else if !t.path.is_file() {
-        return Err(Error::input(&t.path, "no such file"));
+    match &location {
+        Location::Store(url) => {
+            let remote = Remote::open(url, Role::Input)?;
+            remote.identity(Role::Input)?;
+            ctx.register_object_store(&remote.root, remote.store.clone());
+        }
+        Location::Local(path) if !path.is_file() => return Err(Error::input(path, "no such file")),
+        Location::Local(_) => {}
     }
     let path = t.path.to_string_lossy();
     // The extension options must match the file's own, or DataFusion finds no file.

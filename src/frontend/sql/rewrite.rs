@@ -126,7 +126,7 @@ impl VisitorMut for Rewriter {
             None if ident.quote_style.is_some() => match FileKind::of(&ident.value) {
                 Some(kind)
                     if std::path::Path::new(&ident.value).is_file()
-                        || crate::pipeline::store::is_url(std::path::Path::new(&ident.value)) =>
+                        || crate::job::location::is_url(&ident.value) =>
                 {
                     (ident.value.clone(), kind)
                 }

@@ -468,6 +468,7 @@ impl Runner<'_, '_> {
         metadata.insert("aiq_submission".to_string(), s.key.clone());
         let name = plan
             .output
+            .as_path()
             .file_name()
             .map(|n| n.to_string_lossy().chars().take(200).collect::<String>())
             .unwrap_or_default();
@@ -871,7 +872,7 @@ pub fn open_source(plan: &Plan) -> Result<Source> {
         crate::pipeline::openai_batch::InputFormat::Delta => delta_source(plan),
         crate::pipeline::openai_batch::InputFormat::OpenaiBatch => {
             let source = crate::pipeline::openai_batch::open(
-                &plan.input,
+                plan.input.as_path(),
                 plan.batch_rows,
                 plan.max_line_bytes,
             )?;

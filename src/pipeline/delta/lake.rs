@@ -46,6 +46,7 @@ use object_store::path::Path as ObjectPath;
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::job::location::{Location, Role};
 use crate::job::plan::Plan;
 use crate::job::settings::WriteMode;
 use crate::pipeline::bounds::PART_BYTES;
@@ -56,7 +57,7 @@ use crate::pipeline::outcome::RowId;
 use crate::pipeline::parquet_out::writer_properties;
 use crate::pipeline::schedule::CallMaker;
 use crate::pipeline::source::{Format, Source};
-use crate::pipeline::store::{block_on, get_bytes, put, Remote, Role, StateInStore};
+use crate::pipeline::store::{block_on, get_bytes, put, Remote, StateInStore};
 
 /// The commit metadata key that names the job (as the Parquet footer's).
 const JOB_KEY: &str = "aiq.job";
@@ -129,23 +130,24 @@ impl Table {
     /// The table at `path` (a local folder or an object-store URL), its
     /// latest version loaded; not yet a table (no log) is fine for an
     /// output and an error for an input.
-    pub async fn open(path: &Path, role: Role) -> Result<Table> {
-        Table::open_at(path, role, None, None).await
+    pub async fn open(location: &Location, role: Role) -> Result<Table> {
+        Table::open_at(location, role, None, None).await
     }
 
     /// [`Table::open`] at version `version`, or at the last version
     /// committed by `timestamp` (RFC 3339): time travel for an input.
     pub async fn open_at(
-        path: &Path,
+        location: &Location,
         role: Role,
         version: Option<u64>,
         timestamp: Option<&str>,
     ) -> Result<Table> {
         register_log_stores();
-        let shown = path.display().to_string();
-        let fail = |e: &dyn std::fmt::Display| role.error(&shown, format!("Delta table: {e}"));
-        let builder = match Remote::parse(path, role)? {
-            Some(remote) => {
+        let path = location.as_path();
+        let fail = |e: &dyn std::fmt::Display| role.error(path, format!("Delta table: {e}"));
+        let builder = match location {
+            Location::Store(url) => {
+                let remote = Remote::open(url, role)?;
                 let url = Url::parse(&format!(
                     "{}/{}",
                     remote.root.as_str().trim_end_matches('/'),
@@ -156,7 +158,7 @@ impl Table {
                     .map_err(|e| fail(&e))?
                     .with_storage_backend(remote.store.clone(), remote.root.clone())
             }
-            None => {
+            Location::Local(path) => {
                 if role == Role::Output {
                     std::fs::create_dir_all(path)
                         .map_err(|e| fail(&format!("cannot create the folder: {e}")))?;
@@ -306,7 +308,7 @@ pub fn open_source(plan: &Plan) -> Result<Source> {
             })
         });
         let mut source = Source::from_batches(
-            &plan.input,
+            plan.input.as_path(),
             Format::Delta,
             schema,
             total_rows,
@@ -333,7 +335,7 @@ async fn open_input(plan: &Plan) -> Result<Table> {
 pub fn identity(plan: &Plan) -> Result<InputIdentity> {
     let version = block_on(async { open_input(plan).await.map(|t| t.version()) })?;
     Ok(InputIdentity {
-        path: plan.input.display().to_string(),
+        path: plan.input.to_string(),
         size: version.unwrap_or(0),
         modified: 0,
     })
@@ -500,7 +502,7 @@ pub async fn commit(
         Err(e) => Err(Error::Stopped(format!(
             "Delta table {}: the commit failed: {e}. Every answer is kept in {}: run the same \
              command again to commit them",
-            plan.output.display(),
+            plan.output,
             parts.state()
         ))),
     }
@@ -723,7 +725,7 @@ const FINGERPRINT_COLUMN: &str = "request_fingerprint";
 
 /// Registers the Delta table at `path` (its latest version) as `name` in
 /// an `aiq sql` session.
-pub async fn register(ctx: &SessionContext, name: &str, path: &Path) -> Result<()> {
+pub async fn register(ctx: &SessionContext, name: &str, path: &Location) -> Result<()> {
     let table = Table::open(path, Role::Input).await?;
     table
         .table
@@ -739,7 +741,7 @@ pub async fn register(ctx: &SessionContext, name: &str, path: &Path) -> Result<(
 /// Delta table at `path` as one new version, appended. Returns the rows
 /// written.
 pub async fn write_plan(
-    path: &Path,
+    path: &Location,
     session: datafusion::execution::context::SessionState,
     plan: datafusion::logical_expr::LogicalPlan,
 ) -> Result<u64> {
@@ -759,7 +761,7 @@ pub async fn write_plan(
         .with_target_file_size(std::num::NonZeroU64::new(PART_BYTES))
         .with_writer_properties(writer_properties())
         .await
-        .map_err(|e| Error::Aborted(format!("Delta table {}: {e}", path.display())))?;
+        .map_err(|e| Error::Aborted(format!("Delta table {path}: {e}")))?;
     let mut history = written.history(Some(1));
     let rows = match history.next().await {
         Some(Ok(info)) => info

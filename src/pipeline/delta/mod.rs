@@ -9,12 +9,12 @@ pub mod saved;
 
 pub use saved::Saved;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::error::{Error, Result};
+use crate::job::location::Location;
 use crate::job::plan::Plan;
 use crate::job::settings::OutputFormat;
 use crate::pipeline::journal::{InputIdentity, Part};
@@ -25,17 +25,9 @@ use crate::pipeline::store::RemoteOutput;
 /// The output path whose state folder (journal, parts, writer lock) the
 /// job uses: the output's own, except that the shards of a job share one
 /// Delta table and so each keep theirs beside it (`table.shard-K-of-N.aiq/`).
-pub fn state_output(plan: &Plan) -> PathBuf {
+pub fn state_output(plan: &Plan) -> Location {
     match (plan.output_format, plan.shard_scope()) {
-        (OutputFormat::Delta, Some(scope)) => {
-            let mut name = plan
-                .output
-                .file_name()
-                .map(|n| n.to_os_string())
-                .unwrap_or_default();
-            name.push(format!(".{scope}"));
-            plan.output.with_file_name(name)
-        }
+        (OutputFormat::Delta, Some(scope)) => plan.output.with_suffix(&format!(".{scope}")),
         _ => plan.output.clone(),
     }
 }
@@ -93,7 +85,7 @@ pub async fn commit(
         let rows = parts.iter().map(|p| p.end - p.start).sum();
         let files = match remote {
             Some(r) => lake::PartFiles::Remote(r.lock().await.part_urls(parts).await?),
-            None => lake::PartFiles::local(parts, &state_output(plan))?,
+            None => lake::PartFiles::local(parts, state_output(plan).as_path())?,
         };
         lake::commit(plan, files, rows, schema, job).await
     }
@@ -160,7 +152,7 @@ pub fn skip_stored(
 pub async fn register(
     ctx: &datafusion::prelude::SessionContext,
     name: &str,
-    path: &std::path::Path,
+    path: &Location,
 ) -> Result<()> {
     lake::register(ctx, name, path).await
 }
@@ -169,7 +161,7 @@ pub async fn register(
 /// table at `path` as one version. Returns the rows written.
 #[cfg(feature = "delta")]
 pub async fn write_query(
-    path: &std::path::Path,
+    path: &Location,
     session: datafusion::execution::context::SessionState,
     plan: datafusion::logical_expr::LogicalPlan,
 ) -> Result<u64> {
