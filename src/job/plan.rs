@@ -244,18 +244,22 @@ impl Plan {
     }
 
     /// Resolves `--endpoint` to a URL and credentials, starting the
-    /// simulator if asked ([`resolve_endpoint`]).
+    /// simulator if asked ([`EndpointSpec::resolve`]).
     pub async fn resolve_endpoint(&self) -> Result<(Endpoint, Option<Simulator>)> {
-        resolve_endpoint(
-            &self.target,
-            self.model.as_deref(),
-            self.task,
-            self.profile.as_deref().filter(|_| self.handed.is_none()),
-            self.api_key_env.as_deref(),
-            &self.simulator,
-            self.handed.as_ref(),
-        )
-        .await
+        self.endpoint_spec().resolve().await
+    }
+
+    /// What names this plan's endpoint and its credentials.
+    pub fn endpoint_spec(&self) -> EndpointSpec<'_> {
+        EndpointSpec {
+            target: &self.target,
+            model: self.model.as_deref(),
+            task: self.task,
+            profile: self.profile.as_deref().filter(|_| self.handed.is_none()),
+            api_key_env: self.api_key_env.as_deref(),
+            simulator: &self.simulator,
+            handed: self.handed.as_ref(),
+        }
     }
 
     /// The endpoint's name or model, for provider quirks.
@@ -849,34 +853,49 @@ fn toml_to_json(v: toml::Value) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Config(format!("tools: {e}")))
 }
 
-/// Resolves a target to a URL and credentials, starting the built-in
-/// simulator (with the job's `[simulator]` settings) when the target is
-/// `simulator`: planning starts it, the provider layer only speaks wires.
-/// Shared by `aiq run` and `aiq bench`. The simulator lives as long as the
-/// returned handle: keep it until the last request is done.
-pub async fn resolve_endpoint(
-    target: &Target,
-    model: Option<&str>,
-    task: Task,
-    profile: Option<&str>,
-    api_key_env: Option<&str>,
-    sim: &SimulatorSettings,
-    handed: Option<&Handed>,
-) -> Result<(Endpoint, Option<Simulator>)> {
-    if *target != Target::Simulator {
-        let endpoint =
-            crate::provider::endpoint::resolve(target, model, task, profile, api_key_env, handed)?;
-        return Ok((endpoint, None));
+/// What names an endpoint and its credentials: a plan's
+/// ([`Plan::endpoint_spec`]) or `aiq bench`'s flags.
+#[derive(Clone, Copy)]
+pub struct EndpointSpec<'a> {
+    pub target: &'a Target,
+    pub model: Option<&'a str>,
+    pub task: Task,
+    pub profile: Option<&'a str>,
+    pub api_key_env: Option<&'a str>,
+    /// The `[simulator]` settings, for the target `simulator`.
+    pub simulator: &'a SimulatorSettings,
+    pub handed: Option<&'a Handed>,
+}
+
+impl EndpointSpec<'_> {
+    /// Resolves the target to a URL and credentials, starting the built-in
+    /// simulator (with the job's `[simulator]` settings) when the target is
+    /// `simulator`: planning starts it, the provider layer only speaks
+    /// wires. The simulator lives as long as the returned handle: keep it
+    /// until the last request is done.
+    pub async fn resolve(&self) -> Result<(Endpoint, Option<Simulator>)> {
+        let (target, model) = (self.target, self.model);
+        if *target != Target::Simulator {
+            let endpoint = crate::provider::endpoint::resolve(
+                target,
+                model,
+                self.task,
+                self.profile,
+                self.api_key_env,
+                self.handed,
+            )?;
+            return Ok((endpoint, None));
+        }
+        let cfg = SimConfig {
+            port: 0,
+            token: Some(SIMULATOR_TOKEN.to_string()),
+            ..simulator_config(self.simulator)
+        };
+        let sim = Simulator::start(cfg)
+            .await
+            .map_err(|e| Error::Config(format!("could not start the built-in simulator: {e}")))?;
+        Ok((Endpoint::simulator(sim.base_url(), model), Some(sim)))
     }
-    let cfg = SimConfig {
-        port: 0,
-        token: Some(SIMULATOR_TOKEN.to_string()),
-        ..simulator_config(sim)
-    };
-    let sim = Simulator::start(cfg)
-        .await
-        .map_err(|e| Error::Config(format!("could not start the built-in simulator: {e}")))?;
-    Ok((Endpoint::simulator(sim.base_url(), model), Some(sim)))
 }
 
 /// The simulator a job file's `[simulator]` table asks for; unset knobs keep

@@ -1,17 +1,18 @@
-//! Connect: what a shell needs before its first request. [`connect`]
-//! resolves a plan's endpoint and credentials (starting the built-in
+//! Connect: what a shell needs before its first request. [`open`]
+//! resolves an endpoint and its credentials (starting the built-in
 //! simulator when asked for) and opens its [`Pool`]: one HTTP pool sized for
 //! the requests in flight and one limiter pacing them all, from which
 //! [`Pool::client`] makes the clients that send. `aiq run` connects once per
-//! job; `aiq sql` opens one pool for the whole query (its limits are the
-//! query's) and resolves each call site's endpoint; `aiq bench` opens one
-//! with no limiter, as it offers the load it was told to.
+//! job ([`connect`], from its plan); `aiq bench` connects once with its own
+//! [`Reach`]: no limiter, as it offers the load it was told to; `aiq sql`
+//! opens one pool for the whole query (its limits are the query's) and
+//! resolves each call site's endpoint.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::job::plan::Plan;
+use crate::job::plan::{EndpointSpec, Plan};
 use crate::pipeline::client::Client;
 use crate::pipeline::http::HttpPool;
 use crate::provider::endpoint::Endpoint;
@@ -75,16 +76,40 @@ pub struct Connection {
     pub pool: Pool,
 }
 
+/// What [`open`] connects to, and how hard it may push.
+pub struct Reach<'a> {
+    pub endpoint: EndpointSpec<'a>,
+    /// Requests in flight at most: what the HTTP pool is sized for.
+    pub concurrency: usize,
+    pub ca_cert: Option<&'a Path>,
+    /// What the limiter paces (none set: no pacing).
+    pub limits: Limits,
+    /// The `User-Agent`.
+    pub agent: &'a str,
+}
+
 /// Resolves the plan's endpoint and opens a pool for the plan's
 /// concurrency, CA certificates and rate limits.
 pub async fn connect(plan: &Plan) -> Result<Connection> {
-    let (endpoint, simulator) = plan.resolve_endpoint().await?;
+    open(Reach {
+        endpoint: plan.endpoint_spec(),
+        concurrency: plan.concurrency,
+        ca_cert: plan.ca_cert.as_deref(),
+        limits: plan.limits(),
+        agent: AGENT,
+    })
+    .await
+}
+
+/// Resolves `reach`'s endpoint and opens its pool and limiter.
+pub async fn open(reach: Reach<'_>) -> Result<Connection> {
+    let (endpoint, simulator) = reach.endpoint.resolve().await?;
     let pool = Pool::open(
         &endpoint.url,
-        plan.concurrency,
-        plan.ca_cert.as_deref(),
-        &plan.limits(),
-        AGENT,
+        reach.concurrency,
+        reach.ca_cert,
+        &reach.limits,
+        reach.agent,
     )?;
     Ok(Connection {
         endpoint: Arc::new(endpoint),

@@ -198,7 +198,7 @@ pub type Handed = BTreeMap<String, Secret>;
 /// environment (and the config file it names) or from `handed`. The
 /// built-in simulator is not this layer's to start: job planning starts it
 /// and makes its endpoint with [`Endpoint::simulator`]
-/// (`crate::job::plan::resolve_endpoint`).
+/// (`crate::job::plan::EndpointSpec::resolve`).
 pub fn resolve(
     target: &Target,
     model: Option<&str>,

@@ -36,9 +36,10 @@ use tokio::time::Instant;
 
 use crate::ai::tokens::BYTES_PER_TOKEN;
 use crate::error::{Error, Result};
+use crate::job::plan::EndpointSpec;
 use crate::job::settings::{parse_param, SimFlags, SimulatorSettings};
 use crate::pipeline::client::Client;
-use crate::pipeline::connect::{Pool, AGENT};
+use crate::pipeline::connect::{self, Reach, AGENT};
 use crate::pipeline::render::{BodyBuilder, BodySpec, Templates};
 use crate::pipeline::source::Source;
 use crate::provider::endpoint::Endpoint;
@@ -342,18 +343,6 @@ pub struct BenchResult {
 /// Run the sweep and write every output asked for.
 pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
     let args = &plan.args;
-    let (endpoint, _simulator) = crate::job::plan::resolve_endpoint(
-        &plan.target,
-        args.model.as_deref(),
-        args.task,
-        args.profile.as_deref(),
-        args.api_key_env.as_deref(),
-        &plan.simulator,
-        None,
-    )
-    .await?;
-    let endpoint = Arc::new(endpoint);
-    let bodies = Arc::new(prompt_bodies(&plan, &endpoint)?);
     let workers = plan
         .loads
         .iter()
@@ -361,19 +350,30 @@ pub async fn bench(plan: BenchPlan, quiet: bool) -> Result<BenchResult> {
         .max()
         .unwrap_or(1);
     // No limiter: a benchmark offers the load it was told to, and counts 429s.
-    let pool = Pool::open(
-        &endpoint.url,
-        workers,
-        None,
-        &Limits::default(),
-        &format!("{AGENT} bench"),
-    )?;
+    let connection = connect::open(Reach {
+        endpoint: EndpointSpec {
+            target: &plan.target,
+            model: args.model.as_deref(),
+            task: args.task,
+            profile: args.profile.as_deref(),
+            api_key_env: args.api_key_env.as_deref(),
+            simulator: &plan.simulator,
+            handed: None,
+        },
+        concurrency: workers,
+        ca_cert: None,
+        limits: Limits::default(),
+        agent: &format!("{AGENT} bench"),
+    })
+    .await?;
+    let endpoint = connection.endpoint.clone();
+    let bodies = Arc::new(prompt_bodies(&plan, &endpoint)?);
     let policy = RetryPolicy {
         max_retries: 0,
         timeout: Duration::from_secs_f64(args.timeout),
         ..RetryPolicy::default()
     };
-    let client = Arc::new(pool.client(
+    let client = Arc::new(connection.pool.client(
         endpoint.clone(),
         policy,
         Shape {
