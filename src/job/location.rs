@@ -156,7 +156,7 @@ impl StoreUrl {
         let shown = redact(text);
         let bad = |m: String| role.error(&shown, m);
         // object_store would drop them silently, and messages would show them.
-        if shown != text {
+        if shown != text && !names_container(text) {
             return Err(bad(
                 "a user:password or query string (a presigned URL's signature, a SAS token) in \
                  the URL is not used: give credentials through the environment"
@@ -214,6 +214,17 @@ fn redact(text: &str) -> String {
     format!("{}{query}", crate::provider::auth::redact_url(rest))
 }
 
+/// `abfs(s)://container@account.dfs.core.windows.net/...`: Azure's own
+/// form, whose user is the container (no password, no query), not a
+/// credential.
+fn names_container(text: &str) -> bool {
+    Url::parse(text).is_ok_and(|url| {
+        matches!(url.scheme(), "abfs" | "abfss")
+            && url.password().is_none()
+            && url.query().is_none()
+    })
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     #[cfg(unix)]
     {
@@ -257,6 +268,7 @@ mod tests {
             "s3://b/k.parquet",
             "S3://b/k",
             "gs://b/k",
+            "abfss://c@a.dfs.core.windows.net/k",
             "https://h/k.jsonl",
         ] {
             assert!(
@@ -290,6 +302,14 @@ mod tests {
                 "s3://…@bucket/k.parquet",
             ),
             ("az://c/k.parquet?sv=1&sig=SECRET", "az://c/k.parquet?…"),
+            (
+                "abfss://c:SECRET@a.dfs.core.windows.net/k",
+                "abfss://…@a.dfs.core.windows.net/k",
+            ),
+            (
+                "abfss://c@a.dfs.core.windows.net/k?sig=SECRET",
+                "abfss://…@a.dfs.core.windows.net/k?…",
+            ),
         ] {
             let err = Location::parse(url, Role::Input).expect_err(url);
             assert_eq!(err.exit_code(), 2);
