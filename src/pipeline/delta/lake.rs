@@ -26,8 +26,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, AsArray, BooleanArray};
+use arrow::datatypes::{DataType, SchemaRef, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::Column;
 use datafusion::datasource::TableProvider;
@@ -612,15 +612,18 @@ pub async fn stored(plan: &Plan) -> Result<Option<Stored>> {
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| table.error(format!("reading its keys: {e}")))?;
         let hashes = key_hashes(&batch, keys).map_err(|e| table.error(e))?;
-        let requests = batch.column(keys.len());
+        // Once per batch: the column may come as string views, and a cast
+        // per row copied the whole batch for every row (quadratic).
+        let requests = arrow::compute::cast(batch.column(keys.len()), &DataType::Utf8)
+            .map_err(|e| table.error(e))?;
+        let requests = requests.as_string::<i32>();
         let tokens = |i: usize| {
-            arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::UInt64)
-                .map_err(|e| table.error(e))
+            arrow::compute::cast(batch.column(i), &DataType::UInt64).map_err(|e| table.error(e))
         };
         let (prompt, completion) = (tokens(keys.len() + 1)?, tokens(keys.len() + 2)?);
         let (prompt, completion) = (
-            prompt.as_primitive::<arrow::datatypes::UInt64Type>(),
-            completion.as_primitive::<arrow::datatypes::UInt64Type>(),
+            prompt.as_primitive::<UInt64Type>(),
+            completion.as_primitive::<UInt64Type>(),
         );
         for (row, hash) in hashes.into_iter().enumerate() {
             let Some(request) = request_of(requests, row) else {
@@ -706,13 +709,11 @@ fn key_hashes(batch: &RecordBatch, keys: &[String]) -> std::result::Result<Vec<u
 }
 
 /// A stored fingerprint as a number: the first 32 hex digits.
-fn request_of(column: &ArrayRef, row: usize) -> Option<u128> {
-    let text = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).ok()?;
-    let text = text.as_string::<i32>();
-    if text.is_null(row) {
+fn request_of(column: &arrow::array::StringArray, row: usize) -> Option<u128> {
+    if column.is_null(row) {
         return None;
     }
-    parse_request(text.value(row))
+    parse_request(column.value(row))
 }
 
 fn parse_request(hex: &str) -> Option<u128> {
@@ -778,7 +779,7 @@ pub async fn write_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int32Array, Int64Array, StringArray};
+    use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
 
     fn batch(id: ArrayRef, name: ArrayRef) -> RecordBatch {
