@@ -211,8 +211,14 @@ fn log_to_stderr(verbose: u8, quiet: bool) {
     // The HTTP stack logs connection details at debug and trace; keep it at
     // warn unless RUST_LOG names it explicitly. rustls logs its own ERROR
     // lines for a certificate that does not verify: aiq reports that
-    // failure itself (with what to do), so rustls stays silent.
-    let default = format!("{level},hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=off");
+    // failure itself (with what to do), so rustls stays silent. delta-rs's
+    // kernel logs every failed snapshot load as an ERROR, among them the
+    // "No files in log segment" of a table not written yet (every first
+    // write); the failures that matter come back to aiq, which reports them.
+    let default = format!(
+        "{level},hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=off,\
+         buoyant_kernel::snapshot::builder=off"
+    );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

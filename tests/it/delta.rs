@@ -496,3 +496,20 @@ async fn a_merge_rerun_sends_exactly_the_changed_and_new_rows() {
     );
     assert_eq!(fx.sim.stats().requests, 27);
 }
+
+#[tokio::test]
+async fn a_first_write_prints_no_error_line() {
+    let fx = Fixture::new(SimConfig::default()).await;
+    let input = fx.write_jsonl("in.jsonl", &text_rows("review", 0..3));
+    // delta-rs's kernel logs a harmless ERROR while it finds there is no
+    // table yet; users read ERROR as failure.
+    for (name, mode) in [("appended", "append"), ("merged", "merge")] {
+        let mut extra = vec!["--output-format", "delta", "--write-mode", mode];
+        if mode == "merge" {
+            extra.extend(["--merge-key", "id"]);
+        }
+        let out = fx.score(&input, &fx.path(name), &extra).await;
+        assert_ok(&out);
+        assert!(!stderr(&out).contains("ERROR"), "{mode}: {}", stderr(&out));
+    }
+}
