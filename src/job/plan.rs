@@ -184,6 +184,13 @@ impl Plan {
             max_line_bytes,
             batch_size,
         } = sizes(&s, task)?;
+        if task == Task::Embeddings {
+            let similarity = matches!(function, Some((AiFunction::AiSimilarity, _)));
+            let inputs = if similarity { 2 } else { batch_size };
+            target
+                .dialect()
+                .check_embedding_inputs(s.model.as_deref(), inputs)?;
+        }
         let mode = s.mode.unwrap_or_default();
         let batch = batch(&s, mode, &target, batch_size)?;
         let retry = retry_policy(&s);

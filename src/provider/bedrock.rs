@@ -349,7 +349,15 @@ pub fn stream_event(s: &mut Streamed, event: &Value) -> Result<Option<String>, V
             events.push(json!({"type": "message_delta", "delta": {}, "usage": usage}));
             events.push(json!({"type": "message_stop"}));
         }
-        k if k.ends_with("Exception") => return Err(event.clone()),
+        // An exception: `{"error": {"type", "message"}}`, as the stream
+        // reader reads error events.
+        k if k.ends_with("Exception") => {
+            let said = data
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Err(json!({"error": {"type": k, "message": format!("{k}: {said}")}}));
+        }
         // messageStart, contentBlockStop and event types added later.
         _ => {}
     }
@@ -456,6 +464,12 @@ pub enum ErrorKind {
 /// Which embedding API a model speaks.
 fn cohere(model: &str) -> bool {
     model.contains("cohere.embed")
+}
+
+/// The texts one InvokeModel call may embed: Titan takes one
+/// (`inputText`), Cohere a list of up to 96 (`texts`).
+pub fn max_embedding_inputs(model: &str) -> Option<usize> {
+    Some(if cohere(model) { 96 } else { 1 })
 }
 
 /// An embeddings body as aiq lays it out (`model`, `input`) as the
@@ -658,7 +672,12 @@ mod tests {
             (10, 5, 3)
         );
         let err = json!({"throttlingException": {"message": "slow down"}});
-        assert!(stream_event(&mut Streamed::default(), &err).is_err());
+        let refused = stream_event(&mut Streamed::default(), &err).unwrap_err();
+        assert_eq!(
+            crate::provider::wire::error_message(refused.to_string().as_bytes()),
+            "throttlingException: slow down"
+        );
+        assert_eq!(refused["error"]["type"], "throttlingException");
         assert_eq!(error_status("throttlingException"), Some(429));
         assert_eq!(error_status("modelStreamErrorException"), Some(424));
     }

@@ -163,6 +163,28 @@ impl Dialect {
         }
     }
 
+    /// Whether one embeddings call may carry `inputs` texts for `model`:
+    /// Bedrock's Titan models embed one text a call, Cohere's up to 96
+    /// ([`bedrock::max_embedding_inputs`]); others take what the job sends.
+    pub fn check_embedding_inputs(
+        self,
+        model: Option<&str>,
+        inputs: usize,
+    ) -> crate::error::Result<()> {
+        let model = model.unwrap_or_default();
+        let max = match self {
+            Dialect::Bedrock => bedrock::max_embedding_inputs(model),
+            _ => None,
+        };
+        match max {
+            Some(max) if inputs > max => Err(crate::error::Error::Config(format!(
+                "{model} embeds at most {max} text(s) a call, and this job sends {inputs} \
+                 (--batch-size; ai_similarity sends two): lower --batch-size, or use a model that takes more"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The URL of `task`'s API under `base` (no trailing slash) for
     /// `model` (Gemini names it in the path). A Databricks endpoint has one
     /// URL for every task: the body says what it is

@@ -268,8 +268,8 @@ impl Fold for bedrock::Streamed {
         bedrock::Streamed::into_response(self)
     }
     fn error_status(error: &Value) -> u16 {
-        let kind = error.as_object().and_then(|o| o.keys().next());
-        kind.and_then(|k| bedrock::error_status(k)).unwrap_or(500)
+        let kind = error.pointer("/error/type").and_then(Value::as_str);
+        kind.and_then(bedrock::error_status).unwrap_or(500)
     }
 }
 

@@ -309,6 +309,19 @@ async fn embeddings_through_invoke_model_for_titan_and_cohere() {
         assert_ne!(rows[0]["result"], rows[1]["result"]);
         assert_eq!(f.sim.stats().requests, calls, "{}", p.model);
         if p.model.starts_with("amazon.titan") {
+            // Titan embeds one text a call: more is refused before any is sent.
+            let more = [
+                "--prompt",
+                "{{text}}",
+                "--task",
+                "embeddings",
+                "--batch-size",
+                "2",
+            ];
+            let o = p.run(&f, &input, &f.path("two.parquet"), &more, &[]).await;
+            assert_eq!(code(&o), 2, "{}", stderr(&o));
+            assert!(stderr(&o).contains("at most 1"), "{}", stderr(&o));
+            assert_eq!(f.sim.stats().requests, calls);
             assert!(
                 rows.iter().all(|r| r["prompt_tokens"].as_i64() > Some(0)),
                 "{rows:?}"
