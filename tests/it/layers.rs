@@ -1,5 +1,6 @@
 //! The layer map in `src/lib.rs` holds: no module imports from a layer
-//! above its own, and no files import each other in a circle.
+//! above its own, and no files import each other in a circle. And no
+//! function in `src/` is longer than [`MAX_FN_LINES`].
 //!
 //! Imports are read as text from every `crate::`, `super::` and `self::`
 //! path in the code, and every path that starts at one of the file's own
@@ -282,5 +283,132 @@ fn imports_follow_the_layer_map_without_circles() {
         "imports that run up a layer (see src/lib.rs):\n{}\n\nfiles that import each other in a circle:\n{}",
         upward.join("\n"),
         circles.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// The longest a function in `src/` may be, in lines from `fn` to its
+/// closing brace: one screen, as issue 24 asks ("no function longer than
+/// ~150 lines"), so that a long one is split by concern when it is written.
+const MAX_FN_LINES: usize = 150;
+
+/// `text` with comments, string and char literals blanked (newlines kept),
+/// so that braces are only the code's.
+fn blanked(text: &str) -> String {
+    let s = text.as_bytes();
+    let mut out = s.to_vec();
+    let blank = |out: &mut Vec<u8>, from: usize, to: usize| {
+        for b in &mut out[from..to.min(s.len())] {
+            if *b != b'\n' {
+                *b = b' ';
+            }
+        }
+    };
+    let word = |i: usize| i > 0 && (s[i - 1].is_ascii_alphanumeric() || s[i - 1] == b'_');
+    let mut i = 0;
+    while i < s.len() {
+        let rest = &text[i..];
+        let end = if rest.starts_with("//") {
+            rest.find('\n').map_or(s.len(), |n| i + n)
+        } else if rest.starts_with("/*") {
+            rest[2..].find("*/").map_or(s.len(), |n| i + n + 4)
+        } else if (s[i] == b'r' && (!word(i) || (s[i - 1] == b'b' && !word(i - 1))))
+            && rest[1..].trim_start_matches('#').starts_with('"')
+        {
+            let hashes = rest[1..].len() - rest[1..].trim_start_matches('#').len();
+            let close = format!("\"{}", "#".repeat(hashes));
+            let open = 2 + hashes;
+            rest[open..]
+                .find(&close)
+                .map_or(s.len(), |n| i + open + n + close.len())
+        } else if s[i] == b'"' {
+            let mut j = i + 1;
+            while j < s.len() && s[j] != b'"' {
+                j += if s[j] == b'\\' { 2 } else { 1 };
+            }
+            j + 1
+        } else if s[i] == b'\'' {
+            // A char literal ('x', '\n', '\u{7f}'), not a lifetime ('a).
+            let len = match s.get(i + 1) {
+                Some(b'\\') => rest[2..].find('\'').map(|n| n + 3),
+                Some(_) => rest[1..].chars().next().and_then(|c| {
+                    (rest[1 + c.len_utf8()..].starts_with('\'')).then(|| c.len_utf8() + 2)
+                }),
+                None => None,
+            };
+            i + len.unwrap_or(1)
+        } else {
+            i += 1;
+            continue;
+        };
+        blank(&mut out, i, end);
+        i = end.max(i + 1);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Each function of `text` with a body: its name, first line and length.
+fn functions(text: &str) -> Vec<(String, usize, usize)> {
+    let code = blanked(text);
+    let line_at = |i: usize| code[..i].matches('\n').count() + 1;
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices("fn ") {
+        if at > 0 && code.as_bytes()[at - 1].is_ascii_alphanumeric() {
+            continue;
+        }
+        let name: String = code[at + 3..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let Some(open) = code[at..].find(['{', ';']).map(|n| at + n) else {
+            continue;
+        };
+        if name.is_empty() || code.as_bytes()[open] == b';' {
+            continue; // a declaration (trait method, `fn(..)` type)
+        }
+        let mut depth = 0usize;
+        let close = code[open..].char_indices().find_map(|(n, c)| {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+            (depth == 0).then_some(open + n)
+        });
+        let close = close.unwrap_or(code.len());
+        found.push((name, line_at(at), line_at(close) - line_at(at) + 1));
+    }
+    found
+}
+
+#[test]
+fn functions_fit_on_a_screen() {
+    let mut all = Vec::new();
+    files(&src(), &mut all);
+    let mut long = Vec::new();
+    for file in &all {
+        let text = std::fs::read_to_string(file).expect("read source");
+        for (name, line, lines) in functions(&text) {
+            if lines > MAX_FN_LINES {
+                let rel = file.strip_prefix(src()).unwrap().display().to_string();
+                long.push(format!("src/{rel}:{line} fn {name}: {lines} lines"));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions longer than {MAX_FN_LINES} lines (split them by concern):\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn function_lengths_are_measured_outside_strings_and_comments() {
+    let text = "fn a() {\n    let s = \"}\";\n    let c = '{';\n    // }\n    let r = r#\"}\"#;\n    let b = br\"{\";\n}\nfn b<'x>(v: &'x str) -> &'x str {\n    v\n}\n";
+    let found = functions(text);
+    assert_eq!(
+        found,
+        vec![("a".to_string(), 1, 7), ("b".to_string(), 8, 3)],
+        "{found:?}"
     );
 }
