@@ -41,7 +41,7 @@ use serde_json::{json, Map, Value};
 
 use crate::provider::anthropic;
 use crate::provider::aws::path_segment;
-use crate::provider::wire::{ChatResponse, EmbeddingItem, EmbeddingResponse, WireUsage};
+use crate::provider::wire::{self, ChatResponse, EmbeddingItem, EmbeddingResponse, WireUsage};
 
 /// The tool a typed result is forced through: its input is the answer.
 pub const RESULT_TOOL: &str = "result";
@@ -75,22 +75,12 @@ pub fn request(mut body: Map<String, Value>) -> Map<String, Value> {
         body.remove(key);
     }
     let mut out = Map::new();
-    let mut system = Vec::new();
-    let mut messages = Vec::new();
-    if let Some(Value::Array(list)) = body.remove("messages") {
-        for message in list {
-            let role = message
-                .get("role")
-                .and_then(Value::as_str)
-                .unwrap_or("user");
-            let content = blocks(message.get("content").cloned().unwrap_or(Value::Null));
-            if role == "system" || role == "developer" {
-                system.extend(content);
-            } else {
-                messages.push(json!({"role": role, "content": content}));
-            }
-        }
-    }
+    let (system, turns) = wire::take_turns(&mut body);
+    let system: Vec<Value> = system.into_iter().flat_map(blocks).collect();
+    let messages: Vec<Value> = turns
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": blocks(content)}))
+        .collect();
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
@@ -101,11 +91,7 @@ pub fn request(mut body: Map<String, Value>) -> Map<String, Value> {
             inference.insert((*to).into(), v);
         }
     }
-    if let Some(stop) = body.remove("stop") {
-        let list = match stop {
-            Value::String(s) => json!([s]),
-            other => other,
-        };
+    if let Some(list) = wire::take_stop_list(&mut body) {
         inference.insert("stopSequences".into(), list);
     }
     if !inference.is_empty() {
