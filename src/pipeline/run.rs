@@ -194,8 +194,8 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
         held.lock = Some(WriterLock::acquire(&state_output(plan), scope.as_deref()).await?);
         // Only a file's identity is trusted to say the rows are the same:
         // rows handed in (Python) may be others of the same shape.
-        if own_input.is_some() && !(plan.restart || plan.overwrite || plan.retry_failed || delta) {
-            if let Some(summary) = complete(&plan.output, &stamp, ui).await {
+        if own_input.is_some() && !(plan.restart || plan.overwrite || plan.retry_failed) {
+            if let Some(summary) = complete(plan, &stamp, ui).await {
                 return Ok(Prepared::Complete(summary));
             }
         }
@@ -677,10 +677,14 @@ async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
     Ok(summary)
 }
 
-/// The summary of a run that finds `output` already written by this job
-/// (its footer says so): nothing to send.
-async fn complete(output: &Location, stamp: &str, ui: Ui) -> Option<Summary> {
-    let rows = written_by(output, stamp).await?;
+/// The summary of a run that finds its output already written by this job
+/// (a Parquet footer, or a Delta commit, says so): nothing to send.
+async fn complete(plan: &Plan, stamp: &str, ui: Ui) -> Option<Summary> {
+    let output = &plan.output;
+    let rows = match plan.output_format {
+        OutputFormat::Delta => crate::pipeline::delta::appended_by(plan, stamp).await?,
+        _ => written_by(output, stamp).await?,
+    };
     if !ui.quiet {
         eprintln!(
             "{} is complete: this job (the same input and settings) wrote it; nothing was \

@@ -513,3 +513,36 @@ async fn a_first_write_prints_no_error_line() {
         assert!(!stderr(&out).contains("ERROR"), "{mode}: {}", stderr(&out));
     }
 }
+
+#[tokio::test]
+async fn the_same_append_run_again_is_complete_and_appends_nothing() {
+    let fx = Fixture::new(SimConfig::default()).await;
+    let input = fx.write_jsonl("in.jsonl", &text_rows("review", 0..5));
+    let table = fx.path("scores");
+    let append = ["--output-format", "delta"];
+    assert_ok(&fx.score(&input, &table, &append).await);
+    assert_eq!(fx.sim.stats().requests, 5);
+
+    // The same command again (as for Parquet output: the job footer);
+    // --json for its summary.
+    let again = fx
+        .score(&input, &table, &[&append[..], &["--json"]].concat())
+        .await;
+    assert_ok(&again);
+    let summary: Value = serde_json::from_slice(&again.stdout).expect("a JSON summary");
+    assert_eq!(
+        (&summary["rows"], &summary["resumed"]),
+        (&json!(5), &json!(5)),
+        "{summary}"
+    );
+    assert_eq!(fx.sim.stats().requests, 5, "nothing sent");
+    let seen = python(READ_BACK, &[table.to_str().unwrap()]);
+    assert_eq!(seen["rows"].as_array().map(Vec::len), Some(5));
+    assert_eq!(seen["version"], json!(0), "nothing committed");
+
+    // Another input is another job: it appends.
+    let more = fx.write_jsonl("more.jsonl", &text_rows("review", 5..7));
+    assert_ok(&fx.score(&more, &table, &append).await);
+    let seen = python(READ_BACK, &[table.to_str().unwrap()]);
+    assert_eq!(seen["rows"].as_array().map(Vec::len), Some(7));
+}

@@ -425,7 +425,7 @@ pub async fn commit(
     job: &str,
 ) -> Result<u64> {
     let table = Table::open(&plan.output, Role::Output).await?;
-    let app_id = format!("aiq-{job}");
+    let app_id = app_id(job);
     let committed = match table.table.snapshot() {
         Ok(s) => s
             .transaction_version(table.table.log_store().as_ref(), &app_id)
@@ -765,15 +765,51 @@ pub async fn write_plan(
         .map_err(|e| Error::Aborted(format!("Delta table {path}: {e}")))?;
     let mut history = written.history(Some(1));
     let rows = match history.next().await {
-        Some(Ok(info)) => info
-            .info
-            .get("operationMetrics")
-            .and_then(|m| m.get("num_added_rows"))
-            .and_then(|n| n.as_u64().or_else(|| n.as_str()?.parse().ok()))
-            .unwrap_or(0),
+        Some(Ok(info)) => added_rows(&info),
         _ => 0,
     };
     Ok(rows)
+}
+
+/// The rows a commit added, as its metrics say.
+fn added_rows(info: &deltalake::kernel::CommitInfo) -> u64 {
+    info.info
+        .get("operationMetrics")
+        .and_then(|m| m.get("num_added_rows"))
+        .and_then(|n| n.as_u64().or_else(|| n.as_str()?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The application transaction id of the job `job` (its stamp) in the
+/// commits it makes.
+fn app_id(job: &str) -> String {
+    format!("aiq-{job}")
+}
+
+/// The rows the job `job` appended to the table, when its commit is there
+/// (the table holds its application transaction): the same append run
+/// again is complete, as a Parquet output whose footer names the job is.
+/// Only an append: a merge or an overwrite run again decides the table's
+/// rows anew (a merge sends nothing the table answers anyway).
+pub async fn appended_by(plan: &Plan, job: &str) -> Option<u64> {
+    if plan.table.write_mode != WriteMode::Append {
+        return None;
+    }
+    let table = Table::open(&plan.output, Role::Output).await.ok()?;
+    let snapshot = table.table.snapshot().ok()?;
+    snapshot
+        .transaction_version(table.table.log_store().as_ref(), &app_id(job))
+        .await
+        .ok()??;
+    // The history is read only for the summary's row count, newest first.
+    let mut history = table.table.history(None);
+    while let Some(Ok(info)) = history.next().await {
+        if info.info.get(JOB_KEY).and_then(|j| j.as_str()) == Some(job) {
+            return Some(added_rows(&info));
+        }
+    }
+    // Its commit is past the log's retention: committed all the same.
+    Some(0)
 }
 
 #[cfg(test)]

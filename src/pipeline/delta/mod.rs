@@ -96,6 +96,18 @@ pub async fn commit(
     }
 }
 
+/// The rows this job (`job`, its stamp) appended to the table, when the
+/// table holds its commit: run again, it is complete.
+pub async fn appended_by(plan: &Plan, job: &str) -> Option<u64> {
+    #[cfg(feature = "delta")]
+    return lake::appended_by(plan, job).await;
+    #[cfg(not(feature = "delta"))]
+    {
+        let _ = (plan, job);
+        None
+    }
+}
+
 /// `--write-mode merge`: `source` without the rows whose key the table
 /// holds with the same request (their stored result stands; the merge
 /// leaves their rows as they are). Any other job: `source` as it is.
