@@ -10,6 +10,10 @@ use serde_json::json;
 use super::native::{self, long_system, sum, ANTHROPIC};
 use super::util::*;
 
+// Typed results online and streamed, repairs, retried faults, and batch
+// mode (resubmits, a kill, the deadline), as every provider does them.
+native::provider_tests!(ANTHROPIC, faults: "529,500,429", batch);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_row_is_answered_with_anthropic_cache_columns() {
     let rows = native::every_row_with_cache_columns(&ANTHROPIC).await;
@@ -42,27 +46,12 @@ async fn cache_writes_cost_a_quarter_more_than_input_by_default() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn typed_results_come_through_a_forced_tool_online_and_streamed() {
-    native::typed_results_online_and_streamed(&ANTHROPIC).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn streamed_text_and_usage_match_the_unstreamed() {
     let streamed = native::streamed_match_the_unstreamed(&ANTHROPIC).await;
     // The second run reads the prefix the first wrote.
     assert!(streamed
         .iter()
         .all(|r| r["cached_tokens"].as_i64() > Some(0)));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn typed_replies_that_do_not_fit_are_repaired() {
-    native::unfit_replies_are_repaired(&ANTHROPIC).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn overloaded_and_server_errors_are_retried() {
-    native::faults_are_retried(&ANTHROPIC, "529,500,429").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,12 +68,8 @@ async fn no_key_or_no_model_is_found_before_anything_is_sent() {
     let base = f.sim.base_url();
     let mut args = run_io(&input, &out, "anthropic");
     args.extend(["-q", "--model", "claude-sim", "--prompt", "{{text}}"]);
-    let o = f
-        .aiq(
-            &args,
-            &[("ANTHROPIC_API_KEY", TOKEN), ("ANTHROPIC_BASE_URL", &base)],
-        )
-        .await;
+    let envs = [("ANTHROPIC_API_KEY", TOKEN), ("ANTHROPIC_BASE_URL", &base)];
+    let o = f.aiq(&args, &envs).await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().ok, 3);
 }
@@ -94,11 +79,7 @@ async fn no_key_or_no_model_is_found_before_anything_is_sent() {
 /// list), all through Anthropic's official Python SDK.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_anthropic_sdk_drives_the_simulators_messages_api() {
-    let f = Fixture::new(SimConfig {
-        batch_turnaround_ms: 300,
-        ..SimConfig::default()
-    })
-    .await;
+    let f = Fixture::new(sim(|c| c.batch_turnaround_ms = 300)).await;
     let args = [f.sim.base_url(), TOKEN.to_string(), long_system()];
     let report = python_sdk(&f, SDK_SCRIPT, &args, &[]).await;
     assert_eq!(report["text"], json!("echo: hello claude"));
@@ -221,21 +202,6 @@ print(json.dumps(out))
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn batch_mode_goes_through_message_batches_and_resubmits_what_failed() {
-    native::batch_mode_resubmits_what_failed(&ANTHROPIC).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn batch_mode_killed_then_run_again_polls_its_batch_never_a_second() {
-    native::batch_mode_killed_then_run_again_polls_its_batch(&ANTHROPIC).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn batch_mode_deadline_cancels_and_sends_the_rest_online() {
-    native::batch_mode_deadline_cancels_and_sends_the_rest_online(&ANTHROPIC).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn anthropic_rate_limit_headers_pace_the_job() {
     let cfg = SimConfig {
         rpm: Some(1200),
@@ -245,12 +211,8 @@ async fn anthropic_rate_limit_headers_pace_the_job() {
     };
     let (f, input, out) = job(cfg, 30, 0).await;
     let extra = ["--prompt", "{{text}}", "--concurrency", "8"];
-    assert_ok(&ANTHROPIC.run(&f, &input, &out, &extra, &[]).await);
-    let rows = read_rows(&out).1;
-    assert!(
-        rows.iter().all(|r| r["error_message"].is_null()),
-        "{rows:?}"
-    );
+    let rows = ok_rows(&ANTHROPIC.run(&f, &input, &out, &extra, &[]).await, &out);
+    assert_no_errors(&rows);
     assert_eq!(f.sim.stats().ok, 30);
 }
 
@@ -274,8 +236,7 @@ async fn ai_query_names_the_provider_and_its_model_in_one_string() {
         "--output",
         out.to_str().unwrap(),
     ];
-    assert_ok(&f.aiq(&args, &[("ANTHROPIC_API_KEY", TOKEN)]).await);
-    let rows = read_rows(&out).1;
+    let rows = ok_rows(&f.aiq(&args, &[("ANTHROPIC_API_KEY", TOKEN)]).await, &out);
     assert_eq!(rows.len(), 5);
     for r in &rows {
         let text = r["text"].as_str().unwrap();

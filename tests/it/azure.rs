@@ -15,13 +15,7 @@ use serde_json::{json, Map, Value};
 use super::util::*;
 
 /// `aiq run` against the simulator's Azure routes ([`Fixture::azure_command`]).
-async fn run(
-    f: &Fixture,
-    input: &Path,
-    out: &Path,
-    extra: &[&str],
-    envs: &[(&str, &str)],
-) -> Output {
+async fn run(f: &Fixture, input: &Path, out: &Path, extra: &[&str], envs: Envs<'_>) -> Output {
     output(f.azure_command(input, out, extra, envs)).await
 }
 
@@ -37,10 +31,7 @@ const KEY: (&str, &str) = ("AZURE_OPENAI_API_KEY", TOKEN);
 
 /// A simulator whose only deployment is the one the tests name.
 fn deployed() -> SimConfig {
-    SimConfig {
-        endpoints: vec!["gpt4o-dep".into()],
-        ..SimConfig::default()
-    }
+    sim(|c| c.endpoints = vec!["gpt4o-dep".into()])
 }
 
 fn assert_echoed(rows: &[Map<String, Value>]) {
@@ -91,8 +82,7 @@ async fn embeddings_through_both_path_styles() {
             "--api-version",
             version,
         ];
-        assert_ok(&run(&f, &input, &out, &extra, &[KEY]).await);
-        let rows = read_rows(&out).1;
+        let rows = ok_rows(&run(&f, &input, &out, &extra, &[KEY]).await, &out);
         assert_eq!(rows.len(), 4);
         for row in &rows {
             let v = row["result"].as_array().expect("a vector");
@@ -119,8 +109,7 @@ async fn typed_results_usage_and_cached_tokens_online_and_streamed() {
         if stream {
             extra.push("--stream");
         }
-        assert_ok(&run(&f, &input, &out, &extra, &[KEY]).await);
-        let rows = read_rows(&out).1;
+        let rows = ok_rows(&run(&f, &input, &out, &extra, &[KEY]).await, &out);
         for row in &rows {
             assert_eq!(row["error_message"], Value::Null, "{stream}: {row:?}");
             assert!(row["result"]["a"].is_i64(), "{stream}: {row:?}");
@@ -216,10 +205,7 @@ async fn wrong_or_missing_credentials_and_settings_stop_the_job_early() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_deployment_stops_the_job() {
-    let cfg = SimConfig {
-        endpoints: vec!["another".into()],
-        ..SimConfig::default()
-    };
+    let cfg = sim(|c| c.endpoints = vec!["another".into()]);
     let (f, input, out) = job(cfg, 10, 0).await;
     let o = run(&f, &input, &out, &["--prompt", "{{text}}"], &[KEY]).await;
     assert_stopped(&o, 1, "deployment for this resource does not exist");

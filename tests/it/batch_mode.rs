@@ -34,6 +34,13 @@ async fn run_batch(
     f.score(input, output, &[&BATCH[..], extra].concat()).await
 }
 
+/// [`run_batch`] from `io`'s input (the rows `input`) to its output: it
+/// succeeds and answers every row ([`assert_all_answered`]).
+async fn answers_all(f: &Fixture, io: [&Path; 2], input: &[Value], extra: &[&str]) {
+    assert_ok(&run_batch(f, io[0], io[1], extra).await);
+    assert_all_answered(io[1], input);
+}
+
 /// Every row of `out` answered as the simulator answers `text` online.
 #[track_caller]
 fn assert_all_answered(out: &Path, input: &[Value]) {
@@ -65,22 +72,15 @@ fn assert_each_answered_once(f: &Fixture, input: &[Value]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn splits_by_count_and_by_bytes_with_online_output() {
     let (f, input, path, out) = batch_job(SimConfig::default(), 25, 7).await;
-    let o = run_batch(
-        &f,
-        &path,
-        &out,
-        &[
-            "--batch-max-requests",
-            "10",
-            "--price-in",
-            "1",
-            "--price-out",
-            "2",
-        ],
-    )
-    .await;
-    assert_ok(&o);
-    assert_all_answered(&out, &input);
+    let flags = [
+        "--batch-max-requests",
+        "10",
+        "--price-in",
+        "1",
+        "--price-out",
+        "2",
+    ];
+    answers_all(&f, [&path, &out], &input, &flags).await;
     // 25 rows, 3 of them null (not sent): 10 + 10 + 2.
     assert_eq!(f.sim.batch_stats().batches, 3);
     assert_eq!(f.sim.batch_stats().lines, 22);
@@ -91,13 +91,8 @@ async fn splits_by_count_and_by_bytes_with_online_output() {
 
     // By bytes: the dry run shows the files, the run uploads as many.
     let out2 = f.path("out2.parquet");
-    let dry = run_batch(
-        &f,
-        &path,
-        &out2,
-        &["--batch-max-bytes", "1024", "--dry-run", "--json"],
-    )
-    .await;
+    let flags = ["--batch-max-bytes", "1024", "--dry-run", "--json"];
+    let dry = run_batch(&f, &path, &out2, &flags).await;
     assert_ok(&dry);
     let estimate: Value = serde_json::from_slice(&dry.stdout).unwrap();
     let files = estimate["batches"].as_array().unwrap().clone();
@@ -113,27 +108,15 @@ async fn splits_by_count_and_by_bytes_with_online_output() {
         files.iter().all(|b| b["bytes"].as_u64().unwrap() <= 1024),
         "{estimate}"
     );
-    let o = run_batch(&f, &path, &out2, &["--batch-max-bytes", "1024"]).await;
-    assert_ok(&o);
-    assert_all_answered(&out2, &input);
+    answers_all(&f, [&path, &out2], &input, &["--batch-max-bytes", "1024"]).await;
     assert_eq!(f.sim.batch_stats().batches, 3 + files.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_lines_are_resubmitted_alone() {
-    let (f, input, path, out) = batch_job(
-        SimConfig {
-            batch_fail_rate: 0.3,
-            seed: 3,
-            ..SimConfig::default()
-        },
-        30,
-        0,
-    )
-    .await;
-    let o = run_batch(&f, &path, &out, &[]).await;
-    assert_ok(&o);
-    assert_all_answered(&out, &input);
+    let (f, input, path, out) =
+        batch_job(sim(|c| (c.batch_fail_rate, c.seed) = (0.3, 3)), 30, 0).await;
+    answers_all(&f, [&path, &out], &input, &[]).await;
     let st = f.sim.batch_stats();
     assert!(st.lines_failed > 0 && st.batches >= 2, "{st:?}");
     // Every failed line came back once more, and nothing else did.
@@ -148,8 +131,7 @@ async fn rows_that_keep_failing_get_the_providers_message() {
     input[2]["text"] = json!("bad [[sim:400]] request");
     let (f, path, out) = job_of(SimConfig::default(), &input).await;
     let o = run_batch(&f, &path, &out, &["--max-retries", "2"]).await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
+    let got = ok_rows(&o, &out);
     let e1 = got[1]["error_message"].as_str().unwrap();
     assert!(
         e1.contains("simulated server error") && e1.contains("3 batch rounds"),
@@ -174,18 +156,12 @@ async fn rows_that_keep_failing_get_the_providers_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_batch_resubmits_its_unanswered_part() {
     let (f, input, path, out) = batch_job(
-        SimConfig {
-            batch_expire_first: 1,
-            batch_expire_share: 0.4,
-            ..SimConfig::default()
-        },
+        sim(|c| (c.batch_expire_first, c.batch_expire_share) = (1, 0.4)),
         20,
         0,
     )
     .await;
-    let o = run_batch(&f, &path, &out, &[]).await;
-    assert_ok(&o);
-    assert_all_answered(&out, &input);
+    answers_all(&f, [&path, &out], &input, &[]).await;
     let st = f.sim.batch_stats();
     assert_eq!(
         (st.batches, st.expired, st.lines),
@@ -200,39 +176,22 @@ async fn the_enqueued_token_cap_waits_and_never_fails_a_row() {
     // Each line enqueues ~8 prompt + 32 reply tokens: one 10-row batch fits
     // under 600, two do not.
     let (f, input, path, out) = batch_job(
-        SimConfig {
-            batch_token_cap: Some(600),
-            batch_turnaround_ms: 50,
-            ..SimConfig::default()
-        },
+        sim(|c| (c.batch_token_cap, c.batch_turnaround_ms) = (Some(600), 50)),
         30,
         0,
     )
     .await;
-    let o = run_batch(
-        &f,
-        &path,
-        &out,
-        &["--batch-max-requests", "10", "--max-retries", "0"],
-    )
-    .await;
-    assert_ok(&o);
-    assert_all_answered(&out, &input);
+    let flags = ["--batch-max-requests", "10", "--max-retries", "0"];
+    answers_all(&f, [&path, &out], &input, &flags).await;
     let st = f.sim.batch_stats();
     assert!(st.token_capped >= 2, "{st:?}");
     assert_eq!(st.lines, 30, "only accepted batches ran: {st:?}");
     assert_each_answered_once(&f, &input);
 
     // A cap below one whole file: files are cut smaller until they fit.
-    let f = Fixture::new(SimConfig {
-        batch_token_cap: Some(250),
-        ..SimConfig::default()
-    })
-    .await;
+    let f = Fixture::new(sim(|c| c.batch_token_cap = Some(250))).await;
     let path = f.write_jsonl("in.jsonl", &input);
-    let o = run_batch(&f, &path, &out, &["--batch-max-requests", "10"]).await;
-    assert_ok(&o);
-    assert_all_answered(&out, &input);
+    answers_all(&f, [&path, &out], &input, &["--batch-max-requests", "10"]).await;
     assert_each_answered_once(&f, &input);
 }
 
@@ -243,47 +202,33 @@ fn batch_command(f: &Fixture, input: &Path, out: &Path) -> Command {
     cmd
 }
 
+/// The job run again after a kill: every row answered once, through the
+/// one batch the killed run created (`why` it was not created again).
+async fn assert_rerun_used_the_one_batch(f: &Fixture, io: [&Path; 2], input: &[Value], why: &str) {
+    assert_ok(&output(batch_command(f, io[0], io[1])).await);
+    assert_all_answered(io[1], input);
+    assert_eq!(f.sim.batch_stats().batches, 1, "{why}");
+    assert_each_answered_once(f, input);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_while_batches_run_then_a_rerun_resubmits_nothing() {
-    let (f, input, path, out) = batch_job(
-        SimConfig {
-            batch_turnaround_ms: 1_500,
-            ..SimConfig::default()
-        },
-        12,
-        0,
-    )
-    .await;
+    let (f, input, path, out) = batch_job(sim(|c| c.batch_turnaround_ms = 1_500), 12, 0).await;
     let journal = f.path("out.parquet.aiq/batches.jsonl");
     // `submitting` then `created`: the batch runs, its id is journaled.
     let mut child = spawn_until_journaled(&mut batch_command(&f, &path, &out), &journal, 2);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!out.exists());
-    let o = output(batch_command(&f, &path, &out)).await;
-    assert_ok(&o);
-    assert_all_answered(&out, &input);
-    assert_eq!(
-        f.sim.batch_stats().batches,
-        1,
-        "the re-run polled, never resubmitted"
-    );
-    assert_each_answered_once(&f, &input);
+    let why = "the re-run polled, never resubmitted";
+    assert_rerun_used_the_one_batch(&f, [&path, &out], &input, why).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_whose_id_a_kill_lost_is_found_by_its_metadata() {
     // The batch exists at once, but its id comes back only after 60 s:
     // the kill lands in between.
-    let (f, input, path, out) = batch_job(
-        SimConfig {
-            batch_create_delay_ms: 60_000,
-            ..SimConfig::default()
-        },
-        8,
-        0,
-    )
-    .await;
+    let (f, input, path, out) = batch_job(sim(|c| c.batch_create_delay_ms = 60_000), 8, 0).await;
     let journal = f.path("out.parquet.aiq/batches.jsonl");
     let mut child = spawn_until_journaled(&mut batch_command(&f, &path, &out), &journal, 1);
     // Wait (by progress, not time) until the simulator holds the batch.
@@ -292,32 +237,15 @@ async fn a_batch_whose_id_a_kill_lost_is_found_by_its_metadata() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let o = output(batch_command(&f, &path, &out)).await;
-    assert_ok(&o);
-    assert_all_answered(&out, &input);
-    assert_eq!(
-        f.sim.batch_stats().batches,
-        1,
-        "found by metadata, not created again"
-    );
-    assert_each_answered_once(&f, &input);
+    let why = "found by metadata, not created again";
+    assert_rerun_used_the_one_batch(&f, [&path, &out], &input, why).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_deadline_cancels_and_sends_the_rest_online() {
     // The batch would take 4 s (a line every 100 ms); the deadline is 1 s.
-    let (f, input, path, out) = batch_job(
-        SimConfig {
-            batch_turnaround_ms: 4_000,
-            ..SimConfig::default()
-        },
-        40,
-        0,
-    )
-    .await;
-    let o = run_batch(&f, &path, &out, &["--deadline", "1s"]).await;
-    assert_ok(&o);
-    assert_all_answered(&out, &input);
+    let (f, input, path, out) = batch_job(sim(|c| c.batch_turnaround_ms = 4_000), 40, 0).await;
+    answers_all(&f, [&path, &out], &input, &["--deadline", "1s"]).await;
     assert_eq!(f.sim.batch_stats().cancelled, 1);
     // How many the batch answered before it was cancelled depends on the
     // machine's speed; that the rest went online does not.
@@ -329,20 +257,16 @@ async fn the_deadline_cancels_and_sends_the_rest_online() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_databricks_endpoint_is_refused_before_anything_is_sent() {
     let (f, path, out) = job(SimConfig::default(), 3, 0).await;
+    let flags = ["--prompt", "{{text}}", "--mode", "batch"];
     let o = f
         .run_databricks(
             &path,
             &out,
             "databricks-meta-llama-3-3-70b-instruct",
-            &["--prompt", "{{text}}", "--mode", "batch"],
+            &flags,
         )
         .await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("no batch API") && err.contains("online") && err.contains("ai_query"),
-        "{err}"
-    );
+    assert_exit(&o, 2, &["no batch API", "online", "ai_query"]);
     assert_eq!(f.sim.stats().requests, 0);
     assert_eq!(f.sim.batch_stats().batches, 0);
 }
@@ -351,11 +275,7 @@ async fn a_databricks_endpoint_is_refused_before_anything_is_sent() {
 /// the simulator: the wire must be what OpenAI's own client expects.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openai_python_sdk_drives_the_simulators_batch_api() {
-    let f = Fixture::new(SimConfig {
-        batch_turnaround_ms: 50,
-        ..SimConfig::default()
-    })
-    .await;
+    let f = Fixture::new(sim(|c| c.batch_turnaround_ms = 50)).await;
     let lines: Vec<Value> = (0..3)
         .map(|i| {
             json!({"custom_id": format!("r{i}"), "method": "POST", "url": "/v1/chat/completions",

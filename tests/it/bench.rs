@@ -301,11 +301,8 @@ async fn bench_png_and_svg_carry_subtitle_slo_lines_and_few_sample_note() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_measures_embeddings() {
     let fx = Fixture::new(SimConfig::default()).await;
-    let summary = bench_json(
-        &fx,
-        &["--model", "e", "--task", "embeddings", "--requests", "5"],
-    )
-    .await;
+    let flags = ["--model", "e", "--task", "embeddings", "--requests", "5"];
+    let summary = bench_json(&fx, &flags).await;
     assert_eq!(summary["stream"], false);
     assert_eq!(summary["steps"][0]["errors"], 0, "{summary}");
     assert_eq!(summary["steps"][0]["e2e_ms"]["samples"], 5);

@@ -49,15 +49,11 @@ async fn one_cold_request_per_prefix_then_every_row_reads_the_cache() {
             &[&TICKET[..], &["--concurrency", "64"]].concat(),
         )
         .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let rows = ok_rows(&o, &out);
     assert_eq!(rows.len(), 400);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["id"], json!(i), "output order is input order");
-        assert!(row["result"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("echo: Ticket: row-{i} ")));
+        assert!(text_of(row).starts_with(&format!("echo: Ticket: row-{i} ")));
     }
     let cold = cold_rows(&rows);
     assert_eq!(
@@ -73,14 +69,7 @@ async fn one_cold_request_per_prefix_then_every_row_reads_the_cache() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_warmup_concurrent_rows_miss_the_cache() {
-    let (f, input, out) = job_of(
-        SimConfig {
-            latency_ms: 300,
-            ..SimConfig::default()
-        },
-        &prefixed_rows(200, 8),
-    )
-    .await;
+    let (f, input, out) = job_of(sim(|c| c.latency_ms = 300), &prefixed_rows(200, 8)).await;
     let o = f
         .run_openai(
             &input,
@@ -88,8 +77,7 @@ async fn without_warmup_concurrent_rows_miss_the_cache() {
             &[&TICKET[..], &["--concurrency", "64", "--no-warmup"]].concat(),
         )
         .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let rows = ok_rows(&o, &out);
     let cold = cold_rows(&rows);
     // The first calls go out together, before any cache entry exists: many
     // rows of each prefix pay full price, where warm-ups would make it one.
@@ -103,8 +91,7 @@ async fn claude_endpoints_get_a_cache_control_breakpoint() {
     let o = f
         .run_databricks(&input, &out, "databricks-claude-sonnet-4", &TICKET)
         .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let rows = ok_rows(&o, &out);
     let cold = cold_rows(&rows);
     // The simulator caches Claude prompts only up to a cache_control marker.
     assert_eq!(cold, 2, "one warm-up per prefix, the rest read the cache");
@@ -125,13 +112,8 @@ async fn explain_shows_the_prefix_and_sends_nothing() {
     );
     assert!(text.contains("prompt_cache_key"), "{text}");
     assert_eq!(f.sim.stats().requests, 0);
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{text}} is short", "--explain"],
-        )
-        .await;
+    let flags = ["--prompt", "{{text}} is short", "--explain"];
+    let o = f.run_openai(&input, &out, &flags).await;
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("starts with a row value"), "{text}");
 }

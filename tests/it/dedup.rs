@@ -169,9 +169,8 @@ async fn identical_requests_are_sent_once_and_every_row_gets_the_answer() {
         .all(|r| r["shared_from"] == Value::Null && r["attempts"] == json!(1)));
 
     // --dry-run says what dedup leaves to send.
-    let dry = f
-        .score(&input, &f.path("dry.parquet"), &["--dry-run", "--json"])
-        .await;
+    let flags = ["--dry-run", "--json"];
+    let dry = f.score(&input, &f.path("dry.parquet"), &flags).await;
     assert_ok(&dry);
     let e: Value = serde_json::from_slice(&dry.stdout).expect("--json estimate");
     assert_eq!(
@@ -186,10 +185,7 @@ async fn identical_requests_are_sent_once_and_every_row_gets_the_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_request_is_not_shared_the_next_row_is_sent_instead() {
-    let cfg = SimConfig {
-        fail_first: 1,
-        ..SimConfig::default()
-    };
+    let cfg = sim(|c| c.fail_first = 1);
     let (f, input, out) = job_of(cfg, &repeating(5, 1)).await;
     let o = f.score(&input, &out, &ONE_AT_A_TIME_NO_RETRIES).await;
     assert_ok(&o);
@@ -218,11 +214,7 @@ async fn a_failed_request_is_not_shared_the_next_row_is_sent_instead() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_nine_then_rerun_pays_each_request_once() {
     let (n, distinct) = (300, 30);
-    let f = Fixture::new(SimConfig {
-        latency_ms: 20,
-        ..SimConfig::default()
-    })
-    .await;
+    let f = Fixture::new(sim(|c| c.latency_ms = 20)).await;
     let input = f.write_jsonl("in.jsonl", &repeating(n, distinct));
     let out = f.path("out.parquet");
     let journal = f.path("out.parquet.aiq/journal.jsonl");
@@ -264,9 +256,8 @@ async fn kill_nine_then_rerun_pays_each_request_once() {
 async fn batch_mode_submits_each_request_once() {
     let (n, distinct) = (40, 6);
     let (f, input, out) = job_of(SimConfig::default(), &repeating(n, distinct)).await;
-    let o = f
-        .score(&input, &out, &["--mode", "batch", "--poll-secs", "0.02"])
-        .await;
+    let flags = ["--mode", "batch", "--poll-secs", "0.02"];
+    let o = f.score(&input, &out, &flags).await;
     assert_ok(&o);
     assert_eq!(
         f.sim.batch_stats().lines,

@@ -121,8 +121,7 @@ async fn every_return_type_round_trips_into_a_typed_column() {
         ),
     ];
 
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(9, 4));
+    let (f, input, _) = job(SimConfig::default(), 9, 4).await;
     let runs = cases.iter().enumerate().map(|(i, (ty, _, _))| {
         let out = f.path(&format!("out-{i}.parquet"));
         let input = input.clone();
@@ -161,8 +160,7 @@ async fn every_return_type_round_trips_into_a_typed_column() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn response_format_as_json_schema_and_as_ddl() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(6, 0));
+    let (f, input, _) = job(SimConfig::default(), 6, 0).await;
     let schema = json!({
         "type": "object",
         "properties": {
@@ -213,19 +211,12 @@ async fn response_format_as_json_schema_and_as_ddl() {
     }
 
     // Both, or a type that does not parse: exit 2 before any request.
-    let o = f
-        .score(
-            &input,
-            &out,
-            &["--response-format", ddl, "--return-type", "INT"],
-        )
-        .await;
+    let flags = ["--response-format", ddl, "--return-type", "INT"];
+    let o = f.score(&input, &out, &flags).await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    let o = f
-        .score(&input, &out, &["--return-type", "ARRAY<INTT>"])
-        .await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains("--return-type"), "{}", stderr(&o));
+    let flags = ["--return-type", "ARRAY<INTT>"];
+    let o = f.score(&input, &out, &flags).await;
+    assert_exit(&o, 2, &["--return-type"]);
     assert_eq!(f.sim.stats().requests, 12);
 }
 
@@ -278,19 +269,9 @@ async fn a_reply_that_does_not_fit_is_a_row_error_and_fails_the_job_under_fail_o
     );
 
     let out = f.path("fail.parquet");
-    let o = f
-        .score(
-            &input,
-            &out,
-            &["--return-type", ty, "--fail-on-error", "--concurrency", "1"],
-        )
-        .await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("row 2 failed") && stderr(&o).contains("expected INT"),
-        "{}",
-        stderr(&o)
-    );
+    let flags = ["--return-type", ty, "--fail-on-error", "--concurrency", "1"];
+    let o = f.score(&input, &out, &flags).await;
+    assert_exit(&o, 1, &["row 2 failed", "expected INT"]);
     assert!(!out.exists());
 }
 
@@ -422,13 +403,8 @@ async fn ai_similarity_embeds_both_texts() {
         .collect();
     let path = f.write_jsonl("in.jsonl", &input);
     let out = f.path("out.parquet");
-    let o = f
-        .score(
-            &path,
-            &out,
-            &["--function", "ai_similarity", "--prompt2", "{{other}}"],
-        )
-        .await;
+    let flags = ["--function", "ai_similarity", "--prompt2", "{{other}}"];
+    let o = f.score(&path, &out, &flags).await;
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);
     assert_eq!(
@@ -461,11 +437,8 @@ async fn ai_similarity_embeds_both_texts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tool_calls_from_a_job_file() {
     let (f, input, out) = job(SimConfig::default(), 4, 0).await;
-    let job = f.path("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            r#"input = {input:?}
+    let text = format!(
+        r#"input = {input:?}
 output = {out:?}
 endpoint = {url:?}
 model = "m"
@@ -485,20 +458,18 @@ type = "string"
 [tools.function.parameters.properties.days]
 type = "integer"
 "#,
-            input = input.to_str().unwrap(),
-            out = out.to_str().unwrap(),
-            url = f.openai_url()
-        ),
-    )
-    .unwrap();
+        input = input.to_str().unwrap(),
+        out = out.to_str().unwrap(),
+        url = f.openai_url()
+    );
+    let job = f.write_text("job.toml", &text);
     let o = f
         .aiq(
             &["run", "-q", job.to_str().unwrap()],
             &[("OPENAI_API_KEY", TOKEN)],
         )
         .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let rows = ok_rows(&o, &out);
     assert_eq!(rows.len(), 4);
     for row in &rows {
         assert_eq!(row["finish_reason"], json!("tool_calls"));
@@ -513,8 +484,7 @@ type = "integer"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embeddings_batches_skip_nulls_and_keep_each_rows_vector() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(23, 5));
+    let (f, input, _) = job(SimConfig::default(), 23, 5).await;
     let batched = f.path("batched.parquet");
     let single = f.path("single.parquet");
     let args = |n: &'static str| {
@@ -557,10 +527,8 @@ const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn images_from_base64_data_url_and_binary_columns() {
-    use arrow::array::{BinaryArray, RecordBatch, StringArray};
-    use arrow::datatypes::{Field, Schema};
+    use arrow::array::{BinaryArray, StringArray};
     use base64::Engine;
-    use std::sync::Arc;
 
     let f = Fixture::new(SimConfig::default()).await;
     let b64 = base64::engine::general_purpose::STANDARD.encode(PNG);
@@ -574,14 +542,8 @@ async fn images_from_base64_data_url_and_binary_columns() {
         ],
     );
     let out = f.path("out.parquet");
-    assert_ok(
-        &f.run_openai(
-            &input,
-            &out,
-            &["--prompt", "Describe the {{text}}", "--image", "img"],
-        )
-        .await,
-    );
+    let flags = ["--prompt", "Describe the {{text}}", "--image", "img"];
+    assert_ok(&f.run_openai(&input, &out, &flags).await);
     let (_, rows) = read_rows(&out);
     for i in [0, 1] {
         let text = format!("Describe the {}", rows[i]["text"].as_str().unwrap());
@@ -612,20 +574,11 @@ async fn images_from_base64_data_url_and_binary_columns() {
     assert_eq!(f.sim.stats().ok, 2);
 
     // Bytes from Parquet, two image columns in one message.
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("text", DataType::Utf8, false),
-        Field::new("front", DataType::Binary, true),
-        Field::new("back", DataType::Binary, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from(vec!["a", "b"])),
-            Arc::new(BinaryArray::from(vec![Some(PNG), Some(PNG)])),
-            Arc::new(BinaryArray::from(vec![Some(PNG), None])),
-        ],
-    )
-    .unwrap();
+    let batch = batch_of([
+        col("text", StringArray::from(vec!["a", "b"]), false),
+        col("front", BinaryArray::from(vec![Some(PNG), Some(PNG)]), true),
+        col("back", BinaryArray::from(vec![Some(PNG), None]), true),
+    ]);
     let input = f.write_parquet("in.parquet", batch);
     let out = f.path("bin.parquet");
     let args = [
@@ -642,11 +595,9 @@ async fn images_from_base64_data_url_and_binary_columns() {
     // A column that does not exist or cannot hold images: exit 2, nothing sent.
     let before = f.sim.stats().requests;
     let o = f.score(&input, &out, &["--image", "frnt"]).await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains("`frnt`"), "{}", stderr(&o));
-    let o = f
-        .score(&input, &out, &["--task", "embeddings", "--image", "front"])
-        .await;
+    assert_exit(&o, 2, &["`frnt`"]);
+    let flags = ["--task", "embeddings", "--image", "front"];
+    let o = f.score(&input, &out, &flags).await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert_eq!(f.sim.stats().requests, before);
 }

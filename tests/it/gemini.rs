@@ -11,6 +11,10 @@ use serde_json::json;
 use super::native::{self, sum, GEMINI};
 use super::util::*;
 
+// Typed results online and streamed, repairs, retried faults, and batch
+// mode (resubmits, a kill, the deadline), as every provider does them.
+native::provider_tests!(GEMINI, faults: "503,500,429", batch);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_row_is_answered_with_gemini_usage_and_implicit_caching() {
     // The shared prefix comes first, so Google's implicit cache serves it
@@ -20,38 +24,19 @@ async fn every_row_is_answered_with_gemini_usage_and_implicit_caching() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn typed_results_come_through_a_json_schema_online_and_streamed() {
-    native::typed_results_online_and_streamed(&GEMINI).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn streamed_text_and_usage_match_the_unstreamed() {
     native::streamed_match_the_unstreamed(&GEMINI).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn typed_replies_that_do_not_fit_are_repaired() {
-    native::unfit_replies_are_repaired(&GEMINI).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn overloaded_and_server_errors_are_retried() {
-    native::faults_are_retried(&GEMINI, "503,500,429").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embeddings_go_through_batch_embed_contents() {
     let (f, input, out) = job(SimConfig::default(), 10, 0).await;
     let extra = [
-        "--prompt",
-        "{{text}}",
-        "--task",
-        "embeddings",
-        "--batch-size",
-        "4",
-    ];
-    assert_ok(&GEMINI.run(&f, &input, &out, &extra, &[]).await);
-    let rows = read_rows(&out).1;
+        &PROMPT_TEXT[..],
+        &["--task", "embeddings", "--batch-size", "4"],
+    ]
+    .concat();
+    let rows = ok_rows(&GEMINI.run(&f, &input, &out, &extra, &[]).await, &out);
     assert_eq!(rows.len(), 10);
     for row in &rows {
         assert_eq!(row["result"].as_array().map(Vec::len), Some(16), "{row:?}");
@@ -65,19 +50,11 @@ async fn embeddings_go_through_batch_embed_contents() {
 async fn rate_limited_calls_without_retry_after_headers_get_through() {
     // Google's 429 says when to come back only in its body (RetryInfo),
     // with no Retry-After and no rate-limit headers.
-    let cfg = SimConfig {
-        rpm: Some(120),
-        burst_seconds: 1.0,
-        ..SimConfig::default()
-    };
+    let cfg = sim(|c| (c.rpm, c.burst_seconds) = (Some(120), 1.0));
     let (f, input, out) = job(cfg, 8, 0).await;
     let extra = ["--prompt", "{{text}}", "--concurrency", "4"];
-    assert_ok(&GEMINI.run(&f, &input, &out, &extra, &[]).await);
-    let rows = read_rows(&out).1;
-    assert!(
-        rows.iter().all(|r| r["error_message"].is_null()),
-        "{rows:?}"
-    );
+    let rows = ok_rows(&GEMINI.run(&f, &input, &out, &extra, &[]).await, &out);
+    assert_no_errors(&rows);
     let stats = f.sim.stats();
     assert_eq!(stats.ok, 8);
     assert!(stats.rate_limited > 0, "{stats:?}");
@@ -125,8 +102,7 @@ async fn a_long_shared_system_prompt_goes_in_an_explicit_cache_deleted_at_the_en
         "--concurrency",
         "4",
     ];
-    assert_ok(&GEMINI.run(&f, &input, &out, &extra, &[]).await);
-    let rows = read_rows(&out).1;
+    let rows = ok_rows(&GEMINI.run(&f, &input, &out, &extra, &[]).await, &out);
     let g = f.sim.gemini_stats();
     assert_eq!((g.caches_created, g.cache_uses), (1, 20), "{g:?}");
     assert_eq!(
@@ -179,38 +155,15 @@ async fn aiq_sql_reaches_gemini_by_name() {
     assert_eq!(f.sim.stats().ok, 3);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn batch_mode_goes_through_batch_generate_content_and_resubmits_what_failed() {
-    native::batch_mode_resubmits_what_failed(&GEMINI).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn batch_mode_killed_then_run_again_polls_its_batch_never_a_second() {
-    native::batch_mode_killed_then_run_again_polls_its_batch(&GEMINI).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn batch_mode_deadline_cancels_and_sends_the_rest_online() {
-    native::batch_mode_deadline_cancels_and_sends_the_rest_online(&GEMINI).await;
-}
-
 /// generate_content (system instruction, typed JSON by schema and by JSON
 /// schema, thinking), streaming, embed_content, caches, batches, a wrong
 /// key, all through the SDK.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_google_genai_sdk_drives_the_simulators_gemini_api() {
-    let f = Fixture::new(SimConfig {
-        batch_turnaround_ms: 200,
-        ..SimConfig::default()
-    })
-    .await;
-    let limited = Simulator::start(SimConfig {
-        rpm: Some(60),
-        burst_seconds: 1.0,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let f = Fixture::new(sim(|c| c.batch_turnaround_ms = 200)).await;
+    let limited = Simulator::start(sim(|c| (c.rpm, c.burst_seconds) = (Some(60), 1.0)))
+        .await
+        .unwrap();
     let args = [f.sim.base_url(), TOKEN.to_string(), limited.base_url()];
     let report = python_sdk(&f, SDK_SCRIPT, &args, &[]).await;
     assert_eq!(report["text"], json!("echo: hello gemini"));
@@ -265,15 +218,9 @@ async fn the_google_genai_sdk_drives_the_simulators_gemini_api() {
     let delay = report["limited"]["retry_delay"].as_str().unwrap();
     assert!(delay.ends_with('s'), "{delay}");
     let g = f.sim.gemini_stats();
-    assert_eq!(
-        (g.caches_created, g.caches_deleted, g.caches_live),
-        (1, 1, 0)
-    );
-    assert_eq!(
-        (g.batches, g.batch_requests, g.batches_cancelled),
-        (2, 6, 1)
-    );
-    assert_eq!(g.bad_keys, 1);
+    let caches = [g.caches_created, g.caches_deleted, g.caches_live];
+    let batches = [g.batches, g.batch_requests, g.batches_cancelled];
+    assert_eq!((caches, batches, g.bad_keys), ([1, 1, 0], [2, 6, 1], 1));
 }
 
 const SDK_SCRIPT: &str = r#"

@@ -10,9 +10,7 @@ use std::process::{Command, Output, Stdio};
 use aiq::simulator::{RateHeaders, RetryAfterHint, SimConfig, CLIENT_ID, CLIENT_SECRET};
 use serde_json::json;
 
-use super::util::{
-    code, job, read_rows, run_io, spawn_until_journaled, stderr, Fixture, DATABRICKS_OAUTH, TOKEN,
-};
+use super::util::*;
 
 /// A Databricks personal access token the simulator does not take.
 const WRONG_TOKEN: &str = "dapiSECRET123";
@@ -51,7 +49,7 @@ fn input(f: &Fixture) -> PathBuf {
 }
 
 /// `aiq run -v` of [`input`] to `endpoint`, one call at a time, no retry.
-async fn run(f: &Fixture, endpoint: &str, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+async fn run(f: &Fixture, endpoint: &str, extra: &[&str], envs: Envs<'_>) -> Output {
     let mut args = vec!["--max-retries", "0", "--concurrency", "1"];
     args.extend_from_slice(extra);
     run_rows(f, &input(f), endpoint, &args, envs).await
@@ -69,7 +67,7 @@ async fn run_rows(
     input: &Path,
     endpoint: &str,
     extra: &[&str],
-    envs: &[(&str, &str)],
+    envs: Envs<'_>,
 ) -> Output {
     let out = f.path("out.parquet");
     let mut args = run_io(input, &out, endpoint);
@@ -80,11 +78,7 @@ async fn run_rows(
 
 /// A server whose every inference call meets `fault`.
 fn always(fault: &str) -> SimConfig {
-    SimConfig {
-        fault_rate: 1.0,
-        faults: fault.into(),
-        ..SimConfig::default()
-    }
+    sim(|c| (c.fault_rate, c.faults) = (1.0, fault.into()))
 }
 
 /// Files the test wrote for aiq to read: they hold what they hold.
@@ -221,10 +215,7 @@ async fn a_refused_credential_echoed_in_a_401_is_redacted() {
         assert!(err.contains("401") && err.contains("[redacted]"), "{err}");
         assert_nowhere(f, o, secrets);
     };
-    let hostile = || SimConfig {
-        echo_headers: true,
-        ..SimConfig::default()
-    };
+    let hostile = || sim(|c| c.echo_headers = true);
 
     let f = Fixture::new(hostile()).await;
     let host = f.sim.base_url();
@@ -300,11 +291,7 @@ async fn no_log_level_shows_a_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_huge_error_body_is_cut_and_says_so() {
-    let f = Fixture::new(SimConfig {
-        error_body_bytes: 10 << 20,
-        ..SimConfig::default()
-    })
-    .await;
+    let f = Fixture::new(sim(|c| c.error_body_bytes = 10 << 20)).await;
     let o = run_with_key(&f, TOKEN).await;
     let (_, rows) = read_rows(&f.path("out.parquet"));
     assert_eq!(rows.len(), 4, "{}", stderr(&o));
@@ -345,17 +332,10 @@ async fn a_job_stopped_early_says_how_many_requests_it_sent() {
     let f = Fixture::new(always("500")).await;
     let input = f.write_jsonl("in.jsonl", &super::util::rows(40, 0));
     let extra = ["--model", "m", "--max-retries", "1", "--backoff-ms", "1"];
-    let o = run_rows(
-        &f,
-        &input,
-        &f.openai_url(),
-        &extra,
-        &[("OPENAI_API_KEY", TOKEN)],
-    )
-    .await;
+    let envs = [("OPENAI_API_KEY", TOKEN)];
+    let o = run_rows(&f, &input, &f.openai_url(), &extra, &envs).await;
     let err = stderr(&o);
-    assert_eq!(code(&o), 1, "{err}");
-    assert!(err.contains("failed in a row"), "{err}");
+    assert_exit(&o, 1, &["failed in a row"]);
     let sent = requests_sent(&err);
     assert_eq!(sent, f.sim.stats().requests, "{err}");
     assert!(sent >= 20, "{err}");
@@ -363,15 +343,7 @@ async fn a_job_stopped_early_says_how_many_requests_it_sent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_job_says_how_many_requests_it_sent() {
-    let (f, input, out) = job(
-        SimConfig {
-            latency_ms: 20,
-            ..SimConfig::default()
-        },
-        400,
-        0,
-    )
-    .await;
+    let (f, input, out) = job(sim(|c| c.latency_ms = 20), 400, 0).await;
     let url = f.openai_url();
     let mut args = run_io(&input, &out, &url);
     args.extend(["--model", "m", "--prompt", "{{text}}", "--concurrency", "4"]);
@@ -387,8 +359,7 @@ async fn an_interrupted_job_says_how_many_requests_it_sent() {
     .await
     .unwrap();
     let err = stderr(&o);
-    assert_eq!(code(&o), 1, "{err}");
-    assert!(err.contains("interrupted"), "{err}");
+    assert_exit(&o, 1, &["interrupted"]);
     let sent = requests_sent(&err);
     assert_eq!(sent, f.sim.stats().requests, "{err}");
     assert!(sent >= 20, "{err}");

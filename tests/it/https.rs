@@ -4,7 +4,7 @@
 
 use aiq::simulator::SimConfig;
 
-use super::util::{assert_ok, code, read_rows, rows, stderr, Fixture};
+use super::util::*;
 
 async fn https(max_streams: u32, latency_ms: u64) -> Fixture {
     Fixture::new(SimConfig {
@@ -30,15 +30,9 @@ async fn the_server_sees_the_concurrency_asked_for_past_stream_caps() {
     let ca = ca_file(&f);
     let input = f.write_jsonl("in.jsonl", &rows(1_200, 0));
     let out = f.path("out.parquet");
-    let o = f
-        .score(
-            &input,
-            &out,
-            &["--concurrency", "400", "--no-warmup", "--ca-cert", &ca],
-        )
-        .await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
+    let flags = ["--concurrency", "400", "--no-warmup", "--ca-cert", &ca];
+    let o = f.score(&input, &out, &flags).await;
+    let got = ok_rows(&o, &out);
     assert_eq!(got.len(), 1_200);
     assert!(got.iter().all(|r| r["error_message"].is_null()));
     // More than one connection's cap: the calls went over several.
@@ -56,9 +50,7 @@ async fn an_untrusted_certificate_stops_the_job_at_once() {
     let input = f.write_jsonl("in.jsonl", &rows(50, 0));
     let out = f.path("out.parquet");
     let o = f.score(&input, &out, &["--concurrency", "4"]).await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(err.contains("certificate"), "{err}");
+    let err = assert_exit(&o, 1, &["certificate"]);
     assert!(
         err.contains("--ca-cert") && err.contains("SSL_CERT_FILE"),
         "{err}"
@@ -78,9 +70,8 @@ async fn a_ca_file_that_is_not_pem_is_bad_usage() {
     std::fs::write(&bad, "not a certificate").unwrap();
     let input = f.write_jsonl("in.jsonl", &rows(2, 0));
     let out = f.path("out.parquet");
-    let o = f
-        .score(&input, &out, &["--ca-cert", bad.to_str().unwrap()])
-        .await;
+    let flags = ["--ca-cert", bad.to_str().unwrap()];
+    let o = f.score(&input, &out, &flags).await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("--ca-cert"));
 }

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use crate::it::util::{assert_ok, code, read_rows, stderr, Fixture};
+use crate::it::util::*;
 
 /// A cheap prompt: the wide columns ride along into the output unsent.
 const PROMPT: [&str; 2] = ["--prompt", "row {{ id }}"];
@@ -74,8 +74,7 @@ async fn a_long_line_keeps_every_row_after_it() {
     lines[1499] = json!({"id": 1499, "text": "w".repeat(3 << 20)}).to_string();
     let input = write_lines(&f, "long.jsonl", &lines);
     let (out, output) = run(&f, &input, &[]).await;
-    assert_ok(&out);
-    let (_, rows) = read_rows(&output);
+    let rows = ok_rows(&out, &output);
     assert_ids(&rows, 3000);
     assert_eq!(rows[1499]["text"].as_str().map(str::len), Some(3 << 20));
 
@@ -156,9 +155,8 @@ async fn mixed_scalars_are_read_as_written_text() {
     lines[1102] = r#"{"id": 1102, "label": 1.50}"#.to_string();
     let input = write_lines(&f, "mixed.jsonl", &lines);
     let output = f.path("out.parquet");
-    let out = f
-        .run_openai(&input, &output, &["--prompt", "{{ label }}"])
-        .await;
+    let flags = ["--prompt", "{{ label }}"];
+    let out = f.run_openai(&input, &output, &flags).await;
     assert_ok(&out);
     let (schema, rows) = read_rows(&output);
     assert_eq!(schema.field(1).data_type(), &DataType::Utf8);

@@ -8,7 +8,7 @@
 
 use aiq::simulator::{RateHeaders, RetryAfterHint, SimConfig};
 
-use super::util::{assert_ok, job, read_rows};
+use super::util::*;
 
 /// Runs `n` rows at concurrency 32, not told the limit, against `cfg`;
 /// asserts every row answered and at most `max_refused` (a share) of all
@@ -25,8 +25,7 @@ async fn answered_with_few_refusals(cfg: SimConfig, n: usize, flags: &[&str], ma
     let mut args = vec!["--prompt", "{{text}}", "--concurrency", "32"];
     args.extend_from_slice(flags);
     let o = f.run_openai(&input, &out, &args).await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
+    let got = ok_rows(&o, &out);
     assert_eq!(got.len(), n);
     assert!(got.iter().all(|r| r["error_message"].is_null()));
     let stats = f.sim.stats();
@@ -41,49 +40,25 @@ async fn answered_with_few_refusals(cfg: SimConfig, n: usize, flags: &[&str], ma
     );
 }
 
-/// 2,400 requests/minute (40/s) with a one-second bucket and 20 ms calls:
-/// at concurrency 32 the job could send 1,600/s.
-fn one_second_bucket(rate_headers: RateHeaders, retry_after: RetryAfterHint) -> SimConfig {
-    SimConfig {
-        rpm: Some(2_400),
-        burst_seconds: 1.0,
-        latency_ms: 20,
-        rate_headers,
-        retry_after,
-        ..SimConfig::default()
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn rate_headers_on_every_reply() {
-    let cfg = one_second_bucket(RateHeaders::Every, RetryAfterHint::Precise);
-    not_told(cfg, 240, 0.05).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn rate_headers_only_on_429s() {
-    let cfg = one_second_bucket(RateHeaders::On429, RetryAfterHint::Precise);
-    not_told(cfg, 240, 0.05).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn retry_after_in_whole_seconds_only() {
-    let cfg = one_second_bucket(RateHeaders::Never, RetryAfterHint::Seconds);
-    not_told(cfg, 240, 0.05).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bare_429s() {
-    let cfg = one_second_bucket(RateHeaders::Never, RetryAfterHint::None);
-    not_told(cfg, 240, 0.05).await;
-}
+/// 2,400 requests/minute (40/s) with a one-second bucket: with 20 ms
+/// calls at concurrency 32 the job could send 1,600/s.
+const ONE_SECOND: (u64, f64) = (2_400, 1.0);
 
 /// 1,200 requests/minute with a 60-second bucket: the first 1,200
 /// requests pass at once, then the pace must drop to 20/s.
-fn sixty_second_bucket(rate_headers: RateHeaders, retry_after: RetryAfterHint) -> SimConfig {
+const SIXTY_SECONDS: (u64, f64) = (1_200, 60.0);
+
+/// A server allowing `rpm` requests a minute from a bucket of
+/// `burst_seconds`, answering in 20 ms, that says so with `rate_headers`
+/// and `retry_after`.
+fn bucket(
+    (rpm, burst_seconds): (u64, f64),
+    rate_headers: RateHeaders,
+    retry_after: RetryAfterHint,
+) -> SimConfig {
     SimConfig {
-        rpm: Some(1_200),
-        burst_seconds: 60.0,
+        rpm: Some(rpm),
+        burst_seconds,
         latency_ms: 20,
         rate_headers,
         retry_after,
@@ -91,24 +66,28 @@ fn sixty_second_bucket(rate_headers: RateHeaders, retry_after: RetryAfterHint) -
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn long_bucket_with_headers_on_429s() {
-    let cfg = sixty_second_bucket(RateHeaders::On429, RetryAfterHint::Precise);
-    not_told(cfg, 1_300, 0.05).await;
+/// One test per server: `name: bucket, rate headers, Retry-After, rows`,
+/// each not told the limit and at most 5% of its requests refused.
+macro_rules! not_told {
+    ($($name:ident: $bucket:ident, $headers:ident, $hint:ident, $n:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $name() {
+            let cfg = bucket($bucket, RateHeaders::$headers, RetryAfterHint::$hint);
+            not_told(cfg, $n, 0.05).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn long_bucket_with_headers_on_every_reply() {
+not_told! {
+    rate_headers_on_every_reply: ONE_SECOND, Every, Precise, 240;
+    rate_headers_only_on_429s: ONE_SECOND, On429, Precise, 240;
+    retry_after_in_whole_seconds_only: ONE_SECOND, Never, Seconds, 240;
+    bare_429s: ONE_SECOND, Never, None, 240;
+    long_bucket_with_headers_on_429s: SIXTY_SECONDS, On429, Precise, 1_300;
     // What is left in the bucket goes at once: without that credit the
     // advertised 20/s would take a minute for these rows.
-    let cfg = sixty_second_bucket(RateHeaders::Every, RetryAfterHint::Precise);
-    not_told(cfg, 1_300, 0.05).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn long_bucket_with_bare_429s() {
-    let cfg = sixty_second_bucket(RateHeaders::Never, RetryAfterHint::None);
-    not_told(cfg, 1_300, 0.05).await;
+    long_bucket_with_headers_on_every_reply: SIXTY_SECONDS, Every, Precise, 1_300;
+    long_bucket_with_bare_429s: SIXTY_SECONDS, Never, None, 1_300;
 }
 
 /// Told twice what the server allows (a key shared with another job, or a
@@ -118,12 +97,7 @@ async fn long_bucket_with_bare_429s() {
 /// here ran out of retries and failed with 429.
 #[tokio::test(flavor = "multi_thread")]
 async fn told_more_than_the_server_allows() {
-    let cfg = SimConfig {
-        rpm: Some(1_200),
-        burst_seconds: 1.0,
-        latency_ms: 20,
-        ..SimConfig::default()
-    };
+    let cfg = bucket((1_200, 1.0), RateHeaders::Every, RetryAfterHint::Precise);
     answered_with_few_refusals(cfg, 240, &["--rpm", "2400"], 0.2).await;
 }
 

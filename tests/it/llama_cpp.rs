@@ -7,12 +7,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use arrow::datatypes::Schema;
 
 use aiq::simulator::SimConfig;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use super::util::{assert_ok, code, read_rows, run_io, stderr, Fixture};
+use super::util::*;
 
 const KEY: &str = "sk-llama-test-4d2e";
 
@@ -85,6 +87,16 @@ async fn run(f: &Fixture, rows: &[Value], key: &str, extra: &[&str]) -> std::pro
     f.aiq(&args, &[("OPENAI_API_KEY", key)]).await
 }
 
+/// [`run`] with the right key, which must succeed: the schema and rows.
+async fn answered(
+    f: &Fixture,
+    rows: &[Value],
+    extra: &[&str],
+) -> (Arc<Schema>, Vec<Map<String, Value>>) {
+    assert_ok(&run(f, rows, KEY, extra).await);
+    read_rows(&f.path("out.parquet"))
+}
+
 async fn fixture() -> Fixture {
     // The fixture's simulator is unused: only its temp folder and runner.
     Fixture::new(SimConfig::default()).await
@@ -103,9 +115,7 @@ fn texts(n: usize) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn chat() {
     let f = fixture().await;
-    let o = run(&f, &texts(4), KEY, ONE_WORD).await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&f.path("out.parquet"));
+    let (_, rows) = answered(&f, &texts(4), ONE_WORD).await;
     assert_eq!(rows.len(), 4);
     for r in &rows {
         assert!(r["error_message"].is_null(), "{r:?}");
@@ -118,9 +128,7 @@ async fn chat() {
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_with_usage() {
     let f = fixture().await;
-    let o = run(&f, &texts(3), KEY, &[&["--stream"], ONE_WORD].concat()).await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&f.path("out.parquet"));
+    let (_, rows) = answered(&f, &texts(3), &[&["--stream"], ONE_WORD].concat()).await;
     for r in &rows {
         assert!(r["error_message"].is_null(), "{r:?}");
         assert!(r["ttft_ms"].as_i64().is_some());
@@ -131,22 +139,15 @@ async fn streaming_with_usage() {
 #[tokio::test(flavor = "multi_thread")]
 async fn typed_struct_through_json_schema() {
     let f = fixture().await;
-    let o = run(
-        &f,
-        &texts(3),
-        KEY,
-        &[
-            "--prompt",
-            "Describe {{text}} as JSON.",
-            "--response-format",
-            "STRUCT<word: STRING, good: BOOLEAN>",
-            "--param",
-            "max_tokens=40",
-        ],
-    )
-    .await;
-    assert_ok(&o);
-    let (schema, rows) = read_rows(&f.path("out.parquet"));
+    let flags = [
+        "--prompt",
+        "Describe {{text}} as JSON.",
+        "--response-format",
+        "STRUCT<word: STRING, good: BOOLEAN>",
+        "--param",
+        "max_tokens=40",
+    ];
+    let (schema, rows) = answered(&f, &texts(3), &flags).await;
     assert!(matches!(
         schema.field_with_name("result").unwrap().data_type(),
         arrow::datatypes::DataType::Struct(_)
@@ -163,22 +164,12 @@ async fn typed_struct_through_json_schema() {
 #[tokio::test(flavor = "multi_thread")]
 async fn embeddings_in_batches() {
     let f = fixture().await;
-    let o = run(
-        &f,
-        &texts(5),
-        KEY,
-        &[
-            "--task",
-            "embeddings",
-            "--prompt",
-            "{{text}}",
-            "--batch-size",
-            "2",
-        ],
-    )
-    .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&f.path("out.parquet"));
+    let flags = [
+        &PROMPT_TEXT[..],
+        &["--task", "embeddings", "--batch-size", "2"],
+    ]
+    .concat();
+    let (_, rows) = answered(&f, &texts(5), &flags).await;
     assert_eq!(rows.len(), 5);
     for r in &rows {
         assert!(r["error_message"].is_null(), "{r:?}");
@@ -190,19 +181,9 @@ async fn embeddings_in_batches() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_key_stops_the_job() {
     let f = fixture().await;
-    let o = run(
-        &f,
-        &texts(20),
-        "sk-wrong",
-        &["--prompt", "{{text}}", "--param", "max_tokens=8"],
-    )
-    .await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("401") && err.contains("Invalid API Key"),
-        "{err}"
-    );
+    let flags = ["--prompt", "{{text}}", "--param", "max_tokens=8"];
+    let o = run(&f, &texts(20), "sk-wrong", &flags).await;
+    let err = assert_exit(&o, 1, &["401", "Invalid API Key"]);
     assert!(!err.contains("sk-wrong"), "the key is never printed");
 }
 
@@ -211,9 +192,7 @@ async fn a_prompt_over_the_context_fails_its_row_only() {
     let f = fixture().await;
     let long = "word ".repeat(1_500);
     let rows = vec![json!({"text": "a cat"}), json!({"text": long})];
-    let o = run(&f, &rows, KEY, ONE_WORD).await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&f.path("out.parquet"));
+    let (_, got) = answered(&f, &rows, ONE_WORD).await;
     assert!(got[0]["error_message"].is_null(), "{:?}", got[0]);
     let e = got[1]["error_message"].as_str().unwrap();
     assert!(e.contains("400") && e.contains("context"), "{e}");
@@ -225,24 +204,9 @@ async fn repeated_prefixes_read_the_cache() {
     // One long shared system prompt, rows one after another: llama.cpp's
     // slot keeps the prefix and reports it as cached tokens.
     let system = "You are a careful assistant who answers in one word. ".repeat(12);
-    let o = run(
-        &f,
-        &texts(4),
-        KEY,
-        &[
-            "--system",
-            &system,
-            "--prompt",
-            "{{text}}",
-            "--concurrency",
-            "1",
-            "--param",
-            "max_tokens=4",
-        ],
-    )
-    .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&f.path("out.parquet"));
+    let one_at_a_time = ["--concurrency", "1", "--param", "max_tokens=4"];
+    let flags = [&PROMPT_TEXT[..], &["--system", &system], &one_at_a_time].concat();
+    let (_, rows) = answered(&f, &texts(4), &flags).await;
     let cached: i64 = rows[1..]
         .iter()
         .map(|r| r["cached_tokens"].as_i64().unwrap())

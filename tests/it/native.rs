@@ -48,36 +48,61 @@ pub const BEDROCK: Provider = Provider {
 };
 
 impl Provider {
-    /// `aiq run -q --endpoint NAME` from `input` to `output` against the
+    /// `aiq run -q --endpoint NAME` from `io`'s input to its output against the
     /// simulator of `f` (`--base-url`), the key ([`TOKEN`]) in the
     /// provider's variable, then `extra` and `envs`
     /// ([`Fixture::provider_command`]).
-    pub fn command(
-        &self,
-        f: &Fixture,
-        input: &Path,
-        out: &Path,
-        extra: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Command {
+    pub fn command(&self, f: &Fixture, io: [&Path; 2], extra: &[&str], envs: Envs<'_>) -> Command {
         let base = f.sim.base_url();
         let named = ["--base-url", &base, "--model", self.model];
         let key = (self.key_var, TOKEN);
         let envs = [self.env, envs].concat();
-        f.provider_command(self.endpoint, &named, key, [input, out], extra, &envs)
+        f.provider_command(self.endpoint, &named, key, io, extra, &envs)
     }
 
+    /// [`Provider::command`] run to its end.
     pub async fn run(
         &self,
         f: &Fixture,
         input: &Path,
         out: &Path,
         extra: &[&str],
-        envs: &[(&str, &str)],
+        envs: Envs<'_>,
     ) -> Output {
-        output(self.command(f, input, out, extra, envs)).await
+        output(self.command(f, [input, out], extra, envs)).await
     }
 }
+
+/// The tests every provider passes alike, written once: in the module of
+/// the provider `$p`, whose overloaded and server errors come as the
+/// statuses `$faults`, each runs the check of this module it names; with
+/// `batch`, batch mode's too (resubmits, a kill, the deadline).
+macro_rules! provider_tests {
+    ($p:expr, faults: $faults:expr) => {
+        $crate::it::native::provider_tests!(@each $p;
+            typed_results_online_and_streamed => typed_results_online_and_streamed(),
+            typed_replies_that_do_not_fit_are_repaired => unfit_replies_are_repaired(),
+            overloaded_and_server_errors_are_retried => faults_are_retried($faults),
+        );
+    };
+    ($p:expr, faults: $faults:expr, batch) => {
+        $crate::it::native::provider_tests!($p, faults: $faults);
+        $crate::it::native::provider_tests!(@each $p;
+            batch_mode_resubmits_what_failed => batch_mode_resubmits_what_failed(),
+            batch_mode_killed_then_run_again_polls_its_batch_never_a_second =>
+                batch_mode_killed_then_run_again_polls_its_batch(),
+            batch_mode_deadline_cancels_and_sends_the_rest_online =>
+                batch_mode_deadline_cancels_and_sends_the_rest_online(),
+        );
+    };
+    (@each $p:expr; $($test:ident => $check:ident($($arg:expr),*)),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $test() {
+            $crate::it::native::$check(&$p, $($arg),*).await;
+        }
+    )*};
+}
+pub(crate) use provider_tests;
 
 pub fn sum(rows: &[Map<String, Value>], column: &str) -> i64 {
     rows.iter().map(|r| r[column].as_i64().unwrap_or(0)).sum()
@@ -107,8 +132,7 @@ pub async fn with_system(
         concurrency,
     ];
     let extra = [&flags[..], more].concat();
-    assert_ok(&p.run(&f, &input, &out, &extra, &[]).await);
-    let rows = read_rows(&out).1;
+    let rows = ok_rows(&p.run(&f, &input, &out, &extra, &[]).await, &out);
     (f, input, out, rows)
 }
 
@@ -158,8 +182,7 @@ pub async fn typed_results_online_and_streamed(p: &Provider) {
         if stream {
             extra.push("--stream");
         }
-        assert_ok(&p.run(&f, &input, &out, &extra, &[]).await);
-        let rows = read_rows(&out).1;
+        let rows = ok_rows(&p.run(&f, &input, &out, &extra, &[]).await, &out);
         for row in &rows {
             assert_eq!(
                 row["error_message"],
@@ -193,8 +216,10 @@ pub async fn streamed_match_the_unstreamed(p: &Provider) -> Vec<Map<String, Valu
         "1",
         "--stream",
     ];
-    assert_ok(&p.run(&f, &input, &streamed_out, &args, &[]).await);
-    let streamed = read_rows(&streamed_out).1;
+    let streamed = ok_rows(
+        &p.run(&f, &input, &streamed_out, &args, &[]).await,
+        &streamed_out,
+    );
     for (a, b) in plain.iter().zip(&streamed) {
         for column in [
             "result",
@@ -210,11 +235,7 @@ pub async fn streamed_match_the_unstreamed(p: &Provider) -> Vec<Map<String, Valu
 
 /// A typed reply cut off, then one that does not fit: repaired twice.
 pub async fn unfit_replies_are_repaired(p: &Provider) {
-    let cfg = SimConfig {
-        truncate_first: 1,
-        mismatch_first: 1,
-        ..SimConfig::default()
-    };
+    let cfg = sim(|c| (c.truncate_first, c.mismatch_first) = (1, 1));
     let (f, input, out) = job(cfg, 3, 0).await;
     let extra = [
         "--prompt",
@@ -226,8 +247,7 @@ pub async fn unfit_replies_are_repaired(p: &Provider) {
         "--max-repairs",
         "2",
     ];
-    assert_ok(&p.run(&f, &input, &out, &extra, &[]).await);
-    let rows = read_rows(&out).1;
+    let rows = ok_rows(&p.run(&f, &input, &out, &extra, &[]).await, &out);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["error_message"], Value::Null, "row {i}: {row:?}");
         assert!(row["result"]["a"].is_i64(), "row {i}: {row:?}");
@@ -239,21 +259,14 @@ pub async fn unfit_replies_are_repaired(p: &Provider) {
 /// Faults of the kinds `faults` (the provider's overloaded, 500, its 429)
 /// on 30% of calls: every row still answered.
 pub async fn faults_are_retried(p: &Provider, faults: &str) {
-    let cfg = SimConfig {
-        fault_rate: 0.3,
-        faults: faults.into(),
-        ..SimConfig::default()
-    };
+    let cfg = sim(|c| (c.fault_rate, c.faults) = (0.3, faults.into()));
     let (f, input, out) = job(cfg, 30, 0).await;
-    assert_ok(
+    let rows = ok_rows(
         &p.run(&f, &input, &out, &["--prompt", "{{text}}"], &[])
             .await,
+        &out,
     );
-    let rows = read_rows(&out).1;
-    assert!(
-        rows.iter().all(|r| r["error_message"].is_null()),
-        "{rows:?}"
-    );
+    assert_no_errors(&rows);
     let stats = f.sim.stats();
     assert!(stats.faults_injected > 0);
     assert_eq!(stats.ok, 30);
@@ -265,10 +278,8 @@ pub async fn faults_are_retried(p: &Provider, faults: &str) {
 pub async fn a_wrong_key_stops_the_job(p: &Provider, wrong: &str, said: &str) -> Fixture {
     let (f, input, out) = job(SimConfig::default(), 40, 0).await;
     let extra = ["--prompt", "{{text}}", "--concurrency", "2"];
-    let o = p.run(&f, &input, &out, &extra, &[(p.key_var, wrong)]).await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(err.contains(p.key_var) && err.contains(said), "{err}");
+    let o = output(p.command(&f, [&input, &out], &extra, &[(p.key_var, wrong)])).await;
+    let err = assert_exit(&o, 1, &[&p.key_var, &said]);
     assert!(!err.contains(wrong), "{err}");
     assert!(f.sim.stats().requests < 40, "the job stopped early");
     f
@@ -287,12 +298,7 @@ pub async fn what_is_missing_is_found_before_anything_is_sent(
     let mut args = run_io(&input, &out, p.endpoint);
     args.extend(["-q", "--base-url", &base, "--prompt", "{{text}}"]);
     let no_model = f.aiq(&args, &[(p.key_var, TOKEN)]).await;
-    assert_eq!(code(&no_model), 2, "{}", stderr(&no_model));
-    assert!(
-        stderr(&no_model).contains("--model"),
-        "{}",
-        stderr(&no_model)
-    );
+    assert_exit(&no_model, 2, &["--model"]);
     args.extend(["--model", p.model]);
     let no_key = f.aiq(&args, &[]).await;
     assert_eq!(code(&no_key), 2, "{}", stderr(&no_key));
@@ -334,11 +340,7 @@ fn assert_each_row_answered_once(f: &Fixture, out: &Path, n: usize) {
 /// failed requests and an expiring batch: what failed is resubmitted,
 /// each row answered once, nothing online.
 pub async fn batch_mode_resubmits_what_failed(p: &Provider) {
-    let cfg = SimConfig {
-        batch_fail_rate: 0.2,
-        batch_expire_first: 1,
-        ..SimConfig::default()
-    };
+    let cfg = sim(|c| (c.batch_fail_rate, c.batch_expire_first) = (0.2, 1));
     let (f, input, out) = job(cfg, 30, 0).await;
     let extra = [&BATCH[..], &["--batch-max-requests", "10"]].concat();
     assert_ok(&p.run(&f, &input, &out, &extra, &[]).await);
@@ -358,14 +360,11 @@ pub async fn batch_mode_resubmits_what_failed(p: &Provider) {
 /// Killed (SIGKILL) once its batch's id is journaled, the job run again
 /// polls that batch and submits nothing more.
 pub async fn batch_mode_killed_then_run_again_polls_its_batch(p: &Provider) {
-    let cfg = SimConfig {
-        batch_turnaround_ms: 1_500,
-        ..SimConfig::default()
-    };
+    let cfg = sim(|c| c.batch_turnaround_ms = 1_500);
     let (f, input, out) = job(cfg, 12, 0).await;
     let journal = f.path("out.parquet.aiq/batches.jsonl");
     let command = || {
-        let mut cmd = p.command(&f, &input, &out, &BATCH, &[]);
+        let mut cmd = p.command(&f, [&input, &out], &BATCH, &[]);
         cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         cmd
@@ -387,10 +386,7 @@ pub async fn batch_mode_killed_then_run_again_polls_its_batch(p: &Provider) {
 /// At the deadline the batch is cancelled, its answers kept, and the rest
 /// sent online: each row answered once.
 pub async fn batch_mode_deadline_cancels_and_sends_the_rest_online(p: &Provider) {
-    let cfg = SimConfig {
-        batch_turnaround_ms: 4_000,
-        ..SimConfig::default()
-    };
+    let cfg = sim(|c| c.batch_turnaround_ms = 4_000);
     let (f, input, out) = job(cfg, 40, 0).await;
     let extra = [&BATCH[..], &["--deadline", "1s"]].concat();
     assert_ok(&p.run(&f, &input, &out, &extra, &[]).await);

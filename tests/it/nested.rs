@@ -78,25 +78,15 @@ fn nested_batch() -> RecordBatch {
 #[tokio::test(flavor = "multi_thread")]
 async fn nested_parquet_columns_are_template_values() {
     // Replies long enough to echo the whole prompt.
-    let f = Fixture::new(SimConfig {
-        output_tokens: 1000,
-        ..SimConfig::default()
-    })
-    .await;
+    let f = Fixture::new(sim(|c| c.output_tokens = 1000)).await;
     let input = f.write_parquet("in.parquet", nested_batch());
     let out = f.path("out.parquet");
     let prompt = "T={{ meta.title }}|J={{ meta.tags | join(';') }}|\
                   {% for t in meta.tags %}[{{ t }}]{% endfor %}|N={{ meta.tags | length }}|\
                   P={{ meta.price }}|M={{ attrs.pages }}|AT={{ at }}|JSON={{ meta | tojson }}";
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", prompt, "--param", "max_tokens=500"],
-        )
-        .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let flags = ["--prompt", prompt, "--param", "max_tokens=500"];
+    let o = f.run_openai(&input, &out, &flags).await;
+    let rows = ok_rows(&o, &out);
     assert_eq!(rows.len(), 2);
     let sent = rows[0]["result"].as_str().expect("row 0 answered");
     let expected = "echo: T=Deed \"A\"|J=x;y, z|[x][y, z]|N=2|P=12.30|M=12|\
@@ -113,23 +103,12 @@ async fn a_typo_inside_a_struct_stops_the_job_before_any_request() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_parquet("in.parquet", nested_batch());
     let out = f.path("out.parquet");
-    let o = f
-        .run_openai(&input, &out, &["--prompt", "Title: {{ meta.titel }}"])
-        .await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("`meta.titel`") && err.contains("title, tags, price"),
-        "{err}"
-    );
+    let flags = ["--prompt", "Title: {{ meta.titel }}"];
+    let o = f.run_openai(&input, &out, &flags).await;
+    assert_exit(&o, 2, &["`meta.titel`", "title, tags, price"]);
     // Through a list or a map nothing is known before the rows: no error.
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{ attrs.anything }}{{ meta.tags.first }}"],
-        )
-        .await;
+    let flags = ["--prompt", "{{ attrs.anything }}{{ meta.tags.first }}"];
+    let o = f.run_openai(&input, &out, &flags).await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().requests, 0, "no request for the typo");
 }
@@ -151,14 +130,8 @@ async fn nested_jsonl_objects_and_arrays_are_template_values() {
     assert_eq!(rows[0]["result"], json!("echo: Lease: Ann Bo"));
     assert_eq!(rows[1]["result"], json!("echo: Sale:"));
 
-    let o = f
-        .run_openai(
-            &input,
-            &f.path("typo.parquet"),
-            &["--prompt", "{{ doc.tilte }}"],
-        )
-        .await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains("`doc.tilte`"), "{}", stderr(&o));
+    let flags = ["--prompt", "{{ doc.tilte }}"];
+    let o = f.run_openai(&input, &f.path("typo.parquet"), &flags).await;
+    assert_exit(&o, 2, &["`doc.tilte`"]);
     assert_eq!(f.sim.stats().ok, 2, "the typo sent nothing");
 }

@@ -169,6 +169,13 @@ pub(super) fn unique_bucket(name: &str) -> String {
     format!("aiq-{name}-{}-{n}", std::process::id())
 }
 
+/// A new, empty bucket named after `name`.
+async fn new_bucket(moto: &Moto, name: &str) -> String {
+    let bucket = unique_bucket(name);
+    create_bucket(moto, &bucket).await;
+    bucket
+}
+
 fn parquet_bytes(n: usize) -> Vec<u8> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
@@ -268,10 +275,7 @@ async fn assert_output_rows(
             row["error_message"]
         );
         assert!(
-            row["result"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("echo: row-{i} ")),
+            text_of(row).starts_with(&format!("echo: row-{i} ")),
             "{row:?}"
         );
     }
@@ -295,11 +299,19 @@ fn assert_no_secret(o: &std::process::Output) {
 /// A new bucket holding the same `n` rows as `in/reviews.parquet` (row
 /// groups of 64 rows) and `in/reviews.jsonl`.
 async fn bucket_with_inputs(moto: &Moto, name: &str, n: usize) -> String {
-    let bucket = unique_bucket(name);
-    create_bucket(moto, &bucket).await;
+    let bucket = new_bucket(moto, name).await;
     put_object(moto, &bucket, "in/reviews.parquet", parquet_bytes(n)).await;
     put_object(moto, &bucket, "in/reviews.jsonl", jsonl_bytes(n)).await;
     bucket
+}
+
+/// The shared S3 server, a fixture, and a new bucket (named after
+/// `name`) holding `n` input rows ([`bucket_with_inputs`]).
+async fn with_inputs(name: &str, n: usize) -> (&'static Moto, Fixture, String) {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let bucket = bucket_with_inputs(moto, name, n).await;
+    (moto, f, bucket)
 }
 
 /// Runs `in/reviews.parquet` → `out/a.parquet` and `in/reviews.jsonl` →
@@ -329,10 +341,8 @@ async fn both_inputs_to_parquet(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn parquet_and_jsonl_in_parquet_out() {
-    let moto = Moto::shared();
-    let f = Fixture::new(SimConfig::default()).await;
     let n = 300;
-    let bucket = bucket_with_inputs(moto, "io", n).await;
+    let (moto, f, bucket) = with_inputs("io", n).await;
     let mut env = s3_env(moto);
     // Debug logs of every layer, the HTTP stack's included: no secret.
     env.push(("RUST_LOG", "debug".into()));
@@ -352,12 +362,7 @@ async fn parquet_and_jsonl_in_parquet_out() {
     let mut other = args.clone();
     other.extend(["--system", "Be brief."]);
     let o = output(aiq_cmd(&f.path("home"), &other, &s3_env(moto))).await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains(&out_url) && stderr(&o).contains("already exists"),
-        "{}",
-        stderr(&o)
-    );
+    assert_exit(&o, 2, &[&out_url, "already exists"]);
     assert_eq!(f.sim.stats().ok, before);
 }
 
@@ -366,8 +371,7 @@ async fn parquet_and_jsonl_in_parquet_out() {
 async fn sql_over_s3_tables() {
     let moto = Moto::shared();
     let f = Fixture::new(SimConfig::default()).await;
-    let bucket = unique_bucket("sql");
-    create_bucket(moto, &bucket).await;
+    let bucket = new_bucket(moto, "sql").await;
     put_object(moto, &bucket, "t/reviews.parquet", parquet_bytes(40)).await;
     put_object(moto, &bucket, "t/more.jsonl", jsonl_bytes(7)).await;
     let url = f.openai_url();
@@ -410,20 +414,13 @@ async fn sql_over_s3_tables() {
 
     let missing = format!("reviews=s3://{bucket}/t/nope.parquet");
     let o = sql("SELECT * FROM reviews", &missing).await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains(&format!("s3://{bucket}/t/nope.parquet")),
-        "{}",
-        stderr(&o)
-    );
+    assert_exit(&o, 2, &[&format!("s3://{bucket}/t/nope.parquet")]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shards_read_and_write_the_bucket() {
-    let moto = Moto::shared();
-    let f = Fixture::new(SimConfig::default()).await;
     let n = 300;
-    let bucket = bucket_with_inputs(moto, "shard", n).await;
+    let (moto, f, bucket) = with_inputs("shard", n).await;
     let url = f.openai_url();
     // Shard edges fall inside row groups.
     let count = 3;
@@ -674,8 +671,7 @@ async fn a_kill_at_the_worst_moment_costs_at_most_64_answers_besides_those_in_fl
 async fn an_edited_input_redoes_its_parts_in_the_bucket() {
     let moto = Moto::shared();
     let f = Fixture::new(SimConfig::default()).await;
-    let bucket = unique_bucket("edit");
-    create_bucket(moto, &bucket).await;
+    let bucket = new_bucket(moto, "edit").await;
     let mut rows = rows(30, 0);
     rows[10]["text"] = json!("[[sim:400]] stop here");
     rows[20]["text"] = json!("[[sim:400]] stop here too");
@@ -748,12 +744,7 @@ async fn an_output_written_meanwhile_is_not_overwritten() {
     let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("written by another run"),
-        "{}",
-        stderr(&o)
-    );
+    assert_exit(&o, 1, &["written by another run"]);
     assert_eq!(get_object(moto, &bucket, "out.parquet").await, Some(theirs));
     assert!(!list(moto, &bucket, "out.parquet.aiq/journal/")
         .await
@@ -811,10 +802,8 @@ async fn flaky(moto: &Moto, every: u64) -> Flaky {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_store_errors_are_retried() {
-    let moto = Moto::shared();
-    let f = Fixture::new(SimConfig::default()).await;
     let n = 300;
-    let bucket = bucket_with_inputs(moto, "flaky", n).await;
+    let (moto, f, bucket) = with_inputs("flaky", n).await;
     let proxy = flaky(moto, 3).await;
     let mut env = s3_env(moto);
     env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
@@ -828,8 +817,7 @@ async fn transient_store_errors_are_retried() {
 async fn errors_exit_2_before_any_request_naming_the_url() {
     let moto = Moto::shared();
     let f = Fixture::new(SimConfig::default()).await;
-    let bucket = unique_bucket("err");
-    create_bucket(moto, &bucket).await;
+    let bucket = new_bucket(moto, "err").await;
     put_object(moto, &bucket, "in.parquet", parquet_bytes(5)).await;
     let url = f.openai_url();
     let good_in = format!("s3://{bucket}/in.parquet");
@@ -1002,9 +990,7 @@ async fn access_denied_exits_2_naming_the_url() {
         let out = out.display().to_string();
         let args = run_args(&url, &input, &out);
         let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(&moto))).await;
-        let err = stderr(&o);
-        assert_eq!(code(&o), 2, "{err}");
-        assert!(err.contains(&named) && err.contains("403"), "{err}");
+        assert_exit(&o, 2, &[&named, "403"]);
         assert_no_secret(&o);
     }
     assert_eq!(f.sim.stats().requests, 0, "no request was sent");
@@ -1028,10 +1014,8 @@ async fn put_lease(moto: &Moto, bucket: &str, key: &str, host: &str, expires_in:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bucket_output_has_one_writer_and_a_lapsed_lease_is_taken_over() {
-    let moto = Moto::shared();
-    let f = Fixture::new(SimConfig::default()).await;
     let n = 50;
-    let bucket = bucket_with_inputs(moto, "lease", n).await;
+    let (moto, f, bucket) = with_inputs("lease", n).await;
     let url = f.openai_url();
     let input = format!("s3://{bucket}/in/reviews.jsonl");
     let out = format!("s3://{bucket}/out.parquet");
@@ -1042,12 +1026,7 @@ async fn a_bucket_output_has_one_writer_and_a_lapsed_lease_is_taken_over() {
     // Another machine's run holds the output: refused at once, named.
     put_lease(moto, &bucket, lease, "elsewhere.invalid", 600).await;
     let o = output(aiq_cmd(&f.path("home"), &args, &env)).await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("process 4242 on host elsewhere.invalid"),
-        "{}",
-        stderr(&o)
-    );
+    assert_exit(&o, 2, &["process 4242 on host elsewhere.invalid"]);
     assert_eq!(f.sim.stats().requests, 0);
 
     // That run died and its lease lapsed: taken over, and let go at the end.
@@ -1080,12 +1059,7 @@ async fn a_second_run_on_a_bucket_output_stops_at_once() {
     let (f, bucket) = (&job.f, &job.bucket);
     let first = job.start(moto, "a").await;
     let o = output(job.command(moto, "b")).await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains(&format!("process {} on host", first.id())),
-        "{}",
-        stderr(&o)
-    );
+    assert_exit(&o, 2, &[&format!("process {} on host", first.id())]);
     let o = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
         .await
         .unwrap();

@@ -7,6 +7,14 @@ use serde_json::{json, Value};
 
 use super::util::*;
 
+/// Batch files in and out.
+const FILES: [&str; 4] = [
+    "--input-format",
+    "openai-batch",
+    "--output-format",
+    "openai-batch",
+];
+
 /// 5 chat lines and 2 embeddings lines, as OpenAI's docs write them.
 fn batch_lines() -> Vec<Value> {
     let mut lines: Vec<Value> = (0..5)
@@ -38,20 +46,8 @@ async fn batch_file_in_batch_output_out() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_jsonl("batch.jsonl", &batch_lines());
     let out = f.path("results.jsonl");
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &[
-                "--input-format",
-                "openai-batch",
-                "--output-format",
-                "openai-batch",
-                "--batch-rows",
-                "3",
-            ],
-        )
-        .await;
+    let flags = [&FILES[..], &["--batch-rows", "3"]].concat();
+    let o = f.run_openai(&input, &out, &flags).await;
     assert_ok(&o);
     let lines = read_jsonl(&out);
     assert_eq!(lines.len(), 7);
@@ -100,13 +96,7 @@ async fn failed_lines_get_an_error_and_parquet_output_keeps_the_raw_reply() {
     lines[2]["body"]["stream"] = json!(true);
     let input = f.write_jsonl("batch.jsonl", &lines);
     let out = f.path("results.jsonl");
-    let args = [
-        "--input-format",
-        "openai-batch",
-        "--output-format",
-        "openai-batch",
-    ];
-    assert_ok(&f.run_openai(&input, &out, &args).await);
+    assert_ok(&f.run_openai(&input, &out, &FILES).await);
     let got = read_jsonl(&out);
     assert_eq!(got[1]["response"], Value::Null);
     assert_eq!(got[1]["error"]["code"], json!("http_400"));
@@ -149,19 +139,7 @@ async fn batch_file_against_a_databricks_endpoint() {
     let f = Fixture::new(SimConfig::default()).await;
     let input = f.write_jsonl("batch.jsonl", &batch_lines());
     let out = f.path("results.jsonl");
-    let o = f
-        .run_databricks(
-            &input,
-            &out,
-            "my-llm",
-            &[
-                "--input-format",
-                "openai-batch",
-                "--output-format",
-                "openai-batch",
-            ],
-        )
-        .await;
+    let o = f.run_databricks(&input, &out, "my-llm", &FILES).await;
     assert_ok(&o);
     let lines = read_jsonl(&out);
     assert_eq!(lines.len(), 7);
@@ -181,31 +159,20 @@ async fn batch_file_against_a_databricks_endpoint() {
 async fn bad_batch_files_and_flags_are_usage_errors() {
     let f = Fixture::new(SimConfig::default()).await;
     let out = f.path("out.jsonl");
-    let mut lines = batch_lines();
-    lines[4]["custom_id"] = json!("chat-1");
-    let dup = f.write_jsonl("dup.jsonl", &lines);
-    let o = f
-        .run_openai(&dup, &out, &["--input-format", "openai-batch"])
-        .await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("line 5") && stderr(&o).contains("used twice"),
-        "{}",
-        stderr(&o)
-    );
-
-    let mut lines = batch_lines();
-    lines[2]["url"] = json!("/v1/responses");
-    let bad = f.write_jsonl("bad.jsonl", &lines);
-    let o = f
-        .run_openai(&bad, &out, &["--input-format", "openai-batch"])
-        .await;
-    assert_eq!(code(&o), 2);
-    assert!(
-        stderr(&o).contains("line 3") && stderr(&o).contains("/v1/responses"),
-        "{}",
-        stderr(&o)
-    );
+    // A line changed (`row`, `field`, `value`), and what the refusal says.
+    let spoiled = [
+        (4, "custom_id", "chat-1", ["line 5", "used twice"]),
+        (2, "url", "/v1/responses", ["line 3", "/v1/responses"]),
+    ];
+    for (row, field, value, said) in spoiled {
+        let mut lines = batch_lines();
+        lines[row][field] = json!(value);
+        let bad = f.write_jsonl("bad.jsonl", &lines);
+        let o = f
+            .run_openai(&bad, &out, &["--input-format", "openai-batch"])
+            .await;
+        assert_exit(&o, 2, &said);
+    }
 
     let good = f.write_jsonl("good.jsonl", &batch_lines());
     for extra in [

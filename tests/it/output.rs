@@ -3,7 +3,7 @@
 //! job not bought again, the status file's last word when a run fails, and
 //! what a killed final write left cleaned up.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use aiq::simulator::SimConfig;
@@ -11,15 +11,21 @@ use serde_json::{json, Value};
 
 use super::util::*;
 
-/// A simulator slow enough that a job of a few hundred rows is still
-/// running when the test acts on it (the test waits on progress, never on
-/// time).
-async fn slow_fixture() -> Fixture {
-    Fixture::new(SimConfig {
-        latency_ms: 20,
-        ..SimConfig::default()
-    })
-    .await
+/// `o` failed (exit 1), and the status file of `out` says so, with a
+/// message that says `why`.
+#[track_caller]
+fn assert_failed_status(o: &std::process::Output, out: &Path, why: &str) {
+    assert_eq!(code(o), 1, "{}", stderr(o));
+    let s = status(out);
+    assert_eq!(s["state"], json!("failed"), "{s}");
+    assert!(s["message"].as_str().unwrap().contains(why), "{s}");
+}
+
+/// `n` rows of input to score into `out.parquet`, and a simulator slow
+/// enough (20 ms a call) that a job of a few hundred rows is still running
+/// when the test acts on it (the test waits on progress, never on time).
+async fn slow_job(n: usize) -> (Fixture, PathBuf, PathBuf) {
+    job(sim(|c| c.latency_ms = 20), n, 0).await
 }
 
 /// `aiq run -q` of `input` into `output` against the simulator, then `extra`.
@@ -54,8 +60,7 @@ fn assert_refused_unsent(f: &Fixture, o: &std::process::Output, says: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_output_that_is_a_directory_is_refused_before_any_request() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(20, 0));
+    let (f, input, _) = job(SimConfig::default(), 20, 0).await;
     let out = f.path("results");
     std::fs::create_dir(&out).unwrap();
     let o = run(&f, &input, &out, &[]).await;
@@ -65,8 +70,7 @@ async fn an_output_that_is_a_directory_is_refused_before_any_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_output_folder_that_cannot_be_written_is_refused_before_any_request() {
     use std::os::unix::fs::PermissionsExt;
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(20, 0));
+    let (f, input, _) = job(SimConfig::default(), 20, 0).await;
     let folder = f.path("read-only");
     std::fs::create_dir(&folder).unwrap();
     std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).unwrap();
@@ -84,8 +88,7 @@ async fn an_output_folder_that_cannot_be_written_is_refused_before_any_request()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_input_as_output_is_refused_and_left_alone() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(20, 0));
+    let (f, input, _) = job(SimConfig::default(), 20, 0).await;
     let before = std::fs::read(&input).unwrap();
     let o = run(&f, &input, &input, &[]).await;
     assert_refused_unsent(&f, &o, "is the input");
@@ -103,10 +106,8 @@ async fn the_input_as_output_is_refused_and_left_alone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_run_on_the_same_output_stops_at_once_and_names_the_first() {
-    let f = slow_fixture().await;
     let n = 200;
-    let input = f.write_jsonl("in.jsonl", &rows(n, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = slow_job(n).await;
     let mut first = command(&f, &input, &out, &["--concurrency", "2"]);
     first.stderr(Stdio::piped());
     let journal = f.path("out.parquet.aiq/journal.jsonl");
@@ -126,18 +127,15 @@ async fn a_second_run_on_the_same_output_stops_at_once_and_names_the_first() {
     let o = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
+    let got = ok_rows(&o, &out);
     assert_eq!(got.len(), n);
     assert_eq!(f.sim.stats().ok, n as u64, "every row bought once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_writer_leaves_no_lock_and_no_temporary_file_in_the_way() {
-    let f = slow_fixture().await;
     let n = 200;
-    let input = f.write_jsonl("in.jsonl", &rows(n, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = slow_job(n).await;
     let journal = f.path("out.parquet.aiq/journal.jsonl");
     let mut child = spawn_until_journaled(
         &mut command(&f, &input, &out, &["--concurrency", "2"]),
@@ -199,19 +197,13 @@ async fn a_finished_job_run_again_sends_nothing_unless_told() {
     assert_eq!(f.sim.stats().requests, sent);
 
     // Another job into the same output runs.
-    let o = f
-        .run_openai(&input, &out, &["--prompt", "Summarise: {{ text }}"])
-        .await;
+    let flags = ["--prompt", "Summarise: {{ text }}"];
+    let o = f.run_openai(&input, &out, &flags).await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().requests, sent + n as u64);
     // And so does the same job when told.
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "Summarise: {{ text }}", "--overwrite"],
-        )
-        .await;
+    let flags = ["--prompt", "Summarise: {{ text }}", "--overwrite"];
+    let o = f.run_openai(&input, &out, &flags).await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().requests, sent + 2 * n as u64);
 }
@@ -219,23 +211,13 @@ async fn a_finished_job_run_again_sends_nothing_unless_told() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_file_ends_failed_with_the_reason() {
     // A row error under --fail-on-error: exit 1.
-    let mut input_rows = rows(20, 0);
-    input_rows[3]["text"] = json!("[[sim:400]] bad");
-    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
+    let (f, input, out) = job_marked(20, &[(3, "[[sim:400]] bad")]).await;
     let o = run(&f, &input, &out, &["--fail-on-error", "--concurrency", "1"]).await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    let s = status(&out);
-    assert_eq!(s["state"], json!("failed"), "{s}");
-    assert!(
-        s["message"].as_str().unwrap().contains("row 3 failed"),
-        "{s}"
-    );
+    assert_failed_status(&o, &out, "row 3 failed");
 
     // The output cannot be written at the end (something took its place
     // while the job ran): exit 1, and the status says why.
-    let f = slow_fixture().await;
-    let input = f.write_jsonl("in.jsonl", &rows(200, 0));
-    let out = f.path("out.parquet");
+    let (f, input, out) = slow_job(200).await;
     let journal = f.path("out.parquet.aiq/journal.jsonl");
     let mut cmd = command(&f, &input, &out, &["--concurrency", "2"]);
     cmd.stderr(Stdio::piped());
@@ -244,11 +226,5 @@ async fn the_status_file_ends_failed_with_the_reason() {
     let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    let s = status(&out);
-    assert_eq!(s["state"], json!("failed"), "{s}");
-    assert!(
-        s["message"].as_str().unwrap().contains("out.parquet"),
-        "{s}"
-    );
+    assert_failed_status(&o, &out, "out.parquet");
 }

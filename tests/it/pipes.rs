@@ -29,9 +29,8 @@ async fn a_closed_stdout_is_a_quiet_stop_for_every_command() {
     ];
     for args in commands {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = f
-            .aiq_stdout_closed(&args, &[("OPENAI_API_KEY", TOKEN)])
-            .await;
+        let envs = [("OPENAI_API_KEY", TOKEN)];
+        let o = f.aiq_stdout_closed(&args, &envs).await;
         assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
         assert_eq!(stderr(&o), "", "{args:?}");
     }

@@ -10,7 +10,7 @@ use aiq::simulator::SimConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::util::{assert_ok, job_of, read_rows, rows, Fixture, PROMPT_TEXT};
+use super::util::*;
 
 /// What the proxy saw on a connection: its first request line and its
 /// Proxy-Authorization header.
@@ -103,8 +103,7 @@ async fn run_via(f: &Fixture, proxy_env: &[(&str, &str)], ca: Option<&str>) -> V
         args.extend_from_slice(&["--ca-cert", ca]);
     }
     let o = f.run_openai_env(&input, &out, &args, proxy_env).await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
+    let got = ok_rows(&o, &out);
     assert_eq!(got.len(), 40);
     got.iter()
         .map(|r| r["error_message"].as_str().unwrap_or("").to_string())
@@ -133,11 +132,7 @@ async fn http_proxy_gets_absolute_form_requests_with_its_credentials() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn https_proxy_tunnels_with_connect() {
-    let f = Fixture::new(SimConfig {
-        tls: true,
-        ..SimConfig::default()
-    })
-    .await;
+    let f = Fixture::new(sim(|c| c.tls = true)).await;
     let ca = f.path("ca.pem");
     std::fs::write(&ca, f.sim.ca_pem().expect("a TLS simulator has a CA")).unwrap();
     let proxy = Proxy::start().await;
@@ -177,18 +172,13 @@ async fn a_proxys_password_quoted_back_is_redacted() {
     // The simulator quotes the headers it got, the proxy's included.
     let proxy = Proxy::start().await;
     let (f, input, out) = job_of(
-        SimConfig {
-            echo_headers: true,
-            ..SimConfig::default()
-        },
+        sim(|c| c.echo_headers = true),
         &[serde_json::json!({"text": "[[sim:400]]"})],
     )
     .await;
-    let o = f
-        .run_openai_env(&input, &out, &PROMPT_TEXT, &[("HTTP_PROXY", &proxy.url)])
-        .await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
+    let envs = [("HTTP_PROXY", proxy.url.as_str())];
+    let o = f.run_openai_env(&input, &out, &PROMPT_TEXT, &envs).await;
+    let got = ok_rows(&o, &out);
     let m = got[0]["error_message"].as_str().unwrap_or_default();
     assert!(m.contains("proxy-authorization: Basic [redacted]"), "{m}");
     assert!(!m.contains(&AUTH[6..]) && !m.contains("pa55"), "{m}");

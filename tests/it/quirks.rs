@@ -7,7 +7,7 @@
 use aiq::simulator::{Quirk, SimConfig};
 use serde_json::json;
 
-use super::util::{assert_ok, job, read_rows, rows, run_io, stderr, Fixture, TOKEN};
+use super::util::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replies_that_differ_harmlessly_keep_their_answers() {
@@ -20,25 +20,17 @@ async fn replies_that_differ_harmlessly_keep_their_answers() {
         (vec![Quirk::NegativeUsage, Quirk::NoRole], false, 1),
     ];
     for (quirks, usage_read, warnings) in cases {
-        let f = Fixture::new(SimConfig {
-            quirks: quirks.clone(),
-            ..SimConfig::default()
-        })
-        .await;
+        let f = Fixture::new(sim(|c| c.quirks = quirks.clone())).await;
         let input = f.write_jsonl("in.jsonl", &rows(5, 0));
         let out = f.path("out.parquet");
         let url = f.openai_url();
         let mut args = run_io(&input, &out, &url);
         args.extend(["--model", "m", "--prompt", "{{text}}"]);
         let o = f.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await;
-        assert_ok(&o);
-        let (_, got) = read_rows(&out);
+        let got = ok_rows(&o, &out);
         for (i, row) in got.iter().enumerate() {
             assert_eq!(row["error_message"], json!(null), "{quirks:?}");
-            assert!(row["result"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("echo: row-{i} ")));
+            assert!(text_of(row).starts_with(&format!("echo: row-{i} ")));
         }
         if usage_read {
             assert!(got.iter().all(|r| r["prompt_tokens"].as_i64() > Some(0)));
@@ -64,15 +56,9 @@ async fn html_truncated_and_error_bodies_with_200_are_retried() {
         let out = f.path("out.parquet");
         // A reply cut short was answered, so maybe billed: its retries
         // are capped by --max-ambiguous-retries (tests/it/hostile.rs).
-        let o = f
-            .score(
-                &input,
-                &out,
-                &["--max-retries", "20", "--max-ambiguous-retries", "20"],
-            )
-            .await;
-        assert_ok(&o);
-        let (_, got) = read_rows(&out);
+        let flags = ["--max-retries", "20", "--max-ambiguous-retries", "20"];
+        let o = f.score(&input, &out, &flags).await;
+        let got = ok_rows(&o, &out);
         assert!(got.iter().all(|r| r["error_message"].is_null()), "{fault}");
         let stats = f.sim.stats();
         assert!(stats.faults_injected >= 3, "{fault}: {stats:?}");
@@ -82,18 +68,9 @@ async fn html_truncated_and_error_bodies_with_200_are_retried() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_that_is_no_answer_is_the_rows_error() {
-    let (f, input, out) = job(
-        SimConfig {
-            quirks: vec![Quirk::NoChoices],
-            ..SimConfig::default()
-        },
-        2,
-        0,
-    )
-    .await;
+    let (f, input, out) = job(sim(|c| c.quirks = vec![Quirk::NoChoices]), 2, 0).await;
     let o = f.score(&input, &out, &[]).await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
+    let got = ok_rows(&o, &out);
     for row in &got {
         let e = row["error_message"].as_str().unwrap();
         assert!(
@@ -107,18 +84,13 @@ async fn json_that_is_no_answer_is_the_rows_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_error_in_a_200_reports_the_servers_message() {
     let (f, input, out) = job(
-        SimConfig {
-            fault_rate: 1.0,
-            faults: "error200".into(),
-            ..SimConfig::default()
-        },
+        sim(|c| (c.fault_rate, c.faults) = (1.0, "error200".into())),
         2,
         0,
     )
     .await;
     let o = f.score(&input, &out, &["--max-retries", "1"]).await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
+    let got = ok_rows(&o, &out);
     for row in &got {
         let e = row["error_message"].as_str().unwrap();
         assert!(e.contains("upstream exploded"), "{e}");
@@ -138,8 +110,7 @@ async fn a_content_filter_says_so() {
     );
     let out = f.path("out.parquet");
     let o = f.score(&input, &out, &[]).await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
+    let got = ok_rows(&o, &out);
     assert!(got[0]["error_message"].is_null());
     let e = got[1]["error_message"]
         .as_str()

@@ -20,37 +20,48 @@ fn assert_every_row_once(f: &Fixture, out: &std::path::Path, n: usize) {
             "row {i}: {:?}",
             row["error_message"]
         );
-        assert!(row["result"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("echo: row-{i} ")));
+        assert!(text_of(row).starts_with(&format!("echo: row-{i} ")));
     }
     let stats = f.sim.stats();
     assert_eq!(stats.ok_by_prompt.len(), n);
 }
 
+/// `got` holds every row of `input` in order, each answered with the echo
+/// of its text.
+#[track_caller]
+fn assert_echoes(got: &[serde_json::Map<String, serde_json::Value>], input: &[serde_json::Value]) {
+    assert_eq!(got.len(), input.len());
+    for (i, (row, asked)) in got.iter().zip(input).enumerate() {
+        assert_eq!(row["id"], json!(i));
+        let want = format!("echo: {}", asked["text"].as_str().unwrap());
+        assert_eq!(row["result"], json!(want), "row {i}");
+    }
+}
+
+/// `n` rows scored with `flags` against a simulator with `cfg`: every row
+/// answered once ([`assert_every_row_once`]). The fixture, for its stats,
+/// and the output.
+async fn every_row_once_through(
+    cfg: SimConfig,
+    n: usize,
+    flags: &[&str],
+) -> (Fixture, std::path::PathBuf) {
+    let (f, input, out) = job(cfg, n, 0).await;
+    assert_ok(&f.score(&input, &out, flags).await);
+    assert_every_row_once(&f, &out, n);
+    (f, out)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_row_right_through_forty_percent_faults() {
-    let (f, input, out) = job(
-        SimConfig {
-            fault_rate: 0.4,
-            faults: "500,502,503,reset".into(),
-            seed: 7,
-            ..SimConfig::default()
-        },
-        200,
-        0,
-    )
-    .await;
-    let o = f
-        .score(
-            &input,
-            &out,
-            &["--max-retries", "20", "--concurrency", "16"],
-        )
-        .await;
-    assert_ok(&o);
-    assert_every_row_once(&f, &out, 200);
+    let cfg = SimConfig {
+        fault_rate: 0.4,
+        faults: "500,502,503,reset".into(),
+        seed: 7,
+        ..SimConfig::default()
+    };
+    let flags = ["--max-retries", "20", "--concurrency", "16"];
+    let (f, out) = every_row_once_through(cfg, 200, &flags).await;
     let stats = f.sim.stats();
     assert!(
         stats.faults_injected > 50,
@@ -75,12 +86,9 @@ async fn every_row_right_through_forty_percent_faults() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_run_out_into_a_row_error() {
-    let mut input_rows = rows(20, 0);
-    input_rows[5]["text"] = json!("[[sim:500]] always fails");
-    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
+    let (f, input, out) = job_marked(20, &[(5, "[[sim:500]] always fails")]).await;
     let o = f.score(&input, &out, &["--max-retries", "3"]).await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let rows = ok_rows(&o, &out);
     assert_eq!(rows[5]["attempts"], json!(4));
     let err = rows[5]["error_message"].as_str().unwrap();
     assert!(
@@ -105,11 +113,7 @@ struct Running {
 impl Running {
     /// Start the job and wait (bounded) until `lines` outcomes are journaled.
     async fn start(lines: usize) -> Running {
-        let f = Fixture::new(SimConfig {
-            latency_ms: 15,
-            ..SimConfig::default()
-        })
-        .await;
+        let f = Fixture::new(sim(|c| c.latency_ms = 15)).await;
         let input = f.write_jsonl("in.jsonl", &rows(N, 0));
         let out = f.path("out.parquet");
         let journal = f.path("out.parquet.aiq/journal.jsonl");
@@ -227,12 +231,7 @@ async fn same_size_and_mtime_but_other_rows_resends_only_the_changed_ones() {
     let o = job.rerun().await;
     assert_ok(&o);
     let (_, got) = read_rows(out);
-    assert_eq!(got.len(), n);
-    for (i, row) in got.iter().enumerate() {
-        assert_eq!(row["id"], json!(i));
-        let want = format!("echo: {}", changed[i]["text"].as_str().unwrap());
-        assert_eq!(row["result"], json!(want), "row {i}");
-    }
+    assert_echoes(&got, &changed);
     let stats = f.sim.stats();
     let paid_twice = stats.ok_by_prompt.values().filter(|&&c| c > 1).count();
     assert!(
@@ -275,14 +274,8 @@ async fn fixing_a_bad_line_keeps_every_other_paid_answer() {
     input_rows[2]["text"] = json!("row-2 was edited too");
     f.write_jsonl("in.jsonl", &input_rows);
     let o = f.run_openai(&input, &out, &args).await;
-    assert_ok(&o);
-    let (_, got) = read_rows(&out);
-    assert_eq!(got.len(), n);
-    for (i, row) in got.iter().enumerate() {
-        assert_eq!(row["id"], json!(i));
-        let want = format!("echo: {}", input_rows[i]["text"].as_str().unwrap());
-        assert_eq!(row["result"], json!(want), "row {i}");
-    }
+    let got = ok_rows(&o, &out);
+    assert_echoes(&got, &input_rows);
     let stats = f.sim.stats();
     assert_eq!(
         stats.ok - paid,
@@ -335,21 +328,10 @@ async fn deleting_the_state_folder_stops_at_once_and_keeps_the_answers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_token_stops_within_a_handful_of_requests() {
     let (f, input, out) = job(SimConfig::default(), 500, 0).await;
-    let url = f.openai_url();
-    let mut args = run_io(&input, &out, &url);
-    args.extend([
-        "-q",
-        "--model",
-        "m",
-        "--prompt",
-        "{{text}}",
-        "--concurrency",
-        "4",
-    ]);
+    let run = f.run_args(&input, &out);
+    let args = [refs(&run), vec!["--concurrency", "4"]].concat();
     let o = f.aiq(&args, &[("OPENAI_API_KEY", "sk-wrong-key")]).await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(err.contains("401") && err.contains("refused"), "{err}");
+    let err = assert_exit(&o, 1, &["401", "refused"]);
     assert!(!err.contains("sk-wrong-key"));
     let stats = f.sim.stats();
     assert!(
@@ -361,29 +343,10 @@ async fn wrong_token_stops_within_a_handful_of_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_databricks_endpoint_stops_at_once() {
-    let (f, input, out) = job(
-        SimConfig {
-            endpoints: vec!["real".into()],
-            ..SimConfig::default()
-        },
-        300,
-        0,
-    )
-    .await;
-    let o = f
-        .run_databricks(
-            &input,
-            &out,
-            "typo",
-            &["--prompt", "{{text}}", "--concurrency", "4"],
-        )
-        .await;
-    assert_eq!(code(&o), 1);
-    assert!(
-        stderr(&o).contains("404") && stderr(&o).contains("`typo`"),
-        "{}",
-        stderr(&o)
-    );
+    let (f, input, out) = job(sim(|c| c.endpoints = vec!["real".into()]), 300, 0).await;
+    let flags = ["--prompt", "{{text}}", "--concurrency", "4"];
+    let o = f.run_databricks(&input, &out, "typo", &flags).await;
+    assert_exit(&o, 1, &["404", "`typo`"]);
     assert!(f.sim.stats().not_found <= 8);
 }
 
@@ -394,8 +357,7 @@ async fn a_run_of_failures_stops_the_job() {
         .collect();
     let (f, input, out) = job_of(SimConfig::default(), &all_bad).await;
     let o = f.score(&input, &out, &["--concurrency", "4"]).await;
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("failed in a row"), "{}", stderr(&o));
+    assert_exit(&o, 1, &["failed in a row"]);
     assert!(
         f.sim.stats().bad_request <= 20,
         "{} requests before stopping",
@@ -409,12 +371,7 @@ async fn a_resume_after_an_early_stop_sends_the_outage_rows_again() {
     let (f, input, out) = failing_first(10).await;
     let args = [&PROMPT_TEXT[..], &ONE_AT_A_TIME_NO_RETRIES].concat();
     let o = f.run_openai(&input, &out, &args).await;
-    assert_eq!(code(&o), 1);
-    assert!(
-        stderr(&o).contains("failed in a row") && stderr(&o).contains("run the same command"),
-        "{}",
-        stderr(&o)
-    );
+    assert_exit(&o, 1, &["failed in a row", "run the same command"]);
     // What the message says to do sends the failed rows again.
     let o = f.run_openai(&input, &out, &args).await;
     assert_ok(&o);
@@ -423,20 +380,16 @@ async fn a_resume_after_an_early_stop_sends_the_outage_rows_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_job_refuses_to_resume_and_restart_discards() {
-    let mut input_rows = rows(30, 0);
-    input_rows[10]["text"] = json!("[[sim:400]] stop here");
-    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
-    let o = f
-        .score(&input, &out, &["--fail-on-error", "--concurrency", "1"])
-        .await;
+    let (f, input, out) = job_marked(30, &[(10, "[[sim:400]] stop here")]).await;
+    let flags = ["--fail-on-error", "--concurrency", "1"];
+    let o = f.score(&input, &out, &flags).await;
     assert_eq!(code(&o), 1);
     assert!(
         f.path("out.parquet.aiq").exists(),
         "the journal stays for a resume"
     );
-    let o = f
-        .run_openai(&input, &out, &["--prompt", "Other: {{text}}"])
-        .await;
+    let flags = ["--prompt", "Other: {{text}}"];
+    let o = f.run_openai(&input, &out, &flags).await;
     assert_eq!(code(&o), 2);
     assert!(
         stderr(&o).contains("settings changed (prompt)") && stderr(&o).contains("--restart"),
@@ -452,9 +405,8 @@ async fn a_changed_job_refuses_to_resume_and_restart_discards() {
         19,
         "only the 19 rows after the failed one are sent"
     );
-    let o = f
-        .run_openai(&input, &out, &["--prompt", "Other: {{text}}", "--restart"])
-        .await;
+    let flags = ["--prompt", "Other: {{text}}", "--restart"];
+    let o = f.run_openai(&input, &out, &flags).await;
     assert_ok(&o);
 }
 
@@ -462,25 +414,9 @@ async fn a_changed_job_refuses_to_resume_and_restart_discards() {
 async fn learns_the_limit_when_not_told() {
     // 12,000 requests/minute with a one-second bucket: sending at full speed
     // would be refused most of the time.
-    let (f, input, out) = job(
-        SimConfig {
-            rpm: Some(12_000),
-            burst_seconds: 1.0,
-            ..SimConfig::default()
-        },
-        600,
-        0,
-    )
-    .await;
-    let o = f
-        .score(
-            &input,
-            &out,
-            &["--concurrency", "32", "--max-retries", "20"],
-        )
-        .await;
-    assert_ok(&o);
-    assert_every_row_once(&f, &out, 600);
+    let cfg = sim(|c| (c.rpm, c.burst_seconds) = (Some(12_000), 1.0));
+    let (f, _) =
+        every_row_once_through(cfg, 600, &["--concurrency", "32", "--max-retries", "20"]).await;
     let stats = f.sim.stats();
     assert!(
         stats.rate_limited * 10 <= stats.requests,
@@ -516,20 +452,11 @@ async fn interrupt_flushes_and_says_how_to_resume() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_never_reach_logs_output_or_journal() {
-    let mut input_rows = rows(20, 0);
-    input_rows[15]["text"] = json!("[[sim:400]] stop");
-    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
+    let (f, input, out) = job_marked(20, &[(15, "[[sim:400]] stop")]).await;
     let url = f.openai_url();
     let mut base = run_io(&input, &out, &url);
-    base.extend([
-        "-vv",
-        "--model",
-        "m",
-        "--prompt",
-        "{{text}}",
-        "--concurrency",
-        "1",
-    ]);
+    base.extend(["-vv", "--model", "m", "--concurrency", "1"]);
+    base.extend(PROMPT_TEXT);
     let mut outputs = Vec::new();
     // A failing job leaves its journal: it must not hold the token either.
     let mut failing = base.to_vec();
@@ -627,9 +554,7 @@ async fn a_401_names_the_key_variable_it_read() {
     ];
     for (args, envs, said) in cases {
         let o = f.aiq(args, envs).await;
-        assert_eq!(code(&o), 1, "{}", stderr(&o));
-        let err = stderr(&o);
-        assert!(err.contains("401"), "{err}");
+        let err = assert_exit(&o, 1, &["401"]);
         for s in said {
             assert!(err.contains(s), "{envs:?}: `{s}` missing from {err}");
         }
@@ -642,15 +567,10 @@ async fn a_401_names_the_key_variable_it_read() {
             &input,
             &out,
             "m",
-            &["-q", "--prompt", "{{text}}"],
+            &QUIET_TEXT,
             &[("DATABRICKS_TOKEN", "dapi-wrong")],
         )
         .await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("401") && err.contains("DATABRICKS_TOKEN"),
-        "{err}"
-    );
+    let err = assert_exit(&o, 1, &["401", "DATABRICKS_TOKEN"]);
     assert!(!err.contains("dapi-wrong"), "{err}");
 }

@@ -5,12 +5,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aiq::simulator::SimConfig;
-use arrow::array::{Int64Array, NullArray, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{Int64Array, NullArray, StringArray};
 use serde_json::{json, Value};
 
 use super::util::*;
@@ -58,32 +56,17 @@ async fn a_column_null_on_every_row_is_not_sent() {
     let jsonl = f.write_jsonl("in.jsonl", &lines);
     // Parquet: a column of Arrow's null type (what pyarrow writes for an
     // all-None column).
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("text", DataType::Utf8, false),
-        Field::new("note", DataType::Null, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from_iter_values(0..5)),
-            Arc::new(StringArray::from_iter_values(
-                (0..5).map(|i| format!("row {i}")),
-            )),
-            Arc::new(NullArray::new(5)),
-        ],
-    )
-    .unwrap();
+    let texts = StringArray::from_iter_values((0..5).map(|i| format!("row {i}")));
+    let batch = batch_of([
+        col("id", Int64Array::from_iter_values(0..5), false),
+        col("text", texts, false),
+        col("note", NullArray::new(5), true),
+    ]);
     let parquet = f.write_parquet("in.parquet", batch);
     for input in [jsonl, parquet] {
         let out = f.path("out.parquet");
-        let o = f
-            .run_openai(
-                &input,
-                &out,
-                &["--prompt", "{{text}} / {{note}}", "--restart"],
-            )
-            .await;
+        let flags = ["--prompt", "{{text}} / {{note}}", "--restart"];
+        let o = f.run_openai(&input, &out, &flags).await;
         assert_ok(&o);
         assert_not_sent(&out, &[0, 1, 2, 3, 4], None);
         assert_eq!(f.sim.stats().requests, 0, "{}", input.display());
@@ -108,10 +91,7 @@ async fn an_empty_prompt_is_not_sent_unless_asked() {
     assert_ok(&o);
     assert_eq!(f.sim.stats().requests, 6, "--send-empty sends every row");
     let (_, rows) = read_rows(&out);
-    assert!(
-        rows.iter().all(|r| r["error_message"].is_null()),
-        "{rows:?}"
-    );
+    assert_no_errors(&rows);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,15 +121,9 @@ async fn rows_the_template_fails_on_count_toward_the_early_stop() {
     // Every row divides by zero: only the data says so.
     let lines: Vec<Value> = (0..2000).map(|i| json!({"id": i, "n": 0})).collect();
     let (f, input, out) = job_of(SimConfig::default(), &lines).await;
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--prompt", "{{ 100 // n }}", "--batch-rows", "100"],
-        )
-        .await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(stderr(&o).contains("in a row"), "{}", stderr(&o));
+    let flags = ["--prompt", "{{ 100 // n }}", "--batch-rows", "100"];
+    let o = f.run_openai(&input, &out, &flags).await;
+    assert_exit(&o, 1, &["in a row"]);
     assert!(stderr(&o).contains("template"), "{}", stderr(&o));
     assert_eq!(f.sim.stats().requests, 0);
     let journaled = line_count(&f.path("out.parquet.aiq/journal.jsonl"));
@@ -168,8 +142,7 @@ const RUNAWAY: &str =
 async fn a_runaway_template_fails_its_row() {
     let (f, input, out) = job_of(SimConfig::default(), &lines(&["a", "loop", "b"])).await;
     let o = f.run_openai(&input, &out, &["--prompt", RUNAWAY]).await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let rows = ok_rows(&o, &out);
     assert_eq!(rows.len(), 3);
     let error = rows[1]["error_message"].as_str().unwrap_or_default();
     assert!(error.contains("too much work"), "{error}");

@@ -18,8 +18,7 @@ const TYPE: &str = "STRUCT<a: INT, b: STRING>";
 async fn typed(cfg: SimConfig, n: usize, flags: &[&str]) -> (Fixture, Vec<Map<String, Value>>) {
     let (f, input, out) = job(cfg, n, 0).await;
     let args = [&["--return-type", TYPE][..], flags].concat();
-    assert_ok(&f.score(&input, &out, &args).await);
-    let rows = read_rows(&out).1;
+    let rows = ok_rows(&f.score(&input, &out, &args).await, &out);
     (f, rows)
 }
 
@@ -27,17 +26,20 @@ fn sum(rows: &[Map<String, Value>], column: &str) -> i64 {
     rows.iter().map(|r| r[column].as_i64().unwrap_or(0)).sum()
 }
 
+/// The simulator answered `ok` calls, and the rows' usage counts every
+/// one of them: a repair's call is billed to its row.
+#[track_caller]
+fn assert_usage_counts_every_call(f: &Fixture, rows: &[Map<String, Value>], ok: u64) {
+    let stats = f.sim.stats();
+    assert_eq!(stats.ok, ok);
+    let used = (sum(rows, "prompt_tokens"), sum(rows, "completion_tokens"));
+    let billed = (stats.prompt_tokens, stats.completion_tokens);
+    assert_eq!((used.0 as u64, used.1 as u64), billed);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_off_typed_reply_says_to_raise_max_tokens() {
-    let (f, rows) = typed(
-        SimConfig {
-            truncate_rate: 1.0,
-            ..SimConfig::default()
-        },
-        4,
-        &["--max-repairs", "0"],
-    )
-    .await;
+    let (f, rows) = typed(sim(|c| c.truncate_rate = 1.0), 4, &["--max-repairs", "0"]).await;
     for row in &rows {
         let err = row["error_message"].as_str().expect("cut off: an error");
         assert!(
@@ -67,14 +69,8 @@ async fn a_reply_cut_off_by_max_tokens_is_asked_again_with_more() {
             (json!(2), json!(1))
         );
     }
-    let stats = f.sim.stats();
-    assert_eq!(stats.ok, 10);
     // Usage counts both calls of every row.
-    assert_eq!(sum(&rows, "prompt_tokens") as u64, stats.prompt_tokens);
-    assert_eq!(
-        sum(&rows, "completion_tokens") as u64,
-        stats.completion_tokens
-    );
+    assert_usage_counts_every_call(&f, &rows, 10);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -83,11 +79,7 @@ async fn repairs_fix_cut_off_and_mismatching_replies_and_are_paid_for() {
     // match the schema, and its second repair (with the validation error) is
     // good. The other rows are answered at once.
     let (f, rows) = typed(
-        SimConfig {
-            truncate_first: 1,
-            mismatch_first: 1,
-            ..SimConfig::default()
-        },
+        sim(|c| (c.truncate_first, c.mismatch_first) = (1, 1)),
         4,
         &[
             "--concurrency",
@@ -119,13 +111,8 @@ async fn repairs_fix_cut_off_and_mismatching_replies_and_are_paid_for() {
         rows[0]["prompt_tokens"].as_i64() > rows[1]["prompt_tokens"].as_i64(),
         "row 0 paid for three prompts"
     );
+    assert_usage_counts_every_call(&f, &rows, 6);
     let stats = f.sim.stats();
-    assert_eq!(stats.ok, 6);
-    assert_eq!(sum(&rows, "prompt_tokens") as u64, stats.prompt_tokens);
-    assert_eq!(
-        sum(&rows, "completion_tokens") as u64,
-        stats.completion_tokens
-    );
     // The second repair carried the validation error.
     assert!(
         stats
@@ -140,15 +127,7 @@ async fn repairs_fix_cut_off_and_mismatching_replies_and_are_paid_for() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reply_that_never_fits_fails_after_its_repairs() {
-    let (f, rows) = typed(
-        SimConfig {
-            mismatch_rate: 1.0,
-            ..SimConfig::default()
-        },
-        3,
-        &[],
-    )
-    .await;
+    let (f, rows) = typed(sim(|c| c.mismatch_rate = 1.0), 3, &[]).await;
     for row in &rows {
         let err = row["error_message"].as_str().expect("an error");
         assert!(
@@ -203,9 +182,8 @@ async fn retry_failed_resends_only_the_failed_rows() {
         "nothing failed: state removed"
     );
 
-    let o = f
-        .score(&input, &out, &["--retry-failed", "--restart"])
-        .await;
+    let flags = ["--retry-failed", "--restart"];
+    let o = f.score(&input, &out, &flags).await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
 
@@ -219,8 +197,7 @@ async fn the_summary_says_what_null_rows_and_repairs_are() {
     args.extend(["--return-type", TYPE, "--param", "max_tokens=2"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = f.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let rows = ok_rows(&o, &out);
     let nulls = rows.iter().filter(|r| r["attempts"] == json!(0)).count();
     let repairs = sum(&rows, "repairs");
     assert!(nulls > 0 && repairs > 0, "{rows:?}");

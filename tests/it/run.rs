@@ -1,12 +1,10 @@
 //! `aiq run` end to end: every row once, in order, with its own answer;
 //! both endpoint kinds, all three tasks, job files, and bad input.
 
-use std::sync::Arc;
-
 use aiq::pipeline::sink::OUTCOME_COLUMNS;
 use aiq::simulator::SimConfig;
-use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{Float64Array, Int64Array, StringArray, UInt32Array};
+use arrow::datatypes::DataType;
 use serde_json::{json, Value};
 
 use super::util::*;
@@ -14,20 +12,15 @@ use super::util::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_rows_come_back_in_order_with_their_own_answers() {
     let (f, input, out) = job(SimConfig::default(), 300, 7).await;
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &[
-                "--prompt",
-                "Summarize: {{text}}",
-                "--concurrency",
-                "8",
-                "--batch-rows",
-                "64",
-            ],
-        )
-        .await;
+    let flags = [
+        "--prompt",
+        "Summarize: {{text}}",
+        "--concurrency",
+        "8",
+        "--batch-rows",
+        "64",
+    ];
+    let o = f.run_openai(&input, &out, &flags).await;
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -80,40 +73,22 @@ async fn chat_rows_come_back_in_order_with_their_own_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn databricks_endpoint_with_token_from_environment() {
-    let (f, input, out) = job(
-        SimConfig {
-            endpoints: vec!["my-llm".into()],
-            ..SimConfig::default()
-        },
-        20,
-        0,
-    )
-    .await;
-    let o = f
-        .run_databricks(
-            &input,
-            &out,
-            "my-llm",
-            &[
-                "--system",
-                "Be terse.",
-                "--prompt",
-                "{{text}}",
-                "--param",
-                "max_tokens=5",
-                "--param",
-                "temperature=0",
-            ],
-        )
-        .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let (f, input, out) = job(sim(|c| c.endpoints = vec!["my-llm".into()]), 20, 0).await;
+    let flags = [
+        "--system",
+        "Be terse.",
+        "--prompt",
+        "{{text}}",
+        "--param",
+        "max_tokens=5",
+        "--param",
+        "temperature=0",
+    ];
+    let o = f.run_databricks(&input, &out, "my-llm", &flags).await;
+    let rows = ok_rows(&o, &out);
     assert_eq!(rows.len(), 20);
     for (i, row) in rows.iter().enumerate() {
-        assert!(row["result"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("echo: row-{i} ")));
+        assert!(text_of(row).starts_with(&format!("echo: row-{i} ")));
         // max_tokens=5 reached the body: the echo was cut at 5 tokens.
         assert_eq!(row["completion_tokens"], json!(5));
         assert_eq!(row["finish_reason"], json!("length"));
@@ -132,11 +107,7 @@ async fn databricks_profile_from_databrickscfg() {
     let out = f.path("out.parquet");
     let o = f
         .aiq(
-            &[
-                &run_io(&input, &out, "llm")[..],
-                &["-q", "--prompt", "{{text}}"],
-            ]
-            .concat(),
+            &[&run_io(&input, &out, "llm")[..], &QUIET_TEXT].concat(),
             &[("DATABRICKS_CONFIG_PROFILE", "sim")],
         )
         .await;
@@ -148,13 +119,7 @@ async fn databricks_profile_from_databrickscfg() {
 async fn databricks_oauth_machine_to_machine() {
     let (f, input, out) = job(SimConfig::default(), 10, 0).await;
     let o = f
-        .run_databricks_env(
-            &input,
-            &out,
-            "llm",
-            &["-q", "--prompt", "{{text}}"],
-            &DATABRICKS_OAUTH,
-        )
+        .run_databricks_env(&input, &out, "llm", &QUIET_TEXT, &DATABRICKS_OAUTH)
         .await;
     assert_ok(&o);
     assert_eq!(read_rows(&out).1.len(), 10);
@@ -168,21 +133,12 @@ async fn databricks_oauth_machine_to_machine() {
 #[tokio::test(flavor = "multi_thread")]
 async fn completions_task() {
     let (f, input, out) = job(SimConfig::default(), 10, 0).await;
-    let o = f
-        .run_openai(
-            &input,
-            &out,
-            &["--task", "completions", "--prompt", "Q: {{text}}"],
-        )
-        .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let flags = ["--task", "completions", "--prompt", "Q: {{text}}"];
+    let o = f.run_openai(&input, &out, &flags).await;
+    let rows = ok_rows(&o, &out);
     for (i, row) in rows.iter().enumerate() {
         assert!(
-            row["result"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("echo: Q: row-{i} ")),
+            text_of(row).starts_with(&format!("echo: Q: row-{i} ")),
             "{row:?}"
         );
     }
@@ -193,13 +149,8 @@ async fn embeddings_task_gives_float_lists_batched() {
     let mut input_rows = rows(25, 0);
     input_rows[3]["text"] = input_rows[0]["text"].clone(); // equal texts, equal vectors
     let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
-    let o = f
-        .score(
-            &input,
-            &out,
-            &["--task", "embeddings", "--batch-size", "10"],
-        )
-        .await;
+    let flags = ["--task", "embeddings", "--batch-size", "10"];
+    let o = f.score(&input, &out, &flags).await;
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);
     let result = schema.field_with_name("result").unwrap();
@@ -219,25 +170,19 @@ async fn embeddings_task_gives_float_lists_batched() {
 #[tokio::test(flavor = "multi_thread")]
 async fn parquet_input_columns_pass_through() {
     let f = Fixture::new(SimConfig::default()).await;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("n", DataType::UInt32, false),
-        Field::new("score", DataType::Float64, true),
-        Field::new("text", DataType::Utf8, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(UInt32Array::from(vec![1, 2, 3])),
-            Arc::new(Float64Array::from(vec![Some(0.5), None, Some(2.0)])),
-            Arc::new(StringArray::from(vec!["a", "b", "c"])),
-        ],
-    )
-    .unwrap();
+    let batch = batch_of([
+        col("n", UInt32Array::from(vec![1, 2, 3]), false),
+        col(
+            "score",
+            Float64Array::from(vec![Some(0.5), None, Some(2.0)]),
+            true,
+        ),
+        col("text", StringArray::from(vec!["a", "b", "c"]), true),
+    ]);
     let input = f.write_parquet("in.parquet", batch);
     let out = f.path("out.parquet");
-    let o = f
-        .run_openai(&input, &out, &["--prompt", "{{text}} scored {{n}}"])
-        .await;
+    let flags = ["--prompt", "{{text}} scored {{n}}"];
+    let o = f.run_openai(&input, &out, &flags).await;
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);
     // Unsigned input types are widened so DuckDB, pandas and Spark read them.
@@ -267,13 +212,8 @@ async fn job_file_paths_are_relative_to_the_job_file() {
     std::fs::create_dir_all(f.path("t4/out")).unwrap();
     std::fs::write(f.path("t4/big.toml"), job("data/in.jsonl")).unwrap();
     let envs = [("OPENAI_API_KEY", TOKEN)];
-    let o = f
-        .aiq_in(
-            &f.path("elsewhere"),
-            &["run", "-q", "../t4/big.toml"],
-            &envs,
-        )
-        .await;
+    let elsewhere = |args: &[&str]| output(f.command_in(&f.path("elsewhere"), args, &envs));
+    let o = elsewhere(&["run", "-q", "../t4/big.toml"]).await;
     assert_ok(&o);
     assert_eq!(read_rows(&f.path("t4/out/scored.parquet")).1.len(), 5);
     assert!(
@@ -282,48 +222,26 @@ async fn job_file_paths_are_relative_to_the_job_file() {
     );
 
     // A flag stays relative to the current folder.
-    let o = f
-        .aiq_in(
-            &f.path("elsewhere"),
-            &["run", "-q", "../t4/big.toml", "--output", "mine.parquet"],
-            &envs,
-        )
-        .await;
+    let o = elsewhere(&["run", "-q", "../t4/big.toml", "--output", "mine.parquet"]).await;
     assert_ok(&o);
     assert_eq!(read_rows(&f.path("elsewhere/mine.parquet")).1.len(), 5);
 
     // The error names the path as resolved.
     std::fs::write(f.path("t4/typo.toml"), job("data/missing.jsonl")).unwrap();
-    let o = f
-        .aiq_in(
-            &f.path("elsewhere"),
-            &["run", "-q", "../t4/typo.toml"],
-            &envs,
-        )
-        .await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("../t4/data/missing.jsonl"),
-        "{}",
-        stderr(&o)
-    );
+    let o = elsewhere(&["run", "-q", "../t4/typo.toml"]).await;
+    assert_exit(&o, 2, &["../t4/data/missing.jsonl"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn job_file_with_flags_overriding() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(12, 0));
-    let job = f.path("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            "input = {:?}\noutput = {:?}\nendpoint = {:?}\nmodel = \"m\"\nprompt = \"File: {{{{text}}}}\"\nconcurrency = 2\n[params]\nmax_tokens = 8\n",
-            input.to_str().unwrap(),
-            f.path("from-file.parquet").to_str().unwrap(),
-            f.openai_url()
-        ),
-    )
-    .unwrap();
+    let (f, input, _) = job(SimConfig::default(), 12, 0).await;
+    let text = format!(
+        "input = {:?}\noutput = {:?}\nendpoint = {:?}\nmodel = \"m\"\nprompt = \"File: {{{{text}}}}\"\nconcurrency = 2\n[params]\nmax_tokens = 8\n",
+        input.to_str().unwrap(),
+        f.path("from-file.parquet").to_str().unwrap(),
+        f.openai_url()
+    );
+    let job = f.write_text("job.toml", &text);
     let out = f.path("from-flag.parquet");
     let o = f
         .aiq(
@@ -351,11 +269,9 @@ async fn job_file_with_flags_overriding() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_column_stops_before_any_request() {
     let (f, input, out) = job(SimConfig::default(), 5, 0).await;
-    let o = f
-        .run_openai(&input, &out, &["--prompt", "Summarize: {{txet}}"])
-        .await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains("`txet`"), "{}", stderr(&o));
+    let flags = ["--prompt", "Summarize: {{txet}}"];
+    let o = f.run_openai(&input, &out, &flags).await;
+    assert_exit(&o, 2, &["`txet`"]);
     assert_eq!(f.sim.stats().requests, 0);
     assert!(!out.exists());
 }
@@ -366,31 +282,25 @@ async fn missing_and_corrupt_inputs_are_usage_errors() {
     let out = f.path("out.parquet");
     let missing = f.path("nope.parquet");
     let o = f.score(&missing, &out, &[]).await;
-    assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("nope.parquet"), "{}", stderr(&o));
+    assert_exit(&o, 2, &["nope.parquet"]);
     let corrupt = f.path("bad.parquet");
     std::fs::write(&corrupt, b"PAR1 this is not parquet").unwrap();
     let o = f.score(&corrupt, &out, &[]).await;
-    assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("bad.parquet"), "{}", stderr(&o));
+    assert_exit(&o, 2, &["bad.parquet"]);
     let bad_ext = f.path("data.csv");
     std::fs::write(&bad_ext, b"a,b\n").unwrap();
     let o = f.run_openai(&bad_ext, &out, &["--prompt", "{{a}}"]).await;
     assert_eq!(code(&o), 2);
     let o = f.aiq(&["run", "--input", "x.jsonl"], &[]).await;
-    assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("--output"), "{}", stderr(&o));
+    assert_exit(&o, 2, &["--output"]);
     assert_eq!(f.sim.stats().requests, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_row_gets_its_error_and_fail_on_error_fails_the_job() {
-    let mut input_rows = rows(30, 0);
-    input_rows[4]["text"] = json!("[[sim:400]] malformed");
-    let (f, input, out) = job_of(SimConfig::default(), &input_rows).await;
+    let (f, input, out) = job_marked(30, &[(4, "[[sim:400]] malformed")]).await;
     let o = f.score(&input, &out, &[]).await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let rows = ok_rows(&o, &out);
     assert_eq!(rows.len(), 30);
     let err = rows[4]["error_message"]
         .as_str()
@@ -406,18 +316,15 @@ async fn a_bad_row_gets_its_error_and_fail_on_error_fails_the_job() {
         .all(|(i, r)| i == 4 || r["error_message"].is_null()));
 
     let out2 = f.path("out2.parquet");
-    let o = f
-        .score(&input, &out2, &["--fail-on-error", "--concurrency", "1"])
-        .await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(stderr(&o).contains("row 4"), "{}", stderr(&o));
+    let flags = ["--fail-on-error", "--concurrency", "1"];
+    let o = f.score(&input, &out2, &flags).await;
+    assert_exit(&o, 1, &["row 4"]);
     assert!(!out2.exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_output_folders_are_created() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(3, 0));
+    let (f, input, _) = job(SimConfig::default(), 3, 0).await;
     let out = f.path("new/deeper/out.parquet");
     let o = f.score(&input, &out, &[]).await;
     assert_ok(&o);

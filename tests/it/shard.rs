@@ -3,14 +3,12 @@
 //! are usage errors, and `--call-journal` lets any run reuse answers.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use aiq::simulator::SimConfig;
-use arrow::array::{Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{Int64Array, StringArray};
 use serde_json::{json, Map, Value};
 
-use super::util::{assert_ok, code, read_rows, rows, stderr, Fixture};
+use super::util::*;
 
 /// Every output row of the shards, by `id`, checked to appear once.
 fn merged(f: &Fixture, n: u32) -> BTreeMap<i64, Map<String, Value>> {
@@ -38,18 +36,21 @@ fn check_answers(all: &BTreeMap<i64, Map<String, Value>>, total: i64) {
     }
 }
 
+/// Every one of `n` shards of `input` scored into `out/part-{shard}.parquet`
+/// with `extra`, each run succeeding.
+async fn score_shards(f: &Fixture, input: &std::path::Path, n: usize, extra: &[&str]) {
+    let out = f.path("out/part-{shard}.parquet");
+    for k in 0..n {
+        let shard = format!("{k}/{n}");
+        let flags = [&["--shard", &shard][..], extra].concat();
+        assert_ok(&f.score(input, &out, &flags).await);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn jsonl_shards_cover_every_row_once() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(50, 7));
-    let out = f.path("out/part-{shard}.parquet");
-    for k in 0..3 {
-        let shard = format!("{k}/3");
-        let o = f
-            .score(&input, &out, &["--shard", &shard, "--batch-rows", "4"])
-            .await;
-        assert_ok(&o);
-    }
+    let (f, input, _) = job(SimConfig::default(), 50, 7).await;
+    score_shards(&f, &input, 3, &["--batch-rows", "4"]).await;
     let all = merged(&f, 3);
     check_answers(&all, 50);
     assert_eq!(f.sim.stats().ok, 50 - 7, "each non-null row sent once");
@@ -59,20 +60,11 @@ async fn jsonl_shards_cover_every_row_once() {
 async fn parquet_shards_split_row_groups_and_cover_every_row_once() {
     let f = Fixture::new(SimConfig::default()).await;
     let n = 103i64;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("text", DataType::Utf8, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(Int64Array::from((0..n).collect::<Vec<_>>())),
-            Arc::new(StringArray::from(
-                (0..n).map(|i| format!("row {i}")).collect::<Vec<_>>(),
-            )),
-        ],
-    )
-    .unwrap();
+    let texts = StringArray::from_iter_values((0..n).map(|i| format!("row {i}")));
+    let batch = batch_of([
+        col("id", Int64Array::from_iter_values(0..n), false),
+        col("text", texts, true),
+    ]);
     // Row groups of 10: shard edges fall inside groups and between them.
     let input = f.path("in.parquet");
     let props = parquet::file::properties::WriterProperties::builder()
@@ -80,7 +72,7 @@ async fn parquet_shards_split_row_groups_and_cover_every_row_once() {
         .build();
     let mut w = parquet::arrow::ArrowWriter::try_new(
         std::fs::File::create(&input).unwrap(),
-        schema,
+        batch.schema(),
         Some(props),
     )
     .unwrap();
@@ -106,8 +98,7 @@ async fn parquet_shards_split_row_groups_and_cover_every_row_once() {
 /// Kubernetes Indexed Job sets it), and `{shard}` pads to N's width.
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_index_from_the_environment() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(24, 0));
+    let (f, input, _) = job(SimConfig::default(), 24, 0).await;
     let out = f.path("out/part-{shard}.parquet");
     let url = f.openai_url();
     let args = |shard: &'static str| {
@@ -130,15 +121,11 @@ async fn auto_index_from_the_environment() {
     };
     let a = args("auto/12");
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let o = f
-        .aiq(
-            &a,
-            &[
-                ("OPENAI_API_KEY", super::util::TOKEN),
-                ("JOB_COMPLETION_INDEX", "7"),
-            ],
-        )
-        .await;
+    let flags = [
+        ("OPENAI_API_KEY", super::util::TOKEN),
+        ("JOB_COMPLETION_INDEX", "7"),
+    ];
+    let o = f.aiq(&a, &flags).await;
     assert_ok(&o);
     let (_, rows) = read_rows(&f.path("out/part-07.parquet"));
     let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
@@ -147,8 +134,7 @@ async fn auto_index_from_the_environment() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_are_for_the_whole_job() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(100, 0));
+    let (f, input, _) = job(SimConfig::default(), 100, 0).await;
     let whole = f.path("whole.parquet");
     let estimate = |out: &'static str, extra: &'static [&'static str]| {
         let (f, input) = (&f, &input);
@@ -189,8 +175,7 @@ async fn limits_are_for_the_whole_job() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_shard_values_are_usage_errors() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(4, 0));
+    let (f, input, _) = job(SimConfig::default(), 4, 0).await;
     let out = f.path("out/part-{shard}.parquet");
     let plain = f.path("out.parquet");
     for (output, extra, says) in [
@@ -218,8 +203,7 @@ async fn bad_shard_values_are_usage_errors() {
 /// its shard's answers.
 #[tokio::test(flavor = "multi_thread")]
 async fn call_journal_answers_reruns_without_paying() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(30, 0));
+    let (f, input, _) = job(SimConfig::default(), 30, 0).await;
     let journal = f.path("calls");
     let journal = journal.to_str().unwrap();
     let first = f.path("first.parquet");
@@ -227,9 +211,8 @@ async fn call_journal_answers_reruns_without_paying() {
     assert_ok(&o);
     assert_eq!(f.sim.stats().ok, 30);
     let second = f.path("second.parquet");
-    let o = f
-        .score(&input, &second, &["--call-journal", journal, "--json"])
-        .await;
+    let flags = ["--call-journal", journal, "--json"];
+    let o = f.score(&input, &second, &flags).await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().requests, 30, "the re-run sent nothing");
     let (_, a) = read_rows(&first);
@@ -244,13 +227,8 @@ async fn call_journal_answers_reruns_without_paying() {
     assert!(b.iter().all(|r| r["attempts"] == json!(0)), "not sent");
     // Another prompt is another question: asked again.
     let third = f.path("third.parquet");
-    let o = f
-        .run_openai(
-            &input,
-            &third,
-            &["--prompt", "Q: {{text}}", "--call-journal", journal],
-        )
-        .await;
+    let flags = ["--prompt", "Q: {{text}}", "--call-journal", journal];
+    let o = f.run_openai(&input, &third, &flags).await;
     assert_ok(&o);
     assert_eq!(f.sim.stats().ok, 60);
 
@@ -262,13 +240,8 @@ async fn call_journal_answers_reruns_without_paying() {
         let (f, input, parts) = (&f, &input, &parts);
         async move {
             let shard = format!("{k}/2");
-            let o = f
-                .score(
-                    input,
-                    parts,
-                    &["--shard", &shard, "--call-journal", sharded, "--restart"],
-                )
-                .await;
+            let flags = ["--shard", &shard, "--call-journal", sharded, "--restart"];
+            let o = f.score(input, parts, &flags).await;
             assert_ok(&o);
         }
     };
@@ -284,23 +257,16 @@ async fn call_journal_answers_reruns_without_paying() {
 #[cfg(feature = "sql")]
 #[tokio::test(flavor = "multi_thread")]
 async fn shards_merge_with_aiq_sql() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(20, 0));
-    let out = f.path("out/part-{shard}.parquet");
-    for k in 0..2 {
-        let shard = format!("{k}/2");
-        assert_ok(&f.score(&input, &out, &["--shard", &shard]).await);
-    }
+    let (f, input, _) = job(SimConfig::default(), 20, 0).await;
+    score_shards(&f, &input, 2, &[]).await;
     let query = format!(
         "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM '{}/'",
         f.path("out").display()
     );
     let merged = f.path("merged.parquet");
-    let o = f
-        .aiq(&["sql", &query, "--output", merged.to_str().unwrap()], &[])
-        .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&merged);
+    let args = ["sql", &query, "--output", merged.to_str().unwrap()];
+    let o = f.aiq(&args, &[]).await;
+    let rows = ok_rows(&o, &merged);
     assert_eq!(rows[0]["n"], json!(20));
     assert_eq!(rows[0]["ids"], json!(20));
 }

@@ -90,29 +90,23 @@ async fn a_budget_stops_the_job_and_a_higher_one_finishes_it_without_paying_twic
     let (f, input, out) = job(SimConfig::default(), 100, 0).await;
     // About 17 tokens a row (8 in, 9 out): 500 tokens is some 30 rows.
     let budget = 500u64;
-    let o = f
-        .score(
-            &input,
-            &out,
-            &[
-                "--concurrency",
-                "2",
-                "--max-tokens-total",
-                "500",
-                "--batch-rows",
-                "16",
-                "--price-in",
-                "1",
-                "--price-out",
-                "2",
-            ],
-        )
-        .await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("token budget reached") && err.contains("of 100 rows have an outcome"),
-        "{err}"
+    let flags = [
+        "--concurrency",
+        "2",
+        "--max-tokens-total",
+        "500",
+        "--batch-rows",
+        "16",
+        "--price-in",
+        "1",
+        "--price-out",
+        "2",
+    ];
+    let o = f.score(&input, &out, &flags).await;
+    assert_exit(
+        &o,
+        1,
+        &["token budget reached", "of 100 rows have an outcome"],
     );
     let first = f.sim.stats();
     let spent = first.prompt_tokens + first.completion_tokens;
@@ -130,26 +124,14 @@ async fn a_budget_stops_the_job_and_a_higher_one_finishes_it_without_paying_twic
 
     // The same budget again: earlier runs' spend counts, so nothing is sent.
     let o = f.score(&input, &out, &["--max-tokens-total", "500"]).await;
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("by earlier runs"), "{}", stderr(&o));
+    assert_exit(&o, 1, &["by earlier runs"]);
     assert_eq!(f.sim.stats().requests, first.requests);
 
     // A higher budget finishes the job; no row is paid for twice.
-    let o = f
-        .score(
-            &input,
-            &out,
-            &[
-                "--max-tokens-total",
-                "100000",
-                "--price-in",
-                "1",
-                "--price-out",
-                "2",
-            ],
-        )
-        .await;
-    assert_ok(&o);
+    // $1 a million input tokens, $2 a million output tokens.
+    let prices = ["--price-in", "1", "--price-out", "2"];
+    let flags = [&["--max-tokens-total", "100000"][..], &prices].concat();
+    assert_ok(&f.score(&input, &out, &flags).await);
     let stats = f.sim.stats();
     assert_eq!(stats.ok_by_prompt.len(), 100);
     assert!(
@@ -173,29 +155,16 @@ async fn a_budget_stops_the_job_and_a_higher_one_finishes_it_without_paying_twic
 async fn otpm_reservations_are_refunded_from_real_usage() {
     // 6000 output tokens a minute at the provider, enforced the Databricks
     // way; max_tokens is ten times the real answers (about 9 tokens).
-    let (f, input, out) = job(
-        SimConfig {
-            otpm: Some(6000),
-            ..SimConfig::default()
-        },
-        150,
-        0,
-    )
-    .await;
-    let o = f
-        .score(
-            &input,
-            &out,
-            &[
-                "--param",
-                "max_tokens=90",
-                "--otpm",
-                "5400",
-                "--concurrency",
-                "16",
-            ],
-        )
-        .await;
+    let (f, input, out) = job(sim(|c| c.otpm = Some(6000)), 150, 0).await;
+    let flags = [
+        "--param",
+        "max_tokens=90",
+        "--otpm",
+        "5400",
+        "--concurrency",
+        "16",
+    ];
+    let o = f.score(&input, &out, &flags).await;
     // (The client is told 90% of the provider's limit: when the provider's
     // bucket is full, what the client refills while a request is on the
     // wire is lost at the provider, so pacing at exactly the limit can
@@ -221,39 +190,33 @@ async fn otpm_reservations_are_refunded_from_real_usage() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
-    let f = Fixture::new(SimConfig {
-        endpoints: vec!["databricks-claude-sonnet-4".into()],
-        ..SimConfig::default()
-    })
+    let f = Fixture::new(sim(|c| {
+        c.endpoints = vec!["databricks-claude-sonnet-4".into()]
+    }))
     .await;
     let input = f.write_jsonl("in.jsonl", &rows(6, 0));
     let system = "Rules. ".repeat(900); // 6300 bytes: a cacheable prefix
 
     // Claude on Databricks: Anthropic-shaped, additive usage.
     let out = f.path("claude.parquet");
+    let flags = [
+        "--system",
+        &system,
+        "--prompt",
+        "{{text}}",
+        "--concurrency",
+        "1",
+        "--price-in",
+        "3",
+        "--price-out",
+        "15",
+        "--price-cached",
+        "0.3",
+    ];
     let o = f
-        .run_databricks(
-            &input,
-            &out,
-            "databricks-claude-sonnet-4",
-            &[
-                "--system",
-                &system,
-                "--prompt",
-                "{{text}}",
-                "--concurrency",
-                "1",
-                "--price-in",
-                "3",
-                "--price-out",
-                "15",
-                "--price-cached",
-                "0.3",
-            ],
-        )
+        .run_databricks(&input, &out, "databricks-claude-sonnet-4", &flags)
         .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let rows = ok_rows(&o, &out);
     for (i, row) in rows.iter().enumerate() {
         let text = format!("row-{i} says the product is fine");
         let all_input = aiq::ai::tokens::estimate(&format!("{system}{text}")) as i64;
@@ -293,15 +256,9 @@ async fn usage_columns_fill_from_anthropic_and_openai_shapes() {
 
     // OpenAI-compatible: cached tokens inside prompt_tokens, no cost without prices.
     let out = f.path("openai.parquet");
-    let o = f
-        .score(
-            &input,
-            &out,
-            &["--system", &system, "--concurrency", "1", "--no-warmup"],
-        )
-        .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let flags = ["--system", &system, "--concurrency", "1", "--no-warmup"];
+    let o = f.score(&input, &out, &flags).await;
+    let rows = ok_rows(&o, &out);
     assert!(rows[1..].iter().all(
         |r| r["cached_tokens"].as_i64().unwrap() > 1000 && r["cache_write_tokens"] == json!(0)
     ));
@@ -324,13 +281,8 @@ async fn timeouts_after_sending_are_capped_and_marked() {
         0,
     )
     .await;
-    let o = f
-        .score(
-            &input,
-            &out,
-            &["--timeout", "0.4", "--concurrency", "8", "--json"],
-        )
-        .await;
+    let flags = ["--timeout", "0.4", "--concurrency", "8", "--json"];
+    let o = f.score(&input, &out, &flags).await;
     assert_ok(&o);
     let summary = stdout_json(&o);
     let (_, rows) = read_rows(&out);
@@ -366,15 +318,7 @@ async fn timeouts_after_sending_are_capped_and_marked() {
 /// included (issue 27.5).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_budget_stop_and_the_summary_count_the_same_rows() {
-    let (f, input, out) = job(
-        SimConfig {
-            latency_ms: 20,
-            ..SimConfig::default()
-        },
-        300,
-        0,
-    )
-    .await;
+    let (f, input, out) = job(sim(|c| c.latency_ms = 20), 300, 0).await;
     let mut args: Vec<String> = f.run_args(&input, &out);
     args.retain(|a| a != "-q");
     args.extend(["--concurrency", "16", "--max-tokens-total", "600"].map(String::from));
@@ -500,16 +444,9 @@ async fn run_sets_the_simulators_latency_from_flags() {
     );
 
     let real = args(&url, &[]);
+    let envs = [("OPENAI_API_KEY", TOKEN)];
     let o = f
-        .aiq(
-            &real.iter().map(String::as_str).collect::<Vec<_>>(),
-            &[("OPENAI_API_KEY", TOKEN)],
-        )
+        .aiq(&real.iter().map(String::as_str).collect::<Vec<_>>(), &envs)
         .await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("--endpoint simulator"),
-        "{}",
-        stderr(&o)
-    );
+    assert_exit(&o, 2, &["--endpoint simulator"]);
 }

@@ -10,10 +10,7 @@ use aiq::simulator::SimConfig;
 use arrow::datatypes::Schema;
 use serde_json::{json, Map, Value};
 
-use super::util::{
-    assert_ok, code, job, line_count, read_rows, rows, spawn_until_journaled, stderr, Fixture,
-    TOKEN,
-};
+use super::util::*;
 
 /// `aiq sql QUERY ARGS...` against the fixture's simulator (OpenAI route).
 async fn sql(f: &Fixture, query: &str, extra: &[&str]) -> Output {
@@ -232,23 +229,15 @@ async fn where_join_and_group_by_around_ai_calls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fail_on_error_false_gives_a_struct_true_fails_the_query() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let mut input = rows(6, 0);
-    input[2]["text"] = json!("a bad row [[sim:400]]");
-    let path = f.write_jsonl("in.jsonl", &input);
+    let (f, path, _) = job_marked(6, &[(2, "a bad row [[sim:400]]")]).await;
     let url = f.openai_url();
     let out = f.path("out.parquet");
     let table = format!("t={}", path.display());
     let query =
         format!("SELECT id, ai_query('{url}', text, failOnError => false) AS answer FROM t");
-    let o = sql(
-        &f,
-        &query,
-        &["--table", &table, "--output", out.to_str().unwrap()],
-    )
-    .await;
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let flags = ["--table", &table, "--output", out.to_str().unwrap()];
+    let o = sql(&f, &query, &flags).await;
+    let rows = ok_rows(&o, &out);
     for r in by_id(rows) {
         let answer = r["answer"].as_object().unwrap();
         if r["id"] == json!(2) {
@@ -268,25 +257,15 @@ async fn fail_on_error_false_gives_a_struct_true_fails_the_query() {
 
     let strict = format!("SELECT id, ai_query('{url}', text) AS answer FROM t");
     let out2 = f.path("strict.parquet");
-    let o = sql(
-        &f,
-        &strict,
-        &["--table", &table, "--output", out2.to_str().unwrap()],
-    )
-    .await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("failOnError => false"),
-        "{}",
-        stderr(&o)
-    );
+    let flags = ["--table", &table, "--output", out2.to_str().unwrap()];
+    let o = sql(&f, &strict, &flags).await;
+    assert_exit(&o, 1, &["failOnError => false"]);
     assert!(!out2.exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mistakes_in_the_query_exit_2_before_sending() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let path = f.write_jsonl("in.jsonl", &rows(3, 0));
+    let (f, path, _) = job(SimConfig::default(), 3, 0).await;
     let url = f.openai_url();
     let table = format!("t={}", path.display());
     for (query, endpoint, expect) in [
@@ -334,8 +313,7 @@ async fn mistakes_in_the_query_exit_2_before_sending() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_read_queries_run_and_only_output_is_written() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(3, 0));
+    let (f, input, _) = job(SimConfig::default(), 3, 0).await;
     let before = std::fs::read(&input).unwrap();
     let table = format!("t={}", input.display());
     let url = f.openai_url();
@@ -395,8 +373,7 @@ async fn only_read_queries_run_and_only_output_is_written() {
         &["--output", parquet.to_str().unwrap()],
     )
     .await;
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains("reads"), "{}", stderr(&o));
+    assert_exit(&o, 2, &["reads"]);
     assert_eq!(std::fs::read(&parquet).unwrap(), written);
 }
 
@@ -404,15 +381,7 @@ async fn only_read_queries_run_and_only_output_is_written() {
 async fn killed_query_resumes_without_paying_twice() {
     let n = 300;
     let concurrency = 4;
-    let (f, input, out) = job(
-        SimConfig {
-            latency_ms: 15,
-            ..SimConfig::default()
-        },
-        n,
-        0,
-    )
-    .await;
+    let (f, input, out) = job(sim(|c| c.latency_ms = 15), n, 0).await;
     let url = f.openai_url();
     let query = format!(
         "SELECT id, text, ai_query('{url}', text) AS answer FROM '{}'",
@@ -447,8 +416,7 @@ async fn killed_query_resumes_without_paying_twice() {
     let o = tokio::task::spawn_blocking(move || again.output().unwrap())
         .await
         .unwrap();
-    assert_ok(&o);
-    let (_, rows) = read_rows(&out);
+    let rows = ok_rows(&o, &out);
     assert_eq!(rows.len(), n);
     for r in &rows {
         assert_eq!(r["answer"], echo(r["text"].as_str().unwrap()));
@@ -465,13 +433,13 @@ async fn killed_query_resumes_without_paying_twice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tables_from_parquet_csv_and_a_sql_file() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let jsonl = f.write_jsonl("in.jsonl", &rows(4, 0));
+    let (f, jsonl, _) = job(SimConfig::default(), 4, 0).await;
     let parquet = f.path("in.parquet");
+    let flags = ["--output", parquet.to_str().unwrap()];
     let o = sql(
         &f,
         &format!("SELECT * FROM read_json('{}')", jsonl.display()),
-        &["--output", parquet.to_str().unwrap()],
+        &flags,
     )
     .await;
     assert_ok(&o);
@@ -508,45 +476,31 @@ async fn tables_from_parquet_csv_and_a_sql_file() {
 async fn a_failed_query_keeps_its_answers_for_the_next_run() {
     // Against the in-process simulator, whose port differs on every run:
     // the journal must match calls by endpoint as written, not by URL.
-    let f = Fixture::new(SimConfig::default()).await;
-    let mut input = rows(6, 0);
-    input[2]["text"] = json!("a bad row [[sim:400]]");
-    let path = f.write_jsonl("in.jsonl", &input);
+    let (f, path, _) = job_marked(6, &[(2, "a bad row [[sim:400]]")]).await;
     let table = format!("t={}", path.display());
     let out = f.path("out.parquet");
-    let o = f
-        .aiq(
-            &[
-                "sql",
-                "SELECT id, ai_query('simulator', text) AS a FROM t",
-                "--table",
-                &table,
-                "--output",
-                out.to_str().unwrap(),
-            ],
-            &[],
-        )
-        .await;
+    let query = |sql: &str| {
+        let args = [
+            "sql",
+            sql,
+            "--table",
+            &table,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        f.command(&args, &[])
+    };
+    let o = output(query("SELECT id, ai_query('simulator', text) AS a FROM t")).await;
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(line_count(&f.path("out.parquet.aiq-sql")) > 0);
-    let o = f
-        .aiq(
-            &[
-                "sql",
-                "SELECT id, ai_query('simulator', text) AS a FROM t WHERE id <> 2",
-                "--table",
-                &table,
-                "--output",
-                out.to_str().unwrap(),
-            ],
-            &[],
-        )
-        .await;
-    assert_ok(&o);
-    assert!(
-        stderr(&o).contains("AI calls: 0 sent (0 errors), 5 answered from the journal"),
-        "{}",
-        stderr(&o)
+    let o = output(query(
+        "SELECT id, ai_query('simulator', text) AS a FROM t WHERE id <> 2",
+    ))
+    .await;
+    assert_exit(
+        &o,
+        0,
+        &["AI calls: 0 sent (0 errors), 5 answered from the journal"],
     );
     assert_eq!(read_rows(&out).1.len(), 5);
 }
@@ -589,12 +543,7 @@ async fn max_cost_stops_a_query_and_a_higher_budget_finishes_it() {
         }
     };
     let o = run("150").await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("cost budget reached") && err.contains("no new AI calls were sent"),
-        "{err}"
-    );
+    let err = assert_exit(&o, 1, &["cost budget reached", "no new AI calls were sent"]);
     assert!(
         err.contains("cost: $"),
         "the summary says what it cost: {err}"

@@ -7,11 +7,9 @@
 use std::process::Stdio;
 
 use aiq::simulator::SimConfig;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use super::util::{
-    assert_ok, job, job_of, read_rows, rows, spawn_until_journaled, stderr, Fixture, TOKEN,
-};
+use super::util::*;
 
 /// `aiq sql -q QUERY --endpoint <sim> ARGS...`, table `t` = `input`.
 async fn sql(
@@ -39,6 +37,25 @@ async fn sql(
     f.aiq(&args, &[("OPENAI_API_KEY", TOKEN)]).await
 }
 
+/// [`sql`] writing its result to `out`: the schema and rows it wrote.
+async fn sql_to(
+    f: &Fixture,
+    input: &std::path::Path,
+    query: &str,
+    out: &std::path::Path,
+) -> (
+    std::sync::Arc<arrow::datatypes::Schema>,
+    Vec<Map<String, Value>>,
+) {
+    assert_ok(&sql(f, input, query, &["--output", out.to_str().unwrap()]).await);
+    read_rows(out)
+}
+
+/// The type of the column `name` of `schema`.
+fn type_of(schema: &arrow::datatypes::Schema, name: &str) -> arrow::datatypes::DataType {
+    schema.field_with_name(name).unwrap().data_type().clone()
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -54,14 +71,9 @@ fn grouped(n: usize, groups: usize) -> Vec<Value> {
 async fn ai_filter_in_where_asks_only_rows_the_cheap_conjuncts_keep() {
     let (f, input, out) = job(SimConfig::default(), 20, 0).await;
     // The AI conjunct is written first: it still runs last.
-    let o = sql(
-        &f,
-        &input,
-        "SELECT id, text FROM t WHERE ai_filter(text, 'says the product is fine') AND id % 4 = 0",
-        &["--output", out.to_str().unwrap()],
-    )
-    .await;
-    assert_ok(&o);
+    let q =
+        "SELECT id, text FROM t WHERE ai_filter(text, 'says the product is fine') AND id % 4 = 0";
+    sql_to(&f, &input, q, &out).await;
     assert_eq!(
         f.sim.stats().requests,
         5,
@@ -75,19 +87,9 @@ async fn ai_filter_in_where_asks_only_rows_the_cheap_conjuncts_keep() {
 
     // In SELECT and CASE: a BOOLEAN column.
     let out2 = f.path("out2.parquet");
-    let o = sql(
-        &f,
-        &input,
-        "SELECT id, ai_filter(text, 'is positive') AS ok, CASE WHEN ai_filter(text, 'is positive') THEN 'yes' ELSE 'no' END AS said FROM t",
-        &["--output", out2.to_str().unwrap()],
-    )
-    .await;
-    assert_ok(&o);
-    let (schema, rows) = read_rows(&out2);
-    assert_eq!(
-        schema.field_with_name("ok").unwrap().data_type(),
-        &arrow::datatypes::DataType::Boolean
-    );
+    let q = "SELECT id, ai_filter(text, 'is positive') AS ok, CASE WHEN ai_filter(text, 'is positive') THEN 'yes' ELSE 'no' END AS said FROM t";
+    let (schema, rows) = sql_to(&f, &input, q, &out2).await;
+    assert_eq!(type_of(&schema, "ok"), arrow::datatypes::DataType::Boolean);
     assert_eq!(rows.len(), 20);
     for r in &rows {
         let ok = r["ok"].as_bool().expect("a boolean answer");
@@ -125,14 +127,8 @@ async fn ai_filter_in_a_join_asks_each_pair_and_dry_run_says_cross_product() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ai_agg_answers_groups_that_fit_in_one_call_each() {
     let (f, input, out) = job_of(SimConfig::default(), &grouped(30, 3)).await;
-    let o = sql(
-        &f,
-        &input,
-        "SELECT g, ai_agg(text, 'List the complaints') AS complaints, ai_summarize_agg(text) AS gist FROM t GROUP BY g",
-        &["--output", out.to_str().unwrap()],
-    )
-    .await;
-    assert_ok(&o);
+    let q = "SELECT g, ai_agg(text, 'List the complaints') AS complaints, ai_summarize_agg(text) AS gist FROM t GROUP BY g";
+    sql_to(&f, &input, q, &out).await;
     assert_eq!(f.sim.stats().requests, 6, "one call per group and function");
     let (_, rows) = read_rows(&out);
     assert_eq!(rows.len(), 3);
@@ -158,11 +154,7 @@ async fn ai_agg_answers_groups_that_fit_in_one_call_each() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ai_agg_map_reduces_groups_larger_than_the_context() {
     let context = 600;
-    let f = Fixture::new(SimConfig {
-        context_tokens: Some(context),
-        ..SimConfig::default()
-    })
-    .await;
+    let f = Fixture::new(sim(|c| c.context_tokens = Some(context))).await;
     let input = f.write_jsonl("in.jsonl", &grouped(90, 3));
     let query = "SELECT g, ai_agg(text, 'List the complaints') AS complaints FROM t GROUP BY g";
     let ctx = context.to_string();
@@ -177,13 +169,8 @@ async fn ai_agg_map_reduces_groups_larger_than_the_context() {
         .unwrap_or_else(|| panic!("{report}"));
 
     let out = f.path("out.parquet");
-    let o = sql(
-        &f,
-        &input,
-        query,
-        &["--context-tokens", &ctx, "--output", out.to_str().unwrap()],
-    )
-    .await;
+    let flags = ["--context-tokens", &ctx, "--output", out.to_str().unwrap()];
+    let o = sql(&f, &input, query, &flags).await;
     assert_ok(&o);
     let stats = f.sim.stats();
     assert_eq!(
@@ -211,19 +198,9 @@ async fn ai_agg_map_reduces_groups_larger_than_the_context() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ai_score_ranks_with_order_by_limit() {
     let (f, input, out) = job(SimConfig::default(), 12, 0).await;
-    let o = sql(
-        &f,
-        &input,
-        "SELECT id, ai_score(text, 'how positive it is') AS s FROM t ORDER BY s DESC LIMIT 3",
-        &["--output", out.to_str().unwrap()],
-    )
-    .await;
-    assert_ok(&o);
-    let (schema, top) = read_rows(&out);
-    assert_eq!(
-        schema.field_with_name("s").unwrap().data_type(),
-        &arrow::datatypes::DataType::Float64
-    );
+    let q = "SELECT id, ai_score(text, 'how positive it is') AS s FROM t ORDER BY s DESC LIMIT 3";
+    let (schema, top) = sql_to(&f, &input, q, &out).await;
+    assert_eq!(type_of(&schema, "s"), arrow::datatypes::DataType::Float64);
     assert_eq!(top.len(), 3);
     let scores: Vec<f64> = top.iter().map(|r| r["s"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
@@ -267,14 +244,7 @@ async fn dry_run_counts_rows_reaching_each_function() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_aggregate_resumes_from_the_journal() {
-    let (f, input, out) = job_of(
-        SimConfig {
-            latency_ms: 40,
-            ..SimConfig::default()
-        },
-        &grouped(200, 1),
-    )
-    .await;
+    let (f, input, out) = job_of(sim(|c| c.latency_ms = 40), &grouped(200, 1)).await;
     // The call journal is a folder of per-process files.
     let journal = out.with_file_name("out.parquet.aiq-sql");
     let url = f.openai_url();
@@ -333,8 +303,7 @@ async fn killed_aggregate_resumes_from_the_journal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn aiq_run_has_ai_filter_and_ai_score() {
-    let f = Fixture::new(SimConfig::default()).await;
-    let input = f.write_jsonl("in.jsonl", &rows(6, 0));
+    let (f, input, _) = job(SimConfig::default(), 6, 0).await;
     for (function, flag, value, ty) in [
         (
             "ai_filter",
@@ -350,9 +319,8 @@ async fn aiq_run_has_ai_filter_and_ai_score() {
         ),
     ] {
         let out = f.path(&format!("{function}.parquet"));
-        let o = f
-            .score(&input, &out, &["--function", function, flag, value])
-            .await;
+        let flags = ["--function", function, flag, value];
+        let o = f.score(&input, &out, &flags).await;
         assert_ok(&o);
         let (schema, rows) = read_rows(&out);
         assert_eq!(schema.field_with_name("result").unwrap().data_type(), &ty);
@@ -363,9 +331,8 @@ async fn aiq_run_has_ai_filter_and_ai_score() {
             "{rows:?}"
         );
     }
-    let o = f
-        .score(&input, &f.path("x.parquet"), &["--function", "ai_filter"])
-        .await;
+    let flags = ["--function", "ai_filter"];
+    let o = f.score(&input, &f.path("x.parquet"), &flags).await;
     assert_eq!(super::util::code(&o), 2, "{}", stderr(&o));
 }
 

@@ -12,6 +12,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
 use serde_json::{Map, Value};
 
+/// Environment variables for a command: `(name, value)` pairs.
+pub type Envs<'a> = &'a [(&'a str, &'a str)];
+
 pub const TOKEN: &str = "sk-test-SECRET-7f3a9c";
 
 pub struct Fixture {
@@ -47,6 +50,13 @@ impl Fixture {
         format!("{}/v1", self.sim.base_url())
     }
 
+    /// `text` in the file `name` of the temp folder (a job file, say).
+    pub fn write_text(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write a text file");
+        path
+    }
+
     pub fn write_jsonl(&self, name: &str, rows: &[Value]) -> PathBuf {
         let path = self.path(name);
         let text: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
@@ -66,21 +76,21 @@ impl Fixture {
 
     /// `aiq ARGS` with a clean environment: no Databricks or OpenAI
     /// variables but those given, HOME in the temp folder.
-    pub async fn aiq(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    pub async fn aiq(&self, args: &[&str], envs: Envs<'_>) -> Output {
         output(self.command(args, envs)).await
     }
 
-    /// [`Fixture::aiq`] run in the folder `cwd`, for relative paths.
-    pub async fn aiq_in(&self, cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    /// [`Fixture::command`] run in the folder `cwd`, for relative paths.
+    pub fn command_in(&self, cwd: &Path, args: &[&str], envs: Envs<'_>) -> Command {
         let mut cmd = self.command(args, envs);
         cmd.current_dir(cwd);
-        output(cmd).await
+        cmd
     }
 
     /// [`Fixture::aiq`] with stdout a pipe whose reading end is already
     /// closed, as in `aiq ... | head -1` once `head` has its line: every
     /// write to stdout fails with a broken pipe. The output's stdout is empty.
-    pub async fn aiq_stdout_closed(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    pub async fn aiq_stdout_closed(&self, args: &[&str], envs: Envs<'_>) -> Output {
         let mut cmd = self.command(args, envs);
         let (reader, writer) = std::io::pipe().expect("pipe");
         drop(reader);
@@ -91,7 +101,7 @@ impl Fixture {
     /// The `aiq ARGS` command with a clean environment (see [`Fixture::aiq`]),
     /// for a caller that spawns it (to stop it mid-job, or to run another
     /// job beside it).
-    pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
+    pub fn command(&self, args: &[&str], envs: Envs<'_>) -> Command {
         let mut cmd = Command::new(aiq_bin());
         cmd.args(args)
             .env_clear()
@@ -121,39 +131,39 @@ impl Fixture {
     }
 
     /// `aiq run` against the simulator's OpenAI route with the right key.
-    pub async fn run_openai(&self, input: &Path, output: &Path, extra: &[&str]) -> Output {
-        self.run_openai_env(input, output, extra, &[]).await
+    pub async fn run_openai(&self, input: &Path, out: &Path, extra: &[&str]) -> Output {
+        self.run_openai_env(input, out, extra, &[]).await
     }
 
     /// [`Fixture::run_openai`] with more environment variables.
     pub async fn run_openai_env(
         &self,
         input: &Path,
-        output: &Path,
+        out: &Path,
         extra: &[&str],
-        envs: &[(&str, &str)],
+        envs: Envs<'_>,
     ) -> Output {
-        let cmd = self.endpoint_command(&self.openai_url(), input, output, extra, envs);
+        let cmd = self.endpoint_command(&self.openai_url(), input, out, extra, envs);
         self::output(cmd).await
     }
 
     /// The command [`Fixture::run_openai`] runs, to spawn and then signal
     /// or kill mid-job.
-    pub fn openai_command(&self, input: &Path, output: &Path, extra: &[&str]) -> Command {
-        self.endpoint_command(&self.openai_url(), input, output, extra, &[])
+    pub fn openai_command(&self, input: &Path, out: &Path, extra: &[&str]) -> Command {
+        self.endpoint_command(&self.openai_url(), input, out, extra, &[])
     }
 
-    /// `aiq run` against any OpenAI-compatible `endpoint` (a server in
+    /// `aiq run` against any OpenAI-compatible `url` (a server in
     /// front of the simulator) with the simulator's key and `envs`.
     pub fn endpoint_command(
         &self,
-        endpoint: &str,
+        url: &str,
         input: &Path,
-        output: &Path,
+        out: &Path,
         extra: &[&str],
-        envs: &[(&str, &str)],
+        envs: Envs<'_>,
     ) -> Command {
-        let mut args = run_io(input, output, endpoint);
+        let mut args = run_io(input, out, url);
         args.extend(["-q", "--model", "sim-model"]);
         self.keyed_command(args, extra, ("OPENAI_API_KEY", TOKEN), envs)
     }
@@ -165,7 +175,7 @@ impl Fixture {
         mut args: Vec<&'a str>,
         extra: &[&'a str],
         key: (&str, &str),
-        envs: &[(&str, &str)],
+        envs: Envs<'_>,
     ) -> Command {
         args.extend(["--backoff-ms", "1"]);
         args.extend_from_slice(extra);
@@ -180,14 +190,14 @@ impl Fixture {
     pub fn azure_command(
         &self,
         input: &Path,
-        output: &Path,
+        out: &Path,
         extra: &[&str],
-        envs: &[(&str, &str)],
+        envs: Envs<'_>,
     ) -> Command {
         let base = self.sim.base_url();
         let named = ["--model", "gpt4o-dep"];
         let at = ("AZURE_OPENAI_ENDPOINT", base.as_str());
-        self.provider_command("azure", &named, at, [input, output], extra, envs)
+        self.provider_command("azure", &named, at, [input, out], extra, envs)
     }
 
     /// `aiq run -q --endpoint PROVIDER` from `io`'s input to its output
@@ -200,7 +210,7 @@ impl Fixture {
         var: (&str, &str),
         io: [&'a Path; 2],
         extra: &[&'a str],
-        envs: &[(&str, &str)],
+        envs: Envs<'_>,
     ) -> Command {
         let mut args = run_io(io[0], io[1], provider);
         args.push("-q");
@@ -209,25 +219,19 @@ impl Fixture {
     }
 
     /// `aiq run -q` against the simulator's Databricks route: the serving
-    /// endpoint `endpoint_name` on `DATABRICKS_HOST` (the simulator) with the
+    /// endpoint `name` on `DATABRICKS_HOST` (the simulator) with the
     /// right `DATABRICKS_TOKEN`.
     pub async fn run_databricks(
         &self,
         input: &Path,
-        output: &Path,
-        endpoint_name: &str,
+        out: &Path,
+        name: &str,
         extra: &[&str],
     ) -> Output {
         let mut args = vec!["-q"];
         args.extend_from_slice(extra);
-        self.run_databricks_env(
-            input,
-            output,
-            endpoint_name,
-            &args,
-            &[("DATABRICKS_TOKEN", TOKEN)],
-        )
-        .await
+        self.run_databricks_env(input, out, name, &args, &[("DATABRICKS_TOKEN", TOKEN)])
+            .await
     }
 
     /// `aiq run` against the simulator's Databricks route with
@@ -238,13 +242,13 @@ impl Fixture {
     pub async fn run_databricks_env(
         &self,
         input: &Path,
-        output: &Path,
-        endpoint_name: &str,
+        out: &Path,
+        name: &str,
         extra: &[&str],
-        envs: &[(&str, &str)],
+        envs: Envs<'_>,
     ) -> Output {
         let host = self.sim.base_url();
-        let mut args = run_io(input, output, endpoint_name);
+        let mut args = run_io(input, out, name);
         args.extend_from_slice(extra);
         let mut all_envs = vec![("DATABRICKS_HOST", host.as_str())];
         all_envs.extend_from_slice(envs);
@@ -276,6 +280,10 @@ pub async fn output(mut cmd: Command) -> Output {
 /// [`failing_first`], each failed request is a failed row, in row order.
 pub const ONE_AT_A_TIME_NO_RETRIES: [&str; 4] = ["--concurrency", "1", "--max-retries", "0"];
 
+/// `-q` and [`PROMPT_TEXT`]: for the runs that add no `-q` of their own
+/// ([`Fixture::run_databricks_env`]).
+pub const QUIET_TEXT: [&str; 3] = ["-q", "--prompt", "{{text}}"];
+
 /// The flags that make each row's `text` column the whole prompt.
 pub const PROMPT_TEXT: [&str; 2] = ["--prompt", "{{text}}"];
 
@@ -292,6 +300,17 @@ pub async fn job_of(cfg: SimConfig, input: &[Value]) -> (Fixture, PathBuf, PathB
     let input = f.write_jsonl("in.jsonl", input);
     let out = f.path("out.parquet");
     (f, input, out)
+}
+
+/// [`job`] of `n` rows (the default simulator) with the texts of some
+/// replaced: `(row, text)`, e.g. a text with a marker (`[[sim:400]]`)
+/// that the simulator fails.
+pub async fn job_marked(n: usize, texts: &[(usize, &str)]) -> (Fixture, PathBuf, PathBuf) {
+    let mut input = rows(n, 0);
+    for (row, text) in texts {
+        input[*row]["text"] = Value::String(text.to_string());
+    }
+    job_of(SimConfig::default(), &input).await
 }
 
 /// A simulator whose first `n` requests fail (HTTP 500), and 30 rows of
@@ -395,6 +414,68 @@ pub fn assert_ok(o: &Output) {
     );
 }
 
+/// `o` failed with exit code `code`, and its stderr says each of `said`:
+/// the stderr, for more checks.
+#[track_caller]
+pub fn assert_exit(o: &Output, code: i32, said: &[&str]) -> String {
+    let err = stderr(o);
+    assert_eq!(self::code(o), code, "{err}");
+    for s in said {
+        assert!(err.contains(s), "stderr does not say {s:?}: {err}");
+    }
+    err
+}
+
+/// A row's `result` as text (a test's rows are answered with text).
+#[track_caller]
+pub fn text_of(row: &Map<String, Value>) -> &str {
+    row["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text: {row:?}"))
+}
+
+/// No row of `rows` has an error.
+#[track_caller]
+pub fn assert_no_errors(rows: &[Map<String, Value>]) {
+    let failed: Vec<_> = rows
+        .iter()
+        .filter(|r| !r["error_message"].is_null())
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+/// `o` succeeded: the rows it wrote to `out`.
+#[track_caller]
+pub fn ok_rows(o: &Output, out: &Path) -> Vec<Map<String, Value>> {
+    assert_ok(o);
+    read_rows(out).1
+}
+
+/// The simulator's defaults with what `change` sets: a test states only
+/// what differs.
+pub fn sim(change: impl FnOnce(&mut SimConfig)) -> SimConfig {
+    let mut cfg = SimConfig::default();
+    change(&mut cfg);
+    cfg
+}
+
+/// A column of a test's input: its name, values and whether it may hold
+/// nulls.
+pub fn col<A: arrow::array::Array + 'static>(
+    name: &str,
+    values: A,
+    nullable: bool,
+) -> (String, arrow::array::ArrayRef, bool) {
+    (name.to_string(), Arc::new(values), nullable)
+}
+
+/// A record batch of `columns` ([`col`]), its schema theirs.
+pub fn batch_of<const N: usize>(
+    columns: [(String, arrow::array::ArrayRef, bool); N],
+) -> RecordBatch {
+    RecordBatch::try_from_iter_with_nullable(columns).expect("columns of one length")
+}
+
 /// Read a Parquet file as JSON objects, one per row.
 pub fn read_rows(path: &Path) -> (Arc<Schema>, Vec<Map<String, Value>>) {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
@@ -436,12 +517,7 @@ pub fn rows(n: usize, null_every: usize) -> Vec<Value> {
 /// Runs `script` (a providers' official SDK driving the simulator) with the
 /// test venv's Python, `args` after it and `envs` set, and returns what it
 /// printed as JSON; a failing script fails the test with its output.
-pub async fn python_sdk(
-    f: &Fixture,
-    script: &str,
-    args: &[String],
-    envs: &[(&str, &str)],
-) -> Value {
+pub async fn python_sdk(f: &Fixture, script: &str, args: &[String], envs: Envs<'_>) -> Value {
     let python = std::env::var("AIQ_TEST_PYTHON").expect(
         "AIQ_TEST_PYTHON is unset: run tests/all.sh, which makes the test venv (with the providers' SDKs) and sets it",
     );
