@@ -210,45 +210,9 @@ pub(crate) fn verify(
             "'Host' must be a 'SignedHeader' in the AWS Authorization.",
         ));
     }
-    let mut canonical_headers = String::new();
-    for name in &names {
-        let value = match *name {
-            "host" => header("host")
-                .map(str::to_string)
-                .or_else(|| uri.authority().map(|a| a.to_string())),
-            n => {
-                let values: Vec<String> = headers
-                    .get_all(n)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-                    .collect();
-                (!values.is_empty()).then(|| values.join(","))
-            }
-        };
-        let value = value.ok_or_else(|| {
-            bad("The request signature we calculated does not match the signature you provided.")
-        })?;
-        canonical_headers.push_str(&format!("{name}:{}\n", value.trim()));
-    }
-    let mut query: Vec<(String, String)> = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let decode = |s: &str| {
-                url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default()
-            };
-            (uri_encode(&decode(k), false), uri_encode(&decode(v), false))
-        })
-        .collect();
-    query.sort();
-    let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let canonical_headers = canonical_headers(&names, headers, uri).ok_or_else(|| {
+        bad("The request signature we calculated does not match the signature you provided.")
+    })?;
     let payload = sha256_hex(body);
     if let Some(claimed) = header("x-amz-content-sha256") {
         if claimed != payload && claimed != "UNSIGNED-PAYLOAD" {
@@ -261,7 +225,7 @@ pub(crate) fn verify(
     let canonical = format!(
         "{method}\n{}\n{}\n{canonical_headers}\n{signed}\n{}",
         uri_encode(uri.path(), true),
-        query.join("&"),
+        canonical_query(uri),
         header("x-amz-content-sha256").unwrap_or(&payload),
     );
     let to_sign = format!(
@@ -277,6 +241,56 @@ pub(crate) fn verify(
         return Err(bad("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details."));
     }
     Ok(())
+}
+
+/// The signed headers `names`, each `name:value` on its line (values
+/// trimmed, inner runs of spaces one, repeats joined by `,`); None when one
+/// is missing. `host` is the Host header, or HTTP/2's authority.
+fn canonical_headers(names: &[&str], headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let mut out = String::new();
+    for name in names {
+        let value = match *name {
+            "host" => headers
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| uri.authority().map(|a| a.to_string())),
+            n => {
+                let values: Vec<String> = headers
+                    .get_all(n)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect();
+                (!values.is_empty()).then(|| values.join(","))
+            }
+        }?;
+        out.push_str(&format!("{name}:{}\n", value.trim()));
+    }
+    Some(out)
+}
+
+/// The query's parameters decoded, encoded again SigV4's way and sorted.
+fn canonical_query(uri: &Uri) -> String {
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let mut query: Vec<(String, String)> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (uri_encode(&decode(k), false), uri_encode(&decode(v), false))
+        })
+        .collect();
+    query.sort();
+    let pairs: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join("&")
 }
 
 /// An ECS/EKS container credentials endpoint: the temporary key of
