@@ -23,10 +23,11 @@ async fn every_row_is_answered_with_bedrock_cache_columns() {
     assert!(sum(&rows, "cache_write_tokens") > 0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn typed_results_come_through_a_forced_tool_online_and_streamed() {
-    native::typed_results_online_and_streamed(&BEDROCK).await;
-}
+// Typed results online and streamed, repairs, and ThrottlingException
+// (429), ServiceUnavailableException (503) and InternalServerException
+// (500) retried (ModelTimeoutException: a unit test of provider::retry;
+// the simulator has no 408 fault).
+native::provider_tests!(BEDROCK, faults: "429,503,500");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streamed_text_and_usage_match_the_unstreamed() {
@@ -34,19 +35,6 @@ async fn streamed_text_and_usage_match_the_unstreamed() {
     assert!(streamed
         .iter()
         .all(|r| r["cached_tokens"].as_i64() > Some(0)));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn typed_replies_that_do_not_fit_are_repaired() {
-    native::unfit_replies_are_repaired(&BEDROCK).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn throttling_and_unavailable_are_retried() {
-    // ThrottlingException (429), ServiceUnavailableException (503),
-    // InternalServerException (500); ModelTimeoutException is a unit test
-    // of provider::retry (the simulator has no 408 fault).
-    native::faults_are_retried(&BEDROCK, "429,503,500").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
