@@ -88,6 +88,8 @@ class RunSettings(TypedDict, total=False):
     batch_max_bytes: int  # batch mode: bytes per batch input file [200000000]
     poll_secs: float  # batch mode: seconds between polls [30]
     deadline: str  # batch mode: after this long ("2h", "90m") send the rest online
+    batch_staging: str  # batch mode on endpoint="bedrock": the S3 prefix (s3://bucket/prefix) for batch records
+    bedrock_role_arn: str  # batch mode on endpoint="bedrock": the IAM service role Bedrock reads and writes it as
     ca_cert: str  # PEM file of extra certificate authorities to trust (a private CA); SSL_CERT_FILE works too
 
 class SqlSettings(TypedDict, total=False):

@@ -113,6 +113,9 @@ pub struct BatchSettings {
     pub poll: Duration,
     /// After this long, unfinished batches are cancelled and the rest sent online.
     pub deadline: Option<Duration>,
+    /// Bedrock: the S3 prefix of the batch records, and the service role.
+    pub staging: Option<String>,
+    pub role_arn: Option<String>,
 }
 
 /// OpenAI's limits on one batch input file.
@@ -127,6 +130,8 @@ impl Default for BatchSettings {
             max_bytes: DEFAULT_BATCH_MAX_BYTES,
             poll: Duration::from_secs_f64(DEFAULT_POLL_SECS),
             deadline: None,
+            staging: None,
+            role_arn: None,
         }
     }
 }
@@ -744,6 +749,8 @@ fn batch(s: &JobSettings, mode: Mode, target: &Target, batch_size: usize) -> Res
             ("--batch-max-bytes", s.batch_max_bytes.is_some()),
             ("--poll-secs", s.poll_secs.is_some()),
             ("--deadline", s.deadline.is_some()),
+            ("--batch-staging", s.batch_staging.is_some()),
+            ("--bedrock-role-arn", s.bedrock_role_arn.is_some()),
         ];
         if let Some(flag) = first_given(&batch_only) {
             return Err(Error::Config(format!(
@@ -782,7 +789,18 @@ fn batch(s: &JobSettings, mode: Mode, target: &Target, batch_size: usize) -> Res
              (use --dry-run to see the cost first)"
         )));
     }
+    let (staging, role_arn) = (s.batch_staging.clone(), s.bedrock_role_arn.clone());
+    let bedrock = target.dialect() == crate::provider::dialect::Dialect::Bedrock;
+    crate::provider::bedrock_batch::check_settings(
+        bedrock,
+        staging.as_deref(),
+        role_arn.as_deref(),
+        s.model.as_deref(),
+    )
+    .map_err(Error::Config)?;
     Ok(BatchSettings {
+        staging,
+        role_arn,
         max_requests: s.batch_max_requests.unwrap_or(DEFAULT_BATCH_MAX_REQUESTS),
         max_bytes: s.batch_max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES),
         poll: Duration::from_secs_f64(s.poll_secs.unwrap_or(DEFAULT_POLL_SECS)),

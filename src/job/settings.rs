@@ -448,6 +448,16 @@ with_call_settings! {
         /// send the remaining rows online.
         #[arg(long, value_name = "DURATION")]
         pub deadline: Option<String>,
+
+        /// Batch mode on Bedrock: the S3 prefix (`s3://bucket/prefix`) the
+        /// batch records are written to and the answers read from.
+        #[arg(long, value_name = "URL")]
+        pub batch_staging: Option<String>,
+
+        /// Batch mode on Bedrock: the IAM service role Bedrock reads and
+        /// writes --batch-staging as (`arn:aws:iam::ACCOUNT:role/NAME`).
+        #[arg(long, value_name = "ARN")]
+        pub bedrock_role_arn: Option<String>,
     }
 }
 
@@ -584,7 +594,7 @@ impl JobSettings {
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, price_cache_write, max_ambiguous_retries, api_key_env, profile, batch_rows, max_line_bytes, batch_size, tools, tool_choice,
             simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
-            poll_secs, deadline, max_repairs, shard, workers, call_journal, condition, criterion,
+            poll_secs, deadline, batch_staging, bedrock_role_arn, max_repairs, shard, workers, call_journal, condition, criterion,
             ca_cert, write_mode, input_version, input_timestamp);
         if self.labels.is_empty() {
             self.labels = base.labels;

@@ -464,7 +464,7 @@ impl Client {
         let authorization = self
             .endpoint
             .credentials
-            .headers(self.http.side(), &post.uri, body)
+            .headers(self.http.side(), &hyper::Method::POST, &post.uri, body)
             .await
             .map_err(|e| AttemptError::new(RetryAction::Abort, e.to_string()))?;
         let sent = Instant::now();

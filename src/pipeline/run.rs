@@ -364,10 +364,13 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
     let batch_report = match plan.mode {
         Mode::Online => None,
         Mode::Batch => {
+            let (lines, shape) =
+                crate::pipeline::batch::bedrock::view(plan, &templates, &builder, &shape);
             let job = BatchJob {
                 plan,
                 templates: &templates,
                 builder: &builder,
+                lines: &lines,
                 shape: &shape,
                 api: batch_api(plan, &connection)?
                     .for_dialect(connection.endpoint.dialect, journal.dir())
@@ -538,22 +541,28 @@ fn journaled_keys(resume: &Resume) -> HashMap<RowId, String> {
 /// the built-in simulator's.
 fn batch_api(plan: &Plan, connection: &Connection) -> Result<BatchApi> {
     let endpoint = &connection.endpoint;
-    let base = match (&endpoint.base, &connection.simulator) {
-        (Some(base), _) => base.clone(),
-        (None, Some(sim)) => format!("{}/v1", sim.base_url()),
-        (None, None) => {
+    let bedrock = crate::pipeline::batch::bedrock::api(plan, endpoint)?;
+    let base = match (&bedrock, &endpoint.base, &connection.simulator) {
+        (Some((control, _)), _, _) => control.clone(),
+        (None, Some(base), _) => base.clone(),
+        (None, None, Some(sim)) => format!("{}/v1", sim.base_url()),
+        (None, None, None) => {
             return Err(Error::Config(format!(
                 "--mode batch needs an OpenAI-compatible base URL, not {}",
                 endpoint.label
             )))
         }
     };
-    Ok(BatchApi::new(
+    let api = BatchApi::new(
         connection.pool.http.side().clone(),
         &base,
         endpoint.credentials.clone(),
         plan.retry.clone(),
-    ))
+    );
+    Ok(match bedrock {
+        Some((_, staging)) => api.for_bedrock(staging),
+        None => api,
+    })
 }
 
 /// Stage 1: a reader thread streams the input's batches from `first`,

@@ -122,17 +122,18 @@ impl Credentials {
         Ok(Some((name, value)))
     }
 
-    /// The credentials headers for a POST of `body` to `uri`: the one of
-    /// [`Credentials::authorization`], or an AWS request's signature
-    /// headers, which cover the URL and the body.
+    /// The credentials headers for a `method` request of `body` to `uri`:
+    /// the one of [`Credentials::authorization`], or an AWS request's
+    /// signature headers, which cover the method, the URL and the body.
     pub async fn headers(
         &self,
         http: &reqwest::Client,
+        method: &hyper::Method,
         uri: &hyper::Uri,
         body: &bytes::Bytes,
     ) -> Result<Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>> {
         match self {
-            Credentials::Aws(aws) => aws.sign(&hyper::Method::POST, uri, body).await,
+            Credentials::Aws(aws) => aws.sign(method, uri, body).await,
             other => Ok(other.authorization(http).await?.into_iter().collect()),
         }
     }

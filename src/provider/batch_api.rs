@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use crate::provider::auth::{Credentials, Scrubber};
 use crate::provider::azure;
 pub use crate::provider::batch_line::{LineError, LineResponse, OutputLine};
+use crate::provider::bedrock_batch::{self, Staging};
 use crate::provider::dialect::Dialect;
 use crate::provider::retry::{classify, retry_after, Failure, Pacing, RetryAction, RetryPolicy};
 use crate::provider::wire::{self, Task};
@@ -288,6 +289,8 @@ pub struct BatchApi {
     /// The model the batches are for, where the API names it in the path
     /// (Gemini).
     model: String,
+    /// Bedrock batch inference: the S3 prefix its files go through.
+    bedrock: Option<Staging>,
 }
 
 impl BatchApi {
@@ -306,6 +309,23 @@ impl BatchApi {
             dialect: Dialect::OpenAi,
             staging: PathBuf::new(),
             model: String::new(),
+            bedrock: None,
+        }
+    }
+
+    /// Bedrock batch inference jobs on the control plane at this API's
+    /// base, their files through `staging`.
+    pub fn for_bedrock(mut self, staging: Staging) -> BatchApi {
+        self.bedrock = Some(staging);
+        self
+    }
+
+    /// The fewest requests one batch may carry: a file with fewer is
+    /// sent online instead (Bedrock's minimum records per job).
+    pub fn min_requests(&self) -> usize {
+        match self.bedrock {
+            Some(_) => bedrock_batch::MIN_RECORDS,
+            None => 1,
         }
     }
 
@@ -384,6 +404,19 @@ impl BatchApi {
 
     /// Upload a batch input file (`purpose=batch`).
     pub async fn upload(&self, filename: &str, content: Bytes) -> Result<FileObject, ApiError> {
+        if let Some(b) = &self.bedrock {
+            let records = bedrock_batch::records(&content).map_err(fatal)?;
+            let bytes = records.len() as u64;
+            let id = b.put_input(filename, records).await.map_err(fatal)?;
+            return Ok(FileObject {
+                id,
+                object: "file".into(),
+                bytes,
+                created_at: 0,
+                filename: filename.to_string(),
+                purpose: "batch".into(),
+            });
+        }
         if self.anthropic() || self.gemini() {
             return self.keep(filename, &content);
         }
@@ -410,6 +443,29 @@ impl BatchApi {
     }
 
     pub async fn create(&self, request: &CreateBatch) -> Result<BatchObject, ApiError> {
+        if let Some(b) = &self.bedrock {
+            let meta = request.metadata.clone().unwrap_or_default();
+            let field = |k: &str| meta.get(k).map(String::as_str).unwrap_or_default();
+            let body = bedrock_batch::create_body(&bedrock_batch::NewJob {
+                job: field("aiq_job"),
+                submission: field("aiq_submission"),
+                role_arn: &b.role_arn,
+                model: &self.model,
+                input: &request.input_file_id,
+                output: &b.output_url(),
+            });
+            let body = Bytes::from(body.to_string());
+            let json = Some(("application/json".into(), body));
+            let reply = self
+                .send(reqwest::Method::POST, bedrock_batch::JOBS, json)
+                .await?;
+            let created: Value = decode(&reply)?;
+            let arn = created
+                .get("jobArn")
+                .and_then(Value::as_str)
+                .ok_or_else(|| local("CreateModelInvocationJob answered without a jobArn"))?;
+            return self.get(arn).await;
+        }
         if self.gemini() {
             let lines = self.kept(&request.input_file_id)?;
             let name = gemini_batch::display_name(&request.metadata.clone().unwrap_or_default());
@@ -440,6 +496,11 @@ impl BatchApi {
     }
 
     pub async fn get(&self, id: &str) -> Result<BatchObject, ApiError> {
+        if self.bedrock.is_some() {
+            let path = bedrock_batch::job_path(id);
+            let reply = self.send(reqwest::Method::GET, &path, None).await?;
+            return Self::translated(&reply, bedrock_batch::batch_object);
+        }
         if self.gemini() {
             let path = gemini_batch::batch_path(id, None);
             let reply = self.send(reqwest::Method::GET, &path, None).await?;
@@ -457,6 +518,12 @@ impl BatchApi {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<BatchObject, ApiError> {
+        if self.bedrock.is_some() {
+            // StopModelInvocationJob answers `{}`: the job says the rest.
+            let path = format!("{}/stop", bedrock_batch::job_path(id));
+            self.send(reqwest::Method::POST, &path, None).await?;
+            return self.get(id).await;
+        }
         if self.gemini() {
             // Google answers a cancel with `{}`: the batch says the rest.
             let path = gemini_batch::batch_path(id, Some("cancel"));
@@ -476,6 +543,17 @@ impl BatchApi {
 
     /// One page of batches, newest first, after the batch `after`.
     pub async fn list(&self, after: Option<&str>) -> Result<BatchList, ApiError> {
+        if self.bedrock.is_some() {
+            // A job whose ARN a kill lost is created again with its
+            // clientRequestToken, which returns it: nothing to look up.
+            return Ok(BatchList {
+                object: list_object(),
+                data: Vec::new(),
+                first_id: None,
+                last_id: None,
+                has_more: false,
+            });
+        }
         if self.gemini() {
             return self.gemini_list().await;
         }
@@ -497,6 +575,10 @@ impl BatchApi {
 
     /// The content of a file (a batch's output or error file).
     pub async fn content(&self, file_id: &str) -> Result<Bytes, ApiError> {
+        if let Some(b) = &self.bedrock {
+            let records = b.get_output(file_id).await.map_err(local)?;
+            return Ok(bedrock_batch::output_lines(&records).into());
+        }
         if self.gemini() {
             // The output "file" is the batch's inlined responses.
             let path = gemini_batch::batch_path(file_id, None);
@@ -589,12 +671,17 @@ impl BatchApi {
                 .map_err(|e| Failed(RetryAction::RowError, local(e.to_string())))?;
             request = request.header(CONTENT_TYPE, value).body(body.clone());
         }
-        let authorization = self
+        // AWS signs the method, the URL and the body; others send a key.
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| Failed(RetryAction::Abort, fatal(format!("{url}: {e}"))))?;
+        let payload = body.map(|(_, b)| b.clone()).unwrap_or_default();
+        let credentials = self
             .credentials
-            .authorization(&self.http)
+            .headers(&self.http, method, &uri, &payload)
             .await
             .map_err(|e| Failed(RetryAction::Abort, fatal(e.to_string())))?;
-        if let Some((name, value)) = authorization {
+        for (name, value) in credentials {
             request = request.header(name, value);
         }
         for (name, value) in self.dialect.headers() {

@@ -229,17 +229,9 @@ pub fn create_body(j: &NewJob) -> Value {
     })
 }
 
-/// A job ARN as one path segment (`:` and `/` escaped).
+/// A job's path: its ARN as one path segment (`:` and `/` escaped).
 pub fn job_path(arn: &str) -> String {
-    let mut path = format!("{JOBS}/");
-    for b in arn.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            path.push(b as char);
-        } else {
-            path.push_str(&format!("%{b:02X}"));
-        }
-    }
-    path
+    format!("{JOBS}/{}", crate::provider::aws::path_segment(arn))
 }
 
 /// Where a job writes the output of its input object:

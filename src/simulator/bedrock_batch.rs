@@ -24,8 +24,10 @@
 //! far written out; `--batch-expire-first` jobs end `PartiallyCompleted`
 //! after `--batch-expire-share` of their records. `--batch-fail-rate`
 //! fails records (errorCode 500), `--batch-create-delay-ms` delays the
-//! reply to a create (the job exists at once). Jobs count in
-//! [`super::BatchStats`] (a create repeated with its token is not a new job).
+//! reply to a new job's create (the job exists at once). Jobs count in
+//! [`super::BatchStats`] (a create repeated with its token is not a new
+//! job). Every request's SigV4 signature is checked as the runtime's are
+//! ([`super::bedrock::verify`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -44,6 +46,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use super::bedrock::wire::error_reply;
+use super::stats::bump;
 use super::ServerState;
 use crate::provider::anthropic::error_status;
 
@@ -82,48 +86,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An AWS REST JSON error: the type in `x-amzn-ErrorType` (as boto3 and
-/// the SDKs read it) and in the body's `__type`, the text in `message`.
-fn aws_error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let mut r = (status, Json(json!({"__type": kind, "message": message}))).into_response();
-    if let Ok(v) = HeaderValue::from_str(kind) {
-        r.headers_mut().insert("x-amzn-ErrorType", v);
-    }
-    r
-}
-
 fn invalid(message: &str) -> Response {
-    aws_error(StatusCode::BAD_REQUEST, "ValidationException", message)
+    error_reply(StatusCode::BAD_REQUEST, "ValidationException", message)
 }
 
-/// The request's SigV4 credential scope `(access key, region)`, if it is
-/// signed for service `bedrock`; otherwise the refusal AWS gives.
-///
-/// Only the scope is checked here: the signature itself is checked by the
-/// runtime's verifier once it is shared.
-fn authorized(headers: &HeaderMap) -> Result<(String, String), Response> {
-    let refuse = |m: &str| Err(aws_error(StatusCode::FORBIDDEN, "AccessDeniedException", m));
-    let Some(auth) = headers
+/// The region a request is signed for, once its SigV4 signature checks
+/// out as the runtime's do ([`super::bedrock::verify`]); otherwise
+/// Bedrock's refusal.
+fn authorized(
+    st: &ServerState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<String, Response> {
+    if let Err((kind, message)) =
+        super::bedrock::verify(st.cfg.token.as_deref(), method, uri, headers, body)
+    {
+        bump(&st.counters.unauthorized);
+        return Err(error_reply(StatusCode::FORBIDDEN, kind, &message));
+    }
+    // AKID/yyyymmdd/region/service/aws4_request, checked above.
+    let region = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    else {
-        return refuse("Missing Authentication Token");
-    };
-    let Some(scope) = auth
-        .strip_prefix("AWS4-HMAC-SHA256 Credential=")
-        .and_then(|s| s.split(',').next())
-    else {
-        return refuse("Authorization header requires AWS4-HMAC-SHA256 signing");
-    };
-    // AKID/yyyymmdd/region/service/aws4_request
-    let parts: Vec<&str> = scope.split('/').collect();
-    match parts.as_slice() {
-        [key, _, region, "bedrock", "aws4_request"] => Ok((key.to_string(), region.to_string())),
-        [_, _, _, service, _] => refuse(&format!(
-            "Credential should be scoped to correct service: 'bedrock', not '{service}'"
-        )),
-        _ => refuse("Authorization header: malformed Credential"),
-    }
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').nth(2))
+        .unwrap_or("us-east-1");
+    Ok(region.to_string())
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -140,11 +130,12 @@ fn name_ok(s: &str, max: usize, extra: &[u8]) -> bool {
 /// `POST /model-invocation-job`.
 pub(crate) async fn create(
     State(st): State<Arc<ServerState>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let region = match authorized(&headers) {
-        Ok((_, region)) => region,
+    let region = match authorized(&st, &Method::POST, &uri, &headers, &body) {
+        Ok(region) => region,
         Err(refused) => return refused,
     };
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
@@ -242,7 +233,9 @@ pub(crate) async fn create(
         st.batches.count(|s| s.batches += 1);
         tokio::spawn(run(st.clone(), id, stop));
     }
-    if st.cfg.batch_create_delay_ms > 0 {
+    // A create repeated with its token answers at once: the delay stands
+    // for a reply lost after the job was made.
+    if new && st.cfg.batch_create_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(st.cfg.batch_create_delay_ms)).await;
     }
     Json(json!({"jobArn": arn})).into_response()
@@ -549,7 +542,7 @@ fn job_id(identifier: &str) -> &str {
 }
 
 fn not_found(identifier: &str) -> Response {
-    aws_error(
+    error_reply(
         StatusCode::NOT_FOUND,
         "ResourceNotFoundException",
         &format!("The specified batch inference job {identifier} could not be found"),
@@ -560,9 +553,10 @@ fn not_found(identifier: &str) -> Response {
 pub(crate) async fn get(
     State(st): State<Arc<ServerState>>,
     Path(identifier): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorized(&headers) {
+    if let Err(refused) = authorized(&st, &Method::GET, &uri, &headers, b"") {
         return refused;
     }
     match lock(&st.bedrock_batches.jobs).get(job_id(&identifier)) {
@@ -576,9 +570,11 @@ pub(crate) async fn get(
 pub(crate) async fn stop(
     State(st): State<Arc<ServerState>>,
     Path(identifier): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    if let Err(refused) = authorized(&headers) {
+    if let Err(refused) = authorized(&st, &Method::POST, &uri, &headers, &body) {
         return refused;
     }
     let mut jobs = lock(&st.bedrock_batches.jobs);
@@ -603,26 +599,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scopes_and_names() {
-        let mut h = HeaderMap::new();
-        assert!(authorized(&h).is_err());
-        h.insert(
-            "authorization",
-            HeaderValue::from_static(
-                "AWS4-HMAC-SHA256 Credential=AKID/20240101/eu-west-1/bedrock/aws4_request, SignedHeaders=host, Signature=00",
-            ),
-        );
-        assert_eq!(
-            authorized(&h).ok(),
-            Some(("AKID".to_string(), "eu-west-1".to_string()))
-        );
-        h.insert(
-            "authorization",
-            HeaderValue::from_static(
-                "AWS4-HMAC-SHA256 Credential=AKID/20240101/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=00",
-            ),
-        );
-        assert!(authorized(&h).is_err());
+    fn names_and_uris() {
         assert!(name_ok("aiq-job-1.a", 63, b"+."));
         assert!(!name_ok("-x", 63, b""));
         assert_eq!(split_s3("s3://b/p/x.jsonl"), Some(("b", "p/x.jsonl")));

@@ -1,16 +1,20 @@
-//! Amazon Bedrock batch inference: the simulator's control plane
-//! (CreateModelInvocationJob, GetModelInvocationJob,
-//! StopModelInvocationJob) driven by boto3, with moto as S3.
+//! Amazon Bedrock batch inference (`--endpoint bedrock --mode batch`): the
+//! simulator's control plane (CreateModelInvocationJob,
+//! GetModelInvocationJob, StopModelInvocationJob) driven by boto3, then
+//! aiq against it, with moto as S3: every row typed with usage, failed
+//! records, a kill -9 (one job, never two), the deadline, the remainder
+//! below Bedrock's minimum going online, settings refused before any
+//! request, a wrong secret stopping the job, and no secret left behind.
 
-use aiq::simulator::SimConfig;
-use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
+use aiq::simulator::{SimConfig, AWS_KEYS};
+use serde_json::{json, Value};
+
+use super::native::BEDROCK;
 use super::object_store::{create_bucket, unique_bucket, Moto};
 use super::util::*;
-
-/// The test's AWS keys (the simulator checks the credential scope).
-const ACCESS_KEY: &str = "AKIABEDROCKBATCH0001";
-const SECRET_KEY: &str = "bedrock-batch-SECRET-5f2a9c";
 
 /// boto3's `bedrock` client against the simulator, its `s3` client against
 /// moto: a job answered (the same job for a repeated token), one record
@@ -116,8 +120,9 @@ async fn boto3_drives_the_simulators_batch_inference_control_plane() {
         f.sim.base_url(),
         moto.url.clone(),
         bucket,
-        ACCESS_KEY.to_string(),
-        SECRET_KEY.to_string(),
+        // The simulator's long-term key (no --token: its own secret).
+        AWS_KEYS[0].0.to_string(),
+        AWS_KEYS[0].1.to_string(),
     ];
     let report = python_sdk(&f, SDK_SCRIPT, &args, &[]).await;
     assert_eq!(report["same_arn"], json!(true), "{report}");
@@ -152,4 +157,308 @@ async fn boto3_drives_the_simulators_batch_inference_control_plane() {
     assert_eq!(report["unknown"], json!("ResourceNotFoundException"));
     // One job per token; the refused create made none.
     assert_eq!(f.sim.batch_stats().batches, 3);
+}
+
+/// The service role every job names (the simulator does not assume it).
+const ROLE: &str = "arn:aws:iam::123456789012:role/BedrockBatch";
+
+/// A simulator whose batch jobs use moto as S3, `input` as `in.jsonl`, the
+/// output path, and a staging prefix in a bucket of the test's own.
+async fn bedrock_job(cfg: SimConfig, input: &[Value]) -> (Fixture, PathBuf, PathBuf, String) {
+    let moto = Moto::shared();
+    let bucket = unique_bucket("bedrock-batch");
+    create_bucket(moto, &bucket).await;
+    let cfg = SimConfig {
+        bedrock_s3_endpoint: Some(moto.url.clone()),
+        ..cfg
+    };
+    let (f, path, out) = job_of(cfg, input).await;
+    (f, path, out, format!("s3://{bucket}/staging"))
+}
+
+/// `aiq run --endpoint bedrock --mode batch` (polled every 20 ms): the
+/// runtime at the simulator, the control plane too
+/// (`AWS_ENDPOINT_URL_BEDROCK`), S3 at moto (`AWS_ENDPOINT_URL`).
+fn batch_command(
+    f: &Fixture,
+    input: &Path,
+    out: &Path,
+    staging: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Command {
+    let mut flags = vec![
+        "--prompt",
+        "{{text}}",
+        "--mode",
+        "batch",
+        "--poll-secs",
+        "0.02",
+    ];
+    flags.extend(["--batch-staging", staging, "--bedrock-role-arn", ROLE]);
+    flags.extend(extra);
+    let (sim, moto) = (f.sim.base_url(), &Moto::shared().url);
+    let mut all = vec![
+        ("AWS_ENDPOINT_URL_BEDROCK", sim.as_str()),
+        ("AWS_ENDPOINT_URL", moto.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    all.extend_from_slice(envs);
+    let mut cmd = BEDROCK.command(f, [input, out], &flags, &all);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Every row answered as the simulator answers its text, once, in order.
+#[track_caller]
+fn assert_echoed(f: &Fixture, out: &Path, input: &[Value]) {
+    let (_, rows) = read_rows(out);
+    assert_eq!(rows.len(), input.len());
+    let stats = f.sim.stats();
+    for (row, inp) in rows.iter().zip(input) {
+        let text = inp["text"].as_str().unwrap();
+        assert_eq!(row["result"], json!(format!("echo: {text}")), "{row:?}");
+        assert!(row["prompt_tokens"].as_i64() > Some(0), "{row:?}");
+        assert_eq!(stats.ok_by_prompt.get(text), Some(&1), "{text}");
+    }
+}
+
+/// No AWS secret (the simulator's key is the fixture's [`TOKEN`]) in
+/// what aiq printed or left in its state folder.
+#[track_caller]
+fn assert_no_secret(stderr: &str, state: &Path) {
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+    for entry in walk(state) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(TOKEN),
+            "{} holds the secret",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| match e.path().is_dir() {
+            true => walk(&e.path()),
+            false => vec![e.path()],
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_row_comes_back_from_one_job_typed_with_usage() {
+    let input = rows(120, 0);
+    let (f, path, out, staging) = bedrock_job(SimConfig::default(), &input).await;
+    let typed = ["--return-type", "STRUCT<a: INT, b: STRING>"];
+    let o = output(batch_command(&f, &path, &out, &staging, &typed, &[])).await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    assert_eq!(rows.len(), 120);
+    for (row, inp) in rows.iter().zip(&input) {
+        assert_eq!(row["id"], inp["id"], "input order");
+        assert_eq!(row["error_message"], Value::Null, "{row:?}");
+        assert!(row["result"]["a"].is_i64(), "{row:?}");
+        assert!(row["result"]["b"].is_string(), "{row:?}");
+        assert!(row["prompt_tokens"].as_i64() > Some(0), "{row:?}");
+        assert!(row["completion_tokens"].as_i64() > Some(0), "{row:?}");
+    }
+    let batch = f.sim.batch_stats();
+    assert_eq!((batch.batches, batch.lines), (1, 120));
+    assert_eq!(f.sim.stats().requests, 0, "nothing went online");
+    assert_no_secret(&stderr(&o), &f.path("out.parquet.aiq"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_records_are_sent_again_or_reported_in_the_error_columns() {
+    let mut input = rows(110, 0);
+    input[5]["text"] = json!("refuse this one [[sim:400]]");
+    let cfg = SimConfig {
+        batch_fail_rate: 0.1,
+        ..SimConfig::default()
+    };
+    let (f, path, out, staging) = bedrock_job(cfg, &input).await;
+    let o = output(batch_command(&f, &path, &out, &staging, &[], &[])).await;
+    assert_ok(&o);
+    let (_, rows) = read_rows(&out);
+    let refused = &rows[5];
+    assert_eq!(refused["result"], Value::Null);
+    let message = refused["error_message"].as_str().unwrap_or_default();
+    assert!(message.contains("simulated bad request"), "{refused:?}");
+    let answered: Vec<Value> = (0..110)
+        .filter(|i| *i != 5)
+        .map(|i| input[i].clone())
+        .collect();
+    let rows_answered: Vec<_> = rows.iter().enumerate().filter(|(i, _)| *i != 5).collect();
+    for ((_, row), inp) in rows_answered.iter().zip(&answered) {
+        let text = inp["text"].as_str().unwrap();
+        assert_eq!(row["result"], json!(format!("echo: {text}")), "{row:?}");
+    }
+    // The records that failed with a 500 were too few for a second job:
+    // they went online, and only they did.
+    let failed = f.sim.batch_stats().lines_failed;
+    assert!(failed > 0);
+    assert_eq!(f.sim.batch_stats().batches, 1);
+    assert_eq!(f.sim.stats().requests, failed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_while_the_job_runs_then_a_rerun_creates_no_second_job() {
+    let input = rows(100, 0);
+    let cfg = SimConfig {
+        batch_turnaround_ms: 1_500,
+        ..SimConfig::default()
+    };
+    let (f, path, out, staging) = bedrock_job(cfg, &input).await;
+    let journal = f.path("out.parquet.aiq/batches.jsonl");
+    // `submitting` then `created`: the job runs, its ARN is journaled.
+    let mut cmd = batch_command(&f, &path, &out, &staging, &[], &[]);
+    let mut child = spawn_until_journaled(&mut cmd, &journal, 2);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(std::fs::read_to_string(&journal)
+        .unwrap()
+        .contains("model-invocation-job/"));
+    assert_no_secret("", &f.path("out.parquet.aiq"));
+    let o = output(batch_command(&f, &path, &out, &staging, &[], &[])).await;
+    assert_ok(&o);
+    assert_echoed(&f, &out, &input);
+    assert_eq!(f.sim.batch_stats().batches, 1, "the re-run polled the job");
+    assert_eq!(f.sim.stats().requests, 0);
+    assert_no_secret(&stderr(&o), &f.path("out.parquet.aiq"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_arn_a_kill_lost_is_not_created_twice() {
+    // The job exists at once, its ARN comes back after 60 s: the kill
+    // lands in between; the re-run's create (same clientRequestToken)
+    // gets the same job.
+    let input = rows(100, 0);
+    let cfg = SimConfig {
+        batch_create_delay_ms: 60_000,
+        ..SimConfig::default()
+    };
+    let (f, path, out, staging) = bedrock_job(cfg, &input).await;
+    let journal = f.path("out.parquet.aiq/batches.jsonl");
+    let mut cmd = batch_command(&f, &path, &out, &staging, &[], &[]);
+    let mut child = spawn_until_journaled(&mut cmd, &journal, 1);
+    while f.sim.batch_stats().batches == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = output(batch_command(&f, &path, &out, &staging, &[], &[])).await;
+    assert_ok(&o);
+    assert_echoed(&f, &out, &input);
+    assert_eq!(f.sim.batch_stats().batches, 1, "one job for the rows");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deadline_stops_the_job_and_sends_the_rest_online() {
+    // The job would take 6 s; the deadline is 1 s.
+    let input = rows(120, 0);
+    let cfg = SimConfig {
+        batch_turnaround_ms: 6_000,
+        ..SimConfig::default()
+    };
+    let (f, path, out, staging) = bedrock_job(cfg, &input).await;
+    let o = output(batch_command(
+        &f,
+        &path,
+        &out,
+        &staging,
+        &["--deadline", "1s"],
+        &[],
+    ))
+    .await;
+    assert_ok(&o);
+    assert_echoed(&f, &out, &input);
+    assert_eq!(f.sim.batch_stats().cancelled, 1);
+    // How many the job answered before it stopped depends on the
+    // machine's speed; that the rest went online does not.
+    assert!(f.sim.stats().requests > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remainder_below_the_minimum_goes_online() {
+    let input = rows(130, 0);
+    let (f, path, out, staging) = bedrock_job(SimConfig::default(), &input).await;
+    let split = ["--batch-max-requests", "100"];
+    let o = output(batch_command(&f, &path, &out, &staging, &split, &[])).await;
+    assert_ok(&o);
+    assert_echoed(&f, &out, &input);
+    let batch = f.sim.batch_stats();
+    assert_eq!((batch.batches, batch.lines), (1, 100));
+    assert_eq!(f.sim.stats().requests, 30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_staging_role_or_a_model_outside_claude_exits_2_before_any_request() {
+    let input = rows(100, 0);
+    let (f, path, out, staging) = bedrock_job(SimConfig::default(), &input).await;
+    let envs = [("AWS_ENDPOINT_URL_BEDROCK", f.sim.base_url())];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let batch = ["--prompt", "{{text}}", "--mode", "batch"];
+    for (flags, says) in [
+        (vec!["--bedrock-role-arn", ROLE], "--batch-staging"),
+        (
+            vec!["--batch-staging", staging.as_str()],
+            "--bedrock-role-arn",
+        ),
+    ] {
+        let extra = [&batch[..], &flags].concat();
+        let o = BEDROCK.run(&f, &path, &out, &extra, &envs).await;
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    }
+    let base = f.sim.base_url();
+    let llama = "meta.llama3-8b-instruct-v1:0";
+    let named = ["--base-url", base.as_str(), "--model", llama];
+    let flags = [
+        "--batch-staging",
+        staging.as_str(),
+        "--bedrock-role-arn",
+        ROLE,
+    ];
+    let extra = [&batch[..], &flags].concat();
+    let mut all = BEDROCK.env.to_vec();
+    all.extend_from_slice(&envs);
+    let cmd = f.provider_command(
+        "bedrock",
+        &named,
+        ("AWS_SECRET_ACCESS_KEY", TOKEN),
+        [&path, &out],
+        &extra,
+        &all,
+    );
+    let o = output(cmd).await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(llama) && stderr(&o).contains("online"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(f.sim.stats().requests, 0);
+    assert_eq!(f.sim.batch_stats().batches, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_secret_stops_the_job_early_with_exit_1() {
+    let input = rows(100, 0);
+    let (f, path, out, staging) = bedrock_job(SimConfig::default(), &input).await;
+    let wrong = "wrong/Secret+Key-0123456789";
+    let envs = [("AWS_SECRET_ACCESS_KEY", wrong)];
+    let o = output(batch_command(&f, &path, &out, &staging, &[], &envs)).await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(f.sim.batch_stats().batches, 0);
+    assert_eq!(f.sim.stats().requests, 0);
+    let err = stderr(&o);
+    assert!(!err.contains(wrong), "{err}");
+    assert_no_secret(&err, &f.path("out.parquet.aiq"));
 }

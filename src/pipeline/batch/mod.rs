@@ -21,6 +21,7 @@
 //! batch the provider fails for its enqueued-token cap is created again
 //! once a running batch finishes: waiting, never a row failure.
 
+pub mod bedrock;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -56,7 +57,11 @@ const MAX_LIST_PAGES: usize = 20;
 pub struct BatchJob<'a> {
     pub plan: &'a Plan,
     pub templates: &'a Templates,
+    /// The online request bodies: what rows and their outcomes are keyed by.
     pub builder: &'a BodyBuilder,
+    /// The bodies batch lines carry: `builder` itself, or another shape
+    /// where the provider's batches take one (Bedrock: [`bedrock::view`]).
+    pub lines: &'a BodyBuilder,
     pub shape: &'a Shape,
     pub api: BatchApi,
     /// Names the job in batch metadata, the same for every run of it.
@@ -333,6 +338,10 @@ impl Runner<'_, '_> {
             similarity: plan.prompt2.is_some(),
             passthrough: plan.passthrough(),
         };
+        let lines = (!std::ptr::eq(self.job.lines, self.job.builder)).then(|| CallMaker {
+            builder: self.job.lines,
+            ..maker
+        });
         let source = open_source(plan)?;
         // One open file per endpoint (OpenAI Batch input may mix them).
         let mut files: BTreeMap<&'static str, (InputFile, Splitter)> = BTreeMap::new();
@@ -349,6 +358,12 @@ impl Runner<'_, '_> {
                 continue;
             }
             let (_, calls) = maker.calls(start, &batch);
+            let mut bodies: HashMap<RowId, Bytes> = match &lines {
+                Some(m) => (m.calls(start, &batch).1.into_iter())
+                    .filter_map(|c| Some((*c.rows.first()?, c.body)))
+                    .collect(),
+                None => HashMap::new(),
+            };
             for call in calls {
                 let Some(&row) = call.rows.first() else {
                     continue;
@@ -393,7 +408,8 @@ impl Runner<'_, '_> {
                     continue;
                 }
                 let endpoint = endpoint_path(plan.dialect(), call.route.unwrap_or(plan.task));
-                let line = request_line(&row.to_string(), endpoint, &call.body);
+                let body = bodies.remove(&row).unwrap_or_else(|| call.body.clone());
+                let line = request_line(&row.to_string(), endpoint, &body);
                 let (file, splitter) = files.entry(endpoint).or_insert_with(|| {
                     (
                         InputFile::default(),
@@ -429,6 +445,17 @@ impl Runner<'_, '_> {
             rows,
             keys,
         } = file;
+        let min = self.job.api.min_requests();
+        if rows.len() < min {
+            // The provider refuses so small a batch: these go online.
+            if !self.job.quiet {
+                self.bar.println(format!(
+                    "{} row(s) go online: fewer than the {min} requests a batch needs",
+                    rows.len()
+                ));
+            }
+            return Ok(());
+        }
         let key = format!("{:016x}", rand::random::<u64>());
         let filename = format!("aiq-{}-{key}.jsonl", self.job.job_id);
         let file = self
