@@ -22,7 +22,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,6 +32,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::job::location::Location;
 use crate::pipeline::journal::Part;
 use crate::pipeline::jsonl::Lines;
 use crate::pipeline::parquet_out::read_batches;
@@ -90,13 +91,14 @@ fn parse_line(text: &[u8]) -> std::result::Result<Line, String> {
 /// `url`, `body` rows, after checking every line (exit 2 on the first bad
 /// one, naming it).
 /// A line may hold at most `max_line_bytes`.
-pub fn open(path: &Path, batch_size: usize, max_line_bytes: usize) -> Result<Source> {
+pub fn open(input: &Location, batch_size: usize, max_line_bytes: usize) -> Result<Source> {
+    let path = input.as_path();
     if batch_size == 0 {
         return Err(Error::Config("batch size must be at least 1 row".into()));
     }
     let mut ids = HashSet::new();
     let mut rows = 0u64;
-    let mut lines = open_lines(path, max_line_bytes)?;
+    let mut lines = open_lines(input, max_line_bytes)?;
     while let Some(row) = lines.next_row()? {
         let (line_no, line) = (row.no, parse_line(row.text));
         let line = line.map_err(|e| lines.error(e))?;
@@ -116,13 +118,15 @@ pub fn open(path: &Path, batch_size: usize, max_line_bytes: usize) -> Result<Sou
     if rows == 0 {
         return Err(Error::input(path, "the file has no request lines"));
     }
-    let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let file_bytes = input
+        .local()
+        .map_or(0, |path| std::fs::metadata(path).map_or(0, |m| m.len()));
     let batch_size = crate::pipeline::bounds::batch_rows(
         batch_size,
         usize::try_from(file_bytes / rows).unwrap_or(usize::MAX),
     );
     let batches = Batches {
-        lines: open_lines(path, max_line_bytes)?,
+        lines: open_lines(input, max_line_bytes)?,
         batch_size,
         done: false,
     };
@@ -137,14 +141,11 @@ pub fn open(path: &Path, batch_size: usize, max_line_bytes: usize) -> Result<Sou
     Ok(source)
 }
 
-/// The non-blank lines of the file at `path`, each at most `max_line_bytes`.
-fn open_lines(path: &Path, max_line_bytes: usize) -> Result<Lines> {
-    let file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::input(path, "no such file"),
-        _ => Error::input(path, format!("cannot open: {e}")),
-    })?;
-    let reader = Box::new(BufReader::with_capacity(256 * 1024, file));
-    Ok(Lines::new(path, reader, max_line_bytes, 0, 0))
+/// The non-blank lines of `input` (a file, or an object streamed from its
+/// store, as every input is read), each at most `max_line_bytes`.
+fn open_lines(input: &Location, max_line_bytes: usize) -> Result<Lines> {
+    let reader = crate::pipeline::store::open_read(input, 0)?;
+    Ok(Lines::new(input.as_path(), reader, max_line_bytes, 0, 0))
 }
 
 /// The checked file, read again as record batches of `batch_size` rows.

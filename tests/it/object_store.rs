@@ -1067,3 +1067,57 @@ async fn a_second_run_on_a_bucket_output_stops_at_once() {
     assert_output(&f, moto, &bucket, "out.parquet", n).await;
     assert_eq!(f.sim.stats().ok, n as u64, "every row bought once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_openai_batch_file_in_a_bucket_is_read_like_any_input() {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let n = 20;
+    let bucket = unique_bucket("batch-in");
+    create_bucket(moto, &bucket).await;
+    let lines: String = (0..n)
+        .map(|i| {
+            json!({"custom_id": format!("req-{i}"), "method": "POST", "url": "/v1/chat/completions",
+                   "body": {"model": "gpt-x", "messages": [{"role": "user", "content": format!("question {i}")}]}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    put_object(moto, &bucket, "in/batch.jsonl", lines.into_bytes()).await;
+    let url = f.openai_url();
+    let input = format!("s3://{bucket}/in/batch.jsonl");
+    let out = format!("s3://{bucket}/out.parquet");
+    let args = [
+        "run",
+        "--input",
+        &input,
+        "--output",
+        &out,
+        "--endpoint",
+        &url,
+        "--model",
+        "m",
+        "--input-format",
+        "openai-batch",
+    ];
+    let o = output(aiq_cmd(&f.path("home"), &args, &s3_env(moto))).await;
+    assert_ok(&o);
+    let bytes = get_object(moto, &bucket, "out.parquet")
+        .await
+        .expect("output object");
+    let path = f.path("batch-out.parquet");
+    std::fs::write(&path, bytes).unwrap();
+    let (_, rows) = read_rows(&path);
+    assert_eq!(rows.len(), n);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["custom_id"], json!(format!("req-{i}")));
+        assert!(row["error_message"].is_null(), "{row:?}");
+        let reply: serde_json::Value =
+            serde_json::from_str(row["result"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            reply["choices"][0]["message"]["content"],
+            json!(format!("echo: question {i}"))
+        );
+    }
+    assert_eq!(f.sim.stats().ok, n as u64);
+}

@@ -899,7 +899,7 @@ pub fn open_source(plan: &Plan) -> Result<Source> {
         crate::pipeline::openai_batch::InputFormat::Delta => delta_source(plan),
         crate::pipeline::openai_batch::InputFormat::OpenaiBatch => {
             let source = crate::pipeline::openai_batch::open(
-                plan.input.as_path(),
+                &plan.input,
                 plan.batch_rows,
                 plan.max_line_bytes,
             )?;
