@@ -39,7 +39,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use bytes::{Buf, Bytes};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, S3CopyIfNotExists};
+use object_store::aws::{AmazonS3Builder, AwsCredentialProvider, S3CopyIfNotExists};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::buffered::BufWriter;
 use object_store::gcp::GoogleCloudStorageBuilder;
@@ -107,6 +107,34 @@ impl Remote {
         Ok(Remote {
             url: url.as_str().to_string(),
             store,
+            key: url.key.clone(),
+            root: url.root.clone(),
+        })
+    }
+
+    /// The object at the `s3://` URL `url`, in a store of its own signed
+    /// with `credentials` in `region` rather than the environment's keys:
+    /// Bedrock's staging bucket, which the job's AWS credential chain
+    /// (profiles included) must reach as the Bedrock calls do.
+    pub fn open_s3_as(
+        url: &StoreUrl,
+        role: Role,
+        credentials: AwsCredentialProvider,
+        region: &str,
+    ) -> Result<Remote> {
+        let retry = RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: MAX_RETRIES,
+            retry_timeout: RETRY_TIMEOUT,
+        };
+        let store = s3_builder(&url.url, retry)
+            .with_credentials(credentials)
+            .with_region(region)
+            .build()
+            .map_err(|e| role.error(url.as_str(), e))?;
+        Ok(Remote {
+            url: url.as_str().to_string(),
+            store: Arc::new(store),
             key: url.key.clone(),
             root: url.root.clone(),
         })
@@ -183,15 +211,7 @@ fn store_for(
                 "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys), \
                  or run where an instance or task role is available",
             )?;
-            let mut b = AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .with_retry(retry);
-            // Committing the output is a copy that fails if the object exists;
-            // plain S3 does that with a one-part multipart copy and If-None-Match.
-            if std::env::var_os("AWS_COPY_IF_NOT_EXISTS").is_none() {
-                b = b.with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
-            }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
+            Arc::new(s3_builder(url, retry).build().map_err(|e| e.to_string())?)
         }
         ObjectStoreScheme::GoogleCloudStorage => {
             check_credentials(
@@ -241,6 +261,20 @@ fn store_for(
         .unwrap_or_else(|e| e.into_inner())
         .insert(id, store.clone());
     Ok(store)
+}
+
+/// An S3 store for `url` configured from the environment (endpoint,
+/// region, keys, `AWS_ALLOW_HTTP`, ...).
+fn s3_builder(url: &Url, retry: RetryConfig) -> AmazonS3Builder {
+    let b = AmazonS3Builder::from_env()
+        .with_url(url.as_str())
+        .with_retry(retry);
+    // Committing the output is a copy that fails if the object exists;
+    // plain S3 does that with a one-part multipart copy and If-None-Match.
+    match std::env::var_os("AWS_COPY_IF_NOT_EXISTS") {
+        None => b.with_copy_if_not_exists(S3CopyIfNotExists::Multipart),
+        Some(_) => b,
+    }
 }
 
 /// Without any of `vars`, object_store would ask the cloud's metadata

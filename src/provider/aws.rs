@@ -264,6 +264,12 @@ impl Aws {
         &self.source
     }
 
+    /// The provider the requests are signed with, for an S3 store that
+    /// must use the same credentials (Bedrock's batch staging bucket).
+    pub fn credential_provider(&self) -> Arc<dyn CredentialProvider<Credential = AwsCredential>> {
+        self.provider.clone()
+    }
+
     /// The base URL of `service` (no trailing slash): a configured one (see
     /// the module's list) or AWS's for the region.
     pub fn endpoint(&self, service: Service) -> String {

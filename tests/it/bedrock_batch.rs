@@ -462,3 +462,36 @@ async fn a_wrong_secret_stops_the_job_early_with_exit_1() {
     assert!(!err.contains(wrong), "{err}");
     assert_no_secret(&err, &f.path("out.parquet.aiq"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_profile_alone_signs_the_staging_bucket_and_the_job() {
+    // No key in the environment: the profile's keys (and region) must
+    // reach S3 as well as Bedrock.
+    let input = rows(100, 0);
+    let (f, path, out, staging) = bedrock_job(SimConfig::default(), &input).await;
+    let credentials = f.path("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[batch]\naws_access_key_id = {}\naws_secret_access_key = {TOKEN}\n",
+            AWS_KEYS[0].0
+        ),
+    )
+    .unwrap();
+    let config = f.path("config");
+    std::fs::write(&config, "[profile batch]\nregion = us-east-1\n").unwrap();
+    let files = [
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+        ("AWS_PROFILE", "batch"),
+    ];
+    let mut cmd = batch_command(&f, &path, &out, &staging, &[], &files);
+    for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+        cmd.env_remove(var);
+    }
+    let o = output(cmd).await;
+    assert_ok(&o);
+    assert_echoed(&f, &out, &input);
+    assert_eq!(f.sim.batch_stats().batches, 1);
+    assert_no_secret(&stderr(&o), &f.path("out.parquet.aiq"));
+}

@@ -62,7 +62,7 @@ pub fn api(plan: &Plan, endpoint: &Endpoint) -> Result<Option<(String, Staging)>
     let Location::Store(url) = Location::parse(url, Role::Output)? else {
         return Err(Error::output(url, "--batch-staging must be an s3:// URL"));
     };
-    let remote = Remote::open(&url, Role::Output)?;
+    let remote = Remote::open_s3_as(&url, Role::Output, aws.credential_provider(), aws.region())?;
     let staging = Staging {
         store: remote.store,
         bucket_url: remote.root.as_str().trim_end_matches('/').to_string(),
