@@ -26,7 +26,8 @@
 //!    `AWS_CONTAINER_CREDENTIALS_FULL_URI` with
 //!    `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`;
 //! 5. the EC2 instance metadata service (IMDSv2; at
-//!    `AWS_EC2_METADATA_SERVICE_ENDPOINT` if set), unless
+//!    `AWS_EC2_METADATA_SERVICE_ENDPOINT` if set, IPv6's address with
+//!    `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6`), unless
 //!    `AWS_EC2_METADATA_DISABLED=true`.
 //!
 //! **Region**: `AWS_REGION`, else `AWS_DEFAULT_REGION`, else the profile's
@@ -111,6 +112,7 @@ pub const VARIABLES: &[&str] = &[
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
     "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
     "AWS_EC2_METADATA_DISABLED",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
@@ -451,7 +453,14 @@ fn source(
                 .into(),
         ));
     }
-    let endpoint = get("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+    // object_store appends `/latest/…` to the endpoint: no trailing slash.
+    let endpoint = get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        .map(|e| e.trim_end_matches('/').to_string())
+        .or_else(|| {
+            get("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE")
+                .filter(|m| m.eq_ignore_ascii_case("ipv6"))
+                .map(|_| "http://[fd00:ec2::254]".to_string())
+        });
     let from = "the EC2 instance metadata service (no AWS_ACCESS_KEY_ID, AWS_PROFILE, \
                 web identity or container credentials are set)"
         .into();

@@ -243,16 +243,52 @@ async fn secrets_stay_out_of_errors_output_and_journal() {
         &envs,
     )
     .await;
-    let mut seen = stderr(&o) + &String::from_utf8_lossy(&o.stdout);
+    let seen = everything_written(&f, &o);
+    assert!(seen.contains("you sent"), "the server echoed: {seen:.2000}");
+    assert_no_aws_secret(&seen);
+}
+
+/// What a run printed and every file in the fixture's directory (output,
+/// journal, status), as text.
+fn everything_written(f: &Fixture, o: &Output) -> String {
+    let mut seen = stderr(o) + &String::from_utf8_lossy(&o.stdout);
     for entry in walk(f.dir.path()) {
         seen.push_str(&String::from_utf8_lossy(
             &std::fs::read(entry).unwrap_or_default(),
         ));
     }
-    assert!(seen.contains("you sent"), "the server echoed: {seen:.2000}");
-    for secret in [id, secret, token] {
+    seen
+}
+
+/// The simulator's temporary key appears nowhere in `seen`.
+fn assert_no_aws_secret(seen: &str) {
+    let (id, secret, token) = AWS_KEYS[1];
+    for secret in [id, secret, token.unwrap_or_default()] {
         assert!(!seen.contains(secret), "{secret} leaked");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_metadata_credentials_by_imdsv2() {
+    let (f, input, out) = job(SimConfig::default(), 4, 0).await;
+    // As the SDKs take it, with a trailing slash.
+    let imds = format!("{}/", f.sim.base_url());
+    let envs = [
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.as_str()),
+        ("RUST_LOG", "debug"),
+    ];
+    let o = bedrock_run(&f, &input, &out, &["-v"], &envs).await;
+    assert_ok(&o);
+    assert_eq!(f.sim.stats().ok, 4);
+    assert_eq!(f.sim.stats().unauthorized, 0, "the IMDSv2 token was sent");
+    assert_no_aws_secret(&everything_written(&f, &o));
+    // A metadata service with no credentials: the job stops, naming it.
+    let none = format!("{}/nothing", f.sim.base_url());
+    let envs = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", none.as_str())];
+    let o = bedrock_run(&f, &input, &f.path("again.parquet"), &[], &envs).await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("instance metadata"), "{}", stderr(&o));
+    assert_eq!(f.sim.stats().ok, 4);
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -22,7 +22,12 @@
 //!   endpoint handing out the temporary key of [`KEYS`] to a request that
 //!   carries [`CONTAINER_TOKEN`], and `POST /aws/sts` STS's
 //!   `AssumeRoleWithWebIdentity` handing it out for [`WEB_IDENTITY_TOKEN`]
-//!   (object_store calls STS over HTTPS only: the simulator's `--tls`).
+//!   (object_store calls STS over HTTPS only: the simulator's `--tls`);
+//! - `PUT /latest/api/token` and `GET /latest/meta-data/iam/security-credentials/`
+//!   (then `…/{role}`) are the EC2 instance metadata service, IMDSv2 only:
+//!   a session token for a request with `X-aws-ec2-metadata-token-ttl-seconds`,
+//!   then the role [`INSTANCE_ROLE`] and its temporary key of [`KEYS`] to
+//!   requests carrying that token (401 without it, as with IMDSv1 off).
 
 pub(crate) mod wire;
 
@@ -61,6 +66,12 @@ pub const CONTAINER_TOKEN: &str = "aiq-simulator-container-token";
 /// The web identity token (an OIDC JWT at AWS) STS takes.
 pub const WEB_IDENTITY_TOKEN: &str = "aiq-simulator-web-identity-token";
 
+/// The role the instance metadata service names.
+pub const INSTANCE_ROLE: &str = "aiq-simulator-instance-role";
+
+/// The IMDSv2 session token the metadata service hands out.
+const IMDS_TOKEN: &str = "aiq-simulator-imds-session-token";
+
 pub(crate) fn routes() -> Router<Arc<ServerState>> {
     let route = |op: BedrockOp| {
         post(
@@ -77,6 +88,23 @@ pub(crate) fn routes() -> Router<Arc<ServerState>> {
         .route("/model/{model}/invoke", route(BedrockOp::Invoke))
         .route("/aws/container-credentials", get(container_credentials))
         .route("/aws/sts", post(assume_role_with_web_identity))
+        .route("/latest/api/token", axum::routing::put(imds_token))
+        .route(
+            "/latest/meta-data/iam/security-credentials/",
+            get(
+                |State(st): State<Arc<ServerState>>, headers: HeaderMap| async move {
+                    imds_get(&st, &headers, None)
+                },
+            ),
+        )
+        .route(
+            "/latest/meta-data/iam/security-credentials/{role}",
+            get(
+                |State(st): State<Arc<ServerState>>,
+                 Path(role): Path<String>,
+                 headers: HeaderMap| async move { imds_get(&st, &headers, Some(role)) },
+            ),
+        )
 }
 
 async fn serve(
@@ -304,6 +332,47 @@ async fn container_credentials(State(st): State<Arc<ServerState>>, headers: Head
         )
             .into_response();
     }
+    temporary_key_json()
+}
+
+/// IMDSv2's session token, for a `PUT` that says how long it should live
+/// (IMDS answers 400 without the TTL header).
+async fn imds_token(headers: HeaderMap) -> Response {
+    let ttl = headers
+        .get("x-aws-ec2-metadata-token-ttl-seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    match ttl {
+        Some(1..=21600) => IMDS_TOKEN.into_response(),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "X-aws-ec2-metadata-token-ttl-seconds must be 1 to 21600",
+        )
+            .into_response(),
+    }
+}
+
+/// The instance's role name (`role` None: the listing) or that role's
+/// credentials, to a request carrying the IMDSv2 token.
+fn imds_get(st: &ServerState, headers: &HeaderMap, role: Option<String>) -> Response {
+    if headers
+        .get("x-aws-ec2-metadata-token")
+        .and_then(|v| v.to_str().ok())
+        != Some(IMDS_TOKEN)
+    {
+        bump(&st.counters.unauthorized);
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match role.as_deref() {
+        None => INSTANCE_ROLE.into_response(),
+        Some(INSTANCE_ROLE) => temporary_key_json(),
+        Some(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// The temporary key of [`KEYS`], valid for an hour, as the container
+/// and instance metadata endpoints give it.
+fn temporary_key_json() -> Response {
     let (id, secret, token) = KEYS[1];
     Json(json!({
         "AccessKeyId": id,
