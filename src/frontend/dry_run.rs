@@ -43,6 +43,9 @@ pub struct Estimate {
     /// `--write-mode merge`: rows not sent because the table holds their
     /// key with the same request.
     pub answered_by_table: u64,
+    /// `--write-mode merge`: rows not sent because a later row of the
+    /// input has their key (it replaces them).
+    pub replaced_by_later_rows: u64,
     /// Rows not sent: a template variable is null (their result is null).
     pub null_rows: u64,
     /// Rows a template fails on (they would get an `error_message`).
@@ -183,7 +186,12 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
     let source = crate::pipeline::batch::open_source(plan)?;
     let templates = std::sync::Arc::new(Templates::for_plan(plan, &source.schema)?);
     // A merge sends only what its table does not hold already.
-    let (source, saved) = crate::pipeline::delta::skip_stored(plan, source, &templates)?;
+    let (source, saved) = crate::pipeline::delta::skip_stored(
+        plan,
+        source,
+        Some(crate::pipeline::batch::open_source),
+        &templates,
+    )?;
     // Checked as for a real run: an input column named like an output column.
     Layout::new(&source.schema, plan.result_type.arrow_type())?;
     let builder = BodyBuilder::new(plan.body_spec(), &templates);
@@ -251,7 +259,8 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
         }
     }
     e.answered_by_table = saved.tally().0;
-    e.rows += e.answered_by_table;
+    e.replaced_by_later_rows = saved.replaced();
+    e.rows += e.answered_by_table + e.replaced_by_later_rows;
     e.cacheable_share = ratio(e.cacheable_prefix_tokens, e.input_tokens);
     if let Some(p) = plan.prices {
         // The first request with a prefix writes it to the cache, the others read it.
@@ -351,6 +360,14 @@ impl fmt::Display for Estimate {
                 String::new()
             }
         )?;
+        if self.replaced_by_later_rows > 0 {
+            writeln!(
+                f,
+                "replaced          {} rows: a later row has the same merge key (the last \
+                 row of each key is kept)",
+                self.replaced_by_later_rows
+            )?;
+        }
         if self.shared_rows > 0 {
             writeln!(
                 f,

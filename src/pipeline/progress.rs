@@ -69,6 +69,9 @@ pub struct Summary {
     /// answer to the same request, and what those calls cost (with prices).
     pub saved_by_table: u64,
     pub saved_by_table_usd: Option<f64>,
+    /// `--write-mode merge`: input rows not sent because a later row has
+    /// their key (the merge keeps the last row of each key).
+    pub replaced_by_later_rows: u64,
     pub output: String,
     /// Prices for `cost_usd`, set before counting.
     #[serde(skip)]
@@ -136,6 +139,7 @@ impl Summary {
     pub fn count_saved(&mut self, saved: &crate::pipeline::delta::saved::Saved) {
         let (rows, prompt, completion) = saved.tally();
         self.saved_by_table = rows;
+        self.replaced_by_later_rows = saved.replaced();
         self.saved_by_table_usd = self
             .prices
             .filter(|_| rows > 0)
@@ -204,6 +208,14 @@ impl fmt::Display for Summary {
                     Some(cost) => format!(" (they would have cost ${cost:.4})"),
                     None => String::new(),
                 }
+            )?;
+        }
+        if self.replaced_by_later_rows > 0 {
+            writeln!(
+                f,
+                "replaced   {} rows not sent: a later row has the same merge key (the last row \
+                 of each key is kept)",
+                self.replaced_by_later_rows
             )?;
         }
         writeln!(

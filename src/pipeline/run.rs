@@ -172,7 +172,10 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
         None => (open_source(plan)?, None),
     };
     let templates = Arc::new(Templates::for_plan(plan, &source.schema)?);
-    let (source, saved) = crate::pipeline::delta::skip_stored(plan, source, &templates)?;
+    // A merge reads its own input twice: the keys first (the last row of
+    // each key is the one sent).
+    let reopen = own_input.map(|_| open_source as fn(&Plan) -> Result<Source>);
+    let (source, saved) = crate::pipeline::delta::skip_stored(plan, source, reopen, &templates)?;
     let layout =
         Layout::new(&source.schema, plan.result_type.arrow_type())?.with_prices(plan.prices);
     let manifest = Manifest {

@@ -68,6 +68,16 @@ write_deltalake(uri, rows(n1, "second"), mode="overwrite")
 print(json.dumps({"ok": True}))
 "#;
 
+/// A merge into a Delta table by the input's `id`.
+const MERGE_BY_ID: [&str; 6] = [
+    "--output-format",
+    "delta",
+    "--write-mode",
+    "merge",
+    "--merge-key",
+    "id",
+];
+
 fn text_rows(tag: &str, ids: std::ops::Range<usize>) -> Vec<Value> {
     ids.map(|i| json!({"id": i, "text": format!("{tag} {i}")}))
         .collect()
@@ -303,18 +313,7 @@ async fn kill_9_mid_job_leaves_the_table_at_its_last_version_and_the_rerun_compl
             .await,
     );
     let input = fx.write_jsonl("b.jsonl", &text_rows("b", 5..205));
-    let extra = [
-        "--prompt",
-        "{{text}}",
-        "--output-format",
-        "delta",
-        "--write-mode",
-        "merge",
-        "--merge-key",
-        "id",
-        "--concurrency",
-        "2",
-    ];
+    let extra = [&PROMPT_TEXT[..], &MERGE_BY_ID, &["--concurrency", "2"]].concat();
     let mut cmd = fx.openai_command(&input, &table, &extra);
     let mut child = spawn_until_journaled(&mut cmd, &fx.path("scores.aiq/journal.jsonl"), 40);
     child.kill().expect("kill -9");
@@ -430,18 +429,7 @@ async fn on_s3_two_shards_commit_to_one_table_that_python_and_aiq_read_back() {
 async fn a_merge_rerun_sends_exactly_the_changed_and_new_rows() {
     let fx = Fixture::new(SimConfig::default()).await;
     let table = fx.path("scores");
-    let merge = [
-        "--output-format",
-        "delta",
-        "--write-mode",
-        "merge",
-        "--merge-key",
-        "id",
-        "--price-in",
-        "3",
-        "--price-out",
-        "15",
-    ];
+    let merge = [&MERGE_BY_ID[..], &["--price-in", "3", "--price-out", "15"]].concat();
     let first = fx.write_jsonl("day1.jsonl", &text_rows("review", 0..20));
     assert_ok(&fx.score(&first, &table, &merge).await);
     assert_eq!(fx.sim.stats().requests, 20);
@@ -545,4 +533,46 @@ async fn the_same_append_run_again_is_complete_and_appends_nothing() {
     assert_ok(&fx.score(&more, &table, &append).await);
     let seen = python(READ_BACK, &[table.to_str().unwrap()]);
     assert_eq!(seen["rows"].as_array().map(Vec::len), Some(7));
+}
+
+#[tokio::test]
+async fn duplicate_keys_in_one_merge_input_leave_the_last_row_of_each() {
+    let fx = Fixture::new(SimConfig::default()).await;
+    let table = fx.path("scores");
+    let merge = MERGE_BY_ID;
+    // Day 1 creates the table; day 2 merges into it. Each repeats keys:
+    // the last row of a key in input order is its newest version.
+    for (day, tag) in [(1, "first"), (2, "second")] {
+        let mut rows = text_rows(tag, 0..4);
+        rows.push(json!({"id": 1, "text": format!("{tag} 1, newer")}));
+        rows.push(json!({"id": 2, "text": format!("{tag} 2, newer")}));
+        rows.push(json!({"id": 1, "text": format!("{tag} 1, newest")}));
+        let input = fx.write_jsonl(&format!("day{day}.jsonl"), &rows);
+        let sent = fx.sim.stats().requests;
+        assert_ok(&fx.score(&input, &table, &merge).await);
+        assert_eq!(
+            fx.sim.stats().requests - sent,
+            4,
+            "day {day}: one call per key, rows a later row replaces are not sent"
+        );
+        let seen = python(READ_BACK, &[table.to_str().unwrap()]);
+        let rows = seen["rows"].as_array().expect("rows");
+        let texts: Vec<&str> = rows.iter().map(|r| r["text"].as_str().unwrap()).collect();
+        assert_eq!(
+            texts,
+            [
+                format!("{tag} 0"),
+                format!("{tag} 1, newest"),
+                format!("{tag} 2, newer"),
+                format!("{tag} 3")
+            ],
+            "day {day}: one row per key, the last"
+        );
+        for r in rows {
+            assert_eq!(
+                r["result"],
+                json!(format!("echo: {}", r["text"].as_str().unwrap()))
+            );
+        }
+    }
 }

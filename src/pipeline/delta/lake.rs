@@ -561,19 +561,74 @@ async fn merge(
     Ok(table)
 }
 
+/// Maps keyed by [`key_hashes`]: already uniform 64-bit hashes, so they
+/// are used as they are (no second hash of a million keys).
+type ByKey<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed (write_u64); anything else still works.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// What the table holds for each key, for a merge to tell which input rows
 /// it need not send: the request that answered the key's row (its
 /// fingerprint) and what that call cost. 40 bytes a key.
 pub struct Stored {
-    by_key: HashMap<u64, StoredRow>,
+    by_key: ByKey<StoredRow>,
     requests: Fingerprinter,
 }
 
 #[derive(Clone, Copy)]
 struct StoredRow {
-    request: u128,
+    /// The fingerprint's 128 bits as two words: a u128 would align the
+    /// entry to 16 bytes (48 instead of 40).
+    request: [u64; 2],
     prompt_tokens: u64,
     completion_tokens: u64,
+}
+
+/// The last row of each key in a merge's input, by key hash: the earlier
+/// rows of a key are replaced by it in the table (one row per key, the
+/// newest: the last in input order), so they are not sent. 16 bytes a row.
+pub struct Latest {
+    last: ByKey<RowId>,
+}
+
+impl Latest {
+    /// Reads the key columns of `source`: the job's input, opened again.
+    pub fn read(plan: &Plan, source: Source) -> Result<Latest> {
+        let mut last = ByKey::default();
+        last.reserve(source.total_rows.unwrap_or(0) as usize);
+        let mut row: RowId = 0;
+        for batch in source.into_batches() {
+            let batch = batch?;
+            let keys = key_hashes(&batch, &plan.table.merge_key)
+                .map_err(|e| Error::input(&plan.input, e))?;
+            for key in keys {
+                last.insert(key, row);
+                row += 1;
+            }
+        }
+        Ok(Latest { last })
+    }
+
+    /// A later row of the input has `key` (not null) too.
+    fn replaced(&self, key: u64, null_key: bool, row: RowId) -> bool {
+        !null_key && self.last.get(&key).is_some_and(|&last| last != row)
+    }
 }
 
 /// Reads [`Stored`] from the table: the key columns, the fingerprint and
@@ -608,7 +663,16 @@ pub async fn stored(plan: &Plan) -> Result<Option<Stored>> {
         .and_then(|df| df.select(columns))
         .map_err(|e| table.error(e))?;
     let mut stream = df.execute_stream().await.map_err(|e| table.error(e))?;
-    let mut by_key = HashMap::new();
+    // Sized once from the files' statistics: growing a million-key map
+    // holds the old and the new table at once.
+    let mut by_key = ByKey::default();
+    by_key.reserve(
+        table
+            .files()?
+            .iter()
+            .filter_map(|(_, rows)| *rows)
+            .sum::<u64>() as usize,
+    );
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| table.error(format!("reading its keys: {e}")))?;
         let hashes = key_hashes(&batch, keys).map_err(|e| table.error(e))?;
@@ -645,37 +709,61 @@ pub async fn stored(plan: &Plan) -> Result<Option<Stored>> {
     }))
 }
 
-impl Stored {
-    /// Of `batch`'s rows (the first is row `first`), those to send: a row
-    /// whose key the table holds with the same request is not, and its
-    /// stored call is counted in `saved`.
-    pub fn keep(
-        &self,
-        plan: &Plan,
-        maker: &CallMaker<'_>,
-        first: RowId,
-        batch: &RecordBatch,
-        saved: &Saved,
-    ) -> Result<BooleanArray> {
-        let keys =
-            key_hashes(batch, &plan.table.merge_key).map_err(|e| Error::input(&plan.input, e))?;
-        let mut keep = vec![true; batch.num_rows()];
-        let (_, calls) = maker.calls(first, batch);
-        for call in &calls {
-            let fingerprints = self.requests.rows(call);
-            for (row, fingerprint) in call.rows.iter().zip(fingerprints) {
-                let at = (row - first) as usize;
-                let Some(stored) = keys.get(at).and_then(|k| self.by_key.get(k)) else {
-                    continue;
-                };
-                if parse_request(&fingerprint) == Some(stored.request) {
-                    keep[at] = false;
-                    saved.add(stored.prompt_tokens, stored.completion_tokens);
-                }
+/// Of `batch`'s rows (the first is row `first`), those a merge sends: not
+/// a row that a later row with its key replaces (`latest`, counted in
+/// `saved` as replaced), nor one whose key the table holds with the same
+/// request (`stored`; its stored call is counted in `saved`).
+pub fn keep(
+    stored: Option<&Stored>,
+    latest: Option<&Latest>,
+    plan: &Plan,
+    maker: &CallMaker<'_>,
+    first: RowId,
+    batch: &RecordBatch,
+    saved: &Saved,
+) -> Result<BooleanArray> {
+    let key_columns = &plan.table.merge_key;
+    let keys = key_hashes(batch, key_columns).map_err(|e| Error::input(&plan.input, e))?;
+    let nulls = key_columns
+        .iter()
+        .filter_map(|k| batch.column_by_name(k))
+        .fold(None, |n, c| {
+            arrow::buffer::NullBuffer::union(n.as_ref(), c.logical_nulls().as_ref())
+        });
+    let mut keep = vec![true; batch.num_rows()];
+    if let Some(latest) = latest {
+        for (at, key) in keys.iter().enumerate() {
+            let null_key = nulls.as_ref().is_some_and(|n| n.is_null(at));
+            if latest.replaced(*key, null_key, first + at as RowId) {
+                keep[at] = false;
+                saved.add_replaced();
             }
         }
-        Ok(BooleanArray::from(keep))
     }
+    let Some(stored) = stored else {
+        return Ok(BooleanArray::from(keep));
+    };
+    // Only the rows still to decide are rendered and fingerprinted.
+    let undecided = arrow::compute::filter_record_batch(batch, &BooleanArray::from(keep.clone()))
+        .map_err(|e| Error::input(&plan.input, e))?;
+    let at_of: Vec<usize> = (0..keep.len()).filter(|&at| keep[at]).collect();
+    let (_, calls) = maker.calls(0, &undecided);
+    for call in &calls {
+        let fingerprints = stored.requests.rows(call);
+        for (row, fingerprint) in call.rows.iter().zip(fingerprints) {
+            let Some(&at) = at_of.get(*row as usize) else {
+                continue;
+            };
+            let Some(found) = keys.get(at).and_then(|k| stored.by_key.get(k)) else {
+                continue;
+            };
+            if parse_request(&fingerprint) == Some(found.request) {
+                keep[at] = false;
+                saved.add(found.prompt_tokens, found.completion_tokens);
+            }
+        }
+    }
+    Ok(BooleanArray::from(keep))
 }
 
 /// One hash per row of the key columns' values as text (so an INT key in
@@ -709,15 +797,16 @@ fn key_hashes(batch: &RecordBatch, keys: &[String]) -> std::result::Result<Vec<u
 }
 
 /// A stored fingerprint as a number: the first 32 hex digits.
-fn request_of(column: &arrow::array::StringArray, row: usize) -> Option<u128> {
+fn request_of(column: &arrow::array::StringArray, row: usize) -> Option<[u64; 2]> {
     if column.is_null(row) {
         return None;
     }
     parse_request(column.value(row))
 }
 
-fn parse_request(hex: &str) -> Option<u128> {
-    u128::from_str_radix(hex.get(..32)?, 16).ok()
+fn parse_request(hex: &str) -> Option<[u64; 2]> {
+    let n = u128::from_str_radix(hex.get(..32)?, 16).ok()?;
+    Some([(n >> 64) as u64, n as u64])
 }
 
 /// The output column that holds each row's request fingerprint
@@ -850,7 +939,10 @@ mod tests {
 
     #[test]
     fn stored_fingerprints_read_as_numbers() {
-        assert_eq!(parse_request("00000000000000000000000000000001ff"), Some(1));
+        assert_eq!(
+            parse_request("00000000000000020000000000000001ff"),
+            Some([2, 1])
+        );
         assert_eq!(parse_request("short"), None);
         assert_eq!(parse_request("zz000000000000000000000000000000"), None);
     }

@@ -110,11 +110,15 @@ pub async fn appended_by(plan: &Plan, job: &str) -> Option<u64> {
 
 /// `--write-mode merge`: `source` without the rows whose key the table
 /// holds with the same request (their stored result stands; the merge
-/// leaves their rows as they are). Any other job: `source` as it is.
-/// The table's keys are read here, before anything is sent.
+/// leaves their rows as they are), and without the rows a later row with
+/// the same key replaces (one row per key: the last in input order).
+/// Any other job: `source` as it is. The table's keys, and the input's
+/// when `reopen` can open `source` once more (the plan's own input; rows
+/// handed in are read once), are read here, before anything is sent.
 pub fn skip_stored(
     plan: &Plan,
     source: Source,
+    reopen: Option<fn(&Plan) -> Result<Source>>,
     templates: &Arc<Templates>,
 ) -> Result<(Source, Arc<Saved>)> {
     let saved = Arc::new(Saved::default());
@@ -123,10 +127,14 @@ pub fn skip_stored(
     }
     #[cfg(feature = "delta")]
     {
-        let Some(stored) = crate::pipeline::store::block_on(lake::stored(plan))? else {
-            return Ok((source, saved));
+        let stored = crate::pipeline::store::block_on(lake::stored(plan))?.map(Arc::new);
+        let latest = match reopen {
+            Some(open) => Some(Arc::new(lake::Latest::read(plan, open(plan)?)?)),
+            None => None,
         };
-        let stored = Arc::new(stored);
+        if stored.is_none() && latest.is_none() {
+            return Ok((source, saved));
+        }
         let builder = crate::pipeline::render::BodyBuilder::new(plan.body_spec(), templates);
         let (plan, templates) = (plan.clone(), templates.clone());
         let (path, format, schema) = (source.path.clone(), source.format(), source.schema.clone());
@@ -142,7 +150,15 @@ pub fn skip_stored(
                 similarity: plan.prompt2.is_some(),
                 passthrough: plan.passthrough(),
             };
-            let keep = stored.keep(&plan, &maker, first, &batch, &counted)?;
+            let keep = lake::keep(
+                stored.as_deref(),
+                latest.as_deref(),
+                &plan,
+                &maker,
+                first,
+                &batch,
+                &counted,
+            )?;
             first += batch.num_rows() as u64;
             arrow::compute::filter_record_batch(&batch, &keep)
                 .map_err(|e| Error::input(&plan.input, e))
@@ -154,7 +170,7 @@ pub fn skip_stored(
     }
     #[cfg(not(feature = "delta"))]
     {
-        let _ = templates;
+        let _ = (templates, reopen);
         Err(not_built())
     }
 }

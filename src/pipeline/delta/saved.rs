@@ -9,6 +9,9 @@ pub struct Saved {
     pub rows: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// Input rows not sent because a later row has their key (a merge
+    /// keeps the last row of each key).
+    pub replaced: AtomicU64,
 }
 
 impl Saved {
@@ -18,6 +21,14 @@ impl Saved {
             .fetch_add(prompt_tokens, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(completion_tokens, Ordering::Relaxed);
+    }
+
+    pub fn add_replaced(&self) {
+        self.replaced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
     }
 
     /// Counts and would-be cost for the summary.
