@@ -37,6 +37,21 @@ when it sees that (``pass_credentials=None``, the default). Two ways out:
   and readable by any code that runs there. aiq never prints or logs them.
 
 ``pass_credentials=False`` skips the check: the executors have their own.
+
+Straight into a Delta table: ``output=`` with ``output_format="delta"``
+(and ``write_mode``, ``merge_key`` as for ``aiq.run``) runs the job at once
+instead of returning a DataFrame::
+
+    summary = aiq.spark.score(df, output="s3://bucket/scores", output_format="delta",
+                              write_mode="merge", merge_key="id", endpoint=..., prompt=...)
+
+Each task writes its partition as one shard of the job (``shard`` =
+partition/partitions): its own journal and writer lock beside the table,
+and one commit to it, which Delta's optimistic concurrency lets land beside
+the other tasks'. A task that fails before its commit is retried by Spark
+and resumes from its journal; every row lands once. Returns a summary dict
+(``rows``, ``ok``, ``failed``, ``shared``, ``usage``, ``cost_usd``, ...,
+summed over the tasks, and ``tasks``: each task's own).
 """
 
 from __future__ import annotations
@@ -54,11 +69,13 @@ def score(
     journal: Optional[str] = None,
     workers: Optional[int] = None,
     pass_credentials: Optional[bool] = None,
+    output: Optional[str] = None,
     **settings: Any,
 ) -> Any:
     """``df`` scored by aiq, lazily: a ``pyspark.sql.DataFrame`` with
     ``df``'s columns plus aiq's result columns (see the module doc, also
-    for ``pass_credentials``)."""
+    for ``pass_credentials``). With ``output=`` (a Delta table), the rows
+    are written there at once and a summary dict is returned."""
     import aiq
 
     spark = df.sparkSession
@@ -74,8 +91,10 @@ def score(
     # The declared schema is the core's own answer for this input: a job
     # over no rows, checked as any job is (a template naming a missing
     # column fails here, on the driver, before any task starts).
-    out_schema = _output_schema(in_schema, task_settings)
+    out_schema = _output_schema(in_schema, {k: v for k, v in task_settings.items() if k not in _TABLE_KEYS})
     task_settings = _for_tasks(task_settings, pass_credentials, lambda names: _unseen_by_spark(spark, names), "spark")
+    if output is not None:
+        return _write(df, os.fspath(output), task_settings, journal, inject)
     out_spark = _from_arrow(out_schema)
     declared = _to_arrow(out_spark, large)
 
@@ -83,6 +102,78 @@ def score(
         return _score_partition(batches, task_settings, journal, declared, inject)
 
     return df.mapInArrow(run, out_spark)
+
+
+# Settings that say how an output is written: not for a run that hands its
+# rows back.
+_TABLE_KEYS = ("output_format", "write_mode", "merge_key")
+
+
+def _write(df: Any, output: str, settings: dict, journal: Optional[str], inject: Any = None) -> dict:
+    """Every partition into the Delta table ``output``, one shard per task;
+    the tasks' summaries, summed."""
+    import aiq
+
+    if settings.get("output_format") != "delta":
+        raise aiq.ConfigError(
+            "aiq.spark.score: output= writes a Delta table (each task commits its rows beside the "
+            "others'); give output_format=\"delta\", or leave output out for a DataFrame"
+        )
+    partitions = df.rdd.getNumPartitions()
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        return _write_partition(batches, settings, journal, output, partitions, inject)
+
+    rows = df.mapInArrow(run, "partition INT, summary STRING").collect()
+    tasks = sorted((json.loads(r["summary"]) for r in rows), key=lambda t: t["partition"])
+    return _sum_summaries(tasks, output)
+
+
+def _write_partition(
+    batches: Iterator[Any], settings: dict, journal: Optional[str], output: str, partitions: int, inject: Any = None
+) -> Iterator[Any]:
+    """One task: the partition's rows into the table as shard
+    partition/partitions (its own journal, lock and commit). Runs on an
+    executor; yields one row, the task's summary."""
+    import pyarrow as pa
+
+    import aiq
+
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    partition = ctx.partitionId() if ctx is not None else 0
+    mine = dict(settings, shard=f"{partition}/{partitions}")
+    if journal is not None:
+        mine["call_journal"] = os.path.join(os.fspath(journal), f"partition-{partition:05d}")
+    batches = (_plain_batch(b) for b in batches)
+    first = next(batches, None)
+    summary: dict = {"rows": 0}
+    if first is not None:
+        reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
+        summary = aiq.run(reader, output=output, quiet=True, **mine)
+    if inject is not None and inject[0] == partition and ctx is not None and ctx.attemptNumber() == 0:
+        raise RuntimeError(f"aiq.spark: failure injected in partition {partition} after its commit")
+    summary["partition"] = partition
+    yield pa.record_batch([pa.array([partition], pa.int32()), pa.array([json.dumps(summary)])], names=["partition", "summary"])
+
+
+def _sum_summaries(tasks: list, output: str) -> dict:
+    """The job's summary: the tasks' counts added up, and each task's own."""
+    total: dict = {"output": output, "tasks": tasks}
+    # The tasks ran side by side: the job took as long as the longest.
+    total["elapsed_secs"] = max((t.get("elapsed_secs", 0.0) for t in tasks), default=0.0)
+    for t in tasks:
+        for key, value in t.items():
+            if key in ("partition", "elapsed_secs") or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                total[key] = total.get(key, 0) + value
+            elif isinstance(value, dict) and key == "usage":
+                usage = total.setdefault(key, {})
+                for k, v in value.items():
+                    usage[k] = usage.get(k, 0) + v
+    return total
 
 
 def _score_partition(

@@ -293,3 +293,33 @@ def test_the_databricks_nightly_job_scores_new_rows_only(spark, tmp_path):
         spark.sql(f"DROP TABLE IF EXISTS {source}")
         if not warehouse_was_there:
             shutil.rmtree(warehouse, ignore_errors=True)
+
+
+def test_straight_into_a_delta_table_each_task_commits_once(spark, reviews, tmp_path):
+    import deltalake
+    import polars as pl
+
+    table = str(tmp_path / "scores")
+    with aiq.Simulator() as sim:
+        settings = dict(
+            endpoint=sim.url, model="m", prompt="Summarize: {{text}}", output=table,
+            output_format="delta", write_mode="merge", merge_key="id",
+        )
+        # Partition 1's first attempt fails after its commit: Spark runs it
+        # again, and the retry finds its rows in the table.
+        summary = aiq.spark.score(reviews, _inject_failure=(1, 0), **settings)
+        assert summary["rows"] == ROWS
+        assert sorted(t["partition"] for t in summary["tasks"]) == list(range(PARTITIONS))
+        assert sim.stats()["ok"] == sent()
+        # The same job again: the table answers every row.
+        aiq.spark.score(reviews, **settings)
+        assert sim.stats()["ok"] == sent()
+    got = pl.read_delta(table).sort("id")
+    assert got["id"].to_list() == list(range(ROWS)), "every row once"
+    for r in got.iter_rows(named=True):
+        assert r["result"] == expected(r["text"]), r
+    assert got.schema["prompt_tokens"] == pl.Int64 and got.schema["request_fingerprint"] == pl.String
+    history = deltalake.DeltaTable(table).history()
+    assert len(history) >= PARTITIONS, history
+    with pytest.raises(aiq.ConfigError, match="output_format"):
+        aiq.spark.score(reviews, endpoint="http://127.0.0.1:9/v1", model="m", prompt="{{text}}", output=table)

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use aiq::frontend::cli::{Cli, Command};
+use aiq::job::settings::{InputFormat, OutputFormat, WriteMode};
 use clap::Parser;
 use serde_json::Value;
 
@@ -50,23 +51,30 @@ fn find<'a>(v: &'a Value, key: &str, out: &mut Vec<&'a Value>) {
     }
 }
 
+/// The arguments of a bundle's `python_wheel_task` as the bundle passes
+/// them: the defaults of `vars` (the bundle's variables) substituted, and
+/// the for_each_task's current input (3) for `{{input}}`.
+fn bundle_args(vars: &Value, task: &Value) -> Vec<String> {
+    let vars = vars.as_object().expect("variables");
+    strings(&task["parameters"])
+        .iter()
+        .map(|arg| {
+            let mut arg = arg.replace("{{input}}", "3");
+            for (name, v) in vars {
+                let value = v["default"].as_str().expect("a default");
+                arg = arg.replace(&format!("${{var.{name}}}"), value);
+            }
+            assert!(!arg.contains("${"), "unknown variable in {arg}");
+            arg
+        })
+        .collect()
+}
+
 #[test]
 fn databricks_bundle_runs_aiq_per_shard() {
     let path = jobs_dir().join("databricks/databricks.yml");
     let bundle = yaml(&path);
     let text = std::fs::read_to_string(&path).unwrap();
-    // What the bundle substitutes: its variables' defaults, and the
-    // for_each_task's current input for `{{input}}`.
-    let vars = bundle["variables"].as_object().expect("variables");
-    let substitute = |arg: &str| {
-        let mut arg = arg.replace("{{input}}", "3");
-        for (name, v) in vars {
-            let value = v["default"].as_str().expect("a default");
-            arg = arg.replace(&format!("${{var.{name}}}"), value);
-        }
-        assert!(!arg.contains("${"), "unknown variable in {arg}");
-        arg
-    };
     let mut tasks = Vec::new();
     find(&bundle, "python_wheel_task", &mut tasks);
     assert!(tasks.len() >= 2, "a scoring and a merge task");
@@ -74,10 +82,7 @@ fn databricks_bundle_runs_aiq_per_shard() {
     for task in tasks {
         assert_eq!(task["package_name"], "aiq");
         assert_eq!(task["entry_point"], "aiq");
-        let argv: Vec<String> = strings(&task["parameters"])
-            .iter()
-            .map(|a| substitute(a))
-            .collect();
+        let argv = bundle_args(&bundle["variables"], task);
         let cli = parses("databricks.yml", &argv);
         if let Command::Run(run) = &cli.command {
             let shard = run.settings.shard.expect("each iteration runs one shard");
@@ -192,4 +197,47 @@ fn databricks_nightly_job_is_scheduled_with_secret_credentials() {
         "SOURCE_TABLE RESULTS_TABLE ENDPOINT JOURNAL"
     );
     assert!(params.iter().all(|p| !p.contains("secrets")), "{params:?}");
+}
+
+/// The nightly merge (`resources/aiq_nightly_merge.yml`): the aiq command
+/// merging a Delta table into a results Delta table by key, both at
+/// external locations, on a schedule, with secret credentials.
+#[test]
+fn databricks_nightly_merge_keeps_its_memory_in_a_delta_table() {
+    let root = jobs_dir().join("databricks");
+    // The bundle's variables: databricks.yml's and every included file's.
+    let mut vars = serde_json::Map::new();
+    for file in ["databricks.yml", "resources/aiq_nightly.yml", "resources/aiq_nightly_merge.yml"] {
+        if let Some(v) = yaml(&root.join(file))["variables"].as_object() {
+            vars.extend(v.clone());
+        }
+    }
+    let merge = yaml(&root.join("resources/aiq_nightly_merge.yml"));
+    let job = &merge["resources"]["jobs"]["aiq_nightly_merge"];
+    assert_eq!(
+        job["schedule"]["quartz_cron_expression"]
+            .as_str()
+            .map(|c| c.split(' ').count()),
+        Some(6)
+    );
+    assert_eq!(job["max_concurrent_runs"], 1);
+    let env = &job["job_clusters"][0]["new_cluster"]["spark_env_vars"];
+    assert!(env["DATABRICKS_CLIENT_SECRET"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("{{secrets/")));
+    let task = &job["tasks"][0];
+    let argv = bundle_args(&Value::Object(vars), &task["python_wheel_task"]);
+    let Command::Run(run) = parses("aiq_nightly_merge.yml", &argv).command else {
+        panic!("the task runs `aiq run`")
+    };
+    let s = &run.settings;
+    assert_eq!(s.input_format, Some(InputFormat::Delta));
+    assert_eq!(s.output_format, Some(OutputFormat::Delta));
+    assert_eq!(s.write_mode, Some(WriteMode::Merge));
+    assert_eq!(s.merge_key, ["ticket_id"]);
+    for path in [&s.input, &s.output] {
+        let url = path.as_ref().expect("input and output").to_string_lossy();
+        assert!(url.starts_with("s3://"), "a path at an external location: {url}");
+    }
+    assert!(!argv.iter().any(|a| a.contains("secret")), "{argv:?}");
 }

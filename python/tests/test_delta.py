@@ -1,0 +1,49 @@
+"""aiq.run into a Delta table: read back with delta-rs's own Python package
+and with Polars (every row, values, types, history), and merged by key so
+that a second run pays only for the new and the changed rows."""
+
+import deltalake
+import polars as pl
+import pyarrow as pa
+
+import aiq
+
+
+def tickets(texts: dict) -> pa.Table:
+    ids = sorted(texts)
+    return pa.table({"id": pa.array(ids, pa.int64()), "text": [texts[i] for i in ids]})
+
+
+def test_run_merges_into_a_delta_table_and_pays_for_new_and_changed_rows_only(tmp_path):
+    table = str(tmp_path / "scores")
+    first = {i: f"ticket {i}" for i in range(10)}
+    second = dict(first, **{2: "ticket 2, edited", 7: "ticket 7, edited", 10: "ticket 10", 11: "ticket 11"})
+    with aiq.Simulator() as sim:
+        settings = dict(
+            endpoint=sim.url, model="m", prompt="Classify: {{text}}", quiet=True,
+            output_format="delta", write_mode="merge", merge_key="id",
+        )
+        summary = aiq.run(tickets(first), output=table, **settings)
+        assert summary["rows"] == 10
+        assert sim.stats()["ok"] == 10
+        aiq.run(tickets(second), output=table, **settings)
+        # Two changed, two new: the other eight stand in the table.
+        assert sim.stats()["ok"] == 14, sim.stats()
+
+    got = pl.read_delta(table).sort("id")
+    assert got["id"].to_list() == list(range(12)), "one row per key"
+    for r in got.iter_rows(named=True):
+        assert r["result"] == f"echo: Classify: {second[r['id']]}", r
+        assert r["error_message"] is None
+    assert got.schema["id"] == pl.Int64
+    assert got.schema["result"] == pl.String
+    assert got.schema["prompt_tokens"] == pl.Int64
+    assert got.schema["request_fingerprint"] == pl.String
+    assert got.columns[2:] == aiq.OUTCOME_COLUMNS
+
+    dt = deltalake.DeltaTable(table)
+    assert dt.version() == 1, "one version per run"
+    assert len(dt.history()) == 2
+    assert dt.to_pyarrow_table().num_rows == 12
+    # The first version, read as it was: the first run's ten rows.
+    assert deltalake.DeltaTable(table, version=0).to_pyarrow_table().num_rows == 10
