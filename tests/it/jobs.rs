@@ -139,27 +139,33 @@ fn kubernetes_indexed_job_runs_aiq_per_index() {
     assert_eq!(runs, 1);
 }
 
-/// The bundle's scheduled job (`resources/aiq_nightly.yml`, included by
-/// databricks.yml): a schedule, credentials from a secret scope in the job
-/// cluster's environment (never in parameters), the wheel as a library,
-/// and a script that exists, given every variable it names.
-#[test]
-fn databricks_nightly_job_is_scheduled_with_secret_credentials() {
+/// A scheduled job of the bundle (`resources/FILE`, included by
+/// databricks.yml): every `${var.x}` it names declared (here, in
+/// databricks.yml or in another included file), a schedule, credentials
+/// from a secret scope in the job cluster's environment (never in
+/// parameters), and its first task on that cluster with the wheel as a
+/// library. Returns the job and the bundle's variables.
+fn scheduled_job(file: &str, name: &str) -> (Value, Value) {
     let root = jobs_dir().join("databricks");
     let bundle = yaml(&root.join("databricks.yml"));
     assert_eq!(bundle["include"], serde_json::json!(["resources/*.yml"]));
-    let path = root.join("resources/aiq_nightly.yml");
-    let nightly = yaml(&path);
-    let text = std::fs::read_to_string(&path).unwrap();
-    // Every ${var.x} is declared, here or in databricks.yml.
-    let declared = |name: &str| {
-        nightly["variables"].get(name).is_some() || bundle["variables"].get(name).is_some()
-    };
-    for used in text.split("${var.").skip(1) {
-        let name = used.split('}').next().unwrap();
-        assert!(declared(name), "undeclared variable {name}");
+    let mut vars = bundle["variables"].as_object().expect("variables").clone();
+    let resources = std::fs::read_dir(root.join("resources")).expect("resources/");
+    for entry in resources {
+        let path = entry.expect("a file").path();
+        if path.extension().is_some_and(|e| e == "yml") {
+            if let Some(v) = yaml(&path)["variables"].as_object() {
+                vars.extend(v.clone());
+            }
+        }
     }
-    let job = &nightly["resources"]["jobs"]["aiq_nightly_scores"];
+    let path = root.join("resources").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    for used in text.split("${var.").skip(1) {
+        let var = used.split('}').next().unwrap();
+        assert!(vars.contains_key(var), "{file}: undeclared variable {var}");
+    }
+    let job = yaml(&path)["resources"]["jobs"][name].clone();
     let schedule = &job["schedule"];
     assert_eq!(
         schedule["quartz_cron_expression"]
@@ -168,6 +174,10 @@ fn databricks_nightly_job_is_scheduled_with_secret_credentials() {
         Some(6)
     );
     assert_eq!(schedule["pause_status"], "UNPAUSED");
+    assert_eq!(
+        job["max_concurrent_runs"], 1,
+        "a night's run is not doubled"
+    );
     let cluster = &job["job_clusters"][0]["new_cluster"];
     let env = cluster["spark_env_vars"]
         .as_object()
@@ -188,8 +198,17 @@ fn databricks_nightly_job_is_scheduled_with_secret_credentials() {
         .as_str()
         .unwrap()
         .ends_with(".whl"));
+    (job, Value::Object(vars))
+}
+
+/// The Spark nightly (`resources/aiq_nightly.yml`): a script that exists.
+#[test]
+fn databricks_nightly_job_is_scheduled_with_secret_credentials() {
+    let (job, _) = scheduled_job("aiq_nightly.yml", "aiq_nightly_scores");
+    let task = &job["tasks"][0];
     let script = task["spark_python_task"]["python_file"].as_str().unwrap();
-    assert!(path.parent().unwrap().join(script).is_file(), "{script}");
+    let resources = jobs_dir().join("databricks/resources");
+    assert!(resources.join(script).is_file(), "{script}");
     let params = strings(&task["spark_python_task"]["parameters"]);
     assert_eq!(
         params.len(),
@@ -201,32 +220,14 @@ fn databricks_nightly_job_is_scheduled_with_secret_credentials() {
 
 /// The nightly merge (`resources/aiq_nightly_merge.yml`): the aiq command
 /// merging a Delta table into a results Delta table by key, both at
-/// external locations, on a schedule, with secret credentials.
+/// external locations.
 #[test]
 fn databricks_nightly_merge_keeps_its_memory_in_a_delta_table() {
-    let root = jobs_dir().join("databricks");
-    // The bundle's variables: databricks.yml's and every included file's.
-    let mut vars = serde_json::Map::new();
-    for file in ["databricks.yml", "resources/aiq_nightly.yml", "resources/aiq_nightly_merge.yml"] {
-        if let Some(v) = yaml(&root.join(file))["variables"].as_object() {
-            vars.extend(v.clone());
-        }
-    }
-    let merge = yaml(&root.join("resources/aiq_nightly_merge.yml"));
-    let job = &merge["resources"]["jobs"]["aiq_nightly_merge"];
-    assert_eq!(
-        job["schedule"]["quartz_cron_expression"]
-            .as_str()
-            .map(|c| c.split(' ').count()),
-        Some(6)
-    );
-    assert_eq!(job["max_concurrent_runs"], 1);
-    let env = &job["job_clusters"][0]["new_cluster"]["spark_env_vars"];
-    assert!(env["DATABRICKS_CLIENT_SECRET"]
-        .as_str()
-        .is_some_and(|v| v.starts_with("{{secrets/")));
-    let task = &job["tasks"][0];
-    let argv = bundle_args(&Value::Object(vars), &task["python_wheel_task"]);
+    let (job, vars) = scheduled_job("aiq_nightly_merge.yml", "aiq_nightly_merge");
+    let task = &job["tasks"][0]["python_wheel_task"];
+    assert_eq!(task["package_name"], "aiq");
+    assert_eq!(task["entry_point"], "aiq");
+    let argv = bundle_args(&vars, task);
     let Command::Run(run) = parses("aiq_nightly_merge.yml", &argv).command else {
         panic!("the task runs `aiq run`")
     };
@@ -237,7 +238,10 @@ fn databricks_nightly_merge_keeps_its_memory_in_a_delta_table() {
     assert_eq!(s.merge_key, ["ticket_id"]);
     for path in [&s.input, &s.output] {
         let url = path.as_ref().expect("input and output").to_string_lossy();
-        assert!(url.starts_with("s3://"), "a path at an external location: {url}");
+        assert!(
+            url.starts_with("s3://"),
+            "a path at an external location: {url}"
+        );
     }
     assert!(!argv.iter().any(|a| a.contains("secret")), "{argv:?}");
 }
