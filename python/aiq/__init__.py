@@ -128,6 +128,7 @@ def _start(
     quiet: bool,
     settings: Mapping[str, Any],
     credentials: Optional[Mapping[str, str]] = None,
+    work: Optional[str] = None,
 ) -> "_core.Job":
     settings = dict(settings)
     if credentials is not None:
@@ -159,6 +160,7 @@ def _start(
         restart=restart,
         quiet=quiet,
         credentials=credentials,
+        work=work,
     )
 
 
@@ -171,6 +173,7 @@ def run(
     quiet: bool = False,
     credentials: Optional[Mapping[str, str]] = None,
     as_: Optional[str] = None,
+    work_id: Optional[str] = None,
     **settings: Any,
 ) -> Any:
     """Score every row of ``data``: one request per row, one output row per
@@ -199,6 +202,12 @@ def run(
     the API key variable) are read in place of the process's environment
     and ``~/.databrickscfg`` to find the endpoint's credentials.
 
+    ``work_id="run-42/part-3"`` names the rows of ``data`` (the same name
+    must mean the same rows): appended to a Delta table (``output_format=
+    "delta"``) that holds them already under that name, they are neither
+    sent nor appended again, so a retried task of a distributed job lands
+    its rows once. A file is named by itself (its path, size and time).
+
     Raises ``ConfigError`` for mistakes found before any request (a
     template naming a missing column names it) and ``JobError`` when the
     job fails; Ctrl-C raises ``KeyboardInterrupt`` within about two seconds,
@@ -209,7 +218,9 @@ def run(
     if as_ is not None and output is not None:
         raise ConfigError("as_= is the kind of the returned table: with output= a summary is returned")
     kind = as_ or _kind_of(data)
-    job_ = _start(data, job, output, restart, quiet, settings, credentials)
+    if work_id is not None and not isinstance(work_id, str):
+        raise ConfigError("work_id: give a string that names the rows of data")
+    job_ = _start(data, job, output, restart, quiet, settings, credentials, work_id)
     if output is None:
         import pyarrow as pa
 

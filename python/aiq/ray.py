@@ -36,6 +36,25 @@ digest of each such variable; the values stay on the driver). Two ways out:
   actor, and are readable by any code there. aiq never prints or logs them.
 
 ``pass_credentials=False`` skips the check: the workers have their own.
+
+Straight into a Delta table: ``output=`` with ``output_format="delta"``
+(and ``write_mode``, ``merge_key`` as for ``aiq.run``) runs the job at once
+instead of returning a Dataset::
+
+    summary = aiq.ray.score(ds, output="s3://bucket/scores", output_format="delta",
+                            endpoint=..., prompt=...)
+
+The dataset is executed into Ray's object store (``to_arrow_refs``), then
+one Ray task per block, ``workers`` at a time, scores the block as one
+shard of the job (``shard`` = block/blocks: its own journal and writer
+lock beside the table) and commits it to the table; Delta's optimistic
+concurrency lets the commits land side by side. Each commit carries a Delta
+application transaction naming the call and the block (``work_id``): a
+task Ray retries after its commit (its worker lost before Ray heard back)
+finds its rows in the table and sends and appends nothing. Every row lands
+once, with ``write_mode="append"`` as with ``"merge"`` (``"overwrite"`` is
+refused: each task would replace the others' rows). Returns a summary dict
+as ``aiq.spark.score`` does (the tasks' counts summed, and ``tasks``).
 """
 
 from __future__ import annotations
@@ -209,11 +228,14 @@ def score(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     ray_remote_args: Optional[dict] = None,
     pass_credentials: Optional[bool] = None,
+    output: Optional[str] = None,
     **settings: Any,
 ) -> Any:
     """``ds`` scored by aiq, lazily: a ``ray.data.Dataset`` (see the module
     doc, also for ``pass_credentials``). ``ray_remote_args`` go to the
-    actors (``num_cpus``, ``resources``, ``scheduling_strategy``...)."""
+    actors (``num_cpus``, ``resources``, ``scheduling_strategy``...), or to
+    the tasks with ``output=``: then the rows are written to that Delta
+    table at once and a summary dict is returned."""
     import ray
 
     import aiq
@@ -224,6 +246,7 @@ def score(
     if workers < 1:
         raise aiq.ConfigError("workers must be at least 1")
     task_settings = dict(settings, workers=int(workers))
+    inject = task_settings.pop("_inject_failure", None)  # tests only: (block, marker file)
     if journal is not None:
         task_settings["call_journal"] = os.fspath(journal)
     _check(ds, task_settings)
@@ -233,6 +256,8 @@ def score(
     # job never starts.
     remote = {"num_cpus": 0, **(ray_remote_args or {})}
     task_settings = _for_tasks(task_settings, pass_credentials, lambda names: _unseen_by_ray(names, remote), "ray")
+    if output is not None:
+        return _write(ds, os.fspath(output), task_settings, int(workers), remote, inject)
     return ds.map_batches(
         _Scorer,
         fn_constructor_kwargs={"settings": task_settings},
@@ -241,3 +266,50 @@ def score(
         compute=ray.data.ActorPoolStrategy(size=int(workers)),
         **remote,
     )
+
+
+def _write(ds: Any, output: str, settings: dict, workers: int, remote: dict, inject: Any = None) -> dict:
+    """Every block of ``ds`` into the Delta table ``output``, one shard per
+    Ray task, at most ``workers`` tasks at once; the tasks' summaries,
+    summed."""
+    import uuid
+
+    import ray
+
+    from aiq.spark import _check_table_write, _sum_summaries
+
+    _check_table_write(settings, "ray")
+    blocks = ds.to_arrow_refs()
+    # Names this call's work: a retried task's commit is found in the table
+    # under it; the next call (another night's rows) is other work.
+    run_id = uuid.uuid4().hex
+    write = ray.remote(_write_block).options(**remote)
+    tasks, pending = [], []
+    for k, block in enumerate(blocks):
+        if len(pending) >= workers:
+            done, pending = ray.wait(pending, num_returns=1)
+            tasks.extend(ray.get(done))
+        pending.append(write.remote(block, k, len(blocks), run_id, output, settings, inject))
+    tasks.extend(ray.get(pending))
+    return _sum_summaries(sorted(tasks, key=lambda t: t["partition"]), output)
+
+
+def _write_block(
+    block: Any, k: int, blocks: int, run_id: str, output: str, settings: dict, inject: Any = None
+) -> dict:
+    """One Ray task: block ``k`` into the table as shard k/blocks (its own
+    journal, lock and commit); its summary."""
+    import aiq
+
+    table = _plain_table(block)
+    summary: dict = {"rows": 0}
+    if table.num_rows:
+        mine = dict(settings, shard=f"{k}/{blocks}")
+        summary = aiq.run(table, output=output, quiet=True, work_id=f"{run_id}/{k}", **mine)
+    if inject is not None and inject[0] == k and not os.path.exists(inject[1]):
+        # Tests only: the worker dies after the commit, before Ray hears
+        # back (once: the marker file says it did), and Ray runs it again.
+        open(inject[1], "w").close()
+        os._exit(1)
+    summary["partition"] = k
+    return summary

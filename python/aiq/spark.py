@@ -49,15 +49,22 @@ Each task writes its partition as one shard of the job (``shard`` =
 partition/partitions): its own journal and writer lock beside the table,
 and one commit to it, which Delta's optimistic concurrency lets land beside
 the other tasks'. A task that fails before its commit is retried by Spark
-and resumes from its journal; every row lands once. Returns a summary dict
-(``rows``, ``ok``, ``failed``, ``shared``, ``usage``, ``cost_usd``, ...,
-summed over the tasks, and ``tasks``: each task's own).
+and resumes from its journal. Each commit carries a Delta application
+transaction naming the call and the partition (``work_id``), so a task
+retried after its commit, on another executor with none of its state,
+finds its rows in the table: it sends nothing and appends nothing. Every
+row lands once, with ``write_mode="append"`` as with ``"merge"``
+(``"overwrite"`` is refused: each task would replace the others' rows).
+Returns a summary dict (``rows``, ``ok``, ``failed``, ``shared``,
+``usage``, ``cost_usd``, ..., summed over the tasks, and ``tasks``: each
+task's own).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any, Callable, Iterator, Optional
 
 __all__ = ["score"]
@@ -91,7 +98,7 @@ def score(
     # The declared schema is the core's own answer for this input: a job
     # over no rows, checked as any job is (a template naming a missing
     # column fails here, on the driver, before any task starts).
-    out_schema = _output_schema(in_schema, {k: v for k, v in task_settings.items() if k not in _TABLE_KEYS})
+    out_schema = _output_schema(in_schema, task_settings)
     task_settings = _for_tasks(task_settings, pass_credentials, lambda names: _unseen_by_spark(spark, names), "spark")
     if output is not None:
         return _write(df, os.fspath(output), task_settings, journal, inject)
@@ -109,20 +116,34 @@ def score(
 _TABLE_KEYS = ("output_format", "write_mode", "merge_key")
 
 
-def _write(df: Any, output: str, settings: dict, journal: Optional[str], inject: Any = None) -> dict:
-    """Every partition into the Delta table ``output``, one shard per task;
-    the tasks' summaries, summed."""
+def _check_table_write(settings: dict, engine: str) -> None:
+    """``output=`` from a Spark or Ray job: a Delta table that every task
+    appends or merges its own rows into."""
     import aiq
 
     if settings.get("output_format") != "delta":
         raise aiq.ConfigError(
-            "aiq.spark.score: output= writes a Delta table (each task commits its rows beside the "
-            "others'); give output_format=\"delta\", or leave output out for a DataFrame"
+            f"aiq.{engine}.score: output= writes a Delta table (each task commits its rows beside the "
+            "others'); give output_format=\"delta\", or leave output out for a dataset"
         )
+    if settings.get("write_mode") == "overwrite":
+        raise aiq.ConfigError(
+            f"aiq.{engine}.score: write_mode=\"overwrite\" would leave only the last task's rows "
+            "(each task commits on its own): give \"append\" or \"merge\""
+        )
+
+
+def _write(df: Any, output: str, settings: dict, journal: Optional[str], inject: Any = None) -> dict:
+    """Every partition into the Delta table ``output``, one shard per task;
+    the tasks' summaries, summed."""
+    _check_table_write(settings, "spark")
     partitions = df.rdd.getNumPartitions()
+    # Names this call's work: a retried task's commit is found in the table
+    # under it; the next call (another night's rows) is other work.
+    run_id = uuid.uuid4().hex
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
-        return _write_partition(batches, settings, journal, output, partitions, inject)
+        return _write_partition(batches, settings, journal, output, partitions, run_id, inject)
 
     rows = df.mapInArrow(run, "partition INT, summary STRING").collect()
     tasks = sorted((json.loads(r["summary"]) for r in rows), key=lambda t: t["partition"])
@@ -130,7 +151,13 @@ def _write(df: Any, output: str, settings: dict, journal: Optional[str], inject:
 
 
 def _write_partition(
-    batches: Iterator[Any], settings: dict, journal: Optional[str], output: str, partitions: int, inject: Any = None
+    batches: Iterator[Any],
+    settings: dict,
+    journal: Optional[str],
+    output: str,
+    partitions: int,
+    run_id: str,
+    inject: Any = None,
 ) -> Iterator[Any]:
     """One task: the partition's rows into the table as shard
     partition/partitions (its own journal, lock and commit). Runs on an
@@ -151,7 +178,7 @@ def _write_partition(
     summary: dict = {"rows": 0}
     if first is not None:
         reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
-        summary = aiq.run(reader, output=output, quiet=True, **mine)
+        summary = aiq.run(reader, output=output, quiet=True, work_id=f"{run_id}/{partition}", **mine)
     if inject is not None and inject[0] == partition and ctx is not None and ctx.attemptNumber() == 0:
         raise RuntimeError(f"aiq.spark: failure injected in partition {partition} after its commit")
     summary["partition"] = partition
@@ -320,7 +347,8 @@ def _output_schema(in_schema: Any, settings: dict) -> Any:
     import aiq
 
     empty = pa.RecordBatchReader.from_batches(in_schema, iter(()))
-    stream = aiq.score(empty, quiet=True, **settings)
+    asked = {k: v for k, v in settings.items() if k not in _TABLE_KEYS}
+    stream = aiq.score(empty, quiet=True, **asked)
     schema = stream.schema
     # Let the empty run end on its own (dropped unfinished, it would stop
     # as an interrupt does, and say so).

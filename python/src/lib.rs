@@ -334,9 +334,12 @@ fn job_settings(settings: &str, job: Option<&std::path::Path>) -> PyResult<JobSe
 /// Start a job. `data` is an Arrow stream, or `None` to read the input
 /// file of the settings; `settings` is JSON with the job file's keys;
 /// `credentials` are environment variables to resolve the endpoint's
-/// credentials from instead of the process's environment and config file.
+/// credentials from instead of the process's environment and config file;
+/// `work` names the rows of `data` (the same name, the same rows: a Spark
+/// or Ray task's run and partition), so that a Delta table that holds
+/// their append already is not appended to again.
 #[pyfunction]
-#[pyo3(signature = (data, label, total_rows, settings, job=None, output=None, restart=false, quiet=false, credentials=None))]
+#[pyo3(signature = (data, label, total_rows, settings, job=None, output=None, restart=false, quiet=false, credentials=None, work=None))]
 #[allow(clippy::too_many_arguments)]
 fn start(
     py: Python<'_>,
@@ -349,8 +352,14 @@ fn start(
     restart: bool,
     quiet: bool,
     credentials: Option<BTreeMap<String, String>>,
+    work: Option<String>,
 ) -> PyResult<Job> {
     aiq::frontend::cli::init_logging(0);
+    if data.is_none() && work.is_some() {
+        return Err(ConfigError::new_err(
+            "work_id names rows handed in as data; a file is named by itself",
+        ));
+    }
     let mut s = job_settings(settings, job.as_deref())?;
     if data.is_some() {
         s.input = Some(PathBuf::from(&label));
@@ -378,8 +387,12 @@ fn start(
                 .iter()
                 .map(|f| format!("{}: {}", f.name(), f.data_type()))
                 .collect();
+            let named = match &work {
+                Some(work) => format!("{label} {work}"),
+                None => label.clone(),
+            };
             let identity = InputIdentity {
-                path: format!("{label} ({})", columns.join(", ")),
+                path: format!("{named} ({})", columns.join(", ")),
                 size: total_rows.unwrap_or(0),
                 modified: 0,
             };
@@ -418,6 +431,7 @@ fn start(
         source,
         batches: tx,
         interrupt: Some(interrupt.clone()),
+        named: work.is_some(),
     };
     let task = py.detach(|| rt.spawn(run_with(plan, io, Ui { quiet })));
     Ok(Job {

@@ -97,3 +97,33 @@ def test_credentials_set_after_ray_init(monkeypatch):
         assert sim.stats()["requests"] == 0
         check(aiq.ray.score(dataset(), endpoint=endpoint, prompt="{{text}}", batch_rows=8, pass_credentials=True))
         assert sim.stats()["ok"] == ROWS
+
+
+def test_straight_into_a_delta_table_a_task_retried_after_its_commit_lands_once(tmp_path):
+    import deltalake
+    import polars as pl
+
+    table = str(tmp_path / "scores")
+    with aiq.Simulator() as sim:
+        settings = dict(endpoint=sim.url, model="m", prompt="{{text}}", output=table, output_format="delta")
+        # Block 1's worker dies after its commit (once): Ray runs the task
+        # again, on a worker with none of its state, and the table's
+        # transaction says its rows are in. Append mode: nothing twice.
+        marker = tmp_path / "block-1-died"
+        summary = aiq.ray.score(dataset(blocks=3), workers=2, _inject_failure=(1, str(marker)), **settings)
+        assert marker.exists(), "the worker died once"
+        assert sim.stats()["ok"] == ROWS, "the retry sent nothing"
+        assert sorted(t["partition"] for t in summary["tasks"]) == [0, 1, 2]
+        assert summary["rows"] == ROWS
+        # Another call is other work: its rows are appended.
+        aiq.ray.score(dataset(rows=5, blocks=1), **settings)
+        assert sim.stats()["ok"] == ROWS + 5
+    got = pl.read_delta(table).sort("id")
+    assert got["id"].to_list() == sorted(list(range(ROWS)) + list(range(5))), "every row once per call"
+    for r in got.iter_rows(named=True):
+        assert r["result"] == f"echo: {r['text']}", r
+    assert got.schema["id"] == pl.Int64 and got.schema["prompt_tokens"] == pl.Int64
+    assert len(deltalake.DeltaTable(table).history()) == 4, "one commit per block"
+    with pytest.raises(aiq.ConfigError, match="overwrite"):
+        aiq.ray.score(dataset(), endpoint="http://127.0.0.1:9/v1", model="m", prompt="{{text}}", output=table,
+                      output_format="delta", write_mode="overwrite")

@@ -306,9 +306,12 @@ def test_straight_into_a_delta_table_each_task_commits_once(spark, reviews, tmp_
             output_format="delta", write_mode="merge", merge_key="id",
         )
         # Partition 1's first attempt fails after its commit: Spark runs it
-        # again, and the retry finds its rows in the table.
+        # again, and the retry finds its rows in the table (the table
+        # answers them: not sent, not written again).
         summary = aiq.spark.score(reviews, _inject_failure=(1, 0), **settings)
-        assert summary["rows"] == ROWS
+        retried = summary["tasks"][1]
+        assert retried["rows"] == 0 and retried["saved_by_table"] > 0, retried
+        assert summary["rows"] + summary["saved_by_table"] == ROWS
         assert sorted(t["partition"] for t in summary["tasks"]) == list(range(PARTITIONS))
         assert sim.stats()["ok"] == sent()
         # The same job again: the table answers every row.
@@ -323,3 +326,25 @@ def test_straight_into_a_delta_table_each_task_commits_once(spark, reviews, tmp_
     assert len(history) >= PARTITIONS, history
     with pytest.raises(aiq.ConfigError, match="output_format"):
         aiq.spark.score(reviews, endpoint="http://127.0.0.1:9/v1", model="m", prompt="{{text}}", output=table)
+
+
+def test_appending_a_task_retried_after_its_commit_lands_its_rows_once(spark, reviews, tmp_path):
+    import polars as pl
+
+    table = str(tmp_path / "scores")
+    with aiq.Simulator() as sim:
+        settings = dict(endpoint=sim.url, model="m", prompt="Summarize: {{text}}", output=table, output_format="delta")
+        # Partition 1's first attempt fails after its commit (its state
+        # gone with it): the retry finds its rows in the table by the
+        # commit's transaction, and sends and appends nothing.
+        summary = aiq.spark.score(reviews, _inject_failure=(1, 0), **settings)
+        assert summary["rows"] == ROWS
+        assert sim.stats()["ok"] == sent(), "the retry sent nothing"
+        # Another call is other work: appended again.
+        aiq.spark.score(reviews, **settings)
+        assert sim.stats()["ok"] == 2 * sent()
+    got = pl.read_delta(table)
+    assert sorted(got["id"].to_list()) == sorted(2 * list(range(ROWS))), "every row once per call"
+    with pytest.raises(aiq.ConfigError, match="overwrite"):
+        aiq.spark.score(reviews, endpoint="http://127.0.0.1:9/v1", model="m", prompt="{{text}}", output=table,
+                        output_format="delta", write_mode="overwrite")

@@ -78,6 +78,11 @@ pub struct Io {
     /// notification stops sending and waits for the calls in flight, a
     /// second stops at once, as a first and second Ctrl-C do.
     pub interrupt: Option<Arc<Notify>>,
+    /// The identity of `source` says which rows they are (a Spark or Ray
+    /// task's run and partition), as a file's does: a run of them whose
+    /// output already holds them is complete, and a Delta append of them
+    /// that another attempt committed is not made again.
+    pub named: bool,
 }
 
 pub async fn run(plan: Plan, ui: Ui) -> Result<Summary> {
@@ -143,6 +148,8 @@ struct Ready {
     interrupt: Option<Arc<Notify>>,
     /// Calls a merge's table answered (not sent).
     saved: Arc<Saved>,
+    /// [`Io::named`], or the plan's own input.
+    named: bool,
 }
 
 /// Where a job keeps what it has paid for: the journal and finished parts
@@ -167,6 +174,7 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
     let started = Instant::now();
     // The plan's input, not rows handed in: the output must not replace it.
     let own_input = io.source.is_none().then_some(&plan.input);
+    let named = own_input.is_some() || io.named;
     let (source, identity) = match io.source {
         Some((source, identity)) => (source, Some(identity)),
         None => (open_source(plan)?, None),
@@ -195,9 +203,10 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
         }
         let scope = plan.shard_scope();
         held.lock = Some(WriterLock::acquire(&state_output(plan), scope.as_deref()).await?);
-        // Only a file's identity is trusted to say the rows are the same:
-        // rows handed in (Python) may be others of the same shape.
-        if own_input.is_some() && !(plan.restart || plan.overwrite || plan.retry_failed) {
+        // Only a file's identity (or a name given with the rows) is trusted
+        // to say the rows are the same: rows handed in (Python) may be
+        // others of the same shape.
+        if named && !(plan.restart || plan.overwrite || plan.retry_failed) {
             if let Some(summary) = complete(plan, &stamp, ui).await {
                 return Ok(Prepared::Complete(summary));
             }
@@ -224,6 +233,7 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
         batches: io.batches,
         interrupt: io.interrupt,
         saved,
+        named,
     })))
 }
 
@@ -331,6 +341,7 @@ struct Ran {
     committed: u64,
     failed_before: u64,
     saved: Arc<Saved>,
+    named: bool,
 }
 
 /// Sends the job: batch mode first when asked, then the online stages,
@@ -351,6 +362,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
         batches,
         interrupt,
         saved,
+        named,
     } = ready;
     let State {
         mut journal,
@@ -476,6 +488,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
         committed,
         failed_before,
         saved,
+        named,
     })
 }
 
@@ -614,6 +627,7 @@ async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
         committed,
         failed_before,
         saved,
+        named,
     } = ran;
     collector.parts.commit()?;
     let rows = match (plan.output_format, &remote) {
@@ -636,7 +650,8 @@ async fn finish(plan: &Plan, ran: Ran, ui: Ui) -> Result<Summary> {
         )?,
         (OutputFormat::Delta, remote) => {
             let (parts, schema) = (&collector.parts.parts, collector.layout.output.clone());
-            crate::pipeline::delta::commit(plan, parts, remote.as_ref(), schema, &stamp).await?
+            crate::pipeline::delta::commit(plan, parts, remote.as_ref(), schema, &stamp, named)
+                .await?
         }
         (OutputFormat::OpenaiBatch, _) => crate::pipeline::openai_batch::write_output(
             &collector.parts.parts,

@@ -77,6 +77,7 @@ async fn batches_in_batches_out_in_order_and_nothing_on_disk() {
         source: Some(memory_source(10, 3)),
         batches: Some(tx),
         interrupt: Some(Arc::new(Notify::new())),
+        named: false,
     };
     let job = tokio::spawn(run_with(plan(output.clone(), 0), io, Ui { quiet: true }));
     let mut ids = Vec::new();
@@ -108,6 +109,7 @@ async fn an_interrupt_stops_the_run_and_keeps_the_journal() {
         source: Some(memory_source(40, 4)),
         batches: None,
         interrupt: Some(interrupt.clone()),
+        named: false,
     };
     // Calls that take a minute: only the interrupt can end this run soon.
     let job = tokio::spawn(run_with(
@@ -146,6 +148,7 @@ async fn rows_handed_in_are_sent_even_into_a_finished_output() {
             source: Some(memory_source(10, 3)),
             batches: None,
             interrupt: Some(Arc::new(Notify::new())),
+            named: false,
         };
         let summary = run_with(plan(output.clone(), 0), io, Ui { quiet: true })
             .await

@@ -15,7 +15,12 @@
 //! A commit carries an application transaction (`txn`, app id = the job's
 //! stamp) whose version the state folder records before committing, so a
 //! run killed between its commit and removing its state does not commit
-//! the same rows twice when it is run again.
+//! the same rows twice when it is run again. When the rows are named (the
+//! stamp says which rows they are: a file or a table version, or a Spark or
+//! Ray task's run and partition), the table's own transaction is enough:
+//! an append it holds already is not made again, even by a retried task on
+//! another machine with none of the state ([`appended_by`], and [`commit`]
+//! for another attempt that committed meanwhile).
 //!
 //! Object stores: delta-rs gets the store aiq builds for every other URL
 //! ([`Remote`], the cloud's own credentials), and commits with a
@@ -423,6 +428,7 @@ pub async fn commit(
     rows: u64,
     schema: SchemaRef,
     job: &str,
+    named: bool,
 ) -> Result<u64> {
     let table = Table::open(&plan.output, Role::Output).await?;
     let app_id = app_id(job);
@@ -442,6 +448,16 @@ pub async fn commit(
             return Ok(rows);
         }
         Some(v) => v,
+        // Another attempt at the same named rows (a speculative or retried
+        // task, with none of this run's state) committed them since this
+        // run was prepared: its commit stands.
+        None if named && committed.is_some() && appends_once(plan) => {
+            tracing::info!(
+                "{}: another run of this job committed these rows",
+                table.path.display()
+            );
+            return Ok(rows);
+        }
         None => {
             let next = committed.unwrap_or(0) + 1;
             parts.record_token(next).await?;
@@ -875,13 +891,22 @@ fn app_id(job: &str) -> String {
     format!("aiq-{job}")
 }
 
+/// Whether an append that the table holds already (the same job, its
+/// application transaction there) is left out: unless the user asked to run
+/// the job again. Only an append: a merge or an overwrite run again decides
+/// the table's rows anew.
+fn appends_once(plan: &Plan) -> bool {
+    plan.table.write_mode == WriteMode::Append
+        && !(plan.restart || plan.overwrite || plan.retry_failed)
+}
+
 /// The rows the job `job` appended to the table, when its commit is there
 /// (the table holds its application transaction): the same append run
 /// again is complete, as a Parquet output whose footer names the job is.
 /// Only an append: a merge or an overwrite run again decides the table's
 /// rows anew (a merge sends nothing the table answers anyway).
 pub async fn appended_by(plan: &Plan, job: &str) -> Option<u64> {
-    if plan.table.write_mode != WriteMode::Append {
+    if !appends_once(plan) {
         return None;
     }
     let table = Table::open(&plan.output, Role::Output).await.ok()?;

@@ -72,13 +72,17 @@ pub fn identity(plan: &Plan) -> Result<InputIdentity> {
 }
 
 /// Commits the finished parts to the table (local, or in the bucket for an
-/// object-store table) as one version. Returns the rows written.
+/// object-store table) as one version. `named`: the job's stamp says which
+/// rows these are ([`crate::pipeline::run::Io::named`]), so an append of
+/// them that another attempt committed already is not made again. Returns
+/// the rows written.
 pub async fn commit(
     plan: &Plan,
     parts: &[Part],
     remote: Option<&Arc<tokio::sync::Mutex<RemoteOutput>>>,
     schema: SchemaRef,
     job: &str,
+    named: bool,
 ) -> Result<u64> {
     #[cfg(feature = "delta")]
     {
@@ -87,11 +91,11 @@ pub async fn commit(
             Some(r) => lake::PartFiles::Remote(r.lock().await.part_urls(parts).await?),
             None => lake::PartFiles::local(parts, state_output(plan).as_path())?,
         };
-        lake::commit(plan, files, rows, schema, job).await
+        lake::commit(plan, files, rows, schema, job, named).await
     }
     #[cfg(not(feature = "delta"))]
     {
-        let _ = (plan, parts, remote, schema, job);
+        let _ = (plan, parts, remote, schema, job, named);
         Err(not_built())
     }
 }
