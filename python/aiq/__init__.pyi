@@ -125,11 +125,14 @@ def run(
     quiet: bool = False,
     credentials: Optional[Mapping[str, str]] = None,
     as_: Optional[Literal["arrow", "pandas", "polars"]] = None,
+    work_id: Optional[str] = None,
     **settings: Unpack[RunSettings],
 ) -> Any:
     """Score every row of `data`. Without `output`, the table in the caller's kind
     (pandas in, pandas out with its index; Polars in, Polars out; else a
-    pyarrow.Table), or the kind `as_` names; with `output`, a summary dict."""
+    pyarrow.Table), or the kind `as_` names; with `output`, a summary dict.
+    `work_id` names the rows of `data`: a Delta table that holds their append
+    under that name gets nothing twice."""
 
 def score(
     data: _Data,

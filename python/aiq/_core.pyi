@@ -30,10 +30,12 @@ def start(
     restart: bool = False,
     quiet: bool = False,
     credentials: Optional[Mapping[str, str]] = None,
+    work: Optional[str] = None,
 ) -> Job:
     """Start a job over an Arrow stream (or the settings' input file when None);
     `settings` is JSON with the job file's keys; `credentials` are variables
-    the endpoint's credentials resolve from instead of the environment."""
+    the endpoint's credentials resolve from instead of the environment; `work`
+    names the rows of the stream (the same name, the same rows)."""
 
 def handover(settings: str, job: Optional[str] = None) -> dict[str, str]:
     """The settings' endpoint resolved here: the variables that give its
