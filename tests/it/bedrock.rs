@@ -252,7 +252,7 @@ async fn secrets_stay_out_of_errors_output_and_journal() {
 /// journal, status), as text.
 fn everything_written(f: &Fixture, o: &Output) -> String {
     let mut seen = stderr(o) + &String::from_utf8_lossy(&o.stdout);
-    for entry in walk(f.dir.path()) {
+    for entry in files_under(f.dir.path()) {
         seen.push_str(&String::from_utf8_lossy(
             &std::fs::read(entry).unwrap_or_default(),
         ));
@@ -289,19 +289,6 @@ async fn instance_metadata_credentials_by_imdsv2() {
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("instance metadata"), "{}", stderr(&o));
     assert_eq!(f.sim.stats().ok, 4);
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -374,15 +361,10 @@ async fn boto3_drives_the_simulators_bedrock_runtime() {
     let report = python_sdk(&f, SDK_SCRIPT, &args, &envs).await;
     assert_eq!(report["text"], json!("echo: hello bedrock"));
     assert_eq!(report["stop"], json!("end_turn"));
-    let (first, second) = (&report["first_usage"], &report["second_usage"]);
-    assert!(
-        first["cacheWriteInputTokens"].as_u64() > Some(1000),
-        "{report}"
-    );
-    assert_eq!(first["cacheReadInputTokens"], json!(0));
-    assert_eq!(
-        second["cacheReadInputTokens"],
-        first["cacheWriteInputTokens"]
+    native::assert_cache_written_then_read(
+        &report,
+        "cacheWriteInputTokens",
+        "cacheReadInputTokens",
     );
     assert_eq!(report["streamed"], json!("echo: stream me"));
     assert_eq!(report["stream_stop"], json!("end_turn"));

@@ -13,6 +13,12 @@ const TTFT_MS: f64 = 100.0;
 const ITL_MS: f64 = 5.0;
 const OUTPUT_TOKENS: f64 = 20.0;
 
+/// `--json JSON --plot PLOT`: where a bench writes its summary and chart.
+fn outputs(json: &std::path::Path, plot: &std::path::Path) -> [String; 4] {
+    let path = |p: &std::path::Path| p.display().to_string();
+    ["--json".into(), path(json), "--plot".into(), path(plot)]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_writes_table_json_records_and_plot() {
     let fx = Fixture::new(SimConfig::default()).await;
@@ -21,6 +27,7 @@ async fn bench_writes_table_json_records_and_plot() {
         fx.path("records.parquet"),
         fx.path("sweep.svg"),
     );
+    let written = outputs(&json, &plot);
     let out = fx
         .aiq(
             &[
@@ -41,12 +48,12 @@ async fn bench_writes_table_json_records_and_plot() {
                 "5",
                 "--slo-e2e-ms",
                 "10000",
-                "--json",
-                json.to_str().unwrap(),
                 "--records",
                 records.to_str().unwrap(),
-                "--plot",
-                plot.to_str().unwrap(),
+                &written[0],
+                &written[1],
+                &written[2],
+                &written[3],
             ],
             &[],
         )
@@ -212,6 +219,7 @@ async fn bench_png_and_svg_carry_subtitle_slo_lines_and_few_sample_note() {
     );
     let mut texts = Vec::new();
     for plot in [&png, &svg] {
+        let written = outputs(&json, plot);
         let out = fx
             .aiq(
                 &[
@@ -234,10 +242,10 @@ async fn bench_png_and_svg_carry_subtitle_slo_lines_and_few_sample_note() {
                     "2000",
                     "--slo-ttft-ms",
                     "1500",
-                    "--json",
-                    json.to_str().unwrap(),
-                    "--plot",
-                    plot.to_str().unwrap(),
+                    &written[0],
+                    &written[1],
+                    &written[2],
+                    &written[3],
                 ],
                 &[("OPENAI_API_KEY", TOKEN)],
             )

@@ -61,16 +61,10 @@ async fn run_with_key(f: &Fixture, key: &str) -> Output {
     run(f, &f.openai_url(), &["--model", "m"], &envs).await
 }
 
-/// `aiq run -v` of `input` to `endpoint`, the prompt its `text`.
-async fn run_rows(
-    f: &Fixture,
-    input: &Path,
-    endpoint: &str,
-    extra: &[&str],
-    envs: Envs<'_>,
-) -> Output {
+/// `aiq run -v` of `input` to `url`, the prompt its `text`.
+async fn run_rows(f: &Fixture, input: &Path, url: &str, extra: &[&str], envs: Envs<'_>) -> Output {
     let out = f.path("out.parquet");
-    let mut args = run_io(input, &out, endpoint);
+    let mut args = run_io(input, &out, url);
     args.extend(["-v", "--prompt", "{{text}}"]);
     args.extend_from_slice(extra);
     f.aiq(&args, envs).await

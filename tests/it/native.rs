@@ -104,6 +104,17 @@ macro_rules! provider_tests {
 }
 pub(crate) use provider_tests;
 
+/// A provider SDK's two calls with a long marked system prompt
+/// (`first_usage` and `second_usage` of `report`): the first wrote the
+/// prefix (its usage field `written`), the second read all of it (`read`).
+#[track_caller]
+pub fn assert_cache_written_then_read(report: &Value, written: &str, read: &str) {
+    let (first, second) = (&report["first_usage"], &report["second_usage"]);
+    assert!(first[written].as_u64() > Some(1000), "{report}");
+    assert_eq!(first[read], json!(0));
+    assert_eq!(second[read], first[written]);
+}
+
 pub fn sum(rows: &[Map<String, Value>], column: &str) -> i64 {
     rows.iter().map(|r| r[column].as_i64().unwrap_or(0)).sum()
 }

@@ -499,7 +499,7 @@ async fn tokens_never_reach_logs_output_or_journal() {
             assert!(!all.contains(secret), "a secret reached the logs:\n{all}");
         }
     }
-    for entry in walk(f.dir.path()) {
+    for entry in files_under(f.dir.path()) {
         if entry
             .extension()
             .is_some_and(|e| e == "jsonl" && entry.ends_with("in.jsonl"))
@@ -514,19 +514,6 @@ async fn tokens_never_reach_logs_output_or_journal() {
             entry.display()
         );
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files.extend(walk(&p));
-        } else {
-            files.push(p);
-        }
-    }
-    files
 }
 
 /// A 401 names the variable the key was read from and whether it was set,

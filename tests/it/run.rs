@@ -12,14 +12,8 @@ use super::util::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_rows_come_back_in_order_with_their_own_answers() {
     let (f, input, out) = job(SimConfig::default(), 300, 7).await;
-    let flags = [
-        "--prompt",
-        "Summarize: {{text}}",
-        "--concurrency",
-        "8",
-        "--batch-rows",
-        "64",
-    ];
+    let prompt = ["--prompt", "Summarize: {{text}}"];
+    let flags = [&prompt[..], &["--concurrency", "8", "--batch-rows", "64"]].concat();
     let o = f.run_openai(&input, &out, &flags).await;
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);

@@ -367,6 +367,21 @@ pub fn spawn_until_journaled(cmd: &mut Command, journal: &Path, lines: usize) ->
     }
 }
 
+/// Every file below `dir`, in its folders too (none when it is missing):
+/// what a test searches for a secret that must not have been written.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// Lines in the file at `path`, or in all the `.jsonl` files of the
 /// folder at `path` (a call journal); 0 while it does not exist.
 pub fn line_count(path: &Path) -> usize {
