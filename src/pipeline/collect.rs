@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::job::spend::Enforcer;
 use crate::pipeline::journal::Journal;
+use crate::pipeline::lock::LeaseLost;
 use crate::pipeline::outcome::{Outcome, RowId};
 use crate::pipeline::progress::{Progress, Summary};
 use crate::pipeline::recheck::{row_hashes, stamp};
@@ -67,6 +68,8 @@ pub struct Collector {
     pub batches: Option<mpsc::Sender<RecordBatch>>,
     /// Stop on this instead of the process's signals (see [`Signals`]).
     pub interrupt: Option<Arc<Notify>>,
+    /// The output's writer lease, when it is one: losing it stops the job.
+    pub lease: Option<LeaseLost>,
     pending: VecDeque<Pending>,
     consecutive_failures: u32,
     /// The failed calls of the current run of failures, already journaled:
@@ -105,6 +108,7 @@ impl Collector {
             budget_stop: false,
             batches: None,
             interrupt: None,
+            lease: None,
             pending: VecDeque::new(),
             consecutive_failures: 0,
             failed_calls: Vec::new(),
@@ -120,6 +124,7 @@ impl Collector {
         let mut interrupted = false;
         let mut signals = Signals::new(self.interrupt.clone());
         let mut deadline: Option<Instant> = None;
+        let mut lease = self.lease.take();
         loop {
             let grace = async {
                 match deadline {
@@ -156,6 +161,10 @@ impl Collector {
                         "interrupted; finished rows are kept in {}: run the same command again to resume",
                         self.journal.dir().display()
                     )));
+                }
+                why = lease_lost(&mut lease) => {
+                    self.progress.println("the output's writer lease was lost: no new requests; waiting for the ones in flight");
+                    self.fail(Error::Stopped(why));
                 }
                 _ = grace => break,
             }
@@ -342,6 +351,16 @@ impl Collector {
         }
         Ok(())
     }
+}
+
+/// Resolves once with why the lease was lost; never without a lease.
+async fn lease_lost(lease: &mut Option<LeaseLost>) -> String {
+    let Some(watch) = lease else {
+        return std::future::pending().await;
+    };
+    let why = watch.lost().await;
+    *lease = None;
+    why
 }
 
 /// Ctrl-C (SIGINT) and, on Unix, SIGTERM (what schedulers and `kill` send):

@@ -12,6 +12,9 @@
 //!   its version, and taken over by a conditional write once it has expired
 //!   ([`LEASE_TTL`] after its last renewal, by the clock of the run that
 //!   looks), or at once when it names a process of this host that is gone.
+//!   A run that loses its lease (taken over, or not renewed before it
+//!   lapses) stops sending at once and exits 1 ([`WriterLock::lost`]):
+//!   another run may be writing the output now.
 //!
 //! Locks are named by a scope (`writer-{scope}.lock`) so that shards
 //! writing parts of one job can each hold their own.
@@ -25,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::job::location::{Location, Role};
@@ -264,6 +268,15 @@ impl WriterLock {
         Err(busy(&url, "another run that just took the lease"))
     }
 
+    /// For a lease: what tells the run it was lost (taken over, or not
+    /// renewed in time). A file lock is held until the process ends.
+    pub fn lost(&self) -> Option<LeaseLost> {
+        match &self.held {
+            Held::Lease(lease) => Some(LeaseLost(lease.lost.clone())),
+            Held::Local(..) | Held::None => None,
+        }
+    }
+
     /// Gives the lock up: a lease is deleted (if still ours), a file lock
     /// released.
     pub async fn release(self) {
@@ -314,6 +327,29 @@ struct Lease {
     key: ObjectPath,
     version: Arc<Mutex<UpdateVersion>>,
     heartbeat: tokio::task::JoinHandle<()>,
+    lost: watch::Receiver<Option<String>>,
+}
+
+/// Tells the run that its lease is gone, and why: from then on another run
+/// may write the output, and two writers would both pay for every row.
+#[derive(Clone)]
+pub struct LeaseLost(watch::Receiver<Option<String>>);
+
+impl LeaseLost {
+    /// Resolves with the reason once the lease is lost; never while it is
+    /// held.
+    pub async fn lost(&mut self) -> String {
+        let why = self
+            .0
+            .wait_for(Option::is_some)
+            .await
+            .map(|why| why.clone());
+        match why {
+            Ok(why) => why.unwrap_or_default(),
+            // The heartbeat ended without a loss: the lease was let go.
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 impl Lease {
@@ -325,11 +361,13 @@ impl Lease {
         version: UpdateVersion,
     ) -> Lease {
         let version = Arc::new(Mutex::new(version));
+        let (tell, lost) = watch::channel(None);
         let heartbeat = {
             let (store, key, version) = (store.clone(), key.clone(), version.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(HEARTBEAT);
                 tick.tick().await; // the first tick is now
+                let mut expires = now_secs() + LEASE_TTL.as_secs();
                 loop {
                     tick.tick().await;
                     let me = Holder::me(since, Some(now_secs() + LEASE_TTL.as_secs()));
@@ -339,20 +377,39 @@ impl Lease {
                         ..Default::default()
                     };
                     let payload = PutPayload::from(serde_json::to_vec(&me).unwrap_or_default());
-                    match store.put_opts(&key, payload, options).await {
-                        Ok(put) => *lock(&version) = put.into(),
+                    let why = match store.put_opts(&key, payload, options).await {
+                        Ok(put) => {
+                            *lock(&version) = put.into();
+                            expires = me.expires.unwrap_or(expires);
+                            continue;
+                        }
                         Err(object_store::Error::Precondition { .. })
                         | Err(object_store::Error::NotFound { .. }) => {
-                            tracing::error!(
-                                "{url}: another run took over this output's writer lease \
-                                 (this run could not renew it for {} s); its final copy \
-                                 will not replace an output the other run wrote",
-                                LEASE_TTL.as_secs()
+                            let who = holder(store.as_ref(), &key).await;
+                            let who = who.map_or_else(
+                                || "the lease object was deleted".to_string(),
+                                |h| format!("now held by {}", h.describe()),
                             );
-                            break;
+                            format!("{url}: this run lost the output's writer lease, {who}")
                         }
-                        Err(e) => tracing::warn!("{url}: renewing the writer lease: {e}"),
-                    }
+                        // Renewed at the next tick, unless that is too late:
+                        // once the lease lapses another run may take it.
+                        Err(e) if now_secs() + HEARTBEAT.as_secs() < expires => {
+                            tracing::warn!("{url}: renewing the writer lease: {e}");
+                            continue;
+                        }
+                        Err(e) => format!(
+                            "{url}: the output's writer lease could not be renewed ({e}) and \
+                             lapses before the next try, when another run may take it over"
+                        ),
+                    };
+                    tracing::error!("{why}");
+                    let _ = tell.send(Some(format!(
+                        "{why}. This run stopped sending, so that two runs do not both pay \
+                         for the rows; its answers are kept: run the same command again to \
+                         resume once the other run is gone"
+                    )));
+                    break;
                 }
             })
         };
@@ -361,6 +418,7 @@ impl Lease {
             key,
             version,
             heartbeat,
+            lost,
         }
     }
 
@@ -393,6 +451,12 @@ impl Lease {
             }
         }
     }
+}
+
+/// Who the lease object at `key` names, if it can be read.
+async fn holder(store: &dyn ObjectStore, key: &ObjectPath) -> Option<Holder> {
+    let got = store.get_opts(key, GetOptions::default()).await.ok()?;
+    serde_json::from_slice(&got.bytes().await.ok()?).ok()
 }
 
 impl Drop for Lease {

@@ -471,6 +471,7 @@ async fn execute(plan: &Plan, ready: Ready, ui: Ui, held: &mut Held) -> Result<R
     collector.budget = budget;
     collector.batches = batches;
     collector.interrupt = interrupt;
+    collector.lease = held.lock.as_ref().and_then(WriterLock::lost);
     let collected = collector.run(event_rx).await;
     let joined = join(collected, mirror, &remote, &stop, dispatch, reader).await;
     if let Some(cache) = cache {

@@ -1121,3 +1121,43 @@ async fn an_openai_batch_file_in_a_bucket_is_read_like_any_input() {
     }
     assert_eq!(f.sim.stats().ok, n as u64);
 }
+
+/// A run whose writer lease another run takes over stops sending once its
+/// heartbeat sees it (exit 1, naming the new holder); every call it made
+/// is journaled in the bucket, and the job resumes from there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_loses_its_lease_stops_and_resumes_later() {
+    let moto = Moto::shared();
+    // 40 calls a second for 1000 rows: 25 s, longer than the heartbeat
+    // (10 s) that notices the takeover.
+    let n = 1000;
+    let job = BucketJob::new(moto, "lease-lost", n, 50, 2).await;
+    let (f, bucket) = (&job.f, &job.bucket);
+    let lease = "out.parquet.aiq/writer.lock";
+    let first = job.start(moto, "a").await;
+    put_lease(moto, bucket, lease, "elsewhere.invalid", 600).await;
+    let o = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("lease")
+            && stderr(&o).contains("process 4242 on host elsewhere.invalid"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(get_object(moto, bucket, "out.parquet").await.is_none());
+    // Every call sent was answered and its answer journaled in the bucket:
+    // nothing was sent after the stop and left behind.
+    let sent = f.sim.stats().requests;
+    assert!(sent < n as u64, "stopped early: {sent}");
+    let (saved, _) = journaled_rows(moto, bucket, "out.parquet.aiq/journal/").await;
+    assert_eq!(saved.len() as u64, sent);
+    // The other run is gone (its lease lapsed): the job resumes, each row
+    // bought once.
+    put_lease(moto, bucket, lease, "elsewhere.invalid", -1).await;
+    let o = output(job.command(moto, "a")).await;
+    assert_ok(&o);
+    assert_output(f, moto, bucket, "out.parquet", n).await;
+    assert_eq!(f.sim.stats().ok, n as u64, "every row bought once");
+}
