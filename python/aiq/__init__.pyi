@@ -226,6 +226,8 @@ class Simulator:
         echo_headers: bool = ...,  # hostile: every error reply quotes the request's headers (Authorization included)
         error_body_bytes: int = ...,  # hostile: error replies padded to this many bytes, sent without a length
         slots: int = ...,  # requests worked on at once (a server's slots); the rest wait their turn [0: no limit]
+        bedrock_s3_endpoint: str = ...,  # Bedrock batch inference: the S3 endpoint its jobs read records from and write results to
+        bedrock_min_records: int = ...,  # Bedrock batch inference: a job with fewer records fails validation (AWS's per-job minimum)
         **knobs: Any,
     ) -> None: ...
     @property
