@@ -248,6 +248,11 @@ impl WriterLock {
                 .await
             {
                 Ok(put) => {
+                    // As for a local output: what killed runs left goes.
+                    crate::pipeline::store::remove_stale_scratch(
+                        &std::env::temp_dir(),
+                        process_gone,
+                    );
                     let lease = Lease::start(store.clone(), key, url, since, put.into());
                     return Ok(WriterLock {
                         held: Held::Lease(lease),

@@ -515,6 +515,42 @@ const PARTS: &str = "parts";
 /// The concatenated output, staged before the conditional copy.
 const STAGED: &str = "output.parquet";
 
+/// A bucket output's local scratch folder in `$TMPDIR` is
+/// `aiq-{pid}-{16 hex digits of the output URL's hash}`.
+const SCRATCH_PREFIX: &str = "aiq-";
+const SCRATCH_HASH_CHARS: usize = 16;
+
+/// Removes the scratch folders in `tmp` of runs that `gone` says have ended
+/// (killed: a run that ends removes its own). Only folders named exactly
+/// as [`RemoteOutput::prepare`] names them are looked at. Returns how many
+/// went.
+pub fn remove_stale_scratch(tmp: &Path, gone: impl Fn(u32) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return 0;
+    };
+    let pid_of = |name: &str| {
+        let (pid, hash) = name.strip_prefix(SCRATCH_PREFIX)?.split_once('-')?;
+        let hex = hash.len() == SCRATCH_HASH_CHARS && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        hex.then(|| pid.parse::<u32>().ok()).flatten()
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let stale = name.to_str().and_then(pid_of).is_some_and(&gone);
+        if !stale || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::info!("removed {}, left by a killed run", entry.path().display());
+                removed += 1;
+            }
+            Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+        }
+    }
+    removed
+}
+
 /// The output of a job that lives in an object store, and the state beside
 /// it (see the module documentation).
 pub struct RemoteOutput {
@@ -568,11 +604,11 @@ impl RemoteOutput {
             Err(e) => return Err(fail(e)),
         }
         let scratch = std::env::temp_dir().join(format!(
-            "aiq-{}-{}",
+            "{SCRATCH_PREFIX}{}-{}",
             std::process::id(),
             blake3::hash(output.url.as_bytes())
                 .to_hex()
-                .get(..16)
+                .get(..SCRATCH_HASH_CHARS)
                 .unwrap_or_default()
         ));
         let _ = std::fs::remove_dir_all(&scratch);

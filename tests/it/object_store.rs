@@ -1161,3 +1161,30 @@ async fn a_run_that_loses_its_lease_stops_and_resumes_later() {
     assert_output(f, moto, bucket, "out.parquet", n).await;
     assert_eq!(f.sim.stats().ok, n as u64, "every row bought once");
 }
+
+/// Scratch folders that killed runs left in `$TMPDIR` go at the next run
+/// on a bucket output; a live run's, and anything else, stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn scratch_folders_of_killed_runs_are_removed() {
+    let moto = Moto::shared();
+    let f = Fixture::new(SimConfig::default()).await;
+    let bucket = bucket_with_inputs(moto, "scratch", 5).await;
+    let home = f.path("home");
+    // A process that has ended: its pid names nothing now.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let stale = home.join(format!("aiq-{}-0123456789abcdef", gone.id()));
+    let live = home.join(format!("aiq-{}-0123456789abcdef", std::process::id()));
+    let other = home.join("aiq-notes");
+    for dir in [&stale, &live, &other] {
+        std::fs::create_dir_all(dir.join("journal")).unwrap();
+        std::fs::write(dir.join("journal/x.jsonl"), "{}\n").unwrap();
+    }
+    let url = f.openai_url();
+    let input = format!("s3://{bucket}/in/reviews.jsonl");
+    let out = format!("s3://{bucket}/out.parquet");
+    let o = output(aiq_cmd(&home, &run_args(&url, &input, &out), &s3_env(moto))).await;
+    assert_ok(&o);
+    assert!(!stale.exists(), "a killed run's scratch folder is removed");
+    assert!(live.exists() && other.exists());
+}
