@@ -423,16 +423,30 @@ pub fn remove_stale_temps(path: &Path, gone: impl Fn(u32) -> bool) -> usize {
             .and_then(|n| n.strip_prefix(&prefix))
             .and_then(|p| p.parse::<u32>().ok());
         if pid.is_some_and(&gone) {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    tracing::info!("removed {}, left by a killed run", entry.path().display());
-                    removed += 1;
-                }
-                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
-            }
+            removed += usize::from(remove_left_behind(&entry.path()));
         }
     }
     removed
+}
+
+/// Removes `path` (a file, or a folder and all in it) that a killed run
+/// left behind, saying so; true when it went.
+pub fn remove_left_behind(path: &Path) -> bool {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Ok(()) => {
+            tracing::info!("removed {}, left by a killed run", path.display());
+            true
+        }
+        Err(e) => {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+            false
+        }
+    }
 }
 
 /// Makes the rename itself durable: a directory entry reaches the disk only

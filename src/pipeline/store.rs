@@ -62,7 +62,7 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::job::location::{Location, StoreUrl};
 use crate::pipeline::journal::{is_lock, state_dir, InputIdentity, Part};
-use crate::pipeline::parquet_out::{writer_properties, JOB_KEY};
+use crate::pipeline::parquet_out::{remove_left_behind, writer_properties, JOB_KEY};
 
 /// Read buffer over a streamed object: as for local files.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
@@ -537,15 +537,8 @@ pub fn remove_stale_scratch(tmp: &Path, gone: impl Fn(u32) -> bool) -> usize {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let stale = name.to_str().and_then(pid_of).is_some_and(&gone);
-        if !stale || !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        match std::fs::remove_dir_all(entry.path()) {
-            Ok(()) => {
-                tracing::info!("removed {}, left by a killed run", entry.path().display());
-                removed += 1;
-            }
-            Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+        if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            removed += usize::from(remove_left_behind(&entry.path()));
         }
     }
     removed
