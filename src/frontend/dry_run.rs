@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::job::plan::Plan;
 use crate::job::settings::Mode;
 use crate::job::spend::Prices;
+use crate::pipeline::batch::bedrock;
 use crate::pipeline::batch::state::Splitter;
 use crate::pipeline::fingerprint::Fingerprinter;
 use crate::pipeline::render::{BodyBuilder, Templates};
@@ -79,6 +80,17 @@ pub struct Estimate {
     /// `--mode batch`: the batch input files the job would upload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batches: Option<Vec<BatchFile>>,
+    /// `--mode batch`: requests of files too small for a batch (Bedrock's
+    /// minimum records per job), which a run sends online instead.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub batch_online_requests: u64,
+    /// The fewest requests a batch takes (1 but on Bedrock).
+    #[serde(skip)]
+    pub batch_min_requests: usize,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The rows a budget covers, between every reply using its whole
@@ -145,8 +157,11 @@ pub struct BatchFile {
 struct BatchFiles {
     max_requests: usize,
     max_bytes: u64,
+    /// A file with fewer requests goes online, as in a run.
+    min_requests: usize,
     open: BTreeMap<&'static str, Splitter>,
     files: Vec<BatchFile>,
+    online: u64,
 }
 
 impl BatchFiles {
@@ -156,28 +171,40 @@ impl BatchFiles {
             .open
             .entry(endpoint)
             .or_insert_with(|| Splitter::new(max_requests, max_bytes));
-        if !s.fits(line) {
-            self.files.push(BatchFile {
-                endpoint: endpoint.to_string(),
-                requests: s.lines() as u64,
-                bytes: s.bytes(),
-            });
+        let cut = (!s.fits(line)).then(|| BatchFile {
+            endpoint: endpoint.to_string(),
+            requests: s.lines() as u64,
+            bytes: s.bytes(),
+        });
+        if cut.is_some() {
             s.reset();
         }
         s.add(line);
+        if let Some(file) = cut {
+            self.close(file);
+        }
     }
 
-    fn finish(mut self) -> Vec<BatchFile> {
+    /// A cut file: a batch, or online requests when too small for one.
+    fn close(&mut self, file: BatchFile) {
+        match file.requests < self.min_requests as u64 {
+            true => self.online += file.requests,
+            false => self.files.push(file),
+        }
+    }
+
+    /// The batch files and the requests that go online.
+    fn finish(mut self) -> (Vec<BatchFile>, u64) {
         for (endpoint, s) in std::mem::take(&mut self.open) {
             if s.lines() > 0 {
-                self.files.push(BatchFile {
+                self.close(BatchFile {
                     endpoint: endpoint.to_string(),
                     requests: s.lines() as u64,
                     bytes: s.bytes(),
                 });
             }
         }
-        self.files
+        (self.files, self.online)
     }
 }
 
@@ -194,7 +221,12 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
     )?;
     // Checked as for a real run: an input column named like an output column.
     Layout::new(&source.schema, plan.result_type.arrow_type())?;
-    let builder = BodyBuilder::new(plan.body_spec(), &templates);
+    let builder = std::sync::Arc::new(BodyBuilder::new(plan.body_spec(), &templates));
+    // Batch files carry the bodies a run's batches do (Bedrock: Messages).
+    let builder = match plan.mode {
+        Mode::Batch => bedrock::view(plan, &templates, &builder, &plan.reply_shape()).0,
+        Mode::Online => builder,
+    };
     let maker = CallMaker {
         templates: &templates,
         builder: &builder,
@@ -209,8 +241,10 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
     let mut batch_files = (plan.mode == Mode::Batch).then(|| BatchFiles {
         max_requests: plan.batch.max_requests,
         max_bytes: plan.batch.max_bytes,
+        min_requests: bedrock::min_requests(plan),
         open: BTreeMap::new(),
         files: Vec::new(),
+        online: 0,
     });
     let mut seen_prefixes: HashSet<u64> = HashSet::new();
     let mut written = 0u64;
@@ -275,8 +309,10 @@ pub fn dry_run(plan: &Plan) -> Result<Estimate> {
     }
     (e.est_secs, e.bound_by) = time_at_limits(plan, &e);
     e.budget_covers = budget_covers(plan, &e);
-    e.batches = batch_files.map(BatchFiles::finish);
-    if e.batches.is_some() {
+    if let Some(files) = batch_files {
+        e.batch_min_requests = files.min_requests;
+        let (batches, online) = files.finish();
+        (e.batches, e.batch_online_requests) = (Some(batches), online);
         // The provider sets the pace of a batch, not aiq's limits.
         (e.est_secs, e.bound_by) = (None, None);
     }
@@ -417,6 +453,14 @@ impl fmt::Display for Estimate {
                 files.len(),
                 sizes.join("; ")
             )?;
+            if self.batch_online_requests > 0 {
+                writeln!(
+                    f,
+                    "online            {} request(s) in files of fewer than the {} a batch job takes: \
+                     sent online, at the on-demand price",
+                    self.batch_online_requests, self.batch_min_requests
+                )?;
+            }
             return write!(
                 f,
                 "time              within the 24h completion window (cost above is at the prices given: pass the batch prices)"

@@ -175,6 +175,7 @@ async fn prepare(plan: &Plan, io: Io, ui: Ui, held: &mut Held) -> Result<Prepare
     // The plan's input, not rows handed in: the output must not replace it.
     let own_input = io.source.is_none().then_some(&plan.input);
     let named = own_input.is_some() || io.named;
+    crate::pipeline::batch::check_io(plan, io.source.is_some(), io.batches.is_some())?;
     let (source, identity) = match io.source {
         Some((source, identity)) => (source, Some(identity)),
         None => (open_source(plan)?, None),

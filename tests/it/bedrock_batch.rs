@@ -390,6 +390,29 @@ async fn a_remainder_below_the_minimum_goes_online() {
     let input = rows(130, 0);
     let (f, path, out, staging) = bedrock_job(SimConfig::default(), &input).await;
     let split = ["--batch-max-requests", "100"];
+    // The dry run tells the batch job's rows from those going online.
+    for json in [true, false] {
+        let dry = [&split[..], &["--dry-run"], &["--json"][..usize::from(json)]].concat();
+        let mut cmd = batch_command(&f, &path, &out, &staging, &dry, &[]);
+        cmd.stdout(Stdio::piped());
+        let o = output(cmd).await;
+        assert_ok(&o);
+        let said = String::from_utf8_lossy(&o.stdout).to_string();
+        if json {
+            let e: Value = serde_json::from_str(&said).unwrap();
+            let files = e["batches"].as_array().unwrap();
+            assert_eq!(files.len(), 1, "{e}");
+            assert_eq!(files[0]["requests"], json!(100), "{e}");
+            assert_eq!(e["batch_online_requests"], json!(30), "{e}");
+        } else {
+            assert!(said.contains("1 input file(s)"), "{said}");
+            assert!(
+                said.contains("30 request(s)") && said.contains("online"),
+                "{said}"
+            );
+        }
+    }
+    assert_eq!(f.sim.batch_stats().batches, 0, "nothing sent");
     let o = output(batch_command(&f, &path, &out, &staging, &split, &[])).await;
     assert_ok(&o);
     assert_echoed(&f, &out, &input);

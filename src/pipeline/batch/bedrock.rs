@@ -46,6 +46,15 @@ pub fn view(
     (Arc::new(BodyBuilder::new(spec, templates)), shape)
 }
 
+/// The fewest requests one batch takes on the plan's endpoint: a file
+/// with fewer goes online (Bedrock's minimum records per job).
+pub fn min_requests(plan: &Plan) -> usize {
+    match plan.dialect() {
+        Dialect::Bedrock => crate::provider::bedrock_batch::MIN_RECORDS,
+        _ => 1,
+    }
+}
+
 /// The control plane's base URL and the staging prefix, for a Bedrock
 /// endpoint; None for the others.
 pub fn api(plan: &Plan, endpoint: &Endpoint) -> Result<Option<(String, Staging)>> {

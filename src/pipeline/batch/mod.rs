@@ -886,6 +886,27 @@ impl Runner<'_, '_> {
     }
 }
 
+/// Batch mode reads the input again for each stage and journals what its
+/// batches answered next to the output, so it needs both as files: rows
+/// handed in (Python's frames) or output handed back are refused, before
+/// anything is sent, rather than misread.
+pub fn check_io(plan: &Plan, rows_handed_in: bool, output_handed_back: bool) -> Result<()> {
+    if plan.mode != crate::job::settings::Mode::Batch {
+        return Ok(());
+    }
+    match (rows_handed_in, output_handed_back) {
+        (false, false) => Ok(()),
+        (true, _) => Err(Error::Config(
+            "--mode batch reads its input from a file: give the input's path (Parquet or JSON Lines) \
+             rather than rows"
+                .into(),
+        )),
+        (false, true) => Err(Error::Config(
+            "--mode batch journals its batches next to the output: give an output path".into(),
+        )),
+    }
+}
+
 /// The job's input, opened as its `input_format` says: the whole file, or
 /// `--shard`'s rows. The online run, batch mode and dry runs all open it here.
 pub fn open_source(plan: &Plan) -> Result<Source> {
