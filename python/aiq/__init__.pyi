@@ -90,6 +90,7 @@ class RunSettings(TypedDict, total=False):
     deadline: str  # batch mode: after this long ("2h", "90m") send the rest online
     batch_staging: str  # batch mode on endpoint="bedrock": the S3 prefix (s3://bucket/prefix) for batch records
     bedrock_role_arn: str  # batch mode on endpoint="bedrock": the IAM service role Bedrock reads and writes it as
+    bedrock_min_records: int  # batch mode on endpoint="bedrock": the fewest records a batch job takes (AWS quota) [100]
     ca_cert: str  # PEM file of extra certificate authorities to trust (a private CA); SSL_CERT_FILE works too
 
 class SqlSettings(TypedDict, total=False):

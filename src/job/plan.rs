@@ -116,6 +116,8 @@ pub struct BatchSettings {
     /// Bedrock: the S3 prefix of the batch records, and the service role.
     pub staging: Option<String>,
     pub role_arn: Option<String>,
+    /// Bedrock: the fewest records a batch job takes.
+    pub min_records: usize,
 }
 
 /// OpenAI's limits on one batch input file.
@@ -132,6 +134,7 @@ impl Default for BatchSettings {
             deadline: None,
             staging: None,
             role_arn: None,
+            min_records: crate::provider::bedrock_batch::MIN_RECORDS,
         }
     }
 }
@@ -751,6 +754,7 @@ fn batch(s: &JobSettings, mode: Mode, target: &Target, batch_size: usize) -> Res
             ("--deadline", s.deadline.is_some()),
             ("--batch-staging", s.batch_staging.is_some()),
             ("--bedrock-role-arn", s.bedrock_role_arn.is_some()),
+            ("--bedrock-min-records", s.bedrock_min_records.is_some()),
         ];
         if let Some(flag) = first_given(&batch_only) {
             return Err(Error::Config(format!(
@@ -801,6 +805,9 @@ fn batch(s: &JobSettings, mode: Mode, target: &Target, batch_size: usize) -> Res
     Ok(BatchSettings {
         staging,
         role_arn,
+        min_records: s
+            .bedrock_min_records
+            .unwrap_or(crate::provider::bedrock_batch::MIN_RECORDS),
         max_requests: s.batch_max_requests.unwrap_or(DEFAULT_BATCH_MAX_REQUESTS),
         max_bytes: s.batch_max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES),
         poll: Duration::from_secs_f64(s.poll_secs.unwrap_or(DEFAULT_POLL_SECS)),

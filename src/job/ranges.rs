@@ -199,6 +199,11 @@ fn numeric(s: &JobSettings) -> Vec<(&'static str, Option<f64>, Allowed)> {
         ),
         ("--poll-secs", s.poll_secs, positive(DAY_SECS, "seconds")),
         (
+            "--bedrock-min-records",
+            n(s.bedrock_min_records.map(|v| v as u64)),
+            count(1.0, MAX_ROWS),
+        ),
+        (
             "simulator.latency_ms",
             n(sim.latency_ms),
             non_negative(DAY_MS, "milliseconds"),

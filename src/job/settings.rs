@@ -458,6 +458,13 @@ with_call_settings! {
         /// writes --batch-staging as (`arn:aws:iam::ACCOUNT:role/NAME`).
         #[arg(long, value_name = "ARN")]
         pub bedrock_role_arn: Option<String>,
+
+        /// Batch mode on Bedrock: the fewest records a batch job takes, AWS's
+        /// per-model quota "Minimum number of records per batch inference job"
+        /// (raise or lower it as your account's is); a file of fewer rows goes
+        /// online [default: 100].
+        #[arg(long, value_name = "N")]
+        pub bedrock_min_records: Option<usize>,
     }
 }
 
@@ -594,7 +601,7 @@ impl JobSettings {
             max_retries, backoff_ms, timeout, itpm, otpm, qph, max_tokens_total, max_cost, price_in, price_out,
             price_cached, price_cache_write, max_ambiguous_retries, api_key_env, profile, batch_rows, max_line_bytes, batch_size, tools, tool_choice,
             simulator, input_format, output_format, mode, batch_max_requests, batch_max_bytes,
-            poll_secs, deadline, batch_staging, bedrock_role_arn, max_repairs, shard, workers, call_journal, condition, criterion,
+            poll_secs, deadline, batch_staging, bedrock_role_arn, bedrock_min_records, max_repairs, shard, workers, call_journal, condition, criterion,
             ca_cert, write_mode, input_version, input_timestamp);
         if self.labels.is_empty() {
             self.labels = base.labels;

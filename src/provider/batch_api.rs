@@ -323,8 +323,8 @@ impl BatchApi {
     /// The fewest requests one batch may carry: a file with fewer is
     /// sent online instead (Bedrock's minimum records per job).
     pub fn min_requests(&self) -> usize {
-        match self.bedrock {
-            Some(_) => bedrock_batch::MIN_RECORDS,
+        match &self.bedrock {
+            Some(staging) => staging.min_records,
             None => 1,
         }
     }

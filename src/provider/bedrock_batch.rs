@@ -30,7 +30,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::{json, Value};
 
-/// AWS's default quota "Minimum number of records per batch inference job".
+/// AWS's default quota "Minimum number of records per batch inference job"
+/// (`--bedrock-min-records` for an account whose quota differs).
 pub const MIN_RECORDS: usize = 100;
 
 /// The `anthropic_version` a Claude InvokeModel body carries on Bedrock.
@@ -49,6 +50,8 @@ pub struct Staging {
     pub prefix: String,
     /// The service role Bedrock reads and writes the prefix as.
     pub role_arn: String,
+    /// The fewest records a job takes (the account's quota).
+    pub min_records: usize,
 }
 
 impl Staging {

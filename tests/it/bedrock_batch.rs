@@ -518,3 +518,48 @@ async fn a_profile_alone_signs_the_staging_bucket_and_the_job() {
     assert_eq!(f.sim.batch_stats().batches, 1);
     assert_no_secret(&stderr(&o), &f.path("out.parquet.aiq"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_accounts_own_minimum_records_per_job_is_used() {
+    // An account whose quota is 20 records: 30 rows are one job.
+    let input = rows(30, 0);
+    let cfg = SimConfig {
+        bedrock_min_records: 20,
+        ..SimConfig::default()
+    };
+    let (f, path, out, staging) = bedrock_job(cfg, &input).await;
+    let quota = ["--bedrock-min-records", "20"];
+    let o = output(batch_command(&f, &path, &out, &staging, &quota, &[])).await;
+    assert_ok(&o);
+    assert_echoed(&f, &out, &input);
+    let batch = f.sim.batch_stats();
+    assert_eq!((batch.batches, batch.lines), (1, 30));
+    assert_eq!(f.sim.stats().requests, 0);
+    // Out of range, or without batch mode: before anything is sent.
+    let zero = ["--bedrock-min-records", "0"];
+    let o = output(batch_command(
+        &f,
+        &path,
+        &f.path("z.parquet"),
+        &staging,
+        &zero,
+        &[],
+    ))
+    .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--bedrock-min-records"),
+        "{}",
+        stderr(&o)
+    );
+    let online = [&["--prompt", "{{text}}"], &quota[..]].concat();
+    let o = BEDROCK
+        .run(&f, &path, &f.path("o.parquet"), &online, &[])
+        .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("only applies with --mode batch"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -50,7 +50,7 @@ pub fn view(
 /// with fewer goes online (Bedrock's minimum records per job).
 pub fn min_requests(plan: &Plan) -> usize {
     match plan.dialect() {
-        Dialect::Bedrock => crate::provider::bedrock_batch::MIN_RECORDS,
+        Dialect::Bedrock => plan.batch.min_records,
         _ => 1,
     }
 }
@@ -77,6 +77,7 @@ pub fn api(plan: &Plan, endpoint: &Endpoint) -> Result<Option<(String, Staging)>
         bucket_url: remote.root.as_str().trim_end_matches('/').to_string(),
         prefix: remote.key.as_ref().trim_matches('/').to_string(),
         role_arn: role_arn.clone(),
+        min_records: plan.batch.min_records,
     };
     Ok(Some((aws.endpoint(Service::Control), staging)))
 }
