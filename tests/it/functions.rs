@@ -407,10 +407,7 @@ async fn ai_similarity_embeds_both_texts() {
     let o = f.score(&path, &out, &flags).await;
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);
-    assert_eq!(
-        schema.field_with_name("result").unwrap().data_type(),
-        &DataType::Float32
-    );
+    assert_eq!(type_of(&schema, "result"), DataType::Float32);
     for (i, row) in rows.iter().enumerate() {
         if i == 5 {
             assert_eq!(row["result"], Value::Null);

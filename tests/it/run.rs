@@ -180,10 +180,7 @@ async fn parquet_input_columns_pass_through() {
     assert_ok(&o);
     let (schema, rows) = read_rows(&out);
     // Unsigned input types are widened so DuckDB, pandas and Spark read them.
-    assert_eq!(
-        schema.field_with_name("n").unwrap().data_type(),
-        &DataType::Int64
-    );
+    assert_eq!(type_of(&schema, "n"), DataType::Int64);
     assert_eq!(rows[1]["score"], Value::Null);
     assert_eq!(rows[2]["result"], json!("echo: c scored 3"));
     let _ = Int64Array::from(vec![0]);

@@ -51,11 +51,6 @@ async fn sql_to(
     read_rows(out)
 }
 
-/// The type of the column `name` of `schema`.
-fn type_of(schema: &arrow::datatypes::Schema, name: &str) -> arrow::datatypes::DataType {
-    schema.field_with_name(name).unwrap().data_type().clone()
-}
-
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

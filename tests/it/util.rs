@@ -491,6 +491,15 @@ pub fn batch_of<const N: usize>(
     RecordBatch::try_from_iter_with_nullable(columns).expect("columns of one length")
 }
 
+/// The type of the column `name` of `schema`.
+#[track_caller]
+pub fn type_of(schema: &Schema, name: &str) -> arrow::datatypes::DataType {
+    let field = schema
+        .field_with_name(name)
+        .unwrap_or_else(|e| panic!("{e}"));
+    field.data_type().clone()
+}
+
 /// Read a Parquet file as JSON objects, one per row.
 pub fn read_rows(path: &Path) -> (Arc<Schema>, Vec<Map<String, Value>>) {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
