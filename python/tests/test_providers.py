@@ -24,6 +24,8 @@ BEDROCK_ENV = {"AWS_ACCESS_KEY_ID": "AKIDAIQSIMULATOR", "AWS_REGION": "us-east-1
         ("anthropic", "claude-haiku-4-5", "ANTHROPIC_API_KEY", {}),
         ("gemini", "gemini-2.5-flash", "GEMINI_API_KEY", {}),
         ("bedrock", "us.anthropic.claude-3-5-haiku-20241022-v1:0", "AWS_SECRET_ACCESS_KEY", BEDROCK_ENV),
+        # Azure OpenAI: the model is the deployment; the key goes as `api-key`.
+        ("azure", "gpt4o-dep", "AZURE_OPENAI_API_KEY", {}),
     ],
 )
 def test_a_native_provider_classifies_a_frame(monkeypatch, endpoint, model, key_var, env):
@@ -124,3 +126,28 @@ def test_bedrock_batch_inference_from_python(monkeypatch):
     assert (out["prompt_tokens"] > 0).all()
     assert online == 0, "every row went through the batch job"
     assert staged["KeyCount"] == 1
+
+
+def test_azure_batch_from_python(monkeypatch):
+    # Azure OpenAI's Batch API (Files + Batches on the deployment), from
+    # Python as from the CLI: every row answered by a batch, none online.
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", TOKEN)
+    pd.DataFrame({"text": [f"review {i}" for i in range(20)]}).to_parquet("in.parquet")
+    with aiq.Simulator(token=TOKEN, endpoints="gpt4o-dep", batch_turnaround_ms=50) as sim:
+        summary = aiq.run(
+            "in.parquet",
+            output="out.parquet",
+            endpoint="azure",
+            base_url=sim.url.removesuffix("/v1"),
+            model="gpt4o-dep",
+            prompt="{{text}}",
+            mode="batch",
+            poll_secs=0.02,
+            quiet=True,
+        )
+        online = sim.stats()["requests"]
+    assert summary["ok"] == 20, summary
+    out = pd.read_parquet("out.parquet")
+    assert out["error_message"].isna().all()
+    assert list(out["result"]) == [f"echo: review {i}" for i in range(20)]
+    assert online == 0, "every row went through the batch"
