@@ -16,9 +16,11 @@
 //! 2. the profile `AWS_PROFILE` (else `default`) in the shared files
 //!    (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`, and
 //!    `AWS_CONFIG_FILE`, default `~/.aws/config`): static keys with an
-//!    optional session token, or `role_arn` with `web_identity_token_file`;
-//!    profiles that assume a role from another profile, run a
-//!    `credential_process` or log in by SSO are refused with what to do;
+//!    optional session token; `role_arn` with `source_profile` (STS
+//!    `AssumeRole`, [`crate::provider::aws_fetch`]); `role_arn` with
+//!    `web_identity_token_file`; or `credential_process`
+//!    ([`crate::provider::aws_fetch`]); profiles with `credential_source`
+//!    or SSO are refused with what to do;
 //! 3. web identity (EKS IRSA): `AWS_WEB_IDENTITY_TOKEN_FILE` with
 //!    `AWS_ROLE_ARN` (`AWS_ROLE_SESSION_NAME`, `AWS_ENDPOINT_URL_STS`);
 //! 4. container credentials (ECS task roles, EKS Pod Identity):
@@ -60,6 +62,7 @@ use object_store::client::HttpRequestBody;
 use object_store::{BackoffConfig, CredentialProvider, RetryConfig};
 
 use crate::error::{Error, Result};
+use crate::provider::aws_fetch::{Fetch, Refreshing};
 
 /// The SigV4 signing name of Bedrock, for the runtime and the control
 /// plane alike (the `bedrock-runtime` host signs as `bedrock`).
@@ -182,7 +185,20 @@ enum Source {
     Instance {
         endpoint: Option<String>,
     },
+    /// STS `AssumeRole` signed with `source`'s credentials.
+    AssumeRole {
+        role_arn: String,
+        session_name: Option<String>,
+        external_id: Option<String>,
+        duration_seconds: Option<u32>,
+        source: Box<Source>,
+    },
+    /// A profile's `credential_process`.
+    Process(String),
 }
+
+/// How deep `source_profile` may chain roles (the SDKs stop loops too).
+const MAX_ROLE_CHAIN: usize = 4;
 
 /// A profile's keys from the shared config and credentials files.
 #[derive(Debug, Default)]
@@ -277,13 +293,12 @@ impl Aws {
     pub fn endpoint(&self, service: Service) -> String {
         match self.endpoints.get(service.endpoint_var()) {
             Some(url) => url.trim_end_matches('/').to_string(),
-            None => {
-                let domain = match self.region.starts_with("cn-") {
-                    true => "amazonaws.com.cn",
-                    false => "amazonaws.com",
-                };
-                format!("https://{}.{}.{domain}", service.host_prefix(), self.region)
-            }
+            None => format!(
+                "https://{}.{}.{}",
+                service.host_prefix(),
+                self.region,
+                domain(&self.region)
+            ),
         }
     }
 
@@ -412,7 +427,7 @@ fn source(
         (None, None) => {}
     }
     if let Some(p) = profile {
-        if let Some(found) = profile_source(p)? {
+        if let Some(found) = profile_source(p, get, 0)? {
             return Ok(found);
         }
     }
@@ -470,19 +485,18 @@ fn source(
 /// A profile's credentials, if it has any; an error for the kinds aiq
 /// does not read (they would otherwise be skipped silently for the next
 /// source in the chain, which is not what the user configured).
-fn profile_source(p: &Profile) -> Result<Option<(Source, String)>> {
+fn profile_source(
+    p: &Profile,
+    get: &dyn Fn(&str) -> Option<String>,
+    depth: usize,
+) -> Result<Option<(Source, String)>> {
     let k = |key: &str| p.keys.get(key).cloned();
     let files = p.files.join(" and ");
     for (key, what) in [
         (
-            "source_profile",
-            "assumes a role with another profile's credentials",
-        ),
-        (
             "credential_source",
             "assumes a role with credentials from elsewhere",
         ),
-        ("credential_process", "runs a credential_process"),
         ("sso_session", "logs in by SSO"),
         ("sso_start_url", "logs in by SSO"),
         ("login_session", "logs in by `aws login`"),
@@ -495,6 +509,66 @@ fn profile_source(p: &Profile) -> Result<Option<(Source, String)>> {
                 p.name, p.name
             )));
         }
+    }
+    // A role assumed with another profile's credentials comes before the
+    // profile's own keys, as in the SDKs (its own keys sign the call when
+    // it names itself).
+    if let (Some(role_arn), Some(from_name)) = (k("role_arn"), k("source_profile")) {
+        let (source, from) = match from_name == p.name {
+            true => {
+                let mut keys_only = Profile {
+                    name: p.name.clone(),
+                    files: p.files.clone(),
+                    keys: p.keys.clone(),
+                };
+                keys_only.keys.remove("role_arn");
+                keys_only.keys.remove("source_profile");
+                profile_source(&keys_only, get, depth + 1)?
+            }
+            false if depth < MAX_ROLE_CHAIN => {
+                let Some(other) = load_profile(get, &from_name, false)? else {
+                    return Err(Error::Credentials(format!(
+                        "AWS profile {}: its source_profile {from_name} is in neither AWS file",
+                        p.name
+                    )));
+                };
+                profile_source(&other, get, depth + 1)?
+            }
+            false => {
+                return Err(Error::Credentials(format!(
+                    "AWS profile {} in {files}: source_profile chains more than {MAX_ROLE_CHAIN} \
+                     profiles (a loop?)",
+                    p.name
+                )))
+            }
+        }
+        .ok_or_else(|| {
+            Error::Credentials(format!(
+                "AWS profile {}: its source_profile {from_name} has no credentials",
+                p.name
+            ))
+        })?;
+        let duration_seconds = match k("duration_seconds") {
+            None => None,
+            Some(d) => Some(d.parse::<u32>().map_err(|_| {
+                Error::Config(format!(
+                    "AWS profile {} in {files}: duration_seconds `{d}` is not a number of seconds",
+                    p.name
+                ))
+            })?),
+        };
+        let from = format!(
+            "role {role_arn} (AWS profile {}) assumed with {from}",
+            p.name
+        );
+        let source = Source::AssumeRole {
+            role_arn,
+            session_name: k("role_session_name"),
+            external_id: k("external_id"),
+            duration_seconds,
+            source: Box::new(source),
+        };
+        return Ok(Some((source, from)));
     }
     match (k("aws_access_key_id"), k("aws_secret_access_key")) {
         (Some(key_id), Some(secret)) => {
@@ -522,6 +596,13 @@ fn profile_source(p: &Profile) -> Result<Option<(Source, String)>> {
         };
         return Ok(Some((source, from)));
     }
+    if let Some(command) = k("credential_process") {
+        let from = format!(
+            "the credential_process of AWS profile {} in {files}",
+            p.name
+        );
+        return Ok(Some((Source::Process(command), from)));
+    }
     Ok(None)
 }
 
@@ -531,6 +612,17 @@ fn profile_source(p: &Profile) -> Result<Option<(Source, String)>> {
 fn read_profile(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Profile>> {
     let named = get("AWS_PROFILE").or_else(|| get("AWS_DEFAULT_PROFILE"));
     let name = named.clone().unwrap_or_else(|| "default".into());
+    load_profile(get, &name, named.is_some())
+}
+
+/// The profile `name` from the shared config and credentials files; None
+/// when neither has it and it was not asked for by name (`named`).
+fn load_profile(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    named: bool,
+) -> Result<Option<Profile>> {
+    let name = name.to_string();
     let home = get("HOME").or_else(|| get("USERPROFILE"));
     let file = |var: &str, default: &str| -> Option<PathBuf> {
         get(var)
@@ -580,8 +672,8 @@ fn read_profile(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Profile>>
     }
     match (profile.files.is_empty(), named) {
         (false, _) => Ok(Some(profile)),
-        (true, None) => Ok(None),
-        (true, Some(name)) => Err(Error::Config(format!(
+        (true, false) => Ok(None),
+        (true, true) => Err(Error::Config(format!(
             "AWS profile {name} (AWS_PROFILE) is in neither the AWS config file nor the credentials \
              file (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE; default ~/.aws/config and ~/.aws/credentials)"
         ))),
@@ -596,6 +688,33 @@ fn provider(
     region: &str,
     get: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Arc<dyn CredentialProvider<Credential = AwsCredential>>> {
+    match source {
+        Source::AssumeRole {
+            role_arn,
+            session_name,
+            external_id,
+            duration_seconds,
+            source,
+        } => {
+            let fetch = Fetch::AssumeRole {
+                source: provider(source, region, get)?,
+                sts: sts_endpoint(region, get),
+                region: region.to_string(),
+                role_arn: role_arn.clone(),
+                session_name: session_name.clone().unwrap_or_else(|| "aiq-session".into()),
+                external_id: external_id.clone(),
+                duration_seconds: *duration_seconds,
+            };
+            return Ok(Arc::new(Refreshing::new(fetch)));
+        }
+        Source::Process(command) => {
+            let fetch = Fetch::Process {
+                command: command.clone(),
+            };
+            return Ok(Arc::new(Refreshing::new(fetch)));
+        }
+        _ => {}
+    }
     let retry = RetryConfig {
         backoff: BackoffConfig::default(),
         max_retries: FETCH_RETRIES,
@@ -648,11 +767,33 @@ fn provider(
                 b = set(b, AmazonS3ConfigKey::MetadataEndpoint, e);
             }
         }
+        Source::AssumeRole { .. } | Source::Process(_) => {}
     }
     let store = b
         .build()
         .map_err(|e| Error::Credentials(format!("AWS credentials: {e}")))?;
     Ok(store.credentials().clone())
+}
+
+/// STS's base URL for `AssumeRole`, as the SDKs read it:
+/// `AWS_ENDPOINT_URL_STS`, else `AWS_ENDPOINT_URL` (neither when
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else the region's.
+fn sts_endpoint(region: &str, get: &dyn Fn(&str) -> Option<String>) -> String {
+    let ignore =
+        get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let configured = get("AWS_ENDPOINT_URL_STS").or_else(|| get("AWS_ENDPOINT_URL"));
+    match configured.filter(|_| !ignore) {
+        Some(url) => url,
+        None => format!("https://sts.{region}.{}", domain(region)),
+    }
+}
+
+/// AWS's domain in `region`'s partition.
+fn domain(region: &str) -> &'static str {
+    match region.starts_with("cn-") {
+        true => "amazonaws.com.cn",
+        false => "amazonaws.com",
+    }
 }
 
 /// `id` (a model id, an inference profile id or an ARN) as one segment
@@ -705,7 +846,13 @@ mod tests {
             &config,
             "[default]\nregion = eu-west-1\n[profile dev]\nregion = eu-central-1\n\
              endpoint_url = http://127.0.0.1:9\n[profile irsa]\nrole_arn = arn:aws:iam::1:role/r\n\
-             web_identity_token_file = /var/token\nregion = us-west-2\n",
+             web_identity_token_file = /var/token\nregion = us-west-2\n\
+             [profile role]\nrole_arn = arn:aws:iam::1:role/r2\nsource_profile = dev\n\
+             [profile self]\nrole_arn = arn:aws:iam::1:role/r3\nsource_profile = self\n\
+             aws_access_key_id = AKIDSELF\naws_secret_access_key = s3\n\
+             [profile loop]\nrole_arn = arn:aws:iam::1:role/r4\nsource_profile = loop2\n\
+             [profile loop2]\nrole_arn = arn:aws:iam::1:role/r5\nsource_profile = loop\n\
+             [profile proc]\ncredential_process = /bin/creds --user me\n",
         )
         .unwrap();
         let files = |profile: Option<&str>| {
@@ -761,6 +908,22 @@ mod tests {
         assert!(
             matches!(s, Source::WebIdentity { ref role_arn, .. } if role_arn.ends_with("role/r"))
         );
+        // A role assumed with another profile's keys, or its own.
+        for (name, inner) in [("role", "AKIDDEV"), ("self", "AKIDSELF")] {
+            let (s, from) = get(files(Some(name))).unwrap();
+            let Source::AssumeRole { source, .. } = s else {
+                panic!("{s:?}")
+            };
+            assert!(
+                matches!(*source, Source::Keys { ref key_id, .. } if key_id == inner),
+                "{source:?}"
+            );
+            assert!(from.contains("assumed with AWS profile"), "{from}");
+        }
+        let err = get(files(Some("loop"))).unwrap_err();
+        assert!(err.to_string().contains("a loop?"), "{err}");
+        let (s, _) = get(files(Some("proc"))).unwrap();
+        assert_eq!(s, Source::Process("/bin/creds --user me".into()));
         // Kinds aiq does not read, and a missing profile, are refused.
         let err = get(files(Some("sso"))).unwrap_err();
         assert!(err.to_string().contains("export-credentials"), "{err}");

@@ -10,6 +10,7 @@ pub mod anthropic;
 pub mod anthropic_batch;
 pub mod auth;
 pub mod aws;
+pub mod aws_fetch;
 pub mod azure;
 pub mod batch_api;
 pub mod batch_line;

@@ -218,6 +218,104 @@ async fn web_identity_is_exchanged_at_sts_for_temporary_keys() {
     assert!(stderr(&o).contains("role/scorer"), "{}", stderr(&o));
 }
 
+/// `profiles` as the AWS config file, `AWS_PROFILE` set to `name`, no
+/// credentials file: the variables that point aiq at them.
+fn profile_envs(f: &Fixture, profiles: &str, name: &'static str) -> Vec<(&'static str, String)> {
+    let config = given(f, "config");
+    std::fs::write(&config, profiles).unwrap();
+    vec![
+        ("AWS_CONFIG_FILE", config.display().to_string()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            f.path("none").display().to_string(),
+        ),
+        ("AWS_PROFILE", name.to_string()),
+    ]
+}
+
+fn as_envs<'a>(owned: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    owned.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_profile_assuming_a_role_gets_its_keys_from_sts() {
+    let (f, input, out) = job(SimConfig::default(), 4, 0).await;
+    // The enterprise shape: a role assumed with another profile's keys
+    // (the simulator's long-term key), STS at AWS_ENDPOINT_URL_STS.
+    let profiles = |secret: &str| {
+        format!(
+            "[profile base]\naws_access_key_id = {}\naws_secret_access_key = {secret}\n\n\
+             [profile scorer]\nrole_arn = arn:aws:iam::123456789012:role/scorer\n\
+             source_profile = base\nrole_session_name = nightly\n",
+            AWS_KEYS[0].0
+        )
+    };
+    let mut envs = profile_envs(&f, &profiles(TOKEN), "scorer");
+    envs.push((
+        "AWS_ENDPOINT_URL_STS",
+        format!("{}/aws/sts", f.sim.base_url()),
+    ));
+    envs.push(("RUST_LOG", "debug".into()));
+    let o = bedrock_run(&f, &input, &out, &["-v"], &as_envs(&envs)).await;
+    assert_ok(&o);
+    assert_eq!(f.sim.stats().ok, 4);
+    assert_eq!(f.sim.stats().unauthorized, 0);
+    assert_no_aws_secret(&everything_written(&f, &o));
+    assert!(
+        !everything_written(&f, &o).contains(TOKEN),
+        "the source key leaked"
+    );
+    // STS refuses a source profile with a wrong secret: the job stops,
+    // naming the role, and nothing is sent to Bedrock.
+    profile_envs(&f, &profiles("wrong/secret"), "scorer");
+    let o = bedrock_run(&f, &input, &f.path("again.parquet"), &[], &as_envs(&envs)).await;
+    assert_exit(&o, 1, &["role/scorer", "InvalidSignatureException"]);
+    assert_eq!(f.sim.stats().ok, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credential_process_profile_signs_every_call() {
+    let (f, input, out) = job(SimConfig::default(), 3, 0).await;
+    let (id, secret, token) = AWS_KEYS[1];
+    let printed = json!({
+        "Version": 1,
+        "AccessKeyId": id,
+        "SecretAccessKey": secret,
+        "SessionToken": token,
+        "Expiration": "2099-01-01T00:00:00Z",
+    });
+    let script = given(&f, "creds.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho 'signing in' >&2\ncat <<'EOF'\n{printed}\nEOF\n"),
+    )
+    .unwrap();
+    let failing = given(&f, "fails.sh");
+    std::fs::write(
+        &failing,
+        "#!/bin/sh\necho 'no SSO session for alice' >&2\nexit 3\n",
+    )
+    .unwrap();
+    let profiles = format!(
+        "[profile proc]\ncredential_process = sh {}\n[profile broken]\ncredential_process = sh {}\n",
+        script.display(),
+        failing.display()
+    );
+    let envs = profile_envs(&f, &profiles, "proc");
+    let o = bedrock_run(&f, &input, &out, &["-v"], &as_envs(&envs)).await;
+    assert_ok(&o);
+    assert_eq!(f.sim.stats().ok, 3);
+    assert!(!stderr(&o).contains("signing in"), "{}", stderr(&o));
+    assert_no_aws_secret(&everything_written(&f, &o));
+    // A command that fails: its status and what it said (nothing it
+    // printed on standard output), the job stopped before any call.
+    let mut envs = envs;
+    envs[2].1 = "broken".into();
+    let o = bedrock_run(&f, &input, &f.path("again.parquet"), &[], &as_envs(&envs)).await;
+    assert_exit(&o, 1, &["no SSO session for alice", "credential_process"]);
+    assert_eq!(f.sim.stats().ok, 3);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_stay_out_of_errors_output_and_journal() {
     // A hostile server quotes every request's headers (Authorization,
@@ -248,11 +346,23 @@ async fn secrets_stay_out_of_errors_output_and_journal() {
     assert_no_aws_secret(&seen);
 }
 
-/// What a run printed and every file in the fixture's directory (output,
-/// journal, status), as text.
+/// Where a test puts the AWS files it hands aiq (holding secrets), which
+/// [`everything_written`] skips.
+fn given(f: &Fixture, name: &str) -> std::path::PathBuf {
+    let dir = f.path("given");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// What a run printed and every file aiq wrote in the fixture's directory
+/// (output, journal, status), as text.
 fn everything_written(f: &Fixture, o: &Output) -> String {
     let mut seen = stderr(o) + &String::from_utf8_lossy(&o.stdout);
-    for entry in files_under(f.dir.path()) {
+    let skip = f.path("given");
+    for entry in files_under(f.dir.path())
+        .into_iter()
+        .filter(|p| !p.starts_with(&skip))
+    {
         seen.push_str(&String::from_utf8_lossy(
             &std::fs::read(entry).unwrap_or_default(),
         ));
@@ -286,8 +396,7 @@ async fn instance_metadata_credentials_by_imdsv2() {
     let none = format!("{}/nothing", f.sim.base_url());
     let envs = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", none.as_str())];
     let o = bedrock_run(&f, &input, &f.path("again.parquet"), &[], &envs).await;
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(stderr(&o).contains("instance metadata"), "{}", stderr(&o));
+    assert_exit(&o, 1, &["instance metadata"]);
     assert_eq!(f.sim.stats().ok, 4);
 }
 

@@ -22,7 +22,9 @@
 //!   endpoint handing out the temporary key of [`KEYS`] to a request that
 //!   carries [`CONTAINER_TOKEN`], and `POST /aws/sts` STS's
 //!   `AssumeRoleWithWebIdentity` handing it out for [`WEB_IDENTITY_TOKEN`]
-//!   (object_store calls STS over HTTPS only: the simulator's `--tls`);
+//!   (object_store calls STS over HTTPS only: the simulator's `--tls`), and
+//!   `AssumeRole` (a form body) to a request signed for the service `sts`
+//!   with a key of [`KEYS`];
 //! - `PUT /latest/api/token` and `GET /latest/meta-data/iam/security-credentials/`
 //!   (then `…/{role}`) are the EC2 instance metadata service, IMDSv2 only:
 //!   a session token for a request with `X-aws-ec2-metadata-token-ttl-seconds`,
@@ -34,7 +36,7 @@ pub(crate) mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -87,7 +89,7 @@ pub(crate) fn routes() -> Router<Arc<ServerState>> {
         .route("/model/{model}/converse-stream", route(BedrockOp::Stream))
         .route("/model/{model}/invoke", route(BedrockOp::Invoke))
         .route("/aws/container-credentials", get(container_credentials))
-        .route("/aws/sts", post(assume_role_with_web_identity))
+        .route("/aws/sts", post(sts))
         .route("/latest/api/token", axum::routing::put(imds_token))
         .route(
             "/latest/meta-data/iam/security-credentials/",
@@ -170,6 +172,19 @@ pub(crate) fn verify(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), (&'static str, String)> {
+    let service = crate::provider::aws::SIGNING_NAME;
+    verify_for(service, token, method, uri, headers, body)
+}
+
+/// [`verify`] for a request signed for `signing_name`.
+fn verify_for(
+    signing_name: &str,
+    token: Option<&str>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), (&'static str, String)> {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let unrecognized = || {
         (
@@ -222,10 +237,9 @@ pub(crate) fn verify(
     if *session != header("x-amz-security-token") {
         return Err(unrecognized());
     }
-    if service != crate::provider::aws::SIGNING_NAME || terminal != "aws4_request" {
+    if service != signing_name || terminal != "aws4_request" {
         return Err(bad(&format!(
-            "Credential should be scoped to correct service: '{}'.",
-            crate::provider::aws::SIGNING_NAME
+            "Credential should be scoped to correct service: '{signing_name}'."
         )));
     }
     let amz_date = header("x-amz-date").ok_or_else(|| bad("Missing X-Amz-Date."))?;
@@ -383,15 +397,20 @@ fn temporary_key_json() -> Response {
     .into_response()
 }
 
-/// STS's `AssumeRoleWithWebIdentity` (query parameters, XML reply): the
-/// temporary key of [`KEYS`] for [`WEB_IDENTITY_TOKEN`] and any role.
-async fn assume_role_with_web_identity(
+/// STS: `AssumeRoleWithWebIdentity` (query parameters, as object_store
+/// sends it) hands out the temporary key of [`KEYS`] for
+/// [`WEB_IDENTITY_TOKEN`] and any role; `AssumeRole` (a form body, as the
+/// SDKs send it) for a request SigV4-signed for `sts` with a known key.
+async fn sts(
     State(st): State<Arc<ServerState>>,
-    RawQuery(query): RawQuery,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    let query = query.unwrap_or_default();
+    let query = uri.query().unwrap_or_default();
     let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
+        .chain(url::form_urlencoded::parse(&body))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let fault = |status: StatusCode, code: &str, message: &str| {
@@ -400,14 +419,24 @@ async fn assume_role_with_web_identity(
         );
         (status, [("content-type", "text/xml")], body).into_response()
     };
-    if param("Action") != Some("AssumeRoleWithWebIdentity") || param("RoleArn").is_none() {
+    let action = param("Action").unwrap_or_default().to_string();
+    if !matches!(action.as_str(), "AssumeRole" | "AssumeRoleWithWebIdentity")
+        || param("RoleArn").is_none()
+    {
         return fault(
             StatusCode::BAD_REQUEST,
             "InvalidAction",
-            "AssumeRoleWithWebIdentity with a RoleArn",
+            "AssumeRole or AssumeRoleWithWebIdentity with a RoleArn",
         );
     }
-    if param("WebIdentityToken").map(str::trim) != Some(WEB_IDENTITY_TOKEN) {
+    if action == "AssumeRole" {
+        let token = st.cfg.token.as_deref();
+        if let Err((code, message)) = verify_for("sts", token, &Method::POST, &uri, &headers, &body)
+        {
+            bump(&st.counters.unauthorized);
+            return fault(StatusCode::FORBIDDEN, code, &message);
+        }
+    } else if param("WebIdentityToken").map(str::trim) != Some(WEB_IDENTITY_TOKEN) {
         bump(&st.counters.unauthorized);
         return fault(
             StatusCode::BAD_REQUEST,
@@ -418,11 +447,11 @@ async fn assume_role_with_web_identity(
     let (id, secret, token) = KEYS[1];
     let expires = super::anthropic::rfc3339_after(Duration::from_secs(3600));
     let body = format!(
-        "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
-         <AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{id}</AccessKeyId>\
+        "<{action}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+         <{action}Result><Credentials><AccessKeyId>{id}</AccessKeyId>\
          <SecretAccessKey>{secret}</SecretAccessKey><SessionToken>{}</SessionToken>\
-         <Expiration>{expires}</Expiration></Credentials></AssumeRoleWithWebIdentityResult>\
-         </AssumeRoleWithWebIdentityResponse>",
+         <Expiration>{expires}</Expiration></Credentials></{action}Result>\
+         </{action}Response>",
         token.unwrap_or_default()
     );
     (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
