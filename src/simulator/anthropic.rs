@@ -71,26 +71,17 @@ pub(crate) fn to_openai(body: Value) -> Result<(Value, Option<String>), String> 
         .and_then(Value::as_u64)
         .filter(|n| *n >= 1)
         .ok_or("max_tokens: Input should be a valid integer, greater than or equal to 1")?;
-    let mut messages = Vec::new();
-    if let Some(system) = b.remove("system") {
-        messages.push(json!({"role": "system", "content": parts(system)?}));
-    }
-    let Some(Value::Array(list)) = b.remove("messages") else {
-        return Err("messages: Input should be a valid list".into());
-    };
-    for m in list {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        if role != "user" && role != "assistant" {
-            return Err(format!(
-                "messages: Input tag '{role}' found using 'role' does not match any of the expected tags: 'user', 'assistant'"
-            ));
-        }
-        let content = m.get("content").cloned().unwrap_or(Value::Null);
-        messages.push(json!({"role": role, "content": parts(content)?}));
-    }
+    let messages = chat_messages(
+        &mut b,
+        parts,
+        "messages: Input should be a valid list",
+        |role| {
+            format!("messages: Input tag '{role}' found using 'role' does not match any of the expected tags: 'user', 'assistant'")
+        },
+    )?;
     let mut out = Map::new();
     out.insert("model".into(), b.remove("model").unwrap_or(Value::Null));
-    out.insert("messages".into(), Value::Array(messages));
+    out.insert("messages".into(), messages);
     out.insert("max_tokens".into(), json!(max_tokens));
     if let Some(stream) = b.remove("stream") {
         out.insert("stream".into(), stream);
@@ -113,11 +104,65 @@ pub(crate) fn to_openai(body: Value) -> Result<(Value, Option<String>), String> 
                 .unwrap_or_default()
                 .to_string()
         });
+    let choice = match choice
+        .as_ref()
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str)
+    {
+        Some("any") => "required",
+        Some("none") => "none",
+        _ => "auto",
+    };
+    put_tools(out, &tools, forced, choice, |name| {
+        format!("tool_choice: tool '{name}' not found in tools")
+    })
+}
+
+/// The system prompt and the user/assistant turns of a Messages-like body
+/// (Anthropic's or Converse's: both keep them in `system` and `messages`)
+/// as OpenAI chat messages, each content read by the API's `parts`;
+/// `no_messages` and `bad_role` word the refusals in the API's voice.
+pub(crate) fn chat_messages(
+    b: &mut Map<String, Value>,
+    parts: fn(Value) -> Result<Value, String>,
+    no_messages: &str,
+    bad_role: impl Fn(&str) -> String,
+) -> Result<Value, String> {
+    let mut messages = Vec::new();
+    if let Some(system) = b.remove("system") {
+        messages.push(json!({"role": "system", "content": parts(system)?}));
+    }
+    let Some(Value::Array(list)) = b.remove("messages") else {
+        return Err(no_messages.into());
+    };
+    for m in list {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+        if role != "user" && role != "assistant" {
+            return Err(bad_role(role));
+        }
+        let content = m.get("content").cloned().unwrap_or(Value::Null);
+        messages.push(json!({"role": role, "content": parts(content)?}));
+    }
+    Ok(Value::Array(messages))
+}
+
+/// Tools in Anthropic's shape (`name`, `description`, `input_schema`;
+/// Converse's `toolSpec` is read into it) put into the OpenAI body: the
+/// `forced` one as the `response_format` the typed reply follows (refused
+/// in the words of `missing` when no tool has its name), otherwise all of
+/// them as functions under `choice`. Returns the forced tool's name.
+pub(crate) fn put_tools(
+    mut out: Map<String, Value>,
+    tools: &[Value],
+    forced: Option<String>,
+    choice: &str,
+    missing: impl FnOnce(&str) -> String,
+) -> Result<(Value, Option<String>), String> {
     if let Some(name) = &forced {
         let tool = tools
             .iter()
             .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
-            .ok_or_else(|| format!("tool_choice: tool '{name}' not found in tools"))?;
+            .ok_or_else(|| missing(name))?;
         let schema = tool
             .get("input_schema")
             .cloned()
@@ -138,16 +183,7 @@ pub(crate) fn to_openai(body: Value) -> Result<(Value, Option<String>), String> 
             })
             .collect();
         out.insert("tools".into(), Value::Array(tools));
-        let choice = match choice
-            .as_ref()
-            .and_then(|c| c.get("type"))
-            .and_then(Value::as_str)
-        {
-            Some("any") => json!("required"),
-            Some("none") => json!("none"),
-            _ => json!("auto"),
-        };
-        out.insert("tool_choice".into(), choice);
+        out.insert("tool_choice".into(), json!(choice));
     }
     Ok((Value::Object(out), forced))
 }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::super::answer::{first_token_delay, reply_id, Api, BedrockOp, Job, Reply};
+use super::super::anthropic::{chat_messages, put_tools};
 use super::super::limits::Admission;
 use super::super::SimConfig;
 use crate::provider::eventstream;
@@ -103,24 +104,15 @@ pub(crate) fn to_openai(
             KNOWN_KEYS.join(", ")
         ));
     }
-    let mut messages = Vec::new();
-    if let Some(system) = b.remove("system") {
-        messages.push(json!({"role": "system", "content": parts(system)?}));
-    }
-    let Some(Value::Array(list)) = b.remove("messages") else {
-        return Err("1 validation error detected: Value at 'messages' failed to satisfy constraint: Member must not be null".into());
-    };
-    for m in list {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        if role != "user" && role != "assistant" {
-            return Err(format!("1 validation error detected: Value '{role}' at 'messages.role' failed to satisfy constraint: Member must satisfy enum value set: [user, assistant]"));
-        }
-        let content = m.get("content").cloned().unwrap_or(Value::Null);
-        messages.push(json!({"role": role, "content": parts(content)?}));
-    }
+    let messages = chat_messages(
+        &mut b,
+        parts,
+        "1 validation error detected: Value at 'messages' failed to satisfy constraint: Member must not be null",
+        |role| format!("1 validation error detected: Value '{role}' at 'messages.role' failed to satisfy constraint: Member must satisfy enum value set: [user, assistant]"),
+    )?;
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
-    out.insert("messages".into(), Value::Array(messages));
+    out.insert("messages".into(), messages);
     out.insert("stream".into(), json!(op == BedrockOp::Stream));
     if let Some(Value::Object(config)) = b.remove("inferenceConfig") {
         for (from, to) in [
@@ -134,54 +126,47 @@ pub(crate) fn to_openai(
             }
         }
     }
-    let mut forced = None;
-    if let Some(config) = b.remove("toolConfig") {
-        let tools = config
-            .get("tools")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let spec = |t: &Value| t.get("toolSpec").cloned().unwrap_or(Value::Null);
-        if let Some(name) = config
-            .pointer("/toolChoice/tool/name")
-            .and_then(Value::as_str)
-        {
-            let tool = tools
-                .iter()
-                .map(spec)
-                .find(|s| s.get("name").and_then(Value::as_str) == Some(name))
-                .ok_or_else(|| {
-                    format!("The tool {name} in toolChoice is not in toolConfig.tools.")
-                })?;
-            let schema = tool
-                .pointer("/inputSchema/json")
-                .cloned()
-                .unwrap_or(json!({"type": "object"}));
-            out.insert(
-                "response_format".into(),
-                json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}}),
-            );
-            forced = Some(name.to_string());
-        } else if !tools.is_empty() {
-            let tools: Vec<Value> = tools
-                .iter()
-                .map(spec)
-                .map(|s| json!({"type": "function", "function": {
-                    "name": s.get("name").cloned().unwrap_or(Value::Null),
-                    "description": s.get("description").cloned().unwrap_or(json!("")),
-                    "parameters": s.pointer("/inputSchema/json").cloned().unwrap_or(json!({"type": "object"})),
-                }}))
-                .collect();
-            out.insert("tools".into(), Value::Array(tools));
-            let choice = if config.pointer("/toolChoice/any").is_some() {
-                "required"
-            } else {
-                "auto"
-            };
-            out.insert("tool_choice".into(), json!(choice));
-        }
-    }
-    Ok((Value::Object(out), forced))
+    let Some(config) = b.remove("toolConfig") else {
+        return Ok((Value::Object(out), None));
+    };
+    // Each `toolSpec` in Anthropic's shape, keeping absent keys absent so
+    // the shared defaults apply.
+    let tools: Vec<Value> = config
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            let spec = t.get("toolSpec");
+            let fields = [
+                ("name", spec.and_then(|s| s.get("name"))),
+                ("description", spec.and_then(|s| s.get("description"))),
+                (
+                    "input_schema",
+                    spec.and_then(|s| s.pointer("/inputSchema/json")),
+                ),
+            ];
+            Value::Object(
+                fields
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), v?.clone())))
+                    .collect(),
+            )
+        })
+        .collect();
+    let forced = config
+        .pointer("/toolChoice/tool/name")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let choice = if config.pointer("/toolChoice/any").is_some() {
+        "required"
+    } else {
+        "auto"
+    };
+    put_tools(out, &tools, forced, choice, |name| {
+        format!("The tool {name} in toolChoice is not in toolConfig.tools.")
+    })
 }
 
 /// Converse content blocks as OpenAI parts; a `cachePoint` marks the part
