@@ -113,14 +113,7 @@ impl Location {
     /// (`table` → `table.shard-0-of-2`).
     pub fn with_suffix(&self, suffix: &str) -> Location {
         match self {
-            Location::Local(path) => {
-                let mut name = path
-                    .file_name()
-                    .map(|n| n.to_os_string())
-                    .unwrap_or_default();
-                name.push(suffix);
-                Location::Local(path.with_file_name(name))
-            }
+            Location::Local(path) => Location::Local(with_name_suffix(path, suffix)),
             Location::Store(url) => {
                 Location::Store(url.at(ObjectPath::from(format!("{}{suffix}", url.key))))
             }
@@ -136,6 +129,18 @@ impl Location {
             _ => false,
         }
     }
+}
+
+/// `path` with `suffix` added to its last name (`out.parquet` →
+/// `out.parquet.aiq`): one rule for every file and folder aiq keeps beside
+/// an output (state, status, the SQL call journal, shards).
+pub fn with_name_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 impl fmt::Display for Location {

@@ -113,12 +113,7 @@ pub struct Journal {
 
 /// The state folder for an output path: `out.parquet` → `out.parquet.aiq`.
 pub fn state_dir(output: &Path) -> PathBuf {
-    let mut name = output
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".aiq");
-    output.with_file_name(name)
+    crate::job::location::with_name_suffix(output, ".aiq")
 }
 
 /// The writer lock's file in the state folder (see [`crate::pipeline::lock`]),

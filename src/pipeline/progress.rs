@@ -526,12 +526,7 @@ pub struct Status {
 
 /// `out.parquet` → `out.parquet.status.json`.
 pub fn status_path(output: &Path) -> PathBuf {
-    let mut name = output
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".status.json");
-    output.with_file_name(name)
+    crate::job::location::with_name_suffix(output, ".status.json")
 }
 
 /// The status file of a running job, written once a second by its own task.

@@ -389,12 +389,7 @@ fn journal_key(fingerprint: &str, body: &[u8]) -> String {
 /// the journal does not care how the query orders or filters rows: any call
 /// asked again is answered from it.
 pub fn journal_dir(output: &Path) -> PathBuf {
-    let mut name = output
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".aiq-sql");
-    output.with_file_name(name)
+    crate::job::location::with_name_suffix(output, ".aiq-sql")
 }
 
 /// Open (or start) the journal for `output`; `restart` discards it first.
