@@ -6,6 +6,14 @@
 #   ROWS=100000 NEW_PCT=5 bash benches/delta_merge.sh
 #   AIQ=target/debug/aiq bash benches/delta_merge.sh   # a binary built apart
 #
+# Without AIQ it takes an optimised binary that is already there (the
+# `profiling` build, then `release`, under CARGO_TARGET_DIR), so a figure is
+# never a debug build's by accident; with neither it builds `profiling`
+# (an hour on two shared cores: DataFusion and delta-rs optimised). A
+# binary found there may be older than the source: rebuild it first
+# (`cargo build --profile profiling --features sql,delta --bin aiq`) to
+# measure the tree as it is.
+#
 # 1. scores ROWS rows into a fresh table (`--write-mode merge --merge-key id`)
 #    against `aiq simulate` (no latency; a separate process);
 # 2. times deciding what the re-run sends: `aiq run --dry-run` over the
@@ -27,9 +35,15 @@ CONCURRENCY=${CONCURRENCY:-128}
 PYTHON=${AIQ_TEST_PYTHON:-python3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 if [ -z "${AIQ:-}" ]; then
-    cargo build --profile profiling --features delta --bin aiq --quiet
+    for built in "$CARGO_TARGET_DIR/profiling/aiq" "$CARGO_TARGET_DIR/release/aiq"; do
+        [ -x "$built" ] && AIQ="$built" && break
+    done
+fi
+if [ -z "${AIQ:-}" ]; then
+    cargo build --profile profiling --features sql,delta --bin aiq --quiet
     AIQ="$CARGO_TARGET_DIR/profiling/aiq"
 fi
+echo "aiq: $AIQ"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aiq-delta-merge.XXXXXX")
 trap 'kill "$SIM_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
