@@ -166,24 +166,25 @@ impl Refreshing {
             .await
             .map_err(|e| format!("STS AssumeRole at {url}: {}", e.without_url()))?;
         if !status.is_success() {
-            let code = tag(&text, "Code").unwrap_or_default();
-            let message = tag(&text, "Message").unwrap_or_default();
+            let StsError { code, message } = quick_xml::de::from_str::<ErrorResponse>(&text)
+                .map(|r| r.error)
+                .unwrap_or_default();
             return Err(format!(
                 "STS AssumeRole at {url} for {role_arn}: HTTP {status}: {code} {message}"
             ));
         }
-        let field = |name: &str| {
-            tag(&text, name).ok_or_else(|| {
-                format!("STS AssumeRole at {url} for {role_arn}: no {name} in the reply")
-            })
-        };
-        let credential = AwsCredential {
-            key_id: field("AccessKeyId")?,
-            secret_key: field("SecretAccessKey")?,
-            token: Some(field("SessionToken")?),
-        };
-        let expires = expiration(&field("Expiration")?)
+        // The reply's own text is never quoted: it holds the secret.
+        let reply: AssumeRoleResponse = quick_xml::de::from_str(&text).map_err(|_| {
+            format!("STS AssumeRole at {url} for {role_arn}: the reply is not an AssumeRoleResponse with Credentials")
+        })?;
+        let c = reply.assume_role_result.credentials;
+        let expires = expiration(&c.expiration)
             .ok_or_else(|| format!("STS AssumeRole for {role_arn}: Expiration is not a time"))?;
+        let credential = AwsCredential {
+            key_id: c.access_key_id,
+            secret_key: c.secret_access_key,
+            token: Some(c.session_token),
+        };
         Ok((Arc::new(credential), Some(expires)))
     }
 }
@@ -211,70 +212,49 @@ impl CredentialProvider for Refreshing {
 }
 
 /// An RFC 3339 time (`2026-12-07T01:00:00Z`, fractions of a second and
-/// an offset allowed): the form STS and credential processes give.
+/// an offset allowed): the form STS and credential processes give. chrono
+/// is already built for arrow's timestamps.
 fn expiration(text: &str) -> Option<SystemTime> {
-    let t = text.trim().as_bytes();
-    let num = |from: usize, len: usize| -> Option<i64> {
-        let digits = t.get(from..from + len)?;
-        digits
-            .iter()
-            .all(u8::is_ascii_digit)
-            .then(|| std::str::from_utf8(digits).ok()?.parse().ok())?
-    };
-    let seps = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
-    if seps.iter().any(|&(i, c)| t.get(i) != Some(&c))
-        || !matches!(t.get(10), Some(b'T' | b't' | b' '))
-    {
-        return None;
-    }
-    let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    let (h, mi, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut i = 19;
-    if t.get(i) == Some(&b'.') {
-        i += 1;
-        while t.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-    }
-    let offset = match t.get(i..)? {
-        b"Z" | b"z" => 0,
-        [sign @ (b'+' | b'-'), ..] if t.len() == i + 6 && t[i + 3] == b':' => {
-            let o = num(i + 1, 2)? * 3600 + num(i + 4, 2)? * 60;
-            if *sign == b'+' {
-                o
-            } else {
-                -o
-            }
-        }
-        _ => return None,
-    };
-    // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + h * 3600 + mi * 60 + sec - offset;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(SystemTime::from)
 }
 
-/// The text of the first `<name>` element of an STS reply, unescaped
-/// (its values are ids, base64 and times: no nested markup).
-fn tag(xml: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&format!("</{name}>"))?;
-    let text = xml[start..end]
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&");
-    Some(text.trim().to_string())
+/// STS's Query API replies (XML: `AssumeRoleResponse`, or `ErrorResponse`
+/// with `Code` and `Message`), read by quick-xml's serde support, which
+/// object_store already builds for S3's XML. Other elements are ignored.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AssumeRoleResponse {
+    assume_role_result: AssumeRoleResult,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AssumeRoleResult {
+    credentials: StsCredentials,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StsCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: String,
+    expiration: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorResponse {
+    error: StsError,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct StsError {
+    code: String,
+    message: String,
 }
 
 /// The JSON a credential process prints (AWS's "Sourcing credentials with
@@ -374,12 +354,30 @@ mod tests {
 
     #[test]
     fn sts_replies_are_read() {
-        let xml = "<AssumeRoleResponse><AssumeRoleResult><Credentials>\
-                   <AccessKeyId>ASIA1</AccessKeyId><SessionToken>a&amp;b</SessionToken>\
-                   </Credentials></AssumeRoleResult></AssumeRoleResponse>";
-        assert_eq!(tag(xml, "AccessKeyId").as_deref(), Some("ASIA1"));
-        assert_eq!(tag(xml, "SessionToken").as_deref(), Some("a&b"));
-        assert_eq!(tag(xml, "Expiration"), None);
+        let xml = "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+                   <AssumeRoleResult><AssumedRoleUser><Arn>arn</Arn></AssumedRoleUser><Credentials>\
+                   <AccessKeyId>ASIA1</AccessKeyId><SecretAccessKey>s</SecretAccessKey>\
+                   <SessionToken>a&amp;b</SessionToken><Expiration>2026-12-07T01:00:00Z</Expiration>\
+                   </Credentials></AssumeRoleResult><ResponseMetadata><RequestId>r</RequestId>\
+                   </ResponseMetadata></AssumeRoleResponse>";
+        let c = quick_xml::de::from_str::<AssumeRoleResponse>(xml)
+            .unwrap()
+            .assume_role_result
+            .credentials;
+        assert_eq!(
+            (c.access_key_id.as_str(), c.session_token.as_str()),
+            ("ASIA1", "a&b")
+        );
+        let error = "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>\
+                     <Message>no &lt;role&gt;</Message></Error></ErrorResponse>";
+        let e = quick_xml::de::from_str::<ErrorResponse>(error)
+            .unwrap()
+            .error;
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("AccessDenied", "no <role>")
+        );
+        assert!(quick_xml::de::from_str::<AssumeRoleResponse>("<ErrorResponse/>").is_err());
         let at = |t: &str| expiration(t).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs());
         assert_eq!(at("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(at("2026-12-07T01:00:00Z"), Some(1_796_605_200));
