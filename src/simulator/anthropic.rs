@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::answer::{first_token_delay, model_name, reply_id, Api, Job, Reply};
+use super::answer::{model_name, reply_id, Api, Job, Reply};
 use super::limits::Admission;
 use super::SimConfig;
 use crate::provider::wire::WireUsage;
@@ -440,8 +440,7 @@ pub(crate) fn frames(
     usage: &WireUsage,
     cached: u64,
 ) -> VecDeque<(Duration, Bytes)> {
-    let first = first_token_delay(cfg, job.prompt_tokens, cached);
-    let itl = Duration::from_secs_f64((cfg.itl_ms / 1e3).max(0.0));
+    let mut pace = super::stream::Pacing::new(cfg, job, cached);
     let mut frames = VecDeque::new();
     let whole = message(api, job, usage);
     let mut start = whole.clone();
@@ -455,7 +454,6 @@ pub(crate) fn frames(
             &json!({"type": "message_start", "message": start}),
         ),
     ));
-    let mut delay = first;
     for (i, block) in whole["content"]
         .as_array()
         .cloned()
@@ -493,8 +491,7 @@ pub(crate) fn frames(
         }
         for piece in super::stream::pieces(&pieces) {
             let delta = json!({"type": "content_block_delta", "index": i, "delta": {"type": delta_type, field: piece}});
-            frames.push_back((delay, event("content_block_delta", &delta)));
-            delay = itl;
+            frames.push_back((pace.token(), event("content_block_delta", &delta)));
         }
         frames.push_back((
             Duration::ZERO,
@@ -509,7 +506,7 @@ pub(crate) fn frames(
         "delta": {"stop_reason": whole["stop_reason"], "stop_sequence": null},
         "usage": {"output_tokens": whole["usage"]["output_tokens"]},
     });
-    frames.push_back((delay, event("message_delta", &delta)));
+    frames.push_back((pace.end(), event("message_delta", &delta)));
     frames.push_back((
         Duration::ZERO,
         event("message_stop", &json!({"type": "message_stop"})),

@@ -49,6 +49,34 @@ fn event(payload: &impl serde::Serialize) -> Bytes {
     Bytes::from(format!("data: {json}\n\n"))
 }
 
+/// When a model decoding a reply sends each token: the first after the
+/// time to first token, each later one `itl_ms` after the one before. One
+/// rule for every API's stream (OpenAI's, Anthropic's, Converse's).
+pub(crate) struct Pacing {
+    next: Duration,
+    itl: Duration,
+}
+
+impl Pacing {
+    pub(crate) fn new(cfg: &SimConfig, job: &Job, cached: u64) -> Pacing {
+        Pacing {
+            next: first_token_delay(cfg, job.prompt_tokens, cached),
+            itl: Duration::from_secs_f64((cfg.itl_ms / 1e3).max(0.0)),
+        }
+    }
+
+    /// The delay before the next token.
+    pub(crate) fn token(&mut self) -> Duration {
+        std::mem::replace(&mut self.next, self.itl)
+    }
+
+    /// The delay before what ends the reply: as long as a next token's
+    /// (the time to first token when no token was sent).
+    pub(crate) fn end(&self) -> Duration {
+        self.next
+    }
+}
+
 /// The event stream for `job`, with its pacing.
 pub(crate) fn respond(
     cfg: &SimConfig,
@@ -59,14 +87,12 @@ pub(crate) fn respond(
     extra_headers: HeaderMap,
     done: Done,
 ) -> Response {
-    let first = first_token_delay(cfg, job.prompt_tokens, cached);
-    let itl = Duration::from_secs_f64((cfg.itl_ms / 1e3).max(0.0));
+    let mut pace = Pacing::new(cfg, &job, cached);
     // Databricks repeats usage in every chunk; OpenAI sends it once at the end.
     let every = api.is_databricks().then(|| usage.clone());
     let mut frames: VecDeque<(Duration, Bytes)> = VecDeque::new();
-    let push = |frames: &mut VecDeque<(Duration, Bytes)>, b: Bytes| {
-        let delay = if frames.is_empty() { first } else { itl };
-        frames.push_back((delay, b));
+    let mut push = |frames: &mut VecDeque<(Duration, Bytes)>, b: Bytes| {
+        frames.push_back((pace.token(), b));
     };
     if let (Api::Gemini(call), Reply::Chat { content, .. }) = (api, &job.reply) {
         // Google's chunks: no role deltas, no `[DONE]`.

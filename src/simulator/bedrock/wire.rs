@@ -13,7 +13,7 @@ use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::super::answer::{first_token_delay, reply_id, Api, BedrockOp, Job, Reply};
+use super::super::answer::{reply_id, Api, BedrockOp, Job, Reply};
 use super::super::anthropic::{chat_messages, put_tools};
 use super::super::limits::Admission;
 use super::super::SimConfig;
@@ -283,15 +283,13 @@ pub(crate) fn frames(
     usage: &WireUsage,
     cached: u64,
 ) -> VecDeque<(Duration, Bytes)> {
-    let first = first_token_delay(cfg, job.prompt_tokens, cached);
-    let itl = Duration::from_secs_f64((cfg.itl_ms / 1e3).max(0.0));
+    let mut pace = super::super::stream::Pacing::new(cfg, job, cached);
     let whole = reply(model, job, usage);
     let mut frames = VecDeque::new();
     frames.push_back((
         Duration::ZERO,
         event("messageStart", &json!({"role": "assistant"})),
     ));
-    let mut delay = first;
     let content = whole
         .pointer("/output/message/content")
         .and_then(Value::as_array)
@@ -311,8 +309,7 @@ pub(crate) fn frames(
         };
         for piece in super::super::stream::pieces(&pieces) {
             let d = json!({"contentBlockIndex": i, "delta": delta(piece)});
-            frames.push_back((delay, event("contentBlockDelta", &d)));
-            delay = itl;
+            frames.push_back((pace.token(), event("contentBlockDelta", &d)));
         }
         frames.push_back((
             Duration::ZERO,
@@ -320,7 +317,7 @@ pub(crate) fn frames(
         ));
     }
     frames.push_back((
-        delay,
+        pace.end(),
         event("messageStop", &json!({"stopReason": whole["stopReason"]})),
     ));
     frames.push_back((
