@@ -46,6 +46,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use super::batch::{create_delay, Pace};
 use super::bedrock::wire::error_reply;
 use super::stats::bump;
 use super::ServerState;
@@ -235,8 +236,8 @@ pub(crate) async fn create(
     }
     // A create repeated with its token answers at once: the delay stands
     // for a reply lost after the job was made.
-    if new && st.cfg.batch_create_delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(st.cfg.batch_create_delay_ms)).await;
+    if new {
+        create_delay(&st.cfg).await;
     }
     Json(json!({"jobArn": arn})).into_response()
 }
@@ -389,13 +390,9 @@ async fn run(st: Arc<ServerState>, id: String, stop: Arc<Notify>) {
         );
         return end(&st, &id, "Failed", Some(m));
     }
-    let expire = st.batches.count(|s| {
-        s.lines += total as u64;
-        (s.expired < st.cfg.batch_expire_first).then(|| {
-            s.expired += 1;
-            (total as f64 * st.cfg.batch_expire_share).floor() as usize
-        })
-    });
+    // Counted as a batch when created (above), its records only once they
+    // pass validation: `BatchStats::start`, not `BatchStore::open`.
+    let expire = st.batches.count(|s| s.start(total, &st.cfg));
     update(&st, &id, |o| {
         advance(o, "InProgress");
         o["totalRecordCount"] = json!(total);
@@ -403,8 +400,7 @@ async fn run(st: Arc<ServerState>, id: String, stop: Arc<Notify>) {
         o["successRecordCount"] = json!(0);
         o["errorRecordCount"] = json!(0);
     });
-    let turnaround = Duration::from_millis(st.cfg.batch_turnaround_ms);
-    let started = tokio::time::Instant::now();
+    let pace = Pace::new(&st.cfg, total);
     let mut ended_by: Option<&str> = None;
     let (mut done, mut ok, mut failed) = (0usize, 0usize, 0usize);
     let (mut tokens_in, mut tokens_out) = (0u64, 0u64);
@@ -415,15 +411,11 @@ async fn run(st: Arc<ServerState>, id: String, stop: Arc<Notify>) {
             if expire == Some(done) {
                 ended_by = Some("PartiallyCompleted");
             }
-            if ended_by.is_none() {
-                let due = started + turnaround.mul_f64((done + 1) as f64 / total as f64);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due) => {}
-                    _ = stop.notified() => ended_by = Some("Stopped"),
-                }
-                if status_of(&st, &id) == "Stopping" {
-                    ended_by = Some("Stopped");
-                }
+            // A stop wakes the wait, or came while a record was answered.
+            if ended_by.is_none()
+                && (!pace.until(done, &stop).await || status_of(&st, &id) == "Stopping")
+            {
+                ended_by = Some("Stopped");
             }
             if ended_by.is_some() {
                 outputs.push((name.clone(), lines));
