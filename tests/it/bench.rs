@@ -1,8 +1,7 @@
 //! `aiq bench` against the built-in simulator: every output appears, and the
-//! latencies measured match what the simulator was configured to take.
-//! Latencies are long (100 ms) so scheduling noise on a loaded machine is
-//! small next to them; upper bounds are loose (+15%), lower bounds strict
-//! (a reply can be late, never early).
+//! latencies measured are at least what the simulator was configured to
+//! take (a reply can be late, never early). No upper bounds: how late a
+//! reply is depends on the machine's load, and tests assert no timings.
 
 use serde_json::Value;
 
@@ -72,28 +71,43 @@ async fn bench_writes_table_json_records_and_plot() {
         assert_eq!(step["requests"], 12);
         assert_eq!(step["errors"], 0);
         assert_eq!(step["goodput_share"], 1.0);
-        // TTFT: the configured first-token delay.
-        let ttft = step["ttft_ms"]["p50"].as_f64().unwrap();
-        assert!((TTFT_MS..TTFT_MS * 1.15).contains(&ttft), "ttft p50 {ttft}");
+        // A reply can be late, never early: each latency is at least what
+        // the simulator was told to take (how much more depends on the
+        // machine, so no upper bound). TTFT: the first-token delay.
+        let p = |metric: &str, q: &str| {
+            step[metric][q]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{metric} {q} in {step}"))
+        };
+        let ttft = p("ttft_ms", "p50");
+        assert!(ttft >= TTFT_MS, "ttft p50 {ttft}");
+        assert!(ttft <= p("ttft_ms", "p90") && p("ttft_ms", "p90") <= p("ttft_ms", "p99"));
         // End to end: first token, then one chunk per further token and a
-        // finish chunk, each ITL apart.
+        // finish chunk, each ITL apart; never before the first token.
         let e2e_expected = TTFT_MS + ITL_MS * OUTPUT_TOKENS;
-        let e2e = step["e2e_ms"]["p50"].as_f64().unwrap();
+        let e2e = p("e2e_ms", "p50");
         assert!(
-            (e2e_expected..e2e_expected * 1.15).contains(&e2e),
-            "e2e p50 {e2e}, expected {e2e_expected}"
+            e2e >= e2e_expected && e2e >= ttft,
+            "e2e p50 {e2e}, expected at least {e2e_expected} and ttft p50 {ttft}"
         );
-        let itl = step["itl_ms"]["p50"].as_f64().unwrap();
-        assert!((ITL_MS * 0.9..ITL_MS * 1.3).contains(&itl), "itl p50 {itl}");
+        // Inter-token latency is measured; a late chunk lets the next ones
+        // catch up (they are due at fixed times), so it has no bound here.
+        let itl = p("itl_ms", "p50");
+        assert!(itl.is_finite() && itl >= 0.0, "itl p50 {itl}");
         assert!(step["output_tokens_per_sec"].as_f64().unwrap() > 0.0);
     }
 
     let (schema, rows) = read_rows(&records);
     assert!(schema.field_with_name("ttft_ms").is_ok() && schema.field_with_name("e2e_ms").is_ok());
     assert_eq!(rows.len(), 24);
-    assert!(rows
-        .iter()
-        .all(|r| r["status"] == 200 && r["output_tokens"] == 20));
+    for r in &rows {
+        let ms = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r:?}"));
+        assert!(r["status"] == 200 && r["output_tokens"] == 20, "{r:?}");
+        assert!(
+            ms("ttft_ms") >= TTFT_MS && ms("e2e_ms") >= ms("ttft_ms"),
+            "{r:?}"
+        );
+    }
 
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(
