@@ -19,7 +19,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use object_store::aws::{AwsAuthorizer, AwsCredential};
@@ -378,7 +378,9 @@ mod tests {
             ("AccessDenied", "no <role>")
         );
         assert!(quick_xml::de::from_str::<AssumeRoleResponse>("<ErrorResponse/>").is_err());
-        let at = |t: &str| expiration(t).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs());
+        let at = |t: &str| {
+            expiration(t).map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs())
+        };
         assert_eq!(at("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(at("2026-12-07T01:00:00Z"), Some(1_796_605_200));
         assert_eq!(at("2026-12-07T01:00:00.123Z"), Some(1_796_605_200));
