@@ -293,10 +293,12 @@ pub fn job_stamp(manifest: &Manifest) -> String {
 pub async fn written_by(output: &Location, job: &str) -> Option<u64> {
     let meta = match output {
         Location::Store(url) => parquet_footer(&Remote::open(url, Role::Output).ok()?).await?,
-        Location::Local(output) => {
+        // Only a regular file has a footer (a pipe would block the open).
+        Location::Local(output) if output.is_file() => {
             let file = std::fs::File::open(output).ok()?;
             Arc::new(ParquetMetaDataReader::new().parse_and_finish(&file).ok()?)
         }
+        Location::Local(_) => return None,
     };
     let file = meta.file_metadata();
     (footer_value(file, JOB_KEY)? == job).then(|| u64::try_from(file.num_rows()).unwrap_or(0))
@@ -308,6 +310,20 @@ pub async fn written_by(output: &Location, job: &str) -> Option<u64> {
 /// error (exit 2). For an object-store output only the last applies: the
 /// store answers the rest when the job's state is first written there.
 pub fn check_output(output: &Location, input: Option<&Location>) -> Result<()> {
+    // A device or pipe (`--output /dev/null`) is no file to write: the
+    // output is written beside it and renamed into place, which would
+    // replace the node itself (as root, /dev/null), and opening a pipe to
+    // read a footer waits for a writer forever.
+    if let Location::Local(path) = output {
+        let kind = std::fs::metadata(path).map(|m| m.file_type());
+        if kind.is_ok_and(|k| !k.is_file() && !k.is_dir()) {
+            return Err(Error::output(
+                output,
+                "is not a regular file (a device, pipe or socket): aiq writes its output beside \
+                 it and renames it into place. Name a file; --dry-run sends and writes nothing",
+            ));
+        }
+    }
     if input.is_some_and(|input| input.same_as(output)) {
         return Err(Error::output(
             output,

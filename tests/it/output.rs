@@ -58,6 +58,27 @@ fn assert_refused_unsent(f: &Fixture, o: &std::process::Output, says: &str) {
     assert_eq!(f.sim.stats().requests, 0, "nothing may be sent");
 }
 
+/// `--output /dev/null` (or a pipe) is not a file to write: aiq writes
+/// beside the output and renames into place, which replaced the device
+/// node with a Parquet file (as root, `/dev/null` itself). A FIFO shows it
+/// without root.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_output_that_is_a_pipe_or_device_is_refused_and_left_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    let (f, input, _) = job(SimConfig::default(), 20, 0).await;
+    let out = f.path("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let o = run(&f, &input, &out, &[]).await;
+    assert_refused_unsent(&f, &o, "is not a regular file");
+    let kind = std::fs::symlink_metadata(&out).unwrap().file_type();
+    assert!(kind.is_fifo(), "the pipe is still a pipe: {kind:?}");
+    assert!(!f.path("pipe.status.json").exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_output_that_is_a_directory_is_refused_before_any_request() {
     let (f, input, _) = job(SimConfig::default(), 20, 0).await;
