@@ -36,6 +36,12 @@ fn python(script: &str, args: &[&str]) -> Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("python printed {text:?}: {e}"))
 }
 
+/// The `id` of each row READ_BACK (or READ_BACK_S3) printed, in order.
+fn ids_of(rows: &Value) -> Vec<i64> {
+    let rows = rows.as_array().expect("rows");
+    rows.iter().filter_map(|r| r["id"].as_i64()).collect()
+}
+
 /// What Python's deltalake and Polars see in the table at `uri`: every row
 /// (sorted by id), the Arrow types, and the history's operations.
 const READ_BACK: &str = r#"
@@ -245,12 +251,7 @@ print(json.dumps({"ok": True}))
     assert_ok(&oa);
     assert_ok(&ob);
     let seen = python(READ_BACK, &[table.to_str().unwrap()]);
-    let ids: Vec<i64> = seen["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .filter_map(|r| r["id"].as_i64())
-        .collect();
+    let ids = ids_of(&seen["rows"]);
     assert_eq!(ids, (0..12).collect::<Vec<_>>());
     assert_eq!(seen["history"], json!(["WRITE", "WRITE"]));
     assert_eq!(fx.sim.stats().requests, 12);
@@ -404,12 +405,7 @@ async fn on_s3_two_shards_commit_to_one_table_that_python_and_aiq_read_back() {
             .unwrap_or_default(),
     )
     .expect("json");
-    let ids: Vec<i64> = seen["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .filter_map(|r| r["id"].as_i64())
-        .collect();
+    let ids = ids_of(&seen["rows"]);
     assert_eq!(ids, (0..30).collect::<Vec<_>>());
     assert_eq!(seen["history"], json!(["WRITE", "WRITE"]));
     assert_eq!(fx.sim.stats().requests, 30);
