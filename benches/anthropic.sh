@@ -19,10 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-if [ -z "${AIQ:-}" ]; then
-    cargo build --quiet --features sql --bin aiq
-    AIQ="$CARGO_TARGET_DIR/debug/aiq"
-fi
+. benches/common/aiq.sh
+built_aiq dev sql
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aiq-anthropic.XXXXXX")
 SIM_PID=
 trap 'if [ -n "$SIM_PID" ]; then kill "$SIM_PID" 2>/dev/null || true; fi; rm -rf "$WORK"' EXIT

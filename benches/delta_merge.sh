@@ -39,10 +39,8 @@ if [ -z "${AIQ:-}" ]; then
         [ -x "$built" ] && AIQ="$built" && break
     done
 fi
-if [ -z "${AIQ:-}" ]; then
-    cargo build --profile profiling --features sql,delta --bin aiq --quiet
-    AIQ="$CARGO_TARGET_DIR/profiling/aiq"
-fi
+. benches/common/aiq.sh
+built_aiq profiling sql,delta
 echo "aiq: $AIQ"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aiq-delta-merge.XXXXXX")
 trap 'kill "$SIM_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT

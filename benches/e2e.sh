@@ -17,10 +17,8 @@ cd "$(dirname "$0")/.."
 ROWS=${ROWS:-"100000 200000 1000000"}
 CONCURRENCY=${CONCURRENCY:-256}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-if [ -z "${AIQ:-}" ]; then
-    cargo build --release --quiet
-    AIQ="$CARGO_TARGET_DIR/release/aiq"
-fi
+. benches/common/aiq.sh
+built_aiq release
 WORK=$(mktemp -d)
 trap 'kill "$SIM_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 

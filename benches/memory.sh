@@ -21,10 +21,8 @@ cd "$(dirname "$0")/.."
 CASES=${CASES:-"100:1000000 4096:400000 65536:20000"}
 CONCURRENCY=${CONCURRENCY:-64}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-if [ -z "${AIQ:-}" ]; then
-    cargo build --release --quiet
-    AIQ="$CARGO_TARGET_DIR/release/aiq"
-fi
+. benches/common/aiq.sh
+built_aiq release
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aiq-memory.XXXXXX")
 trap 'kill "$SIM_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 

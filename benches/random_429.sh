@@ -23,10 +23,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-if [ -z "${AIQ:-}" ]; then
-    cargo build --quiet --features sql --bin aiq
-    AIQ="$CARGO_TARGET_DIR/debug/aiq"
-fi
+. benches/common/aiq.sh
+built_aiq dev sql
 SIM=${SIM:-$AIQ}
 ROWS=${ROWS:-300}
 RUNS=${RUNS:-1}

@@ -19,10 +19,8 @@ cd "$(dirname "$0")/.."
 GB=${GB:-1}
 WIDTH=${WIDTH:-1000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-if [ -z "${AIQ:-}" ]; then
-    cargo build --release --quiet --features sql
-    AIQ="$CARGO_TARGET_DIR/release/aiq"
-fi
+. benches/common/aiq.sh
+built_aiq release sql
 PYTHON=${PYTHON:-${AIQ_TEST_PYTHON:-python3}}
 DIR="$CARGO_TARGET_DIR/validate-bench"
 mkdir -p "$DIR"
